@@ -9,3 +9,16 @@
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
 //! - [`daemon`]: wires it all together and runs until shutdown.
+
+pub mod config;
+pub mod connector;
+pub mod daemon;
+pub mod model;
+pub mod outbox;
+pub mod router;
+pub mod store;
+
+/// Choose the process-wide TLS crypto provider once, before any TLS connection is made.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,1 +1,120 @@
-fn main() {}
+//! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge.
+//!
+//! The only place that uses `anyhow`; everything below it has typed errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Mirror channels between IRC, Mattermost and Matrix.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Validate a configuration file without connecting anywhere; exit 0 when it is valid.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+    },
+    /// Run the bridge until SIGTERM or SIGINT.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Check { config } => match tribridge::config::load(&config) {
+            Ok(parsed) => {
+                println!(
+                    "{}: OK ({} networks, {} gateways)",
+                    config.display(),
+                    parsed.networks.len(),
+                    parsed.gateways.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(2)
+            }
+        },
+        Commands::Run { config } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging();
+            match run(parsed) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "tribridge failed.");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
+    tribridge::install_tls_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            signals.cancel();
+        });
+        tribridge::daemon::run(config, shutdown, || {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received."),
+                _ = int.recv() => tracing::info!("SIGINT received."),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,1088 @@
+//! The configuration file: one TOML file of networks and gateways.
+//!
+//! Reading happens in two steps, as the style guide asks: the text is deserialised into raw serde
+//! types (`deny_unknown_fields`, every value wrapped in [`toml::Spanned`] so errors can point at
+//! it), then validated into the typed [`Config`] the rest of the daemon uses. Every error names the
+//! file, line, column and key path, and says what would be valid.
+//!
+//! This module reads files (the config and `*_file` secrets) and environment variables; it opens no
+//! sockets and knows nothing of a protocol beyond the keys its network types accept.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default sender format for relayed lines.
+pub const DEFAULT_REMOTE_NICK_FORMAT: &str = "<{NICK}> ";
+
+/// Placeholders `remote_nick_format` understands.
+pub const NICK_FORMAT_PLACEHOLDERS: &[&str] = &[
+    "{NICK}",
+    "{NOPINGNICK}",
+    "{NETWORK}",
+    "{PROTOCOL}",
+    "{CHANNEL}",
+    "{GATEWAY}",
+];
+
+/// One problem found in a configuration file, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// 1-based column (in characters), when the problem has a place in the file.
+    pub column: Option<usize>,
+    /// Dotted key path, e.g. `network.libera.tls` or `gateway[0].channels[1].network`.
+    pub key: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+/// Errors from reading and validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration; every issue found is listed.
+    #[error("{}", render_issues(path, issues))]
+    Invalid {
+        /// The path given.
+        path: PathBuf,
+        /// Every problem found, in file order where known.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn render_issues(path: &Path, issues: &[ConfigIssue]) -> String {
+    let mut out = String::new();
+    for (index, issue) in issues.iter().enumerate() {
+        if index > 0 {
+            out.push('\n');
+        }
+        out.push_str(&issue.display_with(path));
+    }
+    out
+}
+
+impl ConfigIssue {
+    /// `file:line:column: key: message`, the form compilers use, so editors can jump to it.
+    #[must_use]
+    pub fn display_with(&self, path: &Path) -> String {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                format!(
+                    "{}:{line}:{column}: {}: {}",
+                    path.display(),
+                    self.key,
+                    self.message
+                )
+            }
+            _ => format!("{}: {}: {}", path.display(), self.key, self.message),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the SQLite store lives (absolute, or relative to the working directory when the
+    /// config was parsed from a string).
+    pub state_dir: PathBuf,
+    /// How a relayed sender is shown, e.g. `<{NICK}> `.
+    pub remote_nick_format: String,
+    /// Networks by id, in file order.
+    pub networks: Vec<NetworkConfig>,
+    /// Gateways in file order.
+    pub gateways: Vec<GatewayConfig>,
+}
+
+impl Config {
+    /// The network with this id.
+    #[must_use]
+    pub fn network(&self, id: &str) -> Option<&NetworkConfig> {
+        self.networks.iter().find(|network| network.id == id)
+    }
+}
+
+/// One configured account on one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// The id used in gateways and logs (`libera` in `[network.libera]`).
+    pub id: String,
+    /// Protocol-specific settings.
+    pub kind: NetworkKind,
+}
+
+/// The closed set of network types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkKind {
+    /// An IRC server.
+    Irc(IrcConfig),
+}
+
+impl NetworkKind {
+    /// The protocol name shown by `{PROTOCOL}`.
+    #[must_use]
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            NetworkKind::Irc(_) => "irc",
+        }
+    }
+}
+
+/// Settings of an IRC network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IrcConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// Verify the server's certificate (only ever off by explicit choice).
+    pub tls_verify: bool,
+    /// An extra PEM certificate (or CA) to trust, e.g. for a self-signed server.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The nick the bridge wants.
+    pub nick: String,
+    /// The user name sent in USER.
+    pub username: String,
+    /// The real name sent in USER.
+    pub realname: String,
+    /// Server password (PASS).
+    pub password: Option<Secret>,
+    /// SASL PLAIN account name (defaults to the nick when only a password is given).
+    pub sasl_username: Option<String>,
+    /// SASL PLAIN password.
+    pub sasl_password: Option<Secret>,
+    /// Password for `NickServ IDENTIFY`, used when SASL is not configured or fails.
+    pub nickserv_password: Option<Secret>,
+    /// The services nick to identify to.
+    pub nickserv_nick: String,
+    /// Lines the bridge may send at once before flood control paces it.
+    pub flood_burst: u32,
+    /// Milliseconds between lines once the burst is used up.
+    pub flood_interval_ms: u64,
+    /// Relay joins, parts, quits, nick and topic changes from this network.
+    pub relay_membership: bool,
+}
+
+/// A secret value; its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is sent to the server.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
+}
+
+/// Which way messages flow for one channel of a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Messages said here go into the gateway; nothing is sent here.
+    In,
+    /// Messages from the gateway are sent here; nothing said here is relayed.
+    Out,
+    /// Both ways (the default).
+    InOut,
+}
+
+impl Direction {
+    /// Messages said in this channel are relayed.
+    #[must_use]
+    pub fn is_source(self) -> bool {
+        matches!(self, Direction::In | Direction::InOut)
+    }
+    /// Messages are delivered to this channel.
+    #[must_use]
+    pub fn is_destination(self) -> bool {
+        matches!(self, Direction::Out | Direction::InOut)
+    }
+}
+
+/// A named set of linked channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// The gateway's name, unique in the file.
+    pub name: String,
+    /// Its channels, at least two.
+    pub channels: Vec<GatewayChannel>,
+}
+
+/// One channel of a gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayChannel {
+    /// The network id.
+    pub network: String,
+    /// The channel name on that network.
+    pub channel: String,
+    /// Which way messages flow.
+    pub direction: Direction,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw serde types: the file's shape, nothing more.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    general: Option<Spanned<RawGeneral>>,
+    #[serde(default)]
+    network: BTreeMap<Spanned<String>, Spanned<RawNetwork>>,
+    #[serde(default)]
+    gateway: Vec<Spanned<RawGateway>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeneral {
+    state_dir: Option<Spanned<String>>,
+    remote_nick_format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawNetworkType {
+    Irc,
+    Mattermost,
+    Matrix,
+}
+
+/// Every key any network type accepts; validation checks which ones fit the `type`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(rename = "type")]
+    kind: Spanned<RawNetworkType>,
+    server: Option<Spanned<String>>,
+    tls: Option<Spanned<bool>>,
+    tls_verify: Option<Spanned<bool>>,
+    tls_ca_file: Option<Spanned<String>>,
+    nick: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    realname: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    sasl_username: Option<Spanned<String>>,
+    sasl_password: Option<Spanned<String>>,
+    sasl_password_file: Option<Spanned<String>>,
+    sasl_password_env: Option<Spanned<String>>,
+    nickserv_password: Option<Spanned<String>>,
+    nickserv_password_file: Option<Spanned<String>>,
+    nickserv_password_env: Option<Spanned<String>>,
+    nickserv_nick: Option<Spanned<String>>,
+    flood_burst: Option<Spanned<i64>>,
+    flood_interval_ms: Option<Spanned<i64>>,
+    relay_membership: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    name: Spanned<String>,
+    #[serde(default)]
+    channels: Vec<Spanned<RawGatewayChannel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayChannel {
+    network: Spanned<String>,
+    channel: Spanned<String>,
+    direction: Option<Spanned<Direction>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Read and validate a configuration file. Relative paths in it are relative to its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+        .canonicalize()
+        .unwrap_or_default();
+    parse(&text, &base, &std::env::vars().collect::<Vec<_>>()).map_err(|issues| {
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            issues,
+        }
+    })
+}
+
+/// Parse and validate configuration text. `base` anchors relative paths; `env` is the process
+/// environment (passed in so that tests can hand in their own).
+pub fn parse(
+    text: &str,
+    base: &Path,
+    env: &[(String, String)],
+) -> Result<Config, Vec<ConfigIssue>> {
+    let locator = Locator::new(text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => return Err(vec![locator.from_toml_error(&error)]),
+    };
+    let mut validator = Validator {
+        locator: &locator,
+        base,
+        env,
+        issues: Vec::new(),
+    };
+    let config = validator.config(raw);
+    if validator.issues.is_empty() {
+        Ok(config)
+    } else {
+        validator
+            .issues
+            .sort_by_key(|issue| (issue.line, issue.column));
+        Err(validator.issues)
+    }
+}
+
+/// Turns byte offsets into line/column and finds the key path at an offset.
+struct Locator<'a> {
+    text: &'a str,
+    document: Option<toml_edit::ImDocument<&'a str>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            document: toml_edit::ImDocument::parse(text).ok(),
+        }
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+        let column = self
+            .text
+            .get(line_start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
+        (line, column)
+    }
+
+    fn issue(
+        &self,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigIssue {
+        let (line, column) = self.line_column(offset);
+        ConfigIssue {
+            line: Some(line),
+            column: Some(column),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn from_toml_error(&self, error: &toml::de::Error) -> ConfigIssue {
+        let message = error.message().trim().to_owned();
+        let Some(span) = error.span() else {
+            return ConfigIssue {
+                line: None,
+                column: None,
+                key: "(file)".into(),
+                message,
+            };
+        };
+        let key = self
+            .key_path_at(span.start)
+            .unwrap_or_else(|| "(file)".to_owned());
+        let message = improve_serde_message(&key, &message);
+        self.issue(span.start, key, message)
+    }
+
+    /// The dotted path of the innermost key or value whose span contains `offset`.
+    fn key_path_at(&self, offset: usize) -> Option<String> {
+        let document = self.document.as_ref()?;
+        let mut path = String::new();
+        if walk_table(document.as_table(), offset, &mut path) {
+            Some(path)
+        } else {
+            None
+        }
+    }
+}
+
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+fn span_contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|span| span.start <= offset && offset < span.end.max(span.start + 1))
+}
+
+fn walk_table(table: &toml_edit::Table, offset: usize, path: &mut String) -> bool {
+    for (key, item) in table {
+        let key_span = table.key(key).and_then(toml_edit::Key::span);
+        let mark = path.len();
+        push_key(path, key);
+        if span_contains(key_span, offset) {
+            return true;
+        }
+        if walk_item(item, offset, path) {
+            return true;
+        }
+        path.truncate(mark);
+    }
+    false
+}
+
+fn walk_inline_table(table: &toml_edit::InlineTable, offset: usize, path: &mut String) -> bool {
+    for (key, value) in table {
+        let key_span = table.key(key).and_then(toml_edit::Key::span);
+        let mark = path.len();
+        push_key(path, key);
+        if span_contains(key_span, offset) || walk_value(value, offset, path) {
+            return true;
+        }
+        path.truncate(mark);
+    }
+    span_contains(table.span(), offset)
+}
+
+fn walk_value(value: &toml_edit::Value, offset: usize, path: &mut String) -> bool {
+    match value {
+        toml_edit::Value::InlineTable(table) => walk_inline_table(table, offset, path),
+        toml_edit::Value::Array(array) => {
+            for (index, element) in array.iter().enumerate() {
+                let mark = path.len();
+                path.push_str(&format!("[{index}]"));
+                if walk_value(element, offset, path) {
+                    return true;
+                }
+                path.truncate(mark);
+            }
+            span_contains(array.span(), offset)
+        }
+        other => span_contains(other.span(), offset),
+    }
+}
+
+fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut String) -> bool {
+    match item {
+        toml_edit::Item::None => false,
+        toml_edit::Item::Value(value) => walk_value(value, offset, path),
+        toml_edit::Item::Table(table) => {
+            walk_table(table, offset, path) || span_contains(table.span(), offset)
+        }
+        toml_edit::Item::ArrayOfTables(array) => {
+            for (index, table) in array.iter().enumerate() {
+                let mark = path.len();
+                path.push_str(&format!("[{index}]"));
+                if walk_table(table, offset, path) || span_contains(table.span(), offset) {
+                    return true;
+                }
+                path.truncate(mark);
+            }
+            false
+        }
+    }
+}
+
+/// serde's messages name Rust types; say what the file should contain instead.
+fn improve_serde_message(key: &str, message: &str) -> String {
+    let message = message
+        .replace("variant", "value")
+        .replace("invalid type: ", "wrong type: found ");
+    if key.ends_with(".type") && message.contains("unknown value") {
+        return format!("{message} (valid network types: irc, mattermost, matrix)");
+    }
+    if key.ends_with("direction") && message.contains("unknown value") {
+        return format!("{message} (valid directions: in, out, inout)");
+    }
+    message
+}
+
+struct Validator<'a> {
+    locator: &'a Locator<'a>,
+    base: &'a Path,
+    env: &'a [(String, String)],
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn report(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
+        let issue = self.locator.issue(offset, key, message);
+        self.issues.push(issue);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let (state_dir, remote_nick_format) = self.general(raw.general);
+        let mut networks = Vec::new();
+        for (id, network) in raw.network {
+            if let Some(network) = self.network(&id, network) {
+                networks.push(network);
+            }
+        }
+        let known: HashSet<&str> = networks.iter().map(|n| n.id.as_str()).collect();
+        let mut gateways = Vec::new();
+        let mut gateway_names: HashSet<String> = HashSet::new();
+        for (index, gateway) in raw.gateway.into_iter().enumerate() {
+            let span_start = gateway.span().start;
+            let gateway = gateway.into_inner();
+            let key = format!("gateway[{index}]");
+            let name = gateway.name.get_ref().trim().to_owned();
+            if name.is_empty() {
+                self.report(
+                    gateway.name.span().start,
+                    format!("{key}.name"),
+                    "a gateway needs a non-empty name",
+                );
+            } else if !gateway_names.insert(name.clone()) {
+                self.report(
+                    gateway.name.span().start,
+                    format!("{key}.name"),
+                    format!("duplicate gateway name `{name}`: every gateway needs its own name"),
+                );
+            }
+            let channels = self.gateway_channels(&key, &gateway.channels, &known, &networks);
+            if gateway.channels.len() < 2 {
+                self.report(
+                    span_start,
+                    format!("{key}.channels"),
+                    format!(
+                        "gateway `{name}` has {} channel(s); a gateway links at least two channels",
+                        gateway.channels.len()
+                    ),
+                );
+            } else if !channels.is_empty() && !gateway_has_flow(&channels) {
+                self.report(
+                    span_start,
+                    format!("{key}.channels"),
+                    format!(
+                        "gateway `{name}` relays nothing: it needs one channel with direction in or \
+                         inout and another with out or inout"
+                    ),
+                );
+            }
+            gateways.push(GatewayConfig { name, channels });
+        }
+        Config {
+            state_dir,
+            remote_nick_format,
+            networks,
+            gateways,
+        }
+    }
+
+    fn general(&mut self, general: Option<Spanned<RawGeneral>>) -> (PathBuf, String) {
+        let general = general.map(Spanned::into_inner);
+        let state_dir = general
+            .as_ref()
+            .and_then(|g| g.state_dir.as_ref())
+            .map_or_else(|| "state".to_owned(), |s| s.get_ref().clone());
+        if let Some(dir) = general.as_ref().and_then(|g| g.state_dir.as_ref())
+            && dir.get_ref().trim().is_empty()
+        {
+            self.report(
+                dir.span().start,
+                "general.state_dir",
+                "state_dir must name a folder, e.g. \"state\" or \"/var/lib/tribridge\"",
+            );
+        }
+        let format = general
+            .as_ref()
+            .and_then(|g| g.remote_nick_format.as_ref())
+            .map_or_else(
+                || DEFAULT_REMOTE_NICK_FORMAT.to_owned(),
+                |s| s.get_ref().clone(),
+            );
+        if let Some(spanned) = general.as_ref().and_then(|g| g.remote_nick_format.as_ref()) {
+            if let Some(unknown) = unknown_placeholder(spanned.get_ref()) {
+                self.report(
+                    spanned.span().start,
+                    "general.remote_nick_format",
+                    format!(
+                        "unknown placeholder `{unknown}`; valid: {}",
+                        NICK_FORMAT_PLACEHOLDERS.join(" ")
+                    ),
+                );
+            }
+            if spanned.get_ref().contains(['\r', '\n', '\0']) {
+                self.report(
+                    spanned.span().start,
+                    "general.remote_nick_format",
+                    "remote_nick_format cannot contain CR, LF or NUL",
+                );
+            }
+        }
+        (self.base.join(state_dir), format)
+    }
+
+    fn network(
+        &mut self,
+        id: &Spanned<String>,
+        network: Spanned<RawNetwork>,
+    ) -> Option<NetworkConfig> {
+        let key = format!("network.{}", id.get_ref());
+        if !is_valid_id(id.get_ref()) {
+            self.report(
+                id.span().start,
+                key.clone(),
+                "network ids use letters, digits, `-` and `_` only",
+            );
+        }
+        let network = network.into_inner();
+        match *network.kind.get_ref() {
+            RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), network),
+            other => {
+                let name = match other {
+                    RawNetworkType::Mattermost => "mattermost",
+                    _ => "matrix",
+                };
+                self.report(
+                    network.kind.span().start,
+                    format!("{key}.type"),
+                    format!(
+                        "network type `{name}` is not available in this version of tribridge yet; \
+                         available: irc"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn irc_network(&mut self, key: &str, id: &str, raw: RawNetwork) -> Option<NetworkConfig> {
+        let before = self.issues.len();
+        let (host, port) = match &raw.server {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.server"),
+                    "missing key `server`: an IRC network needs `server = \"host:port\"`",
+                );
+                (String::new(), 0)
+            }
+            Some(server) => match parse_host_port(server.get_ref()) {
+                Ok(pair) => pair,
+                Err(message) => {
+                    self.report(server.span().start, format!("{key}.server"), message);
+                    (String::new(), 0)
+                }
+            },
+        };
+        let tls = raw.tls.as_ref().is_none_or(|v| *v.get_ref());
+        let nick = match &raw.nick {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.nick"),
+                    "missing key `nick`: the nick the bridge uses on this network",
+                );
+                String::new()
+            }
+            Some(nick) => {
+                if !is_valid_nick(nick.get_ref()) {
+                    self.report(
+                        nick.span().start,
+                        format!("{key}.nick"),
+                        "an IRC nick starts with a letter or one of []\\`_^{|} and contains no \
+                         spaces, commas or control characters",
+                    );
+                }
+                nick.get_ref().clone()
+            }
+        };
+        let password = self.secret(
+            key,
+            "password",
+            raw.password.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        );
+        let sasl_password = self.secret(
+            key,
+            "sasl_password",
+            raw.sasl_password.as_ref(),
+            raw.sasl_password_file.as_ref(),
+            raw.sasl_password_env.as_ref(),
+        );
+        let nickserv_password = self.secret(
+            key,
+            "nickserv_password",
+            raw.nickserv_password.as_ref(),
+            raw.nickserv_password_file.as_ref(),
+            raw.nickserv_password_env.as_ref(),
+        );
+        if let Some(user) = &raw.sasl_username
+            && sasl_password.is_none()
+            && self.issues.len() == before
+        {
+            self.report(
+                user.span().start,
+                format!("{key}.sasl_username"),
+                "sasl_username needs sasl_password (or sasl_password_file / sasl_password_env)",
+            );
+        }
+        let flood_burst = self.positive(key, "flood_burst", raw.flood_burst.as_ref(), 5, 1000);
+        let flood_interval_ms = self.positive(
+            key,
+            "flood_interval_ms",
+            raw.flood_interval_ms.as_ref(),
+            1300,
+            600_000,
+        );
+        let tls_ca_file = raw.tls_ca_file.as_ref().map(|file| {
+            let path = self.base.join(file.get_ref());
+            if let Err(error) = std::fs::metadata(&path) {
+                self.report(
+                    file.span().start,
+                    format!("{key}.tls_ca_file"),
+                    format!("cannot read `{}`: {error}", path.display()),
+                );
+            }
+            path
+        });
+        if !tls {
+            for (name, value) in [
+                ("tls_verify", raw.tls_verify.is_some()),
+                ("tls_ca_file", raw.tls_ca_file.is_some()),
+            ] {
+                if value {
+                    let offset = raw.tls.as_ref().map_or(0, |t| t.span().start);
+                    self.report(
+                        offset,
+                        format!("{key}.{name}"),
+                        format!(
+                            "`{name}` has no effect with `tls = false`; remove it or turn TLS on"
+                        ),
+                    );
+                }
+            }
+        }
+        let string_or = |value: &Option<Spanned<String>>, default: &str| {
+            value
+                .as_ref()
+                .map_or_else(|| default.to_owned(), |v| v.get_ref().clone())
+        };
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(NetworkConfig {
+            id: id.to_owned(),
+            kind: NetworkKind::Irc(IrcConfig {
+                host,
+                port,
+                tls,
+                tls_verify: raw.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
+                tls_ca_file,
+                username: string_or(&raw.username, "tribridge"),
+                realname: string_or(&raw.realname, "tribridge relay bot"),
+                nick,
+                password,
+                sasl_username: raw.sasl_username.as_ref().map(|v| v.get_ref().clone()),
+                sasl_password,
+                nickserv_password,
+                nickserv_nick: string_or(&raw.nickserv_nick, "NickServ"),
+                flood_burst: flood_burst as u32,
+                flood_interval_ms,
+                relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+            }),
+        })
+    }
+
+    fn positive(
+        &mut self,
+        key: &str,
+        name: &str,
+        value: Option<&Spanned<i64>>,
+        default: u64,
+        max: u64,
+    ) -> u64 {
+        let Some(value) = value else { return default };
+        match u64::try_from(*value.get_ref()) {
+            Ok(number) if (1..=max).contains(&number) => number,
+            _ => {
+                self.report(
+                    value.span().start,
+                    format!("{key}.{name}"),
+                    format!("`{name}` must be between 1 and {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    /// A secret given inline, as `NAME_file` or as `NAME_env`: at most one of the three.
+    fn secret(
+        &mut self,
+        key: &str,
+        name: &str,
+        inline: Option<&Spanned<String>>,
+        file: Option<&Spanned<String>>,
+        env: Option<&Spanned<String>>,
+    ) -> Option<Secret> {
+        let given = [inline, file, env].iter().filter(|v| v.is_some()).count();
+        if given > 1 {
+            let offset = [inline, file, env]
+                .iter()
+                .flatten()
+                .map(|v| v.span().start)
+                .max()
+                .unwrap_or(0);
+            self.report(
+                offset,
+                format!("{key}.{name}"),
+                format!("give `{name}` one way only: `{name}`, `{name}_file` or `{name}_env`"),
+            );
+            return None;
+        }
+        if let Some(value) = inline {
+            return Some(Secret::new(value.get_ref().clone()));
+        }
+        if let Some(file) = file {
+            let path = self.base.join(file.get_ref());
+            return match std::fs::read_to_string(&path) {
+                Ok(text) => Some(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned())),
+                Err(error) => {
+                    self.report(
+                        file.span().start,
+                        format!("{key}.{name}_file"),
+                        format!("cannot read secret file `{}`: {error}", path.display()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(variable) = env {
+            return match self.env.iter().find(|(k, _)| k == variable.get_ref()) {
+                Some((_, value)) => Some(Secret::new(value.clone())),
+                None => {
+                    self.report(
+                        variable.span().start,
+                        format!("{key}.{name}_env"),
+                        format!("environment variable `{}` is not set", variable.get_ref()),
+                    );
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    fn gateway_channels(
+        &mut self,
+        key: &str,
+        raw: &[Spanned<RawGatewayChannel>],
+        known: &HashSet<&str>,
+        networks: &[NetworkConfig],
+    ) -> Vec<GatewayChannel> {
+        let mut channels = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (index, entry) in raw.iter().enumerate() {
+            let entry = entry.get_ref();
+            let entry_key = format!("{key}.channels[{index}]");
+            let network = entry.network.get_ref();
+            if !known.contains(network.as_str()) {
+                // An unknown id, or a network that failed validation (already reported).
+                if networks.iter().all(|n| &n.id != network) {
+                    let mut names: Vec<&str> = known.iter().copied().collect();
+                    names.sort_unstable();
+                    let valid = if names.is_empty() {
+                        "no [network.*] is defined".to_owned()
+                    } else {
+                        format!("defined networks: {}", names.join(", "))
+                    };
+                    self.report(
+                        entry.network.span().start,
+                        format!("{entry_key}.network"),
+                        format!("unknown network `{network}`; {valid}"),
+                    );
+                }
+                continue;
+            }
+            let channel = entry.channel.get_ref();
+            if let Some(kind) = networks.iter().find(|n| &n.id == network).map(|n| &n.kind) {
+                match kind {
+                    NetworkKind::Irc(_) => {
+                        if !is_valid_irc_channel(channel) {
+                            self.report(
+                                entry.channel.span().start,
+                                format!("{entry_key}.channel"),
+                                format!(
+                                    "`{channel}` is not an IRC channel name: it starts with # or & \
+                                     and has no spaces, commas or control characters"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            }
+            if !seen.insert((network.clone(), irc_fold(channel))) {
+                self.report(
+                    entry.channel.span().start,
+                    format!("{entry_key}.channel"),
+                    format!("`{channel}` on `{network}` is listed twice in this gateway"),
+                );
+                continue;
+            }
+            channels.push(GatewayChannel {
+                network: network.clone(),
+                channel: channel.clone(),
+                direction: entry
+                    .direction
+                    .as_ref()
+                    .map_or(Direction::InOut, |d| *d.get_ref()),
+            });
+        }
+        channels
+    }
+}
+
+fn gateway_has_flow(channels: &[GatewayChannel]) -> bool {
+    channels.iter().enumerate().any(|(i, source)| {
+        source.direction.is_source()
+            && channels
+                .iter()
+                .enumerate()
+                .any(|(j, destination)| i != j && destination.direction.is_destination())
+    })
+}
+
+fn unknown_placeholder(format: &str) -> Option<String> {
+    let mut rest = format;
+    while let Some(start) = rest.find('{') {
+        let tail = &rest[start..];
+        let end = tail.find('}').map_or(tail.len(), |e| e + 1);
+        let placeholder = &tail[..end];
+        if !NICK_FORMAT_PLACEHOLDERS.contains(&placeholder) {
+            return Some(placeholder.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    None
+}
+
+fn parse_host_port(server: &str) -> Result<(String, u16), String> {
+    let hint = "expected `host:port`, e.g. \"irc.libera.chat:6697\" or \"[::1]:6667\"";
+    let (host, port) = if let Some(rest) = server.strip_prefix('[') {
+        let Some((host, port)) = rest.split_once("]:") else {
+            return Err(format!("`{server}` is not a server address; {hint}"));
+        };
+        (host, port)
+    } else {
+        match server.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, port),
+            _ => return Err(format!("`{server}` has no port; {hint}")),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("`{server}` has no valid host; {hint}"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok((host.to_owned(), port)),
+        _ => Err(format!("`{port}` is not a port number (1-65535); {hint}")),
+    }
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn is_valid_nick(nick: &str) -> bool {
+    let mut chars = nick.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    let special = |c: char| "[]\\`_^{|}".contains(c);
+    (first.is_ascii_alphabetic() || special(first))
+        && chars.all(|c| c.is_ascii_alphanumeric() || special(c) || c == '-')
+}
+
+/// IRC channel names start with `#` or `&` (also `+`/`!` on some servers) and contain no space,
+/// comma, BEL or control characters.
+#[must_use]
+pub fn is_valid_irc_channel(channel: &str) -> bool {
+    channel.len() > 1
+        && channel.len() <= 200
+        && channel.starts_with(['#', '&', '+', '!'])
+        && !channel
+            .chars()
+            .any(|c| c == ' ' || c == ',' || c.is_control())
+}
+
+/// RFC 1459 case folding, which IRC servers use to compare channel names and nicks.
+#[must_use]
+pub fn irc_fold(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '[' => '{',
+            ']' => '}',
+            '\\' => '|',
+            '~' => '^',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("irc.libera.chat:6697"),
+            Ok(("irc.libera.chat".into(), 6697))
+        );
+        assert_eq!(parse_host_port("[::1]:6667"), Ok(("::1".into(), 6667)));
+        assert!(parse_host_port("irc.libera.chat").is_err());
+        assert!(parse_host_port("host:0").is_err());
+        assert!(parse_host_port("host:99999").is_err());
+    }
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(unknown_placeholder("<{NICK}> "), None);
+        assert_eq!(unknown_placeholder("[{NETWORK}] <{NOPINGNICK}> "), None);
+        assert_eq!(unknown_placeholder("<{USER}> "), Some("{USER}".into()));
+    }
+
+    #[test]
+    fn folding() {
+        assert_eq!(irc_fold("#Foo[Bar]"), "#foo{bar}");
+    }
+}

@@ -1,0 +1,151 @@
+//! Connectors: the closed set of network types, and the only code that knows a protocol's wire
+//! types.
+//!
+//! Each network config *builds* a connector (vector's `SourceConfig::build` pattern): a
+//! [`ConnectorHandle`] the outbox calls to deliver, and a [`ConnectorTask`] that owns the
+//! connection, converts wire events to [`crate::model::Inbound`] and submits them to the router.
+//! All connectors have the same shape; adding a network type adds a variant, not a registry.
+
+pub mod irc;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{NetworkConfig, NetworkKind};
+use crate::model::{Capabilities, Delivery, DeliveryAck};
+use crate::router::Router;
+
+/// Why a delivery did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later (not connected, rate limited, connection lost before confirmation).
+    #[error("{reason} (retry in {after:?})")]
+    Retry {
+        /// The earliest sensible retry; `None` lets the outbox back off by attempts.
+        after: Option<Duration>,
+        /// What happened.
+        reason: String,
+    },
+    /// The destination refused it for good (it will be kept as failed, not retried).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What every connector needs from the daemon.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// Where inbound events go.
+    pub router: Router,
+    /// How a relayed sender is shown.
+    pub remote_nick_format: String,
+    /// The channels of this network that appear in gateways, as configured.
+    pub channels: Vec<String>,
+    /// Cancelled when the daemon shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// The outbox's side of a connector: deliver one message.
+#[derive(Clone)]
+pub enum ConnectorHandle {
+    /// IRC.
+    Irc(irc::IrcHandle),
+}
+
+impl ConnectorHandle {
+    /// Send one delivery and wait for the destination's acknowledgement.
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        match self {
+            ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
+        }
+    }
+
+    /// What the network can represent.
+    #[must_use]
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            ConnectorHandle::Irc(_) => irc::CAPABILITIES,
+        }
+    }
+}
+
+/// The connection side of a connector: runs until shutdown.
+pub enum ConnectorTask {
+    /// IRC.
+    Irc(irc::IrcTask),
+}
+
+impl ConnectorTask {
+    /// Run the connection (with reconnects) until the shutdown token is cancelled.
+    pub async fn run(self) {
+        match self {
+            ConnectorTask::Irc(task) => task.run().await,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Build the connector for this network.
+    #[must_use]
+    pub fn build(&self, context: BuildContext) -> (ConnectorHandle, ConnectorTask) {
+        match &self.kind {
+            NetworkKind::Irc(config) => {
+                let (handle, task) = irc::build(&self.id, config.clone(), context);
+                (ConnectorHandle::Irc(handle), ConnectorTask::Irc(task))
+            }
+        }
+    }
+}
+
+/// Render `remote_nick_format` for a delivery. `no_ping` makes the `{NOPINGNICK}` form.
+#[must_use]
+pub fn render_sender(
+    format: &str,
+    delivery: &Delivery,
+    no_ping: impl Fn(&str) -> String,
+) -> String {
+    let nick = &delivery.author.display_name;
+    format
+        .replace("{NOPINGNICK}", &no_ping(nick))
+        .replace("{NICK}", nick)
+        .replace("{NETWORK}", &delivery.origin.network)
+        .replace("{PROTOCOL}", &delivery.origin_protocol)
+        .replace("{CHANNEL}", &delivery.origin.channel)
+        .replace("{GATEWAY}", &delivery.gateway)
+}
+
+/// Exponential backoff with full jitter, for reconnects and retries.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Start at `base`, never wait more than `max`.
+    #[must_use]
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniformly random in [ceiling/2, ceiling], the ceiling doubling each time.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let low = ceiling / 2;
+        low + ceiling.saturating_sub(low).mul_f64(rand::random::<f64>())
+    }
+
+    /// Forget earlier failures (after a connection that worked for a while).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}

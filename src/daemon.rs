@@ -1,0 +1,124 @@
+//! The daemon: opens the store, builds the router and one connector per network, starts the
+//! outbox workers, and runs until it is told to stop.
+//!
+//! Shutdown order matters: the outbox workers stop first (each finishes the delivery it has in
+//! hand, so nothing acknowledged is sent again), then the connectors say goodbye to their
+//! servers, then the store closes. Pending deliveries stay in the outbox for the next start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::connector::BuildContext;
+use crate::outbox::Outbox;
+use crate::router::{Router, Topology};
+use crate::store::{Store, StoreError};
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// How long outbox workers get to finish their delivery in hand at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run the bridge until `shutdown` is cancelled. `on_ready` is called once every connector and
+/// worker has been started (the systemd notification hooks in here).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(),
+) -> Result<(), DaemonError> {
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let topology = Arc::new(Topology::from_config(&config));
+    let mut destinations = topology.destinations().to_vec();
+    for pending in store.pending_destinations()? {
+        if !destinations.contains(&pending) {
+            tracing::warn!(destination = %pending, "Deliveries are pending for a channel that is no longer in any gateway; they stay in the outbox.");
+        }
+    }
+    destinations.sort();
+    let outbox = Arc::new(Outbox::new(&destinations));
+    let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
+
+    let connectors_shutdown = CancellationToken::new();
+    let workers_shutdown = CancellationToken::new();
+    let mut connector_tasks = JoinSet::new();
+    let mut handles = HashMap::new();
+    for network in &config.networks {
+        let mut channels: Vec<String> = Vec::new();
+        for gateway in &config.gateways {
+            for channel in gateway.channels.iter().filter(|c| c.network == network.id) {
+                if !channels.contains(&channel.channel) {
+                    channels.push(channel.channel.clone());
+                }
+            }
+        }
+        if channels.is_empty() {
+            tracing::warn!(network = %network.id, "Network is in no gateway; not connecting.");
+            continue;
+        }
+        let (handle, task) = network.build(BuildContext {
+            router: router.clone(),
+            remote_nick_format: config.remote_nick_format.clone(),
+            channels,
+            shutdown: connectors_shutdown.clone(),
+        });
+        handles.insert(network.id.clone(), handle);
+        connector_tasks.spawn(task.run());
+    }
+    let mut worker_tasks = JoinSet::new();
+    outbox.spawn_workers(&store, &handles, &workers_shutdown, &mut worker_tasks);
+    tracing::info!(
+        networks = handles.len(),
+        gateways = config.gateways.len(),
+        destinations = destinations.len(),
+        "tribridge started."
+    );
+    on_ready();
+
+    shutdown.cancelled().await;
+    tracing::info!("Shutting down: finishing deliveries in hand.");
+    workers_shutdown.cancel();
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while worker_tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "Some deliveries did not finish in time; they stay in the outbox and may be sent again after restart."
+        );
+        worker_tasks.abort_all();
+    }
+    connectors_shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        while connector_tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connector_tasks.abort_all();
+    }
+    let router_stats = router.stats();
+    let outbox_stats = outbox.stats();
+    tracing::info!(
+        committed = router_stats.committed.load(Ordering::Relaxed),
+        echoes = router_stats.echoes.load(Ordering::Relaxed),
+        duplicates = router_stats.duplicates.load(Ordering::Relaxed),
+        unrouted = router_stats.unrouted.load(Ordering::Relaxed),
+        delivered = outbox_stats.delivered.load(Ordering::Relaxed),
+        retried = outbox_stats.retried.load(Ordering::Relaxed),
+        failed = outbox_stats.failed.load(Ordering::Relaxed),
+        "tribridge stopped."
+    );
+    Ok(())
+}

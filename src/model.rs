@@ -1,0 +1,162 @@
+//! The normalised message model: what every connector produces from its wire types and consumes
+//! when it delivers.
+//!
+//! Closed enums only: an event kind is a variant, never a string, and there is no map of "extras".
+//! Nothing here knows a protocol; network-specific identifiers are opaque strings.
+
+use serde::{Deserialize, Serialize};
+
+/// A channel on a network: the unit the router links and the outbox drains.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChannelRef {
+    /// The configured network id.
+    pub network: String,
+    /// The channel's name or id on that network, as configured.
+    pub channel: String,
+}
+
+impl ChannelRef {
+    /// Build a channel reference.
+    #[must_use]
+    pub fn new(network: impl Into<String>, channel: impl Into<String>) -> Self {
+        Self {
+            network: network.into(),
+            channel: channel.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelRef {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}/{}", self.network, self.channel)
+    }
+}
+
+/// Who said something, as its own network knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Author {
+    /// A stable id on the origin network (IRC: the nick; others: the user id).
+    pub id: String,
+    /// The name to show.
+    pub display_name: String,
+}
+
+/// How a text message was said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TextStyle {
+    /// An ordinary message.
+    Normal,
+    /// `/me` (IRC CTCP ACTION, Matrix `m.emote`, Mattermost `/me` post).
+    Action,
+    /// A notice (IRC NOTICE, Matrix `m.notice`).
+    Notice,
+}
+
+/// A change of who is in a channel, or of the channel itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    /// Someone joined.
+    Joined,
+    /// Someone left, with an optional reason.
+    Left {
+        /// The part or quit message.
+        reason: Option<String>,
+    },
+    /// Someone changed their name.
+    Renamed {
+        /// The new name.
+        new_name: String,
+    },
+    /// The topic changed.
+    Topic {
+        /// The new topic.
+        topic: String,
+    },
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventBody {
+    /// A text message.
+    Text {
+        /// Normal, action or notice.
+        style: TextStyle,
+        /// The text, plain for now; line breaks are `\n`.
+        text: String,
+    },
+    /// A membership or channel change, relayed only where configured.
+    Membership(Membership),
+}
+
+/// One event a connector saw on a network, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Where it was said.
+    pub origin: ChannelRef,
+    /// The network's own id for it (IRC `msgid`, Matrix event id, Mattermost post id), if any.
+    /// Without one the event cannot be deduplicated by id.
+    pub remote_id: Option<String>,
+    /// Who said it.
+    pub author: Author,
+    /// When it was said (server time where the network tells it), ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// What was said.
+    pub body: EventBody,
+}
+
+/// One delivery the outbox hands to a connector: a message to send to one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Unique, stable across retries and restarts: the idempotency key (IRC label, Matrix txn
+    /// id, Mattermost `pending_post_id`).
+    pub id: String,
+    /// The canonical message id.
+    pub message_id: i64,
+    /// Where to send it.
+    pub destination: ChannelRef,
+    /// The gateway that links origin and destination.
+    pub gateway: String,
+    /// Where it was said.
+    pub origin: ChannelRef,
+    /// The origin network's protocol name (`irc`, `matrix`, `mattermost`).
+    pub origin_protocol: String,
+    /// Who said it.
+    pub author: Author,
+    /// When it was said, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// What to send.
+    pub body: EventBody,
+    /// How many times a send was tried before.
+    pub attempts: u32,
+}
+
+/// What a destination said when it accepted a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryAck {
+    /// The destination's own id for what we sent, if it told us.
+    pub remote_id: Option<String>,
+}
+
+/// What a network can represent; the router and outbox read these instead of naming networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // capabilities are independent yes/no facts
+pub struct Capabilities {
+    /// Messages can be edited after sending.
+    pub edits: bool,
+    /// Messages can be deleted.
+    pub deletes: bool,
+    /// Threads or replies exist.
+    pub threads: bool,
+    /// Reactions exist.
+    pub reactions: bool,
+    /// The largest message body the destination takes, in bytes (after which text is split).
+    pub max_message_bytes: usize,
+}
+
+/// Milliseconds since the Unix epoch, now.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,235 @@
+//! The router: decides where an inbound event goes and commits it with its outbox rows.
+//!
+//! It never opens a socket and never names a network or protocol: the gateways are data (a
+//! [`Topology`]), and the only thing it does with an event is look up its destinations and hand
+//! both to the store in one transaction, then wake the destinations' outbox workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{Config, irc_fold};
+use crate::model::{ChannelRef, Inbound};
+use crate::store::{CommitOutcome, Route, Store, StoreError};
+
+/// The gateways as a lookup structure: which channels each channel relays to.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    /// source channel (folded) → routes
+    routes: HashMap<ChannelKey, Vec<Route>>,
+    /// every destination channel, in a stable order
+    destinations: Vec<ChannelRef>,
+    /// network id → protocol name
+    protocols: HashMap<String, &'static str>,
+}
+
+/// Channels compare case-insensitively (IRC folding covers every network's names well enough:
+/// Matrix ids and Mattermost names are lowercase or case-exact ASCII-distinct in practice).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ChannelKey {
+    network: String,
+    channel: String,
+}
+
+impl ChannelKey {
+    fn of(channel: &ChannelRef) -> Self {
+        Self {
+            network: channel.network.clone(),
+            channel: irc_fold(&channel.channel),
+        }
+    }
+}
+
+impl Topology {
+    /// Build the routing table from a validated config.
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        let mut topology = Topology::default();
+        let mut destinations: BTreeMap<ChannelKey, ChannelRef> = BTreeMap::new();
+        for network in &config.networks {
+            topology
+                .protocols
+                .insert(network.id.clone(), network.kind.protocol());
+        }
+        for gateway in &config.gateways {
+            for source in gateway.channels.iter().filter(|c| c.direction.is_source()) {
+                let source_ref = ChannelRef::new(&source.network, &source.channel);
+                let key = ChannelKey::of(&source_ref);
+                for destination in gateway
+                    .channels
+                    .iter()
+                    .filter(|c| c.direction.is_destination())
+                {
+                    let destination_ref =
+                        ChannelRef::new(&destination.network, &destination.channel);
+                    let destination_key = ChannelKey::of(&destination_ref);
+                    if destination_key == key {
+                        continue;
+                    }
+                    let routes = topology.routes.entry(key.clone()).or_default();
+                    // A channel reachable through two gateways gets the message once.
+                    if routes
+                        .iter()
+                        .any(|r| ChannelKey::of(&r.destination) == destination_key)
+                    {
+                        continue;
+                    }
+                    routes.push(Route {
+                        gateway: gateway.name.clone(),
+                        destination: destination_ref.clone(),
+                    });
+                    destinations.insert(destination_key, destination_ref);
+                }
+            }
+        }
+        topology.destinations = destinations.into_values().collect();
+        topology
+    }
+
+    /// Where an event said in `origin` goes.
+    #[must_use]
+    pub fn routes(&self, origin: &ChannelRef) -> &[Route] {
+        self.routes
+            .get(&ChannelKey::of(origin))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every channel something can be delivered to.
+    #[must_use]
+    pub fn destinations(&self) -> &[ChannelRef] {
+        &self.destinations
+    }
+
+    /// The protocol name of a network.
+    #[must_use]
+    pub fn protocol(&self, network: &str) -> &'static str {
+        self.protocols.get(network).copied().unwrap_or("unknown")
+    }
+}
+
+/// Counters the router keeps; read them for logs and metrics.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Events committed with their outbox rows.
+    pub committed: AtomicU64,
+    /// Events dropped as echoes of our own deliveries.
+    pub echoes: AtomicU64,
+    /// Events dropped because the same network id was already committed.
+    pub duplicates: AtomicU64,
+    /// Events from channels that route nowhere (not in a gateway, or `out` only).
+    pub unrouted: AtomicU64,
+    /// Outbox rows created.
+    pub deliveries_queued: AtomicU64,
+}
+
+/// Something that wants to know when a destination has new work.
+pub trait Wake: Send + Sync {
+    /// A delivery for `destination` was committed.
+    fn wake(&self, destination: &ChannelRef);
+}
+
+/// Errors from submitting an event.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The store failed; the event was not committed and the caller must not acknowledge it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task running the store call was cancelled (shutdown).
+    #[error("store task did not complete: {0}")]
+    Join(String),
+}
+
+/// The router handle connectors submit events to. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    topology: Arc<Topology>,
+    store: Arc<Store>,
+    wake: Arc<dyn Wake>,
+    stats: Arc<RouterStats>,
+}
+
+impl Router {
+    /// A router over a topology and a store; `wake` is told about new outbox rows.
+    #[must_use]
+    pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
+        Self {
+            topology,
+            store,
+            wake,
+            stats: Arc::new(RouterStats::default()),
+        }
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// The topology.
+    #[must_use]
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Commit an inbound event with one outbox row per destination, then wake those
+    /// destinations. When this returns `Ok`, the event is durable and the connector may
+    /// acknowledge its position on the network.
+    pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
+        let routes = self.topology.routes(&inbound.origin).to_vec();
+        if routes.is_empty() {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(origin = %inbound.origin, "Event from a channel that routes nowhere; dropped.");
+            return Ok(CommitOutcome::Committed {
+                message_id: 0,
+                destinations: Vec::new(),
+            });
+        }
+        let store = Arc::clone(&self.store);
+        let protocol = self.topology.protocol(&inbound.origin.network);
+        let outcome =
+            tokio::task::spawn_blocking(move || store.commit_inbound(&inbound, protocol, &routes))
+                .await
+                .map_err(|error| RouteError::Join(error.to_string()))??;
+        self.account(&outcome);
+        Ok(outcome)
+    }
+
+    /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).
+    pub fn submit_blocking(&self, inbound: &Inbound) -> Result<CommitOutcome, RouteError> {
+        let routes = self.topology.routes(&inbound.origin);
+        if routes.is_empty() {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return Ok(CommitOutcome::Committed {
+                message_id: 0,
+                destinations: Vec::new(),
+            });
+        }
+        let protocol = self.topology.protocol(&inbound.origin.network);
+        let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
+        self.account(&outcome);
+        Ok(outcome)
+    }
+
+    fn account(&self, outcome: &CommitOutcome) {
+        match outcome {
+            CommitOutcome::Committed { destinations, .. } => {
+                self.stats.committed.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .deliveries_queued
+                    .fetch_add(destinations.len() as u64, Ordering::Relaxed);
+                for destination in destinations {
+                    self.wake.wake(destination);
+                }
+            }
+            CommitOutcome::Echo { message_id } => {
+                self.stats.echoes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(message_id, "Echo of our own delivery; dropped.");
+            }
+            CommitOutcome::Duplicate { message_id } => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(message_id, "Event already committed; dropped.");
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The durable state: messages, mappings, the outbox, completed deliveries and cursors, in one
+//! SQLite file (WAL) with numbered migrations embedded from `migrations/`.
+//!
+//! Every method is synchronous and short; async callers run them with
+//! [`tokio::task::spawn_blocking`] so that no network task blocks on the disk. The store decides
+//! nothing about routing: it records what the router decided, atomically.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, now_ms};
+
+/// Numbered migrations, applied in order; `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The state folder could not be created.
+    #[error("cannot create state folder {path}: {source}")]
+    CreateDir {
+        /// The folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A stored row could not be decoded (written by a newer version, or damaged).
+    #[error("stored message {message_id} cannot be decoded: {reason}")]
+    Corrupt {
+        /// The message id.
+        message_id: i64,
+        /// What failed.
+        reason: String,
+    },
+    /// The database was written by a newer tribridge.
+    #[error("the database has schema version {found}; this tribridge knows up to {known}")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+}
+
+/// Whose id a mapping records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingRole {
+    /// The network's id for the event where it was first said.
+    Origin,
+    /// The id a destination gave to one of our deliveries.
+    Delivery,
+}
+
+/// What committing an inbound event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Stored, with one outbox row per destination.
+    Committed {
+        /// The canonical id.
+        message_id: i64,
+        /// Destinations that got an outbox row.
+        destinations: Vec<ChannelRef>,
+    },
+    /// The event is one of our own deliveries coming back: dropped.
+    Echo {
+        /// The canonical id of the message we delivered.
+        message_id: i64,
+    },
+    /// The same event (same network id) was already committed: dropped.
+    Duplicate {
+        /// The canonical id it has.
+        message_id: i64,
+    },
+}
+
+/// One destination of an inbound event: the gateway through which it is reached and the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The gateway name.
+    pub gateway: String,
+    /// The destination channel.
+    pub destination: ChannelRef,
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct Store {
+    connection: Mutex<Connection>,
+}
+
+impl Store {
+    /// Open (or create) `state_dir/tribridge.sqlite3` and apply pending migrations.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let connection = Connection::open(state_dir.join("tribridge.sqlite3"))?;
+        Self::with_connection(connection)
+    }
+
+    /// A store in memory, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
+        // WAL + NORMAL: a committed transaction survives a process crash (SIGKILL); only an OS
+        // crash or power loss can take the last few, which is the usual SQLite trade-off.
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrate(&mut connection)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so a poisoned lock is still safe to use.
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Record an inbound event and one outbox row per route, in one transaction; or recognise it
+    /// as an echo of our own delivery or as a duplicate, and record nothing.
+    pub fn commit_inbound(
+        &self,
+        inbound: &Inbound,
+        origin_protocol: &str,
+        routes: &[Route],
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        if let Some(remote_id) = &inbound.remote_id
+            && let Some((message_id, role)) =
+                lookup_mapping(&transaction, &inbound.origin, remote_id)?
+        {
+            return Ok(match role {
+                MappingRole::Delivery => CommitOutcome::Echo { message_id },
+                MappingRole::Origin => CommitOutcome::Duplicate { message_id },
+            });
+        }
+        let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
+            message_id: 0,
+            reason: error.to_string(),
+        })?;
+        let kind = match inbound.body {
+            EventBody::Text { .. } => "text",
+            EventBody::Membership(_) => "membership",
+        };
+        transaction.execute(
+            "INSERT INTO messages (origin_network, origin_channel, origin_protocol,
+                 origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                inbound.origin.network,
+                inbound.origin.channel,
+                origin_protocol,
+                inbound.remote_id,
+                inbound.author.id,
+                inbound.author.display_name,
+                kind,
+                body,
+                inbound.timestamp_ms,
+                now_ms(),
+            ],
+        )?;
+        let message_id = transaction.last_insert_rowid();
+        if let Some(remote_id) = &inbound.remote_id {
+            transaction.execute(
+                "INSERT INTO mappings (network, channel, remote_id, message_id, role)
+                 VALUES (?1, ?2, ?3, ?4, 'origin')",
+                params![
+                    inbound.origin.network,
+                    inbound.origin.channel,
+                    remote_id,
+                    message_id
+                ],
+            )?;
+        }
+        let mut destinations = Vec::with_capacity(routes.len());
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'post')",
+            )?;
+            for route in routes {
+                let delivery_id = uuid::Uuid::new_v4().simple().to_string();
+                insert.execute(params![
+                    delivery_id,
+                    message_id,
+                    route.destination.network,
+                    route.destination.channel,
+                    route.gateway,
+                ])?;
+                destinations.push(route.destination.clone());
+            }
+        }
+        transaction.commit()?;
+        Ok(CommitOutcome::Committed {
+            message_id,
+            destinations,
+        })
+    }
+
+    /// The oldest delivery still pending for a destination, whether or not it is due yet (the
+    /// caller waits for `next_try_ms` so that order is kept), with its retry time.
+    pub fn next_pending(
+        &self,
+        destination: &ChannelRef,
+    ) -> Result<Option<(Delivery, i64)>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts, o.next_try_ms,
+                    m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
+                    m.author_name, m.body, m.created_ms
+             FROM outbox o JOIN messages m ON m.id = o.message_id
+             WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending'
+             ORDER BY o.seq LIMIT 1",
+        )?;
+        let row = statement
+            .query_row(params![destination.network, destination.channel], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, String>(8)?,
+                    row.get::<_, String>(9)?,
+                    row.get::<_, String>(10)?,
+                    row.get::<_, i64>(11)?,
+                ))
+            })
+            .optional()?;
+        let Some((
+            id,
+            message_id,
+            gateway,
+            attempts,
+            next_try_ms,
+            origin_network,
+            origin_channel,
+            origin_protocol,
+            author_id,
+            author_name,
+            body,
+            created_ms,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        let body: EventBody = serde_json::from_str(&body).map_err(|error| StoreError::Corrupt {
+            message_id,
+            reason: error.to_string(),
+        })?;
+        Ok(Some((
+            Delivery {
+                id,
+                message_id,
+                destination: destination.clone(),
+                gateway,
+                origin: ChannelRef::new(origin_network, origin_channel),
+                origin_protocol,
+                author: Author {
+                    id: author_id,
+                    display_name: author_name,
+                },
+                timestamp_ms: created_ms,
+                body,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            },
+            next_try_ms,
+        )))
+    }
+
+    /// The destination acknowledged a delivery: it leaves the outbox, and the id the destination
+    /// gave it (if any) is mapped to the message, in one transaction. Idempotent.
+    pub fn complete_delivery(
+        &self,
+        delivery_id: &str,
+        remote_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let row: Option<(i64, String, String, i64)> = transaction
+            .query_row(
+                "SELECT message_id, network, channel, attempts FROM outbox WHERE delivery_id = ?1",
+                params![delivery_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        let Some((message_id, network, channel, attempts)) = row else {
+            return Ok(());
+        };
+        transaction.execute(
+            "INSERT OR IGNORE INTO deliveries
+                 (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                delivery_id,
+                message_id,
+                network,
+                channel,
+                remote_id,
+                attempts + 1,
+                now_ms()
+            ],
+        )?;
+        if let Some(remote_id) = remote_id {
+            transaction.execute(
+                "INSERT OR IGNORE INTO mappings (network, channel, remote_id, message_id, role,
+                     delivery_id)
+                 VALUES (?1, ?2, ?3, ?4, 'delivery', ?5)",
+                params![network, channel, remote_id, message_id, delivery_id],
+            )?;
+        }
+        transaction.execute(
+            "DELETE FROM outbox WHERE delivery_id = ?1",
+            params![delivery_id],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// A delivery failed in a way worth retrying: try again at `next_try_ms`.
+    pub fn defer_delivery(
+        &self,
+        delivery_id: &str,
+        next_try_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_try_ms = ?2, last_error = ?3
+             WHERE delivery_id = ?1",
+            params![delivery_id, next_try_ms, error],
+        )?;
+        Ok(())
+    }
+
+    /// A delivery can never succeed (the destination refused it for good): it stays in the
+    /// outbox as `failed`, for an operator to inspect, and no longer blocks its queue.
+    pub fn fail_delivery(&self, delivery_id: &str, error: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, state = 'failed', last_error = ?2
+             WHERE delivery_id = ?1",
+            params![delivery_id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Destinations that have pending deliveries.
+    pub fn pending_destinations(&self) -> Result<Vec<ChannelRef>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT DISTINCT network, channel FROM outbox WHERE state = 'pending' ORDER BY 1, 2",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(ChannelRef::new(
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Number of pending deliveries for a destination.
+    pub fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE network = ?1 AND channel = ?2 AND state = 'pending'",
+            params![destination.network, destination.channel],
+            |row| row.get(0),
+        )?;
+        Ok(count as u64)
+    }
+
+    /// The canonical id and role mapped to a network's id for an event, if any.
+    pub fn lookup(
+        &self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError> {
+        lookup_mapping(&self.lock(), channel, remote_id)
+    }
+
+    /// Every (channel, remote id, role) known for a message: where it came from and everywhere
+    /// it was delivered. Edits, deletes and replies use this.
+    pub fn mappings_of(
+        &self,
+        message_id: i64,
+    ) -> Result<Vec<(ChannelRef, String, MappingRole)>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT network, channel, remote_id, role FROM mappings WHERE message_id = ?1
+             ORDER BY role DESC, network, channel",
+        )?;
+        let rows = statement.query_map(params![message_id], |row| {
+            Ok((
+                ChannelRef::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                row.get::<_, String>(2)?,
+                role_from_sql(&row.get::<_, String>(3)?),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Read a cursor (a sync token, a `since` timestamp, ...) of a network or one of its
+    /// channels (`""` for the whole network).
+    pub fn cursor(&self, network: &str, channel: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT value FROM cursors WHERE network = ?1 AND channel = ?2",
+                params![network, channel],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Write a cursor.
+    pub fn set_cursor(&self, network: &str, channel: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO cursors (network, channel, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (network, channel) DO UPDATE SET value = excluded.value",
+            params![network, channel, value],
+        )?;
+        Ok(())
+    }
+}
+
+fn role_from_sql(role: &str) -> MappingRole {
+    if role == "delivery" {
+        MappingRole::Delivery
+    } else {
+        MappingRole::Origin
+    }
+}
+
+fn lookup_mapping(
+    connection: &Connection,
+    channel: &ChannelRef,
+    remote_id: &str,
+) -> Result<Option<(i64, MappingRole)>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT message_id, role FROM mappings
+         WHERE network = ?1 AND channel = ?2 AND remote_id = ?3",
+    )?;
+    Ok(statement
+        .query_row(
+            params![channel.network, channel.channel, remote_id],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    role_from_sql(&row.get::<_, String>(1)?),
+                ))
+            },
+        )
+        .optional()?)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
