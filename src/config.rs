@@ -325,12 +325,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .canonicalize()
-        .unwrap_or_default();
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let base = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
     parse(&text, &base, &std::env::vars().collect::<Vec<_>>()).map_err(|issues| {
         ConfigError::Invalid {
             path: path.to_owned(),
@@ -525,9 +524,6 @@ fn improve_serde_message(key: &str, message: &str) -> String {
     if key.ends_with(".type") && message.contains("unknown value") {
         return format!("{message} (valid network types: irc, mattermost, matrix)");
     }
-    if key.ends_with("direction") && message.contains("unknown value") {
-        return format!("{message} (valid directions: in, out, inout)");
-    }
     message
 }
 
@@ -546,13 +542,14 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let (state_dir, remote_nick_format) = self.general(raw.general);
+        let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
         for (id, network) in raw.network {
             if let Some(network) = self.network(&id, network) {
                 networks.push(network);
             }
         }
-        let known: HashSet<&str> = networks.iter().map(|n| n.id.as_str()).collect();
+        let known: HashSet<&str> = declared.iter().map(String::as_str).collect();
         let mut gateways = Vec::new();
         let mut gateway_names: HashSet<String> = HashSet::new();
         for (index, gateway) in raw.gateway.into_iter().enumerate() {
@@ -583,7 +580,7 @@ impl Validator<'_> {
                         gateway.channels.len()
                     ),
                 );
-            } else if !channels.is_empty() && !gateway_has_flow(&channels) {
+            } else if channels.len() == gateway.channels.len() && !gateway_has_flow(&channels) {
                 self.report(
                     span_start,
                     format!("{key}.channels"),
@@ -913,8 +910,7 @@ impl Validator<'_> {
             let entry_key = format!("{key}.channels[{index}]");
             let network = entry.network.get_ref();
             if !known.contains(network.as_str()) {
-                // An unknown id, or a network that failed validation (already reported).
-                if networks.iter().all(|n| &n.id != network) {
+                {
                     let mut names: Vec<&str> = known.iter().copied().collect();
                     names.sort_unstable();
                     let valid = if names.is_empty() {
@@ -931,6 +927,10 @@ impl Validator<'_> {
                 continue;
             }
             let channel = entry.channel.get_ref();
+            if networks.iter().all(|n| &n.id != network) {
+                // Declared but invalid: already reported at the network.
+                continue;
+            }
             if let Some(kind) = networks.iter().find(|n| &n.id == network).map(|n| &n.kind) {
                 match kind {
                     NetworkKind::Irc(_) => {

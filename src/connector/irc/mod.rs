@@ -200,7 +200,7 @@ impl TaskInfo {
         let client = tokio::select! {
             result = tokio::time::timeout(Duration::from_secs(30), connect) => match result {
                 Ok(Ok(client)) => client,
-                Ok(Err(error)) => return SessionEnd::Lost(format!("connect failed: {error}")),
+                Ok(Err(error)) => return SessionEnd::Lost(format!("connect failed: {}", error_chain(&error))),
                 Err(_) => return SessionEnd::Lost("connect timed out after 30 s".into()),
             },
             () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -231,7 +231,7 @@ impl TaskInfo {
                             break SessionEnd::Lost(reason);
                         }
                     }
-                    Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
+                    Some(Err(error)) => break SessionEnd::Lost(error_chain(&error)),
                     None => break SessionEnd::Lost("server closed the connection".into()),
                 },
                 () = sleep_until_opt(flood_at) => {
@@ -1122,6 +1122,18 @@ impl<'a> Session<'a> {
         self.submit(inbound).await;
         Ok(())
     }
+}
+
+/// An error with its causes, `a: b: c`, so that "an io error occurred" says which.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn tag(message: &Message, name: &str) -> Option<String> {

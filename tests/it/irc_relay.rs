@@ -1,0 +1,404 @@
+//! IRC ⇄ IRC through the real daemon and a real InspIRCd, asserting what people in each channel
+//! see: every line once, in order, with the sender shown, and nothing echoed back.
+
+use crate::support::bridge::{Bridge, unique};
+use crate::support::irc_client::{IrcClient, texts};
+use crate::support::servers::{InspIrcd, shared_inspircd};
+
+/// A network block for a test server: plain TCP, fast flood control (the test server has no
+/// flood limits; the defaults are for real networks).
+fn irc_network(id: &str, port: u16, nick: &str) -> String {
+    format!(
+        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
+         flood_burst = 1000\nflood_interval_ms = 1\n\n"
+    )
+}
+
+fn gateway(name: &str, channels: &[(&str, &str, &str)]) -> String {
+    let entries: Vec<String> = channels
+        .iter()
+        .map(|(network, channel, direction)| {
+            format!("  {{ network = \"{network}\", channel = \"{channel}\", direction = \"{direction}\" }},")
+        })
+        .collect();
+    format!("[[gateway]]\nname = \"{name}\"\nchannels = [\n{}\n]\n\n", entries.join("\n"))
+}
+
+fn config(networks: &[String], gateways: &[String]) -> String {
+    format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}",
+        networks.concat(),
+        gateways.concat()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_text_actions_and_notices_both_ways_without_echo() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#a"), unique("#b"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway("g", &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")])],
+        ),
+    );
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+
+    alice.say(&channel_a, "hello bob, 2*3*4 <b> é 日本語 🎉");
+    alice.act(&channel_a, "waves");
+    alice.notice(&channel_a, "a notice");
+    alice.say(&channel_a, "MARK-1");
+    let seen = bob.texts_until(&channel_b, "MARK-1").await;
+    let a = alice.nick.clone();
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{a}> hello bob, 2*3*4 <b> é 日本語 🎉"),
+            format!("\x01ACTION <{a}> waves\x01"),
+            format!("<{a}> a notice"),
+            format!("<{a}> MARK-1"),
+        ]
+    );
+    assert_eq!(
+        seen.iter().map(|l| l.command.as_str()).collect::<Vec<_>>(),
+        vec!["PRIVMSG", "PRIVMSG", "NOTICE", "PRIVMSG"]
+    );
+    assert!(seen.iter().all(|l| l.source_nick == nick_two));
+
+    bob.say(&channel_b, "hi alice");
+    bob.act(&channel_b, "smiles");
+    bob.say(&channel_b, "MARK-2");
+    let seen = alice.texts_until(&channel_a, "MARK-2").await;
+    let b = bob.nick.clone();
+    // Nothing alice said comes back to her: only bob's lines are in #a.
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{b}> hi alice"),
+            format!("\x01ACTION <{b}> smiles\x01"),
+            format!("<{b}> MARK-2"),
+        ]
+    );
+    // And nothing bob said came back to #b before alice's next line.
+    alice.say(&channel_a, "MARK-3");
+    let seen = bob.texts_until(&channel_b, "MARK-3").await;
+    assert_eq!(texts(&seen), vec![format!("<{a}> MARK-3")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_channel_gateway_relays_each_line_once_to_each_other_channel() {
+    let server = shared_inspircd();
+    let (x, y, z) = (unique("#x"), unique("#y"), unique("#z"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut xavier = IrcClient::connect(server.port, &unique("xavier")).await;
+    let mut yann = IrcClient::connect(server.port, &unique("yann")).await;
+    let mut zoe = IrcClient::connect(server.port, &unique("zoe")).await;
+    xavier.join(&x).await;
+    yann.join(&y).await;
+    zoe.join(&z).await;
+    let dir = tempfile::tempdir().unwrap();
+    // #x and #y share one bridge connection; #z is on a second account.
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway(
+                "three",
+                &[("one", &x, "inout"), ("one", &y, "inout"), ("two", &z, "inout")],
+            )],
+        ),
+    );
+    xavier.wait_join(&nick_one, &x).await;
+    yann.wait_join(&nick_one, &y).await;
+    zoe.wait_join(&nick_two, &z).await;
+
+    xavier.say(&x, "from x");
+    yann.say(&y, "from y");
+    zoe.say(&z, "from z");
+    for (who, channel) in [(&xavier, &x), (&yann, &y), (&zoe, &z)] {
+        who.say(channel, &format!("END-{}", who.nick));
+    }
+    let (xn, yn, zn) = (xavier.nick.clone(), yann.nick.clone(), zoe.nick.clone());
+    // Each channel sees the other two channels' lines exactly once, and never its own.
+    for (client, channel, others) in [
+        (&mut xavier, &x, [&yn, &zn]),
+        (&mut yann, &y, [&xn, &zn]),
+        (&mut zoe, &z, [&xn, &yn]),
+    ] {
+        let mut got: Vec<String> = Vec::new();
+        for other in others {
+            let marker = format!("END-{other}");
+            if got.iter().any(|t| t.ends_with(&marker)) {
+                continue;
+            }
+            got.extend(texts(&client.texts_until(channel, &marker).await));
+        }
+        for other in others {
+            let from = format!("<{other}> from ");
+            assert_eq!(
+                got.iter().filter(|t| t.starts_with(&from)).count(),
+                1,
+                "{} sees {other}'s line once: {got:#?}",
+                client.nick
+            );
+            assert_eq!(
+                got.iter().filter(|t| **t == format!("<{other}> END-{other}")).count(),
+                1,
+                "{} sees {other}'s end marker once: {got:#?}",
+                client.nick
+            );
+        }
+        let own = format!("<{}>", client.nick);
+        assert!(
+            got.iter().all(|t| !t.starts_with(&own)),
+            "{} never sees their own lines: {got:#?}",
+            client.nick
+        );
+        assert_eq!(got.len(), 4, "{}: {got:#?}", client.nick);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_250_lines_arrives_in_order_exactly_once() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#burst"), unique("#burst"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway("g", &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")])],
+        ),
+    );
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+    let burst: String = (1..=250).map(|n| format!("PRIVMSG {channel_a} :line {n:03}\r\n")).collect();
+    alice.raw(burst.trim_end());
+    alice.say(&channel_a, "BURST-END");
+    let seen = bob.texts_until(&channel_b, "BURST-END").await;
+    let a = alice.nick.clone();
+    let mut expected: Vec<String> = (1..=250).map(|n| format!("<{a}> line {n:03}")).collect();
+    expected.push(format!("<{a}> BURST-END"));
+    assert_eq!(texts(&seen), expected);
+    assert!(!bridge.logs().contains("Delivery failed"), "{}", bridge.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direction_in_and_out_are_one_way() {
+    let server = shared_inspircd();
+    let (inbound, outbound, both) = (unique("#in"), unique("#out"), unique("#both"));
+    let nick = unique("brdir");
+    let mut ivan = IrcClient::connect(server.port, &unique("ivan")).await;
+    let mut olga = IrcClient::connect(server.port, &unique("olga")).await;
+    let mut bea = IrcClient::connect(server.port, &unique("bea")).await;
+    ivan.join(&inbound).await;
+    olga.join(&outbound).await;
+    bea.join(&both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[irc_network("one", server.port, &nick)],
+            &[gateway(
+                "oneway",
+                &[("one", &inbound, "in"), ("one", &outbound, "out"), ("one", &both, "inout")],
+            )],
+        ),
+    );
+    ivan.wait_join(&nick, &inbound).await;
+    olga.wait_join(&nick, &outbound).await;
+    bea.wait_join(&nick, &both).await;
+
+    olga.say(&outbound, "olga says: not relayed");
+    ivan.say(&inbound, "IVAN-1");
+    bea.say(&both, "BEA-1");
+    // #out receives from #in and #both; nothing from #out went anywhere.
+    let olga_sees = olga.texts_until(&outbound, "BEA-1").await;
+    let olga_texts = texts(&olga_sees);
+    assert!(olga_texts.contains(&format!("<{}> IVAN-1", ivan.nick)), "{olga_texts:#?}");
+    let bea_sees = bea.texts_until(&both, "IVAN-1").await;
+    assert_eq!(texts(&bea_sees), vec![format!("<{}> IVAN-1", ivan.nick)]);
+    // #in receives nothing at all: bea's line and olga's line never arrive there.
+    ivan.say(&inbound, "IVAN-2");
+    let _ = bea.texts_until(&both, "IVAN-2").await;
+    let ivan_saw = ivan
+        .wait_for(|l| l.text().is_some(), std::time::Duration::from_millis(500))
+        .await;
+    assert_eq!(ivan_saw, None, "#in must receive nothing");
+}
+
+/// A destination whose server is down holds up only itself; its queue survives a SIGKILL of the
+/// daemon and is delivered, once and in order, when the server and the daemon are back; and what
+/// was already delivered is never replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_destination_queues_durably_across_kill_9_and_nothing_replays() {
+    let first = shared_inspircd();
+    let mut second = InspIrcd::start();
+    let (source, side, destination) = (unique("#src"), unique("#side"), unique("#dst"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(first.port, &unique("alice")).await;
+    let mut sid = IrcClient::connect(first.port, &unique("sid")).await;
+    let mut bob = IrcClient::connect(second.port, &unique("bob")).await;
+    alice.join(&source).await;
+    sid.join(&side).await;
+    bob.join(&destination).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", first.port, &nick_one),
+                irc_network("two", second.port, &nick_two),
+            ],
+            &[gateway(
+                "g",
+                &[("one", &source, "inout"), ("one", &side, "inout"), ("two", &destination, "inout")],
+            )],
+        ),
+    );
+    alice.wait_join(&nick_one, &source).await;
+    sid.wait_join(&nick_one, &side).await;
+    bob.wait_join(&nick_two, &destination).await;
+    alice.say(&source, "before");
+    assert_eq!(texts(&bob.texts_until(&destination, "before").await).len(), 1);
+    assert_eq!(texts(&sid.texts_until(&side, "before").await).len(), 1);
+
+    // The second server goes away; #side on the first keeps flowing.
+    second.stop();
+    drop(bob);
+    for n in 1..=20 {
+        alice.say(&source, &format!("queued {n:02}"));
+    }
+    alice.say(&source, "DOWN-END");
+    let side_seen = sid.texts_until(&side, "DOWN-END").await;
+    assert_eq!(side_seen.len(), 21, "{:#?}", texts(&side_seen));
+
+    // Crash while 21 deliveries wait for the dead server.
+    bridge.kill9();
+    second.restart();
+    let mut bob = IrcClient::connect(second.port, &unique("bob")).await;
+    bob.join(&destination).await;
+    bridge.restart();
+    alice.wait_join(&nick_one, &source).await;
+    bob.wait_join(&nick_two, &destination).await;
+    let a = alice.nick.clone();
+    let seen = bob.texts_until(&destination, "DOWN-END").await;
+    let mut expected: Vec<String> = (1..=20).map(|n| format!("<{a}> queued {n:02}")).collect();
+    expected.push(format!("<{a}> DOWN-END"));
+    assert_eq!(texts(&seen), expected);
+
+    // Nothing already delivered is replayed anywhere.
+    alice.say(&source, "AFTER");
+    assert_eq!(
+        texts(&sid.texts_until(&side, "AFTER").await),
+        vec![format!("<{a}> AFTER")]
+    );
+    assert_eq!(
+        texts(&bob.texts_until(&destination, "AFTER").await),
+        vec![format!("<{a}> AFTER")]
+    );
+}
+
+/// The source side's server restarts mid-stream: the daemon reconnects, rejoins and relays what
+/// is said afterwards; nothing said before is doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_source_server_restart_mid_stream() {
+    let mut first = InspIrcd::start();
+    let second = shared_inspircd();
+    let (source, destination) = (unique("#src"), unique("#dst"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let alice_nick = unique("alice");
+    let mut alice = IrcClient::connect(first.port, &alice_nick).await;
+    let mut bob = IrcClient::connect(second.port, &unique("bob")).await;
+    alice.join(&source).await;
+    bob.join(&destination).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", first.port, &nick_one),
+                irc_network("two", second.port, &nick_two),
+            ],
+            &[gateway("g", &[("one", &source, "inout"), ("two", &destination, "inout")])],
+        ),
+    );
+    alice.wait_join(&nick_one, &source).await;
+    bob.wait_join(&nick_two, &destination).await;
+    for n in 1..=50 {
+        alice.say(&source, &format!("first half {n:02}"));
+    }
+    alice.say(&source, "HALF");
+    let seen = bob.texts_until(&destination, "HALF").await;
+    assert_eq!(seen.len(), 51);
+
+    first.restart();
+    drop(alice);
+    let mut alice = IrcClient::connect(first.port, &alice_nick).await;
+    alice.join(&source).await;
+    alice.wait_member(&nick_one, &source).await;
+    for n in 1..=50 {
+        alice.say(&source, &format!("second half {n:02}"));
+    }
+    alice.say(&source, "DONE");
+    let seen = bob.texts_until(&destination, "DONE").await;
+    let mut expected: Vec<String> = (1..=50)
+        .map(|n| format!("<{alice_nick}> second half {n:02}"))
+        .collect();
+    expected.push(format!("<{alice_nick}> DONE"));
+    assert_eq!(texts(&seen), expected);
+    assert!(bridge.logs().contains("IRC connection lost; reconnecting."));
+}
+
+/// TLS is verified by default: against a server whose certificate is not trusted, the daemon
+/// refuses to connect and says why; with the CA configured it connects over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_by_default() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#tls"), unique("#tls"));
+    let (trusted, untrusted) = (unique("brtls"), unique("brbad"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel_a).await;
+    alice.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.tls.ca_pem.display().to_string();
+    let config_text = format!(
+        "[general]\nstate_dir = \"state\"\n\n\
+         [network.trusted]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\nnick = \"{trusted}\"\ntls_ca_file = \"{ca}\"\n\n\
+         [network.untrusted]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\nnick = \"{untrusted}\"\n\n\
+         {gateway}",
+        port = server.tls_port,
+        gateway = gateway("g", &[("trusted", &channel_a, "inout"), ("untrusted", &channel_b, "inout")])
+    );
+    let bridge = Bridge::start(dir.path(), &config_text);
+    alice.wait_join(&trusted, &channel_a).await;
+    // The untrusted connection fails at the handshake; its log line says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !bridge.logs().contains("invalid peer certificate") {
+        assert!(std::time::Instant::now() < deadline, "{}", bridge.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!bridge.logs().contains(&format!("nick={untrusted}")));
+}

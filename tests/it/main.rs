@@ -1,0 +1,5 @@
+//! The integration tests: one binary (ripgrep's layout), sharing servers started once.
+
+mod config_check;
+mod irc_relay;
+mod support;

@@ -1,0 +1,100 @@
+//! The real `tribridge` binary, run as a child process on a config the test writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A short name unique in this test run, for nicks and channels (tests share servers).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 10_000)
+}
+
+pub struct Bridge {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Bridge {
+    /// Write `config` to `dir/bridges.toml` and start the daemon on it.
+    pub fn start(dir: &Path, config: &str) -> Bridge {
+        std::fs::write(dir.join("bridges.toml"), config).expect("write config");
+        let mut bridge = Bridge {
+            dir: dir.to_path_buf(),
+            child: None,
+            starts: 0,
+        };
+        bridge.spawn();
+        bridge
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("bridge-{}.log", self.starts)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tribridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.join("bridges.toml"))
+            .env("RUST_LOG", "info,tribridge=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tribridge");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tribridge did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again on the same config and state.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the bridge first");
+        self.spawn();
+    }
+
+    /// Everything the daemon logged so far, over all its starts.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.dir.join(format!("bridge-{n}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,5 @@
+//! Test support: real servers, a raw IRC client, and the daemon as a child process.
+
+pub mod bridge;
+pub mod irc_client;
+pub mod servers;

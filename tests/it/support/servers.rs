@@ -1,0 +1,193 @@
+//! Real chat servers for the integration tests, started on free loopback ports.
+//!
+//! Each server runs under a small `sh` watchdog whose stdin is a pipe from the test process:
+//! when the test process ends in any way (even SIGKILL), the pipe closes, the watchdog's `cat`
+//! returns and it stops the server by its PID. Dropping the handle does the same, on purpose.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// TLS material for test servers: a CA, and a leaf for localhost + 127.0.0.1 signed by it.
+pub struct TestTls {
+    /// The CA certificate the bridge trusts (`tls_ca_file`).
+    pub ca_pem: PathBuf,
+    /// The server certificate.
+    pub cert_pem: PathBuf,
+    /// The server key.
+    pub key_pem: PathBuf,
+}
+
+impl TestTls {
+    pub fn generate(dir: &Path) -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tribridge test CA");
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("leaf params");
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("leaf cert");
+        let tls = TestTls {
+            ca_pem: dir.join("ca.pem"),
+            cert_pem: dir.join("cert.pem"),
+            key_pem: dir.join("key.pem"),
+        };
+        std::fs::write(&tls.ca_pem, ca.pem()).expect("write ca");
+        std::fs::write(&tls.cert_pem, leaf.pem()).expect("write cert");
+        std::fs::write(&tls.key_pem, leaf_key.serialize_pem()).expect("write key");
+        tls
+    }
+}
+
+/// A running InspIRCd.
+pub struct InspIrcd {
+    pub port: u16,
+    pub tls_port: u16,
+    pub dir: PathBuf,
+    pub tls: TestTls,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+fn inspircd_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/inspircd", "/usr/bin/inspircd"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("InspIRCd is not installed: run `scripts/install-test-deps.sh` (apt-get install inspircd)");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+impl InspIrcd {
+    /// Start a new InspIRCd in its own temporary folder.
+    pub fn start() -> InspIrcd {
+        let tempdir = tempfile::Builder::new()
+            .prefix("tribridge-inspircd-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let tls = TestTls::generate(&dir.join("tls"));
+        let mut server = InspIrcd {
+            port: free_port(),
+            tls_port: free_port(),
+            dir,
+            tls,
+            watchdog: None,
+            _tempdir: Some(tempdir),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let template = include_str!("../../servers/inspircd.conf.in");
+        let config = template
+            .replace("@DATA@", &self.dir.display().to_string())
+            .replace("@TLS_DIR@", &self.dir.join("tls").display().to_string())
+            .replace("@PLAIN_PORT@", &self.port.to_string())
+            .replace("@TLS_PORT@", &self.tls_port.to_string())
+            .replace("@MODULE_DIR@", "/usr/lib/inspircd/modules");
+        std::fs::create_dir_all(self.dir.join("data")).expect("data dir");
+        std::fs::create_dir_all(self.dir.join("logs")).expect("logs dir");
+        std::fs::write(self.dir.join("inspircd.motd"), "tribridge test IRCd\n").expect("motd");
+        let config_path = self.dir.join("inspircd.conf");
+        std::fs::write(&config_path, config).expect("config");
+        let mut args = vec![
+            format!("--config={}", config_path.display()),
+            "--nofork".to_owned(),
+            "--nopid".to_owned(),
+        ];
+        if is_root() {
+            args.push("--runasroot".to_owned());
+        }
+        let log = std::fs::File::create(self.dir.join("inspircd.out")).expect("log");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            // ulimit: ssl_gnutls segfaults on SIGTERM; no core files. The server's stdin is
+            // /dev/null (background job), the watchdog's `cat` holds our pipe.
+            .arg(r#"ulimit -c 0; cd "$1"; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM $pid 2>/dev/null; wait $pid"#)
+            .arg("sh")
+            .arg(&self.dir)
+            .arg(inspircd_binary())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn inspircd");
+        let stdin = child.stdin.take().expect("stdin");
+        self.watchdog = Some((child, stdin));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [self.port, self.tls_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some((child, _)) = &mut self.watchdog
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!(
+                        "inspircd exited ({status}): {}",
+                        std::fs::read_to_string(self.dir.join("inspircd.out")).unwrap_or_default()
+                    );
+                }
+                assert!(Instant::now() < deadline, "inspircd did not open port {port}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Stop the server and wait until it is gone.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop, then start again on the same ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        // The port is free once the server has exited; bind may still race a TIME_WAIT, which
+        // InspIRCd handles with SO_REUSEADDR.
+        self.spawn();
+    }
+}
+
+impl Drop for InspIrcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One InspIRCd shared by every test in this binary that does not restart it.
+pub fn shared_inspircd() -> &'static InspIrcd {
+    static SERVER: OnceLock<InspIrcd> = OnceLock::new();
+    SERVER.get_or_init(InspIrcd::start)
+}
