@@ -329,7 +329,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let base = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
+    let base = parent
+        .canonicalize()
+        .unwrap_or_else(|_| parent.to_path_buf());
     parse(&text, &base, &std::env::vars().collect::<Vec<_>>()).map_err(|issues| {
         ConfigError::Invalid {
             path: path.to_owned(),

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-const NET: &str = "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\nnick = \"tribridge\"\n";
-const NET2: &str = "[network.oftc]\ntype = \"irc\"\nserver = \"irc.oftc.net:6697\"\nnick = \"tribridge\"\n";
+const NET: &str =
+    "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\nnick = \"tribridge\"\n";
+const NET2: &str =
+    "[network.oftc]\ntype = \"irc\"\nserver = \"irc.oftc.net:6697\"\nnick = \"tribridge\"\n";
 const GATEWAY: &str = "[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"oftc\", channel = \"#b\" },\n]\n";
 
 fn check(text: &str) -> Vec<String> {
@@ -23,65 +25,223 @@ fn check(text: &str) -> Vec<String> {
 fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
     vec![
         ("valid", format!("{NET}{NET2}{GATEWAY}"), vec![]),
-        ("unknown key in general", format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:1: general.colour: unknown field `colour`, expected `state_dir` or `remote_nick_format`"]),
-        ("unknown top-level table", format!("[networks.x]\n{NET}{NET2}{GATEWAY}"),
-            vec!["bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`"]),
-        ("unknown key in a network", format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`"]),
-        ("wrong type", format!("{NET}tls = \"yes\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:7: network.libera.tls: wrong type: found string \"yes\", expected a boolean"]),
-        ("unknown network type", format!("[network.x]\ntype = \"slack\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix` (valid network types: irc, mattermost, matrix)"]),
-        ("network type not yet available", format!("[network.libera]\ntype = \"matrix\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:8: network.libera.type: network type `matrix` is not available in this version of tribridge yet; available: irc"]),
-        ("missing server", format!("[network.libera]\ntype = \"irc\"\nnick = \"x\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:8: network.libera.server: missing key `server`: an IRC network needs `server = \"host:port\"`"]),
-        ("server without port", format!("[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat\"\nnick = \"x\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:3:10: network.libera.server: `irc.libera.chat` has no port; expected `host:port`, e.g. \"irc.libera.chat:6697\" or \"[::1]:6667\""]),
-        ("bad port", format!("[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:66970\"\nnick = \"x\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:3:10: network.libera.server: `66970` is not a port number (1-65535); expected `host:port`, e.g. \"irc.libera.chat:6697\" or \"[::1]:6667\""]),
-        ("missing nick", format!("[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:8: network.libera.nick: missing key `nick`: the nick the bridge uses on this network"]),
-        ("invalid nick", format!("[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\nnick = \"9 lives\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:4:8: network.libera.nick: an IRC nick starts with a letter or one of []\\`_^{|} and contains no spaces, commas or control characters"]),
-        ("invalid network id", format!("[network.\"li bera\"]\ntype = \"irc\"\nserver = \"a:1\"\nnick = \"x\"\n{NET2}{GATEWAY}"),
+        (
+            "unknown key in general",
+            format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected `state_dir` or `remote_nick_format`",
+            ],
+        ),
+        (
+            "unknown top-level table",
+            format!("[networks.x]\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`",
+            ],
+        ),
+        (
+            "unknown key in a network",
+            format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`",
+            ],
+        ),
+        (
+            "wrong type",
+            format!("{NET}tls = \"yes\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:7: network.libera.tls: wrong type: found string \"yes\", expected a boolean",
+            ],
+        ),
+        (
+            "unknown network type",
+            format!("[network.x]\ntype = \"slack\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix` (valid network types: irc, mattermost, matrix)",
+            ],
+        ),
+        (
+            "network type not yet available",
+            format!("[network.libera]\ntype = \"matrix\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:8: network.libera.type: network type `matrix` is not available in this version of tribridge yet; available: irc",
+            ],
+        ),
+        (
+            "missing server",
+            format!("[network.libera]\ntype = \"irc\"\nnick = \"x\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:8: network.libera.server: missing key `server`: an IRC network needs `server = \"host:port\"`",
+            ],
+        ),
+        (
+            "server without port",
+            format!(
+                "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat\"\nnick = \"x\"\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:3:10: network.libera.server: `irc.libera.chat` has no port; expected `host:port`, e.g. \"irc.libera.chat:6697\" or \"[::1]:6667\"",
+            ],
+        ),
+        (
+            "bad port",
+            format!(
+                "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:66970\"\nnick = \"x\"\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:3:10: network.libera.server: `66970` is not a port number (1-65535); expected `host:port`, e.g. \"irc.libera.chat:6697\" or \"[::1]:6667\"",
+            ],
+        ),
+        (
+            "missing nick",
+            format!(
+                "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:2:8: network.libera.nick: missing key `nick`: the nick the bridge uses on this network",
+            ],
+        ),
+        (
+            "invalid nick",
+            format!(
+                "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\nnick = \"9 lives\"\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:4:8: network.libera.nick: an IRC nick starts with a letter or one of []\\`_^{|} and contains no spaces, commas or control characters",
+            ],
+        ),
+        (
+            "invalid network id",
+            format!(
+                "[network.\"li bera\"]\ntype = \"irc\"\nserver = \"a:1\"\nnick = \"x\"\n{NET2}{GATEWAY}"
+            ),
             vec![
                 "bridges.toml:1:10: network.li bera: network ids use letters, digits, `-` and `_` only",
                 "bridges.toml:12:15: gateway[0].channels[0].network: unknown network `libera`; defined networks: li bera, oftc",
-            ]),
-        ("duplicate network", format!("{NET}{NET}{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:1: (file): invalid table header\nduplicate key `libera` in table `network`"]),
-        ("unreadable secret file", format!("{NET}password_file = \"secret.txt\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:17: network.libera.password_file: cannot read secret file `/etc/tribridge/secret.txt`: No such file or directory (os error 2)"]),
-        ("secret from an unset variable", format!("{NET}sasl_password_env = \"UNSET_VAR\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:21: network.libera.sasl_password_env: environment variable `UNSET_VAR` is not set"]),
-        ("secret given twice", format!("{NET}nickserv_password = \"a\"\nnickserv_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:6:25: network.libera.nickserv_password: give `nickserv_password` one way only: `nickserv_password`, `nickserv_password_file` or `nickserv_password_env`"]),
-        ("sasl user without password", format!("{NET}sasl_username = \"me\"\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:17: network.libera.sasl_username: sasl_username needs sasl_password (or sasl_password_file / sasl_password_env)"]),
-        ("tls_verify without tls", format!("{NET}tls = false\ntls_verify = false\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:7: network.libera.tls_verify: `tls_verify` has no effect with `tls = false`; remove it or turn TLS on"]),
-        ("flood burst out of range", format!("{NET}flood_burst = 0\n{NET2}{GATEWAY}"),
-            vec!["bridges.toml:5:15: network.libera.flood_burst: `flood_burst` must be between 1 and 1000"]),
-        ("unknown placeholder", format!("[general]\nremote_nick_format = \"<{{USER}}> \"\n{NET}{NET2}{GATEWAY}"),
-            vec!["bridges.toml:2:22: general.remote_nick_format: unknown placeholder `{USER}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}"]),
-        ("unknown network in a gateway", format!("{NET}{GATEWAY}"),
-            vec!["bridges.toml:9:15: gateway[0].channels[1].network: unknown network `oftc`; defined networks: libera"]),
-        ("gateway with one channel", format!("{NET}[[gateway]]\nname = \"g\"\nchannels = [ {{ network = \"libera\", channel = \"#a\" }} ]\n"),
-            vec!["bridges.toml:5:1: gateway[0].channels: gateway `g` has 1 channel(s); a gateway links at least two channels"]),
-        ("duplicate gateway names", format!("{NET}{NET2}{GATEWAY}{GATEWAY}"),
-            vec!["bridges.toml:16:8: gateway[1].name: duplicate gateway name `g`: every gateway needs its own name"]),
-        ("same channel twice in a gateway", format!("{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"libera\", channel = \"#A\" }},\n]\n"),
-            vec!["bridges.toml:13:35: gateway[0].channels[1].channel: `#A` on `libera` is listed twice in this gateway"]),
-        ("not an IRC channel", format!("{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"a\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"),
-            vec!["bridges.toml:12:35: gateway[0].channels[0].channel: `a` is not an IRC channel name: it starts with # or & and has no spaces, commas or control characters"]),
-        ("bad direction", format!("{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\", direction = \"both\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"),
-            vec!["bridges.toml:12:53: gateway[0].channels[0].direction: unknown value `both`, expected one of `in`, `out`, `inout`"]),
-        ("gateway that relays nothing", format!("{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\", direction = \"out\" }},\n  {{ network = \"oftc\", channel = \"#b\", direction = \"out\" }},\n]\n"),
-            vec!["bridges.toml:9:1: gateway[0].channels: gateway `g` relays nothing: it needs one channel with direction in or inout and another with out or inout"]),
-        ("TOML syntax error", format!("{NET}{NET2}[[gateway]\n"),
-            vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"]),
+            ],
+        ),
+        (
+            "duplicate network",
+            format!("{NET}{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:1: (file): invalid table header\nduplicate key `libera` in table `network`",
+            ],
+        ),
+        (
+            "unreadable secret file",
+            format!("{NET}password_file = \"secret.txt\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:17: network.libera.password_file: cannot read secret file `/etc/tribridge/secret.txt`: No such file or directory (os error 2)",
+            ],
+        ),
+        (
+            "secret from an unset variable",
+            format!("{NET}sasl_password_env = \"UNSET_VAR\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:21: network.libera.sasl_password_env: environment variable `UNSET_VAR` is not set",
+            ],
+        ),
+        (
+            "secret given twice",
+            format!(
+                "{NET}nickserv_password = \"a\"\nnickserv_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:6:25: network.libera.nickserv_password: give `nickserv_password` one way only: `nickserv_password`, `nickserv_password_file` or `nickserv_password_env`",
+            ],
+        ),
+        (
+            "sasl user without password",
+            format!("{NET}sasl_username = \"me\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:17: network.libera.sasl_username: sasl_username needs sasl_password (or sasl_password_file / sasl_password_env)",
+            ],
+        ),
+        (
+            "tls_verify without tls",
+            format!("{NET}tls = false\ntls_verify = false\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:7: network.libera.tls_verify: `tls_verify` has no effect with `tls = false`; remove it or turn TLS on",
+            ],
+        ),
+        (
+            "flood burst out of range",
+            format!("{NET}flood_burst = 0\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:15: network.libera.flood_burst: `flood_burst` must be between 1 and 1000",
+            ],
+        ),
+        (
+            "unknown placeholder",
+            format!("[general]\nremote_nick_format = \"<{{USER}}> \"\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:22: general.remote_nick_format: unknown placeholder `{USER}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}",
+            ],
+        ),
+        (
+            "unknown network in a gateway",
+            format!("{NET}{GATEWAY}"),
+            vec![
+                "bridges.toml:9:15: gateway[0].channels[1].network: unknown network `oftc`; defined networks: libera",
+            ],
+        ),
+        (
+            "gateway with one channel",
+            format!(
+                "{NET}[[gateway]]\nname = \"g\"\nchannels = [ {{ network = \"libera\", channel = \"#a\" }} ]\n"
+            ),
+            vec![
+                "bridges.toml:5:1: gateway[0].channels: gateway `g` has 1 channel(s); a gateway links at least two channels",
+            ],
+        ),
+        (
+            "duplicate gateway names",
+            format!("{NET}{NET2}{GATEWAY}{GATEWAY}"),
+            vec![
+                "bridges.toml:16:8: gateway[1].name: duplicate gateway name `g`: every gateway needs its own name",
+            ],
+        ),
+        (
+            "same channel twice in a gateway",
+            format!(
+                "{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"libera\", channel = \"#A\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:13:35: gateway[0].channels[1].channel: `#A` on `libera` is listed twice in this gateway",
+            ],
+        ),
+        (
+            "not an IRC channel",
+            format!(
+                "{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"a\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:12:35: gateway[0].channels[0].channel: `a` is not an IRC channel name: it starts with # or & and has no spaces, commas or control characters",
+            ],
+        ),
+        (
+            "bad direction",
+            format!(
+                "{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\", direction = \"both\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:12:53: gateway[0].channels[0].direction: unknown value `both`, expected one of `in`, `out`, `inout`",
+            ],
+        ),
+        (
+            "gateway that relays nothing",
+            format!(
+                "{NET}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\", direction = \"out\" }},\n  {{ network = \"oftc\", channel = \"#b\", direction = \"out\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:9:1: gateway[0].channels: gateway `g` relays nothing: it needs one channel with direction in or inout and another with out or inout",
+            ],
+        ),
+        (
+            "TOML syntax error",
+            format!("{NET}{NET2}[[gateway]\n"),
+            vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],
+        ),
     ]
 }
 
@@ -91,7 +251,9 @@ fn every_error_class_has_its_exact_message() {
     for (name, text, expected) in cases() {
         let got = check(&text);
         if got != expected {
-            failures.push(format!("{name}:\n  expected {expected:#?}\n  got      {got:#?}"));
+            failures.push(format!(
+                "{name}:\n  expected {expected:#?}\n  got      {got:#?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -101,7 +263,8 @@ fn every_error_class_has_its_exact_message() {
 fn secrets_come_from_files_and_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pass"), "s3cret\n").unwrap();
-    let text = format!("{NET}password_file = \"pass\"\nsasl_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}");
+    let text =
+        format!("{NET}password_file = \"pass\"\nsasl_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}");
     let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
     let config = tribridge::config::parse(&text, dir.path(), &env).unwrap();
     let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind;
@@ -142,16 +305,24 @@ fn check_rejects_a_broken_file_with_located_errors_and_exit_2() {
     assert_eq!(code, 2, "{stdout}{stderr}");
     assert_eq!(
         stderr.trim(),
-        format!("{path_text}:5:7: network.libera.tls: wrong type: found string \"yes\", expected a boolean")
+        format!(
+            "{path_text}:5:7: network.libera.tls: wrong type: found string \"yes\", expected a boolean"
+        )
     );
     let (code, _, stderr) = cli(&["check", "--config", "/nonexistent/bridges.toml"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("/nonexistent/bridges.toml: cannot read the configuration file"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/bridges.toml: cannot read the configuration file"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn version_is_printed() {
     let (code, stdout, _) = cli(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(stdout.trim(), format!("tribridge {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout.trim(),
+        format!("tribridge {}", env!("CARGO_PKG_VERSION"))
+    );
 }

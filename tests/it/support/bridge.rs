@@ -84,10 +84,28 @@ impl Bridge {
         self.spawn();
     }
 
+    /// Wait until the daemon has recorded every delivery to `channel` as acknowledged (the
+    /// outbox holds nothing for it), reading the store as an operator would.
+    pub async fn wait_outbox_drained(&self, network: &str, channel: &str) {
+        let store = tribridge::store::Store::open(&self.dir.join("state")).expect("open store");
+        let destination = tribridge::model::ChannelRef::new(network, channel);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.pending_count(&destination).expect("count") > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "outbox for {destination} not drained"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Everything the daemon logged so far, over all its starts.
     pub fn logs(&self) -> String {
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("bridge-{n}.log"))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("bridge-{n}.log")))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }

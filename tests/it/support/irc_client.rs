@@ -123,7 +123,12 @@ impl IrcClient {
         self.raw(&format!("JOIN {channel}"));
         let channel_lower = channel.to_lowercase();
         self.wait_for(
-            |l| l.command == "366" && l.params.get(1).is_some_and(|c| c.to_lowercase() == channel_lower),
+            |l| {
+                l.command == "366"
+                    && l.params
+                        .get(1)
+                        .is_some_and(|c| c.to_lowercase() == channel_lower)
+            },
             DEADLINE,
         )
         .await
@@ -143,7 +148,11 @@ impl IrcClient {
     }
 
     /// The next line matching `predicate`, keeping the others for later calls.
-    pub async fn wait_for(&mut self, predicate: impl Fn(&Line) -> bool, within: Duration) -> Option<Line> {
+    pub async fn wait_for(
+        &mut self,
+        predicate: impl Fn(&Line) -> bool,
+        within: Duration,
+    ) -> Option<Line> {
         if let Some(position) = self.backlog.iter().position(&predicate) {
             return self.backlog.remove(position);
         }
@@ -169,7 +178,9 @@ impl IrcClient {
             |l| {
                 l.command == "JOIN"
                     && l.source_nick.to_lowercase() == nick
-                    && l.params.first().is_some_and(|c| c.to_lowercase() == channel)
+                    && l.params
+                        .first()
+                        .is_some_and(|c| c.to_lowercase() == channel)
             },
             DEADLINE,
         )
@@ -198,9 +209,11 @@ impl IrcClient {
                 break;
             }
             present |= line.params.last().is_some_and(|names| {
-                names
-                    .split(' ')
-                    .any(|n| n.trim_start_matches(['@', '+', '%', '&', '~']).to_lowercase() == lower_nick)
+                names.split(' ').any(|n| {
+                    n.trim_start_matches(['@', '+', '%', '&', '~'])
+                        .to_lowercase()
+                        == lower_nick
+                })
             });
         }
         if !present {

@@ -77,7 +77,9 @@ fn inspircd_binary() -> PathBuf {
             return PathBuf::from(candidate);
         }
     }
-    panic!("InspIRCd is not installed: run `scripts/install-test-deps.sh` (apt-get install inspircd)");
+    panic!(
+        "InspIRCd is not installed: run `scripts/install-test-deps.sh` (apt-get install inspircd)"
+    );
 }
 
 fn is_root() -> bool {
@@ -157,7 +159,10 @@ impl InspIrcd {
                         std::fs::read_to_string(self.dir.join("inspircd.out")).unwrap_or_default()
                     );
                 }
-                assert!(Instant::now() < deadline, "inspircd did not open port {port}");
+                assert!(
+                    Instant::now() < deadline,
+                    "inspircd did not open port {port}"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
