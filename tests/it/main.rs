@@ -2,4 +2,5 @@
 
 mod config_check;
 mod irc_relay;
+mod router_store;
 mod support;

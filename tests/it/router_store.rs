@@ -1,0 +1,388 @@
+//! The router and the store as pure code: scenario tables over a real SQLite file, no network.
+
+use std::sync::{Arc, Mutex};
+
+use tribridge::config::{Config, Direction, GatewayChannel, GatewayConfig};
+use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
+use tribridge::router::{Router, Topology, Wake};
+use tribridge::store::{CommitOutcome, MappingRole, Store};
+
+#[derive(Default)]
+struct Bells(Mutex<Vec<ChannelRef>>);
+
+impl Wake for Bells {
+    fn wake(&self, destination: &ChannelRef) {
+        self.0.lock().unwrap().push(destination.clone());
+    }
+}
+
+fn channel(network: &str, channel: &str, direction: Direction) -> GatewayChannel {
+    GatewayChannel {
+        network: network.into(),
+        channel: channel.into(),
+        direction,
+    }
+}
+
+fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
+    // Networks only matter to the router as ids and protocol names; parse a minimal file for them.
+    let mut text = String::new();
+    for id in ["one", "two", "three"] {
+        text.push_str(&format!(
+            "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"b{id}\"\n"
+        ));
+    }
+    let mut parsed = tribridge::config::parse(&text, std::path::Path::new("."), &[]).unwrap();
+    parsed.gateways = gateways
+        .into_iter()
+        .map(|(name, channels)| GatewayConfig {
+            name: name.into(),
+            channels,
+        })
+        .collect();
+    parsed
+}
+
+fn said(network: &str, channel: &str, remote_id: Option<&str>, text: &str) -> Inbound {
+    Inbound {
+        origin: ChannelRef::new(network, channel),
+        remote_id: remote_id.map(str::to_owned),
+        author: Author {
+            id: "alice".into(),
+            display_name: "alice".into(),
+        },
+        timestamp_ms: 1_700_000_000_000,
+        body: EventBody::Text {
+            style: TextStyle::Normal,
+            text: text.into(),
+        },
+    }
+}
+
+struct Scenario {
+    router: Router,
+    store: Arc<Store>,
+    bells: Arc<Bells>,
+    _dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn new(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        Self::with_store(gateways, store, dir)
+    }
+
+    fn with_store(
+        gateways: Vec<(&str, Vec<GatewayChannel>)>,
+        store: Arc<Store>,
+        dir: tempfile::TempDir,
+    ) -> Scenario {
+        let topology = Arc::new(Topology::from_config(&config(gateways)));
+        let bells = Arc::new(Bells::default());
+        let router = Router::new(topology, Arc::clone(&store), bells.clone());
+        Scenario {
+            router,
+            store,
+            bells,
+            _dir: dir,
+        }
+    }
+
+    fn pending(&self, network: &str, channel: &str) -> Vec<String> {
+        let destination = ChannelRef::new(network, channel);
+        let mut texts = Vec::new();
+        // Drain a copy: read in order by completing each head.
+        while let Some((delivery, _)) = self.store.next_pending(&destination).unwrap() {
+            if let EventBody::Text { text, .. } = &delivery.body {
+                texts.push(text.clone());
+            }
+            self.store
+                .complete_delivery(&delivery.id, Some(&format!("{}-{}", channel, delivery.id)))
+                .unwrap();
+        }
+        texts
+    }
+}
+
+fn two_way() -> Vec<(&'static str, Vec<GatewayChannel>)> {
+    vec![(
+        "g",
+        vec![
+            channel("one", "#a", Direction::InOut),
+            channel("two", "#b", Direction::InOut),
+        ],
+    )]
+}
+
+#[test]
+fn relay_commits_one_outbox_row_per_destination_and_wakes_it() {
+    let scenario = Scenario::new(two_way());
+    let outcome = scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m1"), "hello"))
+        .unwrap();
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { ref destinations, .. } if destinations == &[ChannelRef::new("two", "#b")])
+    );
+    assert_eq!(
+        *scenario.bells.0.lock().unwrap(),
+        vec![ChannelRef::new("two", "#b")]
+    );
+    assert_eq!(scenario.pending("two", "#b"), vec!["hello"]);
+    assert_eq!(scenario.pending("one", "#a"), Vec::<String>::new());
+}
+
+#[test]
+fn channel_names_match_case_insensitively() {
+    let scenario = Scenario::new(two_way());
+    scenario
+        .router
+        .submit_blocking(&said("one", "#A", None, "hi"))
+        .unwrap();
+    assert_eq!(scenario.pending("two", "#b"), vec!["hi"]);
+}
+
+#[test]
+fn echo_of_our_own_delivery_is_dropped() {
+    let scenario = Scenario::new(two_way());
+    scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m1"), "hello"))
+        .unwrap();
+    // Delivered to #b, where the destination called it "b-1".
+    let (delivery, _) = scenario
+        .store
+        .next_pending(&ChannelRef::new("two", "#b"))
+        .unwrap()
+        .unwrap();
+    scenario
+        .store
+        .complete_delivery(&delivery.id, Some("b-1"))
+        .unwrap();
+    // The same event seen coming back from #b.
+    let outcome = scenario
+        .router
+        .submit_blocking(&said("two", "#b", Some("b-1"), "<alice> hello"))
+        .unwrap();
+    assert!(matches!(outcome, CommitOutcome::Echo { .. }), "{outcome:?}");
+    assert_eq!(scenario.pending("one", "#a"), Vec::<String>::new());
+    // The mapping of the message: its origin and its delivery, kept for edits and replies.
+    let CommitOutcome::Echo { message_id } = outcome else {
+        unreachable!()
+    };
+    let mappings = scenario.store.mappings_of(message_id).unwrap();
+    assert_eq!(
+        mappings,
+        vec![
+            (
+                ChannelRef::new("one", "#a"),
+                "m1".to_owned(),
+                MappingRole::Origin
+            ),
+            (
+                ChannelRef::new("two", "#b"),
+                "b-1".to_owned(),
+                MappingRole::Delivery
+            ),
+        ]
+    );
+}
+
+#[test]
+fn the_same_event_twice_is_committed_once() {
+    let scenario = Scenario::new(two_way());
+    let event = said("one", "#a", Some("m1"), "hello");
+    scenario.router.submit_blocking(&event).unwrap();
+    let again = scenario.router.submit_blocking(&event).unwrap();
+    assert!(matches!(again, CommitOutcome::Duplicate { .. }));
+    assert_eq!(scenario.pending("two", "#b"), vec!["hello"]);
+}
+
+#[test]
+fn three_channel_gateway_fans_out_to_the_two_others() {
+    let scenario = Scenario::new(vec![(
+        "g",
+        vec![
+            channel("one", "#x", Direction::InOut),
+            channel("one", "#y", Direction::InOut),
+            channel("two", "#z", Direction::InOut),
+        ],
+    )]);
+    scenario
+        .router
+        .submit_blocking(&said("one", "#x", Some("1"), "from x"))
+        .unwrap();
+    scenario
+        .router
+        .submit_blocking(&said("one", "#y", Some("2"), "from y"))
+        .unwrap();
+    scenario
+        .router
+        .submit_blocking(&said("two", "#z", Some("3"), "from z"))
+        .unwrap();
+    assert_eq!(scenario.pending("one", "#x"), vec!["from y", "from z"]);
+    assert_eq!(scenario.pending("one", "#y"), vec!["from x", "from z"]);
+    assert_eq!(scenario.pending("two", "#z"), vec!["from x", "from y"]);
+}
+
+#[test]
+fn directions_in_and_out_are_respected() {
+    let scenario = Scenario::new(vec![(
+        "g",
+        vec![
+            channel("one", "#in", Direction::In),
+            channel("one", "#out", Direction::Out),
+            channel("two", "#both", Direction::InOut),
+        ],
+    )]);
+    scenario
+        .router
+        .submit_blocking(&said("one", "#in", None, "i"))
+        .unwrap();
+    scenario
+        .router
+        .submit_blocking(&said("one", "#out", None, "o"))
+        .unwrap();
+    scenario
+        .router
+        .submit_blocking(&said("two", "#both", None, "b"))
+        .unwrap();
+    assert_eq!(scenario.pending("one", "#in"), Vec::<String>::new());
+    assert_eq!(scenario.pending("one", "#out"), vec!["i", "b"]);
+    assert_eq!(scenario.pending("two", "#both"), vec!["i"]);
+    assert_eq!(
+        scenario
+            .router
+            .stats()
+            .unrouted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_channel_in_two_gateways_gets_each_message_once() {
+    let scenario = Scenario::new(vec![
+        (
+            "g1",
+            vec![
+                channel("one", "#a", Direction::InOut),
+                channel("two", "#b", Direction::InOut),
+            ],
+        ),
+        (
+            "g2",
+            vec![
+                channel("one", "#a", Direction::InOut),
+                channel("two", "#b", Direction::InOut),
+                channel("three", "#c", Direction::InOut),
+            ],
+        ),
+    ]);
+    scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("1"), "hi"))
+        .unwrap();
+    assert_eq!(scenario.pending("two", "#b"), vec!["hi"]);
+    assert_eq!(scenario.pending("three", "#c"), vec!["hi"]);
+}
+
+#[test]
+fn restart_keeps_pending_deliveries_and_replays_nothing_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    {
+        let store = Arc::new(Store::open(&path).unwrap());
+        let scenario = Scenario::with_store(two_way(), store, tempfile::tempdir().unwrap());
+        for n in 1..=3 {
+            scenario
+                .router
+                .submit_blocking(&said(
+                    "one",
+                    "#a",
+                    Some(&format!("m{n}")),
+                    &format!("msg {n}"),
+                ))
+                .unwrap();
+        }
+        // Deliver the first only, then "crash" (drop everything).
+        let (first, _) = scenario
+            .store
+            .next_pending(&ChannelRef::new("two", "#b"))
+            .unwrap()
+            .unwrap();
+        scenario
+            .store
+            .complete_delivery(&first.id, Some("b-1"))
+            .unwrap();
+    }
+    let store = Arc::new(Store::open(&path).unwrap());
+    let scenario = Scenario::with_store(two_way(), store, dir);
+    // The two undelivered ones are still there, in order, with the same delivery ids.
+    assert_eq!(scenario.pending("two", "#b"), vec!["msg 2", "msg 3"]);
+    // The origin ids survived: the same events seen again are duplicates, not new messages.
+    let again = scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m1"), "msg 1"))
+        .unwrap();
+    assert!(matches!(again, CommitOutcome::Duplicate { .. }));
+    // And the delivered one's mapping too.
+    assert!(
+        scenario
+            .store
+            .lookup(&ChannelRef::new("two", "#b"), "b-1")
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_failing_destination_does_not_hold_up_the_others() {
+    let scenario = Scenario::new(vec![(
+        "g",
+        vec![
+            channel("one", "#a", Direction::InOut),
+            channel("two", "#b", Direction::InOut),
+            channel("three", "#c", Direction::InOut),
+        ],
+    )]);
+    for n in 1..=3 {
+        scenario
+            .router
+            .submit_blocking(&said("one", "#a", None, &format!("m{n}")))
+            .unwrap();
+    }
+    // #b's head fails and is deferred far into the future: #b waits, in order.
+    let b = ChannelRef::new("two", "#b");
+    let (head, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    scenario
+        .store
+        .defer_delivery(&head.id, i64::MAX / 2, "server down")
+        .unwrap();
+    let (still_head, next_try) = scenario.store.next_pending(&b).unwrap().unwrap();
+    assert_eq!(
+        still_head.id, head.id,
+        "order is kept: the failed head stays first"
+    );
+    assert_eq!(still_head.attempts, 1);
+    assert!(next_try > 0);
+    // #c drains regardless.
+    assert_eq!(scenario.pending("three", "#c"), vec!["m1", "m2", "m3"]);
+    // A permanent failure leaves the queue moving.
+    scenario.store.fail_delivery(&head.id, "refused").unwrap();
+    assert_eq!(scenario.pending("two", "#b"), vec!["m2", "m3"]);
+}
+
+#[test]
+fn cursors_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.set_cursor("mx", "", "s123").unwrap();
+        store.set_cursor("mx", "", "s124").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.cursor("mx", "").unwrap().as_deref(), Some("s124"));
+    assert_eq!(store.cursor("mx", "#other").unwrap(), None);
+}
