@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -94,7 +95,7 @@ impl ConfigIssue {
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where the SQLite store lives (absolute, or relative to the working directory when the
+    /// Where the `SQLite` store lives (absolute, or relative to the working directory when the
     /// config was parsed from a string).
     pub state_dir: PathBuf,
     /// How a relayed sender is shown, e.g. `<{NICK}> `.
@@ -350,7 +351,7 @@ pub fn parse(
     let locator = Locator::new(text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
-        Err(error) => return Err(vec![locator.from_toml_error(&error)]),
+        Err(error) => return Err(vec![locator.issue_from_toml_error(&error)]),
     };
     let mut validator = Validator {
         locator: &locator,
@@ -410,7 +411,7 @@ impl<'a> Locator<'a> {
         }
     }
 
-    fn from_toml_error(&self, error: &toml::de::Error) -> ConfigIssue {
+    fn issue_from_toml_error(&self, error: &toml::de::Error) -> ConfigIssue {
         let message = error.message().trim().to_owned();
         let Some(span) = error.span() else {
             return ConfigIssue {
@@ -485,7 +486,7 @@ fn walk_value(value: &toml_edit::Value, offset: usize, path: &mut String) -> boo
         toml_edit::Value::Array(array) => {
             for (index, element) in array.iter().enumerate() {
                 let mark = path.len();
-                path.push_str(&format!("[{index}]"));
+                let _ = write!(path, "[{index}]");
                 if walk_value(element, offset, path) {
                     return true;
                 }
@@ -507,7 +508,7 @@ fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut String) -> bool {
         toml_edit::Item::ArrayOfTables(array) => {
             for (index, table) in array.iter().enumerate() {
                 let mark = path.len();
-                path.push_str(&format!("[{index}]"));
+                let _ = write!(path, "[{index}]");
                 if walk_table(table, offset, path) || span_contains(table.span(), offset) {
                     return true;
                 }
@@ -523,7 +524,7 @@ fn improve_serde_message(key: &str, message: &str) -> String {
     let message = message
         .replace("variant", "value")
         .replace("invalid type: ", "wrong type: found ");
-    if key.ends_with(".type") && message.contains("unknown value") {
+    if key.rsplit('.').next() == Some("type") && message.contains("unknown value") {
         return format!("{message} (valid network types: irc, mattermost, matrix)");
     }
     message
@@ -661,7 +662,7 @@ impl Validator<'_> {
         }
         let network = network.into_inner();
         match *network.kind.get_ref() {
-            RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), network),
+            RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), &network),
             other => {
                 let name = match other {
                     RawNetworkType::Mattermost => "mattermost",
@@ -680,7 +681,7 @@ impl Validator<'_> {
         }
     }
 
-    fn irc_network(&mut self, key: &str, id: &str, raw: RawNetwork) -> Option<NetworkConfig> {
+    fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
         let before = self.issues.len();
         let (host, port) = match &raw.server {
             None => {
@@ -883,16 +884,16 @@ impl Validator<'_> {
             };
         }
         if let Some(variable) = env {
-            return match self.env.iter().find(|(k, _)| k == variable.get_ref()) {
-                Some((_, value)) => Some(Secret::new(value.clone())),
-                None => {
-                    self.report(
-                        variable.span().start,
-                        format!("{key}.{name}_env"),
-                        format!("environment variable `{}` is not set", variable.get_ref()),
-                    );
-                    None
-                }
+            return if let Some((_, value)) = self.env.iter().find(|(k, _)| k == variable.get_ref())
+            {
+                Some(Secret::new(value.clone()))
+            } else {
+                self.report(
+                    variable.span().start,
+                    format!("{key}.{name}_env"),
+                    format!("environment variable `{}` is not set", variable.get_ref()),
+                );
+                None
             };
         }
         None

@@ -184,5 +184,5 @@ impl Worker {
 
 /// Backoff for retries without a server-given delay: 1 s doubling up to 5 minutes.
 fn retry_delay(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_secs(300))
+    Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_mins(5))
 }

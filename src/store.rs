@@ -1,5 +1,5 @@
 //! The durable state: messages, mappings, the outbox, completed deliveries and cursors, in one
-//! SQLite file (WAL) with numbered migrations embedded from `migrations/`.
+//! `SQLite` file (WAL) with numbered migrations embedded from `migrations/`.
 //!
 //! Every method is synchronous and short; async callers run them with
 //! [`tokio::task::spawn_blocking`] so that no network task blocks on the disk. The store decides
@@ -18,7 +18,7 @@ const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused an operation.
+    /// `SQLite` refused an operation.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The state folder could not be created.
@@ -87,7 +87,7 @@ pub struct Route {
     pub destination: ChannelRef,
 }
 
-/// The SQLite store. Cheap to share behind an `Arc`.
+/// The `SQLite` store. Cheap to share behind an `Arc`.
 pub struct Store {
     connection: Mutex<Connection>,
 }

@@ -1,5 +1,5 @@
 //! `tribridge check` and the configuration errors a user sees: one case per class of error, each
-//! with the exact text (file:line:column: key: what is wrong and what would be valid).
+//! with the exact text (<file:line:column>: key: what is wrong and what would be valid).
 
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,7 @@
-//! IRC ⇄ IRC through the real daemon and a real InspIRCd, asserting what people in each channel
+//! IRC ⇄ IRC through the real daemon and a real `InspIRCd`, asserting what people in each channel
 //! see: every line once, in order, with the sender shown, and nothing echoed back.
+
+use std::fmt::Write as _;
 
 use crate::support::bridge::{Bridge, unique};
 use crate::support::irc_client::{IrcClient, texts};
@@ -209,9 +211,10 @@ async fn burst_of_250_lines_arrives_in_order_exactly_once() {
     );
     alice.wait_join(&nick_one, &channel_a).await;
     bob.wait_join(&nick_two, &channel_b).await;
-    let burst: String = (1..=250)
-        .map(|n| format!("PRIVMSG {channel_a} :line {n:03}\r\n"))
-        .collect();
+    let mut burst = String::new();
+    for n in 1..=250 {
+        let _ = write!(burst, "PRIVMSG {channel_a} :line {n:03}\r\n");
+    }
     alice.raw(burst.trim_end());
     alice.say(&channel_a, "BURST-END");
     let seen = bob.texts_until(&channel_b, "BURST-END").await;
@@ -427,7 +430,7 @@ async fn tls_is_verified_by_default() {
     alice.join(&channel_a).await;
     alice.join(&channel_b).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = server.tls.ca_pem.display().to_string();
+    let ca = server.tls.ca.display().to_string();
     let config_text = format!(
         "[general]\nstate_dir = \"state\"\n\n\
          [network.trusted]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\nnick = \"{trusted}\"\ntls_ca_file = \"{ca}\"\n\n\
@@ -451,4 +454,57 @@ async fn tls_is_verified_by_default() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(!bridge.logs().contains(&format!("nick={untrusted}")));
+}
+
+/// SIGTERM: the daemon says goodbye on IRC and exits 0; the nick it wanted is regained after a
+/// squatter leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regains_its_nick_and_stops_cleanly_on_sigterm() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#nick"), unique("#nick"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    // Someone holds the bridge's nick when it connects.
+    let mut squatter = IrcClient::connect(server.port, &nick_one).await;
+    squatter.join(&channel_a).await;
+    let mut watcher = IrcClient::connect(server.port, &unique("watch")).await;
+    watcher.join(&channel_a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway(
+                "g",
+                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+            )],
+        ),
+    );
+    let fallback = format!("{nick_one}_");
+    watcher.wait_join(&fallback, &channel_a).await;
+    squatter.raw("QUIT :bye");
+    let changed = watcher
+        .wait_for(
+            |l| {
+                l.command == "NICK"
+                    && l.source_nick == fallback
+                    && l.params.first() == Some(&nick_one)
+            },
+            crate::support::irc_client::DEADLINE,
+        )
+        .await;
+    assert!(changed.is_some(), "the bridge did not take its nick back");
+
+    assert_eq!(bridge.terminate(), Some(0));
+    let quit = watcher
+        .wait_for(
+            |l| l.command == "QUIT" && l.source_nick == nick_one && !l.raw.contains("bye"),
+            crate::support::irc_client::DEADLINE,
+        )
+        .await
+        .expect("the bridge quits");
+    assert!(quit.raw.contains("tribridge shutting down"), "{}", quit.raw);
+    assert!(bridge.logs().contains("tribridge stopped."));
 }

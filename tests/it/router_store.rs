@@ -1,5 +1,6 @@
-//! The router and the store as pure code: scenario tables over a real SQLite file, no network.
+//! The router and the store as pure code: scenario tables over a real `SQLite` file, no network.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use tribridge::config::{Config, Direction, GatewayChannel, GatewayConfig};
@@ -28,9 +29,10 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
     // Networks only matter to the router as ids and protocol names; parse a minimal file for them.
     let mut text = String::new();
     for id in ["one", "two", "three"] {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"b{id}\"\n"
-        ));
+        );
     }
     let mut parsed = tribridge::config::parse(&text, std::path::Path::new("."), &[]).unwrap();
     parsed.gateways = gateways

@@ -74,7 +74,7 @@ mod tests {
         assert!(!bucket.try_take(start + Duration::from_millis(1999)));
         assert!(bucket.try_take(start + Duration::from_secs(2)));
         // Ten idle minutes refill to capacity, never beyond.
-        let later = start + Duration::from_secs(600);
+        let later = start + Duration::from_mins(10);
         assert!(bucket.try_take(later));
         assert!(bucket.try_take(later));
         assert!(bucket.try_take(later));

@@ -5,7 +5,7 @@
 //!
 //! Pure functions, no I/O: property-tested in this module.
 
-/// The IRC line limit, CR LF included (RFC 1459 §2.3; IRCv3 keeps it for the non-tag part).
+/// The IRC line limit, CR LF included (RFC 1459 §2.3; `IRCv3` keeps it for the non-tag part).
 pub const MAX_LINE_BYTES: usize = 512;
 
 /// The longest `nick!user@host ` prefix we assume a server adds when it relays our line: a

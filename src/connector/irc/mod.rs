@@ -1,6 +1,6 @@
 //! The IRC connector, on the `irc` crate's client (transport, TLS, parsing, PING handling).
 //!
-//! This module owns registration (CAP negotiation, SASL PLAIN, NickServ identification that
+//! This module owns registration (CAP negotiation, SASL PLAIN, `NickServ` identification that
 //! waits for the confirmation), joining, nick regain, reconnects with backoff and jitter, flood
 //! control, and the conversion between IRC lines and the model. Deliveries are acknowledged by
 //! the server's echo of our labelled line where the server offers `labeled-response` and
@@ -40,16 +40,16 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// How long a delivery waits for the server's acknowledgement before the outbox retries it.
-const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+const ACK_TIMEOUT: Duration = Duration::from_mins(2);
 /// How long a sent line may stay unconfirmed before the connection is presumed broken.
-const ECHO_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long to wait for NickServ's confirmation before joining anyway.
+const ECHO_TIMEOUT: Duration = Duration::from_mins(1);
+/// How long to wait for `NickServ`'s confirmation before joining anyway.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long joins may take before deliveries start anyway.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often to check whether the wanted nick is free again.
-const REGAIN_INTERVAL: Duration = Duration::from_secs(60);
-/// IRCv3 capabilities the bridge uses when offered.
+const REGAIN_INTERVAL: Duration = Duration::from_mins(1);
+/// `IRCv3` capabilities the bridge uses when offered.
 const WANTED_CAPS: &[&str] = &[
     "server-time",
     "message-tags",
@@ -139,7 +139,7 @@ impl IrcTask {
     pub async fn run(self) {
         let IrcTask { info, mut requests } = self;
         let span = tracing::info_span!("network", network = %info.network);
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(5));
         loop {
             let started = Instant::now();
             let end = {
@@ -149,7 +149,7 @@ impl IrcTask {
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(reason) => {
-                    if started.elapsed() > Duration::from_secs(60) {
+                    if started.elapsed() > Duration::from_mins(1) {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
@@ -223,6 +223,12 @@ impl TaskInfo {
                 biased;
                 () = self.context.shutdown.cancelled() => {
                     session.quit("tribridge shutting down");
+                    // The QUIT is written when the stream is polled; the server answers with
+                    // ERROR and closes. Wait for that, briefly.
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    })
+                    .await;
                     break SessionEnd::Shutdown;
                 }
                 message = stream.next() => match message {
@@ -272,7 +278,7 @@ enum Phase {
     Registering,
     /// Registered; waiting for the end of MOTD.
     Welcomed,
-    /// Waiting for NickServ to confirm identification.
+    /// Waiting for `NickServ` to confirm identification.
     Identifying { until: Instant },
     /// JOINs sent; waiting for each channel.
     Joining { until: Instant },
@@ -449,7 +455,7 @@ impl<'a> Session<'a> {
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
             let _ = request.reply.send(Err(DeliveryError::Retry {
-                after: Some(Duration::from_secs(60)),
+                after: Some(Duration::from_mins(1)),
                 reason: format!("not in {} (join failed)", delivery.destination.channel),
             }));
             return;
@@ -785,7 +791,7 @@ impl<'a> Session<'a> {
             "TOPIC" => self.handle_topic(message, &line).await?,
             "PRIVMSG" | "NOTICE" => {
                 self.handle_text(message, &line, label_tag.as_deref())
-                    .await?
+                    .await?;
             }
             "ERROR" => return Err(format!("server error: {}", line.last().unwrap_or(""))),
             _ => {
@@ -990,7 +996,7 @@ impl<'a> Session<'a> {
         };
         if self.is_me(old) {
             tracing::info!(network = %self.network(), old, new, "Nick changed.");
-            self.nick = new.to_owned();
+            new.clone_into(&mut self.nick);
             return Ok(());
         }
         if irc_fold(old) == irc_fold(&self.task.config.nick) {

@@ -1,5 +1,5 @@
 //! Small readers over the `irc` crate's parsed messages: the command and its parameters as
-//! strings (uniform for every command and numeric), and IRCv3 `server-time` values.
+//! strings (uniform for every command and numeric), and `IRCv3` `server-time` values.
 
 use irc::client::prelude::Message;
 
@@ -49,7 +49,7 @@ impl WireLine {
     }
 }
 
-/// Parse an IRCv3 `time` tag (`YYYY-MM-DDThh:mm:ss.sssZ`) into ms since the Unix epoch.
+/// Parse an `IRCv3` `time` tag (`YYYY-MM-DDThh:mm:ss.sssZ`) into ms since the Unix epoch.
 #[must_use]
 pub fn parse_server_time(value: &str) -> Option<i64> {
     let value = value.strip_suffix('Z')?;

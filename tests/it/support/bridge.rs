@@ -89,7 +89,7 @@ impl Bridge {
     pub async fn wait_outbox_drained(&self, network: &str, channel: &str) {
         let store = tribridge::store::Store::open(&self.dir.join("state")).expect("open store");
         let destination = tribridge::model::ChannelRef::new(network, channel);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while store.pending_count(&destination).expect("count") > 0 {
             assert!(
                 Instant::now() < deadline,

@@ -29,7 +29,11 @@ impl Line {
         let mut source_nick = String::new();
         if let Some(stripped) = rest.strip_prefix(':') {
             let (prefix, r) = stripped.split_once(' ').unwrap_or((stripped, ""));
-            source_nick = prefix.split('!').next().unwrap_or("").to_owned();
+            prefix
+                .split('!')
+                .next()
+                .unwrap_or("")
+                .clone_into(&mut source_nick);
             rest = r;
         }
         let (head, trailing) = match rest.split_once(" :") {
@@ -67,10 +71,10 @@ pub struct IrcClient {
     backlog: VecDeque<Line>,
 }
 
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE: Duration = Duration::from_mins(1);
 
 impl IrcClient {
-    /// Connect and register (InspIRCd takes about a second to register a client).
+    /// Connect and register (`InspIRCd` takes about a second to register a client).
     pub async fn connect(port: u16, nick: &str) -> IrcClient {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -232,10 +236,9 @@ impl IrcClient {
             let next = if let Some(line) = self.backlog.pop_front() {
                 Some(line)
             } else {
-                match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
-                    Ok(line) => line,
-                    Err(_) => None,
-                }
+                tokio::time::timeout_at(deadline, self.incoming.recv())
+                    .await
+                    .unwrap_or_default()
             };
             let Some(line) = next else {
                 panic!(

@@ -21,11 +21,11 @@ pub fn free_port() -> u16 {
 /// TLS material for test servers: a CA, and a leaf for localhost + 127.0.0.1 signed by it.
 pub struct TestTls {
     /// The CA certificate the bridge trusts (`tls_ca_file`).
-    pub ca_pem: PathBuf,
+    pub ca: PathBuf,
     /// The server certificate.
-    pub cert_pem: PathBuf,
+    pub cert: PathBuf,
     /// The server key.
-    pub key_pem: PathBuf,
+    pub key: PathBuf,
 }
 
 impl TestTls {
@@ -50,18 +50,18 @@ impl TestTls {
             .signed_by(&leaf_key, &ca, &ca_key)
             .expect("leaf cert");
         let tls = TestTls {
-            ca_pem: dir.join("ca.pem"),
-            cert_pem: dir.join("cert.pem"),
-            key_pem: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
         };
-        std::fs::write(&tls.ca_pem, ca.pem()).expect("write ca");
-        std::fs::write(&tls.cert_pem, leaf.pem()).expect("write cert");
-        std::fs::write(&tls.key_pem, leaf_key.serialize_pem()).expect("write key");
+        std::fs::write(&tls.ca, ca.pem()).expect("write ca");
+        std::fs::write(&tls.cert, leaf.pem()).expect("write cert");
+        std::fs::write(&tls.key, leaf_key.serialize_pem()).expect("write key");
         tls
     }
 }
 
-/// A running InspIRCd.
+/// A running `InspIRCd`.
 pub struct InspIrcd {
     pub port: u16,
     pub tls_port: u16,
@@ -90,7 +90,7 @@ fn is_root() -> bool {
 }
 
 impl InspIrcd {
-    /// Start a new InspIRCd in its own temporary folder.
+    /// Start a new `InspIRCd` in its own temporary folder.
     pub fn start() -> InspIrcd {
         let tempdir = tempfile::Builder::new()
             .prefix("tribridge-inspircd-")
@@ -191,7 +191,7 @@ impl Drop for InspIrcd {
     }
 }
 
-/// One InspIRCd shared by every test in this binary that does not restart it.
+/// One `InspIRCd` shared by every test in this binary that does not restart it.
 pub fn shared_inspircd() -> &'static InspIrcd {
     static SERVER: OnceLock<InspIrcd> = OnceLock::new();
     SERVER.get_or_init(InspIrcd::start)
