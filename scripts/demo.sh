@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# A local demo: installs InspIRCd, starts it on loopback, runs tribridge on a demo config that links
+# #demo-a and #demo-b through two bridge accounts, and shows both channels mirroring.
+#   scripts/demo.sh                 scripted conversation, then exit
+#   scripts/demo.sh --interactive   keep running; connect your own IRC client to the printed port
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+exec cargo run --quiet --release --example demo -- "$@"

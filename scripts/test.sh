@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: install the test servers, check formatting and lints, run every
+# test (unit, property, and integration tests against real servers on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
