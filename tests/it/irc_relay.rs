@@ -508,3 +508,110 @@ async fn regains_its_nick_and_stops_cleanly_on_sigterm() {
     assert!(quit.raw.contains("tribridge shutting down"), "{}", quit.raw);
     assert!(bridge.logs().contains("tribridge stopped."));
 }
+
+/// SASL PLAIN before registration on one account, NickServ IDENTIFY (waiting for the services'
+/// confirmation before joining) on another, against real Atheme services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_with_sasl_and_with_nickserv_before_joining() {
+    use crate::support::irc_client::DEADLINE;
+    let server = InspIrcd::start_with_services();
+    let (sasl_nick, nickserv_nick) = (unique("brsasl"), unique("brns"));
+    for (account, password) in [(&sasl_nick, "sasl-pw-1"), (&nickserv_nick, "ns-pw-1")] {
+        let mut owner = IrcClient::connect(server.port, account).await;
+        owner.raw(&format!(
+            "PRIVMSG NickServ :REGISTER {password} {account}@example.invalid"
+        ));
+        owner
+            .wait_for(
+                |l| {
+                    l.command == "NOTICE"
+                        && l.source_nick == "NickServ"
+                        && l.text().is_some_and(|(_, t)| t.contains("registered"))
+                },
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "NickServ did not register {account}: {}",
+                    std::fs::read_to_string(server.dir.join("atheme.out")).unwrap_or_default()
+                )
+            });
+        owner.raw("QUIT :registered");
+        owner
+            .wait_for(|l| l.command == "ERROR", DEADLINE)
+            .await
+            .expect("quit");
+    }
+    let (channel_a, channel_b) = (unique("#auth"), unique("#auth"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ns.pass"), "ns-pw-1\n").unwrap();
+    let config_text = format!(
+        "[general]\nstate_dir = \"state\"\n\n\
+         [network.sasl]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{sasl_nick}\"\n\
+         sasl_username = \"{sasl_nick}\"\nsasl_password_env = \"TEST_SASL_PASSWORD\"\n\n\
+         [network.ns]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nickserv_nick}\"\n\
+         nickserv_password_file = \"ns.pass\"\n\n{gateway}",
+        port = server.port,
+        gateway = gateway(
+            "g",
+            &[("sasl", &channel_a, "inout"), ("ns", &channel_b, "inout")]
+        )
+    );
+    let bridge = {
+        std::fs::write(dir.path().join("bridges.toml"), &config_text).unwrap();
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+            .args(["check", "--config"])
+            .arg(dir.path().join("bridges.toml"))
+            .env("TEST_SASL_PASSWORD", "sasl-pw-1")
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{check:?}");
+        Bridge::start_with_env(
+            dir.path(),
+            &config_text,
+            &[("TEST_SASL_PASSWORD", "sasl-pw-1")],
+        )
+    };
+    alice.wait_join(&sasl_nick, &channel_a).await;
+    bob.wait_join(&nickserv_nick, &channel_b).await;
+    alice.say(&channel_a, "authenticated hello");
+    let seen = bob.texts_until(&channel_b, "authenticated hello").await;
+    assert_eq!(
+        texts(&seen),
+        vec![format!("<{}> authenticated hello", alice.nick)]
+    );
+
+    // What a person sees: both bridge nicks are logged in to their accounts (WHOIS 330).
+    for nick in [&sasl_nick, &nickserv_nick] {
+        bob.raw(&format!("WHOIS {nick}"));
+        let logged_in = bob
+            .wait_for(
+                |l| l.command == "330" && l.params.get(1) == Some(nick),
+                DEADLINE,
+            )
+            .await;
+        assert!(logged_in.is_some(), "{nick} is not logged in");
+    }
+    let logs = bridge.logs();
+    assert!(logs.contains("SASL authentication succeeded."), "{logs}");
+    // NickServ identification was confirmed before the channel was joined.
+    let ns_lines: Vec<&str> = logs.lines().filter(|l| l.contains("network=ns")).collect();
+    let identified = ns_lines
+        .iter()
+        .position(|l| l.contains("Logged in to services.") || l.contains("Identified to NickServ."))
+        .expect("identification confirmed");
+    let joined = ns_lines
+        .iter()
+        .position(|l| l.contains("Joined."))
+        .expect("joined");
+    assert!(identified < joined, "{ns_lines:#?}");
+    assert!(
+        !logs.contains("sasl-pw-1") && !logs.contains("ns-pw-1"),
+        "secrets in the logs"
+    );
+}

@@ -4,3 +4,4 @@ mod config_check;
 mod irc_relay;
 mod router_store;
 mod support;
+mod tidy;

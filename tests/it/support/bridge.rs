@@ -16,16 +16,26 @@ pub struct Bridge {
     pub dir: PathBuf,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl Bridge {
     /// Write `config` to `dir/bridges.toml` and start the daemon on it.
     pub fn start(dir: &Path, config: &str) -> Bridge {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Bridge::start`], with extra environment variables for the daemon.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Bridge {
         std::fs::write(dir.join("bridges.toml"), config).expect("write config");
         let mut bridge = Bridge {
             dir: dir.to_path_buf(),
             child: None,
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         bridge.spawn();
         bridge
@@ -41,6 +51,7 @@ impl Bridge {
             .arg(self.dir.join("bridges.toml"))
             .env("RUST_LOG", "info,tribridge=debug")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

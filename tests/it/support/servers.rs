@@ -67,8 +67,32 @@ pub struct InspIrcd {
     pub tls_port: u16,
     pub dir: PathBuf,
     pub tls: TestTls,
+    /// The server-link port Atheme links to, when started with services.
+    link_port: Option<u16>,
     watchdog: Option<(Child, ChildStdin)>,
+    services: Option<(Child, ChildStdin)>,
     _tempdir: Option<tempfile::TempDir>,
+}
+
+/// Run `program args` in `dir` under a watchdog shell that stops it when our pipe closes.
+fn watched(dir: &Path, program: &Path, args: &[String], log_name: &str) -> (Child, ChildStdin) {
+    let log = std::fs::File::create(dir.join(log_name)).expect("log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        // ulimit: ssl_gnutls segfaults on SIGTERM; no core files. The server's stdin is
+        // /dev/null (background job), the watchdog's `cat` holds our pipe.
+        .arg(r#"ulimit -c 0; cd "$1"; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM $pid 2>/dev/null; wait $pid"#)
+        .arg("sh")
+        .arg(dir)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|error| panic!("spawn {}: {error}", program.display()));
+    let stdin = child.stdin.take().expect("stdin");
+    (child, stdin)
 }
 
 fn inspircd_binary() -> PathBuf {
@@ -92,6 +116,15 @@ fn is_root() -> bool {
 impl InspIrcd {
     /// Start a new `InspIRCd` in its own temporary folder.
     pub fn start() -> InspIrcd {
+        Self::start_inner(false)
+    }
+
+    /// Start a new `InspIRCd` with Atheme services linked (`NickServ`, SASL PLAIN).
+    pub fn start_with_services() -> InspIrcd {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_services: bool) -> InspIrcd {
         let tempdir = tempfile::Builder::new()
             .prefix("tribridge-inspircd-")
             .tempdir()
@@ -103,7 +136,9 @@ impl InspIrcd {
             tls_port: free_port(),
             dir,
             tls,
+            link_port: with_services.then(free_port),
             watchdog: None,
+            services: None,
             _tempdir: Some(tempdir),
         };
         server.spawn();
@@ -121,8 +156,15 @@ impl InspIrcd {
         std::fs::create_dir_all(self.dir.join("data")).expect("data dir");
         std::fs::create_dir_all(self.dir.join("logs")).expect("logs dir");
         std::fs::write(self.dir.join("inspircd.motd"), "tribridge test IRCd\n").expect("motd");
-        let config_path = self.dir.join("inspircd.conf");
+        let mut config_path = self.dir.join("inspircd.conf");
         std::fs::write(&config_path, config).expect("config");
+        if let Some(link_port) = self.link_port {
+            let sasl = include_str!("../../servers/inspircd-sasl.conf.in")
+                .replace("@DATA@", &self.dir.display().to_string())
+                .replace("@LINK_PORT@", &link_port.to_string());
+            config_path = self.dir.join("inspircd-sasl.conf");
+            std::fs::write(&config_path, sasl).expect("sasl config");
+        }
         let mut args = vec![
             format!("--config={}", config_path.display()),
             "--nofork".to_owned(),
@@ -131,23 +173,12 @@ impl InspIrcd {
         if is_root() {
             args.push("--runasroot".to_owned());
         }
-        let log = std::fs::File::create(self.dir.join("inspircd.out")).expect("log");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            // ulimit: ssl_gnutls segfaults on SIGTERM; no core files. The server's stdin is
-            // /dev/null (background job), the watchdog's `cat` holds our pipe.
-            .arg(r#"ulimit -c 0; cd "$1"; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM $pid 2>/dev/null; wait $pid"#)
-            .arg("sh")
-            .arg(&self.dir)
-            .arg(inspircd_binary())
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn inspircd");
-        let stdin = child.stdin.take().expect("stdin");
-        self.watchdog = Some((child, stdin));
+        self.watchdog = Some(watched(
+            &self.dir,
+            &inspircd_binary(),
+            &args,
+            "inspircd.out",
+        ));
         let deadline = Instant::now() + Duration::from_secs(20);
         for port in [self.port, self.tls_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -166,10 +197,50 @@ impl InspIrcd {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        if let Some(link_port) = self.link_port {
+            self.spawn_services(link_port);
+        }
+    }
+
+    fn spawn_services(&mut self, link_port: u16) {
+        let config = include_str!("../../servers/atheme.conf.in")
+            .replace("@LINK_PORT@", &link_port.to_string());
+        let config_path = self.dir.join("atheme.conf");
+        std::fs::write(&config_path, config).expect("atheme config");
+        let args: Vec<String> = vec![
+            "-n".into(),
+            "-c".into(),
+            config_path.display().to_string(),
+            "-l".into(),
+            self.dir.join("atheme.log").display().to_string(),
+            "-p".into(),
+            self.dir.join("atheme.pidfile").display().to_string(),
+            "-D".into(),
+            self.dir.display().to_string(),
+        ];
+        let binary = ["/usr/bin/atheme-services", "/usr/sbin/atheme-services"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("Atheme is not installed: run `scripts/install-test-deps.sh`");
+        self.services = Some(watched(&self.dir, &binary, &args, "atheme.out"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = std::fs::read_to_string(self.dir.join("atheme.out")).unwrap_or_default();
+            if out.contains("finished synching") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "atheme did not link: {out}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stop the server and wait until it is gone.
     pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.services.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
         if let Some((mut child, stdin)) = self.watchdog.take() {
             drop(stdin);
             let _ = child.wait();
