@@ -1,4 +1,4 @@
-//! The README's demo: a real InspIRCd on loopback, tribridge linking `#demo-a` and `#demo-b`
+//! The README's demo: a real `InspIRCd` on loopback, tribridge linking `#demo-a` and `#demo-b`
 //! through two bridge accounts, and two people talking across the link. With `--interactive` it
 //! keeps running so you can connect your own IRC client.
 

@@ -509,7 +509,7 @@ async fn regains_its_nick_and_stops_cleanly_on_sigterm() {
     assert!(bridge.logs().contains("tribridge stopped."));
 }
 
-/// SASL PLAIN before registration on one account, NickServ IDENTIFY (waiting for the services'
+/// SASL PLAIN before registration on one account, `NickServ` IDENTIFY (waiting for the services'
 /// confirmation before joining) on another, against real Atheme services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_in_with_sasl_and_with_nickserv_before_joining() {
