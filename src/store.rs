@@ -385,6 +385,16 @@ impl Store {
         Ok(count as u64)
     }
 
+    /// Number of acknowledged deliveries to a destination.
+    pub fn delivered_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE network = ?1 AND channel = ?2",
+            params![destination.network, destination.channel],
+            |row| row.get(0),
+        )?;
+        Ok(count as u64)
+    }
+
     /// The canonical id and role mapped to a network's id for an event, if any.
     pub fn lookup(
         &self,

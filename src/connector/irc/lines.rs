@@ -86,12 +86,15 @@ pub fn strip_formatting(text: &str) -> String {
             '\x02' | '\x1d' | '\x1f' | '\x1e' | '\x11' | '\x16' | '\x0f' => {}
             '\x03' => {
                 // \x03[fg[,bg]] with one or two digits each
+                let mut foreground_digits = 0;
                 for _ in 0..2 {
                     if chars.peek().is_some_and(char::is_ascii_digit) {
                         chars.next();
+                        foreground_digits += 1;
                     }
                 }
-                if chars.peek() == Some(&',') {
+                // ",bg" only follows a foreground; a bare "\x03,5" keeps ",5" as text.
+                if foreground_digits > 0 && chars.peek() == Some(&',') {
                     let mut look = chars.clone();
                     look.next();
                     if look.peek().is_some_and(char::is_ascii_digit) {

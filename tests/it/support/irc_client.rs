@@ -262,6 +262,24 @@ impl IrcClient {
     }
 }
 
+impl IrcClient {
+    /// Like [`IrcClient::texts_until`], until every marker has been seen, in whatever order the
+    /// lines arrive (lines from different senders race).
+    pub async fn texts_until_all(&mut self, channel: &str, markers: &[&str]) -> Vec<Line> {
+        let mut seen: Vec<Line> = Vec::new();
+        for marker in markers {
+            if seen
+                .iter()
+                .any(|l| l.text().is_some_and(|(_, t)| t.contains(marker)))
+            {
+                continue;
+            }
+            seen.extend(self.texts_until(channel, marker).await);
+        }
+        seen
+    }
+}
+
 /// The visible texts of lines (the part after the target).
 pub fn texts(lines: &[Line]) -> Vec<String> {
     lines
