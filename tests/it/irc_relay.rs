@@ -616,3 +616,80 @@ async fn logs_in_with_sasl_and_with_nickserv_before_joining() {
         "secrets in the logs"
     );
 }
+
+/// With `relay_membership`, joins, nick changes, topic changes and parts are told to the other
+/// side as notices; without it (the default, on the other network), nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_membership_and_topic_changes_only_where_enabled() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#mem"), unique("#mem"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let one = irc_network("one", server.port, &nick_one)
+        .replace("flood_burst", "relay_membership = true\nflood_burst");
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[one, irc_network("two", server.port, &nick_two)],
+            &[gateway(
+                "g",
+                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+            )],
+        ),
+    );
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+
+    let carol_nick = unique("carol");
+    let mut carol = IrcClient::connect(server.port, &carol_nick).await;
+    carol.join(&channel_a).await;
+    let renamed = unique("carla");
+    // Each step is seen by alice before the next, so the order on the other side is defined.
+    use crate::support::irc_client::DEADLINE;
+    carol.raw(&format!("NICK {renamed}"));
+    alice
+        .wait_for(
+            |l| l.command == "NICK" && l.source_nick == carol_nick,
+            DEADLINE,
+        )
+        .await
+        .expect("nick");
+    alice.raw(&format!("TOPIC {channel_a} :new topic"));
+    alice
+        .wait_for(|l| l.command == "TOPIC", DEADLINE)
+        .await
+        .expect("topic");
+    carol.raw(&format!("PART {channel_a} :gone for lunch"));
+    alice
+        .wait_for(
+            |l| l.command == "PART" && l.source_nick == renamed,
+            DEADLINE,
+        )
+        .await
+        .expect("part");
+    alice.say(&channel_a, "MEMBERSHIP-END");
+    // On the other side, bob's joins and parts are not relayed back (relay_membership is off
+    // for network two).
+    let mut dave = IrcClient::connect(server.port, &unique("dave")).await;
+    dave.join(&channel_b).await;
+    bob.say(&channel_b, "B-END");
+
+    let seen = bob.texts_until(&channel_b, "MEMBERSHIP-END").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("[one] {carol_nick} joined {channel_a}"),
+            format!("[one] {carol_nick} is now known as {renamed}"),
+            format!("[one] {} changed the topic to: new topic", alice.nick),
+            format!("[one] {renamed} left {channel_a} (gone for lunch)"),
+            format!("<{}> MEMBERSHIP-END", alice.nick),
+        ]
+    );
+    assert!(seen[..4].iter().all(|l| l.command == "NOTICE"));
+    let seen = alice.texts_until(&channel_a, "B-END").await;
+    assert_eq!(texts(&seen), vec![format!("<{}> B-END", bob.nick)]);
+}
