@@ -1,5 +1,10 @@
 //! Criterion benchmarks of the router + store path: an inbound event to committed outbox rows,
-//! and a delivery acknowledged, on a real SQLite file (WAL).
+//! and a delivery acknowledged, on a real `SQLite` file (WAL).
+
+// criterion_group! generates undocumented functions.
+#![allow(missing_docs)]
+
+use std::fmt::Write as _;
 
 use std::sync::Arc;
 

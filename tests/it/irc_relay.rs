@@ -621,6 +621,7 @@ async fn logs_in_with_sasl_and_with_nickserv_before_joining() {
 /// side as notices; without it (the default, on the other network), nothing is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_membership_and_topic_changes_only_where_enabled() {
+    use crate::support::irc_client::DEADLINE;
     let server = shared_inspircd();
     let (channel_a, channel_b) = (unique("#mem"), unique("#mem"));
     let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
@@ -649,7 +650,6 @@ async fn relays_membership_and_topic_changes_only_where_enabled() {
     carol.join(&channel_a).await;
     let renamed = unique("carla");
     // Each step is seen by alice before the next, so the order on the other side is defined.
-    use crate::support::irc_client::DEADLINE;
     carol.raw(&format!("NICK {renamed}"));
     alice
         .wait_for(
