@@ -23,9 +23,7 @@ fn config(channels_per_gateway: usize) -> tribridge::config::Config {
         "[network.one]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"bench\"\n\n[[gateway]]\nname = \"g\"\nchannels = [\n",
     );
     for n in 0..channels_per_gateway {
-        text.push_str(&format!(
-            "  {{ network = \"one\", channel = \"#c{n}\" }},\n"
-        ));
+        let _ = writeln!(text, "  {{ network = \"one\", channel = \"#c{n}\" }},");
     }
     text.push_str("]\n");
     tribridge::config::parse(&text, std::path::Path::new("."), &[]).expect("bench config")
