@@ -297,7 +297,11 @@ pub fn status_ok() -> Response {
 }
 
 /// A raw body response.
-pub fn bytes_response(content_type: &str, headers: Vec<(&'static str, String)>, body: Vec<u8>) -> Response {
+pub fn bytes_response(
+    content_type: &str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+) -> Response {
     let mut r = Response::new(Body::from(body));
     if let Ok(v) = HeaderValue::from_str(content_type) {
         r.headers_mut().insert(CONTENT_TYPE, v);

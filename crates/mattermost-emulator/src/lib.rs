@@ -76,7 +76,11 @@ pub struct Emulator {
 
 impl Emulator {
     /// Bind `listen`, start serving, and return. The server has one system admin.
-    pub async fn start(listen: SocketAddr, admin_user: &str, admin_password: &str) -> io::Result<Emulator> {
+    pub async fn start(
+        listen: SocketAddr,
+        admin_user: &str,
+        admin_password: &str,
+    ) -> io::Result<Emulator> {
         Self::start_with_config(listen, admin_user, admin_password, Config::default()).await
     }
 
@@ -172,13 +176,13 @@ impl Emulator {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut *Box::pin(t))
+        if let Some(mut t) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut t)
                 .await
                 .is_err()
-            {
-                // Connections still open after the grace period: the task is abandoned.
-            }
+        {
+            // Connections still open after the grace period: stop serving them.
+            t.abort();
         }
     }
 }

@@ -11,7 +11,9 @@ use crate::Config;
 use crate::error::ApiError;
 use crate::hub::{Broadcast, Hub};
 use crate::ids::{Clock, new_id};
-use crate::model::{AccessToken, Channel, ChannelMember, FileInfo, Post, Reaction, Session, Team, User};
+use crate::model::{
+    AccessToken, Channel, ChannelMember, FileInfo, Post, Reaction, Session, Team, User,
+};
 use crate::ratelimit::RateLimiter;
 
 /// Server version reported in `X-Version-Id`, `hello` and the client config.
@@ -252,8 +254,7 @@ impl State {
         for u in &broadcast.omit_users {
             recipients.remove(u);
         }
-        self.hub
-            .send(event, data, broadcast, &recipients, data_for);
+        self.hub.send(event, data, broadcast, &recipients, data_for);
     }
 
     /// Number of replies in the thread of `root_id` (not deleted, not history).
@@ -276,7 +277,11 @@ impl State {
 
     /// A post's JSON as `PreparePostForClient` renders it. Deleted posts are blanked.
     pub fn post_json(&self, p: &Post, pending_post_id: &str) -> Value {
-        let root = if p.root_id.is_empty() { &p.id } else { &p.root_id };
+        let root = if p.root_id.is_empty() {
+            &p.id
+        } else {
+            &p.root_id
+        };
         let (reply_count, last_reply_at) = if p.original_id.is_empty() {
             self.thread_stats(root)
         } else {
@@ -364,8 +369,11 @@ impl State {
         let display = match ch.type_.as_str() {
             "D" => format!("@{sender}"),
             "G" => {
-                let mut names: Vec<String> =
-                    self.member_ids(&ch.id).iter().map(|u| self.username(u)).collect();
+                let mut names: Vec<String> = self
+                    .member_ids(&ch.id)
+                    .iter()
+                    .map(|u| self.username(u))
+                    .collect();
                 names.sort();
                 names.join(", ")
             }
@@ -380,7 +388,11 @@ impl State {
             "team_id": ch.team_id,
             "set_online": set_online,
         });
-        let files: Vec<&FileInfo> = p.file_ids.iter().filter_map(|f| self.files.get(f)).collect();
+        let files: Vec<&FileInfo> = p
+            .file_ids
+            .iter()
+            .filter_map(|f| self.files.get(f))
+            .collect();
         if files.iter().any(|f| f.is_image()) {
             data["image"] = json!("true");
         }
@@ -399,7 +411,9 @@ impl State {
         if !p.is_system() {
             let words: HashSet<String> = p
                 .message
-                .split(|c: char| !(c.is_alphanumeric() || c == '@' || c == '.' || c == '-' || c == '_'))
+                .split(|c: char| {
+                    !(c.is_alphanumeric() || c == '@' || c == '.' || c == '-' || c == '_')
+                })
                 .filter_map(|w| w.strip_prefix('@'))
                 .map(|w| w.trim_end_matches('.').to_lowercase())
                 .collect();
@@ -429,7 +443,14 @@ impl State {
     }
 
     /// Create and publish a `system_*` post.
-    pub fn system_post(&mut self, channel_id: &str, user_id: &str, type_: &str, message: String, props: Value) {
+    pub fn system_post(
+        &mut self,
+        channel_id: &str,
+        user_id: &str,
+        type_: &str,
+        message: String,
+        props: Value,
+    ) {
         let now = self.now();
         let post = Post {
             id: new_id(),
@@ -456,22 +477,31 @@ impl State {
 
     /// Add a user to a channel (no-op if already there); system post + `user_added`.
     /// Returns whether they were added.
-    pub fn add_channel_member(&mut self, channel_id: &str, user_id: &str, actor: &str, post: bool) -> bool {
+    pub fn add_channel_member(
+        &mut self,
+        channel_id: &str,
+        user_id: &str,
+        actor: &str,
+        post: bool,
+    ) -> bool {
         if self.in_channel(channel_id, user_id) {
             return false;
         }
         let now = self.now();
-        self.members.entry(channel_id.to_owned()).or_default().insert(
-            user_id.to_owned(),
-            ChannelMember {
-                channel_id: channel_id.to_owned(),
-                user_id: user_id.to_owned(),
-                admin: false,
-                last_viewed_at: 0,
-                msg_count: 0,
-                last_update_at: now,
-            },
-        );
+        self.members
+            .entry(channel_id.to_owned())
+            .or_default()
+            .insert(
+                user_id.to_owned(),
+                ChannelMember {
+                    channel_id: channel_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    admin: false,
+                    last_viewed_at: 0,
+                    msg_count: 0,
+                    last_update_at: now,
+                },
+            );
         let team_id = self.channels[channel_id].team_id.clone();
         self.publish(
             "user_added",
@@ -503,7 +533,14 @@ impl State {
     }
 
     /// A new channel record.
-    pub fn new_channel(&mut self, team_id: &str, type_: &str, name: &str, display_name: &str, creator: &str) -> Channel {
+    pub fn new_channel(
+        &mut self,
+        team_id: &str,
+        type_: &str,
+        name: &str,
+        display_name: &str,
+        creator: &str,
+    ) -> Channel {
         let now = self.now();
         Channel {
             id: new_id(),
@@ -547,7 +584,11 @@ impl State {
             None => self.users.keys().cloned().collect(),
         };
         for id in all {
-            let s = if online.contains(&id) { "online" } else { "offline" };
+            let s = if online.contains(&id) {
+                "online"
+            } else {
+                "offline"
+            };
             m.insert(id, json!(s));
         }
         Value::Object(m)

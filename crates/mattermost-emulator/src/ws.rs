@@ -79,10 +79,8 @@ async fn run(
         }
     }
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + PING_INTERVAL,
-        PING_INTERVAL,
-    );
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
         tokio::select! {
             out = rx.recv() => match out {
@@ -194,7 +192,9 @@ fn handle(app: &App, text: &str, conn: &mut Option<Conn>, tx: &UnboundedSender<O
         "ping" => reply_ok(
             tx,
             seq,
-            Some(json!({"text": "pong", "version": version_id(), "server_time": wall_ms(), "node_id": ""})),
+            Some(
+                json!({"text": "pong", "version": version_id(), "server_time": wall_ms(), "node_id": ""}),
+            ),
         ),
         "user_typing" => {
             let channel_id = data
@@ -228,7 +228,11 @@ fn handle(app: &App, text: &str, conn: &mut Option<Conn>, tx: &UnboundedSender<O
             let ids: Vec<String> = data
                 .get("user_ids")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let s = app.lock().statuses(Some(&ids));
             reply_ok(tx, seq, Some(s));

@@ -23,10 +23,17 @@ async fn login_headers_and_auth_errors() {
     let anon = Api::anonymous(&base);
 
     let r = anon
-        .post("/users/login", json!({"login_id": ADMIN, "password": ADMIN_PW, "device_id": "", "unknown_field": 1}))
+        .post(
+            "/users/login",
+            json!({"login_id": ADMIN, "password": ADMIN_PW, "device_id": "", "unknown_field": 1}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(is_id(&json!(r.header("Token"))), "Token header: {:?}", r.headers);
+    assert!(
+        is_id(&json!(r.header("Token"))),
+        "Token header: {:?}",
+        r.headers
+    );
     assert!(is_id(&json!(r.header("X-Request-Id"))));
     assert!(r.header("X-Version-Id").starts_with("9.11.0."));
     assert_eq!(r.header("content-type"), "application/json");
@@ -58,10 +65,16 @@ async fn login_headers_and_auth_errors() {
     assert_eq!(r.err_id(), "api.context.token_provided.app_error");
 
     let r = anon
-        .post("/users/login", json!({"login_id": ADMIN, "password": "wrong"}))
+        .post(
+            "/users/login",
+            json!({"login_id": ADMIN, "password": "wrong"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(r.err_id(), "api.user.login.invalid_credentials_email_username");
+    assert_eq!(
+        r.err_id(),
+        "api.user.login.invalid_credentials_email_username"
+    );
     let r = anon
         .post("/users/login", json!({"login_id": ADMIN, "password": ""}))
         .await;
@@ -99,18 +112,27 @@ async fn users_bots_and_tokens() {
 
     let r = w
         .admin
-        .post("/users", json!({"username": "alice", "email": "a2@example.org", "password": "longenough"}))
+        .post(
+            "/users",
+            json!({"username": "alice", "email": "a2@example.org", "password": "longenough"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.err_id(), "app.user.save.username_exists.app_error");
     let r = w
         .admin
-        .post("/users", json!({"username": "9bad", "email": "x@example.org", "password": "longenough"}))
+        .post(
+            "/users",
+            json!({"username": "9bad", "email": "x@example.org", "password": "longenough"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Only an admin may create users on a closed server.
     let r = Api::anonymous(&base)
-        .post("/users", json!({"username": "carol", "email": "c@example.org", "password": "longenough"}))
+        .post(
+            "/users",
+            json!({"username": "carol", "email": "c@example.org", "password": "longenough"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
@@ -120,14 +142,26 @@ async fn users_bots_and_tokens() {
     assert!(r.json["create_at"].as_i64().unwrap() > 1_600_000_000_000);
     let r = w.bob.get("/users/username/alice").await;
     assert_eq!(r.json["id"], w.alice.user_id.as_str());
-    assert_eq!(w.bob.get("/users/username/nobody").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(w.bob.get("/users/bad-id").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        w.bob.get("/users/username/nobody").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        w.bob.get("/users/bad-id").await.status,
+        StatusCode::BAD_REQUEST
+    );
     let r = w
         .bob
-        .post("/users/ids", json!([w.alice.user_id, "ybndrfg8ejkmcpqxot1uwisza3"]))
+        .post(
+            "/users/ids",
+            json!([w.alice.user_id, "ybndrfg8ejkmcpqxot1uwisza3"]),
+        )
         .await;
     assert_eq!(r.json.as_array().unwrap().len(), 1);
-    assert_eq!(w.bob.post("/users/ids", json!([])).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        w.bob.post("/users/ids", json!([])).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // The bot token authenticates as the bot.
     let r = w.bot.get("/users/me").await;
@@ -136,7 +170,10 @@ async fn users_bots_and_tokens() {
     assert_eq!(r.json["username"], "bridgebot");
     // Bots cannot log in with a password.
     let r = Api::anonymous(&base)
-        .post("/users/login", json!({"login_id": "bridgebot", "password": "x"}))
+        .post(
+            "/users/login",
+            json!({"login_id": "bridgebot", "password": "x"}),
+        )
         .await;
     assert_eq!(r.err_id(), "api.user.login.bot_login_forbidden.app_error");
     // Only admins create bots and tokens.
@@ -144,7 +181,10 @@ async fn users_bots_and_tokens() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = w
         .alice
-        .post(&format!("/users/{}/tokens", w.alice.user_id), json!({"description": "x"}))
+        .post(
+            &format!("/users/{}/tokens", w.alice.user_id),
+            json!({"description": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
@@ -152,13 +192,21 @@ async fn users_bots_and_tokens() {
     // tokens keep working.
     let r = w
         .admin
-        .post(&format!("/users/{}/tokens", w.alice.user_id), json!({"description": "pat"}))
+        .post(
+            &format!("/users/{}/tokens", w.alice.user_id),
+            json!({"description": "pat"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(is_id(&r.json["token"]) && r.json["is_active"] == true);
-    let pat = w.alice.with_token(r.json["token"].as_str().unwrap(), &w.alice.user_id);
+    let pat = w
+        .alice
+        .with_token(r.json["token"].as_str().unwrap(), &w.alice.user_id);
     assert_eq!(pat.get("/users/me").await.json["username"], "alice");
-    let listed = w.admin.get(&format!("/users/{}/tokens", w.alice.user_id)).await;
+    let listed = w
+        .admin
+        .get(&format!("/users/{}/tokens", w.alice.user_id))
+        .await;
     assert!(listed.json[0].get("token").is_none());
     let mut cfg = w.emu.config();
     cfg.enable_user_access_tokens = false;
@@ -174,7 +222,10 @@ async fn teams_channels_and_membership() {
     assert_eq!(r.json["id"], w.team_id.as_str());
     let r = w.alice.get("/users/me/teams").await;
     assert_eq!(r.json.as_array().unwrap().len(), 1);
-    assert_eq!(w.alice.get("/teams/name/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        w.alice.get("/teams/name/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let r = w
         .alice
@@ -189,7 +240,10 @@ async fn teams_channels_and_membership() {
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.json["user_id"], w.bob.user_id.as_str());
     assert_eq!(r.json["roles"], "channel_user");
-    let r = w.bob.get(&format!("/channels/{}/members/me", w.channel_id)).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{}/members/me", w.channel_id))
+        .await;
     assert_eq!(r.json["channel_id"], w.channel_id.as_str());
 
     // A private channel: invisible by name to non-members (404), not joinable by a bot (403).
@@ -202,19 +256,31 @@ async fn teams_channels_and_membership() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let secret = r.json["id"].as_str().unwrap().to_owned();
-    let r = w.bob.get(&format!("/teams/{}/channels/name/secret", w.team_id)).await;
+    let r = w
+        .bob
+        .get(&format!("/teams/{}/channels/name/secret", w.team_id))
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.err_id(), "app.channel.get_by_name.missing.app_error");
-    assert_eq!(w.bob.get(&format!("/channels/{secret}")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.bob.get(&format!("/channels/{secret}")).await.status,
+        StatusCode::FORBIDDEN
+    );
     let r = w
         .bot
-        .post(&format!("/channels/{secret}/members"), json!({"user_id": w.bot.user_id}))
+        .post(
+            &format!("/channels/{secret}/members"),
+            json!({"user_id": w.bot.user_id}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Alice (a member) may add the bot.
     let r = w
         .alice
-        .post(&format!("/channels/{secret}/members"), json!({"user_id": w.bot.user_id}))
+        .post(
+            &format!("/channels/{secret}/members"),
+            json!({"user_id": w.bot.user_id}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     // Unknown channel id: 403 before 404.
@@ -231,13 +297,25 @@ async fn teams_channels_and_membership() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Leave: system post, membership gone.
-    let r = w.bob.delete(&format!("/channels/{}/members/{}", w.channel_id, w.bob.user_id)).await;
+    let r = w
+        .bob
+        .delete(&format!(
+            "/channels/{}/members/{}",
+            w.channel_id, w.bob.user_id
+        ))
+        .await;
     assert_eq!(r.json["status"], "OK");
     assert_eq!(
-        w.bob.get(&format!("/channels/{}/members/me", w.channel_id)).await.status,
+        w.bob
+            .get(&format!("/channels/{}/members/me", w.channel_id))
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
-    let r = w.alice.get(&format!("/channels/{}/posts", w.channel_id)).await;
+    let r = w
+        .alice
+        .get(&format!("/channels/{}/posts", w.channel_id))
+        .await;
     let newest = &r.json["posts"][r.json["order"][0].as_str().unwrap()];
     assert_eq!(newest["type"], "system_leave_channel");
     assert_eq!(newest["message"], "bob left the channel.");
@@ -251,7 +329,10 @@ async fn create_post_rules() {
     // Unknown channel and non-member: both 403 (permission before existence).
     let r = w
         .bob
-        .post("/posts", json!({"channel_id": "ybndrfg8ejkmcpqxot1uwisza3", "message": "x"}))
+        .post(
+            "/posts",
+            json!({"channel_id": "ybndrfg8ejkmcpqxot1uwisza3", "message": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.err_id(), "api.context.permissions.app_error");
@@ -263,33 +344,57 @@ async fn create_post_rules() {
         )
         .await;
     let alone = r.json["id"].as_str().unwrap().to_owned();
-    let r = w.bob.post("/posts", json!({"channel_id": alone, "message": "x"})).await;
+    let r = w
+        .bob
+        .post("/posts", json!({"channel_id": alone, "message": "x"}))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Reading the public channel's posts is allowed to a team member though.
-    assert_eq!(w.bob.get(&format!("/channels/{alone}/posts")).await.status, StatusCode::OK);
+    assert_eq!(
+        w.bob.get(&format!("/channels/{alone}/posts")).await.status,
+        StatusCode::OK
+    );
 
     let r = w
         .alice
-        .post("/posts", json!({"channel_id": ch, "message": "x", "type": "system_join_channel"}))
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "x", "type": "system_join_channel"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.err_id(), "api.context.invalid_param.app_error");
     let r = w
         .alice
-        .post("/posts", json!({"channel_id": ch, "message": "x", "root_id": "ybndrfg8ejkmcpqxot1uwisza3"}))
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "x", "root_id": "ybndrfg8ejkmcpqxot1uwisza3"}),
+        )
         .await;
     assert_eq!(r.err_id(), "api.post.create_post.root_id.app_error");
     let long = "é".repeat(16384);
-    let r = w.alice.post("/posts", json!({"channel_id": ch, "message": long})).await;
+    let r = w
+        .alice
+        .post("/posts", json!({"channel_id": ch, "message": long}))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.err_id(), "model.post.is_valid.msg.app_error");
     let ok = "é".repeat(16383);
-    let r = w.alice.post("/posts", json!({"channel_id": ch, "message": ok})).await;
+    let r = w
+        .alice
+        .post("/posts", json!({"channel_id": ch, "message": ok}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let huge = "a".repeat(310_000);
-    let r = w.alice.post("/posts", json!({"channel_id": ch, "message": huge})).await;
+    let r = w
+        .alice
+        .post("/posts", json!({"channel_id": ch, "message": huge}))
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let r = w.alice.post("/posts", json!({"channel_id": ch, "message": 5})).await;
+    let r = w
+        .alice
+        .post("/posts", json!({"channel_id": ch, "message": 5}))
+        .await;
     assert_eq!(r.err_id(), "api.context.invalid_body_param.app_error");
 
     // A reply to a reply is refused; a reply to the root is fine.
@@ -297,13 +402,19 @@ async fn create_post_rules() {
     let root_id = root["id"].as_str().unwrap();
     let r = w
         .bob
-        .post("/posts", json!({"channel_id": ch, "message": "re", "root_id": root_id}))
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "re", "root_id": root_id}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let reply_id = r.json["id"].as_str().unwrap().to_owned();
     let r = w
         .bob
-        .post("/posts", json!({"channel_id": ch, "message": "re2", "root_id": reply_id}))
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "re2", "root_id": reply_id}),
+        )
         .await;
     assert_eq!(r.err_id(), "api.post.create_post.root_id.app_error");
     let r = w.bob.get(&format!("/posts/{root_id}")).await;
@@ -320,7 +431,10 @@ async fn create_post_rules() {
     let again = w.bot.post("/posts", body).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.json["id"], first.json["id"]);
-    let got = w.bot.get(&format!("/posts/{}", first.json["id"].as_str().unwrap())).await;
+    let got = w
+        .bot
+        .get(&format!("/posts/{}", first.json["id"].as_str().unwrap()))
+        .await;
     assert_eq!(got.json["pending_post_id"], "");
     assert_eq!(got.json["metadata"], json!({}));
     assert!(got.json.get("file_ids").is_none());
@@ -352,7 +466,10 @@ async fn patch_keeps_props_full_update_wipes_them() {
         )
         .await;
     let id = r.json["id"].as_str().unwrap().to_owned();
-    let r = w.bot.put(&format!("/posts/{id}/patch"), json!({"message": "v2"})).await;
+    let r = w
+        .bot
+        .put(&format!("/posts/{id}/patch"), json!({"message": "v2"}))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["message"], "v2");
     assert!(r.json["edit_at"].as_i64().unwrap() > 0);
@@ -360,27 +477,48 @@ async fn patch_keeps_props_full_update_wipes_them() {
     assert_eq!(r.json["id"], id.as_str());
 
     // The full update wipes props (and from_bot) when the body has none.
-    let r = w.bot.put(&format!("/posts/{id}"), json!({"id": id, "message": "v3"})).await;
+    let r = w
+        .bot
+        .put(&format!("/posts/{id}"), json!({"id": id, "message": "v3"}))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["message"], "v3");
     assert_eq!(r.json["props"], json!({}));
-    let r = w.bot.put(&format!("/posts/{id}"), json!({"id": w.alice.user_id, "message": "v4"})).await;
+    let r = w
+        .bot
+        .put(
+            &format!("/posts/{id}"),
+            json!({"id": w.alice.user_id, "message": "v4"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.err_id(), "api.context.invalid_body_param.app_error");
 
     // Editing someone else's post, or a missing one: 403.
-    let r = w.alice.put(&format!("/posts/{id}/patch"), json!({"message": "hijack"})).await;
+    let r = w
+        .alice
+        .put(&format!("/posts/{id}/patch"), json!({"message": "hijack"}))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = w
         .alice
-        .put("/posts/ybndrfg8ejkmcpqxot1uwisza3/patch", json!({"message": "x"}))
+        .put(
+            "/posts/ybndrfg8ejkmcpqxot1uwisza3/patch",
+            json!({"message": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // The admin may.
-    let r = w.admin.put(&format!("/posts/{id}/patch"), json!({"message": "admin"})).await;
+    let r = w
+        .admin
+        .put(&format!("/posts/{id}/patch"), json!({"message": "admin"}))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     // System posts cannot be edited.
-    let r = w.alice.get(&format!("/channels/{}/posts", w.town_square)).await;
+    let r = w
+        .alice
+        .get(&format!("/channels/{}/posts", w.town_square))
+        .await;
     let sys = r.json["order"]
         .as_array()
         .unwrap()
@@ -390,7 +528,10 @@ async fn patch_keeps_props_full_update_wipes_them() {
         .as_str()
         .unwrap()
         .to_owned();
-    let r = w.admin.put(&format!("/posts/{sys}/patch"), json!({"message": "x"})).await;
+    let r = w
+        .admin
+        .put(&format!("/posts/{sys}/patch"), json!({"message": "x"}))
+        .await;
     assert_eq!(r.err_id(), "api.post.update_post.system_message.app_error");
 }
 
@@ -404,7 +545,10 @@ async fn deleting_a_root_takes_its_replies() {
     for i in 0..2 {
         let r = w
             .bob
-            .post("/posts", json!({"channel_id": ch, "message": format!("reply {i}"), "root_id": root_id}))
+            .post(
+                "/posts",
+                json!({"channel_id": ch, "message": format!("reply {i}"), "root_id": root_id}),
+            )
             .await;
         replies.push(r.json["id"].as_str().unwrap().to_owned());
     }
@@ -413,7 +557,10 @@ async fn deleting_a_root_takes_its_replies() {
     assert_eq!(r.json["order"][2], root_id.as_str());
 
     // Bob may not delete Alice's post.
-    assert_eq!(w.bob.delete(&format!("/posts/{root_id}")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.bob.delete(&format!("/posts/{root_id}")).await.status,
+        StatusCode::FORBIDDEN
+    );
     let r = w.alice.delete(&format!("/posts/{root_id}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json, json!({"status": "OK"}));
@@ -422,7 +569,10 @@ async fn deleting_a_root_takes_its_replies() {
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}");
         assert_eq!(r.err_id(), "app.post.get.app_error");
     }
-    assert_eq!(w.alice.delete(&format!("/posts/{root_id}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        w.alice.delete(&format!("/posts/{root_id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
     let r = w.bob.get(&format!("/channels/{ch}/posts")).await;
     let order = r.json["order"].as_array().unwrap();
     assert!(!order.iter().any(|i| *i == root_id.as_str()));
@@ -443,18 +593,36 @@ async fn since_returns_edits_history_deletes_and_reaction_bumps() {
     );
 
     // Nothing changed yet.
-    let r = w.bob.get(&format!("/channels/{ch}/posts?since={since}")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?since={since}"))
+        .await;
     assert_eq!(r.json["order"], json!([]));
 
-    w.alice.put(&format!("/posts/{a_id}/patch"), json!({"message": "a2"})).await;
+    w.alice
+        .put(&format!("/posts/{a_id}/patch"), json!({"message": "a2"}))
+        .await;
     w.alice.delete(&format!("/posts/{b_id}")).await;
     let r = w
         .bob
-        .post("/reactions", json!({"user_id": w.bob.user_id, "post_id": c_id, "emoji_name": "smile"}))
+        .post(
+            "/reactions",
+            json!({"user_id": w.bob.user_id, "post_id": c_id, "emoji_name": "smile"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = w.bob.get(&format!("/channels/{ch}/posts?since={since}&page=3&per_page=1")).await;
-    let order: Vec<&str> = r.json["order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let r = w
+        .bob
+        .get(&format!(
+            "/channels/{ch}/posts?since={since}&page=3&per_page=1"
+        ))
+        .await;
+    let order: Vec<&str> = r.json["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     let posts = &r.json["posts"];
     assert_eq!(r.json["next_post_id"], "");
     assert_eq!(r.json["prev_post_id"], "");
@@ -479,18 +647,33 @@ async fn since_returns_edits_history_deletes_and_reaction_bumps() {
     let r = w.bob.get(&format!("/channels/{ch}/posts?per_page=1")).await;
     assert_eq!(r.json["order"], json!([c_id]));
     assert_eq!(r.json["prev_post_id"], a_id.as_str());
-    let r = w.bob.get(&format!("/channels/{ch}/posts?before={c_id}&per_page=1")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?before={c_id}&per_page=1"))
+        .await;
     assert_eq!(r.json["order"], json!([a_id]));
     assert_eq!(r.json["next_post_id"], c_id.as_str());
-    let r = w.bob.get(&format!("/channels/{ch}/posts?after={a_id}&per_page=5")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?after={a_id}&per_page=5"))
+        .await;
     assert_eq!(r.json["order"], json!([c_id]));
     assert_eq!(r.json["prev_post_id"], a_id.as_str());
     assert_eq!(r.json["next_post_id"], "");
-    let r = w.bob.get(&format!("/channels/{ch}/posts?before=not-an-id")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?before=not-an-id"))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = w.bob.get(&format!("/channels/{ch}/posts?since=yesterday")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?since=yesterday"))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = w.bob.get("/channels/ybndrfg8ejkmcpqxot1uwisza3/posts").await;
+    let r = w
+        .bob
+        .get("/channels/ybndrfg8ejkmcpqxot1uwisza3/posts")
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
@@ -512,24 +695,36 @@ async fn reactions() {
     // Someone else's user_id, bad emoji names.
     let r = w
         .alice
-        .post("/reactions", json!({"user_id": w.bob.user_id, "post_id": pid, "emoji_name": "x"}))
+        .post(
+            "/reactions",
+            json!({"user_id": w.bob.user_id, "post_id": pid, "emoji_name": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = w
         .alice
-        .post("/reactions", json!({"user_id": w.alice.user_id, "post_id": pid, "emoji_name": ":smile:"}))
+        .post(
+            "/reactions",
+            json!({"user_id": w.alice.user_id, "post_id": pid, "emoji_name": ":smile:"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = w
         .bob
-        .delete(&format!("/users/{}/posts/{pid}/reactions/thumbsup", w.bob.user_id))
+        .delete(&format!(
+            "/users/{}/posts/{pid}/reactions/thumbsup",
+            w.bob.user_id
+        ))
         .await;
     assert_eq!(r.json, json!({"status": "OK"}));
     let r = w.bob.get(&format!("/posts/{pid}")).await;
     assert!(r.json.get("has_reactions").is_none());
     let r = w
         .alice
-        .delete(&format!("/users/{}/posts/{pid}/reactions/thumbsup", w.bob.user_id))
+        .delete(&format!(
+            "/users/{}/posts/{pid}/reactions/thumbsup",
+            w.bob.user_id
+        ))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
@@ -544,7 +739,10 @@ async fn files_upload_attach_download() {
         async move {
             let form = reqwest::multipart::Form::new()
                 .text("channel_id", ch)
-                .part("files", reqwest::multipart::Part::bytes(data).file_name(name))
+                .part(
+                    "files",
+                    reqwest::multipart::Part::bytes(data).file_name(name),
+                )
                 .text("client_ids", "c1");
             let resp = reqwest::Client::new()
                 .post(format!("{base}/api/v4/files"))
@@ -567,18 +765,30 @@ async fn files_upload_attach_download() {
     let fid = info["id"].as_str().unwrap().to_owned();
     // Bob's file cannot be attached by the bot: silently dropped.
     let other = upload(w.bob.clone(), "b.png", b"\x89PNG").await;
-    let other_id = other.json["file_infos"][0]["id"].as_str().unwrap().to_owned();
+    let other_id = other.json["file_infos"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Not readable by others before it is attached.
-    assert_eq!(w.alice.get(&format!("/files/{fid}/info")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.alice.get(&format!("/files/{fid}/info")).await.status,
+        StatusCode::FORBIDDEN
+    );
     let r = w
         .bot
-        .post("/posts", json!({"channel_id": w.channel_id, "message": "see file", "file_ids": [fid, other_id]}))
+        .post(
+            "/posts",
+            json!({"channel_id": w.channel_id, "message": "see file", "file_ids": [fid, other_id]}),
+        )
         .await;
     assert_eq!(r.json["file_ids"], json!([fid]));
     assert_eq!(r.json["metadata"]["files"][0]["post_id"], r.json["id"]);
     let resp = reqwest::Client::new()
         .get(format!("{base}/api/v4/files/{fid}"))
-        .header("Authorization", format!("Bearer {}", w.alice.token.as_ref().unwrap()))
+        .header(
+            "Authorization",
+            format!("Bearer {}", w.alice.token.as_ref().unwrap()),
+        )
         .send()
         .await
         .unwrap();
@@ -595,8 +805,13 @@ async fn files_upload_attach_download() {
         .await;
     let alone = r.json["id"].as_str().unwrap().to_owned();
     let resp = reqwest::Client::new()
-        .post(format!("{base}/api/v4/files?channel_id={alone}&filename=x.txt"))
-        .header("Authorization", format!("Bearer {}", w.bob.token.as_ref().unwrap()))
+        .post(format!(
+            "{base}/api/v4/files?channel_id={alone}&filename=x.txt"
+        ))
+        .header(
+            "Authorization",
+            format!("Bearer {}", w.bob.token.as_ref().unwrap()),
+        )
         .body("data")
         .send()
         .await
@@ -609,11 +824,17 @@ async fn channel_patch_posts_header_change() {
     let w = world().await;
     let r = w
         .alice
-        .put(&format!("/channels/{}/patch", w.channel_id), json!({"header": "new topic"}))
+        .put(
+            &format!("/channels/{}/patch", w.channel_id),
+            json!({"header": "new topic"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["header"], "new topic");
-    let r = w.bob.get(&format!("/channels/{}/posts?per_page=1", w.channel_id)).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{}/posts?per_page=1", w.channel_id))
+        .await;
     let p = &r.json["posts"][r.json["order"][0].as_str().unwrap()];
     assert_eq!(p["type"], "system_header_change");
     assert_eq!(p["props"]["new_header"], "new topic");
@@ -621,7 +842,10 @@ async fn channel_patch_posts_header_change() {
     assert_eq!(p["props"]["username"], "alice");
     let r = w
         .bob
-        .put("/channels/ybndrfg8ejkmcpqxot1uwisza3/patch", json!({"header": "x"}))
+        .put(
+            "/channels/ybndrfg8ejkmcpqxot1uwisza3/patch",
+            json!({"header": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
@@ -639,8 +863,14 @@ async fn client_config_formats() {
     assert_eq!(r.json["EnablePostUsernameOverride"], "false");
     let r = anon.get("/config/client?format=old").await;
     assert!(r.json.get("MaxPostSize").is_none());
-    assert_eq!(anon.get("/config/client").await.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(anon.get("/config/client?format=new").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        anon.get("/config/client").await.status,
+        StatusCode::NOT_IMPLEMENTED
+    );
+    assert_eq!(
+        anon.get("/config/client?format=new").await.status,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

@@ -33,7 +33,12 @@ async fn run(cmd: &mut Command, what: &str, limit: Duration) -> std::process::Ou
 #[tokio::test]
 async fn official_js_client_drives_the_emulator() {
     let dir = client_dir();
-    let version = run(Command::new("node").arg("--version"), "node --version", Duration::from_secs(30)).await;
+    let version = run(
+        Command::new("node").arg("--version"),
+        "node --version",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(version.status.success(), "node --version failed");
     if !dir.join("node_modules/@mattermost/client").exists() {
         let out = run(

@@ -19,7 +19,10 @@ async fn challenge_auth_hello_then_reply_and_actions() {
     let seq = ws.send_action("ping", json!({})).await;
     let r = ws.wait_reply(seq).await;
     assert_eq!(r["status"], "FAIL");
-    assert_eq!(r["error"]["id"], "api.web_socket_router.not_authenticated.app_error");
+    assert_eq!(
+        r["error"]["id"],
+        "api.web_socket_router.not_authenticated.app_error"
+    );
     assert_eq!(r["error"]["status_code"], 401);
 
     let seq = ws
@@ -31,7 +34,12 @@ async fn challenge_auth_hello_then_reply_and_actions() {
     assert_eq!(first["seq"], 0);
     assert_eq!(first["broadcast"]["user_id"], w.alice.user_id.as_str());
     assert_eq!(first["data"]["connection_id"].as_str().unwrap().len(), 26);
-    assert!(first["data"]["server_version"].as_str().unwrap().starts_with("9.11.0"));
+    assert!(
+        first["data"]["server_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("9.11.0")
+    );
     let second = ws.read().await.unwrap();
     assert_eq!(second, json!({"status": "OK", "seq_reply": seq}));
     // A second challenge is ignored silently: the next frame answers the ping.
@@ -46,12 +54,18 @@ async fn challenge_auth_hello_then_reply_and_actions() {
     let seq = ws.send_action("no_such_action", json!({})).await;
     let r = ws.wait_reply(seq).await;
     assert_eq!(r["status"], "FAIL");
-    assert_eq!(r["error"]["id"], "api.web_socket_router.bad_action.app_error");
+    assert_eq!(
+        r["error"]["id"],
+        "api.web_socket_router.bad_action.app_error"
+    );
     ws.send_raw(json!({"seq": 0, "action": "ping"})).await;
     let r = ws.wait_reply(0).await;
     assert_eq!(r["error"]["id"], "api.web_socket_router.bad_seq.app_error");
     let seq = ws
-        .send_action("get_statuses_by_ids", json!({"user_ids": [w.alice.user_id, w.bob.user_id]}))
+        .send_action(
+            "get_statuses_by_ids",
+            json!({"user_ids": [w.alice.user_id, w.bob.user_id]}),
+        )
         .await;
     let r = ws.wait_reply(seq).await;
     assert_eq!(r["data"][&w.alice.user_id], "online");
@@ -63,8 +77,11 @@ async fn challenge_auth_hello_then_reply_and_actions() {
 
     // A bad token in the challenge closes the socket.
     let mut bad = Ws::connect(&w.emu.websocket_url(), None).await;
-    bad.send_action("authentication_challenge", json!({"token": "ybndrfg8ejkmcpqxot1uwisza3"}))
-        .await;
+    bad.send_action(
+        "authentication_challenge",
+        json!({"token": "ybndrfg8ejkmcpqxot1uwisza3"}),
+    )
+    .await;
     bad.wait_closed().await;
     assert!(bad.events.is_empty());
 }
@@ -86,7 +103,9 @@ async fn posted_payload_seq_and_audience() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let id = r.json["id"].as_str().unwrap().to_owned();
-    let (e, post) = alice.wait_post_event("posted", |p| p["id"] == id.as_str()).await;
+    let (e, post) = alice
+        .wait_post_event("posted", |p| p["id"] == id.as_str())
+        .await;
     assert!(e["data"]["post"].is_string(), "post is a JSON string");
     assert_eq!(post["pending_post_id"], "bot:1");
     assert_eq!(post["props"]["from_bot"], "true");
@@ -102,7 +121,9 @@ async fn posted_payload_seq_and_audience() {
     // Mentions are per recipient, a JSON string.
     assert_eq!(e["data"]["mentions"], json!([w.alice.user_id]).to_string());
     // The poster gets its own event too, without a mentions field.
-    let (own, _) = bot.wait_post_event("posted", |p| p["id"] == id.as_str()).await;
+    let (own, _) = bot
+        .wait_post_event("posted", |p| p["id"] == id.as_str())
+        .await;
     assert!(own["data"].get("mentions").is_none());
 
     // With the override enabled, a from_webhook post is named after the override.
@@ -118,7 +139,9 @@ async fn posted_payload_seq_and_audience() {
         )
         .await;
     let id2 = r.json["id"].as_str().unwrap().to_owned();
-    let (e, _) = alice.wait_post_event("posted", |p| p["id"] == id2.as_str()).await;
+    let (e, _) = alice
+        .wait_post_event("posted", |p| p["id"] == id2.as_str())
+        .await;
     assert_eq!(e["data"]["sender_name"], "ircnick");
 
     // Seq numbers are consecutive per connection from 0.
@@ -130,7 +153,10 @@ async fn posted_payload_seq_and_audience() {
 
     // typing reaches others but not the typist.
     let seq = alice
-        .send_action("user_typing", json!({"channel_id": w.channel_id, "parent_id": ""}))
+        .send_action(
+            "user_typing",
+            json!({"channel_id": w.channel_id, "parent_id": ""}),
+        )
         .await;
     assert_eq!(alice.wait_reply(seq).await["status"], "OK");
     let t = bot.wait_event("typing", |e| e["event"] == "typing").await;
@@ -173,11 +199,14 @@ async fn own_posted_arrives_before_the_http_response() {
     let r = w.bot.post("/posts", body).await;
     assert_eq!(r.json["id"], post["id"]);
     w.alice.create_post(&w.channel_id, "marker").await;
-    bot.wait_post_event("posted", |p| p["message"] == "marker").await;
+    bot.wait_post_event("posted", |p| p["message"] == "marker")
+        .await;
     let n = bot
         .events
         .iter()
-        .filter(|e| e["event"] == "posted" && e["data"]["post"].as_str().unwrap().contains("bot:race"))
+        .filter(|e| {
+            e["event"] == "posted" && e["data"]["post"].as_str().unwrap().contains("bot:race")
+        })
         .count();
     assert_eq!(n, 1);
 }
@@ -190,11 +219,19 @@ async fn edit_delete_and_reaction_events() {
     let root_id = root["id"].as_str().unwrap().to_owned();
     let reply = w
         .bob
-        .post("/posts", json!({"channel_id": w.channel_id, "message": "reply", "root_id": root_id}))
+        .post(
+            "/posts",
+            json!({"channel_id": w.channel_id, "message": "reply", "root_id": root_id}),
+        )
         .await;
     let reply_id = reply.json["id"].as_str().unwrap().to_owned();
 
-    w.bob.put(&format!("/posts/{root_id}/patch"), json!({"message": "root v2"})).await;
+    w.bob
+        .put(
+            &format!("/posts/{root_id}/patch"),
+            json!({"message": "root v2"}),
+        )
+        .await;
     let (e, post) = alice
         .wait_post_event("post_edited", |p| p["id"] == root_id.as_str())
         .await;
@@ -205,16 +242,23 @@ async fn edit_delete_and_reaction_events() {
     }
 
     w.alice
-        .post("/reactions", json!({"user_id": w.alice.user_id, "post_id": root_id, "emoji_name": "tada"}))
+        .post(
+            "/reactions",
+            json!({"user_id": w.alice.user_id, "post_id": root_id, "emoji_name": "tada"}),
+        )
         .await;
-    let e = alice.wait_event("reaction_added", |e| e["event"] == "reaction_added").await;
+    let e = alice
+        .wait_event("reaction_added", |e| e["event"] == "reaction_added")
+        .await;
     let reaction: Value = serde_json::from_str(e["data"]["reaction"].as_str().unwrap()).unwrap();
     assert_eq!(reaction["emoji_name"], "tada");
     assert_eq!(reaction["post_id"], root_id.as_str());
     w.alice
         .delete(&format!("/users/me/posts/{root_id}/reactions/tada"))
         .await;
-    let e = alice.wait_event("reaction_removed", |e| e["event"] == "reaction_removed").await;
+    let e = alice
+        .wait_event("reaction_removed", |e| e["event"] == "reaction_removed")
+        .await;
     assert!(e["data"]["reaction"].is_string());
 
     w.bob.delete(&format!("/posts/{root_id}")).await;
@@ -223,9 +267,19 @@ async fn edit_delete_and_reaction_events() {
         .await;
     assert_eq!(post["id"], root_id.as_str());
     w.bob.create_post(&w.channel_id, "marker").await;
-    alice.wait_post_event("posted", |p| p["message"] == "marker").await;
-    let deleted: Vec<&Value> = alice.events.iter().filter(|e| e["event"] == "post_deleted").collect();
-    assert_eq!(deleted.len(), 1, "one event for the root, none for {reply_id}");
+    alice
+        .wait_post_event("posted", |p| p["message"] == "marker")
+        .await;
+    let deleted: Vec<&Value> = alice
+        .events
+        .iter()
+        .filter(|e| e["event"] == "post_deleted")
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        1,
+        "one event for the root, none for {reply_id}"
+    );
 }
 
 #[tokio::test]
@@ -236,11 +290,16 @@ async fn membership_and_channel_events() {
     let carol = common::create_user(&w.admin, &w.emu.base_url(), &w.team_id, "carol").await;
     let r = w
         .alice
-        .post(&format!("/channels/{}/members", w.channel_id), json!({"user_id": carol.user_id}))
+        .post(
+            &format!("/channels/{}/members", w.channel_id),
+            json!({"user_id": carol.user_id}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let e = alice
-        .wait_event("user_added", |e| e["event"] == "user_added" && e["data"]["user_id"] == carol.user_id.as_str())
+        .wait_event("user_added", |e| {
+            e["event"] == "user_added" && e["data"]["user_id"] == carol.user_id.as_str()
+        })
         .await;
     assert_eq!(e["data"]["team_id"], w.team_id.as_str());
     let (e, post) = alice
@@ -250,31 +309,49 @@ async fn membership_and_channel_events() {
     assert_eq!(e["data"]["sender_name"], "System");
 
     w.alice
-        .put(&format!("/channels/{}/patch", w.channel_id), json!({"header": "topic!"}))
+        .put(
+            &format!("/channels/{}/patch", w.channel_id),
+            json!({"header": "topic!"}),
+        )
         .await;
-    let e = bot.wait_event("channel_updated", |e| e["event"] == "channel_updated").await;
+    let e = bot
+        .wait_event("channel_updated", |e| e["event"] == "channel_updated")
+        .await;
     let ch: Value = serde_json::from_str(e["data"]["channel"].as_str().unwrap()).unwrap();
     assert_eq!(ch["header"], "topic!");
-    bot.wait_post_event("posted", |p| p["type"] == "system_header_change").await;
+    bot.wait_post_event("posted", |p| p["type"] == "system_header_change")
+        .await;
 
     // Kicking the bot: the channel hears {user_id, remover_id}, the bot {channel_id, remover_id}.
     let r = w
         .alice
-        .delete(&format!("/channels/{}/members/{}", w.channel_id, w.bot.user_id))
+        .delete(&format!(
+            "/channels/{}/members/{}",
+            w.channel_id, w.bot.user_id
+        ))
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let e = bot.wait_event("user_removed", |e| e["event"] == "user_removed").await;
+    let e = bot
+        .wait_event("user_removed", |e| e["event"] == "user_removed")
+        .await;
     assert_eq!(e["data"]["channel_id"], w.channel_id.as_str());
     assert_eq!(e["data"]["remover_id"], w.alice.user_id.as_str());
     assert_eq!(e["broadcast"]["user_id"], w.bot.user_id.as_str());
-    let e = alice.wait_event("user_removed", |e| e["event"] == "user_removed").await;
+    let e = alice
+        .wait_event("user_removed", |e| e["event"] == "user_removed")
+        .await;
     assert_eq!(e["data"]["user_id"], w.bot.user_id.as_str());
     assert_eq!(e["broadcast"]["channel_id"], w.channel_id.as_str());
     // Posts after the kick no longer reach the bot.
     w.alice.create_post(&w.channel_id, "bot is gone").await;
     w.alice.create_post(&w.town_square, "town marker").await;
-    bot.wait_post_event("posted", |p| p["message"] == "town marker").await;
-    assert!(!bot.events.iter().any(|e| e["data"]["post"].as_str().is_some_and(|p| p.contains("bot is gone"))));
+    bot.wait_post_event("posted", |p| p["message"] == "town marker")
+        .await;
+    assert!(!bot.events.iter().any(|e| {
+        e["data"]["post"]
+            .as_str()
+            .is_some_and(|p| p.contains("bot is gone"))
+    }));
 }
 
 #[tokio::test]
@@ -286,7 +363,10 @@ async fn drop_hook_then_resume_or_fresh_hello() {
     let hello = ws.wait_event("hello", |e| e["event"] == "hello").await;
     let conn_id = hello["data"]["connection_id"].as_str().unwrap().to_owned();
     w.alice.create_post(&w.channel_id, "one").await;
-    let e = ws.wait_post_event("posted", |p| p["message"] == "one").await.0;
+    let e = ws
+        .wait_post_event("posted", |p| p["message"] == "one")
+        .await
+        .0;
     let last_seq = e["seq"].as_i64().unwrap();
     assert_eq!(w.emu.websocket_count(), 1);
 
@@ -297,7 +377,10 @@ async fn drop_hook_then_resume_or_fresh_hello() {
 
     // Resume: same connection, no hello, the missed event with its original seq.
     let mut ws = Ws::connect(
-        &format!("{url}?connection_id={conn_id}&sequence_number={}", last_seq + 1),
+        &format!(
+            "{url}?connection_id={conn_id}&sequence_number={}",
+            last_seq + 1
+        ),
         Some(&token),
     )
     .await;
@@ -313,7 +396,10 @@ async fn drop_hook_then_resume_or_fresh_hello() {
     ws.wait_closed().await;
     w.emu.forget_websocket_sessions();
     let mut ws = Ws::connect(
-        &format!("{url}?connection_id={conn_id}&sequence_number={}", last_seq + 2),
+        &format!(
+            "{url}?connection_id={conn_id}&sequence_number={}",
+            last_seq + 2
+        ),
         Some(&token),
     )
     .await;

@@ -57,7 +57,8 @@ pub async fn create(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiRe
             "Invalid type.",
         ));
     }
-    if !st.teams.contains_key(&req.team_id) || !(c.is_admin || st.in_team(&req.team_id, &c.user_id)) {
+    if !st.teams.contains_key(&req.team_id) || !(c.is_admin || st.in_team(&req.team_id, &c.user_id))
+    {
         return Err(ApiError::forbidden());
     }
     if !valid_channel_name(&req.name) {
@@ -88,7 +89,13 @@ pub async fn create(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiRe
             "A channel with that name already exists on the same team.",
         ));
     }
-    let mut ch = st.new_channel(&req.team_id, &req.type_, &req.name, &req.display_name, &c.user_id);
+    let mut ch = st.new_channel(
+        &req.team_id,
+        &req.type_,
+        &req.name,
+        &req.display_name,
+        &c.user_id,
+    );
     ch.header = req.header;
     ch.purpose = req.purpose;
     let id = ch.id.clone();
@@ -133,7 +140,11 @@ pub async fn create_direct(State(app): State<App>, Auth(c): Auth, body: Bytes) -
     let mut sorted = ids.clone();
     sorted.sort();
     let name = format!("{}__{}", sorted[0], sorted[1]);
-    if let Some(ch) = st.channels.values().find(|ch| ch.type_ == "D" && ch.name == name) {
+    if let Some(ch) = st
+        .channels
+        .values()
+        .find(|ch| ch.type_ == "D" && ch.name == name)
+    {
         return Ok(json_response(StatusCode::CREATED, ch.to_json()));
     }
     let ch = st.new_channel("", "D", &name, "", &c.user_id);
@@ -154,7 +165,11 @@ pub async fn create_direct(State(app): State<App>, Auth(c): Auth, body: Bytes) -
             },
         );
     }
-    let teammate = sorted.iter().find(|u| **u != c.user_id).cloned().unwrap_or_else(|| c.user_id.clone());
+    let teammate = sorted
+        .iter()
+        .find(|u| **u != c.user_id)
+        .cloned()
+        .unwrap_or_else(|| c.user_id.clone());
     st.publish(
         "direct_added",
         json!({"creator_id": c.user_id, "teammate_id": teammate}),
@@ -167,7 +182,10 @@ pub async fn create_direct(State(app): State<App>, Auth(c): Auth, body: Bytes) -
 pub async fn get(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
     let id = check_id(&id, "channel_id")?;
     let st = app.lock();
-    Ok(json_response(StatusCode::OK, st.readable_channel(&id, &c)?.to_json()))
+    Ok(json_response(
+        StatusCode::OK,
+        st.readable_channel(&id, &c)?.to_json(),
+    ))
 }
 
 fn lookup_by_name(
@@ -205,7 +223,10 @@ pub async fn by_name(
     let team_id = check_id(&team_id, "team_id")?;
     let q = query_map(q.as_deref());
     let st = app.lock();
-    Ok(json_response(StatusCode::OK, lookup_by_name(&st, &team_id, &name, &c, &q)?))
+    Ok(json_response(
+        StatusCode::OK,
+        lookup_by_name(&st, &team_id, &name, &c, &q)?,
+    ))
 }
 
 /// `GET /teams/name/{team}/channels/name/{name}`.
@@ -229,7 +250,10 @@ pub async fn by_team_name_and_name(
                 "Unable to find the existing team.",
             )
         })?;
-    Ok(json_response(StatusCode::OK, lookup_by_name(&st, &team_id, &name, &c, &q)?))
+    Ok(json_response(
+        StatusCode::OK,
+        lookup_by_name(&st, &team_id, &name, &c, &q)?,
+    ))
 }
 
 fn channel_list(st: &St, filter: impl Fn(&Channel) -> bool) -> Value {
@@ -274,7 +298,11 @@ pub async fn of_user_in_team(
 }
 
 /// `GET /teams/{id}/channels`: public channels of a team.
-pub async fn public_in_team(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+pub async fn public_in_team(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = check_id(&id, "team_id")?;
     let st = app.lock();
     if !c.is_admin && !st.in_team(&id, &c.user_id) {
@@ -282,7 +310,9 @@ pub async fn public_in_team(State(app): State<App>, Auth(c): Auth, Path(id): Pat
     }
     Ok(json_response(
         StatusCode::OK,
-        channel_list(&st, |ch| ch.team_id == id && ch.type_ == "O" && ch.delete_at == 0),
+        channel_list(&st, |ch| {
+            ch.team_id == id && ch.type_ == "O" && ch.delete_at == 0
+        }),
     ))
 }
 
@@ -496,13 +526,21 @@ pub async fn patch(
             "Failed to patch the channel.",
         ));
     }
-    if req.header.as_ref().is_some_and(|h| h.chars().count() > 1024) {
+    if req
+        .header
+        .as_ref()
+        .is_some_and(|h| h.chars().count() > 1024)
+    {
         return Err(ApiError::bad_request(
             "model.channel.is_valid.header.app_error",
             "Invalid header.",
         ));
     }
-    if req.purpose.as_ref().is_some_and(|h| h.chars().count() > 250) {
+    if req
+        .purpose
+        .as_ref()
+        .is_some_and(|h| h.chars().count() > 250)
+    {
         return Err(ApiError::bad_request(
             "model.channel.is_valid.purpose.app_error",
             "Invalid purpose.",
@@ -543,7 +581,10 @@ pub async fn patch(
     let username = c.username.clone();
     if new.header != old.header {
         let message = if new.header.is_empty() {
-            format!("{username} removed the channel header (was: {})", old.header)
+            format!(
+                "{username} removed the channel header (was: {})",
+                old.header
+            )
         } else {
             format!("{username} updated the channel header to: {}", new.header)
         };

@@ -30,7 +30,13 @@ fn bad_multipart() -> ApiError {
     )
 }
 
-fn store(app: &App, c: &Caller, channel_id: &str, name: &str, data: Vec<u8>) -> Result<Value, ApiError> {
+fn store(
+    app: &App,
+    c: &Caller,
+    channel_id: &str,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<Value, ApiError> {
     if data.len() > MAX_FILE_SIZE {
         return Err(too_large());
     }
@@ -61,7 +67,12 @@ fn store(app: &App, c: &Caller, channel_id: &str, name: &str, data: Vec<u8>) -> 
 }
 
 /// `POST /files` → 201 `{file_infos, client_ids}`.
-pub async fn upload(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery, req: Request) -> ApiResult {
+pub async fn upload(
+    State(app): State<App>,
+    Auth(c): Auth,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> ApiResult {
     let q = query_map(q.as_deref());
     let is_multipart = req
         .headers()
@@ -71,10 +82,16 @@ pub async fn upload(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery
     let mut infos = Vec::new();
     let mut client_ids = Vec::new();
     if is_multipart {
-        let mut mp = Multipart::from_request(req, &app).await.map_err(|_| bad_multipart())?;
+        let mut mp = Multipart::from_request(req, &app)
+            .await
+            .map_err(|_| bad_multipart())?;
         let mut channel_id = q.get("channel_id").cloned().unwrap_or_default();
         while let Some(field) = mp.next_field().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { bad_multipart() }
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                bad_multipart()
+            }
         })? {
             match field.name().unwrap_or("") {
                 "channel_id" => channel_id = field.text().await.map_err(|_| bad_multipart())?,
@@ -85,7 +102,11 @@ pub async fn upload(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery
                         return Err(ApiError::invalid_param("channel_id"));
                     }
                     let data = field.bytes().await.map_err(|e| {
-                        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { bad_multipart() }
+                        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            too_large()
+                        } else {
+                            bad_multipart()
+                        }
                     })?;
                     infos.push(store(&app, &c, &channel_id, &name, data.to_vec())?);
                 }
@@ -101,7 +122,9 @@ pub async fn upload(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery
         if filename.is_empty() {
             return Err(ApiError::invalid_param("filename"));
         }
-        let body = Bytes::from_request(req, &app).await.map_err(|_| too_large())?;
+        let body = Bytes::from_request(req, &app)
+            .await
+            .map_err(|_| too_large())?;
         if body.is_empty() {
             return Err(ApiError::invalid_param("Content-Length"));
         }
@@ -121,7 +144,10 @@ fn readable(app: &App, c: &Caller, id: &str) -> Result<FileInfo, ApiError> {
     let id = check_id(id, "file_id")?;
     let st = app.lock();
     let fi = st.files.get(&id).ok_or_else(|| {
-        ApiError::not_found("app.file_info.get.app_error", "Unable to get the file info.")
+        ApiError::not_found(
+            "app.file_info.get.app_error",
+            "Unable to get the file info.",
+        )
     })?;
     let ok = fi.user_id == c.user_id
         || c.is_admin
@@ -133,14 +159,20 @@ fn readable(app: &App, c: &Caller, id: &str) -> Result<FileInfo, ApiError> {
 }
 
 /// `GET /files/{id}` (binary).
-pub async fn download(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn download(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let fi = readable(&app, &c, &id)?;
     let q = query_map(q.as_deref());
-    let disposition = if q.get("download").is_some_and(|v| v == "1" || v == "true") || !fi.is_image() {
-        "attachment"
-    } else {
-        "inline"
-    };
+    let disposition =
+        if q.get("download").is_some_and(|v| v == "1" || v == "true") || !fi.is_image() {
+            "attachment"
+        } else {
+            "inline"
+        };
     Ok(bytes_response(
         &fi.mime_type,
         vec![(

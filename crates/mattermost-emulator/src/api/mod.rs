@@ -31,7 +31,9 @@ pub fn check_id(raw: &str, what: &str) -> Result<String, ApiError> {
 /// `page`/`per_page` query parameters (per_page default 60, clamped to 200).
 pub fn paging(q: &std::collections::HashMap<String, String>) -> Result<(usize, usize), ApiError> {
     let page = match q.get("page") {
-        Some(p) if !p.is_empty() => p.parse::<usize>().map_err(|_| ApiError::invalid_url("page"))?,
+        Some(p) if !p.is_empty() => p
+            .parse::<usize>()
+            .map_err(|_| ApiError::invalid_url("page"))?,
         _ => 0,
     };
     let per_page = match q.get("per_page") {

@@ -98,7 +98,12 @@ pub async fn create(
     let set_online_param = q.get("set_online").is_none_or(|v| v != "false");
     let (v, delay, pending, id) = match create_locked(&app, &c, req, set_online_param)? {
         Created::Repeat(v) => return Ok(json_response(StatusCode::CREATED, v)),
-        Created::New { v, delay, pending, id } => (v, delay, pending, id),
+        Created::New {
+            v,
+            delay,
+            pending,
+            id,
+        } => (v, delay, pending, id),
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -121,7 +126,12 @@ enum Created {
     },
 }
 
-fn create_locked(app: &App, c: &Caller, req: CreateReq, set_online_param: bool) -> Result<Created, ApiError> {
+fn create_locked(
+    app: &App,
+    c: &Caller,
+    req: CreateReq,
+    set_online_param: bool,
+) -> Result<Created, ApiError> {
     let mut st = app.lock();
     if !st.can_post(&req.channel_id, c) {
         return Err(ApiError::forbidden());
@@ -149,10 +159,9 @@ fn create_locked(app: &App, c: &Caller, req: CreateReq, set_online_param: bool) 
     let pending = req.pending_post_id.clone();
     if !pending.is_empty() {
         let now = Instant::now();
-        st.pending
-            .retain(|_, p| match p {
-                Pending::InFlight(t) | Pending::Done(_, t) => now.duration_since(*t) < PENDING_TTL,
-            });
+        st.pending.retain(|_, p| match p {
+            Pending::InFlight(t) | Pending::Done(_, t) => now.duration_since(*t) < PENDING_TTL,
+        });
         match st.pending.get(&pending) {
             Some(Pending::Done(id, _)) => {
                 if let Some(p) = st.posts.get(id) {
@@ -177,7 +186,11 @@ fn create_locked(app: &App, c: &Caller, req: CreateReq, set_online_param: bool) 
     }
     let from_webhook = props.get("from_webhook").and_then(Value::as_str) == Some("true");
     let now = st.now();
-    let create_at = if c.is_admin && req.create_at > 0 { req.create_at } else { now };
+    let create_at = if c.is_admin && req.create_at > 0 {
+        req.create_at
+    } else {
+        now
+    };
     let file_ids: Vec<String> = req
         .file_ids
         .iter()
@@ -237,7 +250,12 @@ fn create_locked(app: &App, c: &Caller, req: CreateReq, set_online_param: bool) 
     }
     let v = st.post_json(&st.posts[&id], &pending);
     let delay = st.config.post_response_delay;
-    Ok(Created::New { v, delay, pending, id })
+    Ok(Created::New {
+        v,
+        delay,
+        pending,
+        id,
+    })
 }
 
 /// `GET /posts/{id}`: 404 if missing/deleted, 403 without channel access.
@@ -248,7 +266,10 @@ pub async fn get(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let id = check_id(&id, "post_id")?;
-    let include_deleted = c.is_admin && query_map(q.as_deref()).get("include_deleted").is_some_and(|v| v == "true");
+    let include_deleted = c.is_admin
+        && query_map(q.as_deref())
+            .get("include_deleted")
+            .is_some_and(|v| v == "true");
     let st = app.lock();
     let p = st
         .posts
@@ -480,7 +501,14 @@ pub async fn delete(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
     Ok(status_ok())
 }
 
-fn post_list(st: &St, order: &[String], extra: &[String], next: &str, prev: &str, has_next: bool) -> Value {
+fn post_list(
+    st: &St,
+    order: &[String],
+    extra: &[String],
+    next: &str,
+    prev: &str,
+    has_next: bool,
+) -> Value {
     let mut posts = Map::new();
     for id in order.iter().chain(extra) {
         if let Some(p) = st.posts.get(id) {
@@ -498,7 +526,11 @@ fn missing_roots(st: &St, ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for id in ids {
         let p = &st.posts[id];
-        if !p.root_id.is_empty() && !ids.contains(&p.root_id) && !out.contains(&p.root_id) && st.posts.contains_key(&p.root_id) {
+        if !p.root_id.is_empty()
+            && !ids.contains(&p.root_id)
+            && !out.contains(&p.root_id)
+            && st.posts.contains_key(&p.root_id)
+        {
             out.push(p.root_id.clone());
         }
     }
@@ -517,15 +549,24 @@ pub async fn thread(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
     if !st.can_read_channel(&p.channel_id, &c) {
         return Err(ApiError::forbidden());
     }
-    let root = if p.root_id.is_empty() { p.id.clone() } else { p.root_id.clone() };
+    let root = if p.root_id.is_empty() {
+        p.id.clone()
+    } else {
+        p.root_id.clone()
+    };
     let mut rows: Vec<&Post> = st.channel_posts[&p.channel_id]
         .iter()
         .map(|i| &st.posts[i])
-        .filter(|q| q.delete_at == 0 && q.original_id.is_empty() && (q.id == root || q.root_id == root))
+        .filter(|q| {
+            q.delete_at == 0 && q.original_id.is_empty() && (q.id == root || q.root_id == root)
+        })
         .collect();
     rows.sort_by_key(|q| std::cmp::Reverse((q.create_at, q.seq)));
     let order: Vec<String> = rows.iter().map(|q| q.id.clone()).collect();
-    Ok(json_response(StatusCode::OK, post_list(&st, &order, &[], "", "", false)))
+    Ok(json_response(
+        StatusCode::OK,
+        post_list(&st, &order, &[], "", "", false),
+    ))
 }
 
 /// `GET /channels/{id}/posts`: `since` wins, then `after`, then `before`, then plain paging.
@@ -539,7 +580,10 @@ pub async fn for_channel(
     let q: HashMap<String, String> = query_map(q.as_deref());
     let (page, per_page) = paging(&q)?;
     let since = match q.get("since").filter(|s| !s.is_empty()) {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| ApiError::invalid_url("since"))?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::invalid_url("since"))?,
+        ),
         None => None,
     };
     let cursor = |name: &str| -> Result<Option<String>, ApiError> {
@@ -565,8 +609,15 @@ pub async fn for_channel(
         rows.sort_by_key(|p| std::cmp::Reverse((p.create_at, p.seq)));
         rows.truncate(SINCE_LIMIT);
         let order: Vec<String> = rows.iter().map(|p| p.id.clone()).collect();
-        let extra = if skip_threads { Vec::new() } else { missing_roots(&st, &order) };
-        return Ok(json_response(StatusCode::OK, post_list(&st, &order, &extra, "", "", false)));
+        let extra = if skip_threads {
+            Vec::new()
+        } else {
+            missing_roots(&st, &order)
+        };
+        return Ok(json_response(
+            StatusCode::OK,
+            post_list(&st, &order, &extra, "", "", false),
+        ));
     }
     // Live posts, newest first.
     let mut live: Vec<&Post> = all
@@ -579,14 +630,20 @@ pub async fn for_channel(
     // [start, end) in the newest-first list.
     let (start, end) = if let Some(a) = &after {
         let Some(ai) = pos(a) else {
-            return Ok(json_response(StatusCode::OK, post_list(&st, &[], &[], "", "", false)));
+            return Ok(json_response(
+                StatusCode::OK,
+                post_list(&st, &[], &[], "", "", false),
+            ));
         };
         // Newer than `after`: indexes 0..ai, taken from the oldest side.
         let end = ai.saturating_sub(page * per_page);
         (end.saturating_sub(per_page), end)
     } else if let Some(b) = &before {
         let Some(bi) = pos(b) else {
-            return Ok(json_response(StatusCode::OK, post_list(&st, &[], &[], "", "", false)));
+            return Ok(json_response(
+                StatusCode::OK,
+                post_list(&st, &[], &[], "", "", false),
+            ));
         };
         let start = (bi + 1 + page * per_page).min(live.len());
         (start, (start + per_page).min(live.len()))
@@ -614,6 +671,13 @@ pub async fn for_channel(
         }
     }
     let has_next = end < live.len();
-    let extra = if skip_threads { Vec::new() } else { missing_roots(&st, &order) };
-    Ok(json_response(StatusCode::OK, post_list(&st, &order, &extra, &next, &prev, has_next)))
+    let extra = if skip_threads {
+        Vec::new()
+    } else {
+        missing_roots(&st, &order)
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        post_list(&st, &order, &extra, &next, &prev, has_next),
+    ))
 }

@@ -50,11 +50,26 @@ pub async fn client_config(
     m.insert("EnableOpenServer".into(), b(cfg.enable_open_server));
     m.insert("TelemetryId".into(), json!(""));
     if caller.is_some() {
-        m.insert("EnablePostUsernameOverride".into(), b(cfg.enable_post_username_override));
-        m.insert("EnablePostIconOverride".into(), b(cfg.enable_post_icon_override));
-        m.insert("EnableUserAccessTokens".into(), b(cfg.enable_user_access_tokens));
-        m.insert("EnableBotAccountCreation".into(), b(cfg.enable_bot_account_creation));
-        m.insert("MaxFileSize".into(), json!(crate::http::MAX_FILE_SIZE.to_string()));
+        m.insert(
+            "EnablePostUsernameOverride".into(),
+            b(cfg.enable_post_username_override),
+        );
+        m.insert(
+            "EnablePostIconOverride".into(),
+            b(cfg.enable_post_icon_override),
+        );
+        m.insert(
+            "EnableUserAccessTokens".into(),
+            b(cfg.enable_user_access_tokens),
+        );
+        m.insert(
+            "EnableBotAccountCreation".into(),
+            b(cfg.enable_bot_account_creation),
+        );
+        m.insert(
+            "MaxFileSize".into(),
+            json!(crate::http::MAX_FILE_SIZE.to_string()),
+        );
         m.insert("MaxPostSize".into(), json!(cfg.max_post_size.to_string()));
         m.insert("EnableFileAttachments".into(), b(true));
         m.insert("CollapsedThreads".into(), json!("always_on"));

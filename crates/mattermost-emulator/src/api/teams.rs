@@ -35,7 +35,21 @@ fn valid_team_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && !["api", "admin_console", "signup", "login", "oauth", "error", "help", "plugins", "files", "hooks", "channels", "static"].contains(&name)
+        && ![
+            "api",
+            "admin_console",
+            "signup",
+            "login",
+            "oauth",
+            "error",
+            "help",
+            "plugins",
+            "files",
+            "hooks",
+            "channels",
+            "static",
+        ]
+        .contains(&name)
 }
 
 /// `POST /teams` → 201; the creator becomes team admin; `town-square` and `off-topic` are made.
@@ -54,7 +68,11 @@ pub async fn create(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiRe
             "Invalid name.",
         ));
     }
-    let type_ = if req.type_.is_empty() { "O".to_owned() } else { req.type_ };
+    let type_ = if req.type_.is_empty() {
+        "O".to_owned()
+    } else {
+        req.type_
+    };
     if type_ != "O" && type_ != "I" {
         return Err(ApiError::bad_request(
             "model.team.is_valid.type.app_error",
@@ -239,9 +257,7 @@ pub async fn add_member(
         .teams
         .get(&id)
         .is_some_and(|t| t.allow_open_invite && t.type_ == "O");
-    let allowed = c.is_admin
-        || st.in_team(&id, &c.user_id)
-        || (user == c.user_id && team_open);
+    let allowed = c.is_admin || st.in_team(&id, &c.user_id) || (user == c.user_id && team_open);
     if !allowed || !st.teams.contains_key(&id) {
         if c.is_admin {
             return Err(ApiError::not_found(

@@ -59,7 +59,11 @@ pub async fn login(State(app): State<App>, headers: HeaderMap, body: Bytes) -> A
         ));
     }
     let mut st = app.lock();
-    let login = if req.login_id.is_empty() { &req.id } else { &req.login_id };
+    let login = if req.login_id.is_empty() {
+        &req.id
+    } else {
+        &req.login_id
+    };
     let Some(user) = st.find_user_login(login).cloned() else {
         return Err(invalid_credentials());
     };
@@ -166,7 +170,11 @@ fn check_new_username(st: &St, name: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /users`: admin, or anyone when the server is open.
-pub async fn create(State(app): State<App>, MaybeAuth(caller): MaybeAuth, body: Bytes) -> ApiResult {
+pub async fn create(
+    State(app): State<App>,
+    MaybeAuth(caller): MaybeAuth,
+    body: Bytes,
+) -> ApiResult {
     let req: CreateUserReq = parse_json(&body, "user")?;
     let mut st = app.lock();
     let allowed = caller.as_ref().is_some_and(|c| c.is_admin) || st.config.enable_open_server;
@@ -186,7 +194,11 @@ pub async fn create(State(app): State<App>, MaybeAuth(caller): MaybeAuth, body: 
             "Please enter a valid email.",
         ));
     }
-    if st.users.values().any(|u| u.email.eq_ignore_ascii_case(&email)) {
+    if st
+        .users
+        .values()
+        .any(|u| u.email.eq_ignore_ascii_case(&email))
+    {
         return Err(ApiError::bad_request(
             "app.user.save.email_exists.app_error",
             "An account with that email already exists.",
@@ -222,7 +234,11 @@ pub async fn get(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) 
 }
 
 /// `GET /users/username/{name}`.
-pub async fn by_username(State(app): State<App>, Auth(_c): Auth, Path(name): Path<String>) -> ApiResult {
+pub async fn by_username(
+    State(app): State<App>,
+    Auth(_c): Auth,
+    Path(name): Path<String>,
+) -> ApiResult {
     let st = app.lock();
     let u = st.user_by_name(&name).ok_or_else(|| {
         ApiError::not_found(
@@ -295,7 +311,10 @@ pub async fn list(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery) 
     let st = app.lock();
     let mut users: Vec<&User> = if let Some(ch) = q.get("in_channel").filter(|s| !s.is_empty()) {
         st.readable_channel(ch, &c)?;
-        st.member_ids(ch).iter().filter_map(|u| st.users.get(u)).collect()
+        st.member_ids(ch)
+            .iter()
+            .filter_map(|u| st.users.get(u))
+            .collect()
     } else if let Some(t) = q.get("in_team").filter(|s| !s.is_empty()) {
         if !c.is_admin && !st.in_team(t, &c.user_id) {
             return Err(ApiError::forbidden());
@@ -375,7 +394,11 @@ pub async fn create_token(
 }
 
 /// `GET /users/{id}/tokens` (without the secrets).
-pub async fn list_tokens(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+pub async fn list_tokens(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = path_user_id(&id, &c.user_id)?;
     if !c.is_admin && id != c.user_id {
         return Err(ApiError::forbidden());

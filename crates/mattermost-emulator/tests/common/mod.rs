@@ -121,7 +121,10 @@ impl Api {
     pub async fn login(base: &str, user: &str, password: &str) -> Api {
         let anon = Api::anonymous(base);
         let r = anon
-            .post("/users/login", json!({"login_id": user, "password": password}))
+            .post(
+                "/users/login",
+                json!({"login_id": user, "password": password}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "login {user}: {}", r.text);
         let token = r.header("token").to_owned();
@@ -131,7 +134,10 @@ impl Api {
     /// Post a message, asserting 201.
     pub async fn create_post(&self, channel_id: &str, message: &str) -> Value {
         let r = self
-            .post("/posts", json!({"channel_id": channel_id, "message": message}))
+            .post(
+                "/posts",
+                json!({"channel_id": channel_id, "message": message}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.json
@@ -176,7 +182,10 @@ pub async fn world() -> World {
     let base = emu.base_url();
     let admin = Api::login(&base, ADMIN, ADMIN_PW).await;
     let r = admin
-        .post("/teams", json!({"name": "test", "display_name": "Test", "type": "O"}))
+        .post(
+            "/teams",
+            json!({"name": "test", "display_name": "Test", "type": "O"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let team_id = r.json["id"].as_str().unwrap().to_owned();
@@ -195,7 +204,10 @@ pub async fn world() -> World {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let bot_id = r.json["user_id"].as_str().unwrap().to_owned();
     let r = admin
-        .post(&format!("/users/{bot_id}/tokens"), json!({"description": "bridge"}))
+        .post(
+            &format!("/users/{bot_id}/tokens"),
+            json!({"description": "bridge"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let bot = admin.with_token(r.json["token"].as_str().unwrap(), &bot_id);
@@ -312,13 +324,20 @@ impl Ws {
             match self.read().await {
                 Some(v) if v.get("event").is_some() && pred(&v) => return v,
                 Some(_) => {}
-                None => panic!("socket closed while waiting for {what}; saw {:?}", self.events),
+                None => panic!(
+                    "socket closed while waiting for {what}; saw {:?}",
+                    self.events
+                ),
             }
         }
     }
 
     /// Wait for an event by name whose embedded post (JSON string) matches.
-    pub async fn wait_post_event(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> (Value, Value) {
+    pub async fn wait_post_event(
+        &mut self,
+        event: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Value) {
         let e = self
             .wait_event(event, |e| {
                 e["event"] == event
