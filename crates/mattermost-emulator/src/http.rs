@@ -74,7 +74,10 @@ pub fn router(app: App) -> Router {
         )
         .route("/channels", post(api::channels::create))
         .route("/channels/direct", post(api::channels::create_direct))
-        .route("/channels/{id}", get(api::channels::get))
+        .route(
+            "/channels/{id}",
+            get(api::channels::get).delete(api::channels::archive),
+        )
         .route("/channels/{id}/patch", put(api::channels::patch))
         .route(
             "/channels/{id}/members",
@@ -94,6 +97,9 @@ pub fn router(app: App) -> Router {
                 .delete(api::posts::delete),
         )
         .route("/posts/{id}/patch", put(api::posts::patch))
+        .route("/posts/{id}/pin", post(api::posts::pin))
+        .route("/posts/{id}/unpin", post(api::posts::unpin))
+        .route("/commands/execute", post(api::posts::execute_command))
         .route("/posts/{id}/thread", get(api::posts::thread))
         .route("/posts/{id}/reactions", get(api::reactions::for_post))
         .route("/reactions", post(api::reactions::add))
@@ -157,6 +163,40 @@ async fn common(State(app): State<App>, req: Request, next: Next) -> Response {
     } else {
         next.run(req).await
     };
+    let plain_rejection = path.starts_with("/api/v4/")
+        && resp.status().is_client_error()
+        && resp.status() != StatusCode::TOO_MANY_REQUESTS
+        && resp.status() != StatusCode::METHOD_NOT_ALLOWED
+        && resp.extensions().get::<ApiError>().is_none()
+        && resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if plain_rejection {
+        let err = match resp.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => {
+                ApiError::invalid_body("body")
+            }
+            StatusCode::NOT_FOUND => ApiError::not_found(
+                "api.context.404.app_error",
+                "Sorry, we could not find the page.",
+            ),
+            s if path.starts_with("/api/v4/websocket") => ApiError::new(
+                s,
+                "api.web_socket.connect.upgrade.app_error",
+                "Failed to upgrade websocket connection.",
+            ),
+            s => ApiError::new(
+                s,
+                "api.context.invalid_url_param.app_error",
+                "Invalid or missing parameter in request URL.",
+            ),
+        };
+        let mut r = err.clone().into_response();
+        r.extensions_mut().insert(err);
+        resp = r;
+    }
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
         let status = resp.status();
         let headers = std::mem::take(resp.headers_mut());

@@ -901,3 +901,128 @@ async fn rate_limit_answers_429_in_plain_text() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("X-RateLimit-Limit"), "");
 }
+
+#[tokio::test]
+async fn etag_collapsed_threads_pins_me_and_archive() {
+    let w = world().await;
+    let base = w.emu.base_url();
+    let ch = &w.channel_id;
+    let root = w.alice.create_post(ch, "root").await;
+    let root_id = root["id"].as_str().unwrap().to_owned();
+    let since = root["create_at"].as_i64().unwrap() - 1;
+    let reply = w
+        .bob
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "reply", "root_id": root_id}),
+        )
+        .await;
+    let reply_id = reply.json["id"].as_str().unwrap().to_owned();
+
+    // ETag on plain paging; If-None-Match answers 304 until something changes.
+    let r = w.bob.get(&format!("/channels/{ch}/posts")).await;
+    let etag = r.header("ETag").to_owned();
+    assert!(!etag.is_empty());
+    let get_with_etag = || {
+        let url = format!("{base}/api/v4/channels/{ch}/posts");
+        let token = w.bob.token.clone().unwrap();
+        let etag = etag.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("Authorization", format!("Bearer {token}"))
+                .header("If-None-Match", etag)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(get_with_etag().await, StatusCode::NOT_MODIFIED);
+    // Pinning bumps update_at: the post reappears in `since` and the ETag changes.
+    let r = w
+        .alice
+        .post(&format!("/posts/{root_id}/pin"), json!({}))
+        .await;
+    assert_eq!(r.json["status"], "OK");
+    assert_eq!(
+        w.bob.get(&format!("/posts/{root_id}")).await.json["is_pinned"],
+        true
+    );
+    assert_eq!(get_with_etag().await, StatusCode::OK);
+
+    // collapsedThreads=true: only live roots, so the deleted reply is invisible.
+    w.bob.delete(&format!("/posts/{reply_id}")).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?since={since}"))
+        .await;
+    assert!(
+        r.json["order"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| *i == reply_id.as_str())
+    );
+    let r = w
+        .bob
+        .get(&format!(
+            "/channels/{ch}/posts?since={since}&collapsedThreads=true"
+        ))
+        .await;
+    assert_eq!(r.json["order"], json!([root_id]));
+
+    // /me via the command endpoint.
+    let r = w
+        .alice
+        .post(
+            "/commands/execute",
+            json!({"channel_id": ch, "command": "/me waves"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = w.bob.get(&format!("/channels/{ch}/posts?per_page=1")).await;
+    let p = &r.json["posts"][r.json["order"][0].as_str().unwrap()];
+    assert_eq!(p["type"], "me");
+    assert_eq!(p["message"], "*waves*");
+    let r = w
+        .alice
+        .post(
+            "/commands/execute",
+            json!({"channel_id": ch, "command": "/nope"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Archive: posting is then a 400.
+    let r = w.alice.delete(&format!("/channels/{ch}")).await;
+    assert_eq!(r.json["status"], "OK");
+    let r = w
+        .alice
+        .post("/posts", json!({"channel_id": ch, "message": "late"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.err_id(),
+        "api.post.create_post.can_not_post_to_deleted.error"
+    );
+    let r = w
+        .alice
+        .get(&format!("/teams/{}/channels/name/bridge", w.team_id))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = w
+        .alice
+        .get(&format!(
+            "/teams/{}/channels/name/bridge?include_deleted=true",
+            w.team_id
+        ))
+        .await;
+    assert!(r.json["delete_at"].as_i64().unwrap() > 0);
+
+    // Framework-level rejections still come as AppError JSON.
+    let r = w.alice.get("/users/%FF%FE").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.err_id().starts_with("api.context."));
+}

@@ -413,3 +413,68 @@ async fn drop_hook_then_resume_or_fresh_hello() {
     bad.wait_closed().await;
     assert!(bad.events.is_empty());
 }
+
+#[tokio::test]
+async fn direct_messages() {
+    let w = world().await;
+    let mut cfg = w.emu.config();
+    cfg.enable_post_username_override = true;
+    w.emu.set_config(cfg);
+    let mut alice = ws_for(&w.emu, &w.alice).await;
+    let r = w
+        .bot
+        .post("/channels/direct", json!([w.bot.user_id, w.alice.user_id]))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let dm = r.json["id"].as_str().unwrap().to_owned();
+    let mut ids = [w.bot.user_id.clone(), w.alice.user_id.clone()];
+    ids.sort();
+    assert_eq!(r.json["name"], format!("{}__{}", ids[0], ids[1]));
+    assert_eq!(r.json["team_id"], "");
+    assert_eq!(r.json["type"], "D");
+    let again = w
+        .alice
+        .post("/channels/direct", json!([w.alice.user_id, w.bot.user_id]))
+        .await;
+    assert_eq!(again.json["id"], dm.as_str());
+    alice
+        .wait_event("direct_added", |e| e["event"] == "direct_added")
+        .await;
+    w.bot
+        .post(
+            "/posts",
+            json!({"channel_id": dm, "message": "psst",
+                   "props": {"from_webhook": "true", "override_username": "ircnick"}}),
+        )
+        .await;
+    let (e, _) = alice
+        .wait_post_event("posted", |p| p["message"] == "psst")
+        .await;
+    assert_eq!(e["data"]["channel_type"], "D");
+    assert_eq!(e["data"]["team_id"], "");
+    assert_eq!(e["data"]["channel_display_name"], "@bridgebot");
+    // No override in DMs, whatever the settings.
+    assert_eq!(e["data"]["sender_name"], "@bridgebot");
+    assert_eq!(e["data"]["mentions"], json!([w.alice.user_id]).to_string());
+    // Bob is not in the DM.
+    assert_eq!(
+        w.bob.get(&format!("/channels/{dm}/posts")).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn channel_archive_event() {
+    let w = world().await;
+    let mut bob = ws_for(&w.emu, &w.bob).await;
+    w.alice.delete(&format!("/channels/{}", w.channel_id)).await;
+    let (_, post) = bob
+        .wait_post_event("posted", |p| p["type"] == "system_channel_deleted")
+        .await;
+    assert_eq!(post["channel_id"], w.channel_id.as_str());
+    let e = bob
+        .wait_event("channel_deleted", |e| e["event"] == "channel_deleted")
+        .await;
+    assert_eq!(e["data"]["channel_id"], w.channel_id.as_str());
+    assert_eq!(e["broadcast"]["team_id"], w.team_id.as_str());
+}

@@ -622,3 +622,54 @@ pub async fn patch(
     );
     Ok(json_response(StatusCode::OK, v))
 }
+
+/// `DELETE /channels/{id}`: archive; `system_channel_deleted` post and `channel_deleted` event.
+pub async fn archive(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+    let id = check_id(&id, "channel_id")?;
+    let mut st = app.lock();
+    let Some(ch) = st.channels.get(&id).cloned() else {
+        return Err(ApiError::forbidden());
+    };
+    if !(c.is_admin || st.in_channel(&id, &c.user_id)) {
+        return Err(ApiError::forbidden());
+    }
+    if ch.is_dm_or_gm() {
+        return Err(ApiError::bad_request(
+            "api.channel.delete_channel.type.invalid",
+            "Unable to delete direct or group message channels.",
+        ));
+    }
+    if ch.name == "town-square" {
+        return Err(ApiError::bad_request(
+            "api.channel.delete_channel.cannot.app_error",
+            "Unable to delete the default channel town-square.",
+        ));
+    }
+    if ch.delete_at > 0 {
+        return Err(ApiError::bad_request(
+            "api.channel.delete_channel.deleted.app_error",
+            "The channel has been archived or deleted.",
+        ));
+    }
+    let username = c.username.clone();
+    st.system_post(
+        &id,
+        &c.user_id,
+        "system_channel_deleted",
+        format!("{username} archived the channel"),
+        json!({"username": username}),
+    );
+    let now = st.now();
+    if let Some(ch) = st.channels.get_mut(&id) {
+        ch.delete_at = now;
+        ch.update_at = now;
+    }
+    let mut b = Broadcast::default();
+    b.team_id.clone_from(&ch.team_id);
+    st.publish(
+        "channel_deleted",
+        json!({"channel_id": id, "delete_at": now}),
+        b,
+    );
+    Ok(status_ok())
+}

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -575,6 +576,7 @@ pub async fn for_channel(
     Auth(c): Auth,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> ApiResult {
     let id = check_id(&id, "channel_id")?;
     let q: HashMap<String, String> = query_map(q.as_deref());
@@ -595,6 +597,7 @@ pub async fn for_channel(
     let after = cursor("after")?;
     let before = cursor("before")?;
     let skip_threads = q.get("skipFetchThreads").is_some_and(|v| v == "true");
+    let crt = q.get("collapsedThreads").is_some_and(|v| v == "true");
     let st = app.lock();
     if !st.can_read_channel(&id, &c) {
         return Err(ApiError::forbidden());
@@ -605,6 +608,10 @@ pub async fn for_channel(
             .iter()
             .map(|i| &st.posts[i])
             .filter(|p| p.update_at > since)
+            // With collapsed threads only live roots come back: deletions are invisible.
+            .filter(|p| {
+                !crt || (p.root_id.is_empty() && p.delete_at == 0 && p.original_id.is_empty())
+            })
             .collect();
         rows.sort_by_key(|p| std::cmp::Reverse((p.create_at, p.seq)));
         rows.truncate(SINCE_LIMIT);
@@ -618,6 +625,23 @@ pub async fn for_channel(
             StatusCode::OK,
             post_list(&st, &order, &extra, "", "", false),
         ));
+    }
+    // Plain paging: an ETag from the newest change in the channel; If-None-Match → 304.
+    let etag = (after.is_none() && before.is_none()).then(|| {
+        let last = all.iter().map(|i| st.posts[i].update_at).max().unwrap_or(0);
+        format!("{}.{last}.{crt}", crate::state::VERSION)
+    });
+    if let Some(e) = &etag
+        && headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == e)
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(e) {
+            r.headers_mut().insert("ETag", v);
+        }
+        return Ok(r);
     }
     // Live posts, newest first.
     let mut live: Vec<&Post> = all
@@ -676,8 +700,90 @@ pub async fn for_channel(
     } else {
         missing_roots(&st, &order)
     };
-    Ok(json_response(
+    let mut r = json_response(
         StatusCode::OK,
         post_list(&st, &order, &extra, &next, &prev, has_next),
+    );
+    if let Some(e) = etag
+        && let Ok(v) = HeaderValue::from_str(&e)
+    {
+        r.headers_mut().insert("ETag", v);
+    }
+    Ok(r)
+}
+
+/// `POST /posts/{id}/pin` and `/unpin`: `is_pinned` changes, `update_at` bumps, `post_edited`.
+async fn set_pinned(app: &App, c: &Caller, id: &str, pinned: bool) -> ApiResult {
+    let id = check_id(id, "post_id")?;
+    let mut st = app.lock();
+    let p = st
+        .posts
+        .get(&id)
+        .filter(|p| p.delete_at == 0 && p.original_id.is_empty())
+        .cloned()
+        .ok_or_else(ApiError::forbidden)?;
+    if !st.can_post(&p.channel_id, c) {
+        return Err(ApiError::forbidden());
+    }
+    let mut new = p.clone();
+    new.is_pinned = pinned;
+    save_edit(&mut st, &p, new);
+    Ok(status_ok())
+}
+
+/// `POST /posts/{id}/pin`.
+pub async fn pin(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+    set_pinned(&app, &c, &id, true).await
+}
+
+/// `POST /posts/{id}/unpin`.
+pub async fn unpin(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+    set_pinned(&app, &c, &id, false).await
+}
+
+#[derive(Deserialize)]
+struct CommandReq {
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    root_id: String,
+}
+
+/// `POST /commands/execute`: only the built-in `/me` (a `type: "me"` post with `*text*`).
+pub async fn execute_command(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiResult {
+    let req: CommandReq = parse_json(&body, "command")?;
+    let (trigger, rest) = req
+        .command
+        .trim_start()
+        .split_once(' ')
+        .unwrap_or((req.command.trim(), ""));
+    if !trigger.starts_with('/') {
+        return Err(ApiError::invalid_body("command"));
+    }
+    if trigger != "/me" {
+        return Err(ApiError::not_found(
+            "api.command.execute_command.not_found.app_error",
+            "Command with a trigger of '{{.Trigger}}' not found.",
+        ));
+    }
+    let post = CreateReq {
+        channel_id: req.channel_id,
+        message: format!("*{}*", rest.trim()),
+        root_id: req.root_id,
+        file_ids: Vec::new(),
+        props: None,
+        pending_post_id: String::new(),
+        type_: "me".to_owned(),
+        create_at: 0,
+    };
+    match create_locked(&app, &c, post, true)? {
+        Created::Repeat(_) | Created::New { .. } => {}
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"response_type": "", "text": "", "username": "", "channel_id": "", "icon_url": "",
+               "goto_location": "", "skip_slack_parsing": false}),
     ))
 }
