@@ -358,3 +358,31 @@ pub fn mime_for(ext: &str) -> &'static str {
         _ => "application/octet-stream",
     }
 }
+
+/// An incoming webhook.
+#[derive(Debug, Clone)]
+pub struct IncomingHook {
+    pub id: String,
+    pub create_at: i64,
+    pub user_id: String,
+    pub channel_id: String,
+    pub team_id: String,
+    pub display_name: String,
+    pub description: String,
+    pub username: String,
+    pub icon_url: String,
+    pub channel_locked: bool,
+}
+
+impl IncomingHook {
+    /// `IncomingWebhook` JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "create_at": self.create_at, "update_at": self.create_at,
+            "delete_at": 0, "user_id": self.user_id, "channel_id": self.channel_id,
+            "team_id": self.team_id, "display_name": self.display_name,
+            "description": self.description, "username": self.username,
+            "icon_url": self.icon_url, "channel_locked": self.channel_locked,
+        })
+    }
+}

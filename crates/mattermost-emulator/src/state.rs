@@ -11,6 +11,7 @@ use crate::Config;
 use crate::error::ApiError;
 use crate::hub::{Broadcast, Hub};
 use crate::ids::{Clock, new_id};
+use crate::model::IncomingHook;
 use crate::model::{
     AccessToken, Channel, ChannelMember, FileInfo, Post, Reaction, Session, Team, User,
 };
@@ -55,6 +56,7 @@ impl App {
             reactions: HashMap::new(),
             files: HashMap::new(),
             pending: HashMap::new(),
+            hooks: HashMap::new(),
             hub: Hub::default(),
         };
         state.hub.version = version_id();
@@ -115,6 +117,7 @@ pub struct State {
     pub reactions: HashMap<String, Vec<Reaction>>,
     pub files: HashMap<String, FileInfo>,
     pub pending: HashMap<String, Pending>,
+    pub hooks: HashMap<String, IncomingHook>,
     pub hub: Hub,
 }
 

@@ -1026,3 +1026,121 @@ async fn etag_collapsed_threads_pins_me_and_archive() {
     assert_eq!(r.header("content-type"), "application/json");
     assert!(r.err_id().starts_with("api.context."));
 }
+
+#[tokio::test]
+async fn incoming_webhooks_avatars_and_typing() {
+    let w = world().await;
+    let base = w.emu.base_url();
+    // Only team/system admins create hooks.
+    let r = w
+        .alice
+        .post(
+            "/hooks/incoming",
+            json!({"channel_id": w.channel_id, "display_name": "irc"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = w
+        .admin
+        .post(
+            "/hooks/incoming",
+            json!({"channel_id": w.channel_id, "display_name": "irc", "username": "hookdefault"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let hook = r.json["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let send = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/hooks/{hook}");
+        async move { Api::read(http.post(url).json(&body).send().await.unwrap()).await }
+    };
+    // Overrides off (the default): only from_webhook and webhook_display_name are set.
+    let r = send(json!({"text": "see <https://x.org|X>", "username": "ircnick"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text, "ok");
+    assert!(r.header("content-type").starts_with("text/plain"));
+    let newest = |api: Api, ch: String| async move {
+        let r = api.get(&format!("/channels/{ch}/posts?per_page=1")).await;
+        r.json["posts"][r.json["order"][0].as_str().unwrap()].clone()
+    };
+    let p = newest(w.bob.clone(), w.channel_id.clone()).await;
+    assert_eq!(p["message"], "see [X](https://x.org)");
+    assert_eq!(p["props"]["from_webhook"], "true");
+    assert_eq!(p["props"]["webhook_display_name"], "irc");
+    assert!(p["props"].get("override_username").is_none());
+    assert_eq!(p["user_id"], w.admin.user_id.as_str());
+    // With the setting on, the payload's username (or the hook's default) becomes the override.
+    let mut cfg = w.emu.config();
+    cfg.enable_post_username_override = true;
+    cfg.max_post_size = 10;
+    w.emu.set_config(cfg);
+    send(json!({"text": "0123456789abc"})).await;
+    let r = w
+        .bob
+        .get(&format!("/channels/{}/posts?per_page=2", w.channel_id))
+        .await;
+    let msgs: Vec<&Value> = r.json["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &r.json["posts"][i.as_str().unwrap()])
+        .collect();
+    assert_eq!(msgs[0]["message"], "abc");
+    assert_eq!(msgs[1]["message"], "0123456789");
+    assert_eq!(msgs[0]["props"]["override_username"], "hookdefault");
+    // Redirect by channel name, and the errors.
+    let r = send(json!({"text": "to town", "channel": "town-square"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        newest(w.bob.clone(), w.town_square.clone()).await["message"],
+        "to town"
+    );
+    let r = send(json!({"text": ""})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.err_id(), "web.incoming_webhook.text.app_error");
+    let r = Api::read(
+        http.post(format!("{base}/hooks/ybndrfg8ejkmcpqxot1uwisza3"))
+            .json(&json!({"text": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = Api::read(
+        http.post(format!("{base}/hooks/{hook}"))
+            .form(&[("payload", r#"{"text":"form"}"#)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let resp = http
+        .get(format!("{base}/api/v4/users/{}/image", w.alice.user_id))
+        .header(
+            "Authorization",
+            format!("Bearer {}", w.bob.token.as_ref().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert!(resp.bytes().await.unwrap().starts_with(b"\x89PNG"));
+
+    let r = w
+        .alice
+        .post("/users/me/typing", json!({"channel_id": w.channel_id}))
+        .await;
+    assert_eq!(r.json["status"], "OK");
+    let r = w
+        .alice
+        .post(
+            "/users/me/typing",
+            json!({"channel_id": "ybndrfg8ejkmcpqxot1uwisza3"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

@@ -2,6 +2,7 @@
 
 pub mod channels;
 pub mod files;
+pub mod hooks;
 pub mod posts;
 pub mod reactions;
 pub mod system;

@@ -468,3 +468,62 @@ pub async fn get_bot(State(app): State<App>, Auth(_c): Auth, Path(id): Path<Stri
         )),
     }
 }
+
+/// A 1×1 transparent PNG, served as every profile image.
+const AVATAR_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f,
+    0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47, 0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// `GET /users/{id}/image`: a PNG for any known user.
+pub async fn image(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+    let id = path_user_id(&id, &c.user_id)?;
+    if !app.lock().users.contains_key(&id) {
+        return Err(ApiError::not_found(
+            "app.user.missing_account.const",
+            "Unable to find the user.",
+        ));
+    }
+    Ok(crate::http::bytes_response(
+        "image/png",
+        Vec::new(),
+        AVATAR_PNG.to_vec(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TypingReq {
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    parent_id: String,
+}
+
+/// `POST /users/{id}/typing`: publishes `typing` to the channel, minus the typist.
+pub async fn typing(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let id = path_user_id(&id, &c.user_id)?;
+    let req: TypingReq = parse_json(&body, "channel_id")?;
+    if id != c.user_id && !c.is_admin {
+        return Err(ApiError::forbidden());
+    }
+    let mut st = app.lock();
+    if !st.in_channel(&req.channel_id, &id) {
+        return Err(ApiError::forbidden());
+    }
+    let mut b = Broadcast::channel(&req.channel_id);
+    b.omit_users = vec![id.clone()];
+    st.publish(
+        "typing",
+        json!({"parent_id": req.parent_id, "user_id": id}),
+        b,
+    );
+    Ok(status_ok())
+}
