@@ -290,7 +290,8 @@ impl State {
         } else {
             (0, 0)
         };
-        let deleted = p.delete_at > 0 && p.original_id.is_empty();
+        // `PreparePostForClient` blanks every row with `delete_at > 0`, edit-history rows included.
+        let deleted = p.delete_at > 0;
         let mut metadata = Map::new();
         if !deleted {
             let files: Vec<Value> = p

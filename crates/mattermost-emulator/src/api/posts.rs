@@ -449,7 +449,8 @@ pub async fn delete(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
         .get(&id)
         .filter(|p| p.delete_at == 0 && p.original_id.is_empty())
         .cloned()
-        .ok_or_else(post_missing)?;
+        // A missing or already deleted post fails the permission check first.
+        .ok_or_else(ApiError::forbidden)?;
     let team_id = st.channels[&p.channel_id].team_id.clone();
     let allowed = if p.user_id == c.user_id {
         c.is_admin || st.in_channel(&p.channel_id, &c.user_id)
@@ -459,7 +460,17 @@ pub async fn delete(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
     if !allowed {
         return Err(ApiError::forbidden());
     }
-    let before = st.post_json(&p, "");
+    if st.channels[&p.channel_id].delete_at > 0 {
+        return Err(ApiError::bad_request(
+            "api.post.delete_post.can_not_delete_post_in_deleted.error",
+            "Can not delete a post in a deleted channel.",
+        ));
+    }
+    // The event carries the store's pre-delete row: no metadata.
+    let mut before = st.post_json(&p, "");
+    if let Some(o) = before.as_object_mut() {
+        o.remove("metadata");
+    }
     let now = st.now();
     let targets: Vec<String> = st.channel_posts[&p.channel_id]
         .iter()
