@@ -40,6 +40,18 @@ async fn official_js_client_drives_the_emulator() {
     )
     .await;
     assert!(version.status.success(), "node --version failed");
+    let v = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = v
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "the JS fidelity test needs Node.js >= 20, found {v}"
+    );
     if !dir.join("node_modules/@mattermost/client").exists() {
         let out = run(
             Command::new("npm")
