@@ -4,7 +4,7 @@
 //! Start one with [`Emulator::start`]; it has one system admin and nothing else, and everything
 //! else is created through the real endpoints. Test hooks: [`Emulator::drop_websockets`],
 //! [`Emulator::forget_websocket_sessions`], [`Emulator::set_rate_limit`],
-//! [`Emulator::set_config`].
+//! [`Emulator::set_config`], [`Emulator::expire_sessions`].
 //!
 //! Modules: `ids` (ids and clock), `error` (AppError bodies), `model` (records and their JSON),
 //! `state` (all data, permissions, event publishing), `hub` (WebSocket connections and `seq`),
@@ -138,6 +138,16 @@ impl Emulator {
     /// Forget dropped connections, so the next reconnect gets a fresh `hello` (events lost).
     pub fn forget_websocket_sessions(&self) {
         self.app.lock().hub.forget_inactive();
+    }
+
+    /// Expire every password-login session (as a session timeout or revocation would): later
+    /// calls with those tokens get 401 `api.context.session_expired.app_error`. Personal access
+    /// and bot tokens keep working.
+    pub fn expire_sessions(&self) {
+        self.app
+            .lock()
+            .sessions
+            .retain(|_, s| !s.token_id.is_empty());
     }
 
     /// Number of live WebSocket connections (authenticated ones).

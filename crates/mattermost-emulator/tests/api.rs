@@ -91,6 +91,18 @@ async fn login_headers_and_auth_errors() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.err_id(), "api.context.invalid_body_param.app_error");
 
+    // The test hook expires login sessions.
+    let second = Api::login(&base, ADMIN, ADMIN_PW).await;
+    emu.expire_sessions();
+    let r = second.get("/users/me").await;
+    assert_eq!(r.err_id(), "api.context.session_expired.app_error");
+    let r = anon
+        .post(
+            "/users/login",
+            json!({"login_id": ADMIN, "password": ADMIN_PW}),
+        )
+        .await;
+    let token = r.header("Token").to_owned();
     let me = anon.with_token(&token, "");
     let r = me.post("/users/logout", json!({})).await;
     assert_eq!(r.json, json!({"status": "OK"}));
