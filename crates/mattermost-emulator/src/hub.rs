@@ -80,6 +80,7 @@ struct Conn {
 pub struct Attached {
     pub conn_id: String,
     pub generation: u64,
+    pub resumed: bool,
 }
 
 /// All connections, live and recently dropped.
@@ -140,6 +141,7 @@ impl Hub {
                 return Attached {
                     conn_id: id,
                     generation,
+                    resumed: true,
                 };
             }
         }
@@ -161,6 +163,7 @@ impl Hub {
         Attached {
             conn_id,
             generation,
+            resumed: false,
         }
     }
 

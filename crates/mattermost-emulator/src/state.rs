@@ -579,6 +579,26 @@ impl State {
         Ok(&self.channels[channel_id])
     }
 
+    /// Register an authenticated socket with the hub; a user coming online gets a
+    /// `status_change` on their own connections right after `hello`.
+    pub fn attach_socket(
+        &mut self,
+        user_id: &str,
+        resume: Option<(String, i64)>,
+        tx: tokio::sync::mpsc::UnboundedSender<crate::hub::Out>,
+    ) -> crate::hub::Attached {
+        let was_online = self.hub.online_users().contains(user_id);
+        let attached = self.hub.attach(user_id, resume, tx);
+        if !attached.resumed && !was_online {
+            self.publish(
+                "status_change",
+                json!({"status": "online", "user_id": user_id}),
+                Broadcast::user(user_id),
+            );
+        }
+        attached
+    }
+
     /// Statuses by user id: `online` with a live socket, else `offline`.
     pub fn statuses(&self, ids: Option<&[String]>) -> Value {
         let online = self.hub.online_users();

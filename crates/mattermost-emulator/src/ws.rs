@@ -71,7 +71,7 @@ async fn run(
                     None => return,
                 }
             };
-            let attached = app.lock().hub.attach(&c.user_id, resume, tx.clone());
+            let attached = app.lock().attach_socket(&c.user_id, resume, tx.clone());
             conn = Some(Conn {
                 user_id: c.user_id,
                 attached,
@@ -167,7 +167,7 @@ fn handle(app: &App, text: &str, conn: &mut Option<Conn>, tx: &UnboundedSender<O
         let Some(c) = st.caller(token) else {
             return false;
         };
-        let attached = st.hub.attach(&c.user_id, None, tx.clone());
+        let attached = st.attach_socket(&c.user_id, None, tx.clone());
         drop(st);
         *conn = Some(Conn {
             user_id: c.user_id,

@@ -40,8 +40,16 @@ async fn challenge_auth_hello_then_reply_and_actions() {
             .unwrap()
             .starts_with("9.11.0")
     );
+    // Coming online is announced to the user's own connections only.
     let second = ws.read().await.unwrap();
-    assert_eq!(second, json!({"status": "OK", "seq_reply": seq}));
+    assert_eq!(second["event"], "status_change");
+    assert_eq!(second["seq"], 1);
+    assert_eq!(
+        second["data"],
+        json!({"status": "online", "user_id": w.alice.user_id})
+    );
+    let third = ws.read().await.unwrap();
+    assert_eq!(third, json!({"status": "OK", "seq_reply": seq}));
     // A second challenge is ignored silently: the next frame answers the ping.
     ws.send_action("authentication_challenge", json!({"token": w.alice.token}))
         .await;
@@ -70,10 +78,15 @@ async fn challenge_auth_hello_then_reply_and_actions() {
     let r = ws.wait_reply(seq).await;
     assert_eq!(r["data"][&w.alice.user_id], "online");
     assert_eq!(r["data"][&w.bob.user_id], "offline");
-    // Replies consumed no seq: the next event is seq 1.
+    // Replies consumed no seq: the next event is seq 2.
     w.bob.create_post(&w.channel_id, "after replies").await;
     let e = ws.wait_event("posted", |e| e["event"] == "posted").await;
-    assert_eq!(e["seq"], 1);
+    assert_eq!(e["seq"], 2);
+
+    // An unauthenticated socket is closed after about 5 s.
+    let mut idle = Ws::connect(&w.emu.websocket_url(), None).await;
+    idle.wait_closed().await;
+    assert!(idle.events.is_empty());
 
     // A bad token in the challenge closes the socket.
     let mut bad = Ws::connect(&w.emu.websocket_url(), None).await;
