@@ -90,6 +90,8 @@ pub fn router(app: App) -> Router {
         .route("/channels/{id}/posts", get(api::posts::for_channel))
         .route("/posts", post(api::posts::create))
         .route("/posts/ids", post(api::posts::by_ids))
+        .route("/posts/ids/reactions", post(api::reactions::for_posts))
+        .route("/channels/{id}/pinned", get(api::posts::pinned))
         .route(
             "/posts/{id}",
             get(api::posts::get)

@@ -321,15 +321,24 @@ impl FileInfo {
         self.mime_type.starts_with("image/")
     }
 
-    /// `FileInfo` JSON (`post_id` omitted until attached).
+    /// `FileInfo` JSON (`post_id` omitted until attached; `width`/`height` for PNG, GIF, JPEG).
     pub fn to_json(&self) -> Value {
+        let dims = if self.is_image() {
+            image_size(&self.data)
+        } else {
+            None
+        };
         let mut v = json!({
             "id": self.id, "user_id": self.user_id, "channel_id": self.channel_id,
             "create_at": self.create_at, "update_at": self.create_at, "delete_at": 0,
             "name": self.name, "extension": self.extension, "size": self.data.len(),
-            "mime_type": self.mime_type, "has_preview_image": false, "remote_id": "",
+            "mime_type": self.mime_type, "has_preview_image": dims.is_some(), "remote_id": "",
             "archived": false,
         });
+        if let Some((w, h)) = dims {
+            v["width"] = json!(w);
+            v["height"] = json!(h);
+        }
         if !self.post_id.is_empty() {
             v["post_id"] = json!(self.post_id);
         }
@@ -384,5 +393,57 @@ impl IncomingHook {
             "description": self.description, "username": self.username,
             "icon_url": self.icon_url, "channel_locked": self.channel_locked,
         })
+    }
+}
+
+/// Width and height of a PNG, GIF or baseline/progressive JPEG, from its header.
+pub fn image_size(d: &[u8]) -> Option<(u32, u32)> {
+    let be16 = |i: usize| -> Option<u32> {
+        Some(u32::from(u16::from_be_bytes([*d.get(i)?, *d.get(i + 1)?])))
+    };
+    if d.starts_with(b"\x89PNG\r\n\x1a\n") && d.len() >= 24 {
+        let w = u32::from_be_bytes([d[16], d[17], d[18], d[19]]);
+        let h = u32::from_be_bytes([d[20], d[21], d[22], d[23]]);
+        return Some((w, h));
+    }
+    if (d.starts_with(b"GIF87a") || d.starts_with(b"GIF89a")) && d.len() >= 10 {
+        return Some((
+            u32::from(u16::from_le_bytes([d[6], d[7]])),
+            u32::from(u16::from_le_bytes([d[8], d[9]])),
+        ));
+    }
+    if d.starts_with(&[0xff, 0xd8]) {
+        let mut i = 2;
+        while i + 4 <= d.len() {
+            if d[i] != 0xff {
+                return None;
+            }
+            let marker = d[i + 1];
+            let len = be16(i + 2)? as usize;
+            if matches!(marker, 0xc0..=0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf) {
+                return Some((be16(i + 7)?, be16(i + 5)?));
+            }
+            i += 2 + len;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_size;
+
+    #[test]
+    fn image_sizes() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&[0, 0, 2, 128, 0, 0, 1, 224]);
+        assert_eq!(image_size(&png), Some((640, 480)));
+        assert_eq!(image_size(b"GIF89a\x10\x00\x20\x00"), Some((16, 32)));
+        let jpeg = [
+            0xff, 0xd8, 0xff, 0xe0, 0, 4, 0, 0, 0xff, 0xc0, 0, 11, 8, 0, 30, 0, 40, 3,
+        ];
+        assert_eq!(image_size(&jpeg), Some((40, 30)));
+        assert_eq!(image_size(b"not an image"), None);
+        assert_eq!(image_size(&[0xff, 0xd8, 0xff]), None);
     }
 }

@@ -777,11 +777,23 @@ async fn files_upload_attach_download() {
     assert_eq!(r.json["client_ids"], json!(["c1"]));
     let fid = info["id"].as_str().unwrap().to_owned();
     // Bob's file cannot be attached by the bot: silently dropped.
-    let other = upload(w.bob.clone(), "b.png", b"\x89PNG").await;
+    let other = upload(
+        w.bob.clone(),
+        "b.png",
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x08",
+    )
+    .await;
     let other_id = other.json["file_infos"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    let png = &other.json["file_infos"][0];
+    assert_eq!(png["mime_type"], "image/png");
+    assert_eq!(
+        (png["width"].as_i64(), png["height"].as_i64()),
+        (Some(16), Some(8))
+    );
+    assert_eq!(png["has_preview_image"], true);
     // Not readable by others before it is attached.
     assert_eq!(
         w.alice.get(&format!("/files/{fid}/info")).await.status,
@@ -962,6 +974,18 @@ async fn etag_collapsed_threads_pins_me_and_archive() {
         w.bob.get(&format!("/posts/{root_id}")).await.json["is_pinned"],
         true
     );
+    let r = w.bob.get(&format!("/channels/{ch}/pinned")).await;
+    assert_eq!(r.json["order"], json!([root_id]));
+    let r = w
+        .alice
+        .post(
+            "/reactions",
+            json!({"user_id": w.alice.user_id, "post_id": root_id, "emoji_name": "pushpin"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = w.bob.post("/posts/ids/reactions", json!([root_id])).await;
+    assert_eq!(r.json[&root_id][0]["emoji_name"], "pushpin");
     assert_eq!(get_with_etag().await, StatusCode::OK);
 
     // collapsedThreads=true: only live roots, so the deleted reply is invisible.

@@ -798,3 +798,24 @@ pub async fn execute_command(State(app): State<App>, Auth(c): Auth, body: Bytes)
                "goto_location": "", "skip_slack_parsing": false}),
     ))
 }
+
+/// `GET /channels/{id}/pinned`: the channel's pinned live posts as a PostList.
+pub async fn pinned(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>) -> ApiResult {
+    let id = check_id(&id, "channel_id")?;
+    let st = app.lock();
+    if !st.can_read_channel(&id, &c) {
+        return Err(ApiError::forbidden());
+    }
+    let mut rows: Vec<&Post> = st
+        .channel_posts
+        .get(&id)
+        .map(|ids| ids.iter().map(|i| &st.posts[i]).collect())
+        .unwrap_or_default();
+    rows.retain(|p| p.is_pinned && p.delete_at == 0 && p.original_id.is_empty());
+    rows.sort_by_key(|p| std::cmp::Reverse((p.create_at, p.seq)));
+    let order: Vec<String> = rows.iter().map(|p| p.id.clone()).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        post_list(&st, &order, &[], "", "", false),
+    ))
+}

@@ -156,3 +156,24 @@ pub async fn for_post(State(app): State<App>, Auth(c): Auth, Path(id): Path<Stri
         .unwrap_or_default();
     Ok(json_response(StatusCode::OK, Value::Array(out)))
 }
+
+/// `POST /posts/ids/reactions` `[ids]` → `{post_id: [Reaction]}` (readable posts only).
+pub async fn for_posts(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiResult {
+    let ids: Vec<String> = parse_json(&body, "post_ids")?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid_body("post_ids"));
+    }
+    let st = app.lock();
+    let mut out = serde_json::Map::new();
+    for id in ids {
+        if reactable(&st, &id, &c).is_ok() {
+            let rs: Vec<Value> = st
+                .reactions
+                .get(&id)
+                .map(|rs| rs.iter().map(Reaction::to_json).collect())
+                .unwrap_or_default();
+            out.insert(id, Value::Array(rs));
+        }
+    }
+    Ok(json_response(StatusCode::OK, Value::Object(out)))
+}
