@@ -673,6 +673,17 @@ async fn since_returns_edits_history_deletes_and_reaction_bumps() {
     assert_eq!(r.json["order"], json!([c_id]));
     assert_eq!(r.json["prev_post_id"], a_id.as_str());
     assert_eq!(r.json["next_post_id"], "");
+    // A deleted cursor post still anchors the page (b is deleted).
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?after={b_id}"))
+        .await;
+    assert_eq!(r.json["order"], json!([c_id]));
+    let r = w
+        .bob
+        .get(&format!("/channels/{ch}/posts?before={b_id}&per_page=1"))
+        .await;
+    assert_eq!(r.json["order"], json!([a_id]));
     let r = w
         .bob
         .get(&format!("/channels/{ch}/posts?before=not-an-id"))

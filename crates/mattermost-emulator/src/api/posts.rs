@@ -661,26 +661,34 @@ pub async fn for_channel(
         .filter(|p| p.delete_at == 0 && p.original_id.is_empty())
         .collect();
     live.sort_by_key(|p| std::cmp::Reverse((p.create_at, p.seq)));
-    let pos = |pid: &str| live.iter().position(|p| p.id == pid);
+    // The cursor post may itself be deleted: its position comes from its row, not the live list.
+    let anchor = |pid: &str| {
+        st.posts
+            .get(pid)
+            .filter(|p| p.channel_id == id)
+            .map(|p| (p.create_at, p.seq))
+    };
+    let empty = || {
+        Ok(json_response(
+            StatusCode::OK,
+            post_list(&st, &[], &[], "", "", false),
+        ))
+    };
     // [start, end) in the newest-first list.
     let (start, end) = if let Some(a) = &after {
-        let Some(ai) = pos(a) else {
-            return Ok(json_response(
-                StatusCode::OK,
-                post_list(&st, &[], &[], "", "", false),
-            ));
+        let Some(key) = anchor(a) else {
+            return empty();
         };
-        // Newer than `after`: indexes 0..ai, taken from the oldest side.
-        let end = ai.saturating_sub(page * per_page);
+        // Newer than `after`: the first `newer` entries, taken from the oldest side.
+        let newer = live.iter().filter(|p| (p.create_at, p.seq) > key).count();
+        let end = newer.saturating_sub(page * per_page);
         (end.saturating_sub(per_page), end)
     } else if let Some(b) = &before {
-        let Some(bi) = pos(b) else {
-            return Ok(json_response(
-                StatusCode::OK,
-                post_list(&st, &[], &[], "", "", false),
-            ));
+        let Some(key) = anchor(b) else {
+            return empty();
         };
-        let start = (bi + 1 + page * per_page).min(live.len());
+        let not_older = live.iter().filter(|p| (p.create_at, p.seq) >= key).count();
+        let start = (not_older + page * per_page).min(live.len());
         (start, (start + per_page).min(live.len()))
     } else {
         let start = (page * per_page).min(live.len());
