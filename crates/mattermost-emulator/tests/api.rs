@@ -673,6 +673,19 @@ async fn since_returns_edits_history_deletes_and_reaction_bumps() {
     assert_eq!(r.json["order"], json!([c_id]));
     assert_eq!(r.json["prev_post_id"], a_id.as_str());
     assert_eq!(r.json["next_post_id"], "");
+    // Absurd paging values are clamped, never a crash.
+    for q in [
+        "page=1000000000000000000&per_page=200",
+        "before={c}&page=99999999999999999&per_page=999",
+        "after={c}&page=99999999999999999",
+    ] {
+        let q = q.replace("{c}", &c_id);
+        let r = w.bob.get(&format!("/channels/{ch}/posts?{q}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{q}");
+        assert_eq!(r.json["order"], json!([]), "{q}");
+    }
+    let r = w.bob.get(&format!("/channels/{ch}/posts?page=-1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // A deleted cursor post still anchors the page (b is deleted).
     let r = w
         .bob

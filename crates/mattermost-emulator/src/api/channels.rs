@@ -389,7 +389,7 @@ pub async fn list_members(
         .get(&id)
         .map(|m| {
             m.values()
-                .skip(page * per_page)
+                .skip(page.saturating_mul(per_page))
                 .take(per_page)
                 .map(ChannelMember::to_json)
                 .collect()

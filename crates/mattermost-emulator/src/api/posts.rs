@@ -681,17 +681,19 @@ pub async fn for_channel(
         };
         // Newer than `after`: the first `newer` entries, taken from the oldest side.
         let newer = live.iter().filter(|p| (p.create_at, p.seq) > key).count();
-        let end = newer.saturating_sub(page * per_page);
+        let end = newer.saturating_sub(page.saturating_mul(per_page));
         (end.saturating_sub(per_page), end)
     } else if let Some(b) = &before {
         let Some(key) = anchor(b) else {
             return empty();
         };
         let not_older = live.iter().filter(|p| (p.create_at, p.seq) >= key).count();
-        let start = (not_older + page * per_page).min(live.len());
+        let start = not_older
+            .saturating_add(page.saturating_mul(per_page))
+            .min(live.len());
         (start, (start + per_page).min(live.len()))
     } else {
-        let start = (page * per_page).min(live.len());
+        let start = page.saturating_mul(per_page).min(live.len());
         (start, (start + per_page).min(live.len()))
     };
     let order: Vec<String> = live[start..end].iter().map(|p| p.id.clone()).collect();

@@ -326,7 +326,7 @@ pub async fn list(State(app): State<App>, Auth(c): Auth, RawQuery(q): RawQuery) 
     users.sort_by(|a, b| a.username.cmp(&b.username));
     let out: Vec<Value> = users
         .into_iter()
-        .skip(page * per_page)
+        .skip(page.saturating_mul(per_page))
         .take(per_page)
         .map(User::to_json)
         .collect();
