@@ -38,10 +38,10 @@ fn inbound(n: u64) -> Inbound {
             display_name: "alice".into(),
         },
         timestamp_ms: 1_700_000_000_000,
-        body: EventBody::Text {
-            style: TextStyle::Normal,
-            text: "a typical chat line of about sixty bytes, give or take a few".into(),
-        },
+        body: EventBody::text(
+            TextStyle::Normal,
+            "a typical chat line of about sixty bytes, give or take a few",
+        ),
     }
 }
 

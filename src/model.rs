@@ -83,9 +83,90 @@ pub enum EventBody {
         style: TextStyle,
         /// The text, plain for now; line breaks are `\n`.
         text: String,
+        /// The origin network's id of the message this one replies to, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    /// A message was edited: its new text.
+    Edit {
+        /// The origin network's id of the edited message.
+        target: String,
+        /// Normal, action or notice.
+        style: TextStyle,
+        /// The new text.
+        text: String,
+    },
+    /// A message was deleted (redacted).
+    Delete {
+        /// The origin network's id of the deleted message.
+        target: String,
+    },
+    /// A reaction was added to, or removed from, a message.
+    Reaction {
+        /// The origin network's id of the message reacted to.
+        target: String,
+        /// The reaction: an emoji, or a short text where the network allows it.
+        key: String,
+        /// True when the reaction was taken back.
+        removed: bool,
     },
     /// A membership or channel change, relayed only where configured.
     Membership(Membership),
+}
+
+impl EventBody {
+    /// A plain text message (no reply).
+    #[must_use]
+    pub fn text(style: TextStyle, text: impl Into<String>) -> Self {
+        EventBody::Text {
+            style,
+            text: text.into(),
+            reply_to: None,
+        }
+    }
+
+    /// The origin network's id of the message this event acts on (edit, delete, reaction).
+    #[must_use]
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            EventBody::Edit { target, .. }
+            | EventBody::Delete { target }
+            | EventBody::Reaction { target, .. } => Some(target),
+            EventBody::Text { .. } | EventBody::Membership(_) => None,
+        }
+    }
+
+    /// The origin network's id of the message this one replies to.
+    #[must_use]
+    pub fn reply_to(&self) -> Option<&str> {
+        match self {
+            EventBody::Text { reply_to, .. } => reply_to.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A short name of the kind, as stored.
+    #[must_use]
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            EventBody::Text { .. } => "text",
+            EventBody::Edit { .. } => "edit",
+            EventBody::Delete { .. } => "delete",
+            EventBody::Reaction { .. } => "reaction",
+            EventBody::Membership(_) => "membership",
+        }
+    }
+}
+
+/// Another message a delivery refers to (the message edited, deleted, reacted to or replied to),
+/// as the destination knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRef {
+    /// Its canonical id.
+    pub message_id: i64,
+    /// The destination's own id for it, when it was delivered there or said there; `None` when
+    /// the destination never got it (the connector then decides what to show).
+    pub remote_id: Option<String>,
 }
 
 /// One event a connector saw on a network, normalised.
@@ -126,6 +207,10 @@ pub struct Delivery {
     pub timestamp_ms: i64,
     /// What to send.
     pub body: EventBody,
+    /// For an edit, delete or reaction: the message it acts on.
+    pub target: Option<TargetRef>,
+    /// For a reply: the message it replies to.
+    pub reply_to: Option<TargetRef>,
     /// How many times a send was tried before.
     pub attempts: u32,
 }

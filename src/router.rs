@@ -118,6 +118,8 @@ pub struct RouterStats {
     pub duplicates: AtomicU64,
     /// Events from channels that route nowhere (not in a gateway, or `out` only).
     pub unrouted: AtomicU64,
+    /// Edits, deletes and reactions of messages the bridge never saw.
+    pub unknown_targets: AtomicU64,
     /// Outbox rows created.
     pub deliveries_queued: AtomicU64,
 }
@@ -225,6 +227,10 @@ impl Router {
             CommitOutcome::Echo { message_id } => {
                 self.stats.echoes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(message_id, "Echo of our own delivery; dropped.");
+            }
+            CommitOutcome::UnknownTarget => {
+                self.stats.unknown_targets.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("Edit, delete or reaction of a message never bridged; dropped.");
             }
             CommitOutcome::Duplicate { message_id } => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -10,10 +10,13 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, now_ms};
+use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, TargetRef, now_ms};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_targets.sql"),
+];
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,8 @@ pub enum CommitOutcome {
         /// The canonical id it has.
         message_id: i64,
     },
+    /// An edit, delete or reaction of a message the bridge never saw: dropped.
+    UnknownTarget,
 }
 
 /// One destination of an inbound event: the gateway through which it is reached and the channel.
@@ -148,18 +153,28 @@ impl Store {
                 MappingRole::Origin => CommitOutcome::Duplicate { message_id },
             });
         }
+        let target_message_id = match inbound.body.target() {
+            Some(target) => match lookup_mapping(&transaction, &inbound.origin, target)? {
+                Some((message_id, _)) => Some(message_id),
+                None => return Ok(CommitOutcome::UnknownTarget),
+            },
+            None => None,
+        };
+        let reply_to_message_id = match inbound.body.reply_to() {
+            Some(reply_to) => {
+                lookup_mapping(&transaction, &inbound.origin, reply_to)?.map(|(id, _)| id)
+            }
+            None => None,
+        };
         let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
             message_id: 0,
             reason: error.to_string(),
         })?;
-        let kind = match inbound.body {
-            EventBody::Text { .. } => "text",
-            EventBody::Membership(_) => "membership",
-        };
         transaction.execute(
             "INSERT INTO messages (origin_network, origin_channel, origin_protocol,
-                 origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms,
+                 target_message_id, reply_to_message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 inbound.origin.network,
                 inbound.origin.channel,
@@ -167,10 +182,12 @@ impl Store {
                 inbound.remote_id,
                 inbound.author.id,
                 inbound.author.display_name,
-                kind,
+                inbound.body.kind_name(),
                 body,
                 inbound.timestamp_ms,
                 now_ms(),
+                target_message_id,
+                reply_to_message_id,
             ],
         )?;
         let message_id = transaction.last_insert_rowid();
@@ -189,8 +206,8 @@ impl Store {
         let mut destinations = Vec::with_capacity(routes.len());
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'post')",
+                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for route in routes {
                 let delivery_id = uuid::Uuid::new_v4().simple().to_string();
@@ -221,7 +238,8 @@ impl Store {
         let mut statement = connection.prepare_cached(
             "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts, o.next_try_ms,
                     m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
-                    m.author_name, m.body, m.created_ms
+                    m.author_name, m.body, m.created_ms, m.target_message_id,
+                    m.reply_to_message_id
              FROM outbox o JOIN messages m ON m.id = o.message_id
              WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending'
              ORDER BY o.seq LIMIT 1",
@@ -241,6 +259,8 @@ impl Store {
                     row.get::<_, String>(9)?,
                     row.get::<_, String>(10)?,
                     row.get::<_, i64>(11)?,
+                    row.get::<_, Option<i64>>(12)?,
+                    row.get::<_, Option<i64>>(13)?,
                 ))
             })
             .optional()?;
@@ -257,10 +277,18 @@ impl Store {
             author_name,
             body,
             created_ms,
+            target_message_id,
+            reply_to_message_id,
         )) = row
         else {
             return Ok(None);
         };
+        let target = target_message_id
+            .map(|id| resolve_target(&connection, id, destination))
+            .transpose()?;
+        let reply_to = reply_to_message_id
+            .map(|id| resolve_target(&connection, id, destination))
+            .transpose()?;
         let body: EventBody = serde_json::from_str(&body).map_err(|error| StoreError::Corrupt {
             message_id,
             reason: error.to_string(),
@@ -279,6 +307,8 @@ impl Store {
                 },
                 timestamp_ms: created_ms,
                 body,
+                target,
+                reply_to,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             },
             next_try_ms,
@@ -447,6 +477,30 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// The destination's own id for a message: the id of our delivery there, or its origin id when
+/// it was said there.
+fn resolve_target(
+    connection: &Connection,
+    message_id: i64,
+    destination: &ChannelRef,
+) -> Result<TargetRef, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT remote_id FROM mappings
+         WHERE message_id = ?1 AND network = ?2 AND channel = ?3
+         ORDER BY role = 'delivery' DESC LIMIT 1",
+    )?;
+    let remote_id = statement
+        .query_row(
+            params![message_id, destination.network, destination.channel],
+            |row| row.get::<_, String>(0),
+        )
+        .optional()?;
+    Ok(TargetRef {
+        message_id,
+        remote_id,
+    })
 }
 
 fn role_from_sql(role: &str) -> MappingRole {

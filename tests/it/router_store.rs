@@ -54,10 +54,7 @@ fn said(network: &str, channel: &str, remote_id: Option<&str>, text: &str) -> In
             display_name: "alice".into(),
         },
         timestamp_ms: 1_700_000_000_000,
-        body: EventBody::Text {
-            style: TextStyle::Normal,
-            text: text.into(),
-        },
+        body: EventBody::text(TextStyle::Normal, text),
     }
 }
 
@@ -387,4 +384,176 @@ fn cursors_survive_reopening() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.cursor("mx", "").unwrap().as_deref(), Some("s124"));
     assert_eq!(store.cursor("mx", "#other").unwrap(), None);
+}
+
+fn event(network: &str, channel: &str, remote_id: &str, body: EventBody) -> Inbound {
+    Inbound {
+        body,
+        ..said(network, channel, Some(remote_id), "")
+    }
+}
+
+#[test]
+fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
+    let scenario = Scenario::new(two_way());
+    let b = ChannelRef::new("two", "#b");
+    let a = ChannelRef::new("one", "#a");
+    scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m1"), "helo"))
+        .unwrap();
+    // Before #b acknowledged the message, an edit is queued behind it.
+    scenario
+        .router
+        .submit_blocking(&event(
+            "one",
+            "#a",
+            "e1",
+            EventBody::Edit {
+                target: "m1".into(),
+                style: TextStyle::Normal,
+                text: "hello".into(),
+            },
+        ))
+        .unwrap();
+    let (original, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    scenario
+        .store
+        .complete_delivery(&original.id, Some("b-1"))
+        .unwrap();
+    // The edit, resolved when it is taken from the queue: #b's id for the message.
+    let (edit, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    assert_eq!(
+        edit.target.as_ref().unwrap().remote_id.as_deref(),
+        Some("b-1")
+    );
+    assert_eq!(
+        edit.target.as_ref().unwrap().message_id,
+        original.message_id
+    );
+    scenario.store.complete_delivery(&edit.id, None).unwrap();
+
+    // Someone on #b replies to the relayed message and reacts to it: #a gets its own ids.
+    scenario
+        .router
+        .submit_blocking(&event(
+            "two",
+            "#b",
+            "r1",
+            EventBody::Text {
+                style: TextStyle::Normal,
+                text: "a reply".into(),
+                reply_to: Some("b-1".into()),
+            },
+        ))
+        .unwrap();
+    scenario
+        .router
+        .submit_blocking(&event(
+            "two",
+            "#b",
+            "x1",
+            EventBody::Reaction {
+                target: "b-1".into(),
+                key: "👍".into(),
+                removed: false,
+            },
+        ))
+        .unwrap();
+    let (reply, _) = scenario.store.next_pending(&a).unwrap().unwrap();
+    assert_eq!(
+        reply.reply_to.as_ref().unwrap().remote_id.as_deref(),
+        Some("m1")
+    );
+    assert_eq!(reply.target, None);
+    scenario
+        .store
+        .complete_delivery(&reply.id, Some("a-2"))
+        .unwrap();
+    let (reaction, _) = scenario.store.next_pending(&a).unwrap().unwrap();
+    assert_eq!(
+        reaction.target.as_ref().unwrap().remote_id.as_deref(),
+        Some("m1")
+    );
+    assert!(
+        matches!(reaction.body, EventBody::Reaction { ref key, removed: false, .. } if key == "👍")
+    );
+    scenario
+        .store
+        .complete_delivery(&reaction.id, None)
+        .unwrap();
+
+    // Deleting the reply on #a's side reaches #b with #b's id of it.
+    scenario
+        .router
+        .submit_blocking(&event(
+            "one",
+            "#a",
+            "d1",
+            EventBody::Delete {
+                target: "a-2".into(),
+            },
+        ))
+        .unwrap();
+    let (delete, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    assert_eq!(
+        delete.target.as_ref().unwrap().remote_id.as_deref(),
+        Some("r1")
+    );
+}
+
+#[test]
+fn an_edit_of_a_message_never_bridged_is_dropped_and_counted() {
+    let scenario = Scenario::new(two_way());
+    let outcome = scenario
+        .router
+        .submit_blocking(&event(
+            "one",
+            "#a",
+            "e1",
+            EventBody::Delete {
+                target: "unknown".into(),
+            },
+        ))
+        .unwrap();
+    assert_eq!(outcome, CommitOutcome::UnknownTarget);
+    assert_eq!(
+        scenario
+            .router
+            .stats()
+            .unknown_targets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(scenario.pending("two", "#b"), Vec::<String>::new());
+}
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("tribridge.sqlite3")).unwrap();
+        connection
+            .execute_batch(include_str!("../../migrations/0001_init.sql"))
+            .unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO messages (origin_network, origin_channel, origin_protocol,
+                     origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms)
+                 VALUES ('one', '#a', 'irc', 'm1', 'alice', 'alice', 'text',
+                     '{\"Text\":{\"style\":\"Normal\",\"text\":\"from v1\"}}', 1, 1);
+                 INSERT INTO outbox (delivery_id, message_id, network, channel, gateway, kind)
+                 VALUES ('d1', 1, 'two', '#b', 'g', 'post');",
+            )
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let (delivery, _) = store
+        .next_pending(&ChannelRef::new("two", "#b"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.id, "d1");
+    assert_eq!(delivery.body, EventBody::text(TextStyle::Normal, "from v1"));
+    assert_eq!(delivery.target, None);
 }

@@ -1123,7 +1123,7 @@ impl<'a> Session<'a> {
             timestamp_ms: tag(message, "time")
                 .and_then(|t| parse_server_time(&t))
                 .unwrap_or_else(now_ms),
-            body: EventBody::Text { style, text },
+            body: EventBody::text(style, text),
         };
         self.submit(inbound).await;
         Ok(())
@@ -1166,11 +1166,19 @@ pub fn render_delivery(
     let sender =
         lines::logical_lines(&render_sender(nick_format, delivery, lines::no_ping)).concat();
     let (command, ctcp, text) = match &delivery.body {
-        EventBody::Text { style, text } => match style {
+        EventBody::Text { style, text, .. } => match style {
             TextStyle::Normal => ("PRIVMSG", false, text.clone()),
             TextStyle::Action => ("PRIVMSG", true, text.clone()),
             TextStyle::Notice => ("NOTICE", false, text.clone()),
         },
+        // IRC cannot edit: the corrected text is said again, marked as a correction.
+        EventBody::Edit { style, text, .. } => match style {
+            TextStyle::Notice => ("NOTICE", false, format!("* {text}")),
+            TextStyle::Action => ("PRIVMSG", true, format!("* {text}")),
+            TextStyle::Normal => ("PRIVMSG", false, format!("* {text}")),
+        },
+        // IRC cannot delete or react; saying so in the channel would only add noise.
+        EventBody::Delete { .. } | EventBody::Reaction { .. } => return Vec::new(),
         EventBody::Membership(change) => {
             let who = &delivery.author.display_name;
             let text = match change {
