@@ -9,3 +9,5 @@
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
 //! - [`daemon`]: wires it all together and runs until shutdown.
+
+pub mod richtext;
