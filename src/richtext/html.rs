@@ -663,6 +663,10 @@ fn plain_inlines(inl: &[Inline], out: &mut String) {
     for i in inl {
         match i {
             Inline::Text(t) | Inline::Code(t) => out.push_str(t),
+            Inline::Mention(Mention {
+                target: MentionTarget::Room,
+                ..
+            }) => out.push_str("@room"),
             Inline::Mention(m) => out.push_str(&m.display),
             Inline::LineBreak => out.push('\n'),
             Inline::Link { url, children } => {

@@ -47,7 +47,20 @@ pub fn parse_for_network(input: &str, network: &str) -> FormattedText {
     let mut lists: Vec<Option<u64>> = Vec::new();
     let mut code: Option<(Option<String>, String)> = None;
     let mut cells: usize = 0;
+    // pulldown-cmark splits text at possible delimiters (`~town-square` comes as `~` and
+    // `town-square`), so consecutive text is joined before looking for mentions.
+    let mut pending = String::new();
     for ev in Parser::new_ext(input, opts) {
+        if let Event::Text(t) = &ev
+            && code.is_none()
+        {
+            pending.push_str(t);
+            continue;
+        }
+        if !pending.is_empty() {
+            text_with_mentions(&mut b, &pending, network);
+            pending.clear();
+        }
         if let Some((_, buf)) = code.as_mut() {
             match ev {
                 Event::Text(t) => buf.push_str(&t),
@@ -147,6 +160,9 @@ pub fn parse_for_network(input: &str, network: &str) -> FormattedText {
             }
             Event::TaskListMarker(done) => b.text(if done { "[x] " } else { "[ ] " }),
         }
+    }
+    if !pending.is_empty() {
+        text_with_mentions(&mut b, &pending, network);
     }
     b.finish()
 }
@@ -319,10 +335,12 @@ fn escape_into(s: &str, out: &mut String) {
                 }
             }
             '&' => {
-                if chars
-                    .peek()
-                    .is_some_and(|n| n.is_ascii_alphanumeric() || *n == '#')
-                {
+                // Only `&name;` / `&#123;` would be read as a character reference.
+                let rest: String = chars.clone().take(33).collect();
+                let name_len = rest
+                    .find(|n: char| !(n.is_ascii_alphanumeric() || n == '#'))
+                    .unwrap_or(rest.len());
+                if name_len > 0 && rest[name_len..].starts_with(';') {
                     out.push('\\');
                 }
                 out.push('&');
@@ -558,7 +576,7 @@ mod tests {
             ("<b>", "\\<b>".into()),
             ("1. not a list", "1\\. not a list".into()),
             ("- not a list", "\\- not a list".into()),
-            ("~~no~~", "\\~\\~no\\~\\~".into()),
+            ("~~no~~", format!("\\~\\~{wj}no\\~\\~")),
             ("AT&T &amp;", "AT&T \\&amp;".into()),
             ("  indented", "&#32; indented".into()),
             ("trailing ", "trailing&#32;".into()),

@@ -187,7 +187,11 @@ pub fn rewrite_mentions(
     text.normalize();
 }
 
-/// Turns mass pings into harmless text unless `allowed`: room mentions become their display
+/// Turns mass pings into harmless text unless `allowed`. Call it after
+/// [`rewrite_mentions`], which turns unmapped mentions into text that may itself read as a
+/// mass ping on the destination (`@room` typed on Mattermost, sent to Matrix).
+///
+/// Room mentions become their display
 /// text, and `@room`, `@channel`, `@all`, `@here` and `@everyone` typed as plain words get
 /// [`ANTI_PING`] after the `@` (they look the same, but no platform matches them).
 pub fn neutralise_mass_pings(text: &mut FormattedText, allowed: bool) {
@@ -497,6 +501,9 @@ mod tests {
     #[test]
     fn mass_pings() {
         let mut t = markdown::parse("@channel and @here and @Room, not @rooms or a@all");
+        // On Mattermost `@Room` is a user; mapped to Matrix it is unknown, so text, and the
+        // neutralising that follows the mapping defuses it.
+        rewrite_mentions(&mut t, &MentionDirectory::new(), "matrix");
         neutralise_mass_pings(&mut t, false);
         let want = format!(
             "@{ANTI_PING}channel and @{ANTI_PING}here and @{ANTI_PING}Room, not @rooms or a@all"
