@@ -131,6 +131,7 @@ pub fn parse_for_network(formatted_body: &str, network: &str) -> FormattedText {
 }
 
 /// What to do when leaving an element.
+#[derive(Clone, Copy)]
 enum Exit {
     Nothing,
     Inline,
@@ -488,7 +489,7 @@ impl Walker<'_> {
                     code.pop();
                 }
                 self.b.code_block(language, code);
-                self.skip_children(node);
+                Self::skip_children(node);
                 Exit::Nothing
             }
             "img" => {
@@ -509,7 +510,7 @@ impl Walker<'_> {
             }
             "mx-reply" | "script" | "style" | "head" | "title" | "template" | "noscript"
             | "iframe" | "object" | "svg" | "math" | "textarea" | "select" => {
-                self.skip_children(node);
+                Self::skip_children(node);
                 Exit::Nothing
             }
             _ => Exit::Nothing,
@@ -517,7 +518,7 @@ impl Walker<'_> {
     }
 
     /// Drops an element's children so that `walk` does not descend into them.
-    fn skip_children(&mut self, node: &Handle) {
+    fn skip_children(node: &Handle) {
         // The DOM is ours alone; emptying a handled subtree is cheaper than tracking a skip.
         node.children.borrow_mut().clear();
     }

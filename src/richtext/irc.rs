@@ -12,9 +12,15 @@
 //! convention for a spoiler and parses as [`Inline::Spoiler`]; a spoiler renders as black
 //! on black. Reverse video (0x16) has no counterpart elsewhere and is dropped.
 
+use std::fmt::Write as _;
+
 use super::model::{Block, FormattedText, Inline, Rgb, inlines_plain};
 
 /// The mIRC palette, `0xRRGGBB` per index 0–98 (see modern.ircdocs.horse/formatting).
+#[expect(
+    clippy::unreadable_literal,
+    reason = "colours read as RRGGBB, the way every palette table prints them"
+)]
 const PALETTE: [u32; 99] = [
     0xffffff, 0x000000, 0x00007f, 0x009300, 0xff0000, 0x7f0000, 0x9c009c, 0xfc7f00, 0xffff00,
     0x00fc00, 0x009393, 0x00ffff, 0x0000fc, 0xff00ff, 0x7f7f7f, 0xd2d2d2, 0x470000, 0x472100,
@@ -93,6 +99,10 @@ impl Default for IrcRenderOptions {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per IRC toggle code, as the protocol has them"
+)]
 struct Style {
     bold: bool,
     italic: bool,
@@ -134,7 +144,6 @@ fn parse_line(line: &str, out: &mut Vec<Inline>) {
             STRIKE => style.strike = !style.strike,
             MONOSPACE => style.mono = !style.mono,
             RESET => style = Style::default(),
-            REVERSE => {}
             COLOUR => {
                 let (fg, bg, used) = parse_colour_digits(&bytes[i + 1..]);
                 for _ in 0..used {
@@ -171,7 +180,7 @@ fn parse_line(line: &str, out: &mut Vec<Inline>) {
                     }
                 }
             }
-            '\r' => {}
+            REVERSE | '\r' => {}
             c => {
                 run.push(c);
                 continue;
@@ -296,11 +305,11 @@ pub fn strip_formatting(input: &str) -> String {
 pub fn render(text: &FormattedText, opts: &IrcRenderOptions) -> Vec<String> {
     let text = text.normalized();
     let mut lines = Vec::new();
-    render_blocks(&text.blocks, "", opts, &mut lines);
+    render_blocks(&text.blocks, "", *opts, &mut lines);
     lines
 }
 
-fn render_blocks(blocks: &[Block], prefix: &str, opts: &IrcRenderOptions, out: &mut Vec<String>) {
+fn render_blocks(blocks: &[Block], prefix: &str, opts: IrcRenderOptions, out: &mut Vec<String>) {
     for b in blocks {
         match b {
             Block::Paragraph(inl) => {
@@ -344,7 +353,7 @@ fn sanitise(s: &str) -> String {
 fn flatten(
     inl: &[Inline],
     style: Style,
-    opts: &IrcRenderOptions,
+    opts: IrcRenderOptions,
     lines: &mut Vec<Vec<(Style, String)>>,
 ) {
     for i in inl {
@@ -486,7 +495,7 @@ fn serialise(line: &[(Style, String)]) -> String {
             if colour == (99, 99) && !starts_with_digit {
                 out.push(COLOUR);
             } else {
-                out.push_str(&format!("{COLOUR}{:02},{:02}", colour.0, colour.1));
+                let _ = write!(out, "{COLOUR}{:02},{:02}", colour.0, colour.1);
             }
         }
         out.push_str(text);

@@ -6,6 +6,8 @@
 //! Must not: split lines into byte budgets (the IRC connector does), fetch or upload
 //! anything, or lose content without saying so in the output.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 /// How a long message is sent.
@@ -76,7 +78,7 @@ fn encode_component(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"!$:@.-_=+~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

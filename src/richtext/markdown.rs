@@ -7,7 +7,7 @@
 //! Must not: let text from another network become Markdown syntax, a ping or a channel
 //! link, recurse over input nesting, or panic on any input.
 //!
-//! Escaping: `\ ` * _ [ ] < ~ |` are backslash-escaped everywhere, `&` before an
+//! Escaping: `` \ ` * _ [ ] < ~ | `` are backslash-escaped everywhere, `&` before an
 //! entity-like character, `# > + - =` and `1.`/`1)` at the start of a line, and spaces or
 //! tabs at the start or end of a line are written as character references so that they
 //! survive. Mattermost finds mentions and channel links in the raw text whatever the
@@ -16,6 +16,8 @@
 //! not a line-break opportunity, ignored by screen readers, and it stops the match.
 //! Mattermost has no underline, colour or spoiler: underline renders as italic, colour as
 //! plain text, a spoiler as `||text||`.
+
+use std::fmt::Write as _;
 
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 
@@ -78,7 +80,6 @@ pub fn parse_for_network(input: &str, network: &str) -> FormattedText {
         }
         match ev {
             Event::Start(tag) => match tag {
-                Tag::Paragraph | Tag::HtmlBlock => b.block_boundary(),
                 Tag::Heading { .. } => {
                     b.block_boundary();
                     b.start_inline(InlineKind::Bold);
@@ -330,7 +331,7 @@ fn escape_into(s: &str, out: &mut String) {
                     out.push('\\');
                 }
                 out.push(c);
-                if chars.peek().is_some_and(|n| n.is_ascii_alphanumeric()) {
+                if chars.peek().is_some_and(char::is_ascii_alphanumeric) {
                     out.push(WORD_JOINER);
                 }
             }
@@ -393,7 +394,7 @@ fn render_inlines(inl: &[Inline], out: &mut String) {
                 let ticks = "`".repeat(longest_run(c, '`') + 1);
                 let pad = c.starts_with('`') || c.ends_with('`') || c.trim().is_empty();
                 let pad = if pad { " " } else { "" };
-                out.push_str(&format!("{ticks}{pad}{c}{pad}{ticks}"));
+                let _ = write!(out, "{ticks}{pad}{c}{pad}{ticks}");
             }
             Inline::Bold(c) => delimited("**", c, out),
             Inline::Italic(c) | Inline::Underline(c) => delimited("*", c, out),
@@ -409,7 +410,7 @@ fn render_inlines(inl: &[Inline], out: &mut String) {
                 inlines_plain(children, &mut shown);
                 let simple_url = !url.contains(['<', '>', '\\']);
                 if shown == *url && simple_url {
-                    out.push_str(&format!("<{url}>"));
+                    let _ = write!(out, "<{url}>");
                 } else {
                     out.push('[');
                     render_inlines(children, out);

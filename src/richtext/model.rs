@@ -266,7 +266,7 @@ fn normalize_blocks(blocks: Vec<Block>) -> Vec<Block> {
     for b in blocks {
         match b {
             Block::Paragraph(inl) => {
-                let mut inl = normalize_inlines(inl, &Ctx::default());
+                let mut inl = normalize_inlines(inl, Ctx::default());
                 while matches!(inl.first(), Some(Inline::LineBreak)) {
                     inl.remove(0);
                 }
@@ -316,6 +316,10 @@ fn inlines_blank(inl: &[Inline]) -> bool {
 }
 
 #[derive(Default, Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per enclosing container kind"
+)]
 struct Ctx {
     bold: bool,
     italic: bool,
@@ -334,7 +338,7 @@ enum Kind {
     Spoiler,
 }
 
-fn normalize_inlines(inlines: Vec<Inline>, ctx: &Ctx) -> Vec<Inline> {
+fn normalize_inlines(inlines: Vec<Inline>, ctx: Ctx) -> Vec<Inline> {
     let mut out: Vec<Inline> = Vec::with_capacity(inlines.len());
     for i in inlines {
         match i {
@@ -371,8 +375,8 @@ fn normalize_inlines(inlines: Vec<Inline>, ctx: &Ctx) -> Vec<Inline> {
                     let inner = normalize_inlines(children, ctx);
                     append_all(&mut out, inner);
                 } else {
-                    let inner_ctx = Ctx { link: true, ..*ctx };
-                    let mut inner = normalize_inlines(children, &inner_ctx);
+                    let inner_ctx = Ctx { link: true, ..ctx };
+                    let mut inner = normalize_inlines(children, inner_ctx);
                     if inlines_plain_is_empty(&inner) {
                         inner = vec![Inline::Text(url.clone())];
                     }
@@ -416,7 +420,7 @@ fn inlines_plain_is_empty(inl: &[Inline]) -> bool {
     s.trim().is_empty()
 }
 
-fn container(out: &mut Vec<Inline>, kind: Kind, children: Vec<Inline>, ctx: &Ctx) {
+fn container(out: &mut Vec<Inline>, kind: Kind, children: Vec<Inline>, ctx: Ctx) {
     let already = match kind {
         Kind::Bold => ctx.bold,
         Kind::Italic => ctx.italic,
@@ -424,7 +428,7 @@ fn container(out: &mut Vec<Inline>, kind: Kind, children: Vec<Inline>, ctx: &Ctx
         Kind::Strike => ctx.strike,
         Kind::Spoiler => ctx.spoiler,
     };
-    let mut inner_ctx = *ctx;
+    let mut inner_ctx = ctx;
     match kind {
         Kind::Bold => inner_ctx.bold = true,
         Kind::Italic => inner_ctx.italic = true,
@@ -432,7 +436,7 @@ fn container(out: &mut Vec<Inline>, kind: Kind, children: Vec<Inline>, ctx: &Ctx
         Kind::Strike => inner_ctx.strike = true,
         Kind::Spoiler => inner_ctx.spoiler = true,
     }
-    let inner = normalize_inlines(children, &inner_ctx);
+    let inner = normalize_inlines(children, inner_ctx);
     if already {
         append_all(out, inner);
         return;
