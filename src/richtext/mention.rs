@@ -280,8 +280,9 @@ pub fn detect_irc_mentions(text: &mut FormattedText, network: &str, directory: &
     text.normalize();
 }
 
+/// Nick characters: RFC 2812's, plus any letter or digit (networks with UTF-8 nicks).
 fn is_nick_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "[]\\`_^{|}-".contains(c)
+    c.is_alphanumeric() || "[]\\`_^{|}-".contains(c)
 }
 
 fn detect_in_blocks(blocks: &mut [Block], network: &str, dir: &MentionDirectory) {
