@@ -64,11 +64,7 @@ fn irc_to_mattermost() {
             continue;
         }
         let back = markdown::parse(&got).to_plain_text().replace(WJ, "");
-        assert_eq!(
-            back,
-            irc::strip_formatting(input),
-            "IRC {input:?}"
-        );
+        assert_eq!(back, irc::strip_formatting(input), "IRC {input:?}");
     }
 }
 

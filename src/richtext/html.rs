@@ -14,7 +14,10 @@ use html5ever::{LocalName, Namespace, ParseOpts, QualName, parse_fragment};
 use markup5ever_rcdom::{Handle, NodeData, RcDom};
 
 use super::build::{Builder, InlineKind};
-use super::model::{Block, FormattedText, Inline, Mention, MentionTarget, Rgb, is_safe_url};
+use super::model::{
+    Block, FormattedText, Inline, Mention, MentionTarget, Rgb, glues_after, glues_before,
+    is_safe_url,
+};
 
 /// The default network name that [`parse`] gives Matrix user mentions.
 pub const MATRIX_NETWORK: &str = "matrix";
@@ -253,11 +256,12 @@ fn percent_decode(s: &str) -> String {
 /// The Matrix user id a pill URL points to, if it is one.
 #[must_use]
 pub fn pill_user_id(href: &str) -> Option<String> {
+    // The first path segment only; a `/` inside the id itself arrives as `%2F`.
     let id = if let Some(rest) = href.strip_prefix("https://matrix.to/#/") {
-        let rest = rest.split('?').next().unwrap_or(rest);
+        let rest = rest.split(['?', '/']).next().unwrap_or(rest);
         percent_decode(rest)
     } else if let Some(rest) = href.strip_prefix("matrix:u/") {
-        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        let rest = rest.split(['?', '#', '/']).next().unwrap_or(rest);
         format!("@{}", percent_decode(rest))
     } else {
         return None;
@@ -265,9 +269,7 @@ pub fn pill_user_id(href: &str) -> Option<String> {
     let valid = id.len() > 3
         && id.starts_with('@')
         && id.contains(':')
-        && !id
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '/');
+        && !id.chars().any(|c| c.is_control() || c.is_whitespace());
     valid.then_some(id)
 }
 
@@ -571,11 +573,11 @@ pub(crate) fn find_word(s: &str, word: &str) -> Option<usize> {
         let before_ok = s[..pos]
             .chars()
             .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '@' || c == '.'));
+            .is_none_or(|c| !glues_before(c));
         let after_ok = s[pos + word.len()..]
             .chars()
             .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == ':'));
+            .is_none_or(|c| !glues_after(c));
         if before_ok && after_ok {
             return Some(pos);
         }
@@ -599,16 +601,26 @@ pub fn render(text: &FormattedText) -> MatrixBody {
             formatted_body: None,
         };
     }
+    MatrixBody {
+        body,
+        formatted_body: Some(render_normal(&text)),
+    }
+}
+
+/// The `formatted_body` HTML of a text, even when it has no formatting (see [`render`]).
+#[must_use]
+pub fn render_html(text: &FormattedText) -> String {
+    render_normal(&text.normalized())
+}
+
+fn render_normal(text: &FormattedText) -> String {
     let mut out = String::new();
     if let [Block::Paragraph(inl)] = text.blocks.as_slice() {
         render_inlines(inl, &mut out);
     } else {
         render_blocks(&text.blocks, &mut out);
     }
-    MatrixBody {
-        body,
-        formatted_body: Some(out),
-    }
+    out
 }
 
 fn has_formatting(text: &FormattedText) -> bool {

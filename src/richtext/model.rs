@@ -25,7 +25,7 @@ pub enum Block {
     CodeBlock {
         /// Language tag (e.g. `rust`); only `[A-Za-z0-9+#._-]` survives normalisation.
         language: Option<String>,
-        /// The code, lines separated by `\n`, without a final newline.
+        /// The code, lines separated by `\n` (parsers drop the newline that ends the block).
         code: String,
     },
     /// A quotation of other blocks.
@@ -183,11 +183,14 @@ impl FormattedText {
     /// - a link with an unsafe URL (see [`is_safe_url`]) replaced by its content, a link
     ///   without text given its URL as text, links and mentions inside a link flattened
     ///   to their text;
+    /// - a room mention written against a word (`x@room`, `@room0`) turned into text;
     /// - inline code on one line (LF becomes a space);
     /// - line breaks at the start or end of a paragraph dropped; a paragraph with nothing
     ///   visible (only whitespace) dropped; an empty quote or code block dropped;
-    /// - a code block loses one trailing newline, and a language tag that is empty or has
-    ///   characters outside `[A-Za-z0-9+#._-]`.
+    /// - a code block loses a language tag that is empty or has characters outside
+    ///   `[A-Za-z0-9+#._-]`.
+    ///
+    /// Normalising twice changes nothing more.
     pub fn normalize(&mut self) {
         self.blocks = normalize_blocks(std::mem::take(&mut self.blocks));
     }
@@ -278,10 +281,7 @@ fn normalize_blocks(blocks: Vec<Block>) -> Vec<Block> {
                 }
             }
             Block::CodeBlock { language, code } => {
-                let mut code = clean_text(&code);
-                if code.ends_with('\n') {
-                    code.pop();
-                }
+                let code = clean_text(&code);
                 if !code.is_empty() {
                     out.push(Block::CodeBlock {
                         language: clean_language(language),
@@ -411,6 +411,60 @@ fn normalize_inlines(inlines: Vec<Inline>, ctx: Ctx) -> Vec<Inline> {
             Inline::Spoiler(c) => container(&mut out, Kind::Spoiler, c, ctx),
         }
     }
+    unglue_room_mentions(out)
+}
+
+/// Whether `c` just before a mass-ping word (`@room`) makes it part of a longer word.
+pub(crate) fn glues_before(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '@' | '.')
+}
+
+/// Whether `c` just after a mass-ping word makes it part of a longer word.
+pub(crate) fn glues_after(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | ':')
+}
+
+/// A room mention written against a word (`x@room`, `@room0`, `@room@room`) reads as text
+/// in every format, so it is text. Left to right, so that a mention turned into text counts
+/// as text for the next one.
+fn unglue_room_mentions(v: Vec<Inline>) -> Vec<Inline> {
+    fn is_room(i: &Inline) -> bool {
+        matches!(i, Inline::Mention(m) if m.target == MentionTarget::Room)
+    }
+    /// The text a node shows at its edge, for nodes that render as bare text.
+    fn edge(i: Option<&Inline>, last: bool) -> Option<char> {
+        let s = match i? {
+            Inline::Text(t) => t.as_str(),
+            Inline::Mention(m) if m.target == MentionTarget::Room => m.display.as_str(),
+            _ => return None,
+        };
+        if last {
+            s.chars().next_back()
+        } else {
+            s.chars().next()
+        }
+    }
+    if !v.iter().any(is_room) {
+        return v;
+    }
+    let mut out: Vec<Inline> = Vec::with_capacity(v.len());
+    let mut it = v.into_iter().peekable();
+    while let Some(node) = it.next() {
+        if is_room(&node) {
+            let before = edge(out.last(), true).is_some_and(glues_before);
+            let after = edge(it.peek(), false).is_some_and(glues_after);
+            if (before || after)
+                && let Inline::Mention(m) = node
+            {
+                push_text(&mut out, &m.display);
+                continue;
+            }
+        }
+        match node {
+            Inline::Text(t) => push_text(&mut out, &t),
+            other => out.push(other),
+        }
+    }
     out
 }
 
@@ -475,6 +529,12 @@ fn append_all(out: &mut Vec<Inline>, items: Vec<Inline>) {
     }
 }
 
+/// Appends `b` to `a` (both normal), keeping the result normal.
+fn merge_children(a: &mut Vec<Inline>, b: Vec<Inline>) {
+    append_all(a, b);
+    *a = unglue_room_mentions(std::mem::take(a));
+}
+
 /// Pushes an already-normal node, merging it into the previous one when they are the same
 /// kind of container with the same attributes.
 fn push_merge(out: &mut Vec<Inline>, node: Inline) {
@@ -487,7 +547,7 @@ fn push_merge(out: &mut Vec<Inline>, node: Inline) {
         | (Inline::Italic(a), Inline::Italic(b))
         | (Inline::Underline(a), Inline::Underline(b))
         | (Inline::Strike(a), Inline::Strike(b))
-        | (Inline::Spoiler(a), Inline::Spoiler(b)) => append_all(a, b),
+        | (Inline::Spoiler(a), Inline::Spoiler(b)) => merge_children(a, b),
         (
             Inline::Link {
                 url: ua,
@@ -497,7 +557,7 @@ fn push_merge(out: &mut Vec<Inline>, node: Inline) {
                 url: ub,
                 children: b,
             },
-        ) if *ua == ub => append_all(a, b),
+        ) if *ua == ub => merge_children(a, b),
         (
             Inline::Colour {
                 fg: fa,
@@ -509,7 +569,7 @@ fn push_merge(out: &mut Vec<Inline>, node: Inline) {
                 bg: bb,
                 children: b,
             },
-        ) if *fa == fb && *ba == bb => append_all(a, b),
+        ) if *fa == fb && *ba == bb => merge_children(a, b),
         (_, node) => out.push(node),
     }
 }
@@ -575,7 +635,7 @@ mod tests {
             Block::Paragraph(vec![t("  "), Inline::LineBreak]),
             Block::CodeBlock {
                 language: Some("bad lang".into()),
-                code: "\n".into(),
+                code: String::new(),
             },
             Block::Quote(vec![]),
         ]);
