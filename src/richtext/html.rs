@@ -130,7 +130,71 @@ pub fn parse_for_network(formatted_body: &str, network: &str) -> FormattedText {
     for r in roots {
         walker.walk(&r);
     }
-    walker.b.finish()
+    let mut text = walker.b.finish();
+    // After merging, so that `@ro<span>om</span>` is found as the text it shows.
+    for b in &mut text.blocks {
+        room_mentions_in_block(b);
+    }
+    text.normalize();
+    text
+}
+
+/// Turns `@room` written as a word in text (not in links or code) into a room mention.
+fn room_mentions_in_block(b: &mut Block) {
+    match b {
+        Block::Paragraph(inl) => room_mentions_in_inlines(inl),
+        Block::Quote(inner) => inner.iter_mut().for_each(room_mentions_in_block),
+        Block::CodeBlock { .. } => {}
+    }
+}
+
+fn room_mentions_in_inlines(inl: &mut Vec<Inline>) {
+    let old = std::mem::take(inl);
+    for node in old {
+        match node {
+            Inline::Text(t) => {
+                let mut rest = t.as_str();
+                while let Some(pos) = find_word(rest, "@room") {
+                    inl.push(Inline::Text(rest[..pos].to_owned()));
+                    inl.push(Inline::Mention(Mention {
+                        display: "@room".to_owned(),
+                        target: MentionTarget::Room,
+                    }));
+                    rest = &rest[pos + 5..];
+                }
+                inl.push(Inline::Text(rest.to_owned()));
+            }
+            Inline::Bold(mut c) => {
+                room_mentions_in_inlines(&mut c);
+                inl.push(Inline::Bold(c));
+            }
+            Inline::Italic(mut c) => {
+                room_mentions_in_inlines(&mut c);
+                inl.push(Inline::Italic(c));
+            }
+            Inline::Underline(mut c) => {
+                room_mentions_in_inlines(&mut c);
+                inl.push(Inline::Underline(c));
+            }
+            Inline::Strike(mut c) => {
+                room_mentions_in_inlines(&mut c);
+                inl.push(Inline::Strike(c));
+            }
+            Inline::Spoiler(mut c) => {
+                room_mentions_in_inlines(&mut c);
+                inl.push(Inline::Spoiler(c));
+            }
+            Inline::Colour {
+                fg,
+                bg,
+                mut children,
+            } => {
+                room_mentions_in_inlines(&mut children);
+                inl.push(Inline::Colour { fg, bg, children });
+            }
+            other => inl.push(other),
+        }
+    }
 }
 
 /// What to do when leaving an element.
@@ -353,21 +417,7 @@ impl Walker<'_> {
     }
 
     fn text(&mut self, s: &str) {
-        if self.b.in_literal() {
-            self.b.text(s);
-            return;
-        }
-        // `@room` as a word is a mass ping.
-        let mut rest = s;
-        while let Some(pos) = find_word(rest, "@room") {
-            self.b.text(&rest[..pos]);
-            self.b.push(Inline::Mention(Mention {
-                display: "@room".to_owned(),
-                target: MentionTarget::Room,
-            }));
-            rest = &rest[pos + 5..];
-        }
-        self.b.text(rest);
+        self.b.text(s);
     }
 
     /// Enters an element; returns what to do on leaving it. Elements whose content is
@@ -927,6 +977,24 @@ mod tests {
                 ]),
             ),
             ("mail@room.org", para(vec![t("mail@room.org")])),
+            // Found by fuzzing: the mention is found in the text as shown, across elements.
+            (
+                "x @ro<span>om</span>",
+                para(vec![
+                    t("x "),
+                    Inline::Mention(Mention {
+                        display: "@room".into(),
+                        target: MentionTarget::Room,
+                    }),
+                ]),
+            ),
+            (
+                "<a href=\"https://x.org\">@room</a>",
+                para(vec![Inline::Link {
+                    url: "https://x.org".into(),
+                    children: vec![t("@room")],
+                }]),
+            ),
             (
                 "<b>unclosed <i>both",
                 para(vec![Inline::Bold(vec![
