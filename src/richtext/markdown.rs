@@ -7,8 +7,9 @@
 //! Must not: let text from another network become Markdown syntax, a ping or a channel
 //! link, recurse over input nesting, or panic on any input.
 //!
-//! Escaping: `` \ ` * _ [ ] < ~ | `` are backslash-escaped everywhere, `&` before an
-//! entity-like character, `# > + - =` and `1.`/`1)` at the start of a line, and spaces or
+//! Escaping: `` \ ` * _ [ ] < ~ | `` are backslash-escaped everywhere, `&` where it would
+//! start a character reference (`&amp;`), `# > + - =` and `1.`/`1)` at the start of a line,
+//! and spaces or
 //! tabs at the start or end of a line are written as character references so that they
 //! survive. Mattermost finds mentions and channel links in the raw text whatever the
 //! escaping (its server matches `@name` after any non-word character, backslash included),
@@ -16,6 +17,10 @@
 //! not a line-break opportunity, ignored by screen readers, and it stops the match.
 //! Mattermost has no underline, colour or spoiler: underline renders as italic, colour as
 //! plain text, a spoiler as `||text||`.
+//!
+//! Known limits: Mattermost's emoticon shortcodes (`:smile:`) are not Markdown, so no escape
+//! stops them; and an inline code span that needs three or more backticks, rendered at the
+//! very start of a line, reads as a code fence.
 
 use std::fmt::Write as _;
 

@@ -9,7 +9,9 @@
 ///
 /// Build it with [`FormattedText::new`] (which normalises) or [`FormattedText::plain`].
 /// The fields are public so that callers can match on the tree; every renderer normalises a
-/// copy first, so a hand-built, non-normal tree is still rendered safely.
+/// copy first, so a hand-built, non-normal tree is still rendered safely. Parsers nest at
+/// most a couple of dozen levels whatever the input; processing is recursive over the tree,
+/// so a hand-built tree nested thousands of levels deep could exhaust the stack.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FormattedText {
     /// The blocks, in order.
