@@ -20,7 +20,9 @@
 //!
 //! Known limits: Mattermost's emoticon shortcodes (`:smile:`) are not Markdown, so no escape
 //! stops them; and an inline code span that needs three or more backticks, rendered at the
-//! very start of a line, reads as a code fence.
+//! very start of a line, reads as a code fence. Emphasis whose text begins or ends with
+//! punctuation and touches a letter outside (`**(a)**b`, common in CJK: `**「引用」**です`)
+//! cannot be written in CommonMark; those edge characters move outside the delimiters.
 
 use std::fmt::Write as _;
 
@@ -380,7 +382,101 @@ fn delimited(delim: &str, children: &[Inline], out: &mut String) {
     out.push_str(trail);
 }
 
+/// CommonMark's "punctuation" for flanking: anything neither alphanumeric nor whitespace
+/// (Unicode punctuation and symbols, emoji included).
+fn is_punct(c: char) -> bool {
+    !c.is_alphanumeric() && !c.is_whitespace()
+}
+
+fn emphasis_children(i: &mut Inline) -> Option<&mut Vec<Inline>> {
+    match i {
+        Inline::Bold(c)
+        | Inline::Italic(c)
+        | Inline::Underline(c)
+        | Inline::Strike(c)
+        | Inline::Colour { children: c, .. } => Some(c),
+        _ => None,
+    }
+}
+
+/// Removes and returns the punctuation character at the front or back of the text at that
+/// edge of an emphasis, when the edge is text (not code, a link or a mention).
+fn take_punct_edge(node: &mut Inline, front: bool) -> Option<char> {
+    if let Inline::Text(t) = node {
+        let c = if front {
+            t.chars().next()?
+        } else {
+            t.chars().next_back()?
+        };
+        if !is_punct(c) {
+            return None;
+        }
+        if front {
+            t.remove(0);
+        } else {
+            t.pop();
+        }
+        return Some(c);
+    }
+    let children = emphasis_children(node)?;
+    let edge = if front {
+        children.first_mut()?
+    } else {
+        children.last_mut()?
+    };
+    take_punct_edge(edge, front)
+}
+
+fn is_emphasis(i: &Inline) -> bool {
+    matches!(
+        i,
+        Inline::Bold(_) | Inline::Italic(_) | Inline::Underline(_) | Inline::Strike(_)
+    )
+}
+
+/// Emphasis whose text ends with punctuation cannot close before a letter (`**(a)**b`), nor
+/// open after one when it starts with punctuation: such edge characters move outside the
+/// delimiters, where they look the same (only their own emphasis is lost).
+fn fix_flanking(inl: &[Inline]) -> Vec<Inline> {
+    let mut v = inl.to_vec();
+    for k in 0..v.len() {
+        if !is_emphasis(&v[k]) {
+            continue;
+        }
+        let next_alnum =
+            matches!(v.get(k + 1), Some(Inline::Text(t)) if t.starts_with(char::is_alphanumeric));
+        if next_alnum {
+            let mut moved = String::new();
+            while let Some(c) = take_punct_edge(&mut v[k], false) {
+                moved.insert(0, c);
+            }
+            if let Some(Inline::Text(t)) = v.get_mut(k + 1) {
+                t.insert_str(0, &moved);
+            }
+        }
+        let prev_alnum = k > 0
+            && matches!(v.get(k - 1), Some(Inline::Text(t)) if t.ends_with(char::is_alphanumeric));
+        if prev_alnum {
+            let mut moved = String::new();
+            while let Some(c) = take_punct_edge(&mut v[k], true) {
+                moved.push(c);
+            }
+            if let Some(Inline::Text(t)) = v.get_mut(k - 1) {
+                t.push_str(&moved);
+            }
+        }
+    }
+    v
+}
+
 fn render_inlines(inl: &[Inline], out: &mut String) {
+    let fixed;
+    let inl = if inl.iter().any(is_emphasis) {
+        fixed = fix_flanking(inl);
+        fixed.as_slice()
+    } else {
+        inl
+    };
     let mut k = 0;
     while k < inl.len() {
         match &inl[k] {
@@ -613,6 +709,25 @@ mod tests {
                 ]),
                 "*i*~~s~~",
             ),
+            // Punctuation at an edge that touches a letter moves outside the delimiters.
+            (para(vec![Inline::Bold(vec![t("(a)")]), t("b")]), "**(a**)b"),
+            (
+                para(vec![
+                    t("x"),
+                    Inline::Bold(vec![Inline::Italic(vec![t("(a)")])]),
+                    t("b"),
+                ]),
+                "x(***a***)b",
+            ),
+            (
+                para(vec![Inline::Bold(vec![t("「引用」")]), t("です")]),
+                "**「引用**」です",
+            ),
+            (para(vec![Inline::Bold(vec![t("!!")]), t("b")]), "!!b"),
+            (
+                para(vec![Inline::Bold(vec![t("ok👍")]), t(" fine")]),
+                "**ok👍** fine",
+            ),
             (para(vec![Inline::Code("a`b".into())]), "``a`b``"),
             (
                 para(vec![Inline::Link {
@@ -660,6 +775,30 @@ mod tests {
         ];
         for (model, want) in cases {
             assert_eq!(render(&model), want, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn punctuation_edges_still_format() {
+        for (model, plain) in [
+            (para(vec![Inline::Bold(vec![t("(a)")]), t("b")]), "(a)b"),
+            (
+                para(vec![t("x"), Inline::Italic(vec![t("(a)")]), t("b")]),
+                "x(a)b",
+            ),
+            (
+                para(vec![Inline::Bold(vec![t("「引用」")]), t("です")]),
+                "「引用」です",
+            ),
+            (para(vec![Inline::Strike(vec![t(".x.")]), t("y")]), ".x.y"),
+        ] {
+            let md = render(&model);
+            let back = parse(&md);
+            assert_eq!(back.to_plain_text(), plain, "{md}");
+            assert!(
+                matches!(&back.blocks[..], [Block::Paragraph(v)] if v.iter().any(|i| matches!(i, Inline::Bold(_) | Inline::Italic(_) | Inline::Strike(_)))),
+                "{md} lost its formatting"
+            );
         }
     }
 
