@@ -112,5 +112,7 @@ channels = [
 }
 
 fn printable(text: &str) -> String {
-    text.replace('\u{1}', "^A").replace('\u{2}', "^B")
+    text.replace('\u{1}', "^A")
+        .replace('\u{2}', "^B")
+        .replace('\u{3}', "^C")
 }

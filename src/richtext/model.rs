@@ -12,14 +12,14 @@
 /// copy first, so a hand-built, non-normal tree is still rendered safely. Parsers nest at
 /// most a couple of dozen levels whatever the input; processing is recursive over the tree,
 /// so a hand-built tree nested thousands of levels deep could exhaust the stack.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FormattedText {
     /// The blocks, in order.
     pub blocks: Vec<Block>,
 }
 
 /// A block-level element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Block {
     /// A paragraph of inline content.
     Paragraph(Vec<Inline>),
@@ -35,7 +35,7 @@ pub enum Block {
 }
 
 /// An inline element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Inline {
     /// Literal text. After normalisation it never contains a control character other than tab.
     Text(String),
@@ -74,7 +74,7 @@ pub enum Inline {
 }
 
 /// A 24-bit colour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rgb(pub u8, pub u8, pub u8);
 
 impl Rgb {
@@ -97,7 +97,7 @@ impl Rgb {
 }
 
 /// A mention: who is meant, and the text shown for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mention {
     /// What the reader sees (a nick, a display name, `@username`, `@room`).
     pub display: String,
@@ -106,7 +106,7 @@ pub struct Mention {
 }
 
 /// The thing a [`Mention`] refers to, independent of any syntax.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MentionTarget {
     /// One user on one network.
     User {

@@ -66,8 +66,19 @@ async fn relays_text_actions_and_notices_both_ways_without_echo() {
     alice.say(&channel_a, "hello bob, 2*3*4 <b> é 日本語 🎉");
     alice.act(&channel_a, "waves");
     alice.notice(&channel_a, "a notice");
+    let formatted = "\x02bold\x02, \x1ditalic\x1d and \x0304red\x03 stay";
+    alice.say(&channel_a, formatted);
     alice.say(&channel_a, "MARK-1");
-    let seen = bob.texts_until(&channel_b, "MARK-1").await;
+    let mut seen = bob.texts_until(&channel_b, "MARK-1").await;
+    // Formatting arrives as the same formatting (the codes may be spelled differently).
+    let relayed = seen.remove(3);
+    let relayed_text = relayed.text().unwrap().1;
+    let prefix = format!("<{}> ", alice.nick);
+    assert!(relayed_text.starts_with(&prefix), "{relayed_text:?}");
+    assert_eq!(
+        tribridge::richtext::irc::parse(&relayed_text[prefix.len()..]),
+        tribridge::richtext::irc::parse(formatted)
+    );
     let a = alice.nick.clone();
     assert_eq!(
         texts(&seen),
