@@ -1353,7 +1353,10 @@ mod tests {
 
     #[test]
     fn long_messages_are_split_or_truncated_with_a_link_per_gateway_policy() {
-        let text: String = (1..=8).map(|n| format!("line {n}\n")).collect();
+        let text = (1..=8)
+            .map(|n| format!("line {n}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let message = delivery(
             EventBody::text(TextStyle::Normal, &text),
             "alice",
