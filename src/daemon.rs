@@ -71,6 +71,8 @@ pub async fn run(
             remote_nick_format: config.remote_nick_format.clone(),
             channels,
             shutdown: connectors_shutdown.clone(),
+            store: Arc::clone(&store),
+            state_dir: config.state_dir.clone(),
         });
         handles.insert(network.id.clone(), handle);
         connector_tasks.spawn(task.run());
