@@ -712,7 +712,7 @@ impl Validator<'_> {
                 self.report(
                     *offset,
                     format!("{key}.{name}"),
-                    format!("`{name}` is not a setting of a {kind} network"),
+                    format!("`{name}` is not a setting of {kind} network"),
                 );
             }
         }
@@ -725,7 +725,7 @@ impl Validator<'_> {
         let number = |value: &Option<Spanned<i64>>| value.as_ref().map(|v| v.span().start);
         self.foreign_keys(
             key,
-            "Matrix",
+            "a Matrix",
             &[
                 ("server", at(&raw.server)),
                 ("tls", flag(&raw.tls)),
@@ -847,7 +847,7 @@ impl Validator<'_> {
         let at = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span().start);
         self.foreign_keys(
             key,
-            "IRC",
+            "an IRC",
             &[
                 ("homeserver", at(&raw.homeserver)),
                 ("user", at(&raw.user)),

@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`",
             ],
         ),
         (
@@ -105,19 +105,19 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "matrix: password and access token both given twice",
             format!("{MX}access_token = \"t\"\naccess_token_env = \"SET_VAR\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:20: network.mx.access_token: give `access_token` one way only: `access_token`, `access_token_file` or `access_token_env`",
+                "bridges.toml:7:20: network.mx.access_token: give `access_token` one way only: `access_token`, `access_token_file` or `access_token_env`",
             ],
         ),
         (
             "matrix: an IRC key on a Matrix network",
             format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
-            vec!["bridges.toml:5:8: network.mx.nick: `nick` is not a setting of a Matrix network"],
+            vec!["bridges.toml:6:8: network.mx.nick: `nick` is not a setting of a Matrix network"],
         ),
         (
             "irc: a Matrix key on an IRC network",
             format!("{NET}homeserver = \"https://m.org\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:14: network.libera.homeserver: `homeserver` is not a setting of a IRC network",
+                "bridges.toml:5:14: network.libera.homeserver: `homeserver` is not a setting of an IRC network",
             ],
         ),
         (
@@ -126,7 +126,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
                 "{MX}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"mx\", channel = \"#room\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
             ),
             vec![
-                "bridges.toml:13:39: gateway[0].channels[0].channel: `#room` is not a Matrix room: give an alias (`#room:server`) or a room id (`!id` or `!id:server`)",
+                "bridges.toml:13:31: gateway[0].channels[0].channel: `#room` is not a Matrix room: give an alias (`#room:server`) or a room id (`!id` or `!id:server`)",
             ],
         ),
         (

@@ -212,7 +212,12 @@ impl MatrixUser {
         let deadline = Instant::now() + timeout;
         let mut seen: Vec<Event> = Vec::new();
         loop {
-            let mut path = "/_matrix/client/v3/sync?timeout=2000".to_owned();
+            // A person's client shows every message: ask for more than Synapse's default of
+            // ten timeline events per room and sync.
+            let mut path = format!(
+                "/_matrix/client/v3/sync?timeout=2000&filter={}",
+                encode(r#"{"room":{"timeline":{"limit":1000}}}"#)
+            );
             if let Some(since) = &self.since {
                 path.push_str("&since=");
                 path.push_str(&encode(since));
