@@ -761,8 +761,7 @@ impl Validator<'_> {
                 let rest = text
                     .strip_prefix("https://")
                     .or_else(|| text.strip_prefix("http://"));
-                if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace))
-                {
+                if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
                     self.report(
                         url.span().start,
                         format!("{key}.homeserver"),
@@ -1247,9 +1246,8 @@ pub fn is_valid_matrix_room(room: &str) -> bool {
             .split_once(':')
             .is_some_and(|(name, server)| !name.is_empty() && !server.is_empty());
     }
-    room.strip_prefix('!').is_some_and(|id| {
-        !id.is_empty() && !id.starts_with(':') && !id.ends_with(':')
-    })
+    room.strip_prefix('!')
+        .is_some_and(|id| !id.is_empty() && !id.starts_with(':') && !id.ends_with(':'))
 }
 
 /// IRC channel names start with `#` or `&` (also `+`/`!` on some servers) and contain no space,

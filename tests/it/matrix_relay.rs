@@ -101,9 +101,7 @@ async fn wait_member_join(matrix: &mut MatrixUser, room: &str, user: &str) {
     matrix
         .events_until(room, Duration::from_mins(1), |events| {
             events.iter().any(|e| {
-                e.kind == "m.room.member"
-                    && e.content["membership"] == "join"
-                    && e.sender == user
+                e.kind == "m.room.member" && e.content["membership"] == "join" && e.sender == user
             })
         })
         .await;
@@ -123,7 +121,14 @@ async fn text_emote_and_notice_both_ways_without_echo() {
     s.matrix.say(&room, "two\nlines").await;
     s.matrix.say(&room, "MARK-1").await;
     let seen = s.irc.texts_until(&s.channel, "MARK-1").await;
-    let alice = s.matrix.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         texts(&seen),
         vec![
@@ -137,7 +142,9 @@ async fn text_emote_and_notice_both_ways_without_echo() {
     );
     assert_eq!(
         seen.iter().map(|l| l.command.as_str()).collect::<Vec<_>>(),
-        vec!["PRIVMSG", "PRIVMSG", "NOTICE", "PRIVMSG", "PRIVMSG", "PRIVMSG"]
+        vec![
+            "PRIVMSG", "PRIVMSG", "NOTICE", "PRIVMSG", "PRIVMSG", "PRIVMSG"
+        ]
     );
 
     s.irc.say(&s.channel, "hello from irc");
@@ -186,7 +193,14 @@ async fn a_burst_of_100_arrives_in_order_exactly_once_both_ways() {
     }
     s.irc.say(&s.channel, "MARK-I");
     let seen = s.irc.texts_until(&s.channel, "MARK-M").await;
-    let alice = s.matrix.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let mut expected: Vec<String> = (0..100).map(|n| format!("<{alice}> m2i {n}")).collect();
     expected.push(format!("<{alice}> MARK-M"));
     assert_eq!(texts(&seen), expected);
@@ -208,7 +222,14 @@ async fn a_burst_of_100_arrives_in_order_exactly_once_both_ways() {
 async fn edits_redactions_replies_and_reactions_on_matrix() {
     let mut s = setup(shared_synapse()).await;
     let room = s.room.clone();
-    let alice = s.matrix.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let original = s.matrix.say(&room, "tpyo here").await;
     s.irc.texts_until(&s.channel, "tpyo here").await;
     // Edit: IRC sees the correction marked with `* `.
@@ -356,11 +377,11 @@ async fn edits_redactions_reactions_and_replies_reach_another_matrix_room_native
         reply.content["m.relates_to"]["m.in_reply_to"]["event_id"],
         copy.as_str()
     );
-    let redaction = events
+    let redact = events
         .iter()
         .find(|e| e.kind == "m.room.redaction")
         .expect("a redaction");
-    let redacts = redaction.content["redacts"].as_str().unwrap_or_default();
+    let redacts = redact.content["redacts"].as_str().unwrap_or_default();
     assert_eq!(redacts, copy);
     let _ = irc.texts_until(&channel, "MARK").await;
 }
@@ -369,13 +390,26 @@ async fn edits_redactions_reactions_and_replies_reach_another_matrix_room_native
 async fn restart_delivers_what_was_said_while_down_once_and_replays_nothing() {
     let mut s = setup(shared_synapse()).await;
     let room = s.room.clone();
-    let alice = s.matrix.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     // Once the bridge is known to relay, stop it.
     s.matrix.say(&room, "before").await;
     s.irc.texts_until(&s.channel, "before").await;
     s.bridge.wait_outbox_drained("irc", &s.channel).await;
     assert_eq!(s.bridge.terminate(), Some(0));
-    let _ = s.irc.wait_for(|l| l.command == "QUIT" || l.command == "PART", Duration::from_secs(10)).await;
+    let _ = s
+        .irc
+        .wait_for(
+            |l| l.command == "QUIT" || l.command == "PART",
+            Duration::from_secs(10),
+        )
+        .await;
 
     for n in 0..20 {
         s.matrix.say(&room, &format!("down m {n}")).await;
@@ -422,7 +456,11 @@ async fn restart_delivers_what_was_said_while_down_once_and_replays_nothing() {
     // The stored session was reused: one login in all three starts.
     let logs = s.bridge.logs();
     assert_eq!(logs.matches("Logged in to Matrix.").count(), 1, "{logs}");
-    assert_eq!(logs.matches("Matrix session restored.").count(), 2, "{logs}");
+    assert_eq!(
+        logs.matches("Matrix session restored.").count(),
+        2,
+        "{logs}"
+    );
     let _ = (&s.synapse_url, s.irc_port);
 }
 
@@ -432,7 +470,14 @@ async fn synapse_restarted_mid_stream_the_bridge_reconnects_and_delivers_everyth
     let mut synapse = Synapse::start();
     let mut s = setup(&synapse).await;
     let room = s.room.clone();
-    let alice = s.matrix.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let ivan = s.irc.nick.clone();
     for n in 0..10 {
         s.matrix.say(&room, &format!("first {n}")).await;

@@ -212,7 +212,7 @@ pub enum Outbound {
     Nothing,
 }
 
-fn message_content(msgtype: &str, body: String, formatted: Option<String>) -> Value {
+fn message_content(msgtype: &str, body: &str, formatted: Option<&str>) -> Value {
     let mut content = json!({ "msgtype": msgtype, "body": body });
     if let Some(html) = formatted {
         content["format"] = json!("org.matrix.custom.html");
@@ -233,7 +233,7 @@ pub fn outbound(
     match &delivery.body {
         EventBody::Text { style, text, .. } => {
             let (body, formatted) = text_to_matrix(sender, text);
-            let mut content = message_content(msgtype_of(*style), body, formatted);
+            let mut content = message_content(msgtype_of(*style), &body, formatted.as_deref());
             if let Some(reply_to) = reply_to {
                 content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": reply_to } });
             }
@@ -249,14 +249,14 @@ pub fn outbound(
                 let (body, formatted) = text_to_matrix(sender, &format!("* {text}"));
                 return Outbound::Send {
                     event_type: "m.room.message",
-                    content: message_content(msgtype_of(*style), body, formatted),
+                    content: message_content(msgtype_of(*style), &body, formatted.as_deref()),
                 };
             };
-            let new_content = message_content(msgtype_of(*style), body.clone(), formatted.clone());
+            let new_content = message_content(msgtype_of(*style), &body, formatted.as_deref());
             let mut content = message_content(
                 msgtype_of(*style),
-                format!("* {body}"),
-                formatted.map(|html| format!("* {html}")),
+                &format!("* {body}"),
+                formatted.map(|html| format!("* {html}")).as_deref(),
             );
             content["m.new_content"] = new_content;
             content["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target });
@@ -293,10 +293,11 @@ pub fn outbound(
                 Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
                 Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
             };
-            let (body, formatted) = text_to_matrix(&format!("[{}] ", delivery.origin.network), &text);
+            let (body, formatted) =
+                text_to_matrix(&format!("[{}] ", delivery.origin.network), &text);
             Outbound::Send {
                 event_type: "m.room.message",
-                content: message_content("m.notice", body, formatted),
+                content: message_content("m.notice", &body, formatted.as_deref()),
             }
         }
     }
@@ -340,9 +341,9 @@ mod tests {
                 removed: false
             })
         );
-        let redaction = json!({"type": "m.room.redaction", "content": {"redacts": "$a"}});
+        let redact = json!({"type": "m.room.redaction", "content": {"redacts": "$a"}});
         assert_eq!(
-            inbound(&redaction, false),
+            inbound(&redact, false),
             Some(EventBody::Delete {
                 target: "$a".into()
             })

@@ -35,8 +35,7 @@ use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, R
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{
-    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomOrAliasId,
-    UInt, UserId,
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomOrAliasId, UInt, UserId,
 };
 use matrix_sdk::{Client, Room, RoomState};
 use serde_json::Value;
@@ -230,7 +229,10 @@ impl MatrixHandle {
             target_event.as_deref(),
             reply_event.as_deref(),
         ) {
-            content::Outbound::Send { event_type, content } => (event_type, content),
+            content::Outbound::Send {
+                event_type,
+                content,
+            } => (event_type, content),
             content::Outbound::Redact(event_id) => {
                 return match room.redact(&event_id, None, Some(txn_id)).await {
                     Ok(response) => Ok(DeliveryAck {
@@ -291,7 +293,9 @@ impl MatrixHandle {
                 let same_key = event["content"]["m.relates_to"]["key"].as_str() == Some(key);
                 if mine
                     && same_key
-                    && let Some(id) = event["event_id"].as_str().and_then(|i| EventId::parse(i).ok())
+                    && let Some(id) = event["event_id"]
+                        .as_str()
+                        .and_then(|i| EventId::parse(i).ok())
                 {
                     return match room.redact(&id, None, Some(txn_id)).await {
                         Ok(response) => Ok(DeliveryAck {
@@ -349,7 +353,9 @@ impl MatrixTask {
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.context.state_dir.join(format!("matrix-{}", self.network))
+        self.context
+            .state_dir
+            .join(format!("matrix-{}", self.network))
     }
 
     async fn new_client(&self) -> Result<Client, String> {
@@ -610,11 +616,7 @@ impl SyncState<'_> {
             return;
         };
         let alias = room.canonical_alias().map(|a| a.to_string());
-        let alt_aliases: Vec<String> = room
-            .alt_aliases()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let alt_aliases: Vec<String> = room.alt_aliases().iter().map(ToString::to_string).collect();
         let channel = self.wanted.iter().find(|channel| {
             channel.as_str() == room_id.as_str()
                 || alias.as_deref() == Some(channel.as_str())
@@ -667,7 +669,9 @@ impl SyncState<'_> {
     async fn run(&mut self) -> SessionEnd {
         let mut since = match self.cursor().await {
             Ok(since) => since,
-            Err(reason) => return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}")),
+            Err(reason) => {
+                return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
+            }
         };
         if since.is_none() {
             tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
@@ -676,13 +680,14 @@ impl SyncState<'_> {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
             }
-            let mut settings = SyncSettings::default()
-                .filter(Self::filter())
-                .timeout(if since.is_some() {
-                    SYNC_TIMEOUT
-                } else {
-                    Duration::ZERO
-                });
+            let mut settings =
+                SyncSettings::default()
+                    .filter(Self::filter())
+                    .timeout(if since.is_some() {
+                        SYNC_TIMEOUT
+                    } else {
+                        Duration::ZERO
+                    });
             if let Some(token) = &since {
                 settings = settings.token(token.clone());
             }
@@ -756,10 +761,9 @@ impl SyncState<'_> {
             let mut options = MessagesOptions::backward().from(from.as_str());
             options.to = Some(previous.to_owned());
             options.limit = UInt::from(100u32);
-            let page = room
-                .messages(options)
-                .await
-                .map_err(|error| format!("cannot fetch missed messages: {}", error_chain(&error)))?;
+            let page = room.messages(options).await.map_err(|error| {
+                format!("cannot fetch missed messages: {}", error_chain(&error))
+            })?;
             let empty = page.chunk.is_empty();
             older.extend(
                 page.chunk

@@ -1,6 +1,7 @@
 //! A Matrix user for the tests: plain client-server API calls (reqwest), the way a person's
 //! client sees a room: send, redact, react, and `/sync` to read what arrives, with deadlines.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -20,16 +21,20 @@ pub async fn register(base: &str, user: &str, password: &str) {
     let nonce = nonce["nonce"].as_str().expect("nonce").to_owned();
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-shared-secret").expect("hmac key");
     mac.update(format!("{nonce}\0{user}\0{password}\0notadmin").as_bytes());
-    let digest: String = mac
+    let digest = mac
         .finalize()
         .into_bytes()
         .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+        .fold(String::new(), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        });
     let response = http
         .post(format!("{base}/_synapse/admin/v1/register"))
-        .json(&json!({"nonce": nonce, "username": user, "password": password,
-                      "admin": false, "mac": digest}))
+        .json(
+            &json!({"nonce": nonce, "username": user, "password": password,
+                      "admin": false, "mac": digest}),
+        )
         .send()
         .await
         .expect("register request");
@@ -50,6 +55,7 @@ pub struct MatrixUser {
 
 /// One `m.room.message` (or other event) as a person sees it.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_field_names)] // `event_id` is the Matrix name
 pub struct Event {
     pub event_id: String,
     pub sender: String,
@@ -222,9 +228,7 @@ impl MatrixUser {
                 path.push_str("&since=");
                 path.push_str(&encode(since));
             }
-            let reply = self
-                .call(reqwest::Method::GET, &path, &Value::Null)
-                .await;
+            let reply = self.call(reqwest::Method::GET, &path, &Value::Null).await;
             self.since = reply["next_batch"].as_str().map(ToOwned::to_owned);
             if let Some(events) = reply["rooms"]["join"][room]["timeline"]["events"].as_array() {
                 for event in events {
