@@ -3,29 +3,54 @@
 //! Events are read as JSON (`serde_json::Value`) rather than typed `ruma` enums so that unknown
 //! or malformed fields never fail a whole sync batch: whatever cannot be understood is dropped
 //! with a reason. Text conversion lives in [`text_from_matrix`] and [`text_to_matrix`], one
-//! function per direction.
+//! function per direction, both through [`crate::richtext::html`].
 
 use matrix_sdk::ruma::{EventId, OwnedEventId};
 use serde_json::{Value, json};
 
 use crate::model::{Delivery, EventBody, Membership, TextStyle};
+use crate::richtext::{Block, FormattedText, Inline, html};
 
-/// The text of a received message: the plain `body`, with a reply fallback (`> ` quote lines
-/// and the blank line after them) removed when the message is a reply.
+/// The text of a received message: its `formatted_body` when it is HTML (a reply's
+/// `<mx-reply>` quote dropped), else its plain `body` (a reply fallback's `> ` quote lines
+/// removed).
 #[must_use]
-pub fn text_from_matrix(content: &Value, is_reply: bool) -> String {
+pub fn text_from_matrix(content: &Value, is_reply: bool) -> FormattedText {
+    if content["format"] == "org.matrix.custom.html"
+        && let Some(formatted) = content["formatted_body"].as_str()
+    {
+        let text = html::parse(formatted);
+        if !text.is_empty() {
+            return text;
+        }
+    }
     let body = content["body"].as_str().unwrap_or_default();
     if is_reply {
-        strip_reply_fallback(body)
+        FormattedText::plain(&strip_reply_fallback(body))
     } else {
-        body.to_owned()
+        FormattedText::plain(body)
     }
 }
 
-/// The `body` and optional `formatted_body` (HTML) to send for a relayed text.
+/// `text` with `prefix` (plain text) put before its first line.
+fn prefixed(prefix: &str, text: &FormattedText) -> FormattedText {
+    let mut blocks = text.blocks.clone();
+    if prefix.is_empty() {
+        return FormattedText::new(blocks);
+    }
+    match blocks.first_mut() {
+        Some(Block::Paragraph(inlines)) => inlines.insert(0, Inline::Text(prefix.to_owned())),
+        _ => blocks.insert(0, Block::Paragraph(vec![Inline::Text(prefix.to_owned())])),
+    }
+    FormattedText::new(blocks)
+}
+
+/// The `body` and optional `formatted_body` (HTML) to send for a relayed text, with the sender
+/// shown first.
 #[must_use]
-pub fn text_to_matrix(sender: &str, text: &str) -> (String, Option<String>) {
-    (format!("{sender}{text}"), None)
+pub fn text_to_matrix(sender: &str, text: &FormattedText) -> (String, Option<String>) {
+    let rendered = html::render(&prefixed(sender, text));
+    (rendered.body, rendered.formatted_body)
 }
 
 /// Remove the quoted lines a client puts before a reply's own text.
@@ -90,12 +115,13 @@ fn media_text(content: &Value) -> String {
     }
 }
 
-fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, String)> {
+fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, FormattedText)> {
     let msgtype = content["msgtype"].as_str()?;
     match msgtype {
-        "m.image" | "m.file" | "m.video" | "m.audio" => {
-            Some((TextStyle::Normal, media_text(content)))
-        }
+        "m.image" | "m.file" | "m.video" | "m.audio" => Some((
+            TextStyle::Normal,
+            FormattedText::plain(&media_text(content)),
+        )),
         _ => {
             let text = text_from_matrix(content, is_reply);
             (!text.is_empty()).then(|| (style_of(msgtype), text))
@@ -144,7 +170,7 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
         }
         "m.sticker" => Some(EventBody::text(
             TextStyle::Normal,
-            format!(
+            &format!(
                 "sent a sticker: {}",
                 content["body"].as_str().unwrap_or("sticker")
             ),
@@ -246,7 +272,7 @@ pub fn outbound(
             let (body, formatted) = text_to_matrix(sender, text);
             let Some(target) = target else {
                 // The original never reached this room: show the correction as a new message.
-                let (body, formatted) = text_to_matrix(sender, &format!("* {text}"));
+                let (body, formatted) = text_to_matrix(&format!("{sender}* "), text);
                 return Outbound::Send {
                     event_type: "m.room.message",
                     content: message_content(msgtype_of(*style), &body, formatted.as_deref()),
@@ -293,8 +319,10 @@ pub fn outbound(
                 Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
                 Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
             };
-            let (body, formatted) =
-                text_to_matrix(&format!("[{}] ", delivery.origin.network), &text);
+            let (body, formatted) = text_to_matrix(
+                &format!("[{}] ", delivery.origin.network),
+                &FormattedText::plain(&text),
+            );
             Outbound::Send {
                 event_type: "m.room.message",
                 content: message_content("m.notice", &body, formatted.as_deref()),
@@ -328,7 +356,7 @@ mod tests {
             Some(EventBody::Edit {
                 target: "$a".into(),
                 style: TextStyle::Normal,
-                text: "fixed".into()
+                text: FormattedText::plain("fixed")
             })
         );
         let reaction = json!({"type": "m.reaction", "content": {
@@ -355,7 +383,7 @@ mod tests {
             inbound(&reply, false),
             Some(EventBody::Text {
                 style: TextStyle::Action,
-                text: "waves back".into(),
+                text: FormattedText::plain("waves back"),
                 reply_to: Some("$a".into())
             })
         );
