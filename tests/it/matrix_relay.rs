@@ -510,3 +510,55 @@ async fn synapse_restarted_mid_stream_the_bridge_reconnects_and_delivers_everyth
         .collect();
     assert_eq!(relayed, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_is_carried_both_ways() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "bold and italic and code",
+                   "format": "org.matrix.custom.html",
+                   "formatted_body": "<strong>bold</strong> and <em>italic</em> and <code>code</code>"}),
+        )
+        .await;
+    let seen = s.irc.texts_until(&s.channel, "italic").await;
+    // A code that runs to the end of the line is not closed.
+    assert_eq!(
+        texts(&seen),
+        vec![format!(
+            "<{alice}> \x02bold\x02 and \x1ditalic\x1d and \x11code"
+        )]
+    );
+    s.irc
+        .say(&s.channel, "\x02strong\x02 words and \x1dslanted\x1d ones");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "slanted")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    let ivan = s.irc.nick.clone();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        seen[0].body(),
+        format!("<{ivan}> strong words and slanted ones")
+    );
+    assert_eq!(seen[0].content["format"], "org.matrix.custom.html");
+    assert_eq!(
+        seen[0].content["formatted_body"],
+        format!("&lt;{ivan}&gt; <strong>strong</strong> words and <em>slanted</em> ones")
+    );
+}
