@@ -562,3 +562,30 @@ async fn formatting_is_carried_both_ways() {
         format!("&lt;{ivan}&gt; <strong>strong</strong> words and <em>slanted</em> ones")
     );
 }
+
+/// A homeserver that limits the bot to a few messages a second: the bridge waits as long as
+/// the server asks (`M_LIMIT_EXCEEDED`, `retry_after_ms`) and everything arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_honoured_and_nothing_is_lost_or_doubled() {
+    let synapse = Synapse::start_with("\nrc_message: {per_second: 2, burst_count: 3}\n");
+    let mut s = setup(&synapse).await;
+    let room = s.room.clone();
+    for n in 0..12 {
+        s.irc.say(&s.channel, &format!("limited {n}"));
+    }
+    s.irc.say(&s.channel, "MARK");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "MARK")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    let ivan = s.irc.nick.clone();
+    let mut expected: Vec<String> = (0..12).map(|n| format!("<{ivan}> limited {n}")).collect();
+    expected.push(format!("<{ivan}> MARK"));
+    assert_eq!(bodies(&seen), expected);
+    let logs = s.bridge.logs();
+    assert!(logs.contains("rate limited by the homeserver"), "{logs}");
+}

@@ -316,6 +316,12 @@ fn http_ok(port: u16, path: &str) -> bool {
 impl Synapse {
     /// Start a new Synapse in its own temporary folder, on a free port.
     pub fn start() -> Synapse {
+        Self::start_with("")
+    }
+
+    /// Like [`Synapse::start`], with `extra` YAML appended to the configuration (a key given
+    /// again there replaces the template's).
+    pub fn start_with(extra: &str) -> Synapse {
         let tempdir = tempfile::Builder::new()
             .prefix("tribridge-synapse-")
             .tempdir()
@@ -324,7 +330,8 @@ impl Synapse {
         let port = free_port();
         let config = include_str!("../../servers/synapse/homeserver.yaml.in")
             .replace("@DATA@", &dir.display().to_string())
-            .replace("@PORT@", &port.to_string());
+            .replace("@PORT@", &port.to_string())
+            + extra;
         std::fs::create_dir_all(dir.join("media_store")).expect("media dir");
         std::fs::write(dir.join("homeserver.yaml"), config).expect("config");
         // "ed25519 <key id> <unpadded base64 of a 32-byte seed>", written directly: faster than
