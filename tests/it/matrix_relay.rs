@@ -589,3 +589,60 @@ async fn rate_limits_are_honoured_and_nothing_is_lost_or_doubled() {
     let logs = s.bridge.logs();
     assert!(logs.contains("rate limited by the homeserver"), "{logs}");
 }
+
+/// An invite-only room: the bot says in the log that it cannot join, accepts the invite when it
+/// comes, and relays from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_an_invite_only_room_when_invited_and_logs_why_it_could_not_before() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alias = unique("private");
+    let room = alice.create_private_room(&alias).await;
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[("irc", &channel), ("mx", &format!("#{alias}:localhost"))],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while !bridge.logs().contains("Cannot join Matrix room") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no join failure logged: {}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bot_id = format!("@{bot}:localhost");
+    alice.invite(&room, &bot_id).await;
+    wait_member_join(&mut alice, &room, &bot_id).await;
+    irc.say(&channel, "now you are in");
+    let seen: Vec<Event> = alice
+        .messages_until(&room, "now you are in")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(
+        bodies(&seen),
+        vec![format!("<{}> now you are in", irc.nick)]
+    );
+    alice.say(&room, "welcome").await;
+    let seen = irc.texts_until(&channel, "welcome").await;
+    assert_eq!(seen.len(), 1);
+}

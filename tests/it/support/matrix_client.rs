@@ -143,6 +143,28 @@ impl MatrixUser {
         reply["room_id"].as_str().expect("room_id").to_owned()
     }
 
+    /// Create an invite-only room with this alias (local part) and return its id.
+    pub async fn create_private_room(&self, alias: &str) -> String {
+        let reply = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                &json!({"preset": "private_chat", "room_alias_name": alias}),
+            )
+            .await;
+        reply["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Invite a user to a room.
+    pub async fn invite(&self, room: &str, user_id: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(room)),
+            &json!({"user_id": user_id}),
+        )
+        .await;
+    }
+
     /// Send any message-like event; returns its event id.
     pub async fn send_event(&mut self, room: &str, kind: &str, content: Value) -> String {
         self.txn += 1;
