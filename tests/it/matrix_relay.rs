@@ -646,3 +646,34 @@ async fn joins_an_invite_only_room_when_invited_and_logs_why_it_could_not_before
     let seen = irc.texts_until(&channel, "welcome").await;
     assert_eq!(seen.len(), 1);
 }
+
+/// A Matrix message longer than an IRC line is split into several lines, in order, each with
+/// the sender, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_matrix_message_is_split_for_irc() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let long: String = (0..250).map(|n| format!("word{n} ")).collect::<String>() + "END";
+    s.matrix.say(&room, &long).await;
+    let seen = s.irc.texts_until(&s.channel, "END").await;
+    assert!(seen.len() >= 3, "{seen:#?}");
+    let prefix = format!("<{alice}> ");
+    let pieces: Vec<String> = texts(&seen)
+        .iter()
+        .map(|line| {
+            line.strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("no sender on {line:?}"))
+                .to_owned()
+        })
+        .collect();
+    let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(squeeze(&pieces.join(" ")), squeeze(&long));
+}
