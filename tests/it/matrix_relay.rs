@@ -348,13 +348,31 @@ async fn edits_redactions_reactions_and_replies_reach_another_matrix_room_native
                    "m.relates_to": {"m.in_reply_to": {"event_id": original}}}),
         )
         .await;
-    alice.redact(&room_a, &original).await;
-    alice.say(&room_a, "MARK").await;
-    let events = bob
+    let own_reaction = alice
+        .send_event(
+            &room_a,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👀"}}),
+        )
+        .await;
+    // Once room B shows the reaction, alice takes it back (taken back within one sync, it
+    // would never have been relayed at all).
+    let mut events = bob
         .events_until(&room_b, Duration::from_mins(1), |events| {
-            events.iter().any(|e| e.body().contains("MARK"))
+            events
+                .iter()
+                .any(|e| e.kind == "m.reaction" && e.content["m.relates_to"]["key"] == "👀")
         })
         .await;
+    alice.redact(&room_a, &own_reaction).await;
+    alice.redact(&room_a, &original).await;
+    alice.say(&room_a, "MARK").await;
+    events.extend(
+        bob.events_until(&room_b, Duration::from_mins(1), |events| {
+            events.iter().any(|e| e.body().contains("MARK"))
+        })
+        .await,
+    );
     let edit = events
         .iter()
         .find(|e| e.content["m.relates_to"]["rel_type"] == "m.replace")
@@ -380,12 +398,17 @@ async fn edits_redactions_reactions_and_replies_reach_another_matrix_room_native
         reply.content["m.relates_to"]["m.in_reply_to"]["event_id"],
         copy.as_str()
     );
-    let redact = events
+    // The reaction taken back in room A is taken back in room B: the bot redacts its copy.
+    let eyes = events
         .iter()
-        .find(|e| e.kind == "m.room.redaction")
-        .expect("a redaction");
-    let redacts = redact.content["redacts"].as_str().unwrap_or_default();
-    assert_eq!(redacts, copy);
+        .find(|e| e.kind == "m.reaction" && e.content["m.relates_to"]["key"] == "👀")
+        .expect("the second reaction");
+    let redacted: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "m.room.redaction")
+        .map(|e| e.content["redacts"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(redacted, vec![eyes.event_id.as_str(), copy.as_str()]);
     let _ = irc.texts_until(&channel, "MARK").await;
 }
 
@@ -676,4 +699,39 @@ async fn a_long_matrix_message_is_split_for_irc() {
         .collect();
     let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert_eq!(squeeze(&pieces.join(" ")), squeeze(&long));
+}
+
+/// Without a media endpoint configured, a file shared on Matrix reaches IRC as a line that
+/// says what was shared, with its name and size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_on_matrix_is_announced_on_irc_by_name_and_size() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let png = vec![0u8; 3 * 1024];
+    let uri = s.matrix.upload("cat.png", "image/png", png).await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.image", "body": "cat.png", "url": uri,
+                   "info": {"mimetype": "image/png", "size": 3072}}),
+        )
+        .await;
+    s.matrix.say(&room, "MARK").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice}> shared an image: cat.png (3.0 KiB)"),
+            format!("<{alice}> MARK"),
+        ]
+    );
 }

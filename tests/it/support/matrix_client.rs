@@ -165,6 +165,30 @@ impl MatrixUser {
         .await;
     }
 
+    /// Upload bytes to the content repository; returns the `mxc://` URI.
+    pub async fn upload(&self, name: &str, content_type: &str, bytes: Vec<u8>) -> String {
+        let response = self
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename={}",
+                self.base,
+                encode(name)
+            ))
+            .bearer_auth(&self.token)
+            .header("Content-Type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "upload: {status} {value}");
+        value["content_uri"]
+            .as_str()
+            .expect("content_uri")
+            .to_owned()
+    }
+
     /// Send any message-like event; returns its event id.
     pub async fn send_event(&mut self, room: &str, kind: &str, content: Value) -> String {
         self.txn += 1;
