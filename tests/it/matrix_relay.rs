@@ -684,7 +684,11 @@ async fn a_long_matrix_message_is_split_for_irc() {
         .next()
         .unwrap()
         .to_owned();
-    let long: String = (0..250).map(|n| format!("word{n} ")).collect::<String>() + "END";
+    let mut long = String::new();
+    for n in 0..250 {
+        let _ = write!(long, "word{n} ");
+    }
+    long.push_str("END");
     s.matrix.say(&room, &long).await;
     let seen = s.irc.texts_until(&s.channel, "END").await;
     assert!(seen.len() >= 3, "{seen:#?}");
@@ -734,4 +738,47 @@ async fn an_image_on_matrix_is_announced_on_irc_by_name_and_size() {
             format!("<{alice}> MARK"),
         ]
     );
+}
+
+/// The server forgets the bot's access token (as after an admin logout): the bridge logs in
+/// again with its password, on the same device, and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_leads_to_a_new_login_on_the_same_device() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let session_file = s.bridge.dir.join("state/matrix-mx/session.json");
+    let session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session_file).unwrap()).unwrap();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let device = session["device_id"].as_str().unwrap().to_owned();
+    let response = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/logout", s.synapse_url))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    s.irc.say(&s.channel, "after logout");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "after logout")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(
+        bodies(&seen),
+        vec![format!("<{}> after logout", s.irc.nick)]
+    );
+    let session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session_file).unwrap()).unwrap();
+    assert_eq!(session["device_id"].as_str(), Some(device.as_str()));
+    assert_ne!(session["access_token"].as_str(), Some(token.as_str()));
+    let logs = s.bridge.logs();
+    assert_eq!(logs.matches("Logged in to Matrix.").count(), 2, "{logs}");
+    s.matrix.say(&room, "still here").await;
+    let seen = s.irc.texts_until(&s.channel, "still here").await;
+    assert_eq!(seen.len(), 1);
 }

@@ -575,12 +575,27 @@ impl SyncState<'_> {
         }
     }
 
-    /// The configured channel a room id belongs to.
-    fn channel_of(&self, room_id: &RoomId) -> Option<String> {
-        self.rooms
+    /// The configured channel a room id belongs to: a room joined in this session, or one the
+    /// bot is in already whose id or canonical alias is configured (so that a join call that
+    /// failed this time does not make its events pass unseen while the position moves on).
+    fn channel_of(&mut self, room_id: &RoomId) -> Option<String> {
+        if let Some((channel, _)) = self
+            .rooms
             .iter()
             .find(|(_, id)| id.as_str() == room_id.as_str())
-            .map(|(channel, _)| channel.clone())
+        {
+            return Some(channel.clone());
+        }
+        let room = self.client.get_room(room_id)?;
+        let alias = room.canonical_alias().map(|a| a.to_string());
+        let channel = self
+            .wanted
+            .iter()
+            .find(|c| c.as_str() == room_id.as_str() || alias.as_deref() == Some(c.as_str()))?
+            .clone();
+        self.rooms.insert(channel.clone(), room_id.to_owned());
+        self.publish_rooms();
+        Some(channel)
     }
 
     /// Join every configured room not joined yet; say clearly which cannot be joined.
