@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests and the demo need on a Debian machine: InspIRCd (the real IRC server the
-# tests run on loopback) and Atheme (its services, for the SASL and NickServ tests). Idempotent:
-# does nothing when everything is present.
+# tests run on loopback), Atheme (its services, for the SASL and NickServ tests) and Synapse (the
+# Matrix homeserver, from PyPI into a venv under ~/.cache). Idempotent: does nothing when
+# everything is present.
 set -euo pipefail
 need=()
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || need+=(inspircd)
@@ -17,3 +18,11 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO systemctl disable --now inspircd >/dev/null 2>&1 || true
   fi
 fi
+# Synapse (the Matrix homeserver of the Matrix tests), from PyPI into a venv under ~/.cache.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+"$(dirname "$0")/../tests/servers/synapse/install.sh" >/dev/null

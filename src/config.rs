@@ -130,6 +130,8 @@ pub struct NetworkConfig {
 pub enum NetworkKind {
     /// An IRC server.
     Irc(IrcConfig),
+    /// A Matrix homeserver.
+    Matrix(MatrixConfig),
 }
 
 impl NetworkKind {
@@ -138,6 +140,7 @@ impl NetworkKind {
     pub fn protocol(&self) -> &'static str {
         match self {
             NetworkKind::Irc(_) => "irc",
+            NetworkKind::Matrix(_) => "matrix",
         }
     }
 }
@@ -176,6 +179,25 @@ pub struct IrcConfig {
     /// Milliseconds between lines once the burst is used up.
     pub flood_interval_ms: u64,
     /// Relay joins, parts, quits, nick and topic changes from this network.
+    pub relay_membership: bool,
+}
+
+/// Settings of a Matrix network: a bot account on a homeserver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixConfig {
+    /// The homeserver's client-server API base URL (`https://matrix.example.org`).
+    pub homeserver: String,
+    /// The bot's full user id (`@bridge:example.org`).
+    pub user: String,
+    /// Password, for the first login and whenever the stored session is refused.
+    pub password: Option<Secret>,
+    /// An access token to use instead of a password login.
+    pub access_token: Option<Secret>,
+    /// The device's display name, set at the first login.
+    pub device_name: String,
+    /// The bot's display name, set when given.
+    pub display_name: Option<String>,
+    /// Relay joins, leaves and topic changes from this network.
     pub relay_membership: bool,
 }
 
@@ -306,6 +328,13 @@ struct RawNetwork {
     flood_burst: Option<Spanned<i64>>,
     flood_interval_ms: Option<Spanned<i64>>,
     relay_membership: Option<Spanned<bool>>,
+    homeserver: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    access_token: Option<Spanned<String>>,
+    access_token_file: Option<Spanned<String>>,
+    access_token_env: Option<Spanned<String>>,
+    device_name: Option<Spanned<String>>,
+    display_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -705,26 +734,171 @@ impl Validator<'_> {
         let network = network.into_inner();
         match *network.kind.get_ref() {
             RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), &network),
-            other => {
-                let name = match other {
-                    RawNetworkType::Mattermost => "mattermost",
-                    _ => "matrix",
-                };
+            RawNetworkType::Matrix => self.matrix_network(&key, id.get_ref(), &network),
+            RawNetworkType::Mattermost => {
                 self.report(
                     network.kind.span().start,
                     format!("{key}.type"),
-                    format!(
-                        "network type `{name}` is not available in this version of tribridge yet; \
-                         available: irc"
-                    ),
+                    "network type `mattermost` is not available in this version of tribridge \
+                     yet; available: irc, matrix",
                 );
                 None
             }
         }
     }
 
+    /// Report every key given that does not belong to this network type.
+    fn foreign_keys(&mut self, key: &str, kind: &str, keys: &[(&str, Option<usize>)]) {
+        for (name, offset) in keys {
+            if let Some(offset) = offset {
+                self.report(
+                    *offset,
+                    format!("{key}.{name}"),
+                    format!("`{name}` is not a setting of {kind} network"),
+                );
+            }
+        }
+    }
+
+    fn matrix_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
+        let before = self.issues.len();
+        let at = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span().start);
+        let flag = |value: &Option<Spanned<bool>>| value.as_ref().map(|v| v.span().start);
+        let number = |value: &Option<Spanned<i64>>| value.as_ref().map(|v| v.span().start);
+        self.foreign_keys(
+            key,
+            "a Matrix",
+            &[
+                ("server", at(&raw.server)),
+                ("tls", flag(&raw.tls)),
+                ("tls_verify", flag(&raw.tls_verify)),
+                ("tls_ca_file", at(&raw.tls_ca_file)),
+                ("nick", at(&raw.nick)),
+                ("username", at(&raw.username)),
+                ("realname", at(&raw.realname)),
+                ("sasl_username", at(&raw.sasl_username)),
+                ("sasl_password", at(&raw.sasl_password)),
+                ("sasl_password_file", at(&raw.sasl_password_file)),
+                ("sasl_password_env", at(&raw.sasl_password_env)),
+                ("nickserv_password", at(&raw.nickserv_password)),
+                ("nickserv_password_file", at(&raw.nickserv_password_file)),
+                ("nickserv_password_env", at(&raw.nickserv_password_env)),
+                ("nickserv_nick", at(&raw.nickserv_nick)),
+                ("flood_burst", number(&raw.flood_burst)),
+                ("flood_interval_ms", number(&raw.flood_interval_ms)),
+            ],
+        );
+        let homeserver = match &raw.homeserver {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.homeserver"),
+                    "missing key `homeserver`: a Matrix network needs \
+                     `homeserver = \"https://matrix.example.org\"`",
+                );
+                String::new()
+            }
+            Some(url) => {
+                let text = url.get_ref().trim_end_matches('/');
+                let rest = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"));
+                if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+                    self.report(
+                        url.span().start,
+                        format!("{key}.homeserver"),
+                        format!(
+                            "`{}` is not a homeserver URL; expected `https://host[:port]`, \
+                             e.g. \"https://matrix.example.org\"",
+                            url.get_ref()
+                        ),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        let user = match &raw.user {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.user"),
+                    "missing key `user`: the bot's Matrix id, e.g. \"@bridge:example.org\"",
+                );
+                String::new()
+            }
+            Some(user) => {
+                if !is_valid_matrix_user(user.get_ref()) {
+                    self.report(
+                        user.span().start,
+                        format!("{key}.user"),
+                        format!(
+                            "`{}` is not a Matrix user id; expected `@name:server`, e.g. \
+                             \"@bridge:example.org\"",
+                            user.get_ref()
+                        ),
+                    );
+                }
+                user.get_ref().clone()
+            }
+        };
+        let password = self.secret(
+            key,
+            "password",
+            raw.password.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        );
+        let access_token = self.secret(
+            key,
+            "access_token",
+            raw.access_token.as_ref(),
+            raw.access_token_file.as_ref(),
+            raw.access_token_env.as_ref(),
+        );
+        if password.is_none() && access_token.is_none() && self.issues.len() == before {
+            self.report(
+                raw.kind.span().start,
+                format!("{key}.password"),
+                "a Matrix network needs `password` or `access_token` (or their `_file` / `_env` \
+                 forms)",
+            );
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(NetworkConfig {
+            id: id.to_owned(),
+            kind: NetworkKind::Matrix(MatrixConfig {
+                homeserver,
+                user,
+                password,
+                access_token,
+                device_name: raw
+                    .device_name
+                    .as_ref()
+                    .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
+                display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
+                relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+            }),
+        })
+    }
+
     fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
         let before = self.issues.len();
+        let at = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span().start);
+        self.foreign_keys(
+            key,
+            "an IRC",
+            &[
+                ("homeserver", at(&raw.homeserver)),
+                ("user", at(&raw.user)),
+                ("access_token", at(&raw.access_token)),
+                ("access_token_file", at(&raw.access_token_file)),
+                ("access_token_env", at(&raw.access_token_env)),
+                ("device_name", at(&raw.device_name)),
+                ("display_name", at(&raw.display_name)),
+            ],
+        );
         let (host, port) = match &raw.server {
             None => {
                 self.report(
@@ -991,6 +1165,19 @@ impl Validator<'_> {
                             continue;
                         }
                     }
+                    NetworkKind::Matrix(_) => {
+                        if !is_valid_matrix_room(channel) {
+                            self.report(
+                                entry.channel.span().start,
+                                format!("{entry_key}.channel"),
+                                format!(
+                                    "`{channel}` is not a Matrix room: give an alias \
+                                     (`#room:server`) or a room id (`!id` or `!id:server`)"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
                 }
             }
             if !seen.insert((network.clone(), irc_fold(channel))) {
@@ -1075,6 +1262,34 @@ fn is_valid_nick(nick: &str) -> bool {
     let special = |c: char| "[]\\`_^{|}".contains(c);
     (first.is_ascii_alphabetic() || special(first))
         && chars.all(|c| c.is_ascii_alphanumeric() || special(c) || c == '-')
+}
+
+/// Is this a Matrix user id (`@name:server`)?
+#[must_use]
+pub fn is_valid_matrix_user(user: &str) -> bool {
+    user.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(name, server)| {
+            !name.is_empty()
+                && !server.is_empty()
+                && !user.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+}
+
+/// Is this a Matrix room alias (`#room:server`) or room id (`!id`, `!id:server`; room version
+/// 12 ids have no server part)?
+#[must_use]
+pub fn is_valid_matrix_room(room: &str) -> bool {
+    if room.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if let Some(alias) = room.strip_prefix('#') {
+        return alias
+            .split_once(':')
+            .is_some_and(|(name, server)| !name.is_empty() && !server.is_empty());
+    }
+    room.strip_prefix('!')
+        .is_some_and(|id| !id.is_empty() && !id.starts_with(':') && !id.ends_with(':'))
 }
 
 /// IRC channel names start with `#` or `&` (also `+`/`!` on some servers) and contain no space,

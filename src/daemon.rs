@@ -84,6 +84,8 @@ pub async fn run(
                 })
                 .collect(),
             shutdown: connectors_shutdown.clone(),
+            store: Arc::clone(&store),
+            state_dir: config.state_dir.clone(),
         });
         handles.insert(network.id.clone(), handle);
         connector_tasks.spawn(task.run());

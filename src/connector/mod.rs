@@ -7,7 +7,10 @@
 //! All connectors have the same shape; adding a network type adds a variant, not a registry.
 
 pub mod irc;
+pub mod matrix;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -16,6 +19,7 @@ use crate::config::{NetworkConfig, NetworkKind};
 use crate::model::{Capabilities, Delivery, DeliveryAck};
 use crate::richtext::long_text::LongTextPolicy;
 use crate::router::Router;
+use crate::store::Store;
 
 /// Why a delivery did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +50,10 @@ pub struct BuildContext {
     pub gateways: std::collections::HashMap<String, GatewaySettings>,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
+    /// The store, for the connector's cursors (sync positions); events go through the router.
+    pub store: Arc<Store>,
+    /// The daemon's state folder; a connector may keep its own files in a subfolder.
+    pub state_dir: PathBuf,
 }
 
 /// What a gateway says about how its messages are delivered.
@@ -70,6 +78,8 @@ impl BuildContext {
 pub enum ConnectorHandle {
     /// IRC.
     Irc(irc::IrcHandle),
+    /// Matrix.
+    Matrix(matrix::MatrixHandle),
 }
 
 impl ConnectorHandle {
@@ -77,6 +87,7 @@ impl ConnectorHandle {
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
         match self {
             ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
+            ConnectorHandle::Matrix(handle) => handle.deliver(delivery).await,
         }
     }
 
@@ -85,6 +96,7 @@ impl ConnectorHandle {
     pub fn capabilities(&self) -> Capabilities {
         match self {
             ConnectorHandle::Irc(_) => irc::CAPABILITIES,
+            ConnectorHandle::Matrix(_) => matrix::CAPABILITIES,
         }
     }
 }
@@ -93,6 +105,8 @@ impl ConnectorHandle {
 pub enum ConnectorTask {
     /// IRC.
     Irc(irc::IrcTask),
+    /// Matrix.
+    Matrix(matrix::MatrixTask),
 }
 
 impl ConnectorTask {
@@ -100,6 +114,7 @@ impl ConnectorTask {
     pub async fn run(self) {
         match self {
             ConnectorTask::Irc(task) => task.run().await,
+            ConnectorTask::Matrix(task) => task.run().await,
         }
     }
 }
@@ -112,6 +127,10 @@ impl NetworkConfig {
             NetworkKind::Irc(config) => {
                 let (handle, task) = irc::build(&self.id, config.clone(), context);
                 (ConnectorHandle::Irc(handle), ConnectorTask::Irc(task))
+            }
+            NetworkKind::Matrix(config) => {
+                let (handle, task) = matrix::build(&self.id, config.clone(), context);
+                (ConnectorHandle::Matrix(handle), ConnectorTask::Matrix(task))
             }
         }
     }

@@ -807,12 +807,12 @@ mod tests {
     fn deep_nesting_does_not_overflow() {
         let quotes = ">".repeat(20_000) + " q";
         assert_eq!(parse(&quotes).to_plain_text(), "q");
-        let emphasis = "*_".repeat(5_000) + "x" + &"_*".repeat(5_000);
+        let emphasis = "*_".repeat(5_000) + "x" + "_*".repeat(5_000).as_str();
         // pulldown-cmark caps emphasis nesting itself; what matters is no overflow.
         assert!(parse(&emphasis).to_plain_text().contains('x'));
         let lists = "- ".repeat(5_000) + "x";
         assert!(parse(&lists).to_plain_text().ends_with('x'));
-        let links = "[".repeat(5_000) + "x" + &"](https://a.org)".repeat(5_000);
+        let links = "[".repeat(5_000) + "x" + "](https://a.org)".repeat(5_000).as_str();
         assert!(parse(&links).to_plain_text().contains('x'));
     }
 

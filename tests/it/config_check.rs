@@ -8,6 +8,8 @@ const NET: &str =
     "[network.libera]\ntype = \"irc\"\nserver = \"irc.libera.chat:6697\"\nnick = \"tribridge\"\n";
 const NET2: &str =
     "[network.oftc]\ntype = \"irc\"\nserver = \"irc.oftc.net:6697\"\nnick = \"tribridge\"\n";
+const MX: &str = "[network.mx]\ntype = \"matrix\"\nhomeserver = \"https://matrix.example.org\"\nuser = \"@bridge:example.org\"\npassword = \"p\"\n";
+const MXGATEWAY: &str = "[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"mx\", channel = \"#a:example.org\" },\n  { network = \"oftc\", channel = \"#b\" },\n  { network = \"mx\", channel = \"!v12roomid\" },\n]\n";
 const GATEWAY: &str = "[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"oftc\", channel = \"#b\" },\n]\n";
 
 fn check(text: &str) -> Vec<String> {
@@ -43,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`",
             ],
         ),
         (
@@ -62,9 +64,69 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
         (
             "network type not yet available",
-            format!("[network.libera]\ntype = \"matrix\"\n{NET2}{GATEWAY}"),
+            format!("[network.libera]\ntype = \"mattermost\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:8: network.libera.type: network type `matrix` is not available in this version of tribridge yet; available: irc",
+                "bridges.toml:2:8: network.libera.type: network type `mattermost` is not available in this version of tribridge yet; available: irc, matrix",
+            ],
+        ),
+        (
+            "valid matrix network",
+            format!("{MX}{NET2}{MXGATEWAY}"),
+            vec![],
+        ),
+        (
+            "matrix: missing homeserver, user and password",
+            format!("[network.mx]\ntype = \"matrix\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:2:8: network.mx.homeserver: missing key `homeserver`: a Matrix network needs `homeserver = \"https://matrix.example.org\"`",
+                "bridges.toml:2:8: network.mx.user: missing key `user`: the bot's Matrix id, e.g. \"@bridge:example.org\"",
+            ],
+        ),
+        (
+            "matrix: no password or access token",
+            format!(
+                "[network.mx]\ntype = \"matrix\"\nhomeserver = \"https://m.org\"\nuser = \"@b:m.org\"\n{NET2}{MXGATEWAY}"
+            ),
+            vec![
+                "bridges.toml:2:8: network.mx.password: a Matrix network needs `password` or `access_token` (or their `_file` / `_env` forms)",
+            ],
+        ),
+        (
+            "matrix: bad homeserver URL and user id",
+            format!(
+                "[network.mx]\ntype = \"matrix\"\nhomeserver = \"matrix.org\"\nuser = \"bridge\"\npassword = \"p\"\n{NET2}{MXGATEWAY}"
+            ),
+            vec![
+                "bridges.toml:3:14: network.mx.homeserver: `matrix.org` is not a homeserver URL; expected `https://host[:port]`, e.g. \"https://matrix.example.org\"",
+                "bridges.toml:4:8: network.mx.user: `bridge` is not a Matrix user id; expected `@name:server`, e.g. \"@bridge:example.org\"",
+            ],
+        ),
+        (
+            "matrix: password and access token both given twice",
+            format!("{MX}access_token = \"t\"\naccess_token_env = \"SET_VAR\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:7:20: network.mx.access_token: give `access_token` one way only: `access_token`, `access_token_file` or `access_token_env`",
+            ],
+        ),
+        (
+            "matrix: an IRC key on a Matrix network",
+            format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
+            vec!["bridges.toml:6:8: network.mx.nick: `nick` is not a setting of a Matrix network"],
+        ),
+        (
+            "irc: a Matrix key on an IRC network",
+            format!("{NET}homeserver = \"https://m.org\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:14: network.libera.homeserver: `homeserver` is not a setting of an IRC network",
+            ],
+        ),
+        (
+            "matrix: a channel that is not a room",
+            format!(
+                "{MX}{NET2}[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"mx\", channel = \"#room\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:13:31: gateway[0].channels[0].channel: `#room` is not a Matrix room: give an alias (`#room:server`) or a room id (`!id` or `!id:server`)",
             ],
         ),
         (
@@ -267,7 +329,9 @@ fn secrets_come_from_files_and_the_environment() {
         format!("{NET}password_file = \"pass\"\nsasl_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}");
     let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
     let config = tribridge::config::parse(&text, dir.path(), &env).unwrap();
-    let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind;
+    let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind else {
+        panic!("an IRC network");
+    };
     assert_eq!(irc.password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(irc.sasl_password.as_ref().unwrap().expose(), "from-env");
     // Debug output never shows a secret.
@@ -292,7 +356,7 @@ fn check_accepts_the_shipped_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml.example");
     let (code, stdout, stderr) = cli(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("OK (2 networks, 1 gateways)"), "{stdout}");
+    assert!(stdout.contains("OK (3 networks, 1 gateways)"), "{stdout}");
 }
 
 #[test]

@@ -60,6 +60,26 @@ fn only_the_irc_connector_uses_the_irc_crate() {
 }
 
 #[test]
+fn only_the_matrix_connector_uses_matrix_sdk_and_ruma() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|path| !path.starts_with(root.join("src/connector/matrix")))
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            text.contains("matrix_sdk") || text.contains("ruma::")
+        })
+        .map(|path| path.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "wire types outside their connector: {offenders:#?}"
+    );
+}
+
+#[test]
 fn the_router_names_no_network_type() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in [

@@ -267,3 +267,148 @@ pub fn shared_inspircd() -> &'static InspIrcd {
     static SERVER: OnceLock<InspIrcd> = OnceLock::new();
     SERVER.get_or_init(InspIrcd::start)
 }
+
+/// A running Synapse (from the venv `tests/servers/synapse/install.sh` creates).
+pub struct Synapse {
+    pub port: u16,
+    pub dir: PathBuf,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+/// The Synapse venv, installed on first use (idempotent; a few ms when present).
+fn synapse_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/synapse/install.sh");
+        let output = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|error| panic!("run {}: {error}", script.display()));
+        assert!(
+            output.status.success(),
+            "installing Synapse failed: run `scripts/install-test-deps.sh`"
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+    .clone()
+}
+
+/// Does an HTTP GET of `path` on 127.0.0.1:`port` answer 200?
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+impl Synapse {
+    /// Start a new Synapse in its own temporary folder, on a free port.
+    pub fn start() -> Synapse {
+        Self::start_with("")
+    }
+
+    /// Like [`Synapse::start`], with `extra` YAML appended to the configuration (a key given
+    /// again there replaces the template's).
+    pub fn start_with(extra: &str) -> Synapse {
+        let tempdir = tempfile::Builder::new()
+            .prefix("tribridge-synapse-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let port = free_port();
+        let config = include_str!("../../servers/synapse/homeserver.yaml.in")
+            .replace("@DATA@", &dir.display().to_string())
+            .replace("@PORT@", &port.to_string())
+            + extra;
+        std::fs::create_dir_all(dir.join("media_store")).expect("media dir");
+        std::fs::write(dir.join("homeserver.yaml"), config).expect("config");
+        // "ed25519 <key id> <unpadded base64 of a 32-byte seed>", written directly: faster than
+        // asking Synapse to generate it.
+        let seed: [u8; 32] = rand::random();
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, seed);
+        std::fs::write(
+            dir.join("localhost.signing.key"),
+            format!("ed25519 a_test {key}\n"),
+        )
+        .expect("signing key");
+        let mut server = Synapse {
+            port,
+            dir,
+            watchdog: None,
+            _tempdir: Some(tempdir),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let python = synapse_venv().join("bin/python");
+        let args = vec![
+            "-m".to_owned(),
+            "synapse.app.homeserver".to_owned(),
+            "-c".to_owned(),
+            self.dir.join("homeserver.yaml").display().to_string(),
+        ];
+        self.watchdog = Some(watched(&self.dir, &python, &args, "synapse.log"));
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while !http_ok(self.port, "/_matrix/client/versions") {
+            if let Some((child, _)) = &mut self.watchdog
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "synapse exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.join("synapse.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "synapse did not answer on port {} within a minute",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The client-server API base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the server and wait until it is gone.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop, then start again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One Synapse shared by every test in this binary that does not restart it.
+pub fn shared_synapse() -> &'static Synapse {
+    static SERVER: OnceLock<Synapse> = OnceLock::new();
+    SERVER.get_or_init(Synapse::start)
+}

@@ -1,0 +1,407 @@
+//! Conversion between Matrix event JSON and the model, both ways; pure functions.
+//!
+//! Events are read as JSON (`serde_json::Value`) rather than typed `ruma` enums so that unknown
+//! or malformed fields never fail a whole sync batch: whatever cannot be understood is dropped
+//! with a reason. Text conversion lives in [`text_from_matrix`] and [`text_to_matrix`], one
+//! function per direction, both through [`crate::richtext::html`].
+
+use matrix_sdk::ruma::{EventId, OwnedEventId};
+use serde_json::{Value, json};
+
+use crate::model::{Delivery, EventBody, Membership, TextStyle};
+use crate::richtext::{Block, FormattedText, Inline, html};
+
+/// The text of a received message: its `formatted_body` when it is HTML (a reply's
+/// `<mx-reply>` quote dropped), else its plain `body` (a reply fallback's `> ` quote lines
+/// removed).
+#[must_use]
+pub fn text_from_matrix(content: &Value, is_reply: bool) -> FormattedText {
+    if content["format"] == "org.matrix.custom.html"
+        && let Some(formatted) = content["formatted_body"].as_str()
+    {
+        let text = html::parse(formatted);
+        if !text.is_empty() {
+            return text;
+        }
+    }
+    let body = content["body"].as_str().unwrap_or_default();
+    if is_reply {
+        FormattedText::plain(&strip_reply_fallback(body))
+    } else {
+        FormattedText::plain(body)
+    }
+}
+
+/// `text` with `prefix` (plain text) put before its first line.
+fn prefixed(prefix: &str, text: &FormattedText) -> FormattedText {
+    let mut blocks = text.blocks.clone();
+    if prefix.is_empty() {
+        return FormattedText::new(blocks);
+    }
+    match blocks.first_mut() {
+        Some(Block::Paragraph(inlines)) => inlines.insert(0, Inline::Text(prefix.to_owned())),
+        _ => blocks.insert(0, Block::Paragraph(vec![Inline::Text(prefix.to_owned())])),
+    }
+    FormattedText::new(blocks)
+}
+
+/// The `body` and optional `formatted_body` (HTML) to send for a relayed text, with the sender
+/// shown first.
+#[must_use]
+pub fn text_to_matrix(sender: &str, text: &FormattedText) -> (String, Option<String>) {
+    let rendered = html::render(&prefixed(sender, text));
+    (rendered.body, rendered.formatted_body)
+}
+
+/// Remove the quoted lines a client puts before a reply's own text.
+#[must_use]
+pub fn strip_reply_fallback(body: &str) -> String {
+    if !body.starts_with("> ") && !body.starts_with(">\n") {
+        return body.to_owned();
+    }
+    let mut lines = body.split('\n').peekable();
+    while lines.next_if(|line| line.starts_with('>')).is_some() {}
+    if lines.peek().is_some_and(|line| line.is_empty()) {
+        lines.next();
+    }
+    lines.collect::<Vec<_>>().join("\n")
+}
+
+fn style_of(msgtype: &str) -> TextStyle {
+    match msgtype {
+        "m.emote" => TextStyle::Action,
+        "m.notice" => TextStyle::Notice,
+        _ => TextStyle::Normal,
+    }
+}
+
+fn msgtype_of(style: TextStyle) -> &'static str {
+    match style {
+        TextStyle::Normal => "m.text",
+        TextStyle::Action => "m.emote",
+        TextStyle::Notice => "m.notice",
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The text shown for a file, image, video or audio message when media is not served.
+fn media_text(content: &Value) -> String {
+    let name = content["filename"]
+        .as_str()
+        .or_else(|| content["body"].as_str())
+        .unwrap_or("a file");
+    let kind = match content["msgtype"].as_str() {
+        Some("m.image") => "an image",
+        Some("m.video") => "a video",
+        Some("m.audio") => "an audio file",
+        _ => "a file",
+    };
+    match content["info"]["size"].as_u64() {
+        Some(size) => format!("shared {kind}: {name} ({})", human_size(size)),
+        None => format!("shared {kind}: {name}"),
+    }
+}
+
+fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, FormattedText)> {
+    let msgtype = content["msgtype"].as_str()?;
+    match msgtype {
+        "m.image" | "m.file" | "m.video" | "m.audio" => Some((
+            TextStyle::Normal,
+            FormattedText::plain(&media_text(content)),
+        )),
+        _ => {
+            let text = text_from_matrix(content, is_reply);
+            (!text.is_empty()).then(|| (style_of(msgtype), text))
+        }
+    }
+}
+
+/// The model event for a Matrix timeline event, or `None` when it is not relayed.
+#[must_use]
+pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
+    let content = &event["content"];
+    let relates = &content["m.relates_to"];
+    match event["type"].as_str()? {
+        "m.room.message" => {
+            if relates["rel_type"] == "m.replace" {
+                let target = relates["event_id"].as_str()?.to_owned();
+                let new_content = if content["m.new_content"].is_object() {
+                    &content["m.new_content"]
+                } else {
+                    content
+                };
+                let (style, text) = message_text(new_content, false)?;
+                return Some(EventBody::Edit {
+                    target,
+                    style,
+                    text,
+                });
+            }
+            let reply_to = relates["m.in_reply_to"]["event_id"]
+                .as_str()
+                .map(ToOwned::to_owned)
+                .or_else(|| {
+                    // A thread message without an explicit reply answers the thread root.
+                    (relates["rel_type"] == "m.thread")
+                        .then(|| relates["event_id"].as_str().map(ToOwned::to_owned))
+                        .flatten()
+                });
+            // In a thread, `m.in_reply_to` may be only a fallback for older clients; the quote
+            // is still stripped because clients that add one also add the quote.
+            let (style, text) = message_text(content, reply_to.is_some())?;
+            Some(EventBody::Text {
+                style,
+                text,
+                reply_to,
+            })
+        }
+        "m.sticker" => Some(EventBody::text(
+            TextStyle::Normal,
+            &format!(
+                "sent a sticker: {}",
+                content["body"].as_str().unwrap_or("sticker")
+            ),
+        )),
+        "m.room.redaction" => {
+            let target = content["redacts"]
+                .as_str()
+                .or_else(|| event["redacts"].as_str())?;
+            Some(EventBody::Delete {
+                target: target.to_owned(),
+            })
+        }
+        "m.reaction" if relates["rel_type"] == "m.annotation" => Some(EventBody::Reaction {
+            target: relates["event_id"].as_str()?.to_owned(),
+            key: relates["key"].as_str()?.to_owned(),
+            removed: false,
+        }),
+        "m.room.member" if relay_membership => {
+            let now = content["membership"].as_str()?;
+            let before = event["unsigned"]["prev_content"]["membership"].as_str();
+            match (before, now) {
+                (Some("join"), "join") => {
+                    let old = event["unsigned"]["prev_content"]["displayname"].as_str();
+                    let new = content["displayname"].as_str()?;
+                    (old != Some(new)).then(|| {
+                        EventBody::Membership(Membership::Renamed {
+                            new_name: new.to_owned(),
+                        })
+                    })
+                }
+                (_, "join") => Some(EventBody::Membership(Membership::Joined)),
+                (Some("join"), "leave" | "ban") => Some(EventBody::Membership(Membership::Left {
+                    reason: content["reason"].as_str().map(ToOwned::to_owned),
+                })),
+                _ => None,
+            }
+        }
+        "m.room.topic" if relay_membership => Some(EventBody::Membership(Membership::Topic {
+            topic: content["topic"].as_str().unwrap_or_default().to_owned(),
+        })),
+        _ => None,
+    }
+}
+
+/// What to do on Matrix for one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// Send a message-like event.
+    Send {
+        /// `m.room.message` or `m.reaction`.
+        event_type: &'static str,
+        /// Its content.
+        content: Value,
+    },
+    /// Redact this event.
+    Redact(OwnedEventId),
+    /// Take back the bot's reaction with this key on this event.
+    RemoveReaction {
+        /// The event reacted to.
+        target: OwnedEventId,
+        /// The reaction key.
+        key: String,
+    },
+    /// Nothing to do (the message acted on never reached this room).
+    Nothing,
+}
+
+fn message_content(msgtype: &str, body: &str, formatted: Option<&str>) -> Value {
+    let mut content = json!({ "msgtype": msgtype, "body": body });
+    if let Some(html) = formatted {
+        content["format"] = json!("org.matrix.custom.html");
+        content["formatted_body"] = json!(html);
+    }
+    content
+}
+
+/// The Matrix action for a delivery. `sender` is the rendered sender prefix; `target` and
+/// `reply_to` are this room's event ids of the messages acted on or replied to, when known.
+#[must_use]
+pub fn outbound(
+    delivery: &Delivery,
+    sender: &str,
+    target: Option<&EventId>,
+    reply_to: Option<&EventId>,
+) -> Outbound {
+    match &delivery.body {
+        EventBody::Text { style, text, .. } => {
+            let (body, formatted) = text_to_matrix(sender, text);
+            let mut content = message_content(msgtype_of(*style), &body, formatted.as_deref());
+            if let Some(reply_to) = reply_to {
+                content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": reply_to } });
+            }
+            Outbound::Send {
+                event_type: "m.room.message",
+                content,
+            }
+        }
+        EventBody::Edit { style, text, .. } => {
+            let (body, formatted) = text_to_matrix(sender, text);
+            let Some(target) = target else {
+                // The original never reached this room: show the correction as a new message.
+                let (body, formatted) = text_to_matrix(&format!("{sender}* "), text);
+                return Outbound::Send {
+                    event_type: "m.room.message",
+                    content: message_content(msgtype_of(*style), &body, formatted.as_deref()),
+                };
+            };
+            let new_content = message_content(msgtype_of(*style), &body, formatted.as_deref());
+            let mut content = message_content(
+                msgtype_of(*style),
+                &format!("* {body}"),
+                formatted.map(|html| format!("* {html}")).as_deref(),
+            );
+            content["m.new_content"] = new_content;
+            content["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target });
+            Outbound::Send {
+                event_type: "m.room.message",
+                content,
+            }
+        }
+        EventBody::Delete { .. } => {
+            target.map_or(Outbound::Nothing, |t| Outbound::Redact(t.to_owned()))
+        }
+        EventBody::Reaction { key, removed, .. } => match (target, removed) {
+            (None, _) => Outbound::Nothing,
+            (Some(target), true) => Outbound::RemoveReaction {
+                target: target.to_owned(),
+                key: key.clone(),
+            },
+            (Some(target), false) => Outbound::Send {
+                event_type: "m.reaction",
+                content: json!({
+                    "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": key }
+                }),
+            },
+        },
+        EventBody::Membership(change) => {
+            let who = &delivery.author.display_name;
+            let channel = &delivery.origin.channel;
+            let text = match change {
+                Membership::Joined => format!("{who} joined {channel}"),
+                Membership::Left {
+                    reason: Some(reason),
+                } if !reason.is_empty() => format!("{who} left {channel} ({reason})"),
+                Membership::Left { .. } => format!("{who} left {channel}"),
+                Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
+                Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
+            };
+            let (body, formatted) = text_to_matrix(
+                &format!("[{}] ", delivery.origin.network),
+                &FormattedText::plain(&text),
+            );
+            Outbound::Send {
+                event_type: "m.room.message",
+                content: message_content("m.notice", &body, formatted.as_deref()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_fallback_is_stripped() {
+        assert_eq!(
+            strip_reply_fallback("> <@a:x> hello\n> more\n\nmy answer"),
+            "my answer"
+        );
+        assert_eq!(strip_reply_fallback("no quote"), "no quote");
+        assert_eq!(strip_reply_fallback("> quote only"), "");
+    }
+
+    #[test]
+    fn edits_reactions_redactions_and_replies_are_read() {
+        let edit = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.text", "body": "* fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "fixed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}}});
+        assert_eq!(
+            inbound(&edit, false),
+            Some(EventBody::Edit {
+                target: "$a".into(),
+                style: TextStyle::Normal,
+                text: FormattedText::plain("fixed")
+            })
+        );
+        let reaction = json!({"type": "m.reaction", "content": {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": "$a", "key": "👍"}}});
+        assert_eq!(
+            inbound(&reaction, false),
+            Some(EventBody::Reaction {
+                target: "$a".into(),
+                key: "👍".into(),
+                removed: false
+            })
+        );
+        let redact = json!({"type": "m.room.redaction", "content": {"redacts": "$a"}});
+        assert_eq!(
+            inbound(&redact, false),
+            Some(EventBody::Delete {
+                target: "$a".into()
+            })
+        );
+        let reply = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.emote", "body": "> <@b:x> hi\n\nwaves back",
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$a"}}}});
+        assert_eq!(
+            inbound(&reply, false),
+            Some(EventBody::Text {
+                style: TextStyle::Action,
+                text: FormattedText::plain("waves back"),
+                reply_to: Some("$a".into())
+            })
+        );
+        let image = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.image", "body": "cat.png", "info": {"size": 2048}}});
+        assert_eq!(
+            inbound(&image, false),
+            Some(EventBody::text(
+                TextStyle::Normal,
+                "shared an image: cat.png (2.0 KiB)"
+            ))
+        );
+        let member = json!({"type": "m.room.member", "state_key": "@a:x",
+            "content": {"membership": "join"}});
+        assert_eq!(inbound(&member, false), None);
+        assert_eq!(
+            inbound(&member, true),
+            Some(EventBody::Membership(Membership::Joined))
+        );
+    }
+}

@@ -1,0 +1,870 @@
+//! The Matrix connector, on `matrix-sdk` (HTTP, login, the `SQLite` state store) as a plain bot
+//! account on any homeserver.
+//!
+//! - **Session**: the first start logs in with the password (or uses the configured access
+//!   token) and keeps the session in `state_dir/matrix-<network>/session.json`; later starts
+//!   reuse it, so no new device appears per start. A refused token (`M_UNKNOWN_TOKEN`) leads to a
+//!   new password login on the same device.
+//! - **Sync**: the loop keeps its own position (the `next_batch` token) in the store's cursors
+//!   and advances it only after every event of the response was committed by
+//!   [`crate::router::Router::submit`]: a crash replays a response (the store drops the
+//!   duplicates by event id), never skips one. A brand-new install takes the current position
+//!   without relaying history, and a room joined later is relayed from the bot's join on. A
+//!   `limited` timeline is completed with `/messages` back to the previous position.
+//! - **Echo**: every event sent by the bot's own account is dropped here (that includes events
+//!   that arrive through sync before the send call returned); the store's mapping layer and the
+//!   transaction id (= the delivery id) are the other two layers.
+//! - **Outbound**: text with `body`/`formatted_body`, edits as `m.replace`, deletes as
+//!   redactions, replies as `m.in_reply_to`, reactions as `m.annotation`, all with the delivery
+//!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
+//!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
+//!
+//! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
+
+pub mod content;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::{
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomOrAliasId, UInt, UserId,
+};
+use matrix_sdk::{Client, Room, RoomState};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::MatrixConfig;
+use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
+use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, Inbound};
+
+/// What Matrix can represent.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    edits: true,
+    deletes: true,
+    threads: true,
+    reactions: true,
+    max_message_bytes: 32 * 1024,
+};
+
+/// How long one `/sync` long-poll waits for news.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many timeline events one sync returns per room before it is `limited`.
+const TIMELINE_LIMIT: u32 = 100;
+/// How often rooms that could not be joined are tried again.
+const JOIN_RETRY: Duration = Duration::from_mins(1);
+/// The cursor key of the sync position (network-wide).
+const SYNC_CURSOR: &str = "";
+
+/// What the handle needs of a live session.
+struct Live {
+    client: Client,
+    /// configured channel (as written) → room id
+    rooms: HashMap<String, OwnedRoomId>,
+}
+
+/// The outbox's handle on a Matrix network.
+#[derive(Clone)]
+pub struct MatrixHandle {
+    network: String,
+    remote_nick_format: String,
+    live: Arc<RwLock<Option<Live>>>,
+    relogin: Arc<tokio::sync::Notify>,
+}
+
+/// The connection task of a Matrix network.
+pub struct MatrixTask {
+    network: String,
+    config: MatrixConfig,
+    context: BuildContext,
+    live: Arc<RwLock<Option<Live>>>,
+    relogin: Arc<tokio::sync::Notify>,
+}
+
+/// Build the handle and the task of one Matrix network.
+#[must_use]
+pub fn build(
+    network: &str,
+    config: MatrixConfig,
+    context: BuildContext,
+) -> (MatrixHandle, MatrixTask) {
+    let live = Arc::new(RwLock::new(None));
+    let relogin = Arc::new(tokio::sync::Notify::new());
+    (
+        MatrixHandle {
+            network: network.to_owned(),
+            remote_nick_format: context.remote_nick_format.clone(),
+            live: Arc::clone(&live),
+            relogin: Arc::clone(&relogin),
+        },
+        MatrixTask {
+            network: network.to_owned(),
+            config,
+            context,
+            live,
+            relogin,
+        },
+    )
+}
+
+fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
+    DeliveryError::Retry {
+        after,
+        reason: reason.into(),
+    }
+}
+
+/// A readable error with its causes.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// How a failed request maps to a delivery outcome.
+fn classify(error: &matrix_sdk::Error, relogin: &tokio::sync::Notify) -> DeliveryError {
+    let reason = error_chain(error);
+    match error.client_api_error_kind() {
+        Some(ErrorKind::LimitExceeded(data)) => {
+            let after = match data.retry_after {
+                Some(matrix_sdk::ruma::api::error::RetryAfter::Delay(delay)) => Some(delay),
+                Some(matrix_sdk::ruma::api::error::RetryAfter::DateTime(at)) => Some(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default(),
+                ),
+                None => Some(Duration::from_secs(5)),
+            };
+            retry(after, format!("rate limited by the homeserver: {reason}"))
+        }
+        Some(ErrorKind::UnknownToken(_)) => {
+            relogin.notify_one();
+            retry(
+                Some(Duration::from_secs(2)),
+                format!("the access token was refused; logging in again: {reason}"),
+            )
+        }
+        Some(
+            ErrorKind::Forbidden
+            | ErrorKind::BadJson
+            | ErrorKind::NotJson
+            | ErrorKind::TooLarge
+            | ErrorKind::InvalidParam
+            | ErrorKind::NotFound,
+        ) => DeliveryError::Permanent(reason),
+        _ => retry(None, reason),
+    }
+}
+
+fn is_duplicate_annotation(error: &matrix_sdk::Error) -> bool {
+    error
+        .as_client_api_error()
+        .is_some_and(|e| e.to_string().contains("M_DUPLICATE_ANNOTATION"))
+        || error_chain(error).contains("M_DUPLICATE_ANNOTATION")
+}
+
+impl MatrixHandle {
+    /// Send one delivery; the homeserver's answer (an event id) is the acknowledgement.
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        let (client, room_id) = {
+            let guard = self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(live) = guard.as_ref() else {
+                return Err(retry(
+                    Some(Duration::from_secs(1)),
+                    format!("not logged in to Matrix network {} yet", self.network),
+                ));
+            };
+            let Some(room_id) = live.rooms.get(&delivery.destination.channel) else {
+                return Err(retry(
+                    Some(Duration::from_secs(5)),
+                    format!("room {} is not joined yet", delivery.destination.channel),
+                ));
+            };
+            (live.client.clone(), room_id.clone())
+        };
+        let Some(room) = client.get_room(&room_id) else {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("room {room_id} is not known to the client yet"),
+            ));
+        };
+        if room.state() != RoomState::Joined {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("the bot is not in room {room_id}"),
+            ));
+        }
+        let txn_id: OwnedTransactionId = delivery.id.as_str().into();
+        let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
+        let target_event = delivery
+            .target
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let reply_event = delivery
+            .reply_to
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let (event_type, body) = match content::outbound(
+            delivery,
+            &sender,
+            target_event.as_deref(),
+            reply_event.as_deref(),
+        ) {
+            content::Outbound::Send {
+                event_type,
+                content,
+            } => (event_type, content),
+            content::Outbound::Redact(event_id) => {
+                return match room.redact(&event_id, None, Some(txn_id)).await {
+                    Ok(response) => Ok(DeliveryAck {
+                        remote_id: Some(response.event_id.to_string()),
+                    }),
+                    Err(error) => Err(classify(&error.into(), &self.relogin)),
+                };
+            }
+            content::Outbound::RemoveReaction { target, key } => {
+                return self.remove_reaction(&room, &target, &key, txn_id).await;
+            }
+            content::Outbound::Nothing => return Ok(DeliveryAck::default()),
+        };
+        match room
+            .send_raw(event_type, body)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
+            Err(error) if is_duplicate_annotation(&error) => Ok(DeliveryAck::default()),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// Take back a reaction the bot made: find it among the target's annotations and redact it.
+    async fn remove_reaction(
+        &self,
+        room: &Room,
+        target: &EventId,
+        key: &str,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        use matrix_sdk::ruma::api::client::relations::get_relating_events_with_rel_type_and_event_type as relations;
+        let client = room.client();
+        let Some(own) = client.user_id().map(ToOwned::to_owned) else {
+            return Err(retry(Some(Duration::from_secs(1)), "not logged in"));
+        };
+        let mut from: Option<String> = None;
+        loop {
+            let mut request = relations::v1::Request::new(
+                room.room_id().to_owned(),
+                target.to_owned(),
+                matrix_sdk::ruma::events::relation::RelationType::Annotation,
+                "m.reaction".into(),
+            );
+            request.from.clone_from(&from);
+            let response = client
+                .send(request)
+                .await
+                .map_err(|error| classify(&error.into(), &self.relogin))?;
+            for raw in &response.chunk {
+                let Ok(event) = raw.deserialize_as::<Value>() else {
+                    continue;
+                };
+                let mine = event["sender"].as_str() == Some(own.as_str());
+                let same_key = event["content"]["m.relates_to"]["key"].as_str() == Some(key);
+                if mine
+                    && same_key
+                    && let Some(id) = event["event_id"]
+                        .as_str()
+                        .and_then(|i| EventId::parse(i).ok())
+                {
+                    return match room.redact(&id, None, Some(txn_id)).await {
+                        Ok(response) => Ok(DeliveryAck {
+                            remote_id: Some(response.event_id.to_string()),
+                        }),
+                        Err(error) => Err(classify(&error.into(), &self.relogin)),
+                    };
+                }
+            }
+            match response.next_batch {
+                Some(next) => from = Some(next),
+                None => return Ok(DeliveryAck::default()),
+            }
+        }
+    }
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+impl MatrixTask {
+    /// Log in, join, and sync (with reconnects) until shutdown.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
+        loop {
+            let started = Instant::now();
+            let end = {
+                use tracing::Instrument as _;
+                let span = tracing::info_span!("network", network = %self.network);
+                self.session().instrument(span).await
+            };
+            *self
+                .live
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Lost(reason) => {
+                    if started.elapsed() > Duration::from_mins(1) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(network = %self.network, reason = %reason, delay_ms = delay.as_millis() as u64, "Matrix session lost; starting again.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.context.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        tracing::info!(network = %self.network, "Matrix connector stopped.");
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.context
+            .state_dir
+            .join(format!("matrix-{}", self.network))
+    }
+
+    async fn new_client(&self) -> Result<Client, String> {
+        Client::builder()
+            .homeserver_url(&self.config.homeserver)
+            .sqlite_store(self.state_dir().join("sdk"), None)
+            // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
+            .request_config(
+                RequestConfig::new()
+                    .disable_retry()
+                    .timeout(Duration::from_secs(30)),
+            )
+            .build()
+            .await
+            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
+    }
+
+    /// A logged-in client: the stored session if the server still takes it, else a new login.
+    async fn login(&self) -> Result<Client, String> {
+        let session_file = self.state_dir().join("session.json");
+        let configured_user = UserId::parse(&self.config.user)
+            .map_err(|error| format!("bad user id {}: {error}", self.config.user))?;
+        let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
+        let mut device_id = None;
+        if let Some(session) = stored {
+            device_id = Some(session.meta.device_id.clone());
+            let client = self.new_client().await?;
+            client
+                .restore_session(session)
+                .await
+                .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
+            match client.whoami().await {
+                Ok(_) => {
+                    tracing::info!(network = %self.network, user = %self.config.user, "Matrix session restored.");
+                    return Ok(client);
+                }
+                Err(error)
+                    if matches!(
+                        error.client_api_error_kind(),
+                        Some(ErrorKind::UnknownToken(_))
+                    ) =>
+                {
+                    tracing::warn!(network = %self.network, "The stored Matrix session was refused; logging in again.");
+                }
+                Err(error) => {
+                    return Err(format!(
+                        "cannot reach the homeserver: {}",
+                        error_chain(&error)
+                    ));
+                }
+            }
+        }
+        let client = self.new_client().await?;
+        if let Some(password) = &self.config.password {
+            let mut login = client
+                .matrix_auth()
+                .login_username(&configured_user, password.expose())
+                .initial_device_display_name(&self.config.device_name);
+            if let Some(device_id) = &device_id {
+                login = login.device_id(device_id.as_str());
+            }
+            login.send().await.map_err(|error| {
+                format!(
+                    "Matrix login as {} failed: {}",
+                    self.config.user,
+                    error_chain(&error)
+                )
+            })?;
+            tracing::info!(network = %self.network, user = %self.config.user, "Logged in to Matrix.");
+        } else if let Some(token) = &self.config.access_token {
+            // The token names its device; ask the server which one.
+            let probe = self.new_client().await?;
+            probe
+                .restore_session(MatrixSession {
+                    meta: matrix_sdk::SessionMeta {
+                        user_id: configured_user.clone(),
+                        device_id: "TRIBRIDGE".into(),
+                    },
+                    tokens: matrix_sdk::SessionTokens {
+                        access_token: token.expose().to_owned(),
+                        refresh_token: None,
+                    },
+                })
+                .await
+                .map_err(|error| error_chain(&error))?;
+            let whoami = probe.whoami().await.map_err(|error| {
+                format!(
+                    "the configured access token was refused: {}",
+                    error_chain(&error)
+                )
+            })?;
+            drop(probe);
+            client
+                .restore_session(MatrixSession {
+                    meta: matrix_sdk::SessionMeta {
+                        user_id: whoami.user_id,
+                        device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
+                    },
+                    tokens: matrix_sdk::SessionTokens {
+                        access_token: token.expose().to_owned(),
+                        refresh_token: None,
+                    },
+                })
+                .await
+                .map_err(|error| error_chain(&error))?;
+        } else {
+            return Err("no password or access token configured".into());
+        }
+        if let Some(session) = client.matrix_auth().session() {
+            save_session(&session_file, &session);
+        }
+        Ok(client)
+    }
+
+    async fn session(&self) -> SessionEnd {
+        let client = tokio::select! {
+            result = self.login() => match result {
+                Ok(client) => client,
+                Err(reason) => return SessionEnd::Lost(reason),
+            },
+            () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
+        };
+        let Some(own_user) = client.user_id().map(ToOwned::to_owned) else {
+            return SessionEnd::Lost("the client has no user id after login".into());
+        };
+        if let Some(name) = &self.config.display_name {
+            let account = client.account();
+            if account.get_display_name().await.ok().flatten().as_deref() != Some(name.as_str())
+                && let Err(error) = account.set_display_name(Some(name)).await
+            {
+                tracing::warn!(network = %self.network, error = %error_chain(&error), "Could not set the bot's display name.");
+            }
+        }
+        let mut sync = SyncState {
+            task: self,
+            client: client.clone(),
+            own_user,
+            rooms: HashMap::new(),
+            wanted: self.context.channels.clone(),
+            next_join_attempt: Instant::now(),
+        };
+        sync.join_missing().await;
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Live {
+            client: client.clone(),
+            rooms: sync.rooms.clone(),
+        });
+        let end = tokio::select! {
+            end = sync.run() => end,
+            () = self.context.shutdown.cancelled() => SessionEnd::Shutdown,
+            () = self.relogin.notified() => SessionEnd::Lost("the access token was refused".into()),
+        };
+        if let SessionEnd::Lost(reason) = &end
+            && reason.contains("M_UNKNOWN_TOKEN")
+        {
+            let _ = std::fs::remove_file(self.state_dir().join("session.json"));
+        }
+        end
+    }
+}
+
+fn save_session(path: &std::path::Path, session: &MatrixSession) {
+    let Ok(text) = serde_json::to_string(session) else {
+        return;
+    };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let result = {
+        use std::io::Write as _;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        options
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+    };
+    if let Err(error) = result {
+        tracing::warn!(path = %path.display(), error = %error, "Could not save the Matrix session; the next start logs in again.");
+    }
+}
+
+/// The state of one sync session.
+struct SyncState<'a> {
+    task: &'a MatrixTask,
+    client: Client,
+    own_user: OwnedUserId,
+    /// configured channel → room id, for joined rooms
+    rooms: HashMap<String, OwnedRoomId>,
+    /// configured channels
+    wanted: Vec<String>,
+    next_join_attempt: Instant,
+}
+
+impl SyncState<'_> {
+    fn network(&self) -> &str {
+        &self.task.network
+    }
+
+    fn publish_rooms(&self) {
+        if let Some(live) = self
+            .task
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            live.rooms.clone_from(&self.rooms);
+        }
+    }
+
+    /// The configured channel a room id belongs to: a room joined in this session, or one the
+    /// bot is in already whose id or canonical alias is configured (so that a join call that
+    /// failed this time does not make its events pass unseen while the position moves on).
+    fn channel_of(&mut self, room_id: &RoomId) -> Option<String> {
+        if let Some((channel, _)) = self
+            .rooms
+            .iter()
+            .find(|(_, id)| id.as_str() == room_id.as_str())
+        {
+            return Some(channel.clone());
+        }
+        let room = self.client.get_room(room_id)?;
+        let alias = room.canonical_alias().map(|a| a.to_string());
+        let channel = self
+            .wanted
+            .iter()
+            .find(|c| c.as_str() == room_id.as_str() || alias.as_deref() == Some(c.as_str()))?
+            .clone();
+        self.rooms.insert(channel.clone(), room_id.to_owned());
+        self.publish_rooms();
+        Some(channel)
+    }
+
+    /// Join every configured room not joined yet; say clearly which cannot be joined.
+    async fn join_missing(&mut self) {
+        let missing: Vec<String> = self
+            .wanted
+            .iter()
+            .filter(|channel| !self.rooms.contains_key(*channel))
+            .cloned()
+            .collect();
+        for channel in missing {
+            let Ok(target) = RoomOrAliasId::parse(&channel) else {
+                tracing::error!(network = %self.network(), room = %channel, "Not a room id or alias; it is never joined.");
+                continue;
+            };
+            match self.client.join_room_by_id_or_alias(&target, &[]).await {
+                Ok(room) => {
+                    tracing::info!(network = %self.network(), room = %channel, room_id = %room.room_id(), "Joined Matrix room.");
+                    self.rooms.insert(channel, room.room_id().to_owned());
+                }
+                Err(error) => {
+                    tracing::warn!(network = %self.network(), room = %channel, error = %error_chain(&error), retry_s = JOIN_RETRY.as_secs(), "Cannot join Matrix room (is it public, or is the bot invited?); trying again later and on invite.");
+                }
+            }
+        }
+        self.next_join_attempt = Instant::now() + JOIN_RETRY;
+        self.publish_rooms();
+    }
+
+    /// Accept an invite when it is to a configured room (by id or by its canonical alias).
+    async fn consider_invite(&mut self, room_id: &RoomId) {
+        let Some(room) = self.client.get_room(room_id) else {
+            return;
+        };
+        let alias = room.canonical_alias().map(|a| a.to_string());
+        let alt_aliases: Vec<String> = room.alt_aliases().iter().map(ToString::to_string).collect();
+        let channel = self.wanted.iter().find(|channel| {
+            channel.as_str() == room_id.as_str()
+                || alias.as_deref() == Some(channel.as_str())
+                || alt_aliases.iter().any(|a| a == *channel)
+        });
+        let Some(channel) = channel.cloned() else {
+            tracing::info!(network = %self.network(), room_id = %room_id, "Ignoring an invite to a room that is not configured.");
+            return;
+        };
+        match room.join().await {
+            Ok(()) => {
+                tracing::info!(network = %self.network(), room = %channel, room_id = %room_id, "Accepted the invite to a configured room.");
+                self.rooms.insert(channel, room_id.to_owned());
+                self.publish_rooms();
+            }
+            Err(error) => {
+                tracing::warn!(network = %self.network(), room = %channel, error = %error_chain(&error), "Cannot accept the invite.");
+            }
+        }
+    }
+
+    fn filter() -> Filter {
+        let mut timeline = RoomEventFilter::default();
+        timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
+        let mut room = RoomFilter::default();
+        room.timeline = timeline;
+        let mut definition = FilterDefinition::default();
+        definition.room = room;
+        Filter::FilterDefinition(definition)
+    }
+
+    async fn cursor(&self) -> Result<Option<String>, String> {
+        let store = Arc::clone(&self.task.context.store);
+        let network = self.network().to_owned();
+        tokio::task::spawn_blocking(move || store.cursor(&network, SYNC_CURSOR))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+
+    async fn set_cursor(&self, value: String) -> Result<(), String> {
+        let store = Arc::clone(&self.task.context.store);
+        let network = self.network().to_owned();
+        tokio::task::spawn_blocking(move || store.set_cursor(&network, SYNC_CURSOR, &value))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+
+    async fn run(&mut self) -> SessionEnd {
+        let mut since = match self.cursor().await {
+            Ok(since) => since,
+            Err(reason) => {
+                return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
+            }
+        };
+        if since.is_none() {
+            tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
+        }
+        loop {
+            if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
+                self.join_missing().await;
+            }
+            let mut settings =
+                SyncSettings::default()
+                    .filter(Self::filter())
+                    .timeout(if since.is_some() {
+                        SYNC_TIMEOUT
+                    } else {
+                        Duration::ZERO
+                    });
+            if let Some(token) = &since {
+                settings = settings.token(token.clone());
+            }
+            let response = match self.client.sync_once(settings).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let reason = error_chain(&error);
+                    if matches!(
+                        error.client_api_error_kind(),
+                        Some(ErrorKind::UnknownToken(_))
+                    ) {
+                        return SessionEnd::Lost(format!("M_UNKNOWN_TOKEN: {reason}"));
+                    }
+                    return SessionEnd::Lost(format!("sync failed: {reason}"));
+                }
+            };
+            for room_id in response.rooms.invited.keys() {
+                self.consider_invite(room_id).await;
+            }
+            if let Some(previous) = &since {
+                for (room_id, update) in &response.rooms.joined {
+                    let Some(channel) = self.channel_of(room_id) else {
+                        continue;
+                    };
+                    let mut events: Vec<Value> = Vec::new();
+                    if update.timeline.limited
+                        && let Some(prev_batch) = &update.timeline.prev_batch
+                    {
+                        match self.backfill(room_id, prev_batch, previous).await {
+                            Ok(mut older) => events.append(&mut older),
+                            Err(reason) => return SessionEnd::Lost(reason),
+                        }
+                    }
+                    events.extend(
+                        update
+                            .timeline
+                            .events
+                            .iter()
+                            .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+                    );
+                    let events = self.after_own_join(events);
+                    for event in events {
+                        if let Err(reason) = self.relay(room_id, &channel, &event).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
+                }
+            }
+            // Every event before `next_batch` is committed: only now may the position move.
+            if let Err(reason) = self.set_cursor(response.next_batch.clone()).await {
+                return SessionEnd::Lost(format!("cannot store the sync cursor: {reason}"));
+            }
+            since = Some(response.next_batch);
+        }
+    }
+
+    /// The events of a limited timeline that the sync left out: `/messages` backwards from
+    /// `prev_batch` down to the previous position, oldest first.
+    async fn backfill(
+        &self,
+        room_id: &RoomId,
+        prev_batch: &str,
+        previous: &str,
+    ) -> Result<Vec<Value>, String> {
+        let Some(room) = self.client.get_room(room_id) else {
+            return Ok(Vec::new());
+        };
+        let mut older: Vec<Value> = Vec::new();
+        let mut from = prev_batch.to_owned();
+        loop {
+            let mut options = MessagesOptions::backward().from(from.as_str());
+            options.to = Some(previous.to_owned());
+            options.limit = UInt::from(100u32);
+            let page = room.messages(options).await.map_err(|error| {
+                format!("cannot fetch missed messages: {}", error_chain(&error))
+            })?;
+            let empty = page.chunk.is_empty();
+            older.extend(
+                page.chunk
+                    .iter()
+                    .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+            );
+            match page.end {
+                Some(end) if !empty && end != from => from = end,
+                _ => break,
+            }
+        }
+        older.reverse();
+        tracing::info!(network = %self.network(), room_id = %room_id, missed = older.len(), "Fetched messages a limited sync left out.");
+        Ok(older)
+    }
+
+    /// Drop what precedes the bot's own join in this batch: history from before it was there.
+    fn after_own_join(&self, events: Vec<Value>) -> Vec<Value> {
+        let own = self.own_user.as_str();
+        let join_at = events.iter().rposition(|event| {
+            event["type"] == "m.room.member"
+                && event["state_key"].as_str() == Some(own)
+                && event["content"]["membership"] == "join"
+                && event["unsigned"]["prev_content"]["membership"] != "join"
+        });
+        match join_at {
+            Some(index) => events.into_iter().skip(index + 1).collect(),
+            None => events,
+        }
+    }
+
+    /// Normalise one timeline event and commit it. `Err` only when the store failed.
+    async fn relay(&self, room_id: &RoomId, channel: &str, event: &Value) -> Result<(), String> {
+        let Some(sender) = event["sender"].as_str() else {
+            return Ok(());
+        };
+        if sender == self.own_user.as_str() {
+            // Layer one of echo suppression: nothing the bot's account says is relayed, even
+            // when it arrives before the send call returned.
+            return Ok(());
+        }
+        let Some(body) = content::inbound(event, self.task.config.relay_membership) else {
+            return Ok(());
+        };
+        let display_name = self.display_name(room_id, sender, event).await;
+        let inbound = Inbound {
+            origin: ChannelRef::new(self.network(), channel),
+            remote_id: event["event_id"].as_str().map(ToOwned::to_owned),
+            author: crate::model::Author {
+                id: sender.to_owned(),
+                display_name,
+            },
+            timestamp_ms: event["origin_server_ts"]
+                .as_i64()
+                .unwrap_or_else(crate::model::now_ms),
+            body,
+        };
+        match self.task.context.router.submit(inbound).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(format!("cannot store an inbound event: {error}")),
+        }
+    }
+
+    async fn display_name(&self, room_id: &RoomId, sender: &str, event: &Value) -> String {
+        let localpart = sender
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or(sender)
+            .to_owned();
+        // A member event carries the new name itself.
+        if event["type"] == "m.room.member"
+            && let Some(name) = event["content"]["displayname"].as_str()
+            && !name.is_empty()
+        {
+            return name.to_owned();
+        }
+        let (Some(room), Ok(user)) = (self.client.get_room(room_id), UserId::parse(sender)) else {
+            return localpart;
+        };
+        match room.get_member_no_sync(&user).await {
+            Ok(Some(member)) => member
+                .display_name()
+                .filter(|name| !name.is_empty())
+                .map_or(localpart, ToOwned::to_owned),
+            _ => localpart,
+        }
+    }
+}

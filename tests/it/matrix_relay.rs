@@ -1,0 +1,784 @@
+//! IRC ⇄ Matrix through the real daemon, a real Synapse and a real `InspIRCd`, asserting what
+//! people see on each side: every message once, in order, in the platform's native form; edits,
+//! redactions, replies and reactions; restarts of the bridge and of the homeserver.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::bridge::{Bridge, unique};
+use crate::support::irc_client::{IrcClient, texts};
+use crate::support::matrix_client::{Event, MatrixUser, register};
+use crate::support::servers::{Synapse, shared_inspircd, shared_synapse};
+
+fn irc_network(id: &str, port: u16, nick: &str) -> String {
+    format!(
+        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
+         flood_burst = 1000\nflood_interval_ms = 1\n\n"
+    )
+}
+
+fn matrix_network(id: &str, homeserver: &str, bot: &str) -> String {
+    format!(
+        "[network.{id}]\ntype = \"matrix\"\nhomeserver = \"{homeserver}\"\nuser = \"@{bot}:localhost\"\n\
+         password = \"password\"\n\n"
+    )
+}
+
+fn config(networks: &[String], channels: &[(&str, &str)]) -> String {
+    let entries: String = channels.iter().fold(String::new(), |mut out, (n, c)| {
+        let _ = writeln!(out, "  {{ network = \"{n}\", channel = \"{c}\" }},");
+        out
+    });
+    format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}\
+         [[gateway]]\nname = \"g\"\nchannels = [\n{entries}]\n",
+        networks.concat()
+    )
+}
+
+/// A Matrix room with a person in it, an IRC channel with a person in it, and the bridge
+/// between them, every side ready.
+struct Setup {
+    synapse_url: String,
+    irc_port: u16,
+    bot: String,
+    nick: String,
+    room: String,
+    alias: String,
+    channel: String,
+    matrix: MatrixUser,
+    irc: IrcClient,
+    bridge: Bridge,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(synapse: &Synapse) -> Setup {
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut matrix = MatrixUser::new(&url, &unique("alice")).await;
+    let alias_name = unique("room");
+    let room = matrix.create_room(&alias_name).await;
+    let alias = format!("#{alias_name}:localhost");
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    // Room history from before the bridge existed: a brand-new install must not replay it
+    // (every test's first exact assertion on IRC would show it).
+    matrix.say(&room, "said before the bridge existed").await;
+    matrix.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[("irc", &channel), ("mx", &alias)],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let bot_id = format!("@{bot}:localhost");
+    wait_member_join(&mut matrix, &room, &bot_id).await;
+    Setup {
+        synapse_url: url,
+        irc_port,
+        bot,
+        nick,
+        room,
+        alias,
+        channel,
+        matrix,
+        irc,
+        bridge,
+        _dir: dir,
+    }
+}
+
+async fn wait_member_join(matrix: &mut MatrixUser, room: &str, user: &str) {
+    matrix
+        .events_until(room, Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.member" && e.content["membership"] == "join" && e.sender == user
+            })
+        })
+        .await;
+}
+
+fn bodies(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.body().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_emote_and_notice_both_ways_without_echo() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    s.matrix.say(&room, "hello from matrix é 🎉").await;
+    s.matrix.send_message(&room, "m.emote", "waves").await;
+    s.matrix.send_message(&room, "m.notice", "a notice").await;
+    s.matrix.say(&room, "two\nlines").await;
+    s.matrix.say(&room, "MARK-1").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK-1").await;
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice}> hello from matrix é 🎉"),
+            format!("\x01ACTION <{alice}> waves\x01"),
+            format!("<{alice}> a notice"),
+            format!("<{alice}> two"),
+            format!("<{alice}> lines"),
+            format!("<{alice}> MARK-1"),
+        ]
+    );
+    assert_eq!(
+        seen.iter().map(|l| l.command.as_str()).collect::<Vec<_>>(),
+        vec![
+            "PRIVMSG", "PRIVMSG", "NOTICE", "PRIVMSG", "PRIVMSG", "PRIVMSG"
+        ]
+    );
+
+    s.irc.say(&s.channel, "hello from irc");
+    s.irc.act(&s.channel, "smiles");
+    s.irc.notice(&s.channel, "an irc notice");
+    s.irc.say(&s.channel, "MARK-2");
+    let ivan = s.irc.nick.clone();
+    let bot_id = format!("@{}:localhost", s.bot);
+    // Nothing alice said comes back to the room: the bot says only ivan's lines.
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "MARK-2")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(
+        bodies(&seen),
+        vec![
+            format!("<{ivan}> hello from irc"),
+            format!("<{ivan}> smiles"),
+            format!("<{ivan}> an irc notice"),
+            format!("<{ivan}> MARK-2"),
+        ]
+    );
+    assert_eq!(
+        seen.iter().map(Event::msgtype).collect::<Vec<_>>(),
+        vec!["m.text", "m.emote", "m.notice", "m.text"]
+    );
+    // And nothing ivan said came back to IRC.
+    s.matrix.say(&room, "MARK-3").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK-3").await;
+    assert_eq!(texts(&seen), vec![format!("<{alice}> MARK-3")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_arrives_in_order_exactly_once_both_ways() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    for n in 0..100 {
+        s.matrix.say(&room, &format!("m2i {n}")).await;
+    }
+    s.matrix.say(&room, "MARK-M").await;
+    for n in 0..100 {
+        s.irc.say(&s.channel, &format!("i2m {n}"));
+    }
+    s.irc.say(&s.channel, "MARK-I");
+    let seen = s.irc.texts_until(&s.channel, "MARK-M").await;
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut expected: Vec<String> = (0..100).map(|n| format!("<{alice}> m2i {n}")).collect();
+    expected.push(format!("<{alice}> MARK-M"));
+    assert_eq!(texts(&seen), expected);
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "MARK-I")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    let ivan = s.irc.nick.clone();
+    let mut expected: Vec<String> = (0..100).map(|n| format!("<{ivan}> i2m {n}")).collect();
+    expected.push(format!("<{ivan}> MARK-I"));
+    assert_eq!(bodies(&seen), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_redactions_replies_and_reactions_on_matrix() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let original = s.matrix.say(&room, "tpyo here").await;
+    s.irc.texts_until(&s.channel, "tpyo here").await;
+    // Edit: IRC sees the correction marked with `* `.
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* typo here",
+                   "m.new_content": {"msgtype": "m.text", "body": "typo here"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+        )
+        .await;
+    // Reaction and redaction: not shown on IRC.
+    s.matrix
+        .send_event(
+            &room,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👍"}}),
+        )
+        .await;
+    let doomed = s.matrix.say(&room, "to be deleted").await;
+    s.matrix.redact(&room, &doomed).await;
+    // Reply: the fallback quote is stripped, IRC sees only the answer.
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text",
+                   "body": format!("> <{}> tpyo here\n\nthe answer", s.matrix.user_id),
+                   "m.relates_to": {"m.in_reply_to": {"event_id": original}}}),
+        )
+        .await;
+    s.matrix.say(&room, "MARK").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice}> * typo here"),
+            format!("<{alice}> to be deleted"),
+            format!("<{alice}> the answer"),
+            format!("<{alice}> MARK"),
+        ]
+    );
+}
+
+/// Two Matrix rooms and an IRC channel in one gateway: what is edited, redacted, reacted to or
+/// replied to in one room is applied natively to the bridged copy in the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_redactions_reactions_and_replies_reach_another_matrix_room_natively() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let mut bob = MatrixUser::new(&url, &unique("bob")).await;
+    let alias_a = unique("rooma");
+    let alias_b = unique("roomb");
+    let room_a = alice.create_room(&alias_a).await;
+    let room_b = bob.create_room(&alias_b).await;
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    bob.mark().await;
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_a}:localhost")),
+                ("mx", &format!("#{alias_b}:localhost")),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let bot_id = format!("@{bot}:localhost");
+    wait_member_join(&mut bob, &room_b, &bot_id).await;
+    wait_member_join(&mut alice, &room_a, &bot_id).await;
+
+    let original = alice.say(&room_a, "first version").await;
+    let seen = bob.messages_until(&room_b, "first version").await;
+    let copy = seen.last().unwrap().event_id.clone();
+    assert_eq!(seen.last().unwrap().sender, bot_id);
+
+    alice
+        .send_event(
+            &room_a,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* second version",
+                   "m.new_content": {"msgtype": "m.text", "body": "second version"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+        )
+        .await;
+    alice
+        .send_event(
+            &room_a,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "🎉"}}),
+        )
+        .await;
+    alice
+        .send_event(
+            &room_a,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "> <x> first version\n\na reply",
+                   "m.relates_to": {"m.in_reply_to": {"event_id": original}}}),
+        )
+        .await;
+    let own_reaction = alice
+        .send_event(
+            &room_a,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👀"}}),
+        )
+        .await;
+    // Once room B shows the reaction, alice takes it back (taken back within one sync, it
+    // would never have been relayed at all).
+    let mut events = bob
+        .events_until(&room_b, Duration::from_mins(1), |events| {
+            events
+                .iter()
+                .any(|e| e.kind == "m.reaction" && e.content["m.relates_to"]["key"] == "👀")
+        })
+        .await;
+    alice.redact(&room_a, &own_reaction).await;
+    alice.redact(&room_a, &original).await;
+    alice.say(&room_a, "MARK").await;
+    events.extend(
+        bob.events_until(&room_b, Duration::from_mins(1), |events| {
+            events.iter().any(|e| e.body().contains("MARK"))
+        })
+        .await,
+    );
+    let edit = events
+        .iter()
+        .find(|e| e.content["m.relates_to"]["rel_type"] == "m.replace")
+        .expect("an m.replace event");
+    assert_eq!(edit.content["m.relates_to"]["event_id"], copy.as_str());
+    assert!(
+        edit.content["m.new_content"]["body"]
+            .as_str()
+            .unwrap()
+            .ends_with("second version")
+    );
+    let reaction = events
+        .iter()
+        .find(|e| e.kind == "m.reaction")
+        .expect("a reaction");
+    assert_eq!(reaction.content["m.relates_to"]["event_id"], copy.as_str());
+    assert_eq!(reaction.content["m.relates_to"]["key"], "🎉");
+    let reply = events
+        .iter()
+        .find(|e| e.body().ends_with("a reply"))
+        .expect("the reply");
+    assert_eq!(
+        reply.content["m.relates_to"]["m.in_reply_to"]["event_id"],
+        copy.as_str()
+    );
+    // The reaction taken back in room A is taken back in room B: the bot redacts its copy.
+    let eyes = events
+        .iter()
+        .find(|e| e.kind == "m.reaction" && e.content["m.relates_to"]["key"] == "👀")
+        .expect("the second reaction");
+    let redacted: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "m.room.redaction")
+        .map(|e| e.content["redacts"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(redacted, vec![eyes.event_id.as_str(), copy.as_str()]);
+    let _ = irc.texts_until(&channel, "MARK").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_delivers_what_was_said_while_down_once_and_replays_nothing() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Once the bridge is known to relay, stop it.
+    s.matrix.say(&room, "before").await;
+    s.irc.texts_until(&s.channel, "before").await;
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+    let _ = s
+        .irc
+        .wait_for(
+            |l| l.command == "QUIT" || l.command == "PART",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    for n in 0..20 {
+        s.matrix.say(&room, &format!("down m {n}")).await;
+    }
+    // IRC has no history: the bridge cannot see what is said while it is away. Ivan speaks
+    // once the bridge is back; the 20 lines are what it must carry then.
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    for n in 0..20 {
+        s.irc.say(&s.channel, &format!("back i {n}"));
+    }
+    s.irc.say(&s.channel, "MARK-I");
+    let seen = s.irc.texts_until(&s.channel, "down m 19").await;
+    let expected: Vec<String> = (0..20).map(|n| format!("<{alice}> down m {n}")).collect();
+    assert_eq!(texts(&seen), expected);
+    let seen = s.matrix.messages_until(&room, "MARK-I").await;
+    let ivan = s.irc.nick.clone();
+    let mut expected: Vec<String> = (0..20).map(|n| format!("<{ivan}> back i {n}")).collect();
+    expected.push(format!("<{ivan}> MARK-I"));
+    let relayed: Vec<String> = bodies(&seen)
+        .into_iter()
+        .filter(|b| b.starts_with(&format!("<{ivan}>")))
+        .collect();
+    assert_eq!(relayed, expected);
+
+    // Again: nothing is replayed.
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    s.bridge.wait_outbox_drained("mx", &s.alias).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    s.matrix.say(&room, "MARK-2").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK-2").await;
+    assert_eq!(texts(&seen), vec![format!("<{alice}> MARK-2")]);
+    s.irc.say(&s.channel, "MARK-3");
+    let seen = s.matrix.messages_until(&room, "MARK-3").await;
+    assert_eq!(
+        bodies(&seen)
+            .into_iter()
+            .filter(|b| b.starts_with(&format!("<{ivan}>")))
+            .collect::<Vec<_>>(),
+        vec![format!("<{ivan}> MARK-3")]
+    );
+    // The stored session was reused: one login in all three starts.
+    let logs = s.bridge.logs();
+    assert_eq!(logs.matches("Logged in to Matrix.").count(), 1, "{logs}");
+    assert_eq!(
+        logs.matches("Matrix session restored.").count(),
+        2,
+        "{logs}"
+    );
+    let _ = (&s.synapse_url, s.irc_port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_restarted_mid_stream_the_bridge_reconnects_and_delivers_everything() {
+    // A private homeserver: the other tests must not see it go away.
+    let mut synapse = Synapse::start();
+    let mut s = setup(&synapse).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ivan = s.irc.nick.clone();
+    for n in 0..10 {
+        s.matrix.say(&room, &format!("first {n}")).await;
+        s.irc.say(&s.channel, &format!("irc first {n}"));
+    }
+    synapse.restart();
+    // Right after the restart the bridge may still be reconnecting: what IRC says meanwhile
+    // waits in the outbox, and the sync resumes where it stopped.
+    for n in 0..10 {
+        s.irc.say(&s.channel, &format!("irc second {n}"));
+        s.matrix.say(&room, &format!("second {n}")).await;
+    }
+    s.matrix.say(&room, "MARK-M").await;
+    s.irc.say(&s.channel, "MARK-I");
+    let seen = s.irc.texts_until(&s.channel, "MARK-M").await;
+    let mut expected: Vec<String> = (0..10).map(|n| format!("<{alice}> first {n}")).collect();
+    expected.extend((0..10).map(|n| format!("<{alice}> second {n}")));
+    expected.push(format!("<{alice}> MARK-M"));
+    assert_eq!(texts(&seen), expected);
+    let seen = s.matrix.messages_until(&room, "MARK-I").await;
+    let mut expected: Vec<String> = (0..10).map(|n| format!("<{ivan}> irc first {n}")).collect();
+    expected.extend((0..10).map(|n| format!("<{ivan}> irc second {n}")));
+    expected.push(format!("<{ivan}> MARK-I"));
+    let relayed: Vec<String> = bodies(&seen)
+        .into_iter()
+        .filter(|b| b.starts_with(&format!("<{ivan}>")))
+        .collect();
+    assert_eq!(relayed, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_is_carried_both_ways() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "bold and italic and code",
+                   "format": "org.matrix.custom.html",
+                   "formatted_body": "<strong>bold</strong> and <em>italic</em> and <code>code</code>"}),
+        )
+        .await;
+    let seen = s.irc.texts_until(&s.channel, "italic").await;
+    // A code that runs to the end of the line is not closed.
+    assert_eq!(
+        texts(&seen),
+        vec![format!(
+            "<{alice}> \x02bold\x02 and \x1ditalic\x1d and \x11code"
+        )]
+    );
+    s.irc
+        .say(&s.channel, "\x02strong\x02 words and \x1dslanted\x1d ones");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "slanted")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    let ivan = s.irc.nick.clone();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        seen[0].body(),
+        format!("<{ivan}> strong words and slanted ones")
+    );
+    assert_eq!(seen[0].content["format"], "org.matrix.custom.html");
+    assert_eq!(
+        seen[0].content["formatted_body"],
+        format!("&lt;{ivan}&gt; <strong>strong</strong> words and <em>slanted</em> ones")
+    );
+}
+
+/// A homeserver that limits the bot to a few messages a second: the bridge waits as long as
+/// the server asks (`M_LIMIT_EXCEEDED`, `retry_after_ms`) and everything arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_honoured_and_nothing_is_lost_or_doubled() {
+    let synapse = Synapse::start_with("\nrc_message: {per_second: 2, burst_count: 3}\n");
+    let mut s = setup(&synapse).await;
+    let room = s.room.clone();
+    for n in 0..12 {
+        s.irc.say(&s.channel, &format!("limited {n}"));
+    }
+    s.irc.say(&s.channel, "MARK");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "MARK")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    let ivan = s.irc.nick.clone();
+    let mut expected: Vec<String> = (0..12).map(|n| format!("<{ivan}> limited {n}")).collect();
+    expected.push(format!("<{ivan}> MARK"));
+    assert_eq!(bodies(&seen), expected);
+    let logs = s.bridge.logs();
+    assert!(logs.contains("rate limited by the homeserver"), "{logs}");
+}
+
+/// An invite-only room: the bot says in the log that it cannot join, accepts the invite when it
+/// comes, and relays from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_an_invite_only_room_when_invited_and_logs_why_it_could_not_before() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alias = unique("private");
+    let room = alice.create_private_room(&alias).await;
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[("irc", &channel), ("mx", &format!("#{alias}:localhost"))],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while !bridge.logs().contains("Cannot join Matrix room") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no join failure logged: {}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bot_id = format!("@{bot}:localhost");
+    alice.invite(&room, &bot_id).await;
+    wait_member_join(&mut alice, &room, &bot_id).await;
+    irc.say(&channel, "now you are in");
+    let seen: Vec<Event> = alice
+        .messages_until(&room, "now you are in")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(
+        bodies(&seen),
+        vec![format!("<{}> now you are in", irc.nick)]
+    );
+    alice.say(&room, "welcome").await;
+    let seen = irc.texts_until(&channel, "welcome").await;
+    assert_eq!(seen.len(), 1);
+}
+
+/// A Matrix message longer than an IRC line is split into several lines, in order, each with
+/// the sender, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_matrix_message_is_split_for_irc() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut long = String::new();
+    for n in 0..250 {
+        let _ = write!(long, "word{n} ");
+    }
+    long.push_str("END");
+    s.matrix.say(&room, &long).await;
+    let seen = s.irc.texts_until(&s.channel, "END").await;
+    assert!(seen.len() >= 3, "{seen:#?}");
+    let prefix = format!("<{alice}> ");
+    let pieces: Vec<String> = texts(&seen)
+        .iter()
+        .map(|line| {
+            line.strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("no sender on {line:?}"))
+                .to_owned()
+        })
+        .collect();
+    let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(squeeze(&pieces.join(" ")), squeeze(&long));
+}
+
+/// Without a media endpoint configured, a file shared on Matrix reaches IRC as a line that
+/// says what was shared, with its name and size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_on_matrix_is_announced_on_irc_by_name_and_size() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let png = vec![0u8; 3 * 1024];
+    let uri = s.matrix.upload("cat.png", "image/png", png).await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.image", "body": "cat.png", "url": uri,
+                   "info": {"mimetype": "image/png", "size": 3072}}),
+        )
+        .await;
+    s.matrix.say(&room, "MARK").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice}> shared an image: cat.png (3.0 KiB)"),
+            format!("<{alice}> MARK"),
+        ]
+    );
+}
+
+/// The server forgets the bot's access token (as after an admin logout): the bridge logs in
+/// again with its password, on the same device, and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_leads_to_a_new_login_on_the_same_device() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let session_file = s.bridge.dir.join("state/matrix-mx/session.json");
+    let session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session_file).unwrap()).unwrap();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let device = session["device_id"].as_str().unwrap().to_owned();
+    let response = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/logout", s.synapse_url))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    s.irc.say(&s.channel, "after logout");
+    let bot_id = format!("@{}:localhost", s.bot);
+    let seen: Vec<Event> = s
+        .matrix
+        .messages_until(&room, "after logout")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(
+        bodies(&seen),
+        vec![format!("<{}> after logout", s.irc.nick)]
+    );
+    let session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session_file).unwrap()).unwrap();
+    assert_eq!(session["device_id"].as_str(), Some(device.as_str()));
+    assert_ne!(session["access_token"].as_str(), Some(token.as_str()));
+    let logs = s.bridge.logs();
+    assert_eq!(logs.matches("Logged in to Matrix.").count(), 2, "{logs}");
+    s.matrix.say(&room, "still here").await;
+    let seen = s.irc.texts_until(&s.channel, "still here").await;
+    assert_eq!(seen.len(), 1);
+}
