@@ -128,6 +128,8 @@ pub struct NetworkConfig {
 pub enum NetworkKind {
     /// An IRC server.
     Irc(IrcConfig),
+    /// A Mattermost server (one team).
+    Mattermost(MattermostConfig),
 }
 
 impl NetworkKind {
@@ -136,6 +138,7 @@ impl NetworkKind {
     pub fn protocol(&self) -> &'static str {
         match self {
             NetworkKind::Irc(_) => "irc",
+            NetworkKind::Mattermost(_) => "mattermost",
         }
     }
 }
@@ -174,6 +177,36 @@ pub struct IrcConfig {
     /// Milliseconds between lines once the burst is used up.
     pub flood_interval_ms: u64,
     /// Relay joins, parts, quits, nick and topic changes from this network.
+    pub relay_membership: bool,
+}
+
+/// How the bridge logs in to Mattermost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MattermostAuth {
+    /// A bot or personal access token.
+    Token(Secret),
+    /// A user's login (username or email) and password; the session token is renewed on expiry.
+    Password {
+        /// Username or email.
+        login: String,
+        /// The password.
+        password: Secret,
+    },
+}
+
+/// Settings of a Mattermost network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MattermostConfig {
+    /// The server's base URL (`https://chat.example.org`), without `/api/v4`.
+    pub url: String,
+    /// The team's URL name.
+    pub team: String,
+    /// How to log in.
+    pub auth: MattermostAuth,
+    /// Show relayed senders through `override_username` (the server must allow username
+    /// overrides); otherwise `remote_nick_format` prefixes the text.
+    pub sender_override: bool,
+    /// Relay joins, leaves and header changes from this network.
     pub relay_membership: bool,
 }
 
@@ -300,6 +333,13 @@ struct RawNetwork {
     flood_burst: Option<Spanned<i64>>,
     flood_interval_ms: Option<Spanned<i64>>,
     relay_membership: Option<Spanned<bool>>,
+    url: Option<Spanned<String>>,
+    team: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    login: Option<Spanned<String>>,
+    sender_override: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -663,18 +703,13 @@ impl Validator<'_> {
         let network = network.into_inner();
         match *network.kind.get_ref() {
             RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), &network),
-            other => {
-                let name = match other {
-                    RawNetworkType::Mattermost => "mattermost",
-                    _ => "matrix",
-                };
+            RawNetworkType::Mattermost => self.mattermost_network(&key, id.get_ref(), &network),
+            RawNetworkType::Matrix => {
                 self.report(
                     network.kind.span().start,
                     format!("{key}.type"),
-                    format!(
-                        "network type `{name}` is not available in this version of tribridge yet; \
-                         available: irc"
-                    ),
+                    "network type `matrix` is not available in this version of tribridge yet; \
+                     available: irc, mattermost",
                 );
                 None
             }
@@ -683,6 +718,19 @@ impl Validator<'_> {
 
     fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
         let before = self.issues.len();
+        let foreign = [
+            ("url", raw.url.as_ref().map(|v| v.span().start)),
+            ("team", raw.team.as_ref().map(|v| v.span().start)),
+            ("token", raw.token.as_ref().map(|v| v.span().start)),
+            ("token_file", raw.token_file.as_ref().map(|v| v.span().start)),
+            ("token_env", raw.token_env.as_ref().map(|v| v.span().start)),
+            ("login", raw.login.as_ref().map(|v| v.span().start)),
+            (
+                "sender_override",
+                raw.sender_override.as_ref().map(|v| v.span().start),
+            ),
+        ];
+        self.reject_keys(key, "irc", &foreign);
         let (host, port) = match &raw.server {
             None => {
                 self.report(
@@ -820,6 +868,185 @@ impl Validator<'_> {
         })
     }
 
+    /// Report keys that exist for another network type.
+    fn reject_keys(&mut self, key: &str, kind: &str, keys: &[(&str, Option<usize>)]) {
+        for (name, offset) in keys {
+            if let Some(offset) = offset {
+                self.report(
+                    *offset,
+                    format!("{key}.{name}"),
+                    format!("`{name}` is not a key of `{kind}` networks; remove it"),
+                );
+            }
+        }
+    }
+
+    fn mattermost_network(
+        &mut self,
+        key: &str,
+        id: &str,
+        raw: &RawNetwork,
+    ) -> Option<NetworkConfig> {
+        let before = self.issues.len();
+        let span = |v: Option<&Spanned<String>>| v.map(|v| v.span().start);
+        let foreign = [
+            ("server", span(raw.server.as_ref())),
+            ("tls", raw.tls.as_ref().map(|v| v.span().start)),
+            ("tls_verify", raw.tls_verify.as_ref().map(|v| v.span().start)),
+            ("tls_ca_file", span(raw.tls_ca_file.as_ref())),
+            ("nick", span(raw.nick.as_ref())),
+            ("username", span(raw.username.as_ref())),
+            ("realname", span(raw.realname.as_ref())),
+            ("sasl_username", span(raw.sasl_username.as_ref())),
+            ("sasl_password", span(raw.sasl_password.as_ref())),
+            ("sasl_password_file", span(raw.sasl_password_file.as_ref())),
+            ("sasl_password_env", span(raw.sasl_password_env.as_ref())),
+            ("nickserv_password", span(raw.nickserv_password.as_ref())),
+            (
+                "nickserv_password_file",
+                span(raw.nickserv_password_file.as_ref()),
+            ),
+            (
+                "nickserv_password_env",
+                span(raw.nickserv_password_env.as_ref()),
+            ),
+            ("nickserv_nick", span(raw.nickserv_nick.as_ref())),
+            (
+                "flood_burst",
+                raw.flood_burst.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "flood_interval_ms",
+                raw.flood_interval_ms.as_ref().map(|v| v.span().start),
+            ),
+        ];
+        self.reject_keys(key, "mattermost", &foreign);
+        let url = match &raw.url {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.url"),
+                    "missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
+                );
+                String::new()
+            }
+            Some(url) => {
+                let text = url.get_ref().trim().trim_end_matches('/');
+                let rest = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
+                    _ => self.report(
+                        url.span().start,
+                        format!("{key}.url"),
+                        format!(
+                            "`{}` is not a server URL; expected `https://host[:port][/path]`, \
+                             e.g. \"https://chat.example.org\"",
+                            url.get_ref()
+                        ),
+                    ),
+                }
+                text.trim_end_matches("/api/v4").to_owned()
+            }
+        };
+        let team = match &raw.team {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.team"),
+                    "missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
+                );
+                String::new()
+            }
+            Some(team) => {
+                let name = team.get_ref().trim();
+                if name.is_empty() || name.contains(['/', ' ']) {
+                    self.report(
+                        team.span().start,
+                        format!("{key}.team"),
+                        "`team` is the team's URL name, e.g. \"civicrm\" (no spaces or slashes)",
+                    );
+                }
+                name.to_lowercase()
+            }
+        };
+        let token = self.secret(
+            key,
+            "token",
+            raw.token.as_ref(),
+            raw.token_file.as_ref(),
+            raw.token_env.as_ref(),
+        );
+        let password = self.secret(
+            key,
+            "password",
+            raw.password.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        );
+        let auth = match (token, &raw.login, password) {
+            (Some(token), None, None) => Some(MattermostAuth::Token(token)),
+            (None, Some(login), Some(password)) => Some(MattermostAuth::Password {
+                login: login.get_ref().clone(),
+                password,
+            }),
+            (Some(_), Some(login), _) => {
+                self.report(
+                    login.span().start,
+                    format!("{key}.login"),
+                    "give either `token` or `login` + `password`, not both",
+                );
+                None
+            }
+            (None, Some(login), None) => {
+                self.report(
+                    login.span().start,
+                    format!("{key}.password"),
+                    "`login` needs `password` (or `password_file` / `password_env`)",
+                );
+                None
+            }
+            (_, None, Some(_)) => {
+                let offset = [&raw.password, &raw.password_file, &raw.password_env]
+                    .iter()
+                    .filter_map(|v| v.as_ref().map(|v| v.span().start))
+                    .next()
+                    .unwrap_or(0);
+                self.report(
+                    offset,
+                    format!("{key}.login"),
+                    "`password` needs `login` (the username or email to log in with)",
+                );
+                None
+            }
+            (None, None, None) => {
+                if self.issues.len() == before {
+                    self.report(
+                        raw.kind.span().start,
+                        format!("{key}.token"),
+                        "missing credentials: give `token` (or `token_file` / `token_env`) or \
+                         `login` + `password`",
+                    );
+                }
+                None
+            }
+        };
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(NetworkConfig {
+            id: id.to_owned(),
+            kind: NetworkKind::Mattermost(MattermostConfig {
+                url,
+                team,
+                auth: auth?,
+                sender_override: raw.sender_override.as_ref().is_some_and(|v| *v.get_ref()),
+                relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+            }),
+        })
+    }
+
     fn positive(
         &mut self,
         key: &str,
@@ -949,6 +1176,20 @@ impl Validator<'_> {
                             continue;
                         }
                     }
+                    NetworkKind::Mattermost(_) => {
+                        if !is_valid_mattermost_channel(channel) {
+                            self.report(
+                                entry.channel.span().start,
+                                format!("{entry_key}.channel"),
+                                format!(
+                                    "`{channel}` is not a Mattermost channel: give its URL name \
+                                     (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") \
+                                     or `id:` and its 26-character id"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
                 }
             }
             if !seen.insert((network.clone(), irc_fold(channel))) {
@@ -1045,6 +1286,19 @@ pub fn is_valid_irc_channel(channel: &str) -> bool {
         && !channel
             .chars()
             .any(|c| c == ' ' || c == ',' || c.is_control())
+}
+
+/// A Mattermost channel as configured: its URL name within the team, or `id:<26-char id>`.
+#[must_use]
+pub fn is_valid_mattermost_channel(channel: &str) -> bool {
+    if let Some(id) = channel.strip_prefix("id:") {
+        return id.len() == 26 && id.chars().all(|c| c.is_ascii_alphanumeric());
+    }
+    !channel.is_empty()
+        && channel.len() <= 64
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// RFC 1459 case folding, which IRC servers use to compare channel names and nicks.

@@ -7,6 +7,7 @@
 //! All connectors have the same shape; adding a network type adds a variant, not a registry.
 
 pub mod irc;
+pub mod mattermost;
 
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct BuildContext {
 pub enum ConnectorHandle {
     /// IRC.
     Irc(irc::IrcHandle),
+    /// Mattermost.
+    Mattermost(mattermost::MattermostHandle),
 }
 
 impl ConnectorHandle {
@@ -57,6 +60,7 @@ impl ConnectorHandle {
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
         match self {
             ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
+            ConnectorHandle::Mattermost(handle) => handle.deliver(delivery).await,
         }
     }
 
@@ -65,6 +69,7 @@ impl ConnectorHandle {
     pub fn capabilities(&self) -> Capabilities {
         match self {
             ConnectorHandle::Irc(_) => irc::CAPABILITIES,
+            ConnectorHandle::Mattermost(_) => mattermost::CAPABILITIES,
         }
     }
 }
@@ -73,6 +78,8 @@ impl ConnectorHandle {
 pub enum ConnectorTask {
     /// IRC.
     Irc(irc::IrcTask),
+    /// Mattermost.
+    Mattermost(mattermost::MattermostTask),
 }
 
 impl ConnectorTask {
@@ -80,6 +87,7 @@ impl ConnectorTask {
     pub async fn run(self) {
         match self {
             ConnectorTask::Irc(task) => task.run().await,
+            ConnectorTask::Mattermost(task) => task.run().await,
         }
     }
 }
@@ -92,6 +100,13 @@ impl NetworkConfig {
             NetworkKind::Irc(config) => {
                 let (handle, task) = irc::build(&self.id, config.clone(), context);
                 (ConnectorHandle::Irc(handle), ConnectorTask::Irc(task))
+            }
+            NetworkKind::Mattermost(config) => {
+                let (handle, task) = mattermost::build(&self.id, config.clone(), context);
+                (
+                    ConnectorHandle::Mattermost(handle),
+                    ConnectorTask::Mattermost(task),
+                )
             }
         }
     }

@@ -43,7 +43,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -64,7 +64,67 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "network type not yet available",
             format!("[network.libera]\ntype = \"matrix\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:8: network.libera.type: network type `matrix` is not available in this version of tribridge yet; available: irc",
+                "bridges.toml:2:8: network.libera.type: network type `matrix` is not available in this version of tribridge yet; available: irc, mattermost",
+            ],
+        ),
+        (
+            "valid mattermost network, token from the environment, channel by id",
+            format!(
+                "{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org/\"\nteam = \"civicrm\"\ntoken_env = \"SET_VAR\"\n[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"civi\", channel = \"id:abcdefghijklmnopqrstuvwxyz\" }},\n]\n"
+            ),
+            vec![],
+        ),
+        (
+            "mattermost network without url, team or credentials",
+            format!("{NET}[network.civi]\ntype = \"mattermost\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:6:8: network.civi.url: missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
+                "bridges.toml:6:8: network.civi.team: missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
+            ],
+        ),
+        (
+            "mattermost url that is not a URL, and no credentials",
+            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:7:7: network.civi.url: `chat.example.org` is not a server URL; expected `https://host[:port][/path]`, e.g. \"https://chat.example.org\"",
+            ],
+        ),
+        (
+            "mattermost without credentials",
+            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:6:8: network.civi.token: missing credentials: give `token` (or `token_file` / `token_env`) or `login` + `password`",
+            ],
+        ),
+        (
+            "mattermost with token and login",
+            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:10:9: network.civi.login: give either `token` or `login` + `password`, not both",
+            ],
+        ),
+        (
+            "mattermost login without password, and an IRC key",
+            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:9:9: network.civi.password: `login` needs `password` (or `password_file` / `password_env`)",
+                "bridges.toml:10:8: network.civi.nick: `nick` is not a key of `mattermost` networks; remove it",
+            ],
+        ),
+        (
+            "a mattermost key on an IRC network",
+            format!("{NET}team = \"civicrm\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:8: network.libera.team: `team` is not a key of `irc` networks; remove it",
+            ],
+        ),
+        (
+            "a mattermost channel that is neither a name nor an id",
+            format!(
+                "{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\n[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"civi\", channel = \"Town Square\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:15:40: gateway[0].channels[1].channel: `Town Square` is not a Mattermost channel: give its URL name (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") or `id:` and its 26-character id",
             ],
         ),
         (
@@ -267,7 +327,9 @@ fn secrets_come_from_files_and_the_environment() {
         format!("{NET}password_file = \"pass\"\nsasl_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}");
     let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
     let config = tribridge::config::parse(&text, dir.path(), &env).unwrap();
-    let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind;
+    let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind else {
+        panic!("an IRC network");
+    };
     assert_eq!(irc.password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(irc.sasl_password.as_ref().unwrap().expose(), "from-env");
     // Debug output never shows a secret.

@@ -2,6 +2,7 @@
 
 mod config_check;
 mod irc_relay;
+mod mattermost_relay;
 mod router_store;
 mod support;
 mod tidy;

@@ -2,4 +2,5 @@
 
 pub mod bridge;
 pub mod irc_client;
+pub mod mattermost;
 pub mod servers;
