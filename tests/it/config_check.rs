@@ -76,39 +76,39 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
         (
             "mattermost network without url, team or credentials",
-            format!("{NET}[network.civi]\ntype = \"mattermost\"\n{GATEWAY}"),
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\n{GATEWAY}"),
             vec![
-                "bridges.toml:6:8: network.civi.url: missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
-                "bridges.toml:6:8: network.civi.team: missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
+                "bridges.toml:6:8: network.oftc.url: missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
+                "bridges.toml:6:8: network.oftc.team: missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
             ],
         ),
         (
             "mattermost url that is not a URL, and no credentials",
-            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
             vec![
-                "bridges.toml:7:7: network.civi.url: `chat.example.org` is not a server URL; expected `https://host[:port][/path]`, e.g. \"https://chat.example.org\"",
+                "bridges.toml:7:7: network.oftc.url: `chat.example.org` is not a server URL; expected `https://host[:port][/path]`, e.g. \"https://chat.example.org\"",
             ],
         ),
         (
             "mattermost without credentials",
-            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
             vec![
-                "bridges.toml:6:8: network.civi.token: missing credentials: give `token` (or `token_file` / `token_env`) or `login` + `password`",
+                "bridges.toml:6:8: network.oftc.token: missing credentials: give `token` (or `token_file` / `token_env`) or `login` + `password`",
             ],
         ),
         (
             "mattermost with token and login",
-            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"),
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"),
             vec![
-                "bridges.toml:10:9: network.civi.login: give either `token` or `login` + `password`, not both",
+                "bridges.toml:10:9: network.oftc.login: give either `token` or `login` + `password`, not both",
             ],
         ),
         (
             "mattermost login without password, and an IRC key",
-            format!("{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"),
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"),
             vec![
-                "bridges.toml:9:9: network.civi.password: `login` needs `password` (or `password_file` / `password_env`)",
-                "bridges.toml:10:8: network.civi.nick: `nick` is not a key of `mattermost` networks; remove it",
+                "bridges.toml:9:9: network.oftc.password: `login` needs `password` (or `password_file` / `password_env`)",
+                "bridges.toml:10:8: network.oftc.nick: `nick` is not a key of `mattermost` networks; remove it",
             ],
         ),
         (
@@ -124,7 +124,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
                 "{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\n[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"civi\", channel = \"Town Square\" }},\n]\n"
             ),
             vec![
-                "bridges.toml:15:40: gateway[0].channels[1].channel: `Town Square` is not a Mattermost channel: give its URL name (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") or `id:` and its 26-character id",
+                "bridges.toml:14:33: gateway[0].channels[1].channel: `Town Square` is not a Mattermost channel: give its URL name (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") or `id:` and its 26-character id",
             ],
         ),
         (

@@ -393,6 +393,14 @@ impl MattermostHandle {
     }
 }
 
+/// What a catch-up row means.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    New,
+    Edited,
+    Deleted,
+}
+
 /// Why a session ended.
 enum SessionEnd {
     Shutdown,
@@ -775,28 +783,34 @@ impl TaskState {
             .filter_map(|id| list.posts.get(id))
             .collect();
         let newest = rows.iter().map(|p| p.update_at).max().unwrap_or(cursor);
-        let mut new: Vec<&Post> = rows
+        // Each change at the time it happened, so that the destination sees them in the order
+        // people did: a new post (with its latest text) when it was created, an edit of an
+        // older post when it was edited, a deletion when it was deleted.
+        let mut changes: Vec<(i64, Change, &Post)> = rows
             .iter()
             .copied()
-            .filter(|p| p.original_id.is_empty() && p.delete_at == 0 && p.create_at > cursor)
+            .filter(|p| p.original_id.is_empty())
+            .filter_map(|p| {
+                if p.delete_at > 0 {
+                    Some((p.delete_at, Change::Deleted, p))
+                } else if p.create_at > cursor {
+                    Some((p.create_at, Change::New, p))
+                } else if p.edit_at > cursor {
+                    Some((p.edit_at, Change::Edited, p))
+                } else {
+                    None // a reaction, pin or reply bumped it: nothing to relay
+                }
+            })
             .collect();
-        new.sort_by(|a, b| (a.create_at, &a.id).cmp(&(b.create_at, &b.id)));
-        let mut changed: Vec<&Post> = rows
-            .iter()
-            .copied()
-            .filter(|p| p.original_id.is_empty() && (p.delete_at > 0 || p.create_at <= cursor))
-            .collect();
-        changed.sort_by_key(|p| p.update_at);
+        changes.sort_by(|a, b| (a.0, &a.2.id).cmp(&(b.0, &b.2.id)));
         let mut relayed = 0usize;
-        for post in new {
-            relayed += usize::from(self.on_posted(post, None).await);
-        }
-        for post in changed {
-            if post.delete_at > 0 {
-                relayed += usize::from(self.on_deleted(post).await);
-            } else if post.edit_at > cursor {
-                relayed += usize::from(self.on_edited(post).await);
-            }
+        for (_, change, post) in changes {
+            let committed = match change {
+                Change::New => self.on_posted(post, None).await,
+                Change::Edited => self.on_edited(post).await,
+                Change::Deleted => self.on_deleted(post).await,
+            };
+            relayed += usize::from(committed);
         }
         if relayed > 0 {
             tracing::info!(network = %self.network(), channel = %channel_id, relayed, "Caught up.");
