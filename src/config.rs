@@ -722,7 +722,10 @@ impl Validator<'_> {
             ("url", raw.url.as_ref().map(|v| v.span().start)),
             ("team", raw.team.as_ref().map(|v| v.span().start)),
             ("token", raw.token.as_ref().map(|v| v.span().start)),
-            ("token_file", raw.token_file.as_ref().map(|v| v.span().start)),
+            (
+                "token_file",
+                raw.token_file.as_ref().map(|v| v.span().start),
+            ),
             ("token_env", raw.token_env.as_ref().map(|v| v.span().start)),
             ("login", raw.login.as_ref().map(|v| v.span().start)),
             (
@@ -892,7 +895,10 @@ impl Validator<'_> {
         let foreign = [
             ("server", span(raw.server.as_ref())),
             ("tls", raw.tls.as_ref().map(|v| v.span().start)),
-            ("tls_verify", raw.tls_verify.as_ref().map(|v| v.span().start)),
+            (
+                "tls_verify",
+                raw.tls_verify.as_ref().map(|v| v.span().start),
+            ),
             ("tls_ca_file", span(raw.tls_ca_file.as_ref())),
             ("nick", span(raw.nick.as_ref())),
             ("username", span(raw.username.as_ref())),
@@ -1010,8 +1016,7 @@ impl Validator<'_> {
             (_, None, Some(_)) => {
                 let offset = [&raw.password, &raw.password_file, &raw.password_env]
                     .iter()
-                    .filter_map(|v| v.as_ref().map(|v| v.span().start))
-                    .next()
+                    .find_map(|v| v.as_ref().map(|v| v.span().start))
                     .unwrap_or(0);
                 self.report(
                     offset,

@@ -75,6 +75,7 @@ impl ConnectorHandle {
 }
 
 /// The connection side of a connector: runs until shutdown.
+#[allow(clippy::large_enum_variant)] // one per network, built once and moved into its task
 pub enum ConnectorTask {
     /// IRC.
     Irc(irc::IrcTask),

@@ -84,28 +84,36 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
         (
             "mattermost url that is not a URL, and no credentials",
-            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"
+            ),
             vec![
                 "bridges.toml:7:7: network.oftc.url: `chat.example.org` is not a server URL; expected `https://host[:port][/path]`, e.g. \"https://chat.example.org\"",
             ],
         ),
         (
             "mattermost without credentials",
-            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"),
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"
+            ),
             vec![
                 "bridges.toml:6:8: network.oftc.token: missing credentials: give `token` (or `token_file` / `token_env`) or `login` + `password`",
             ],
         ),
         (
             "mattermost with token and login",
-            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"),
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"
+            ),
             vec![
                 "bridges.toml:10:9: network.oftc.login: give either `token` or `login` + `password`, not both",
             ],
         ),
         (
             "mattermost login without password, and an IRC key",
-            format!("{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"),
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"
+            ),
             vec![
                 "bridges.toml:9:9: network.oftc.password: `login` needs `password` (or `password_file` / `password_env`)",
                 "bridges.toml:10:8: network.oftc.nick: `nick` is not a key of `mattermost` networks; remove it",

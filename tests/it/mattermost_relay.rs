@@ -23,7 +23,9 @@ fn irc_network(id: &str, port: u16, nick: &str) -> String {
 fn config(networks: &[String], channels: &[(&str, &str)]) -> String {
     let entries: Vec<String> = channels
         .iter()
-        .map(|(network, channel)| format!("  {{ network = \"{network}\", channel = \"{channel}\" }},"))
+        .map(|(network, channel)| {
+            format!("  {{ network = \"{network}\", channel = \"{channel}\" }},")
+        })
         .collect();
     format!(
         "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}\
@@ -57,10 +59,7 @@ async fn irc_and_mattermost() -> IrcAndMattermost {
     let bridge = Bridge::start(
         dir.path(),
         &config(
-            &[
-                irc_network("irc", server.port, &nick),
-                mm.network("mm", ""),
-            ],
+            &[irc_network("irc", server.port, &nick), mm.network("mm", "")],
             &[("irc", &irc_channel), ("mm", "town")],
         ),
     );
@@ -219,17 +218,24 @@ async fn daemon_restart_catches_up_once_and_replays_nothing() {
     t.mm.wait_websocket(0).await;
 
     for n in 0..30 {
-        t.mia.say(&t.channel_id, &format!("while down {n:02}")).await;
+        t.mia
+            .say(&t.channel_id, &format!("while down {n:02}"))
+            .await;
     }
     t.mia.edit(&kept, "said before the restart, edited").await;
     t.mia.delete(&doomed).await;
-    let fleeting = t.mia.say(&t.channel_id, "said and deleted while down").await;
+    let fleeting = t
+        .mia
+        .say(&t.channel_id, "said and deleted while down")
+        .await;
     t.mia.delete(&fleeting).await;
     t.bridge.restart();
     t.mm.wait_websocket(1).await;
     t.mia.say(&t.channel_id, "MARK-R").await;
     let seen = t.alice.texts_until(&channel, "MARK-R").await;
-    let mut expected: Vec<String> = (0..30).map(|n| format!("<mia> while down {n:02}")).collect();
+    let mut expected: Vec<String> = (0..30)
+        .map(|n| format!("<mia> while down {n:02}"))
+        .collect();
     expected.push("<mia> * said before the restart, edited".into());
     expected.push("<mia> MARK-R".into());
     assert_eq!(texts(&seen), expected);
@@ -289,7 +295,9 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let hello_two = posts[0]["id"].as_str().unwrap().to_owned();
 
     // A thread reply two → one lands in the thread of ann's original post, prefixed.
-    let reply = ben.reply(&channel_two, &hello_two, "a reply from two").await;
+    let reply = ben
+        .reply(&channel_two, &hello_two, "a reply from two")
+        .await;
     let posts = ann
         .wait_posts_by(&channel_one, &one.bot_id, |p| !p.is_empty())
         .await;
@@ -301,7 +309,10 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let posts = ben
         .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 3)
         .await;
-    assert_eq!(find(&posts, "and back to two")["root_id"], hello_two.as_str());
+    assert_eq!(
+        find(&posts, "and back to two")["root_id"],
+        hello_two.as_str()
+    );
 
     // Edits and reactions both ways.
     ann.edit(&hello, "hello department two, edited").await;
@@ -327,6 +338,7 @@ async fn two_mattermost_servers_linked_department_to_department() {
 
     // Deleting the root on one deletes the copy (and so its thread) on two.
     ann.delete(&hello).await;
-    ben.wait_post(&hello_two, |p: Option<&Value>| p.is_none()).await;
+    ben.wait_post(&hello_two, |p: Option<&Value>| p.is_none())
+        .await;
     let _ = bridge.terminate();
 }

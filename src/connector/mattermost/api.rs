@@ -182,6 +182,13 @@ impl Api {
 
 /// Turn an error status into an [`ApiError`].
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
+    #[derive(Deserialize)]
+    struct AppError {
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        message: String,
+    }
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -203,13 +210,6 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         });
     }
     let text = response.text().await.unwrap_or_default();
-    #[derive(Deserialize)]
-    struct AppError {
-        #[serde(default)]
-        id: String,
-        #[serde(default)]
-        message: String,
-    }
     let (id, message) = match serde_json::from_str::<AppError>(&text) {
         Ok(error) => (error.id, error.message),
         Err(_) => (String::new(), text.chars().take(200).collect()),

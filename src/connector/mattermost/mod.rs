@@ -172,9 +172,10 @@ impl MattermostHandle {
     /// Send one delivery over REST; acknowledged when the server answered.
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
         let shared = &self.shared;
-        let (Some(me), Some(channel_id)) =
-            (shared.me(), shared.channel_id(&delivery.destination.channel))
-        else {
+        let (Some(me), Some(channel_id)) = (
+            shared.me(),
+            shared.channel_id(&delivery.destination.channel),
+        ) else {
             return Err(DeliveryError::Retry {
                 after: Some(Duration::from_secs(1)),
                 reason: "not connected to Mattermost yet".into(),
@@ -281,11 +282,7 @@ impl MattermostHandle {
                         format!("{who} changed the topic to: {topic}")
                     }
                 };
-                let message = format!(
-                    "[{}] {}",
-                    delivery.origin.network,
-                    text_to_markdown(&text)
-                );
+                let message = format!("[{}] {}", delivery.origin.network, text_to_markdown(&text));
                 let post = self
                     .create_post(
                         delivery,
@@ -550,19 +547,18 @@ impl TaskState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(me.id.clone());
         self.users.insert(me.id.clone(), me.username.clone());
-        let team_id = match &self.team_id {
-            Some(id) => id.clone(),
-            None => {
-                let team: api::Team = api
-                    .call(
-                        Method::GET,
-                        &format!("/teams/name/{}", self.shared.config.team),
-                        None,
-                    )
-                    .await?;
-                self.team_id = Some(team.id.clone());
-                team.id
-            }
+        let team_id = if let Some(id) = &self.team_id {
+            id.clone()
+        } else {
+            let team: api::Team = api
+                .call(
+                    Method::GET,
+                    &format!("/teams/name/{}", self.shared.config.team),
+                    None,
+                )
+                .await?;
+            self.team_id = Some(team.id.clone());
+            team.id
         };
         let mut ids = HashMap::new();
         for configured in &self.context.channels {
@@ -610,14 +606,13 @@ impl TaskState {
             }
             if !self.cursors.contains_key(&channel.id) {
                 let stored = self.load_cursor(configured).await;
-                let cursor = match stored {
-                    Some(cursor) => cursor,
-                    None => {
-                        // First time: start from the channel's newest post, relay what follows.
-                        let start = channel.last_post_at.max(1);
-                        self.store_cursor(configured, start).await;
-                        start
-                    }
+                let cursor = if let Some(cursor) = stored {
+                    cursor
+                } else {
+                    // First time: start from the channel's newest post, relay what follows.
+                    let start = channel.last_post_at.max(1);
+                    self.store_cursor(configured, start).await;
+                    start
                 };
                 self.cursors.insert(channel.id.clone(), cursor);
             }
@@ -829,8 +824,8 @@ impl TaskState {
         };
         match event {
             "posted" | "post_edited" | "post_deleted" => {
-                let Some(post) = embedded("post")
-                    .and_then(|text| serde_json::from_str::<Post>(&text).ok())
+                let Some(post) =
+                    embedded("post").and_then(|text| serde_json::from_str::<Post>(&text).ok())
                 else {
                     tracing::debug!(network = %self.network(), event, "Event without a readable post; ignored.");
                     return;

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// How long a wait for the bridge may take.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE: Duration = Duration::from_mins(1);
 
 /// One emulated server with a team and a bridge bot.
 pub struct MmServer {
@@ -182,7 +182,12 @@ impl MmUser {
     }
 
     /// One request: status and JSON body (`Null` when the body is not JSON).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let mut request = self
@@ -305,7 +310,10 @@ impl MmUser {
                 .posts(channel_id)
                 .await
                 .into_iter()
-                .filter(|p| p["user_id"] == user_id && p["type"].as_str().is_none_or(|t| !t.starts_with("system_")))
+                .filter(|p| {
+                    p["user_id"] == user_id
+                        && p["type"].as_str().is_none_or(|t| !t.starts_with("system_"))
+                })
                 .collect();
             if done(&posts) {
                 return posts;
@@ -320,15 +328,24 @@ impl MmUser {
     }
 
     /// Wait until `check` holds for the post `post_id` (or its absence: `None`).
-    pub async fn wait_post(&self, post_id: &str, check: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+    pub async fn wait_post(
+        &self,
+        post_id: &str,
+        check: impl Fn(Option<&Value>) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let (status, post) = self.call(Method::GET, &format!("/posts/{post_id}"), None).await;
+            let (status, post) = self
+                .call(Method::GET, &format!("/posts/{post_id}"), None)
+                .await;
             let post = (status == StatusCode::OK).then_some(post);
             if check(post.as_ref()) {
                 return post;
             }
-            assert!(Instant::now() < deadline, "post {post_id} never as expected: {post:?}");
+            assert!(
+                Instant::now() < deadline,
+                "post {post_id} never as expected: {post:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -361,7 +378,10 @@ impl MmUser {
             if have == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "reactions {have:?}, expected {want:?}");
+            assert!(
+                Instant::now() < deadline,
+                "reactions {have:?}, expected {want:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
