@@ -362,7 +362,7 @@ fn check_accepts_the_shipped_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml.example");
     let (code, stdout, stderr) = cli(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("OK (2 networks, 1 gateways)"), "{stdout}");
+    assert!(stdout.contains("OK (3 networks, 1 gateways)"), "{stdout}");
 }
 
 #[test]
