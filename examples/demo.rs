@@ -75,7 +75,7 @@ channels = [
         ("alice", "\u{1}ACTION waves\u{1}"),
         (
             "bob",
-            "every line is stored before it is sent, and sent once",
+            "formatting stays: \u{2}bold\u{2} and \u{3}04red\u{3}",
         ),
     ];
     for (who, text) in script {
@@ -112,5 +112,7 @@ channels = [
 }
 
 fn printable(text: &str) -> String {
-    text.replace('\u{1}', "^A").replace('\u{2}', "^B")
+    text.replace('\u{1}', "^A")
+        .replace('\u{2}', "^B")
+        .replace('\u{3}', "^C")
 }

@@ -4,6 +4,7 @@
 //! Modules in reading order:
 //! - [`config`]: the TOML file, parsed into raw serde types and validated into typed config.
 //! - [`model`]: the normalised message model every connector converts to and from.
+//! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
@@ -15,6 +16,7 @@ pub mod connector;
 pub mod daemon;
 pub mod model;
 pub mod outbox;
+pub mod richtext;
 pub mod router;
 pub mod store;
 

@@ -4,7 +4,9 @@
 //! Closed enums only: an event kind is a variant, never a string, and there is no map of "extras".
 //! Nothing here knows a protocol; network-specific identifiers are opaque strings.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::richtext::FormattedText;
 
 /// A channel on a network: the unit the router links and the outbox drains.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -81,8 +83,9 @@ pub enum EventBody {
     Text {
         /// Normal, action or notice.
         style: TextStyle,
-        /// The text, plain for now; line breaks are `\n`.
-        text: String,
+        /// The formatted text.
+        #[serde(deserialize_with = "formatted_or_plain")]
+        text: FormattedText,
         /// The origin network's id of the message this one replies to, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
@@ -94,7 +97,8 @@ pub enum EventBody {
         /// Normal, action or notice.
         style: TextStyle,
         /// The new text.
-        text: String,
+        #[serde(deserialize_with = "formatted_or_plain")]
+        text: FormattedText,
     },
     /// A message was deleted (redacted).
     Delete {
@@ -115,12 +119,18 @@ pub enum EventBody {
 }
 
 impl EventBody {
-    /// A plain text message (no reply).
+    /// A plain text message (no formatting, no reply).
     #[must_use]
-    pub fn text(style: TextStyle, text: impl Into<String>) -> Self {
+    pub fn text(style: TextStyle, text: &str) -> Self {
+        Self::formatted(style, FormattedText::plain(text))
+    }
+
+    /// A formatted text message (no reply).
+    #[must_use]
+    pub fn formatted(style: TextStyle, text: FormattedText) -> Self {
         EventBody::Text {
             style,
-            text: text.into(),
+            text,
             reply_to: None,
         }
     }
@@ -156,6 +166,22 @@ impl EventBody {
             EventBody::Membership(_) => "membership",
         }
     }
+}
+
+/// Stores written before rich text kept the text as a plain string: read both forms.
+fn formatted_or_plain<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<FormattedText, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Plain(String),
+        Formatted(FormattedText),
+    }
+    Ok(match Stored::deserialize(deserializer)? {
+        Stored::Plain(text) => FormattedText::plain(&text),
+        Stored::Formatted(text) => text,
+    })
 }
 
 /// Another message a delivery refers to (the message edited, deleted, reacted to or replied to),

@@ -66,8 +66,19 @@ async fn relays_text_actions_and_notices_both_ways_without_echo() {
     alice.say(&channel_a, "hello bob, 2*3*4 <b> é 日本語 🎉");
     alice.act(&channel_a, "waves");
     alice.notice(&channel_a, "a notice");
+    let formatted = "\x02bold\x02, \x1ditalic\x1d and \x0304red\x03 stay";
+    alice.say(&channel_a, formatted);
     alice.say(&channel_a, "MARK-1");
-    let seen = bob.texts_until(&channel_b, "MARK-1").await;
+    let mut seen = bob.texts_until(&channel_b, "MARK-1").await;
+    // Formatting arrives as the same formatting (the codes may be spelled differently).
+    let relayed = seen.remove(3);
+    let relayed_text = relayed.text().unwrap().1;
+    let prefix = format!("<{}> ", alice.nick);
+    assert!(relayed_text.starts_with(&prefix), "{relayed_text:?}");
+    assert_eq!(
+        tribridge::richtext::irc::parse(&relayed_text[prefix.len()..]),
+        tribridge::richtext::irc::parse(formatted)
+    );
     let a = alice.nick.clone();
     assert_eq!(
         texts(&seen),
@@ -692,4 +703,52 @@ async fn relays_membership_and_topic_changes_only_where_enabled() {
     assert!(seen[..4].iter().all(|l| l.command == "NOTICE"));
     let seen = alice.texts_until(&channel_a, "B-END").await;
     assert_eq!(texts(&seen), vec![format!("<{}> B-END", bob.nick)]);
+}
+
+/// Flood control: with a burst of 2 and one line per 300 ms, eight relayed lines cannot reach the
+/// other side faster than the bucket allows (a lower bound, so slowness never fails it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_control_paces_relayed_lines() {
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#flood"), unique("#flood"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let paced = irc_network("two", server.port, &nick_two)
+        .replace("flood_burst = 1000", "flood_burst = 2")
+        .replace("flood_interval_ms = 1", "flood_interval_ms = 300");
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[irc_network("one", server.port, &nick_one), paced],
+            &[gateway(
+                "g",
+                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+            )],
+        ),
+    );
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+    for n in 1..=8 {
+        alice.say(&channel_a, &format!("paced {n}"));
+    }
+    bob.wait_for(
+        |l| l.text().is_some_and(|(_, t)| t.ends_with("paced 1")),
+        crate::support::irc_client::DEADLINE,
+    )
+    .await
+    .expect("first line");
+    let started = std::time::Instant::now();
+    let seen = bob.texts_until(&channel_b, "paced 8").await;
+    let elapsed = started.elapsed();
+    assert_eq!(seen.len(), 7);
+    // Line 1 and 2 use the burst; lines 3..=8 wait 300 ms each: at least 1.8 s after line 2,
+    // so at least 1.5 s after line 1 was seen.
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tribridge::config::{Config, Direction, GatewayChannel, GatewayConfig};
 use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
+use tribridge::richtext::FormattedText;
 use tribridge::router::{Router, Topology, Wake};
 use tribridge::store::{CommitOutcome, MappingRole, Store};
 
@@ -94,7 +95,7 @@ impl Scenario {
         // Drain a copy: read in order by completing each head.
         while let Some((delivery, _)) = self.store.next_pending(&destination).unwrap() {
             if let EventBody::Text { text, .. } = &delivery.body {
-                texts.push(text.clone());
+                texts.push(text.to_plain_text());
             }
             self.store
                 .complete_delivery(&delivery.id, Some(&format!("{}-{}", channel, delivery.id)))
@@ -412,7 +413,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             EventBody::Edit {
                 target: "m1".into(),
                 style: TextStyle::Normal,
-                text: "hello".into(),
+                text: FormattedText::plain("hello"),
             },
         ))
         .unwrap();
@@ -442,7 +443,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             "r1",
             EventBody::Text {
                 style: TextStyle::Normal,
-                text: "a reply".into(),
+                text: FormattedText::plain("a reply"),
                 reply_to: Some("b-1".into()),
             },
         ))

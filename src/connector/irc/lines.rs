@@ -76,71 +76,6 @@ pub fn split_to_budget(line: &str, budget: usize) -> Vec<String> {
     pieces
 }
 
-/// Remove mIRC formatting codes (bold, colour with its digits, italic, ...), for a plain view.
-#[must_use]
-pub fn strip_formatting(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x02' | '\x1d' | '\x1f' | '\x1e' | '\x11' | '\x16' | '\x0f' => {}
-            '\x03' => {
-                // \x03[fg[,bg]] with one or two digits each
-                let mut foreground_digits = 0;
-                for _ in 0..2 {
-                    if chars.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
-                        foreground_digits += 1;
-                    }
-                }
-                // ",bg" only follows a foreground; a bare "\x03,5" keeps ",5" as text.
-                if foreground_digits > 0 && chars.peek() == Some(&',') {
-                    let mut look = chars.clone();
-                    look.next();
-                    if look.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
-                        for _ in 0..2 {
-                            if chars.peek().is_some_and(char::is_ascii_digit) {
-                                chars.next();
-                            }
-                        }
-                    }
-                }
-            }
-            '\x04' => {
-                // \x04[RRGGBB[,RRGGBB]]
-                let mut look = chars.clone();
-                if (0..6).all(|_| look.next().is_some_and(|h| h.is_ascii_hexdigit())) {
-                    for _ in 0..6 {
-                        chars.next();
-                    }
-                    let mut look = chars.clone();
-                    if look.next() == Some(',')
-                        && (0..6).all(|_| look.next().is_some_and(|h| h.is_ascii_hexdigit()))
-                    {
-                        for _ in 0..7 {
-                            chars.next();
-                        }
-                    }
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// Render `remote_nick_format` for a relayed sender. `{NOPINGNICK}` inserts a zero-width space
-/// after the first character so the relayed nick does not highlight its owner on IRC.
-#[must_use]
-pub fn no_ping(nick: &str) -> String {
-    let mut chars = nick.chars();
-    match chars.next() {
-        Some(first) => format!("{first}\u{200b}{}", chars.as_str()),
-        None => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,16 +102,6 @@ mod tests {
             logical_lines("a\r\nQUIT :x\rb\0c\n\nd\x01"),
             vec!["a", "QUIT :x", "bc", "d"]
         );
-    }
-
-    #[test]
-    fn strips_codes() {
-        assert_eq!(
-            strip_formatting("\x02bold\x02 \x0304,12red\x03 \x1ditalic"),
-            "bold red italic"
-        );
-        assert_eq!(strip_formatting("\x03,5x"), ",5x");
-        assert_eq!(strip_formatting("\x04FF00FFhex\x04"), "hex");
     }
 
     proptest! {

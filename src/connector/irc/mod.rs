@@ -26,6 +26,10 @@ use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
     TextStyle, now_ms,
 };
+use crate::richtext;
+use crate::richtext::FormattedText;
+use crate::richtext::irc::{IrcRenderOptions, render as irc_render};
+use crate::richtext::mention::no_ping_nick;
 
 use flood::TokenBucket;
 use wire::{WireLine, parse_server_time};
@@ -1035,7 +1039,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if let Some(configured) = self.configured(channel) {
-            let topic = lines::strip_formatting(line.param(1).unwrap_or(""));
+            let topic = richtext::irc::strip_formatting(line.param(1).unwrap_or(""));
             if let Some(event) =
                 self.membership_event(message, &configured, nick, Membership::Topic { topic })
             {
@@ -1109,8 +1113,8 @@ impl<'a> Session<'a> {
         } else {
             (TextStyle::Normal, text)
         };
-        let text = lines::strip_formatting(body);
-        if text.trim().is_empty() {
+        let text = richtext::irc::parse(body);
+        if text.to_plain_text().trim().is_empty() {
             return Ok(());
         }
         let inbound = Inbound {
@@ -1123,7 +1127,7 @@ impl<'a> Session<'a> {
             timestamp_ms: tag(message, "time")
                 .and_then(|t| parse_server_time(&t))
                 .unwrap_or_else(now_ms),
-            body: EventBody::text(style, text),
+            body: EventBody::formatted(style, text),
         };
         self.submit(inbound).await;
         Ok(())
@@ -1163,20 +1167,26 @@ pub fn render_delivery(
     own_nick: &str,
     labelled: bool,
 ) -> Vec<(&'static str, String)> {
-    let sender =
-        lines::logical_lines(&render_sender(nick_format, delivery, lines::no_ping)).concat();
-    let (command, ctcp, text) = match &delivery.body {
+    let sender = lines::logical_lines(&render_sender(nick_format, delivery, no_ping_nick)).concat();
+    let render = |text: &FormattedText| irc_render(text, &IrcRenderOptions::default());
+    let (command, ctcp, text_lines) = match &delivery.body {
         EventBody::Text { style, text, .. } => match style {
-            TextStyle::Normal => ("PRIVMSG", false, text.clone()),
-            TextStyle::Action => ("PRIVMSG", true, text.clone()),
-            TextStyle::Notice => ("NOTICE", false, text.clone()),
+            TextStyle::Normal => ("PRIVMSG", false, render(text)),
+            TextStyle::Action => ("PRIVMSG", true, render(text)),
+            TextStyle::Notice => ("NOTICE", false, render(text)),
         },
         // IRC cannot edit: the corrected text is said again, marked as a correction.
-        EventBody::Edit { style, text, .. } => match style {
-            TextStyle::Notice => ("NOTICE", false, format!("* {text}")),
-            TextStyle::Action => ("PRIVMSG", true, format!("* {text}")),
-            TextStyle::Normal => ("PRIVMSG", false, format!("* {text}")),
-        },
+        EventBody::Edit { style, text, .. } => {
+            let mut corrected = render(text);
+            if let Some(first) = corrected.first_mut() {
+                first.insert_str(0, "* ");
+            }
+            match style {
+                TextStyle::Notice => ("NOTICE", false, corrected),
+                TextStyle::Action => ("PRIVMSG", true, corrected),
+                TextStyle::Normal => ("PRIVMSG", false, corrected),
+            }
+        }
         // IRC cannot delete or react; saying so in the channel would only add noise.
         EventBody::Delete { .. } | EventBody::Reaction { .. } => return Vec::new(),
         EventBody::Membership(change) => {
@@ -1196,7 +1206,7 @@ pub fn render_delivery(
                 "NOTICE",
                 false,
                 &format!("[{}] ", delivery.origin.network),
-                &text,
+                &[text],
                 &delivery.destination.channel,
                 own_nick,
                 labelled,
@@ -1208,7 +1218,7 @@ pub fn render_delivery(
         command,
         ctcp,
         &sender,
-        &text,
+        &text_lines,
         &delivery.destination.channel,
         own_nick,
         labelled,
@@ -1221,7 +1231,7 @@ fn render_text_lines(
     command: &'static str,
     ctcp: bool,
     sender: &str,
-    text: &str,
+    text_lines: &[String],
     target: &str,
     own_nick: &str,
     labelled: bool,
@@ -1248,7 +1258,12 @@ fn render_text_lines(
     let sender = &sender[..sender_cut];
     let budget = budget - sender.len();
     let mut out = Vec::new();
-    for line in lines::logical_lines(text) {
+    // The renderer's lines never hold CR, LF or NUL; `logical_lines` makes sure of it again,
+    // because a second IRC command smuggled in a line is the one thing that must never happen.
+    for line in text_lines
+        .iter()
+        .flat_map(|line| lines::logical_lines(line))
+    {
         for piece in lines::split_to_budget(&line, budget) {
             let body = format!("{sender}{piece}");
             let body = if ctcp {
