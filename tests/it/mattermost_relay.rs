@@ -86,20 +86,29 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
     // IRC → Mattermost.
     t.alice.say(&channel, "hello mia, é 日本語 🎉");
     t.alice.act(&channel, "waves");
+    t.alice.say(&channel, "\x02bold\x02 and *not italic* @mia");
     t.alice.say(&channel, "MARK-1");
     let posts = t
         .mia
-        .wait_posts_by(&t.channel_id, &bot, |p| p.len() >= 3)
+        .wait_posts_by(&t.channel_id, &bot, |p| p.len() >= 4)
         .await;
     assert_eq!(
         messages(&posts),
         vec![
             format!("<{a}> hello mia, é 日本語 🎉"),
-            format!("*<{a}> waves*"),
+            format!("<{a}> waves"),
+            format!("<{a}> bold and *not italic* @\u{2060}mia"),
             format!("<{a}> MARK-1"),
         ]
     );
     assert_eq!(posts[1]["type"], "me");
+    assert_eq!(posts[1]["message"], format!("*\\<{a}> waves*"));
+    // IRC bold is Markdown bold; literal asterisks and the sender's brackets stay literal, and
+    // the relayed `@mia` does not ping.
+    assert_eq!(
+        posts[2]["message"],
+        format!("\\<{a}> **bold** and \\*not italic\\* @\u{2060}mia")
+    );
 
     // Mattermost → IRC: text, /me, an edit, a delete (IRC cannot show it), a thread reply.
     let hi = t.mia.say(&t.channel_id, "hi alice").await;
@@ -108,6 +117,7 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
     let gone = t.mia.say(&t.channel_id, "soon deleted").await;
     t.mia.delete(&gone).await;
     t.mia.reply(&t.channel_id, &hi, "in the thread").await;
+    t.mia.say(&t.channel_id, "**strong** words").await;
     t.mia.say(&t.channel_id, "MARK-2").await;
     let seen = t.alice.texts_until(&channel, "MARK-2").await;
     assert_eq!(
@@ -118,6 +128,7 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
             "<mia> * hi alice, edited".to_owned(),
             "<mia> soon deleted".to_owned(),
             "<mia> in the thread".to_owned(),
+            "<mia> \x02strong\x02 words".to_owned(),
             "<mia> MARK-2".to_owned(),
         ]
     );
@@ -126,10 +137,10 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
     t.alice.say(&channel, "MARK-3");
     let posts = t
         .mia
-        .wait_posts_by(&t.channel_id, &bot, |p| p.len() >= 4)
+        .wait_posts_by(&t.channel_id, &bot, |p| p.len() >= 5)
         .await;
-    assert_eq!(posts.len(), 4, "{:#?}", messages(&posts));
-    assert_eq!(posts[3]["message"], format!("<{a}> MARK-3"));
+    assert_eq!(posts.len(), 5, "{:#?}", messages(&posts));
+    assert_eq!(messages(&posts)[4], format!("<{a}> MARK-3"));
     let _ = t.bridge.terminate();
 }
 
@@ -288,7 +299,7 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let posts = ben
         .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 2)
         .await;
-    assert_eq!(messages(&posts), vec!["hello department two", "*waves*"]);
+    assert_eq!(messages(&posts), vec!["hello department two", "waves"]);
     assert_eq!(posts[0]["props"]["override_username"], "ann");
     assert_eq!(posts[0]["props"]["from_webhook"], "true");
     assert_eq!(posts[1]["type"], "me");
@@ -333,7 +344,7 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let posts = ben.wait_posts_by(&channel_two, &two.bot_id, |_| true).await;
     assert_eq!(
         messages(&posts),
-        vec!["hello department two, edited", "*waves*", "and back to two"]
+        vec!["hello department two, edited", "waves", "and back to two"]
     );
 
     // Deleting the root on one deletes the copy (and so its thread) on two.

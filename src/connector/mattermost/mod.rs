@@ -38,6 +38,9 @@ use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
     TextStyle,
 };
+use crate::richtext;
+use crate::richtext::FormattedText;
+use crate::richtext::model::{Block, Inline};
 
 use api::{Api, ApiError, Post, PostList, Reaction};
 
@@ -58,15 +61,39 @@ const READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most rows one `since` query returns; more means some may be missing.
 const SINCE_LIMIT: usize = 1000;
 
-/// The Markdown of a post to the model's text. Kept in one place so that the rich-text model can
-/// take over; until then the text is carried as written.
-fn markdown_to_text(markdown: &str) -> String {
-    markdown.to_owned()
+/// The Markdown of a post to the model's text (mentions named for `network`). A `/me` post's
+/// message is emphasised as a whole (`*waves*`); that emphasis is the post type, not the text's.
+fn markdown_to_text(network: &str, markdown: &str, action: bool) -> FormattedText {
+    let mut text = richtext::markdown::parse_for_network(markdown, network);
+    if action
+        && let [Block::Paragraph(inlines)] = text.blocks.as_mut_slice()
+        && let [Inline::Italic(inner)] = inlines.as_mut_slice()
+    {
+        let inner = std::mem::take(inner);
+        text = FormattedText::new(vec![Block::Paragraph(inner)]);
+    }
+    text
 }
 
-/// The model's text to a post's Markdown (see [`markdown_to_text`]).
-fn text_to_markdown(text: &str) -> String {
-    text.to_owned()
+/// The model's text to a post's Markdown, with `prefix` (the sender, literal text) in front and,
+/// for a `/me` post, emphasised as the `/me` command does. Everything literal stays literal.
+fn text_to_markdown(prefix: &str, text: &FormattedText, action: bool) -> String {
+    let mut blocks = text.blocks.clone();
+    if !prefix.is_empty() {
+        if let Some(Block::Paragraph(inlines)) = blocks.first_mut() {
+            inlines.insert(0, Inline::Text(prefix.to_owned()));
+        } else {
+            blocks.insert(
+                0,
+                Block::Paragraph(vec![Inline::Text(prefix.trim_end().to_owned())]),
+            );
+        }
+    }
+    if action && let [Block::Paragraph(inlines)] = blocks.as_mut_slice() {
+        let inner = std::mem::take(inlines);
+        *inlines = vec![Inline::Italic(inner)];
+    }
+    richtext::markdown::render(&FormattedText::new(blocks))
 }
 
 /// State the handle (deliveries) and the task (the connection) share.
@@ -282,7 +309,11 @@ impl MattermostHandle {
                         format!("{who} changed the topic to: {topic}")
                     }
                 };
-                let message = format!("[{}] {}", delivery.origin.network, text_to_markdown(&text));
+                let message = text_to_markdown(
+                    &format!("[{}] ", delivery.origin.network),
+                    &FormattedText::plain(&text),
+                    false,
+                );
                 let post = self
                     .create_post(
                         delivery,
@@ -306,9 +337,8 @@ impl MattermostHandle {
         &self,
         delivery: &Delivery,
         style: TextStyle,
-        text: &str,
+        text: &FormattedText,
     ) -> (&'static str, String, serde_json::Map<String, Value>) {
-        let markdown = text_to_markdown(text);
         let mut props = serde_json::Map::new();
         let prefix = if self.shared.config.sender_override {
             props.insert("from_webhook".into(), json!("true"));
@@ -321,8 +351,10 @@ impl MattermostHandle {
             render_sender(&self.shared.remote_nick_format, delivery, str::to_owned)
         };
         match style {
-            TextStyle::Action => ("me", format!("*{prefix}{markdown}*"), props),
-            TextStyle::Normal | TextStyle::Notice => ("", format!("{prefix}{markdown}"), props),
+            TextStyle::Action => ("me", text_to_markdown(&prefix, text, true), props),
+            TextStyle::Normal | TextStyle::Notice => {
+                ("", text_to_markdown(&prefix, text, false), props)
+            }
         }
     }
 
@@ -941,7 +973,12 @@ impl TaskState {
             "system_header_change" => Some((
                 props_name("username"),
                 Membership::Topic {
-                    topic: markdown_to_text(post.prop("new_header").unwrap_or_default()),
+                    topic: markdown_to_text(
+                        self.network(),
+                        post.prop("new_header").unwrap_or_default(),
+                        false,
+                    )
+                    .to_plain_text(),
                 },
             )),
             _ => None,
@@ -970,8 +1007,8 @@ impl TaskState {
         if post.kind.starts_with("system_") {
             return false;
         }
-        let (style, text) = post_text(post);
-        if text.trim().is_empty() {
+        let (style, text) = post_text(self.network(), post);
+        if text.is_empty() {
             return false;
         }
         let author = self.author_of(post, sender_name).await;
@@ -996,7 +1033,7 @@ impl TaskState {
         let Some(channel) = self.channels.get(&post.channel_id).cloned() else {
             return false;
         };
-        let (style, text) = post_text(post);
+        let (style, text) = post_text(self.network(), post);
         let author = self.author_of(post, None).await;
         self.submit(Inbound {
             origin: ChannelRef::new(self.network(), channel),
@@ -1074,16 +1111,17 @@ impl TaskState {
     }
 }
 
-/// A post's style and text: `/me` posts are actions, their surrounding `*` removed.
-fn post_text(post: &Post) -> (TextStyle, String) {
+/// A post's style and text: `/me` posts are actions.
+fn post_text(network: &str, post: &Post) -> (TextStyle, FormattedText) {
     if post.kind == "me" {
-        let inner = post
-            .message
-            .strip_prefix('*')
-            .and_then(|m| m.strip_suffix('*'))
-            .unwrap_or(&post.message);
-        (TextStyle::Action, markdown_to_text(inner))
+        (
+            TextStyle::Action,
+            markdown_to_text(network, &post.message, true),
+        )
     } else {
-        (TextStyle::Normal, markdown_to_text(&post.message))
+        (
+            TextStyle::Normal,
+            markdown_to_text(network, &post.message, false),
+        )
     }
 }

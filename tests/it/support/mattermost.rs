@@ -387,11 +387,14 @@ impl MmUser {
     }
 }
 
-/// The messages of posts.
+/// What people see of posts: their Markdown as plain text (formatting and escapes gone).
 pub fn messages(posts: &[Value]) -> Vec<String> {
     posts
         .iter()
-        .map(|p| p["message"].as_str().unwrap_or_default().to_owned())
+        .map(|p| {
+            tribridge::richtext::markdown::parse(p["message"].as_str().unwrap_or_default())
+                .to_plain_text()
+        })
         .collect()
 }
 
@@ -400,6 +403,6 @@ pub fn find<'a>(posts: &'a [Value], text: &str) -> &'a Value {
     posts
         .iter()
         .rev()
-        .find(|p| p["message"] == text)
+        .find(|p| messages(std::slice::from_ref(p))[0] == text)
         .unwrap_or_else(|| panic!("no post {text:?} in {:#?}", messages(posts)))
 }
