@@ -47,6 +47,11 @@ struct IrcAndMattermost {
 }
 
 async fn irc_and_mattermost() -> IrcAndMattermost {
+    irc_and_mattermost_with(false, "").await
+}
+
+/// The fixture, the bridge logging in by password when `login`, with `extra` network keys.
+async fn irc_and_mattermost_with(login: bool, extra: &str) -> IrcAndMattermost {
     let server = shared_inspircd();
     let irc_channel = unique("#mm");
     let nick = unique("brmm");
@@ -59,12 +64,24 @@ async fn irc_and_mattermost() -> IrcAndMattermost {
     let bridge = Bridge::start(
         dir.path(),
         &config(
-            &[irc_network("irc", server.port, &nick), mm.network("mm", "")],
+            &[
+                irc_network("irc", server.port, &nick),
+                if login {
+                    mm.network_login("mm", extra)
+                } else {
+                    mm.network("mm", extra)
+                },
+            ],
             &[("irc", &irc_channel), ("mm", "town")],
         ),
     );
     alice.wait_join(&nick, &irc_channel).await;
-    mm.wait_bot_member(&channel_id).await;
+    let account = if login {
+        mm.login_user_id.clone()
+    } else {
+        mm.bot_id.clone()
+    };
+    mm.wait_member(&channel_id, &account).await;
     mm.wait_websocket(1).await;
     IrcAndMattermost {
         mm,
@@ -210,6 +227,12 @@ async fn websocket_drops_lose_nothing_whether_resumed_or_caught_up() {
     let mut expected: Vec<String> = (0..30).map(|n| format!("<mia> dropped {n:02}")).collect();
     expected.push("<mia> MARK-B".into());
     assert_eq!(texts(&seen), expected);
+    assert!(
+        t.bridge
+            .logs()
+            .contains("WebSocket resumed; missed events are replayed."),
+        "the second drop was resumed, not caught up over REST"
+    );
 
     // And nothing more arrives after that: the next line is the next one said.
     t.mia.say(&t.channel_id, "MARK-C").await;
@@ -352,4 +375,62 @@ async fn two_mattermost_servers_linked_department_to_department() {
     ben.wait_post(&hello_two, |p: Option<&Value>| p.is_none())
         .await;
     let _ = bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_login_survives_session_expiry_and_membership_is_relayed() {
+    let mut t = irc_and_mattermost_with(true, "relay_membership = true").await;
+    let (a, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
+    let account = t.mm.login_user_id.clone();
+
+    // Joins, header changes and leaves on Mattermost become notices on IRC.
+    let newbie = t.mm.user("newbie", &t.channel_id).await;
+    t.mia
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/channels/{}/patch", t.channel_id),
+            Some(serde_json::json!({"header": "Release **Friday**"})),
+        )
+        .await;
+    newbie
+        .ok(
+            reqwest::Method::DELETE,
+            &format!("/channels/{}/members/{}", t.channel_id, newbie.id),
+            None,
+        )
+        .await;
+    t.mia.say(&t.channel_id, "MARK-M").await;
+    let seen = t.alice.texts_until(&channel, "MARK-M").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            "[mm] newbie joined town".to_owned(),
+            "[mm] mia changed the topic to: Release Friday".to_owned(),
+            "[mm] newbie left town".to_owned(),
+            "<mia> MARK-M".to_owned(),
+        ]
+    );
+
+    // The password session expires: the next delivery logs in again and goes through.
+    t.alice.say(&channel, "before expiry");
+    t.mia
+        .wait_posts_by(&t.channel_id, &account, |p| p.len() >= 1)
+        .await;
+    t.mm.emu.expire_sessions();
+    t.alice.say(&channel, "after expiry");
+    // Every password session is gone, mia's too.
+    let mia =
+        crate::support::mattermost::MmUser::login(&t.mm.emu.base_url(), "mia", "mia-password")
+            .await;
+    let posts = mia
+        .wait_posts_by(&t.channel_id, &account, |p| p.len() >= 2)
+        .await;
+    assert_eq!(
+        messages(&posts),
+        vec![
+            format!("<{a}> before expiry"),
+            format!("<{a}> after expiry"),
+        ]
+    );
+    let _ = t.bridge.terminate();
 }

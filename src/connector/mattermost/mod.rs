@@ -441,6 +441,8 @@ enum SessionEnd {
 struct Resume {
     connection_id: String,
     next_seq: i64,
+    /// Asked the server to resume; not yet known whether it did.
+    asked: bool,
 }
 
 /// A WebSocket envelope: an event or a reply.
@@ -705,11 +707,14 @@ impl TaskState {
         } else {
             return Err(format!("`{base}` is not an http(s) URL"));
         };
-        let url = match &self.resume {
-            Some(resume) => format!(
-                "{ws_base}/api/v4/websocket?connection_id={}&sequence_number={}",
-                resume.connection_id, resume.next_seq
-            ),
+        let url = match &mut self.resume {
+            Some(resume) => {
+                resume.asked = true;
+                format!(
+                    "{ws_base}/api/v4/websocket?connection_id={}&sequence_number={}",
+                    resume.connection_id, resume.next_seq
+                )
+            }
             None => format!("{ws_base}/api/v4/websocket"),
         };
         let token = self
@@ -759,8 +764,13 @@ impl TaskState {
             self.resume = Some(Resume {
                 connection_id,
                 next_seq: seq + 1,
+                asked: false,
             });
             return self.catch_up_all().await;
+        }
+        if let Some(resume) = self.resume.as_mut().filter(|r| r.asked) {
+            resume.asked = false;
+            tracing::info!(network = %self.shared.network, from = resume.next_seq, "WebSocket resumed; missed events are replayed.");
         }
         if let Some(expected) = self.resume.as_ref().map(|r| r.next_seq)
             && expected != seq

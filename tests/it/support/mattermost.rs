@@ -19,6 +19,8 @@ pub struct MmServer {
     pub team_id: String,
     pub bot_id: String,
     pub bot_token: String,
+    /// A human account `bridgeuser` (password `bridgeuser-password`) for login-based bridging.
+    pub login_user_id: String,
 }
 
 /// One account, driven over REST.
@@ -67,6 +69,21 @@ impl MmServer {
                 Some(json!({"team_id": team_id, "user_id": bot_id})),
             )
             .await;
+        let login_user = admin
+            .ok(
+                Method::POST,
+                "/users",
+                Some(json!({"username": "bridgeuser", "email": "bridgeuser@example.org", "password": "bridgeuser-password"})),
+            )
+            .await;
+        let login_user_id = login_user["id"].as_str().unwrap().to_owned();
+        admin
+            .ok(
+                Method::POST,
+                &format!("/teams/{team_id}/members"),
+                Some(json!({"team_id": team_id, "user_id": login_user_id})),
+            )
+            .await;
         MmServer {
             emu,
             admin,
@@ -74,6 +91,7 @@ impl MmServer {
             team_id,
             bot_id,
             bot_token: token["token"].as_str().unwrap().to_owned(),
+            login_user_id,
         }
     }
 
@@ -130,15 +148,29 @@ impl MmServer {
         )
     }
 
+    /// The bridge's network block, logging in as `bridgeuser` with a password.
+    pub fn network_login(&self, id: &str, extra: &str) -> String {
+        format!(
+            "[network.{id}]\ntype = \"mattermost\"\nurl = \"{}\"\nteam = \"{}\"\nlogin = \"bridgeuser\"\npassword = \"bridgeuser-password\"\n{extra}\n",
+            self.emu.base_url(),
+            self.team,
+        )
+    }
+
     /// Wait until the bridge's bot is a member of the channel (it resolved and joined it).
     pub async fn wait_bot_member(&self, channel_id: &str) {
+        self.wait_member(channel_id, &self.bot_id).await;
+    }
+
+    /// Wait until `user_id` is a member of the channel.
+    pub async fn wait_member(&self, channel_id: &str, user_id: &str) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let (status, _) = self
                 .admin
                 .call(
                     Method::GET,
-                    &format!("/channels/{channel_id}/members/{}", self.bot_id),
+                    &format!("/channels/{channel_id}/members/{user_id}"),
                     None,
                 )
                 .await;
