@@ -414,7 +414,7 @@ async fn password_login_survives_session_expiry_and_membership_is_relayed() {
     // The password session expires: the next delivery logs in again and goes through.
     t.alice.say(&channel, "before expiry");
     t.mia
-        .wait_posts_by(&t.channel_id, &account, |p| p.len() >= 1)
+        .wait_posts_by(&t.channel_id, &account, |p| !p.is_empty())
         .await;
     t.mm.emu.expire_sessions();
     t.alice.say(&channel, "after expiry");
