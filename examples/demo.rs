@@ -131,7 +131,11 @@ channels = [
             "{:>8} | [bridge] {}{}",
             "demo-c",
             post["message"].as_str().unwrap_or_default(),
-            if post["type"] == "me" { "   (a /me post)" } else { "" }
+            if post["type"] == "me" {
+                "   (a /me post)"
+            } else {
+                ""
+            }
         );
     }
     println!();
