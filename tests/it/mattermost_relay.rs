@@ -434,3 +434,50 @@ async fn password_login_survives_session_expiry_and_membership_is_relayed() {
     );
     let _ = t.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_named_with_a_link_and_a_removed_bridge_rejoins() {
+    let mut t = irc_and_mattermost().await;
+    let (a, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
+    let bot = t.mm.bot_id.clone();
+
+    // A post with a file: IRC gets the text, then the file's name and a link to the post.
+    let file = t
+        .mia
+        .upload(&t.channel_id, "notes.txt", b"some notes")
+        .await;
+    let post = t
+        .mia
+        .say_with_files(&t.channel_id, "have a look", std::slice::from_ref(&file))
+        .await;
+    let seen = t.alice.texts_until(&channel, "notes.txt").await;
+    let link = format!("{}/civi/pl/{post}", t.mm.emu.base_url());
+    assert_eq!(texts(&seen)[0], "<mia> have a look");
+    assert!(
+        texts(&seen)
+            .last()
+            .is_some_and(|l| l.contains("[file: notes.txt]") && l.contains(&link)),
+        "{:?}",
+        texts(&seen)
+    );
+
+    // Someone removes the bridge from the channel: it joins again and nothing is lost.
+    t.mm.admin
+        .ok(
+            reqwest::Method::DELETE,
+            &format!("/channels/{}/members/{bot}", t.channel_id),
+            None,
+        )
+        .await;
+    t.alice.say(&channel, "said around the kick");
+    t.mm.wait_bot_member(&t.channel_id).await;
+    let posts = t
+        .mia
+        .wait_posts_by(&t.channel_id, &bot, |p| !p.is_empty())
+        .await;
+    assert_eq!(
+        messages(&posts),
+        vec![format!("<{a}> said around the kick")]
+    );
+    let _ = t.bridge.terminate();
+}

@@ -417,6 +417,12 @@ impl MattermostHandle {
                     reason: error.to_string(),
                 }
             }
+            // Not (or no longer) allowed to post there, e.g. removed from the channel: the
+            // connection rejoins; keep the message until then.
+            ApiError::Status { status: 403, .. } => DeliveryError::Retry {
+                after: Some(Duration::from_secs(10)),
+                reason: error.to_string(),
+            },
             _ => delivery_error(&error),
         })
     }
@@ -469,6 +475,7 @@ impl MattermostTask {
             channels: HashMap::new(),
             cursors: HashMap::new(),
             team_id: None,
+            store_failed: false,
         };
         let network = self.shared.network.clone();
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(5));
@@ -504,6 +511,8 @@ struct TaskState {
     /// channel id → the newest `update_at` handled and stored
     cursors: HashMap<String, i64>,
     team_id: Option<String>,
+    /// An event could not be committed in this session.
+    store_failed: bool,
 }
 
 type Socket =
@@ -684,8 +693,12 @@ impl TaskState {
         }
     }
 
-    /// Move a channel's cursor forward to `update_at` (never back).
+    /// Move a channel's cursor forward to `update_at` (never back), unless something before it
+    /// could not be stored.
     async fn advance(&mut self, channel_id: &str, update_at: i64) {
+        if self.store_failed {
+            return;
+        }
         let Some(current) = self.cursors.get(channel_id).copied() else {
             return;
         };
@@ -766,7 +779,8 @@ impl TaskState {
                 next_seq: seq + 1,
                 asked: false,
             });
-            return self.catch_up_all().await;
+            self.catch_up_all().await?;
+            return self.check_stored();
         }
         if let Some(resume) = self.resume.as_mut().filter(|r| r.asked) {
             resume.asked = false;
@@ -778,9 +792,20 @@ impl TaskState {
             tracing::warn!(network = %self.network(), expected, got = seq, "WebSocket events were missed; catching up.");
             self.catch_up_all().await?;
         }
-        self.on_event(event, &envelope).await;
+        // Counted before handling: an event that ends the session is not replayed on resume.
         if let Some(resume) = &mut self.resume {
             resume.next_seq = seq + 1;
+        }
+        self.on_event(event, &envelope).await?;
+        self.check_stored()
+    }
+
+    /// After a store failure, end the session without resuming, so that the next one catches
+    /// up from the stored cursors.
+    fn check_stored(&mut self) -> Result<(), String> {
+        if std::mem::take(&mut self.store_failed) {
+            self.resume = None;
+            return Err("an event could not be stored".into());
         }
         Ok(())
     }
@@ -856,7 +881,7 @@ impl TaskState {
         Ok(())
     }
 
-    async fn on_event(&mut self, event: &str, envelope: &Envelope) {
+    async fn on_event(&mut self, event: &str, envelope: &Envelope) -> Result<(), String> {
         let embedded = |name: &str| -> Option<String> {
             envelope
                 .data
@@ -870,10 +895,10 @@ impl TaskState {
                     embedded("post").and_then(|text| serde_json::from_str::<Post>(&text).ok())
                 else {
                     tracing::debug!(network = %self.network(), event, "Event without a readable post; ignored.");
-                    return;
+                    return Ok(());
                 };
                 if !self.channels.contains_key(&post.channel_id) {
-                    return;
+                    return Ok(());
                 }
                 let sender = embedded("sender_name");
                 match event {
@@ -893,7 +918,7 @@ impl TaskState {
                 let Some(reaction) = embedded("reaction")
                     .and_then(|text| serde_json::from_str::<Reaction>(&text).ok())
                 else {
-                    return;
+                    return Ok(());
                 };
                 let channel_id = envelope
                     .broadcast
@@ -903,8 +928,32 @@ impl TaskState {
                 self.on_reaction(channel_id, &reaction, event == "reaction_removed")
                     .await;
             }
+            "user_removed" => {
+                // Either form: to the channel (data.user_id) or to the removed user
+                // (data.channel_id, broadcast.user_id).
+                let me = self.shared.me().unwrap_or_default();
+                let field = |value: &Value, name: &str| {
+                    value
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let channel = [
+                    field(&envelope.data, "channel_id"),
+                    field(&envelope.broadcast, "channel_id"),
+                ]
+                .into_iter()
+                .find(|c| self.channels.contains_key(c));
+                let removed_me = field(&envelope.data, "user_id") == me
+                    || field(&envelope.broadcast, "user_id") == me;
+                if removed_me && channel.is_some() {
+                    return Err("removed from a bridged channel; rejoining".into());
+                }
+            }
             _ => {}
         }
+        Ok(())
     }
 
     async fn username(&mut self, user_id: &str) -> String {
@@ -949,12 +998,14 @@ impl TaskState {
         }
     }
 
-    async fn submit(&self, inbound: Inbound) -> bool {
+    async fn submit(&mut self, inbound: Inbound) -> bool {
         match self.context.router.submit(inbound).await {
             Ok(crate::store::CommitOutcome::Committed { message_id, .. }) => message_id > 0,
             Ok(_) => false,
             Err(error) => {
-                tracing::error!(network = %self.network(), error = %error, "Could not store a message; it is lost.");
+                // The cursor stays where it is; the session restarts and catches up from there.
+                tracing::error!(network = %self.network(), error = %error, "Could not store an event; reconnecting to fetch it again.");
+                self.store_failed = true;
                 false
             }
         }
@@ -1017,7 +1068,10 @@ impl TaskState {
         if post.kind.starts_with("system_") {
             return false;
         }
-        let (style, text) = post_text(self.network(), post);
+        let (style, mut text) = post_text(self.network(), post);
+        if !post.file_ids.is_empty() {
+            self.add_files(post, &mut text).await;
+        }
         if text.is_empty() {
             return false;
         }
@@ -1034,6 +1088,38 @@ impl TaskState {
             },
         })
         .await
+    }
+
+    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
+    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
+        let link = richtext::long_text::mattermost_permalink(
+            self.shared.api.base(),
+            &self.shared.config.team,
+            &post.id,
+        );
+        for file_id in &post.file_ids {
+            let name = match self
+                .shared
+                .api
+                .call::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
+                .await
+            {
+                Ok(info) => info
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("a file")
+                    .to_owned(),
+                Err(_) => "a file".to_owned(),
+            };
+            text.blocks.push(Block::Paragraph(vec![
+                Inline::Text(format!("[file: {name}] ")),
+                Inline::Link {
+                    url: link.clone(),
+                    children: Vec::new(),
+                },
+            ]));
+        }
+        text.normalize();
     }
 
     async fn on_edited(&mut self, post: &Post) -> bool {

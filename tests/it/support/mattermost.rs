@@ -274,6 +274,38 @@ impl MmUser {
         post["id"].as_str().unwrap().to_owned()
     }
 
+    /// Upload a file to a channel (`POST /files`, multipart); returns the file id.
+    pub async fn upload(&self, channel_id: &str, name: &str, bytes: &[u8]) -> String {
+        let form = reqwest::multipart::Form::new()
+            .text("channel_id", channel_id.to_owned())
+            .part(
+                "files",
+                reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_owned()),
+            );
+        let response = self
+            .http
+            .post(format!("{}/api/v4/files", self.base))
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), StatusCode::CREATED, "upload {name}");
+        let body: Value = response.json().await.unwrap();
+        body["file_infos"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Post a message with files attached.
+    pub async fn say_with_files(
+        &self,
+        channel_id: &str,
+        text: &str,
+        file_ids: &[String],
+    ) -> String {
+        self.post(json!({"channel_id": channel_id, "message": text, "file_ids": file_ids}))
+            .await
+    }
+
     pub async fn edit(&self, post_id: &str, text: &str) {
         self.ok(
             Method::PUT,
