@@ -226,9 +226,12 @@ async fn burst_of_250_lines_arrives_in_order_exactly_once() {
     for n in 1..=250 {
         let _ = write!(burst, "PRIVMSG {channel_a} :line {n:03}\r\n");
     }
+    let started = std::time::Instant::now();
     alice.raw(burst.trim_end());
     alice.say(&channel_a, "BURST-END");
     let seen = bob.texts_until(&channel_b, "BURST-END").await;
+    // A figure for BENCHMARKS.md, not an assertion (timings are not asserted).
+    eprintln!("251 lines relayed IRC to IRC in {:?}", started.elapsed());
     let a = alice.nick.clone();
     let mut expected: Vec<String> = (1..=250).map(|n| format!("<{a}> line {n:03}")).collect();
     expected.push(format!("<{a}> BURST-END"));
