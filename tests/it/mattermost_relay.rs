@@ -481,3 +481,50 @@ async fn files_are_named_with_a_link_and_a_removed_bridge_rejoins() {
     );
     let _ = t.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_order() {
+    let one = MmServer::start("dept-one").await;
+    let two = MmServer::start("dept-two").await;
+    let channel_one = one.channel("shared").await;
+    let channel_two = two.channel("shared").await;
+    let ann = one.user("ann", &channel_one).await;
+    let ben = two.user("ben", &channel_two).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[one.network("one", ""), two.network("two", "")],
+            &[("one", "shared"), ("two", "shared")],
+        ),
+    );
+    one.wait_bot_member(&channel_one).await;
+    two.wait_bot_member(&channel_two).await;
+    one.wait_websocket(1).await;
+    ann.say(&channel_one, "before").await;
+    ben.wait_posts_by(&channel_two, &two.bot_id, |p| !p.is_empty())
+        .await;
+    assert_eq!(bridge.terminate(), Some(0));
+    one.wait_websocket(0).await;
+
+    // More new posts than one `since` answer holds (1000 rows).
+    for n in 0..1030 {
+        ann.say(&channel_one, &format!("p{n:04}")).await;
+    }
+    bridge.restart();
+    let posts = ben
+        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 1031)
+        .await;
+    let mut expected = vec!["<ann> before".to_owned()];
+    expected.extend((0..1030).map(|n| format!("<ann> p{n:04}")));
+    let seen = messages(&posts);
+    let first_difference = seen.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        seen == expected,
+        "{} posts, first difference at {first_difference:?}: {:?}",
+        seen.len(),
+        first_difference.map(|i| &seen[i.saturating_sub(2)..(i + 3).min(seen.len())])
+    );
+    assert!(bridge.logs().contains("paging back for new posts"));
+    let _ = bridge.terminate();
+}

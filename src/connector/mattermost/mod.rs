@@ -234,7 +234,7 @@ impl MattermostHandle {
                     .call::<Value>(
                         Method::PUT,
                         &format!("/posts/{post_id}/patch"),
-                        Some(&json!({ "message": message })),
+                        Some(&json!({ "message": fit(&message) })),
                     )
                     .await
                     .map_err(|e| delivery_error(&e))?;
@@ -387,6 +387,7 @@ impl MattermostHandle {
         root_id: Option<String>,
     ) -> Result<Post, DeliveryError> {
         let shared = &self.shared;
+        let message = fit(message);
         let body = json!({
             "channel_id": channel_id,
             "message": message,
@@ -836,8 +837,17 @@ impl TaskState {
                 None,
             )
             .await?;
+        let mut list = list;
         if list.order.len() >= SINCE_LIMIT {
-            tracing::warn!(network = %self.network(), channel = %channel_id, "More than {SINCE_LIMIT} changes since the last position; the oldest may be missing.");
+            // `since` answers the newest rows only: page back through the channel so that no
+            // new post is missed (edits and deletions older than the cap are).
+            tracing::warn!(network = %self.network(), channel = %channel_id, "More than {SINCE_LIMIT} changes since the last position; paging back for new posts.");
+            for post in self.new_posts_by_page(channel_id, cursor).await? {
+                if !list.order.contains(&post.id) {
+                    list.order.push(post.id.clone());
+                    list.posts.insert(post.id.clone(), post);
+                }
+            }
         }
         let rows: Vec<&Post> = list
             .order
@@ -879,6 +889,39 @@ impl TaskState {
         }
         self.advance(channel_id, newest).await;
         Ok(())
+    }
+
+    /// Every post created after `cursor` and not deleted, by plain paging (newest first).
+    async fn new_posts_by_page(
+        &self,
+        channel_id: &str,
+        cursor: i64,
+    ) -> Result<Vec<Post>, ApiError> {
+        const PER_PAGE: usize = 200;
+        let mut found = Vec::new();
+        for page in 0.. {
+            let list: PostList = self
+                .shared
+                .api
+                .call(
+                    Method::GET,
+                    &format!("/channels/{channel_id}/posts?page={page}&per_page={PER_PAGE}"),
+                    None,
+                )
+                .await?;
+            let mut older = false;
+            for id in &list.order {
+                match list.posts.get(id) {
+                    Some(post) if post.create_at > cursor => found.push(post.clone()),
+                    Some(_) => older = true,
+                    None => {}
+                }
+            }
+            if older || list.order.len() < PER_PAGE {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     async fn on_event(&mut self, event: &str, envelope: &Envelope) -> Result<(), String> {
@@ -1207,6 +1250,26 @@ impl TaskState {
     }
 }
 
+/// The longest message the bridge sends, in characters (`MaxPostSize` is 16383 runes on current
+/// servers, 4000 on very old ones).
+const MAX_POST_CHARS: usize = 16_383;
+
+/// A message that fits in one post: cut, and said so, when longer.
+fn fit(message: &str) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = "\n… (cut: too long for Mattermost)";
+    if message.chars().count() <= MAX_POST_CHARS {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let keep = MAX_POST_CHARS - MARK.chars().count();
+    let mut cut: String = message.chars().take(keep).collect();
+    // Never end on a lone backslash, which would escape the line break after it.
+    while cut.ends_with('\\') {
+        cut.pop();
+    }
+    cut.push_str(MARK);
+    std::borrow::Cow::Owned(cut)
+}
+
 /// A post's style and text: `/me` posts are actions.
 fn post_text(network: &str, post: &Post) -> (TextStyle, FormattedText) {
     if post.kind == "me" {
@@ -1219,5 +1282,38 @@ fn post_text(network: &str, post: &Post) -> (TextStyle, FormattedText) {
             TextStyle::Normal,
             markdown_to_text(network, &post.message, false),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_both_ways_keeps_literals_and_actions() {
+        let text = FormattedText::plain("2*3*4 <b> @here");
+        let markdown = text_to_markdown("<alice> ", &text, false);
+        assert_eq!(
+            markdown_to_text("mm", &markdown, false).to_plain_text(),
+            "<alice> 2*3*4 <b> @\u{2060}here"
+        );
+        let action = text_to_markdown("", &FormattedText::plain("waves"), true);
+        assert_eq!(action, "*waves*");
+        let back = markdown_to_text("mm", &action, true);
+        assert_eq!(back, FormattedText::plain("waves"));
+        // An action that is not emphasised as a whole keeps its formatting.
+        let partial = markdown_to_text("mm", "*waves* back", true);
+        assert_eq!(partial.to_plain_text(), "waves back");
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_say_so() {
+        assert_eq!(fit("short"), "short");
+        let long = "a".repeat(MAX_POST_CHARS + 10);
+        let cut = fit(&long);
+        assert_eq!(cut.chars().count(), MAX_POST_CHARS);
+        assert!(cut.ends_with("(cut: too long for Mattermost)"));
+        let backslashes = format!("{}\\\\x", "b".repeat(MAX_POST_CHARS));
+        assert!(!fit(&backslashes).contains('\\'));
     }
 }

@@ -340,12 +340,14 @@ impl MmUser {
 
     /// Every post in the channel that is not deleted, oldest first.
     pub async fn posts(&self, channel_id: &str) -> Vec<Value> {
+        // Paged with `before` (stable while posts keep arriving), newest first.
         let mut all = Vec::new();
-        for page in 0.. {
+        let mut before = String::new();
+        loop {
             let list = self
                 .ok(
                     Method::GET,
-                    &format!("/channels/{channel_id}/posts?page={page}&per_page=200"),
+                    &format!("/channels/{channel_id}/posts?per_page=200&before={before}"),
                     None,
                 )
                 .await;
@@ -353,8 +355,9 @@ impl MmUser {
             for id in &order {
                 all.push(list["posts"][id.as_str().unwrap()].clone());
             }
-            if order.len() < 200 {
-                break;
+            match order.last().and_then(Value::as_str) {
+                Some(oldest) if order.len() == 200 => oldest.clone_into(&mut before),
+                _ => break,
             }
         }
         all.reverse();
