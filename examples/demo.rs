@@ -1,10 +1,14 @@
-//! The README's demo: a real `InspIRCd` on loopback, tribridge linking `#demo-a` and `#demo-b`
-//! through two bridge accounts, and two people talking across the link. With `--interactive` it
-//! keeps running so you can connect your own IRC client.
+//! The README's demo: a real `InspIRCd` on loopback and a Mattermost server (the emulator, in
+//! process), tribridge linking `#demo-a`, `#demo-b` and the Mattermost channel `demo-c`, and
+//! three people talking across the link. With `--interactive` it keeps running so you can connect
+//! your own IRC client (or Mattermost client, to the printed URL).
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
 mod irc_client;
+#[path = "../tests/it/support/mattermost.rs"]
+#[allow(dead_code)]
+mod mattermost;
 #[path = "../tests/it/support/servers.rs"]
 #[allow(dead_code)]
 mod servers;
@@ -22,6 +26,15 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  IRC server: 127.0.0.1:{} (TLS on {})",
         server.port, server.tls_port
+    );
+
+    println!("Starting a Mattermost server (the emulator) on loopback...");
+    let mm = mattermost::MmServer::start("demo").await;
+    let channel_c = mm.channel("demo-c").await;
+    let carol = mm.user("carol", &channel_c).await;
+    println!(
+        "  Mattermost: {} (team demo, channel demo-c, user carol / carol-password)",
+        mm.emu.base_url()
     );
 
     let state = tempfile::tempdir()?;
@@ -42,13 +55,22 @@ server = "127.0.0.1:{port}"
 tls = false
 nick = "bridge-right"
 
+[network.mm]
+type = "mattermost"
+url = "{mm_url}"
+team = "demo"
+token = "{mm_token}"
+
 [[gateway]]
 name = "demo"
 channels = [
   {{ network = "left", channel = "#demo-a" }},
   {{ network = "right", channel = "#demo-b" }},
+  {{ network = "mm", channel = "demo-c" }},
 ]
 "##,
+        mm_url = mm.emu.base_url(),
+        mm_token = mm.bot_token,
         state = state.path().display(),
         port = server.port,
         tls_port = server.tls_port,
@@ -67,7 +89,9 @@ channels = [
     let daemon = tokio::spawn(tribridge::daemon::run(config, shutdown.clone(), || {}));
     alice.wait_member("bridge-left", "#demo-a").await;
     bob.wait_member("bridge-right", "#demo-b").await;
-    println!("tribridge is in both channels.\n");
+    mm.wait_bot_member(&channel_c).await;
+    mm.wait_websocket(1).await;
+    println!("tribridge is in all three channels.\n");
 
     let script: [(&str, &str); 4] = [
         ("alice", "hello from #demo-a!"),
@@ -97,6 +121,37 @@ channels = [
             printable(seen)
         );
     }
+
+    // What carol saw on Mattermost meanwhile: the four IRC lines, as Markdown posts.
+    let posts = carol
+        .wait_posts_by(&channel_c, &mm.bot_id, |p| p.len() >= 4)
+        .await;
+    for post in &posts {
+        println!(
+            "{:>8} | [bridge] {}{}",
+            "demo-c",
+            post["message"].as_str().unwrap_or_default(),
+            if post["type"] == "me" {
+                "   (a /me post)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!();
+
+    let text = "hello IRC, **from Mattermost**";
+    carol.say(&channel_c, text).await;
+    println!("{:>8} | <carol> {text}", "demo-c");
+    for (listener, channel) in [(&mut alice, "#demo-a"), (&mut bob, "#demo-b")] {
+        let line = listener
+            .wait_for(|l| l.text().is_some(), Duration::from_secs(30))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("nothing arrived in {channel}"))?;
+        let (_, seen) = line.text().unwrap_or_default();
+        println!("{channel:>8} | <{}> {}", line.source_nick, printable(seen));
+    }
+    println!();
 
     if interactive {
         println!(

@@ -132,6 +132,8 @@ pub enum NetworkKind {
     Irc(IrcConfig),
     /// A Matrix homeserver.
     Matrix(MatrixConfig),
+    /// A Mattermost server (one team).
+    Mattermost(MattermostConfig),
 }
 
 impl NetworkKind {
@@ -141,6 +143,7 @@ impl NetworkKind {
         match self {
             NetworkKind::Irc(_) => "irc",
             NetworkKind::Matrix(_) => "matrix",
+            NetworkKind::Mattermost(_) => "mattermost",
         }
     }
 }
@@ -198,6 +201,36 @@ pub struct MatrixConfig {
     /// The bot's display name, set when given.
     pub display_name: Option<String>,
     /// Relay joins, leaves and topic changes from this network.
+    pub relay_membership: bool,
+}
+
+/// How the bridge logs in to Mattermost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MattermostAuth {
+    /// A bot or personal access token.
+    Token(Secret),
+    /// A user's login (username or email) and password; the session token is renewed on expiry.
+    Password {
+        /// Username or email.
+        login: String,
+        /// The password.
+        password: Secret,
+    },
+}
+
+/// Settings of a Mattermost network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MattermostConfig {
+    /// The server's base URL (`https://chat.example.org`), without `/api/v4`.
+    pub url: String,
+    /// The team's URL name.
+    pub team: String,
+    /// How to log in.
+    pub auth: MattermostAuth,
+    /// Show relayed senders through `override_username` (the server must allow username
+    /// overrides); otherwise `remote_nick_format` prefixes the text.
+    pub sender_override: bool,
+    /// Relay joins, leaves and header changes from this network.
     pub relay_membership: bool,
 }
 
@@ -335,6 +368,108 @@ struct RawNetwork {
     access_token_env: Option<Spanned<String>>,
     device_name: Option<Spanned<String>>,
     display_name: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    team: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    login: Option<Spanned<String>>,
+    sender_override: Option<Spanned<bool>>,
+}
+
+impl RawNetworkType {
+    fn name(self) -> &'static str {
+        match self {
+            RawNetworkType::Irc => "irc",
+            RawNetworkType::Mattermost => "mattermost",
+            RawNetworkType::Matrix => "matrix",
+        }
+    }
+}
+
+impl RawNetwork {
+    /// Every type-specific key given: its name, where it is, and which types accept it.
+    fn given_keys(&self) -> Vec<(&'static str, usize, &'static [RawNetworkType])> {
+        use RawNetworkType::{Irc, Matrix, Mattermost};
+        fn at<T>(value: Option<&Spanned<T>>) -> Option<usize> {
+            value.map(|v| v.span().start)
+        }
+        let keys: [(&'static str, Option<usize>, &'static [RawNetworkType]); 28] = [
+            ("server", at(self.server.as_ref()), &[Irc]),
+            ("tls", at(self.tls.as_ref()), &[Irc]),
+            ("tls_verify", at(self.tls_verify.as_ref()), &[Irc]),
+            ("tls_ca_file", at(self.tls_ca_file.as_ref()), &[Irc]),
+            ("nick", at(self.nick.as_ref()), &[Irc]),
+            ("username", at(self.username.as_ref()), &[Irc]),
+            ("realname", at(self.realname.as_ref()), &[Irc]),
+            ("sasl_username", at(self.sasl_username.as_ref()), &[Irc]),
+            ("sasl_password", at(self.sasl_password.as_ref()), &[Irc]),
+            (
+                "sasl_password_file",
+                at(self.sasl_password_file.as_ref()),
+                &[Irc],
+            ),
+            (
+                "sasl_password_env",
+                at(self.sasl_password_env.as_ref()),
+                &[Irc],
+            ),
+            (
+                "nickserv_password",
+                at(self.nickserv_password.as_ref()),
+                &[Irc],
+            ),
+            (
+                "nickserv_password_file",
+                at(self.nickserv_password_file.as_ref()),
+                &[Irc],
+            ),
+            (
+                "nickserv_password_env",
+                at(self.nickserv_password_env.as_ref()),
+                &[Irc],
+            ),
+            ("nickserv_nick", at(self.nickserv_nick.as_ref()), &[Irc]),
+            ("flood_burst", at(self.flood_burst.as_ref()), &[Irc]),
+            (
+                "flood_interval_ms",
+                at(self.flood_interval_ms.as_ref()),
+                &[Irc],
+            ),
+            ("homeserver", at(self.homeserver.as_ref()), &[Matrix]),
+            ("user", at(self.user.as_ref()), &[Matrix]),
+            ("access_token", at(self.access_token.as_ref()), &[Matrix]),
+            (
+                "access_token_file",
+                at(self.access_token_file.as_ref()),
+                &[Matrix],
+            ),
+            (
+                "access_token_env",
+                at(self.access_token_env.as_ref()),
+                &[Matrix],
+            ),
+            ("device_name", at(self.device_name.as_ref()), &[Matrix]),
+            ("display_name", at(self.display_name.as_ref()), &[Matrix]),
+            ("url", at(self.url.as_ref()), &[Mattermost]),
+            ("team", at(self.team.as_ref()), &[Mattermost]),
+            ("token", at(self.token.as_ref()), &[Mattermost]),
+            ("login", at(self.login.as_ref()), &[Mattermost]),
+        ];
+        let more: [(&'static str, Option<usize>, &'static [RawNetworkType]); 3] = [
+            ("token_file", at(self.token_file.as_ref()), &[Mattermost]),
+            ("token_env", at(self.token_env.as_ref()), &[Mattermost]),
+            (
+                "sender_override",
+                at(self.sender_override.as_ref()),
+                &[Mattermost],
+            ),
+        ];
+        keys.into_iter()
+            .chain(more)
+            .filter_map(|(name, offset, accepted)| offset.map(|o| (name, o, accepted)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -735,26 +870,24 @@ impl Validator<'_> {
         match *network.kind.get_ref() {
             RawNetworkType::Irc => self.irc_network(&key, id.get_ref(), &network),
             RawNetworkType::Matrix => self.matrix_network(&key, id.get_ref(), &network),
-            RawNetworkType::Mattermost => {
-                self.report(
-                    network.kind.span().start,
-                    format!("{key}.type"),
-                    "network type `mattermost` is not available in this version of tribridge \
-                     yet; available: irc, matrix",
-                );
-                None
-            }
+            RawNetworkType::Mattermost => self.mattermost_network(&key, id.get_ref(), &network),
         }
     }
 
     /// Report every key given that does not belong to this network type.
-    fn foreign_keys(&mut self, key: &str, kind: &str, keys: &[(&str, Option<usize>)]) {
-        for (name, offset) in keys {
-            if let Some(offset) = offset {
+    /// Report every key given that belongs to another network type.
+    fn reject_foreign_keys(&mut self, key: &str, kind: RawNetworkType, raw: &RawNetwork) {
+        for (name, offset, accepted_by) in raw.given_keys() {
+            if !accepted_by.contains(&kind) {
+                let owners: Vec<&str> = accepted_by.iter().map(|t| t.name()).collect();
                 self.report(
-                    *offset,
+                    offset,
                     format!("{key}.{name}"),
-                    format!("`{name}` is not a setting of {kind} network"),
+                    format!(
+                        "`{name}` is not a key of `{}` networks (it belongs to `{}`); remove it",
+                        kind.name(),
+                        owners.join("`, `")
+                    ),
                 );
             }
         }
@@ -762,32 +895,7 @@ impl Validator<'_> {
 
     fn matrix_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
         let before = self.issues.len();
-        let at = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span().start);
-        let flag = |value: &Option<Spanned<bool>>| value.as_ref().map(|v| v.span().start);
-        let number = |value: &Option<Spanned<i64>>| value.as_ref().map(|v| v.span().start);
-        self.foreign_keys(
-            key,
-            "a Matrix",
-            &[
-                ("server", at(&raw.server)),
-                ("tls", flag(&raw.tls)),
-                ("tls_verify", flag(&raw.tls_verify)),
-                ("tls_ca_file", at(&raw.tls_ca_file)),
-                ("nick", at(&raw.nick)),
-                ("username", at(&raw.username)),
-                ("realname", at(&raw.realname)),
-                ("sasl_username", at(&raw.sasl_username)),
-                ("sasl_password", at(&raw.sasl_password)),
-                ("sasl_password_file", at(&raw.sasl_password_file)),
-                ("sasl_password_env", at(&raw.sasl_password_env)),
-                ("nickserv_password", at(&raw.nickserv_password)),
-                ("nickserv_password_file", at(&raw.nickserv_password_file)),
-                ("nickserv_password_env", at(&raw.nickserv_password_env)),
-                ("nickserv_nick", at(&raw.nickserv_nick)),
-                ("flood_burst", number(&raw.flood_burst)),
-                ("flood_interval_ms", number(&raw.flood_interval_ms)),
-            ],
-        );
+        self.reject_foreign_keys(key, RawNetworkType::Matrix, raw);
         let homeserver = match &raw.homeserver {
             None => {
                 self.report(
@@ -885,20 +993,7 @@ impl Validator<'_> {
 
     fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
         let before = self.issues.len();
-        let at = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span().start);
-        self.foreign_keys(
-            key,
-            "an IRC",
-            &[
-                ("homeserver", at(&raw.homeserver)),
-                ("user", at(&raw.user)),
-                ("access_token", at(&raw.access_token)),
-                ("access_token_file", at(&raw.access_token_file)),
-                ("access_token_env", at(&raw.access_token_env)),
-                ("device_name", at(&raw.device_name)),
-                ("display_name", at(&raw.display_name)),
-            ],
-        );
+        self.reject_foreign_keys(key, RawNetworkType::Irc, raw);
         let (host, port) = match &raw.server {
             None => {
                 self.report(
@@ -1031,6 +1126,140 @@ impl Validator<'_> {
                 nickserv_nick: string_or(&raw.nickserv_nick, "NickServ"),
                 flood_burst: flood_burst as u32,
                 flood_interval_ms,
+                relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+            }),
+        })
+    }
+
+    /// Report keys that exist for another network type.
+    fn mattermost_network(
+        &mut self,
+        key: &str,
+        id: &str,
+        raw: &RawNetwork,
+    ) -> Option<NetworkConfig> {
+        let before = self.issues.len();
+        self.reject_foreign_keys(key, RawNetworkType::Mattermost, raw);
+        let url = match &raw.url {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.url"),
+                    "missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
+                );
+                String::new()
+            }
+            Some(url) => {
+                let text = url.get_ref().trim().trim_end_matches('/');
+                let rest = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
+                    _ => self.report(
+                        url.span().start,
+                        format!("{key}.url"),
+                        format!(
+                            "`{}` is not a server URL; expected `https://host[:port][/path]`, \
+                             e.g. \"https://chat.example.org\"",
+                            url.get_ref()
+                        ),
+                    ),
+                }
+                text.trim_end_matches("/api/v4").to_owned()
+            }
+        };
+        let team = match &raw.team {
+            None => {
+                self.report(
+                    raw.kind.span().start,
+                    format!("{key}.team"),
+                    "missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
+                );
+                String::new()
+            }
+            Some(team) => {
+                let name = team.get_ref().trim();
+                if name.is_empty() || name.contains(['/', ' ']) {
+                    self.report(
+                        team.span().start,
+                        format!("{key}.team"),
+                        "`team` is the team's URL name, e.g. \"civicrm\" (no spaces or slashes)",
+                    );
+                }
+                name.to_lowercase()
+            }
+        };
+        let token = self.secret(
+            key,
+            "token",
+            raw.token.as_ref(),
+            raw.token_file.as_ref(),
+            raw.token_env.as_ref(),
+        );
+        let password = self.secret(
+            key,
+            "password",
+            raw.password.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        );
+        let auth = match (token, &raw.login, password) {
+            (Some(token), None, None) => Some(MattermostAuth::Token(token)),
+            (None, Some(login), Some(password)) => Some(MattermostAuth::Password {
+                login: login.get_ref().clone(),
+                password,
+            }),
+            (Some(_), Some(login), _) => {
+                self.report(
+                    login.span().start,
+                    format!("{key}.login"),
+                    "give either `token` or `login` + `password`, not both",
+                );
+                None
+            }
+            (None, Some(login), None) => {
+                self.report(
+                    login.span().start,
+                    format!("{key}.password"),
+                    "`login` needs `password` (or `password_file` / `password_env`)",
+                );
+                None
+            }
+            (_, None, Some(_)) => {
+                let offset = [&raw.password, &raw.password_file, &raw.password_env]
+                    .iter()
+                    .find_map(|v| v.as_ref().map(|v| v.span().start))
+                    .unwrap_or(0);
+                self.report(
+                    offset,
+                    format!("{key}.login"),
+                    "`password` needs `login` (the username or email to log in with)",
+                );
+                None
+            }
+            (None, None, None) => {
+                if self.issues.len() == before {
+                    self.report(
+                        raw.kind.span().start,
+                        format!("{key}.token"),
+                        "missing credentials: give `token` (or `token_file` / `token_env`) or \
+                         `login` + `password`",
+                    );
+                }
+                None
+            }
+        };
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(NetworkConfig {
+            id: id.to_owned(),
+            kind: NetworkKind::Mattermost(MattermostConfig {
+                url,
+                team,
+                auth: auth?,
+                sender_override: raw.sender_override.as_ref().is_some_and(|v| *v.get_ref()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
             }),
         })
@@ -1178,6 +1407,20 @@ impl Validator<'_> {
                             continue;
                         }
                     }
+                    NetworkKind::Mattermost(_) => {
+                        if !is_valid_mattermost_channel(channel) {
+                            self.report(
+                                entry.channel.span().start,
+                                format!("{entry_key}.channel"),
+                                format!(
+                                    "`{channel}` is not a Mattermost channel: give its URL name \
+                                     (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") \
+                                     or `id:` and its 26-character id"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
                 }
             }
             if !seen.insert((network.clone(), irc_fold(channel))) {
@@ -1302,6 +1545,19 @@ pub fn is_valid_irc_channel(channel: &str) -> bool {
         && !channel
             .chars()
             .any(|c| c == ' ' || c == ',' || c.is_control())
+}
+
+/// A Mattermost channel as configured: its URL name within the team, or `id:<26-char id>`.
+#[must_use]
+pub fn is_valid_mattermost_channel(channel: &str) -> bool {
+    if let Some(id) = channel.strip_prefix("id:") {
+        return id.len() == 26 && id.chars().all(|c| c.is_ascii_alphanumeric());
+    }
+    !channel.is_empty()
+        && channel.len() <= 64
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// RFC 1459 case folding, which IRC servers use to compare channel names and nicks.

@@ -8,6 +8,7 @@
 
 pub mod irc;
 pub mod matrix;
+pub mod mattermost;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub enum ConnectorHandle {
     Irc(irc::IrcHandle),
     /// Matrix.
     Matrix(matrix::MatrixHandle),
+    /// Mattermost.
+    Mattermost(mattermost::MattermostHandle),
 }
 
 impl ConnectorHandle {
@@ -88,6 +91,7 @@ impl ConnectorHandle {
         match self {
             ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
             ConnectorHandle::Matrix(handle) => handle.deliver(delivery).await,
+            ConnectorHandle::Mattermost(handle) => handle.deliver(delivery).await,
         }
     }
 
@@ -97,16 +101,20 @@ impl ConnectorHandle {
         match self {
             ConnectorHandle::Irc(_) => irc::CAPABILITIES,
             ConnectorHandle::Matrix(_) => matrix::CAPABILITIES,
+            ConnectorHandle::Mattermost(_) => mattermost::CAPABILITIES,
         }
     }
 }
 
 /// The connection side of a connector: runs until shutdown.
+#[allow(clippy::large_enum_variant)] // one per network, built once and moved into its task
 pub enum ConnectorTask {
     /// IRC.
     Irc(irc::IrcTask),
     /// Matrix.
     Matrix(matrix::MatrixTask),
+    /// Mattermost.
+    Mattermost(mattermost::MattermostTask),
 }
 
 impl ConnectorTask {
@@ -115,6 +123,7 @@ impl ConnectorTask {
         match self {
             ConnectorTask::Irc(task) => task.run().await,
             ConnectorTask::Matrix(task) => task.run().await,
+            ConnectorTask::Mattermost(task) => task.run().await,
         }
     }
 }
@@ -131,6 +140,13 @@ impl NetworkConfig {
             NetworkKind::Matrix(config) => {
                 let (handle, task) = matrix::build(&self.id, config.clone(), context);
                 (ConnectorHandle::Matrix(handle), ConnectorTask::Matrix(task))
+            }
+            NetworkKind::Mattermost(config) => {
+                let (handle, task) = mattermost::build(&self.id, config.clone(), context);
+                (
+                    ConnectorHandle::Mattermost(handle),
+                    ConnectorTask::Mattermost(task),
+                )
             }
         }
     }

@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -60,13 +60,6 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             format!("[network.x]\ntype = \"slack\"\n{NET2}{GATEWAY}"),
             vec![
                 "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix` (valid network types: irc, mattermost, matrix)",
-            ],
-        ),
-        (
-            "network type not yet available",
-            format!("[network.libera]\ntype = \"mattermost\"\n{NET2}{GATEWAY}"),
-            vec![
-                "bridges.toml:2:8: network.libera.type: network type `mattermost` is not available in this version of tribridge yet; available: irc, matrix",
             ],
         ),
         (
@@ -111,13 +104,13 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "matrix: an IRC key on a Matrix network",
             format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
-            vec!["bridges.toml:6:8: network.mx.nick: `nick` is not a setting of a Matrix network"],
+            vec!["bridges.toml:6:8: network.mx.nick: `nick` is not a key of `matrix` networks (it belongs to `irc`); remove it"],
         ),
         (
             "irc: a Matrix key on an IRC network",
             format!("{NET}homeserver = \"https://m.org\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:14: network.libera.homeserver: `homeserver` is not a setting of an IRC network",
+                "bridges.toml:5:14: network.libera.homeserver: `homeserver` is not a key of `irc` networks (it belongs to `matrix`); remove it",
             ],
         ),
         (
@@ -127,6 +120,74 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ),
             vec![
                 "bridges.toml:13:31: gateway[0].channels[0].channel: `#room` is not a Matrix room: give an alias (`#room:server`) or a room id (`!id` or `!id:server`)",
+            ],
+        ),
+        (
+            "valid mattermost network, token from the environment, channel by id",
+            format!(
+                "{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org/\"\nteam = \"civicrm\"\ntoken_env = \"SET_VAR\"\n[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"civi\", channel = \"id:abcdefghijklmnopqrstuvwxyz\" }},\n]\n"
+            ),
+            vec![],
+        ),
+        (
+            "mattermost network without url, team or credentials",
+            format!("{NET}[network.oftc]\ntype = \"mattermost\"\n{GATEWAY}"),
+            vec![
+                "bridges.toml:6:8: network.oftc.url: missing key `url`: a Mattermost network needs `url = \"https://chat.example.org\"`",
+                "bridges.toml:6:8: network.oftc.team: missing key `team`: the team's URL name, e.g. `team = \"civicrm\"`",
+            ],
+        ),
+        (
+            "mattermost url that is not a URL, and no credentials",
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:7:7: network.oftc.url: `chat.example.org` is not a server URL; expected `https://host[:port][/path]`, e.g. \"https://chat.example.org\"",
+            ],
+        ),
+        (
+            "mattermost without credentials",
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\n{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:6:8: network.oftc.token: missing credentials: give `token` (or `token_file` / `token_env`) or `login` + `password`",
+            ],
+        ),
+        (
+            "mattermost with token and login",
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\nlogin = \"bot\"\npassword = \"pw\"\n{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:10:9: network.oftc.login: give either `token` or `login` + `password`, not both",
+            ],
+        ),
+        (
+            "mattermost login without password, and an IRC key",
+            format!(
+                "{NET}[network.oftc]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\nlogin = \"bot\"\nnick = \"x\"\n{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:9:9: network.oftc.password: `login` needs `password` (or `password_file` / `password_env`)",
+                "bridges.toml:10:8: network.oftc.nick: `nick` is not a key of `mattermost` networks (it belongs to `irc`); remove it",
+            ],
+        ),
+        (
+            "a mattermost key on an IRC network",
+            format!("{NET}team = \"civicrm\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:8: network.libera.team: `team` is not a key of `irc` networks (it belongs to `mattermost`); remove it",
+            ],
+        ),
+        (
+            "a mattermost channel that is neither a name nor an id",
+            format!(
+                "{NET}[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"civicrm\"\ntoken = \"t\"\n[[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"civi\", channel = \"Town Square\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:14:33: gateway[0].channels[1].channel: `Town Square` is not a Mattermost channel: give its URL name (lowercase letters, digits, `-`, `_`, e.g. \"town-square\") or `id:` and its 26-character id",
             ],
         ),
         (
@@ -356,7 +417,7 @@ fn check_accepts_the_shipped_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml.example");
     let (code, stdout, stderr) = cli(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("OK (3 networks, 1 gateways)"), "{stdout}");
+    assert!(stdout.contains("OK (4 networks, 1 gateways)"), "{stdout}");
 }
 
 #[test]

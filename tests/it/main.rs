@@ -3,6 +3,7 @@
 mod config_check;
 mod irc_relay;
 mod matrix_relay;
+mod mattermost_relay;
 mod router_store;
 mod support;
 mod tidy;

@@ -835,6 +835,9 @@ impl SyncState<'_> {
                 .as_i64()
                 .unwrap_or_else(crate::model::now_ms),
             body,
+            permalink: event["event_id"].as_str().map(|event_id| {
+                crate::richtext::long_text::matrix_event_permalink(room_id.as_str(), event_id)
+            }),
         };
         match self.task.context.router.submit(inbound).await {
             Ok(_) => Ok(()),

@@ -3,4 +3,5 @@
 pub mod bridge;
 pub mod irc_client;
 pub mod matrix_client;
+pub mod mattermost;
 pub mod servers;
