@@ -70,6 +70,11 @@ pub async fn run(
             router: router.clone(),
             remote_nick_format: config.remote_nick_format.clone(),
             channels,
+            long_text: config
+                .gateways
+                .iter()
+                .map(|gateway| (gateway.name.clone(), gateway.long_text))
+                .collect(),
             shutdown: connectors_shutdown.clone(),
         });
         handles.insert(network.id.clone(), handle);

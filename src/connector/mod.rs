@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{NetworkConfig, NetworkKind};
 use crate::model::{Capabilities, Delivery, DeliveryAck};
+use crate::richtext::long_text::LongTextPolicy;
 use crate::router::Router;
 
 /// Why a delivery did not go through.
@@ -42,6 +43,8 @@ pub struct BuildContext {
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
+    /// Each gateway's policy for long messages (by gateway name).
+    pub long_text: std::collections::HashMap<String, LongTextPolicy>,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
 }

@@ -1103,6 +1103,7 @@ impl TaskState {
                         id: post.user_id.clone(),
                         display_name: name,
                     },
+                    permalink: Some(self.permalink(&post.id)),
                     timestamp_ms: post.create_at,
                     body: EventBody::Membership(change),
                 })
@@ -1123,6 +1124,7 @@ impl TaskState {
             origin,
             remote_id: Some(post.id.clone()),
             author,
+            permalink: Some(self.permalink(&post.id)),
             timestamp_ms: post.create_at,
             body: EventBody::Text {
                 style,
@@ -1133,13 +1135,18 @@ impl TaskState {
         .await
     }
 
-    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
-    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
-        let link = richtext::long_text::mattermost_permalink(
+    /// The post's permalink (for "read the full text" links elsewhere).
+    fn permalink(&self, post_id: &str) -> String {
+        richtext::long_text::mattermost_permalink(
             self.shared.api.base(),
             &self.shared.config.team,
-            &post.id,
-        );
+            post_id,
+        )
+    }
+
+    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
+    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
+        let link = self.permalink(&post.id);
         for file_id in &post.file_ids {
             let name = match self
                 .shared
@@ -1179,6 +1186,7 @@ impl TaskState {
             // One id per version, so that the same edit seen live and in a catch-up is one.
             remote_id: Some(format!("{}:edit:{}", post.id, post.edit_at)),
             author,
+            permalink: Some(self.permalink(&post.id)),
             timestamp_ms: post.edit_at,
             body: EventBody::Edit {
                 target: post.id.clone(),
@@ -1201,6 +1209,7 @@ impl TaskState {
             origin: ChannelRef::new(self.network(), channel),
             remote_id: Some(format!("{}:delete", post.id)),
             author,
+            permalink: None,
             timestamp_ms: if post.delete_at > 0 {
                 post.delete_at
             } else {
@@ -1239,6 +1248,7 @@ impl TaskState {
                 id: reaction.user_id.clone(),
                 display_name,
             },
+            permalink: None,
             timestamp_ms: when,
             body: EventBody::Reaction {
                 target: reaction.post_id.clone(),
