@@ -263,10 +263,14 @@ async fn daemon_restart_catches_up_once_and_replays_nothing() {
         .say(&t.channel_id, "said and deleted while down")
         .await;
     t.mia.delete(&fleeting).await;
+    // The server is busy: two requests a second. The catch-up waits its turn, names included.
+    t.mm.emu.set_rate_limit(Some(2));
     t.bridge.restart();
     t.mm.wait_websocket(1).await;
     t.mia.say(&t.channel_id, "MARK-R").await;
     let seen = t.alice.texts_until(&channel, "MARK-R").await;
+    t.mm.emu.set_rate_limit(None);
+    assert!(t.bridge.logs().contains("Rate limited; waiting."));
     let mut expected: Vec<String> = (0..30)
         .map(|n| format!("<mia> while down {n:02}"))
         .collect();

@@ -180,6 +180,34 @@ impl Api {
     }
 }
 
+impl Api {
+    /// [`Api::call`] for the connection's own reads (log in, channels, catch-up, users): a
+    /// 429 is waited out (a few times) instead of returned, since nothing else is queued
+    /// behind them.
+    pub async fn fetch<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        let mut waits = 0;
+        loop {
+            match self.call(method.clone(), path, body).await {
+                Err(ApiError::RateLimited { after }) if waits < 5 => {
+                    waits += 1;
+                    tracing::debug!(
+                        path,
+                        wait_ms = after.as_millis() as u64,
+                        "Rate limited; waiting."
+                    );
+                    tokio::time::sleep(after).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Turn an error status into an [`ApiError`].
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
     #[derive(Deserialize)]

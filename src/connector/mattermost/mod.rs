@@ -584,7 +584,7 @@ impl TaskState {
     /// Log in, find the team and channels, join where needed.
     async fn prepare(&mut self) -> Result<(), ApiError> {
         let api = &self.shared.api;
-        let me: api::User = api.call(Method::GET, "/users/me", None).await?;
+        let me: api::User = api.fetch(Method::GET, "/users/me", None).await?;
         *self
             .shared
             .me
@@ -595,7 +595,7 @@ impl TaskState {
             id.clone()
         } else {
             let team: api::Team = api
-                .call(
+                .fetch(
                     Method::GET,
                     &format!("/teams/name/{}", self.shared.config.team),
                     None,
@@ -610,7 +610,7 @@ impl TaskState {
                 Some(id) => format!("/channels/{id}"),
                 None => format!("/teams/{team_id}/channels/name/{configured}"),
             };
-            let channel: api::Channel = match api.call(Method::GET, &path, None).await {
+            let channel: api::Channel = match api.fetch(Method::GET, &path, None).await {
                 Ok(channel) => channel,
                 Err(error @ (ApiError::Status { .. } | ApiError::Decode(_))) => {
                     tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot find this channel; it is not bridged.");
@@ -619,7 +619,7 @@ impl TaskState {
                 Err(error) => return Err(error),
             };
             let member = api
-                .call::<Value>(
+                .fetch::<Value>(
                     Method::GET,
                     &format!("/channels/{}/members/{}", channel.id, me.id),
                     None,
@@ -629,7 +629,7 @@ impl TaskState {
                 Ok(_) => {}
                 Err(error) if matches!(error.status(), Some(403 | 404)) => {
                     match api
-                        .call::<Value>(
+                        .fetch::<Value>(
                             Method::POST,
                             &format!("/channels/{}/members", channel.id),
                             Some(&json!({"user_id": me.id})),
@@ -831,7 +831,7 @@ impl TaskState {
         let list: PostList = self
             .shared
             .api
-            .call(
+            .fetch(
                 Method::GET,
                 &format!("/channels/{channel_id}/posts?since={cursor}"),
                 None,
@@ -903,7 +903,7 @@ impl TaskState {
             let list: PostList = self
                 .shared
                 .api
-                .call(
+                .fetch(
                     Method::GET,
                     &format!("/channels/{channel_id}/posts?page={page}&per_page={PER_PAGE}"),
                     None,
@@ -1006,7 +1006,7 @@ impl TaskState {
         match self
             .shared
             .api
-            .call::<api::User>(Method::GET, &format!("/users/{user_id}"), None)
+            .fetch::<api::User>(Method::GET, &format!("/users/{user_id}"), None)
             .await
         {
             Ok(user) => {
@@ -1151,7 +1151,7 @@ impl TaskState {
             let name = match self
                 .shared
                 .api
-                .call::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
+                .fetch::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
                 .await
             {
                 Ok(info) => info
