@@ -495,11 +495,13 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
     let ann = one.user("ann", &channel_one).await;
     let ben = two.user("ben", &channel_two).await;
     let dir = tempfile::tempdir().unwrap();
+    // Server two's channel is configured by id.
+    let by_id = format!("id:{channel_two}");
     let mut bridge = Bridge::start(
         dir.path(),
         &config(
             &[one.network("one", ""), two.network("two", "")],
-            &[("one", "shared"), ("two", "shared")],
+            &[("one", "shared"), ("two", &by_id)],
         ),
     );
     one.wait_bot_member(&channel_one).await;
