@@ -210,6 +210,8 @@ pub struct MattermostConfig {
     pub sender_override: bool,
     /// Relay joins, leaves and header changes from this network.
     pub relay_membership: bool,
+    /// An extra PEM certificate (or CA) to trust for `https`/`wss`, e.g. a private CA.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// A secret value; its `Debug` never shows the value.
@@ -937,7 +939,6 @@ impl Validator<'_> {
                 "tls_verify",
                 raw.tls_verify.as_ref().map(|v| v.span().start),
             ),
-            ("tls_ca_file", span(raw.tls_ca_file.as_ref())),
             ("nick", span(raw.nick.as_ref())),
             ("username", span(raw.username.as_ref())),
             ("realname", span(raw.realname.as_ref())),
@@ -1075,6 +1076,17 @@ impl Validator<'_> {
                 None
             }
         };
+        let tls_ca_file = raw.tls_ca_file.as_ref().map(|file| {
+            let path = self.base.join(file.get_ref());
+            if let Err(error) = std::fs::metadata(&path) {
+                self.report(
+                    file.span().start,
+                    format!("{key}.tls_ca_file"),
+                    format!("cannot read `{}`: {error}", path.display()),
+                );
+            }
+            path
+        });
         if self.issues.len() > before {
             return None;
         }
@@ -1086,6 +1098,7 @@ impl Validator<'_> {
                 auth: auth?,
                 sender_override: raw.sender_override.as_ref().is_some_and(|v| *v.get_ref()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                tls_ca_file,
             }),
         })
     }

@@ -534,3 +534,70 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
     assert!(bridge.logs().contains("paging back for new posts"));
     let _ = bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_and_a_private_ca_can_be_trusted() {
+    let server = shared_inspircd();
+    let irc_channel = unique("#mmtls");
+    let nick = unique("brtls");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&irc_channel).await;
+    let mm = MmServer::start("civi").await;
+    let channel_id = mm.channel("town").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = crate::support::servers::TestTls::generate(&dir.path().join("tls"));
+    let url = crate::support::mattermost::tls_front(mm.emu.local_addr(), &tls).await;
+
+    // Without the CA the certificate is refused: the bridge never gets in.
+    let untrusting = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        untrusting.path(),
+        &config(
+            &[
+                irc_network("irc", server.port, &nick),
+                mm.network_at("mm", &url, ""),
+            ],
+            &[("irc", &irc_channel), ("mm", "town")],
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !bridge.logs().contains("UnknownIssuer") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate error: {}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mm.emu.websocket_count(), 0);
+    let _ = bridge.terminate();
+
+    // With `tls_ca_file`, REST and the WebSocket both go over verified TLS.
+    let ca = tls.ca.display().to_string();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", server.port, &nick),
+                mm.network_at("mm", &url, &format!("tls_ca_file = \"{ca}\"")),
+            ],
+            &[("irc", &irc_channel), ("mm", "town")],
+        ),
+    );
+    alice.wait_join(&nick, &irc_channel).await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    mia.say(&channel_id, "over TLS").await;
+    let seen = alice.texts_until(&irc_channel, "over TLS").await;
+    assert_eq!(texts(&seen), vec!["<mia> over TLS".to_owned()]);
+    alice.say(&irc_channel, "back over TLS");
+    let posts = mia
+        .wait_posts_by(&channel_id, &mm.bot_id, |p| !p.is_empty())
+        .await;
+    assert_eq!(
+        messages(&posts),
+        vec![format!("<{}> back over TLS", alice.nick)]
+    );
+    let _ = bridge.terminate();
+}

@@ -69,14 +69,26 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for `base` (`https://host`, without `/api/v4`).
-    pub fn new(base: &str, auth: MattermostAuth) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client for `base` (`https://host`, without `/api/v4`), trusting the usual roots and
+    /// the certificates in `extra_roots` (PEM).
+    pub fn new(base: &str, auth: MattermostAuth, extra_roots: Option<&[u8]>) -> Self {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(15))
-            .user_agent(concat!("tribridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+            .user_agent(concat!("tribridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = extra_roots {
+            match reqwest::Certificate::from_pem_bundle(pem) {
+                Ok(certificates) => {
+                    for certificate in certificates {
+                        builder = builder.add_root_certificate(certificate);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "tls_ca_file holds no usable PEM certificate.");
+                }
+            }
+        }
+        let http = builder.build().unwrap_or_default();
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

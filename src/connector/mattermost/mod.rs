@@ -110,6 +110,8 @@ struct Shared {
     in_flight: Mutex<HashSet<String>>,
     /// Reactions that could not be expressed as a Mattermost emoji.
     dropped_reactions: AtomicU64,
+    /// TLS for the WebSocket when extra roots are configured (else the library default).
+    websocket_tls: Option<tokio_tungstenite::Connector>,
 }
 
 impl Shared {
@@ -157,9 +159,20 @@ pub fn build(
     config: MattermostConfig,
     context: BuildContext,
 ) -> (MattermostHandle, MattermostTask) {
+    let extra_roots = config
+        .tls_ca_file
+        .as_ref()
+        .and_then(|path| match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                tracing::error!(network, path = %path.display(), error = %error, "Cannot read tls_ca_file.");
+                None
+            }
+        });
     let shared = Arc::new(Shared {
         network: network.to_owned(),
-        api: Api::new(&config.url, config.auth.clone()),
+        api: Api::new(&config.url, config.auth.clone(), extra_roots.as_deref()),
+        websocket_tls: extra_roots.as_deref().map(websocket_tls),
         config,
         remote_nick_format: context.remote_nick_format.clone(),
         me: RwLock::new(None),
@@ -173,6 +186,23 @@ pub fn build(
         },
         MattermostTask { shared, context },
     )
+}
+
+/// A TLS client configuration for the WebSocket: the Mozilla roots plus `extra_roots` (PEM).
+fn websocket_tls(extra_roots: &[u8]) -> tokio_tungstenite::Connector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in CertificateDer::pem_slice_iter(extra_roots).flatten() {
+        if let Err(error) = roots.add(certificate) {
+            tracing::error!(error = %error, "A certificate in tls_ca_file is not usable.");
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_tungstenite::Connector::Rustls(Arc::new(config))
 }
 
 fn delivery_error(error: &ApiError) -> DeliveryError {
@@ -746,7 +776,12 @@ impl TaskState {
         request.headers_mut().insert("Authorization", header);
         let (socket, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                false,
+                self.shared.websocket_tls.clone(),
+            ),
         )
         .await
         .map_err(|_| "WebSocket connect timed out".to_owned())?
