@@ -271,6 +271,8 @@ pub struct GatewayConfig {
     pub channels: Vec<GatewayChannel>,
     /// What IRC destinations do with messages longer than `max_lines` lines.
     pub long_text: LongTextPolicy,
+    /// Let `@room`, `@channel`, `@all`, `@here` from one network ping everyone on another.
+    pub allow_mass_pings: bool,
 }
 
 /// One channel of a gateway.
@@ -355,6 +357,7 @@ struct RawGateway {
     #[serde(default)]
     channels: Vec<Spanned<RawGatewayChannel>>,
     long_text: Option<Spanned<RawLongText>>,
+    allow_mass_pings: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -652,6 +655,7 @@ impl Validator<'_> {
                 name,
                 channels,
                 long_text,
+                allow_mass_pings: gateway.allow_mass_pings.is_some_and(|v| *v.get_ref()),
             });
         }
         Config {

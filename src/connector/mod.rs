@@ -43,10 +43,27 @@ pub struct BuildContext {
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
-    /// Each gateway's policy for long messages (by gateway name).
-    pub long_text: std::collections::HashMap<String, LongTextPolicy>,
+    /// Each gateway's delivery settings, by gateway name.
+    pub gateways: std::collections::HashMap<String, GatewaySettings>,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
+}
+
+/// What a gateway says about how its messages are delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Messages longer than `max_lines` IRC lines: split or truncate.
+    pub long_text: LongTextPolicy,
+    /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
+    pub allow_mass_pings: bool,
+}
+
+impl BuildContext {
+    /// The settings of the gateway a delivery goes through (defaults for an unknown name).
+    #[must_use]
+    pub fn gateway(&self, name: &str) -> GatewaySettings {
+        self.gateways.get(name).copied().unwrap_or_default()
+    }
 }
 
 /// The outbox's side of a connector: deliver one message.

@@ -42,6 +42,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             name: name.into(),
             channels,
             long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
+            allow_mass_pings: false,
         })
         .collect();
     parsed

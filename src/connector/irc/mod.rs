@@ -467,13 +467,7 @@ impl<'a> Session<'a> {
         }
         let target = delivery.destination.channel.clone();
         let labelled = self.caps.contains("labeled-response");
-        let long_text = self
-            .task
-            .context
-            .long_text
-            .get(&delivery.gateway)
-            .copied()
-            .unwrap_or_default();
+        let long_text = self.task.context.gateway(&delivery.gateway).long_text;
         let lines = render_delivery(
             delivery,
             &self.task.context.remote_nick_format,
