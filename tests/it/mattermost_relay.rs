@@ -320,13 +320,19 @@ async fn two_mattermost_servers_linked_department_to_department() {
     one.wait_websocket(1).await;
     two.wait_websocket(1).await;
 
-    // Text and /me, one → two, shown with ann's name through the override.
+    // Text and /me, one → two, shown with ann's name through the override; a mass ping on one
+    // does not ping everyone on two.
     let hello = ann.say(&channel_one, "hello department two").await;
     ann.act(&channel_one, "waves").await;
+    ann.say(&channel_one, "@here **meeting** now").await;
     let posts = ben
-        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 2)
+        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 3)
         .await;
-    assert_eq!(messages(&posts), vec!["hello department two", "waves"]);
+    assert_eq!(
+        messages(&posts),
+        vec!["hello department two", "waves", "@\u{2060}here meeting now"]
+    );
+    assert_eq!(posts[2]["message"], "@\u{2060}here **meeting** now");
     assert_eq!(posts[0]["props"]["override_username"], "ann");
     assert_eq!(posts[0]["props"]["from_webhook"], "true");
     assert_eq!(posts[1]["type"], "me");
@@ -345,7 +351,7 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let _ = reply;
     ann.reply(&channel_one, &hello, "and back to two").await;
     let posts = ben
-        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 3)
+        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 4)
         .await;
     assert_eq!(
         find(&posts, "and back to two")["root_id"],
@@ -371,7 +377,12 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let posts = ben.wait_posts_by(&channel_two, &two.bot_id, |_| true).await;
     assert_eq!(
         messages(&posts),
-        vec!["hello department two, edited", "waves", "and back to two"]
+        vec![
+            "hello department two, edited",
+            "waves",
+            "@\u{2060}here meeting now",
+            "and back to two"
+        ]
     );
 
     // Deleting the root on one deletes the copy (and so its thread) on two.

@@ -112,6 +112,8 @@ struct Shared {
     dropped_reactions: AtomicU64,
     /// TLS for the WebSocket when extra roots are configured (else the library default).
     websocket_tls: Option<tokio_tungstenite::Connector>,
+    /// What the daemon says about each gateway (mass pings).
+    context: BuildContext,
 }
 
 impl Shared {
@@ -179,6 +181,7 @@ pub fn build(
         channel_ids: RwLock::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
         dropped_reactions: AtomicU64::new(0),
+        context: context.clone(),
     });
     (
         MattermostHandle {
@@ -369,6 +372,15 @@ impl MattermostHandle {
         style: TextStyle,
         text: &FormattedText,
     ) -> (&'static str, String, serde_json::Map<String, Value>) {
+        let mut text = text.clone();
+        richtext::mention::neutralise_mass_pings(
+            &mut text,
+            self.shared
+                .context
+                .gateway(&delivery.gateway)
+                .allow_mass_pings,
+        );
+        let text = &text;
         let mut props = serde_json::Map::new();
         let prefix = if self.shared.config.sender_override {
             props.insert("from_webhook".into(), json!("true"));
