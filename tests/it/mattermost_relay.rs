@@ -385,10 +385,21 @@ async fn two_mattermost_servers_linked_department_to_department() {
         ]
     );
 
-    // Deleting the root on one deletes the copy (and so its thread) on two.
+    // Deleting the root on one deletes the copy (and so its thread) on two. The replies deleted
+    // with it get no event of their own; a catch-up finds ann's reply and relays its deletion.
+    let catch_ups = |logs: &str| logs.matches("Caught up. network=one").count();
+    let before = catch_ups(&bridge.logs());
     ann.delete(&hello).await;
     ben.wait_post(&hello_two, |p: Option<&Value>| p.is_none())
         .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while catch_ups(&bridge.logs()) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted thread was not caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = bridge.terminate();
 }
 

@@ -1003,6 +1003,12 @@ impl TaskState {
                     }
                 }
                 self.advance(&post.channel_id, post.update_at).await;
+                if event == "post_deleted" && post.root_id.is_empty() {
+                    // Its replies went with it without an event each; the catch-up sees them.
+                    self.catch_up(&post.channel_id)
+                        .await
+                        .map_err(|error| format!("catch-up failed: {error}"))?;
+                }
             }
             "reaction_added" | "reaction_removed" => {
                 let Some(reaction) = embedded("reaction")
