@@ -536,9 +536,12 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
     one.wait_websocket(0).await;
 
     // More new posts than one `since` answer holds (1000 rows).
+    let mut last = String::new();
     for n in 0..1030 {
-        ann.say(&channel_one, &format!("p{n:04}")).await;
+        last = ann.say(&channel_one, &format!("p{n:04}")).await;
     }
+    // A reaction made while the bridge was away comes across too.
+    ann.react(&last, "tada").await;
     bridge.restart();
     let posts = ben
         .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 1031)
@@ -554,6 +557,9 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
         first_difference.map(|i| &seen[i.saturating_sub(2)..(i + 3).min(seen.len())])
     );
     assert!(bridge.logs().contains("paging back for new posts"));
+    let last_two = posts.last().unwrap()["id"].as_str().unwrap().to_owned();
+    ben.wait_reactions(&last_two, &[(&two.bot_id, "tada")])
+        .await;
     let _ = bridge.terminate();
 }
 

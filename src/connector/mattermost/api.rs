@@ -307,6 +307,8 @@ pub struct Post {
     pub pending_post_id: String,
     /// Attached files.
     pub file_ids: Vec<String>,
+    /// Whether it has reactions.
+    pub has_reactions: bool,
 }
 
 impl Post {

@@ -931,6 +931,29 @@ impl TaskState {
             };
             relayed += usize::from(committed);
         }
+        // Reactions added meanwhile (taking one back leaves no row to find).
+        let reacted: Vec<String> = rows
+            .iter()
+            .filter(|p| {
+                p.original_id.is_empty()
+                    && p.delete_at == 0
+                    && p.has_reactions
+                    && p.update_at > cursor
+            })
+            .map(|p| p.id.clone())
+            .collect();
+        for post_id in reacted {
+            let mut reactions: Vec<Reaction> = self
+                .shared
+                .api
+                .fetch(Method::GET, &format!("/posts/{post_id}/reactions"), None)
+                .await?;
+            reactions.retain(|r| r.create_at > cursor && r.delete_at == 0);
+            reactions.sort_by_key(|r| r.create_at);
+            for reaction in reactions {
+                relayed += usize::from(self.on_reaction(channel_id, &reaction, false).await);
+            }
+        }
         if relayed > 0 {
             tracing::info!(network = %self.network(), channel = %channel_id, relayed, "Caught up.");
         }
@@ -1275,12 +1298,12 @@ impl TaskState {
         .await
     }
 
-    async fn on_reaction(&mut self, channel_id: &str, reaction: &Reaction, removed: bool) {
+    async fn on_reaction(&mut self, channel_id: &str, reaction: &Reaction, removed: bool) -> bool {
         if self.is_own(&reaction.user_id, "") {
-            return;
+            return false;
         }
         let Some(channel) = self.channels.get(channel_id).cloned() else {
-            return;
+            return false;
         };
         let display_name = self.username(&reaction.user_id).await;
         let when = if removed {
@@ -1309,7 +1332,7 @@ impl TaskState {
                 removed,
             },
         })
-        .await;
+        .await
     }
 }
 
