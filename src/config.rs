@@ -232,6 +232,8 @@ pub struct MattermostConfig {
     pub sender_override: bool,
     /// Relay joins, leaves and header changes from this network.
     pub relay_membership: bool,
+    /// An extra PEM certificate (or CA) to trust for `https`/`wss`, e.g. a private CA.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// A secret value; its `Debug` never shows the value.
@@ -398,7 +400,11 @@ impl RawNetwork {
             ("server", at(self.server.as_ref()), &[Irc]),
             ("tls", at(self.tls.as_ref()), &[Irc]),
             ("tls_verify", at(self.tls_verify.as_ref()), &[Irc]),
-            ("tls_ca_file", at(self.tls_ca_file.as_ref()), &[Irc]),
+            (
+                "tls_ca_file",
+                at(self.tls_ca_file.as_ref()),
+                &[Irc, Mattermost],
+            ),
             ("nick", at(self.nick.as_ref()), &[Irc]),
             ("username", at(self.username.as_ref()), &[Irc]),
             ("realname", at(self.realname.as_ref()), &[Irc]),
@@ -1250,6 +1256,17 @@ impl Validator<'_> {
                 None
             }
         };
+        let tls_ca_file = raw.tls_ca_file.as_ref().map(|file| {
+            let path = self.base.join(file.get_ref());
+            if let Err(error) = std::fs::metadata(&path) {
+                self.report(
+                    file.span().start,
+                    format!("{key}.tls_ca_file"),
+                    format!("cannot read `{}`: {error}", path.display()),
+                );
+            }
+            path
+        });
         if self.issues.len() > before {
             return None;
         }
@@ -1261,6 +1278,7 @@ impl Validator<'_> {
                 auth: auth?,
                 sender_override: raw.sender_override.as_ref().is_some_and(|v| *v.get_ref()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                tls_ca_file,
             }),
         })
     }

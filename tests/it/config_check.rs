@@ -104,7 +104,9 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "matrix: an IRC key on a Matrix network",
             format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
-            vec!["bridges.toml:6:8: network.mx.nick: `nick` is not a key of `matrix` networks (it belongs to `irc`); remove it"],
+            vec![
+                "bridges.toml:6:8: network.mx.nick: `nick` is not a key of `matrix` networks (it belongs to `irc`); remove it",
+            ],
         ),
         (
             "irc: a Matrix key on an IRC network",

@@ -263,10 +263,14 @@ async fn daemon_restart_catches_up_once_and_replays_nothing() {
         .say(&t.channel_id, "said and deleted while down")
         .await;
     t.mia.delete(&fleeting).await;
+    // The server is busy: two requests a second. The catch-up waits its turn, names included.
+    t.mm.emu.set_rate_limit(Some(2));
     t.bridge.restart();
     t.mm.wait_websocket(1).await;
     t.mia.say(&t.channel_id, "MARK-R").await;
     let seen = t.alice.texts_until(&channel, "MARK-R").await;
+    t.mm.emu.set_rate_limit(None);
+    assert!(t.bridge.logs().contains("Rate limited; waiting."));
     let mut expected: Vec<String> = (0..30)
         .map(|n| format!("<mia> while down {n:02}"))
         .collect();
@@ -316,13 +320,19 @@ async fn two_mattermost_servers_linked_department_to_department() {
     one.wait_websocket(1).await;
     two.wait_websocket(1).await;
 
-    // Text and /me, one → two, shown with ann's name through the override.
+    // Text and /me, one → two, shown with ann's name through the override; a mass ping on one
+    // does not ping everyone on two.
     let hello = ann.say(&channel_one, "hello department two").await;
     ann.act(&channel_one, "waves").await;
+    ann.say(&channel_one, "@here **meeting** now").await;
     let posts = ben
-        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 2)
+        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 3)
         .await;
-    assert_eq!(messages(&posts), vec!["hello department two", "waves"]);
+    assert_eq!(
+        messages(&posts),
+        vec!["hello department two", "waves", "@\u{2060}here meeting now"]
+    );
+    assert_eq!(posts[2]["message"], "@\u{2060}here **meeting** now");
     assert_eq!(posts[0]["props"]["override_username"], "ann");
     assert_eq!(posts[0]["props"]["from_webhook"], "true");
     assert_eq!(posts[1]["type"], "me");
@@ -341,7 +351,7 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let _ = reply;
     ann.reply(&channel_one, &hello, "and back to two").await;
     let posts = ben
-        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 3)
+        .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 4)
         .await;
     assert_eq!(
         find(&posts, "and back to two")["root_id"],
@@ -367,13 +377,29 @@ async fn two_mattermost_servers_linked_department_to_department() {
     let posts = ben.wait_posts_by(&channel_two, &two.bot_id, |_| true).await;
     assert_eq!(
         messages(&posts),
-        vec!["hello department two, edited", "waves", "and back to two"]
+        vec![
+            "hello department two, edited",
+            "waves",
+            "@\u{2060}here meeting now",
+            "and back to two"
+        ]
     );
 
-    // Deleting the root on one deletes the copy (and so its thread) on two.
+    // Deleting the root on one deletes the copy (and so its thread) on two. The replies deleted
+    // with it get no event of their own; a catch-up finds ann's reply and relays its deletion.
+    let catch_ups = |logs: &str| logs.matches("Caught up. network=one").count();
+    let before = catch_ups(&bridge.logs());
     ann.delete(&hello).await;
     ben.wait_post(&hello_two, |p: Option<&Value>| p.is_none())
         .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while catch_ups(&bridge.logs()) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted thread was not caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = bridge.terminate();
 }
 
@@ -491,11 +517,13 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
     let ann = one.user("ann", &channel_one).await;
     let ben = two.user("ben", &channel_two).await;
     let dir = tempfile::tempdir().unwrap();
+    // Server two's channel is configured by id.
+    let by_id = format!("id:{channel_two}");
     let mut bridge = Bridge::start(
         dir.path(),
         &config(
             &[one.network("one", ""), two.network("two", "")],
-            &[("one", "shared"), ("two", "shared")],
+            &[("one", "shared"), ("two", &by_id)],
         ),
     );
     one.wait_bot_member(&channel_one).await;
@@ -508,9 +536,12 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
     one.wait_websocket(0).await;
 
     // More new posts than one `since` answer holds (1000 rows).
+    let mut last = String::new();
     for n in 0..1030 {
-        ann.say(&channel_one, &format!("p{n:04}")).await;
+        last = ann.say(&channel_one, &format!("p{n:04}")).await;
     }
+    // A reaction made while the bridge was away comes across too.
+    ann.react(&last, "tada").await;
     bridge.restart();
     let posts = ben
         .wait_posts_by(&channel_two, &two.bot_id, |p| p.len() >= 1031)
@@ -526,5 +557,75 @@ async fn a_long_outage_beyond_the_since_limit_still_relays_every_post_once_in_or
         first_difference.map(|i| &seen[i.saturating_sub(2)..(i + 3).min(seen.len())])
     );
     assert!(bridge.logs().contains("paging back for new posts"));
+    let last_two = posts.last().unwrap()["id"].as_str().unwrap().to_owned();
+    ben.wait_reactions(&last_two, &[(&two.bot_id, "tada")])
+        .await;
+    let _ = bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_and_a_private_ca_can_be_trusted() {
+    let server = shared_inspircd();
+    let irc_channel = unique("#mmtls");
+    let nick = unique("brtls");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&irc_channel).await;
+    let mm = MmServer::start("civi").await;
+    let channel_id = mm.channel("town").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = crate::support::servers::TestTls::generate(&dir.path().join("tls"));
+    let url = crate::support::mattermost::tls_front(mm.emu.local_addr(), &tls).await;
+
+    // Without the CA the certificate is refused: the bridge never gets in.
+    let untrusting = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        untrusting.path(),
+        &config(
+            &[
+                irc_network("irc", server.port, &nick),
+                mm.network_at("mm", &url, ""),
+            ],
+            &[("irc", &irc_channel), ("mm", "town")],
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !bridge.logs().contains("UnknownIssuer") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate error: {}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mm.emu.websocket_count(), 0);
+    let _ = bridge.terminate();
+
+    // With `tls_ca_file`, REST and the WebSocket both go over verified TLS.
+    let ca = tls.ca.display().to_string();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", server.port, &nick),
+                mm.network_at("mm", &url, &format!("tls_ca_file = \"{ca}\"")),
+            ],
+            &[("irc", &irc_channel), ("mm", "town")],
+        ),
+    );
+    alice.wait_join(&nick, &irc_channel).await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    mia.say(&channel_id, "over TLS").await;
+    let seen = alice.texts_until(&irc_channel, "over TLS").await;
+    assert_eq!(texts(&seen), vec!["<mia> over TLS".to_owned()]);
+    alice.say(&irc_channel, "back over TLS");
+    let posts = mia
+        .wait_posts_by(&channel_id, &mm.bot_id, |p| !p.is_empty())
+        .await;
+    assert_eq!(
+        messages(&posts),
+        vec![format!("<{}> back over TLS", alice.nick)]
+    );
     let _ = bridge.terminate();
 }

@@ -69,14 +69,26 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for `base` (`https://host`, without `/api/v4`).
-    pub fn new(base: &str, auth: MattermostAuth) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client for `base` (`https://host`, without `/api/v4`), trusting the usual roots and
+    /// the certificates in `extra_roots` (PEM).
+    pub fn new(base: &str, auth: MattermostAuth, extra_roots: Option<&[u8]>) -> Self {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(15))
-            .user_agent(concat!("tribridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+            .user_agent(concat!("tribridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = extra_roots {
+            match reqwest::Certificate::from_pem_bundle(pem) {
+                Ok(certificates) => {
+                    for certificate in certificates {
+                        builder = builder.add_root_certificate(certificate);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "tls_ca_file holds no usable PEM certificate.");
+                }
+            }
+        }
+        let http = builder.build().unwrap_or_default();
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -180,6 +192,34 @@ impl Api {
     }
 }
 
+impl Api {
+    /// [`Api::call`] for the connection's own reads (log in, channels, catch-up, users): a
+    /// 429 is waited out (a few times) instead of returned, since nothing else is queued
+    /// behind them.
+    pub async fn fetch<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        let mut waits = 0;
+        loop {
+            match self.call(method.clone(), path, body).await {
+                Err(ApiError::RateLimited { after }) if waits < 5 => {
+                    waits += 1;
+                    tracing::debug!(
+                        path,
+                        wait_ms = after.as_millis() as u64,
+                        "Rate limited; waiting."
+                    );
+                    tokio::time::sleep(after).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Turn an error status into an [`ApiError`].
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
     #[derive(Deserialize)]
@@ -267,6 +307,8 @@ pub struct Post {
     pub pending_post_id: String,
     /// Attached files.
     pub file_ids: Vec<String>,
+    /// Whether it has reactions.
+    pub has_reactions: bool,
 }
 
 impl Post {

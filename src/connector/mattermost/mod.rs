@@ -110,6 +110,10 @@ struct Shared {
     in_flight: Mutex<HashSet<String>>,
     /// Reactions that could not be expressed as a Mattermost emoji.
     dropped_reactions: AtomicU64,
+    /// TLS for the WebSocket when extra roots are configured (else the library default).
+    websocket_tls: Option<tokio_tungstenite::Connector>,
+    /// What the daemon says about each gateway (mass pings).
+    context: BuildContext,
 }
 
 impl Shared {
@@ -157,15 +161,27 @@ pub fn build(
     config: MattermostConfig,
     context: BuildContext,
 ) -> (MattermostHandle, MattermostTask) {
+    let extra_roots = config
+        .tls_ca_file
+        .as_ref()
+        .and_then(|path| match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                tracing::error!(network, path = %path.display(), error = %error, "Cannot read tls_ca_file.");
+                None
+            }
+        });
     let shared = Arc::new(Shared {
         network: network.to_owned(),
-        api: Api::new(&config.url, config.auth.clone()),
+        api: Api::new(&config.url, config.auth.clone(), extra_roots.as_deref()),
+        websocket_tls: extra_roots.as_deref().map(websocket_tls),
         config,
         remote_nick_format: context.remote_nick_format.clone(),
         me: RwLock::new(None),
         channel_ids: RwLock::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
         dropped_reactions: AtomicU64::new(0),
+        context: context.clone(),
     });
     (
         MattermostHandle {
@@ -173,6 +189,23 @@ pub fn build(
         },
         MattermostTask { shared, context },
     )
+}
+
+/// A TLS client configuration for the WebSocket: the Mozilla roots plus `extra_roots` (PEM).
+fn websocket_tls(extra_roots: &[u8]) -> tokio_tungstenite::Connector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in CertificateDer::pem_slice_iter(extra_roots).flatten() {
+        if let Err(error) = roots.add(certificate) {
+            tracing::error!(error = %error, "A certificate in tls_ca_file is not usable.");
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_tungstenite::Connector::Rustls(Arc::new(config))
 }
 
 fn delivery_error(error: &ApiError) -> DeliveryError {
@@ -339,6 +372,15 @@ impl MattermostHandle {
         style: TextStyle,
         text: &FormattedText,
     ) -> (&'static str, String, serde_json::Map<String, Value>) {
+        let mut text = text.clone();
+        richtext::mention::neutralise_mass_pings(
+            &mut text,
+            self.shared
+                .context
+                .gateway(&delivery.gateway)
+                .allow_mass_pings,
+        );
+        let text = &text;
         let mut props = serde_json::Map::new();
         let prefix = if self.shared.config.sender_override {
             props.insert("from_webhook".into(), json!("true"));
@@ -584,7 +626,7 @@ impl TaskState {
     /// Log in, find the team and channels, join where needed.
     async fn prepare(&mut self) -> Result<(), ApiError> {
         let api = &self.shared.api;
-        let me: api::User = api.call(Method::GET, "/users/me", None).await?;
+        let me: api::User = api.fetch(Method::GET, "/users/me", None).await?;
         *self
             .shared
             .me
@@ -595,7 +637,7 @@ impl TaskState {
             id.clone()
         } else {
             let team: api::Team = api
-                .call(
+                .fetch(
                     Method::GET,
                     &format!("/teams/name/{}", self.shared.config.team),
                     None,
@@ -610,7 +652,7 @@ impl TaskState {
                 Some(id) => format!("/channels/{id}"),
                 None => format!("/teams/{team_id}/channels/name/{configured}"),
             };
-            let channel: api::Channel = match api.call(Method::GET, &path, None).await {
+            let channel: api::Channel = match api.fetch(Method::GET, &path, None).await {
                 Ok(channel) => channel,
                 Err(error @ (ApiError::Status { .. } | ApiError::Decode(_))) => {
                     tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot find this channel; it is not bridged.");
@@ -619,7 +661,7 @@ impl TaskState {
                 Err(error) => return Err(error),
             };
             let member = api
-                .call::<Value>(
+                .fetch::<Value>(
                     Method::GET,
                     &format!("/channels/{}/members/{}", channel.id, me.id),
                     None,
@@ -629,7 +671,7 @@ impl TaskState {
                 Ok(_) => {}
                 Err(error) if matches!(error.status(), Some(403 | 404)) => {
                     match api
-                        .call::<Value>(
+                        .fetch::<Value>(
                             Method::POST,
                             &format!("/channels/{}/members", channel.id),
                             Some(&json!({"user_id": me.id})),
@@ -746,7 +788,12 @@ impl TaskState {
         request.headers_mut().insert("Authorization", header);
         let (socket, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                false,
+                self.shared.websocket_tls.clone(),
+            ),
         )
         .await
         .map_err(|_| "WebSocket connect timed out".to_owned())?
@@ -831,7 +878,7 @@ impl TaskState {
         let list: PostList = self
             .shared
             .api
-            .call(
+            .fetch(
                 Method::GET,
                 &format!("/channels/{channel_id}/posts?since={cursor}"),
                 None,
@@ -884,6 +931,29 @@ impl TaskState {
             };
             relayed += usize::from(committed);
         }
+        // Reactions added meanwhile (taking one back leaves no row to find).
+        let reacted: Vec<String> = rows
+            .iter()
+            .filter(|p| {
+                p.original_id.is_empty()
+                    && p.delete_at == 0
+                    && p.has_reactions
+                    && p.update_at > cursor
+            })
+            .map(|p| p.id.clone())
+            .collect();
+        for post_id in reacted {
+            let mut reactions: Vec<Reaction> = self
+                .shared
+                .api
+                .fetch(Method::GET, &format!("/posts/{post_id}/reactions"), None)
+                .await?;
+            reactions.retain(|r| r.create_at > cursor && r.delete_at == 0);
+            reactions.sort_by_key(|r| r.create_at);
+            for reaction in reactions {
+                relayed += usize::from(self.on_reaction(channel_id, &reaction, false).await);
+            }
+        }
         if relayed > 0 {
             tracing::info!(network = %self.network(), channel = %channel_id, relayed, "Caught up.");
         }
@@ -903,7 +973,7 @@ impl TaskState {
             let list: PostList = self
                 .shared
                 .api
-                .call(
+                .fetch(
                     Method::GET,
                     &format!("/channels/{channel_id}/posts?page={page}&per_page={PER_PAGE}"),
                     None,
@@ -956,6 +1026,12 @@ impl TaskState {
                     }
                 }
                 self.advance(&post.channel_id, post.update_at).await;
+                if event == "post_deleted" && post.root_id.is_empty() {
+                    // Its replies went with it without an event each; the catch-up sees them.
+                    self.catch_up(&post.channel_id)
+                        .await
+                        .map_err(|error| format!("catch-up failed: {error}"))?;
+                }
             }
             "reaction_added" | "reaction_removed" => {
                 let Some(reaction) = embedded("reaction")
@@ -1006,7 +1082,7 @@ impl TaskState {
         match self
             .shared
             .api
-            .call::<api::User>(Method::GET, &format!("/users/{user_id}"), None)
+            .fetch::<api::User>(Method::GET, &format!("/users/{user_id}"), None)
             .await
         {
             Ok(user) => {
@@ -1103,6 +1179,7 @@ impl TaskState {
                         id: post.user_id.clone(),
                         display_name: name,
                     },
+                    permalink: Some(self.permalink(&post.id)),
                     timestamp_ms: post.create_at,
                     body: EventBody::Membership(change),
                     permalink: None,
@@ -1124,6 +1201,7 @@ impl TaskState {
             origin,
             remote_id: Some(post.id.clone()),
             author,
+            permalink: Some(self.permalink(&post.id)),
             timestamp_ms: post.create_at,
             body: EventBody::Text {
                 style,
@@ -1139,18 +1217,23 @@ impl TaskState {
         .await
     }
 
-    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
-    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
-        let link = richtext::long_text::mattermost_permalink(
+    /// The post's permalink (for "read the full text" links elsewhere).
+    fn permalink(&self, post_id: &str) -> String {
+        richtext::long_text::mattermost_permalink(
             self.shared.api.base(),
             &self.shared.config.team,
-            &post.id,
-        );
+            post_id,
+        )
+    }
+
+    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
+    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
+        let link = self.permalink(&post.id);
         for file_id in &post.file_ids {
             let name = match self
                 .shared
                 .api
-                .call::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
+                .fetch::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
                 .await
             {
                 Ok(info) => info
@@ -1185,6 +1268,7 @@ impl TaskState {
             // One id per version, so that the same edit seen live and in a catch-up is one.
             remote_id: Some(format!("{}:edit:{}", post.id, post.edit_at)),
             author,
+            permalink: Some(self.permalink(&post.id)),
             timestamp_ms: post.edit_at,
             body: EventBody::Edit {
                 target: post.id.clone(),
@@ -1208,6 +1292,7 @@ impl TaskState {
             origin: ChannelRef::new(self.network(), channel),
             remote_id: Some(format!("{}:delete", post.id)),
             author,
+            permalink: None,
             timestamp_ms: if post.delete_at > 0 {
                 post.delete_at
             } else {
@@ -1221,12 +1306,12 @@ impl TaskState {
         .await
     }
 
-    async fn on_reaction(&mut self, channel_id: &str, reaction: &Reaction, removed: bool) {
+    async fn on_reaction(&mut self, channel_id: &str, reaction: &Reaction, removed: bool) -> bool {
         if self.is_own(&reaction.user_id, "") {
-            return;
+            return false;
         }
         let Some(channel) = self.channels.get(channel_id).cloned() else {
-            return;
+            return false;
         };
         let display_name = self.username(&reaction.user_id).await;
         let when = if removed {
@@ -1247,6 +1332,7 @@ impl TaskState {
                 id: reaction.user_id.clone(),
                 display_name,
             },
+            permalink: None,
             timestamp_ms: when,
             body: EventBody::Reaction {
                 target: reaction.post_id.clone(),
@@ -1255,7 +1341,7 @@ impl TaskState {
             },
             permalink: None,
         })
-        .await;
+        .await
     }
 }
 

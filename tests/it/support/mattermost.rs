@@ -148,6 +148,14 @@ impl MmServer {
         )
     }
 
+    /// The bridge's network block for a server reached at `url` (e.g. through a TLS front).
+    pub fn network_at(&self, id: &str, url: &str, extra: &str) -> String {
+        format!(
+            "[network.{id}]\ntype = \"mattermost\"\nurl = \"{url}\"\nteam = \"{}\"\ntoken = \"{}\"\n{extra}\n",
+            self.team, self.bot_token
+        )
+    }
+
     /// The bridge's network block, logging in as `bridgeuser` with a password.
     pub fn network_login(&self, id: &str, extra: &str) -> String {
         format!(
@@ -472,4 +480,39 @@ pub fn find<'a>(posts: &'a [Value], text: &str) -> &'a Value {
         .rev()
         .find(|p| messages(std::slice::from_ref(p))[0] == text)
         .unwrap_or_else(|| panic!("no post {text:?} in {:#?}", messages(posts)))
+}
+
+/// A TLS front for a server on `target` (as a real Mattermost behind its reverse proxy), with
+/// the test CA's certificate for 127.0.0.1. Returns the `https://` base URL.
+pub async fn tls_front(target: std::net::SocketAddr, tls: &super::servers::TestTls) -> String {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    tribridge::install_tls_provider();
+    let certificates = CertificateDer::pem_file_iter(&tls.cert)
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(&tls.key).expect("key");
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await
+                    && let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}")
 }
