@@ -1182,7 +1182,6 @@ impl TaskState {
                     permalink: Some(self.permalink(&post.id)),
                     timestamp_ms: post.create_at,
                     body: EventBody::Membership(change),
-                    permalink: None,
                 })
                 .await;
         }
@@ -1208,11 +1207,6 @@ impl TaskState {
                 text,
                 reply_to: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
             },
-            permalink: Some(crate::richtext::long_text::mattermost_permalink(
-                &self.shared.config.url,
-                &self.shared.config.team,
-                &post.id,
-            )),
         })
         .await
     }
@@ -1275,7 +1269,6 @@ impl TaskState {
                 style,
                 text,
             },
-            permalink: None,
         })
         .await
     }
@@ -1301,7 +1294,6 @@ impl TaskState {
             body: EventBody::Delete {
                 target: post.id.clone(),
             },
-            permalink: None,
         })
         .await
     }
@@ -1339,7 +1331,6 @@ impl TaskState {
                 key: emoji::key_of(&reaction.emoji_name),
                 removed,
             },
-            permalink: None,
         })
         .await
     }
