@@ -197,6 +197,10 @@ pub struct MatrixConfig {
     pub display_name: Option<String>,
     /// Relay joins, leaves and topic changes from this network.
     pub relay_membership: bool,
+    /// Where the media endpoint listens (with `media_public_url`); off when `None`.
+    pub media_listen: Option<std::net::SocketAddr>,
+    /// The public base URL of the media endpoint, as IRC users reach it.
+    pub media_public_url: Option<String>,
 }
 
 /// A secret value; its `Debug` never shows the value.
@@ -329,6 +333,8 @@ struct RawNetwork {
     access_token_env: Option<Spanned<String>>,
     device_name: Option<Spanned<String>>,
     display_name: Option<Spanned<String>>,
+    media_listen: Option<Spanned<String>>,
+    media_public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -813,6 +819,7 @@ impl Validator<'_> {
             raw.access_token_file.as_ref(),
             raw.access_token_env.as_ref(),
         );
+        let (media_listen, media_public_url) = self.matrix_media(key, raw);
         if password.is_none() && access_token.is_none() && self.issues.len() == before {
             self.report(
                 raw.kind.span().start,
@@ -837,8 +844,64 @@ impl Validator<'_> {
                     .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
                 display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                media_listen,
+                media_public_url,
             }),
         })
+    }
+
+    /// The media endpoint of a Matrix network: `media_listen` and `media_public_url`, both or
+    /// neither.
+    fn matrix_media(
+        &mut self,
+        key: &str,
+        raw: &RawNetwork,
+    ) -> (Option<std::net::SocketAddr>, Option<String>) {
+        match (&raw.media_listen, &raw.media_public_url) {
+            (None, None) => (None, None),
+            (Some(listen), Some(url)) => {
+                let address = listen.get_ref().parse::<std::net::SocketAddr>().ok();
+                if address.is_none() {
+                    self.report(
+                        listen.span().start,
+                        format!("{key}.media_listen"),
+                        format!(
+                            "`{}` is not an address and port, e.g. \"127.0.0.1:8090\"",
+                            listen.get_ref()
+                        ),
+                    );
+                }
+                let text = url.get_ref();
+                if !(text.starts_with("https://") || text.starts_with("http://"))
+                    || text.contains(char::is_whitespace)
+                {
+                    self.report(
+                        url.span().start,
+                        format!("{key}.media_public_url"),
+                        format!(
+                            "`{text}` is not a URL; expected e.g. \"https://bridge.example.org/media\""
+                        ),
+                    );
+                }
+                (address, Some(text.clone()))
+            }
+            (Some(listen), None) => {
+                self.report(
+                    listen.span().start,
+                    format!("{key}.media_listen"),
+                    "`media_listen` needs `media_public_url` (the URL IRC users reach it by)",
+                );
+                (None, None)
+            }
+            (None, Some(url)) => {
+                self.report(
+                    url.span().start,
+                    format!("{key}.media_public_url"),
+                    "`media_public_url` needs `media_listen` (the address the endpoint listens on)",
+                );
+                (None, None)
+            }
+        }
     }
 
     fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {
@@ -855,6 +918,8 @@ impl Validator<'_> {
                 ("access_token_env", at(&raw.access_token_env)),
                 ("device_name", at(&raw.device_name)),
                 ("display_name", at(&raw.display_name)),
+                ("media_listen", at(&raw.media_listen)),
+                ("media_public_url", at(&raw.media_public_url)),
             ],
         );
         let (host, port) = match &raw.server {

@@ -19,9 +19,13 @@
 //!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
 //!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
 //!
+//! - **Media**: files are announced to other networks by name and size, with a signed link when
+//!   the media endpoint ([`media`]) is configured.
+//!
 //! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
 
 pub mod content;
+pub mod media;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,6 +90,8 @@ pub struct MatrixTask {
     context: BuildContext,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
+    /// Signed links to files, when the media endpoint is configured and listening.
+    media: Option<Arc<media::MediaLinks>>,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -110,6 +116,7 @@ pub fn build(
             context,
             live,
             relogin,
+            media: None,
         },
     )
 }
@@ -321,7 +328,8 @@ enum SessionEnd {
 
 impl MatrixTask {
     /// Log in, join, and sync (with reconnects) until shutdown.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        self.start_media().await;
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
         loop {
             let started = Instant::now();
@@ -350,6 +358,38 @@ impl MatrixTask {
             }
         }
         tracing::info!(network = %self.network, "Matrix connector stopped.");
+    }
+
+    /// Start the media endpoint when it is configured; say so clearly when it cannot listen.
+    async fn start_media(&mut self) {
+        let (Some(address), Some(public_url)) = (
+            self.config.media_listen,
+            self.config.media_public_url.clone(),
+        ) else {
+            return;
+        };
+        let links = match media::MediaLinks::load_or_create(&self.state_dir(), &public_url) {
+            Ok(links) => Arc::new(links),
+            Err(error) => {
+                tracing::error!(network = %self.network, error = %error, "Cannot create the media signing key; files are announced without links.");
+                return;
+            }
+        };
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(network = %self.network, address = %address, public_url = %public_url, "Media endpoint listening.");
+                tokio::spawn(media::serve(
+                    listener,
+                    Arc::clone(&links),
+                    Arc::clone(&self.live),
+                    self.context.shutdown.clone(),
+                ));
+                self.media = Some(links);
+            }
+            Err(error) => {
+                tracing::error!(network = %self.network, address = %address, error = %error, "The media endpoint cannot listen; files are announced without links.");
+            }
+        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -820,7 +860,11 @@ impl SyncState<'_> {
             // when it arrives before the send call returned.
             return Ok(());
         }
-        let Some(body) = content::inbound(event, self.task.config.relay_membership) else {
+        let Some(body) = content::inbound(
+            event,
+            self.task.config.relay_membership,
+            self.task.media.as_deref(),
+        ) else {
             return Ok(());
         };
         let display_name = self.display_name(room_id, sender, event).await;
