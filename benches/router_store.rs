@@ -42,6 +42,7 @@ fn inbound(n: u64) -> Inbound {
             TextStyle::Normal,
             "a typical chat line of about sixty bytes, give or take a few",
         ),
+        permalink: None,
     }
 }
 

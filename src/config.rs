@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
+
 /// The default sender format for relayed lines.
 pub const DEFAULT_REMOTE_NICK_FORMAT: &str = "<{NICK}> ";
 
@@ -258,6 +260,10 @@ pub struct GatewayConfig {
     pub name: String,
     /// Its channels, at least two.
     pub channels: Vec<GatewayChannel>,
+    /// What IRC destinations do with messages longer than `max_lines` lines.
+    pub long_text: LongTextPolicy,
+    /// Let `@room`, `@channel`, `@all`, `@here` from one network ping everyone on another.
+    pub allow_mass_pings: bool,
 }
 
 /// One channel of a gateway.
@@ -343,6 +349,15 @@ struct RawGateway {
     name: Spanned<String>,
     #[serde(default)]
     channels: Vec<Spanned<RawGatewayChannel>>,
+    long_text: Option<Spanned<RawLongText>>,
+    allow_mass_pings: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLongText {
+    max_lines: Option<Spanned<i64>>,
+    mode: Option<Spanned<LongTextMode>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -628,7 +643,13 @@ impl Validator<'_> {
                     ),
                 );
             }
-            gateways.push(GatewayConfig { name, channels });
+            let long_text = self.long_text(&key, gateway.long_text.as_ref());
+            gateways.push(GatewayConfig {
+                name,
+                channels,
+                long_text,
+                allow_mass_pings: gateway.allow_mass_pings.is_some_and(|v| *v.get_ref()),
+            });
         }
         Config {
             state_dir,
@@ -636,6 +657,27 @@ impl Validator<'_> {
             networks,
             gateways,
         }
+    }
+
+    fn long_text(&mut self, key: &str, raw: Option<&Spanned<RawLongText>>) -> LongTextPolicy {
+        let mut policy = LongTextPolicy::default();
+        let Some(raw) = raw.map(Spanned::get_ref) else {
+            return policy;
+        };
+        if let Some(max_lines) = &raw.max_lines {
+            match usize::try_from(*max_lines.get_ref()) {
+                Ok(lines) if (1..=1000).contains(&lines) => policy.max_lines = lines,
+                _ => self.report(
+                    max_lines.span().start,
+                    format!("{key}.long_text.max_lines"),
+                    "`max_lines` must be between 1 and 1000",
+                ),
+            }
+        }
+        if let Some(mode) = &raw.mode {
+            policy.mode = *mode.get_ref();
+        }
+        policy
     }
 
     fn general(&mut self, general: Option<Spanned<RawGeneral>>) -> (PathBuf, String) {

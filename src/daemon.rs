@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connector::BuildContext;
+use crate::connector::{BuildContext, GatewaySettings};
 use crate::outbox::Outbox;
 use crate::router::{Router, Topology};
 use crate::store::{Store, StoreError};
@@ -70,6 +70,19 @@ pub async fn run(
             router: router.clone(),
             remote_nick_format: config.remote_nick_format.clone(),
             channels,
+            gateways: config
+                .gateways
+                .iter()
+                .map(|gateway| {
+                    (
+                        gateway.name.clone(),
+                        GatewaySettings {
+                            long_text: gateway.long_text,
+                            allow_mass_pings: gateway.allow_mass_pings,
+                        },
+                    )
+                })
+                .collect(),
             shutdown: connectors_shutdown.clone(),
             store: Arc::clone(&store),
             state_dir: config.state_dir.clone(),

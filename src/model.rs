@@ -209,6 +209,8 @@ pub struct Inbound {
     pub timestamp_ms: i64,
     /// What was said.
     pub body: EventBody,
+    /// A link to it on its own platform, where it has one (for "read the full text" links).
+    pub permalink: Option<String>,
 }
 
 /// One delivery the outbox hands to a connector: a message to send to one channel.
@@ -237,6 +239,8 @@ pub struct Delivery {
     pub target: Option<TargetRef>,
     /// For a reply: the message it replies to.
     pub reply_to: Option<TargetRef>,
+    /// A link to the message on its origin platform, if it has one.
+    pub permalink: Option<String>,
     /// How many times a send was tried before.
     pub attempts: u32,
 }

@@ -16,6 +16,7 @@ use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, TargetRef, 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_targets.sql"),
+    include_str!("../migrations/0003_permalink.sql"),
 ];
 
 /// Errors from the store.
@@ -173,8 +174,8 @@ impl Store {
         transaction.execute(
             "INSERT INTO messages (origin_network, origin_channel, origin_protocol,
                  origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms,
-                 target_message_id, reply_to_message_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 target_message_id, reply_to_message_id, permalink)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 inbound.origin.network,
                 inbound.origin.channel,
@@ -188,6 +189,7 @@ impl Store {
                 now_ms(),
                 target_message_id,
                 reply_to_message_id,
+                inbound.permalink,
             ],
         )?;
         let message_id = transaction.last_insert_rowid();
@@ -239,7 +241,7 @@ impl Store {
             "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts, o.next_try_ms,
                     m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
                     m.author_name, m.body, m.created_ms, m.target_message_id,
-                    m.reply_to_message_id
+                    m.reply_to_message_id, m.permalink
              FROM outbox o JOIN messages m ON m.id = o.message_id
              WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending'
              ORDER BY o.seq LIMIT 1",
@@ -261,6 +263,7 @@ impl Store {
                     row.get::<_, i64>(11)?,
                     row.get::<_, Option<i64>>(12)?,
                     row.get::<_, Option<i64>>(13)?,
+                    row.get::<_, Option<String>>(14)?,
                 ))
             })
             .optional()?;
@@ -279,6 +282,7 @@ impl Store {
             created_ms,
             target_message_id,
             reply_to_message_id,
+            permalink,
         )) = row
         else {
             return Ok(None);
@@ -309,6 +313,7 @@ impl Store {
                 body,
                 target,
                 reply_to,
+                permalink,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             },
             next_try_ms,

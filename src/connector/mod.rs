@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{NetworkConfig, NetworkKind};
 use crate::model::{Capabilities, Delivery, DeliveryAck};
+use crate::richtext::long_text::LongTextPolicy;
 use crate::router::Router;
 use crate::store::Store;
 
@@ -45,12 +46,31 @@ pub struct BuildContext {
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
+    /// Each gateway's delivery settings, by gateway name.
+    pub gateways: std::collections::HashMap<String, GatewaySettings>,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
     /// The store, for the connector's cursors (sync positions); events go through the router.
     pub store: Arc<Store>,
     /// The daemon's state folder; a connector may keep its own files in a subfolder.
     pub state_dir: PathBuf,
+}
+
+/// What a gateway says about how its messages are delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Messages longer than `max_lines` IRC lines: split or truncate.
+    pub long_text: LongTextPolicy,
+    /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
+    pub allow_mass_pings: bool,
+}
+
+impl BuildContext {
+    /// The settings of the gateway a delivery goes through (defaults for an unknown name).
+    #[must_use]
+    pub fn gateway(&self, name: &str) -> GatewaySettings {
+        self.gateways.get(name).copied().unwrap_or_default()
+    }
 }
 
 /// The outbox's side of a connector: deliver one message.

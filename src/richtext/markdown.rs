@@ -34,8 +34,9 @@ use super::model::{Block, FormattedText, Inline, Mention, MentionTarget, inlines
 /// The default network name that [`parse`] gives Mattermost mentions.
 pub const MATTERMOST_NETWORK: &str = "mattermost";
 
-/// U+2060 WORD JOINER: see the module documentation.
-pub const WORD_JOINER: char = '\u{2060}';
+/// U+2060 WORD JOINER, the same character as [`super::mention::ANTI_PING`]: see the module
+/// documentation.
+pub const WORD_JOINER: char = super::mention::ANTI_PING;
 
 /// Parses a Mattermost message; mentions get the network [`MATTERMOST_NETWORK`].
 #[must_use]

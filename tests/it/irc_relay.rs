@@ -37,31 +37,72 @@ fn config(networks: &[String], gateways: &[String]) -> String {
     )
 }
 
+/// The common set-up: alice in `#a` on network one, bob in `#b` on network two (two bridge
+/// accounts on the same server), linked by one gateway, the bridge in both channels.
+struct Pair {
+    alice: IrcClient,
+    bob: IrcClient,
+    channel_a: String,
+    channel_b: String,
+    nick_two: String,
+    bridge: Bridge,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(prefix: &str) -> Pair {
+        Self::start_with(prefix, |network| network).await
+    }
+
+    /// `tweak` may edit each `[network.*]` block (it sees `[network.one]` or `[network.two]`).
+    async fn start_with(prefix: &str, tweak: impl Fn(String) -> String) -> Pair {
+        let server = shared_inspircd();
+        let (channel_a, channel_b) = (unique(&format!("#{prefix}")), unique(&format!("#{prefix}")));
+        let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+        let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+        let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+        alice.join(&channel_a).await;
+        bob.join(&channel_b).await;
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = Bridge::start(
+            dir.path(),
+            &config(
+                &[
+                    tweak(irc_network("one", server.port, &nick_one)),
+                    tweak(irc_network("two", server.port, &nick_two)),
+                ],
+                &[gateway(
+                    "g",
+                    &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+                )],
+            ),
+        );
+        alice.wait_join(&nick_one, &channel_a).await;
+        bob.wait_join(&nick_two, &channel_b).await;
+        Pair {
+            alice,
+            bob,
+            channel_a,
+            channel_b,
+            nick_two,
+            bridge,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_text_actions_and_notices_both_ways_without_echo() {
-    let server = shared_inspircd();
-    let (channel_a, channel_b) = (unique("#a"), unique("#b"));
-    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
-    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
-    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
-    alice.join(&channel_a).await;
-    bob.join(&channel_b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let _bridge = Bridge::start(
-        dir.path(),
-        &config(
-            &[
-                irc_network("one", server.port, &nick_one),
-                irc_network("two", server.port, &nick_two),
-            ],
-            &[gateway(
-                "g",
-                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
-            )],
-        ),
-    );
-    alice.wait_join(&nick_one, &channel_a).await;
-    bob.wait_join(&nick_two, &channel_b).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        channel_a,
+        channel_b,
+        nick_two,
+        bridge: _bridge,
+        _dir,
+        ..
+    } = Pair::start("a").await;
 
     alice.say(&channel_a, "hello bob, 2*3*4 <b> é 日本語 🎉");
     alice.act(&channel_a, "waves");
@@ -199,29 +240,15 @@ async fn three_channel_gateway_relays_each_line_once_to_each_other_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_250_lines_arrives_in_order_exactly_once() {
-    let server = shared_inspircd();
-    let (channel_a, channel_b) = (unique("#burst"), unique("#burst"));
-    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
-    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
-    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
-    alice.join(&channel_a).await;
-    bob.join(&channel_b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &config(
-            &[
-                irc_network("one", server.port, &nick_one),
-                irc_network("two", server.port, &nick_two),
-            ],
-            &[gateway(
-                "g",
-                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
-            )],
-        ),
-    );
-    alice.wait_join(&nick_one, &channel_a).await;
-    bob.wait_join(&nick_two, &channel_b).await;
+    let Pair {
+        alice,
+        mut bob,
+        channel_a,
+        channel_b,
+        bridge,
+        _dir,
+        ..
+    } = Pair::start("burst").await;
     let mut burst = String::new();
     for n in 1..=250 {
         let _ = write!(burst, "PRIVMSG {channel_a} :line {n:03}\r\n");
@@ -636,29 +663,24 @@ async fn logs_in_with_sasl_and_with_nickserv_before_joining() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_membership_and_topic_changes_only_where_enabled() {
     use crate::support::irc_client::DEADLINE;
-    let server = shared_inspircd();
-    let (channel_a, channel_b) = (unique("#mem"), unique("#mem"));
-    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
-    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
-    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
-    alice.join(&channel_a).await;
-    bob.join(&channel_b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let one = irc_network("one", server.port, &nick_one)
-        .replace("flood_burst", "relay_membership = true\nflood_burst");
-    let _bridge = Bridge::start(
-        dir.path(),
-        &config(
-            &[one, irc_network("two", server.port, &nick_two)],
-            &[gateway(
-                "g",
-                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
-            )],
-        ),
-    );
-    alice.wait_join(&nick_one, &channel_a).await;
-    bob.wait_join(&nick_two, &channel_b).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        channel_a,
+        channel_b,
+        bridge: _bridge,
+        _dir,
+        ..
+    } = Pair::start_with("mem", |network| {
+        if network.contains("[network.one]") {
+            network.replace("flood_burst", "relay_membership = true\nflood_burst")
+        } else {
+            network
+        }
+    })
+    .await;
 
+    let server = shared_inspircd();
     let carol_nick = unique("carol");
     let mut carol = IrcClient::connect(server.port, &carol_nick).await;
     carol.join(&channel_a).await;
@@ -712,29 +734,24 @@ async fn relays_membership_and_topic_changes_only_where_enabled() {
 /// other side faster than the bucket allows (a lower bound, so slowness never fails it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_control_paces_relayed_lines() {
-    let server = shared_inspircd();
-    let (channel_a, channel_b) = (unique("#flood"), unique("#flood"));
-    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
-    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
-    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
-    alice.join(&channel_a).await;
-    bob.join(&channel_b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let paced = irc_network("two", server.port, &nick_two)
-        .replace("flood_burst = 1000", "flood_burst = 2")
-        .replace("flood_interval_ms = 1", "flood_interval_ms = 300");
-    let _bridge = Bridge::start(
-        dir.path(),
-        &config(
-            &[irc_network("one", server.port, &nick_one), paced],
-            &[gateway(
-                "g",
-                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
-            )],
-        ),
-    );
-    alice.wait_join(&nick_one, &channel_a).await;
-    bob.wait_join(&nick_two, &channel_b).await;
+    let Pair {
+        alice,
+        mut bob,
+        channel_a,
+        channel_b,
+        bridge: _bridge,
+        _dir,
+        ..
+    } = Pair::start_with("flood", |network| {
+        if network.contains("[network.two]") {
+            network
+                .replace("flood_burst = 1000", "flood_burst = 2")
+                .replace("flood_interval_ms = 1", "flood_interval_ms = 300")
+        } else {
+            network
+        }
+    })
+    .await;
     for n in 1..=8 {
         alice.say(&channel_a, &format!("paced {n}"));
     }

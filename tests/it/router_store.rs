@@ -41,6 +41,8 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
         .map(|(name, channels)| GatewayConfig {
             name: name.into(),
             channels,
+            long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
+            allow_mass_pings: false,
         })
         .collect();
     parsed
@@ -56,6 +58,7 @@ fn said(network: &str, channel: &str, remote_id: Option<&str>, text: &str) -> In
         },
         timestamp_ms: 1_700_000_000_000,
         body: EventBody::text(TextStyle::Normal, text),
+        permalink: None,
     }
 }
 

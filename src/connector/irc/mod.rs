@@ -29,6 +29,7 @@ use crate::model::{
 use crate::richtext;
 use crate::richtext::FormattedText;
 use crate::richtext::irc::{IrcRenderOptions, render as irc_render};
+use crate::richtext::long_text::{self, LongTextPolicy};
 use crate::richtext::mention::no_ping_nick;
 
 use flood::TokenBucket;
@@ -466,11 +467,13 @@ impl<'a> Session<'a> {
         }
         let target = delivery.destination.channel.clone();
         let labelled = self.caps.contains("labeled-response");
+        let long_text = self.task.context.gateway(&delivery.gateway).long_text;
         let lines = render_delivery(
             delivery,
             &self.task.context.remote_nick_format,
             &self.nick,
             labelled,
+            &long_text,
         );
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
@@ -904,6 +907,7 @@ impl<'a> Session<'a> {
                 .and_then(|t| parse_server_time(&t))
                 .unwrap_or_else(now_ms),
             body: EventBody::Membership(change),
+            permalink: None,
         })
     }
 
@@ -1128,6 +1132,7 @@ impl<'a> Session<'a> {
                 .and_then(|t| parse_server_time(&t))
                 .unwrap_or_else(now_ms),
             body: EventBody::formatted(style, text),
+            permalink: None,
         };
         self.submit(inbound).await;
         Ok(())
@@ -1166,6 +1171,7 @@ pub fn render_delivery(
     nick_format: &str,
     own_nick: &str,
     labelled: bool,
+    long_text: &LongTextPolicy,
 ) -> Vec<(&'static str, String)> {
     let sender = lines::logical_lines(&render_sender(nick_format, delivery, no_ping_nick)).concat();
     let render = |text: &FormattedText| irc_render(text, &IrcRenderOptions::default());
@@ -1203,40 +1209,65 @@ pub fn render_delivery(
                 Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
             };
             return render_text_lines(
-                "NOTICE",
-                false,
-                &format!("[{}] ", delivery.origin.network),
+                &LineFrame {
+                    command: "NOTICE",
+                    ctcp: false,
+                    sender: &format!("[{}] ", delivery.origin.network),
+                    target: &delivery.destination.channel,
+                    own_nick,
+                    labelled,
+                    delivery_id: &delivery.id,
+                },
                 &[text],
-                &delivery.destination.channel,
-                own_nick,
-                labelled,
-                &delivery.id,
+                long_text,
+                None,
             );
         }
     };
     render_text_lines(
-        command,
-        ctcp,
-        &sender,
+        &LineFrame {
+            command,
+            ctcp,
+            sender: &sender,
+            target: &delivery.destination.channel,
+            own_nick,
+            labelled,
+            delivery_id: &delivery.id,
+        },
         &text_lines,
-        &delivery.destination.channel,
-        own_nick,
-        labelled,
-        &delivery.id,
+        long_text,
+        delivery.permalink.as_deref(),
     )
 }
 
-#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
-fn render_text_lines(
+/// How the lines of one delivery are framed on the wire.
+struct LineFrame<'a> {
     command: &'static str,
     ctcp: bool,
-    sender: &str,
-    text_lines: &[String],
-    target: &str,
-    own_nick: &str,
+    sender: &'a str,
+    target: &'a str,
+    own_nick: &'a str,
     labelled: bool,
-    delivery_id: &str,
+    delivery_id: &'a str,
+}
+
+/// Split rendered lines to the byte budget, apply the gateway's long-text policy, and frame
+/// each piece with the sender and, for actions, CTCP.
+fn render_text_lines(
+    frame: &LineFrame<'_>,
+    text_lines: &[String],
+    long_text: &LongTextPolicy,
+    permalink: Option<&str>,
 ) -> Vec<(&'static str, String)> {
+    let LineFrame {
+        command,
+        ctcp,
+        sender,
+        target,
+        own_nick,
+        labelled,
+        delivery_id,
+    } = *frame;
     // "@label=<id>.<n> " is our only tag.
     let tag_bytes = if labelled {
         1 + 6 + delivery_id.len() + 1 + 4 + 1
@@ -1257,22 +1288,142 @@ fn render_text_lines(
     }
     let sender = &sender[..sender_cut];
     let budget = budget - sender.len();
-    let mut out = Vec::new();
     // The renderer's lines never hold CR, LF or NUL; `logical_lines` makes sure of it again,
     // because a second IRC command smuggled in a line is the one thing that must never happen.
-    for line in text_lines
+    let pieces: Vec<String> = text_lines
         .iter()
         .flat_map(|line| lines::logical_lines(line))
-    {
-        for piece in lines::split_to_budget(&line, budget) {
-            let body = format!("{sender}{piece}");
-            let body = if ctcp {
-                format!("\x01ACTION {body}\x01")
-            } else {
-                body
-            };
-            out.push((command, body));
-        }
+        .flat_map(|line| lines::split_to_budget(&line, budget))
+        .collect();
+    // The gateway's policy: all pieces, or the first ones and a pointer to the full text (which
+    // may itself need splitting when the link is long).
+    let pieces: Vec<String> = long_text::apply(pieces, long_text, permalink)
+        .into_iter()
+        .flat_map(|piece| lines::split_to_budget(&piece, budget))
+        .collect();
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let body = format!("{sender}{piece}");
+        let body = if ctcp {
+            format!("\x01ACTION {body}\x01")
+        } else {
+            body
+        };
+        out.push((command, body));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::richtext::long_text::LongTextMode;
+    use proptest::prelude::*;
+
+    fn delivery(body: EventBody, author: &str, permalink: Option<&str>) -> Delivery {
+        Delivery {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            message_id: 1,
+            destination: ChannelRef::new("irc", "#dest"),
+            gateway: "g".into(),
+            origin: ChannelRef::new("mx", "!room"),
+            origin_protocol: "matrix".into(),
+            author: Author {
+                id: author.into(),
+                display_name: author.into(),
+            },
+            timestamp_ms: 0,
+            body,
+            target: None,
+            reply_to: None,
+            permalink: permalink.map(str::to_owned),
+            attempts: 0,
+        }
+    }
+
+    fn texts(lines: &[(&str, String)]) -> Vec<String> {
+        lines.iter().map(|(_, text)| text.clone()).collect()
+    }
+
+    #[test]
+    fn long_messages_are_split_or_truncated_with_a_link_per_gateway_policy() {
+        let text = (1..=8)
+            .map(|n| format!("line {n}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let message = delivery(
+            EventBody::text(TextStyle::Normal, &text),
+            "alice",
+            Some("https://matrix.to/#/!room/$event"),
+        );
+        let split = render_delivery(
+            &message,
+            "<{NICK}> ",
+            "bridge",
+            true,
+            &LongTextPolicy::default(),
+        );
+        assert_eq!(split.len(), 8);
+        assert_eq!(split[7].1, "<alice> line 8");
+        let truncate = LongTextPolicy {
+            max_lines: 3,
+            mode: LongTextMode::Truncate,
+        };
+        let truncated = render_delivery(&message, "<{NICK}> ", "bridge", true, &truncate);
+        assert_eq!(
+            texts(&truncated),
+            vec![
+                "<alice> line 1",
+                "<alice> line 2",
+                "<alice> … (6 more lines: https://matrix.to/#/!room/$event)",
+            ]
+        );
+    }
+
+    #[test]
+    fn edits_are_marked_and_deletes_and_reactions_send_nothing() {
+        let edit = delivery(
+            EventBody::Edit {
+                target: "$e".into(),
+                style: TextStyle::Normal,
+                text: FormattedText::plain("corrected"),
+            },
+            "alice",
+            None,
+        );
+        let policy = LongTextPolicy::default();
+        assert_eq!(
+            render_delivery(&edit, "<{NICK}> ", "bridge", false, &policy),
+            vec![("PRIVMSG", "<alice> * corrected".to_owned())]
+        );
+        let delete = delivery(
+            EventBody::Delete {
+                target: "$e".into(),
+            },
+            "alice",
+            None,
+        );
+        assert!(render_delivery(&delete, "<{NICK}> ", "bridge", false, &policy).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn every_line_fits_and_is_clean(
+            text in "\\PC{0,2000}|[a\r\n\0\x01 é]{0,900}",
+            author in "\\PC{0,300}",
+            action in any::<bool>(),
+        ) {
+            let style = if action { TextStyle::Action } else { TextStyle::Normal };
+            let message = delivery(EventBody::text(style, &text), &author, None);
+            let nick = "tribridge-bot-with-a-long-nick";
+            for (command, body) in render_delivery(&message, "[{NETWORK}] <{NOPINGNICK}> ", nick, true, &LongTextPolicy::default()) {
+                let tags = format!("@label={}.{} ", message.id, 999);
+                let ours = format!("{tags}{command} #dest :{body}\r\n");
+                let relayed = format!(":{nick}!{}@{} {command} #dest :{body}\r\n", "u".repeat(10), "h".repeat(63));
+                prop_assert!(!body.contains(['\r', '\n', '\0']));
+                prop_assert!(ours.len() <= 512, "{} bytes", ours.len());
+                prop_assert!(relayed.len() <= 512, "{} bytes", relayed.len());
+            }
+        }
+    }
 }

@@ -46,8 +46,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::MatrixConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
-use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, Inbound};
+use crate::connector::{Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender};
+use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
 
 /// What Matrix can represent.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -79,6 +79,7 @@ struct Live {
 pub struct MatrixHandle {
     network: String,
     remote_nick_format: String,
+    gateways: HashMap<String, GatewaySettings>,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
 }
@@ -107,6 +108,7 @@ pub fn build(
         MatrixHandle {
             network: network.to_owned(),
             remote_nick_format: context.remote_nick_format.clone(),
+            gateways: context.gateways.clone(),
             live: Arc::clone(&live),
             relogin: Arc::clone(&relogin),
         },
@@ -218,6 +220,16 @@ impl MatrixHandle {
                 format!("the bot is not in room {room_id}"),
             ));
         }
+        // `@room` and the like from another network stay pings only where the gateway allows.
+        let allow_mass_pings = self
+            .gateways
+            .get(&delivery.gateway)
+            .is_some_and(|settings| settings.allow_mass_pings);
+        let mut delivery = delivery.clone();
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+            crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
+        }
+        let delivery = &delivery;
         let txn_id: OwnedTransactionId = delivery.id.as_str().into();
         let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
         let target_event = delivery
@@ -871,6 +883,9 @@ impl SyncState<'_> {
         let inbound = Inbound {
             origin: ChannelRef::new(self.network(), channel),
             remote_id: event["event_id"].as_str().map(ToOwned::to_owned),
+            permalink: event["event_id"].as_str().map(|event_id| {
+                crate::richtext::long_text::matrix_event_permalink(room_id.as_str(), event_id)
+            }),
             author: crate::model::Author {
                 id: sender.to_owned(),
                 display_name,
