@@ -840,3 +840,36 @@ async fn an_image_on_matrix_reaches_irc_as_a_working_signed_link() {
     assert_ne!(forged, link);
     assert_eq!(http.get(&forged).send().await.unwrap().status(), 403);
 }
+
+/// With `relay_membership`, joins, leaves and topic changes in the Matrix room are told on IRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_topic_changes_are_relayed_when_enabled() {
+    let synapse = shared_synapse();
+    let mut s = setup_with(synapse, "relay_membership = true\n\n").await;
+    let room = s.room.clone();
+    let alias = s.alias.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let bob_name = unique("bob");
+    let bob = MatrixUser::new(&synapse.url(), &bob_name).await;
+    bob.join(&room).await;
+    s.matrix.set_topic(&room, "bridged topic").await;
+    bob.leave(&room).await;
+    s.matrix.say(&room, "MARK").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("[mx] {bob_name} joined {alias}"),
+            format!("[mx] {alice} changed the topic to: bridged topic"),
+            format!("[mx] {bob_name} left {alias}"),
+            format!("<{alice}> MARK"),
+        ]
+    );
+}
