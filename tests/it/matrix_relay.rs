@@ -873,3 +873,40 @@ async fn membership_and_topic_changes_are_relayed_when_enabled() {
         ]
     );
 }
+
+/// More messages while the bridge is down than one sync returns per room: the `limited`
+/// timeline is completed with `/messages`, and all of them reach IRC once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_one_sync_timeline_is_filled_after_restart() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.matrix.say(&room, "before").await;
+    s.irc.texts_until(&s.channel, "before").await;
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+    for n in 0..150 {
+        s.matrix.say(&room, &format!("gap {n}")).await;
+    }
+    s.matrix.say(&room, "MARK").await;
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    let mut expected: Vec<String> = (0..150).map(|n| format!("<{alice}> gap {n}")).collect();
+    expected.push(format!("<{alice}> MARK"));
+    assert_eq!(texts(&seen), expected);
+    assert!(
+        s.bridge
+            .logs()
+            .contains("Fetched messages a limited sync left out."),
+        "{}",
+        s.bridge.logs()
+    );
+}
