@@ -202,6 +202,10 @@ pub struct MatrixConfig {
     pub display_name: Option<String>,
     /// Relay joins, leaves and topic changes from this network.
     pub relay_membership: bool,
+    /// Where the media endpoint listens (with `media_public_url`); off when `None`.
+    pub media_listen: Option<std::net::SocketAddr>,
+    /// The public base URL of the media endpoint, as IRC users reach it.
+    pub media_public_url: Option<String>,
 }
 
 /// How the bridge logs in to Mattermost.
@@ -377,6 +381,8 @@ struct RawNetwork {
     token_env: Option<Spanned<String>>,
     login: Option<Spanned<String>>,
     sender_override: Option<Spanned<bool>>,
+    media_listen: Option<Spanned<String>>,
+    media_public_url: Option<Spanned<String>>,
 }
 
 impl RawNetworkType {
@@ -462,7 +468,13 @@ impl RawNetwork {
             ("token", at(self.token.as_ref()), &[Mattermost]),
             ("login", at(self.login.as_ref()), &[Mattermost]),
         ];
-        let more: [(&'static str, Option<usize>, &'static [RawNetworkType]); 3] = [
+        let more: [(&'static str, Option<usize>, &'static [RawNetworkType]); 5] = [
+            ("media_listen", at(self.media_listen.as_ref()), &[Matrix]),
+            (
+                "media_public_url",
+                at(self.media_public_url.as_ref()),
+                &[Matrix],
+            ),
             ("token_file", at(self.token_file.as_ref()), &[Mattermost]),
             ("token_env", at(self.token_env.as_ref()), &[Mattermost]),
             (
@@ -969,6 +981,7 @@ impl Validator<'_> {
             raw.access_token_file.as_ref(),
             raw.access_token_env.as_ref(),
         );
+        let (media_listen, media_public_url) = self.matrix_media(key, raw);
         if password.is_none() && access_token.is_none() && self.issues.len() == before {
             self.report(
                 raw.kind.span().start,
@@ -993,8 +1006,64 @@ impl Validator<'_> {
                     .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
                 display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                media_listen,
+                media_public_url,
             }),
         })
+    }
+
+    /// The media endpoint of a Matrix network: `media_listen` and `media_public_url`, both or
+    /// neither.
+    fn matrix_media(
+        &mut self,
+        key: &str,
+        raw: &RawNetwork,
+    ) -> (Option<std::net::SocketAddr>, Option<String>) {
+        match (&raw.media_listen, &raw.media_public_url) {
+            (None, None) => (None, None),
+            (Some(listen), Some(url)) => {
+                let address = listen.get_ref().parse::<std::net::SocketAddr>().ok();
+                if address.is_none() {
+                    self.report(
+                        listen.span().start,
+                        format!("{key}.media_listen"),
+                        format!(
+                            "`{}` is not an address and port, e.g. \"127.0.0.1:8090\"",
+                            listen.get_ref()
+                        ),
+                    );
+                }
+                let text = url.get_ref();
+                if !(text.starts_with("https://") || text.starts_with("http://"))
+                    || text.contains(char::is_whitespace)
+                {
+                    self.report(
+                        url.span().start,
+                        format!("{key}.media_public_url"),
+                        format!(
+                            "`{text}` is not a URL; expected e.g. \"https://bridge.example.org/media\""
+                        ),
+                    );
+                }
+                (address, Some(text.clone()))
+            }
+            (Some(listen), None) => {
+                self.report(
+                    listen.span().start,
+                    format!("{key}.media_listen"),
+                    "`media_listen` needs `media_public_url` (the URL IRC users reach it by)",
+                );
+                (None, None)
+            }
+            (None, Some(url)) => {
+                self.report(
+                    url.span().start,
+                    format!("{key}.media_public_url"),
+                    "`media_public_url` needs `media_listen` (the address the endpoint listens on)",
+                );
+                (None, None)
+            }
+        }
     }
 
     fn irc_network(&mut self, key: &str, id: &str, raw: &RawNetwork) -> Option<NetworkConfig> {

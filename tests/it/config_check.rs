@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`, `media_listen`, `media_public_url`",
             ],
         ),
         (
@@ -106,6 +106,22 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
             vec![
                 "bridges.toml:6:8: network.mx.nick: `nick` is not a key of `matrix` networks (it belongs to `irc`); remove it",
+            ],
+        ),
+        (
+            "matrix: media endpoint half configured, and a bad address",
+            format!("{MX}media_listen = \"localhost\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:16: network.mx.media_listen: `media_listen` needs `media_public_url` (the URL IRC users reach it by)",
+            ],
+        ),
+        (
+            "matrix: media endpoint with a bad address",
+            format!(
+                "{MX}media_listen = \"localhost\"\nmedia_public_url = \"https://b.org/media\"\n{NET2}{MXGATEWAY}"
+            ),
+            vec![
+                "bridges.toml:6:16: network.mx.media_listen: `localhost` is not an address and port, e.g. \"127.0.0.1:8090\"",
             ],
         ),
         (

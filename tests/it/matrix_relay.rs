@@ -55,6 +55,11 @@ struct Setup {
 }
 
 async fn setup(synapse: &Synapse) -> Setup {
+    setup_with(synapse, "").await
+}
+
+/// Like [`setup`], with `extra` keys for the Matrix network.
+async fn setup_with(synapse: &Synapse, extra: &str) -> Setup {
     let url = synapse.url();
     let irc_port = shared_inspircd().port;
     let bot = unique("bot");
@@ -77,7 +82,7 @@ async fn setup(synapse: &Synapse) -> Setup {
         &config(
             &[
                 irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot),
+                matrix_network("mx", &url, &bot) + extra,
             ],
             &[("irc", &channel), ("mx", &alias)],
         ),
@@ -781,4 +786,127 @@ async fn a_refused_token_leads_to_a_new_login_on_the_same_device() {
     s.matrix.say(&room, "still here").await;
     let seen = s.irc.texts_until(&s.channel, "still here").await;
     assert_eq!(seen.len(), 1);
+}
+
+/// With the media endpoint configured, an image posted on Matrix reaches IRC as a link that
+/// serves the file (proxying Synapse's authenticated download); a changed link is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_on_matrix_reaches_irc_as_a_working_signed_link() {
+    let port = crate::support::servers::free_port();
+    let extra = format!(
+        "media_listen = \"127.0.0.1:{port}\"\nmedia_public_url = \"http://127.0.0.1:{port}/media\"\n\n"
+    );
+    let mut s = setup_with(shared_synapse(), &extra).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let picture: Vec<u8> = (0..4096u32).map(|n| (n % 251) as u8).collect();
+    let uri = s
+        .matrix
+        .upload("cat.png", "image/png", picture.clone())
+        .await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.image", "body": "cat.png", "url": uri,
+                   "info": {"mimetype": "image/png", "size": 4096}}),
+        )
+        .await;
+    let seen = s.irc.texts_until(&s.channel, "cat.png").await;
+    let announced = texts(&seen).pop().unwrap();
+    let prefix =
+        format!("<{alice}> shared an image: cat.png (4.0 KiB) http://127.0.0.1:{port}/media/");
+    assert!(announced.starts_with(&prefix), "{announced}");
+    let link = announced.rsplit(' ').next().unwrap().to_owned();
+    assert!(link.ends_with("/cat.png"), "{link}");
+    let http = reqwest::Client::new();
+    let response = http.get(&link).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(response.bytes().await.unwrap().to_vec(), picture);
+    // A link whose signature was changed is refused.
+    let mut segments: Vec<&str> = link.rsplitn(3, '/').collect();
+    let forged_signature = "0".repeat(segments[1].len());
+    segments[1] = &forged_signature;
+    segments.reverse();
+    let forged = segments.join("/");
+    assert_ne!(forged, link);
+    assert_eq!(http.get(&forged).send().await.unwrap().status(), 403);
+}
+
+/// With `relay_membership`, joins, leaves and topic changes in the Matrix room are told on IRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_topic_changes_are_relayed_when_enabled() {
+    let synapse = shared_synapse();
+    let mut s = setup_with(synapse, "relay_membership = true\n\n").await;
+    let room = s.room.clone();
+    let alias = s.alias.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let bob_name = unique("bob");
+    let bob = MatrixUser::new(&synapse.url(), &bob_name).await;
+    bob.join(&room).await;
+    s.matrix.set_topic(&room, "bridged topic").await;
+    bob.leave(&room).await;
+    s.matrix.say(&room, "MARK").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("[mx] {bob_name} joined {alias}"),
+            format!("[mx] {alice} changed the topic to: bridged topic"),
+            format!("[mx] {bob_name} left {alias}"),
+            format!("<{alice}> MARK"),
+        ]
+    );
+}
+
+/// More messages while the bridge is down than one sync returns per room: the `limited`
+/// timeline is completed with `/messages`, and all of them reach IRC once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_one_sync_timeline_is_filled_after_restart() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let alice = s
+        .matrix
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.matrix.say(&room, "before").await;
+    s.irc.texts_until(&s.channel, "before").await;
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+    for n in 0..150 {
+        s.matrix.say(&room, &format!("gap {n}")).await;
+    }
+    s.matrix.say(&room, "MARK").await;
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    let seen = s.irc.texts_until(&s.channel, "MARK").await;
+    let mut expected: Vec<String> = (0..150).map(|n| format!("<{alice}> gap {n}")).collect();
+    expected.push(format!("<{alice}> MARK"));
+    assert_eq!(texts(&seen), expected);
+    assert!(
+        s.bridge
+            .logs()
+            .contains("Fetched messages a limited sync left out."),
+        "{}",
+        s.bridge.logs()
+    );
 }

@@ -8,6 +8,7 @@
 use matrix_sdk::ruma::{EventId, OwnedEventId};
 use serde_json::{Value, json};
 
+use super::media::MediaLinks;
 use crate::model::{Delivery, EventBody, Membership, TextStyle};
 use crate::richtext::{Block, FormattedText, Inline, html};
 
@@ -97,8 +98,9 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// The text shown for a file, image, video or audio message when media is not served.
-fn media_text(content: &Value) -> String {
+/// The text shown for a file, image, video or audio message: what it is, its name and size,
+/// and a link when media is served.
+fn media_text(content: &Value, media: Option<&MediaLinks>) -> String {
     let name = content["filename"]
         .as_str()
         .or_else(|| content["body"].as_str())
@@ -109,18 +111,30 @@ fn media_text(content: &Value) -> String {
         Some("m.audio") => "an audio file",
         _ => "a file",
     };
-    match content["info"]["size"].as_u64() {
+    let mut text = match content["info"]["size"].as_u64() {
         Some(size) => format!("shared {kind}: {name} ({})", human_size(size)),
         None => format!("shared {kind}: {name}"),
+    };
+    if let Some(link) = media
+        .zip(content["url"].as_str())
+        .and_then(|(links, mxc)| links.link_now(mxc, name))
+    {
+        text.push(' ');
+        text.push_str(&link);
     }
+    text
 }
 
-fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, FormattedText)> {
+fn message_text(
+    content: &Value,
+    is_reply: bool,
+    media: Option<&MediaLinks>,
+) -> Option<(TextStyle, FormattedText)> {
     let msgtype = content["msgtype"].as_str()?;
     match msgtype {
         "m.image" | "m.file" | "m.video" | "m.audio" => Some((
             TextStyle::Normal,
-            FormattedText::plain(&media_text(content)),
+            FormattedText::plain(&media_text(content, media)),
         )),
         _ => {
             let text = text_from_matrix(content, is_reply);
@@ -131,7 +145,11 @@ fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, Formatted
 
 /// The model event for a Matrix timeline event, or `None` when it is not relayed.
 #[must_use]
-pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
+pub fn inbound(
+    event: &Value,
+    relay_membership: bool,
+    media: Option<&MediaLinks>,
+) -> Option<EventBody> {
     let content = &event["content"];
     let relates = &content["m.relates_to"];
     match event["type"].as_str()? {
@@ -143,7 +161,7 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
                 } else {
                     content
                 };
-                let (style, text) = message_text(new_content, false)?;
+                let (style, text) = message_text(new_content, false, media)?;
                 return Some(EventBody::Edit {
                     target,
                     style,
@@ -161,7 +179,7 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
                 });
             // In a thread, `m.in_reply_to` may be only a fallback for older clients; the quote
             // is still stripped because clients that add one also add the quote.
-            let (style, text) = message_text(content, reply_to.is_some())?;
+            let (style, text) = message_text(content, reply_to.is_some(), media)?;
             Some(EventBody::Text {
                 style,
                 text,
@@ -352,7 +370,7 @@ mod tests {
             "m.new_content": {"msgtype": "m.text", "body": "fixed"},
             "m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}}});
         assert_eq!(
-            inbound(&edit, false),
+            inbound(&edit, false, None),
             Some(EventBody::Edit {
                 target: "$a".into(),
                 style: TextStyle::Normal,
@@ -362,7 +380,7 @@ mod tests {
         let reaction = json!({"type": "m.reaction", "content": {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": "$a", "key": "👍"}}});
         assert_eq!(
-            inbound(&reaction, false),
+            inbound(&reaction, false, None),
             Some(EventBody::Reaction {
                 target: "$a".into(),
                 key: "👍".into(),
@@ -371,7 +389,7 @@ mod tests {
         );
         let redact = json!({"type": "m.room.redaction", "content": {"redacts": "$a"}});
         assert_eq!(
-            inbound(&redact, false),
+            inbound(&redact, false, None),
             Some(EventBody::Delete {
                 target: "$a".into()
             })
@@ -380,7 +398,7 @@ mod tests {
             "msgtype": "m.emote", "body": "> <@b:x> hi\n\nwaves back",
             "m.relates_to": {"m.in_reply_to": {"event_id": "$a"}}}});
         assert_eq!(
-            inbound(&reply, false),
+            inbound(&reply, false, None),
             Some(EventBody::Text {
                 style: TextStyle::Action,
                 text: FormattedText::plain("waves back"),
@@ -390,7 +408,7 @@ mod tests {
         let image = json!({"type": "m.room.message", "content": {
             "msgtype": "m.image", "body": "cat.png", "info": {"size": 2048}}});
         assert_eq!(
-            inbound(&image, false),
+            inbound(&image, false, None),
             Some(EventBody::text(
                 TextStyle::Normal,
                 "shared an image: cat.png (2.0 KiB)"
@@ -398,9 +416,9 @@ mod tests {
         );
         let member = json!({"type": "m.room.member", "state_key": "@a:x",
             "content": {"membership": "join"}});
-        assert_eq!(inbound(&member, false), None);
+        assert_eq!(inbound(&member, false, None), None);
         assert_eq!(
-            inbound(&member, true),
+            inbound(&member, true, None),
             Some(EventBody::Membership(Membership::Joined))
         );
     }

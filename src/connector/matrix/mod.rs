@@ -19,9 +19,13 @@
 //!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
 //!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
 //!
+//! - **Media**: files are announced to other networks by name and size, with a signed link when
+//!   the media endpoint ([`media`]) is configured.
+//!
 //! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
 
 pub mod content;
+pub mod media;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,8 +46,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::MatrixConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
-use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, Inbound};
+use crate::connector::{Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender};
+use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
 
 /// What Matrix can represent.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -75,6 +79,7 @@ struct Live {
 pub struct MatrixHandle {
     network: String,
     remote_nick_format: String,
+    gateways: HashMap<String, GatewaySettings>,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
 }
@@ -86,6 +91,8 @@ pub struct MatrixTask {
     context: BuildContext,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
+    /// Signed links to files, when the media endpoint is configured and listening.
+    media: Option<Arc<media::MediaLinks>>,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -101,6 +108,7 @@ pub fn build(
         MatrixHandle {
             network: network.to_owned(),
             remote_nick_format: context.remote_nick_format.clone(),
+            gateways: context.gateways.clone(),
             live: Arc::clone(&live),
             relogin: Arc::clone(&relogin),
         },
@@ -110,6 +118,7 @@ pub fn build(
             context,
             live,
             relogin,
+            media: None,
         },
     )
 }
@@ -211,6 +220,16 @@ impl MatrixHandle {
                 format!("the bot is not in room {room_id}"),
             ));
         }
+        // `@room` and the like from another network stay pings only where the gateway allows.
+        let allow_mass_pings = self
+            .gateways
+            .get(&delivery.gateway)
+            .is_some_and(|settings| settings.allow_mass_pings);
+        let mut delivery = delivery.clone();
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+            crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
+        }
+        let delivery = &delivery;
         let txn_id: OwnedTransactionId = delivery.id.as_str().into();
         let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
         let target_event = delivery
@@ -321,7 +340,8 @@ enum SessionEnd {
 
 impl MatrixTask {
     /// Log in, join, and sync (with reconnects) until shutdown.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        self.start_media().await;
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
         loop {
             let started = Instant::now();
@@ -350,6 +370,38 @@ impl MatrixTask {
             }
         }
         tracing::info!(network = %self.network, "Matrix connector stopped.");
+    }
+
+    /// Start the media endpoint when it is configured; say so clearly when it cannot listen.
+    async fn start_media(&mut self) {
+        let (Some(address), Some(public_url)) = (
+            self.config.media_listen,
+            self.config.media_public_url.clone(),
+        ) else {
+            return;
+        };
+        let links = match media::MediaLinks::load_or_create(&self.state_dir(), &public_url) {
+            Ok(links) => Arc::new(links),
+            Err(error) => {
+                tracing::error!(network = %self.network, error = %error, "Cannot create the media signing key; files are announced without links.");
+                return;
+            }
+        };
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(network = %self.network, address = %address, public_url = %public_url, "Media endpoint listening.");
+                tokio::spawn(media::serve(
+                    listener,
+                    Arc::clone(&links),
+                    Arc::clone(&self.live),
+                    self.context.shutdown.clone(),
+                ));
+                self.media = Some(links);
+            }
+            Err(error) => {
+                tracing::error!(network = %self.network, address = %address, error = %error, "The media endpoint cannot listen; files are announced without links.");
+            }
+        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -820,13 +872,20 @@ impl SyncState<'_> {
             // when it arrives before the send call returned.
             return Ok(());
         }
-        let Some(body) = content::inbound(event, self.task.config.relay_membership) else {
+        let Some(body) = content::inbound(
+            event,
+            self.task.config.relay_membership,
+            self.task.media.as_deref(),
+        ) else {
             return Ok(());
         };
         let display_name = self.display_name(room_id, sender, event).await;
         let inbound = Inbound {
             origin: ChannelRef::new(self.network(), channel),
             remote_id: event["event_id"].as_str().map(ToOwned::to_owned),
+            permalink: event["event_id"].as_str().map(|event_id| {
+                crate::richtext::long_text::matrix_event_permalink(room_id.as_str(), event_id)
+            }),
             author: crate::model::Author {
                 id: sender.to_owned(),
                 display_name,
@@ -835,9 +894,6 @@ impl SyncState<'_> {
                 .as_i64()
                 .unwrap_or_else(crate::model::now_ms),
             body,
-            permalink: event["event_id"].as_str().map(|event_id| {
-                crate::richtext::long_text::matrix_event_permalink(room_id.as_str(), event_id)
-            }),
         };
         match self.task.context.router.submit(inbound).await {
             Ok(_) => Ok(()),

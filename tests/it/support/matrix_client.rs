@@ -189,6 +189,39 @@ impl MatrixUser {
             .to_owned()
     }
 
+    /// Join a room by id or alias.
+    pub async fn join(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(room)),
+            &json!({}),
+        )
+        .await;
+    }
+
+    /// Leave a room.
+    pub async fn leave(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(room)),
+            &json!({}),
+        )
+        .await;
+    }
+
+    /// Set a room's topic.
+    pub async fn set_topic(&self, room: &str, topic: &str) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                encode(room)
+            ),
+            &json!({"topic": topic}),
+        )
+        .await;
+    }
+
     /// Send any message-like event; returns its event id.
     pub async fn send_event(&mut self, room: &str, kind: &str, content: Value) -> String {
         self.txn += 1;
