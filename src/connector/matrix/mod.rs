@@ -565,11 +565,8 @@ impl MatrixTask {
             () = self.context.shutdown.cancelled() => SessionEnd::Shutdown,
             () = self.relogin.notified() => SessionEnd::Lost("the access token was refused".into()),
         };
-        if let SessionEnd::Lost(reason) = &end
-            && reason.contains("M_UNKNOWN_TOKEN")
-        {
-            let _ = std::fs::remove_file(self.state_dir().join("session.json"));
-        }
+        // A refused token keeps session.json: the next login finds the stored session refused
+        // (whoami) and logs in again with the same device id, so no new device appears.
         end
     }
 }
