@@ -402,7 +402,7 @@ impl RawNetwork {
         fn at<T>(value: Option<&Spanned<T>>) -> Option<usize> {
             value.map(|v| v.span().start)
         }
-        let keys: [(&'static str, Option<usize>, &'static [RawNetworkType]); 28] = [
+        let keys: Vec<(&'static str, Option<usize>, &'static [RawNetworkType])> = vec![
             ("server", at(self.server.as_ref()), &[Irc]),
             ("tls", at(self.tls.as_ref()), &[Irc]),
             ("tls_verify", at(self.tls_verify.as_ref()), &[Irc]),
@@ -467,8 +467,6 @@ impl RawNetwork {
             ("team", at(self.team.as_ref()), &[Mattermost]),
             ("token", at(self.token.as_ref()), &[Mattermost]),
             ("login", at(self.login.as_ref()), &[Mattermost]),
-        ];
-        let more: [(&'static str, Option<usize>, &'static [RawNetworkType]); 5] = [
             ("media_listen", at(self.media_listen.as_ref()), &[Matrix]),
             (
                 "media_public_url",
@@ -484,7 +482,6 @@ impl RawNetwork {
             ),
         ];
         keys.into_iter()
-            .chain(more)
             .filter_map(|(name, offset, accepted)| offset.map(|o| (name, o, accepted)))
             .collect()
     }
