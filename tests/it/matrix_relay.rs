@@ -647,15 +647,7 @@ async fn joins_an_invite_only_room_when_invited_and_logs_why_it_could_not_before
         ),
     );
     irc.wait_join(&nick, &channel).await;
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    while !bridge.logs().contains("Cannot join Matrix room") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no join failure logged: {}",
-            bridge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bridge.wait_for_log("Cannot join Matrix room").await;
     let bot_id = format!("@{bot}:localhost");
     alice.invite(&room, &bot_id).await;
     wait_member_join(&mut alice, &room, &bot_id).await;

@@ -589,15 +589,7 @@ async fn tls_is_verified_and_a_private_ca_can_be_trusted() {
             &[("irc", &irc_channel), ("mm", "town")],
         ),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !bridge.logs().contains("UnknownIssuer") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no certificate error: {}",
-            bridge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bridge.wait_for_log("UnknownIssuer").await;
     assert_eq!(mm.emu.websocket_count(), 0);
     let _ = bridge.terminate();
 

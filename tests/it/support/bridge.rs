@@ -110,6 +110,19 @@ impl Bridge {
         }
     }
 
+    /// Wait until the daemon's log contains `needle` (an event a test expects), with a deadline.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never logged {needle:?}: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the daemon logged so far, over all its starts.
     pub fn logs(&self) -> String {
         (1..=self.starts)
