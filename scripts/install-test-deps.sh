@@ -26,3 +26,12 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
 fi
 "$(dirname "$0")/../tests/servers/synapse/install.sh" >/dev/null
+# Node.js >= 20 and npm: the emulator's fidelity test drives it with the official
+# @mattermost/client (installed by `npm ci` from the npm registry on first run). Debian's own
+# nodejs package is used only when there is no node at all; the test says so if it is too old.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
