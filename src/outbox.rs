@@ -117,6 +117,11 @@ impl Worker {
                         () = self.shutdown.cancelled() => return,
                     }
                 }
+                Ok(Err(error @ crate::store::StoreError::Corrupt { .. })) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(destination = %self.destination, error = %error, "A queued delivery cannot be read; kept as failed, the queue goes on.");
+                    continue;
+                }
                 Ok(Err(error)) => {
                     tracing::error!(destination = %self.destination, error = %error, "Cannot read the outbox; retrying in 5 s.");
                     if self.pause(Duration::from_secs(5)).await {

@@ -293,10 +293,22 @@ impl Store {
         let reply_to = reply_to_message_id
             .map(|id| resolve_target(&connection, id, destination))
             .transpose()?;
-        let body: EventBody = serde_json::from_str(&body).map_err(|error| StoreError::Corrupt {
-            message_id,
-            reason: error.to_string(),
-        })?;
+        let body: EventBody = match serde_json::from_str(&body) {
+            Ok(body) => body,
+            Err(error) => {
+                // A row this build cannot read must not hold up the queue behind it forever:
+                // it is kept as `failed` (for an operator) and the error is reported once.
+                let reason = format!("stored message cannot be decoded: {error}");
+                connection.execute(
+                    "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE delivery_id = ?1",
+                    params![id, reason],
+                )?;
+                return Err(StoreError::Corrupt {
+                    message_id,
+                    reason: error.to_string(),
+                });
+            }
+        };
         Ok(Some((
             Delivery {
                 id,

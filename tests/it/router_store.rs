@@ -561,3 +561,45 @@ fn a_version_1_database_is_migrated_with_its_pending_deliveries() {
     assert_eq!(delivery.body, EventBody::text(TextStyle::Normal, "from v1"));
     assert_eq!(delivery.target, None);
 }
+
+#[test]
+fn an_unreadable_queued_message_is_set_aside_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("tribridge.sqlite3");
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let scenario = Scenario::with_store(two_way(), Arc::clone(&store), dir);
+    for n in 1..=2 {
+        scenario
+            .router
+            .submit_blocking(&said(
+                "one",
+                "#a",
+                Some(&format!("m{n}")),
+                &format!("msg {n}"),
+            ))
+            .unwrap();
+    }
+    // Damage the first message's stored body, as a newer build or a broken disk might.
+    let connection = rusqlite::Connection::open(&database).unwrap();
+    connection
+        .execute(
+            "UPDATE messages SET body = '{\"Unknown\":1}' WHERE origin_remote_id = 'm1'",
+            [],
+        )
+        .unwrap();
+    let b = ChannelRef::new("two", "#b");
+    assert!(matches!(
+        store.next_pending(&b),
+        Err(tribridge::store::StoreError::Corrupt { .. })
+    ));
+    // The next call gets the next message; the damaged one stays, as failed.
+    assert_eq!(scenario.pending("two", "#b"), vec!["msg 2"]);
+    let failed: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'failed'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed, 1);
+}
