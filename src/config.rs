@@ -102,11 +102,42 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How a relayed sender is shown, e.g. `<{NICK}> `.
     pub remote_nick_format: String,
+    /// Files carried between networks.
+    pub files: FilesConfig,
     /// Networks by id, in file order.
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
     pub gateways: Vec<GatewayConfig>,
 }
+
+/// How files are carried between networks (`[general]` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesConfig {
+    /// Where the media endpoint listens (with `media_public_url`); off when `None`.
+    pub media_listen: Option<std::net::SocketAddr>,
+    /// The public base URL of the media endpoint, as IRC users reach it.
+    pub media_public_url: Option<String>,
+    /// Files larger than this are announced by name and size instead of copied (0: never copy).
+    pub max_file_bytes: u64,
+    /// Stored files are removed after this long.
+    pub retention: std::time::Duration,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            media_listen: None,
+            media_public_url: None,
+            max_file_bytes: DEFAULT_MAX_FILE_MB * 1024 * 1024,
+            retention: std::time::Duration::from_hours(24 * DEFAULT_FILE_RETENTION_DAYS),
+        }
+    }
+}
+
+/// Default `max_file_size_mb`: Synapse's default upload limit.
+pub const DEFAULT_MAX_FILE_MB: u64 = 50;
+/// Default `file_retention_days`.
+pub const DEFAULT_FILE_RETENTION_DAYS: u64 = 30;
 
 impl Config {
     /// The network with this id.
@@ -202,10 +233,6 @@ pub struct MatrixConfig {
     pub display_name: Option<String>,
     /// Relay joins, leaves and topic changes from this network.
     pub relay_membership: bool,
-    /// Where the media endpoint listens (with `media_public_url`); off when `None`.
-    pub media_listen: Option<std::net::SocketAddr>,
-    /// The public base URL of the media endpoint, as IRC users reach it.
-    pub media_public_url: Option<String>,
 }
 
 /// How the bridge logs in to Mattermost.
@@ -330,6 +357,10 @@ struct RawConfig {
 struct RawGeneral {
     state_dir: Option<Spanned<String>>,
     remote_nick_format: Option<Spanned<String>>,
+    media_listen: Option<Spanned<String>>,
+    media_public_url: Option<Spanned<String>>,
+    max_file_size_mb: Option<Spanned<i64>>,
+    file_retention_days: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -381,8 +412,6 @@ struct RawNetwork {
     token_env: Option<Spanned<String>>,
     login: Option<Spanned<String>>,
     sender_override: Option<Spanned<bool>>,
-    media_listen: Option<Spanned<String>>,
-    media_public_url: Option<Spanned<String>>,
 }
 
 impl RawNetworkType {
@@ -467,12 +496,6 @@ impl RawNetwork {
             ("team", at(self.team.as_ref()), &[Mattermost]),
             ("token", at(self.token.as_ref()), &[Mattermost]),
             ("login", at(self.login.as_ref()), &[Mattermost]),
-            ("media_listen", at(self.media_listen.as_ref()), &[Matrix]),
-            (
-                "media_public_url",
-                at(self.media_public_url.as_ref()),
-                &[Matrix],
-            ),
             ("token_file", at(self.token_file.as_ref()), &[Mattermost]),
             ("token_env", at(self.token_env.as_ref()), &[Mattermost]),
             (
@@ -738,6 +761,11 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        let files = raw
+            .general
+            .as_ref()
+            .map(|general| self.files(general.get_ref()))
+            .unwrap_or_default();
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -798,6 +826,7 @@ impl Validator<'_> {
         Config {
             state_dir,
             remote_nick_format,
+            files,
             networks,
             gateways,
         }
@@ -822,6 +851,34 @@ impl Validator<'_> {
             policy.mode = *mode.get_ref();
         }
         policy
+    }
+
+    fn files(&mut self, raw: &RawGeneral) -> FilesConfig {
+        let mut files = FilesConfig::default();
+        (files.media_listen, files.media_public_url) = self.media_endpoint("general", raw);
+        if let Some(size) = &raw.max_file_size_mb {
+            match u64::try_from(*size.get_ref()) {
+                Ok(mb) if mb <= 4096 => files.max_file_bytes = mb * 1024 * 1024,
+                _ => self.report(
+                    size.span().start,
+                    "general.max_file_size_mb",
+                    "`max_file_size_mb` must be between 0 (never copy files) and 4096",
+                ),
+            }
+        }
+        if let Some(days) = &raw.file_retention_days {
+            match u64::try_from(*days.get_ref()) {
+                Ok(days) if (1..=3650).contains(&days) => {
+                    files.retention = std::time::Duration::from_hours(24 * days);
+                }
+                _ => self.report(
+                    days.span().start,
+                    "general.file_retention_days",
+                    "`file_retention_days` must be between 1 and 3650",
+                ),
+            }
+        }
+        files
     }
 
     fn general(&mut self, general: Option<Spanned<RawGeneral>>) -> (PathBuf, String) {
@@ -978,7 +1035,6 @@ impl Validator<'_> {
             raw.access_token_file.as_ref(),
             raw.access_token_env.as_ref(),
         );
-        let (media_listen, media_public_url) = self.matrix_media(key, raw);
         if password.is_none() && access_token.is_none() && self.issues.len() == before {
             self.report(
                 raw.kind.span().start,
@@ -1003,18 +1059,15 @@ impl Validator<'_> {
                     .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
                 display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
-                media_listen,
-                media_public_url,
             }),
         })
     }
 
-    /// The media endpoint of a Matrix network: `media_listen` and `media_public_url`, both or
-    /// neither.
-    fn matrix_media(
+    /// The media endpoint: `media_listen` and `media_public_url`, both or neither.
+    fn media_endpoint(
         &mut self,
         key: &str,
-        raw: &RawNetwork,
+        raw: &RawGeneral,
     ) -> (Option<std::net::SocketAddr>, Option<String>) {
         match (&raw.media_listen, &raw.media_public_url) {
             (None, None) => (None, None),

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::connector::{BuildContext, GatewaySettings};
+use crate::files::{FileLinks, FileStore, Files};
 use crate::outbox::Outbox;
 use crate::router::{Router, Topology};
 use crate::store::{Store, StoreError};
@@ -25,6 +26,17 @@ pub enum DaemonError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The file store (or the media link key) could not be opened.
+    #[error("cannot open the file store: {0}")]
+    Files(std::io::Error),
+    /// The media endpoint could not listen.
+    #[error("the media endpoint cannot listen on {address}: {source}")]
+    MediaEndpoint {
+        /// `media_listen`.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// How long outbox workers get to finish their delivery in hand at shutdown.
@@ -48,6 +60,7 @@ pub async fn run(
     destinations.sort();
     let outbox = Arc::new(Outbox::new(&destinations));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
+    let files = Arc::new(open_files(&config).await?);
 
     let connectors_shutdown = CancellationToken::new();
     let workers_shutdown = CancellationToken::new();
@@ -86,9 +99,28 @@ pub async fn run(
             shutdown: connectors_shutdown.clone(),
             store: Arc::clone(&store),
             state_dir: config.state_dir.clone(),
+            files: Arc::clone(&files),
         });
         handles.insert(network.id.clone(), handle);
         connector_tasks.spawn(task.run());
+    }
+    connector_tasks.spawn(prune_files(
+        Arc::clone(&files),
+        config.files.retention,
+        connectors_shutdown.clone(),
+    ));
+    if let Some(address) = config.files.media_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::MediaEndpoint { address, source })?;
+        tracing::info!(address = %address, public_url = config.files.media_public_url.as_deref().unwrap_or_default(), "Media endpoint listening.");
+        let serving =
+            crate::files::serve(listener, Arc::clone(&files), connectors_shutdown.clone());
+        connector_tasks.spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(error = %error, "The media endpoint stopped.");
+            }
+        });
     }
     let mut worker_tasks = JoinSet::new();
     outbox.spawn_workers(&store, &handles, &workers_shutdown, &mut worker_tasks);
@@ -136,4 +168,41 @@ pub async fn run(
         "tribridge stopped."
     );
     Ok(())
+}
+
+/// The file store, and signed links when the media endpoint is configured.
+async fn open_files(config: &Config) -> Result<Files, DaemonError> {
+    let state_dir = config.state_dir.clone();
+    let max = config.files.max_file_bytes;
+    let public_url = config.files.media_public_url.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = FileStore::open(&state_dir, max)?;
+        let links = match public_url {
+            Some(url) => Some(FileLinks::load_or_create(&state_dir, &url)?),
+            None => None,
+        };
+        Ok(Files { store, links })
+    })
+    .await
+    .map_err(|error| DaemonError::Files(std::io::Error::other(error)))?
+    .map_err(DaemonError::Files)
+}
+
+/// Remove stored files older than the retention, at start and then daily.
+async fn prune_files(files: Arc<Files>, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let pruning = Arc::clone(&files);
+        match tokio::task::spawn_blocking(move || pruning.store.prune(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => {
+                tracing::info!(removed, "Removed stored files past file_retention_days.")
+            }
+            Ok(Err(error)) => tracing::warn!(error = %error, "Cannot prune the file store."),
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_hours(24)) => {}
+        }
+    }
 }

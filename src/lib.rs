@@ -8,12 +8,14 @@
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
+//! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
 //! - [`daemon`]: wires it all together and runs until shutdown.
 
 pub mod config;
 pub mod connector;
 pub mod daemon;
+pub mod files;
 pub mod model;
 pub mod outbox;
 pub mod richtext;

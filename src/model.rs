@@ -76,6 +76,54 @@ pub enum Membership {
     },
 }
 
+/// A file shared with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file's name, as its sender gave it.
+    pub name: String,
+    /// Its media type, e.g. `image/png` (`application/octet-stream` when not known).
+    pub mime: String,
+    /// Its size in bytes, when known.
+    pub size: Option<u64>,
+    /// Its SHA-256 in the bridge's file store ([`crate::files`]); `None` when it was not copied
+    /// (larger than the limit, or the origin would not give it), in which case destinations
+    /// announce it by name and size.
+    pub stored: Option<String>,
+}
+
+impl Attachment {
+    /// Is this an image (shown inline where the destination can)?
+    #[must_use]
+    pub fn is_image(&self) -> bool {
+        self.mime.starts_with("image/")
+    }
+
+    /// "cat.png (4.0 KiB)": the name with its size when known.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match self.size {
+            Some(size) => format!("{} ({})", self.name, human_size(size)),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// A size for people: `512 B`, `4.0 KiB`, `1.5 MiB`.
+#[must_use]
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventBody {
@@ -89,6 +137,9 @@ pub enum EventBody {
         /// The origin network's id of the message this one replies to, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
+        /// Files shared with the message (the text is then their caption, possibly empty).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     /// A message was edited: its new text.
     Edit {
@@ -132,6 +183,7 @@ impl EventBody {
             style,
             text,
             reply_to: None,
+            attachments: Vec::new(),
         }
     }
 

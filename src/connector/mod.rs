@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{NetworkConfig, NetworkKind};
-use crate::model::{Capabilities, Delivery, DeliveryAck};
+use crate::model::{Attachment, Capabilities, Delivery, DeliveryAck};
 use crate::richtext::long_text::LongTextPolicy;
+use crate::richtext::{Block, FormattedText, Inline};
 use crate::router::Router;
 use crate::store::Store;
 
@@ -55,6 +56,9 @@ pub struct BuildContext {
     pub store: Arc<Store>,
     /// The daemon's state folder; a connector may keep its own files in a subfolder.
     pub state_dir: PathBuf,
+    /// Files carried between networks: where a connector stores what it receives, and reads
+    /// (or links) what it delivers.
+    pub files: Arc<crate::files::Files>,
 }
 
 /// What a gateway says about how its messages are delivered.
@@ -167,6 +171,44 @@ pub fn render_sender(
         .replace("{PROTOCOL}", &delivery.origin_protocol)
         .replace("{CHANNEL}", &delivery.origin.channel)
         .replace("{GATEWAY}", &delivery.gateway)
+}
+
+/// What a file is, for a sentence: "an image", "a video", "an audio file", "a file".
+#[must_use]
+pub fn file_kind(attachment: &Attachment) -> &'static str {
+    match attachment.mime.split('/').next() {
+        Some("image") => "an image",
+        Some("video") => "a video",
+        Some("audio") => "an audio file",
+        _ => "a file",
+    }
+}
+
+/// `text` followed by one paragraph per file for destinations that do not receive these files
+/// as files: `shared an image: cat.png (4.0 KiB)`, and the link `link` gives for it, if any.
+#[must_use]
+pub fn with_file_lines<'a>(
+    text: &FormattedText,
+    attachments: impl IntoIterator<Item = &'a Attachment>,
+    link: impl Fn(&Attachment) -> Option<String>,
+) -> FormattedText {
+    let mut blocks = text.blocks.clone();
+    for attachment in attachments {
+        let mut line = vec![Inline::Text(format!(
+            "shared {}: {}",
+            file_kind(attachment),
+            attachment.label()
+        ))];
+        if let Some(url) = link(attachment) {
+            line.push(Inline::Text(" ".to_owned()));
+            line.push(Inline::Link {
+                children: vec![Inline::Text(url.clone())],
+                url,
+            });
+        }
+        blocks.push(Block::Paragraph(line));
+    }
+    FormattedText::new(blocks)
 }
 
 /// Exponential backoff with full jitter, for reconnects and retries.

@@ -31,7 +31,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in general",
             format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:1: general.colour: unknown field `colour`, expected `state_dir` or `remote_nick_format`",
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `max_file_size_mb`, `file_retention_days`",
             ],
         ),
         (
@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`, `media_listen`, `media_public_url`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -109,19 +109,37 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
-            "matrix: media endpoint half configured, and a bad address",
-            format!("{MX}media_listen = \"localhost\"\n{NET2}{MXGATEWAY}"),
+            "media endpoint half configured",
+            format!("[general]\nmedia_listen = \"localhost\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:6:16: network.mx.media_listen: `media_listen` needs `media_public_url` (the URL IRC users reach it by)",
+                "bridges.toml:2:16: general.media_listen: `media_listen` needs `media_public_url` (the URL IRC users reach it by)",
             ],
         ),
         (
-            "matrix: media endpoint with a bad address",
+            "media endpoint with a bad address and a URL that is not one",
             format!(
-                "{MX}media_listen = \"localhost\"\nmedia_public_url = \"https://b.org/media\"\n{NET2}{MXGATEWAY}"
+                "[general]\nmedia_listen = \"localhost\"\nmedia_public_url = \"b.org/media\"\n{NET}{NET2}{GATEWAY}"
             ),
             vec![
-                "bridges.toml:6:16: network.mx.media_listen: `localhost` is not an address and port, e.g. \"127.0.0.1:8090\"",
+                "bridges.toml:2:16: general.media_listen: `localhost` is not an address and port, e.g. \"127.0.0.1:8090\"",
+                "bridges.toml:3:20: general.media_public_url: `b.org/media` is not a URL; expected e.g. \"https://bridge.example.org/media\"",
+            ],
+        ),
+        (
+            "the media endpoint is not a Matrix network key",
+            format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+            ],
+        ),
+        (
+            "file limits out of range",
+            format!(
+                "[general]\nmax_file_size_mb = -1\nfile_retention_days = 0\n{NET}{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:2:20: general.max_file_size_mb: `max_file_size_mb` must be between 0 (never copy files) and 4096",
+                "bridges.toml:3:23: general.file_retention_days: `file_retention_days` must be between 1 and 3650",
             ],
         ),
         (

@@ -60,6 +60,11 @@ async fn setup(synapse: &Synapse) -> Setup {
 
 /// Like [`setup`], with `extra` keys for the Matrix network.
 async fn setup_with(synapse: &Synapse, extra: &str) -> Setup {
+    setup_full(synapse, "", extra).await
+}
+
+/// The fixture with `general` keys in `[general]` and `extra` keys in the Matrix network.
+async fn setup_full(synapse: &Synapse, general: &str, extra: &str) -> Setup {
     let url = synapse.url();
     let irc_port = shared_inspircd().port;
     let bot = unique("bot");
@@ -85,7 +90,8 @@ async fn setup_with(synapse: &Synapse, extra: &str) -> Setup {
                 matrix_network("mx", &url, &bot) + extra,
             ],
             &[("irc", &channel), ("mx", &alias)],
-        ),
+        )
+        .replacen("\n\n", &format!("\n{general}\n"), 1),
     );
     irc.wait_join(&nick, &channel).await;
     let bot_id = format!("@{bot}:localhost");
@@ -703,7 +709,7 @@ async fn a_long_matrix_message_is_split_for_irc() {
 }
 
 /// Without a media endpoint configured, a file shared on Matrix reaches IRC as a line that
-/// says what was shared, with its name and size.
+/// says what was shared, with its name, size and a link to the message on Matrix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_on_matrix_is_announced_on_irc_by_name_and_size() {
     let mut s = setup(shared_synapse()).await;
@@ -727,14 +733,12 @@ async fn an_image_on_matrix_is_announced_on_irc_by_name_and_size() {
         )
         .await;
     s.matrix.say(&room, "MARK").await;
-    let seen = s.irc.texts_until(&s.channel, "MARK").await;
-    assert_eq!(
-        texts(&seen),
-        vec![
-            format!("<{alice}> shared an image: cat.png (3.0 KiB)"),
-            format!("<{alice}> MARK"),
-        ]
-    );
+    let seen = texts(&s.irc.texts_until(&s.channel, "MARK").await);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Without a media endpoint the link goes to the message on Matrix.
+    let announced = format!("<{alice}> shared an image: cat.png (3.0 KiB) https://matrix.to/#/");
+    assert!(seen[0].starts_with(&announced), "{seen:?}");
+    assert_eq!(seen[1], format!("<{alice}> MARK"));
 }
 
 /// The server forgets the bot's access token (as after an admin logout): the bridge logs in
@@ -781,14 +785,14 @@ async fn a_refused_token_leads_to_a_new_login_on_the_same_device() {
 }
 
 /// With the media endpoint configured, an image posted on Matrix reaches IRC as a link that
-/// serves the file (proxying Synapse's authenticated download); a changed link is refused.
+/// serves the file (copied from Synapse's authenticated download); a changed link is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_on_matrix_reaches_irc_as_a_working_signed_link() {
     let port = crate::support::servers::free_port();
-    let extra = format!(
-        "media_listen = \"127.0.0.1:{port}\"\nmedia_public_url = \"http://127.0.0.1:{port}/media\"\n\n"
+    let general = format!(
+        "media_listen = \"127.0.0.1:{port}\"\nmedia_public_url = \"http://127.0.0.1:{port}/media\"\n"
     );
-    let mut s = setup_with(shared_synapse(), &extra).await;
+    let mut s = setup_full(shared_synapse(), &general, "").await;
     let room = s.room.clone();
     let alice = s
         .matrix

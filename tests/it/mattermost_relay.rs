@@ -467,7 +467,8 @@ async fn files_are_named_with_a_link_and_a_removed_bridge_rejoins() {
     let (a, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
     let bot = t.mm.bot_id.clone();
 
-    // A post with a file: IRC gets the text, then the file's name and a link to the post.
+    // A post with a file: IRC gets the text, then the file's name and size and (no media
+    // endpoint being configured) a link to the post.
     let file = t
         .mia
         .upload(&t.channel_id, "notes.txt", b"some notes")
@@ -482,7 +483,7 @@ async fn files_are_named_with_a_link_and_a_removed_bridge_rejoins() {
     assert!(
         texts(&seen)
             .last()
-            .is_some_and(|l| l.contains("[file: notes.txt]") && l.contains(&link)),
+            .is_some_and(|l| l == &format!("<mia> shared a file: notes.txt (10 B) {link}")),
         "{:?}",
         texts(&seen)
     );

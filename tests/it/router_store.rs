@@ -448,6 +448,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
                 style: TextStyle::Normal,
                 text: FormattedText::plain("a reply"),
                 reply_to: Some("b-1".into()),
+                attachments: Vec::new(),
             },
         ))
         .unwrap();

@@ -456,7 +456,7 @@ impl<'a> Session<'a> {
             // The outbox gave up waiting (timeout); it will retry this delivery itself.
             return;
         }
-        let delivery = &request.delivery;
+        let delivery = &files_as_lines(&request.delivery, &self.task.context.files);
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
             let _ = request.reply.send(Err(DeliveryError::Retry {
@@ -1158,6 +1158,28 @@ fn tag(message: &Message, name: &str) -> Option<String> {
         .iter()
         .find(|Tag(key, _)| key == name)
         .and_then(|Tag(_, value)| value.clone())
+}
+
+/// IRC has no files: a message's files become lines after its text, with a link to the file
+/// when the media endpoint is configured, else to the message on its own platform.
+fn files_as_lines(delivery: &Delivery, files: &crate::files::Files) -> Delivery {
+    let mut delivery = delivery.clone();
+    let permalink = delivery.permalink.clone();
+    if let EventBody::Text {
+        text, attachments, ..
+    } = &mut delivery.body
+        && !attachments.is_empty()
+    {
+        *text = crate::connector::with_file_lines(text, attachments.iter(), |attachment| {
+            attachment
+                .stored
+                .as_deref()
+                .and_then(|hash| files.link(hash, &attachment.name))
+                .or_else(|| permalink.clone())
+        });
+        attachments.clear();
+    }
+    delivery
 }
 
 fn label(delivery_id: &str, index: usize) -> String {

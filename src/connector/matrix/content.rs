@@ -8,8 +8,7 @@
 use matrix_sdk::ruma::{EventId, OwnedEventId};
 use serde_json::{Value, json};
 
-use super::media::MediaLinks;
-use crate::model::{Delivery, EventBody, Membership, TextStyle};
+use crate::model::{Attachment, Delivery, EventBody, Membership, TextStyle};
 use crate::richtext::{Block, FormattedText, Inline, html};
 
 /// The text of a received message: its `formatted_body` when it is HTML (a reply's
@@ -84,72 +83,66 @@ fn msgtype_of(style: TextStyle) -> &'static str {
     }
 }
 
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// The text shown for a file, image, video or audio message: what it is, its name and size,
-/// and a link when media is served.
-fn media_text(content: &Value, media: Option<&MediaLinks>) -> String {
+/// A file message's file: its name (`filename`, else `body`), type and size. Not yet copied.
+fn attachment_of(content: &Value) -> Attachment {
     let name = content["filename"]
         .as_str()
         .or_else(|| content["body"].as_str())
-        .unwrap_or("a file");
-    let kind = match content["msgtype"].as_str() {
-        Some("m.image") => "an image",
-        Some("m.video") => "a video",
-        Some("m.audio") => "an audio file",
-        _ => "a file",
-    };
-    let mut text = match content["info"]["size"].as_u64() {
-        Some(size) => format!("shared {kind}: {name} ({})", human_size(size)),
-        None => format!("shared {kind}: {name}"),
-    };
-    if let Some(link) = media
-        .zip(content["url"].as_str())
-        .and_then(|(links, mxc)| links.link_now(mxc, name))
-    {
-        text.push(' ');
-        text.push_str(&link);
+        .filter(|name| !name.is_empty())
+        .unwrap_or("file");
+    let mime = content["info"]["mimetype"]
+        .as_str()
+        .unwrap_or(match content["msgtype"].as_str() {
+            Some("m.image") => "image/*",
+            Some("m.video") => "video/*",
+            Some("m.audio") => "audio/*",
+            _ => "application/octet-stream",
+        });
+    Attachment {
+        name: name.to_owned(),
+        mime: mime.to_owned(),
+        size: content["info"]["size"].as_u64(),
+        stored: None,
     }
-    text
 }
 
-fn message_text(
-    content: &Value,
-    is_reply: bool,
-    media: Option<&MediaLinks>,
-) -> Option<(TextStyle, FormattedText)> {
-    let msgtype = content["msgtype"].as_str()?;
-    match msgtype {
-        "m.image" | "m.file" | "m.video" | "m.audio" => Some((
-            TextStyle::Normal,
-            FormattedText::plain(&media_text(content, media)),
-        )),
-        _ => {
-            let text = text_from_matrix(content, is_reply);
-            (!text.is_empty()).then(|| (style_of(msgtype), text))
+/// A file message's caption: its `body` (or `formatted_body`) when `filename` is also given and
+/// differs (Matrix 1.10 media captions); else none.
+fn caption_of(content: &Value) -> FormattedText {
+    match content["filename"].as_str() {
+        Some(filename)
+            if content["body"]
+                .as_str()
+                .is_some_and(|body| body != filename) =>
+        {
+            text_from_matrix(content, false)
         }
+        _ => FormattedText::default(),
     }
+}
+
+fn is_file_message(msgtype: &str) -> bool {
+    matches!(msgtype, "m.image" | "m.file" | "m.video" | "m.audio")
+}
+
+fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, FormattedText)> {
+    let msgtype = content["msgtype"].as_str()?;
+    if is_file_message(msgtype) {
+        let caption = caption_of(content);
+        let text = if caption.is_empty() {
+            FormattedText::plain(&attachment_of(content).name)
+        } else {
+            caption
+        };
+        return Some((TextStyle::Normal, text));
+    }
+    let text = text_from_matrix(content, is_reply);
+    (!text.is_empty()).then(|| (style_of(msgtype), text))
 }
 
 /// The model event for a Matrix timeline event, or `None` when it is not relayed.
 #[must_use]
-pub fn inbound(
-    event: &Value,
-    relay_membership: bool,
-    media: Option<&MediaLinks>,
-) -> Option<EventBody> {
+pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
     let content = &event["content"];
     let relates = &content["m.relates_to"];
     match event["type"].as_str()? {
@@ -161,7 +154,7 @@ pub fn inbound(
                 } else {
                     content
                 };
-                let (style, text) = message_text(new_content, false, media)?;
+                let (style, text) = message_text(new_content, false)?;
                 return Some(EventBody::Edit {
                     target,
                     style,
@@ -179,11 +172,20 @@ pub fn inbound(
                 });
             // In a thread, `m.in_reply_to` may be only a fallback for older clients; the quote
             // is still stripped because clients that add one also add the quote.
-            let (style, text) = message_text(content, reply_to.is_some(), media)?;
+            if content["msgtype"].as_str().is_some_and(is_file_message) {
+                return Some(EventBody::Text {
+                    style: TextStyle::Normal,
+                    text: caption_of(content),
+                    reply_to,
+                    attachments: vec![attachment_of(content)],
+                });
+            }
+            let (style, text) = message_text(content, reply_to.is_some())?;
             Some(EventBody::Text {
                 style,
                 text,
                 reply_to,
+                attachments: Vec::new(),
             })
         }
         "m.sticker" => Some(EventBody::text(
@@ -261,6 +263,48 @@ fn message_content(msgtype: &str, body: &str, formatted: Option<&str>) -> Value 
     if let Some(html) = formatted {
         content["format"] = json!("org.matrix.custom.html");
         content["formatted_body"] = json!(html);
+    }
+    content
+}
+
+/// The `msgtype` a file is sent as.
+fn file_msgtype(attachment: &Attachment) -> &'static str {
+    match attachment.mime.split('/').next() {
+        Some("image") => "m.image",
+        Some("video") => "m.video",
+        Some("audio") => "m.audio",
+        _ => "m.file",
+    }
+}
+
+/// The content of a text message announcing files that could not be sent as files.
+#[must_use]
+pub fn file_caption(sender: &str, caption: &FormattedText) -> Value {
+    let (body, formatted) = text_to_matrix(sender, caption);
+    message_content("m.text", &body, formatted.as_deref())
+}
+
+/// The content of a file message for an uploaded file: `filename` is the name and `body` the
+/// caption (`sender` + `caption`, or `sender` + the name when there is no caption).
+#[must_use]
+pub fn file_content(
+    attachment: &Attachment,
+    mxc: &str,
+    sender: &str,
+    caption: &FormattedText,
+) -> Value {
+    let caption = if caption.is_empty() {
+        FormattedText::plain(&attachment.name)
+    } else {
+        caption.clone()
+    };
+    let (body, formatted) = text_to_matrix(sender, &caption);
+    let mut content = message_content(file_msgtype(attachment), &body, formatted.as_deref());
+    content["filename"] = json!(attachment.name);
+    content["url"] = json!(mxc);
+    content["info"] = json!({ "mimetype": attachment.mime });
+    if let Some(size) = attachment.size {
+        content["info"]["size"] = json!(size);
     }
     content
 }
@@ -370,7 +414,7 @@ mod tests {
             "m.new_content": {"msgtype": "m.text", "body": "fixed"},
             "m.relates_to": {"rel_type": "m.replace", "event_id": "$a"}}});
         assert_eq!(
-            inbound(&edit, false, None),
+            inbound(&edit, false),
             Some(EventBody::Edit {
                 target: "$a".into(),
                 style: TextStyle::Normal,
@@ -380,7 +424,7 @@ mod tests {
         let reaction = json!({"type": "m.reaction", "content": {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": "$a", "key": "👍"}}});
         assert_eq!(
-            inbound(&reaction, false, None),
+            inbound(&reaction, false),
             Some(EventBody::Reaction {
                 target: "$a".into(),
                 key: "👍".into(),
@@ -389,7 +433,7 @@ mod tests {
         );
         let redact = json!({"type": "m.room.redaction", "content": {"redacts": "$a"}});
         assert_eq!(
-            inbound(&redact, false, None),
+            inbound(&redact, false),
             Some(EventBody::Delete {
                 target: "$a".into()
             })
@@ -398,27 +442,53 @@ mod tests {
             "msgtype": "m.emote", "body": "> <@b:x> hi\n\nwaves back",
             "m.relates_to": {"m.in_reply_to": {"event_id": "$a"}}}});
         assert_eq!(
-            inbound(&reply, false, None),
+            inbound(&reply, false),
             Some(EventBody::Text {
                 style: TextStyle::Action,
                 text: FormattedText::plain("waves back"),
-                reply_to: Some("$a".into())
+                reply_to: Some("$a".into()),
+                attachments: Vec::new(),
             })
         );
         let image = json!({"type": "m.room.message", "content": {
             "msgtype": "m.image", "body": "cat.png", "info": {"size": 2048}}});
+        let cat = Attachment {
+            name: "cat.png".into(),
+            mime: "image/*".into(),
+            size: Some(2048),
+            stored: None,
+        };
         assert_eq!(
-            inbound(&image, false, None),
-            Some(EventBody::text(
-                TextStyle::Normal,
-                "shared an image: cat.png (2.0 KiB)"
-            ))
+            inbound(&image, false),
+            Some(EventBody::Text {
+                style: TextStyle::Normal,
+                text: FormattedText::default(),
+                reply_to: None,
+                attachments: vec![cat.clone()],
+            })
         );
+        let captioned = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.image", "body": "look at *this*", "filename": "cat.png",
+            "info": {"size": 2048}}});
+        assert_eq!(
+            inbound(&captioned, false),
+            Some(EventBody::Text {
+                style: TextStyle::Normal,
+                text: FormattedText::plain("look at *this*"),
+                reply_to: None,
+                attachments: vec![cat.clone()],
+            })
+        );
+        let sent = file_content(&cat, "mxc://x/y", "<bob> ", &FormattedText::default());
+        assert_eq!(sent["msgtype"], "m.image");
+        assert_eq!(sent["body"], "<bob> cat.png");
+        assert_eq!(sent["filename"], "cat.png");
+        assert_eq!(sent["info"]["size"], 2048);
         let member = json!({"type": "m.room.member", "state_key": "@a:x",
             "content": {"membership": "join"}});
-        assert_eq!(inbound(&member, false, None), None);
+        assert_eq!(inbound(&member, false), None);
         assert_eq!(
-            inbound(&member, true, None),
+            inbound(&member, true),
             Some(EventBody::Membership(Membership::Joined))
         );
     }

@@ -19,13 +19,13 @@
 //!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
 //!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
 //!
-//! - **Media**: files are announced to other networks by name and size, with a signed link when
-//!   the media endpoint ([`media`]) is configured.
+//! - **Files**: `m.image`/`m.file`/`m.video`/`m.audio` are downloaded (authenticated media)
+//!   into the bridge's file store before the event is submitted; files from other networks are
+//!   uploaded to the content repository and sent as the matching message type.
 //!
 //! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
 
 pub mod content;
-pub mod media;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,6 +82,7 @@ pub struct MatrixHandle {
     gateways: HashMap<String, GatewaySettings>,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
+    files: Arc<crate::files::Files>,
 }
 
 /// The connection task of a Matrix network.
@@ -91,8 +92,6 @@ pub struct MatrixTask {
     context: BuildContext,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
-    /// Signed links to files, when the media endpoint is configured and listening.
-    media: Option<Arc<media::MediaLinks>>,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -111,6 +110,7 @@ pub fn build(
             gateways: context.gateways.clone(),
             live: Arc::clone(&live),
             relogin: Arc::clone(&relogin),
+            files: Arc::clone(&context.files),
         },
         MatrixTask {
             network: network.to_owned(),
@@ -118,7 +118,6 @@ pub fn build(
             context,
             live,
             relogin,
-            media: None,
         },
     )
 }
@@ -242,6 +241,21 @@ impl MatrixHandle {
             .as_ref()
             .and_then(|t| t.remote_id.as_deref())
             .and_then(|id| EventId::parse(id).ok());
+        if let EventBody::Text {
+            text, attachments, ..
+        } = &delivery.body
+            && !attachments.is_empty()
+        {
+            return self
+                .send_with_files(
+                    &room,
+                    delivery,
+                    &sender,
+                    (text, attachments),
+                    reply_event.as_deref(),
+                )
+                .await;
+        }
         let (event_type, body) = match content::outbound(
             delivery,
             &sender,
@@ -274,6 +288,100 @@ impl MatrixHandle {
                 remote_id: Some(response.response.event_id.to_string()),
             }),
             Err(error) if is_duplicate_annotation(&error) => Ok(DeliveryAck::default()),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// A message with files: each stored file uploaded to the content repository and sent as
+    /// its own file event (the first one carries the caption and the reply; its transaction id
+    /// is the delivery id, the others' the delivery id with their index). Files that were not
+    /// copied are announced in the caption. Acknowledged with the first event's id.
+    async fn send_with_files(
+        &self,
+        room: &Room,
+        delivery: &Delivery,
+        sender: &str,
+        (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
+        reply_to: Option<&EventId>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let mut uploaded = Vec::new();
+        let mut not_copied = Vec::new();
+        for attachment in attachments {
+            let Some(hash) = attachment.stored.clone() else {
+                not_copied.push(attachment);
+                continue;
+            };
+            let files = Arc::clone(&self.files);
+            let content = match tokio::task::spawn_blocking(move || files.store.read(&hash)).await {
+                Ok(Ok(content)) => content,
+                _ => {
+                    tracing::warn!(network = %self.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                    not_copied.push(attachment);
+                    continue;
+                }
+            };
+            let mime: mime::Mime = attachment
+                .mime
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match room.client().media().upload(&mime, content, None).await {
+                Ok(response) => uploaded.push((attachment, response.content_uri.to_string())),
+                Err(error) => return Err(classify(&error, &self.relogin)),
+            }
+        }
+        let caption = crate::connector::with_file_lines(text, not_copied, |_| None);
+        let mut first_event = None;
+        if uploaded.is_empty() {
+            let mut content = content::file_caption(sender, &caption);
+            if let Some(reply_to) = reply_to {
+                content["m.relates_to"] =
+                    serde_json::json!({ "m.in_reply_to": { "event_id": reply_to } });
+            }
+            return self
+                .send_one(room, content, delivery.id.as_str().into())
+                .await;
+        }
+        for (index, (attachment, mxc)) in uploaded.iter().enumerate() {
+            let empty = crate::richtext::FormattedText::default();
+            let mut content = content::file_content(
+                attachment,
+                mxc,
+                sender,
+                if index == 0 { &caption } else { &empty },
+            );
+            let txn_id: OwnedTransactionId = if index == 0 {
+                delivery.id.as_str().into()
+            } else {
+                format!("{}.{index}", delivery.id).into()
+            };
+            if index == 0
+                && let Some(reply_to) = reply_to
+            {
+                content["m.relates_to"] =
+                    serde_json::json!({ "m.in_reply_to": { "event_id": reply_to } });
+            }
+            let ack = self.send_one(room, content, txn_id).await?;
+            first_event = first_event.or(ack.remote_id);
+        }
+        Ok(DeliveryAck {
+            remote_id: first_event,
+        })
+    }
+
+    async fn send_one(
+        &self,
+        room: &Room,
+        content: Value,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        match room
+            .send_raw("m.room.message", content)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
             Err(error) => Err(classify(&error, &self.relogin)),
         }
     }
@@ -340,8 +448,7 @@ enum SessionEnd {
 
 impl MatrixTask {
     /// Log in, join, and sync (with reconnects) until shutdown.
-    pub async fn run(mut self) {
-        self.start_media().await;
+    pub async fn run(self) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
         loop {
             let started = Instant::now();
@@ -370,38 +477,6 @@ impl MatrixTask {
             }
         }
         tracing::info!(network = %self.network, "Matrix connector stopped.");
-    }
-
-    /// Start the media endpoint when it is configured; say so clearly when it cannot listen.
-    async fn start_media(&mut self) {
-        let (Some(address), Some(public_url)) = (
-            self.config.media_listen,
-            self.config.media_public_url.clone(),
-        ) else {
-            return;
-        };
-        let links = match media::MediaLinks::load_or_create(&self.state_dir(), &public_url) {
-            Ok(links) => Arc::new(links),
-            Err(error) => {
-                tracing::error!(network = %self.network, error = %error, "Cannot create the media signing key; files are announced without links.");
-                return;
-            }
-        };
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => {
-                tracing::info!(network = %self.network, address = %address, public_url = %public_url, "Media endpoint listening.");
-                tokio::spawn(media::serve(
-                    listener,
-                    Arc::clone(&links),
-                    Arc::clone(&self.live),
-                    self.context.shutdown.clone(),
-                ));
-                self.media = Some(links);
-            }
-            Err(error) => {
-                tracing::error!(network = %self.network, address = %address, error = %error, "The media endpoint cannot listen; files are announced without links.");
-            }
-        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -869,13 +944,15 @@ impl SyncState<'_> {
             // when it arrives before the send call returned.
             return Ok(());
         }
-        let Some(body) = content::inbound(
-            event,
-            self.task.config.relay_membership,
-            self.task.media.as_deref(),
-        ) else {
+        let Some(mut body) = content::inbound(event, self.task.config.relay_membership) else {
             return Ok(());
         };
+        if let EventBody::Text { attachments, .. } = &mut body
+            && let Some(attachment) = attachments.first_mut()
+            && let Some(url) = event["content"]["url"].as_str()
+        {
+            self.fetch_file(url, attachment).await;
+        }
         let display_name = self.display_name(room_id, sender, event).await;
         let inbound = Inbound {
             origin: ChannelRef::new(self.network(), channel),
@@ -895,6 +972,43 @@ impl SyncState<'_> {
         match self.task.context.router.submit(inbound).await {
             Ok(_) => Ok(()),
             Err(error) => Err(format!("cannot store an inbound event: {error}")),
+        }
+    }
+
+    /// Copy a file into the bridge's file store (within the size limit); on failure it is
+    /// announced by name and size, and the reason logged.
+    async fn fetch_file(&self, mxc: &str, attachment: &mut crate::model::Attachment) {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        use matrix_sdk::ruma::events::room::MediaSource;
+        let files = &self.task.context.files;
+        if attachment
+            .size
+            .is_some_and(|size| !files.store.accepts(size))
+        {
+            tracing::info!(network = %self.network(), file = %attachment.name, size = attachment.size, "A file is over max_file_size_mb; it is announced, not copied.");
+            return;
+        }
+        let request = MediaRequestParameters {
+            source: MediaSource::Plain(matrix_sdk::ruma::OwnedMxcUri::from(mxc)),
+            format: MediaFormat::File,
+        };
+        let bytes = match self.client.media().get_media_content(&request, false).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(network = %self.network(), mxc, error = %error, "Cannot download a Matrix file; it is announced, not copied.");
+                return;
+            }
+        };
+        attachment.size = Some(bytes.len() as u64);
+        let files = std::sync::Arc::clone(files);
+        match tokio::task::spawn_blocking(move || files.store.put(&bytes)).await {
+            Ok(Ok(hash)) => attachment.stored = Some(hash),
+            Ok(Err(error)) => {
+                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
+            }
+            Err(error) => {
+                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied.");
+            }
         }
     }
 

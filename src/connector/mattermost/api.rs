@@ -154,28 +154,76 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ApiError> {
+        let bytes = self
+            .exchange(method, path, |request| match body {
+                Some(body) => request.json(body),
+                None => request,
+            })
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|error| ApiError::Decode(format!("{path}: {error}")))
+    }
+
+    /// A file's content (`GET /api/v4/files/{id}`).
+    pub async fn download(&self, file_id: &str) -> Result<Vec<u8>, ApiError> {
+        self.exchange(Method::GET, &format!("/files/{file_id}"), |request| request)
+            .await
+    }
+
+    /// Upload one file to a channel (`POST /api/v4/files`, multipart, `channel_id` first):
+    /// the new file's id, to attach to a post.
+    pub async fn upload(
+        &self,
+        channel_id: &str,
+        name: &str,
+        mime: &str,
+        content: &[u8],
+    ) -> Result<String, ApiError> {
+        let bytes = self
+            .exchange(Method::POST, "/files", |request| {
+                let part =
+                    || reqwest::multipart::Part::bytes(content.to_vec()).file_name(name.to_owned());
+                let part = part().mime_str(mime).unwrap_or_else(|_| part());
+                request.multipart(
+                    reqwest::multipart::Form::new()
+                        .text("channel_id", channel_id.to_owned())
+                        .part("files", part),
+                )
+            })
+            .await?;
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|error| ApiError::Decode(format!("/files: {error}")))?;
+        answer["file_infos"][0]["id"]
+            .as_str()
+            .map(ToOwned::to_owned)
+            .ok_or_else(|| ApiError::Decode("/files: the answer names no file".into()))
+    }
+
+    /// One request to `/api/v4{path}`, its body read whole. `attach` adds the request body
+    /// (it may be called again: a password session that expired is renewed once).
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        attach: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, ApiError> {
         let mut renewed = false;
         loop {
             let token = self.token().await?;
-            let mut request = self
+            let request = self
                 .http
                 .request(method.clone(), format!("{}/api/v4{path}", self.base))
                 .bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = request
+            let response = attach(request)
                 .send()
                 .await
                 .map_err(|error| ApiError::Transport(error_chain(&error)))?;
             match check(response).await {
                 Ok(response) => {
-                    let bytes = response
+                    return response
                         .bytes()
                         .await
-                        .map_err(|error| ApiError::Transport(error_chain(&error)))?;
-                    return serde_json::from_slice(&bytes)
-                        .map_err(|error| ApiError::Decode(format!("{path}: {error}")));
+                        .map(|bytes| bytes.to_vec())
+                        .map_err(|error| ApiError::Transport(error_chain(&error)));
                 }
                 Err(error)
                     if error.status() == Some(401)

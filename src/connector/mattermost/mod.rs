@@ -35,8 +35,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use crate::config::MattermostConfig;
 use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
 use crate::model::{
-    Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
-    TextStyle,
+    Attachment, Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound,
+    Membership, TextStyle,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
@@ -242,14 +242,29 @@ impl MattermostHandle {
             });
         };
         match &delivery.body {
-            EventBody::Text { style, text, .. } => {
+            EventBody::Text {
+                style,
+                text,
+                attachments,
+                ..
+            } => {
                 let root_id = match delivery.reply_to.as_ref().and_then(|r| r.remote_id.clone()) {
                     Some(id) => self.thread_root(&id).await?,
                     None => None,
                 };
-                let (kind, message, props) = self.render(delivery, *style, text);
+                let (file_ids, not_copied) = self.upload_files(&channel_id, attachments).await?;
+                let text = crate::connector::with_file_lines(text, not_copied, |_| None);
+                let (kind, message, props) = self.render(delivery, *style, &text);
                 let post = self
-                    .create_post(delivery, &channel_id, kind, &message, props, root_id)
+                    .create_post(
+                        delivery,
+                        &channel_id,
+                        kind,
+                        &message,
+                        props,
+                        root_id,
+                        &file_ids,
+                    )
                     .await?;
                 Ok(DeliveryAck {
                     remote_id: Some(post.id),
@@ -355,6 +370,7 @@ impl MattermostHandle {
                         &message,
                         serde_json::Map::new(),
                         None,
+                        &[],
                     )
                     .await?;
                 Ok(DeliveryAck {
@@ -400,6 +416,51 @@ impl MattermostHandle {
         }
     }
 
+    /// Upload a message's stored files to the channel: the new file ids, and the files that
+    /// stay announced by name (not copied by the bridge, or refused by the server as too large
+    /// or not allowed).
+    async fn upload_files<'a>(
+        &self,
+        channel_id: &str,
+        attachments: &'a [Attachment],
+    ) -> Result<(Vec<String>, Vec<&'a Attachment>), DeliveryError> {
+        let shared = &self.shared;
+        let mut file_ids = Vec::new();
+        let mut not_copied = Vec::new();
+        for attachment in attachments {
+            // The server attaches at most 10 files to one post.
+            let Some(hash) = attachment.stored.as_deref().filter(|_| file_ids.len() < 10) else {
+                not_copied.push(attachment);
+                continue;
+            };
+            let files = Arc::clone(&shared.context.files);
+            let owned = hash.to_owned();
+            let content = match tokio::task::spawn_blocking(move || files.store.read(&owned)).await
+            {
+                Ok(Ok(content)) => content,
+                _ => {
+                    tracing::warn!(network = %shared.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                    not_copied.push(attachment);
+                    continue;
+                }
+            };
+            match shared
+                .api
+                .upload(channel_id, &attachment.name, &attachment.mime, &content)
+                .await
+            {
+                Ok(id) => file_ids.push(id),
+                // 413 too large, 403 attachments disabled, 400 image too large: say it in text.
+                Err(ApiError::Status { status, id, .. }) if matches!(status, 400 | 403 | 413) => {
+                    tracing::info!(network = %shared.network, file = %attachment.name, status, reason = %id, "Mattermost refused a file; it is announced by name.");
+                    not_copied.push(attachment);
+                }
+                Err(error) => return Err(delivery_error(&error)),
+            }
+        }
+        Ok((file_ids, not_copied))
+    }
+
     /// The thread root to reply under: the post itself, or its root when it is a reply.
     async fn thread_root(&self, post_id: &str) -> Result<Option<String>, DeliveryError> {
         match self
@@ -427,6 +488,7 @@ impl MattermostHandle {
         message: &str,
         props: serde_json::Map<String, Value>,
         root_id: Option<String>,
+        file_ids: &[String],
     ) -> Result<Post, DeliveryError> {
         let shared = &self.shared;
         let message = fit(message);
@@ -437,6 +499,7 @@ impl MattermostHandle {
             "root_id": root_id.unwrap_or_default(),
             "props": props,
             "pending_post_id": delivery.id,
+            "file_ids": file_ids,
         });
         shared
             .in_flight
@@ -1188,11 +1251,9 @@ impl TaskState {
         if post.kind.starts_with("system_") {
             return false;
         }
-        let (style, mut text) = post_text(self.network(), post);
-        if !post.file_ids.is_empty() {
-            self.add_files(post, &mut text).await;
-        }
-        if text.is_empty() {
+        let (style, text) = post_text(self.network(), post);
+        let attachments = self.fetch_files(post).await;
+        if text.is_empty() && attachments.is_empty() {
             return false;
         }
         let author = self.author_of(post, sender_name).await;
@@ -1206,6 +1267,7 @@ impl TaskState {
                 style,
                 text,
                 reply_to: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
+                attachments,
             },
         })
         .await
@@ -1220,32 +1282,60 @@ impl TaskState {
         )
     }
 
-    /// Files are not copied yet: each is named, with a link to the post on Mattermost.
-    async fn add_files(&self, post: &Post, text: &mut FormattedText) {
-        let link = self.permalink(&post.id);
+    /// A post's files, copied into the bridge's file store (within the size limit). A file
+    /// that cannot be read is still announced by name, and the reason logged.
+    async fn fetch_files(&self, post: &Post) -> Vec<Attachment> {
+        let shared = &self.shared;
+        let mut attachments = Vec::new();
         for file_id in &post.file_ids {
-            let name = match self
-                .shared
+            let info = shared
                 .api
                 .fetch::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
-                .await
-            {
-                Ok(info) => info
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("a file")
-                    .to_owned(),
-                Err(_) => "a file".to_owned(),
+                .await;
+            let info = match info {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "Cannot read a Mattermost file's details; it is announced as a file.");
+                    Value::Null
+                }
             };
-            text.blocks.push(Block::Paragraph(vec![
-                Inline::Text(format!("[file: {name}] ")),
-                Inline::Link {
-                    url: link.clone(),
-                    children: Vec::new(),
-                },
-            ]));
+            let mut attachment = Attachment {
+                name: info["name"].as_str().unwrap_or("file").to_owned(),
+                mime: info["mime_type"]
+                    .as_str()
+                    .filter(|mime| !mime.is_empty())
+                    .unwrap_or("application/octet-stream")
+                    .to_owned(),
+                size: info["size"].as_u64(),
+                stored: None,
+            };
+            let files = Arc::clone(&shared.context.files);
+            if info.is_null()
+                || attachment
+                    .size
+                    .is_some_and(|size| !files.store.accepts(size))
+            {
+                attachments.push(attachment);
+                continue;
+            }
+            match shared.api.download(file_id).await {
+                Ok(content) => {
+                    attachment.size = Some(content.len() as u64);
+                    match tokio::task::spawn_blocking(move || files.store.put(&content)).await {
+                        Ok(Ok(hash)) => attachment.stored = Some(hash),
+                        Ok(Err(error)) => {
+                            tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "A Mattermost file was not copied; it is announced by name.");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "Cannot download a Mattermost file; it is announced by name.");
+                }
+            }
+            attachments.push(attachment);
         }
-        text.normalize();
+        attachments
     }
 
     async fn on_edited(&mut self, post: &Post) -> bool {
