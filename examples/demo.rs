@@ -1,11 +1,15 @@
-//! The README's demo: a real `InspIRCd` on loopback and a Mattermost server (the emulator, in
-//! process), tribridge linking `#demo-a`, `#demo-b` and the Mattermost channel `demo-c`, and
-//! three people talking across the link. With `--interactive` it keeps running so you can connect
-//! your own IRC client (or Mattermost client, to the printed URL).
+//! The README's demo: a real `InspIRCd` and a real Synapse on loopback and a Mattermost server
+//! (the emulator, in process), tribridge linking `#demo-a`, `#demo-b`, the Mattermost channel
+//! `demo-c` and the Matrix room `#demo-d:localhost`, and four people talking across the link.
+//! With `--interactive` it keeps running so you can connect your own IRC client (or Mattermost or
+//! Matrix client, to the printed URLs).
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
 mod irc_client;
+#[path = "../tests/it/support/matrix_client.rs"]
+#[allow(dead_code)]
+mod matrix_client;
 #[path = "../tests/it/support/mattermost.rs"]
 #[allow(dead_code)]
 mod mattermost;
@@ -37,6 +41,17 @@ async fn main() -> anyhow::Result<()> {
         mm.emu.base_url()
     );
 
+    println!("Starting Synapse on loopback (a few seconds)...");
+    let synapse = servers::Synapse::start();
+    matrix_client::register(&synapse.url(), "bridge", "bridge-password").await;
+    let mut dave = matrix_client::MatrixUser::new(&synapse.url(), "dave").await;
+    let room_d = dave.create_room("demo-d").await;
+    dave.mark().await;
+    println!(
+        "  Matrix: {} (room #demo-d:localhost, user dave / password)",
+        synapse.url()
+    );
+
     let state = tempfile::tempdir()?;
     let config_text = format!(
         r##"[general]
@@ -61,14 +76,22 @@ url = "{mm_url}"
 team = "demo"
 token = "{mm_token}"
 
+[network.mx]
+type = "matrix"
+homeserver = "{mx_url}"
+user = "@bridge:localhost"
+password = "bridge-password"
+
 [[gateway]]
 name = "demo"
 channels = [
   {{ network = "left", channel = "#demo-a" }},
   {{ network = "right", channel = "#demo-b" }},
   {{ network = "mm", channel = "demo-c" }},
+  {{ network = "mx", channel = "#demo-d:localhost" }},
 ]
 "##,
+        mx_url = synapse.url(),
         mm_url = mm.emu.base_url(),
         mm_token = mm.bot_token,
         state = state.path().display(),
@@ -91,7 +114,15 @@ channels = [
     bob.wait_member("bridge-right", "#demo-b").await;
     mm.wait_bot_member(&channel_c).await;
     mm.wait_websocket(1).await;
-    println!("tribridge is in all three channels.\n");
+    dave.events_until(&room_d, Duration::from_mins(1), |events| {
+        events.iter().any(|e| {
+            e.kind == "m.room.member"
+                && e.sender == "@bridge:localhost"
+                && e.content["membership"] == "join"
+        })
+    })
+    .await;
+    println!("tribridge is in all four channels.\n");
 
     let script: [(&str, &str); 4] = [
         ("alice", "hello from #demo-a!"),
@@ -153,6 +184,53 @@ channels = [
     }
     println!();
 
+    // What dave saw on Matrix: everything so far, as HTML where it was formatted.
+    let seen = dave.messages_until(&room_d, "from Mattermost").await;
+    for event in seen.iter().filter(|e| e.sender == "@bridge:localhost") {
+        let html = event.content["formatted_body"]
+            .as_str()
+            .map(|html| format!("   (HTML: {html})"))
+            .unwrap_or_default();
+        println!("{:>8} | [bridge] {}{html}", "demo-d", event.body());
+    }
+    println!();
+
+    let text = "and hello from Matrix";
+    dave.send_event(
+        &room_d,
+        "m.room.message",
+        serde_json::json!({"msgtype": "m.text", "body": "and hello from Matrix",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "and <em>hello</em> from Matrix"}),
+    )
+    .await;
+    println!("{:>8} | <dave> {text}", "demo-d");
+    for (listener, channel) in [(&mut alice, "#demo-a"), (&mut bob, "#demo-b")] {
+        let line = listener
+            .wait_for(|l| l.text().is_some(), Duration::from_secs(30))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("nothing arrived in {channel}"))?;
+        let (_, seen) = line.text().unwrap_or_default();
+        println!("{channel:>8} | <{}> {}", line.source_nick, printable(seen));
+    }
+    let posts = carol
+        .wait_posts_by(&channel_c, &mm.bot_id, |p| {
+            p.iter().any(|post| {
+                post["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Matrix"))
+            })
+        })
+        .await;
+    if let Some(post) = posts.last() {
+        println!(
+            "{:>8} | [bridge] {}",
+            "demo-c",
+            post["message"].as_str().unwrap_or_default()
+        );
+    }
+    println!();
+
     if interactive {
         println!(
             "Connect your IRC client to 127.0.0.1:{} and join #demo-a or #demo-b. Ctrl-C to stop.",
@@ -170,4 +248,5 @@ fn printable(text: &str) -> String {
     text.replace('\u{1}', "^A")
         .replace('\u{2}', "^B")
         .replace('\u{3}', "^C")
+        .replace('\u{1d}', "^I")
 }

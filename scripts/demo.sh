@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A local demo: installs InspIRCd, starts it and a Mattermost emulator on loopback, runs tribridge on a
-# demo config that links #demo-a, #demo-b and the Mattermost channel demo-c, and shows them mirroring.
+# A local demo: installs InspIRCd and Synapse, starts them and a Mattermost emulator on loopback, runs
+# tribridge on a demo config that links #demo-a, #demo-b, the Mattermost channel demo-c and the Matrix
+# room #demo-d:localhost, and shows them mirroring.
 #   scripts/demo.sh                 scripted conversation, then exit
 #   scripts/demo.sh --interactive   keep running; connect your own IRC client to the printed port
 set -euo pipefail

@@ -193,12 +193,11 @@ async fn prune_files(files: Arc<Files>, retention: Duration, shutdown: Cancellat
     loop {
         let pruning = Arc::clone(&files);
         match tokio::task::spawn_blocking(move || pruning.store.prune(retention)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => {
-                tracing::info!(removed, "Removed stored files past file_retention_days.")
+            Ok(Ok(removed)) if removed > 0 => {
+                tracing::info!(removed, "Removed stored files past file_retention_days.");
             }
             Ok(Err(error)) => tracing::warn!(error = %error, "Cannot prune the file store."),
-            Err(_) => {}
+            _ => {}
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -33,6 +33,24 @@ pub struct Files {
 }
 
 impl Files {
+    /// Read a stored file (off the async runtime's threads); `None` when it is gone.
+    pub async fn read(self: &Arc<Self>, hash: &str) -> Option<Vec<u8>> {
+        let files = Arc::clone(self);
+        let hash = hash.to_owned();
+        tokio::task::spawn_blocking(move || files.store.read(&hash))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Store a file durably (off the async runtime's threads); returns its hash.
+    pub async fn put(self: &Arc<Self>, content: Vec<u8>) -> Result<String, FileError> {
+        let files = Arc::clone(self);
+        tokio::task::spawn_blocking(move || files.store.put(&content))
+            .await
+            .map_err(|error| FileError::Io(std::io::Error::other(error)))?
+    }
+
     /// A link to a stored file for people who cannot receive files, when links are configured.
     #[must_use]
     pub fn link(&self, hash: &str, name: &str) -> Option<String> {
@@ -327,9 +345,8 @@ pub async fn serve(
         let Some(file_path) = files.store.path(&hash) else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        let file = match tokio::fs::File::open(&file_path).await {
-            Ok(file) => file,
-            Err(_) => return StatusCode::NOT_FOUND.into_response(),
+        let Ok(file) = tokio::fs::File::open(&file_path).await else {
+            return StatusCode::NOT_FOUND.into_response();
         };
         let length = file.metadata().await.map(|m| m.len()).unwrap_or_default();
         let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));

@@ -70,9 +70,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The default log filter: our own events at info; the Matrix SDK's per-request chatter (every
+/// sync, with its whole filter, and every send) only when it is a warning.
+const DEFAULT_LOG_FILTER: &str = "info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn";
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -190,7 +190,7 @@ pub fn file_kind(attachment: &Attachment) -> &'static str {
 pub fn with_file_lines<'a>(
     text: &FormattedText,
     attachments: impl IntoIterator<Item = &'a Attachment>,
-    link: impl Fn(&Attachment) -> Option<String>,
+    link_to: impl Fn(&Attachment) -> Option<String>,
 ) -> FormattedText {
     let mut blocks = text.blocks.clone();
     for attachment in attachments {
@@ -199,7 +199,7 @@ pub fn with_file_lines<'a>(
             file_kind(attachment),
             attachment.label()
         ))];
-        if let Some(url) = link(attachment) {
+        if let Some(url) = link_to(attachment) {
             line.push(Inline::Text(" ".to_owned()));
             line.push(Inline::Link {
                 children: vec![Inline::Text(url.clone())],

@@ -6,4 +6,5 @@ mod matrix_relay;
 mod mattermost_relay;
 mod router_store;
 mod support;
+mod three_way;
 mod tidy;

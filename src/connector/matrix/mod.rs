@@ -277,7 +277,10 @@ impl MatrixHandle {
             content::Outbound::RemoveReaction { target, key } => {
                 return self.remove_reaction(&room, &target, &key, txn_id).await;
             }
-            content::Outbound::Nothing => return Ok(DeliveryAck::default()),
+            content::Outbound::Nothing => {
+                tracing::debug!(network = %self.network, delivery = %delivery.id, kind = delivery.body.kind_name(), "The message this acts on never reached this room; nothing to do.");
+                return Ok(DeliveryAck::default());
+            }
         };
         match room
             .send_raw(event_type, body)
@@ -311,14 +314,10 @@ impl MatrixHandle {
                 not_copied.push(attachment);
                 continue;
             };
-            let files = Arc::clone(&self.files);
-            let content = match tokio::task::spawn_blocking(move || files.store.read(&hash)).await {
-                Ok(Ok(content)) => content,
-                _ => {
-                    tracing::warn!(network = %self.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
-                    not_copied.push(attachment);
-                    continue;
-                }
+            let Some(content) = self.files.read(&hash).await else {
+                tracing::warn!(network = %self.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                not_copied.push(attachment);
+                continue;
             };
             let mime: mime::Mime = attachment
                 .mime
@@ -1000,14 +999,10 @@ impl SyncState<'_> {
             }
         };
         attachment.size = Some(bytes.len() as u64);
-        let files = std::sync::Arc::clone(files);
-        match tokio::task::spawn_blocking(move || files.store.put(&bytes)).await {
-            Ok(Ok(hash)) => attachment.stored = Some(hash),
-            Ok(Err(error)) => {
-                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
-            }
+        match files.put(bytes).await {
+            Ok(hash) => attachment.stored = Some(hash),
             Err(error) => {
-                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied.");
+                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
             }
         }
     }

@@ -259,9 +259,7 @@ impl MattermostHandle {
                     .create_post(
                         delivery,
                         &channel_id,
-                        kind,
-                        &message,
-                        props,
+                        (kind, &message, props),
                         root_id,
                         &file_ids,
                     )
@@ -366,9 +364,7 @@ impl MattermostHandle {
                     .create_post(
                         delivery,
                         &channel_id,
-                        "",
-                        &message,
-                        serde_json::Map::new(),
+                        ("", &message, serde_json::Map::new()),
                         None,
                         &[],
                     )
@@ -433,16 +429,10 @@ impl MattermostHandle {
                 not_copied.push(attachment);
                 continue;
             };
-            let files = Arc::clone(&shared.context.files);
-            let owned = hash.to_owned();
-            let content = match tokio::task::spawn_blocking(move || files.store.read(&owned)).await
-            {
-                Ok(Ok(content)) => content,
-                _ => {
-                    tracing::warn!(network = %shared.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
-                    not_copied.push(attachment);
-                    continue;
-                }
+            let Some(content) = shared.context.files.read(hash).await else {
+                tracing::warn!(network = %shared.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                not_copied.push(attachment);
+                continue;
             };
             match shared
                 .api
@@ -484,9 +474,7 @@ impl MattermostHandle {
         &self,
         delivery: &Delivery,
         channel_id: &str,
-        kind: &str,
-        message: &str,
-        props: serde_json::Map<String, Value>,
+        (kind, message, props): (&str, &str, serde_json::Map<String, Value>),
         root_id: Option<String>,
         file_ids: &[String],
     ) -> Result<Post, DeliveryError> {
@@ -1321,12 +1309,11 @@ impl TaskState {
             match shared.api.download(file_id).await {
                 Ok(content) => {
                     attachment.size = Some(content.len() as u64);
-                    match tokio::task::spawn_blocking(move || files.store.put(&content)).await {
-                        Ok(Ok(hash)) => attachment.stored = Some(hash),
-                        Ok(Err(error)) => {
+                    match files.put(content).await {
+                        Ok(hash) => attachment.stored = Some(hash),
+                        Err(error) => {
                             tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "A Mattermost file was not copied; it is announced by name.");
                         }
-                        Err(_) => {}
                     }
                 }
                 Err(error) => {
@@ -1393,6 +1380,7 @@ impl TaskState {
             return false;
         }
         let Some(channel) = self.channels.get(channel_id).cloned() else {
+            tracing::debug!(network = %self.network(), channel_id, "A reaction in a channel that is not bridged; ignored.");
             return false;
         };
         let display_name = self.username(&reaction.user_id).await;

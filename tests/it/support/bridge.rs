@@ -49,7 +49,10 @@ impl Bridge {
             .arg("run")
             .arg("--config")
             .arg(self.dir.join("bridges.toml"))
-            .env("RUST_LOG", "info,tribridge=debug")
+            .env(
+                "RUST_LOG",
+                "info,tribridge=debug,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn",
+            )
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

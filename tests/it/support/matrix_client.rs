@@ -189,6 +189,27 @@ impl MatrixUser {
             .to_owned()
     }
 
+    /// Download a file from the content repository (authenticated media).
+    pub async fn download(&self, mxc: &str) -> Vec<u8> {
+        let path = mxc.strip_prefix("mxc://").expect("an mxc:// URI");
+        let response = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.base
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("download");
+        assert!(
+            response.status().is_success(),
+            "download {mxc}: {}",
+            response.status()
+        );
+        response.bytes().await.expect("file body").to_vec()
+    }
+
     /// Join a room by id or alias.
     pub async fn join(&self, room: &str) {
         self.call(

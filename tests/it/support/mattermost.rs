@@ -303,6 +303,19 @@ impl MmUser {
         body["file_infos"][0]["id"].as_str().unwrap().to_owned()
     }
 
+    /// A file's content (`GET /files/{id}`).
+    pub async fn download(&self, file_id: &str) -> Vec<u8> {
+        let response = self
+            .http
+            .get(format!("{}/api/v4/files/{file_id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status(), StatusCode::OK, "download {file_id}");
+        response.bytes().await.expect("file body").to_vec()
+    }
+
     /// Post a message with files attached.
     pub async fn say_with_files(
         &self,
