@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a link works.
 pub const LINK_LIFETIME: Duration = Duration::from_hours(24 * 7);
+/// How long a link to a person's picture works: it is stored with each post that shows it.
+pub const AVATAR_LINK_LIFETIME: Duration = Duration::from_hours(24 * 365);
 
 /// The bridge's files: the store, and links when the media endpoint is configured.
 pub struct Files {
@@ -56,7 +58,38 @@ impl Files {
     pub fn link(&self, hash: &str, name: &str) -> Option<String> {
         self.links
             .as_ref()
-            .and_then(|links| links.link(hash, name, seconds_now()))
+            .and_then(|links| links.link(hash, name, seconds_now(), LINK_LIFETIME))
+    }
+
+    /// Are links configured (so that storing pictures of people is worth it)?
+    #[must_use]
+    pub fn serves_links(&self) -> bool {
+        self.links.is_some()
+    }
+
+    /// Keep the picture of `user` on `network` (replacing an earlier one), off the async
+    /// runtime's threads.
+    pub async fn put_avatar(
+        self: &Arc<Self>,
+        network: &str,
+        user: &str,
+        content: Vec<u8>,
+    ) -> Result<(), FileError> {
+        let files = Arc::clone(self);
+        let name = avatar_name(network, user);
+        tokio::task::spawn_blocking(move || files.store.put_named(&name, &content))
+            .await
+            .map_err(|error| FileError::Io(std::io::Error::other(error)))?
+    }
+
+    /// A long-lived link to the picture of `user` on `network`, when one is stored and links
+    /// are configured.
+    #[must_use]
+    pub fn avatar_link(&self, network: &str, user: &str) -> Option<String> {
+        let links = self.links.as_ref()?;
+        let name = avatar_name(network, user);
+        self.store.path(&name)?;
+        links.link(&name, "avatar", seconds_now(), AVATAR_LINK_LIFETIME)
     }
 }
 
@@ -96,9 +129,24 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Is this a SHA-256 in lowercase hex (and so a safe file name)?
+/// Is this a SHA-256 in lowercase hex?
 fn is_hash(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Is this the name of a stored file (a content hash, or `avatar-` and a hash), and so a safe
+/// file name?
+fn is_stored_name(text: &str) -> bool {
+    is_hash(text.strip_prefix("avatar-").unwrap_or(text))
+}
+
+/// The stored name of a person's picture: derived from network and user id, so a newer picture
+/// replaces the older one.
+fn avatar_name(network: &str, user: &str) -> String {
+    format!(
+        "avatar-{}",
+        hex(&Sha256::digest(format!("{network}\0{user}").as_bytes()))
+    )
 }
 
 impl FileStore {
@@ -133,24 +181,47 @@ impl FileStore {
         let hash = hex(&Sha256::digest(bytes));
         let path = self.dir.join(&hash);
         if path.exists() {
+            // Stored before: it is in use again, so retention counts from now.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()));
             return Ok(hash);
         }
+        self.write(&hash, bytes)?;
+        Ok(hash)
+    }
+
+    /// Store a file under a name of our own (a person's picture), replacing what was there.
+    fn put_named(&self, name: &str, bytes: &[u8]) -> Result<(), FileError> {
+        let size = bytes.len() as u64;
+        if !self.accepts(size) {
+            return Err(FileError::TooLarge {
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        self.write(name, bytes)?;
+        Ok(())
+    }
+
+    /// Write, sync, then rename into place: a reader never sees half a file.
+    fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let temporary = self
             .dir
-            .join(format!(".{hash}.{}.part", uuid::Uuid::new_v4().simple()));
+            .join(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()));
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&temporary, &path)?;
-        Ok(hash)
+        std::fs::rename(&temporary, self.dir.join(name))
     }
 
-    /// The path of a stored file, when the hash is well formed and the file is there.
+    /// The path of a stored file, when the name is well formed and the file is there.
     #[must_use]
-    pub fn path(&self, hash: &str) -> Option<PathBuf> {
-        let path = self.dir.join(hash);
-        (is_hash(hash) && path.is_file()).then_some(path)
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        let path = self.dir.join(name);
+        (is_stored_name(name) && path.is_file()).then_some(path)
     }
 
     /// Read a stored file.
@@ -250,13 +321,13 @@ impl FileLinks {
         hex(&mac.finalize().into_bytes())
     }
 
-    /// A link to a stored file, valid for [`LINK_LIFETIME`] from `now_s`.
+    /// A link to a stored file, valid for `lifetime` from `now_s`.
     #[must_use]
-    pub fn link(&self, hash: &str, name: &str, now_s: u64) -> Option<String> {
-        if !is_hash(hash) {
+    pub fn link(&self, hash: &str, name: &str, now_s: u64, lifetime: Duration) -> Option<String> {
+        if !is_stored_name(hash) {
             return None;
         }
-        let expires = now_s + LINK_LIFETIME.as_secs();
+        let expires = now_s + lifetime.as_secs();
         let name = if name.is_empty() { "file" } else { name };
         Some(format!(
             "{}/{hash}/{expires}/{}/{}",
@@ -278,7 +349,7 @@ impl FileLinks {
         );
         let hash = hash.rsplit('/').next().unwrap_or(hash);
         let expires: u64 = expires.parse().map_err(|_| Refusal::NotFound)?;
-        if !is_hash(hash) {
+        if !is_stored_name(hash) {
             return Err(Refusal::NotFound);
         }
         let expected = self.signature(hash, expires);
@@ -380,7 +451,9 @@ mod tests {
     #[test]
     fn links_verify_until_they_expire_and_not_when_changed() {
         let links = FileLinks::with_key("https://bridge.example.org/media/", b"k");
-        let link = links.link(HASH, "cat picture.png", 1000).unwrap();
+        let link = links
+            .link(HASH, "cat picture.png", 1000, LINK_LIFETIME)
+            .unwrap();
         assert!(link.starts_with(&format!("https://bridge.example.org/media/{HASH}/")));
         assert!(link.ends_with("/cat%20picture.png"));
         let path = link.trim_start_matches("https://bridge.example.org/media");
@@ -398,7 +471,7 @@ mod tests {
         let other_key = FileLinks::with_key("https://bridge.example.org/media", b"j");
         assert_eq!(other_key.verify(path, 1000), Err(Refusal::Forbidden));
         assert_eq!(links.verify("/x", 1000), Err(Refusal::NotFound));
-        assert_eq!(links.link("../etc/passwd", "a", 0), None);
+        assert_eq!(links.link("../etc/passwd", "a", 0, LINK_LIFETIME), None);
     }
 
     #[test]
@@ -416,6 +489,7 @@ mod tests {
             })
         ));
         assert!(store.path("../../etc/passwd").is_none());
+        assert!(store.path("avatar-../x").is_none());
         assert_eq!(
             std::fs::read_dir(dir.path().join("files")).unwrap().count(),
             1

@@ -68,6 +68,11 @@ impl ThreeWay {
 }
 
 async fn three_way() -> ThreeWay {
+    three_way_with("").await
+}
+
+/// The fixture with `mm_extra` keys in the Mattermost network.
+async fn three_way_with(mm_extra: &str) -> ThreeWay {
     let synapse = shared_synapse();
     let url = synapse.url();
     let irc_port = shared_inspircd().port;
@@ -97,7 +102,7 @@ async fn three_way() -> ThreeWay {
            {{ network = \"irc\", channel = \"{channel}\" }},\n\
            {{ network = \"mx\", channel = \"#{alias_name}:localhost\" }},\n\
            {{ network = \"mm\", channel = \"town\" }},\n]\n",
-        mm.network("mm", "")
+        mm.network("mm", mm_extra)
     );
     let dir = tempfile::tempdir().unwrap();
     let bridge = Bridge::start(dir.path(), &config);
@@ -435,5 +440,41 @@ async fn a_200_message_burst_crosses_matrix_and_mattermost_in_order_exactly_once
     let posts = t.bridged_on_mattermost("mx 199").await;
     let expected: Vec<String> = (0..200).map(|n| format!("<{alice}> mx {n}")).collect();
     assert_eq!(messages(&posts), expected);
+    let _ = t.bridge.terminate();
+}
+
+/// With `sender_override`, a post relayed from Matrix shows the sender's name and Matrix
+/// picture (served by the media endpoint) as the post's author.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mattermost_shows_a_matrix_sender_with_their_name_and_picture() {
+    let mut t = three_way_with("sender_override = true").await;
+    let (room, alice) = (t.room.clone(), t.alice());
+    let face: Vec<u8> = (0..700u32).map(|n| (n % 13) as u8).collect();
+    let uri = t.matrix.upload("face.png", "image/png", face.clone()).await;
+    t.matrix.set_avatar(&uri).await;
+    // The homeserver puts the new picture into the room's membership after the call returns.
+    let me = t.matrix.user_id.clone();
+    t.matrix
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.member"
+                    && e.sender == me
+                    && e.content["avatar_url"] == uri.as_str()
+            })
+        })
+        .await;
+    t.matrix.say(&room, "with my face").await;
+    let posts = t.bridged_on_mattermost("with my face").await;
+    let post = posts.last().unwrap();
+    assert_eq!(post["message"], "with my face");
+    assert_eq!(post["props"]["override_username"], alice.as_str());
+    assert_eq!(post["props"]["from_webhook"], "true");
+    let icon = post["props"]["override_icon_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{post}\n{}", t.bridge.logs()));
+    let prefix = format!("http://127.0.0.1:{}/files/avatar-", t.media_port);
+    assert!(icon.starts_with(&prefix), "{icon}");
+    let served = reqwest::get(icon).await.unwrap().bytes().await.unwrap();
+    assert_eq!(served.to_vec(), face);
     let _ = t.bridge.terminate();
 }

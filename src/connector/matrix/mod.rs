@@ -92,6 +92,8 @@ pub struct MatrixTask {
     context: BuildContext,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
+    /// user id → the picture (`mxc://`) last stored for them, for `override_icon_url` elsewhere.
+    avatars: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -118,6 +120,7 @@ pub fn build(
             context,
             live,
             relogin,
+            avatars: std::sync::Mutex::new(HashMap::new()),
         },
     )
 }
@@ -953,6 +956,9 @@ impl SyncState<'_> {
             self.fetch_file(url, attachment).await;
         }
         let display_name = self.display_name(room_id, sender, event).await;
+        if self.task.context.files.serves_links() {
+            self.store_avatar(room_id, sender).await;
+        }
         let inbound = Inbound {
             origin: ChannelRef::new(self.network(), channel),
             remote_id: event["event_id"].as_str().map(ToOwned::to_owned),
@@ -1003,6 +1009,61 @@ impl SyncState<'_> {
             Ok(hash) => attachment.stored = Some(hash),
             Err(error) => {
                 tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
+            }
+        }
+    }
+
+    /// Keep the sender's picture when it changed (within the file size limit), for destinations that
+    /// show the sender's picture.
+    async fn store_avatar(&self, room_id: &RoomId, sender: &str) {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        use matrix_sdk::ruma::events::room::MediaSource;
+        let (Some(room), Ok(user)) = (self.client.get_room(room_id), UserId::parse(sender)) else {
+            return;
+        };
+        let Ok(Some(member)) = room.get_member_no_sync(&user).await else {
+            return;
+        };
+        let Some(mxc) = member.avatar_url().map(ToOwned::to_owned) else {
+            return;
+        };
+        let known = self
+            .task
+            .avatars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sender)
+            .is_some_and(|stored| stored.as_str() == mxc.as_str());
+        if known {
+            return;
+        }
+        let request = MediaRequestParameters {
+            source: MediaSource::Plain(mxc.clone()),
+            format: MediaFormat::File,
+        };
+        let picture = match self.client.media().get_media_content(&request, true).await {
+            Ok(picture) => picture,
+            Err(error) => {
+                tracing::debug!(network = %self.network(), sender, error = %error, "Cannot fetch a profile picture.");
+                return;
+            }
+        };
+        match self
+            .task
+            .context
+            .files
+            .put_avatar(self.network(), sender, picture)
+            .await
+        {
+            Ok(()) => {
+                self.task
+                    .avatars
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(sender.to_owned(), mxc.to_string());
+            }
+            Err(error) => {
+                tracing::debug!(network = %self.network(), sender, error = %error, "A profile picture was not kept.");
             }
         }
     }

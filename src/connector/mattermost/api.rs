@@ -165,8 +165,12 @@ impl Api {
 
     /// A file's content (`GET /api/v4/files/{id}`).
     pub async fn download(&self, file_id: &str) -> Result<Vec<u8>, ApiError> {
-        self.exchange(Method::GET, &format!("/files/{file_id}"), |request| request)
-            .await
+        self.download_path(&format!("/files/{file_id}")).await
+    }
+
+    /// Any binary resource under `/api/v4` (a file, a profile image).
+    pub async fn download_path(&self, path: &str) -> Result<Vec<u8>, ApiError> {
+        self.exchange(Method::GET, path, |request| request).await
     }
 
     /// Upload one file to a channel (`POST /api/v4/files`, multipart, `channel_id` first):

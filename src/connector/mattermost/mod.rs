@@ -400,6 +400,14 @@ impl MattermostHandle {
                 "override_username".into(),
                 json!(delivery.author.display_name),
             );
+            if let Some(icon) = self
+                .shared
+                .context
+                .files
+                .avatar_link(&delivery.origin.network, &delivery.author.id)
+            {
+                props.insert("override_icon_url".into(), json!(icon));
+            }
             String::new()
         } else {
             render_sender(&self.shared.remote_nick_format, delivery, str::to_owned)
@@ -566,6 +574,7 @@ impl MattermostTask {
             context: self.context.clone(),
             resume: None,
             users: HashMap::new(),
+            avatars: HashSet::new(),
             channels: HashMap::new(),
             cursors: HashMap::new(),
             team_id: None,
@@ -600,6 +609,8 @@ struct TaskState {
     resume: Option<Resume>,
     /// user id → username
     users: HashMap<String, String>,
+    /// People whose picture was stored this session (for `override_icon_url` elsewhere).
+    avatars: HashSet<String>,
     /// channel id → configured name
     channels: HashMap<String, String>,
     /// channel id → the newest `update_at` handled and stored
@@ -1162,9 +1173,36 @@ impl TaskState {
         } else {
             self.username(&post.user_id).await
         };
+        if self.context.files.serves_links() && self.avatars.insert(post.user_id.clone()) {
+            self.store_avatar(&post.user_id).await;
+        }
         Author {
             id: post.user_id.clone(),
             display_name,
+        }
+    }
+
+    /// Keep a person's profile picture, for destinations that show the sender's picture.
+    async fn store_avatar(&self, user_id: &str) {
+        let picture = match self
+            .shared
+            .api
+            .download_path(&format!("/users/{user_id}/image"))
+            .await
+        {
+            Ok(picture) => picture,
+            Err(error) => {
+                tracing::debug!(network = %self.network(), user_id, error = %error, "No profile picture.");
+                return;
+            }
+        };
+        if let Err(error) = self
+            .context
+            .files
+            .put_avatar(self.network(), user_id, picture)
+            .await
+        {
+            tracing::debug!(network = %self.network(), user_id, error = %error, "A profile picture was not kept.");
         }
     }
 

@@ -210,6 +210,19 @@ impl MatrixUser {
         response.bytes().await.expect("file body").to_vec()
     }
 
+    /// Set this user's picture (an `mxc://` URI).
+    pub async fn set_avatar(&self, mxc: &str) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/profile/{}/avatar_url",
+                encode(&self.user_id)
+            ),
+            &json!({"avatar_url": mxc}),
+        )
+        .await;
+    }
+
     /// Join a room by id or alias.
     pub async fn join(&self, room: &str) {
         self.call(
