@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::support::bridge::{Bridge, unique};
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::matrix_client::{Event, MatrixUser, register};
+use crate::support::mattermost::{MmServer, find};
 use crate::support::servers::{Synapse, shared_inspircd, shared_synapse};
 
 fn irc_network(id: &str, port: u16, nick: &str) -> String {
@@ -900,5 +901,117 @@ async fn a_gap_longer_than_one_sync_timeline_is_filled_after_restart() {
             .contains("Fetched messages a limited sync left out."),
         "{}",
         s.bridge.logs()
+    );
+}
+
+/// The local part of a Matrix user id (what `{NICK}` shows).
+fn local_part(user_id: &str) -> String {
+    user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Threads stay threads: a Matrix thread becomes a Mattermost thread under the relayed root, a
+/// Mattermost thread reply becomes an `m.thread` event under the Matrix root, and IRC, which has
+/// no threads, shows thread messages like replies (the text alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_stay_threads_between_matrix_and_mattermost() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias_name = unique("room");
+    let room = alice.create_room(&alias_name).await;
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let mm = MmServer::start("civi").await;
+    let town = mm.channel("town").await;
+    let mia = mm.user("mia", &town).await;
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+                mm.network("mm", ""),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+                ("mm", "town"),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let bot_id = format!("@{bot}:localhost");
+    wait_member_join(&mut alice, &room, &bot_id).await;
+    mm.wait_bot_member(&town).await;
+
+    let root_event = alice.say(&room, "thread root").await;
+    let relayed = |text: &'static str| {
+        let expected = format!("<{alice_name}> {text}");
+        move |posts: &[serde_json::Value]| {
+            crate::support::mattermost::messages(posts).contains(&expected)
+        }
+    };
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, relayed("thread root"))
+        .await;
+    let root_post = find(&posts, &format!("<{alice_name}> thread root"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Matrix thread (with the reply fallback a thread-aware client adds) → Mattermost thread.
+    alice
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "in the thread",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root_event,
+                       "is_falling_back": true, "m.in_reply_to": {"event_id": root_event}}}),
+        )
+        .await;
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, relayed("in the thread"))
+        .await;
+    let threaded = find(&posts, &format!("<{alice_name}> in the thread"));
+    assert_eq!(threaded["root_id"], root_post.as_str());
+    assert_eq!(
+        find(&posts, &format!("<{alice_name}> thread root"))["root_id"],
+        ""
+    );
+
+    // Mattermost thread reply → `m.thread` under alice's own root event.
+    mia.reply(&town, &root_post, "answer from mattermost").await;
+    let events = alice.messages_until(&room, "answer from mattermost").await;
+    let answer = events
+        .iter()
+        .find(|e| e.body().ends_with("answer from mattermost"))
+        .unwrap();
+    assert_eq!(answer.sender, bot_id);
+    let relation = &answer.content["m.relates_to"];
+    assert_eq!(relation["rel_type"], "m.thread", "{relation}");
+    assert_eq!(relation["event_id"], root_event.as_str());
+    assert_eq!(relation["is_falling_back"], true);
+    assert_eq!(relation["m.in_reply_to"]["event_id"], root_event.as_str());
+
+    let seen = irc.texts_until(&channel, "answer from mattermost").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice_name}> thread root"),
+            format!("<{alice_name}> in the thread"),
+            "<mia> answer from mattermost".to_owned(),
+        ]
     );
 }

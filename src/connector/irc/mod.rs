@@ -1336,6 +1336,8 @@ mod tests {
             body,
             target: None,
             reply_to: None,
+            thread_root: None,
+            previous_text: None,
             permalink: permalink.map(str::to_owned),
             attempts: 0,
         }

@@ -15,8 +15,9 @@
 //!   that arrive through sync before the send call returned); the store's mapping layer and the
 //!   transaction id (= the delivery id) are the other two layers.
 //! - **Outbound**: text with `body`/`formatted_body`, edits as `m.replace`, deletes as
-//!   redactions, replies as `m.in_reply_to`, reactions as `m.annotation`, all with the delivery
-//!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
+//!   redactions, replies as `m.in_reply_to`, thread messages as `m.thread` (with the
+//!   `is_falling_back` reply for clients without threads), reactions as `m.annotation`, all with
+//!   the delivery id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
 //!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
 //!
 //! - **Media**: files are announced to other networks by name and size, with a signed link when
@@ -242,12 +243,17 @@ impl MatrixHandle {
             .as_ref()
             .and_then(|t| t.remote_id.as_deref())
             .and_then(|id| EventId::parse(id).ok());
-        let (event_type, body) = match content::outbound(
-            delivery,
-            &sender,
-            target_event.as_deref(),
-            reply_event.as_deref(),
-        ) {
+        let thread_event = delivery
+            .thread_root
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let related = content::Related {
+            target: target_event.as_deref(),
+            reply_to: reply_event.as_deref(),
+            thread_root: thread_event.as_deref(),
+        };
+        let (event_type, body) = match content::outbound(delivery, &sender, related) {
             content::Outbound::Send {
                 event_type,
                 content,

@@ -243,7 +243,12 @@ impl MattermostHandle {
         };
         match &delivery.body {
             EventBody::Text { style, text, .. } => {
-                let root_id = match delivery.reply_to.as_ref().and_then(|r| r.remote_id.clone()) {
+                // In the thread the message is in; else a reply starts (or joins) the thread
+                // of the post it answers.
+                let in_thread = [&delivery.thread_root, &delivery.reply_to]
+                    .into_iter()
+                    .find_map(|r| r.as_ref().and_then(|r| r.remote_id.clone()));
+                let root_id = match in_thread {
                     Some(id) => self.thread_root(&id).await?,
                     None => None,
                 };
@@ -1205,7 +1210,8 @@ impl TaskState {
             body: EventBody::Text {
                 style,
                 text,
-                reply_to: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
+                reply_to: None,
+                thread_root: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
             },
         })
         .await
