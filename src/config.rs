@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
 
 /// The default sender format for relayed lines.
@@ -299,6 +300,9 @@ pub struct GatewayConfig {
     pub long_text: LongTextPolicy,
     /// Let `@room`, `@channel`, `@all`, `@here` from one network ping everyone on another.
     pub allow_mass_pings: bool,
+    /// How IRC destinations show an edit made elsewhere: not at all, the corrected text, or a
+    /// short diff.
+    pub edit_policy: EditPolicy,
 }
 
 /// One channel of a gateway.
@@ -495,6 +499,7 @@ struct RawGateway {
     channels: Vec<Spanned<RawGatewayChannel>>,
     long_text: Option<Spanned<RawLongText>>,
     allow_mass_pings: Option<Spanned<bool>>,
+    edit_policy: Option<Spanned<EditPolicy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -793,6 +798,10 @@ impl Validator<'_> {
                 channels,
                 long_text,
                 allow_mass_pings: gateway.allow_mass_pings.is_some_and(|v| *v.get_ref()),
+                edit_policy: gateway
+                    .edit_policy
+                    .as_ref()
+                    .map_or_else(EditPolicy::default, |v| *v.get_ref()),
             });
         }
         Config {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{NetworkConfig, NetworkKind};
 use crate::model::{Capabilities, Delivery, DeliveryAck};
+use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::LongTextPolicy;
 use crate::router::Router;
 use crate::store::Store;
@@ -64,6 +65,8 @@ pub struct GatewaySettings {
     pub long_text: LongTextPolicy,
     /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
     pub allow_mass_pings: bool,
+    /// How destinations without edits (IRC) show an edit made elsewhere.
+    pub edit_policy: EditPolicy,
 }
 
 impl BuildContext {

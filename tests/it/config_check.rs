@@ -379,6 +379,18 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "gateway: edit policies",
+            format!("{NET}{NET2}{GATEWAY}edit_policy = \"diff\"\n"),
+            vec![],
+        ),
+        (
+            "gateway: unknown edit policy",
+            format!("{NET}{NET2}{GATEWAY}edit_policy = \"sometimes\"\n"),
+            vec![
+                "bridges.toml:15:15: gateway[0].edit_policy: unknown value `sometimes`, expected one of `off`, `corrected`, `diff`",
+            ],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],

@@ -1015,3 +1015,119 @@ async fn threads_stay_threads_between_matrix_and_mattermost() {
         ]
     );
 }
+
+/// The texts said in `channel` up to the one containing `marker`, leaving other channels' lines
+/// for later calls.
+async fn texts_in_until(irc: &mut IrcClient, channel: &str, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = irc
+            .wait_for(
+                |l| {
+                    l.text()
+                        .is_some_and(|(target, _)| target.eq_ignore_ascii_case(channel))
+                },
+                Duration::from_mins(1),
+            )
+            .await
+            .unwrap_or_else(|| panic!("{marker:?} not seen in {channel}; saw {seen:#?}"));
+        let text = line
+            .text()
+            .map(|(_, text)| text.to_owned())
+            .unwrap_or_default();
+        let done = text.contains(marker);
+        seen.push(text);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// One Matrix room linked to three IRC channels by three gateways, one per `edit_policy`: a
+/// Matrix edit shows as the corrected text (the default), as a short diff against the text it
+/// replaces (the previous edit's, for a second edit), or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_edits_reach_irc_per_the_gateway_edit_policy() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias = unique("edits");
+    let room = alice.create_room(&alias).await;
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    let mut gateways = String::new();
+    let mut channels = Vec::new();
+    for policy in ["corrected", "diff", "off"] {
+        let channel = unique("#ed");
+        irc.join(&channel).await;
+        let _ = write!(
+            gateways,
+            "[[gateway]]\nname = \"{policy}\"\nedit_policy = \"{policy}\"\nchannels = [\n  \
+             {{ network = \"irc\", channel = \"{channel}\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias}:localhost\" }},\n]\n"
+        );
+        channels.push(channel);
+    }
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}{gateways}",
+            irc_network("irc", irc_port, &nick),
+            matrix_network("mx", &url, &bot)
+        ),
+    );
+    for channel in &channels {
+        irc.wait_join(&nick, channel).await;
+    }
+    wait_member_join(&mut alice, &room, &format!("@{bot}:localhost")).await;
+
+    let original = alice.say(&room, "this is teh best message we had").await;
+    for channel in &channels {
+        texts_in_until(&mut irc, channel, "best message").await;
+    }
+    for new_text in [
+        "this is the best message we had",
+        "this is the best message we ever had",
+    ] {
+        alice
+            .send_event(
+                &room,
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("* {new_text}"),
+                       "m.new_content": {"msgtype": "m.text", "body": new_text},
+                       "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+            )
+            .await;
+    }
+    alice.say(&room, "MARK").await;
+    let seen: Vec<Vec<String>> = {
+        let mut seen = Vec::new();
+        for channel in &channels {
+            seen.push(texts_in_until(&mut irc, channel, "MARK").await);
+        }
+        seen
+    };
+    let said = |text: &str| format!("<{alice_name}> {text}");
+    assert_eq!(
+        seen,
+        vec![
+            vec![
+                said("* this is the best message we had"),
+                said("* this is the best message we ever had"),
+                said("MARK"),
+            ],
+            vec![
+                said("* s/teh/the/"),
+                said("* s/we /we ever /"),
+                said("MARK")
+            ],
+            vec![said("MARK")],
+        ]
+    );
+}

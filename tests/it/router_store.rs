@@ -43,6 +43,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             channels,
             long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
             allow_mass_pings: false,
+            edit_policy: tribridge::richtext::edits::EditPolicy::default(),
         })
         .collect();
     parsed
