@@ -1131,3 +1131,96 @@ async fn matrix_edits_reach_irc_per_the_gateway_edit_policy() {
         ]
     );
 }
+
+/// After an outage, a message delivered later than the gateway's `original_time_after` shows
+/// the time it was said (on IRC and in another Matrix room, which also gets the original time
+/// in the event); messages relayed promptly do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_delivered_late_show_when_they_were_said() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = format!("@{bot}:localhost");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let mut bob = MatrixUser::new(&url, &unique("bob")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias_a = unique("latea");
+    let alias_b = unique("lateb");
+    let room_a = alice.create_room(&alias_a).await;
+    let room_b = bob.create_room(&alias_b).await;
+    let channel = unique("#late");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    alice.mark().await;
+    bob.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}\
+             [[gateway]]\nname = \"g\"\noriginal_time_after = 2\nchannels = [\n  \
+             {{ network = \"irc\", channel = \"{channel}\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias_a}:localhost\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias_b}:localhost\" }},\n]\n",
+            irc_network("irc", irc_port, &nick),
+            matrix_network("mx", &url, &bot)
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    wait_member_join(&mut alice, &room_a, &bot_id).await;
+    wait_member_join(&mut bob, &room_b, &bot_id).await;
+    alice.say(&room_a, "prompt before").await;
+    irc.texts_until(&channel, "prompt before").await;
+    bob.messages_until(&room_b, "prompt before").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+
+    let said_from = tribridge::model::now_ms();
+    alice.say(&room_a, "said while down").await;
+    let said_until = tribridge::model::now_ms();
+    // The condition under test is time itself: the bridge comes back more than
+    // `original_time_after` (2 s) after the message was said.
+    tokio::time::sleep_until(
+        tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(said_until + 3_000 - said_from).unwrap()),
+    )
+    .await;
+    bridge.restart();
+    irc.wait_join(&nick, &channel).await;
+    // The homeserver's clock is this machine's: the time shown is the minute it was said in.
+    let shown = |text: &str| {
+        [said_from, said_until]
+            .map(|ms| {
+                format!(
+                    "<{alice_name}> [{}] {text}",
+                    tribridge::connector::utc_minute(ms)
+                )
+            })
+            .to_vec()
+    };
+    let seen = texts(&irc.texts_until(&channel, "said while down").await);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(shown("said while down").contains(&seen[0]), "{seen:?}");
+    let late = bob.messages_until(&room_b, "said while down").await;
+    let late = late.last().unwrap();
+    assert!(
+        shown("said while down").contains(&late.body().to_owned()),
+        "{}",
+        late.body()
+    );
+    let original = late.content["tribridge.original_ts"].as_i64().unwrap();
+    assert!((said_from..=said_until).contains(&original), "{original}");
+
+    alice.say(&room_a, "prompt after").await;
+    assert_eq!(
+        texts(&irc.texts_until(&channel, "prompt after").await),
+        vec![format!("<{alice_name}> prompt after")]
+    );
+    let prompt = bob.messages_until(&room_b, "prompt after").await;
+    let prompt = prompt.last().unwrap();
+    assert_eq!(prompt.body(), format!("<{alice_name}> prompt after"));
+    assert!(prompt.content.get("tribridge.original_ts").is_none());
+}

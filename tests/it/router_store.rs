@@ -44,6 +44,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
             allow_mass_pings: false,
             edit_policy: tribridge::richtext::edits::EditPolicy::default(),
+            original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
         })
         .collect();
     parsed

@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{IrcConfig, irc_fold};
-use crate::connector::{Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, with_original_time,
+};
 use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
     TextStyle, now_ms,
@@ -473,6 +475,8 @@ impl<'a> Session<'a> {
         let target = delivery.destination.channel.clone();
         let labelled = self.caps.contains("labeled-response");
         let settings = self.task.context.gateway(&delivery.gateway);
+        let late = with_original_time(delivery, &settings, now_ms());
+        let delivery = late.as_ref().unwrap_or(delivery);
         if settings.edit_policy == EditPolicy::Off
             && matches!(delivery.body, EventBody::Edit { .. })
         {

@@ -9,8 +9,9 @@ use matrix_sdk::ruma::{EventId, OwnedEventId};
 use serde_json::{Value, json};
 
 use super::media::MediaLinks;
+use crate::connector::prefixed;
 use crate::model::{Delivery, EventBody, Membership, TextStyle};
-use crate::richtext::{Block, FormattedText, Inline, html};
+use crate::richtext::{FormattedText, html};
 
 /// The text of a received message: its `formatted_body` when it is HTML (a reply's
 /// `<mx-reply>` quote dropped), else its plain `body` (a reply fallback's `> ` quote lines
@@ -31,19 +32,6 @@ pub fn text_from_matrix(content: &Value, is_reply: bool) -> FormattedText {
     } else {
         FormattedText::plain(body)
     }
-}
-
-/// `text` with `prefix` (plain text) put before its first line.
-fn prefixed(prefix: &str, text: &FormattedText) -> FormattedText {
-    let mut blocks = text.blocks.clone();
-    if prefix.is_empty() {
-        return FormattedText::new(blocks);
-    }
-    match blocks.first_mut() {
-        Some(Block::Paragraph(inlines)) => inlines.insert(0, Inline::Text(prefix.to_owned())),
-        _ => blocks.insert(0, Block::Paragraph(vec![Inline::Text(prefix.to_owned())])),
-    }
-    FormattedText::new(blocks)
 }
 
 /// The `body` and optional `formatted_body` (HTML) to send for a relayed text, with the sender
@@ -235,6 +223,10 @@ pub fn inbound(
         _ => None,
     }
 }
+
+/// The content key of a late delivery (one that shows when it was said) that carries the
+/// original time, ms since the Unix epoch; Matrix's own `origin_server_ts` is the time of the send.
+pub const ORIGINAL_TIME_KEY: &str = "tribridge.original_ts";
 
 /// What to do on Matrix for one delivery.
 #[derive(Debug, Clone, PartialEq)]

@@ -47,8 +47,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::MatrixConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender};
-use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, with_original_time,
+};
+use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, now_ms};
 
 /// What Matrix can represent.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -222,11 +224,17 @@ impl MatrixHandle {
             ));
         }
         // `@room` and the like from another network stay pings only where the gateway allows.
-        let allow_mass_pings = self
+        let settings = self
             .gateways
             .get(&delivery.gateway)
-            .is_some_and(|settings| settings.allow_mass_pings);
-        let mut delivery = delivery.clone();
+            .copied()
+            .unwrap_or_default();
+        let allow_mass_pings = settings.allow_mass_pings;
+        // Late (after an outage): the text shows when it was said, and the event carries the
+        // original time for clients and bots that read it.
+        let late = with_original_time(delivery, &settings, now_ms());
+        let original_time = late.as_ref().map(|late| late.timestamp_ms);
+        let mut delivery = late.unwrap_or_else(|| delivery.clone());
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
             crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
         }
@@ -256,8 +264,13 @@ impl MatrixHandle {
         let (event_type, body) = match content::outbound(delivery, &sender, related) {
             content::Outbound::Send {
                 event_type,
-                content,
-            } => (event_type, content),
+                mut content,
+            } => {
+                if let Some(original_time) = original_time {
+                    content[content::ORIGINAL_TIME_KEY] = original_time.into();
+                }
+                (event_type, content)
+            }
             content::Outbound::Redact(event_id) => {
                 return match room.redact(&event_id, None, Some(txn_id)).await {
                     Ok(response) => Ok(DeliveryAck {
@@ -893,9 +906,7 @@ impl SyncState<'_> {
                 id: sender.to_owned(),
                 display_name,
             },
-            timestamp_ms: event["origin_server_ts"]
-                .as_i64()
-                .unwrap_or_else(crate::model::now_ms),
+            timestamp_ms: event["origin_server_ts"].as_i64().unwrap_or_else(now_ms),
             body,
         };
         match self.task.context.router.submit(inbound).await {

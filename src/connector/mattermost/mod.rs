@@ -33,10 +33,12 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::config::MattermostConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, late_prefix, prefixed, render_sender,
+};
 use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
-    TextStyle,
+    TextStyle, now_ms,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
@@ -377,14 +379,12 @@ impl MattermostHandle {
         style: TextStyle,
         text: &FormattedText,
     ) -> (&'static str, String, serde_json::Map<String, Value>) {
-        let mut text = text.clone();
-        richtext::mention::neutralise_mass_pings(
-            &mut text,
-            self.shared
-                .context
-                .gateway(&delivery.gateway)
-                .allow_mass_pings,
-        );
+        let settings = self.shared.context.gateway(&delivery.gateway);
+        let mut text = match late_prefix(delivery, &settings, now_ms()) {
+            Some(time) => prefixed(&time, text),
+            None => text.clone(),
+        };
+        richtext::mention::neutralise_mass_pings(&mut text, settings.allow_mass_pings);
         let text = &text;
         let mut props = serde_json::Map::new();
         let prefix = if self.shared.config.sender_override {
