@@ -571,6 +571,11 @@ impl MatrixTask {
             wanted: self.context.channels.clone(),
             next_join_attempt: Instant::now(),
         };
+        // A brand-new install takes its position before it joins, so that what is said right
+        // after the join is relayed (and nothing before it).
+        if let Err(end) = sync.take_first_position().await {
+            return end;
+        }
         sync.join_missing().await;
         *self
             .live
@@ -666,6 +671,32 @@ impl SyncState<'_> {
         Some(channel)
     }
 
+    /// On a brand-new install (no stored position): sync once without waiting and store the
+    /// position, relaying nothing of what came before.
+    async fn take_first_position(&mut self) -> Result<(), SessionEnd> {
+        let stored = self
+            .cursor()
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot read the sync cursor: {reason}")))?;
+        if stored.is_some() {
+            return Ok(());
+        }
+        tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
+        let settings = SyncSettings::default()
+            .filter(Self::filter())
+            .timeout(Duration::ZERO);
+        let response =
+            self.client.sync_once(settings).await.map_err(|error| {
+                SessionEnd::Lost(format!("sync failed: {}", error_chain(&error)))
+            })?;
+        for room_id in response.rooms.invited.keys() {
+            self.consider_invite(room_id).await;
+        }
+        self.set_cursor(response.next_batch)
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot store the sync cursor: {reason}")))
+    }
+
     /// Join every configured room not joined yet; say clearly which cannot be joined.
     async fn join_missing(&mut self) {
         let missing: Vec<String> = self
@@ -756,9 +787,6 @@ impl SyncState<'_> {
                 return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
             }
         };
-        if since.is_none() {
-            tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
-        }
         loop {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
