@@ -1224,3 +1224,127 @@ async fn messages_delivered_late_show_when_they_were_said() {
     assert_eq!(prompt.body(), format!("<{alice_name}> prompt after"));
     assert!(prompt.content.get("tribridge.original_ts").is_none());
 }
+
+/// An encrypted room: a person on an end-to-end capable client (matrix-sdk with its crypto
+/// store) and an IRC user talk through the bridge, which decrypts what it reads and encrypts
+/// what it writes (sharing its room keys with every device in the room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_is_bridged_both_ways() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::ruma::api::client::room::create_room;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk::ruma::events::{
+        AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+    };
+
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = matrix_sdk::ruma::UserId::parse(format!("@{bot}:localhost")).unwrap();
+    register(&url, &bot, "password").await;
+    let alice = unique("alice");
+    register(&url, &alice, "password").await;
+    let alice_dir = tempfile::tempdir().unwrap();
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&url)
+        .sqlite_store(alice_dir.path(), None)
+        .build()
+        .await
+        .unwrap();
+    client
+        .matrix_auth()
+        .login_username(&alice, "password")
+        .send()
+        .await
+        .unwrap();
+    let alias_name = unique("secret");
+    let mut request = create_room::v3::Request::new();
+    request.room_alias_name = Some(alias_name.clone());
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = client.create_room(request).await.unwrap();
+    let mut settings = SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = client.sync_once(settings.clone()).await.unwrap();
+    settings = settings.token(response.next_batch);
+
+    let channel = unique("#secret");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    // Alice's client learns that the bot joined, so that it shares the room key with it.
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch);
+        let member = room.get_member_no_sync(&bot_id).await.unwrap();
+        if member.is_some_and(|m| {
+            *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bot never joined");
+    }
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
+
+    room.send(RoomMessageEventContent::text_plain("secret hello"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&irc.texts_until(&channel, "secret hello").await),
+        vec![format!("<{alice}> secret hello")]
+    );
+
+    irc.say(&channel, "hello back");
+    let expected = format!("<{}> hello back", irc.nick);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch.clone());
+        let found = response
+            .rooms
+            .joined
+            .get(room.room_id())
+            .into_iter()
+            .flat_map(|update| &update.timeline.events)
+            .find_map(|event| match event.raw().deserialize() {
+                Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(message),
+                ))) if message.content.body().contains("hello back") => Some((
+                    message.content.body().to_owned(),
+                    event.encryption_info().is_some(),
+                )),
+                _ => None,
+            });
+        if let Some((body, encrypted)) = found {
+            assert_eq!(body, expected);
+            assert!(encrypted, "the bridge's message was sent in the clear");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply in the encrypted room"
+        );
+    }
+}

@@ -23,7 +23,12 @@
 //! - **Media**: files are announced to other networks by name and size, with a signed link when
 //!   the media endpoint ([`media`]) is configured.
 //!
-//! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
+//! - **Encryption**: the SDK is built with end-to-end encryption and keeps its crypto store
+//!   (`SQLite`) next to the state store, so encrypted rooms are bridged like others: events are
+//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. Room keys are
+//!   shared with every device of the room's members, verified or not (the SDK's default), and
+//!   messages from unverified devices are accepted: the bot verifies no one. A message whose
+//!   key never arrives stays `m.room.encrypted` and is not relayed.
 
 pub mod content;
 pub mod media;
