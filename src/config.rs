@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
 
 /// The default sender format for relayed lines.
@@ -326,6 +327,12 @@ pub struct GatewayConfig {
     pub long_text: LongTextPolicy,
     /// Let `@room`, `@channel`, `@all`, `@here` from one network ping everyone on another.
     pub allow_mass_pings: bool,
+    /// How IRC destinations show an edit made elsewhere: not at all, the corrected text, or a
+    /// short diff.
+    pub edit_policy: EditPolicy,
+    /// A message delivered more than this long after it was said shows when it was said;
+    /// `None` (configured as 0): never.
+    pub original_time_after: Option<std::time::Duration>,
 }
 
 /// One channel of a gateway.
@@ -518,6 +525,8 @@ struct RawGateway {
     channels: Vec<Spanned<RawGatewayChannel>>,
     long_text: Option<Spanned<RawLongText>>,
     allow_mass_pings: Option<Spanned<bool>>,
+    edit_policy: Option<Spanned<EditPolicy>>,
+    original_time_after: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -816,11 +825,18 @@ impl Validator<'_> {
                 );
             }
             let long_text = self.long_text(&key, gateway.long_text.as_ref());
+            let original_time_after =
+                self.original_time_after(&key, gateway.original_time_after.as_ref());
             gateways.push(GatewayConfig {
                 name,
                 channels,
                 long_text,
                 allow_mass_pings: gateway.allow_mass_pings.is_some_and(|v| *v.get_ref()),
+                edit_policy: gateway
+                    .edit_policy
+                    .as_ref()
+                    .map_or_else(EditPolicy::default, |v| *v.get_ref()),
+                original_time_after,
             });
         }
         Config {
@@ -829,6 +845,31 @@ impl Validator<'_> {
             files,
             networks,
             gateways,
+        }
+    }
+
+    fn original_time_after(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<i64>>,
+    ) -> Option<std::time::Duration> {
+        const DEFAULT: Option<std::time::Duration> =
+            Some(crate::connector::DEFAULT_ORIGINAL_TIME_AFTER);
+        let Some(raw) = raw else {
+            return DEFAULT;
+        };
+        match u64::try_from(*raw.get_ref()) {
+            Ok(0) => None,
+            Ok(seconds) if seconds <= 31_536_000 => Some(std::time::Duration::from_secs(seconds)),
+            _ => {
+                self.report(
+                    raw.span().start,
+                    format!("{key}.original_time_after"),
+                    "`original_time_after` is a number of seconds between 1 and 31536000 (a \
+                     year), or 0 to never show the original time",
+                );
+                DEFAULT
+            }
         }
     }
 

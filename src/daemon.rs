@@ -92,6 +92,8 @@ pub async fn run(
                         GatewaySettings {
                             long_text: gateway.long_text,
                             allow_mass_pings: gateway.allow_mass_pings,
+                            edit_policy: gateway.edit_policy,
+                            original_time_after: gateway.original_time_after,
                         },
                     )
                 })

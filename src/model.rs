@@ -140,6 +140,10 @@ pub enum EventBody {
         /// Files shared with the message (the text is then their caption, possibly empty).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<Attachment>,
+        /// The origin network's id of the root of the thread this message is in, if any
+        /// (Matrix `m.thread`, Mattermost `root_id`); independent of `reply_to`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_root: Option<String>,
     },
     /// A message was edited: its new text.
     Edit {
@@ -184,6 +188,7 @@ impl EventBody {
             text,
             reply_to: None,
             attachments: Vec::new(),
+            thread_root: None,
         }
     }
 
@@ -203,6 +208,15 @@ impl EventBody {
     pub fn reply_to(&self) -> Option<&str> {
         match self {
             EventBody::Text { reply_to, .. } => reply_to.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The origin network's id of the root of the thread this message is in.
+    #[must_use]
+    pub fn thread_root(&self) -> Option<&str> {
+        match self {
+            EventBody::Text { thread_root, .. } => thread_root.as_deref(),
             _ => None,
         }
     }
@@ -291,6 +305,10 @@ pub struct Delivery {
     pub target: Option<TargetRef>,
     /// For a reply: the message it replies to.
     pub reply_to: Option<TargetRef>,
+    /// For a message in a thread: the thread's root message.
+    pub thread_root: Option<TargetRef>,
+    /// For an edit: the text it replaces (the original's, or the previous edit's), when known.
+    pub previous_text: Option<FormattedText>,
     /// A link to the message on its origin platform, if it has one.
     pub permalink: Option<String>,
     /// How many times a send was tried before.

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, TargetRef, now_ms};
+use crate::richtext::FormattedText;
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -309,13 +310,28 @@ impl Store {
                 });
             }
         };
+        let origin = ChannelRef::new(origin_network, origin_channel);
+        // The thread root is resolved here, from the origin's id for it, rather than stored as a
+        // column: a message's thread is as durable as its body.
+        let thread_root = match body.thread_root() {
+            Some(root) => lookup_mapping(&connection, &origin, root)?
+                .map(|(root_id, _)| resolve_target(&connection, root_id, destination))
+                .transpose()?,
+            None => None,
+        };
+        let previous_text = match (&body, target_message_id) {
+            (EventBody::Edit { .. }, Some(target_id)) => {
+                previous_text(&connection, target_id, message_id)?
+            }
+            _ => None,
+        };
         Ok(Some((
             Delivery {
                 id,
                 message_id,
                 destination: destination.clone(),
                 gateway,
-                origin: ChannelRef::new(origin_network, origin_channel),
+                origin,
                 origin_protocol,
                 author: Author {
                     id: author_id,
@@ -325,6 +341,8 @@ impl Store {
                 body,
                 target,
                 reply_to,
+                thread_root,
+                previous_text,
                 permalink,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             },
@@ -518,6 +536,35 @@ fn resolve_target(
         message_id,
         remote_id,
     })
+}
+
+/// The text an edit replaces: the latest earlier edit of `target_id` before `edit_id`, else the
+/// original message's. `None` when it cannot be read.
+fn previous_text(
+    connection: &Connection,
+    target_id: i64,
+    edit_id: i64,
+) -> Result<Option<FormattedText>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT body FROM messages
+         WHERE target_message_id = ?1 AND kind = 'edit' AND id < ?2
+         ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut body: Option<String> = statement
+        .query_row(params![target_id, edit_id], |row| row.get(0))
+        .optional()?;
+    if body.is_none() {
+        let mut statement = connection.prepare_cached("SELECT body FROM messages WHERE id = ?1")?;
+        body = statement
+            .query_row(params![target_id], |row| row.get(0))
+            .optional()?;
+    }
+    Ok(body
+        .and_then(|body| serde_json::from_str::<EventBody>(&body).ok())
+        .and_then(|body| match body {
+            EventBody::Text { text, .. } | EventBody::Edit { text, .. } => Some(text),
+            _ => None,
+        }))
 }
 
 fn role_from_sql(role: &str) -> MappingRole {

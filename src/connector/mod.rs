@@ -17,9 +17,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{NetworkConfig, NetworkKind};
-use crate::model::{Attachment, Capabilities, Delivery, DeliveryAck};
+use crate::model::{Attachment, Capabilities, Delivery, DeliveryAck, EventBody};
+use crate::richtext::FormattedText;
+use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::LongTextPolicy;
-use crate::richtext::{Block, FormattedText, Inline};
+use crate::richtext::model::{Block, Inline};
 use crate::router::Router;
 use crate::store::Store;
 
@@ -62,12 +64,101 @@ pub struct BuildContext {
 }
 
 /// What a gateway says about how its messages are delivered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewaySettings {
     /// Messages longer than `max_lines` IRC lines: split or truncate.
     pub long_text: LongTextPolicy,
     /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
     pub allow_mass_pings: bool,
+    /// How destinations without edits (IRC) show an edit made elsewhere.
+    pub edit_policy: EditPolicy,
+    /// A message delivered more than this long after it was said shows when it was said
+    /// ([`late_prefix`]); `None`: never.
+    pub original_time_after: Option<Duration>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            long_text: LongTextPolicy::default(),
+            allow_mass_pings: false,
+            edit_policy: EditPolicy::default(),
+            original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
+        }
+    }
+}
+
+/// The default of a gateway's `original_time_after`.
+pub const DEFAULT_ORIGINAL_TIME_AFTER: Duration = Duration::from_mins(1);
+
+/// For a text message delivered late (more than the gateway's `original_time_after` after
+/// `timestamp_ms`, as after an outage or a restart): the prefix that shows when it was said,
+/// `[2026-11-22 06:40 UTC] `. `None` for a prompt delivery and for other kinds of event (an
+/// edit or reaction acts on a message whose own time is known).
+#[must_use]
+pub fn late_prefix(delivery: &Delivery, settings: &GatewaySettings, now_ms: i64) -> Option<String> {
+    let after = settings.original_time_after?;
+    let late = now_ms.saturating_sub(delivery.timestamp_ms) > after.as_millis() as i64;
+    (late && matches!(delivery.body, EventBody::Text { .. }))
+        .then(|| format!("[{}] ", utc_minute(delivery.timestamp_ms)))
+}
+
+/// `ms` (since the Unix epoch) as `YYYY-MM-DD HH:MM UTC`.
+#[must_use]
+pub fn utc_minute(ms: i64) -> String {
+    let minutes = ms.div_euclid(60_000);
+    let (days, minute_of_day) = (minutes.div_euclid(1440), minutes.rem_euclid(1440));
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar), after Howard
+    // Hinnant's `civil_from_days`.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minute_of_day / 60,
+        minute_of_day % 60
+    )
+}
+
+/// `text` with `prefix` (plain text) put before its first line.
+#[must_use]
+pub fn prefixed(prefix: &str, text: &FormattedText) -> FormattedText {
+    let mut blocks = text.blocks.clone();
+    if prefix.is_empty() {
+        return FormattedText::new(blocks);
+    }
+    match blocks.first_mut() {
+        Some(Block::Paragraph(inlines)) => inlines.insert(0, Inline::Text(prefix.to_owned())),
+        _ => blocks.insert(0, Block::Paragraph(vec![Inline::Text(prefix.to_owned())])),
+    }
+    FormattedText::new(blocks)
+}
+
+/// A delivery marked with when it was said, when it is late ([`late_prefix`]); `None` when it
+/// is not.
+#[must_use]
+pub fn with_original_time(
+    delivery: &Delivery,
+    settings: &GatewaySettings,
+    now_ms: i64,
+) -> Option<Delivery> {
+    let prefix = late_prefix(delivery, settings, now_ms)?;
+    let mut late = delivery.clone();
+    if let EventBody::Text { text, .. } = &mut late.body {
+        *text = prefixed(&prefix, text);
+    }
+    Some(late)
 }
 
 impl BuildContext {
@@ -244,5 +335,61 @@ impl Backoff {
     /// Forget earlier failures (after a connection that worked for a while).
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GatewaySettings, late_prefix, utc_minute};
+    use crate::model::{Author, ChannelRef, Delivery, EventBody, TextStyle};
+
+    #[test]
+    fn only_late_text_shows_its_original_time() {
+        let said_at = 1_795_329_600_000; // 2026-11-22 06:40 UTC
+        let delivery = |body| Delivery {
+            id: "d".into(),
+            message_id: 1,
+            destination: ChannelRef::new("irc", "#a"),
+            gateway: "g".into(),
+            origin: ChannelRef::new("mx", "!r"),
+            origin_protocol: "matrix".into(),
+            author: Author {
+                id: "a".into(),
+                display_name: "a".into(),
+            },
+            timestamp_ms: said_at,
+            body,
+            target: None,
+            reply_to: None,
+            thread_root: None,
+            previous_text: None,
+            permalink: None,
+            attempts: 0,
+        };
+        let text = delivery(EventBody::text(TextStyle::Normal, "hi"));
+        let settings = GatewaySettings::default();
+        assert_eq!(late_prefix(&text, &settings, said_at + 60_000), None);
+        assert_eq!(
+            late_prefix(&text, &settings, said_at + 60_001).as_deref(),
+            Some("[2026-11-22 06:40 UTC] ")
+        );
+        let never = GatewaySettings {
+            original_time_after: None,
+            ..settings
+        };
+        assert_eq!(late_prefix(&text, &never, said_at + 86_400_000), None);
+        let delete = delivery(EventBody::Delete { target: "x".into() });
+        assert_eq!(late_prefix(&delete, &settings, said_at + 86_400_000), None);
+    }
+
+    #[test]
+    fn times_are_shown_in_utc_to_the_minute() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
+        // 2026-11-22 06:40:59.999 UTC
+        assert_eq!(utc_minute(1_795_329_659_999), "2026-11-22 06:40 UTC");
+        // A leap day, and the day after.
+        assert_eq!(utc_minute(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_minute(951_868_799_000), "2000-02-29 23:59 UTC");
+        assert_eq!(utc_minute(-60_000), "1969-12-31 23:59 UTC");
     }
 }

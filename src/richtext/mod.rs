@@ -2,7 +2,8 @@
 //!
 //! Owns: the model ([`model`]), parsing and rendering of IRC control codes ([`irc`]),
 //! Mattermost Markdown ([`markdown`]) and Matrix `org.matrix.custom.html` ([`html`]), mention
-//! mapping and mass-ping neutralising ([`mention`]), and the long-text policy ([`long_text`]).
+//! mapping and mass-ping neutralising ([`mention`]), the long-text policy ([`long_text`]), and
+//! how an edit is shown where messages cannot be edited ([`edits`]).
 //! Must not: do I/O, know connectors or wire protocols beyond message text, or panic on any
 //! input. Every parser accepts any string; every renderer accepts any tree.
 //!
@@ -21,6 +22,7 @@
 //! ```
 
 mod build;
+pub mod edits;
 pub mod html;
 pub mod irc;
 pub mod long_text;

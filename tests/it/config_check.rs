@@ -397,6 +397,25 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "gateway: edit policies",
+            format!("{NET}{NET2}{GATEWAY}edit_policy = \"diff\"\n"),
+            vec![],
+        ),
+        (
+            "gateway: unknown edit policy",
+            format!("{NET}{NET2}{GATEWAY}edit_policy = \"sometimes\"\n"),
+            vec![
+                "bridges.toml:15:15: gateway[0].edit_policy: unknown value `sometimes`, expected one of `off`, `corrected`, `diff`",
+            ],
+        ),
+        (
+            "gateway: original time after a negative delay",
+            format!("{NET}{NET2}{GATEWAY}original_time_after = -5\n"),
+            vec![
+                "bridges.toml:15:23: gateway[0].original_time_after: `original_time_after` is a number of seconds between 1 and 31536000 (a year), or 0 to never show the original time",
+            ],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::support::bridge::{Bridge, unique};
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::matrix_client::{Event, MatrixUser, register};
+use crate::support::mattermost::{MmServer, find};
 use crate::support::servers::{Synapse, shared_inspircd, shared_synapse};
 
 fn irc_network(id: &str, port: u16, nick: &str) -> String {
@@ -905,4 +906,449 @@ async fn a_gap_longer_than_one_sync_timeline_is_filled_after_restart() {
         "{}",
         s.bridge.logs()
     );
+}
+
+/// The local part of a Matrix user id (what `{NICK}` shows).
+fn local_part(user_id: &str) -> String {
+    user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Threads stay threads: a Matrix thread becomes a Mattermost thread under the relayed root, a
+/// Mattermost thread reply becomes an `m.thread` event under the Matrix root, and IRC, which has
+/// no threads, shows thread messages like replies (the text alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_stay_threads_between_matrix_and_mattermost() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias_name = unique("room");
+    let room = alice.create_room(&alias_name).await;
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let mm = MmServer::start("civi").await;
+    let town = mm.channel("town").await;
+    let mia = mm.user("mia", &town).await;
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+                mm.network("mm", ""),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+                ("mm", "town"),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    let bot_id = format!("@{bot}:localhost");
+    wait_member_join(&mut alice, &room, &bot_id).await;
+    mm.wait_bot_member(&town).await;
+
+    let root_event = alice.say(&room, "thread root").await;
+    let relayed = |text: &'static str| {
+        let expected = format!("<{alice_name}> {text}");
+        move |posts: &[serde_json::Value]| {
+            crate::support::mattermost::messages(posts).contains(&expected)
+        }
+    };
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, relayed("thread root"))
+        .await;
+    let root_post = find(&posts, &format!("<{alice_name}> thread root"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Matrix thread (with the reply fallback a thread-aware client adds) → Mattermost thread.
+    alice
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "in the thread",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root_event,
+                       "is_falling_back": true, "m.in_reply_to": {"event_id": root_event}}}),
+        )
+        .await;
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, relayed("in the thread"))
+        .await;
+    let threaded = find(&posts, &format!("<{alice_name}> in the thread"));
+    assert_eq!(threaded["root_id"], root_post.as_str());
+    assert_eq!(
+        find(&posts, &format!("<{alice_name}> thread root"))["root_id"],
+        ""
+    );
+
+    // Mattermost thread reply → `m.thread` under alice's own root event.
+    mia.reply(&town, &root_post, "answer from mattermost").await;
+    let events = alice.messages_until(&room, "answer from mattermost").await;
+    let answer = events
+        .iter()
+        .find(|e| e.body().ends_with("answer from mattermost"))
+        .unwrap();
+    assert_eq!(answer.sender, bot_id);
+    let relation = &answer.content["m.relates_to"];
+    assert_eq!(relation["rel_type"], "m.thread", "{relation}");
+    assert_eq!(relation["event_id"], root_event.as_str());
+    assert_eq!(relation["is_falling_back"], true);
+    assert_eq!(relation["m.in_reply_to"]["event_id"], root_event.as_str());
+
+    let seen = irc.texts_until(&channel, "answer from mattermost").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{alice_name}> thread root"),
+            format!("<{alice_name}> in the thread"),
+            "<mia> answer from mattermost".to_owned(),
+        ]
+    );
+}
+
+/// The texts said in `channel` up to the one containing `marker`, leaving other channels' lines
+/// for later calls.
+async fn texts_in_until(irc: &mut IrcClient, channel: &str, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = irc
+            .wait_for(
+                |l| {
+                    l.text()
+                        .is_some_and(|(target, _)| target.eq_ignore_ascii_case(channel))
+                },
+                Duration::from_mins(1),
+            )
+            .await
+            .unwrap_or_else(|| panic!("{marker:?} not seen in {channel}; saw {seen:#?}"));
+        let text = line
+            .text()
+            .map(|(_, text)| text.to_owned())
+            .unwrap_or_default();
+        let done = text.contains(marker);
+        seen.push(text);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// One Matrix room linked to three IRC channels by three gateways, one per `edit_policy`: a
+/// Matrix edit shows as the corrected text (the default), as a short diff against the text it
+/// replaces (the previous edit's, for a second edit), or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_edits_reach_irc_per_the_gateway_edit_policy() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias = unique("edits");
+    let room = alice.create_room(&alias).await;
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    let mut gateways = String::new();
+    let mut channels = Vec::new();
+    for policy in ["corrected", "diff", "off"] {
+        let channel = unique("#ed");
+        irc.join(&channel).await;
+        let _ = write!(
+            gateways,
+            "[[gateway]]\nname = \"{policy}\"\nedit_policy = \"{policy}\"\nchannels = [\n  \
+             {{ network = \"irc\", channel = \"{channel}\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias}:localhost\" }},\n]\n"
+        );
+        channels.push(channel);
+    }
+    alice.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}{gateways}",
+            irc_network("irc", irc_port, &nick),
+            matrix_network("mx", &url, &bot)
+        ),
+    );
+    for channel in &channels {
+        irc.wait_join(&nick, channel).await;
+    }
+    wait_member_join(&mut alice, &room, &format!("@{bot}:localhost")).await;
+
+    let original = alice.say(&room, "this is teh best message we had").await;
+    for channel in &channels {
+        texts_in_until(&mut irc, channel, "best message").await;
+    }
+    for new_text in [
+        "this is the best message we had",
+        "this is the best message we ever had",
+    ] {
+        alice
+            .send_event(
+                &room,
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("* {new_text}"),
+                       "m.new_content": {"msgtype": "m.text", "body": new_text},
+                       "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+            )
+            .await;
+    }
+    alice.say(&room, "MARK").await;
+    let seen: Vec<Vec<String>> = {
+        let mut seen = Vec::new();
+        for channel in &channels {
+            seen.push(texts_in_until(&mut irc, channel, "MARK").await);
+        }
+        seen
+    };
+    let said = |text: &str| format!("<{alice_name}> {text}");
+    assert_eq!(
+        seen,
+        vec![
+            vec![
+                said("* this is the best message we had"),
+                said("* this is the best message we ever had"),
+                said("MARK"),
+            ],
+            vec![
+                said("* s/teh/the/"),
+                said("* s/we /we ever /"),
+                said("MARK")
+            ],
+            vec![said("MARK")],
+        ]
+    );
+}
+
+/// After an outage, a message delivered later than the gateway's `original_time_after` shows
+/// the time it was said (on IRC and in another Matrix room, which also gets the original time
+/// in the event); messages relayed promptly do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_delivered_late_show_when_they_were_said() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = format!("@{bot}:localhost");
+    register(&url, &bot, "password").await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let mut bob = MatrixUser::new(&url, &unique("bob")).await;
+    let alice_name = local_part(&alice.user_id);
+    let alias_a = unique("latea");
+    let alias_b = unique("lateb");
+    let room_a = alice.create_room(&alias_a).await;
+    let room_b = bob.create_room(&alias_b).await;
+    let channel = unique("#late");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    alice.mark().await;
+    bob.mark().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}\
+             [[gateway]]\nname = \"g\"\noriginal_time_after = 2\nchannels = [\n  \
+             {{ network = \"irc\", channel = \"{channel}\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias_a}:localhost\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias_b}:localhost\" }},\n]\n",
+            irc_network("irc", irc_port, &nick),
+            matrix_network("mx", &url, &bot)
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    wait_member_join(&mut alice, &room_a, &bot_id).await;
+    wait_member_join(&mut bob, &room_b, &bot_id).await;
+    alice.say(&room_a, "prompt before").await;
+    irc.texts_until(&channel, "prompt before").await;
+    bob.messages_until(&room_b, "prompt before").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+
+    let said_from = tribridge::model::now_ms();
+    alice.say(&room_a, "said while down").await;
+    let said_until = tribridge::model::now_ms();
+    // The condition under test is time itself: the bridge comes back more than
+    // `original_time_after` (2 s) after the message was said.
+    tokio::time::sleep_until(
+        tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(said_until + 3_000 - said_from).unwrap()),
+    )
+    .await;
+    bridge.restart();
+    irc.wait_join(&nick, &channel).await;
+    // The homeserver's clock is this machine's: the time shown is the minute it was said in.
+    let shown = |text: &str| {
+        [said_from, said_until]
+            .map(|ms| {
+                format!(
+                    "<{alice_name}> [{}] {text}",
+                    tribridge::connector::utc_minute(ms)
+                )
+            })
+            .to_vec()
+    };
+    let seen = texts(&irc.texts_until(&channel, "said while down").await);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(shown("said while down").contains(&seen[0]), "{seen:?}");
+    let late = bob.messages_until(&room_b, "said while down").await;
+    let late = late.last().unwrap();
+    assert!(
+        shown("said while down").contains(&late.body().to_owned()),
+        "{}",
+        late.body()
+    );
+    let original = late.content["tribridge.original_ts"].as_i64().unwrap();
+    assert!((said_from..=said_until).contains(&original), "{original}");
+
+    alice.say(&room_a, "prompt after").await;
+    assert_eq!(
+        texts(&irc.texts_until(&channel, "prompt after").await),
+        vec![format!("<{alice_name}> prompt after")]
+    );
+    let prompt = bob.messages_until(&room_b, "prompt after").await;
+    let prompt = prompt.last().unwrap();
+    assert_eq!(prompt.body(), format!("<{alice_name}> prompt after"));
+    assert!(prompt.content.get("tribridge.original_ts").is_none());
+}
+
+/// An encrypted room: a person on an end-to-end capable client (matrix-sdk with its crypto
+/// store) and an IRC user talk through the bridge, which decrypts what it reads and encrypts
+/// what it writes (sharing its room keys with every device in the room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_is_bridged_both_ways() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::ruma::api::client::room::create_room;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk::ruma::events::{
+        AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+    };
+
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = matrix_sdk::ruma::UserId::parse(format!("@{bot}:localhost")).unwrap();
+    register(&url, &bot, "password").await;
+    let alice = unique("alice");
+    register(&url, &alice, "password").await;
+    let alice_dir = tempfile::tempdir().unwrap();
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&url)
+        .sqlite_store(alice_dir.path(), None)
+        .build()
+        .await
+        .unwrap();
+    client
+        .matrix_auth()
+        .login_username(&alice, "password")
+        .send()
+        .await
+        .unwrap();
+    let alias_name = unique("secret");
+    let mut request = create_room::v3::Request::new();
+    request.room_alias_name = Some(alias_name.clone());
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = client.create_room(request).await.unwrap();
+    let mut settings = SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = client.sync_once(settings.clone()).await.unwrap();
+    settings = settings.token(response.next_batch);
+
+    let channel = unique("#secret");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    // Alice's client learns that the bot joined, so that it shares the room key with it.
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch);
+        let member = room.get_member_no_sync(&bot_id).await.unwrap();
+        if member.is_some_and(|m| {
+            *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bot never joined");
+    }
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
+
+    room.send(RoomMessageEventContent::text_plain("secret hello"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&irc.texts_until(&channel, "secret hello").await),
+        vec![format!("<{alice}> secret hello")]
+    );
+
+    irc.say(&channel, "hello back");
+    let expected = format!("<{}> hello back", irc.nick);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch.clone());
+        let found = response
+            .rooms
+            .joined
+            .get(room.room_id())
+            .into_iter()
+            .flat_map(|update| &update.timeline.events)
+            .find_map(|event| match event.raw().deserialize() {
+                Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(message),
+                ))) if message.content.body().contains("hello back") => Some((
+                    message.content.body().to_owned(),
+                    event.encryption_info().is_some(),
+                )),
+                _ => None,
+            });
+        if let Some((body, encrypted)) = found {
+            assert_eq!(body, expected);
+            assert!(encrypted, "the bridge's message was sent in the clear");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply in the encrypted room"
+        );
+    }
 }

@@ -43,6 +43,8 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             channels,
             long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
             allow_mass_pings: false,
+            edit_policy: tribridge::richtext::edits::EditPolicy::default(),
+            original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
         })
         .collect();
     parsed
@@ -435,7 +437,32 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
         edit.target.as_ref().unwrap().message_id,
         original.message_id
     );
+    // What it replaces, for destinations that show a correction as a diff.
+    assert_eq!(edit.previous_text, Some(FormattedText::plain("helo")));
     scenario.store.complete_delivery(&edit.id, None).unwrap();
+    // A second edit replaces the first edit's text, not the original's.
+    scenario
+        .router
+        .submit_blocking(&event(
+            "one",
+            "#a",
+            "e2",
+            EventBody::Edit {
+                target: "m1".into(),
+                style: TextStyle::Normal,
+                text: FormattedText::plain("hello!"),
+            },
+        ))
+        .unwrap();
+    let (second_edit, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    assert_eq!(
+        second_edit.previous_text,
+        Some(FormattedText::plain("hello"))
+    );
+    scenario
+        .store
+        .complete_delivery(&second_edit.id, None)
+        .unwrap();
 
     // Someone on #b replies to the relayed message and reacts to it: #a gets its own ids.
     scenario
@@ -449,6 +476,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
                 text: FormattedText::plain("a reply"),
                 reply_to: Some("b-1".into()),
                 attachments: Vec::new(),
+                thread_root: Some("b-1".into()),
             },
         ))
         .unwrap();
@@ -471,6 +499,11 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
         Some("m1")
     );
     assert_eq!(reply.target, None);
+    // The thread root is resolved apart from the reply, to the destination's id too.
+    assert_eq!(
+        reply.thread_root.as_ref().unwrap().remote_id.as_deref(),
+        Some("m1")
+    );
     scenario
         .store
         .complete_delivery(&reply.id, Some("a-2"))

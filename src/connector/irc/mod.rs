@@ -11,6 +11,7 @@ pub mod lines;
 mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,13 +22,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{IrcConfig, irc_fold};
-use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, with_original_time,
+};
 use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
     TextStyle, now_ms,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
+use crate::richtext::edits::{self, EditPolicy};
 use crate::richtext::irc::{IrcRenderOptions, render as irc_render};
 use crate::richtext::long_text::{self, LongTextPolicy};
 use crate::richtext::mention::no_ping_nick;
@@ -114,6 +118,8 @@ struct TaskInfo {
     network: String,
     config: IrcConfig,
     context: BuildContext,
+    /// Edits not shown because their gateway's `edit_policy` is `off`.
+    edits_dropped: AtomicU64,
 }
 
 /// Build the handle and the task of one IRC network.
@@ -127,6 +133,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
                 network: network.to_owned(),
                 config,
                 context,
+                edits_dropped: AtomicU64::new(0),
             },
             requests: receiver,
         },
@@ -467,13 +474,21 @@ impl<'a> Session<'a> {
         }
         let target = delivery.destination.channel.clone();
         let labelled = self.caps.contains("labeled-response");
-        let long_text = self.task.context.gateway(&delivery.gateway).long_text;
+        let settings = self.task.context.gateway(&delivery.gateway);
+        let late = with_original_time(delivery, &settings, now_ms());
+        let delivery = late.as_ref().unwrap_or(delivery);
+        if settings.edit_policy == EditPolicy::Off
+            && matches!(delivery.body, EventBody::Edit { .. })
+        {
+            let dropped = self.task.edits_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(network = %self.network(), gateway = %delivery.gateway, dropped, "Edit not shown on IRC (edit_policy = \"off\").");
+        }
         let lines = render_delivery(
             delivery,
             &self.task.context.remote_nick_format,
             &self.nick,
             labelled,
-            &long_text,
+            &settings,
         );
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
@@ -1186,15 +1201,17 @@ fn label(delivery_id: &str, index: usize) -> String {
     format!("{delivery_id}.{index}")
 }
 
-/// The IRC lines for one delivery: `(command, text)` pairs, each safe and within the line limit.
+/// The IRC lines for one delivery: `(command, text)` pairs, each safe and within the line limit,
+/// per the gateway's long-text and edit policies.
 #[must_use]
 pub fn render_delivery(
     delivery: &Delivery,
     nick_format: &str,
     own_nick: &str,
     labelled: bool,
-    long_text: &LongTextPolicy,
+    settings: &GatewaySettings,
 ) -> Vec<(&'static str, String)> {
+    let long_text = &settings.long_text;
     let sender = lines::logical_lines(&render_sender(nick_format, delivery, no_ping_nick)).concat();
     let render = |text: &FormattedText| irc_render(text, &IrcRenderOptions::default());
     let (command, ctcp, text_lines) = match &delivery.body {
@@ -1203,9 +1220,20 @@ pub fn render_delivery(
             TextStyle::Action => ("PRIVMSG", true, render(text)),
             TextStyle::Notice => ("NOTICE", false, render(text)),
         },
-        // IRC cannot edit: the corrected text is said again, marked as a correction.
+        // IRC cannot edit: per the gateway's policy, the corrected text is said again, marked
+        // as a correction, or a short diff of it, or nothing.
         EventBody::Edit { style, text, .. } => {
-            let mut corrected = render(text);
+            let diff = match settings.edit_policy {
+                EditPolicy::Off => return Vec::new(),
+                EditPolicy::Corrected => None,
+                EditPolicy::Diff => delivery.previous_text.as_ref().and_then(|previous| {
+                    edits::short_diff(&previous.to_plain_text(), &text.to_plain_text())
+                }),
+            };
+            let mut corrected = match diff {
+                Some(diff) => vec![lines::logical_lines(&diff).concat()],
+                None => render(text),
+            };
             if let Some(first) = corrected.first_mut() {
                 first.insert_str(0, "* ");
             }
@@ -1358,6 +1386,8 @@ mod tests {
             body,
             target: None,
             reply_to: None,
+            thread_root: None,
+            previous_text: None,
             permalink: permalink.map(str::to_owned),
             attempts: 0,
         }
@@ -1383,13 +1413,16 @@ mod tests {
             "<{NICK}> ",
             "bridge",
             true,
-            &LongTextPolicy::default(),
+            &GatewaySettings::default(),
         );
         assert_eq!(split.len(), 8);
         assert_eq!(split[7].1, "<alice> line 8");
-        let truncate = LongTextPolicy {
-            max_lines: 3,
-            mode: LongTextMode::Truncate,
+        let truncate = GatewaySettings {
+            long_text: LongTextPolicy {
+                max_lines: 3,
+                mode: LongTextMode::Truncate,
+            },
+            ..GatewaySettings::default()
         };
         let truncated = render_delivery(&message, "<{NICK}> ", "bridge", true, &truncate);
         assert_eq!(
@@ -1413,7 +1446,7 @@ mod tests {
             "alice",
             None,
         );
-        let policy = LongTextPolicy::default();
+        let policy = GatewaySettings::default();
         assert_eq!(
             render_delivery(&edit, "<{NICK}> ", "bridge", false, &policy),
             vec![("PRIVMSG", "<alice> * corrected".to_owned())]
@@ -1428,6 +1461,45 @@ mod tests {
         assert!(render_delivery(&delete, "<{NICK}> ", "bridge", false, &policy).is_empty());
     }
 
+    #[test]
+    fn the_edit_policy_decides_what_irc_sees_of_an_edit() {
+        let mut edit = delivery(
+            EventBody::Edit {
+                target: "$e".into(),
+                style: TextStyle::Normal,
+                text: FormattedText::plain("this is the best message we had"),
+            },
+            "alice",
+            None,
+        );
+        edit.previous_text = Some(FormattedText::plain("this is teh best message we had"));
+        let with = |edit_policy| GatewaySettings {
+            edit_policy,
+            ..GatewaySettings::default()
+        };
+        let seen = |edit: &Delivery, policy| {
+            texts(&render_delivery(
+                edit,
+                "<{NICK}> ",
+                "bridge",
+                false,
+                &with(policy),
+            ))
+        };
+        assert_eq!(
+            seen(&edit, EditPolicy::Corrected),
+            vec!["<alice> * this is the best message we had"]
+        );
+        assert_eq!(seen(&edit, EditPolicy::Diff), vec!["<alice> * s/teh/the/"]);
+        assert!(seen(&edit, EditPolicy::Off).is_empty());
+        // Without the text it replaces, a diff cannot be made: the corrected text.
+        edit.previous_text = None;
+        assert_eq!(
+            seen(&edit, EditPolicy::Diff),
+            vec!["<alice> * this is the best message we had"]
+        );
+    }
+
     proptest! {
         #[test]
         fn every_line_fits_and_is_clean(
@@ -1438,7 +1510,7 @@ mod tests {
             let style = if action { TextStyle::Action } else { TextStyle::Normal };
             let message = delivery(EventBody::text(style, &text), &author, None);
             let nick = "tribridge-bot-with-a-long-nick";
-            for (command, body) in render_delivery(&message, "[{NETWORK}] <{NOPINGNICK}> ", nick, true, &LongTextPolicy::default()) {
+            for (command, body) in render_delivery(&message, "[{NETWORK}] <{NOPINGNICK}> ", nick, true, &GatewaySettings::default()) {
                 let tags = format!("@label={}.{} ", message.id, 999);
                 let ours = format!("{tags}{command} #dest :{body}\r\n");
                 let relayed = format!(":{nick}!{}@{} {command} #dest :{body}\r\n", "u".repeat(10), "h".repeat(63));

@@ -8,8 +8,9 @@
 use matrix_sdk::ruma::{EventId, OwnedEventId};
 use serde_json::{Value, json};
 
+use crate::connector::prefixed;
 use crate::model::{Attachment, Delivery, EventBody, Membership, TextStyle};
-use crate::richtext::{Block, FormattedText, Inline, html};
+use crate::richtext::{FormattedText, html};
 
 /// The text of a received message: its `formatted_body` when it is HTML (a reply's
 /// `<mx-reply>` quote dropped), else its plain `body` (a reply fallback's `> ` quote lines
@@ -30,19 +31,6 @@ pub fn text_from_matrix(content: &Value, is_reply: bool) -> FormattedText {
     } else {
         FormattedText::plain(body)
     }
-}
-
-/// `text` with `prefix` (plain text) put before its first line.
-fn prefixed(prefix: &str, text: &FormattedText) -> FormattedText {
-    let mut blocks = text.blocks.clone();
-    if prefix.is_empty() {
-        return FormattedText::new(blocks);
-    }
-    match blocks.first_mut() {
-        Some(Block::Paragraph(inlines)) => inlines.insert(0, Inline::Text(prefix.to_owned())),
-        _ => blocks.insert(0, Block::Paragraph(vec![Inline::Text(prefix.to_owned())])),
-    }
-    FormattedText::new(blocks)
 }
 
 /// The `body` and optional `formatted_body` (HTML) to send for a relayed text, with the sender
@@ -161,30 +149,34 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
                     text,
                 });
             }
-            let reply_to = relates["m.in_reply_to"]["event_id"]
+            // A thread (`m.thread`) is carried apart from a reply: `m.in_reply_to` inside a
+            // thread is a real reply only when it is not marked `is_falling_back` (the fallback
+            // for clients without threads points at the thread's latest event).
+            let in_thread = relates["rel_type"] == "m.thread";
+            let thread_root = in_thread
+                .then(|| relates["event_id"].as_str().map(ToOwned::to_owned))
+                .flatten();
+            let quoted = relates["m.in_reply_to"]["event_id"]
                 .as_str()
-                .map(ToOwned::to_owned)
-                .or_else(|| {
-                    // A thread message without an explicit reply answers the thread root.
-                    (relates["rel_type"] == "m.thread")
-                        .then(|| relates["event_id"].as_str().map(ToOwned::to_owned))
-                        .flatten()
-                });
-            // In a thread, `m.in_reply_to` may be only a fallback for older clients; the quote
-            // is still stripped because clients that add one also add the quote.
+                .map(ToOwned::to_owned);
+            let falling_back = in_thread && relates["is_falling_back"] == true;
+            let reply_to = quoted.clone().filter(|_| !falling_back);
             if content["msgtype"].as_str().is_some_and(is_file_message) {
                 return Some(EventBody::Text {
                     style: TextStyle::Normal,
                     text: caption_of(content),
                     reply_to,
+                    thread_root,
                     attachments: vec![attachment_of(content)],
                 });
             }
-            let (style, text) = message_text(content, reply_to.is_some())?;
+            // Clients that add a quote fallback add it to any `m.in_reply_to`, fallback or not.
+            let (style, text) = message_text(content, quoted.is_some())?;
             Some(EventBody::Text {
                 style,
                 text,
                 reply_to,
+                thread_root,
                 attachments: Vec::new(),
             })
         }
@@ -234,6 +226,10 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
         _ => None,
     }
 }
+
+/// The content key of a late delivery (one that shows when it was said) that carries the
+/// original time, ms since the Unix epoch; Matrix's own `origin_server_ts` is the time of the send.
+pub const ORIGINAL_TIME_KEY: &str = "tribridge.original_ts";
 
 /// What to do on Matrix for one delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -309,21 +305,43 @@ pub fn file_content(
     content
 }
 
-/// The Matrix action for a delivery. `sender` is the rendered sender prefix; `target` and
-/// `reply_to` are this room's event ids of the messages acted on or replied to, when known.
+/// This room's event ids of the messages a delivery refers to, when they reached this room.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Related<'a> {
+    /// The message edited, deleted or reacted to.
+    pub target: Option<&'a EventId>,
+    /// The message replied to.
+    pub reply_to: Option<&'a EventId>,
+    /// The root of the thread the message is in.
+    pub thread_root: Option<&'a EventId>,
+}
+
+/// `m.relates_to` for a new message: a thread (with a reply, or the reply fallback to the root
+/// for clients without threads), a plain reply, or nothing.
+pub fn message_relation(related: Related<'_>) -> Option<Value> {
+    match (related.thread_root, related.reply_to) {
+        (Some(root), reply_to) => Some(json!({
+            "rel_type": "m.thread",
+            "event_id": root,
+            "is_falling_back": reply_to.is_none(),
+            "m.in_reply_to": { "event_id": reply_to.unwrap_or(root) },
+        })),
+        (None, Some(reply_to)) => Some(json!({ "m.in_reply_to": { "event_id": reply_to } })),
+        (None, None) => None,
+    }
+}
+
+/// The Matrix action for a delivery. `sender` is the rendered sender prefix; `related` holds
+/// this room's event ids of the messages acted on, replied to or threaded under, when known.
 #[must_use]
-pub fn outbound(
-    delivery: &Delivery,
-    sender: &str,
-    target: Option<&EventId>,
-    reply_to: Option<&EventId>,
-) -> Outbound {
+pub fn outbound(delivery: &Delivery, sender: &str, related: Related<'_>) -> Outbound {
+    let target = related.target;
     match &delivery.body {
         EventBody::Text { style, text, .. } => {
             let (body, formatted) = text_to_matrix(sender, text);
             let mut content = message_content(msgtype_of(*style), &body, formatted.as_deref());
-            if let Some(reply_to) = reply_to {
-                content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": reply_to } });
+            if let Some(relation) = message_relation(related) {
+                content["m.relates_to"] = relation;
             }
             Outbound::Send {
                 event_type: "m.room.message",
@@ -447,6 +465,37 @@ mod tests {
                 style: TextStyle::Action,
                 text: FormattedText::plain("waves back"),
                 reply_to: Some("$a".into()),
+                thread_root: None,
+                attachments: Vec::new(),
+            })
+        );
+        // A thread message whose `m.in_reply_to` is only the fallback: in the thread, no reply.
+        let threaded = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.text", "body": "in the thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": "$root",
+                "is_falling_back": true, "m.in_reply_to": {"event_id": "$latest"}}}});
+        assert_eq!(
+            inbound(&threaded, false),
+            Some(EventBody::Text {
+                style: TextStyle::Normal,
+                text: FormattedText::plain("in the thread"),
+                reply_to: None,
+                thread_root: Some("$root".into()),
+                attachments: Vec::new(),
+            })
+        );
+        // A real reply inside a thread: both.
+        let threaded_reply = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.text", "body": "answer",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": "$root",
+                "m.in_reply_to": {"event_id": "$b"}}}});
+        assert_eq!(
+            inbound(&threaded_reply, false),
+            Some(EventBody::Text {
+                style: TextStyle::Normal,
+                text: FormattedText::plain("answer"),
+                reply_to: Some("$b".into()),
+                thread_root: Some("$root".into()),
                 attachments: Vec::new(),
             })
         );
@@ -464,6 +513,7 @@ mod tests {
                 style: TextStyle::Normal,
                 text: FormattedText::default(),
                 reply_to: None,
+                thread_root: None,
                 attachments: vec![cat.clone()],
             })
         );
@@ -476,6 +526,7 @@ mod tests {
                 style: TextStyle::Normal,
                 text: FormattedText::plain("look at *this*"),
                 reply_to: None,
+                thread_root: None,
                 attachments: vec![cat.clone()],
             })
         );
@@ -491,5 +542,64 @@ mod tests {
             inbound(&member, true),
             Some(EventBody::Membership(Membership::Joined))
         );
+    }
+
+    #[test]
+    fn threads_are_sent_with_the_reply_fallback() {
+        let root = EventId::parse("$root:x").unwrap();
+        let answered = EventId::parse("$b:x").unwrap();
+        let relation = |related| match outbound(&text_delivery(), "<a> ", related) {
+            Outbound::Send { content, .. } => content["m.relates_to"].clone(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            relation(Related {
+                thread_root: Some(&root),
+                ..Related::default()
+            }),
+            json!({"rel_type": "m.thread", "event_id": "$root:x", "is_falling_back": true,
+                   "m.in_reply_to": {"event_id": "$root:x"}})
+        );
+        assert_eq!(
+            relation(Related {
+                thread_root: Some(&root),
+                reply_to: Some(&answered),
+                ..Related::default()
+            }),
+            json!({"rel_type": "m.thread", "event_id": "$root:x", "is_falling_back": false,
+                   "m.in_reply_to": {"event_id": "$b:x"}})
+        );
+        assert_eq!(
+            relation(Related {
+                reply_to: Some(&answered),
+                ..Related::default()
+            }),
+            json!({"m.in_reply_to": {"event_id": "$b:x"}})
+        );
+        assert_eq!(relation(Related::default()), Value::Null);
+    }
+
+    fn text_delivery() -> Delivery {
+        use crate::model::{Author, ChannelRef};
+        Delivery {
+            id: "d".into(),
+            message_id: 1,
+            destination: ChannelRef::new("mx", "!r"),
+            gateway: "g".into(),
+            origin: ChannelRef::new("irc", "#a"),
+            origin_protocol: "irc".into(),
+            author: Author {
+                id: "a".into(),
+                display_name: "a".into(),
+            },
+            timestamp_ms: 0,
+            body: EventBody::text(TextStyle::Normal, "hi"),
+            target: None,
+            reply_to: None,
+            thread_root: None,
+            previous_text: None,
+            permalink: None,
+            attempts: 0,
+        }
     }
 }

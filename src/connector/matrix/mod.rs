@@ -15,15 +15,21 @@
 //!   that arrive through sync before the send call returned); the store's mapping layer and the
 //!   transaction id (= the delivery id) are the other two layers.
 //! - **Outbound**: text with `body`/`formatted_body`, edits as `m.replace`, deletes as
-//!   redactions, replies as `m.in_reply_to`, reactions as `m.annotation`, all with the delivery
-//!   id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
+//!   redactions, replies as `m.in_reply_to`, thread messages as `m.thread` (with the
+//!   `is_falling_back` reply for clients without threads), reactions as `m.annotation`, all with
+//!   the delivery id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
 //!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
 //!
 //! - **Files**: `m.image`/`m.file`/`m.video`/`m.audio` are downloaded (authenticated media)
 //!   into the bridge's file store before the event is submitted; files from other networks are
 //!   uploaded to the content repository and sent as the matching message type.
 //!
-//! End-to-end encryption is off (the SDK is built without it): encrypted rooms are not bridged.
+//! - **Encryption**: the SDK is built with end-to-end encryption and keeps its crypto store
+//!   (`SQLite`) next to the state store, so encrypted rooms are bridged like others: events are
+//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. Room keys are
+//!   shared with every device of the room's members, verified or not (the SDK's default), and
+//!   messages from unverified devices are accepted: the bot verifies no one. A message whose
+//!   key never arrives stays `m.room.encrypted` and is not relayed.
 
 pub mod content;
 
@@ -46,8 +52,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::MatrixConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender};
-use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, with_original_time,
+};
+use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, now_ms};
 
 /// What Matrix can represent.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -223,11 +231,17 @@ impl MatrixHandle {
             ));
         }
         // `@room` and the like from another network stay pings only where the gateway allows.
-        let allow_mass_pings = self
+        let settings = self
             .gateways
             .get(&delivery.gateway)
-            .is_some_and(|settings| settings.allow_mass_pings);
-        let mut delivery = delivery.clone();
+            .copied()
+            .unwrap_or_default();
+        let allow_mass_pings = settings.allow_mass_pings;
+        // Late (after an outage): the text shows when it was said, and the event carries the
+        // original time for clients and bots that read it.
+        let late = with_original_time(delivery, &settings, now_ms());
+        let original_time = late.as_ref().map(|late| late.timestamp_ms);
+        let mut delivery = late.unwrap_or_else(|| delivery.clone());
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
             crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
         }
@@ -244,31 +258,35 @@ impl MatrixHandle {
             .as_ref()
             .and_then(|t| t.remote_id.as_deref())
             .and_then(|id| EventId::parse(id).ok());
+        let thread_event = delivery
+            .thread_root
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let related = content::Related {
+            target: target_event.as_deref(),
+            reply_to: reply_event.as_deref(),
+            thread_root: thread_event.as_deref(),
+        };
         if let EventBody::Text {
             text, attachments, ..
         } = &delivery.body
             && !attachments.is_empty()
         {
             return self
-                .send_with_files(
-                    &room,
-                    delivery,
-                    &sender,
-                    (text, attachments),
-                    reply_event.as_deref(),
-                )
+                .send_with_files(&room, delivery, &sender, (text, attachments), related)
                 .await;
         }
-        let (event_type, body) = match content::outbound(
-            delivery,
-            &sender,
-            target_event.as_deref(),
-            reply_event.as_deref(),
-        ) {
+        let (event_type, body) = match content::outbound(delivery, &sender, related) {
             content::Outbound::Send {
                 event_type,
-                content,
-            } => (event_type, content),
+                mut content,
+            } => {
+                if let Some(original_time) = original_time {
+                    content[content::ORIGINAL_TIME_KEY] = original_time.into();
+                }
+                (event_type, content)
+            }
             content::Outbound::Redact(event_id) => {
                 return match room.redact(&event_id, None, Some(txn_id)).await {
                     Ok(response) => Ok(DeliveryAck {
@@ -308,7 +326,7 @@ impl MatrixHandle {
         delivery: &Delivery,
         sender: &str,
         (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
-        reply_to: Option<&EventId>,
+        related: content::Related<'_>,
     ) -> Result<DeliveryAck, DeliveryError> {
         let mut uploaded = Vec::new();
         let mut not_copied = Vec::new();
@@ -335,9 +353,8 @@ impl MatrixHandle {
         let mut first_event = None;
         if uploaded.is_empty() {
             let mut content = content::file_caption(sender, &caption);
-            if let Some(reply_to) = reply_to {
-                content["m.relates_to"] =
-                    serde_json::json!({ "m.in_reply_to": { "event_id": reply_to } });
+            if let Some(relation) = content::message_relation(related) {
+                content["m.relates_to"] = relation;
             }
             return self
                 .send_one(room, content, delivery.id.as_str().into())
@@ -357,10 +374,9 @@ impl MatrixHandle {
                 format!("{}.{index}", delivery.id).into()
             };
             if index == 0
-                && let Some(reply_to) = reply_to
+                && let Some(relation) = content::message_relation(related)
             {
-                content["m.relates_to"] =
-                    serde_json::json!({ "m.in_reply_to": { "event_id": reply_to } });
+                content["m.relates_to"] = relation;
             }
             let ack = self.send_one(room, content, txn_id).await?;
             first_event = first_event.or(ack.remote_id);
@@ -629,6 +645,11 @@ impl MatrixTask {
             wanted: self.context.channels.clone(),
             next_join_attempt: Instant::now(),
         };
+        // A brand-new install takes its position before it joins, so that what is said right
+        // after the join is relayed (and nothing before it).
+        if let Err(end) = sync.take_first_position().await {
+            return end;
+        }
         sync.join_missing().await;
         *self
             .live
@@ -724,6 +745,32 @@ impl SyncState<'_> {
         Some(channel)
     }
 
+    /// On a brand-new install (no stored position): sync once without waiting and store the
+    /// position, relaying nothing of what came before.
+    async fn take_first_position(&mut self) -> Result<(), SessionEnd> {
+        let stored = self
+            .cursor()
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot read the sync cursor: {reason}")))?;
+        if stored.is_some() {
+            return Ok(());
+        }
+        tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
+        let settings = SyncSettings::default()
+            .filter(Self::filter())
+            .timeout(Duration::ZERO);
+        let response =
+            self.client.sync_once(settings).await.map_err(|error| {
+                SessionEnd::Lost(format!("sync failed: {}", error_chain(&error)))
+            })?;
+        for room_id in response.rooms.invited.keys() {
+            self.consider_invite(room_id).await;
+        }
+        self.set_cursor(response.next_batch)
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot store the sync cursor: {reason}")))
+    }
+
     /// Join every configured room not joined yet; say clearly which cannot be joined.
     async fn join_missing(&mut self) {
         let missing: Vec<String> = self
@@ -814,9 +861,6 @@ impl SyncState<'_> {
                 return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
             }
         };
-        if since.is_none() {
-            tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
-        }
         loop {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
@@ -951,9 +995,18 @@ impl SyncState<'_> {
         };
         if let EventBody::Text { attachments, .. } = &mut body
             && let Some(attachment) = attachments.first_mut()
-            && let Some(url) = event["content"]["url"].as_str()
         {
-            self.fetch_file(url, attachment).await;
+            use matrix_sdk::ruma::events::room::{EncryptedFile, MediaSource};
+            // A plain file has `url`; a file in an encrypted room has `file` (the URL and key).
+            let source = match event["content"]["url"].as_str() {
+                Some(url) => Some(MediaSource::Plain(url.into())),
+                None => serde_json::from_value::<EncryptedFile>(event["content"]["file"].clone())
+                    .ok()
+                    .map(|file| MediaSource::Encrypted(Box::new(file))),
+            };
+            if let Some(source) = source {
+                self.fetch_file(source, attachment).await;
+            }
         }
         let display_name = self.display_name(room_id, sender, event).await;
         if self.task.context.files.serves_links() {
@@ -969,9 +1022,7 @@ impl SyncState<'_> {
                 id: sender.to_owned(),
                 display_name,
             },
-            timestamp_ms: event["origin_server_ts"]
-                .as_i64()
-                .unwrap_or_else(crate::model::now_ms),
+            timestamp_ms: event["origin_server_ts"].as_i64().unwrap_or_else(now_ms),
             body,
         };
         match self.task.context.router.submit(inbound).await {
@@ -982,9 +1033,12 @@ impl SyncState<'_> {
 
     /// Copy a file into the bridge's file store (within the size limit); on failure it is
     /// announced by name and size, and the reason logged.
-    async fn fetch_file(&self, mxc: &str, attachment: &mut crate::model::Attachment) {
+    async fn fetch_file(
+        &self,
+        source: matrix_sdk::ruma::events::room::MediaSource,
+        attachment: &mut crate::model::Attachment,
+    ) {
         use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
-        use matrix_sdk::ruma::events::room::MediaSource;
         let files = &self.task.context.files;
         if attachment
             .size
@@ -993,8 +1047,13 @@ impl SyncState<'_> {
             tracing::info!(network = %self.network(), file = %attachment.name, size = attachment.size, "A file is over max_file_size_mb; it is announced, not copied.");
             return;
         }
+        let mxc = match &source {
+            matrix_sdk::ruma::events::room::MediaSource::Plain(uri) => uri.to_string(),
+            matrix_sdk::ruma::events::room::MediaSource::Encrypted(file) => file.url.to_string(),
+        };
+        let mxc = mxc.as_str();
         let request = MediaRequestParameters {
-            source: MediaSource::Plain(matrix_sdk::ruma::OwnedMxcUri::from(mxc)),
+            source,
             format: MediaFormat::File,
         };
         let bytes = match self.client.media().get_media_content(&request, false).await {

@@ -33,10 +33,12 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::config::MattermostConfig;
-use crate::connector::{Backoff, BuildContext, DeliveryError, render_sender};
+use crate::connector::{
+    Backoff, BuildContext, DeliveryError, late_prefix, prefixed, render_sender,
+};
 use crate::model::{
     Attachment, Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound,
-    Membership, TextStyle,
+    Membership, TextStyle, now_ms,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
@@ -248,7 +250,12 @@ impl MattermostHandle {
                 attachments,
                 ..
             } => {
-                let root_id = match delivery.reply_to.as_ref().and_then(|r| r.remote_id.clone()) {
+                // In the thread the message is in; else a reply starts (or joins) the thread
+                // of the post it answers.
+                let in_thread = [&delivery.thread_root, &delivery.reply_to]
+                    .into_iter()
+                    .find_map(|r| r.as_ref().and_then(|r| r.remote_id.clone()));
+                let root_id = match in_thread {
                     Some(id) => self.thread_root(&id).await?,
                     None => None,
                 };
@@ -384,14 +391,12 @@ impl MattermostHandle {
         style: TextStyle,
         text: &FormattedText,
     ) -> (&'static str, String, serde_json::Map<String, Value>) {
-        let mut text = text.clone();
-        richtext::mention::neutralise_mass_pings(
-            &mut text,
-            self.shared
-                .context
-                .gateway(&delivery.gateway)
-                .allow_mass_pings,
-        );
+        let settings = self.shared.context.gateway(&delivery.gateway);
+        let mut text = match late_prefix(delivery, &settings, now_ms()) {
+            Some(time) => prefixed(&time, text),
+            None => text.clone(),
+        };
+        richtext::mention::neutralise_mass_pings(&mut text, settings.allow_mass_pings);
         let text = &text;
         let mut props = serde_json::Map::new();
         let prefix = if self.shared.config.sender_override {
@@ -1292,7 +1297,8 @@ impl TaskState {
             body: EventBody::Text {
                 style,
                 text,
-                reply_to: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
+                reply_to: None,
+                thread_root: (!post.root_id.is_empty()).then(|| post.root_id.clone()),
                 attachments,
             },
         })
