@@ -1,5 +1,6 @@
 //! The integration tests: one binary (ripgrep's layout), sharing servers started once.
 
+mod chaos;
 mod config_check;
 mod irc_relay;
 mod matrix_relay;

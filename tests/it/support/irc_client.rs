@@ -280,6 +280,17 @@ impl IrcClient {
     }
 }
 
+impl IrcClient {
+    /// Every line received so far and not yet taken, in order, without waiting.
+    pub fn drain(&mut self) -> Vec<Line> {
+        let mut lines: Vec<Line> = self.backlog.drain(..).collect();
+        while let Ok(line) = self.incoming.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 /// The visible texts of lines (the part after the target).
 pub fn texts(lines: &[Line]) -> Vec<String> {
     lines
