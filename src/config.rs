@@ -183,6 +183,9 @@ pub struct IrcConfig {
     pub flood_interval_ms: u64,
     /// Relay joins, parts, quits, nick and topic changes from this network.
     pub relay_membership: bool,
+    /// The text encoding: lines that are valid UTF-8 are always read as UTF-8; others, and
+    /// everything we send, in this charset (UTF-8 by default, whose fallback is latin-1).
+    pub charset: crate::connector::irc::charset::Charset,
 }
 
 /// Settings of a Matrix network: a bot account on a homeserver.
@@ -366,6 +369,7 @@ struct RawNetwork {
     nickserv_nick: Option<Spanned<String>>,
     flood_burst: Option<Spanned<i64>>,
     flood_interval_ms: Option<Spanned<i64>>,
+    charset: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
     homeserver: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
@@ -448,6 +452,7 @@ impl RawNetwork {
                 at(self.flood_interval_ms.as_ref()),
                 &[Irc],
             ),
+            ("charset", at(self.charset.as_ref()), &[Irc]),
             ("homeserver", at(self.homeserver.as_ref()), &[Matrix]),
             ("user", at(self.user.as_ref()), &[Matrix]),
             ("access_token", at(self.access_token.as_ref()), &[Matrix]),
@@ -1172,6 +1177,18 @@ impl Validator<'_> {
                 }
             }
         }
+        let charset = match &raw.charset {
+            None => crate::connector::irc::charset::Charset::default(),
+            Some(label) => crate::connector::irc::charset::Charset::for_label(label.get_ref())
+                .unwrap_or_else(|error| {
+                    self.report(
+                        label.span().start,
+                        format!("{key}.charset"),
+                        error.to_string(),
+                    );
+                    crate::connector::irc::charset::Charset::default()
+                }),
+        };
         let string_or = |value: &Option<Spanned<String>>, default: &str| {
             value
                 .as_ref()
@@ -1199,6 +1216,7 @@ impl Validator<'_> {
                 flood_burst: flood_burst as u32,
                 flood_interval_ms,
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                charset,
             }),
         })
     }

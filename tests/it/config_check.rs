@@ -45,8 +45,34 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`, `media_listen`, `media_public_url`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`, `media_listen`, `media_public_url`",
             ],
+        ),
+        (
+            "unknown IRC charset",
+            format!("{NET}charset = \"klingon\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:11: network.libera.charset: unknown charset `klingon`; use a WHATWG label such as utf-8, latin1, iso-8859-15, windows-1251, koi8-r or shift_jis",
+            ],
+        ),
+        (
+            "IRC charset that is not ASCII-compatible",
+            format!("{NET}charset = \"utf-16le\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:11: network.libera.charset: charset `utf-16le` is not ASCII-compatible, so IRC commands could not be read in it; use utf-8 or an 8-bit charset",
+            ],
+        ),
+        (
+            "IRC charset on a Matrix network",
+            format!("{MX}charset = \"latin1\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:11: network.mx.charset: `charset` is not a key of `matrix` networks (it belongs to `irc`); remove it",
+            ],
+        ),
+        (
+            "valid IRC charset",
+            format!("{NET}charset = \"iso-8859-15\"\n{NET2}{GATEWAY}"),
+            vec![],
         ),
         (
             "wrong type",
