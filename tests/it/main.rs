@@ -2,6 +2,7 @@
 
 mod chaos;
 mod config_check;
+mod hostile;
 mod irc_relay;
 mod matrix_relay;
 mod mattermost_relay;
