@@ -519,6 +519,55 @@ struct RawGatewayChannel {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The keys whose value is a secret when given inline (each also has `_file` and `_env` forms).
+const INLINE_SECRET_KEYS: [&str; 5] = [
+    "password",
+    "sasl_password",
+    "nickserv_password",
+    "access_token",
+    "token",
+];
+
+/// The warning to give when the file at `path` holds a secret inline and users other than its
+/// owner may read it (group or others have read permission); `None` when it is private, holds
+/// no inline secret, or cannot be read (loading reports that).
+#[must_use]
+pub fn secret_exposure_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o044 == 0 {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        let document: toml::Table = toml::from_str(&text).ok()?;
+        let networks = document.get("network")?.as_table()?;
+        let mut inline: Vec<String> = Vec::new();
+        for (id, network) in networks {
+            for key in INLINE_SECRET_KEYS {
+                if network.get(key).is_some() {
+                    inline.push(format!("network.{id}.{key}"));
+                }
+            }
+        }
+        if inline.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} holds secrets inline ({}) and is readable by other users (mode {mode:04o}); \
+             make it private (chmod 600) or move the secrets to `*_file` or `*_env`",
+            path.display(),
+            inline.join(", ")
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Read and validate a configuration file. Relative paths in it are relative to its folder.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -495,3 +495,41 @@ fn version_is_printed() {
         format!("tribridge {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn a_file_holding_a_secret_inline_that_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    std::fs::write(
+        &path,
+        format!("{NET}sasl_password = \"hunter2\"\n{NET2}{GATEWAY}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "warning: {path_text} holds secrets inline (network.libera.sasl_password) and is \
+             readable by other users (mode 0644); make it private (chmod 600) or move the \
+             secrets to `*_file` or `*_env`"
+        )
+    );
+    assert!(!stderr.contains("hunter2"));
+    // Private: no warning. Readable, but the secret comes from a file: no warning either.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    std::fs::write(dir.path().join("pass"), "hunter2\n").unwrap();
+    std::fs::write(
+        &path,
+        format!("{NET}sasl_password_file = \"pass\"\n{NET2}{GATEWAY}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}

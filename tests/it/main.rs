@@ -7,5 +7,6 @@ mod irc_relay;
 mod matrix_relay;
 mod mattermost_relay;
 mod router_store;
+mod security;
 mod support;
 mod tidy;
