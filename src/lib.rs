@@ -7,6 +7,7 @@
 //! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
+//! - [`loop_breaker`]: recognises messages bridges pass around in a circle.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
 //! - [`daemon`]: wires it all together and runs until shutdown.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod connector;
 pub mod daemon;
+pub mod loop_breaker;
 pub mod model;
 pub mod outbox;
 pub mod richtext;

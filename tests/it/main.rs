@@ -4,6 +4,7 @@ mod chaos;
 mod config_check;
 mod hostile;
 mod irc_relay;
+mod loops;
 mod matrix_relay;
 mod mattermost_relay;
 mod router_store;
