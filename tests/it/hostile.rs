@@ -335,3 +335,39 @@ async fn matrix_scripts_deep_nesting_broken_tags_and_100_kb_messages_reach_irc_a
         );
     }
 }
+
+/// Mattermost WebSocket frames of unexpected shapes are read without a panic: unreadable parts
+/// are skipped (the session logs them at debug level and goes on).
+#[test]
+fn mattermost_websocket_frames_with_unexpected_json_are_skipped_not_fatal() {
+    let read = |text: &str| tribridge::connector::mattermost::read_websocket_text("mm", text);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(String, usize)> = vec![
+        (String::new(), 0),
+        ("null".into(), 0),
+        ("[1,2,3]".into(), 0),
+        (deep, 0),
+        ("{\"event\": 42}".into(), 0),
+        ("{\"event\": \"posted\", \"data\": []}".into(), 1),
+        (
+            "{\"event\": \"posted\", \"data\": {\"post\": {\"id\": \"not a string\"}}}".into(),
+            1,
+        ),
+        (
+            "{\"event\": \"posted\", \"data\": {\"post\": \"{\\\"id\\\": 7}\"}}".into(),
+            1,
+        ),
+        (
+            "{\"event\": \"posted\", \"seq\": 1e400, \"data\": {}}".into(),
+            0,
+        ),
+        (
+            "{\"event\": \"posted\", \"data\": {\"post\": \"{\\\"id\\\":\\\"p\\\",\\\"channel_id\\\":\\\"c\\\",\\\"user_id\\\":\\\"u\\\",\\\"message\\\":\\\"hi\\\",\\\"create_at\\\":1,\\\"update_at\\\":1}\"}}".into(),
+            2,
+        ),
+    ];
+    for (text, expected) in cases {
+        let shown: String = text.chars().take(80).collect();
+        assert_eq!(read(&text), expected, "{shown}");
+    }
+}
