@@ -281,6 +281,10 @@ fn compare(
         if !seen.insert(number) {
             if to == Side::Irc {
                 report.duplicated_in_irc_window += 1;
+                window_notes.push(format!(
+                    "c-{}-{number} was sent to IRC again after a cut (its echo was not recorded)",
+                    from.tag()
+                ));
             } else {
                 report.duplicated += 1;
             }
