@@ -350,6 +350,32 @@ fn config(
     )
 }
 
+/// Wait until no delivery is pending for any of `channels` (network, channel), with a deadline
+/// longer than the outbox's longest retry backoff; on failure, say what is still queued.
+async fn wait_drained(bridge: &Bridge, channels: &[(&str, &str)]) {
+    let store = tribridge::store::Store::open(&bridge.dir.join("state")).expect("open store");
+    let deadline = Instant::now() + Duration::from_mins(6);
+    loop {
+        let pending: Vec<(String, u64)> = channels
+            .iter()
+            .map(|(network, channel)| {
+                let destination = tribridge::model::ChannelRef::new(*network, *channel);
+                let count = store.pending_count(&destination).expect("count");
+                (destination.to_string(), count)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still queued 6 minutes after the last fault: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -383,7 +409,17 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     let mut irc = IrcClient::connect(inspircd.port, &irc_nick).await;
     irc.join(&irc_channel).await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::Builder::new()
+        .prefix("tribridge-chaos-")
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("TRIBRIDGE_CHAOS_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!(
+            "chaos: the daemon's state and logs stay in {}",
+            dir.path().display()
+        );
+    }
     let mut bridge = Bridge::start(
         dir.path(),
         &config(
@@ -479,9 +515,17 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
 
     // Settle: every destination's queue empty, then a last marker seen everywhere.
     sides.wait_irc_bridge_back(&mut ledger).await;
-    bridge.wait_outbox_drained("irc", &irc_channel).await;
-    bridge.wait_outbox_drained("mx", &alias).await;
-    bridge.wait_outbox_drained("mm", &mm_channel_name).await;
+    let settle_started = Instant::now();
+    wait_drained(
+        &bridge,
+        &[
+            ("irc", &irc_channel),
+            ("mx", &alias),
+            ("mm", &mm_channel_name),
+        ],
+    )
+    .await;
+    let settle_time = settle_started.elapsed();
     sides.mm_user.say(&mm_channel, "chaos-final").await;
     let deadline = Instant::now() + Duration::from_mins(2);
     let mut final_seen = false;
@@ -632,6 +676,11 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
         totals.duplicated,
         totals.duplicated_in_irc_window,
         totals.reordered
+    );
+    let _ = writeln!(
+        out,
+        "after the last fault every queue was empty within {:.1} s",
+        settle_time.as_secs_f64()
     );
     for note in &notes {
         let _ = writeln!(out, "  window: {note}");
