@@ -2,8 +2,8 @@
 //! `charset` conversion (as the connector's codec hands them over, one character per byte),
 //! then the command/parameter reader and the `server-time` parser.
 //!
-//! Owns: the byte → text → `WireLine` path and its invariants (no byte lost for the default
-//! charset's fallback; writing back what was read gives the same bytes for UTF-8 input).
+//! Owns: the byte → text → `WireLine` path and its invariants (valid UTF-8 is read as it is;
+//! with the default charset, writing back what was read gives one wire character per byte).
 //! Must not: open sockets.
 #![no_main]
 
@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         let (text, fallback) = charset.read_line(&wire);
         if !fallback {
             assert_eq!(text.as_bytes(), data, "valid UTF-8 is read as it is");
-            assert_eq!(charset.write_line(&text).chars().count(), data.len());
+            if charset == Charset::default() {
+                // Written back in UTF-8: one wire character per byte again.
+                assert_eq!(charset.write_line(&text).chars().count(), data.len());
+            }
         }
         let line = WireLine::parse(&text);
         let _ = line.param(0);
