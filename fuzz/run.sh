@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of tribridge's rich-text parsers for SECONDS each and prints
+# Runs every cargo-fuzz target of tribridge's parsers of network input (rich text, IRC lines,
+# Mattermost WebSocket frames) and of the configuration for SECONDS each and prints
 # the executions per target.
 #
 # Usage: fuzz/run.sh SECONDS
@@ -31,7 +32,7 @@ fi
 target_dir="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz}"
 target_dir="${target_dir:-$here/target}"
 
-targets=(irc_codes markdown html)
+targets=(irc_codes markdown html irc_wire mattermost_event config)
 echo "toolchain: $toolchain$([ "$toolchain" = stable ] && echo ' (RUSTC_BOOTSTRAP=1)'), ${secs}s per target"
 cargo "+$toolchain" fuzz build --target-dir "$target_dir" >&2
 

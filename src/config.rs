@@ -215,6 +215,9 @@ pub struct IrcConfig {
     pub flood_interval_ms: u64,
     /// Relay joins, parts, quits, nick and topic changes from this network.
     pub relay_membership: bool,
+    /// The text encoding: lines that are valid UTF-8 are always read as UTF-8; others, and
+    /// everything we send, in this charset (UTF-8 by default, whose fallback is latin-1).
+    pub charset: crate::connector::irc::charset::Charset,
 }
 
 /// Settings of a Matrix network: a bot account on a homeserver.
@@ -404,6 +407,7 @@ struct RawNetwork {
     nickserv_nick: Option<Spanned<String>>,
     flood_burst: Option<Spanned<i64>>,
     flood_interval_ms: Option<Spanned<i64>>,
+    charset: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
     homeserver: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
@@ -484,6 +488,7 @@ impl RawNetwork {
                 at(self.flood_interval_ms.as_ref()),
                 &[Irc],
             ),
+            ("charset", at(self.charset.as_ref()), &[Irc]),
             ("homeserver", at(self.homeserver.as_ref()), &[Matrix]),
             ("user", at(self.user.as_ref()), &[Matrix]),
             ("access_token", at(self.access_token.as_ref()), &[Matrix]),
@@ -545,6 +550,55 @@ struct RawGatewayChannel {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The keys whose value is a secret when given inline (each also has `_file` and `_env` forms).
+const INLINE_SECRET_KEYS: [&str; 5] = [
+    "password",
+    "sasl_password",
+    "nickserv_password",
+    "access_token",
+    "token",
+];
+
+/// The warning to give when the file at `path` holds a secret inline and users other than its
+/// owner may read it (group or others have read permission); `None` when it is private, holds
+/// no inline secret, or cannot be read (loading reports that).
+#[must_use]
+pub fn secret_exposure_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o044 == 0 {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        let document: toml::Table = toml::from_str(&text).ok()?;
+        let networks = document.get("network")?.as_table()?;
+        let mut inline: Vec<String> = Vec::new();
+        for (id, network) in networks {
+            for key in INLINE_SECRET_KEYS {
+                if network.get(key).is_some() {
+                    inline.push(format!("network.{id}.{key}"));
+                }
+            }
+        }
+        if inline.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} holds secrets inline ({}) and is readable by other users (mode {mode:04o}); \
+             make it private (chmod 600) or move the secrets to `*_file` or `*_env`",
+            path.display(),
+            inline.join(", ")
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
 
 /// Read and validate a configuration file. Relative paths in it are relative to its folder.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1266,6 +1320,18 @@ impl Validator<'_> {
                 }
             }
         }
+        let charset = match &raw.charset {
+            None => crate::connector::irc::charset::Charset::default(),
+            Some(label) => crate::connector::irc::charset::Charset::for_label(label.get_ref())
+                .unwrap_or_else(|error| {
+                    self.report(
+                        label.span().start,
+                        format!("{key}.charset"),
+                        error.to_string(),
+                    );
+                    crate::connector::irc::charset::Charset::default()
+                }),
+        };
         let string_or = |value: &Option<Spanned<String>>, default: &str| {
             value
                 .as_ref()
@@ -1293,6 +1359,7 @@ impl Validator<'_> {
                 flood_burst: flood_burst as u32,
                 flood_interval_ms,
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                charset,
             }),
         })
     }

@@ -7,6 +7,7 @@
 //! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
+//! - [`loop_breaker`]: recognises messages bridges pass around in a circle.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod connector;
 pub mod daemon;
 pub mod files;
+pub mod loop_breaker;
 pub mod model;
 pub mod outbox;
 pub mod richtext;

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Check { config } => match tribridge::config::load(&config) {
             Ok(parsed) => {
+                if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: OK ({} networks, {} gateways)",
                     config.display(),
@@ -59,6 +62,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
+            if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
+                tracing::warn!("{warning}");
+            }
             match run(parsed) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

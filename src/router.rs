@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, irc_fold};
-use crate::model::{ChannelRef, Inbound};
+use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
@@ -122,6 +122,8 @@ pub struct RouterStats {
     pub unknown_targets: AtomicU64,
     /// Outbox rows created.
     pub deliveries_queued: AtomicU64,
+    /// Messages dropped because bridges were passing them around in a loop.
+    pub loops_broken: AtomicU64,
 }
 
 /// Something that wants to know when a destination has new work.
@@ -193,6 +195,12 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
+        if self.breaks_loop(&inbound) {
+            return Ok(CommitOutcome::Committed {
+                message_id: 0,
+                destinations: Vec::new(),
+            });
+        }
         let store = Arc::clone(&self.store);
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome =
@@ -213,10 +221,36 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
+        if self.breaks_loop(inbound) {
+            return Ok(CommitOutcome::Committed {
+                message_id: 0,
+                destinations: Vec::new(),
+            });
+        }
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
         self.account(&outcome);
         Ok(outcome)
+    }
+
+    /// A text (or edit) whose relay prefixes show bridges passing it around: counted, logged,
+    /// and not committed.
+    fn breaks_loop(&self, inbound: &Inbound) -> bool {
+        let (EventBody::Text { text, .. } | EventBody::Edit { text, .. }) = &inbound.body else {
+            return false;
+        };
+        let plain = text.to_plain_text();
+        if !crate::loop_breaker::is_looping(&plain) {
+            return false;
+        }
+        let count = self.stats.loops_broken.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            origin = %inbound.origin,
+            depth = crate::loop_breaker::relay_depth(&plain),
+            count,
+            "Message relayed by bridges in a loop (nested relay prefixes); dropped."
+        );
+        true
     }
 
     fn account(&self, outcome: &CommitOutcome) {

@@ -45,8 +45,34 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
+        ),
+        (
+            "unknown IRC charset",
+            format!("{NET}charset = \"klingon\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:11: network.libera.charset: unknown charset `klingon`; use a WHATWG label such as utf-8, latin1, iso-8859-15, windows-1251, koi8-r or shift_jis",
+            ],
+        ),
+        (
+            "IRC charset that is not ASCII-compatible",
+            format!("{NET}charset = \"utf-16le\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:11: network.libera.charset: charset `utf-16le` is not ASCII-compatible, so IRC commands could not be read in it; use utf-8 or an 8-bit charset",
+            ],
+        ),
+        (
+            "IRC charset on a Matrix network",
+            format!("{MX}charset = \"latin1\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:11: network.mx.charset: `charset` is not a key of `matrix` networks (it belongs to `irc`); remove it",
+            ],
+        ),
+        (
+            "valid IRC charset",
+            format!("{NET}charset = \"iso-8859-15\"\n{NET2}{GATEWAY}"),
+            vec![],
         ),
         (
             "wrong type",
@@ -129,7 +155,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -505,4 +531,42 @@ fn version_is_printed() {
         stdout.trim(),
         format!("tribridge {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_file_holding_a_secret_inline_that_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    std::fs::write(
+        &path,
+        format!("{NET}sasl_password = \"hunter2\"\n{NET2}{GATEWAY}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "warning: {path_text} holds secrets inline (network.libera.sasl_password) and is \
+             readable by other users (mode 0644); make it private (chmod 600) or move the \
+             secrets to `*_file` or `*_env`"
+        )
+    );
+    assert!(!stderr.contains("hunter2"));
+    // Private: no warning. Readable, but the secret comes from a file: no warning either.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    std::fs::write(dir.path().join("pass"), "hunter2\n").unwrap();
+    std::fs::write(
+        &path,
+        format!("{NET}sasl_password_file = \"pass\"\n{NET2}{GATEWAY}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
 }

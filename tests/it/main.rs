@@ -1,10 +1,14 @@
 //! The integration tests: one binary (ripgrep's layout), sharing servers started once.
 
+mod chaos;
 mod config_check;
+mod hostile;
 mod irc_relay;
+mod loops;
 mod matrix_relay;
 mod mattermost_relay;
 mod router_store;
+mod security;
 mod support;
 mod three_way;
 mod tidy;

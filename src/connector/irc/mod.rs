@@ -6,9 +6,10 @@
 //! the server's echo of our labelled line where the server offers `labeled-response` and
 //! `echo-message`, by the echo order with `echo-message` alone, and when written otherwise.
 
+pub mod charset;
 pub mod flood;
 pub mod lines;
-mod wire;
+pub mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +121,10 @@ struct TaskInfo {
     context: BuildContext,
     /// Edits not shown because their gateway's `edit_policy` is `off`.
     edits_dropped: AtomicU64,
+    /// `config.charset`, for every line read and written.
+    charset: charset::Charset,
+    /// Lines that were not UTF-8 (read in the fallback charset), counted in the logs.
+    not_utf8_lines: std::sync::atomic::AtomicU64,
 }
 
 /// Build the handle and the task of one IRC network.
@@ -131,9 +136,11 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
         IrcTask {
             info: TaskInfo {
                 network: network.to_owned(),
+                charset: config.charset,
                 config,
                 context,
                 edits_dropped: AtomicU64::new(0),
+                not_utf8_lines: std::sync::atomic::AtomicU64::new(0),
             },
             requests: receiver,
         },
@@ -178,6 +185,23 @@ impl IrcTask {
 }
 
 impl TaskInfo {
+    /// A line as the codec read it (one character per byte) into its text, per `charset`.
+    fn read_line(&self, message: Message) -> Message {
+        let wire = message.to_string();
+        if wire.is_ascii() {
+            return message;
+        }
+        let (text, fallback) = self.charset.read_line(&wire);
+        if fallback {
+            let count = self
+                .not_utf8_lines
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            tracing::info!(network = %self.network, charset = self.charset.name(), count, "A line that is not UTF-8; read in the fallback charset.");
+        }
+        text.parse::<Message>().unwrap_or(message)
+    }
+
     fn client_config(&self) -> irc::client::data::Config {
         let nick = &self.config.nick;
         irc::client::data::Config {
@@ -201,6 +225,8 @@ impl TaskInfo {
                 .tls_ca_file
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            // Every byte reaches `charset` intact; it decides what the bytes mean.
+            encoding: Some(charset::WIRE_LABEL.to_owned()),
             ping_time: Some(60),
             ping_timeout: Some(30),
             ..irc::client::data::Config::default()
@@ -245,6 +271,7 @@ impl TaskInfo {
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
+                        let message = self.read_line(message);
                         if let Err(reason) = session.handle(&message).await {
                             break SessionEnd::Lost(reason);
                         }
@@ -369,14 +396,26 @@ impl<'a> Session<'a> {
     }
 
     fn send(&self, command: Command) -> Result<(), String> {
-        self.sender
-            .send(command)
-            .map_err(|error| format!("write failed: {error}"))
+        self.write(Message::from(command))
     }
 
     fn send_raw(&self, command: &str, params: &[&str]) -> Result<(), String> {
         let message = Message::new(None, command, params.to_vec())
             .map_err(|error| format!("cannot build {command}: {error}"))?;
+        self.write(message)
+    }
+
+    /// Every line we send goes through here: encoded in the network's charset for the codec.
+    fn write(&self, message: Message) -> Result<(), String> {
+        let message = if message.to_string().is_ascii() {
+            message
+        } else {
+            self.task
+                .charset
+                .write_line(&message.to_string())
+                .parse::<Message>()
+                .map_err(|error| format!("cannot encode a line: {error}"))?
+        };
         self.sender
             .send(message)
             .map_err(|error| format!("write failed: {error}"))
@@ -544,9 +583,7 @@ impl<'a> Session<'a> {
                 self.in_flight.remove(delivery_id);
                 continue;
             }
-            self.sender
-                .send(line.message)
-                .map_err(|error| format!("write failed: {error}"))?;
+            self.write(line.message)?;
             if let Some((delivery_id, index)) = line.delivery {
                 if self.caps.contains("echo-message") || self.caps.contains("labeled-response") {
                     self.unconfirmed

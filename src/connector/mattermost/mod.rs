@@ -1493,6 +1493,30 @@ fn post_text(network: &str, post: &Post) -> (TextStyle, FormattedText) {
     }
 }
 
+/// Read one WebSocket text frame as the session does, without acting on it: the envelope, the
+/// post or reaction embedded in it (as a JSON string, the way Mattermost sends them) and the
+/// post's text. Returns how many of those parts were readable. For the fuzz target and the
+/// hostile-input tests: any input must come back, never panic.
+#[must_use]
+pub fn read_websocket_text(network: &str, text: &str) -> usize {
+    let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
+        return 0;
+    };
+    let mut readable = 1;
+    let embedded = |name: &str| envelope.data.get(name).and_then(Value::as_str);
+    if let Some(post) = embedded("post").and_then(|text| serde_json::from_str::<Post>(text).ok()) {
+        let _ = post_text(network, &post);
+        readable += 1;
+    }
+    if embedded("reaction")
+        .and_then(|text| serde_json::from_str::<Reaction>(text).ok())
+        .is_some()
+    {
+        readable += 1;
+    }
+    readable
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

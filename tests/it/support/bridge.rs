@@ -45,7 +45,13 @@ impl Bridge {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("bridge-{}.log", self.starts)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        // `TRIBRIDGE_BIN` runs another build of the daemon (a long chaos run keeps its own copy
+        // while the tree is rebuilt).
+        let program = std::env::var_os("TRIBRIDGE_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_tribridge")),
+            PathBuf::from,
+        );
+        let child = Command::new(program)
             .arg("run")
             .arg("--config")
             .arg(self.dir.join("bridges.toml"))

@@ -66,7 +66,7 @@ impl Line {
 
 pub struct IrcClient {
     pub nick: String,
-    writer: mpsc::UnboundedSender<String>,
+    writer: mpsc::UnboundedSender<Vec<u8>>,
     incoming: mpsc::UnboundedReceiver<Line>,
     backlog: VecDeque<Line>,
 }
@@ -80,12 +80,12 @@ impl IrcClient {
             .await
             .expect("connect to IRC server");
         let (read, mut write) = stream.into_split();
-        let (writer, mut outgoing) = mpsc::unbounded_channel::<String>();
+        let (writer, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
         let (incoming_sender, incoming) = mpsc::unbounded_channel();
         let ping_writer = writer.clone();
         tokio::spawn(async move {
             while let Some(line) = outgoing.recv().await {
-                if write.write_all(line.as_bytes()).await.is_err() {
+                if write.write_all(&line).await.is_err() {
                     break;
                 }
             }
@@ -96,7 +96,7 @@ impl IrcClient {
                 let line = Line::parse(&raw);
                 if line.command == "PING" {
                     let token = line.params.first().cloned().unwrap_or_default();
-                    let _ = ping_writer.send(format!("PONG :{token}\r\n"));
+                    let _ = ping_writer.send(format!("PONG :{token}\r\n").into_bytes());
                     continue;
                 }
                 if incoming_sender.send(line).is_err() {
@@ -120,7 +120,12 @@ impl IrcClient {
     }
 
     pub fn raw(&self, line: &str) {
-        let _ = self.writer.send(format!("{line}\r\n"));
+        let _ = self.writer.send(format!("{line}\r\n").into_bytes());
+    }
+
+    /// Write `bytes` as they are (no line ending added): for lines that are not UTF-8.
+    pub fn raw_bytes(&self, bytes: &[u8]) {
+        let _ = self.writer.send(bytes.to_vec());
     }
 
     pub async fn join(&mut self, channel: &str) {
@@ -277,6 +282,17 @@ impl IrcClient {
             seen.extend(self.texts_until(channel, marker).await);
         }
         seen
+    }
+}
+
+impl IrcClient {
+    /// Every line received so far and not yet taken, in order, without waiting.
+    pub fn drain(&mut self) -> Vec<Line> {
+        let mut lines: Vec<Line> = self.backlog.drain(..).collect();
+        while let Ok(line) = self.incoming.try_recv() {
+            lines.push(line);
+        }
+        lines
     }
 }
 

@@ -381,4 +381,39 @@ impl MatrixUser {
             .filter(|e| e.kind == "m.room.message")
             .collect()
     }
+
+    /// Every `m.room.message` event of the room, oldest first, read back over `/messages`
+    /// (paged, so a long history is complete).
+    pub async fn history(&self, room: &str) -> Vec<Event> {
+        let mut all = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                encode(room)
+            );
+            if let Some(from) = &from {
+                path.push_str("&from=");
+                path.push_str(&encode(from));
+            }
+            let reply = self.call(reqwest::Method::GET, &path, &Value::Null).await;
+            let chunk = reply["chunk"].as_array().cloned().unwrap_or_default();
+            for event in &chunk {
+                if event["type"] == "m.room.message" {
+                    all.push(Event {
+                        event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
+                        sender: event["sender"].as_str().unwrap_or_default().to_owned(),
+                        kind: "m.room.message".to_owned(),
+                        content: event["content"].clone(),
+                    });
+                }
+            }
+            match reply["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+        all.reverse();
+        all
+    }
 }
