@@ -6,6 +6,7 @@
 //! - [`model`]: the normalised message model every connector converts to and from.
 //! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
+//! - [`group_commit`]: one writer thread; each transaction carries every event and ack waiting.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod connector;
 pub mod daemon;
+pub mod group_commit;
 pub mod model;
 pub mod outbox;
 pub mod richtext;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, irc_fold};
+use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, Inbound};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 
@@ -136,9 +137,18 @@ pub enum RouteError {
     /// The store failed; the event was not committed and the caller must not acknowledge it.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The blocking task running the store call was cancelled (shutdown).
-    #[error("store task did not complete: {0}")]
-    Join(String),
+    /// The store writer stopped (shutdown); the event was not committed.
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+impl From<GroupCommitError> for RouteError {
+    fn from(error: GroupCommitError) -> Self {
+        match error {
+            GroupCommitError::Store(error) => RouteError::Store(error),
+            GroupCommitError::Stopped => RouteError::Stopped,
+        }
+    }
 }
 
 /// The router handle connectors submit events to. Cheap to clone.
@@ -146,16 +156,19 @@ pub enum RouteError {
 pub struct Router {
     topology: Arc<Topology>,
     store: Arc<Store>,
+    writer: GroupCommit,
     wake: Arc<dyn Wake>,
     stats: Arc<RouterStats>,
 }
 
 impl Router {
-    /// A router over a topology and a store; `wake` is told about new outbox rows.
+    /// A router over a topology and a store; `wake` is told about new outbox rows. Starts the
+    /// store's writer thread ([`GroupCommit`]), which ends with the last clone of the router.
     #[must_use]
     pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         Self {
             topology,
+            writer: GroupCommit::start(Arc::clone(&store)),
             store,
             wake,
             stats: Arc::new(RouterStats::default()),
@@ -174,6 +187,12 @@ impl Router {
         &self.topology
     }
 
+    /// The group-commit writer, shared with the outbox for acknowledgements.
+    #[must_use]
+    pub fn writer(&self) -> &GroupCommit {
+        &self.writer
+    }
+
     /// The store, for a connector's cursors (call it through `spawn_blocking`).
     #[must_use]
     pub fn store(&self) -> &Arc<Store> {
@@ -182,7 +201,8 @@ impl Router {
 
     /// Commit an inbound event with one outbox row per destination, then wake those
     /// destinations. When this returns `Ok`, the event is durable and the connector may
-    /// acknowledge its position on the network.
+    /// acknowledge its position on the network. Events submitted concurrently (from several
+    /// connectors) share transactions ([`GroupCommit`]).
     pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
         let routes = self.topology.routes(&inbound.origin).to_vec();
         if routes.is_empty() {
@@ -193,12 +213,11 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        let store = Arc::clone(&self.store);
         let protocol = self.topology.protocol(&inbound.origin.network);
-        let outcome =
-            tokio::task::spawn_blocking(move || store.commit_inbound(&inbound, protocol, &routes))
-                .await
-                .map_err(|error| RouteError::Join(error.to_string()))??;
+        let outcome = self
+            .writer
+            .commit_inbound(inbound, protocol, routes)
+            .await?;
         self.account(&outcome);
         Ok(outcome)
     }

@@ -45,6 +45,10 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// How long a delivery waits for the server's acknowledgement before the outbox retries it.
+/// Deliveries one destination may have outstanding on the connection: the session writes lines
+/// in the order deliveries were queued and matches acknowledgements by label.
+pub const PIPELINE_WINDOW: usize = 32;
+
 const ACK_TIMEOUT: Duration = Duration::from_mins(2);
 /// How long a sent line may stay unconfirmed before the connection is presumed broken.
 const ECHO_TIMEOUT: Duration = Duration::from_mins(1);
@@ -78,6 +82,18 @@ pub struct IrcHandle {
 impl IrcHandle {
     /// Queue a delivery on the connection and wait for the server's acknowledgement.
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        self.enqueue(delivery).await?.await
+    }
+
+    /// Queue a delivery on the connection (lines are written in the order deliveries are
+    /// queued); the returned future resolves with the server's acknowledgement.
+    pub async fn enqueue(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<
+        impl std::future::Future<Output = Result<DeliveryAck, DeliveryError>> + Send + 'static,
+        DeliveryError,
+    > {
         let (reply, acknowledged) = oneshot::channel();
         self.requests
             .send(OutboundRequest {
@@ -89,17 +105,21 @@ impl IrcHandle {
                 after: Some(Duration::from_secs(1)),
                 reason: "the IRC connection task has stopped".into(),
             })?;
-        match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(DeliveryError::Retry {
-                after: None,
-                reason: "the IRC connection closed before the line was confirmed".into(),
-            }),
-            Err(_) => Err(DeliveryError::Retry {
-                after: None,
-                reason: format!("no acknowledgement from the IRC server within {ACK_TIMEOUT:?}"),
-            }),
-        }
+        Ok(async move {
+            match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(DeliveryError::Retry {
+                    after: None,
+                    reason: "the IRC connection closed before the line was confirmed".into(),
+                }),
+                Err(_) => Err(DeliveryError::Retry {
+                    after: None,
+                    reason: format!(
+                        "no acknowledgement from the IRC server within {ACK_TIMEOUT:?}"
+                    ),
+                }),
+            }
+        })
     }
 }
 
