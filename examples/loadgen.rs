@@ -308,15 +308,16 @@ impl Daemon {
     }
 
     /// Wait until the log holds `needle` `count` times; the time since start.
-    async fn wait_log(&self, needle: &str, count: usize) -> Duration {
+    async fn wait_log(&mut self, needle: &str, count: usize) -> Duration {
         let deadline = Instant::now() + Duration::from_mins(2);
         loop {
             if self.log().matches(needle).count() >= count {
                 return self.started.elapsed();
             }
+            let exited = self.child.try_wait().ok().flatten();
             assert!(
-                Instant::now() < deadline,
-                "daemon never logged {needle:?} x{count}: {}",
+                Instant::now() < deadline && exited.is_none(),
+                "daemon never logged {needle:?} x{count} (exit: {exited:?}): {}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -376,7 +377,7 @@ fn clock_ticks() -> u64 {
 fn irc_network(id: &str, port: u16, nick: &str) -> String {
     format!(
         "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 100000\nflood_interval_ms = 1\n\n"
+         flood_burst = 1000\nflood_interval_ms = 1\n\n"
     )
 }
 
@@ -699,9 +700,9 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
             &gateway("lg", &[("one", "#lga"), ("two", "#lgb")]),
         ),
     );
-    reader.wait_join("lgbrtwo", "#lgb").await;
-    writer.wait_join("lgbrone", "#lga").await;
     bridge.wait_log("Channels joined; ready.", 2).await;
+    reader.wait_member("lgbrtwo", "#lgb").await;
+    writer.wait_member("lgbrone", "#lga").await;
     let cpu_before = bridge.cpu();
     let bridged = irc_run(&writer, &mut reader, "#lga", "#lgb", "brg", drive).await;
     let cpu = bridge.cpu().saturating_sub(cpu_before);
@@ -950,13 +951,13 @@ async fn three_networks(
 ) -> String {
     let mut text = String::new();
     for g in 0..gateways {
-        mm.channel(&format!("lgm{g}")).await;
+        mm.channel(&format!("lgm{gateways}x{g}")).await;
         text.push_str(&gateway(
             &format!("g{g}"),
             &[
                 ("one", &format!("#lga{g}")),
                 ("two", &format!("#lgb{g}")),
-                ("mm", &format!("lgm{g}")),
+                ("mm", &format!("lgm{gateways}x{g}")),
             ],
         ));
     }
