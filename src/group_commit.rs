@@ -76,16 +76,32 @@ impl GroupCommit {
         protocol: &'static str,
         routes: Vec<Route>,
     ) -> Result<CommitOutcome, GroupCommitError> {
+        self.enqueue_inbound(inbound, protocol, routes).await
+    }
+
+    /// Queue an inbound event for commit now (events are committed in the order they are
+    /// queued); the returned future resolves once it is durable.
+    pub fn enqueue_inbound(
+        &self,
+        inbound: Inbound,
+        protocol: &'static str,
+        routes: Vec<Route>,
+    ) -> impl std::future::Future<Output = Result<CommitOutcome, GroupCommitError>> + Send + 'static
+    {
         let (reply, outcome) = oneshot::channel();
-        self.requests
+        let queued = self
+            .requests
             .send(Request::Inbound {
                 inbound,
                 protocol,
                 routes,
                 reply,
             })
-            .map_err(|_| GroupCommitError::Stopped)?;
-        Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+            .map_err(|_| GroupCommitError::Stopped);
+        async move {
+            queued?;
+            Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+        }
     }
 
     /// Record acknowledged deliveries (they leave the outbox); resolves once that is durable.

@@ -5,6 +5,7 @@
 //! both to the store in one transaction, then wake the destinations' outbox workers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -220,6 +221,38 @@ impl Router {
             .await?;
         self.account(&outcome);
         Ok(outcome)
+    }
+
+    /// Queue an event for commit now, in the order of calls, without waiting for it: for a
+    /// connector that has no position to acknowledge (IRC). The commit's outcome is counted
+    /// and its destinations woken as with [`Router::submit`]; an error is logged (the event is
+    /// lost, as it would be if the caller had waited). The returned future resolves when the
+    /// commit is done; dropping it does not cancel the commit. Needs a Tokio runtime.
+    pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+        let routes = self.topology.routes(&inbound.origin).to_vec();
+        let origin = inbound.origin.clone();
+        let committed = if routes.is_empty() {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            None
+        } else {
+            let protocol = self.topology.protocol(&inbound.origin.network);
+            Some(self.writer.enqueue_inbound(inbound, protocol, routes))
+        };
+        let this = self.clone();
+        let done = tokio::spawn(async move {
+            let Some(committed) = committed else {
+                return;
+            };
+            match committed.await {
+                Ok(outcome) => this.account(&outcome),
+                Err(error) => {
+                    tracing::error!(origin = %origin, error = %error, "Could not store a message; it is lost.");
+                }
+            }
+        });
+        async move {
+            let _ = done.await;
+        }
     }
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).

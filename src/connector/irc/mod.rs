@@ -49,6 +49,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 /// in the order deliveries were queued and matches acknowledgements by label.
 pub const PIPELINE_WINDOW: usize = 32;
 
+/// Inbound events one connection may have queued for commit and not yet committed.
+const COMMITS_IN_FLIGHT: usize = 256;
+
 const ACK_TIMEOUT: Duration = Duration::from_mins(2);
 /// How long a sent line may stay unconfirmed before the connection is presumed broken.
 const ECHO_TIMEOUT: Duration = Duration::from_mins(1);
@@ -344,6 +347,8 @@ struct Session<'a> {
     in_flight: HashMap<String, InFlight>,
     /// Lines sent and not yet confirmed, oldest first: (label, sent at).
     unconfirmed: VecDeque<(String, Instant)>,
+    /// Permits for inbound events queued for commit and not yet committed.
+    commits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl<'a> Session<'a> {
@@ -374,6 +379,7 @@ impl<'a> Session<'a> {
             queue: VecDeque::new(),
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
+            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
         }
     }
 
@@ -899,11 +905,19 @@ impl<'a> Session<'a> {
         self.channels.get(&irc_fold(channel)).cloned()
     }
 
+    /// Queue an event for commit in the order it was read, without waiting for its commit:
+    /// IRC has no position to acknowledge, and lines read together then share a transaction
+    /// (group commit). At most [`COMMITS_IN_FLIGHT`] wait at once, so a slow store slows the
+    /// reading of the connection instead of growing memory.
     async fn submit(&self, inbound: Inbound) {
-        let origin = inbound.origin.clone();
-        if let Err(error) = self.task.context.router.submit(inbound).await {
-            tracing::error!(network = %self.network(), channel = %origin.channel, error = %error, "Could not store a message; it is lost.");
-        }
+        let Ok(permit) = std::sync::Arc::clone(&self.commits).acquire_owned().await else {
+            return;
+        };
+        let committed = self.task.context.router.submit_queued(inbound);
+        tokio::spawn(async move {
+            committed.await;
+            drop(permit);
+        });
     }
 
     fn membership_event(
