@@ -125,7 +125,13 @@ pub async fn run(
         });
     }
     let mut worker_tasks = JoinSet::new();
-    outbox.spawn_workers(&store, &handles, &workers_shutdown, &mut worker_tasks);
+    outbox.spawn_workers(
+        router.writer(),
+        &store,
+        &handles,
+        &workers_shutdown,
+        &mut worker_tasks,
+    );
     tracing::info!(
         networks = handles.len(),
         gateways = config.gateways.len(),

@@ -6,6 +6,7 @@
 //! - [`model`]: the normalised message model every connector converts to and from.
 //! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
+//! - [`group_commit`]: one writer thread; each transaction carries every event and ack waiting.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
 //! - [`loop_breaker`]: recognises messages bridges pass around in a circle.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connector;
 pub mod daemon;
 pub mod files;
+pub mod group_commit;
 pub mod loop_breaker;
 pub mod model;
 pub mod outbox;

@@ -5,10 +5,12 @@
 //! both to the store in one transaction, then wake the destinations' outbox workers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, irc_fold};
+use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 
@@ -138,9 +140,18 @@ pub enum RouteError {
     /// The store failed; the event was not committed and the caller must not acknowledge it.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The blocking task running the store call was cancelled (shutdown).
-    #[error("store task did not complete: {0}")]
-    Join(String),
+    /// The store writer stopped (shutdown); the event was not committed.
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+impl From<GroupCommitError> for RouteError {
+    fn from(error: GroupCommitError) -> Self {
+        match error {
+            GroupCommitError::Store(error) => RouteError::Store(error),
+            GroupCommitError::Stopped => RouteError::Stopped,
+        }
+    }
 }
 
 /// The router handle connectors submit events to. Cheap to clone.
@@ -148,16 +159,19 @@ pub enum RouteError {
 pub struct Router {
     topology: Arc<Topology>,
     store: Arc<Store>,
+    writer: GroupCommit,
     wake: Arc<dyn Wake>,
     stats: Arc<RouterStats>,
 }
 
 impl Router {
-    /// A router over a topology and a store; `wake` is told about new outbox rows.
+    /// A router over a topology and a store; `wake` is told about new outbox rows. Starts the
+    /// store's writer thread ([`GroupCommit`]), which ends with the last clone of the router.
     #[must_use]
     pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         Self {
             topology,
+            writer: GroupCommit::start(Arc::clone(&store)),
             store,
             wake,
             stats: Arc::new(RouterStats::default()),
@@ -176,6 +190,12 @@ impl Router {
         &self.topology
     }
 
+    /// The group-commit writer, shared with the outbox for acknowledgements.
+    #[must_use]
+    pub fn writer(&self) -> &GroupCommit {
+        &self.writer
+    }
+
     /// The store, for a connector's cursors (call it through `spawn_blocking`).
     #[must_use]
     pub fn store(&self) -> &Arc<Store> {
@@ -184,7 +204,8 @@ impl Router {
 
     /// Commit an inbound event with one outbox row per destination, then wake those
     /// destinations. When this returns `Ok`, the event is durable and the connector may
-    /// acknowledge its position on the network.
+    /// acknowledge its position on the network. Events submitted concurrently (from several
+    /// connectors) share transactions ([`GroupCommit`]).
     pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
         let routes = self.topology.routes(&inbound.origin).to_vec();
         if routes.is_empty() {
@@ -201,14 +222,47 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        let store = Arc::clone(&self.store);
         let protocol = self.topology.protocol(&inbound.origin.network);
-        let outcome =
-            tokio::task::spawn_blocking(move || store.commit_inbound(&inbound, protocol, &routes))
-                .await
-                .map_err(|error| RouteError::Join(error.to_string()))??;
+        let outcome = self
+            .writer
+            .commit_inbound(inbound, protocol, routes)
+            .await?;
         self.account(&outcome);
         Ok(outcome)
+    }
+
+    /// Queue an event for commit now, in the order of calls, without waiting for it: for a
+    /// connector that has no position to acknowledge (IRC). The commit's outcome is counted
+    /// and its destinations woken as with [`Router::submit`]; an error is logged (the event is
+    /// lost, as it would be if the caller had waited). The returned future resolves when the
+    /// commit is done; dropping it does not cancel the commit. Needs a Tokio runtime.
+    pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+        let routes = self.topology.routes(&inbound.origin).to_vec();
+        let origin = inbound.origin.clone();
+        let committed = if routes.is_empty() {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            None
+        } else if self.breaks_loop(&inbound) {
+            None
+        } else {
+            let protocol = self.topology.protocol(&inbound.origin.network);
+            Some(self.writer.enqueue_inbound(inbound, protocol, routes))
+        };
+        let this = self.clone();
+        let done = tokio::spawn(async move {
+            let Some(committed) = committed else {
+                return;
+            };
+            match committed.await {
+                Ok(outcome) => this.account(&outcome),
+                Err(error) => {
+                    tracing::error!(origin = %origin, error = %error, "Could not store a message; it is lost.");
+                }
+            }
+        });
+        async move {
+            let _ = done.await;
+        }
     }
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).

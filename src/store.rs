@@ -42,6 +42,9 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// The group transaction this write was part of failed (the error is the transaction's).
+    #[error("group commit failed: {0}")]
+    Group(String),
     /// The database was written by a newer tribridge.
     #[error("the database has schema version {found}; this tribridge knows up to {known}")]
     TooNew {
@@ -146,89 +149,60 @@ impl Store {
     ) -> Result<CommitOutcome, StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        if let Some(remote_id) = &inbound.remote_id
-            && let Some((message_id, role)) =
-                lookup_mapping(&transaction, &inbound.origin, remote_id)?
-        {
-            return Ok(match role {
-                MappingRole::Delivery => CommitOutcome::Echo { message_id },
-                MappingRole::Origin => CommitOutcome::Duplicate { message_id },
-            });
-        }
-        let target_message_id = match inbound.body.target() {
-            Some(target) => match lookup_mapping(&transaction, &inbound.origin, target)? {
-                Some((message_id, _)) => Some(message_id),
-                None => return Ok(CommitOutcome::UnknownTarget),
-            },
-            None => None,
-        };
-        let reply_to_message_id = match inbound.body.reply_to() {
-            Some(reply_to) => {
-                lookup_mapping(&transaction, &inbound.origin, reply_to)?.map(|(id, _)| id)
-            }
-            None => None,
-        };
-        let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
-            message_id: 0,
-            reason: error.to_string(),
-        })?;
-        transaction.execute(
-            "INSERT INTO messages (origin_network, origin_channel, origin_protocol,
-                 origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms,
-                 target_message_id, reply_to_message_id, permalink)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                inbound.origin.network,
-                inbound.origin.channel,
-                origin_protocol,
-                inbound.remote_id,
-                inbound.author.id,
-                inbound.author.display_name,
-                inbound.body.kind_name(),
-                body,
-                inbound.timestamp_ms,
-                now_ms(),
-                target_message_id,
-                reply_to_message_id,
-                inbound.permalink,
-            ],
-        )?;
-        let message_id = transaction.last_insert_rowid();
-        if let Some(remote_id) = &inbound.remote_id {
-            transaction.execute(
-                "INSERT INTO mappings (network, channel, remote_id, message_id, role)
-                 VALUES (?1, ?2, ?3, ?4, 'origin')",
-                params![
-                    inbound.origin.network,
-                    inbound.origin.channel,
-                    remote_id,
-                    message_id
-                ],
-            )?;
-        }
-        let mut destinations = Vec::with_capacity(routes.len());
-        {
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for route in routes {
-                let delivery_id = uuid::Uuid::new_v4().simple().to_string();
-                insert.execute(params![
-                    delivery_id,
-                    message_id,
-                    route.destination.network,
-                    route.destination.channel,
-                    route.gateway,
-                ])?;
-                destinations.push(route.destination.clone());
-            }
-        }
+        let outcome = record_inbound(&transaction, inbound, origin_protocol, routes)?;
         transaction.commit()?;
-        Ok(CommitOutcome::Committed {
-            message_id,
-            destinations,
-        })
+        Ok(outcome)
+    }
+
+    /// Group commit: acknowledgements (as [`Store::complete_deliveries`]) and inbound events
+    /// (as [`Store::commit_inbound`]) in one transaction. The acknowledgements are recorded
+    /// first (so an echo in the same group is recognised), together in one savepoint; each event
+    /// in its own savepoint, so that one event's error leaves the others committed. Every `Ok`
+    /// is durable when this returns; if the transaction cannot commit, everything gets the error.
+    pub fn commit_group(
+        &self,
+        acknowledged: &[(&str, Option<&str>)],
+        events: &[InboundCommit<'_>],
+    ) -> GroupOutcome {
+        let mut connection = self.lock();
+        let mut transaction = match connection.transaction() {
+            Ok(transaction) => transaction,
+            Err(error) => return GroupOutcome::all_failed(&error, events.len()),
+        };
+        let acks = if acknowledged.is_empty() {
+            Ok(())
+        } else {
+            transaction
+                .savepoint()
+                .map_err(StoreError::from)
+                .and_then(|savepoint| {
+                    for (delivery_id, remote_id) in acknowledged {
+                        record_completion(&savepoint, delivery_id, *remote_id)?;
+                    }
+                    savepoint.commit()?;
+                    Ok(())
+                })
+        };
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            let outcome = transaction
+                .savepoint()
+                .map_err(StoreError::from)
+                .and_then(|savepoint| {
+                    let outcome =
+                        record_inbound(&savepoint, event.inbound, event.protocol, event.routes)?;
+                    savepoint.commit()?;
+                    Ok(outcome)
+                });
+            outcomes.push(outcome);
+        }
+        if let Err(error) = transaction.commit() {
+            return GroupOutcome::all_failed(&error, events.len());
+        }
+        GroupOutcome {
+            acks,
+            events: outcomes,
+        }
     }
 
     /// The oldest delivery still pending for a destination, whether or not it is due yet (the
@@ -237,117 +211,136 @@ impl Store {
         &self,
         destination: &ChannelRef,
     ) -> Result<Option<(Delivery, i64)>, StoreError> {
+        Ok(self
+            .pending_batch(destination, 0, 1)?
+            .into_iter()
+            .next()
+            .map(|pending| (pending.delivery, pending.next_try_ms)))
+    }
+
+    /// Up to `limit` pending deliveries for a destination queued after position `after_seq`
+    /// (0 for the head), oldest first. An outbox worker with several deliveries in flight asks
+    /// for the ones behind those it already sent. A row that cannot be decoded is set aside as
+    /// `failed` and reported as [`StoreError::Corrupt`] (only when it is the first row).
+    pub fn pending_batch(
+        &self,
+        destination: &ChannelRef,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
             "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts, o.next_try_ms,
                     m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
                     m.author_name, m.body, m.created_ms, m.target_message_id,
-                    m.reply_to_message_id, m.permalink
+                    m.reply_to_message_id, m.permalink, o.seq
              FROM outbox o JOIN messages m ON m.id = o.message_id
-             WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending'
-             ORDER BY o.seq LIMIT 1",
+             WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending' AND o.seq > ?3
+             ORDER BY o.seq LIMIT ?4",
         )?;
-        let row = statement
-            .query_row(params![destination.network, destination.channel], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, String>(8)?,
-                    row.get::<_, String>(9)?,
-                    row.get::<_, String>(10)?,
-                    row.get::<_, i64>(11)?,
-                    row.get::<_, Option<i64>>(12)?,
-                    row.get::<_, Option<i64>>(13)?,
-                    row.get::<_, Option<String>>(14)?,
-                ))
-            })
-            .optional()?;
-        let Some((
-            id,
-            message_id,
-            gateway,
-            attempts,
-            next_try_ms,
-            origin_network,
-            origin_channel,
-            origin_protocol,
-            author_id,
-            author_name,
-            body,
-            created_ms,
-            target_message_id,
-            reply_to_message_id,
-            permalink,
-        )) = row
-        else {
-            return Ok(None);
-        };
-        let target = target_message_id
-            .map(|id| resolve_target(&connection, id, destination))
-            .transpose()?;
-        let reply_to = reply_to_message_id
-            .map(|id| resolve_target(&connection, id, destination))
-            .transpose()?;
-        let body: EventBody = match serde_json::from_str(&body) {
-            Ok(body) => body,
-            Err(error) => {
-                // A row this build cannot read must not hold up the queue behind it forever:
-                // it is kept as `failed` (for an operator) and the error is reported once.
-                let reason = format!("stored message cannot be decoded: {error}");
-                connection.execute(
-                    "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE delivery_id = ?1",
-                    params![id, reason],
-                )?;
-                return Err(StoreError::Corrupt {
-                    message_id,
-                    reason: error.to_string(),
-                });
-            }
-        };
-        let origin = ChannelRef::new(origin_network, origin_channel);
-        // The thread root is resolved here, from the origin's id for it, rather than stored as a
-        // column: a message's thread is as durable as its body.
-        let thread_root = match body.thread_root() {
-            Some(root) => lookup_mapping(&connection, &origin, root)?
-                .map(|(root_id, _)| resolve_target(&connection, root_id, destination))
-                .transpose()?,
-            None => None,
-        };
-        let previous_text = match (&body, target_message_id) {
-            (EventBody::Edit { .. }, Some(target_id)) => {
-                previous_text(&connection, target_id, message_id)?
-            }
-            _ => None,
-        };
-        Ok(Some((
-            Delivery {
-                id,
-                message_id,
-                destination: destination.clone(),
-                gateway,
-                origin,
-                origin_protocol,
-                author: Author {
-                    id: author_id,
-                    display_name: author_name,
+        let rows = statement
+            .query_map(
+                params![
+                    destination.network,
+                    destination.channel,
+                    after_seq,
+                    limit as i64
+                ],
+                |row| {
+                    Ok(PendingRow {
+                        id: row.get(0)?,
+                        message_id: row.get(1)?,
+                        gateway: row.get(2)?,
+                        attempts: row.get(3)?,
+                        next_try_ms: row.get(4)?,
+                        origin_network: row.get(5)?,
+                        origin_channel: row.get(6)?,
+                        origin_protocol: row.get(7)?,
+                        author_id: row.get(8)?,
+                        author_name: row.get(9)?,
+                        body: row.get(10)?,
+                        created_ms: row.get(11)?,
+                        target_message_id: row.get(12)?,
+                        reply_to_message_id: row.get(13)?,
+                        permalink: row.get(14)?,
+                        seq: row.get(15)?,
+                    })
                 },
-                timestamp_ms: created_ms,
-                body,
-                target,
-                reply_to,
-                thread_root,
-                previous_text,
-                permalink,
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            },
-            next_try_ms,
-        )))
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(statement);
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            let body: EventBody = match serde_json::from_str(&row.body) {
+                Ok(body) => body,
+                Err(error) => {
+                    if !batch.is_empty() {
+                        // Reported when it reaches the head of the queue.
+                        break;
+                    }
+                    // A row this build cannot read must not hold up the queue behind it
+                    // forever: it is kept as `failed` (for an operator) and reported once.
+                    let reason = format!("stored message cannot be decoded: {error}");
+                    connection.execute(
+                        "UPDATE outbox SET state = 'failed', last_error = ?2
+                         WHERE delivery_id = ?1",
+                        params![row.id, reason],
+                    )?;
+                    return Err(StoreError::Corrupt {
+                        message_id: row.message_id,
+                        reason: error.to_string(),
+                    });
+                }
+            };
+            let target = row
+                .target_message_id
+                .map(|id| resolve_target(&connection, id, destination))
+                .transpose()?;
+            let reply_to = row
+                .reply_to_message_id
+                .map(|id| resolve_target(&connection, id, destination))
+                .transpose()?;
+            let origin = ChannelRef::new(row.origin_network, row.origin_channel);
+            // The thread root is resolved here, from the origin's id for it, rather than stored
+            // as a column: a message's thread is as durable as its body.
+            let thread_root = match body.thread_root() {
+                Some(root) => lookup_mapping(&connection, &origin, root)?
+                    .map(|(root_id, _)| resolve_target(&connection, root_id, destination))
+                    .transpose()?,
+                None => None,
+            };
+            let previous_text = match (&body, row.target_message_id) {
+                (EventBody::Edit { .. }, Some(target_id)) => {
+                    previous_text(&connection, target_id, row.message_id)?
+                }
+                _ => None,
+            };
+            batch.push(PendingDelivery {
+                delivery: Delivery {
+                    id: row.id,
+                    message_id: row.message_id,
+                    destination: destination.clone(),
+                    gateway: row.gateway,
+                    origin,
+                    origin_protocol: row.origin_protocol,
+                    author: Author {
+                        id: row.author_id,
+                        display_name: row.author_name,
+                    },
+                    timestamp_ms: row.created_ms,
+                    body,
+                    target,
+                    reply_to,
+                    thread_root,
+                    previous_text,
+                    permalink: row.permalink,
+                    attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                },
+                next_try_ms: row.next_try_ms,
+                seq: row.seq,
+            });
+        }
+        Ok(batch)
     }
 
     /// The destination acknowledged a delivery: it leaves the outbox, and the id the destination
@@ -357,44 +350,20 @@ impl Store {
         delivery_id: &str,
         remote_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.complete_deliveries(&[(delivery_id, remote_id)])
+    }
+
+    /// Group commit of acknowledgements: each `(delivery id, remote id)` leaves the outbox and
+    /// is recorded as delivered, all in one transaction. Idempotent.
+    pub fn complete_deliveries(
+        &self,
+        acknowledged: &[(&str, Option<&str>)],
+    ) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        let row: Option<(i64, String, String, i64)> = transaction
-            .query_row(
-                "SELECT message_id, network, channel, attempts FROM outbox WHERE delivery_id = ?1",
-                params![delivery_id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()?;
-        let Some((message_id, network, channel, attempts)) = row else {
-            return Ok(());
-        };
-        transaction.execute(
-            "INSERT OR IGNORE INTO deliveries
-                 (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                delivery_id,
-                message_id,
-                network,
-                channel,
-                remote_id,
-                attempts + 1,
-                now_ms()
-            ],
-        )?;
-        if let Some(remote_id) = remote_id {
-            transaction.execute(
-                "INSERT OR IGNORE INTO mappings (network, channel, remote_id, message_id, role,
-                     delivery_id)
-                 VALUES (?1, ?2, ?3, ?4, 'delivery', ?5)",
-                params![network, channel, remote_id, message_id, delivery_id],
-            )?;
+        for (delivery_id, remote_id) in acknowledged {
+            record_completion(&transaction, delivery_id, *remote_id)?;
         }
-        transaction.execute(
-            "DELETE FROM outbox WHERE delivery_id = ?1",
-            params![delivery_id],
-        )?;
         transaction.commit()?;
         Ok(())
     }
@@ -512,6 +481,219 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// A pending delivery as read from the outbox.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Not to be sent before this time (ms since the epoch).
+    pub next_try_ms: i64,
+    /// Its position in the outbox (ascending in queue order).
+    pub seq: i64,
+}
+
+/// One outbox row joined with its message, before decoding.
+struct PendingRow {
+    id: String,
+    message_id: i64,
+    gateway: String,
+    attempts: i64,
+    next_try_ms: i64,
+    origin_network: String,
+    origin_channel: String,
+    origin_protocol: String,
+    author_id: String,
+    author_name: String,
+    body: String,
+    created_ms: i64,
+    target_message_id: Option<i64>,
+    reply_to_message_id: Option<i64>,
+    permalink: Option<String>,
+    seq: i64,
+}
+
+/// The body of [`Store::complete_deliveries`] for one delivery, inside the caller's transaction.
+fn record_completion(
+    connection: &Connection,
+    delivery_id: &str,
+    remote_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let row: Option<(i64, String, String, i64)> = connection
+        .prepare_cached(
+            "SELECT message_id, network, channel, attempts FROM outbox WHERE delivery_id = ?1",
+        )?
+        .query_row(params![delivery_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    let Some((message_id, network, channel, attempts)) = row else {
+        return Ok(());
+    };
+    connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO deliveries
+                 (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            delivery_id,
+            message_id,
+            network,
+            channel,
+            remote_id,
+            attempts + 1,
+            now_ms()
+        ])?;
+    if let Some(remote_id) = remote_id {
+        connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO mappings (network, channel, remote_id, message_id, role,
+                     delivery_id)
+                 VALUES (?1, ?2, ?3, ?4, 'delivery', ?5)",
+            )?
+            .execute(params![
+                network,
+                channel,
+                remote_id,
+                message_id,
+                delivery_id
+            ])?;
+    }
+    connection
+        .prepare_cached("DELETE FROM outbox WHERE delivery_id = ?1")?
+        .execute(params![delivery_id])?;
+    Ok(())
+}
+
+/// What [`Store::commit_group`] did.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    /// Whether the acknowledgements were recorded.
+    pub acks: Result<(), StoreError>,
+    /// One outcome per event, in order.
+    pub events: Vec<Result<CommitOutcome, StoreError>>,
+}
+
+impl GroupOutcome {
+    fn all_failed(error: &rusqlite::Error, events: usize) -> Self {
+        Self {
+            acks: Err(error_copy(error)),
+            events: (0..events).map(|_| Err(error_copy(error))).collect(),
+        }
+    }
+}
+
+/// One inbound event for [`Store::commit_group`].
+#[derive(Debug, Clone, Copy)]
+pub struct InboundCommit<'a> {
+    /// The event.
+    pub inbound: &'a Inbound,
+    /// The protocol of its origin network.
+    pub protocol: &'a str,
+    /// Where it goes.
+    pub routes: &'a [Route],
+}
+
+/// A copy of an error for each event of a failed batch (`rusqlite::Error` is not `Clone`).
+fn error_copy(error: &rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => StoreError::Group(other.to_string()),
+    }
+}
+
+/// The body of [`Store::commit_inbound`], inside the caller's transaction or savepoint.
+fn record_inbound(
+    connection: &Connection,
+    inbound: &Inbound,
+    origin_protocol: &str,
+    routes: &[Route],
+) -> Result<CommitOutcome, StoreError> {
+    if let Some(remote_id) = &inbound.remote_id
+        && let Some((message_id, role)) = lookup_mapping(connection, &inbound.origin, remote_id)?
+    {
+        return Ok(match role {
+            MappingRole::Delivery => CommitOutcome::Echo { message_id },
+            MappingRole::Origin => CommitOutcome::Duplicate { message_id },
+        });
+    }
+    let target_message_id = match inbound.body.target() {
+        Some(target) => match lookup_mapping(connection, &inbound.origin, target)? {
+            Some((message_id, _)) => Some(message_id),
+            None => return Ok(CommitOutcome::UnknownTarget),
+        },
+        None => None,
+    };
+    let reply_to_message_id = match inbound.body.reply_to() {
+        Some(reply_to) => lookup_mapping(connection, &inbound.origin, reply_to)?.map(|(id, _)| id),
+        None => None,
+    };
+    let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
+        message_id: 0,
+        reason: error.to_string(),
+    })?;
+    connection
+        .prepare_cached(
+            "INSERT INTO messages (origin_network, origin_channel, origin_protocol,
+             origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms,
+             target_message_id, reply_to_message_id, permalink)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            inbound.origin.network,
+            inbound.origin.channel,
+            origin_protocol,
+            inbound.remote_id,
+            inbound.author.id,
+            inbound.author.display_name,
+            inbound.body.kind_name(),
+            body,
+            inbound.timestamp_ms,
+            now_ms(),
+            target_message_id,
+            reply_to_message_id,
+            inbound.permalink,
+        ])?;
+    let message_id = connection.last_insert_rowid();
+    if let Some(remote_id) = &inbound.remote_id {
+        connection
+            .prepare_cached(
+                "INSERT INTO mappings (network, channel, remote_id, message_id, role)
+                 VALUES (?1, ?2, ?3, ?4, 'origin')",
+            )?
+            .execute(params![
+                inbound.origin.network,
+                inbound.origin.channel,
+                remote_id,
+                message_id
+            ])?;
+    }
+    let mut destinations = Vec::with_capacity(routes.len());
+    {
+        let mut insert = connection.prepare_cached(
+            "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for route in routes {
+            let delivery_id = uuid::Uuid::new_v4().simple().to_string();
+            insert.execute(params![
+                delivery_id,
+                message_id,
+                route.destination.network,
+                route.destination.channel,
+                route.gateway,
+            ])?;
+            destinations.push(route.destination.clone());
+        }
+    }
+    Ok(CommitOutcome::Committed {
+        message_id,
+        destinations,
+    })
 }
 
 /// The destination's own id for a message: the id of our delivery there, or its origin id when

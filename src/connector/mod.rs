@@ -201,6 +201,28 @@ impl ConnectorHandle {
     }
 }
 
+impl crate::outbox::Endpoint for ConnectorHandle {
+    fn window(&self) -> usize {
+        match self {
+            // The session keeps the order of queued deliveries and matches acknowledgements by
+            // label; HTTP sends could overtake each other, so Matrix and Mattermost send one at
+            // a time.
+            ConnectorHandle::Irc(_) => irc::PIPELINE_WINDOW,
+            ConnectorHandle::Matrix(_) | ConnectorHandle::Mattermost(_) => 1,
+        }
+    }
+
+    async fn send(&self, delivery: Delivery) -> Result<crate::outbox::AckFuture, DeliveryError> {
+        match self {
+            ConnectorHandle::Irc(handle) => Ok(Box::pin(handle.enqueue(&delivery).await?)),
+            other => {
+                let handle = other.clone();
+                Ok(Box::pin(async move { handle.deliver(&delivery).await }))
+            }
+        }
+    }
+}
+
 /// The connection side of a connector: runs until shutdown.
 #[allow(clippy::large_enum_variant)] // one per network, built once and moved into its task
 pub enum ConnectorTask {

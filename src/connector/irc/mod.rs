@@ -50,6 +50,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// How long a delivery waits for the server's acknowledgement before the outbox retries it.
+/// Deliveries one destination may have outstanding on the connection: the session writes lines
+/// in the order deliveries were queued and matches acknowledgements by label.
+pub const PIPELINE_WINDOW: usize = 32;
+
+/// Inbound events one connection may have queued for commit and not yet committed.
+const COMMITS_IN_FLIGHT: usize = 256;
+
 const ACK_TIMEOUT: Duration = Duration::from_mins(2);
 /// How long a sent line may stay unconfirmed before the connection is presumed broken.
 const ECHO_TIMEOUT: Duration = Duration::from_mins(1);
@@ -83,6 +90,18 @@ pub struct IrcHandle {
 impl IrcHandle {
     /// Queue a delivery on the connection and wait for the server's acknowledgement.
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        self.enqueue(delivery).await?.await
+    }
+
+    /// Queue a delivery on the connection (lines are written in the order deliveries are
+    /// queued); the returned future resolves with the server's acknowledgement.
+    pub async fn enqueue(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<
+        impl std::future::Future<Output = Result<DeliveryAck, DeliveryError>> + Send + 'static,
+        DeliveryError,
+    > {
         let (reply, acknowledged) = oneshot::channel();
         self.requests
             .send(OutboundRequest {
@@ -94,17 +113,21 @@ impl IrcHandle {
                 after: Some(Duration::from_secs(1)),
                 reason: "the IRC connection task has stopped".into(),
             })?;
-        match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(DeliveryError::Retry {
-                after: None,
-                reason: "the IRC connection closed before the line was confirmed".into(),
-            }),
-            Err(_) => Err(DeliveryError::Retry {
-                after: None,
-                reason: format!("no acknowledgement from the IRC server within {ACK_TIMEOUT:?}"),
-            }),
-        }
+        Ok(async move {
+            match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(DeliveryError::Retry {
+                    after: None,
+                    reason: "the IRC connection closed before the line was confirmed".into(),
+                }),
+                Err(_) => Err(DeliveryError::Retry {
+                    after: None,
+                    reason: format!(
+                        "no acknowledgement from the IRC server within {ACK_TIMEOUT:?}"
+                    ),
+                }),
+            }
+        })
     }
 }
 
@@ -358,6 +381,8 @@ struct Session<'a> {
     in_flight: HashMap<String, InFlight>,
     /// Lines sent and not yet confirmed, oldest first: (label, sent at).
     unconfirmed: VecDeque<(String, Instant)>,
+    /// Permits for inbound events queued for commit and not yet committed.
+    commits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl<'a> Session<'a> {
@@ -388,6 +413,7 @@ impl<'a> Session<'a> {
             queue: VecDeque::new(),
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
+            commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
         }
     }
 
@@ -931,11 +957,19 @@ impl<'a> Session<'a> {
         self.channels.get(&irc_fold(channel)).cloned()
     }
 
+    /// Queue an event for commit in the order it was read, without waiting for its commit:
+    /// IRC has no position to acknowledge, and lines read together then share a transaction
+    /// (group commit). At most [`COMMITS_IN_FLIGHT`] wait at once, so a slow store slows the
+    /// reading of the connection instead of growing memory.
     async fn submit(&self, inbound: Inbound) {
-        let origin = inbound.origin.clone();
-        if let Err(error) = self.task.context.router.submit(inbound).await {
-            tracing::error!(network = %self.network(), channel = %origin.channel, error = %error, "Could not store a message; it is lost.");
-        }
+        let Ok(permit) = std::sync::Arc::clone(&self.commits).acquire_owned().await else {
+            return;
+        };
+        let committed = self.task.context.router.submit_queued(inbound);
+        tokio::spawn(async move {
+            committed.await;
+            drop(permit);
+        });
     }
 
     fn membership_event(

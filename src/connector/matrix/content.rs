@@ -318,6 +318,7 @@ pub struct Related<'a> {
 
 /// `m.relates_to` for a new message: a thread (with a reply, or the reply fallback to the root
 /// for clients without threads), a plain reply, or nothing.
+#[must_use]
 pub fn message_relation(related: Related<'_>) -> Option<Value> {
     match (related.thread_root, related.reply_to) {
         (Some(root), reply_to) => Some(json!({

@@ -119,6 +119,12 @@ impl IrcClient {
         client
     }
 
+    #[allow(dead_code)] // used by the load harness (examples/loadgen.rs)
+    /// The raw line writer (each line as bytes ending with CRLF), for a load generator.
+    pub fn clone_writer(&self) -> mpsc::UnboundedSender<Vec<u8>> {
+        self.writer.clone()
+    }
+
     pub fn raw(&self, line: &str) {
         let _ = self.writer.send(format!("{line}\r\n").into_bytes());
     }

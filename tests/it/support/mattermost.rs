@@ -202,6 +202,12 @@ impl MmServer {
 
 impl MmUser {
     /// Log in by password.
+    #[allow(dead_code)] // used by the load harness (examples/loadgen.rs)
+    /// The session token (for a WebSocket client).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn login(base: &str, login: &str, password: &str) -> MmUser {
         let http = reqwest::Client::new();
         let response = http

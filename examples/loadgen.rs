@@ -1,0 +1,1166 @@
+//! The load harness: drives the release `tribridge` binary (or, in `core` mode, the router,
+//! store and outbox in process) with writers on real servers on loopback (`InspIRCd`, the
+//! Mattermost emulator, Synapse), and measures per-message latency from the writer's send to the
+//! reader's receipt, throughput, losses, and the daemon's RSS and CPU from `/proc`. Each
+//! bridged path is also measured without the bridge (a direct client to the destination server)
+//! so that the bridge's share can be stated as a ratio. Prints a summary and writes JSON.
+//!
+//! `cargo run --release --example loadgen -- <scenario> [options]`; scenarios: `core`,
+//! `irc-irc`, `irc-mm`, `matrix`, `idle`, `catchup`, `startup`. See BENCHMARKS.md.
+
+#[path = "../tests/it/support/irc_client.rs"]
+#[allow(dead_code)]
+mod irc_client;
+#[path = "../tests/it/support/matrix_client.rs"]
+#[allow(dead_code)]
+mod matrix_client;
+#[path = "../tests/it/support/mattermost.rs"]
+#[allow(dead_code)]
+mod mattermost;
+#[path = "../tests/it/support/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tribridge::model::{Author, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, TextStyle};
+use tribridge::outbox::{AckFuture, Endpoint, Outbox};
+use tribridge::router::{Router, Topology};
+use tribridge::store::Store;
+
+use irc_client::IrcClient;
+
+#[derive(Parser)]
+#[command(about = "Load harness for tribridge")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Write the JSON result here (default: loadgen-<scenario>.json in the current folder).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// The daemon binary (default: `tribridge` next to this example's folder).
+    #[arg(long, global = true)]
+    daemon: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Router + store + outbox in process, emulated endpoints.
+    Core {
+        #[arg(long, default_value_t = 1000)]
+        gateways: usize,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Outstanding deliveries per destination.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// One transaction per event on the calling task (the path before group commit).
+        #[arg(long)]
+        per_event: bool,
+    },
+    /// IRC writer → bridge → IRC reader (two bridge accounts on one `InspIRCd`).
+    IrcIrc(Drive),
+    /// IRC writer → bridge → Mattermost (emulator) reader on the WebSocket.
+    IrcMm(Drive),
+    /// Matrix: a direct client's accepted rate vs the bridge as the room's only writer.
+    Matrix(Drive),
+    /// RSS with three networks (two IRC accounts, one Mattermost) and N gateways, idle.
+    Idle {
+        #[arg(long, default_value_t = 100)]
+        gateways: usize,
+        /// Relay this many messages afterwards and measure RSS again (0: skip).
+        #[arg(long, default_value_t = 10_000)]
+        mapped: usize,
+    },
+    /// Bridge down, N posts on Mattermost, bridge up: time until all reached IRC.
+    Catchup {
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// How long the bridge stays down (the posts are made at its start).
+        #[arg(long, default_value_t = 60)]
+        outage_secs: u64,
+    },
+    /// Start-up to all channels joined, N gateways (IRC ⇄ IRC).
+    Startup {
+        #[arg(long, default_value_t = 100)]
+        gateways: usize,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct Drive {
+    /// Messages per run.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Messages per second (0: as fast as possible).
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tribridge::install_tls_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let daemon = args.daemon.clone().unwrap_or_else(default_daemon);
+    let (name, result) = runtime.block_on(async {
+        match args.scenario {
+            Scenario::Core {
+                gateways,
+                messages,
+                window,
+                per_event,
+            } => ("core", core(gateways, messages, window, per_event).await),
+            Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
+            Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
+            Scenario::Matrix(drive) => ("matrix", matrix(&daemon, drive).await),
+            Scenario::Idle { gateways, mapped } => ("idle", idle(&daemon, gateways, mapped).await),
+            Scenario::Catchup {
+                messages,
+                outage_secs,
+            } => ("catchup", catchup(&daemon, messages, outage_secs).await),
+            Scenario::Startup { gateways } => ("startup", startup(&daemon, gateways).await),
+        }
+    });
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("loadgen-{name}.json")));
+    let mut result = result;
+    result["scenario"] = json!(name);
+    result["load_average"] = json!(load_average());
+    std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn default_daemon() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("tribridge")))
+        .unwrap_or_else(|| PathBuf::from("tribridge"))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+/// Latency percentiles in milliseconds.
+fn percentiles(latencies: &mut [Duration]) -> Value {
+    if latencies.is_empty() {
+        return json!(null);
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    json!({
+        "p50_ms": at(0.50),
+        "p95_ms": at(0.95),
+        "p99_ms": at(0.99),
+        "max_ms": at(1.0),
+    })
+}
+
+/// Sends and receipts of one run, by sequence number.
+#[derive(Default)]
+struct Run {
+    sent: Vec<Option<Instant>>,
+    received: Vec<Option<Instant>>,
+    out_of_order: u64,
+    duplicates: u64,
+    last_received: Option<usize>,
+}
+
+impl Run {
+    fn new(messages: usize) -> Self {
+        Self {
+            sent: vec![None; messages],
+            received: vec![None; messages],
+            ..Self::default()
+        }
+    }
+
+    fn receive(&mut self, seq: usize, at: Instant) {
+        let Some(slot) = self.received.get_mut(seq) else {
+            return;
+        };
+        if slot.is_some() {
+            self.duplicates += 1;
+            return;
+        }
+        *slot = Some(at);
+        if self.last_received.is_some_and(|last| seq < last) {
+            self.out_of_order += 1;
+        }
+        self.last_received = Some(seq);
+    }
+
+    fn complete(&self) -> bool {
+        self.received.iter().all(Option::is_some)
+    }
+
+    fn summary(&self) -> Value {
+        let mut latencies: Vec<Duration> = self
+            .sent
+            .iter()
+            .zip(&self.received)
+            .filter_map(|(sent, received)| Some(received.as_ref()?.duration_since(*sent.as_ref()?)))
+            .collect();
+        let received = latencies.len();
+        let first = self.sent.iter().flatten().min().copied();
+        let last = self.received.iter().flatten().max().copied();
+        let seconds = match (first, last) {
+            (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+            _ => 0.0,
+        };
+        json!({
+            "messages": self.sent.len(),
+            "received": received,
+            "lost": self.sent.len() - received,
+            "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
+            "seconds": seconds,
+            "msgs_per_s": if seconds > 0.0 { received as f64 / seconds } else { 0.0 },
+            "latency": percentiles(&mut latencies),
+        })
+    }
+}
+
+/// The text of message `seq` of a run: `lg<run>-<seq>`.
+fn payload(run: &str, seq: usize) -> String {
+    format!("{run}-{seq}")
+}
+
+/// The sequence number in a received text carrying `run`'s payload.
+fn parse_payload(run: &str, text: &str) -> Option<usize> {
+    let at = text.find(run)?;
+    let rest = text[at + run.len()..].strip_prefix('-')?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Pace `messages` sends at `rate` per second (0: no pacing), calling `send(seq)`.
+async fn pace(messages: usize, rate: u64, run: &Mutex<Run>, mut send: impl FnMut(usize)) {
+    let started = Instant::now();
+    for seq in 0..messages {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        run.lock().expect("run").sent[seq] = Some(Instant::now());
+        send(seq);
+    }
+}
+
+/// The daemon as a child process, with `/proc` readings.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    started: Instant,
+}
+
+impl Daemon {
+    fn start(binary: &Path, dir: &Path, config: &str) -> Daemon {
+        std::fs::write(dir.join("bridges.toml"), config).expect("write config");
+        let log = std::fs::File::create(dir.join("bridge.log")).expect("log");
+        let started = Instant::now();
+        let child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("bridges.toml"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", binary.display()));
+        Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            started,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bridge.log")).unwrap_or_default()
+    }
+
+    /// Wait until the log holds `needle` `count` times; the time since start.
+    async fn wait_log(&mut self, needle: &str, count: usize) -> Duration {
+        let deadline = Instant::now() + Duration::from_mins(2);
+        loop {
+            if self.log().matches(needle).count() >= count {
+                return self.started.elapsed();
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                Instant::now() < deadline && exited.is_none(),
+                "daemon never logged {needle:?} x{count} (exit: {exited:?}): {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Resident set size in KiB.
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU time used so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is field 3; utime and
+        // stime are fields 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn irc_network(id: &str, port: u16, nick: &str) -> String {
+    format!(
+        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
+         flood_burst = 1000\nflood_interval_ms = 1\n\n"
+    )
+}
+
+fn config(state: &Path, networks: &str, gateways: &str) -> String {
+    format!(
+        "[general]\nstate_dir = \"{}\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{networks}{gateways}",
+        state.display()
+    )
+}
+
+fn gateway(name: &str, channels: &[(&str, &str)]) -> String {
+    let mut text = format!("[[gateway]]\nname = \"{name}\"\nchannels = [\n");
+    for (network, channel) in channels {
+        let _ = writeln!(
+            text,
+            "  {{ network = \"{network}\", channel = \"{channel}\" }},"
+        );
+    }
+    text.push_str("]\n\n");
+    text
+}
+
+/// Read IRC lines of `channel` into `run` until complete or `within` passed.
+async fn read_irc(
+    reader: &mut IrcClient,
+    channel: &str,
+    run_id: &str,
+    run: &Mutex<Run>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    let channel = channel.to_lowercase();
+    while !run.lock().expect("run").complete() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = reader
+            .wait_for(
+                |l| {
+                    l.text()
+                        .is_some_and(|(target, _)| target.to_lowercase() == channel)
+                },
+                left,
+            )
+            .await
+        else {
+            break;
+        };
+        let at = Instant::now();
+        if let Some(seq) = line
+            .text()
+            .and_then(|(_, text)| parse_payload(run_id, text))
+        {
+            run.lock().expect("run").receive(seq, at);
+        }
+    }
+}
+
+/// One IRC run: `writer` says each payload in `from`, `reader` reads them in `to`.
+async fn irc_run(
+    writer: &IrcClient,
+    reader: &mut IrcClient,
+    from: &str,
+    to: &str,
+    run_id: &str,
+    drive: Drive,
+) -> Value {
+    let run = Arc::new(Mutex::new(Run::new(drive.messages)));
+    let sending = {
+        let run = Arc::clone(&run);
+        let writer_lines = writer.clone_writer();
+        let from = from.to_owned();
+        let run_id = run_id.to_owned();
+        tokio::spawn(async move {
+            pace(drive.messages, drive.rate, &run, |seq| {
+                let _ = writer_lines
+                    .send(format!("PRIVMSG {from} :{}\r\n", payload(&run_id, seq)).into_bytes());
+            })
+            .await;
+        })
+    };
+    read_irc(
+        reader,
+        to,
+        run_id,
+        &run,
+        Duration::from_secs(60 + drive.messages as u64 / 50),
+    )
+    .await;
+    let _ = sending.await;
+    run.lock().expect("run").summary()
+}
+
+fn ratio(bridged: &Value, direct: &Value, key: &str) -> Value {
+    match (bridged[key].as_f64(), direct[key].as_f64()) {
+        (Some(b), Some(d)) if d > 0.0 => json!(b / d),
+        _ => json!(null),
+    }
+}
+
+fn added(bridged: &Value, direct: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in ["p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+        if let (Some(b), Some(d)) = (
+            bridged["latency"][key].as_f64(),
+            direct["latency"][key].as_f64(),
+        ) {
+            out.insert(key.to_owned(), json!(b - d));
+        }
+    }
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// In-process sink: records each delivery's arrival, acknowledges at once.
+#[derive(Clone)]
+struct Sink {
+    window: usize,
+    arrivals: Arc<AtomicU64>,
+    sent_at: Arc<Mutex<HashMap<String, Instant>>>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    order_errors: Arc<AtomicU64>,
+    last_seen: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Endpoint for Sink {
+    fn window(&self) -> usize {
+        self.window
+    }
+
+    async fn send(
+        &self,
+        delivery: Delivery,
+    ) -> Result<AckFuture, tribridge::connector::DeliveryError> {
+        let now = Instant::now();
+        // The writer puts each message's key in its author id.
+        let text = delivery.author.id.clone();
+        if let Some(sent) = self.sent_at.lock().expect("sent").get(&text) {
+            self.latencies
+                .lock()
+                .expect("lat")
+                .push(now.duration_since(*sent));
+        }
+        // Per-source order: "m<source>-<n>".
+        if let Some((source, n)) = text.split_once('-')
+            && let Ok(n) = n.parse::<u64>()
+        {
+            let mut last = self.last_seen.lock().expect("last");
+            let previous = last.insert(source.to_owned(), n);
+            if previous.is_some_and(|p| p >= n) {
+                self.order_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+        let remote_id = format!("r-{}", delivery.id);
+        Ok(Box::pin(async move {
+            Ok(DeliveryAck {
+                remote_id: Some(remote_id),
+            })
+        }))
+    }
+}
+
+async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) -> Value {
+    let mut text = String::from(
+        "[network.one]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"a\"\n\n[network.two]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"b\"\n\n",
+    );
+    for g in 0..gateways {
+        text.push_str(&gateway(
+            &format!("g{g}"),
+            &[("one", &format!("#s{g}")), ("two", &format!("#d{g}"))],
+        ));
+    }
+    let config = tribridge::config::parse(&text, Path::new("."), &[]).expect("core config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let topology = Arc::new(Topology::from_config(&config));
+    let destinations = topology.destinations().to_vec();
+    let outbox = Arc::new(Outbox::new(&destinations));
+    let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
+    let sink = Sink {
+        window,
+        arrivals: Arc::default(),
+        sent_at: Arc::default(),
+        latencies: Arc::default(),
+        order_errors: Arc::default(),
+        last_seen: Arc::default(),
+    };
+    let endpoints: HashMap<String, Sink> = [
+        ("one".to_owned(), sink.clone()),
+        ("two".to_owned(), sink.clone()),
+    ]
+    .into();
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    outbox.spawn_workers(router.writer(), &store, &endpoints, &shutdown, &mut tasks);
+    // One writer task per gateway, each submitting its share in order, as a connector does.
+    let per_gateway = messages / gateways;
+    let total = per_gateway * gateways;
+    let started = Instant::now();
+    let cpu_started = process_cpu();
+    let mut writers = tokio::task::JoinSet::new();
+    for g in 0..gateways {
+        let router = router.clone();
+        let sent_at = Arc::clone(&sink.sent_at);
+        writers.spawn(async move {
+            for n in 0..per_gateway {
+                let text = format!("m{g}-{n}");
+                sent_at
+                    .lock()
+                    .expect("sent")
+                    .insert(text.clone(), Instant::now());
+                let inbound = Inbound {
+                    origin: ChannelRef::new("one", format!("#s{g}")),
+                    remote_id: Some(format!("id-{g}-{n}")),
+                    author: Author {
+                        id: text.clone(),
+                        display_name: "alice".into(),
+                    },
+                    timestamp_ms: 1_700_000_000_000,
+                    body: EventBody::text(TextStyle::Normal, &text),
+                    permalink: None,
+                };
+                if per_event {
+                    let router = router.clone();
+                    tokio::task::spawn_blocking(move || router.submit_blocking(&inbound))
+                        .await
+                        .expect("join")
+                        .expect("commit");
+                } else {
+                    router.submit(inbound).await.expect("commit");
+                }
+            }
+        });
+    }
+    while writers.join_next().await.is_some() {}
+    let committed_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_mins(10);
+    while outbox.stats().delivered.load(Ordering::Relaxed) < total as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_started);
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let pending: u64 = destinations
+        .iter()
+        .map(|d| store.pending_count(d).expect("count"))
+        .sum();
+    let delivered = outbox.stats().delivered.load(Ordering::Relaxed);
+    let mut latencies = sink.latencies.lock().expect("lat").clone();
+    let result = json!({
+        "gateways": gateways,
+        "messages": total,
+        "window": window,
+        "group_commit": !per_event,
+        "arrivals": sink.arrivals.load(Ordering::Relaxed),
+        "delivered_and_recorded": delivered,
+        "still_pending": pending,
+        "lost": total as u64 - delivered.min(total as u64),
+        "order_errors": sink.order_errors.load(Ordering::Relaxed),
+        "commit_seconds": committed_in.as_secs_f64(),
+        "seconds": elapsed.as_secs_f64(),
+        "msgs_per_s": total as f64 / elapsed.as_secs_f64(),
+        "cpu_seconds": cpu.as_secs_f64(),
+        "latency_submit_to_endpoint": percentiles(&mut latencies),
+        "rss_kib": own_rss_kib(),
+    });
+    println!(
+        "core: {total} messages over {gateways} gateways in {:.2} s = {:.0} msg/s, lost {}, order errors {}",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        result["lost"],
+        result["order_errors"]
+    );
+    result
+}
+
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
+    let server = servers::InspIrcd::start();
+    let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+    let mut reader = IrcClient::connect(server.port, "lgreader").await;
+    // Direct: writer and reader in one channel.
+    writer.join("#lgdirect").await;
+    reader.join("#lgdirect").await;
+    let direct = irc_run(&writer, &mut reader, "#lgdirect", "#lgdirect", "dir", drive).await;
+    println!("irc direct: {direct}");
+    writer.join("#lga").await;
+    reader.join("#lgb").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let networks = irc_network("one", server.port, "lgbrone")
+        + irc_network("two", server.port, "lgbrtwo").as_str();
+    let mut bridge = Daemon::start(
+        daemon,
+        dir.path(),
+        &config(
+            &dir.path().join("state"),
+            &networks,
+            &gateway("lg", &[("one", "#lga"), ("two", "#lgb")]),
+        ),
+    );
+    bridge.wait_log("Channels joined; ready.", 2).await;
+    reader.wait_member("lgbrtwo", "#lgb").await;
+    writer.wait_member("lgbrone", "#lga").await;
+    let cpu_before = bridge.cpu();
+    let bridged = irc_run(&writer, &mut reader, "#lga", "#lgb", "brg", drive).await;
+    let cpu = bridge.cpu().saturating_sub(cpu_before);
+    let rss = bridge.rss_kib();
+    bridge.terminate();
+    json!({
+        "rate": drive.rate,
+        "direct": direct,
+        "bridged": bridged,
+        "added_latency_ms": added(&bridged, &direct),
+        "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}
+
+/// A Mattermost WebSocket reader: posts in `channel_id` whose message carries `run_id`.
+async fn read_mm(
+    url: &str,
+    token: &str,
+    channel_id: &str,
+    run_id: &str,
+    run: &Mutex<Run>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    within: Duration,
+) {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            json!({"seq": 1, "action": "authentication_challenge", "data": {"token": token}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("auth");
+    let _ = ready.send(());
+    let deadline = Instant::now() + within;
+    while !run.lock().expect("run").complete() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(message))) = tokio::time::timeout(left, socket.next()).await else {
+            break;
+        };
+        let at = Instant::now();
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if event["event"] != "posted" {
+            continue;
+        }
+        let Some(post) = event["data"]["post"]
+            .as_str()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+        else {
+            continue;
+        };
+        if post["channel_id"] != channel_id {
+            continue;
+        }
+        if let Some(seq) = post["message"]
+            .as_str()
+            .and_then(|m| parse_payload(run_id, m))
+        {
+            run.lock().expect("run").receive(seq, at);
+        }
+    }
+}
+
+async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
+    let server = servers::InspIrcd::start();
+    let mm = mattermost::MmServer::start("lg").await;
+    let channel = mm.channel("lgc").await;
+    let poster = mm.user("lgposter", &channel).await;
+    let watcher = mm.user("lgwatcher", &channel).await;
+    let within = Duration::from_secs(60 + drive.messages as u64 / 20);
+    // Direct: a Mattermost client posts over REST, the reader sees it on the WebSocket.
+    let direct = {
+        let run = Arc::new(Mutex::new(Run::new(drive.messages)));
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let reading = {
+            let run = Arc::clone(&run);
+            let (url, token, channel) = (
+                mm.emu.websocket_url(),
+                watcher.token().to_owned(),
+                channel.clone(),
+            );
+            tokio::spawn(async move {
+                read_mm(&url, &token, &channel, "dir", &run, ready, within).await;
+            })
+        };
+        let _ = is_ready.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Posts are sent one after another (each a REST round trip), paced like the IRC writer.
+        let started = Instant::now();
+        for seq in 0..drive.messages {
+            if drive.rate > 0 {
+                let due = started + Duration::from_secs_f64(seq as f64 / drive.rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            run.lock().expect("run").sent[seq] = Some(Instant::now());
+            poster.say(&channel, &payload("dir", seq)).await;
+        }
+        let _ = reading.await;
+        run.lock().expect("run").summary()
+    };
+    println!("mm direct: {direct}");
+    let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+    writer.join("#lga").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let networks = irc_network("one", server.port, "lgbrone") + mm.network("mm", "").as_str();
+    let mut bridge = Daemon::start(
+        daemon,
+        dir.path(),
+        &config(
+            &dir.path().join("state"),
+            &networks,
+            &gateway("lg", &[("one", "#lga"), ("mm", "lgc")]),
+        ),
+    );
+    writer.wait_join("lgbrone", "#lga").await;
+    mm.wait_bot_member(&channel).await;
+    bridge.wait_log("Channels joined; ready.", 1).await;
+    let cpu_before = bridge.cpu();
+    let run = Arc::new(Mutex::new(Run::new(drive.messages)));
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let reading = {
+        let run = Arc::clone(&run);
+        let (url, token, channel) = (
+            mm.emu.websocket_url(),
+            watcher.token().to_owned(),
+            channel.clone(),
+        );
+        tokio::spawn(
+            async move { read_mm(&url, &token, &channel, "brg", &run, ready, within).await },
+        )
+    };
+    let _ = is_ready.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = writer.clone_writer();
+    pace(drive.messages, drive.rate, &run, |seq| {
+        let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("brg", seq)).into_bytes());
+    })
+    .await;
+    let _ = reading.await;
+    let bridged = run.lock().expect("run").summary();
+    let cpu = bridge.cpu().saturating_sub(cpu_before);
+    let rss = bridge.rss_kib();
+    bridge.terminate();
+    json!({
+        "rate": drive.rate,
+        "direct_mattermost": direct,
+        "bridged_irc_to_mattermost": bridged,
+        "added_latency_ms": added(&bridged, &direct),
+        "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}
+
+async fn matrix(daemon: &Path, drive: Drive) -> Value {
+    let synapse = servers::Synapse::start();
+    let base = synapse.url();
+    let server = servers::InspIrcd::start();
+    let mut alice = matrix_client::MatrixUser::new(&base, "lgalice").await;
+    let room = alice.create_room("lgroom").await;
+    let _bot = matrix_client::MatrixUser::new(&base, "lgbot").await;
+    // Direct: one client sends as fast as Synapse accepts (each send waits for its answer).
+    let started = Instant::now();
+    let mut accepted = 0usize;
+    let mut send_latencies = Vec::new();
+    for seq in 0..drive.messages {
+        let sent = Instant::now();
+        alice.say(&room, &payload("dir", seq)).await;
+        send_latencies.push(sent.elapsed());
+        accepted += 1;
+    }
+    let direct_seconds = started.elapsed().as_secs_f64();
+    let direct = json!({
+        "messages": accepted,
+        "seconds": direct_seconds,
+        "msgs_per_s": accepted as f64 / direct_seconds,
+        "send_latency": percentiles(&mut send_latencies),
+    });
+    println!("matrix direct: {direct}");
+    let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+    writer.join("#lga").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let networks = irc_network("one", server.port, "lgbrone")
+        + format!(
+            "[network.mx]\ntype = \"matrix\"\nhomeserver = \"{base}\"\nuser = \"@lgbot:localhost\"\npassword = \"password\"\n\n"
+        )
+        .as_str();
+    let mut bridge = Daemon::start(
+        daemon,
+        dir.path(),
+        &config(
+            &dir.path().join("state"),
+            &networks,
+            &gateway("lg", &[("one", "#lga"), ("mx", "#lgroom:localhost")]),
+        ),
+    );
+    writer.wait_join("lgbrone", "#lga").await;
+    bridge.wait_log("Joined Matrix room.", 1).await;
+    let lines = writer.clone_writer();
+    // The writer is not paced: the bridge is Synapse's only writer and goes as fast as it can.
+    let sent_all = Instant::now();
+    for seq in 0..drive.messages {
+        let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("brg", seq)).into_bytes());
+    }
+    let events = alice
+        .messages_until(&room, &payload("brg", drive.messages - 1))
+        .await;
+    let bridged_seconds = sent_all.elapsed().as_secs_f64();
+    let arrived = events
+        .iter()
+        .filter(|e| parse_payload("brg", e.body()).is_some())
+        .count();
+    let rss = bridge.rss_kib();
+    let cpu = bridge.cpu();
+    bridge.terminate();
+    let bridged = json!({
+        "messages": drive.messages,
+        "arrived": arrived,
+        "seconds": bridged_seconds,
+        "msgs_per_s": arrived as f64 / bridged_seconds,
+    });
+    json!({
+        "direct": direct,
+        "bridged": bridged,
+        "share_of_direct_rate": ratio(&bridged, &direct, "msgs_per_s"),
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}
+
+/// Config for `gateways` gateways over two IRC accounts and a Mattermost network.
+async fn three_networks(
+    server: &servers::InspIrcd,
+    mm: &mattermost::MmServer,
+    state: &Path,
+    gateways: usize,
+) -> String {
+    let mut text = String::new();
+    for g in 0..gateways {
+        mm.channel(&format!("lgm{gateways}x{g}")).await;
+        text.push_str(&gateway(
+            &format!("g{g}"),
+            &[
+                ("one", &format!("#lga{g}")),
+                ("two", &format!("#lgb{g}")),
+                ("mm", &format!("lgm{gateways}x{g}")),
+            ],
+        ));
+    }
+    let networks = irc_network("one", server.port, "lgbrone")
+        + irc_network("two", server.port, "lgbrtwo").as_str()
+        + mm.network("mm", "").as_str();
+    config(state, &networks, &text)
+}
+
+async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
+    let server = servers::InspIrcd::start();
+    let mm = mattermost::MmServer::start("lg").await;
+    let mut points = Vec::new();
+    let mut after_messages = json!(null);
+    for count in [1, gateways / 10, gateways] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = three_networks(&server, &mm, &dir.path().join("state"), count).await;
+        let mut bridge = Daemon::start(daemon, dir.path(), &text);
+        bridge.wait_log("Channels joined; ready.", 2).await;
+        bridge.wait_log("Joined.", 3 * count).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = bridge.rss_kib();
+        println!("idle: {count} gateways, RSS {rss} KiB");
+        points.push(json!({"gateways": count, "rss_kib": rss}));
+        if count == gateways && mapped > 0 {
+            let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+            let mut reader = IrcClient::connect(server.port, "lgreader").await;
+            writer.join("#lga0").await;
+            reader.join("#lgb0").await;
+            let run = irc_run(
+                &writer,
+                &mut reader,
+                "#lga0",
+                "#lgb0",
+                "map",
+                Drive {
+                    messages: mapped,
+                    rate: 0,
+                },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let rss_after = bridge.rss_kib();
+            println!("after {mapped} messages: RSS {rss_after} KiB");
+            after_messages = json!({
+                "messages": mapped,
+                "rss_kib": rss_after,
+                "rss_growth_kib": rss_after.saturating_sub(rss),
+                "relay": run,
+                "store_bytes": dir_size(&dir.path().join("state")),
+            });
+        }
+        bridge.terminate();
+    }
+    let per_gateway = match (points.first(), points.last()) {
+        (Some(first), Some(last)) => {
+            let (g0, r0) = (
+                first["gateways"].as_f64().unwrap_or(0.0),
+                first["rss_kib"].as_f64().unwrap_or(0.0),
+            );
+            let (g1, r1) = (
+                last["gateways"].as_f64().unwrap_or(0.0),
+                last["rss_kib"].as_f64().unwrap_or(0.0),
+            );
+            if g1 > g0 {
+                json!((r1 - r0) / (g1 - g0))
+            } else {
+                json!(null)
+            }
+        }
+        _ => json!(null),
+    };
+    json!({
+        "networks": 3,
+        "points": points,
+        "rss_kib_per_gateway": per_gateway,
+        "after_mapped_messages": after_messages,
+    })
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+async fn catchup(daemon: &Path, messages: usize, outage_secs: u64) -> Value {
+    let server = servers::InspIrcd::start();
+    let mm = mattermost::MmServer::start("lg").await;
+    let channel = mm.channel("lgc").await;
+    let poster = mm.user("lgposter", &channel).await;
+    let mut reader = IrcClient::connect(server.port, "lgreader").await;
+    reader.join("#lgb").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let networks = irc_network("one", server.port, "lgbrone") + mm.network("mm", "").as_str();
+    let text = config(
+        &dir.path().join("state"),
+        &networks,
+        &gateway("lg", &[("one", "#lgb"), ("mm", "lgc")]),
+    );
+    let mut bridge = Daemon::start(daemon, dir.path(), &text);
+    reader.wait_join("lgbrone", "#lgb").await;
+    mm.wait_bot_member(&channel).await;
+    // One message through, so that the channel's position is stored.
+    poster.say(&channel, "before-outage").await;
+    reader
+        .wait_for(
+            |l| l.text().is_some_and(|(_, t)| t.contains("before-outage")),
+            Duration::from_mins(1),
+        )
+        .await
+        .expect("first message relayed");
+    bridge.terminate();
+    let outage_started = Instant::now();
+    let run = Arc::new(Mutex::new(Run::new(messages)));
+    for seq in 0..messages {
+        run.lock().expect("run").sent[seq] = Some(Instant::now());
+        poster.say(&channel, &payload("cu", seq)).await;
+    }
+    let posted_in = outage_started.elapsed();
+    let rest = Duration::from_secs(outage_secs).saturating_sub(outage_started.elapsed());
+    tokio::time::sleep(rest).await;
+    let mut bridge = Daemon::start(daemon, dir.path(), &text);
+    let restarted = bridge.started;
+    reader.wait_join("lgbrone", "#lgb").await;
+    let joined = restarted.elapsed();
+    read_irc(&mut reader, "#lgb", "cu", &run, Duration::from_mins(5)).await;
+    let done = restarted.elapsed();
+    let summary = run.lock().expect("run").summary();
+    let rss = bridge.rss_kib();
+    let cpu = bridge.cpu();
+    bridge.terminate();
+    json!({
+        "messages": messages,
+        "outage_seconds": outage_started.elapsed().as_secs_f64().min(done.as_secs_f64() + outage_secs as f64),
+        "posting_seconds": posted_in.as_secs_f64(),
+        "restart_to_irc_join_s": joined.as_secs_f64(),
+        "restart_to_all_relayed_s": done.as_secs_f64(),
+        "join_to_all_relayed_s": done.saturating_sub(joined).as_secs_f64(),
+        "received": summary["received"],
+        "lost": summary["lost"],
+        "duplicates": summary["duplicates"],
+        "out_of_order": summary["out_of_order"],
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}
+
+async fn startup(daemon: &Path, gateways: usize) -> Value {
+    let server = servers::InspIrcd::start();
+    // The server's own delays: one client registering and joining as many channels.
+    let started = Instant::now();
+    let mut probe = IrcClient::connect(server.port, "lgprobe").await;
+    let registered = started.elapsed();
+    for g in 0..gateways {
+        probe.raw(&format!("JOIN #lgp{g}"));
+    }
+    let last = format!("#lgp{}", gateways - 1);
+    probe
+        .wait_for(
+            |l| {
+                l.command == "366"
+                    && l.params
+                        .get(1)
+                        .is_some_and(|c| c.eq_ignore_ascii_case(&last))
+            },
+            Duration::from_mins(1),
+        )
+        .await
+        .expect("probe joined");
+    let direct = started.elapsed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = String::new();
+    for g in 0..gateways {
+        text.push_str(&gateway(
+            &format!("g{g}"),
+            &[("one", &format!("#lga{g}")), ("two", &format!("#lgb{g}"))],
+        ));
+    }
+    let networks = irc_network("one", server.port, "lgbrone")
+        + irc_network("two", server.port, "lgbrtwo").as_str();
+    let mut bridge = Daemon::start(
+        daemon,
+        dir.path(),
+        &config(&dir.path().join("state"), &networks, &text),
+    );
+    let ready = bridge.wait_log("Channels joined; ready.", 2).await;
+    let rss = bridge.rss_kib();
+    let cpu = bridge.cpu();
+    bridge.terminate();
+    json!({
+        "gateways": gateways,
+        "channels": 2 * gateways,
+        "start_to_all_joined_s": ready.as_secs_f64(),
+        "direct_client_register_s": registered.as_secs_f64(),
+        "direct_client_register_and_join_s": direct.as_secs_f64(),
+        "bridge_minus_server_s": ready.as_secs_f64() - direct.as_secs_f64(),
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}

@@ -1,0 +1,191 @@
+//! Group commit: one thread writes to the store for everyone, and every transaction carries
+//! all the inbound events and delivery acknowledgements that arrived while the previous one
+//! was being written.
+//!
+//! The durability contract is the store's, unchanged: a caller's future resolves only after the
+//! transaction holding its event (or acknowledgement) committed, so a connector still
+//! acknowledges its position on a network only after its event is durable, and a delivery still
+//! leaves the outbox only in the transaction that records its acknowledgement. What changes is
+//! the cost: under load, one transaction (and one set of WAL frames) serves many events. With
+//! one event at a time it is the same single transaction as before.
+//!
+//! This module decides nothing about routing and does no I/O but the store's.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::oneshot;
+
+use crate::model::Inbound;
+use crate::store::{CommitOutcome, InboundCommit, Route, Store, StoreError};
+
+/// The most requests one transaction carries (bounds the time a request waits behind others).
+const MAX_GROUP: usize = 512;
+
+/// One unit of work for the writer thread.
+// Requests are moved once through a channel; boxing the event would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Request {
+    /// An inbound event to commit with its outbox rows.
+    Inbound {
+        inbound: Inbound,
+        protocol: &'static str,
+        routes: Vec<Route>,
+        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    },
+    /// Deliveries acknowledged by their destination: `(delivery id, remote id)`.
+    Acks {
+        acknowledged: Vec<(String, Option<String>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Errors of a group-commit call.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupCommitError {
+    /// The store refused the write; nothing of this request was committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer thread is gone (the process is shutting down).
+    #[error("the store writer has stopped")]
+    Stopped,
+}
+
+/// The handle to the writer thread. Cheap to clone; the thread ends when every handle is gone.
+#[derive(Clone)]
+pub struct GroupCommit {
+    requests: std_mpsc::Sender<Request>,
+}
+
+impl GroupCommit {
+    /// Start the writer thread over `store`.
+    #[must_use]
+    pub fn start(store: Arc<Store>) -> Self {
+        let (requests, receiver) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("tribridge-store-writer".into())
+            .spawn(move || write_loop(&store, &receiver))
+            .expect("spawn the store writer thread");
+        Self { requests }
+    }
+
+    /// Commit an inbound event with one outbox row per route; resolves once it is durable.
+    pub async fn commit_inbound(
+        &self,
+        inbound: Inbound,
+        protocol: &'static str,
+        routes: Vec<Route>,
+    ) -> Result<CommitOutcome, GroupCommitError> {
+        self.enqueue_inbound(inbound, protocol, routes).await
+    }
+
+    /// Queue an inbound event for commit now (events are committed in the order they are
+    /// queued); the returned future resolves once it is durable.
+    pub fn enqueue_inbound(
+        &self,
+        inbound: Inbound,
+        protocol: &'static str,
+        routes: Vec<Route>,
+    ) -> impl std::future::Future<Output = Result<CommitOutcome, GroupCommitError>> + Send + 'static
+    {
+        let (reply, outcome) = oneshot::channel();
+        let queued = self
+            .requests
+            .send(Request::Inbound {
+                inbound,
+                protocol,
+                routes,
+                reply,
+            })
+            .map_err(|_| GroupCommitError::Stopped);
+        async move {
+            queued?;
+            Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+        }
+    }
+
+    /// Record acknowledged deliveries (they leave the outbox); resolves once that is durable.
+    pub async fn complete_deliveries(
+        &self,
+        acknowledged: Vec<(String, Option<String>)>,
+    ) -> Result<(), GroupCommitError> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests
+            .send(Request::Acks {
+                acknowledged,
+                reply,
+            })
+            .map_err(|_| GroupCommitError::Stopped)?;
+        Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+    }
+}
+
+fn write_loop(store: &Store, receiver: &std_mpsc::Receiver<Request>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = receiver.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        write_group(store, group.drain(..));
+    }
+}
+
+fn write_group(store: &Store, group: impl Iterator<Item = Request>) {
+    let mut events = Vec::new();
+    let mut event_replies = Vec::new();
+    let mut acks = Vec::new();
+    let mut ack_replies = Vec::new();
+    for request in group {
+        match request {
+            Request::Inbound {
+                inbound,
+                protocol,
+                routes,
+                reply,
+            } => {
+                events.push((inbound, protocol, routes));
+                event_replies.push(reply);
+            }
+            Request::Acks {
+                acknowledged,
+                reply,
+            } => {
+                acks.extend(acknowledged);
+                ack_replies.push(reply);
+            }
+        }
+    }
+    let commits: Vec<InboundCommit<'_>> = events
+        .iter()
+        .map(|(inbound, protocol, routes)| InboundCommit {
+            inbound,
+            protocol,
+            routes,
+        })
+        .collect();
+    let ack_refs: Vec<(&str, Option<&str>)> = acks
+        .iter()
+        .map(|(id, remote)| (id.as_str(), remote.as_deref()))
+        .collect();
+    let outcome = store.commit_group(&ack_refs, &commits);
+    for (reply, result) in event_replies.into_iter().zip(outcome.events) {
+        let _ = reply.send(result);
+    }
+    match outcome.acks {
+        Ok(()) => {
+            for reply in ack_replies {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            for reply in ack_replies {
+                let _ = reply.send(Err(StoreError::Group(message.clone())));
+            }
+        }
+    }
+}
