@@ -76,13 +76,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The default log filter: our own events at info; the Matrix SDK's per-request chatter (every
-/// sync, with its whole filter, and every send) only when it is a warning.
-const DEFAULT_LOG_FILTER: &str = "info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn";
-
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Our own events at info; libraries' per-request chatter only when it is a warning.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "info,{}",
+            tribridge::connector::QUIET_LOG_TARGETS
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

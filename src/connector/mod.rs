@@ -25,6 +25,10 @@ use crate::richtext::model::{Block, Inline};
 use crate::router::Router;
 use crate::store::Store;
 
+/// Log filter directives that quiet the connectors' libraries to warnings (the Matrix SDK logs
+/// every sync, with its whole filter, and every send at info).
+pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
+
 /// Why a delivery did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {

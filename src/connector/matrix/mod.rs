@@ -57,6 +57,10 @@ use crate::connector::{
 };
 use crate::model::{Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, now_ms};
 
+/// Log filter directives that keep the SDK's per-request chatter to warnings.
+pub const QUIET_LOG_TARGETS: &str =
+    "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
+
 /// What Matrix can represent.
 pub const CAPABILITIES: Capabilities = Capabilities {
     edits: true,
