@@ -1283,6 +1283,7 @@ async fn an_encrypted_room_is_bridged_both_ways() {
     let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
     irc.join(&channel).await;
     let dir = tempfile::tempdir().unwrap();
+    let media_port = crate::support::servers::free_port();
     let _bridge = Bridge::start(
         dir.path(),
         &config(
@@ -1294,6 +1295,14 @@ async fn an_encrypted_room_is_bridged_both_ways() {
                 ("irc", &channel),
                 ("mx", &format!("#{alias_name}:localhost")),
             ],
+        )
+        .replacen(
+            "\n\n",
+            &format!(
+                "\nmedia_listen = \"127.0.0.1:{media_port}\"\n\
+                 media_public_url = \"http://127.0.0.1:{media_port}/media\"\n\n"
+            ),
+            1,
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -1319,6 +1328,27 @@ async fn an_encrypted_room_is_bridged_both_ways() {
         texts(&irc.texts_until(&channel, "secret hello").await),
         vec![format!("<{alice}> secret hello")]
     );
+    // A file in the encrypted room (encrypted with its own key) is decrypted and copied: the
+    // IRC link serves the original bytes.
+    let notes = b"encrypted notes\n".repeat(10);
+    room.send_attachment(
+        "notes.txt",
+        &mime::TEXT_PLAIN,
+        notes.clone(),
+        matrix_sdk::attachment::AttachmentConfig::new(),
+    )
+    .await
+    .unwrap();
+    let seen = texts(&irc.texts_until(&channel, "notes.txt").await);
+    let prefix =
+        format!("<{alice}> shared a file: notes.txt (160 B) http://127.0.0.1:{media_port}/media/");
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with(&prefix)),
+        "{seen:?}"
+    );
+    let link = seen.last().unwrap().rsplit(' ').next().unwrap().to_owned();
+    let served = reqwest::get(&link).await.unwrap().bytes().await.unwrap();
+    assert_eq!(served.to_vec(), notes);
 
     irc.say(&channel, "hello back");
     let expected = format!("<{}> hello back", irc.nick);
