@@ -290,6 +290,24 @@ pub fn render_sender(
         .replace("{GATEWAY}", &delivery.gateway)
 }
 
+/// The sentence that tells a membership or channel change, e.g. `ann joined #civicrm`; every
+/// connector shows it the same way (with its network as a prefix).
+#[must_use]
+pub fn membership_text(delivery: &Delivery, change: &crate::model::Membership) -> String {
+    use crate::model::Membership;
+    let who = &delivery.author.display_name;
+    let channel = &delivery.origin.channel;
+    match change {
+        Membership::Joined => format!("{who} joined {channel}"),
+        Membership::Left {
+            reason: Some(reason),
+        } if !reason.is_empty() => format!("{who} left {channel} ({reason})"),
+        Membership::Left { .. } => format!("{who} left {channel}"),
+        Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
+        Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
+    }
+}
+
 /// What a file is, for a sentence: "an image", "a video", "an audio file", "a file".
 #[must_use]
 pub fn file_kind(attachment: &Attachment) -> &'static str {

@@ -1317,18 +1317,7 @@ pub fn render_delivery(
         // IRC cannot delete or react; saying so in the channel would only add noise.
         EventBody::Delete { .. } | EventBody::Reaction { .. } => return Vec::new(),
         EventBody::Membership(change) => {
-            let who = &delivery.author.display_name;
-            let text = match change {
-                Membership::Joined => format!("{who} joined {}", delivery.origin.channel),
-                Membership::Left {
-                    reason: Some(reason),
-                } if !reason.is_empty() => {
-                    format!("{who} left {} ({reason})", delivery.origin.channel)
-                }
-                Membership::Left { .. } => format!("{who} left {}", delivery.origin.channel),
-                Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
-                Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
-            };
+            let text = crate::connector::membership_text(delivery, change);
             return render_text_lines(
                 &LineFrame {
                     command: "NOTICE",

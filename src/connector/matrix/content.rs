@@ -389,17 +389,7 @@ pub fn outbound(delivery: &Delivery, sender: &str, related: Related<'_>) -> Outb
             },
         },
         EventBody::Membership(change) => {
-            let who = &delivery.author.display_name;
-            let channel = &delivery.origin.channel;
-            let text = match change {
-                Membership::Joined => format!("{who} joined {channel}"),
-                Membership::Left {
-                    reason: Some(reason),
-                } if !reason.is_empty() => format!("{who} left {channel} ({reason})"),
-                Membership::Left { .. } => format!("{who} left {channel}"),
-                Membership::Renamed { new_name } => format!("{who} is now known as {new_name}"),
-                Membership::Topic { topic } => format!("{who} changed the topic to: {topic}"),
-            };
+            let text = crate::connector::membership_text(delivery, change);
             let (body, formatted) = text_to_matrix(
                 &format!("[{}] ", delivery.origin.network),
                 &FormattedText::plain(&text),

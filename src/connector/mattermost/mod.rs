@@ -347,21 +347,7 @@ impl MattermostHandle {
                 }
             }
             EventBody::Membership(change) => {
-                let who = &delivery.author.display_name;
-                let channel = &delivery.origin.channel;
-                let text = match change {
-                    Membership::Joined => format!("{who} joined {channel}"),
-                    Membership::Left {
-                        reason: Some(reason),
-                    } if !reason.is_empty() => format!("{who} left {channel} ({reason})"),
-                    Membership::Left { .. } => format!("{who} left {channel}"),
-                    Membership::Renamed { new_name } => {
-                        format!("{who} is now known as {new_name}")
-                    }
-                    Membership::Topic { topic } => {
-                        format!("{who} changed the topic to: {topic}")
-                    }
-                };
+                let text = crate::connector::membership_text(delivery, change);
                 let message = text_to_markdown(
                     &format!("[{}] ", delivery.origin.network),
                     &FormattedText::plain(&text),
