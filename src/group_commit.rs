@@ -17,7 +17,8 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::oneshot;
 
 use crate::model::Inbound;
-use crate::store::{CommitOutcome, InboundCommit, Route, Store, StoreError};
+use crate::router::Wake;
+use crate::store::{CommitOutcome, Completion, InboundCommit, Route, Store, StoreError};
 
 /// The most requests one transaction carries (bounds the time a request waits behind others).
 const MAX_GROUP: usize = 512;
@@ -33,9 +34,9 @@ enum Request {
         routes: Vec<Route>,
         reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
     },
-    /// Deliveries acknowledged by their destination: `(delivery id, remote id)`.
+    /// Deliveries acknowledged by their destination.
     Acks {
-        acknowledged: Vec<(String, Option<String>)>,
+        acknowledged: Vec<Completion>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -58,13 +59,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Start the writer thread over `store`.
+    /// Start the writer thread over `store`. Right after each commit, `wake` is handed the
+    /// outbox rows it created, before any caller hears of it.
     #[must_use]
-    pub fn start(store: Arc<Store>) -> Self {
+    pub fn start(store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         let (requests, receiver) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("tribridge-store-writer".into())
-            .spawn(move || write_loop(&store, &receiver))
+            .spawn(move || write_loop(&store, wake.as_ref(), &receiver))
             .expect("spawn the store writer thread");
         Self { requests }
     }
@@ -107,20 +109,33 @@ impl GroupCommit {
     /// Record acknowledged deliveries (they leave the outbox); resolves once that is durable.
     pub async fn complete_deliveries(
         &self,
-        acknowledged: Vec<(String, Option<String>)>,
+        acknowledged: Vec<Completion>,
     ) -> Result<(), GroupCommitError> {
+        self.enqueue_completions(acknowledged).await
+    }
+
+    /// Queue acknowledged deliveries for recording now; the returned future resolves once that
+    /// is durable (dropping it does not cancel the write).
+    pub fn enqueue_completions(
+        &self,
+        acknowledged: Vec<Completion>,
+    ) -> impl std::future::Future<Output = Result<(), GroupCommitError>> + Send + 'static {
         let (reply, outcome) = oneshot::channel();
-        self.requests
+        let queued = self
+            .requests
             .send(Request::Acks {
                 acknowledged,
                 reply,
             })
-            .map_err(|_| GroupCommitError::Stopped)?;
-        Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+            .map_err(|_| GroupCommitError::Stopped);
+        async move {
+            queued?;
+            Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+        }
     }
 }
 
-fn write_loop(store: &Store, receiver: &std_mpsc::Receiver<Request>) {
+fn write_loop(store: &Store, wake: &dyn Wake, receiver: &std_mpsc::Receiver<Request>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = receiver.recv() {
         group.push(first);
@@ -130,11 +145,11 @@ fn write_loop(store: &Store, receiver: &std_mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        write_group(store, group.drain(..));
+        write_group(store, wake, group.drain(..));
     }
 }
 
-fn write_group(store: &Store, group: impl Iterator<Item = Request>) {
+fn write_group(store: &Store, wake: &dyn Wake, group: impl Iterator<Item = Request>) {
     let mut events = Vec::new();
     let mut event_replies = Vec::new();
     let mut acks = Vec::new();
@@ -167,11 +182,13 @@ fn write_group(store: &Store, group: impl Iterator<Item = Request>) {
             routes,
         })
         .collect();
-    let ack_refs: Vec<(&str, Option<&str>)> = acks
-        .iter()
-        .map(|(id, remote)| (id.as_str(), remote.as_deref()))
-        .collect();
-    let outcome = store.commit_group(&ack_refs, &commits);
+    let outcome = store.commit_group(&acks, &commits);
+    for queued in outcome.queued {
+        match queued.pending {
+            Some(pending) => wake.queued(&queued.destination, pending),
+            None => wake.wake(&queued.destination),
+        }
+    }
     for (reply, result) in event_replies.into_iter().zip(outcome.events) {
         let _ = reply.send(result);
     }

@@ -27,10 +27,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::DeliveryError;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, Delivery, DeliveryAck, now_ms};
 use crate::router::Wake;
-use crate::store::{PendingDelivery, Store};
+use crate::store::{Completion, PendingDelivery, Store};
 
 /// The acknowledgement of one delivery handed to a connection, still to come.
 pub type AckFuture = Pin<Box<dyn Future<Output = Result<DeliveryAck, DeliveryError>> + Send>>;
@@ -61,11 +61,42 @@ pub struct OutboxStats {
     pub failed: AtomicU64,
 }
 
+/// The most deliveries announced to one worker and not yet taken; beyond it the worker reads
+/// its queue from the store instead (so a slow destination costs memory only up to here).
+const MAX_ANNOUNCED: usize = 1_024;
+
 /// The wake-up bells of every destination's worker.
 #[derive(Default)]
 pub struct Outbox {
-    bells: HashMap<ChannelRef, Arc<Notify>>,
+    bells: HashMap<ChannelRef, Arc<Bell>>,
     stats: Arc<OutboxStats>,
+}
+
+/// One destination's bell: the wake-up, and the deliveries committed since the worker last
+/// looked (so that it need not read back what the writer just wrote).
+#[derive(Default)]
+struct Bell {
+    notify: Notify,
+    announced: std::sync::Mutex<Announced>,
+}
+
+#[derive(Default)]
+struct Announced {
+    /// Committed deliveries, in queue order.
+    deliveries: VecDeque<PendingDelivery>,
+    /// Something was committed that is not in `deliveries`: read the store.
+    read_store: bool,
+    /// The worker takes announcements (it is in step with the store, or about to be); when
+    /// not, it reads everything from the store and nothing is kept here.
+    listening: bool,
+}
+
+impl Bell {
+    fn announced(&self) -> std::sync::MutexGuard<'_, Announced> {
+        self.announced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Outbox {
@@ -75,7 +106,7 @@ impl Outbox {
         Self {
             bells: destinations
                 .iter()
-                .map(|d| (d.clone(), Arc::new(Notify::new())))
+                .map(|d| (d.clone(), Arc::new(Bell::default())))
                 .collect(),
             stats: Arc::default(),
         }
@@ -119,10 +150,38 @@ impl Outbox {
 impl Wake for Outbox {
     fn wake(&self, destination: &ChannelRef) {
         if let Some(bell) = self.bells.get(destination) {
+            bell.announced().read_store = true;
             // notify_one stores a permit when the worker is busy: no wake-up is ever lost.
-            bell.notify_one();
+            bell.notify.notify_one();
         }
     }
+
+    fn queued(&self, destination: &ChannelRef, pending: PendingDelivery) {
+        if let Some(bell) = self.bells.get(destination) {
+            {
+                let mut announced = bell.announced();
+                if !announced.listening {
+                    // The worker reads its queue from the store; this row is there.
+                } else if announced.deliveries.len() < MAX_ANNOUNCED {
+                    announced.deliveries.push_back(pending);
+                } else {
+                    announced.read_store = true;
+                }
+            }
+            bell.notify.notify_one();
+        }
+    }
+}
+
+/// Where a worker stands in its queue.
+#[derive(Default)]
+struct Position {
+    /// Every pending row of the queue that is not outstanding is among the announced
+    /// deliveries (or will be announced): the worker need not read the store. False at start,
+    /// after any failure and whenever something was committed without being announced.
+    in_step: bool,
+    /// The highest queue position handed to the connection so far.
+    last_seq: i64,
 }
 
 /// A delivery handed to the connection, waiting for its acknowledgement.
@@ -134,7 +193,7 @@ struct Outstanding {
 
 struct Worker<E> {
     destination: ChannelRef,
-    bell: Arc<Notify>,
+    bell: Arc<Bell>,
     writer: GroupCommit,
     store: Arc<Store>,
     endpoint: E,
@@ -142,79 +201,268 @@ struct Worker<E> {
     stats: Arc<OutboxStats>,
 }
 
+/// Acknowledgements on their way into the store: how many, and the commit's future.
+type Recording = VecDeque<(
+    u64,
+    Pin<Box<dyn Future<Output = Result<(), GroupCommitError>> + Send>>,
+)>;
+
+/// What woke a worker up.
+enum Woke {
+    /// The oldest outstanding delivery's outcome.
+    Ack(Result<DeliveryAck, DeliveryError>),
+    /// The oldest recording of acknowledgements finished.
+    Recorded(Result<(), GroupCommitError>),
+    /// New work was committed (or announced).
+    Bell,
+    /// Shutdown began.
+    Shutdown,
+}
+
 impl<E: Endpoint> Worker<E> {
+    /// The worker's loop. It hands deliveries over while earlier ones await their
+    /// acknowledgement, and records acknowledgements without waiting for the commit before
+    /// sending on (the destination has them; if the record is lost to a crash, they are sent
+    /// again with the same idempotency key). It waits for those records only before reading the
+    /// store, whose rows they remove.
     async fn run(self) {
         let window = self.endpoint.window().max(1);
         let mut outstanding: VecDeque<Outstanding> = VecDeque::with_capacity(window);
+        let mut recording: Recording = VecDeque::new();
+        let mut position = Position::default();
         // The queue may hold more than was read last time (or a bell rang meanwhile).
         let mut more = true;
         loop {
-            if self.shutdown.is_cancelled() && outstanding.is_empty() {
+            let stopping = self.shutdown.is_cancelled();
+            if stopping && outstanding.is_empty() {
+                self.finish_recording(&mut recording, &mut position).await;
                 return;
             }
-            more |= self.bell.notified().now_or_never().is_some();
-            if more && outstanding.len() < window && !self.shutdown.is_cancelled() {
-                match self.fill(&mut outstanding, window).await {
+            more |= self.bell.notify.notified().now_or_never().is_some();
+            if more && outstanding.len() < window && !stopping {
+                match self
+                    .fill(&mut outstanding, &mut recording, window, &mut position)
+                    .await
+                {
                     Fill::Read { more: again } => more = again,
                     // Outstanding deliveries are still finished below.
                     Fill::Shutdown => more = false,
                 }
             }
-            let Some(head) = outstanding.pop_front() else {
-                tokio::select! {
-                    () = self.bell.notified() => more = true,
-                    () = self.shutdown.cancelled() => return,
-                }
-                continue;
-            };
+            let room = outstanding.len() < window && !more;
+            let idle = outstanding.is_empty();
             // A delivery in progress is finished even during shutdown (bounded by the
             // connector's own acknowledgement timeout), so that it is not sent twice.
-            let mut acknowledged = Vec::new();
-            let mut failure = None;
-            match head.ack.await {
-                Ok(ack) => acknowledged.push((head.delivery.id, ack.remote_id)),
-                Err(error) => failure = Some((head.delivery, error)),
-            }
-            // Every acknowledgement already in hand behind the head goes in the same record.
-            while failure.is_none()
-                && let Some(next) = outstanding.front_mut()
-            {
-                let Some(result) = (&mut next.ack).now_or_never() else {
-                    break;
-                };
-                let Some(next) = outstanding.pop_front() else {
-                    break;
-                };
-                match result {
-                    Ok(ack) => acknowledged.push((next.delivery.id, ack.remote_id)),
-                    Err(error) => failure = Some((next.delivery, error)),
-                }
-            }
-            if !acknowledged.is_empty() {
-                let count = acknowledged.len() as u64;
-                if let Err(error) = self.writer.complete_deliveries(acknowledged).await {
-                    tracing::error!(destination = %self.destination, error = %error, "Cannot record a delivery outcome; it may be sent again.");
-                    if self.pause(Duration::from_secs(5)).await && outstanding.is_empty() {
-                        return;
+            let woke = {
+                let ack = async {
+                    match outstanding.front_mut() {
+                        Some(head) => (&mut head.ack).await,
+                        None => std::future::pending().await,
                     }
-                } else {
-                    self.stats.delivered.fetch_add(count, Ordering::Relaxed);
+                };
+                let recorded = async {
+                    match recording.front_mut() {
+                        Some((_, commit)) => commit.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    result = ack => Woke::Ack(result),
+                    result = recorded => Woke::Recorded(result),
+                    () = self.bell.notify.notified(), if room => Woke::Bell,
+                    () = self.shutdown.cancelled(), if !stopping => Woke::Shutdown,
+                    // More to read and nothing to wait for: read again now. (With deliveries
+                    // outstanding, their acknowledgements are what lets the queue move.)
+                    () = std::future::ready(()), if more && idle && !stopping => Woke::Bell,
                 }
-            }
-            if let Some((delivery, error)) = failure {
-                self.record_failure(&delivery, error).await;
-                more = true;
+            };
+            match woke {
+                Woke::Bell => more = true,
+                Woke::Shutdown => {}
+                Woke::Recorded(result) => {
+                    if let Some((count, _)) = recording.pop_front() {
+                        self.recorded(count, result, &mut position).await;
+                    }
+                }
+                Woke::Ack(result) => {
+                    let Some(head) = outstanding.pop_front() else {
+                        continue;
+                    };
+                    let failed = self
+                        .acknowledged(head, result, &mut outstanding, &mut recording)
+                        .await;
+                    if failed {
+                        position.in_step = false;
+                        more = true;
+                    }
+                }
             }
         }
     }
 
-    /// Read the deliveries queued behind the outstanding ones and hand them to the connection,
-    /// up to the window.
-    async fn fill(&self, outstanding: &mut VecDeque<Outstanding>, window: usize) -> Fill {
+    /// The head's outcome is in: queue the record of it and of every acknowledgement already in
+    /// hand behind it; record a failure. True when something failed.
+    async fn acknowledged(
+        &self,
+        head: Outstanding,
+        result: Result<DeliveryAck, DeliveryError>,
+        outstanding: &mut VecDeque<Outstanding>,
+        recording: &mut Recording,
+    ) -> bool {
+        let mut acknowledged = Vec::new();
+        let mut failure = None;
+        match result {
+            Ok(ack) => acknowledged.push(Completion::of(&head.delivery, ack.remote_id)),
+            Err(error) => failure = Some((head.delivery, error)),
+        }
+        while failure.is_none()
+            && let Some(next) = outstanding.front_mut()
+        {
+            let Some(result) = (&mut next.ack).now_or_never() else {
+                break;
+            };
+            let Some(next) = outstanding.pop_front() else {
+                break;
+            };
+            match result {
+                Ok(ack) => acknowledged.push(Completion::of(&next.delivery, ack.remote_id)),
+                Err(error) => failure = Some((next.delivery, error)),
+            }
+        }
+        if !acknowledged.is_empty() {
+            let count = acknowledged.len() as u64;
+            recording.push_back((
+                count,
+                Box::pin(self.writer.enqueue_completions(acknowledged)),
+            ));
+        }
+        match failure {
+            Some((delivery, error)) => {
+                self.record_failure(&delivery, error).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A recording of acknowledgements finished.
+    async fn recorded(
+        &self,
+        count: u64,
+        result: Result<(), GroupCommitError>,
+        position: &mut Position,
+    ) {
+        match result {
+            Ok(()) => {
+                self.stats.delivered.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // The rows stay in the store and are read (and sent) again.
+                position.in_step = false;
+                tracing::error!(destination = %self.destination, error = %error, "Cannot record a delivery outcome; it may be sent again.");
+                let _ = self.pause(Duration::from_secs(5)).await;
+            }
+        }
+    }
+
+    /// Wait for every recording in progress.
+    async fn finish_recording(&self, recording: &mut Recording, position: &mut Position) {
+        while let Some((count, commit)) = recording.pop_front() {
+            let result = commit.await;
+            self.recorded(count, result, position).await;
+        }
+    }
+
+    /// Hand the deliveries queued behind the outstanding ones to the connection, up to the
+    /// window: the announced ones while the worker is in step with the store, else read from
+    /// the store.
+    async fn fill(
+        &self,
+        outstanding: &mut VecDeque<Outstanding>,
+        recording: &mut Recording,
+        window: usize,
+        position: &mut Position,
+    ) -> Fill {
+        {
+            let mut announced = self.bell.announced();
+            if std::mem::take(&mut announced.read_store) {
+                // Everything announced so far is in the store too, and read from there.
+                announced.deliveries.clear();
+                position.in_step = false;
+            }
+        }
+        if position.in_step {
+            return self.fill_announced(outstanding, window, position).await;
+        }
+        // The store still holds rows whose acknowledgement is being recorded.
+        self.finish_recording(recording, position).await;
+        let fill = self.fill_from_store(outstanding, window, position).await;
+        if !position.in_step {
+            // Still reading from the store: keep nothing announced meanwhile.
+            let mut announced = self.bell.announced();
+            announced.listening = false;
+            announced.deliveries.clear();
+        }
+        fill
+    }
+
+    /// [`Worker::fill`] from the announced deliveries.
+    async fn fill_announced(
+        &self,
+        outstanding: &mut VecDeque<Outstanding>,
+        window: usize,
+        position: &mut Position,
+    ) -> Fill {
+        while outstanding.len() < window {
+            let next = {
+                let mut announced = self.bell.announced();
+                if announced.read_store {
+                    return Fill::Read { more: true };
+                }
+                // Rows already handed over (read from the store before the worker was in
+                // step) are announced too: skipped by their position.
+                loop {
+                    match announced.deliveries.pop_front() {
+                        Some(pending) if pending.seq <= position.last_seq => {}
+                        other => break other,
+                    }
+                }
+            };
+            let Some(PendingDelivery { delivery, seq, .. }) = next else {
+                return Fill::Read { more: false };
+            };
+            match self.endpoint.send(delivery.clone()).await {
+                Ok(ack) => {
+                    position.last_seq = seq;
+                    outstanding.push_back(Outstanding { delivery, seq, ack });
+                }
+                Err(error) => {
+                    position.in_step = false;
+                    self.record_failure_after(outstanding, &delivery, error)
+                        .await;
+                    return Fill::Read { more: true };
+                }
+            }
+        }
+        Fill::Read { more: true }
+    }
+
+    /// [`Worker::fill`] from the store. A read that finds fewer rows than it asked for, all
+    /// handed over, puts the worker in step: every later row is announced.
+    async fn fill_from_store(
+        &self,
+        outstanding: &mut VecDeque<Outstanding>,
+        window: usize,
+        position: &mut Position,
+    ) -> Fill {
         let store = Arc::clone(&self.store);
         let destination = self.destination.clone();
         let after = outstanding.back().map_or(0, |o| o.seq);
         let wanted = window - outstanding.len();
+        // Rows committed from now on are announced; any also found by this read are skipped by
+        // their position. Rows committed before are found by the read.
+        self.bell.announced().listening = true;
         let read =
             tokio::task::spawn_blocking(move || store.pending_batch(&destination, after, wanted))
                 .await;
@@ -253,7 +501,10 @@ impl<E: Endpoint> Worker<E> {
                 return Fill::Shutdown;
             }
             match self.endpoint.send(delivery.clone()).await {
-                Ok(ack) => outstanding.push_back(Outstanding { delivery, seq, ack }),
+                Ok(ack) => {
+                    position.last_seq = position.last_seq.max(seq);
+                    outstanding.push_back(Outstanding { delivery, seq, ack });
+                }
                 Err(error) => {
                     // Not handed over: nothing behind it may overtake it.
                     self.record_failure_after(outstanding, &delivery, error)
@@ -262,6 +513,9 @@ impl<E: Endpoint> Worker<E> {
                 }
             }
         }
+        // Everything pending was read and handed over: from now on, what is committed is
+        // announced (rows committed after the read have higher positions than any handed).
+        position.in_step = !full;
         Fill::Read { more: full }
     }
 
@@ -278,7 +532,10 @@ impl<E: Endpoint> Worker<E> {
                 Ok(ack) => {
                     if let Err(error) = self
                         .writer
-                        .complete_deliveries(vec![(previous.delivery.id, ack.remote_id)])
+                        .complete_deliveries(vec![Completion::of(
+                            &previous.delivery,
+                            ack.remote_id,
+                        )])
                         .await
                     {
                         tracing::error!(destination = %self.destination, error = %error, "Cannot record a delivery outcome; it may be sent again.");

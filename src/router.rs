@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::{Config, irc_fold};
 use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
-use crate::store::{CommitOutcome, Route, Store, StoreError};
+use crate::store::{CommitOutcome, PendingDelivery, Route, Store, StoreError};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
 #[derive(Debug, Clone, Default)]
@@ -130,8 +130,15 @@ pub struct RouterStats {
 
 /// Something that wants to know when a destination has new work.
 pub trait Wake: Send + Sync {
-    /// A delivery for `destination` was committed.
+    /// Deliveries for `destination` were committed; read them from the store.
     fn wake(&self, destination: &ChannelRef);
+
+    /// This delivery for `destination` was just committed, exactly as the store would return
+    /// it. Called in queue order; by default the same as [`Wake::wake`].
+    fn queued(&self, destination: &ChannelRef, pending: PendingDelivery) {
+        let _ = pending;
+        self.wake(destination);
+    }
 }
 
 /// Errors from submitting an event.
@@ -171,7 +178,7 @@ impl Router {
     pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         Self {
             topology,
-            writer: GroupCommit::start(Arc::clone(&store)),
+            writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
             store,
             wake,
             stats: Arc::new(RouterStats::default()),
@@ -284,6 +291,11 @@ impl Router {
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
         self.account(&outcome);
+        if let CommitOutcome::Committed { destinations, .. } = &outcome {
+            for destination in destinations {
+                self.wake.wake(destination);
+            }
+        }
         Ok(outcome)
     }
 
@@ -307,6 +319,7 @@ impl Router {
         true
     }
 
+    /// Count what a commit did (the store writer has already woken the destinations).
     fn account(&self, outcome: &CommitOutcome) {
         match outcome {
             CommitOutcome::Committed { destinations, .. } => {
@@ -314,9 +327,6 @@ impl Router {
                 self.stats
                     .deliveries_queued
                     .fetch_add(destinations.len() as u64, Ordering::Relaxed);
-                for destination in destinations {
-                    self.wake.wake(destination);
-                }
             }
             CommitOutcome::Echo { message_id } => {
                 self.stats.echoes.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::mpsc as std_mpsc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -98,9 +99,34 @@ pub struct Route {
 }
 
 /// The `SQLite` store. Cheap to share behind an `Arc`.
+///
+/// A file-backed store has three connections: the writer (every write), a reader (the outbox's
+/// queue reads and the connectors' lookups, which WAL lets run while the writer commits), and a
+/// checkpointer thread that copies the WAL back into the database in the background, so that no
+/// commit ever waits for a checkpoint's `fsync`.
 pub struct Store {
     connection: Mutex<Connection>,
+    reader: Option<Mutex<Connection>>,
+    /// Dropped with the store: the checkpointer thread sees the channel close and ends.
+    _checkpointer: Option<std_mpsc::Sender<()>>,
 }
+
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A WAL file larger than this is checkpointed even if the writer has to wait, and reused from
+/// its start at this size (`journal_size_limit`): the disk space the WAL keeps.
+const WAL_RESTART_BYTES: u64 = 32 << 20;
+
+/// `SQLite`'s page size for a new database (the default is 4,096). A commit writes every page
+/// it touched whole, and a chat message touches about ten pages in as many indexes: smaller
+/// pages make a message's share of the WAL about four times smaller. An existing database
+/// keeps the page size it was created with.
+const NEW_PAGE_SIZE: i64 = 2_048;
+
+/// `SQLite`'s page cache per connection, KiB (the default is 2,000 KiB). The writer's indexes
+/// (mappings, outbox) stay in memory a while longer; the cost is memory only as it is used.
+const CACHE_KIB: i64 = 8_192;
 
 impl Store {
     /// Open (or create) `state_dir/tribridge.sqlite3` and apply pending migrations.
@@ -109,25 +135,46 @@ impl Store {
             path: state_dir.display().to_string(),
             source,
         })?;
-        let connection = Connection::open(state_dir.join("tribridge.sqlite3"))?;
-        Self::with_connection(connection)
+        let path = state_dir.join("tribridge.sqlite3");
+        let mut connection = Connection::open(&path)?;
+        // Only takes effect while the file is still empty (before WAL mode and the tables).
+        connection.pragma_update(None, "page_size", NEW_PAGE_SIZE)?;
+        configure(&connection)?;
+        // Checkpoints run on their own connection (below), never inside a commit. After a
+        // burst, the WAL file is cut back to this size when it starts over.
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        connection.pragma_update(None, "journal_size_limit", WAL_RESTART_BYTES as i64)?;
+        migrate(&mut connection)?;
+        let reader = Connection::open(&path)?;
+        configure(&reader)?;
+        reader.pragma_update(None, "query_only", true)?;
+        let checkpointer = Connection::open(&path)?;
+        configure(&checkpointer)?;
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let wal = state_dir.join("tribridge.sqlite3-wal");
+        std::thread::Builder::new()
+            .name("tribridge-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &wal, &stopped))
+            .map_err(|source| StoreError::CreateDir {
+                path: "checkpointer thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            reader: Some(Mutex::new(reader)),
+            _checkpointer: Some(stop),
+        })
     }
 
-    /// A store in memory, for tests and benchmarks.
+    /// A store in memory, for tests and benchmarks (one connection; nothing to checkpoint).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::with_connection(Connection::open_in_memory()?)
-    }
-
-    fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
-        // WAL + NORMAL: a committed transaction survives a process crash (SIGKILL); only an OS
-        // crash or power loss can take the last few, which is the usual SQLite trade-off.
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut connection = Connection::open_in_memory()?;
+        configure(&connection)?;
         migrate(&mut connection)?;
         Ok(Self {
             connection: Mutex::new(connection),
+            reader: None,
+            _checkpointer: None,
         })
     }
 
@@ -137,6 +184,19 @@ impl Store {
         self.connection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connection for reads: the reader of a file-backed store, else the only one. It sees
+    /// every transaction committed before the read began.
+    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.as_ref().map_or_else(
+            || self.lock(),
+            |reader| {
+                reader
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            },
+        )
     }
 
     /// Record an inbound event and one outbox row per route, in one transaction; or recognise it
@@ -149,59 +209,38 @@ impl Store {
     ) -> Result<CommitOutcome, StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        let outcome = record_inbound(&transaction, inbound, origin_protocol, routes)?;
+        let outcome = record_inbound(
+            &transaction,
+            inbound,
+            origin_protocol,
+            routes,
+            &mut Vec::new(),
+        )?;
         transaction.commit()?;
         Ok(outcome)
     }
 
     /// Group commit: acknowledgements (as [`Store::complete_deliveries`]) and inbound events
     /// (as [`Store::commit_inbound`]) in one transaction. The acknowledgements are recorded
-    /// first (so an echo in the same group is recognised), together in one savepoint; each event
-    /// in its own savepoint, so that one event's error leaves the others committed. Every `Ok`
-    /// is durable when this returns; if the transaction cannot commit, everything gets the error.
+    /// first (so an echo in the same group is recognised). Every `Ok` is durable when this
+    /// returns; if the transaction cannot commit, everything gets the error.
+    ///
+    /// The group is first written plainly, which is the common case and the cheap one. If any
+    /// statement fails, that transaction is rolled back and the group written again with the
+    /// acknowledgements in one savepoint and each event in its own, so that one event's error
+    /// leaves the others committed.
     pub fn commit_group(
         &self,
-        acknowledged: &[(&str, Option<&str>)],
+        acknowledged: &[Completion],
         events: &[InboundCommit<'_>],
     ) -> GroupOutcome {
         let mut connection = self.lock();
-        let mut transaction = match connection.transaction() {
-            Ok(transaction) => transaction,
-            Err(error) => return GroupOutcome::all_failed(&error, events.len()),
-        };
-        let acks = if acknowledged.is_empty() {
-            Ok(())
-        } else {
-            transaction
-                .savepoint()
-                .map_err(StoreError::from)
-                .and_then(|savepoint| {
-                    for (delivery_id, remote_id) in acknowledged {
-                        record_completion(&savepoint, delivery_id, *remote_id)?;
-                    }
-                    savepoint.commit()?;
-                    Ok(())
-                })
-        };
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            let outcome = transaction
-                .savepoint()
-                .map_err(StoreError::from)
-                .and_then(|savepoint| {
-                    let outcome =
-                        record_inbound(&savepoint, event.inbound, event.protocol, event.routes)?;
-                    savepoint.commit()?;
-                    Ok(outcome)
-                });
-            outcomes.push(outcome);
-        }
-        if let Err(error) = transaction.commit() {
-            return GroupOutcome::all_failed(&error, events.len());
-        }
-        GroupOutcome {
-            acks,
-            events: outcomes,
+        match group_plain(&mut connection, acknowledged, events) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::debug!(error = %error, "A group commit failed; writing it again event by event.");
+                group_with_savepoints(&mut connection, acknowledged, events)
+            }
         }
     }
 
@@ -228,7 +267,7 @@ impl Store {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
-        let connection = self.lock();
+        let connection = self.read();
         let mut statement = connection.prepare_cached(
             "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts, o.next_try_ms,
                     m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
@@ -281,7 +320,8 @@ impl Store {
                     // A row this build cannot read must not hold up the queue behind it
                     // forever: it is kept as `failed` (for an operator) and reported once.
                     let reason = format!("stored message cannot be decoded: {error}");
-                    connection.execute(
+                    drop(connection);
+                    self.lock().execute(
                         "UPDATE outbox SET state = 'failed', last_error = ?2
                          WHERE delivery_id = ?1",
                         params![row.id, reason],
@@ -396,7 +436,7 @@ impl Store {
 
     /// Destinations that have pending deliveries.
     pub fn pending_destinations(&self) -> Result<Vec<ChannelRef>, StoreError> {
-        let connection = self.lock();
+        let connection = self.read();
         let mut statement = connection.prepare(
             "SELECT DISTINCT network, channel FROM outbox WHERE state = 'pending' ORDER BY 1, 2",
         )?;
@@ -411,7 +451,7 @@ impl Store {
 
     /// Number of pending deliveries for a destination.
     pub fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
-        let count: i64 = self.lock().query_row(
+        let count: i64 = self.read().query_row(
             "SELECT COUNT(*) FROM outbox WHERE network = ?1 AND channel = ?2 AND state = 'pending'",
             params![destination.network, destination.channel],
             |row| row.get(0),
@@ -421,7 +461,7 @@ impl Store {
 
     /// Number of acknowledged deliveries to a destination.
     pub fn delivered_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
-        let count: i64 = self.lock().query_row(
+        let count: i64 = self.read().query_row(
             "SELECT COUNT(*) FROM deliveries WHERE network = ?1 AND channel = ?2",
             params![destination.network, destination.channel],
             |row| row.get(0),
@@ -435,7 +475,7 @@ impl Store {
         channel: &ChannelRef,
         remote_id: &str,
     ) -> Result<Option<(i64, MappingRole)>, StoreError> {
-        lookup_mapping(&self.lock(), channel, remote_id)
+        lookup_mapping(&self.read(), channel, remote_id)
     }
 
     /// Every (channel, remote id, role) known for a message: where it came from and everywhere
@@ -444,7 +484,7 @@ impl Store {
         &self,
         message_id: i64,
     ) -> Result<Vec<(ChannelRef, String, MappingRole)>, StoreError> {
-        let connection = self.lock();
+        let connection = self.read();
         let mut statement = connection.prepare_cached(
             "SELECT network, channel, remote_id, role FROM mappings WHERE message_id = ?1
              ORDER BY role DESC, network, channel",
@@ -463,7 +503,7 @@ impl Store {
     /// channels (`""` for the whole network).
     pub fn cursor(&self, network: &str, channel: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .lock()
+            .read()
             .query_row(
                 "SELECT value FROM cursors WHERE network = ?1 AND channel = ?2",
                 params![network, channel],
@@ -514,6 +554,36 @@ struct PendingRow {
     seq: i64,
 }
 
+/// A delivery its destination acknowledged, with what the outbox row says about it (the
+/// worker has it from the row it read), so that recording it needs no read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The delivery id.
+    pub delivery_id: String,
+    /// The canonical message id.
+    pub message_id: i64,
+    /// Where it was delivered.
+    pub destination: ChannelRef,
+    /// Attempts before this one.
+    pub attempts: u32,
+    /// The id the destination gave it, if any.
+    pub remote_id: Option<String>,
+}
+
+impl Completion {
+    /// The completion of `delivery`, acknowledged with `remote_id`.
+    #[must_use]
+    pub fn of(delivery: &Delivery, remote_id: Option<String>) -> Self {
+        Self {
+            delivery_id: delivery.id.clone(),
+            message_id: delivery.message_id,
+            destination: delivery.destination.clone(),
+            attempts: delivery.attempts,
+            remote_id,
+        }
+    }
+}
+
 /// The body of [`Store::complete_deliveries`] for one delivery, inside the caller's transaction.
 fn record_completion(
     connection: &Connection,
@@ -531,6 +601,38 @@ fn record_completion(
     let Some((message_id, network, channel, attempts)) = row else {
         return Ok(());
     };
+    record_known_completion(
+        connection,
+        &Completion {
+            delivery_id: delivery_id.to_owned(),
+            message_id,
+            destination: ChannelRef::new(network, channel),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            remote_id: remote_id.map(str::to_owned),
+        },
+    )
+}
+
+/// Record a completion: a `deliveries` row, the mapping of the destination's id, and the outbox
+/// row gone. Idempotent: a second call changes nothing.
+fn record_known_completion(
+    connection: &Connection,
+    completion: &Completion,
+) -> Result<(), StoreError> {
+    let Completion {
+        delivery_id,
+        message_id,
+        destination,
+        attempts,
+        remote_id,
+    } = completion;
+    let removed = connection
+        .prepare_cached("DELETE FROM outbox WHERE delivery_id = ?1")?
+        .execute(params![delivery_id])?;
+    if removed == 0 {
+        // Already recorded (or never queued): nothing to add.
+        return Ok(());
+    }
     connection
         .prepare_cached(
             "INSERT OR IGNORE INTO deliveries
@@ -540,10 +642,10 @@ fn record_completion(
         .execute(params![
             delivery_id,
             message_id,
-            network,
-            channel,
+            destination.network,
+            destination.channel,
             remote_id,
-            attempts + 1,
+            i64::from(*attempts) + 1,
             now_ms()
         ])?;
     if let Some(remote_id) = remote_id {
@@ -554,16 +656,13 @@ fn record_completion(
                  VALUES (?1, ?2, ?3, ?4, 'delivery', ?5)",
             )?
             .execute(params![
-                network,
-                channel,
+                destination.network,
+                destination.channel,
                 remote_id,
                 message_id,
                 delivery_id
             ])?;
     }
-    connection
-        .prepare_cached("DELETE FROM outbox WHERE delivery_id = ?1")?
-        .execute(params![delivery_id])?;
     Ok(())
 }
 
@@ -574,6 +673,8 @@ pub struct GroupOutcome {
     pub acks: Result<(), StoreError>,
     /// One outcome per event, in order.
     pub events: Vec<Result<CommitOutcome, StoreError>>,
+    /// The outbox rows the committed events created, in queue order.
+    pub queued: Vec<Queued>,
 }
 
 impl GroupOutcome {
@@ -581,8 +682,108 @@ impl GroupOutcome {
         Self {
             acks: Err(error_copy(error)),
             events: (0..events).map(|_| Err(error_copy(error))).collect(),
+            queued: Vec::new(),
         }
     }
+}
+
+/// [`Store::commit_group`]'s first try: every write in one transaction; any error undoes all.
+fn group_plain(
+    connection: &mut Connection,
+    acknowledged: &[Completion],
+    events: &[InboundCommit<'_>],
+) -> Result<GroupOutcome, StoreError> {
+    let transaction = connection.transaction()?;
+    for completion in acknowledged {
+        record_known_completion(&transaction, completion)?;
+    }
+    let mut queued = Vec::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        outcomes.push(Ok(record_inbound(
+            &transaction,
+            event.inbound,
+            event.protocol,
+            event.routes,
+            &mut queued,
+        )?));
+    }
+    transaction.commit()?;
+    Ok(GroupOutcome {
+        acks: Ok(()),
+        events: outcomes,
+        queued,
+    })
+}
+
+/// [`Store::commit_group`] after a failure: one savepoint for the acknowledgements and one per
+/// event, so that each failure stays its own.
+fn group_with_savepoints(
+    connection: &mut Connection,
+    acknowledged: &[Completion],
+    events: &[InboundCommit<'_>],
+) -> GroupOutcome {
+    let mut transaction = match connection.transaction() {
+        Ok(transaction) => transaction,
+        Err(error) => return GroupOutcome::all_failed(&error, events.len()),
+    };
+    let acks = if acknowledged.is_empty() {
+        Ok(())
+    } else {
+        transaction
+            .savepoint()
+            .map_err(StoreError::from)
+            .and_then(|savepoint| {
+                for completion in acknowledged {
+                    record_known_completion(&savepoint, completion)?;
+                }
+                savepoint.commit()?;
+                Ok(())
+            })
+    };
+    let mut queued = Vec::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let before = queued.len();
+        let outcome = transaction
+            .savepoint()
+            .map_err(StoreError::from)
+            .and_then(|savepoint| {
+                let outcome = record_inbound(
+                    &savepoint,
+                    event.inbound,
+                    event.protocol,
+                    event.routes,
+                    &mut queued,
+                )?;
+                savepoint.commit()?;
+                Ok(outcome)
+            });
+        if outcome.is_err() {
+            queued.truncate(before);
+        }
+        outcomes.push(outcome);
+    }
+    if let Err(error) = transaction.commit() {
+        return GroupOutcome::all_failed(&error, events.len());
+    }
+    GroupOutcome {
+        acks,
+        events: outcomes,
+        queued,
+    }
+}
+
+/// A delivery just committed to the outbox, announced to its destination's worker so that it
+/// need not read it back.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Where it goes.
+    pub destination: ChannelRef,
+    /// The delivery as the worker would read it from the store, when nothing in it is resolved
+    /// at send time; `None` for edits, deletes, reactions, replies and thread messages, which
+    /// the worker reads from the store when their turn comes.
+    pub pending: Option<PendingDelivery>,
 }
 
 /// One inbound event for [`Store::commit_group`].
@@ -612,6 +813,7 @@ fn record_inbound(
     inbound: &Inbound,
     origin_protocol: &str,
     routes: &[Route],
+    queued: &mut Vec<Queued>,
 ) -> Result<CommitOutcome, StoreError> {
     if let Some(remote_id) = &inbound.remote_id
         && let Some((message_id, role)) = lookup_mapping(connection, &inbound.origin, remote_id)?
@@ -678,8 +880,14 @@ fn record_inbound(
             "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
+        // Only a delivery that points at no other message is complete without the store.
+        let self_contained = inbound.body.target().is_none()
+            && inbound.body.reply_to().is_none()
+            && inbound.body.thread_root().is_none();
         for route in routes {
-            let delivery_id = uuid::Uuid::new_v4().simple().to_string();
+            // Time-ordered (UUID v7): the outbox's and the deliveries' indexes on it grow at
+            // their end instead of at a random page each, which keeps a commit's writes small.
+            let delivery_id = uuid::Uuid::now_v7().simple().to_string();
             insert.execute(params![
                 delivery_id,
                 message_id,
@@ -687,6 +895,32 @@ fn record_inbound(
                 route.destination.channel,
                 route.gateway,
             ])?;
+            let seq = connection.last_insert_rowid();
+            let pending = self_contained.then(|| PendingDelivery {
+                delivery: Delivery {
+                    id: delivery_id,
+                    message_id,
+                    destination: route.destination.clone(),
+                    gateway: route.gateway.clone(),
+                    origin: inbound.origin.clone(),
+                    origin_protocol: origin_protocol.to_owned(),
+                    author: inbound.author.clone(),
+                    timestamp_ms: inbound.timestamp_ms,
+                    body: inbound.body.clone(),
+                    target: None,
+                    reply_to: None,
+                    thread_root: None,
+                    previous_text: None,
+                    permalink: inbound.permalink.clone(),
+                    attempts: 0,
+                },
+                next_try_ms: 0,
+                seq,
+            });
+            queued.push(Queued {
+                destination: route.destination.clone(),
+                pending,
+            });
             destinations.push(route.destination.clone());
         }
     }
@@ -777,6 +1011,48 @@ fn lookup_mapping(
             },
         )
         .optional()?)
+}
+
+/// The settings every connection of the store shares.
+fn configure(connection: &Connection) -> Result<(), StoreError> {
+    // WAL + NORMAL: a committed transaction survives a process crash (SIGKILL); only an OS
+    // crash or power loss can take the last few, which is the usual SQLite trade-off.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoints and sorts in memory rather than in temporary files.
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
+    connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Copy the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
+///
+/// `PASSIVE` never waits for the writer or readers, so commits go on during it; but the WAL
+/// can only start over from its beginning once every frame was copied at a moment the writer
+/// is not appending, which a steady stream of commits never leaves. So once the file is larger
+/// than [`WAL_RESTART_BYTES`], a `RESTART` checkpoint makes the writer wait for the last copy
+/// (a few milliseconds, once per that many bytes) and the file is reused from the start.
+fn checkpoint_loop(connection: &Connection, wal: &Path, stop: &std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(error) = checkpoint(connection, "PASSIVE") {
+            tracing::warn!(error = %error, "WAL checkpoint failed; retrying later.");
+            continue;
+        }
+        // The file is cut back to this size when the WAL starts over (`journal_size_limit`),
+        // so it is larger only when it grew since.
+        if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
+            && let Err(error) = checkpoint(connection, "RESTART")
+        {
+            tracing::warn!(error = %error, "WAL checkpoint (restart) failed; retrying later.");
+        }
+    }
+}
+
+/// One checkpoint in `mode`.
+fn checkpoint(connection: &Connection, mode: &str) -> Result<(), rusqlite::Error> {
+    connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {

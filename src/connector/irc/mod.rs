@@ -308,7 +308,14 @@ impl TaskInfo {
                     }
                 }
                 request = requests.recv(), if session.accepts_requests() => match request {
-                    Some(request) => session.enqueue(request),
+                    Some(request) => {
+                        session.enqueue(request);
+                        // Written now if flood control allows: a timer set for "now" would
+                        // fire only at the runtime's next millisecond tick.
+                        if let Err(reason) = session.write_queued() {
+                            break SessionEnd::Lost(reason);
+                        }
+                    }
                     None => break SessionEnd::Shutdown,
                 },
                 () = sleep_until_opt(deadline) => {
