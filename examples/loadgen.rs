@@ -234,10 +234,19 @@ impl Run {
             (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
             _ => 0.0,
         };
+        let missing: Vec<usize> = self
+            .received
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(seq, _)| seq)
+            .take(20)
+            .collect();
         json!({
             "messages": self.sent.len(),
             "received": received,
             "lost": self.sent.len() - received,
+            "first_missing": missing,
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "seconds": seconds,
@@ -289,7 +298,10 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(dir.join("bridges.toml"))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("LOADGEN_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -362,6 +374,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // LOADGEN_KEEP_LOG=FILE keeps the daemon's log of the run.
+        if let Some(keep) = std::env::var_os("LOADGEN_KEEP_LOG") {
+            let _ = std::fs::copy(self.dir.join("bridge.log"), keep);
+        }
     }
 }
 

@@ -240,8 +240,8 @@ impl<E: Endpoint> Worker<E> {
             }
             more |= self.bell.notify.notified().now_or_never().is_some();
             if more && outstanding.len() < window && !stopping {
-                match self
-                    .fill(&mut outstanding, &mut recording, window, &mut position)
+                // Boxed: the fill's state lives only while it runs, not in every idle worker.
+                match Box::pin(self.fill(&mut outstanding, &mut recording, window, &mut position))
                     .await
                 {
                     Fill::Read { more: again } => more = again,

@@ -119,14 +119,18 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 const WAL_RESTART_BYTES: u64 = 32 << 20;
 
 /// `SQLite`'s page size for a new database (the default is 4,096). A commit writes every page
-/// it touched whole, and a chat message touches about ten pages in as many indexes: smaller
-/// pages make a message's share of the WAL about four times smaller. An existing database
-/// keeps the page size it was created with.
+/// it touched whole, and a chat message touches about ten pages in as many indexes: half-size
+/// pages halve a message's share of the WAL (1 KiB pages cost more CPU in deeper trees). An
+/// existing database keeps the page size it was created with.
 const NEW_PAGE_SIZE: i64 = 2_048;
 
-/// `SQLite`'s page cache per connection, KiB (the default is 2,000 KiB). The writer's indexes
-/// (mappings, outbox) stay in memory a while longer; the cost is memory only as it is used.
-const CACHE_KIB: i64 = 8_192;
+/// `SQLite`'s page cache of the writer, KiB (`SQLite`'s default): its indexes (mappings,
+/// outbox) stay in memory a while longer. The cost is memory only as it is used.
+const WRITER_CACHE_KIB: i64 = 2_000;
+
+/// The page cache of the reader and the checkpointer, KiB (the checkpointer copies frames
+/// without it).
+const READER_CACHE_KIB: i64 = 512;
 
 impl Store {
     /// Open (or create) `state_dir/tribridge.sqlite3` and apply pending migrations.
@@ -140,6 +144,7 @@ impl Store {
         // Only takes effect while the file is still empty (before WAL mode and the tables).
         connection.pragma_update(None, "page_size", NEW_PAGE_SIZE)?;
         configure(&connection)?;
+        connection.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         // Checkpoints run on their own connection (below), never inside a commit. After a
         // burst, the WAL file is cut back to this size when it starts over.
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -208,7 +213,7 @@ impl Store {
         routes: &[Route],
     ) -> Result<CommitOutcome, StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction = write_transaction(&mut connection)?;
         let outcome = record_inbound(
             &transaction,
             inbound,
@@ -400,7 +405,7 @@ impl Store {
         acknowledged: &[(&str, Option<&str>)],
     ) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction = write_transaction(&mut connection)?;
         for (delivery_id, remote_id) in acknowledged {
             record_completion(&transaction, delivery_id, *remote_id)?;
         }
@@ -693,7 +698,7 @@ fn group_plain(
     acknowledged: &[Completion],
     events: &[InboundCommit<'_>],
 ) -> Result<GroupOutcome, StoreError> {
-    let transaction = connection.transaction()?;
+    let transaction = write_transaction(connection)?;
     for completion in acknowledged {
         record_known_completion(&transaction, completion)?;
     }
@@ -723,7 +728,7 @@ fn group_with_savepoints(
     acknowledged: &[Completion],
     events: &[InboundCommit<'_>],
 ) -> GroupOutcome {
-    let mut transaction = match connection.transaction() {
+    let mut transaction = match write_transaction(connection) {
         Ok(transaction) => transaction,
         Err(error) => return GroupOutcome::all_failed(&error, events.len()),
     };
@@ -1013,6 +1018,15 @@ fn lookup_mapping(
         .optional()?)
 }
 
+/// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), waiting for it
+/// under the busy timeout. A deferred one that read first could instead fail at once with
+/// "database is locked" when the checkpointer restarted the WAL meanwhile.
+fn write_transaction(
+    connection: &mut Connection,
+) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
+    connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 /// The settings every connection of the store shares.
 fn configure(connection: &Connection) -> Result<(), StoreError> {
     // WAL + NORMAL: a committed transaction survives a process crash (SIGKILL); only an OS
@@ -1022,9 +1036,23 @@ fn configure(connection: &Connection) -> Result<(), StoreError> {
     connection.pragma_update(None, "foreign_keys", "ON")?;
     // Savepoints and sorts in memory rather than in temporary files.
     connection.pragma_update(None, "temp_store", "MEMORY")?;
-    connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    connection.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+    // Wait for a lock (the checkpointer's brief `RESTART`) in 100 µs steps, up to 10 s:
+    // SQLite's own busy timeout sleeps in steps of up to 100 ms, far longer than the lock is
+    // held.
+    connection.busy_handler(Some(busy_wait))?;
     Ok(())
+}
+
+/// The busy handler: true to try again.
+fn busy_wait(attempt: i32) -> bool {
+    const STEP: std::time::Duration = std::time::Duration::from_micros(100);
+    const MAX_ATTEMPTS: i32 = 100_000; // 10 s
+    if attempt >= MAX_ATTEMPTS {
+        return false;
+    }
+    std::thread::sleep(STEP);
+    true
 }
 
 /// Copy the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
@@ -1065,7 +1093,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let transaction = connection.transaction()?;
+        let transaction = write_transaction(connection)?;
         transaction.execute_batch(sql)?;
         transaction.pragma_update(None, "user_version", index as i64 + 1)?;
         transaction.commit()?;
