@@ -637,3 +637,56 @@ fn an_unreadable_queued_message_is_set_aside_and_the_queue_goes_on() {
         .unwrap();
     assert_eq!(failed, 1);
 }
+
+/// Regression: a group commit used to begin as a deferred transaction, which fails at once with
+/// "database is locked" when another connection restarts the WAL between its read and its
+/// write (the store's checkpointer does that once the WAL is large); the load harness lost IRC
+/// lines to it. Here a second connection restarts the WAL as fast as it can while 1,000
+/// messages are committed through the group-commit writer: every one must commit.
+#[test]
+fn commits_never_fail_while_another_connection_restarts_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let path = dir.path().join("tribridge.sqlite3");
+    let scenario = Scenario::with_store(two_way(), store, dir);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restarts = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let connection = rusqlite::Connection::open(path).unwrap();
+            connection
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
+            let mut done = 0_u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                connection
+                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                    .unwrap();
+                done += 1;
+            }
+            done
+        })
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let failures: Vec<String> = runtime.block_on(async {
+        let mut failures = Vec::new();
+        for n in 0..1_000 {
+            let id = format!("m{n}");
+            if let Err(error) = scenario
+                .router
+                .submit(said("one", "#a", Some(&id), &format!("line {n}")))
+                .await
+            {
+                failures.push(format!("{id}: {error}"));
+            }
+        }
+        failures
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let restarts = restarts.join().unwrap();
+    assert!(restarts > 0, "the WAL was never restarted");
+    assert_eq!(failures, Vec::<String>::new());
+    let relayed = scenario.pending("two", "#b");
+    assert_eq!(relayed.len(), 1_000);
+    assert_eq!(relayed[999], "line 999");
+}
