@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::connector::{BuildContext, GatewaySettings};
 use crate::files::{FileLinks, FileStore, Files};
 use crate::outbox::Outbox;
+use crate::parallel::Standin;
 use crate::router::{Router, Topology};
 use crate::store::{Store, StoreError};
 
@@ -125,10 +126,24 @@ pub async fn run(
         });
     }
     let mut worker_tasks = JoinSet::new();
+    // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
+    let endpoints: HashMap<String, Standin<_>> = handles
+        .iter()
+        .map(|(network, handle)| {
+            (
+                network.clone(),
+                Standin::new(
+                    handle.clone(),
+                    Arc::clone(router.parallel()),
+                    workers_shutdown.clone(),
+                ),
+            )
+        })
+        .collect();
     outbox.spawn_workers(
         router.writer(),
         &store,
-        &handles,
+        &endpoints,
         &workers_shutdown,
         &mut worker_tasks,
     );
@@ -165,11 +180,16 @@ pub async fn run(
     }
     let router_stats = router.stats();
     let outbox_stats = outbox.stats();
+    let parallel_stats = router.parallel().stats();
     tracing::info!(
         committed = router_stats.committed.load(Ordering::Relaxed),
         echoes = router_stats.echoes.load(Ordering::Relaxed),
         duplicates = router_stats.duplicates.load(Ordering::Relaxed),
         unrouted = router_stats.unrouted.load(Ordering::Relaxed),
+        loops_broken = router_stats.loops_broken.load(Ordering::Relaxed),
+        parallel_copies = parallel_stats.copies.load(Ordering::Relaxed),
+        covered_by_parallel = parallel_stats.covered.load(Ordering::Relaxed),
+        stood_in = parallel_stats.stood_in.load(Ordering::Relaxed),
         delivered = outbox_stats.delivered.load(Ordering::Relaxed),
         retried = outbox_stats.retried.load(Ordering::Relaxed),
         failed = outbox_stats.failed.load(Ordering::Relaxed),

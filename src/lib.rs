@@ -9,6 +9,7 @@
 //! - [`group_commit`]: one writer thread; each transaction carries every event and ack waiting.
 //! - [`router`]: decides the destinations of an inbound event; names no network.
 //! - [`loop_breaker`]: recognises messages bridges pass around in a circle.
+//! - [`parallel`]: recognises another bridge relaying the same channels; one of the two steps back.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
@@ -22,6 +23,7 @@ pub mod group_commit;
 pub mod loop_breaker;
 pub mod model;
 pub mod outbox;
+pub mod parallel;
 pub mod richtext;
 pub mod router;
 pub mod store;

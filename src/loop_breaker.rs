@@ -19,32 +19,36 @@ const MAX_PREFIX_NICK: usize = 64;
 /// `text`, one after the other.
 #[must_use]
 pub fn relay_depth(text: &str) -> usize {
-    let mut rest = text.trim_start();
+    let mut rest = text;
     let mut depth = 0;
-    loop {
-        let close = match rest.chars().next() {
-            Some('<') => '>',
-            Some('[') => ']',
-            _ => return depth,
-        };
-        let inner = &rest[1..];
-        let Some(end) = inner.find(close) else {
-            return depth;
-        };
-        let nick = &inner[..end];
-        if nick.is_empty()
-            || nick.chars().count() > MAX_PREFIX_NICK
-            || nick.contains(|c: char| c.is_whitespace() || "<>[]".contains(c))
-        {
-            return depth;
-        }
-        let after = &inner[end + close.len_utf8()..];
-        let Some(after) = after.strip_prefix(' ') else {
-            return depth;
-        };
+    while let Some((_, after)) = split_relay_prefix(rest) {
         depth += 1;
-        rest = after.trim_start();
+        rest = after;
     }
+    depth
+}
+
+/// The first relay prefix of `text` and what follows it: `<alice> hi` → `("alice", "hi")`.
+/// `None` when `text` does not start with one (leading spaces aside).
+#[must_use]
+pub fn split_relay_prefix(text: &str) -> Option<(&str, &str)> {
+    let rest = text.trim_start();
+    let close = match rest.chars().next() {
+        Some('<') => '>',
+        Some('[') => ']',
+        _ => return None,
+    };
+    let inner = &rest[1..];
+    let end = inner.find(close)?;
+    let nick = &inner[..end];
+    if nick.is_empty()
+        || nick.chars().count() > MAX_PREFIX_NICK
+        || nick.contains(|c: char| c.is_whitespace() || "<>[]".contains(c))
+    {
+        return None;
+    }
+    let after = inner[end + close.len_utf8()..].strip_prefix(' ')?;
+    Some((nick, after.trim_start()))
 }
 
 /// Whether `text` carries so many relay prefixes that bridges are passing it around.
@@ -79,5 +83,17 @@ mod tests {
         }
         assert!(is_looping("<b2> <b1> <alice> hello"));
         assert!(!is_looping("<b1> <alice> hello"));
+    }
+
+    #[test]
+    fn the_first_prefix_splits_off() {
+        assert_eq!(split_relay_prefix("<alice> hi"), Some(("alice", "hi")));
+        assert_eq!(
+            split_relay_prefix("  [b1]   <alice> hi"),
+            Some(("b1", "<alice> hi"))
+        );
+        assert_eq!(split_relay_prefix("<alice>hi"), None);
+        assert_eq!(split_relay_prefix("alice: hi"), None);
+        assert_eq!(split_relay_prefix("<a b> hi"), None);
     }
 }

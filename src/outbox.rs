@@ -42,6 +42,13 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
     /// when the connection keeps the order in which deliveries were handed to it.
     fn window(&self) -> usize;
 
+    /// Whether `delivery` must be the only one outstanding: sent after everything before it
+    /// is acknowledged, and nothing sent after it until it is.
+    fn exclusive(&self, delivery: &Delivery) -> bool {
+        let _ = delivery;
+        false
+    }
+
     /// Hand `delivery` to the connection. Resolves once it is queued there in order, with the
     /// future of its acknowledgement.
     fn send(
@@ -189,6 +196,13 @@ struct Outstanding {
     delivery: Delivery,
     seq: i64,
     ack: AckFuture,
+    /// Nothing else may be outstanding with it ([`Endpoint::exclusive`]).
+    exclusive: bool,
+}
+
+/// Whether nothing more may be handed over before an acknowledgement comes in.
+fn full(outstanding: &VecDeque<Outstanding>, window: usize) -> bool {
+    outstanding.len() >= window || outstanding.front().is_some_and(|o| o.exclusive)
 }
 
 struct Worker<E> {
@@ -239,7 +253,7 @@ impl<E: Endpoint> Worker<E> {
                 return;
             }
             more |= self.bell.notify.notified().now_or_never().is_some();
-            if more && outstanding.len() < window && !stopping {
+            if more && !full(&outstanding, window) && !stopping {
                 // Boxed: the fill's state lives only while it runs, not in every idle worker.
                 match Box::pin(self.fill(&mut outstanding, &mut recording, window, &mut position))
                     .await
@@ -249,7 +263,7 @@ impl<E: Endpoint> Worker<E> {
                     Fill::Shutdown => more = false,
                 }
             }
-            let room = outstanding.len() < window && !more;
+            let room = !full(&outstanding, window) && !more;
             let idle = outstanding.is_empty();
             // A delivery in progress is finished even during shutdown (bounded by the
             // connector's own acknowledgement timeout), so that it is not sent twice.
@@ -414,7 +428,7 @@ impl<E: Endpoint> Worker<E> {
         window: usize,
         position: &mut Position,
     ) -> Fill {
-        while outstanding.len() < window {
+        while !full(outstanding, window) {
             let next = {
                 let mut announced = self.bell.announced();
                 if announced.read_store {
@@ -432,10 +446,21 @@ impl<E: Endpoint> Worker<E> {
             let Some(PendingDelivery { delivery, seq, .. }) = next else {
                 return Fill::Read { more: false };
             };
+            let exclusive = self.endpoint.exclusive(&delivery);
+            if exclusive && !outstanding.is_empty() {
+                // Sent once everything before it is acknowledged, read from the store then.
+                position.in_step = false;
+                return Fill::Read { more: true };
+            }
             match self.endpoint.send(delivery.clone()).await {
                 Ok(ack) => {
                     position.last_seq = seq;
-                    outstanding.push_back(Outstanding { delivery, seq, ack });
+                    outstanding.push_back(Outstanding {
+                        delivery,
+                        seq,
+                        ack,
+                        exclusive,
+                    });
                 }
                 Err(error) => {
                     position.in_step = false;
@@ -492,7 +517,9 @@ impl<E: Endpoint> Worker<E> {
             let points_elsewhere = delivery.target.is_some()
                 || delivery.reply_to.is_some()
                 || delivery.thread_root.is_some();
-            if !outstanding.is_empty() && (points_elsewhere || next_try_ms > now_ms()) {
+            let exclusive = self.endpoint.exclusive(&delivery);
+            if !outstanding.is_empty() && (points_elsewhere || exclusive || next_try_ms > now_ms())
+            {
                 // Sent once everything before it is acknowledged (read again then).
                 return Fill::Read { more: true };
             }
@@ -503,7 +530,16 @@ impl<E: Endpoint> Worker<E> {
             match self.endpoint.send(delivery.clone()).await {
                 Ok(ack) => {
                     position.last_seq = position.last_seq.max(seq);
-                    outstanding.push_back(Outstanding { delivery, seq, ack });
+                    outstanding.push_back(Outstanding {
+                        delivery,
+                        seq,
+                        ack,
+                        exclusive,
+                    });
+                    if exclusive {
+                        // Nothing goes out behind it until it is acknowledged.
+                        return Fill::Read { more: true };
+                    }
                 }
                 Err(error) => {
                     // Not handed over: nothing behind it may overtake it.

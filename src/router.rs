@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::{Config, irc_fold};
 use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
+use crate::parallel::{Parallel, Prepared};
 use crate::store::{CommitOutcome, PendingDelivery, Route, Store, StoreError};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
@@ -169,6 +170,7 @@ pub struct Router {
     writer: GroupCommit,
     wake: Arc<dyn Wake>,
     stats: Arc<RouterStats>,
+    parallel: Arc<Parallel>,
 }
 
 impl Router {
@@ -179,10 +181,23 @@ impl Router {
         Self {
             topology,
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
+            parallel: Arc::new(Parallel::load(Arc::clone(&store))),
             store,
             wake,
             stats: Arc::new(RouterStats::default()),
         }
+    }
+
+    /// What the router knows about parallel bridges (shared with the outbox's endpoints).
+    #[must_use]
+    pub fn parallel(&self) -> &Arc<Parallel> {
+        &self.parallel
+    }
+
+    /// A connector tells which account the bridge uses on `network` (after each login or
+    /// nick change), so that copies said by it are told apart from other bridges' copies.
+    pub fn set_account(&self, network: &str, account: &str) {
+        self.parallel.set_account(network, account);
     }
 
     /// The counters.
@@ -223,18 +238,22 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        if self.breaks_loop(&inbound) {
+        if self.drops(&inbound)
+            || (self.parallel.may_be_copy(&inbound)
+                && self.parallel.wait_for_original(&inbound).await)
+        {
             return Ok(CommitOutcome::Committed {
                 message_id: 0,
                 destinations: Vec::new(),
             });
         }
+        let prepared = Parallel::prepare(&inbound);
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self
             .writer
             .commit_inbound(inbound, protocol, routes)
             .await?;
-        self.account(&outcome);
+        self.account(&outcome, prepared);
         Ok(outcome)
     }
 
@@ -243,33 +262,49 @@ impl Router {
     /// and its destinations woken as with [`Router::submit`]; an error is logged (the event is
     /// lost, as it would be if the caller had waited). The returned future resolves when the
     /// commit is done; dropping it does not cancel the commit. Needs a Tokio runtime.
+    ///
+    /// One exception to the order: a text from a parallel bridge that may copy a message not
+    /// committed here yet waits for it first ([`Parallel::wait_for_original`]), so later
+    /// events of its channel may overtake it.
     pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
         let routes = self.topology.routes(&inbound.origin).to_vec();
-        let origin = inbound.origin.clone();
-        let committed = if routes.is_empty() {
+        let done = if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             None
-        } else if self.breaks_loop(&inbound) {
+        } else if self.drops(&inbound) {
             None
+        } else if self.parallel.may_be_copy(&inbound) {
+            let this = self.clone();
+            Some(tokio::spawn(async move {
+                if !this.parallel.wait_for_original(&inbound).await {
+                    let _ = this.enqueue(inbound, routes).await;
+                }
+            }))
         } else {
-            let protocol = self.topology.protocol(&inbound.origin.network);
-            Some(self.writer.enqueue_inbound(inbound, protocol, routes))
+            Some(self.enqueue(inbound, routes))
         };
+        async move {
+            if let Some(done) = done {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Queue a commit; the task ends once it is done and accounted for.
+    fn enqueue(&self, inbound: Inbound, routes: Vec<Route>) -> tokio::task::JoinHandle<()> {
+        let origin = inbound.origin.clone();
+        let prepared = Parallel::prepare(&inbound);
+        let protocol = self.topology.protocol(&inbound.origin.network);
+        let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();
-        let done = tokio::spawn(async move {
-            let Some(committed) = committed else {
-                return;
-            };
+        tokio::spawn(async move {
             match committed.await {
-                Ok(outcome) => this.account(&outcome),
+                Ok(outcome) => this.account(&outcome, prepared),
                 Err(error) => {
                     tracing::error!(origin = %origin, error = %error, "Could not store a message; it is lost.");
                 }
             }
-        });
-        async move {
-            let _ = done.await;
-        }
+        })
     }
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).
@@ -282,7 +317,7 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        if self.breaks_loop(inbound) {
+        if self.drops(inbound) {
             return Ok(CommitOutcome::Committed {
                 message_id: 0,
                 destinations: Vec::new(),
@@ -290,13 +325,19 @@ impl Router {
         }
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
-        self.account(&outcome);
+        self.account(&outcome, Parallel::prepare(inbound));
         if let CommitOutcome::Committed { destinations, .. } = &outcome {
             for destination in destinations {
                 self.wake.wake(destination);
             }
         }
         Ok(outcome)
+    }
+
+    /// Whether an event is not to be committed: a loop, or a parallel bridge's copy of a
+    /// message this bridge carries (counted in [`Parallel::stats`]).
+    fn drops(&self, inbound: &Inbound) -> bool {
+        self.breaks_loop(inbound) || self.parallel.recognise_copy(inbound)
     }
 
     /// A text (or edit) whose relay prefixes show bridges passing it around: counted, logged,
@@ -319,10 +360,17 @@ impl Router {
         true
     }
 
-    /// Count what a commit did (the store writer has already woken the destinations).
-    fn account(&self, outcome: &CommitOutcome) {
+    /// Count what a commit did (the store writer has already woken the destinations), and
+    /// remember a committed text for recognising parallel bridges' copies of it.
+    fn account(&self, outcome: &CommitOutcome, prepared: Option<Prepared>) {
         match outcome {
-            CommitOutcome::Committed { destinations, .. } => {
+            CommitOutcome::Committed {
+                message_id,
+                destinations,
+            } => {
+                if let Some(prepared) = prepared {
+                    self.parallel.remember(prepared, *message_id, destinations);
+                }
                 self.stats.committed.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .deliveries_queued

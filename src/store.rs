@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_targets.sql"),
     include_str!("../migrations/0003_permalink.sql"),
+    include_str!("../migrations/0004_parallel_routes.sql"),
 ];
 
 /// Errors from the store.
@@ -515,6 +516,61 @@ impl Store {
                 |row| row.get(0),
             )
             .optional()?)
+    }
+
+    /// The routes left to a parallel bridge ([`crate::parallel`]): (origin, destination,
+    /// the other bridge's account).
+    pub fn parallel_routes(&self) -> Result<Vec<(ChannelRef, ChannelRef, String)>, StoreError> {
+        let connection = self.read();
+        let mut statement = connection.prepare(
+            "SELECT origin_network, origin_channel, destination_network, destination_channel,
+                    account FROM parallel_routes",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                ChannelRef::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                ChannelRef::new(row.get::<_, String>(2)?, row.get::<_, String>(3)?),
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record that a route is left to the parallel bridge `account`, or (`None`) taken back.
+    pub fn set_parallel_route(
+        &self,
+        origin: &ChannelRef,
+        destination: &ChannelRef,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let connection = self.lock();
+        match account {
+            Some(account) => connection.execute(
+                "INSERT INTO parallel_routes (origin_network, origin_channel, destination_network,
+                                              destination_channel, account, since_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT DO UPDATE SET account = excluded.account, since_ms = excluded.since_ms",
+                params![
+                    origin.network,
+                    origin.channel,
+                    destination.network,
+                    destination.channel,
+                    account,
+                    crate::model::now_ms()
+                ],
+            )?,
+            None => connection.execute(
+                "DELETE FROM parallel_routes WHERE origin_network = ?1 AND origin_channel = ?2
+                   AND destination_network = ?3 AND destination_channel = ?4",
+                params![
+                    origin.network,
+                    origin.channel,
+                    destination.network,
+                    destination.channel
+                ],
+            )?,
+        };
+        Ok(())
     }
 
     /// Write a cursor.

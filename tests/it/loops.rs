@@ -1,7 +1,7 @@
 //! Echo and loop safety through the real daemon: one channel in two gateways (every message
 //! once where it belongs, nothing hopping from one gateway to the other), and two bridge
-//! instances linking the same channels with different accounts, the classic bridge loop, which
-//! the loop breaker stops and counts.
+//! instances linking the same channels with different accounts: after their first message they
+//! recognise each other, one steps back, and each message shows once (see `src/parallel.rs`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -96,8 +96,41 @@ async fn one_channel_in_two_gateways_gets_each_message_once_and_nothing_hops_bet
     assert_eq!(count(&posts_one, "from two"), 0, "{posts_one:#?}");
 }
 
+/// Lines of `lines` logged together, one line holding every needle, with a deadline.
+async fn wait_for_log_line(bridge: &Bridge, needles: &[&str]) {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !bridge
+        .logs()
+        .lines()
+        .any(|line| needles.iter().all(|n| line.contains(n)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never logged a line with {needles:?}: {}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Mattermost posts whose text contains `needle`, once at least `at_least` are there.
+async fn wait_posts_containing(mm: &MmServer, channel: &str, needle: &str, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let posts = messages(&mm.admin.posts(channel).await);
+        if posts.iter().filter(|t| t.contains(needle)).count() >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never posted: {posts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_bridges_linking_the_same_channels_with_other_accounts_stop_their_loop() {
+async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_in_for_the_other() {
     let server = shared_inspircd();
     let channel = unique("#loop");
     let nick_a = unique("brla");
@@ -131,36 +164,130 @@ async fn two_bridges_linking_the_same_channels_with_other_accounts_stop_their_lo
     mm.wait_bot_member(&chan).await;
     mm.wait_member(&chan, &mm.login_user_id).await;
     mm.wait_websocket(2).await;
+    // Of two bridges on a route, the one whose account on the destination sorts first keeps it.
+    let a_keeps_to_mm = mm.bot_id.to_lowercase() < mm.login_user_id.to_lowercase();
+    let a_keeps_to_irc = nick_a.to_lowercase() < nick_b.to_lowercase();
+    let mut bridges = [bridge_a, bridge_b];
+    let (to_mm_keeper, to_irc_keeper) = (usize::from(!a_keeps_to_mm), usize::from(!a_keeps_to_irc));
 
-    alice.say(&channel, "round and round");
-    // Each bridge relays what the other one relayed, adding a prefix each time, until the
-    // breaker sees the pile of prefixes.
-    for bridge in [&bridge_a, &bridge_b] {
+    // The first message each way is how the bridges meet: it shows twice, and no copy goes back.
+    alice.say(&channel, "hello from irc");
+    mia.say(&chan, "hello from mm").await;
+    for (bridge, destination) in [
+        (&bridges[1 - to_mm_keeper], "destination=mm/circle"),
+        (&bridges[1 - to_irc_keeper], "destination=irc/#loop"),
+    ] {
+        wait_for_log_line(
+            bridge,
+            &["Leaving this route to the other bridge", destination],
+        )
+        .await;
+    }
+    for bridge in &bridges {
         bridge
-            .wait_for_log("Message relayed by bridges in a loop (nested relay prefixes); dropped.")
+            .wait_for_log("Another bridge relays the same messages into this channel")
             .await;
     }
-    // The circle is broken: a message said afterwards goes round once more at most and stops.
-    let settle = Instant::now();
-    mia.say(&chan, "after the break").await;
-    alice.texts_until(&channel, "after the break").await;
-    for bridge in [&bridge_a, &bridge_b] {
+    wait_posts_containing(&mm, &chan, "hello from irc", 2).await;
+    let mut lines = alice.texts_until(&channel, "hello from mm").await;
+
+    // From then on: every message once, on both sides.
+    for i in 1..=20 {
+        alice.say(&channel, &format!("irc says {i}"));
+        mia.say(&chan, &format!("mm says {i}")).await;
+    }
+    lines.extend(alice.texts_until(&channel, "mm says 20").await);
+    wait_posts_containing(&mm, &chan, "irc says 20", 1).await;
+    for bridge in &bridges {
         bridge.wait_outbox_drained("mm", "circle").await;
         bridge.wait_outbox_drained("irc", &channel).await;
     }
-    assert!(settle.elapsed() < Duration::from_mins(1));
     let posts = messages(&mm.admin.posts(&chan).await);
-    let copies = posts
-        .iter()
-        .filter(|t| t.contains("round and round"))
-        .count();
-    // alice's line: once from each bridge, then once more each with the other's prefix; the
-    // next round is dropped.
-    assert!(copies <= 4, "the loop went on: {posts:#?}");
-    for post in &posts {
-        assert!(
-            tribridge::loop_breaker::relay_depth(post) < tribridge::loop_breaker::LOOP_DEPTH + 1,
-            "{post}"
+    lines.extend(alice.drain());
+    let irc = texts(&lines);
+    // Texts shown as relayed once (`<alice> text`), and as relayed back (`<b> <alice> text`).
+    let count = |texts: &[String], text: &str| {
+        texts
+            .iter()
+            .filter(|t| {
+                tribridge::loop_breaker::split_relay_prefix(t).map(|(_, rest)| rest) == Some(text)
+            })
+            .count()
+    };
+    let echoes = |texts: &[String], text: &str| {
+        texts
+            .iter()
+            .filter(|t| t.ends_with(text) && tribridge::loop_breaker::relay_depth(t) > 1)
+            .count()
+    };
+    // The meeting messages: once from each bridge; if one bridge was faster than the other's
+    // own reading of the original, its copy was relayed back once before they met.
+    assert_eq!(count(&posts, "hello from irc"), 2, "{posts:#?}");
+    assert_eq!(count(&irc, "hello from mm"), 2, "{irc:#?}");
+    assert!(
+        echoes(&posts, "hello from irc") + echoes(&irc, "hello from irc") <= 1,
+        "{posts:#?} {irc:#?}"
+    );
+    assert!(
+        echoes(&posts, "hello from mm") + echoes(&irc, "hello from mm") <= 1,
+        "{posts:#?} {irc:#?}"
+    );
+    for i in 1..=20 {
+        let (from_irc, from_mm) = (format!("irc says {i}"), format!("mm says {i}"));
+        assert_eq!(count(&posts, &from_irc), 1, "{posts:#?}");
+        assert_eq!(count(&irc, &from_mm), 1, "{irc:#?}");
+        // Nothing went round after they met.
+        assert_eq!(
+            echoes(&posts, &from_mm) + echoes(&irc, &from_irc),
+            0,
+            "{posts:#?} {irc:#?}"
+        );
+        assert_eq!(
+            echoes(&posts, &from_irc) + echoes(&irc, &from_mm),
+            0,
+            "{posts:#?} {irc:#?}"
         );
     }
+
+    // The bridge that keeps IRC → Mattermost stops: the other one waits for its copy in vain,
+    // then sends the message itself and takes the route back.
+    assert_eq!(bridges[to_mm_keeper].terminate(), Some(0));
+    // It dropped the other's copies (two first messages, then whatever the other sent).
+    wait_for_log_line(
+        &bridges[to_mm_keeper],
+        &["tribridge stopped.", "parallel_copies="],
+    )
+    .await;
+    alice.say(&channel, "said while one bridge is down");
+    bridges[1 - to_mm_keeper]
+        .wait_for_log("The other bridge did not relay this message in time")
+        .await;
+    wait_posts_containing(&mm, &chan, "said while one bridge is down", 1).await;
+    alice.say(&channel, "and once more");
+    wait_posts_containing(&mm, &chan, "and once more", 1).await;
+    bridges[1 - to_mm_keeper]
+        .wait_outbox_drained("mm", "circle")
+        .await;
+    let posts = messages(&mm.admin.posts(&chan).await);
+    assert_eq!(
+        count(&posts, "said while one bridge is down"),
+        1,
+        "{posts:#?}"
+    );
+    assert_eq!(count(&posts, "and once more"), 1, "{posts:#?}");
+    // The one left waited for a copy of each of the twenty messages and was acknowledged by it.
+    let mut left = bridges.into_iter().nth(1 - to_mm_keeper).unwrap();
+    assert_eq!(left.terminate(), Some(0));
+    let logs = left.logs();
+    let stopped = logs
+        .lines()
+        .find(|l| l.contains("tribridge stopped."))
+        .unwrap();
+    let covered: u64 = stopped
+        .split("covered_by_parallel=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stopped}"));
+    assert!(covered >= 20, "{stopped}");
 }

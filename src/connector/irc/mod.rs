@@ -820,6 +820,10 @@ impl<'a> Session<'a> {
                 if let Some(nick) = line.param(0) {
                     self.nick = nick.to_owned();
                 }
+                self.task
+                    .context
+                    .router
+                    .set_account(self.network(), &self.nick);
                 tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
                 if self.phase == Phase::Registering {
                     self.phase = Phase::Welcomed;
@@ -1098,6 +1102,10 @@ impl<'a> Session<'a> {
         if self.is_me(old) {
             tracing::info!(network = %self.network(), old, new, "Nick changed.");
             new.clone_into(&mut self.nick);
+            self.task
+                .context
+                .router
+                .set_account(self.network(), &self.nick);
             return Ok(());
         }
         if irc_fold(old) == irc_fold(&self.task.config.nick) {

@@ -633,6 +633,9 @@ impl MatrixTask {
         let Some(own_user) = client.user_id().map(ToOwned::to_owned) else {
             return SessionEnd::Lost("the client has no user id after login".into());
         };
+        self.context
+            .router
+            .set_account(&self.network, own_user.as_str());
         if let Some(name) = &self.config.display_name {
             let account = client.account();
             if account.get_display_name().await.ok().flatten().as_deref() != Some(name.as_str())

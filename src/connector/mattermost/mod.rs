@@ -685,6 +685,9 @@ impl TaskState {
             .me
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(me.id.clone());
+        self.context
+            .router
+            .set_account(&self.shared.network, &me.id);
         self.users.insert(me.id.clone(), me.username.clone());
         let team_id = if let Some(id) = &self.team_id {
             id.clone()

@@ -1,0 +1,851 @@
+//! Parallel bridges: another bridge (a second instance of this one under other accounts, or
+//! another program) relaying the same channels. Left alone, everyone would see each message
+//! twice, and each bridge would relay the other's copy back (the loop that
+//! [`crate::loop_breaker`] ends three prefixes later).
+//!
+//! **Recognising a copy.** A text said in a channel by someone else, whose first relay prefix
+//! and rest (`<alice> hi`) are the author's name and text of a message this bridge committed
+//! for that channel in the last [`RECENT_MAX_AGE`], is that bridge's copy of it. A copy is never
+//! relayed: it is counted and dropped. Its account is from then on a parallel bridge *of that
+//! channel*: a line of a longer message (split on IRC) counts as a copy when it is part of the
+//! text, and its edits, deletes and reactions of messages both bridges carry are copies too.
+//!
+//! **Who steps back.** Of the bridges relaying a route (origin channel → destination channel),
+//! the one whose account on the destination network sorts first (case-folded) keeps relaying.
+//! Each other one *yields* the route: a delivery on it is not sent but waits for a parallel
+//! bridge's copy, and is acknowledged with the copy's id (so replies, edits and a catch-up that
+//! replays the copy find it). If no copy comes within [`STAND_IN_AFTER`], the bridge stands in:
+//! it sends the delivery itself and takes the route back (logged, counted). Yielded routes are
+//! kept in the store, so a restart does not show a message twice. The first message after two
+//! bridges meet is still seen twice: nothing tells one bridge about the other before.
+//!
+//! Owns: the recent texts, the known parallel accounts, the yielded routes and the deliveries
+//! waiting for a copy; the [`Standin`] endpoint that holds them. Must not: name a network or a
+//! protocol (accounts and ids are opaque strings), or block on anything but its own locks and
+//! rare store writes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::irc_fold;
+use crate::connector::DeliveryError;
+use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
+use crate::outbox::{AckFuture, Endpoint};
+use crate::store::Store;
+
+/// How long a yielded delivery waits for the parallel bridge's copy before this bridge sends it
+/// itself and takes the route back.
+pub const STAND_IN_AFTER: Duration = Duration::from_secs(15);
+
+/// How long a committed text can be recognised in another bridge's copy.
+pub const RECENT_MAX_AGE: Duration = Duration::from_mins(2);
+
+/// How long a text from a known parallel bridge that matches nothing waits for this bridge's
+/// own commit of the message it may copy (the other bridge can be faster than our connector).
+pub const ORIGINAL_WAIT: Duration = Duration::from_secs(2);
+
+/// The most recent texts kept for recognising copies (older ones are forgotten first).
+const RECENT_CAPACITY: usize = 2_048;
+
+/// The most copies kept that arrived before the delivery they stand for was reached.
+const SEEN_CAPACITY: usize = 4_096;
+
+/// A text is compared on its first this many characters (after normalising).
+const COMPARED_CHARS: usize = 2_000;
+
+/// Counters; read them for logs and metrics.
+#[derive(Debug, Default)]
+pub struct ParallelStats {
+    /// Copies of our messages said by a parallel bridge, dropped.
+    pub copies: AtomicU64,
+    /// Routes left to a parallel bridge.
+    pub yielded: AtomicU64,
+    /// Deliveries acknowledged by a parallel bridge's copy instead of being sent.
+    pub covered: AtomicU64,
+    /// Deliveries sent after all because no copy came in time (the route is taken back).
+    pub stood_in: AtomicU64,
+}
+
+/// A text committed lately, as a copy of it would read.
+struct Recent {
+    message_id: i64,
+    origin: ChannelRef,
+    destinations: Vec<ChannelRef>,
+    author: String,
+    text: String,
+    at: Instant,
+    /// Destinations where a parallel bridge's copy of it was seen.
+    copied: Vec<ChannelRef>,
+}
+
+/// A relayed-looking text from someone else that matched nothing: it may be a copy of a
+/// message this bridge commits a moment later (the other bridge was faster).
+struct Suspect {
+    channel: ChannelRef,
+    account: String,
+    author: String,
+    text: String,
+    at: Instant,
+}
+
+/// The most suspects kept.
+const SUSPECT_CAPACITY: usize = 256;
+
+/// A text about to be committed, prepared by [`Parallel::prepare`] before the inbound event is
+/// handed to the store.
+pub struct Prepared {
+    origin: ChannelRef,
+    author: String,
+    text: String,
+}
+
+/// One delivery's copy: the destination, the message it carries (for an edit, delete or
+/// reaction: the message acted on) and the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CopyKey {
+    destination: ChannelRef,
+    message_id: i64,
+    kind: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    /// destination (folded) → accounts of parallel bridges seen there (folded)
+    known: HashMap<ChannelRef, HashSet<String>>,
+    /// (origin, destination), folded → the account the route is left to
+    yielded: HashMap<(ChannelRef, ChannelRef), String>,
+    /// deliveries waiting for their copy, oldest first per key
+    waiting: HashMap<CopyKey, VecDeque<oneshot::Sender<Option<String>>>>,
+    /// copies that came before their delivery was reached: their remote ids
+    seen: HashMap<CopyKey, VecDeque<Option<String>>>,
+    seen_order: VecDeque<CopyKey>,
+}
+
+/// What this bridge knows about parallel bridges. Shared by the router (which asks about every
+/// inbound event) and the outbox's [`Standin`] endpoints.
+pub struct Parallel {
+    store: Arc<Store>,
+    /// network → this bridge's own account there (folded), as its connector reports it
+    accounts: RwLock<HashMap<String, String>>,
+    recent: Mutex<VecDeque<Recent>>,
+    suspects: Mutex<VecDeque<Suspect>>,
+    /// Rung after a text is remembered, while someone waits for an original.
+    remembered: tokio::sync::Notify,
+    waiting_for_originals: std::sync::atomic::AtomicUsize,
+    state: Mutex<State>,
+    stats: ParallelStats,
+}
+
+fn fold(channel: &ChannelRef) -> ChannelRef {
+    ChannelRef::new(channel.network.clone(), irc_fold(&channel.channel))
+}
+
+fn fold_account(account: &str) -> String {
+    account.to_lowercase()
+}
+
+/// A name or text as a copy of it may show it: without invisible characters (anti-ping
+/// marks), whitespace runs as one space, cut to [`COMPARED_CHARS`].
+fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(COMPARED_CHARS));
+    let mut space = false;
+    for c in text
+        .chars()
+        .filter(|c| {
+            !matches!(
+                c,
+                '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{00ad}' | '\u{034f}'
+            )
+        })
+        .take(COMPARED_CHARS)
+    {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+        } else {
+            if space {
+                out.push(' ');
+                space = false;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Parallel {
+    /// The parallel-bridge state, with the routes yielded before a restart read from `store`.
+    #[must_use]
+    pub fn load(store: Arc<Store>) -> Self {
+        let mut state = State::default();
+        match store.parallel_routes() {
+            Ok(routes) => {
+                for (origin, destination, account) in routes {
+                    state
+                        .known
+                        .entry(destination.clone())
+                        .or_default()
+                        .insert(account.clone());
+                    state.yielded.insert((origin, destination), account);
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "Cannot read the routes left to parallel bridges; they are recognised again.");
+            }
+        }
+        Self {
+            store,
+            accounts: RwLock::default(),
+            recent: Mutex::default(),
+            suspects: Mutex::default(),
+            remembered: tokio::sync::Notify::new(),
+            waiting_for_originals: std::sync::atomic::AtomicUsize::new(0),
+            state: Mutex::new(state),
+            stats: ParallelStats::default(),
+        }
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> &ParallelStats {
+        &self.stats
+    }
+
+    /// A connector tells which account the bridge uses on `network` (after each login or
+    /// nick change): the order of accounts decides which bridge steps back.
+    pub fn set_account(&self, network: &str, account: &str) {
+        self.accounts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(network.to_owned(), fold_account(account));
+    }
+
+    fn account(&self, network: &str) -> Option<String> {
+        self.accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(network)
+            .cloned()
+    }
+
+    /// Before a text is committed: what a copy of it would read. `None` for other events.
+    #[must_use]
+    pub fn prepare(inbound: &Inbound) -> Option<Prepared> {
+        let EventBody::Text { text, .. } = &inbound.body else {
+            return None;
+        };
+        let text = normalise(&text.to_plain_text());
+        if text.is_empty() {
+            return None;
+        }
+        Some(Prepared {
+            origin: fold(&inbound.origin),
+            author: normalise(&inbound.author.display_name).to_lowercase(),
+            text,
+        })
+    }
+
+    /// After a prepared text was committed as `message_id` for `destinations`.
+    pub fn remember(&self, prepared: Prepared, message_id: i64, destinations: &[ChannelRef]) {
+        if destinations.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let destinations: Vec<ChannelRef> = destinations.iter().map(fold).collect();
+        self.check_suspects(&prepared, &destinations, now);
+        let mut recent = lock(&self.recent);
+        while recent.len() >= RECENT_CAPACITY
+            || recent
+                .front()
+                .is_some_and(|r| now.duration_since(r.at) > RECENT_MAX_AGE)
+        {
+            recent.pop_front();
+        }
+        recent.push_back(Recent {
+            message_id,
+            origin: prepared.origin,
+            destinations,
+            author: prepared.author,
+            text: prepared.text,
+            at: now,
+            copied: Vec::new(),
+        });
+        drop(recent);
+        if self.waiting_for_originals.load(Ordering::Acquire) > 0 {
+            self.remembered.notify_waiters();
+        }
+    }
+
+    /// A text just committed here was said a moment earlier in one of its destinations by
+    /// another account, with its author's prefix: that account is a parallel bridge that was
+    /// faster than us. Its copy went through (it is the meeting message); later ones will not.
+    fn check_suspects(&self, prepared: &Prepared, destinations: &[ChannelRef], now: Instant) {
+        let met: Vec<Suspect> = {
+            let mut suspects = lock(&self.suspects);
+            if suspects.is_empty() {
+                return;
+            }
+            suspects.retain(|s| now.duration_since(s.at) <= RECENT_MAX_AGE);
+            let (met, rest): (Vec<Suspect>, Vec<Suspect>) = suspects.drain(..).partition(|s| {
+                destinations.contains(&s.channel)
+                    && s.channel != prepared.origin
+                    && s.author == prepared.author
+                    && s.text == prepared.text
+            });
+            suspects.extend(rest);
+            met
+        };
+        for suspect in met {
+            self.met(&suspect.channel, &suspect.account, &prepared.origin);
+        }
+    }
+
+    /// Remember a relayed-looking text that matched nothing, in case its original is
+    /// committed here a moment later.
+    fn suspect(&self, channel: &ChannelRef, account: &str, author: String, text: String) {
+        let mut suspects = lock(&self.suspects);
+        if suspects.len() >= SUSPECT_CAPACITY {
+            suspects.pop_front();
+        }
+        suspects.push_back(Suspect {
+            channel: channel.clone(),
+            account: account.to_owned(),
+            author,
+            text,
+            at: Instant::now(),
+        });
+    }
+
+    /// Could `inbound`, which [`Parallel::recognise_copy`] did not recognise, still be a copy
+    /// of a message this bridge has not committed yet? A text from a known parallel bridge of
+    /// its channel.
+    #[must_use]
+    pub fn may_be_copy(&self, inbound: &Inbound) -> bool {
+        if !matches!(inbound.body, EventBody::Text { .. }) {
+            return false;
+        }
+        let state = lock(&self.state);
+        !state.known.is_empty()
+            && state
+                .known
+                .get(&fold(&inbound.origin))
+                .is_some_and(|accounts| accounts.contains(&fold_account(&inbound.author.id)))
+    }
+
+    /// Wait up to [`ORIGINAL_WAIT`] for the message `inbound` copies to be committed here
+    /// (see [`Parallel::may_be_copy`]); true when it was: `inbound` is a copy (counted).
+    pub async fn wait_for_original(&self, inbound: &Inbound) -> bool {
+        let deadline = tokio::time::Instant::now() + ORIGINAL_WAIT;
+        self.waiting_for_originals.fetch_add(1, Ordering::AcqRel);
+        let copy = loop {
+            let remembered = self.remembered.notified();
+            tokio::pin!(remembered);
+            remembered.as_mut().enable();
+            if self.recognise_copy(inbound) {
+                break true;
+            }
+            tokio::select! {
+                () = remembered => {}
+                () = tokio::time::sleep_until(deadline) => break false,
+            }
+        };
+        self.waiting_for_originals.fetch_sub(1, Ordering::AcqRel);
+        copy
+    }
+
+    /// Is `inbound` a parallel bridge's copy of something this bridge carries? Then it must
+    /// not be relayed (it is counted here); a delivery waiting for it is acknowledged.
+    pub fn recognise_copy(&self, inbound: &Inbound) -> bool {
+        let destination = fold(&inbound.origin);
+        let other = fold_account(&inbound.author.id);
+        if self.account(&destination.network).as_deref() == Some(other.as_str()) {
+            return false;
+        }
+        let copy = match &inbound.body {
+            EventBody::Text { text, .. } => {
+                self.text_copy(&destination, &other, &text.to_plain_text())
+            }
+            EventBody::Edit { target, .. }
+            | EventBody::Delete { target }
+            | EventBody::Reaction { target, .. } => self.change_copy(
+                &inbound.origin,
+                &destination,
+                &other,
+                target,
+                inbound.body.kind_name(),
+            ),
+            EventBody::Membership(_) => None,
+        };
+        let Some((key, origin)) = copy else {
+            return false;
+        };
+        self.stats.copies.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(channel = %inbound.origin, account = %inbound.author.id, message_id = key.message_id, kind = key.kind, "A parallel bridge's copy of a message this bridge carries; not relayed.");
+        self.copy_seen(key, origin.as_ref(), inbound.remote_id.clone());
+        true
+    }
+
+    /// A text copy: the message it copies and its origin.
+    fn text_copy(
+        &self,
+        destination: &ChannelRef,
+        other: &str,
+        plain: &str,
+    ) -> Option<(CopyKey, Option<ChannelRef>)> {
+        let known = lock(&self.state)
+            .known
+            .get(destination)
+            .is_some_and(|accounts| accounts.contains(other));
+        let (author, text) = match crate::loop_breaker::split_relay_prefix(plain) {
+            Some((nick, rest)) => (Some(normalise(nick).to_lowercase()), normalise(rest)),
+            // Only a known parallel bridge's lines without a prefix (a long line's
+            // continuation) can be copies.
+            None if known => (None, normalise(plain)),
+            None => return None,
+        };
+        if text.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let found = {
+            let mut recent = lock(&self.recent);
+            let candidates = || {
+                recent
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| now.duration_since(r.at) <= RECENT_MAX_AGE)
+                    .filter(|(_, r)| {
+                        r.origin != *destination && r.destinations.contains(destination)
+                    })
+                    .filter(|(_, r)| author.as_ref().is_none_or(|a| *a == r.author))
+            };
+            // Copies come in the order of their originals: the oldest same text not copied
+            // here yet; else a repeated copy of one that was (the newest); else, from a known
+            // parallel bridge, one line of a longer text.
+            let exact = candidates()
+                .filter(|(_, r)| r.text == text)
+                .find(|(_, r)| !r.copied.contains(destination))
+                .map(|(index, _)| index);
+            let index = exact.or_else(|| {
+                candidates()
+                    .rfind(|(_, r)| {
+                        r.text == text
+                            || (known && r.text.len() > text.len() && r.text.contains(&text))
+                    })
+                    .map(|(index, _)| index)
+            });
+            index.and_then(|index| recent.get_mut(index)).map(|r| {
+                if exact.is_some() {
+                    r.copied.push(destination.clone());
+                }
+                (r.message_id, r.origin.clone())
+            })
+        };
+        let Some((message_id, origin)) = found else {
+            if let Some(author) = author
+                && !known
+            {
+                self.suspect(destination, other, author, text);
+            }
+            return None;
+        };
+        self.met(destination, other, &origin);
+        Some((
+            CopyKey {
+                destination: destination.clone(),
+                message_id,
+                kind: "text",
+            },
+            Some(origin),
+        ))
+    }
+
+    /// An edit, delete or reaction by a known parallel bridge of a message this bridge
+    /// delivered (or whose delivery a copy acknowledged) in `destination`.
+    fn change_copy(
+        &self,
+        channel: &ChannelRef,
+        destination: &ChannelRef,
+        other: &str,
+        target: &str,
+        kind: &'static str,
+    ) -> Option<(CopyKey, Option<ChannelRef>)> {
+        let known = lock(&self.state)
+            .known
+            .get(destination)
+            .is_some_and(|accounts| accounts.contains(other));
+        if !known {
+            return None;
+        }
+        let (message_id, _) = self
+            .store
+            .lookup(channel, target)
+            .ok()
+            .flatten()
+            .filter(|(_, role)| *role == crate::store::MappingRole::Delivery)?;
+        Some((
+            CopyKey {
+                destination: destination.clone(),
+                message_id,
+                kind,
+            },
+            None,
+        ))
+    }
+
+    /// A parallel bridge `other` relays `origin` into `destination`: remember it, and step
+    /// back from the route when its account sorts before ours.
+    fn met(&self, destination: &ChannelRef, other: &str, origin: &ChannelRef) {
+        let own = self.account(&destination.network);
+        let step_back = own.as_deref().is_some_and(|own| own > other);
+        let route = (origin.clone(), destination.clone());
+        let (first, yielded) = {
+            let mut state = lock(&self.state);
+            let first = state
+                .known
+                .entry(destination.clone())
+                .or_default()
+                .insert(other.to_owned());
+            let yielded = step_back && !state.yielded.contains_key(&route);
+            if yielded {
+                state.yielded.insert(route, other.to_owned());
+            }
+            (first, yielded)
+        };
+        if first {
+            tracing::warn!(channel = %destination, account = other, "Another bridge relays the same messages into this channel; its copies are not relayed back.");
+        }
+        if yielded {
+            self.stats.yielded.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(origin = %origin, destination = %destination, account = other, stand_in_after_s = STAND_IN_AFTER.as_secs(), "Leaving this route to the other bridge (its account sorts first): messages wait for its copy, and are sent by this bridge only if none comes in time.");
+            if let Err(error) = self
+                .store
+                .set_parallel_route(origin, destination, Some(other))
+            {
+                tracing::warn!(error = %error, "Cannot record the route left to the other bridge; after a restart the next message may show twice.");
+            }
+        }
+    }
+
+    /// A copy arrived: hand its id to the delivery waiting for it, or keep it for that
+    /// delivery when the route is yielded and the delivery was not reached yet.
+    fn copy_seen(&self, key: CopyKey, origin: Option<&ChannelRef>, remote_id: Option<String>) {
+        let mut state = lock(&self.state);
+        let mut remote_id = remote_id;
+        if let Some(waiters) = state.waiting.get_mut(&key) {
+            while let Some(waiter) = waiters.pop_front() {
+                match waiter.send(remote_id) {
+                    Ok(()) => {
+                        if waiters.is_empty() {
+                            state.waiting.remove(&key);
+                        }
+                        return;
+                    }
+                    // That delivery stopped waiting (it stood in, or shut down).
+                    Err(back) => remote_id = back,
+                }
+            }
+            state.waiting.remove(&key);
+        }
+        let yielded = match origin {
+            Some(origin) => state
+                .yielded
+                .contains_key(&(origin.clone(), key.destination.clone())),
+            None => state
+                .yielded
+                .keys()
+                .any(|(_, destination)| *destination == key.destination),
+        };
+        if !yielded {
+            return;
+        }
+        while state.seen_order.len() >= SEEN_CAPACITY {
+            if let Some(old) = state.seen_order.pop_front()
+                && let Some(ids) = state.seen.get_mut(&old)
+            {
+                ids.pop_front();
+                if ids.is_empty() {
+                    state.seen.remove(&old);
+                }
+            }
+        }
+        state.seen_order.push_back(key.clone());
+        state.seen.entry(key).or_default().push_back(remote_id);
+    }
+
+    /// Is the route of `delivery` left to a parallel bridge?
+    #[must_use]
+    pub fn is_yielded(&self, delivery: &Delivery) -> bool {
+        let state = lock(&self.state);
+        !state.yielded.is_empty()
+            && state
+                .yielded
+                .contains_key(&(fold(&delivery.origin), fold(&delivery.destination)))
+    }
+
+    /// The copy `delivery` waits for, when its route is yielded and a copy of it can be
+    /// recognised: a text with words, or an edit, delete or reaction of a message delivered
+    /// there. `None`: send it.
+    fn hold(&self, delivery: &Delivery) -> Option<Held> {
+        let key = match &delivery.body {
+            EventBody::Text { text, .. } if !normalise(&text.to_plain_text()).is_empty() => {
+                CopyKey {
+                    destination: fold(&delivery.destination),
+                    message_id: delivery.message_id,
+                    kind: "text",
+                }
+            }
+            EventBody::Edit { .. } | EventBody::Delete { .. } | EventBody::Reaction { .. } => {
+                let target = delivery.target.as_ref()?;
+                target.remote_id.as_ref()?;
+                CopyKey {
+                    destination: fold(&delivery.destination),
+                    message_id: target.message_id,
+                    kind: delivery.body.kind_name(),
+                }
+            }
+            _ => return None,
+        };
+        let mut state = lock(&self.state);
+        if !state
+            .yielded
+            .contains_key(&(fold(&delivery.origin), key.destination.clone()))
+        {
+            return None;
+        }
+        if let Some(ids) = state.seen.get_mut(&key)
+            && let Some(remote_id) = ids.pop_front()
+        {
+            if ids.is_empty() {
+                state.seen.remove(&key);
+            }
+            return Some(Held::Copied(remote_id));
+        }
+        let (sender, receiver) = oneshot::channel();
+        state.waiting.entry(key).or_default().push_back(sender);
+        Some(Held::Waiting(receiver))
+    }
+
+    /// No copy of `delivery` came in time: take its route back.
+    fn stand_in(&self, delivery: &Delivery) {
+        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let account = lock(&self.state).yielded.remove(&route);
+        self.stats.stood_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(account) = account {
+            tracing::warn!(origin = %delivery.origin, destination = %delivery.destination, account, message_id = delivery.message_id, waited_s = STAND_IN_AFTER.as_secs(), "The other bridge did not relay this message in time; this bridge sends it and relays this route again.");
+            if let Err(error) = self.store.set_parallel_route(&route.0, &route.1, None) {
+                tracing::warn!(error = %error, "Cannot record the route taken back; after a restart messages wait for the other bridge once more.");
+            }
+        }
+    }
+}
+
+/// A yielded delivery's wait.
+enum Held {
+    /// The copy came first: its remote id.
+    Copied(Option<String>),
+    /// Waiting for the copy.
+    Waiting(oneshot::Receiver<Option<String>>),
+}
+
+/// An outbox endpoint that holds the deliveries of yielded routes until a parallel bridge's
+/// copy acknowledges them, and sends everything else (and what no copy came for) through the
+/// endpoint it wraps.
+#[derive(Clone)]
+pub struct Standin<E> {
+    inner: E,
+    parallel: Arc<Parallel>,
+    shutdown: CancellationToken,
+}
+
+impl<E> Standin<E> {
+    /// Wrap `inner`; a wait ends with a retry when `shutdown` is cancelled.
+    pub fn new(inner: E, parallel: Arc<Parallel>, shutdown: CancellationToken) -> Self {
+        Self {
+            inner,
+            parallel,
+            shutdown,
+        }
+    }
+}
+
+impl<E: Endpoint> Endpoint for Standin<E> {
+    fn window(&self) -> usize {
+        self.inner.window()
+    }
+
+    fn exclusive(&self, delivery: &Delivery) -> bool {
+        self.parallel.is_yielded(delivery) || self.inner.exclusive(delivery)
+    }
+
+    async fn send(&self, delivery: Delivery) -> Result<AckFuture, DeliveryError> {
+        let Some(held) = self.parallel.hold(&delivery) else {
+            return self.inner.send(delivery).await;
+        };
+        let deadline = tokio::time::Instant::now() + STAND_IN_AFTER;
+        let this = self.clone();
+        Ok(Box::pin(async move {
+            let copied = match held {
+                Held::Copied(remote_id) => Some(remote_id),
+                Held::Waiting(receiver) => tokio::select! {
+                    copy = receiver => copy.ok(),
+                    () = tokio::time::sleep_until(deadline) => None,
+                    () = this.shutdown.cancelled() => {
+                        return Err(DeliveryError::Retry {
+                            after: Some(Duration::ZERO),
+                            reason: "stopped while waiting for a parallel bridge's copy".into(),
+                        });
+                    }
+                },
+            };
+            if let Some(remote_id) = copied {
+                this.parallel.stats.covered.fetch_add(1, Ordering::Relaxed);
+                return Ok(DeliveryAck { remote_id });
+            }
+            this.parallel.stand_in(&delivery);
+            this.inner.send(delivery).await?.await
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Author, TextStyle};
+
+    fn said(channel: &ChannelRef, author: &str, text: &str, remote_id: &str) -> Inbound {
+        Inbound {
+            origin: channel.clone(),
+            remote_id: Some(remote_id.to_owned()),
+            author: Author {
+                id: author.to_owned(),
+                display_name: author.to_owned(),
+            },
+            timestamp_ms: 0,
+            body: EventBody::text(TextStyle::Normal, text),
+            permalink: None,
+        }
+    }
+
+    fn delivery(message_id: i64, origin: &ChannelRef, destination: &ChannelRef) -> Delivery {
+        Delivery {
+            id: format!("d{message_id}"),
+            message_id,
+            destination: destination.clone(),
+            gateway: "g".into(),
+            origin: origin.clone(),
+            origin_protocol: "irc".into(),
+            author: Author {
+                id: "alice".into(),
+                display_name: "alice".into(),
+            },
+            timestamp_ms: 0,
+            body: EventBody::text(TextStyle::Normal, "x"),
+            target: None,
+            reply_to: None,
+            thread_root: None,
+            previous_text: None,
+            permalink: None,
+            attempts: 0,
+        }
+    }
+
+    fn waiting(held: Option<Held>) -> oneshot::Receiver<Option<String>> {
+        match held {
+            Some(Held::Waiting(receiver)) => receiver,
+            _ => panic!("not waiting"),
+        }
+    }
+
+    #[test]
+    fn copies_match_their_originals_in_order_and_the_later_account_steps_back() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(Arc::clone(&store));
+        parallel.set_account("mm", "Zed");
+        let irc = ChannelRef::new("irc", "#Chan");
+        let mm = ChannelRef::new("mm", "town");
+        for (id, text) in [(1, "ok"), (2, "ok"), (3, "mm says 12"), (4, "mm says 1")] {
+            let prepared = Parallel::prepare(&said(&irc, "alice", text, "x")).unwrap();
+            parallel.remember(prepared, id, std::slice::from_ref(&mm));
+        }
+        // Nothing is held before the other bridge is known.
+        assert!(parallel.hold(&delivery(2, &irc, &mm)).is_none());
+        // Its copy of message 1 (it relays #chan too: "abe" sorts before "zed").
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<alice> ok", "p1")));
+        assert_eq!(parallel.stats().yielded.load(Ordering::Relaxed), 1);
+        assert_eq!(store.parallel_routes().unwrap().len(), 1);
+        // Message 2 now waits for its copy, which is told from message 1's.
+        let mut two = waiting(parallel.hold(&delivery(2, &irc, &mm)));
+        let mut three = waiting(parallel.hold(&delivery(3, &irc, &mm)));
+        let mut four = waiting(parallel.hold(&delivery(4, &irc, &mm)));
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<alice> ok", "p2")));
+        assert_eq!(two.try_recv().unwrap(), Some("p2".to_owned()));
+        // "mm says 1" is message 4's copy, not a part of message 3.
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<alice> mm says 1", "p4")));
+        assert_eq!(four.try_recv().unwrap(), Some("p4".to_owned()));
+        assert!(three.try_recv().is_err());
+        // A copy that came before its delivery was reached is kept for it.
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<alice> mm says 12", "p3")));
+        assert_eq!(three.try_recv().unwrap(), Some("p3".to_owned()));
+        // Texts of no message here, and people, are not copies.
+        assert!(!parallel.recognise_copy(&said(&mm, "abe", "<alice> something else", "q")));
+        assert!(!parallel.recognise_copy(&said(&mm, "carol", "ok", "r")));
+        // Our own account's lines never are.
+        assert!(!parallel.recognise_copy(&said(&mm, "zed", "<alice> ok", "s")));
+        // Standing in takes the route back, also in the store.
+        parallel.stand_in(&delivery(5, &irc, &mm));
+        assert!(parallel.hold(&delivery(5, &irc, &mm)).is_none());
+        assert!(store.parallel_routes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_account_that_sorts_first_keeps_the_route_and_a_restart_keeps_a_yield() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(Arc::clone(&store));
+        parallel.set_account("mm", "abe");
+        let irc = ChannelRef::new("irc", "#chan");
+        let mm = ChannelRef::new("mm", "town");
+        let prepared = Parallel::prepare(&said(&irc, "alice", "hi", "x")).unwrap();
+        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        assert!(parallel.recognise_copy(&said(&mm, "zed", "<alice> hi", "p1")));
+        assert_eq!(parallel.stats().yielded.load(Ordering::Relaxed), 0);
+        assert!(parallel.hold(&delivery(2, &irc, &mm)).is_none());
+
+        store.set_parallel_route(&irc, &mm, Some("zed")).unwrap();
+        let restarted = Parallel::load(Arc::clone(&store));
+        assert!(restarted.is_yielded(&delivery(2, &irc, &mm)));
+        let _waiting = waiting(restarted.hold(&delivery(2, &irc, &mm)));
+    }
+
+    #[test]
+    fn a_copy_faster_than_our_own_reading_of_the_original_still_introduces_the_bridges() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(Arc::clone(&store));
+        parallel.set_account("mm", "zed");
+        let irc = ChannelRef::new("irc", "#chan");
+        let mm = ChannelRef::new("mm", "town");
+        // The copy first: not recognised (relayed as it is), but remembered.
+        assert!(!parallel.recognise_copy(&said(&mm, "abe", "<alice> hi", "p1")));
+        let prepared = Parallel::prepare(&said(&irc, "alice", "hi", "x")).unwrap();
+        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        assert_eq!(parallel.stats().yielded.load(Ordering::Relaxed), 1);
+        // From now on a text from that bridge may be a copy of something not read here yet.
+        assert!(parallel.may_be_copy(&said(&mm, "abe", "<alice> next", "p2")));
+        assert!(!parallel.may_be_copy(&said(&mm, "carol", "<alice> next", "p3")));
+    }
+
+    #[test]
+    fn normalising_drops_invisible_marks_and_folds_spaces() {
+        assert_eq!(normalise("  a\u{200b}lice \n said   hi "), "alice said hi");
+        assert_eq!(normalise("\u{feff}"), "");
+        assert_eq!(normalise(&"x".repeat(5_000)).len(), COMPARED_CHARS);
+    }
+}
