@@ -12,7 +12,8 @@
 //! deletes, reactions, replies and thread messages are sent only with nothing outstanding, so that the id of the
 //! message they point at is known. When a delivery in the middle of a window fails, the ones
 //! after it that the destination had already accepted stay delivered and the failed one is
-//! retried after them: the only case in which pipelining can change the order.
+//! retried after them: the only case in which pipelining can change the order. A delivery the
+//! endpoint calls exclusive (one waiting for a parallel bridge's copy) is likewise sent alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -369,20 +369,50 @@ impl Parallel {
         if self.account(&destination.network).as_deref() == Some(other.as_str()) {
             return false;
         }
-        let copy = match &inbound.body {
+        let known = || {
+            lock(&self.state)
+                .known
+                .get(&destination)
+                .is_some_and(|accounts| accounts.contains(&other))
+        };
+        let plain = match &inbound.body {
             EventBody::Text { text, .. } => {
-                self.text_copy(&destination, &other, &text.to_plain_text())
+                let plain = text.to_plain_text();
+                if crate::loop_breaker::split_relay_prefix(&plain).is_none() && !known() {
+                    return false;
+                }
+                Some(plain)
             }
-            EventBody::Edit { target, .. }
-            | EventBody::Delete { target }
-            | EventBody::Reaction { target, .. } => self.change_copy(
+            EventBody::Edit { .. } | EventBody::Delete { .. } | EventBody::Reaction { .. } => {
+                if !known() {
+                    return false;
+                }
+                None
+            }
+            EventBody::Membership(_) => return false,
+        };
+        // An event already known here (our own delivery seen coming back, or a replay) is the
+        // store's to recognise.
+        if let Some(id) = &inbound.remote_id
+            && matches!(self.store.lookup(&inbound.origin, id), Ok(Some(_)))
+        {
+            return false;
+        }
+        let copy = match (&inbound.body, plain) {
+            (EventBody::Text { .. }, Some(plain)) => self.text_copy(&destination, &other, &plain),
+            (
+                EventBody::Edit { target, .. }
+                | EventBody::Delete { target }
+                | EventBody::Reaction { target, .. },
+                _,
+            ) => self.change_copy(
                 &inbound.origin,
                 &destination,
                 &other,
                 target,
                 inbound.body.kind_name(),
             ),
-            EventBody::Membership(_) => None,
+            _ => None,
         };
         let Some((key, origin)) = copy else {
             return false;
@@ -404,55 +434,27 @@ impl Parallel {
             .known
             .get(destination)
             .is_some_and(|accounts| accounts.contains(other));
-        let (author, text) = match crate::loop_breaker::split_relay_prefix(plain) {
-            Some((nick, rest)) => (Some(normalise(nick).to_lowercase()), normalise(rest)),
-            // Only a known parallel bridge's lines without a prefix (a long line's
-            // continuation) can be copies.
-            None if known => (None, normalise(plain)),
-            None => return None,
-        };
-        if text.is_empty() {
-            return None;
-        }
-        let now = Instant::now();
-        let found = {
-            let mut recent = lock(&self.recent);
-            let candidates = || {
-                recent
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| now.duration_since(r.at) <= RECENT_MAX_AGE)
-                    .filter(|(_, r)| {
-                        r.origin != *destination && r.destinations.contains(destination)
-                    })
-                    .filter(|(_, r)| author.as_ref().is_none_or(|a| *a == r.author))
+        // How the copy may read: `<alice> hi`, or with a format that shows more first,
+        // `[irc] <alice> hi`; from a known parallel bridge also a line without the prefix (a
+        // long text's continuation).
+        let mut readings: Vec<(Option<String>, String)> = Vec::with_capacity(2);
+        let mut rest = plain;
+        for _ in 0..2 {
+            let Some((nick, after)) = crate::loop_breaker::split_relay_prefix(rest) else {
+                break;
             };
-            // Copies come in the order of their originals: the oldest same text not copied
-            // here yet; else a repeated copy of one that was (the newest); else, from a known
-            // parallel bridge, one line of a longer text.
-            let exact = candidates()
-                .filter(|(_, r)| r.text == text)
-                .find(|(_, r)| !r.copied.contains(destination))
-                .map(|(index, _)| index);
-            let index = exact.or_else(|| {
-                candidates()
-                    .rfind(|(_, r)| {
-                        r.text == text
-                            || (known && r.text.len() > text.len() && r.text.contains(&text))
-                    })
-                    .map(|(index, _)| index)
-            });
-            index.and_then(|index| recent.get_mut(index)).map(|r| {
-                if exact.is_some() {
-                    r.copied.push(destination.clone());
-                }
-                (r.message_id, r.origin.clone())
-            })
-        };
+            readings.push((Some(normalise(nick).to_lowercase()), normalise(after)));
+            rest = after;
+        }
+        if known {
+            readings.push((None, normalise(plain)));
+        }
+        readings.retain(|(_, text)| !text.is_empty());
+        let found = readings.iter().find_map(|(author, text)| {
+            self.find_original(destination, author.as_deref(), text, known)
+        });
         let Some((message_id, origin)) = found else {
-            if let Some(author) = author
-                && !known
-            {
+            if !known && let Some((Some(author), text)) = readings.into_iter().next() {
                 self.suspect(destination, other, author, text);
             }
             return None;
@@ -466,6 +468,46 @@ impl Parallel {
             },
             Some(origin),
         ))
+    }
+
+    /// The message a copy reading `author` (any, when `None`) and `text` in `destination`
+    /// stands for: its id and origin.
+    fn find_original(
+        &self,
+        destination: &ChannelRef,
+        author: Option<&str>,
+        text: &str,
+        known: bool,
+    ) -> Option<(i64, ChannelRef)> {
+        let now = Instant::now();
+        let mut recent = lock(&self.recent);
+        let candidates = || {
+            recent
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| now.duration_since(r.at) <= RECENT_MAX_AGE)
+                .filter(|(_, r)| r.origin != *destination && r.destinations.contains(destination))
+                .filter(|(_, r)| author.is_none_or(|a| a == r.author))
+        };
+        // Copies come in the order of their originals: the oldest same text not copied here
+        // yet; else a repeated copy of one that was (the newest); else, from a known parallel
+        // bridge, one line of a longer text.
+        let exact = candidates()
+            .filter(|(_, r)| r.text == text)
+            .find(|(_, r)| !r.copied.contains(destination))
+            .map(|(index, _)| index);
+        let index = exact.or_else(|| {
+            candidates()
+                .rfind(|(_, r)| {
+                    r.text == text || (known && r.text.len() > text.len() && r.text.contains(text))
+                })
+                .map(|(index, _)| index)
+        })?;
+        let original = recent.get_mut(index)?;
+        if exact.is_some() {
+            original.copied.push(destination.clone());
+        }
+        Some((original.message_id, original.origin.clone()))
     }
 
     /// An edit, delete or reaction by a known parallel bridge of a message this bridge
@@ -823,6 +865,18 @@ mod tests {
         let restarted = Parallel::load(Arc::clone(&store));
         assert!(restarted.is_yielded(&delivery(2, &irc, &mm)));
         let _waiting = waiting(restarted.hold(&delivery(2, &irc, &mm)));
+    }
+
+    #[test]
+    fn a_format_that_shows_more_before_the_nick_is_read_too() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(store);
+        let irc = ChannelRef::new("irc", "#chan");
+        let mm = ChannelRef::new("mm", "town");
+        let prepared = Parallel::prepare(&said(&irc, "Alice", "hi  there", "x")).unwrap();
+        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        assert!(!parallel.recognise_copy(&said(&mm, "abe", "[irc] <bob> hi there", "p0")));
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "[irc] <al\u{200b}ice> hi there", "p1")));
     }
 
     #[test]
