@@ -1808,15 +1808,19 @@ pub fn is_valid_mattermost_channel(channel: &str) -> bool {
 /// RFC 1459 case folding, which IRC servers use to compare channel names and nicks.
 #[must_use]
 pub fn irc_fold(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '[' => '{',
-            ']' => '}',
-            '\\' => '|',
-            '~' => '^',
-            other => other.to_ascii_lowercase(),
-        })
-        .collect()
+    name.chars().map(irc_fold_char).collect()
+}
+
+/// [`irc_fold`] of one character.
+#[must_use]
+pub fn irc_fold_char(c: char) -> char {
+    match c {
+        '[' => '{',
+        ']' => '}',
+        '\\' => '|',
+        '~' => '^',
+        other => other.to_ascii_lowercase(),
+    }
 }
 
 #[cfg(test)]

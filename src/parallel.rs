@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::irc_fold;
+use std::hash::{Hash as _, Hasher as _};
+
+use crate::config::{irc_fold, irc_fold_char};
 use crate::connector::DeliveryError;
 use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
 use crate::outbox::{AckFuture, Endpoint};
@@ -71,16 +73,29 @@ pub struct ParallelStats {
     pub stood_in: AtomicU64,
 }
 
-/// A text committed lately, as a copy of it would read.
+/// A text committed lately, as a copy of it would read: digests, so that remembering one
+/// costs no allocation (channels, author and text as [`channel_digest`] and [`text_digest`]).
 struct Recent {
     message_id: i64,
-    origin: ChannelRef,
-    destinations: Vec<ChannelRef>,
-    author: String,
-    text: String,
+    origin: u64,
+    /// The first destinations; any more in `more_destinations`.
+    destinations: [u64; 3],
+    more_destinations: Vec<u64>,
+    author: u64,
+    /// Of author and text together.
+    key: u64,
+    /// The normalised text itself, kept only where a parallel bridge is known (a line of a
+    /// longer text is recognised by being part of it).
+    text: Option<Box<str>>,
     at: Instant,
     /// Destinations where a parallel bridge's copy of it was seen.
-    copied: Vec<ChannelRef>,
+    copied: Vec<u64>,
+}
+
+impl Recent {
+    fn goes_to(&self, destination: u64) -> bool {
+        self.destinations.contains(&destination) || self.more_destinations.contains(&destination)
+    }
 }
 
 /// A relayed-looking text from someone else that matched nothing: it may be a copy of a
@@ -88,8 +103,7 @@ struct Recent {
 struct Suspect {
     channel: ChannelRef,
     account: String,
-    author: String,
-    text: String,
+    key: u64,
     at: Instant,
 }
 
@@ -99,9 +113,22 @@ const SUSPECT_CAPACITY: usize = 256;
 /// A text about to be committed, prepared by [`Parallel::prepare`] before the inbound event is
 /// handed to the store.
 pub struct Prepared {
-    origin: ChannelRef,
-    author: String,
-    text: String,
+    origin: u64,
+    /// The folded origin, when it is not known yet.
+    new_origin: Option<ChannelRef>,
+    author: u64,
+    key: u64,
+    plain: String,
+}
+
+/// One way of reading a text that may be a copy: the author its prefix names (any, for a
+/// line without one) and the rest.
+struct Reading {
+    author: Option<u64>,
+    /// [`text_digest`] of author and rest (with an author).
+    key: u64,
+    /// The normalised rest, to find it within a longer text (from a known parallel bridge).
+    text: Option<String>,
 }
 
 /// One delivery's copy: the destination, the message it carries (for an edit, delete or
@@ -117,6 +144,8 @@ struct CopyKey {
 struct State {
     /// destination (folded) → accounts of parallel bridges seen there (folded)
     known: HashMap<ChannelRef, HashSet<String>>,
+    /// the digests of the channels in `known`
+    known_digests: HashSet<u64>,
     /// (origin, destination), folded → the account the route is left to
     yielded: HashMap<(ChannelRef, ChannelRef), String>,
     /// deliveries waiting for their copy, oldest first per key
@@ -133,7 +162,11 @@ pub struct Parallel {
     /// network → this bridge's own account there (folded), as its connector reports it
     accounts: RwLock<HashMap<String, String>>,
     recent: Mutex<VecDeque<Recent>>,
+    /// channel digest → the folded channel, for every origin remembered
+    origins: RwLock<HashMap<u64, ChannelRef>>,
     suspects: Mutex<VecDeque<Suspect>>,
+    /// Whether any parallel bridge is known (most bridges never meet one).
+    any_known: std::sync::atomic::AtomicBool,
     /// Rung after a text is remembered, while someone waits for an original.
     remembered: tokio::sync::Notify,
     waiting_for_originals: std::sync::atomic::AtomicUsize,
@@ -150,12 +183,11 @@ fn fold_account(account: &str) -> String {
 }
 
 /// A name or text as a copy of it may show it: without invisible characters (anti-ping
-/// marks), whitespace runs as one space, cut to [`COMPARED_CHARS`].
-fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(COMPARED_CHARS));
+/// marks), whitespace runs as one space, no space at either end, cut to [`COMPARED_CHARS`].
+fn normalised(text: &str) -> impl Iterator<Item = char> + '_ {
     let mut space = false;
-    for c in text
-        .chars()
+    let mut started = false;
+    text.chars()
         .filter(|c| {
             !matches!(
                 c,
@@ -163,18 +195,50 @@ fn normalise(text: &str) -> String {
             )
         })
         .take(COMPARED_CHARS)
-    {
-        if c.is_whitespace() {
-            space = !out.is_empty();
-        } else {
-            if space {
-                out.push(' ');
-                space = false;
+        .flat_map(move |c| {
+            if c.is_whitespace() {
+                space = started;
+                [None, None]
+            } else {
+                let before = (std::mem::take(&mut space) && started).then_some(' ');
+                started = true;
+                [before, Some(c)]
             }
-            out.push(c);
-        }
+        })
+        .flatten()
+}
+
+fn normalise(text: &str) -> String {
+    normalised(text).collect()
+}
+
+/// A folded channel's digest.
+fn channel_digest(channel: &ChannelRef) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    channel.network.hash(&mut hasher);
+    for c in channel.channel.chars() {
+        irc_fold_char(c).hash(&mut hasher);
     }
-    out
+    hasher.finish()
+}
+
+/// An author's name (normalised, lowercase) as a digest.
+fn author_digest(name: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for c in normalised(name).flat_map(char::to_lowercase) {
+        c.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// The digest of an author's digest and a normalised text: what a copy and its original share.
+fn text_digest(author: u64, text: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    author.hash(&mut hasher);
+    for c in normalised(text) {
+        c.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,6 +253,7 @@ impl Parallel {
         match store.parallel_routes() {
             Ok(routes) => {
                 for (origin, destination, account) in routes {
+                    state.known_digests.insert(channel_digest(&destination));
                     state
                         .known
                         .entry(destination.clone())
@@ -205,7 +270,9 @@ impl Parallel {
             store,
             accounts: RwLock::default(),
             recent: Mutex::default(),
+            origins: RwLock::default(),
             suspects: Mutex::default(),
+            any_known: std::sync::atomic::AtomicBool::new(!state.known.is_empty()),
             remembered: tokio::sync::Notify::new(),
             waiting_for_originals: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(state),
@@ -238,29 +305,64 @@ impl Parallel {
 
     /// Before a text is committed: what a copy of it would read. `None` for other events.
     #[must_use]
-    pub fn prepare(inbound: &Inbound) -> Option<Prepared> {
+    pub fn prepare(&self, inbound: &Inbound) -> Option<Prepared> {
         let EventBody::Text { text, .. } = &inbound.body else {
             return None;
         };
-        let text = normalise(&text.to_plain_text());
-        if text.is_empty() {
-            return None;
-        }
+        let plain = text.to_plain_text();
+        normalised(&plain).next()?;
+        let origin = channel_digest(&inbound.origin);
+        let new_origin = (!self
+            .origins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&origin))
+        .then(|| fold(&inbound.origin));
+        let author = author_digest(&inbound.author.display_name);
         Some(Prepared {
-            origin: fold(&inbound.origin),
-            author: normalise(&inbound.author.display_name).to_lowercase(),
-            text,
+            origin,
+            new_origin,
+            author,
+            key: text_digest(author, &plain),
+            plain,
         })
     }
 
     /// After a prepared text was committed as `message_id` for `destinations`.
-    pub fn remember(&self, prepared: Prepared, message_id: i64, destinations: &[ChannelRef]) {
+    pub fn remember(&self, prepared: &Prepared, message_id: i64, destinations: &[ChannelRef]) {
         if destinations.is_empty() {
             return;
         }
+        if let Some(origin) = prepared.new_origin.clone() {
+            self.origins
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(prepared.origin, origin);
+        }
         let now = Instant::now();
-        let destinations: Vec<ChannelRef> = destinations.iter().map(fold).collect();
-        self.check_suspects(&prepared, &destinations, now);
+        let mut digests = [0; 3];
+        let mut more_destinations = Vec::new();
+        for (index, destination) in destinations.iter().enumerate() {
+            match digests.get_mut(index) {
+                Some(slot) => *slot = channel_digest(destination),
+                None => more_destinations.push(channel_digest(destination)),
+            }
+        }
+        let all = || {
+            digests
+                .iter()
+                .take(destinations.len())
+                .chain(&more_destinations)
+        };
+        let mut text = None;
+        if self.any_known.load(Ordering::Acquire) {
+            let state = lock(&self.state);
+            if all().any(|d| state.known_digests.contains(d)) {
+                text = Some(normalise(&prepared.plain).into_boxed_str());
+            }
+            drop(state);
+            self.check_suspects(prepared, &all().copied().collect::<Vec<_>>(), now);
+        }
         let mut recent = lock(&self.recent);
         while recent.len() >= RECENT_CAPACITY
             || recent
@@ -272,9 +374,11 @@ impl Parallel {
         recent.push_back(Recent {
             message_id,
             origin: prepared.origin,
-            destinations,
+            destinations: digests,
+            more_destinations,
             author: prepared.author,
-            text: prepared.text,
+            key: prepared.key,
+            text,
             at: now,
             copied: Vec::new(),
         });
@@ -284,10 +388,19 @@ impl Parallel {
         }
     }
 
+    /// The folded origin channel of a digest.
+    fn origin(&self, digest: u64) -> Option<ChannelRef> {
+        self.origins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .cloned()
+    }
+
     /// A text just committed here was said a moment earlier in one of its destinations by
     /// another account, with its author's prefix: that account is a parallel bridge that was
     /// faster than us. Its copy went through (it is the meeting message); later ones will not.
-    fn check_suspects(&self, prepared: &Prepared, destinations: &[ChannelRef], now: Instant) {
+    fn check_suspects(&self, prepared: &Prepared, destinations: &[u64], now: Instant) {
         let met: Vec<Suspect> = {
             let mut suspects = lock(&self.suspects);
             if suspects.is_empty() {
@@ -295,22 +408,25 @@ impl Parallel {
             }
             suspects.retain(|s| now.duration_since(s.at) <= RECENT_MAX_AGE);
             let (met, rest): (Vec<Suspect>, Vec<Suspect>) = suspects.drain(..).partition(|s| {
-                destinations.contains(&s.channel)
-                    && s.channel != prepared.origin
-                    && s.author == prepared.author
-                    && s.text == prepared.text
+                let channel = channel_digest(&s.channel);
+                destinations.contains(&channel)
+                    && channel != prepared.origin
+                    && s.key == prepared.key
             });
             suspects.extend(rest);
             met
         };
+        let Some(origin) = self.origin(prepared.origin) else {
+            return;
+        };
         for suspect in met {
-            self.met(&suspect.channel, &suspect.account, &prepared.origin);
+            self.met(&suspect.channel, &suspect.account, &origin);
         }
     }
 
     /// Remember a relayed-looking text that matched nothing, in case its original is
     /// committed here a moment later.
-    fn suspect(&self, channel: &ChannelRef, account: &str, author: String, text: String) {
+    fn suspect(&self, channel: &ChannelRef, account: &str, key: u64) {
         let mut suspects = lock(&self.suspects);
         if suspects.len() >= SUSPECT_CAPACITY {
             suspects.pop_front();
@@ -318,10 +434,10 @@ impl Parallel {
         suspects.push_back(Suspect {
             channel: channel.clone(),
             account: account.to_owned(),
-            author,
-            text,
+            key,
             at: Instant::now(),
         });
+        self.any_known.store(true, Ordering::Release);
     }
 
     /// Could `inbound`, which [`Parallel::recognise_copy`] did not recognise, still be a copy
@@ -437,25 +553,36 @@ impl Parallel {
         // How the copy may read: `<alice> hi`, or with a format that shows more first,
         // `[irc] <alice> hi`; from a known parallel bridge also a line without the prefix (a
         // long text's continuation).
-        let mut readings: Vec<(Option<String>, String)> = Vec::with_capacity(2);
+        let mut readings: Vec<Reading> = Vec::with_capacity(3);
         let mut rest = plain;
         for _ in 0..2 {
             let Some((nick, after)) = crate::loop_breaker::split_relay_prefix(rest) else {
                 break;
             };
-            readings.push((Some(normalise(nick).to_lowercase()), normalise(after)));
+            if normalised(after).next().is_some() {
+                let author = author_digest(nick);
+                readings.push(Reading {
+                    author: Some(author),
+                    key: text_digest(author, after),
+                    text: known.then(|| normalise(after)),
+                });
+            }
             rest = after;
         }
-        if known {
-            readings.push((None, normalise(plain)));
+        if known && normalised(plain).next().is_some() {
+            readings.push(Reading {
+                author: None,
+                key: 0,
+                text: Some(normalise(plain)),
+            });
         }
-        readings.retain(|(_, text)| !text.is_empty());
-        let found = readings.iter().find_map(|(author, text)| {
-            self.find_original(destination, author.as_deref(), text, known)
-        });
+        let destination_digest = channel_digest(destination);
+        let found = readings
+            .iter()
+            .find_map(|reading| self.find_original(destination_digest, reading));
         let Some((message_id, origin)) = found else {
-            if !known && let Some((Some(author), text)) = readings.into_iter().next() {
-                self.suspect(destination, other, author, text);
+            if !known && let Some(first) = readings.first() {
+                self.suspect(destination, other, first.key);
             }
             return None;
         };
@@ -470,15 +597,9 @@ impl Parallel {
         ))
     }
 
-    /// The message a copy reading `author` (any, when `None`) and `text` in `destination`
-    /// stands for: its id and origin.
-    fn find_original(
-        &self,
-        destination: &ChannelRef,
-        author: Option<&str>,
-        text: &str,
-        known: bool,
-    ) -> Option<(i64, ChannelRef)> {
+    /// The message a copy that reads as `reading` in `destination` stands for: its id and
+    /// origin.
+    fn find_original(&self, destination: u64, reading: &Reading) -> Option<(i64, ChannelRef)> {
         let now = Instant::now();
         let mut recent = lock(&self.recent);
         let candidates = || {
@@ -486,28 +607,36 @@ impl Parallel {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| now.duration_since(r.at) <= RECENT_MAX_AGE)
-                .filter(|(_, r)| r.origin != *destination && r.destinations.contains(destination))
-                .filter(|(_, r)| author.is_none_or(|a| a == r.author))
+                .filter(|(_, r)| r.origin != destination && r.goes_to(destination))
+                .filter(|(_, r)| reading.author.is_none_or(|a| a == r.author))
         };
+        let exact = |r: &Recent| reading.author.is_some() && r.key == reading.key;
         // Copies come in the order of their originals: the oldest same text not copied here
         // yet; else a repeated copy of one that was (the newest); else, from a known parallel
         // bridge, one line of a longer text.
-        let exact = candidates()
-            .filter(|(_, r)| r.text == text)
-            .find(|(_, r)| !r.copied.contains(destination))
+        let first = candidates()
+            .filter(|(_, r)| exact(r))
+            .find(|(_, r)| !r.copied.contains(&destination))
             .map(|(index, _)| index);
-        let index = exact.or_else(|| {
+        let index = first.or_else(|| {
             candidates()
                 .rfind(|(_, r)| {
-                    r.text == text || (known && r.text.len() > text.len() && r.text.contains(text))
+                    exact(r)
+                        || reading.text.as_deref().is_some_and(|text| {
+                            r.text
+                                .as_deref()
+                                .is_some_and(|t| t.len() > text.len() && t.contains(text))
+                        })
                 })
                 .map(|(index, _)| index)
         })?;
         let original = recent.get_mut(index)?;
-        if exact.is_some() {
-            original.copied.push(destination.clone());
+        if first.is_some() {
+            original.copied.push(destination);
         }
-        Some((original.message_id, original.origin.clone()))
+        let (message_id, origin) = (original.message_id, original.origin);
+        drop(recent);
+        Some((message_id, self.origin(origin)?))
     }
 
     /// An edit, delete or reaction by a known parallel bridge of a message this bridge
@@ -556,6 +685,8 @@ impl Parallel {
                 .entry(destination.clone())
                 .or_default()
                 .insert(other.to_owned());
+            state.known_digests.insert(channel_digest(destination));
+            self.any_known.store(true, Ordering::Release);
             let yielded = step_back && !state.yielded.contains_key(&route);
             if yielded {
                 state.yielded.insert(route, other.to_owned());
@@ -815,8 +946,8 @@ mod tests {
         let irc = ChannelRef::new("irc", "#Chan");
         let mm = ChannelRef::new("mm", "town");
         for (id, text) in [(1, "ok"), (2, "ok"), (3, "mm says 12"), (4, "mm says 1")] {
-            let prepared = Parallel::prepare(&said(&irc, "alice", text, "x")).unwrap();
-            parallel.remember(prepared, id, std::slice::from_ref(&mm));
+            let prepared = parallel.prepare(&said(&irc, "alice", text, "x")).unwrap();
+            parallel.remember(&prepared, id, std::slice::from_ref(&mm));
         }
         // Nothing is held before the other bridge is known.
         assert!(parallel.hold(&delivery(2, &irc, &mm)).is_none());
@@ -855,8 +986,8 @@ mod tests {
         parallel.set_account("mm", "abe");
         let irc = ChannelRef::new("irc", "#chan");
         let mm = ChannelRef::new("mm", "town");
-        let prepared = Parallel::prepare(&said(&irc, "alice", "hi", "x")).unwrap();
-        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        let prepared = parallel.prepare(&said(&irc, "alice", "hi", "x")).unwrap();
+        parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
         assert!(parallel.recognise_copy(&said(&mm, "zed", "<alice> hi", "p1")));
         assert_eq!(parallel.stats().yielded.load(Ordering::Relaxed), 0);
         assert!(parallel.hold(&delivery(2, &irc, &mm)).is_none());
@@ -873,8 +1004,10 @@ mod tests {
         let parallel = Parallel::load(store);
         let irc = ChannelRef::new("irc", "#chan");
         let mm = ChannelRef::new("mm", "town");
-        let prepared = Parallel::prepare(&said(&irc, "Alice", "hi  there", "x")).unwrap();
-        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        let prepared = parallel
+            .prepare(&said(&irc, "Alice", "hi  there", "x"))
+            .unwrap();
+        parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
         assert!(!parallel.recognise_copy(&said(&mm, "abe", "[irc] <bob> hi there", "p0")));
         assert!(parallel.recognise_copy(&said(&mm, "abe", "[irc] <al\u{200b}ice> hi there", "p1")));
     }
@@ -888,8 +1021,8 @@ mod tests {
         let mm = ChannelRef::new("mm", "town");
         // The copy first: not recognised (relayed as it is), but remembered.
         assert!(!parallel.recognise_copy(&said(&mm, "abe", "<alice> hi", "p1")));
-        let prepared = Parallel::prepare(&said(&irc, "alice", "hi", "x")).unwrap();
-        parallel.remember(prepared, 1, std::slice::from_ref(&mm));
+        let prepared = parallel.prepare(&said(&irc, "alice", "hi", "x")).unwrap();
+        parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
         assert_eq!(parallel.stats().yielded.load(Ordering::Relaxed), 1);
         // From now on a text from that bridge may be a copy of something not read here yet.
         assert!(parallel.may_be_copy(&said(&mm, "abe", "<alice> next", "p2")));

@@ -247,7 +247,7 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        let prepared = Parallel::prepare(&inbound);
+        let prepared = self.parallel.prepare(&inbound);
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self
             .writer
@@ -293,7 +293,7 @@ impl Router {
     /// Queue a commit; the task ends once it is done and accounted for.
     fn enqueue(&self, inbound: Inbound, routes: Vec<Route>) -> tokio::task::JoinHandle<()> {
         let origin = inbound.origin.clone();
-        let prepared = Parallel::prepare(&inbound);
+        let prepared = self.parallel.prepare(&inbound);
         let protocol = self.topology.protocol(&inbound.origin.network);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();
@@ -325,7 +325,7 @@ impl Router {
         }
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
-        self.account(&outcome, Parallel::prepare(inbound));
+        self.account(&outcome, self.parallel.prepare(inbound));
         if let CommitOutcome::Committed { destinations, .. } = &outcome {
             for destination in destinations {
                 self.wake.wake(destination);
@@ -369,7 +369,7 @@ impl Router {
                 destinations,
             } => {
                 if let Some(prepared) = prepared {
-                    self.parallel.remember(prepared, *message_id, destinations);
+                    self.parallel.remember(&prepared, *message_id, destinations);
                 }
                 self.stats.committed.fetch_add(1, Ordering::Relaxed);
                 self.stats
