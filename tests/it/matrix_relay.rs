@@ -1382,3 +1382,76 @@ async fn an_encrypted_room_is_bridged_both_ways() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bridge_instance_in_the_room_under_other_accounts_doubles_only_the_first_message()
+{
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    // Another instance of the bridge on the same pair, with its own Matrix and IRC accounts;
+    // both sort after the first one's, so it is the one that steps back.
+    let bot_b = format!("{}z", s.bot);
+    register(&s.synapse_url, &bot_b, "password").await;
+    let nick_b = format!("{}z", s.nick);
+    let dir_b = tempfile::tempdir().unwrap();
+    let bridge_b = Bridge::start(
+        dir_b.path(),
+        &config(
+            &[
+                irc_network("irc", s.irc_port, &nick_b),
+                matrix_network("mx", &s.synapse_url, &bot_b),
+            ],
+            &[("irc", &s.channel), ("mx", &s.alias)],
+        ),
+    );
+    s.irc.wait_member(&nick_b, &s.channel).await;
+    wait_member_join(&mut s.matrix, &room, &format!("@{bot_b}:localhost")).await;
+
+    // The meeting messages, one each way.
+    s.irc.say(&s.channel, "hello from irc");
+    s.matrix.say(&room, "hello from matrix").await;
+    for destination in ["destination=mx/", "destination=irc/"] {
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        while !bridge_b.logs().lines().any(|l| {
+            l.contains("Leaving this route to the other bridge") && l.contains(destination)
+        }) {
+            assert!(std::time::Instant::now() < deadline, "{}", bridge_b.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut lines = s.irc.texts_until(&s.channel, "hello from matrix").await;
+    for i in 1..=10 {
+        s.irc.say(&s.channel, &format!("irc says {i}"));
+        s.matrix.say(&room, &format!("matrix says {i}")).await;
+    }
+    lines.extend(s.irc.texts_until(&s.channel, "matrix says 10").await);
+    s.matrix.messages_until(&room, "irc says 10").await;
+    for bridge in [&s.bridge, &bridge_b] {
+        bridge.wait_outbox_drained("mx", &s.alias).await;
+        bridge.wait_outbox_drained("irc", &s.channel).await;
+    }
+    lines.extend(s.irc.drain());
+    let irc = texts(&lines);
+    let matrix = bodies(&s.matrix.history(&room).await);
+    // Shown as relayed once (`<alice> text`); nothing relayed back (`<b> <alice> text`).
+    let count = |texts: &[String], text: &str| {
+        texts
+            .iter()
+            .filter(|t| {
+                tribridge::loop_breaker::split_relay_prefix(t).map(|(_, rest)| rest) == Some(text)
+            })
+            .count()
+    };
+    assert_eq!(count(&matrix, "hello from irc"), 2, "{matrix:#?}");
+    assert_eq!(count(&irc, "hello from matrix"), 2, "{irc:#?}");
+    for i in 1..=10 {
+        assert_eq!(count(&matrix, &format!("irc says {i}")), 1, "{matrix:#?}");
+        assert_eq!(count(&irc, &format!("matrix says {i}")), 1, "{irc:#?}");
+    }
+    for text in matrix.iter().chain(&irc) {
+        assert!(
+            !text.contains(" says ") || tribridge::loop_breaker::relay_depth(text) <= 1,
+            "{text}"
+        );
+    }
+}
