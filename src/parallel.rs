@@ -48,8 +48,16 @@ pub const STAND_IN_AFTER: Duration = Duration::from_secs(15);
 pub const RECENT_MAX_AGE: Duration = Duration::from_mins(2);
 
 /// How long a text from a known parallel bridge that matches nothing waits for this bridge's
-/// own commit of the message it may copy (the other bridge can be faster than our connector).
-pub const ORIGINAL_WAIT: Duration = Duration::from_secs(2);
+/// own commit of the message it may copy (the other bridge can be faster than our connector),
+/// when the wait holds up nothing else (a connector that queues its commits: IRC).
+pub const ORIGINAL_WAIT: Duration = Duration::from_secs(5);
+
+/// The same wait where it holds up the connector's later events (one that waits for each
+/// commit: Matrix, Mattermost).
+pub const ORIGINAL_WAIT_INLINE: Duration = Duration::from_secs(2);
+
+/// The kind of a "copy" that is a message said in its own channel, relayed back to it.
+const RETURNED: &str = "returned";
 
 /// The most recent texts kept for recognising copies (older ones are forgotten first).
 const RECENT_CAPACITY: usize = 2_048;
@@ -104,6 +112,11 @@ struct Suspect {
     channel: ChannelRef,
     account: String,
     key: u64,
+    /// What a delivery of the suspect itself (committed, since nothing recognised it) reads:
+    /// [`text_digest`] of its sender's name and its whole text.
+    relayed: u64,
+    /// Its id on its network.
+    remote_id: Option<String>,
     at: Instant,
 }
 
@@ -153,6 +166,9 @@ struct State {
     /// copies that came before their delivery was reached: their remote ids
     seen: HashMap<CopyKey, VecDeque<Option<String>>>,
     seen_order: VecDeque<CopyKey>,
+    /// Copies committed before they were recognised, by (channel digest, [`text_digest`] of
+    /// sender and text, when): their deliveries are acknowledged without a send.
+    void: Vec<(u64, u64, Instant)>,
 }
 
 /// What this bridge knows about parallel bridges. Shared by the router (which asks about every
@@ -361,7 +377,12 @@ impl Parallel {
                 text = Some(normalise(&prepared.plain).into_boxed_str());
             }
             drop(state);
-            self.check_suspects(prepared, &all().copied().collect::<Vec<_>>(), now);
+            self.check_suspects(
+                prepared,
+                message_id,
+                &all().copied().collect::<Vec<_>>(),
+                now,
+            );
         }
         let mut recent = lock(&self.recent);
         while recent.len() >= RECENT_CAPACITY
@@ -400,7 +421,13 @@ impl Parallel {
     /// A text just committed here was said a moment earlier in one of its destinations by
     /// another account, with its author's prefix: that account is a parallel bridge that was
     /// faster than us. Its copy went through (it is the meeting message); later ones will not.
-    fn check_suspects(&self, prepared: &Prepared, destinations: &[u64], now: Instant) {
+    fn check_suspects(
+        &self,
+        prepared: &Prepared,
+        message_id: i64,
+        destinations: &[u64],
+        now: Instant,
+    ) {
         let met: Vec<Suspect> = {
             let mut suspects = lock(&self.suspects);
             if suspects.is_empty() {
@@ -421,12 +448,38 @@ impl Parallel {
         };
         for suspect in met {
             self.met(&suspect.channel, &suspect.account, &origin);
+            // The copy itself was committed as a message of its channel: it is not relayed.
+            let channel = channel_digest(&suspect.channel);
+            {
+                let mut state = lock(&self.state);
+                state
+                    .void
+                    .retain(|(_, _, at)| now.duration_since(*at) <= RECENT_MAX_AGE);
+                state.void.push((channel, suspect.relayed, now));
+            }
+            // And it is the copy of this message there: our delivery of it waits for nothing.
+            self.copy_seen(
+                CopyKey {
+                    destination: suspect.channel.clone(),
+                    message_id,
+                    kind: "text",
+                },
+                Some(&origin),
+                suspect.remote_id,
+            );
         }
     }
 
     /// Remember a relayed-looking text that matched nothing, in case its original is
     /// committed here a moment later.
-    fn suspect(&self, channel: &ChannelRef, account: &str, key: u64) {
+    fn suspect(
+        &self,
+        channel: &ChannelRef,
+        account: &str,
+        key: u64,
+        relayed: u64,
+        remote_id: Option<String>,
+    ) {
         let mut suspects = lock(&self.suspects);
         if suspects.len() >= SUSPECT_CAPACITY {
             suspects.pop_front();
@@ -435,6 +488,8 @@ impl Parallel {
             channel: channel.clone(),
             account: account.to_owned(),
             key,
+            relayed,
+            remote_id,
             at: Instant::now(),
         });
         self.any_known.store(true, Ordering::Release);
@@ -456,10 +511,11 @@ impl Parallel {
                 .is_some_and(|accounts| accounts.contains(&fold_account(&inbound.author.id)))
     }
 
-    /// Wait up to [`ORIGINAL_WAIT`] for the message `inbound` copies to be committed here
-    /// (see [`Parallel::may_be_copy`]); true when it was: `inbound` is a copy (counted).
-    pub async fn wait_for_original(&self, inbound: &Inbound) -> bool {
-        let deadline = tokio::time::Instant::now() + ORIGINAL_WAIT;
+    /// Wait up to `wait` ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) for the message
+    /// `inbound` copies to be committed here (see [`Parallel::may_be_copy`]); true when it
+    /// was: `inbound` is a copy (counted).
+    pub async fn wait_for_original(&self, inbound: &Inbound, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
         self.waiting_for_originals.fetch_add(1, Ordering::AcqRel);
         let copy = loop {
             let remembered = self.remembered.notified();
@@ -515,7 +571,9 @@ impl Parallel {
             return false;
         }
         let copy = match (&inbound.body, plain) {
-            (EventBody::Text { .. }, Some(plain)) => self.text_copy(&destination, &other, &plain),
+            (EventBody::Text { .. }, Some(plain)) => {
+                self.text_copy(&destination, &other, inbound, &plain)
+            }
             (
                 EventBody::Edit { target, .. }
                 | EventBody::Delete { target }
@@ -534,6 +592,10 @@ impl Parallel {
             return false;
         };
         self.stats.copies.fetch_add(1, Ordering::Relaxed);
+        if key.kind == RETURNED {
+            tracing::debug!(channel = %inbound.origin, account = %inbound.author.id, message_id = key.message_id, "A message said here came back through other bridges; not relayed.");
+            return true;
+        }
         tracing::debug!(channel = %inbound.origin, account = %inbound.author.id, message_id = key.message_id, kind = key.kind, "A parallel bridge's copy of a message this bridge carries; not relayed.");
         self.copy_seen(key, origin.as_ref(), inbound.remote_id.clone());
         true
@@ -544,6 +606,7 @@ impl Parallel {
         &self,
         destination: &ChannelRef,
         other: &str,
+        inbound: &Inbound,
         plain: &str,
     ) -> Option<(CopyKey, Option<ChannelRef>)> {
         let known = lock(&self.state)
@@ -581,8 +644,32 @@ impl Parallel {
             .iter()
             .find_map(|reading| self.find_original(destination_digest, reading));
         let Some((message_id, origin)) = found else {
+            // `<b> <alice> hi` where alice said `hi`: bridges relayed it back here. (A person
+            // quoting `<alice> hi` has one prefix; a known parallel bridge never relays back.)
+            if let Some(message_id) = readings
+                .iter()
+                .enumerate()
+                .filter(|(index, reading)| reading.author.is_some() && (known || *index > 0))
+                .find_map(|(_, reading)| self.said_here(destination_digest, reading.key))
+            {
+                return Some((
+                    CopyKey {
+                        destination: destination.clone(),
+                        message_id,
+                        kind: RETURNED,
+                    },
+                    None,
+                ));
+            }
             if !known && let Some(first) = readings.first() {
-                self.suspect(destination, other, first.key);
+                let relayed = text_digest(author_digest(&inbound.author.display_name), plain);
+                self.suspect(
+                    destination,
+                    other,
+                    first.key,
+                    relayed,
+                    inbound.remote_id.clone(),
+                );
             }
             return None;
         };
@@ -595,6 +682,17 @@ impl Parallel {
             },
             Some(origin),
         ))
+    }
+
+    /// A message said in `channel` lately whose author and text digest is `key`.
+    fn said_here(&self, channel: u64, key: u64) -> Option<i64> {
+        let now = Instant::now();
+        lock(&self.recent)
+            .iter()
+            .rev()
+            .take_while(|r| now.duration_since(r.at) <= RECENT_MAX_AGE)
+            .find(|r| r.origin == channel && r.key == key)
+            .map(|r| r.message_id)
     }
 
     /// The message a copy that reads as `reading` in `destination` stands for: its id and
@@ -768,6 +866,30 @@ impl Parallel {
     /// recognised: a text with words, or an edit, delete or reaction of a message delivered
     /// there. `None`: send it.
     fn hold(&self, delivery: &Delivery) -> Option<Held> {
+        {
+            let state = lock(&self.state);
+            if state.yielded.is_empty() && state.seen.is_empty() && state.void.is_empty() {
+                return None;
+            }
+            if !state.void.is_empty()
+                && let EventBody::Text { text, .. } = &delivery.body
+            {
+                let channel = channel_digest(&delivery.origin);
+                let relayed = text_digest(
+                    author_digest(&delivery.author.display_name),
+                    &text.to_plain_text(),
+                );
+                // Kept until it expires: the copy may have gone to several channels.
+                if state
+                    .void
+                    .iter()
+                    .any(|(c, r, _)| *c == channel && *r == relayed)
+                {
+                    tracing::debug!(destination = %delivery.destination, message_id = delivery.message_id, "A parallel bridge's copy relayed before the bridges met; not sent.");
+                    return Some(Held::Copied(None));
+                }
+            }
+        }
         let key = match &delivery.body {
             EventBody::Text { text, .. } if !normalise(&text.to_plain_text()).is_empty() => {
                 CopyKey {
@@ -788,12 +910,8 @@ impl Parallel {
             _ => return None,
         };
         let mut state = lock(&self.state);
-        if !state
-            .yielded
-            .contains_key(&(fold(&delivery.origin), key.destination.clone()))
-        {
-            return None;
-        }
+        // A copy already seen acknowledges the delivery, even if the route was taken back
+        // meanwhile (a stand-in ahead of it in the queue).
         if let Some(ids) = state.seen.get_mut(&key)
             && let Some(remote_id) = ids.pop_front()
         {
@@ -801,6 +919,12 @@ impl Parallel {
                 state.seen.remove(&key);
             }
             return Some(Held::Copied(remote_id));
+        }
+        if !state
+            .yielded
+            .contains_key(&(fold(&delivery.origin), key.destination.clone()))
+        {
+            return None;
         }
         let (sender, receiver) = oneshot::channel();
         state.waiting.entry(key).or_default().push_back(sender);
@@ -1010,6 +1134,20 @@ mod tests {
         parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
         assert!(!parallel.recognise_copy(&said(&mm, "abe", "[irc] <bob> hi there", "p0")));
         assert!(parallel.recognise_copy(&said(&mm, "abe", "[irc] <al\u{200b}ice> hi there", "p1")));
+    }
+
+    #[test]
+    fn a_message_relayed_back_into_its_own_channel_is_recognised() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(store);
+        let irc = ChannelRef::new("irc", "#chan");
+        let mm = ChannelRef::new("mm", "town");
+        let prepared = parallel.prepare(&said(&mm, "mia", "hi", "x")).unwrap();
+        parallel.remember(&prepared, 1, std::slice::from_ref(&irc));
+        // Someone quoting her is a person.
+        assert!(!parallel.recognise_copy(&said(&mm, "abe", "<mia> hi", "q")));
+        // Two bridges' prefixes: it went round.
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<brlb> <mia> hi", "p")));
     }
 
     #[test]

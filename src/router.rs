@@ -240,7 +240,10 @@ impl Router {
         }
         if self.drops(&inbound)
             || (self.parallel.may_be_copy(&inbound)
-                && self.parallel.wait_for_original(&inbound).await)
+                && self
+                    .parallel
+                    .wait_for_original(&inbound, crate::parallel::ORIGINAL_WAIT_INLINE)
+                    .await)
         {
             return Ok(CommitOutcome::Committed {
                 message_id: 0,
@@ -276,7 +279,11 @@ impl Router {
         } else if self.parallel.may_be_copy(&inbound) {
             let this = self.clone();
             Some(tokio::spawn(async move {
-                if !this.parallel.wait_for_original(&inbound).await {
+                if !this
+                    .parallel
+                    .wait_for_original(&inbound, crate::parallel::ORIGINAL_WAIT)
+                    .await
+                {
                     let _ = this.enqueue(inbound, routes).await;
                 }
             }))

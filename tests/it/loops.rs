@@ -220,10 +220,13 @@ async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_
             .filter(|t| t.ends_with(text) && tribridge::loop_breaker::relay_depth(t) > 1)
             .count()
     };
-    // The meeting messages: once from each bridge; if one bridge was faster than the other's
-    // own reading of the original, its copy was relayed back once before they met.
-    assert_eq!(count(&posts, "hello from irc"), 2, "{posts:#?}");
-    assert_eq!(count(&irc, "hello from mm"), 2, "{irc:#?}");
+    // The meeting messages: once from each bridge (or once, when one bridge's copy came before
+    // the other read the original); such an early copy may be relayed back once.
+    assert!(
+        (1..=2).contains(&count(&posts, "hello from irc")),
+        "{posts:#?}"
+    );
+    assert!((1..=2).contains(&count(&irc, "hello from mm")), "{irc:#?}");
     assert!(
         echoes(&posts, "hello from irc") + echoes(&irc, "hello from irc") <= 1,
         "{posts:#?} {irc:#?}"

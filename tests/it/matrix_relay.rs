@@ -1442,8 +1442,15 @@ async fn a_second_bridge_instance_in_the_room_under_other_accounts_doubles_only_
             })
             .count()
     };
-    assert_eq!(count(&matrix, "hello from irc"), 2, "{matrix:#?}");
-    assert_eq!(count(&irc, "hello from matrix"), 2, "{irc:#?}");
+    // The meeting messages: twice, or once when the other bridge's copy came first.
+    assert!(
+        (1..=2).contains(&count(&matrix, "hello from irc")),
+        "{matrix:#?}"
+    );
+    assert!(
+        (1..=2).contains(&count(&irc, "hello from matrix")),
+        "{irc:#?}"
+    );
     for i in 1..=10 {
         assert_eq!(count(&matrix, &format!("irc says {i}")), 1, "{matrix:#?}");
         assert_eq!(count(&irc, &format!("matrix says {i}")), 1, "{irc:#?}");
