@@ -79,6 +79,10 @@ impl IrcClient {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to IRC server");
+        // As interactive clients do: a line goes out at once, not held back by Nagle's
+        // algorithm until the server acknowledges the previous one (up to its 40 ms
+        // delayed-ACK timer).
+        stream.set_nodelay(true).expect("TCP_NODELAY");
         let (read, mut write) = stream.into_split();
         let (writer, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
         let (incoming_sender, incoming) = mpsc::unbounded_channel();
