@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod connector;
+#[cfg(feature = "matrix")]
 pub mod daemon;
 pub mod files;
 pub mod group_commit;

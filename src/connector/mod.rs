@@ -7,6 +7,7 @@
 //! All connectors have the same shape; adding a network type adds a variant, not a registry.
 
 pub mod irc;
+#[cfg(feature = "matrix")]
 pub mod matrix;
 pub mod mattermost;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "matrix")]
 use crate::config::{NetworkConfig, NetworkKind};
 use crate::model::{Attachment, Capabilities, Delivery, DeliveryAck, EventBody};
 use crate::richtext::FormattedText;
@@ -27,6 +29,7 @@ use crate::store::Store;
 
 /// Log filter directives that quiet the connectors' libraries to warnings (the Matrix SDK logs
 /// every sync, with its whole filter, and every send at info).
+#[cfg(feature = "matrix")]
 pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
 
 /// Why a delivery did not go through.
@@ -179,6 +182,7 @@ pub enum ConnectorHandle {
     /// IRC.
     Irc(irc::IrcHandle),
     /// Matrix.
+    #[cfg(feature = "matrix")]
     Matrix(matrix::MatrixHandle),
     /// Mattermost.
     Mattermost(mattermost::MattermostHandle),
@@ -189,6 +193,7 @@ impl ConnectorHandle {
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
         match self {
             ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
+            #[cfg(feature = "matrix")]
             ConnectorHandle::Matrix(handle) => handle.deliver(delivery).await,
             ConnectorHandle::Mattermost(handle) => handle.deliver(delivery).await,
         }
@@ -199,6 +204,7 @@ impl ConnectorHandle {
     pub fn capabilities(&self) -> Capabilities {
         match self {
             ConnectorHandle::Irc(_) => irc::CAPABILITIES,
+            #[cfg(feature = "matrix")]
             ConnectorHandle::Matrix(_) => matrix::CAPABILITIES,
             ConnectorHandle::Mattermost(_) => mattermost::CAPABILITIES,
         }
@@ -212,10 +218,17 @@ impl crate::outbox::Endpoint for ConnectorHandle {
             // label; HTTP sends could overtake each other, so Matrix and Mattermost send one at
             // a time.
             ConnectorHandle::Irc(_) => irc::PIPELINE_WINDOW,
-            ConnectorHandle::Matrix(_) | ConnectorHandle::Mattermost(_) => 1,
+            #[cfg(feature = "matrix")]
+            ConnectorHandle::Matrix(_) => 1,
+            ConnectorHandle::Mattermost(_) => 1,
         }
     }
 
+    // Without the `matrix` feature the catch-all arm is Mattermost's alone.
+    #[cfg_attr(
+        not(feature = "matrix"),
+        allow(clippy::match_wildcard_for_single_variants)
+    )]
     async fn send(&self, delivery: Delivery) -> Result<crate::outbox::AckFuture, DeliveryError> {
         match self {
             ConnectorHandle::Irc(handle) => Ok(Box::pin(handle.enqueue(&delivery).await?)),
@@ -233,6 +246,7 @@ pub enum ConnectorTask {
     /// IRC.
     Irc(irc::IrcTask),
     /// Matrix.
+    #[cfg(feature = "matrix")]
     Matrix(matrix::MatrixTask),
     /// Mattermost.
     Mattermost(mattermost::MattermostTask),
@@ -243,12 +257,14 @@ impl ConnectorTask {
     pub async fn run(self) {
         match self {
             ConnectorTask::Irc(task) => task.run().await,
+            #[cfg(feature = "matrix")]
             ConnectorTask::Matrix(task) => task.run().await,
             ConnectorTask::Mattermost(task) => task.run().await,
         }
     }
 }
 
+#[cfg(feature = "matrix")]
 impl NetworkConfig {
     /// Build the connector for this network.
     #[must_use]
