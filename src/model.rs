@@ -315,6 +315,38 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+#[cfg(test)]
+impl Delivery {
+    /// A plain text from `origin` to `destination`, said by "a" at time 0, for unit tests.
+    pub(crate) fn sample(
+        message_id: i64,
+        origin: ChannelRef,
+        destination: ChannelRef,
+        text: &str,
+    ) -> Self {
+        Delivery {
+            id: format!("d{message_id}"),
+            message_id,
+            destination,
+            gateway: "g".into(),
+            origin,
+            origin_protocol: "irc".into(),
+            author: Author {
+                id: "a".into(),
+                display_name: "a".into(),
+            },
+            timestamp_ms: 0,
+            body: EventBody::text(TextStyle::Normal, text),
+            target: None,
+            reply_to: None,
+            thread_root: None,
+            previous_text: None,
+            permalink: None,
+            attempts: 0,
+        }
+    }
+}
+
 /// What a destination said when it accepted a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeliveryAck {

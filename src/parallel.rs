@@ -1033,26 +1033,7 @@ mod tests {
     }
 
     fn delivery(message_id: i64, origin: &ChannelRef, destination: &ChannelRef) -> Delivery {
-        Delivery {
-            id: format!("d{message_id}"),
-            message_id,
-            destination: destination.clone(),
-            gateway: "g".into(),
-            origin: origin.clone(),
-            origin_protocol: "irc".into(),
-            author: Author {
-                id: "alice".into(),
-                display_name: "alice".into(),
-            },
-            timestamp_ms: 0,
-            body: EventBody::text(TextStyle::Normal, "x"),
-            target: None,
-            reply_to: None,
-            thread_root: None,
-            previous_text: None,
-            permalink: None,
-            attempts: 0,
-        }
+        Delivery::sample(message_id, origin.clone(), destination.clone(), "x")
     }
 
     fn waiting(held: Option<Held>) -> oneshot::Receiver<Option<String>> {

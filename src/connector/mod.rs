@@ -401,30 +401,21 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::{GatewaySettings, late_prefix, utc_minute};
-    use crate::model::{Author, ChannelRef, Delivery, EventBody, TextStyle};
+    use crate::model::{ChannelRef, Delivery, EventBody, TextStyle};
 
     #[test]
     fn only_late_text_shows_its_original_time() {
         let said_at = 1_795_329_600_000; // 2026-11-22 06:40 UTC
         let delivery = |body| Delivery {
-            id: "d".into(),
-            message_id: 1,
-            destination: ChannelRef::new("irc", "#a"),
-            gateway: "g".into(),
-            origin: ChannelRef::new("mx", "!r"),
             origin_protocol: "matrix".into(),
-            author: Author {
-                id: "a".into(),
-                display_name: "a".into(),
-            },
             timestamp_ms: said_at,
             body,
-            target: None,
-            reply_to: None,
-            thread_root: None,
-            previous_text: None,
-            permalink: None,
-            attempts: 0,
+            ..Delivery::sample(
+                1,
+                ChannelRef::new("mx", "!r"),
+                ChannelRef::new("irc", "#a"),
+                "",
+            )
         };
         let text = delivery(EventBody::text(TextStyle::Normal, "hi"));
         let settings = GatewaySettings::default();

@@ -206,14 +206,7 @@ async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_
     lines.extend(alice.drain());
     let irc = texts(&lines);
     // Texts shown as relayed once (`<alice> text`), and as relayed back (`<b> <alice> text`).
-    let count = |texts: &[String], text: &str| {
-        texts
-            .iter()
-            .filter(|t| {
-                tribridge::loop_breaker::split_relay_prefix(t).map(|(_, rest)| rest) == Some(text)
-            })
-            .count()
-    };
+    let count = crate::support::relayed_once;
     let echoes = |texts: &[String], text: &str| {
         texts
             .iter()

@@ -1434,14 +1434,7 @@ async fn a_second_bridge_instance_in_the_room_under_other_accounts_doubles_only_
     let irc = texts(&lines);
     let matrix = bodies(&s.matrix.history(&room).await);
     // Shown as relayed once (`<alice> text`); nothing relayed back (`<b> <alice> text`).
-    let count = |texts: &[String], text: &str| {
-        texts
-            .iter()
-            .filter(|t| {
-                tribridge::loop_breaker::split_relay_prefix(t).map(|(_, rest)| rest) == Some(text)
-            })
-            .count()
-    };
+    let count = crate::support::relayed_once;
     // The meeting messages: twice, or once when the other bridge's copy came first.
     assert!(
         (1..=2).contains(&count(&matrix, "hello from irc")),

@@ -571,26 +571,12 @@ mod tests {
     }
 
     fn text_delivery() -> Delivery {
-        use crate::model::{Author, ChannelRef};
-        Delivery {
-            id: "d".into(),
-            message_id: 1,
-            destination: ChannelRef::new("mx", "!r"),
-            gateway: "g".into(),
-            origin: ChannelRef::new("irc", "#a"),
-            origin_protocol: "irc".into(),
-            author: Author {
-                id: "a".into(),
-                display_name: "a".into(),
-            },
-            timestamp_ms: 0,
-            body: EventBody::text(TextStyle::Normal, "hi"),
-            target: None,
-            reply_to: None,
-            thread_root: None,
-            previous_text: None,
-            permalink: None,
-            attempts: 0,
-        }
+        use crate::model::ChannelRef;
+        Delivery::sample(
+            1,
+            ChannelRef::new("irc", "#a"),
+            ChannelRef::new("mx", "!r"),
+            "hi",
+        )
     }
 }

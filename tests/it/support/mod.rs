@@ -5,3 +5,13 @@ pub mod irc_client;
 pub mod matrix_client;
 pub mod mattermost;
 pub mod servers;
+
+/// How many of `texts` show `text` relayed once, behind one sender prefix (`<alice> text`).
+pub fn relayed_once(texts: &[String], text: &str) -> usize {
+    texts
+        .iter()
+        .filter(|t| {
+            tribridge::loop_breaker::split_relay_prefix(t).map(|(_, rest)| rest) == Some(text)
+        })
+        .count()
+}
