@@ -890,7 +890,8 @@ async fn matrix(daemon: &Path, drive: Drive) -> Value {
     let mut alice = matrix_client::MatrixUser::new(&base, "lgalice").await;
     let room = alice.create_room("lgroom").await;
     let _bot = matrix_client::MatrixUser::new(&base, "lgbot").await;
-    // Direct: one client sends as fast as Synapse accepts (each send waits for its answer).
+    // Unobserved: one client sends as fast as Synapse accepts (each send waits for its
+    // answer), with nobody syncing: the server's rate with no one to tell.
     let started = Instant::now();
     let mut accepted = 0usize;
     let mut send_latencies = Vec::new();
@@ -900,11 +901,62 @@ async fn matrix(daemon: &Path, drive: Drive) -> Value {
         send_latencies.push(sent.elapsed());
         accepted += 1;
     }
-    let direct_seconds = started.elapsed().as_secs_f64();
-    let direct = json!({
+    let unobserved_seconds = started.elapsed().as_secs_f64();
+    let unobserved = json!({
         "messages": accepted,
+        "seconds": unobserved_seconds,
+        "msgs_per_s": accepted as f64 / unobserved_seconds,
+        "send_latency": percentiles(&mut send_latencies),
+    });
+    println!("matrix direct, nobody syncing: {unobserved}");
+    // Direct, as the bridge is measured: another member sends as fast as Synapse accepts while
+    // its own client syncs (every client, and the bridge, does) and the reader syncs, until the
+    // reader has seen the last message.
+    let mut sender = matrix_client::MatrixUser::new(&base, "lgdirect").await;
+    sender.join(&room).await;
+    let mut senders_sync = matrix_client::MatrixUser::login(&base, "lgdirect", "password").await;
+    alice.mark().await;
+    senders_sync.mark().await;
+    let last = payload("obs", drive.messages - 1);
+    let started = Instant::now();
+    let sending = {
+        let room = room.clone();
+        let messages = drive.messages;
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for seq in 0..messages {
+                let sent = Instant::now();
+                sender.say(&room, &payload("obs", seq)).await;
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        })
+    };
+    let own_sync = {
+        let room = room.clone();
+        let last = last.clone();
+        tokio::spawn(async move {
+            senders_sync
+                .events_until(&room, Duration::from_mins(5), |events| {
+                    events.iter().any(|e| e.body() == last)
+                })
+                .await
+                .len()
+        })
+    };
+    let events = alice.messages_until(&room, &last).await;
+    let direct_seconds = started.elapsed().as_secs_f64();
+    let mut send_latencies = sending.await.expect("sender");
+    let _ = own_sync.await;
+    let arrived = events
+        .iter()
+        .filter(|e| parse_payload("obs", e.body()).is_some())
+        .count();
+    let direct = json!({
+        "messages": drive.messages,
+        "arrived": arrived,
         "seconds": direct_seconds,
-        "msgs_per_s": accepted as f64 / direct_seconds,
+        "msgs_per_s": arrived as f64 / direct_seconds,
         "send_latency": percentiles(&mut send_latencies),
     });
     println!("matrix direct: {direct}");
@@ -951,9 +1003,11 @@ async fn matrix(daemon: &Path, drive: Drive) -> Value {
         "msgs_per_s": arrived as f64 / bridged_seconds,
     });
     json!({
+        "direct_unobserved": unobserved,
         "direct": direct,
         "bridged": bridged,
         "share_of_direct_rate": ratio(&bridged, &direct, "msgs_per_s"),
+        "share_of_unobserved_rate": ratio(&bridged, &unobserved, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
     })
