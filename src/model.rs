@@ -330,7 +330,7 @@ impl Delivery {
             destination,
             gateway: "g".into(),
             origin,
-            origin_protocol: "irc".into(),
+            origin_protocol: "test".into(),
             author: Author {
                 id: "a".into(),
                 display_name: "a".into(),
