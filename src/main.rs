@@ -91,10 +91,17 @@ fn init_logging() {
         .init();
 }
 
+/// Threads for the store's and the file store's blocking calls. Reads share one SQLite reader
+/// connection and writes one writer thread, so more threads only wait on them; tokio's default
+/// (512) made a daemon with 100 gateways start about 110 threads, one per destination's first
+/// read, and keep them (and their stacks) for ten seconds. Calls beyond these wait in a queue.
+const BLOCKING_THREADS: usize = 8;
+
 fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
     tribridge::install_tls_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
