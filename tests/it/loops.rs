@@ -479,3 +479,92 @@ async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_a
     assert_eq!(stopped_count(&bridge_b, "stood_in"), 2);
     assert_eq!(stopped_count(&bridge_b, "first_sent_alone"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_bridge_that_never_copies_delays_only_the_first_message_of_each_route_once() {
+    let server = shared_inspircd();
+    let channel = unique("#alone");
+    let nick = unique("brko");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel).await;
+    let mm = MmServer::start("loops").await;
+    let chan = mm.channel("circle").await;
+    let mia = mm.user("mia", &chan).await;
+    // Told of a parallel bridge whose accounts sort first on both networks, which is not
+    // running (not started yet, or it does not carry these channels).
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "{GENERAL}{}{}\n{}",
+            irc_network("irc", server.port, &nick).replacen(
+                "\n\n",
+                "\nparallel_bridges = [\"aaa\"]\n\n",
+                1
+            ),
+            mm.network("mm", "parallel_bridges = [\"00000000000000000000000000\"]"),
+            gateway("g", &[("irc", &channel), ("mm", "circle")])
+        ),
+    );
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_bot_member(&chan).await;
+    mm.wait_websocket(1).await;
+
+    // The first message each way waits for a copy that never comes, then is sent by this
+    // bridge; the next ones go at once.
+    alice.say(&channel, "irc first");
+    mia.say(&chan, "mm first").await;
+    for destination in ["destination=mm/circle", "destination=irc/#alone"] {
+        wait_for_log_line(
+            &bridge,
+            &[
+                "No configured parallel bridge relayed the first message",
+                destination,
+            ],
+        )
+        .await;
+    }
+    let mut lines = alice.texts_until(&channel, "mm first").await;
+    wait_posts_containing(&mm, &chan, "irc first", 1).await;
+    alice.say(&channel, "irc second");
+    mia.say(&chan, "mm second").await;
+    lines.extend(alice.texts_until(&channel, "mm second").await);
+    wait_posts_containing(&mm, &chan, "irc second", 1).await;
+    bridge.wait_outbox_drained("mm", "circle").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+    assert_eq!(stopped_count(&bridge, "first_sent_alone"), 2);
+    assert_eq!(stopped_count(&bridge, "stood_in"), 0);
+
+    // Remembered across a restart: nothing waits again.
+    bridge.restart();
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_websocket(1).await;
+    alice.say(&channel, "irc after restart");
+    mia.say(&chan, "mm after restart").await;
+    lines.extend(alice.texts_until(&channel, "mm after restart").await);
+    wait_posts_containing(&mm, &chan, "irc after restart", 1).await;
+    bridge.wait_outbox_drained("mm", "circle").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+    assert_eq!(stopped_count(&bridge, "first_sent_alone"), 0);
+    lines.extend(alice.drain());
+    let irc = texts(&lines);
+    let posts = messages(&mm.admin.posts(&chan).await);
+    let count = crate::support::relayed_once;
+    for text in ["irc first", "irc second", "irc after restart"] {
+        assert_eq!(count(&posts, text), 1, "{text}: {posts:#?}");
+    }
+    for text in ["mm first", "mm second", "mm after restart"] {
+        assert_eq!(count(&irc, text), 1, "{text}: {irc:#?}");
+    }
+    assert_eq!(
+        bridge
+            .logs()
+            .matches("No configured parallel bridge relayed")
+            .count(),
+        2,
+        "{}",
+        bridge.logs()
+    );
+}
