@@ -14,7 +14,9 @@
 //! bridges' accounts there ([`Parallel::set_parallel_bridges`]), in the form its connector
 //! reports senders and [`Parallel::set_account`] the bridge's own (opaque strings here,
 //! compared lowercased). They are known parallel bridges of every channel of that network from
-//! the start, before any copy.
+//! the start, before any copy: so a text of theirs that copies nothing committed here yet waits
+//! for its original ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) in every channel of it, which
+//! costs a delay only for texts they relay from channels this bridge does not carry.
 //!
 //! **Who steps back.** Of the bridges relaying a route (origin channel → destination channel),
 //! the one whose account on the destination network sorts first (case-folded) keeps relaying:
@@ -37,9 +39,9 @@
 //! until a restart (its row is deleted, so the next first delivery waits again). Until the
 //! bridge knows its own account on the destination (before its login) such a delivery is
 //! retried shortly. So with each bridge configured with the other's accounts, every message
-//! shows once, the first one included. What stays: a copy later than the wait, and the first
-//! message after a bridge that was stood in for comes back (both send it; this bridge yields
-//! again on its copy).
+//! shows once, the first one included. Still doubled: a delivery whose copy comes later than
+//! the wait, and the first one on a route this bridge relays after the bridge that sorts first
+//! comes back (both send it; this bridge yields again on its copy).
 //!
 //! Owns: the recent texts, the known and configured parallel accounts, the yielded and
 //! self-relayed routes and the deliveries waiting for a copy; the [`Standin`] endpoint that

@@ -1,7 +1,9 @@
 //! Echo and loop safety through the real daemon: one channel in two gateways (every message
 //! once where it belongs, nothing hopping from one gateway to the other), and two bridge
 //! instances linking the same channels with different accounts: after their first message they
-//! recognise each other, one steps back, and each message shows once (see `src/parallel.rs`).
+//! recognise each other, one steps back, and each message shows once; told of each other's
+//! accounts (`parallel_bridges`), the first message each way shows once too; told of one that
+//! never copies, a bridge waits once per route (see `src/parallel.rs`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
