@@ -155,6 +155,11 @@ pub struct NetworkConfig {
     pub id: String,
     /// Protocol-specific settings.
     pub kind: NetworkKind,
+    /// `parallel_bridges`: the accounts on this network of other bridges that relay the same
+    /// channels (see [`crate::parallel`]), as the connector reports senders: an IRC nick, a
+    /// Matrix user id, a Mattermost user id. Known to be parallel bridges of every channel of
+    /// this network from the start.
+    pub parallel_bridges: Vec<String>,
 }
 
 /// The closed set of network types.
@@ -409,6 +414,7 @@ struct RawNetwork {
     flood_interval_ms: Option<Spanned<i64>>,
     charset: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
+    parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
     homeserver: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     access_token: Option<Spanned<String>>,
@@ -1138,11 +1144,13 @@ impl Validator<'_> {
                  forms)",
             );
         }
+        let parallel_bridges = self.parallel_bridges(key, RawNetworkType::Matrix, raw, &user);
         if self.issues.len() > before {
             return None;
         }
         Some(NetworkConfig {
             id: id.to_owned(),
+            parallel_bridges,
             kind: NetworkKind::Matrix(MatrixConfig {
                 homeserver,
                 user,
@@ -1337,11 +1345,13 @@ impl Validator<'_> {
                 .as_ref()
                 .map_or_else(|| default.to_owned(), |v| v.get_ref().clone())
         };
+        let parallel_bridges = self.parallel_bridges(key, RawNetworkType::Irc, raw, &nick);
         if self.issues.len() > before {
             return None;
         }
         Some(NetworkConfig {
             id: id.to_owned(),
+            parallel_bridges,
             kind: NetworkKind::Irc(IrcConfig {
                 host,
                 port,
@@ -1494,11 +1504,13 @@ impl Validator<'_> {
             }
             path
         });
+        let parallel_bridges = self.parallel_bridges(key, RawNetworkType::Mattermost, raw, "");
         if self.issues.len() > before {
             return None;
         }
         Some(NetworkConfig {
             id: id.to_owned(),
+            parallel_bridges,
             kind: NetworkKind::Mattermost(MattermostConfig {
                 url,
                 team,
@@ -1508,6 +1520,61 @@ impl Validator<'_> {
                 tls_ca_file,
             }),
         })
+    }
+
+    /// `parallel_bridges`: other bridges' accounts in the form the network's connector reports
+    /// senders (`own`: this bridge's account where the file names it, which cannot be listed).
+    fn parallel_bridges(
+        &mut self,
+        key: &str,
+        kind: RawNetworkType,
+        raw: &RawNetwork,
+        own: &str,
+    ) -> Vec<String> {
+        let Some(list) = &raw.parallel_bridges else {
+            return Vec::new();
+        };
+        let name = format!("{key}.parallel_bridges");
+        let mut accounts: Vec<String> = Vec::new();
+        for entry in list.get_ref() {
+            let account = entry.get_ref();
+            let at = entry.span().start;
+            let problem = match kind {
+                _ if account.trim().is_empty() => Some(
+                    "an empty account; list the other bridges' accounts on this network".to_owned(),
+                ),
+                RawNetworkType::Irc if !is_valid_nick(account) => Some(format!(
+                    "`{account}` is not an IRC nick; list the other bridges' nicks, e.g. \
+                     [\"tribridge2\"]"
+                )),
+                RawNetworkType::Matrix if !is_valid_matrix_user(account) => Some(format!(
+                    "`{account}` is not a Matrix user id; list the other bridges' ids \
+                     (`@name:server`), e.g. [\"@bridge2:example.org\"]"
+                )),
+                RawNetworkType::Mattermost if !is_valid_mattermost_user_id(account) => {
+                    Some(format!(
+                        "`{account}` is not a Mattermost user id (26 letters and digits, \
+                         not the username: System Console > Users, or GET \
+                         /api/v4/users/username/NAME)"
+                    ))
+                }
+                _ if !own.is_empty() && account.to_lowercase() == own.to_lowercase() => Some(
+                    format!("`{account}` is this bridge's own account; list the other bridges'"),
+                ),
+                _ if accounts
+                    .iter()
+                    .any(|a| a.to_lowercase() == account.to_lowercase()) =>
+                {
+                    Some(format!("`{account}` is listed twice"))
+                }
+                _ => None,
+            };
+            match problem {
+                Some(message) => self.report(at, name.clone(), message),
+                None => accounts.push(account.clone()),
+            }
+        }
+        accounts
     }
 
     fn positive(
@@ -1750,6 +1817,12 @@ fn is_valid_nick(nick: &str) -> bool {
     let special = |c: char| "[]\\`_^{|}".contains(c);
     (first.is_ascii_alphabetic() || special(first))
         && chars.all(|c| c.is_ascii_alphanumeric() || special(c) || c == '-')
+}
+
+/// Is this a Mattermost user id (26 ASCII letters and digits, as Mattermost's `IsValidId`)?
+#[must_use]
+pub fn is_valid_mattermost_user_id(id: &str) -> bool {
+    id.len() == 26 && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// Is this a Matrix user id (`@name:server`)?

@@ -61,6 +61,11 @@ pub async fn run(
     destinations.sort();
     let outbox = Arc::new(Outbox::new(&destinations));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
+    for network in &config.networks {
+        router
+            .parallel()
+            .set_parallel_bridges(&network.id, &network.parallel_bridges);
+    }
     let files = Arc::new(open_files(&config).await?);
 
     let connectors_shutdown = CancellationToken::new();
@@ -190,6 +195,7 @@ pub async fn run(
         parallel_copies = parallel_stats.copies.load(Ordering::Relaxed),
         covered_by_parallel = parallel_stats.covered.load(Ordering::Relaxed),
         stood_in = parallel_stats.stood_in.load(Ordering::Relaxed),
+        first_sent_alone = parallel_stats.first_sent.load(Ordering::Relaxed),
         delivered = outbox_stats.delivered.load(Ordering::Relaxed),
         retried = outbox_stats.retried.load(Ordering::Relaxed),
         failed = outbox_stats.failed.load(Ordering::Relaxed),

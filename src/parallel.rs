@@ -10,19 +10,43 @@
 //! channel*: a line of a longer message (split on IRC) counts as a copy when it is part of the
 //! text, and its edits, deletes and reactions of messages both bridges carry are copies too.
 //!
-//! **Who steps back.** Of the bridges relaying a route (origin channel → destination channel),
-//! the one whose account on the destination network sorts first (case-folded) keeps relaying.
-//! Each other one *yields* the route: a delivery on it is not sent but waits for a parallel
-//! bridge's copy, and is acknowledged with the copy's id (so replies, edits and a catch-up that
-//! replays the copy find it). If no copy comes within [`STAND_IN_AFTER`], the bridge stands in:
-//! it sends the delivery itself and takes the route back (logged, counted). Yielded routes are
-//! kept in the store, so a restart does not show a message twice. The first message after two
-//! bridges meet is still seen twice: nothing tells one bridge about the other before.
+//! **Configured parallel bridges.** A network's `parallel_bridges` setting names the other
+//! bridges' accounts there ([`Parallel::set_parallel_bridges`]), in the form its connector
+//! reports senders and [`Parallel::set_account`] the bridge's own (opaque strings here,
+//! compared lowercased). They are known parallel bridges of every channel of that network from
+//! the start, before any copy: so a text of theirs that copies nothing committed here yet waits
+//! for its original ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) in every channel of it, which
+//! costs a delay only for texts they relay from channels this bridge does not carry.
 //!
-//! Owns: the recent texts, the known parallel accounts, the yielded routes and the deliveries
-//! waiting for a copy; the [`Standin`] endpoint that holds them. Must not: name a network or a
-//! protocol (accounts and ids are opaque strings), or block on anything but its own locks and
-//! rare store writes.
+//! **Who steps back.** Of the bridges relaying a route (origin channel → destination channel),
+//! the one whose account on the destination network sorts first (case-folded) keeps relaying:
+//! it sends at once, always. Each other one *yields* the route: a delivery on it is not sent
+//! but waits for a parallel bridge's copy, and is acknowledged with the copy's id (so replies,
+//! edits and a catch-up that replays the copy find it). If no copy comes within
+//! [`STAND_IN_AFTER`], the bridge stands in: it sends the delivery itself and takes the route
+//! back (logged, counted). Yielded routes are kept in the store, so a restart does not show a
+//! message twice.
+//!
+//! **The first message.** Without configured bridges, two bridges meet through the first
+//! message on a route, which is therefore seen twice. Where a configured parallel bridge's
+//! account sorts before ours on the destination, the first delivery on a route with nothing
+//! recorded waits for that bridge's copy as a yielded route's deliveries do (and, like them,
+//! alone in its queue): the copy yields the route; if none comes within [`FIRST_COPY_WAIT`]
+//! (as long as the stand-in wait: paid once per route, and a later copy would be a double),
+//! this bridge sends it and remembers that the route is its own, in the store as a
+//! `parallel_routes` row with an empty account, so later deliveries (also after a restart)
+//! go out at once. A route taken back by a stand-in is relayed at once from then on as well,
+//! until a restart (its row is deleted, so the next first delivery waits again). Until the
+//! bridge knows its own account on the destination (before its login) such a delivery is
+//! retried shortly. So with each bridge configured with the other's accounts, every message
+//! shows once, the first one included. Still doubled: a delivery whose copy comes later than
+//! the wait, and the first one on a route this bridge relays after the bridge that sorts first
+//! comes back (both send it; this bridge yields again on its copy).
+//!
+//! Owns: the recent texts, the known and configured parallel accounts, the yielded and
+//! self-relayed routes and the deliveries waiting for a copy; the [`Standin`] endpoint that
+//! holds them. Must not: name a network or a protocol (accounts and ids are opaque strings),
+//! or block on anything but its own locks and rare store writes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +67,22 @@ use crate::store::Store;
 /// How long a yielded delivery waits for the parallel bridge's copy before this bridge sends it
 /// itself and takes the route back.
 pub const STAND_IN_AFTER: Duration = Duration::from_secs(15);
+
+/// How long the first delivery on a route waits for the copy of a configured parallel bridge
+/// whose account sorts first, before this bridge sends it itself and remembers that no
+/// parallel bridge covers the route. As long as [`STAND_IN_AFTER`]: it is paid once per route
+/// (the outcome is kept, across restarts), and a copy later than the wait is a message shown
+/// twice, the very thing the wait is for; the other bridge's copy takes no less time to come
+/// than on a yielded route.
+pub const FIRST_COPY_WAIT: Duration = STAND_IN_AFTER;
+
+/// The account recorded in the store for a route that no configured parallel bridge covered
+/// when its first delivery waited (this bridge relays it; no wait again). Real accounts are
+/// never empty.
+const RELAYED_HERE: &str = "";
+
+/// When a delivery whose sender is undecided ([`Held::Undecided`]) is tried again.
+const UNDECIDED_RETRY: Duration = Duration::from_secs(1);
 
 /// How long a committed text can be recognised in another bridge's copy.
 pub const RECENT_MAX_AGE: Duration = Duration::from_mins(2);
@@ -79,6 +119,9 @@ pub struct ParallelStats {
     pub covered: AtomicU64,
     /// Deliveries sent after all because no copy came in time (the route is taken back).
     pub stood_in: AtomicU64,
+    /// First deliveries on a route that waited for a configured parallel bridge's copy in
+    /// vain and were sent by this bridge (the route is this bridge's from then on).
+    pub first_sent: AtomicU64,
 }
 
 /// A text committed lately, as a copy of it would read: digests, so that remembering one
@@ -159,8 +202,15 @@ struct State {
     known: HashMap<ChannelRef, HashSet<String>>,
     /// the digests of the channels in `known`
     known_digests: HashSet<u64>,
+    /// network → accounts of parallel bridges configured for it (folded): known parallel
+    /// bridges of each of its channels
+    configured: HashMap<String, HashSet<String>>,
     /// (origin, destination), folded → the account the route is left to
     yielded: HashMap<(ChannelRef, ChannelRef), String>,
+    /// (origin, destination), folded: routes this bridge relays although a configured
+    /// parallel bridge's account sorts first (its first delivery waited for a copy in vain, or
+    /// this bridge stood in)
+    relayed_here: HashSet<(ChannelRef, ChannelRef)>,
     /// deliveries waiting for their copy, oldest first per key
     waiting: HashMap<CopyKey, VecDeque<oneshot::Sender<Option<String>>>>,
     /// copies that came before their delivery was reached: their remote ids
@@ -257,8 +307,46 @@ fn text_digest(author: u64, text: &str) -> u64 {
     hasher.finish()
 }
 
+/// Leave `route` to `account`; false when it already was.
+fn leave_route(state: &mut State, route: &(ChannelRef, ChannelRef), account: &str) -> bool {
+    if state.yielded.contains_key(route) {
+        return false;
+    }
+    state.relayed_here.remove(route);
+    state.yielded.insert(route.clone(), account.to_owned());
+    true
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    /// Is `account` (folded) a known parallel bridge of `channel` (folded): seen there, or
+    /// configured for its network?
+    fn knows(&self, channel: &ChannelRef, account: &str) -> bool {
+        self.known
+            .get(channel)
+            .is_some_and(|accounts| accounts.contains(account))
+            || self
+                .configured
+                .get(&channel.network)
+                .is_some_and(|accounts| accounts.contains(account))
+    }
+
+    fn any_known(&self) -> bool {
+        !self.known.is_empty() || !self.configured.is_empty()
+    }
+}
+
+/// What the first delivery on a route does about configured parallel bridges.
+enum First {
+    /// Send it: nothing configured sorts before this bridge there, or the route is settled.
+    Send,
+    /// Wait for the copy of the configured bridge with this account (it sorts first).
+    Wait(String),
+    /// This bridge's account on the destination is not known yet (not logged in): try later.
+    Undecided,
 }
 
 impl Parallel {
@@ -269,6 +357,10 @@ impl Parallel {
         match store.parallel_routes() {
             Ok(routes) => {
                 for (origin, destination, account) in routes {
+                    if account == RELAYED_HERE {
+                        state.relayed_here.insert((origin, destination));
+                        continue;
+                    }
                     state.known_digests.insert(channel_digest(&destination));
                     state
                         .known
@@ -288,7 +380,7 @@ impl Parallel {
             recent: Mutex::default(),
             origins: RwLock::default(),
             suspects: Mutex::default(),
-            any_known: std::sync::atomic::AtomicBool::new(!state.known.is_empty()),
+            any_known: std::sync::atomic::AtomicBool::new(state.any_known()),
             remembered: tokio::sync::Notify::new(),
             waiting_for_originals: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(state),
@@ -309,6 +401,22 @@ impl Parallel {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(network.to_owned(), fold_account(account));
+    }
+
+    /// The accounts on `network` of other bridges known to relay the same channels (the
+    /// `parallel_bridges` setting): parallel bridges of each of its channels from the start,
+    /// so that even the first message on a route is shown once.
+    pub fn set_parallel_bridges(&self, network: &str, accounts: &[String]) {
+        if accounts.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        state
+            .configured
+            .entry(network.to_owned())
+            .or_default()
+            .extend(accounts.iter().map(|account| fold_account(account)));
+        self.any_known.store(true, Ordering::Release);
     }
 
     fn account(&self, network: &str) -> Option<String> {
@@ -373,7 +481,11 @@ impl Parallel {
         let mut text = None;
         if self.any_known.load(Ordering::Acquire) {
             let state = lock(&self.state);
-            if all().any(|d| state.known_digests.contains(d)) {
+            if all().any(|d| state.known_digests.contains(d))
+                || destinations
+                    .iter()
+                    .any(|d| state.configured.contains_key(&d.network))
+            {
                 text = Some(normalise(&prepared.plain).into_boxed_str());
             }
             drop(state);
@@ -504,11 +616,7 @@ impl Parallel {
             return false;
         }
         let state = lock(&self.state);
-        !state.known.is_empty()
-            && state
-                .known
-                .get(&fold(&inbound.origin))
-                .is_some_and(|accounts| accounts.contains(&fold_account(&inbound.author.id)))
+        state.any_known() && state.knows(&fold(&inbound.origin), &fold_account(&inbound.author.id))
     }
 
     /// Wait up to `wait` ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) for the message
@@ -541,12 +649,7 @@ impl Parallel {
         if self.account(&destination.network).as_deref() == Some(other.as_str()) {
             return false;
         }
-        let known = || {
-            lock(&self.state)
-                .known
-                .get(&destination)
-                .is_some_and(|accounts| accounts.contains(&other))
-        };
+        let known = || lock(&self.state).knows(&destination, &other);
         let plain = match &inbound.body {
             EventBody::Text { text, .. } => {
                 let plain = text.to_plain_text();
@@ -609,10 +712,7 @@ impl Parallel {
         inbound: &Inbound,
         plain: &str,
     ) -> Option<(CopyKey, Option<ChannelRef>)> {
-        let known = lock(&self.state)
-            .known
-            .get(destination)
-            .is_some_and(|accounts| accounts.contains(other));
+        let known = lock(&self.state).knows(destination, other);
         // How the copy may read: `<alice> hi`, or with a format that shows more first,
         // `[irc] <alice> hi`; from a known parallel bridge also a line without the prefix (a
         // long text's continuation).
@@ -747,10 +847,7 @@ impl Parallel {
         target: &str,
         kind: &'static str,
     ) -> Option<(CopyKey, Option<ChannelRef>)> {
-        let known = lock(&self.state)
-            .known
-            .get(destination)
-            .is_some_and(|accounts| accounts.contains(other));
+        let known = lock(&self.state).knows(destination, other);
         if !known {
             return None;
         }
@@ -785,24 +882,98 @@ impl Parallel {
                 .insert(other.to_owned());
             state.known_digests.insert(channel_digest(destination));
             self.any_known.store(true, Ordering::Release);
-            let yielded = step_back && !state.yielded.contains_key(&route);
-            if yielded {
-                state.yielded.insert(route, other.to_owned());
-            }
+            let yielded = step_back && leave_route(&mut state, &route, other);
             (first, yielded)
         };
         if first {
             tracing::warn!(channel = %destination, account = other, "Another bridge relays the same messages into this channel; its copies are not relayed back.");
         }
         if yielded {
-            self.stats.yielded.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(origin = %origin, destination = %destination, account = other, stand_in_after_s = STAND_IN_AFTER.as_secs(), "Leaving this route to the other bridge (its account sorts first): messages wait for its copy, and are sent by this bridge only if none comes in time.");
-            if let Err(error) = self
-                .store
-                .set_parallel_route(origin, destination, Some(other))
-            {
-                tracing::warn!(error = %error, "Cannot record the route left to the other bridge; after a restart the next message may show twice.");
+            self.record_yield(origin, destination, other);
+        }
+    }
+
+    /// A route was just left to the parallel bridge `other`: count, log and keep it.
+    fn record_yield(&self, origin: &ChannelRef, destination: &ChannelRef, other: &str) {
+        self.stats.yielded.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(origin = %origin, destination = %destination, account = other, stand_in_after_s = STAND_IN_AFTER.as_secs(), "Leaving this route to the other bridge (its account sorts first): messages wait for its copy, and are sent by this bridge only if none comes in time.");
+        if let Err(error) = self
+            .store
+            .set_parallel_route(origin, destination, Some(other))
+        {
+            tracing::warn!(error = %error, "Cannot record the route left to the other bridge; after a restart the next message may show twice.");
+        }
+    }
+
+    /// What the first delivery on `route` (folded, not yielded) does about the parallel
+    /// bridges configured for its destination's network.
+    fn first(&self, state: &State, route: &(ChannelRef, ChannelRef)) -> First {
+        if state.relayed_here.contains(route) {
+            return First::Send;
+        }
+        let Some(configured) = state.configured.get(&route.1.network) else {
+            return First::Send;
+        };
+        let Some(own) = self.account(&route.1.network) else {
+            return First::Undecided;
+        };
+        configured
+            .iter()
+            .filter(|account| account.as_str() < own.as_str())
+            .min()
+            .map_or(First::Send, |account| First::Wait(account.clone()))
+    }
+
+    /// Whether `delivery` waits for a parallel bridge's copy: its route is yielded, or it is
+    /// the first on a route a configured parallel bridge may cover.
+    #[must_use]
+    pub fn waits_for_copy(&self, delivery: &Delivery) -> bool {
+        let state = lock(&self.state);
+        if state.yielded.is_empty() && state.configured.is_empty() {
+            return false;
+        }
+        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        state.yielded.contains_key(&route) || matches!(self.first(&state, &route), First::Wait(_))
+    }
+
+    /// The first delivery on a route was acknowledged by a configured parallel bridge's copy:
+    /// the route is that bridge's (already, when the copy was a text: [`Parallel::met`]).
+    fn first_covered(&self, delivery: &Delivery) {
+        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let account = {
+            let mut state = lock(&self.state);
+            if state.yielded.contains_key(&route) {
+                return;
             }
+            let First::Wait(account) = self.first(&state, &route) else {
+                return;
+            };
+            leave_route(&mut state, &route, &account);
+            account
+        };
+        self.record_yield(&route.0, &route.1, &account);
+    }
+
+    /// No copy of the first delivery on a route came in time: no configured parallel bridge
+    /// covers the route; this bridge sends it, and later ones without waiting (also after a
+    /// restart).
+    fn first_sent(&self, delivery: &Delivery) {
+        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        {
+            let mut state = lock(&self.state);
+            // The copy came just too late (this delivery shows twice): the route is left.
+            if state.yielded.contains_key(&route) {
+                return;
+            }
+            state.relayed_here.insert(route.clone());
+        }
+        self.stats.first_sent.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(origin = %delivery.origin, destination = %delivery.destination, message_id = delivery.message_id, waited_s = FIRST_COPY_WAIT.as_secs(), "No configured parallel bridge relayed the first message on this route; this bridge relays the route.");
+        if let Err(error) = self
+            .store
+            .set_parallel_route(&route.0, &route.1, Some(RELAYED_HERE))
+        {
+            tracing::warn!(error = %error, "Cannot record that this bridge relays the route; after a restart its first message waits for a parallel bridge once more.");
         }
     }
 
@@ -862,13 +1033,18 @@ impl Parallel {
                 .contains_key(&(fold(&delivery.origin), fold(&delivery.destination)))
     }
 
-    /// The copy `delivery` waits for, when its route is yielded and a copy of it can be
-    /// recognised: a text with words, or an edit, delete or reaction of a message delivered
+    /// The copy `delivery` waits for, when its route is yielded (or it is the first on a route
+    /// a configured parallel bridge whose account sorts first may cover) and a copy of it can
+    /// be recognised: a text with words, or an edit, delete or reaction of a message delivered
     /// there. `None`: send it.
     fn hold(&self, delivery: &Delivery) -> Option<Held> {
         {
             let state = lock(&self.state);
-            if state.yielded.is_empty() && state.seen.is_empty() && state.void.is_empty() {
+            if state.yielded.is_empty()
+                && state.seen.is_empty()
+                && state.void.is_empty()
+                && state.configured.is_empty()
+            {
                 return None;
             }
             if !state.void.is_empty()
@@ -920,21 +1096,30 @@ impl Parallel {
             }
             return Some(Held::Copied(remote_id));
         }
-        if !state
-            .yielded
-            .contains_key(&(fold(&delivery.origin), key.destination.clone()))
-        {
-            return None;
-        }
+        let route = (fold(&delivery.origin), key.destination.clone());
+        let first = if state.yielded.contains_key(&route) {
+            false
+        } else {
+            match self.first(&state, &route) {
+                First::Send => return None,
+                First::Undecided => return Some(Held::Undecided),
+                First::Wait(_) => true,
+            }
+        };
         let (sender, receiver) = oneshot::channel();
         state.waiting.entry(key).or_default().push_back(sender);
-        Some(Held::Waiting(receiver))
+        Some(Held::Waiting { receiver, first })
     }
 
     /// No copy of `delivery` came in time: take its route back.
     fn stand_in(&self, delivery: &Delivery) {
         let route = (fold(&delivery.origin), fold(&delivery.destination));
-        let account = lock(&self.state).yielded.remove(&route);
+        let account = {
+            let mut state = lock(&self.state);
+            // Not waited for again, not even as a first delivery (until a restart).
+            state.relayed_here.insert(route.clone());
+            state.yielded.remove(&route)
+        };
         self.stats.stood_in.fetch_add(1, Ordering::Relaxed);
         if let Some(account) = account {
             tracing::warn!(origin = %delivery.origin, destination = %delivery.destination, account, message_id = delivery.message_id, waited_s = STAND_IN_AFTER.as_secs(), "The other bridge did not relay this message in time; this bridge sends it and relays this route again.");
@@ -945,12 +1130,19 @@ impl Parallel {
     }
 }
 
-/// A yielded delivery's wait.
+/// A held delivery's wait.
 enum Held {
     /// The copy came first: its remote id.
     Copied(Option<String>),
-    /// Waiting for the copy.
-    Waiting(oneshot::Receiver<Option<String>>),
+    /// Waiting for the copy: on a yielded route, or (`first`) as the first delivery on a route
+    /// a configured parallel bridge may cover.
+    Waiting {
+        receiver: oneshot::Receiver<Option<String>>,
+        first: bool,
+    },
+    /// A parallel bridge is configured for the destination's network, and this bridge's own
+    /// account there is not known yet (it is not logged in): who sends is not decided.
+    Undecided,
 }
 
 /// An outbox endpoint that holds the deliveries of yielded routes until a parallel bridge's
@@ -980,34 +1172,56 @@ impl<E: Endpoint> Endpoint for Standin<E> {
     }
 
     fn exclusive(&self, delivery: &Delivery) -> bool {
-        self.parallel.is_yielded(delivery) || self.inner.exclusive(delivery)
+        self.parallel.waits_for_copy(delivery) || self.inner.exclusive(delivery)
     }
 
     async fn send(&self, delivery: Delivery) -> Result<AckFuture, DeliveryError> {
-        let Some(held) = self.parallel.hold(&delivery) else {
-            return self.inner.send(delivery).await;
+        let (receiver, first) = match self.parallel.hold(&delivery) {
+            None => return self.inner.send(delivery).await,
+            Some(Held::Undecided) => {
+                return Err(DeliveryError::Retry {
+                    after: Some(UNDECIDED_RETRY),
+                    reason: "a parallel bridge is configured there and this bridge's own \
+                             account is not known yet (not logged in)"
+                        .into(),
+                });
+            }
+            Some(Held::Copied(remote_id)) => {
+                self.parallel.stats.covered.fetch_add(1, Ordering::Relaxed);
+                return Ok(Box::pin(async move { Ok(DeliveryAck { remote_id }) }));
+            }
+            Some(Held::Waiting { receiver, first }) => (receiver, first),
         };
-        let deadline = tokio::time::Instant::now() + STAND_IN_AFTER;
+        let wait = if first {
+            FIRST_COPY_WAIT
+        } else {
+            STAND_IN_AFTER
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let this = self.clone();
         Ok(Box::pin(async move {
-            let copied = match held {
-                Held::Copied(remote_id) => Some(remote_id),
-                Held::Waiting(receiver) => tokio::select! {
-                    copy = receiver => copy.ok(),
-                    () = tokio::time::sleep_until(deadline) => None,
-                    () = this.shutdown.cancelled() => {
-                        return Err(DeliveryError::Retry {
-                            after: Some(Duration::ZERO),
-                            reason: "stopped while waiting for a parallel bridge's copy".into(),
-                        });
-                    }
-                },
+            let copied = tokio::select! {
+                copy = receiver => copy.ok(),
+                () = tokio::time::sleep_until(deadline) => None,
+                () = this.shutdown.cancelled() => {
+                    return Err(DeliveryError::Retry {
+                        after: Some(Duration::ZERO),
+                        reason: "stopped while waiting for a parallel bridge's copy".into(),
+                    });
+                }
             };
             if let Some(remote_id) = copied {
                 this.parallel.stats.covered.fetch_add(1, Ordering::Relaxed);
+                if first {
+                    this.parallel.first_covered(&delivery);
+                }
                 return Ok(DeliveryAck { remote_id });
             }
-            this.parallel.stand_in(&delivery);
+            if first {
+                this.parallel.first_sent(&delivery);
+            } else {
+                this.parallel.stand_in(&delivery);
+            }
             this.inner.send(delivery).await?.await
         }))
     }
@@ -1038,7 +1252,7 @@ mod tests {
 
     fn waiting(held: Option<Held>) -> oneshot::Receiver<Option<String>> {
         match held {
-            Some(Held::Waiting(receiver)) => receiver,
+            Some(Held::Waiting { receiver, .. }) => receiver,
             _ => panic!("not waiting"),
         }
     }
@@ -1048,7 +1262,7 @@ mod tests {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let parallel = Parallel::load(Arc::clone(&store));
         parallel.set_account("mm", "Zed");
-        let irc = ChannelRef::new("irc", "#Chan");
+        let irc = ChannelRef::new("net", "#Chan");
         let mm = ChannelRef::new("mm", "town");
         for (id, text) in [(1, "ok"), (2, "ok"), (3, "mm says 12"), (4, "mm says 1")] {
             let prepared = parallel.prepare(&said(&irc, "alice", text, "x")).unwrap();
@@ -1089,7 +1303,7 @@ mod tests {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let parallel = Parallel::load(Arc::clone(&store));
         parallel.set_account("mm", "abe");
-        let irc = ChannelRef::new("irc", "#chan");
+        let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel.prepare(&said(&irc, "alice", "hi", "x")).unwrap();
         parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
@@ -1104,10 +1318,90 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_bridge_is_known_from_the_start_and_the_first_delivery_waits_for_its_copy() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(Arc::clone(&store));
+        parallel.set_parallel_bridges("mm", &["Abe".to_owned()]);
+        parallel.set_parallel_bridges("net", &["zoe".to_owned()]);
+        let irc = ChannelRef::new("net", "#Chan");
+        let other = ChannelRef::new("net", "#other");
+        let mm = ChannelRef::new("mm", "town");
+        for (id, origin, text) in [(1, &irc, "hi"), (2, &other, "yo"), (3, &other, "again")] {
+            let prepared = parallel.prepare(&said(origin, "alice", text, "x")).unwrap();
+            parallel.remember(&prepared, id, std::slice::from_ref(&mm));
+        }
+        // Not logged in to the destination yet: undecided.
+        assert!(matches!(
+            parallel.hold(&delivery(1, &irc, &mm)),
+            Some(Held::Undecided)
+        ));
+        parallel.set_account("mm", "zed");
+        parallel.set_account("net", "brl");
+        // Its texts may be copies before any copy was seen.
+        assert!(parallel.may_be_copy(&said(&mm, "ABE", "<alice> soon", "p0")));
+        assert!(!parallel.may_be_copy(&said(&mm, "carol", "<alice> soon", "p0")));
+        // The first delivery waits ("abe" sorts before "zed"), and its copy yields the route.
+        assert!(parallel.waits_for_copy(&delivery(1, &irc, &mm)));
+        let mut one = match parallel.hold(&delivery(1, &irc, &mm)) {
+            Some(Held::Waiting { receiver, first }) => {
+                assert!(first);
+                receiver
+            }
+            _ => panic!("not waiting"),
+        };
+        assert!(parallel.recognise_copy(&said(&mm, "abe", "<alice> hi", "p1")));
+        assert_eq!(one.try_recv().unwrap(), Some("p1".to_owned()));
+        assert!(parallel.is_yielded(&delivery(4, &irc, &mm)));
+        assert_eq!(
+            store.parallel_routes().unwrap(),
+            vec![(fold(&irc), fold(&mm), "abe".to_owned())]
+        );
+        // Where this bridge's account sorts first ("brl" before "zoe"), nothing waits.
+        assert!(parallel.hold(&delivery(5, &mm, &irc)).is_none());
+        assert!(!parallel.waits_for_copy(&delivery(5, &mm, &irc)));
+        // No copy came for the first delivery from #other: this bridge relays that route, and
+        // nothing on it waits again, not even after a restart.
+        let _two = waiting(parallel.hold(&delivery(2, &other, &mm)));
+        parallel.first_sent(&delivery(2, &other, &mm));
+        assert!(parallel.hold(&delivery(3, &other, &mm)).is_none());
+        assert_eq!(parallel.stats().first_sent.load(Ordering::Relaxed), 1);
+        let restarted = Parallel::load(Arc::clone(&store));
+        restarted.set_parallel_bridges("mm", &["abe".to_owned()]);
+        restarted.set_account("mm", "zed");
+        assert!(!restarted.waits_for_copy(&delivery(3, &other, &mm)));
+        assert!(restarted.is_yielded(&delivery(4, &irc, &mm)));
+        // A route never tried waits on its first delivery.
+        let third = ChannelRef::new("net", "#third");
+        assert!(restarted.waits_for_copy(&delivery(6, &third, &mm)));
+        // The copy of a route relayed here, coming after all, yields it.
+        let prepared = restarted
+            .prepare(&said(&other, "alice", "late", "x"))
+            .unwrap();
+        restarted.remember(&prepared, 7, std::slice::from_ref(&mm));
+        assert!(restarted.recognise_copy(&said(&mm, "abe", "<alice> late", "p7")));
+        assert!(restarted.is_yielded(&delivery(8, &other, &mm)));
+    }
+
+    #[test]
+    fn without_configured_bridges_the_first_delivery_is_sent_at_once() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let parallel = Parallel::load(store);
+        let irc = ChannelRef::new("net", "#chan");
+        let mm = ChannelRef::new("mm", "town");
+        let prepared = parallel.prepare(&said(&irc, "alice", "hi", "x")).unwrap();
+        parallel.remember(&prepared, 1, std::slice::from_ref(&mm));
+        assert!(parallel.hold(&delivery(1, &irc, &mm)).is_none());
+        assert!(!parallel.waits_for_copy(&delivery(1, &irc, &mm)));
+        // Not even before this bridge knows its own account.
+        parallel.set_account("mm", "zed");
+        assert!(parallel.hold(&delivery(1, &irc, &mm)).is_none());
+    }
+
+    #[test]
     fn a_format_that_shows_more_before_the_nick_is_read_too() {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let parallel = Parallel::load(store);
-        let irc = ChannelRef::new("irc", "#chan");
+        let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel
             .prepare(&said(&irc, "Alice", "hi  there", "x"))
@@ -1121,7 +1415,7 @@ mod tests {
     fn a_message_relayed_back_into_its_own_channel_is_recognised() {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let parallel = Parallel::load(store);
-        let irc = ChannelRef::new("irc", "#chan");
+        let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel.prepare(&said(&mm, "mia", "hi", "x")).unwrap();
         parallel.remember(&prepared, 1, std::slice::from_ref(&irc));
@@ -1136,7 +1430,7 @@ mod tests {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let parallel = Parallel::load(Arc::clone(&store));
         parallel.set_account("mm", "zed");
-        let irc = ChannelRef::new("irc", "#chan");
+        let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         // The copy first: not recognised (relayed as it is), but remembered.
         assert!(!parallel.recognise_copy(&said(&mm, "abe", "<alice> hi", "p1")));

@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -155,7 +155,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
             ],
         ),
         (
@@ -439,6 +439,48 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             format!("{NET}{NET2}{GATEWAY}original_time_after = -5\n"),
             vec![
                 "bridges.toml:15:23: gateway[0].original_time_after: `original_time_after` is a number of seconds between 1 and 31536000 (a year), or 0 to never show the original time",
+            ],
+        ),
+        (
+            "valid parallel bridges",
+            format!(
+                "{NET}parallel_bridges = [\"tribridge2\", \"other_bridge\"]\n{NET2}{GATEWAY}"
+            ),
+            vec![],
+        ),
+        (
+            "parallel bridges not a list",
+            format!("{NET}parallel_bridges = \"tribridge2\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:20: network.libera.parallel_bridges: wrong type: found string \"tribridge2\", expected a sequence",
+            ],
+        ),
+        (
+            "parallel bridges: an empty account, this bridge's own nick, a repeated one",
+            format!(
+                "{NET}parallel_bridges = [\"\", \"TriBridge\", \"b2\", \"B2\"]\n{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:5:21: network.libera.parallel_bridges: an empty account; list the other bridges' accounts on this network",
+                "bridges.toml:5:25: network.libera.parallel_bridges: `TriBridge` is this bridge's own account; list the other bridges'",
+                "bridges.toml:5:44: network.libera.parallel_bridges: `B2` is listed twice",
+            ],
+        ),
+        (
+            "parallel bridges: not a nick, not a Matrix id",
+            format!(
+                "{NET}parallel_bridges = [\"@b2:example.org\"]\n{MX}parallel_bridges = [\"b2\"]\n{NET2}{MXGATEWAY}"
+            ),
+            vec![
+                "bridges.toml:5:21: network.libera.parallel_bridges: `@b2:example.org` is not an IRC nick; list the other bridges' nicks, e.g. [\"tribridge2\"]",
+                "bridges.toml:11:21: network.mx.parallel_bridges: `b2` is not a Matrix user id; list the other bridges' ids (`@name:server`), e.g. [\"@bridge2:example.org\"]",
+            ],
+        ),
+        (
+            "parallel bridges: a Mattermost username instead of a user id",
+            "[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"t\"\ntoken = \"x\"\nparallel_bridges = [\"bridge2\", \"kx4cbm3y5pg1mfdsh8yj5wnq7r\"]\n{NET}[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"civi\", channel = \"town\" },\n]\n".replace("{NET}", NET),
+            vec![
+                "bridges.toml:6:21: network.civi.parallel_bridges: `bridge2` is not a Mattermost user id (26 letters and digits, not the username: System Console > Users, or GET /api/v4/users/username/NAME)",
             ],
         ),
         (

@@ -1,7 +1,9 @@
 //! Echo and loop safety through the real daemon: one channel in two gateways (every message
 //! once where it belongs, nothing hopping from one gateway to the other), and two bridge
 //! instances linking the same channels with different accounts: after their first message they
-//! recognise each other, one steps back, and each message shows once (see `src/parallel.rs`).
+//! recognise each other, one steps back, and each message shows once; told of each other's
+//! accounts (`parallel_bridges`), the first message each way shows once too; told of one that
+//! never copies, a bridge waits once per route (see `src/parallel.rs`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -286,4 +288,285 @@ async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{stopped}"));
     assert!(covered >= 20, "{stopped}");
+}
+
+/// How many of `texts` show `text` relayed more than once over (`<b> <alice> text`).
+fn echoes(texts: &[String], text: &str) -> usize {
+    texts
+        .iter()
+        .filter(|t| t.ends_with(text) && tribridge::loop_breaker::relay_depth(t) > 1)
+        .count()
+}
+
+/// The number in the `name=` field of the daemon's "tribridge stopped." line.
+fn stopped_count(bridge: &Bridge, name: &str) -> u64 {
+    let logs = bridge.logs();
+    let stopped = logs
+        .lines()
+        .rfind(|l| l.contains("tribridge stopped."))
+        .unwrap_or_else(|| panic!("never stopped: {logs}"));
+    stopped
+        .split(&format!("{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {stopped}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_and_one_stands_in() {
+    let server = shared_inspircd();
+    let channel = unique("#known");
+    // `unique` keeps the order of its prefixes: bridge A's nick sorts first.
+    let (nick_a, nick_b) = (unique("brka"), unique("brkb"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel).await;
+    let mm = MmServer::start("loops").await;
+    let chan = mm.channel("circle").await;
+    let mia = mm.user("mia", &chan).await;
+    // A logs in to Mattermost with the account that sorts first there too: A is the bridge
+    // whose accounts sort first on both networks, B yields both routes.
+    let bot_first = mm.bot_id.to_lowercase() < mm.login_user_id.to_lowercase();
+    let (mm_a, mm_b) = if bot_first {
+        (mm.bot_id.clone(), mm.login_user_id.clone())
+    } else {
+        (mm.login_user_id.clone(), mm.bot_id.clone())
+    };
+    let mm_block = |token: bool, other: &str| {
+        let extra = format!("parallel_bridges = [\"{other}\"]");
+        if token {
+            mm.network("mm", &extra)
+        } else {
+            mm.network_login("mm", &extra)
+        }
+    };
+    let irc_block = |nick: &str, other: &str| {
+        irc_network("irc", server.port, nick).replacen(
+            "\n\n",
+            &format!("\nparallel_bridges = [\"{other}\"]\n\n"),
+            1,
+        )
+    };
+    let gateway_text = gateway("g", &[("irc", &channel), ("mm", "circle")]);
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut bridge_a = Bridge::start(
+        dir_a.path(),
+        &format!(
+            "{GENERAL}{}{}\n{gateway_text}",
+            irc_block(&nick_a, &nick_b),
+            mm_block(bot_first, &mm_b)
+        ),
+    );
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut bridge_b = Bridge::start(
+        dir_b.path(),
+        &format!(
+            "{GENERAL}{}{}\n{gateway_text}",
+            irc_block(&nick_b, &nick_a),
+            mm_block(!bot_first, &mm_a)
+        ),
+    );
+    alice.wait_join(&nick_a, &channel).await;
+    alice.wait_member(&nick_b, &channel).await;
+    mm.wait_member(&chan, &mm.bot_id).await;
+    mm.wait_member(&chan, &mm.login_user_id).await;
+    mm.wait_websocket(2).await;
+
+    // The very first message each way: B waits for A's copy instead of sending its own.
+    alice.say(&channel, "hello from irc");
+    mia.say(&chan, "hello from mm").await;
+    for destination in ["destination=mm/circle", "destination=irc/#known"] {
+        wait_for_log_line(
+            &bridge_b,
+            &["Leaving this route to the other bridge", destination],
+        )
+        .await;
+    }
+    let mut lines = alice.texts_until(&channel, "hello from mm").await;
+    wait_posts_containing(&mm, &chan, "hello from irc", 1).await;
+    for i in 1..=10 {
+        alice.say(&channel, &format!("irc says {i}"));
+        mia.say(&chan, &format!("mm says {i}")).await;
+    }
+    lines.extend(alice.texts_until(&channel, "mm says 10").await);
+    wait_posts_containing(&mm, &chan, "irc says 10", 1).await;
+    for bridge in [&bridge_a, &bridge_b] {
+        bridge.wait_outbox_drained("mm", "circle").await;
+        bridge.wait_outbox_drained("irc", &channel).await;
+    }
+    // A last message each way after both outboxes are empty: what came before it is in.
+    alice.say(&channel, "irc end");
+    mia.say(&chan, "mm end").await;
+    lines.extend(alice.texts_until(&channel, "mm end").await);
+    wait_posts_containing(&mm, &chan, "irc end", 1).await;
+    lines.extend(alice.drain());
+    let posts = messages(&mm.admin.posts(&chan).await);
+    let irc = texts(&lines);
+    let count = crate::support::relayed_once;
+    let mut from_irc = vec!["hello from irc".to_owned(), "irc end".to_owned()];
+    let mut from_mm = vec!["hello from mm".to_owned(), "mm end".to_owned()];
+    for i in 1..=10 {
+        from_irc.push(format!("irc says {i}"));
+        from_mm.push(format!("mm says {i}"));
+    }
+    for text in &from_irc {
+        assert_eq!(count(&posts, text), 1, "{text}: {posts:#?}");
+        assert_eq!(
+            echoes(&posts, text) + echoes(&irc, text),
+            0,
+            "{posts:#?} {irc:#?}"
+        );
+    }
+    for text in &from_mm {
+        assert_eq!(count(&irc, text), 1, "{text}: {irc:#?}");
+        assert_eq!(
+            echoes(&posts, text) + echoes(&irc, text),
+            0,
+            "{posts:#?} {irc:#?}"
+        );
+    }
+    // A relays at once; B never sent anything itself (no first delivery waited in vain).
+    for bridge in [&bridge_a, &bridge_b] {
+        let logs = bridge.logs();
+        assert!(
+            !logs.contains("No configured parallel bridge relayed"),
+            "{logs}"
+        );
+        assert!(
+            !logs.contains("did not relay this message in time"),
+            "{logs}"
+        );
+    }
+    assert!(
+        !bridge_a
+            .logs()
+            .contains("Leaving this route to the other bridge"),
+        "{}",
+        bridge_a.logs()
+    );
+
+    // A stops: B waits for its copies in vain, stands in on both routes, and nothing is lost.
+    assert_eq!(bridge_a.terminate(), Some(0));
+    assert_eq!(stopped_count(&bridge_a, "covered_by_parallel"), 0);
+    alice.say(&channel, "irc while A is down");
+    mia.say(&chan, "mm while A is down").await;
+    let mut lines = alice.texts_until(&channel, "mm while A is down").await;
+    wait_posts_containing(&mm, &chan, "irc while A is down", 1).await;
+    for destination in ["destination=mm/circle", "destination=irc/#known"] {
+        wait_for_log_line(
+            &bridge_b,
+            &["did not relay this message in time", destination],
+        )
+        .await;
+    }
+    alice.say(&channel, "irc once more");
+    mia.say(&chan, "mm once more").await;
+    lines.extend(alice.texts_until(&channel, "mm once more").await);
+    wait_posts_containing(&mm, &chan, "irc once more", 1).await;
+    bridge_b.wait_outbox_drained("mm", "circle").await;
+    bridge_b.wait_outbox_drained("irc", &channel).await;
+    lines.extend(alice.drain());
+    let posts = messages(&mm.admin.posts(&chan).await);
+    let irc = texts(&lines);
+    for text in ["irc while A is down", "irc once more"] {
+        assert_eq!(count(&posts, text), 1, "{text}: {posts:#?}");
+    }
+    for text in ["mm while A is down", "mm once more"] {
+        assert_eq!(count(&irc, text), 1, "{text}: {irc:#?}");
+    }
+    assert_eq!(bridge_b.terminate(), Some(0));
+    // B was acknowledged by A's copies of the first twelve messages each way, stood in once
+    // per route, and never sent a first message alone.
+    assert!(stopped_count(&bridge_b, "covered_by_parallel") >= 24);
+    assert_eq!(stopped_count(&bridge_b, "stood_in"), 2);
+    assert_eq!(stopped_count(&bridge_b, "first_sent_alone"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_bridge_that_never_copies_delays_only_the_first_message_of_each_route_once() {
+    let server = shared_inspircd();
+    let channel = unique("#alone");
+    let nick = unique("brko");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel).await;
+    let mm = MmServer::start("loops").await;
+    let chan = mm.channel("circle").await;
+    let mia = mm.user("mia", &chan).await;
+    // Told of a parallel bridge whose accounts sort first on both networks, which is not
+    // running (not started yet, or it does not carry these channels).
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &format!(
+            "{GENERAL}{}{}\n{}",
+            irc_network("irc", server.port, &nick).replacen(
+                "\n\n",
+                "\nparallel_bridges = [\"aaa\"]\n\n",
+                1
+            ),
+            mm.network("mm", "parallel_bridges = [\"00000000000000000000000000\"]"),
+            gateway("g", &[("irc", &channel), ("mm", "circle")])
+        ),
+    );
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_bot_member(&chan).await;
+    mm.wait_websocket(1).await;
+
+    // The first message each way waits for a copy that never comes, then is sent by this
+    // bridge; the next ones go at once.
+    alice.say(&channel, "irc first");
+    mia.say(&chan, "mm first").await;
+    for destination in ["destination=mm/circle", "destination=irc/#alone"] {
+        wait_for_log_line(
+            &bridge,
+            &[
+                "No configured parallel bridge relayed the first message",
+                destination,
+            ],
+        )
+        .await;
+    }
+    let mut lines = alice.texts_until(&channel, "mm first").await;
+    wait_posts_containing(&mm, &chan, "irc first", 1).await;
+    alice.say(&channel, "irc second");
+    mia.say(&chan, "mm second").await;
+    lines.extend(alice.texts_until(&channel, "mm second").await);
+    wait_posts_containing(&mm, &chan, "irc second", 1).await;
+    bridge.wait_outbox_drained("mm", "circle").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+    assert_eq!(stopped_count(&bridge, "first_sent_alone"), 2);
+    assert_eq!(stopped_count(&bridge, "stood_in"), 0);
+
+    // Remembered across a restart: nothing waits again.
+    bridge.restart();
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_websocket(1).await;
+    alice.say(&channel, "irc after restart");
+    mia.say(&chan, "mm after restart").await;
+    lines.extend(alice.texts_until(&channel, "mm after restart").await);
+    wait_posts_containing(&mm, &chan, "irc after restart", 1).await;
+    bridge.wait_outbox_drained("mm", "circle").await;
+    bridge.wait_outbox_drained("irc", &channel).await;
+    assert_eq!(bridge.terminate(), Some(0));
+    assert_eq!(stopped_count(&bridge, "first_sent_alone"), 0);
+    lines.extend(alice.drain());
+    let irc = texts(&lines);
+    let posts = messages(&mm.admin.posts(&chan).await);
+    let count = crate::support::relayed_once;
+    for text in ["irc first", "irc second", "irc after restart"] {
+        assert_eq!(count(&posts, text), 1, "{text}: {posts:#?}");
+    }
+    for text in ["mm first", "mm second", "mm after restart"] {
+        assert_eq!(count(&irc, text), 1, "{text}: {irc:#?}");
+    }
+    assert_eq!(
+        bridge
+            .logs()
+            .matches("No configured parallel bridge relayed")
+            .count(),
+        2,
+        "{}",
+        bridge.logs()
+    );
 }

@@ -1455,3 +1455,126 @@ async fn a_second_bridge_instance_in_the_room_under_other_accounts_doubles_only_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridge_instances_told_of_each_other_show_every_message_once_even_the_first() {
+    let url = shared_synapse().url();
+    let irc_port = shared_inspircd().port;
+    // `unique` keeps the order of its prefixes: A's accounts sort first on both networks.
+    let (bot_a, bot_b) = (unique("bka"), unique("bkb"));
+    let (nick_a, nick_b) = (unique("brka"), unique("brkb"));
+    register(&url, &bot_a, "password").await;
+    register(&url, &bot_b, "password").await;
+    let mut matrix = MatrixUser::new(&url, &unique("alice")).await;
+    let alias_name = unique("room");
+    let room = matrix.create_room(&alias_name).await;
+    let alias = format!("#{alias_name}:localhost");
+    let channel = unique("#mxk");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    // Synced past (as in `setup`): later reads start here.
+    matrix.say(&room, "said before the bridges existed").await;
+    matrix.mark().await;
+    // Each told of the other's Matrix user id and IRC nick.
+    let bridge_config = |nick: &str, bot: &str, other_nick: &str, other_bot: &str| {
+        config(
+            &[
+                irc_network("irc", irc_port, nick).replacen(
+                    "\n\n",
+                    &format!("\nparallel_bridges = [\"{other_nick}\"]\n\n"),
+                    1,
+                ),
+                matrix_network("mx", &url, bot).replacen(
+                    "\n\n",
+                    &format!("\nparallel_bridges = [\"@{other_bot}:localhost\"]\n\n"),
+                    1,
+                ),
+            ],
+            &[("irc", &channel), ("mx", &alias)],
+        )
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let bridge_a = Bridge::start(
+        dir_a.path(),
+        &bridge_config(&nick_a, &bot_a, &nick_b, &bot_b),
+    );
+    let dir_b = tempfile::tempdir().unwrap();
+    let bridge_b = Bridge::start(
+        dir_b.path(),
+        &bridge_config(&nick_b, &bot_b, &nick_a, &bot_a),
+    );
+    irc.wait_join(&nick_a, &channel).await;
+    irc.wait_member(&nick_b, &channel).await;
+    // Both joins, read in one go (one sync may carry both).
+    let bots = [format!("@{bot_a}:localhost"), format!("@{bot_b}:localhost")];
+    matrix
+        .events_until(&room, Duration::from_mins(1), |events| {
+            bots.iter().all(|bot| {
+                events.iter().any(|e| {
+                    e.kind == "m.room.member"
+                        && e.content["membership"] == "join"
+                        && e.sender == *bot
+                })
+            })
+        })
+        .await;
+
+    // The very first message each way: B holds it until A's copy comes, then steps back.
+    irc.say(&channel, "hello from irc");
+    matrix.say(&room, "hello from matrix").await;
+    for destination in ["destination=mx/", "destination=irc/"] {
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        while !bridge_b.logs().lines().any(|l| {
+            l.contains("Leaving this route to the other bridge") && l.contains(destination)
+        }) {
+            assert!(std::time::Instant::now() < deadline, "{}", bridge_b.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut lines = irc.texts_until(&channel, "hello from matrix").await;
+    for i in 1..=5 {
+        irc.say(&channel, &format!("irc says {i}"));
+        matrix.say(&room, &format!("matrix says {i}")).await;
+    }
+    lines.extend(irc.texts_until(&channel, "matrix says 5").await);
+    matrix.messages_until(&room, "irc says 5").await;
+    for bridge in [&bridge_a, &bridge_b] {
+        bridge.wait_outbox_drained("mx", &alias).await;
+        bridge.wait_outbox_drained("irc", &channel).await;
+    }
+    // A last message each way after both outboxes are empty: what came before it is in.
+    irc.say(&channel, "irc end");
+    matrix.say(&room, "matrix end").await;
+    lines.extend(irc.texts_until(&channel, "matrix end").await);
+    matrix.messages_until(&room, "irc end").await;
+    lines.extend(irc.drain());
+    let irc_texts = texts(&lines);
+    let matrix_texts = bodies(&matrix.history(&room).await);
+    let count = crate::support::relayed_once;
+    let mut from_irc = vec!["hello from irc".to_owned(), "irc end".to_owned()];
+    let mut from_matrix = vec!["hello from matrix".to_owned(), "matrix end".to_owned()];
+    for i in 1..=5 {
+        from_irc.push(format!("irc says {i}"));
+        from_matrix.push(format!("matrix says {i}"));
+    }
+    for text in &from_irc {
+        assert_eq!(count(&matrix_texts, text), 1, "{text}: {matrix_texts:#?}");
+    }
+    for text in &from_matrix {
+        assert_eq!(count(&irc_texts, text), 1, "{text}: {irc_texts:#?}");
+    }
+    for text in matrix_texts.iter().chain(&irc_texts) {
+        assert!(tribridge::loop_breaker::relay_depth(text) <= 1, "{text}");
+    }
+    for bridge in [&bridge_a, &bridge_b] {
+        let logs = bridge.logs();
+        assert!(
+            !logs.contains("No configured parallel bridge relayed"),
+            "{logs}"
+        );
+        assert!(
+            !logs.contains("did not relay this message in time"),
+            "{logs}"
+        );
+    }
+}
