@@ -833,13 +833,22 @@ impl SyncState<'_> {
         }
     }
 
+    /// What the bridge syncs: room timelines and state, and what end-to-end encryption needs
+    /// (to-device messages and device lists, which no filter removes). Presence, typing, read
+    /// receipts and account data are left out: the bridge relays none of them, and each would
+    /// wake its sync and cost the homeserver a response (Synapse skips computing what a
+    /// filter blocks entirely).
     fn filter() -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         let mut room = RoomFilter::default();
         room.timeline = timeline;
+        room.ephemeral = RoomEventFilter::ignore_all();
+        room.account_data = RoomEventFilter::ignore_all();
         let mut definition = FilterDefinition::default();
         definition.room = room;
+        definition.presence = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+        definition.account_data = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
         Filter::FilterDefinition(definition)
     }
 
