@@ -639,6 +639,9 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_started);
+    // The store's writer thread is the core's bound: its CPU per message is the figure that
+    // load on the machine disturbs least.
+    let writer_cpu = thread_cpu("tribridge-store");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let pending: u64 = destinations
@@ -661,13 +664,16 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
         "seconds": elapsed.as_secs_f64(),
         "msgs_per_s": total as f64 / elapsed.as_secs_f64(),
         "cpu_seconds": cpu.as_secs_f64(),
+        "writer_cpu_seconds": writer_cpu.as_secs_f64(),
+        "writer_cpu_us_per_message": writer_cpu.as_secs_f64() * 1e6 / total as f64,
         "latency_submit_to_endpoint": percentiles(&mut latencies),
         "rss_kib": own_rss_kib(),
     });
     println!(
-        "core: {total} messages over {gateways} gateways in {:.2} s = {:.0} msg/s, lost {}, order errors {}",
+        "core: {total} messages over {gateways} gateways in {:.2} s = {:.0} msg/s, writer CPU {:.1} µs/msg, lost {}, order errors {}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
+        writer_cpu.as_secs_f64() * 1e6 / total as f64,
         result["lost"],
         result["order_errors"]
     );
@@ -682,6 +688,30 @@ fn process_cpu() -> Duration {
         .iter()
         .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
         .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+/// CPU time of this process's threads named `name` (from `/proc/self/task/*/stat`).
+fn thread_cpu(name: &str) -> Duration {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').is_none_or(|(_, comm)| comm != name) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
     Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
 }
 
@@ -831,6 +861,68 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     };
     println!("mm direct: {direct}");
     let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+    // The servers' own path, both hops: the writer says each line on IRC; a minimal forwarder
+    // (a plain IRC client that posts each line it reads over REST at once, one after another as
+    // the bridge does, with no store) carries it to Mattermost; the reader sees it on the
+    // WebSocket. What the bridge adds over this is its own cost.
+    let chain = {
+        let mut forwarder = IrcClient::connect(server.port, "lgforward").await;
+        writer.join("#lgchain").await;
+        forwarder.join("#lgchain").await;
+        writer.wait_member("lgforward", "#lgchain").await;
+        let run = Arc::new(Mutex::new(Run::new(drive.messages)));
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let reading = {
+            let run = Arc::clone(&run);
+            let (url, token, channel) = (
+                mm.emu.websocket_url(),
+                watcher.token().to_owned(),
+                channel.clone(),
+            );
+            tokio::spawn(async move {
+                read_mm(&url, &token, &channel, "chn", &run, ready, within).await;
+            })
+        };
+        let _ = is_ready.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sending = {
+            let run = Arc::clone(&run);
+            let lines = writer.clone_writer();
+            tokio::spawn(async move {
+                pace(drive.messages, drive.rate, &run, |seq| {
+                    let _ = lines.send(
+                        format!("PRIVMSG #lgchain :{}\r\n", payload("chn", seq)).into_bytes(),
+                    );
+                })
+                .await;
+            })
+        };
+        let deadline = Instant::now() + within;
+        let mut forwarded = 0;
+        while forwarded < drive.messages {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(line) = forwarder
+                .wait_for(
+                    |l| {
+                        l.text()
+                            .is_some_and(|(target, _)| target.eq_ignore_ascii_case("#lgchain"))
+                    },
+                    left,
+                )
+                .await
+            else {
+                break;
+            };
+            if let Some((_, text)) = line.text() {
+                poster.say(&channel, text).await;
+                forwarded += 1;
+            }
+        }
+        let _ = sending.await;
+        let _ = reading.await;
+        run.lock().expect("run").summary()
+    };
+    println!("irc → forwarder → mm direct: {chain}");
     writer.join("#lga").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let networks = irc_network("one", server.port, "lgbrone") + mm.network("mm", "").as_str();
@@ -875,8 +967,10 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     json!({
         "rate": drive.rate,
         "direct_mattermost": direct,
+        "direct_irc_forwarder_mattermost": chain,
         "bridged_irc_to_mattermost": bridged,
         "added_latency_ms": added(&bridged, &direct),
+        "added_latency_over_both_servers_ms": added(&bridged, &chain),
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
