@@ -1,6 +1,5 @@
-//! The durable state: messages, mappings, deliveries (the pending ones are the outbox, the
-//! acknowledged ones its record) and cursors, in one `SQLite` file (WAL) with numbered
-//! migrations embedded from `migrations/`.
+//! The durable state: messages, mappings, the outbox, completed deliveries and cursors, in one
+//! `SQLite` file (WAL) with numbered migrations embedded from `migrations/`.
 //!
 //! Every method is synchronous and short; async callers run them with
 //! [`tokio::task::spawn_blocking`] so that no network task blocks on the disk. The store decides
@@ -21,7 +20,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_targets.sql"),
     include_str!("../migrations/0003_permalink.sql"),
     include_str!("../migrations/0004_parallel_routes.sql"),
-    include_str!("../migrations/0005_deliveries.sql"),
 ];
 
 /// Errors from the store.
@@ -281,7 +279,7 @@ impl Store {
                     m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
                     m.author_name, m.body, m.created_ms, m.target_message_id,
                     m.reply_to_message_id, m.permalink, o.seq
-             FROM deliveries o JOIN messages m ON m.id = o.message_id
+             FROM outbox o JOIN messages m ON m.id = o.message_id
              WHERE o.network = ?1 AND o.channel = ?2 AND o.state = 'pending' AND o.seq > ?3
              ORDER BY o.seq LIMIT ?4",
         )?;
@@ -330,8 +328,8 @@ impl Store {
                     let reason = format!("stored message cannot be decoded: {error}");
                     drop(connection);
                     self.lock().execute(
-                        "UPDATE deliveries SET state = 'failed', last_error = ?2
-                         WHERE delivery_id = ?1 AND state = 'pending'",
+                        "UPDATE outbox SET state = 'failed', last_error = ?2
+                         WHERE delivery_id = ?1",
                         params![row.id, reason],
                     )?;
                     return Err(StoreError::Corrupt {
@@ -424,8 +422,8 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         self.lock().execute(
-            "UPDATE deliveries SET attempts = attempts + 1, next_try_ms = ?2, last_error = ?3
-             WHERE delivery_id = ?1 AND state = 'pending'",
+            "UPDATE outbox SET attempts = attempts + 1, next_try_ms = ?2, last_error = ?3
+             WHERE delivery_id = ?1",
             params![delivery_id, next_try_ms, error],
         )?;
         Ok(())
@@ -435,8 +433,8 @@ impl Store {
     /// outbox as `failed`, for an operator to inspect, and no longer blocks its queue.
     pub fn fail_delivery(&self, delivery_id: &str, error: &str) -> Result<(), StoreError> {
         self.lock().execute(
-            "UPDATE deliveries SET attempts = attempts + 1, state = 'failed', last_error = ?2
-             WHERE delivery_id = ?1 AND state = 'pending'",
+            "UPDATE outbox SET attempts = attempts + 1, state = 'failed', last_error = ?2
+             WHERE delivery_id = ?1",
             params![delivery_id, error],
         )?;
         Ok(())
@@ -446,7 +444,7 @@ impl Store {
     pub fn pending_destinations(&self) -> Result<Vec<ChannelRef>, StoreError> {
         let connection = self.read();
         let mut statement = connection.prepare(
-            "SELECT DISTINCT network, channel FROM deliveries WHERE state = 'pending' ORDER BY 1, 2",
+            "SELECT DISTINCT network, channel FROM outbox WHERE state = 'pending' ORDER BY 1, 2",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(ChannelRef::new(
@@ -460,8 +458,7 @@ impl Store {
     /// Number of pending deliveries for a destination.
     pub fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
         let count: i64 = self.read().query_row(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE network = ?1 AND channel = ?2 AND state = 'pending'",
+            "SELECT COUNT(*) FROM outbox WHERE network = ?1 AND channel = ?2 AND state = 'pending'",
             params![destination.network, destination.channel],
             |row| row.get(0),
         )?;
@@ -471,8 +468,7 @@ impl Store {
     /// Number of acknowledged deliveries to a destination.
     pub fn delivered_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
         let count: i64 = self.read().query_row(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE network = ?1 AND channel = ?2 AND state = 'done'",
+            "SELECT COUNT(*) FROM deliveries WHERE network = ?1 AND channel = ?2",
             params![destination.network, destination.channel],
             |row| row.get(0),
         )?;
@@ -657,8 +653,7 @@ fn record_completion(
 ) -> Result<(), StoreError> {
     let row: Option<(i64, String, String, i64)> = connection
         .prepare_cached(
-            "SELECT message_id, network, channel, attempts FROM deliveries
-             WHERE delivery_id = ?1 AND state != 'done'",
+            "SELECT message_id, network, channel, attempts FROM outbox WHERE delivery_id = ?1",
         )?
         .query_row(params![delivery_id], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
@@ -679,8 +674,8 @@ fn record_completion(
     )
 }
 
-/// Record a completion: the delivery's row marked done with the destination's id, and the
-/// mapping of that id. Idempotent: a second call changes nothing.
+/// Record a completion: a `deliveries` row, the mapping of the destination's id, and the outbox
+/// row gone. Idempotent: a second call changes nothing.
 fn record_known_completion(
     connection: &Connection,
     completion: &Completion,
@@ -692,22 +687,28 @@ fn record_known_completion(
         attempts,
         remote_id,
     } = completion;
-    // In place: the row leaves the queue's partial index and stays as the record.
-    let recorded = connection
+    let removed = connection
+        .prepare_cached("DELETE FROM outbox WHERE delivery_id = ?1")?
+        .execute(params![delivery_id])?;
+    if removed == 0 {
+        // Already recorded (or never queued): nothing to add.
+        return Ok(());
+    }
+    connection
         .prepare_cached(
-            "UPDATE deliveries SET state = 'done', remote_id = ?2, attempts = ?3, done_ms = ?4
-             WHERE delivery_id = ?1 AND state != 'done'",
+            "INSERT OR IGNORE INTO deliveries
+                 (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             delivery_id,
+            message_id,
+            destination.network,
+            destination.channel,
             remote_id,
             i64::from(*attempts) + 1,
             now_ms()
         ])?;
-    if recorded == 0 {
-        // Already recorded (or never queued): nothing to add.
-        return Ok(());
-    }
     if let Some(remote_id) = remote_id {
         connection
             .prepare_cached(
@@ -937,7 +938,7 @@ fn record_inbound(
     let mut destinations = Vec::with_capacity(routes.len());
     {
         let mut insert = connection.prepare_cached(
-            "INSERT INTO deliveries (delivery_id, message_id, network, channel, gateway)
+            "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         // Only a delivery that points at no other message is complete without the store.
@@ -945,8 +946,8 @@ fn record_inbound(
             && inbound.body.reply_to().is_none()
             && inbound.body.thread_root().is_none();
         for route in routes {
-            // Time-ordered (UUID v7): the index of delivery ids grows at its end instead of at a
-            // random page each, which keeps a commit's writes small.
+            // Time-ordered (UUID v7): the outbox's and the deliveries' indexes on it grow at
+            // their end instead of at a random page each, which keeps a commit's writes small.
             let delivery_id = uuid::Uuid::now_v7().simple().to_string();
             insert.execute(params![
                 delivery_id,

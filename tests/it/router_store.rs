@@ -597,78 +597,6 @@ fn a_version_1_database_is_migrated_with_its_pending_deliveries() {
 }
 
 #[test]
-fn a_version_4_database_keeps_its_queue_order_and_its_delivery_record() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let connection = rusqlite::Connection::open(dir.path().join("tribridge.sqlite3")).unwrap();
-        for sql in [
-            include_str!("../../migrations/0001_init.sql"),
-            include_str!("../../migrations/0002_targets.sql"),
-            include_str!("../../migrations/0003_permalink.sql"),
-            include_str!("../../migrations/0004_parallel_routes.sql"),
-        ] {
-            connection.execute_batch(sql).unwrap();
-        }
-        connection
-            .execute_batch(
-                "PRAGMA user_version = 4;
-                 INSERT INTO messages (origin_network, origin_channel, origin_protocol,
-                     origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms)
-                 VALUES ('one', '#a', 'irc', 'm1', 'alice', 'alice', 'text',
-                     '{\"Text\":{\"style\":\"Normal\",\"text\":\"delivered\"}}', 1, 1),
-                        ('one', '#a', 'irc', 'm2', 'alice', 'alice', 'text',
-                     '{\"Text\":{\"style\":\"Normal\",\"text\":\"queued\"}}', 2, 2),
-                        ('one', '#a', 'irc', 'm3', 'alice', 'alice', 'text',
-                     '{\"Text\":{\"style\":\"Normal\",\"text\":\"refused\"}}', 3, 3);
-                 INSERT INTO deliveries (delivery_id, message_id, network, channel, remote_id,
-                     attempts, done_ms)
-                 VALUES ('d1', 1, 'two', '#b', 'b-1', 1, 10);
-                 INSERT INTO mappings (network, channel, remote_id, message_id, role, delivery_id)
-                 VALUES ('two', '#b', 'b-1', 1, 'delivery', 'd1');
-                 INSERT INTO outbox (seq, delivery_id, message_id, network, channel, gateway)
-                 VALUES (7, 'd3', 3, 'two', '#b', 'g');
-                 UPDATE outbox SET state = 'failed', last_error = 'refused' WHERE seq = 7;
-                 INSERT INTO outbox (seq, delivery_id, message_id, network, channel, gateway,
-                     attempts)
-                 VALUES (9, 'd2', 2, 'two', '#b', 'g', 2);",
-            )
-            .unwrap();
-    }
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let b = ChannelRef::new("two", "#b");
-    assert_eq!(store.delivered_count(&b).unwrap(), 1);
-    assert_eq!(store.pending_count(&b).unwrap(), 1);
-    let (delivery, _) = store.next_pending(&b).unwrap().unwrap();
-    assert_eq!(delivery.id, "d2");
-    assert_eq!(delivery.attempts, 2);
-    assert_eq!(delivery.body, EventBody::text(TextStyle::Normal, "queued"));
-    // A message committed after the migration queues behind the migrated one.
-    let scenario = Scenario::with_store(two_way(), Arc::clone(&store), dir);
-    scenario
-        .router
-        .submit_blocking(&said("one", "#a", Some("m4"), "new"))
-        .unwrap();
-    let queue: Vec<String> = store
-        .pending_batch(&b, 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|pending| match pending.delivery.body {
-            EventBody::Text { text, .. } => text.to_plain_text(),
-            other => panic!("not a text: {other:?}"),
-        })
-        .collect();
-    assert_eq!(queue, vec!["queued", "new"]);
-    store.complete_delivery("d2", Some("b-2")).unwrap();
-    // Twice is once.
-    store.complete_delivery("d2", Some("b-2")).unwrap();
-    assert_eq!(store.delivered_count(&b).unwrap(), 2);
-    assert_eq!(scenario.pending("two", "#b"), vec!["new"]);
-    // The delivery record and the mappings of both survive: their ids resolve to the messages.
-    assert_eq!(store.lookup(&b, "b-1").unwrap().map(|(id, _)| id), Some(1));
-    assert_eq!(store.lookup(&b, "b-2").unwrap().map(|(id, _)| id), Some(2));
-}
-
-#[test]
 fn an_unreadable_queued_message_is_set_aside_and_the_queue_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("tribridge.sqlite3");
@@ -702,7 +630,7 @@ fn an_unreadable_queued_message_is_set_aside_and_the_queue_goes_on() {
     assert_eq!(scenario.pending("two", "#b"), vec!["msg 2"]);
     let failed: i64 = connection
         .query_row(
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'failed'",
+            "SELECT COUNT(*) FROM outbox WHERE state = 'failed'",
             [],
             |row| row.get(0),
         )
