@@ -158,7 +158,8 @@ pub struct NetworkConfig {
     /// `parallel_bridges`: the accounts on this network of other bridges that relay the same
     /// channels (see [`crate::parallel`]), as the connector reports senders: an IRC nick, a
     /// Matrix user id, a Mattermost user id. Known to be parallel bridges of every channel of
-    /// this network from the start.
+    /// this network from the start. (Mattermost accounts given by username are in
+    /// [`MattermostConfig::parallel_bridge_usernames`] until the connector has their ids.)
     pub parallel_bridges: Vec<String>,
 }
 
@@ -274,6 +275,10 @@ pub struct MattermostConfig {
     pub relay_membership: bool,
     /// An extra PEM certificate (or CA) to trust for `https`/`wss`, e.g. a private CA.
     pub tls_ca_file: Option<PathBuf>,
+    /// `parallel_bridges` given by username (lowercase, without `@`): the connector looks up
+    /// their user ids when it logs in (those given by id are in
+    /// [`NetworkConfig::parallel_bridges`]).
+    pub parallel_bridge_usernames: Vec<String>,
 }
 
 /// A secret value; its `Debug` never shows the value.
@@ -1504,7 +1509,15 @@ impl Validator<'_> {
             }
             path
         });
-        let parallel_bridges = self.parallel_bridges(key, RawNetworkType::Mattermost, raw, "");
+        // Mattermost ids are known at once; usernames become ids when the connector logs in.
+        let (parallel_bridges, parallel_bridge_usernames): (Vec<String>, Vec<String>) = self
+            .parallel_bridges(key, RawNetworkType::Mattermost, raw, "")
+            .into_iter()
+            .partition(|account| is_valid_mattermost_user_id(account));
+        let parallel_bridge_usernames = parallel_bridge_usernames
+            .into_iter()
+            .map(|name| name.trim_start_matches('@').to_lowercase())
+            .collect();
         if self.issues.len() > before {
             return None;
         }
@@ -1518,6 +1531,7 @@ impl Validator<'_> {
                 sender_override: raw.sender_override.as_ref().is_some_and(|v| *v.get_ref()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
                 tls_ca_file,
+                parallel_bridge_usernames,
             }),
         })
     }
@@ -1551,11 +1565,14 @@ impl Validator<'_> {
                     "`{account}` is not a Matrix user id; list the other bridges' ids \
                      (`@name:server`), e.g. [\"@bridge2:example.org\"]"
                 )),
-                RawNetworkType::Mattermost if !is_valid_mattermost_user_id(account) => {
+                RawNetworkType::Mattermost
+                    if !is_valid_mattermost_user_id(account)
+                        && !is_valid_mattermost_username(account) =>
+                {
                     Some(format!(
-                        "`{account}` is not a Mattermost user id (26 letters and digits, \
-                         not the username: System Console > Users, or GET \
-                         /api/v4/users/username/NAME)"
+                        "`{account}` is neither a Mattermost username (3 to 22 letters, digits, \
+                         `.`, `-` or `_`, starting with a letter) nor a user id (26 letters \
+                         and digits)"
                     ))
                 }
                 _ if !own.is_empty() && account.to_lowercase() == own.to_lowercase() => Some(
@@ -1823,6 +1840,19 @@ fn is_valid_nick(nick: &str) -> bool {
 #[must_use]
 pub fn is_valid_mattermost_user_id(id: &str) -> bool {
     id.len() == 26 && id.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Is this a Mattermost username (with or without a leading `@`)? The server's rule: 3 to 22
+/// characters, letters, digits, `.`, `-` and `_`, starting with a letter (any case here: the
+/// server folds usernames to lowercase). Never 26 characters long, so never taken for an id.
+#[must_use]
+pub fn is_valid_mattermost_username(name: &str) -> bool {
+    let name = name.strip_prefix('@').unwrap_or(name);
+    (3..=22).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 /// Is this a Matrix user id (`@name:server`)?

@@ -477,10 +477,10 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
-            "parallel bridges: a Mattermost username instead of a user id",
-            "[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"t\"\ntoken = \"x\"\nparallel_bridges = [\"bridge2\", \"kx4cbm3y5pg1mfdsh8yj5wnq7r\"]\n{NET}[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"civi\", channel = \"town\" },\n]\n".replace("{NET}", NET),
+            "parallel bridges: neither a Mattermost username nor a user id",
+            "[network.civi]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\nteam = \"t\"\ntoken = \"x\"\nparallel_bridges = [\"2bridge\", \"@bridge2\", \"kx4cbm3y5pg1mfdsh8yj5wnq7r\"]\n{NET}[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"civi\", channel = \"town\" },\n]\n".replace("{NET}", NET),
             vec![
-                "bridges.toml:6:21: network.civi.parallel_bridges: `bridge2` is not a Mattermost user id (26 letters and digits, not the username: System Console > Users, or GET /api/v4/users/username/NAME)",
+                "bridges.toml:6:21: network.civi.parallel_bridges: `2bridge` is neither a Mattermost username (3 to 22 letters, digits, `.`, `-` or `_`, starting with a letter) nor a user id (26 letters and digits)",
             ],
         ),
         (

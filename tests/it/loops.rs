@@ -327,10 +327,11 @@ async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_a
     // A logs in to Mattermost with the account that sorts first there too: A is the bridge
     // whose accounts sort first on both networks, B yields both routes.
     let bot_first = mm.bot_id.to_lowercase() < mm.login_user_id.to_lowercase();
-    let (mm_a, mm_b) = if bot_first {
-        (mm.bot_id.clone(), mm.login_user_id.clone())
+    // B's user id (A knows B by id; B knows A by username).
+    let mm_b = if bot_first {
+        mm.login_user_id.clone()
     } else {
-        (mm.login_user_id.clone(), mm.bot_id.clone())
+        mm.bot_id.clone()
     };
     let mm_block = |token: bool, other: &str| {
         let extra = format!("parallel_bridges = [\"{other}\"]");
@@ -363,7 +364,11 @@ async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_a
         &format!(
             "{GENERAL}{}{}\n{gateway_text}",
             irc_block(&nick_b, &nick_a),
-            mm_block(!bot_first, &mm_a)
+            // B knows A by username (looked up at login), A knows B by user id.
+            mm_block(
+                !bot_first,
+                if bot_first { "bridgebot" } else { "bridgeuser" }
+            )
         ),
     );
     alice.wait_join(&nick_a, &channel).await;

@@ -685,6 +685,27 @@ impl TaskState {
             .me
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(me.id.clone());
+        // Parallel bridges named by username are known by their ids before this bridge's own
+        // account is (which lets deliveries here begin).
+        let names = &self.shared.config.parallel_bridge_usernames;
+        if !names.is_empty() {
+            let users: Vec<api::User> = api
+                .fetch(Method::POST, "/users/usernames", Some(&json!(names)))
+                .await?;
+            for name in names {
+                if !users
+                    .iter()
+                    .any(|user| user.username.eq_ignore_ascii_case(name))
+                {
+                    tracing::warn!(network = %self.shared.network, username = %name, "No such user for parallel_bridges; messages it relays here are not recognised until it copies one.");
+                }
+            }
+            let ids: Vec<String> = users.into_iter().map(|user| user.id).collect();
+            self.context
+                .router
+                .parallel()
+                .set_parallel_bridges(&self.shared.network, &ids);
+        }
         self.context
             .router
             .set_account(&self.shared.network, &me.id);
