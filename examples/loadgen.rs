@@ -898,8 +898,8 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
             })
         };
         let deadline = Instant::now() + within;
-        let mut forwarded = 0;
-        while forwarded < drive.messages {
+        let mut carried = 0;
+        while carried < drive.messages {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(line) = forwarder
                 .wait_for(
@@ -915,7 +915,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
             };
             if let Some((_, text)) = line.text() {
                 poster.say(&channel, text).await;
-                forwarded += 1;
+                carried += 1;
             }
         }
         let _ = sending.await;
