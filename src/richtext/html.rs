@@ -434,14 +434,17 @@ impl Walker<'_> {
             "s" | "del" | "strike" => self.inline(InlineKind::Strike),
             "code" => self.inline(InlineKind::Code),
             "a" => {
+                // Surrounding whitespace is not part of a URL (browsers drop it too): a pill
+                // is recognised after it is gone, as a link keeps the URL without it.
                 let href = attr(node, "href").unwrap_or_default();
-                if let Some(user_id) = pill_user_id(&href) {
+                let href = href.trim();
+                if let Some(user_id) = pill_user_id(href) {
                     self.inline(InlineKind::Mention(MentionTarget::User {
                         network: self.network.to_owned(),
                         user_id,
                     }))
-                } else if is_safe_url(href.trim()) {
-                    self.inline(InlineKind::Link(href.trim().to_owned()))
+                } else if is_safe_url(href) {
+                    self.inline(InlineKind::Link(href.to_owned()))
                 } else {
                     Exit::Nothing
                 }
@@ -919,6 +922,12 @@ mod tests {
             ),
             (
                 "<a href=\"https://matrix.to/#/%40alice%3Aexample.org?via=x\">Alice</a>",
+                para(vec![alice()]),
+            ),
+            (
+                // Found by the html fuzz target: whitespace around a pill's URL made it a plain
+                // link whose rendering (without the whitespace) parsed back as a pill.
+                "<a href=\" https://matrix.to/#/@alice:example.org\u{c}\">Alice</a>",
                 para(vec![alice()]),
             ),
             (
