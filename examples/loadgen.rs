@@ -822,6 +822,31 @@ async fn read_mm(
     }
 }
 
+/// A [`read_mm`] task for `watcher` on `channel`, started once it has authenticated (and given
+/// the emulator a moment to register the socket).
+async fn start_mm_reader(
+    mm: &mattermost::MmServer,
+    watcher: &mattermost::MmUser,
+    channel: &str,
+    run_id: &'static str,
+    run: &Arc<Mutex<Run>>,
+    within: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let (url, token, channel, run) = (
+        mm.emu.websocket_url(),
+        watcher.token().to_owned(),
+        channel.to_owned(),
+        Arc::clone(run),
+    );
+    let reading = tokio::spawn(async move {
+        read_mm(&url, &token, &channel, run_id, &run, ready, within).await;
+    });
+    let _ = is_ready.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reading
+}
+
 async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     let server = servers::InspIrcd::start();
     let mm = mattermost::MmServer::start("lg").await;
@@ -832,20 +857,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     // Direct: a Mattermost client posts over REST, the reader sees it on the WebSocket.
     let direct = {
         let run = Arc::new(Mutex::new(Run::new(drive.messages)));
-        let (ready, is_ready) = tokio::sync::oneshot::channel();
-        let reading = {
-            let run = Arc::clone(&run);
-            let (url, token, channel) = (
-                mm.emu.websocket_url(),
-                watcher.token().to_owned(),
-                channel.clone(),
-            );
-            tokio::spawn(async move {
-                read_mm(&url, &token, &channel, "dir", &run, ready, within).await;
-            })
-        };
-        let _ = is_ready.await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reading = start_mm_reader(&mm, &watcher, &channel, "dir", &run, within).await;
         // Posts are sent one after another (each a REST round trip), paced like the IRC writer.
         let started = Instant::now();
         for seq in 0..drive.messages {
@@ -871,20 +883,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
         forwarder.join("#lgchain").await;
         writer.wait_member("lgforward", "#lgchain").await;
         let run = Arc::new(Mutex::new(Run::new(drive.messages)));
-        let (ready, is_ready) = tokio::sync::oneshot::channel();
-        let reading = {
-            let run = Arc::clone(&run);
-            let (url, token, channel) = (
-                mm.emu.websocket_url(),
-                watcher.token().to_owned(),
-                channel.clone(),
-            );
-            tokio::spawn(async move {
-                read_mm(&url, &token, &channel, "chn", &run, ready, within).await;
-            })
-        };
-        let _ = is_ready.await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reading = start_mm_reader(&mm, &watcher, &channel, "chn", &run, within).await;
         let sending = {
             let run = Arc::clone(&run);
             let lines = writer.clone_writer();
@@ -940,20 +939,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     bridge.wait_log("Channels joined; ready.", 1).await;
     let cpu_before = bridge.cpu();
     let run = Arc::new(Mutex::new(Run::new(drive.messages)));
-    let (ready, is_ready) = tokio::sync::oneshot::channel();
-    let reading = {
-        let run = Arc::clone(&run);
-        let (url, token, channel) = (
-            mm.emu.websocket_url(),
-            watcher.token().to_owned(),
-            channel.clone(),
-        );
-        tokio::spawn(
-            async move { read_mm(&url, &token, &channel, "brg", &run, ready, within).await },
-        )
-    };
-    let _ = is_ready.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reading = start_mm_reader(&mm, &watcher, &channel, "brg", &run, within).await;
     let lines = writer.clone_writer();
     pace(drive.messages, drive.rate, &run, |seq| {
         let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("brg", seq)).into_bytes());

@@ -98,23 +98,6 @@ async fn one_channel_in_two_gateways_gets_each_message_once_and_nothing_hops_bet
     assert_eq!(count(&posts_one, "from two"), 0, "{posts_one:#?}");
 }
 
-/// Lines of `lines` logged together, one line holding every needle, with a deadline.
-async fn wait_for_log_line(bridge: &Bridge, needles: &[&str]) {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while !bridge
-        .logs()
-        .lines()
-        .any(|line| needles.iter().all(|n| line.contains(n)))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never logged a line with {needles:?}: {}",
-            bridge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Mattermost posts whose text contains `needle`, once at least `at_least` are there.
 async fn wait_posts_containing(mm: &MmServer, channel: &str, needle: &str, at_least: usize) {
     let deadline = Instant::now() + Duration::from_mins(1);
@@ -179,11 +162,9 @@ async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_
         (&bridges[1 - to_mm_keeper], "destination=mm/circle"),
         (&bridges[1 - to_irc_keeper], "destination=irc/#loop"),
     ] {
-        wait_for_log_line(
-            bridge,
-            &["Leaving this route to the other bridge", destination],
-        )
-        .await;
+        bridge
+            .wait_for_log_line(&["Leaving this route to the other bridge", destination])
+            .await;
     }
     for bridge in &bridges {
         bridge
@@ -251,11 +232,9 @@ async fn two_bridges_on_the_same_channels_show_each_message_once_and_one_stands_
     // then sends the message itself and takes the route back.
     assert_eq!(bridges[to_mm_keeper].terminate(), Some(0));
     // It dropped the other's copies (two first messages, then whatever the other sent).
-    wait_for_log_line(
-        &bridges[to_mm_keeper],
-        &["tribridge stopped.", "parallel_copies="],
-    )
-    .await;
+    bridges[to_mm_keeper]
+        .wait_for_log_line(&["tribridge stopped.", "parallel_copies="])
+        .await;
     alice.say(&channel, "said while one bridge is down");
     bridges[1 - to_mm_keeper]
         .wait_for_log("The other bridge did not relay this message in time")
@@ -381,11 +360,9 @@ async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_a
     alice.say(&channel, "hello from irc");
     mia.say(&chan, "hello from mm").await;
     for destination in ["destination=mm/circle", "destination=irc/#known"] {
-        wait_for_log_line(
-            &bridge_b,
-            &["Leaving this route to the other bridge", destination],
-        )
-        .await;
+        bridge_b
+            .wait_for_log_line(&["Leaving this route to the other bridge", destination])
+            .await;
     }
     let mut lines = alice.texts_until(&channel, "hello from mm").await;
     wait_posts_containing(&mm, &chan, "hello from irc", 1).await;
@@ -458,11 +435,9 @@ async fn two_bridges_told_of_each_other_show_every_message_once_even_the_first_a
     let mut lines = alice.texts_until(&channel, "mm while A is down").await;
     wait_posts_containing(&mm, &chan, "irc while A is down", 1).await;
     for destination in ["destination=mm/circle", "destination=irc/#known"] {
-        wait_for_log_line(
-            &bridge_b,
-            &["did not relay this message in time", destination],
-        )
-        .await;
+        bridge_b
+            .wait_for_log_line(&["did not relay this message in time", destination])
+            .await;
     }
     alice.say(&channel, "irc once more");
     mia.say(&chan, "mm once more").await;
@@ -522,14 +497,12 @@ async fn a_configured_bridge_that_never_copies_delays_only_the_first_message_of_
     alice.say(&channel, "irc first");
     mia.say(&chan, "mm first").await;
     for destination in ["destination=mm/circle", "destination=irc/#alone"] {
-        wait_for_log_line(
-            &bridge,
-            &[
+        bridge
+            .wait_for_log_line(&[
                 "No configured parallel bridge relayed the first message",
                 destination,
-            ],
-        )
-        .await;
+            ])
+            .await;
     }
     let mut lines = alice.texts_until(&channel, "mm first").await;
     wait_posts_containing(&mm, &chan, "irc first", 1).await;

@@ -1411,13 +1411,9 @@ async fn a_second_bridge_instance_in_the_room_under_other_accounts_doubles_only_
     s.irc.say(&s.channel, "hello from irc");
     s.matrix.say(&room, "hello from matrix").await;
     for destination in ["destination=mx/", "destination=irc/"] {
-        let deadline = std::time::Instant::now() + Duration::from_mins(1);
-        while !bridge_b.logs().lines().any(|l| {
-            l.contains("Leaving this route to the other bridge") && l.contains(destination)
-        }) {
-            assert!(std::time::Instant::now() < deadline, "{}", bridge_b.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        bridge_b
+            .wait_for_log_line(&["Leaving this route to the other bridge", destination])
+            .await;
     }
     let mut lines = s.irc.texts_until(&s.channel, "hello from matrix").await;
     for i in 1..=10 {
@@ -1523,13 +1519,9 @@ async fn two_bridge_instances_told_of_each_other_show_every_message_once_even_th
     irc.say(&channel, "hello from irc");
     matrix.say(&room, "hello from matrix").await;
     for destination in ["destination=mx/", "destination=irc/"] {
-        let deadline = std::time::Instant::now() + Duration::from_mins(1);
-        while !bridge_b.logs().lines().any(|l| {
-            l.contains("Leaving this route to the other bridge") && l.contains(destination)
-        }) {
-            assert!(std::time::Instant::now() < deadline, "{}", bridge_b.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        bridge_b
+            .wait_for_log_line(&["Leaving this route to the other bridge", destination])
+            .await;
     }
     let mut lines = irc.texts_until(&channel, "hello from matrix").await;
     for i in 1..=5 {

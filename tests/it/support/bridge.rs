@@ -132,6 +132,23 @@ impl Bridge {
         }
     }
 
+    /// Wait until the daemon logged one line holding every one of `needles`, with a deadline.
+    pub async fn wait_for_log_line(&self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while !self
+            .logs()
+            .lines()
+            .any(|line| needles.iter().all(|n| line.contains(n)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never logged a line with {needles:?}: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the daemon logged so far, over all its starts.
     pub fn logs(&self) -> String {
         (1..=self.starts)
