@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
 use tribridge::router::{Router, Topology, Wake};
-use tribridge::store::Store;
+use tribridge::store::{PendingDelivery, Store};
 
 struct NoWake;
 impl Wake for NoWake {
@@ -82,12 +82,14 @@ fn bench_commit(c: &mut Criterion) {
                 router.submit_blocking(&inbound(n)).expect("commit");
             },
             |()| {
-                let (delivery, _) = store
+                let PendingDelivery {
+                    seq: delivery_seq, ..
+                } = store
                     .next_pending(&destination)
                     .expect("read")
                     .expect("pending");
                 store
-                    .complete_delivery(&delivery.id, Some("remote"))
+                    .complete_delivery(delivery_seq, Some("remote"))
                     .expect("complete");
             },
             BatchSize::SmallInput,

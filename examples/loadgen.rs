@@ -510,13 +510,52 @@ fn added(bridged: &Value, direct: &Value) -> Value {
 
 /// In-process sink: records each delivery's arrival, acknowledges at once.
 #[derive(Clone)]
+/// The core scenario's emulated endpoint, shared by every destination. Its bookkeeping is one
+/// slot per message and per source, without locks, so that the harness takes as little of the
+/// machine as it can from the bridge it measures (a locked map of every message cost the
+/// harness about as much CPU as the router and outbox it drives).
 struct Sink {
     window: usize,
     arrivals: Arc<AtomicU64>,
-    sent_at: Arc<Mutex<HashMap<String, Instant>>>,
-    latencies: Arc<Mutex<Vec<Duration>>>,
+    /// The clock every slot counts from.
+    epoch: Instant,
+    per_gateway: usize,
+    /// Per message (`gateway * per_gateway + n`): ns after `epoch` when it was submitted.
+    sent_ns: Arc<Vec<AtomicU64>>,
+    /// Per message: ns from submission to arrival here, plus one (0: not arrived).
+    latency_ns: Arc<Vec<AtomicU64>>,
     order_errors: Arc<AtomicU64>,
-    last_seen: Arc<Mutex<HashMap<String, u64>>>,
+    /// Per source gateway: the number of the last message that arrived, plus one.
+    last_seen: Arc<Vec<AtomicU64>>,
+}
+
+impl Sink {
+    fn new(window: usize, gateways: usize, per_gateway: usize) -> Self {
+        let slots = |n: usize| Arc::new((0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        Self {
+            window,
+            arrivals: Arc::default(),
+            epoch: Instant::now(),
+            per_gateway,
+            sent_ns: slots(gateways * per_gateway),
+            latency_ns: slots(gateways * per_gateway),
+            order_errors: Arc::default(),
+            last_seen: slots(gateways),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn latencies(&self) -> Vec<Duration> {
+        self.latency_ns
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&ns| ns > 0)
+            .map(|ns| Duration::from_nanos(ns - 1))
+            .collect()
+    }
 }
 
 impl Endpoint for Sink {
@@ -528,23 +567,24 @@ impl Endpoint for Sink {
         &self,
         delivery: Delivery,
     ) -> Result<AckFuture, tribridge::connector::DeliveryError> {
-        let now = Instant::now();
-        // The writer puts each message's key in its author id.
-        let text = delivery.author.id.clone();
-        if let Some(sent) = self.sent_at.lock().expect("sent").get(&text) {
-            self.latencies
-                .lock()
-                .expect("lat")
-                .push(now.duration_since(*sent));
-        }
-        // Per-source order: "m<source>-<n>".
-        if let Some((source, n)) = text.split_once('-')
-            && let Ok(n) = n.parse::<u64>()
+        let now = self.now_ns();
+        // The writer puts each message's key in its author id: "m<gateway>-<n>".
+        if let Some((source, n)) = delivery.author.id.split_once('-')
+            && let Some(Ok(source)) = source.strip_prefix('m').map(str::parse::<usize>)
+            && let Ok(n) = n.parse::<usize>()
         {
-            let mut last = self.last_seen.lock().expect("last");
-            let previous = last.insert(source.to_owned(), n);
-            if previous.is_some_and(|p| p >= n) {
-                self.order_errors.fetch_add(1, Ordering::Relaxed);
+            let slot = source * self.per_gateway + n;
+            if let (Some(sent), Some(latency)) = (self.sent_ns.get(slot), self.latency_ns.get(slot))
+            {
+                let sent = sent.load(Ordering::Relaxed);
+                latency.store(now.saturating_sub(sent) + 1, Ordering::Relaxed);
+            }
+            // Per-source order: each source's messages arrive in the order it said them.
+            if let Some(last) = self.last_seen.get(source) {
+                let previous = last.swap(n as u64 + 1, Ordering::Relaxed);
+                if previous > n as u64 {
+                    self.order_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         self.arrivals.fetch_add(1, Ordering::Relaxed);
@@ -574,14 +614,8 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
     let destinations = topology.destinations().to_vec();
     let outbox = Arc::new(Outbox::new(&destinations));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
-    let sink = Sink {
-        window,
-        arrivals: Arc::default(),
-        sent_at: Arc::default(),
-        latencies: Arc::default(),
-        order_errors: Arc::default(),
-        last_seen: Arc::default(),
-    };
+    let per_gateway = messages / gateways;
+    let sink = Sink::new(window, gateways, per_gateway);
     let endpoints: HashMap<String, Sink> = [
         ("one".to_owned(), sink.clone()),
         ("two".to_owned(), sink.clone()),
@@ -591,21 +625,17 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
     let mut tasks = tokio::task::JoinSet::new();
     outbox.spawn_workers(router.writer(), &store, &endpoints, &shutdown, &mut tasks);
     // One writer task per gateway, each submitting its share in order, as a connector does.
-    let per_gateway = messages / gateways;
     let total = per_gateway * gateways;
     let started = Instant::now();
     let cpu_started = process_cpu();
     let mut writers = tokio::task::JoinSet::new();
     for g in 0..gateways {
         let router = router.clone();
-        let sent_at = Arc::clone(&sink.sent_at);
+        let sink = sink.clone();
         writers.spawn(async move {
             for n in 0..per_gateway {
                 let text = format!("m{g}-{n}");
-                sent_at
-                    .lock()
-                    .expect("sent")
-                    .insert(text.clone(), Instant::now());
+                sink.sent_ns[g * per_gateway + n].store(sink.now_ns(), Ordering::Relaxed);
                 let inbound = Inbound {
                     origin: ChannelRef::new("one", format!("#s{g}")),
                     remote_id: Some(format!("id-{g}-{n}")),
@@ -649,7 +679,7 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
         .map(|d| store.pending_count(d).expect("count"))
         .sum();
     let delivered = outbox.stats().delivered.load(Ordering::Relaxed);
-    let mut latencies = sink.latencies.lock().expect("lat").clone();
+    let mut latencies = sink.latencies();
     let result = json!({
         "gateways": gateways,
         "messages": total,

@@ -328,8 +328,8 @@ impl<E: Endpoint> Worker<E> {
         let mut acknowledged = Vec::new();
         let mut failure = None;
         match result {
-            Ok(ack) => acknowledged.push(Completion::of(&head.delivery, ack.remote_id)),
-            Err(error) => failure = Some((head.delivery, error)),
+            Ok(ack) => acknowledged.push(Completion::of(&head.delivery, head.seq, ack.remote_id)),
+            Err(error) => failure = Some((head.delivery, head.seq, error)),
         }
         while failure.is_none()
             && let Some(next) = outstanding.front_mut()
@@ -341,8 +341,10 @@ impl<E: Endpoint> Worker<E> {
                 break;
             };
             match result {
-                Ok(ack) => acknowledged.push(Completion::of(&next.delivery, ack.remote_id)),
-                Err(error) => failure = Some((next.delivery, error)),
+                Ok(ack) => {
+                    acknowledged.push(Completion::of(&next.delivery, next.seq, ack.remote_id));
+                }
+                Err(error) => failure = Some((next.delivery, next.seq, error)),
             }
         }
         if !acknowledged.is_empty() {
@@ -353,8 +355,8 @@ impl<E: Endpoint> Worker<E> {
             ));
         }
         match failure {
-            Some((delivery, error)) => {
-                self.record_failure(&delivery, error).await;
+            Some((delivery, seq, error)) => {
+                self.record_failure(&delivery, seq, error).await;
                 true
             }
             None => false,
@@ -465,7 +467,7 @@ impl<E: Endpoint> Worker<E> {
                 }
                 Err(error) => {
                     position.in_step = false;
-                    self.record_failure_after(outstanding, &delivery, error)
+                    self.record_failure_after(outstanding, &delivery, seq, error)
                         .await;
                     return Fill::Read { more: true };
                 }
@@ -544,7 +546,7 @@ impl<E: Endpoint> Worker<E> {
                 }
                 Err(error) => {
                     // Not handed over: nothing behind it may overtake it.
-                    self.record_failure_after(outstanding, &delivery, error)
+                    self.record_failure_after(outstanding, &delivery, seq, error)
                         .await;
                     return Fill::Read { more: true };
                 }
@@ -562,6 +564,7 @@ impl<E: Endpoint> Worker<E> {
         &self,
         outstanding: &mut VecDeque<Outstanding>,
         delivery: &Delivery,
+        seq: i64,
         error: DeliveryError,
     ) {
         while let Some(previous) = outstanding.pop_front() {
@@ -571,6 +574,7 @@ impl<E: Endpoint> Worker<E> {
                         .writer
                         .complete_deliveries(vec![Completion::of(
                             &previous.delivery,
+                            previous.seq,
                             ack.remote_id,
                         )])
                         .await
@@ -580,32 +584,30 @@ impl<E: Endpoint> Worker<E> {
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Err(error) => self.record_failure(&previous.delivery, error).await,
+                Err(error) => {
+                    self.record_failure(&previous.delivery, previous.seq, error)
+                        .await;
+                }
             }
         }
-        self.record_failure(delivery, error).await;
+        self.record_failure(delivery, seq, error).await;
     }
 
     /// Record a failed attempt: retry later, or failed for good.
-    async fn record_failure(&self, delivery: &Delivery, error: DeliveryError) {
+    async fn record_failure(&self, delivery: &Delivery, seq: i64, error: DeliveryError) {
         let store = Arc::clone(&self.store);
-        let delivery_id = delivery.id.clone();
         let outcome = match error {
             DeliveryError::Retry { after, reason } => {
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 let delay = after.unwrap_or_else(|| retry_delay(delivery.attempts));
                 tracing::warn!(destination = %self.destination, delivery = %delivery.id, attempts = delivery.attempts + 1, delay_ms = delay.as_millis() as u64, reason = %reason, "Delivery failed; will retry.");
                 let next = now_ms() + delay.as_millis() as i64;
-                tokio::task::spawn_blocking(move || {
-                    store.defer_delivery(&delivery_id, next, &reason)
-                })
-                .await
+                tokio::task::spawn_blocking(move || store.defer_delivery(seq, next, &reason)).await
             }
             DeliveryError::Permanent(reason) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(destination = %self.destination, delivery = %delivery.id, message_id = delivery.message_id, reason = %reason, "Delivery refused by the destination; kept as failed, not retried.");
-                tokio::task::spawn_blocking(move || store.fail_delivery(&delivery_id, &reason))
-                    .await
+                tokio::task::spawn_blocking(move || store.fail_delivery(seq, &reason)).await
             }
         };
         if let Ok(Err(error)) = outcome {

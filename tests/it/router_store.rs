@@ -7,7 +7,7 @@ use tribridge::config::{Config, Direction, GatewayChannel, GatewayConfig};
 use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
 use tribridge::richtext::FormattedText;
 use tribridge::router::{Router, Topology, Wake};
-use tribridge::store::{CommitOutcome, MappingRole, Store};
+use tribridge::store::{CommitOutcome, MappingRole, PendingDelivery, Store};
 
 #[derive(Default)]
 struct Bells(Mutex<Vec<ChannelRef>>);
@@ -71,6 +71,19 @@ struct Scenario {
     _dir: tempfile::TempDir,
 }
 
+/// Every scenario ends with the store intact: the writer does not enforce foreign keys, so
+/// each test checks what they would have.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(
+                self.store.integrity_problems().unwrap(),
+                Vec::<String>::new()
+            );
+        }
+    }
+}
+
 impl Scenario {
     fn new(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
@@ -98,12 +111,17 @@ impl Scenario {
         let destination = ChannelRef::new(network, channel);
         let mut texts = Vec::new();
         // Drain a copy: read in order by completing each head.
-        while let Some((delivery, _)) = self.store.next_pending(&destination).unwrap() {
+        while let Some(PendingDelivery {
+            delivery,
+            seq: delivery_seq,
+            ..
+        }) = self.store.next_pending(&destination).unwrap()
+        {
             if let EventBody::Text { text, .. } = &delivery.body {
                 texts.push(text.to_plain_text());
             }
             self.store
-                .complete_delivery(&delivery.id, Some(&format!("{}-{}", channel, delivery.id)))
+                .complete_delivery(delivery_seq, Some(&format!("{}-{}", channel, delivery.id)))
                 .unwrap();
         }
         texts
@@ -156,14 +174,16 @@ fn echo_of_our_own_delivery_is_dropped() {
         .submit_blocking(&said("one", "#a", Some("m1"), "hello"))
         .unwrap();
     // Delivered to #b, where the destination called it "b-1".
-    let (delivery, _) = scenario
+    let PendingDelivery {
+        seq: delivery_seq, ..
+    } = scenario
         .store
         .next_pending(&ChannelRef::new("two", "#b"))
         .unwrap()
         .unwrap();
     scenario
         .store
-        .complete_delivery(&delivery.id, Some("b-1"))
+        .complete_delivery(delivery_seq, Some("b-1"))
         .unwrap();
     // The same event seen coming back from #b.
     let outcome = scenario
@@ -312,14 +332,14 @@ fn restart_keeps_pending_deliveries_and_replays_nothing_done() {
                 .unwrap();
         }
         // Deliver the first only, then "crash" (drop everything).
-        let (first, _) = scenario
+        let PendingDelivery { seq: first_seq, .. } = scenario
             .store
             .next_pending(&ChannelRef::new("two", "#b"))
             .unwrap()
             .unwrap();
         scenario
             .store
-            .complete_delivery(&first.id, Some("b-1"))
+            .complete_delivery(first_seq, Some("b-1"))
             .unwrap();
     }
     let store = Arc::new(Store::open(&path).unwrap());
@@ -360,12 +380,20 @@ fn a_failing_destination_does_not_hold_up_the_others() {
     }
     // #b's head fails and is deferred far into the future: #b waits, in order.
     let b = ChannelRef::new("two", "#b");
-    let (head, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: head,
+        seq: head_seq,
+        ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     scenario
         .store
-        .defer_delivery(&head.id, i64::MAX / 2, "server down")
+        .defer_delivery(head_seq, i64::MAX / 2, "server down")
         .unwrap();
-    let (still_head, next_try) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: still_head,
+        next_try_ms: next_try,
+        ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     assert_eq!(
         still_head.id, head.id,
         "order is kept: the failed head stays first"
@@ -375,7 +403,7 @@ fn a_failing_destination_does_not_hold_up_the_others() {
     // #c drains regardless.
     assert_eq!(scenario.pending("three", "#c"), vec!["m1", "m2", "m3"]);
     // A permanent failure leaves the queue moving.
-    scenario.store.fail_delivery(&head.id, "refused").unwrap();
+    scenario.store.fail_delivery(head_seq, "refused").unwrap();
     assert_eq!(scenario.pending("two", "#b"), vec!["m2", "m3"]);
 }
 
@@ -422,13 +450,21 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             },
         ))
         .unwrap();
-    let (original, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: original,
+        seq: original_seq,
+        ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     scenario
         .store
-        .complete_delivery(&original.id, Some("b-1"))
+        .complete_delivery(original_seq, Some("b-1"))
         .unwrap();
     // The edit, resolved when it is taken from the queue: #b's id for the message.
-    let (edit, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: edit,
+        seq: edit_seq,
+        ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     assert_eq!(
         edit.target.as_ref().unwrap().remote_id.as_deref(),
         Some("b-1")
@@ -439,7 +475,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
     );
     // What it replaces, for destinations that show a correction as a diff.
     assert_eq!(edit.previous_text, Some(FormattedText::plain("helo")));
-    scenario.store.complete_delivery(&edit.id, None).unwrap();
+    scenario.store.complete_delivery(edit_seq, None).unwrap();
     // A second edit replaces the first edit's text, not the original's.
     scenario
         .router
@@ -454,14 +490,18 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             },
         ))
         .unwrap();
-    let (second_edit, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: second_edit,
+        seq: second_edit_seq,
+        ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     assert_eq!(
         second_edit.previous_text,
         Some(FormattedText::plain("hello"))
     );
     scenario
         .store
-        .complete_delivery(&second_edit.id, None)
+        .complete_delivery(second_edit_seq, None)
         .unwrap();
 
     // Someone on #b replies to the relayed message and reacts to it: #a gets its own ids.
@@ -493,7 +533,11 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             },
         ))
         .unwrap();
-    let (reply, _) = scenario.store.next_pending(&a).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: reply,
+        seq: reply_seq,
+        ..
+    } = scenario.store.next_pending(&a).unwrap().unwrap();
     assert_eq!(
         reply.reply_to.as_ref().unwrap().remote_id.as_deref(),
         Some("m1")
@@ -506,9 +550,13 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
     );
     scenario
         .store
-        .complete_delivery(&reply.id, Some("a-2"))
+        .complete_delivery(reply_seq, Some("a-2"))
         .unwrap();
-    let (reaction, _) = scenario.store.next_pending(&a).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: reaction,
+        seq: reaction_seq,
+        ..
+    } = scenario.store.next_pending(&a).unwrap().unwrap();
     assert_eq!(
         reaction.target.as_ref().unwrap().remote_id.as_deref(),
         Some("m1")
@@ -518,7 +566,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
     );
     scenario
         .store
-        .complete_delivery(&reaction.id, None)
+        .complete_delivery(reaction_seq, None)
         .unwrap();
 
     // Deleting the reply on #a's side reaches #b with #b's id of it.
@@ -533,7 +581,9 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
             },
         ))
         .unwrap();
-    let (delete, _) = scenario.store.next_pending(&b).unwrap().unwrap();
+    let PendingDelivery {
+        delivery: delete, ..
+    } = scenario.store.next_pending(&b).unwrap().unwrap();
     assert_eq!(
         delete.target.as_ref().unwrap().remote_id.as_deref(),
         Some("r1")
@@ -587,13 +637,81 @@ fn a_version_1_database_is_migrated_with_its_pending_deliveries() {
             .unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    let (delivery, _) = store
+    let PendingDelivery { delivery, .. } = store
         .next_pending(&ChannelRef::new("two", "#b"))
         .unwrap()
         .unwrap();
     assert_eq!(delivery.id, "d1");
     assert_eq!(delivery.body, EventBody::text(TextStyle::Normal, "from v1"));
     assert_eq!(delivery.target, None);
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+}
+
+/// Migration 0006 rebuilds the outbox and the deliveries' record: what was pending stays
+/// pending at its position, what was delivered stays recorded, and no position the old outbox
+/// handed out is handed out again.
+#[test]
+fn a_version_5_database_keeps_its_queue_positions_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("tribridge.sqlite3")).unwrap();
+        for migration in [
+            include_str!("../../migrations/0001_init.sql"),
+            include_str!("../../migrations/0002_targets.sql"),
+            include_str!("../../migrations/0003_permalink.sql"),
+            include_str!("../../migrations/0004_parallel_routes.sql"),
+            include_str!("../../migrations/0005_unused_index.sql"),
+        ] {
+            connection.execute_batch(migration).unwrap();
+        }
+        connection
+            .execute_batch(
+                "PRAGMA user_version = 5;
+                 INSERT INTO messages (origin_network, origin_channel, origin_protocol,
+                     origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms)
+                 VALUES ('one', '#a', 'irc', 'm1', 'alice', 'alice', 'text',
+                     '{\"Text\":{\"style\":\"Normal\",\"text\":\"from v5\"}}', 1, 1);
+                 INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+                 VALUES ('d1', 1, 'two', '#b', 'g');
+                 -- A second delivery, already acknowledged: its row is gone and its record
+                 -- kept; its position (2) must never be handed out again.
+                 INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+                 VALUES ('d2', 1, 'three', '#c', 'g');
+                 DELETE FROM outbox WHERE delivery_id = 'd2';
+                 INSERT INTO deliveries (delivery_id, message_id, network, channel, remote_id,
+                     attempts, done_ms)
+                 VALUES ('d2', 1, 'three', '#c', 'c-1', 1, 2);",
+            )
+            .unwrap();
+    }
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let b = ChannelRef::new("two", "#b");
+    let PendingDelivery { delivery, seq, .. } = store.next_pending(&b).unwrap().unwrap();
+    assert_eq!((delivery.id.as_str(), seq), ("d1", 1));
+    assert_eq!(
+        store
+            .delivered_count(&ChannelRef::new("three", "#c"))
+            .unwrap(),
+        1
+    );
+    let scenario = Scenario::with_store(two_way(), Arc::clone(&store), dir);
+    scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m2"), "after the migration"))
+        .unwrap();
+    let positions: Vec<i64> = store
+        .pending_batch(&b, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|pending| pending.seq)
+        .collect();
+    assert_eq!(positions, vec![1, 3]);
+    // Acknowledged by position; a second acknowledgement of it changes nothing.
+    store.complete_delivery(1, Some("b-1")).unwrap();
+    store.complete_delivery(1, Some("b-1")).unwrap();
+    assert_eq!(store.delivered_count(&b).unwrap(), 1);
+    assert_eq!(scenario.pending("two", "#b"), vec!["after the migration"]);
+    assert_eq!(store.delivered_count(&b).unwrap(), 2);
 }
 
 #[test]
