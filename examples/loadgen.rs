@@ -105,6 +105,11 @@ struct Drive {
     /// Messages per second (0: as fast as possible).
     #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// IRC → IRC only: lines sent and read on each path before the measured run, unmeasured,
+    /// so that every path is measured on connections in their steady state (a new TCP
+    /// connection's first seconds have stalls of their own).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -459,6 +464,14 @@ async fn irc_run(
     run_id: &str,
     drive: Drive,
 ) -> Value {
+    if drive.warmup > 0 {
+        let warmup = Drive {
+            messages: drive.warmup,
+            warmup: 0,
+            ..drive
+        };
+        Box::pin(irc_run(writer, reader, from, to, &format!("w{run_id}"), warmup)).await;
+    }
     let run = Arc::new(Mutex::new(Run::new(drive.messages)));
     let sending = {
         let run = Arc::clone(&run);
@@ -508,12 +521,12 @@ fn added(bridged: &Value, direct: &Value) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-/// In-process sink: records each delivery's arrival, acknowledges at once.
-#[derive(Clone)]
-/// The core scenario's emulated endpoint, shared by every destination. Its bookkeeping is one
+/// The core scenario's emulated endpoint, shared by every destination: records each delivery's
+/// arrival and acknowledges it at once. Its bookkeeping is one
 /// slot per message and per source, without locks, so that the harness takes as little of the
 /// machine as it can from the bridge it measures (a locked map of every message cost the
 /// harness about as much CPU as the router and outbox it drives).
+#[derive(Clone)]
 struct Sink {
     window: usize,
     arrivals: Arc<AtomicU64>,
@@ -763,6 +776,48 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
     reader.join("#lgdirect").await;
     let direct = irc_run(&writer, &mut reader, "#lgdirect", "#lgdirect", "dir", drive).await;
     println!("irc direct: {direct}");
+    // The server's own path for a relay, both hops: a minimal forwarder (a plain client that
+    // says each line it reads in one channel in the other at once, with no store) between the
+    // writer's channel and the reader's. What the bridge adds over this is its own cost.
+    let chain = {
+        let mut forwarder = IrcClient::connect(server.port, "lgforward").await;
+        writer.join("#lgchaina").await;
+        forwarder.join("#lgchaina").await;
+        forwarder.join("#lgchainb").await;
+        reader.join("#lgchainb").await;
+        writer.wait_member("lgforward", "#lgchaina").await;
+        reader.wait_member("lgforward", "#lgchainb").await;
+        let messages = drive.messages;
+        let within = Duration::from_secs(60 + drive.messages as u64 / 50);
+        let forwarding = tokio::spawn(async move {
+            let lines = forwarder.clone_writer();
+            let deadline = Instant::now() + within;
+            let mut carried = 0;
+            while carried < messages {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Some(line) = forwarder
+                    .wait_for(
+                        |l| {
+                            l.text()
+                                .is_some_and(|(target, _)| target.eq_ignore_ascii_case("#lgchaina"))
+                        },
+                        left,
+                    )
+                    .await
+                else {
+                    break;
+                };
+                if let Some((_, text)) = line.text() {
+                    let _ = lines.send(format!("PRIVMSG #lgchainb :{text}\r\n").into_bytes());
+                    carried += 1;
+                }
+            }
+        });
+        let chain = irc_run(&writer, &mut reader, "#lgchaina", "#lgchainb", "chn", drive).await;
+        let _ = forwarding.await;
+        chain
+    };
+    println!("irc → forwarder → irc direct: {chain}");
     writer.join("#lga").await;
     reader.join("#lgb").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -788,8 +843,10 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
     json!({
         "rate": drive.rate,
         "direct": direct,
+        "direct_forwarder": chain,
         "bridged": bridged,
         "added_latency_ms": added(&bridged, &direct),
+        "added_latency_over_both_hops_ms": added(&bridged, &chain),
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
@@ -1177,6 +1234,7 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
                 Drive {
                     messages: mapped,
                     rate: 0,
+                    warmup: 0,
                 },
             )
             .await;
