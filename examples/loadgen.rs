@@ -470,7 +470,15 @@ async fn irc_run(
             warmup: 0,
             ..drive
         };
-        Box::pin(irc_run(writer, reader, from, to, &format!("w{run_id}"), warmup)).await;
+        Box::pin(irc_run(
+            writer,
+            reader,
+            from,
+            to,
+            &format!("w{run_id}"),
+            warmup,
+        ))
+        .await;
     }
     let run = Arc::new(Mutex::new(Run::new(drive.messages)));
     let sending = {
