@@ -231,7 +231,7 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Group commit: acknowledgements (as [`Store::complete_deliveries`]) and inbound events
+    /// Group commit: acknowledgements (as [`Store::complete_delivery`]) and inbound events
     /// (as [`Store::commit_inbound`]) in one transaction. The acknowledgements are recorded
     /// first (so an echo in the same group is recognised). Every `Ok` is durable when this
     /// returns; if the transaction cannot commit, everything gets the error.

@@ -366,7 +366,7 @@ async fn wait_drained(bridge: &Bridge, channels: &[(&str, &str)]) {
             .filter(|(_, count)| *count > 0)
             .collect();
         if pending.is_empty() {
-            // After every crash: nothing points at a message that is not there, and the file
+            // After all the crashes: nothing points at a message that is not there, and the file
             // is sound (the writer does not enforce foreign keys; this is what they would).
             assert_eq!(
                 store.integrity_problems().expect("integrity check"),
