@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::model::Inbound;
 use crate::router::Wake;
-use crate::store::{CommitOutcome, Completion, InboundCommit, Route, Store, StoreError};
+use crate::store::{CommitOutcome, Completion, Queued, Route, StagedInbound, Store, StoreError};
 
 /// The most requests one transaction carries (bounds the time a request waits behind others).
 const MAX_GROUP: usize = 512;
@@ -27,12 +27,11 @@ const MAX_GROUP: usize = 512;
 // Requests are moved once through a channel; boxing the event would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum Request {
-    /// An inbound event to commit with its outbox rows.
+    /// An inbound event to commit with its outbox rows. The reply hands the event back, so
+    /// that it is freed on its caller's thread, not on the writer's.
     Inbound {
-        inbound: Inbound,
-        protocol: &'static str,
-        routes: Vec<Route>,
-        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+        staged: StagedInbound,
+        reply: oneshot::Sender<(Result<CommitOutcome, StoreError>, StagedInbound)>,
     },
     /// Deliveries acknowledged by their destination.
     Acks {
@@ -90,19 +89,19 @@ impl GroupCommit {
         routes: Vec<Route>,
     ) -> impl std::future::Future<Output = Result<CommitOutcome, GroupCommitError>> + Send + 'static
     {
+        // Staged here, on the caller's thread: the writer thread only writes.
+        let staged = StagedInbound::new(inbound, protocol, routes);
         let (reply, outcome) = oneshot::channel();
-        let queued = self
-            .requests
-            .send(Request::Inbound {
-                inbound,
-                protocol,
-                routes,
-                reply,
-            })
-            .map_err(|_| GroupCommitError::Stopped);
+        let queued = staged.map(|staged| {
+            self.requests
+                .send(Request::Inbound { staged, reply })
+                .map_err(|_| GroupCommitError::Stopped)
+        });
         async move {
-            queued?;
-            Ok(outcome.await.map_err(|_| GroupCommitError::Stopped)??)
+            queued??;
+            let (result, staged) = outcome.await.map_err(|_| GroupCommitError::Stopped)?;
+            drop(staged);
+            Ok(result?)
         }
     }
 
@@ -156,13 +155,8 @@ fn write_group(store: &Store, wake: &dyn Wake, group: impl Iterator<Item = Reque
     let mut ack_replies = Vec::new();
     for request in group {
         match request {
-            Request::Inbound {
-                inbound,
-                protocol,
-                routes,
-                reply,
-            } => {
-                events.push((inbound, protocol, routes));
+            Request::Inbound { staged, reply } => {
+                events.push(staged);
                 event_replies.push(reply);
             }
             Request::Acks {
@@ -174,23 +168,15 @@ fn write_group(store: &Store, wake: &dyn Wake, group: impl Iterator<Item = Reque
             }
         }
     }
-    let commits: Vec<InboundCommit<'_>> = events
-        .iter()
-        .map(|(inbound, protocol, routes)| InboundCommit {
-            inbound,
-            protocol,
-            routes,
-        })
-        .collect();
-    let outcome = store.commit_group(&acks, &commits);
+    let outcome = store.commit_group(&acks, &mut events);
     for queued in outcome.queued {
-        match queued.pending {
-            Some(pending) => wake.queued(&queued.destination, pending),
-            None => wake.wake(&queued.destination),
+        match queued {
+            Queued::Announced(pending) => wake.queued(pending),
+            Queued::Stored(destination) => wake.wake(&destination),
         }
     }
-    for (reply, result) in event_replies.into_iter().zip(outcome.events) {
-        let _ = reply.send(result);
+    for ((reply, result), staged) in event_replies.into_iter().zip(outcome.events).zip(events) {
+        let _ = reply.send((result, staged));
     }
     match outcome.acks {
         Ok(()) => {

@@ -164,8 +164,8 @@ impl Wake for Outbox {
         }
     }
 
-    fn queued(&self, destination: &ChannelRef, pending: PendingDelivery) {
-        if let Some(bell) = self.bells.get(destination) {
+    fn queued(&self, pending: PendingDelivery) {
+        if let Some(bell) = self.bells.get(&pending.delivery.destination) {
             {
                 let mut announced = bell.announced();
                 if !announced.listening {

@@ -134,11 +134,10 @@ pub trait Wake: Send + Sync {
     /// Deliveries for `destination` were committed; read them from the store.
     fn wake(&self, destination: &ChannelRef);
 
-    /// This delivery for `destination` was just committed, exactly as the store would return
-    /// it. Called in queue order; by default the same as [`Wake::wake`].
-    fn queued(&self, destination: &ChannelRef, pending: PendingDelivery) {
-        let _ = pending;
-        self.wake(destination);
+    /// This delivery was just committed, exactly as the store would return it. Called in
+    /// queue order; by default the same as [`Wake::wake`] for its destination.
+    fn queued(&self, pending: PendingDelivery) {
+        self.wake(&pending.delivery.destination);
     }
 }
 

@@ -214,21 +214,15 @@ impl Store {
     pub fn commit_inbound(
         &self,
         inbound: &Inbound,
-        origin_protocol: &str,
+        origin_protocol: &'static str,
         routes: &[Route],
     ) -> Result<CommitOutcome, StoreError> {
+        let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
         let mut connection = self.lock();
         let transaction = write_transaction(&mut connection)?;
-        let outcome = record_inbound(
-            &transaction,
-            &mut Writes::prepare(&transaction)?,
-            inbound,
-            origin_protocol,
-            routes,
-            &mut Vec::new(),
-        )?;
+        let recorded = record_inbound(&transaction, &mut Writes::prepare(&transaction)?, &staged)?;
         transaction.commit()?;
-        Ok(outcome)
+        Ok(settle(&mut staged, recorded, &mut Vec::new()))
     }
 
     /// Group commit: acknowledgements (as [`Store::complete_delivery`]) and inbound events
@@ -243,7 +237,7 @@ impl Store {
     pub fn commit_group(
         &self,
         acknowledged: &[Completion],
-        events: &[InboundCommit<'_>],
+        events: &mut [StagedInbound],
     ) -> GroupOutcome {
         let mut connection = self.lock();
         match group_plain(&mut connection, acknowledged, events) {
@@ -776,28 +770,26 @@ impl GroupOutcome {
 fn group_plain(
     connection: &mut Connection,
     acknowledged: &[Completion],
-    events: &[InboundCommit<'_>],
+    events: &mut [StagedInbound],
 ) -> Result<GroupOutcome, StoreError> {
     let transaction = write_transaction(connection)?;
-    let mut queued = Vec::new();
-    let mut outcomes = Vec::with_capacity(events.len());
+    let mut recorded = Vec::with_capacity(events.len());
     {
         let mut writes = Writes::prepare(&transaction)?;
         for completion in acknowledged {
             record_known_completion(&mut writes, completion)?;
         }
-        for event in events {
-            outcomes.push(Ok(record_inbound(
-                &transaction,
-                &mut writes,
-                event.inbound,
-                event.protocol,
-                event.routes,
-                &mut queued,
-            )?));
+        for event in events.iter() {
+            recorded.push(record_inbound(&transaction, &mut writes, event)?);
         }
     }
     transaction.commit()?;
+    let mut queued = Vec::new();
+    let outcomes = events
+        .iter_mut()
+        .zip(recorded)
+        .map(|(event, recorded)| Ok(settle(event, recorded, &mut queued)))
+        .collect();
     Ok(GroupOutcome {
         acks: Ok(()),
         events: outcomes,
@@ -810,7 +802,7 @@ fn group_plain(
 fn group_with_savepoints(
     connection: &mut Connection,
     acknowledged: &[Completion],
-    events: &[InboundCommit<'_>],
+    events: &mut [StagedInbound],
 ) -> GroupOutcome {
     let mut transaction = match write_transaction(connection) {
         Ok(transaction) => transaction,
@@ -833,33 +825,29 @@ fn group_with_savepoints(
                 Ok(())
             })
     };
-    let mut queued = Vec::new();
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        let before = queued.len();
-        let outcome = transaction
-            .savepoint()
-            .map_err(StoreError::from)
-            .and_then(|savepoint| {
-                let outcome = record_inbound(
-                    &savepoint,
-                    &mut Writes::prepare(&savepoint)?,
-                    event.inbound,
-                    event.protocol,
-                    event.routes,
-                    &mut queued,
-                )?;
-                savepoint.commit()?;
-                Ok(outcome)
-            });
-        if outcome.is_err() {
-            queued.truncate(before);
-        }
-        outcomes.push(outcome);
-    }
+    let recorded: Vec<Result<Recorded, StoreError>> = events
+        .iter()
+        .map(|event| {
+            transaction
+                .savepoint()
+                .map_err(StoreError::from)
+                .and_then(|savepoint| {
+                    let recorded =
+                        record_inbound(&savepoint, &mut Writes::prepare(&savepoint)?, event)?;
+                    savepoint.commit()?;
+                    Ok(recorded)
+                })
+        })
+        .collect();
     if let Err(error) = transaction.commit() {
         return GroupOutcome::all_failed(&error, events.len());
     }
+    let mut queued = Vec::new();
+    let outcomes = events
+        .iter_mut()
+        .zip(recorded)
+        .map(|(event, recorded)| recorded.map(|recorded| settle(event, recorded, &mut queued)))
+        .collect();
     GroupOutcome {
         acks,
         events: outcomes,
@@ -867,27 +855,98 @@ fn group_with_savepoints(
     }
 }
 
-/// A delivery just committed to the outbox, announced to its destination's worker so that it
-/// need not read it back.
+/// A delivery just committed to the outbox, to be announced to its destination's worker.
+// Moved once, from the writer to the worker: boxing the delivery would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub struct Queued {
-    /// Where it goes.
-    pub destination: ChannelRef,
-    /// The delivery as the worker would read it from the store, when nothing in it is resolved
-    /// at send time; `None` for edits, deletes, reactions, replies and thread messages, which
-    /// the worker reads from the store when their turn comes.
-    pub pending: Option<PendingDelivery>,
+pub enum Queued {
+    /// The delivery as the worker would read it from the store (nothing in it is resolved at
+    /// send time), so that it need not read it back.
+    Announced(PendingDelivery),
+    /// An edit, delete, reaction, reply or thread message for this destination: the worker
+    /// reads it from the store when its turn comes.
+    Stored(ChannelRef),
 }
 
-/// One inbound event for [`Store::commit_group`].
-#[derive(Debug, Clone, Copy)]
-pub struct InboundCommit<'a> {
+/// An inbound event made ready for [`Store::commit_group`]. What its commit needs that no
+/// database does (the body as JSON, each delivery's id and, for a delivery complete without the
+/// store, the delivery itself) is computed when it is staged, on the caller's thread, so that
+/// the one writer thread, which bounds the bridge's throughput, only writes and moves.
+#[derive(Debug)]
+pub struct StagedInbound {
+    inbound: Inbound,
+    protocol: &'static str,
+    routes: Vec<Route>,
+    body: String,
+    deliveries: Vec<StagedDelivery>,
+}
+
+/// One route's delivery of a [`StagedInbound`].
+#[derive(Debug)]
+struct StagedDelivery {
+    /// Its id, the idempotency key the destination sees (UUID v7).
+    id: String,
+    /// The delivery as its worker gets it (message id filled in at commit), when nothing in it
+    /// is resolved at send time; `None` otherwise, and once it was handed over.
+    announced: Option<Delivery>,
+}
+
+impl StagedInbound {
+    /// Stage an event from a network whose protocol is `protocol`, with its routes.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if the body cannot be written as JSON.
+    pub fn new(
+        inbound: Inbound,
+        protocol: &'static str,
+        routes: Vec<Route>,
+    ) -> Result<Self, StoreError> {
+        let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
+            message_id: 0,
+            reason: error.to_string(),
+        })?;
+        // Only a delivery that points at no other message is complete without the store.
+        let self_contained = inbound.body.target().is_none()
+            && inbound.body.reply_to().is_none()
+            && inbound.body.thread_root().is_none();
+        let deliveries = routes
+            .iter()
+            .map(|route| {
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                let announced = self_contained.then(|| Delivery {
+                    id: id.clone(),
+                    message_id: 0,
+                    destination: route.destination.clone(),
+                    gateway: route.gateway.clone(),
+                    origin: inbound.origin.clone(),
+                    origin_protocol: protocol.to_owned(),
+                    author: inbound.author.clone(),
+                    timestamp_ms: inbound.timestamp_ms,
+                    body: inbound.body.clone(),
+                    target: None,
+                    reply_to: None,
+                    thread_root: None,
+                    previous_text: None,
+                    permalink: inbound.permalink.clone(),
+                    attempts: 0,
+                });
+                StagedDelivery { id, announced }
+            })
+            .collect();
+        Ok(Self {
+            inbound,
+            protocol,
+            routes,
+            body,
+            deliveries,
+        })
+    }
+
     /// The event.
-    pub inbound: &'a Inbound,
-    /// The protocol of its origin network.
-    pub protocol: &'a str,
-    /// Where it goes.
-    pub routes: &'a [Route],
+    #[must_use]
+    pub fn inbound(&self) -> &Inbound {
+        &self.inbound
+    }
 }
 
 /// A copy of an error for each event of a failed batch (`rusqlite::Error` is not `Clone`).
@@ -947,28 +1006,35 @@ impl<'c> Writes<'c> {
     }
 }
 
-/// The body of [`Store::commit_inbound`], inside the caller's transaction or savepoint.
+/// What [`record_inbound`] wrote, before its transaction commits.
+enum Recorded {
+    /// A new message, with one outbox row per route: their queue positions, in route order.
+    Message { message_id: i64, seqs: Vec<i64> },
+    /// Nothing (an echo, a duplicate, an unknown target): the outcome as it stands.
+    Nothing(CommitOutcome),
+}
+
+/// The body of [`Store::commit_inbound`], inside the caller's transaction or savepoint. Only
+/// writes: what it needs besides the database was staged ([`StagedInbound::new`]).
 fn record_inbound(
     connection: &Connection,
     writes: &mut Writes<'_>,
-    inbound: &Inbound,
-    origin_protocol: &str,
-    routes: &[Route],
-    queued: &mut Vec<Queued>,
-) -> Result<CommitOutcome, StoreError> {
+    staged: &StagedInbound,
+) -> Result<Recorded, StoreError> {
+    let inbound = &staged.inbound;
     if let Some(remote_id) = &inbound.remote_id
         && let Some((message_id, role)) =
             lookup_with(&mut writes.lookup, &inbound.origin, remote_id)?
     {
-        return Ok(match role {
+        return Ok(Recorded::Nothing(match role {
             MappingRole::Delivery => CommitOutcome::Echo { message_id },
             MappingRole::Origin => CommitOutcome::Duplicate { message_id },
-        });
+        }));
     }
     let target_message_id = match inbound.body.target() {
         Some(target) => match lookup_with(&mut writes.lookup, &inbound.origin, target)? {
             Some((message_id, _)) => Some(message_id),
-            None => return Ok(CommitOutcome::UnknownTarget),
+            None => return Ok(Recorded::Nothing(CommitOutcome::UnknownTarget)),
         },
         None => None,
     };
@@ -978,19 +1044,15 @@ fn record_inbound(
         }
         None => None,
     };
-    let body = serde_json::to_string(&inbound.body).map_err(|error| StoreError::Corrupt {
-        message_id: 0,
-        reason: error.to_string(),
-    })?;
     writes.insert_message.execute(params![
         inbound.origin.network,
         inbound.origin.channel,
-        origin_protocol,
+        staged.protocol,
         inbound.remote_id,
         inbound.author.id,
         inbound.author.display_name,
         inbound.body.kind_name(),
-        body,
+        staged.body,
         inbound.timestamp_ms,
         now_ms(),
         target_message_id,
@@ -1006,57 +1068,52 @@ fn record_inbound(
             message_id
         ])?;
     }
-    let mut destinations = Vec::with_capacity(routes.len());
-    {
-        let insert = &mut writes.insert_outbox;
-        // Only a delivery that points at no other message is complete without the store.
-        let self_contained = inbound.body.target().is_none()
-            && inbound.body.reply_to().is_none()
-            && inbound.body.thread_root().is_none();
-        for route in routes {
-            // Time-ordered (UUID v7): the outbox's and the deliveries' indexes on it grow at
-            // their end instead of at a random page each, which keeps a commit's writes small.
-            let delivery_id = uuid::Uuid::now_v7().simple().to_string();
-            insert.execute(params![
-                delivery_id,
-                message_id,
-                route.destination.network,
-                route.destination.channel,
-                route.gateway,
-            ])?;
-            let seq = connection.last_insert_rowid();
-            let pending = self_contained.then(|| PendingDelivery {
-                delivery: Delivery {
-                    id: delivery_id,
-                    message_id,
-                    destination: route.destination.clone(),
-                    gateway: route.gateway.clone(),
-                    origin: inbound.origin.clone(),
-                    origin_protocol: origin_protocol.to_owned(),
-                    author: inbound.author.clone(),
-                    timestamp_ms: inbound.timestamp_ms,
-                    body: inbound.body.clone(),
-                    target: None,
-                    reply_to: None,
-                    thread_root: None,
-                    previous_text: None,
-                    permalink: inbound.permalink.clone(),
-                    attempts: 0,
-                },
-                next_try_ms: 0,
-                seq,
-            });
-            queued.push(Queued {
-                destination: route.destination.clone(),
-                pending,
-            });
-            destinations.push(route.destination.clone());
-        }
+    let mut seqs = Vec::with_capacity(staged.routes.len());
+    for (route, delivery) in staged.routes.iter().zip(&staged.deliveries) {
+        writes.insert_outbox.execute(params![
+            delivery.id,
+            message_id,
+            route.destination.network,
+            route.destination.channel,
+            route.gateway,
+        ])?;
+        seqs.push(connection.last_insert_rowid());
     }
-    Ok(CommitOutcome::Committed {
+    Ok(Recorded::Message { message_id, seqs })
+}
+
+/// After the transaction holding `recorded` committed: the event's outcome, with its outbox
+/// rows queued for announcement (the staged deliveries and the routes are moved out of it).
+fn settle(staged: &mut StagedInbound, recorded: Recorded, queued: &mut Vec<Queued>) -> CommitOutcome {
+    let (message_id, seqs) = match recorded {
+        Recorded::Nothing(outcome) => return outcome,
+        Recorded::Message { message_id, seqs } => (message_id, seqs),
+    };
+    for ((route, staged_delivery), seq) in staged
+        .routes
+        .iter()
+        .zip(&mut staged.deliveries)
+        .zip(seqs)
+    {
+        queued.push(match staged_delivery.announced.take() {
+            Some(mut delivery) => {
+                delivery.message_id = message_id;
+                Queued::Announced(PendingDelivery {
+                    delivery,
+                    next_try_ms: 0,
+                    seq,
+                })
+            }
+            None => Queued::Stored(route.destination.clone()),
+        });
+    }
+    CommitOutcome::Committed {
         message_id,
-        destinations,
-    })
+        destinations: std::mem::take(&mut staged.routes)
+            .into_iter()
+            .map(|route| route.destination)
+            .collect(),
+    }
 }
 
 /// The destination's own id for a message: the id of our delivery there, or its origin id when
