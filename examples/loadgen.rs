@@ -115,9 +115,8 @@ struct Drive {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tribridge::install_tls_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Sized as the daemon's runtime is: `core` runs the bridge's own router, store and outbox.
+    let runtime = tribridge::runtime_builder().build()?;
     let daemon = args.daemon.clone().unwrap_or_else(default_daemon);
     let (name, result) = runtime.block_on(async {
         match args.scenario {

@@ -99,8 +99,7 @@ const BLOCKING_THREADS: usize = 8;
 
 fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
     tribridge::install_tls_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let runtime = tribridge::runtime_builder()
         .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {

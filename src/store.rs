@@ -1084,16 +1084,17 @@ fn record_inbound(
 
 /// After the transaction holding `recorded` committed: the event's outcome, with its outbox
 /// rows queued for announcement (the staged deliveries and the routes are moved out of it).
-fn settle(staged: &mut StagedInbound, recorded: Recorded, queued: &mut Vec<Queued>) -> CommitOutcome {
+fn settle(
+    staged: &mut StagedInbound,
+    recorded: Recorded,
+    queued: &mut Vec<Queued>,
+) -> CommitOutcome {
     let (message_id, seqs) = match recorded {
         Recorded::Nothing(outcome) => return outcome,
         Recorded::Message { message_id, seqs } => (message_id, seqs),
     };
-    for ((route, staged_delivery), seq) in staged
-        .routes
-        .iter()
-        .zip(&mut staged.deliveries)
-        .zip(seqs)
+    for ((route, staged_delivery), seq) in
+        staged.routes.iter().zip(&mut staged.deliveries).zip(seqs)
     {
         queued.push(match staged_delivery.announced.take() {
             Some(mut delivery) => {
