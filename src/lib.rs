@@ -59,3 +59,20 @@ pub fn runtime_builder() -> tokio::runtime::Builder {
     builder.enable_all();
     builder
 }
+
+#[cfg(test)]
+mod tests {
+    /// The runtime leaves a core to the store writer: one worker fewer than the cores, at
+    /// least one (Tokio's own default is one per core).
+    #[test]
+    fn the_runtime_has_one_worker_fewer_than_the_cores() {
+        let runtime = super::runtime_builder().build().expect("runtime");
+        let workers = runtime.metrics().num_workers();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+            assert_eq!(super::runtime_worker_threads(), None);
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(workers, cores.saturating_sub(1).max(1));
+    }
+}

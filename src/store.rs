@@ -941,12 +941,6 @@ impl StagedInbound {
             deliveries,
         })
     }
-
-    /// The event.
-    #[must_use]
-    pub fn inbound(&self) -> &Inbound {
-        &self.inbound
-    }
 }
 
 /// A copy of an error for each event of a failed batch (`rusqlite::Error` is not `Clone`).
