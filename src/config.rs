@@ -105,6 +105,8 @@ pub struct Config {
     pub remote_nick_format: String,
     /// Files carried between networks.
     pub files: FilesConfig,
+    /// Where the metrics endpoint (`/metrics`, for Prometheus) listens; off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Networks by id, in file order.
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
@@ -379,6 +381,7 @@ struct RawGeneral {
     remote_nick_format: Option<Spanned<String>>,
     media_listen: Option<Spanned<String>>,
     media_public_url: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
     max_file_size_mb: Option<Spanned<i64>>,
     file_retention_days: Option<Spanned<i64>>,
 }
@@ -840,6 +843,10 @@ impl Validator<'_> {
             .as_ref()
             .map(|general| self.files(general.get_ref()))
             .unwrap_or_default();
+        let metrics_listen = raw
+            .general
+            .as_ref()
+            .and_then(|general| self.metrics_listen(general.get_ref()));
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -908,6 +915,7 @@ impl Validator<'_> {
             state_dir,
             remote_nick_format,
             files,
+            metrics_listen,
             networks,
             gateways,
         }
@@ -1169,6 +1177,23 @@ impl Validator<'_> {
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
             }),
         })
+    }
+
+    /// `metrics_listen`: an address and port.
+    fn metrics_listen(&mut self, raw: &RawGeneral) -> Option<std::net::SocketAddr> {
+        let listen = raw.metrics_listen.as_ref()?;
+        let address = listen.get_ref().parse::<std::net::SocketAddr>().ok();
+        if address.is_none() {
+            self.report(
+                listen.span().start,
+                "general.metrics_listen",
+                format!(
+                    "`{}` is not an address and port, e.g. \"127.0.0.1:9184\"",
+                    listen.get_ref()
+                ),
+            );
+        }
+        address
     }
 
     /// The media endpoint: `media_listen` and `media_public_url`, both or neither.

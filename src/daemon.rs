@@ -38,6 +38,14 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The metrics endpoint could not listen.
+    #[error("the metrics endpoint cannot listen on {address}: {source}")]
+    MetricsEndpoint {
+        /// `metrics_listen`.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// How long outbox workers get to finish their delivery in hand at shutdown.
@@ -127,6 +135,28 @@ pub async fn run(
         connector_tasks.spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(error = %error, "The media endpoint stopped.");
+            }
+        });
+    }
+    if let Some(address) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::MetricsEndpoint { address, source })?;
+        let registry = crate::metrics::registry(crate::metrics::Sources {
+            router: router.shared_stats(),
+            writer: router.writer().latency().clone(),
+            outbox: outbox.stats(),
+            outbox_latency: outbox.latency(),
+            parallel: Arc::clone(router.parallel()),
+            store: Arc::clone(&store),
+            networks: config.networks.iter().map(|n| n.id.clone()).collect(),
+        });
+        tracing::info!(address = %address, "Metrics endpoint listening (GET /metrics).");
+        let serving =
+            crate::metrics::serve(listener, Arc::new(registry), connectors_shutdown.clone());
+        connector_tasks.spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(error = %error, "The metrics endpoint stopped.");
             }
         });
     }

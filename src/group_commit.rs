@@ -13,9 +13,11 @@
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::metrics::{WriterLatency, observe};
 use crate::model::Inbound;
 use crate::router::Wake;
 use crate::store::{CommitOutcome, Completion, Queued, Route, StagedInbound, Store, StoreError};
@@ -55,6 +57,7 @@ pub enum GroupCommitError {
 #[derive(Clone)]
 pub struct GroupCommit {
     requests: std_mpsc::Sender<Request>,
+    latency: WriterLatency,
 }
 
 impl GroupCommit {
@@ -63,11 +66,19 @@ impl GroupCommit {
     #[must_use]
     pub fn start(store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         let (requests, receiver) = std_mpsc::channel();
+        let latency = WriterLatency::default();
+        let measured = latency.clone();
         std::thread::Builder::new()
             .name("tribridge-store-writer".into())
-            .spawn(move || write_loop(&store, wake.as_ref(), &receiver))
+            .spawn(move || write_loop(&store, wake.as_ref(), &receiver, &measured))
             .expect("spawn the store writer thread");
-        Self { requests }
+        Self { requests, latency }
+    }
+
+    /// What the writer measures (for [`crate::metrics`]).
+    #[must_use]
+    pub fn latency(&self) -> &WriterLatency {
+        &self.latency
     }
 
     /// Commit an inbound event with one outbox row per route; resolves once it is durable.
@@ -89,6 +100,8 @@ impl GroupCommit {
         routes: Vec<Route>,
     ) -> impl std::future::Future<Output = Result<CommitOutcome, GroupCommitError>> + Send + 'static
     {
+        let queued_at = Instant::now();
+        let commit_latency = self.latency.commit.clone();
         // Staged here, on the caller's thread: the writer thread only writes.
         let staged = StagedInbound::new(inbound, protocol, routes);
         let (reply, outcome) = oneshot::channel();
@@ -100,6 +113,7 @@ impl GroupCommit {
         async move {
             queued??;
             let (result, staged) = outcome.await.map_err(|_| GroupCommitError::Stopped)?;
+            observe(&commit_latency, queued_at.elapsed());
             drop(staged);
             Ok(result?)
         }
@@ -134,7 +148,12 @@ impl GroupCommit {
     }
 }
 
-fn write_loop(store: &Store, wake: &dyn Wake, receiver: &std_mpsc::Receiver<Request>) {
+fn write_loop(
+    store: &Store,
+    wake: &dyn Wake,
+    receiver: &std_mpsc::Receiver<Request>,
+    latency: &WriterLatency,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = receiver.recv() {
         group.push(first);
@@ -144,11 +163,17 @@ fn write_loop(store: &Store, wake: &dyn Wake, receiver: &std_mpsc::Receiver<Requ
                 Err(_) => break,
             }
         }
-        write_group(store, wake, group.drain(..));
+        latency.group_size.observe(group.len() as f64);
+        write_group(store, wake, group.drain(..), latency);
     }
 }
 
-fn write_group(store: &Store, wake: &dyn Wake, group: impl Iterator<Item = Request>) {
+fn write_group(
+    store: &Store,
+    wake: &dyn Wake,
+    group: impl Iterator<Item = Request>,
+    latency: &WriterLatency,
+) {
     let mut events = Vec::new();
     let mut event_replies = Vec::new();
     let mut acks = Vec::new();
@@ -168,7 +193,9 @@ fn write_group(store: &Store, wake: &dyn Wake, group: impl Iterator<Item = Reque
             }
         }
     }
+    let started = Instant::now();
     let outcome = store.commit_group(&acks, &mut events);
+    observe(&latency.transaction, started.elapsed());
     for queued in outcome.queued {
         match queued {
             Queued::Announced(pending) => wake.queued(pending),

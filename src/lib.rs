@@ -13,6 +13,7 @@
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
+//! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
 //! - [`daemon`]: wires it all together and runs until shutdown.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod files;
 pub mod group_commit;
 pub mod loop_breaker;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod parallel;

@@ -20,15 +20,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::DeliveryError;
 use crate::group_commit::{GroupCommit, GroupCommitError};
+use crate::metrics::{OutboxLatency, network_label, observe};
 use crate::model::{ChannelRef, Delivery, DeliveryAck, now_ms};
 use crate::router::Wake;
 use crate::store::{Completion, PendingDelivery, Store};
@@ -78,6 +80,7 @@ const MAX_ANNOUNCED: usize = 1_024;
 pub struct Outbox {
     bells: HashMap<ChannelRef, Arc<Bell>>,
     stats: Arc<OutboxStats>,
+    latency: Arc<OutboxLatency>,
 }
 
 /// One destination's bell: the wake-up, and the deliveries committed since the worker last
@@ -90,8 +93,8 @@ struct Bell {
 
 #[derive(Default)]
 struct Announced {
-    /// Committed deliveries, in queue order.
-    deliveries: VecDeque<PendingDelivery>,
+    /// Committed deliveries, in queue order, with when they were announced.
+    deliveries: VecDeque<(Instant, PendingDelivery)>,
     /// Something was committed that is not in `deliveries`: read the store.
     read_store: bool,
     /// The worker takes announcements (it is in step with the store, or about to be); when
@@ -117,6 +120,7 @@ impl Outbox {
                 .map(|d| (d.clone(), Arc::new(Bell::default())))
                 .collect(),
             stats: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
@@ -124,6 +128,12 @@ impl Outbox {
     #[must_use]
     pub fn stats(&self) -> Arc<OutboxStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The histograms of the workers (for [`crate::metrics`]).
+    #[must_use]
+    pub fn latency(&self) -> Arc<OutboxLatency> {
+        Arc::clone(&self.latency)
     }
 
     /// Start one worker per destination. `endpoints` holds the endpoint of each network;
@@ -141,7 +151,10 @@ impl Outbox {
                 tracing::error!(destination = %destination, "No connector for this destination; its deliveries wait.");
                 continue;
             };
+            let label = network_label(&destination.network);
             let worker = Worker {
+                handover_latency: self.latency.handover.get_or_create_owned(&label),
+                delivery_latency: self.latency.delivery.get_or_create_owned(&label),
                 destination: destination.clone(),
                 bell: Arc::clone(bell),
                 writer: writer.clone(),
@@ -171,7 +184,7 @@ impl Wake for Outbox {
                 if !announced.listening {
                     // The worker reads its queue from the store; this row is there.
                 } else if announced.deliveries.len() < MAX_ANNOUNCED {
-                    announced.deliveries.push_back(pending);
+                    announced.deliveries.push_back((Instant::now(), pending));
                 } else {
                     announced.read_store = true;
                 }
@@ -199,6 +212,8 @@ struct Outstanding {
     ack: AckFuture,
     /// Nothing else may be outstanding with it ([`Endpoint::exclusive`]).
     exclusive: bool,
+    /// When it was handed over.
+    handed: Instant,
 }
 
 /// Whether nothing more may be handed over before an acknowledgement comes in.
@@ -214,6 +229,9 @@ struct Worker<E> {
     endpoint: E,
     shutdown: CancellationToken,
     stats: Arc<OutboxStats>,
+    /// This destination's network's share of [`OutboxLatency`].
+    handover_latency: Histogram,
+    delivery_latency: Histogram,
 }
 
 /// Acknowledgements on their way into the store: how many, and the commit's future.
@@ -328,7 +346,10 @@ impl<E: Endpoint> Worker<E> {
         let mut acknowledged = Vec::new();
         let mut failure = None;
         match result {
-            Ok(ack) => acknowledged.push(Completion::of(&head.delivery, head.seq, ack.remote_id)),
+            Ok(ack) => {
+                observe(&self.delivery_latency, head.handed.elapsed());
+                acknowledged.push(Completion::of(&head.delivery, head.seq, ack.remote_id));
+            }
             Err(error) => failure = Some((head.delivery, head.seq, error)),
         }
         while failure.is_none()
@@ -342,6 +363,7 @@ impl<E: Endpoint> Worker<E> {
             };
             match result {
                 Ok(ack) => {
+                    observe(&self.delivery_latency, next.handed.elapsed());
                     acknowledged.push(Completion::of(&next.delivery, next.seq, ack.remote_id));
                 }
                 Err(error) => failure = Some((next.delivery, next.seq, error)),
@@ -441,12 +463,12 @@ impl<E: Endpoint> Worker<E> {
                 // step) are announced too: skipped by their position.
                 loop {
                     match announced.deliveries.pop_front() {
-                        Some(pending) if pending.seq <= position.last_seq => {}
+                        Some((_, pending)) if pending.seq <= position.last_seq => {}
                         other => break other,
                     }
                 }
             };
-            let Some(PendingDelivery { delivery, seq, .. }) = next else {
+            let Some((announced_at, PendingDelivery { delivery, seq, .. })) = next else {
                 return Fill::Read { more: false };
             };
             let exclusive = self.endpoint.exclusive(&delivery);
@@ -457,12 +479,15 @@ impl<E: Endpoint> Worker<E> {
             }
             match self.endpoint.send(delivery.clone()).await {
                 Ok(ack) => {
+                    let handed = Instant::now();
+                    observe(&self.handover_latency, handed - announced_at);
                     position.last_seq = seq;
                     outstanding.push_back(Outstanding {
                         delivery,
                         seq,
                         ack,
                         exclusive,
+                        handed,
                     });
                 }
                 Err(error) => {
@@ -538,6 +563,7 @@ impl<E: Endpoint> Worker<E> {
                         seq,
                         ack,
                         exclusive,
+                        handed: Instant::now(),
                     });
                     if exclusive {
                         // Nothing goes out behind it until it is acknowledged.
@@ -570,6 +596,7 @@ impl<E: Endpoint> Worker<E> {
         while let Some(previous) = outstanding.pop_front() {
             match previous.ack.await {
                 Ok(ack) => {
+                    observe(&self.delivery_latency, previous.handed.elapsed());
                     if let Err(error) = self
                         .writer
                         .complete_deliveries(vec![Completion::of(

@@ -205,6 +205,12 @@ impl Router {
         &self.stats
     }
 
+    /// The counters, shared (for [`crate::metrics`]).
+    #[must_use]
+    pub fn shared_stats(&self) -> Arc<RouterStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// The topology.
     #[must_use]
     pub fn topology(&self) -> &Topology {

@@ -474,6 +474,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many deliveries the outbox holds, by destination network and state (`pending`,
+    /// `failed`).
+    pub fn outbox_depth(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let connection = self.read();
+        let mut statement = connection
+            .prepare("SELECT network, state, COUNT(*) FROM outbox GROUP BY network, state")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?.unsigned_abs(),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Number of pending deliveries for a destination.
     pub fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
         let count: i64 = self.read().query_row(

@@ -31,7 +31,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in general",
             format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `max_file_size_mb`, `file_retention_days`",
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `max_file_size_mb`, `file_retention_days`",
             ],
         ),
         (
@@ -149,6 +149,13 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec![
                 "bridges.toml:2:16: general.media_listen: `localhost` is not an address and port, e.g. \"127.0.0.1:8090\"",
                 "bridges.toml:3:20: general.media_public_url: `b.org/media` is not a URL; expected e.g. \"https://bridge.example.org/media\"",
+            ],
+        ),
+        (
+            "a metrics endpoint that is not an address",
+            format!("[general]\nmetrics_listen = \"localhost:metrics\"\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:18: general.metrics_listen: `localhost:metrics` is not an address and port, e.g. \"127.0.0.1:9184\"",
             ],
         ),
         (

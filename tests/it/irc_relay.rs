@@ -768,3 +768,103 @@ async fn flood_control_paces_relayed_lines() {
         "{elapsed:?}"
     );
 }
+
+/// The value of one series (`name` or `name{labels}`) in an `OpenMetrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// An operator's view: the metrics endpoint counts the lines people saw relayed, times each
+/// stage once per line, and shows an empty outbox once they are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_relayed_lines_and_time_each_stage() {
+    let server = shared_inspircd();
+    let metrics_port = crate::support::servers::free_port();
+    let (channel_a, channel_b) = (unique("#metrics"), unique("#metrics"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        &[
+            irc_network("one", server.port, &nick_one),
+            irc_network("two", server.port, &nick_two),
+        ],
+        &[gateway(
+            "g",
+            &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+        )],
+    )
+    .replacen(
+        "[general]\n",
+        &format!("[general]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+        1,
+    );
+    let bridge = Bridge::start(dir.path(), &config);
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+
+    alice.say(&channel_a, "first");
+    alice.say(&channel_a, "second");
+    let seen = bob.texts_until(&channel_b, "second").await;
+    assert_eq!(seen.len(), 2);
+    bridge.wait_outbox_drained("two", &channel_b).await;
+
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    let text = loop {
+        let response = http.get(&url).send().await.expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let text = response.text().await.unwrap();
+        // The store has the acknowledgements; the counter follows right after the commit.
+        if sample(&text, "tribridge_deliveries_delivered_total") == Some(2.0) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for (series, value) in [
+        ("tribridge_events_committed_total", 2.0),
+        ("tribridge_deliveries_queued_total", 2.0),
+        ("tribridge_deliveries_retried_total", 0.0),
+        ("tribridge_deliveries_failed_total", 0.0),
+        ("tribridge_store_commit_seconds_count", 2.0),
+        (
+            r#"tribridge_outbox_handover_seconds_count{network="two"}"#,
+            2.0,
+        ),
+        (r#"tribridge_delivery_seconds_count{network="two"}"#, 2.0),
+        (
+            r#"tribridge_outbox_deliveries{network="two",state="pending"}"#,
+            0.0,
+        ),
+        (
+            r#"tribridge_outbox_deliveries{network="one",state="failed"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    // Every observation is in the last bucket, and the transactions carried them all.
+    assert_eq!(
+        sample(
+            &text,
+            r#"tribridge_delivery_seconds_bucket{le="+Inf",network="two"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(sample(&text, "tribridge_store_transaction_seconds_count").unwrap() >= 2.0);
+    assert!(sample(&text, "tribridge_store_commit_seconds_sum").unwrap() > 0.0);
+}

@@ -1,0 +1,346 @@
+//! The daemon's metrics, in the `OpenMetrics` text format that Prometheus scrapes: the counters
+//! of the router, the outbox and the parallel-bridge logic, the outbox's depth, and the time a
+//! message spends in each stage of the bridge.
+//!
+//! The stages, in the order a message passes them:
+//! - `tribridge_store_commit_seconds`: an inbound event from being queued for the store's
+//!   writer to being durable (a connector acknowledges its position on a network only then);
+//! - `tribridge_store_transaction_seconds` and `tribridge_store_group_size`: each transaction
+//!   of the writer thread, and how many requests (events and acknowledgement batches) it held;
+//! - `tribridge_outbox_handover_seconds{network}`: a delivery from its commit to being handed to
+//!   the destination's connection (for deliveries handed over as they were committed; those
+//!   read back from the store after a restart, a failure or a backlog are in the outbox depth);
+//! - `tribridge_delivery_seconds{network}`: from the hand-over to the destination's
+//!   acknowledgement.
+//!
+//! Histograms are `prometheus-client`'s; each outbox worker holds its network's histograms, so
+//! an observation costs an uncontended lock and no lookup. Nothing here names a network: labels
+//! are configured network ids.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::outbox::OutboxStats;
+use crate::parallel::Parallel;
+use crate::router::RouterStats;
+use crate::store::Store;
+
+/// Upper bounds of the latency buckets, in seconds: 50 µs to 30 s.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A latency histogram with the buckets above.
+#[must_use]
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Record `elapsed` in `histogram`, in seconds.
+pub fn observe(histogram: &Histogram, elapsed: Duration) {
+    histogram.observe(elapsed.as_secs_f64());
+}
+
+/// A label set of one configured network id.
+pub type NetworkLabel = [(&'static str, String); 1];
+
+/// Histograms by network.
+pub type ByNetwork = Family<NetworkLabel, Histogram, fn() -> Histogram>;
+
+fn by_network() -> ByNetwork {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// The label of `network`.
+#[must_use]
+pub fn network_label(network: &str) -> NetworkLabel {
+    [("network", network.to_owned())]
+}
+
+/// What the store's writer measures.
+#[derive(Debug, Clone)]
+pub struct WriterLatency {
+    /// An inbound event, from queued to durable.
+    pub commit: Histogram,
+    /// One transaction of the writer thread.
+    pub transaction: Histogram,
+    /// Requests per transaction.
+    pub group_size: Histogram,
+}
+
+impl Default for WriterLatency {
+    fn default() -> Self {
+        WriterLatency {
+            commit: latency_histogram(),
+            transaction: latency_histogram(),
+            group_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        }
+    }
+}
+
+/// What the outbox workers measure, by destination network.
+#[derive(Debug)]
+pub struct OutboxLatency {
+    /// From commit to hand-over to the connection.
+    pub handover: ByNetwork,
+    /// From hand-over to the destination's acknowledgement.
+    pub delivery: ByNetwork,
+}
+
+impl Default for OutboxLatency {
+    fn default() -> Self {
+        OutboxLatency {
+            handover: by_network(),
+            delivery: by_network(),
+        }
+    }
+}
+
+/// Everything the registry reads.
+pub struct Sources {
+    /// The router's counters.
+    pub router: Arc<RouterStats>,
+    /// The store writer's histograms.
+    pub writer: WriterLatency,
+    /// The outbox's counters.
+    pub outbox: Arc<OutboxStats>,
+    /// The outbox's histograms.
+    pub outbox_latency: Arc<OutboxLatency>,
+    /// The parallel-bridge logic (its counters).
+    pub parallel: Arc<Parallel>,
+    /// The store (the outbox's depth is counted at each scrape).
+    pub store: Arc<Store>,
+    /// The configured network ids (each shows an outbox depth, zero included).
+    pub networks: Vec<String>,
+}
+
+/// The registry of every metric of the daemon.
+#[must_use]
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_with_unit(
+        "tribridge_store_commit",
+        "Inbound events, from queued for the store's writer to durable",
+        Unit::Seconds,
+        sources.writer.commit.clone(),
+    );
+    registry.register_with_unit(
+        "tribridge_store_transaction",
+        "Transactions of the store's writer thread",
+        Unit::Seconds,
+        sources.writer.transaction.clone(),
+    );
+    registry.register(
+        "tribridge_store_group_size",
+        "Requests (inbound events and batches of acknowledgements) per transaction",
+        sources.writer.group_size.clone(),
+    );
+    registry.register_with_unit(
+        "tribridge_outbox_handover",
+        "Deliveries, from their commit to being handed to the destination's connection (those taken as they were committed)",
+        Unit::Seconds,
+        sources.outbox_latency.handover.clone(),
+    );
+    registry.register_with_unit(
+        "tribridge_delivery",
+        "Deliveries, from the hand-over to the destination's acknowledgement",
+        Unit::Seconds,
+        sources.outbox_latency.delivery.clone(),
+    );
+    registry.register_collector(Box::new(Counters {
+        router: sources.router,
+        outbox: sources.outbox,
+        parallel: sources.parallel,
+        store: sources.store,
+        networks: sources.networks,
+    }));
+    registry
+}
+
+/// Render the registry (it reads the store: call it off the async threads).
+#[must_use]
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::with_capacity(8 * 1024);
+    // Writing into a String does not fail; a collector's error ends the text early.
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        tracing::warn!(error = %error, "A metric could not be encoded.");
+    }
+    text
+}
+
+/// The counters kept as atomics elsewhere, and the outbox's depth, read at each scrape.
+struct Counters {
+    router: Arc<RouterStats>,
+    outbox: Arc<OutboxStats>,
+    parallel: Arc<Parallel>,
+    store: Arc<Store>,
+    networks: Vec<String>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Counters")
+            .field("router", &self.router)
+            .field("outbox", &self.outbox)
+            .field("networks", &self.networks)
+            .finish_non_exhaustive()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> Result<(), std::fmt::Error> {
+    let value = ConstCounter::new(value.load(Ordering::Relaxed));
+    // As the registry does for the metrics registered with it.
+    let help = format!("{help}.");
+    let metric = encoder.encode_descriptor(name, &help, None, MetricType::Counter)?;
+    value.encode(metric)
+}
+
+impl Collector for Counters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let router = &self.router;
+        let outbox = &self.outbox;
+        let parallel = self.parallel.stats();
+        for (name, help, value) in [
+            (
+                "tribridge_events_committed",
+                "Inbound events committed with their deliveries",
+                &router.committed,
+            ),
+            (
+                "tribridge_events_echoes",
+                "Inbound events dropped as echoes of the bridge's own deliveries",
+                &router.echoes,
+            ),
+            (
+                "tribridge_events_duplicates",
+                "Inbound events dropped because their network id was already committed",
+                &router.duplicates,
+            ),
+            (
+                "tribridge_events_unrouted",
+                "Inbound events from channels that route nowhere",
+                &router.unrouted,
+            ),
+            (
+                "tribridge_events_unknown_targets",
+                "Edits, deletes and reactions of messages the bridge never saw",
+                &router.unknown_targets,
+            ),
+            (
+                "tribridge_events_loops_broken",
+                "Messages dropped because bridges passed them around in a loop",
+                &router.loops_broken,
+            ),
+            (
+                "tribridge_deliveries_queued",
+                "Deliveries queued in the outbox",
+                &router.deliveries_queued,
+            ),
+            (
+                "tribridge_deliveries_delivered",
+                "Deliveries acknowledged by their destination",
+                &outbox.delivered,
+            ),
+            (
+                "tribridge_deliveries_retried",
+                "Delivery attempts that failed and will be retried",
+                &outbox.retried,
+            ),
+            (
+                "tribridge_deliveries_failed",
+                "Deliveries refused for good (kept as failed)",
+                &outbox.failed,
+            ),
+            (
+                "tribridge_parallel_copies",
+                "Copies of the bridge's messages said by a parallel bridge, dropped",
+                &parallel.copies,
+            ),
+            (
+                "tribridge_parallel_covered",
+                "Deliveries acknowledged by a parallel bridge's copy instead of being sent",
+                &parallel.covered,
+            ),
+            (
+                "tribridge_parallel_stood_in",
+                "Deliveries sent after all because a parallel bridge's copy did not come",
+                &parallel.stood_in,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value)?;
+        }
+        match self.store.outbox_depth() {
+            Ok(mut depth) => {
+                for network in &self.networks {
+                    for state in ["pending", "failed"] {
+                        if !depth.iter().any(|(n, s, _)| n == network && s == state) {
+                            depth.push((network.clone(), state.to_owned(), 0));
+                        }
+                    }
+                }
+                depth.sort();
+                let mut family = encoder.encode_descriptor(
+                    "tribridge_outbox_deliveries",
+                    "Deliveries in the outbox, by destination network and state (pending or failed).",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (network, state, count) in depth {
+                    let labels = [("network", network), ("state", state)];
+                    ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Cannot count the outbox for the metrics.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The media type of the `OpenMetrics` text format.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serve `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+
+    async fn answer(State(registry): State<Arc<Registry>>) -> Response {
+        // The outbox's depth is a store read: off the async threads.
+        match tokio::task::spawn_blocking(move || render(&registry)).await {
+            Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(answer))
+        .with_state(registry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
