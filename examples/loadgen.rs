@@ -408,6 +408,135 @@ fn config(state: &Path, networks: &str, gateways: &str) -> String {
     )
 }
 
+/// `config` with the daemon's metrics endpoint on `port`.
+fn with_metrics(config: &str, port: u16) -> String {
+    config.replacen(
+        "[general]\n",
+        &format!("[general]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+        1,
+    )
+}
+
+/// The cumulative bucket counts of every histogram series the daemon exports, by series (its
+/// name and labels but `le`), in bucket order: `(upper bound, count)`.
+type Histograms = HashMap<String, Vec<(f64, f64)>>;
+
+/// Read the daemon's `/metrics`.
+async fn scrape(port: u16) -> Histograms {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut histograms = Histograms::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once("_bucket{") else {
+            continue;
+        };
+        let mut bound = None;
+        let mut others = Vec::new();
+        for label in labels.trim_end_matches('}').split(',') {
+            match label.strip_prefix("le=") {
+                Some(le) => {
+                    bound = Some(le.trim_matches('"').parse::<f64>().unwrap_or(f64::INFINITY));
+                }
+                None => others.push(label),
+            }
+        }
+        if let (Some(bound), Ok(count)) = (bound, value.parse::<f64>()) {
+            let key = if others.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name}{{{}}}", others.join(","))
+            };
+            histograms.entry(key).or_default().push((bound, count));
+        }
+    }
+    histograms
+}
+
+/// The `q` quantile of a histogram's buckets, interpolated inside its bucket as Prometheus's
+/// `histogram_quantile` does; the bound below `+Inf` when it falls there.
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower);
+            }
+            let inside = count - below;
+            let share = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (bound - lower) * share);
+        }
+        (lower, below) = (bound, count);
+    }
+    Some(lower)
+}
+
+/// What happened in each of the daemon's stages between two scrapes: per series, the count and
+/// the p50/p99 (ms for the `_seconds` histograms), from the buckets' differences.
+fn stages(before: &Histograms, after: &Histograms) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut names: Vec<&String> = after.keys().collect();
+    names.sort();
+    for name in names {
+        let buckets: Vec<(f64, f64)> = after[name]
+            .iter()
+            .enumerate()
+            .map(|(i, &(bound, count))| {
+                let earlier = before.get(name).and_then(|b| b.get(i)).map_or(0.0, |b| b.1);
+                (bound, count - earlier)
+            })
+            .collect();
+        let count = buckets.last().map_or(0.0, |b| b.1);
+        if count <= 0.0 {
+            continue;
+        }
+        let scale = if name.contains("_seconds") {
+            1000.0
+        } else {
+            1.0
+        };
+        let unit = if scale > 1.0 { "_ms" } else { "" };
+        // A count (the group size) is an integer: its bucket's bound, not an interpolation.
+        let at = |q| {
+            bucket_quantile(&buckets, q).map(|v| {
+                if scale > 1.0 {
+                    v * scale
+                } else {
+                    buckets
+                        .iter()
+                        .find(|&&(bound, _)| bound >= v)
+                        .map_or(v, |&(bound, _)| bound)
+                }
+            })
+        };
+        out.insert(
+            name.replace("tribridge_", ""),
+            json!({
+                "count": count,
+                format!("p50{unit}"): at(0.50),
+                format!("p99{unit}"): at(0.99),
+                format!("p999{unit}"): at(0.999),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 fn gateway(name: &str, channels: &[(&str, &str)]) -> String {
     let mut text = format!("[[gateway]]\nname = \"{name}\"\nchannels = [\n");
     for (network, channel) in channels {
@@ -831,21 +960,38 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let networks = irc_network("one", server.port, "lgbrone")
         + irc_network("two", server.port, "lgbrtwo").as_str();
+    let metrics_port = servers::free_port();
     let mut bridge = Daemon::start(
         daemon,
         dir.path(),
-        &config(
-            &dir.path().join("state"),
-            &networks,
-            &gateway("lg", &[("one", "#lga"), ("two", "#lgb")]),
+        &with_metrics(
+            &config(
+                &dir.path().join("state"),
+                &networks,
+                &gateway("lg", &[("one", "#lga"), ("two", "#lgb")]),
+            ),
+            metrics_port,
         ),
     );
     bridge.wait_log("Channels joined; ready.", 2).await;
     reader.wait_member("lgbrtwo", "#lgb").await;
     writer.wait_member("lgbrone", "#lga").await;
+    // The warm-up first (as irc_run does), so that the stages below are the measured run's.
+    let warmup = Drive {
+        messages: drive.warmup,
+        warmup: 0,
+        ..drive
+    };
+    if warmup.messages > 0 {
+        irc_run(&writer, &mut reader, "#lga", "#lgb", "wbrg", warmup).await;
+    }
+    let measured = Drive { warmup: 0, ..drive };
+    let stages_before = scrape(metrics_port).await;
     let cpu_before = bridge.cpu();
-    let bridged = irc_run(&writer, &mut reader, "#lga", "#lgb", "brg", drive).await;
+    let bridged = irc_run(&writer, &mut reader, "#lga", "#lgb", "brg", measured).await;
     let cpu = bridge.cpu().saturating_sub(cpu_before);
+    let bridge_stages = stages(&stages_before, &scrape(metrics_port).await);
+    println!("bridge stages: {bridge_stages}");
     let rss = bridge.rss_kib();
     bridge.terminate();
     json!({
@@ -855,6 +1001,7 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
         "bridged": bridged,
         "added_latency_ms": added(&bridged, &direct),
         "added_latency_over_both_hops_ms": added(&bridged, &chain),
+        "bridge_stages": bridge_stages,
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
@@ -1020,18 +1167,23 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     writer.join("#lga").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let networks = irc_network("one", server.port, "lgbrone") + mm.network("mm", "").as_str();
+    let metrics_port = servers::free_port();
     let mut bridge = Daemon::start(
         daemon,
         dir.path(),
-        &config(
-            &dir.path().join("state"),
-            &networks,
-            &gateway("lg", &[("one", "#lga"), ("mm", "lgc")]),
+        &with_metrics(
+            &config(
+                &dir.path().join("state"),
+                &networks,
+                &gateway("lg", &[("one", "#lga"), ("mm", "lgc")]),
+            ),
+            metrics_port,
         ),
     );
     writer.wait_join("lgbrone", "#lga").await;
     mm.wait_bot_member(&channel).await;
     bridge.wait_log("Channels joined; ready.", 1).await;
+    let stages_before = scrape(metrics_port).await;
     let cpu_before = bridge.cpu();
     let run = Arc::new(Mutex::new(Run::new(drive.messages)));
     let reading = start_mm_reader(&mm, &watcher, &channel, "brg", &run, within).await;
@@ -1043,6 +1195,8 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     let _ = reading.await;
     let bridged = run.lock().expect("run").summary();
     let cpu = bridge.cpu().saturating_sub(cpu_before);
+    let bridge_stages = stages(&stages_before, &scrape(metrics_port).await);
+    println!("bridge stages: {bridge_stages}");
     let rss = bridge.rss_kib();
     bridge.terminate();
     json!({
@@ -1052,6 +1206,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
         "bridged_irc_to_mattermost": bridged,
         "added_latency_ms": added(&bridged, &direct),
         "added_latency_over_both_servers_ms": added(&bridged, &chain),
+        "bridge_stages": bridge_stages,
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,

@@ -33,6 +33,8 @@ enum Request {
     /// that it is freed on its caller's thread, not on the writer's.
     Inbound {
         staged: StagedInbound,
+        /// When it was queued (for the commit latency).
+        queued_at: Instant,
         reply: oneshot::Sender<(Result<CommitOutcome, StoreError>, StagedInbound)>,
     },
     /// Deliveries acknowledged by their destination.
@@ -100,20 +102,21 @@ impl GroupCommit {
         routes: Vec<Route>,
     ) -> impl std::future::Future<Output = Result<CommitOutcome, GroupCommitError>> + Send + 'static
     {
-        let queued_at = Instant::now();
-        let commit_latency = self.latency.commit.clone();
         // Staged here, on the caller's thread: the writer thread only writes.
         let staged = StagedInbound::new(inbound, protocol, routes);
         let (reply, outcome) = oneshot::channel();
         let queued = staged.map(|staged| {
             self.requests
-                .send(Request::Inbound { staged, reply })
+                .send(Request::Inbound {
+                    staged,
+                    queued_at: Instant::now(),
+                    reply,
+                })
                 .map_err(|_| GroupCommitError::Stopped)
         });
         async move {
             queued??;
             let (result, staged) = outcome.await.map_err(|_| GroupCommitError::Stopped)?;
-            observe(&commit_latency, queued_at.elapsed());
             drop(staged);
             Ok(result?)
         }
@@ -176,12 +179,18 @@ fn write_group(
 ) {
     let mut events = Vec::new();
     let mut event_replies = Vec::new();
+    let mut queued = Vec::new();
     let mut acks = Vec::new();
     let mut ack_replies = Vec::new();
     for request in group {
         match request {
-            Request::Inbound { staged, reply } => {
+            Request::Inbound {
+                staged,
+                queued_at,
+                reply,
+            } => {
                 events.push(staged);
+                queued.push(queued_at);
                 event_replies.push(reply);
             }
             Request::Acks {
@@ -195,7 +204,11 @@ fn write_group(
     }
     let started = Instant::now();
     let outcome = store.commit_group(&acks, &mut events);
-    observe(&latency.transaction, started.elapsed());
+    let committed = Instant::now();
+    observe(&latency.transaction, committed - started);
+    for queued_at in queued {
+        observe(&latency.commit, committed - queued_at);
+    }
     for queued in outcome.queued {
         match queued {
             Queued::Announced(pending) => wake.queued(pending),

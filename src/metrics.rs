@@ -4,7 +4,9 @@
 //!
 //! The stages, in the order a message passes them:
 //! - `tribridge_store_commit_seconds`: an inbound event from being queued for the store's
-//!   writer to being durable (a connector acknowledges its position on a network only then);
+//!   writer to the end of the transaction that made it durable (measured on the writer thread,
+//!   before its deliveries are announced; a connector acknowledges its position on a network
+//!   only after it);
 //! - `tribridge_store_transaction_seconds` and `tribridge_store_group_size`: each transaction
 //!   of the writer thread, and how many requests (events and acknowledgement batches) it held;
 //! - `tribridge_outbox_handover_seconds{network}`: a delivery from its commit to being handed to
@@ -71,7 +73,7 @@ pub fn network_label(network: &str) -> NetworkLabel {
 /// What the store's writer measures.
 #[derive(Debug, Clone)]
 pub struct WriterLatency {
-    /// An inbound event, from queued to durable.
+    /// An inbound event, from queued to the end of its transaction.
     pub commit: Histogram,
     /// One transaction of the writer thread.
     pub transaction: Histogram,
@@ -131,7 +133,7 @@ pub fn registry(sources: Sources) -> Registry {
     let mut registry = Registry::default();
     registry.register_with_unit(
         "tribridge_store_commit",
-        "Inbound events, from queued for the store's writer to durable",
+        "Inbound events, from queued for the store's writer to the end of the transaction that made them durable",
         Unit::Seconds,
         sources.writer.commit.clone(),
     );

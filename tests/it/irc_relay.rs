@@ -341,21 +341,25 @@ async fn dead_destination_queues_durably_across_kill_9_and_nothing_replays() {
     sid.join(&side).await;
     bob.join(&destination).await;
     let dir = tempfile::tempdir().unwrap();
+    let metrics_port = crate::support::servers::free_port();
     let mut bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("one", first.port, &nick_one),
-                irc_network("two", second.port, &nick_two),
-            ],
-            &[gateway(
-                "g",
+        &with_metrics(
+            &config(
                 &[
-                    ("one", &source, "inout"),
-                    ("one", &side, "inout"),
-                    ("two", &destination, "inout"),
+                    irc_network("one", first.port, &nick_one),
+                    irc_network("two", second.port, &nick_two),
                 ],
-            )],
+                &[gateway(
+                    "g",
+                    &[
+                        ("one", &source, "inout"),
+                        ("one", &side, "inout"),
+                        ("two", &destination, "inout"),
+                    ],
+                )],
+            ),
+            metrics_port,
         ),
     );
     alice.wait_join(&nick_one, &source).await;
@@ -382,6 +386,24 @@ async fn dead_destination_queues_durably_across_kill_9_and_nothing_replays() {
     // ones #side acknowledged: a crash between the server's acknowledgement and that record is
     // the window IRC cannot close, documented in the README).
     bridge.wait_outbox_drained("one", &side).await;
+    // What an operator sees meanwhile: the 21 wait for network two, nothing for one.
+    let text = scrape(metrics_port).await;
+    for (series, value) in [
+        (
+            r#"tribridge_outbox_deliveries{network="two",state="pending"}"#,
+            21.0,
+        ),
+        (
+            r#"tribridge_outbox_deliveries{network="one",state="pending"}"#,
+            0.0,
+        ),
+        (
+            r#"tribridge_outbox_deliveries{network="two",state="failed"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
     bridge.kill9();
     second.restart();
     let mut bob = IrcClient::connect(second.port, &unique("bob")).await;
@@ -769,6 +791,28 @@ async fn flood_control_paces_relayed_lines() {
     );
 }
 
+/// `config` with the metrics endpoint on `port`.
+fn with_metrics(config: &str, port: u16) -> String {
+    config.replacen(
+        "[general]\n",
+        &format!("[general]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+        1,
+    )
+}
+
+/// The daemon's metrics, as Prometheus reads them.
+async fn scrape(port: u16) -> String {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    response.text().await.expect("metrics text")
+}
+
 /// The value of one series (`name` or `name{labels}`) in an `OpenMetrics` text.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -790,20 +834,18 @@ async fn metrics_count_relayed_lines_and_time_each_stage() {
     alice.join(&channel_a).await;
     bob.join(&channel_b).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(
-        &[
-            irc_network("one", server.port, &nick_one),
-            irc_network("two", server.port, &nick_two),
-        ],
-        &[gateway(
-            "g",
-            &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
-        )],
-    )
-    .replacen(
-        "[general]\n",
-        &format!("[general]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
-        1,
+    let config = with_metrics(
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway(
+                "g",
+                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+            )],
+        ),
+        metrics_port,
     );
     let bridge = Bridge::start(dir.path(), &config);
     alice.wait_join(&nick_one, &channel_a).await;
@@ -815,17 +857,9 @@ async fn metrics_count_relayed_lines_and_time_each_stage() {
     assert_eq!(seen.len(), 2);
     bridge.wait_outbox_drained("two", &channel_b).await;
 
-    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
     let text = loop {
-        let response = http.get(&url).send().await.expect("GET /metrics");
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-        );
-        let text = response.text().await.unwrap();
+        let text = scrape(metrics_port).await;
         // The store has the acknowledgements; the counter follows right after the commit.
         if sample(&text, "tribridge_deliveries_delivered_total") == Some(2.0) {
             break text;
