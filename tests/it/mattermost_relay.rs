@@ -289,6 +289,58 @@ async fn daemon_restart_catches_up_once_and_replays_nothing() {
     let _ = t.bridge.terminate();
 }
 
+/// The bridge stores a channel's position at most once a second, so a crash right after posts
+/// were relayed leaves it behind them: the catch-up after the restart fetches them again and
+/// must recognise every one (posts, an edit, the bridge's own post) instead of relaying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_relaying_doubles_nothing_though_the_position_lags() {
+    let mut t = irc_and_mattermost().await;
+    let channel = t.irc_channel.clone();
+    let first = t.mia.say(&t.channel_id, "crash 1").await;
+    t.mia.say(&t.channel_id, "crash 2").await;
+    t.mia.edit(&first, "crash 1, edited").await;
+    t.alice.say(&channel, "from irc before the crash");
+    t.mia.say(&t.channel_id, "crash 3").await;
+    let seen = t.alice.texts_until(&channel, "crash 3").await;
+    assert_eq!(
+        texts(&seen),
+        vec![
+            "<mia> crash 1".to_owned(),
+            "<mia> crash 2".to_owned(),
+            "<mia> * crash 1, edited".to_owned(),
+            "<mia> crash 3".to_owned(),
+        ]
+    );
+    // The bridge's own post is there too (its echo moved the position as well).
+    let from_irc = |posts: &[Value]| {
+        messages(posts)
+            .iter()
+            .filter(|m| m.ends_with("from irc before the crash"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while from_irc(&t.mia.posts(&t.channel_id).await) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IRC line never reached Mattermost"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The crash comes after the deliveries to IRC were recorded: a crash between IRC's
+    // acknowledgement and that record is the window IRC leaves open (README), not this one.
+    t.bridge.wait_outbox_drained("irc", &channel).await;
+    t.bridge.kill9();
+    t.bridge.restart();
+    t.mm.wait_websocket(1).await;
+    t.mia.say(&t.channel_id, "MARK-K").await;
+    let seen = t.alice.texts_until(&channel, "MARK-K").await;
+    assert_eq!(texts(&seen), vec!["<mia> MARK-K".to_owned()]);
+    // Nothing went back to Mattermost twice either.
+    let posts = t.mia.posts(&t.channel_id).await;
+    assert_eq!(from_irc(&posts), 1, "{:#?}", messages(&posts));
+    let _ = t.bridge.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_mattermost_servers_linked_department_to_department() {
     let one = MmServer::start("dept-one").await;

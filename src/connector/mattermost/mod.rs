@@ -6,7 +6,11 @@
 //! the server offers a resume), and on every `hello` (a fresh connection, so events may have been
 //! missed) catches each channel up with `GET /channels/{id}/posts?since=<cursor>`. Events are
 //! processed one at a time; a channel's cursor (the newest `update_at` handled) is stored only
-//! after the router has committed everything before it. After a drop the socket is resumed with
+//! after the router has committed everything before it, and at most once per
+//! [`CURSOR_STORE_INTERVAL`] (the rest when the interval ends, and when the session ends): a
+//! cursor behind costs only a refetch of posts that are then recognised (the bridge's own by
+//! their author, the others as already committed), while a write per post cost a transaction
+//! of its own on the store for every message relayed here. After a drop the socket is resumed with
 //! `connection_id` + `sequence_number` where the server still has the events, and a `seq` gap
 //! means a catch-up too.
 //!
@@ -60,6 +64,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Silence after which the socket is presumed dead.
 const READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often, at most, a channel's cursor is written to the store.
+const CURSOR_STORE_INTERVAL: Duration = Duration::from_secs(1);
 /// The most rows one `since` query returns; more means some may be missing.
 const SINCE_LIMIT: usize = 1000;
 
@@ -568,6 +574,8 @@ impl MattermostTask {
             avatars: HashSet::new(),
             channels: HashMap::new(),
             cursors: HashMap::new(),
+            unstored: HashMap::new(),
+            stored_at: HashMap::new(),
             team_id: None,
             store_failed: false,
         };
@@ -604,8 +612,12 @@ struct TaskState {
     avatars: HashSet<String>,
     /// channel id → configured name
     channels: HashMap<String, String>,
-    /// channel id → the newest `update_at` handled and stored
+    /// channel id → the newest `update_at` handled
     cursors: HashMap<String, i64>,
+    /// channel id → when its cursor was last stored
+    stored_at: HashMap<String, Instant>,
+    /// channel id → when its handled cursor is to be stored (it is ahead of the stored one)
+    unstored: HashMap<String, Instant>,
     team_id: Option<String>,
     /// An event could not be committed in this session.
     store_failed: bool,
@@ -621,10 +633,13 @@ impl TaskState {
 
     async fn session(&mut self) -> SessionEnd {
         let shutdown = self.context.shutdown.clone();
-        tokio::select! {
+        let end = tokio::select! {
             end = self.session_inner() => end,
             () = shutdown.cancelled() => SessionEnd::Shutdown,
-        }
+        };
+        // Everything handled is committed: its cursors may all be stored now.
+        self.store_cursors(true).await;
+        end
     }
 
     async fn session_inner(&mut self) -> SessionEnd {
@@ -664,6 +679,9 @@ impl TaskState {
                         }
                         _ => {}
                     }
+                }
+                () = sleep_until_opt(self.unstored.values().min().copied()) => {
+                    self.store_cursors(false).await;
                 }
                 _ = ping.tick() => {
                     action_seq += 1;
@@ -826,9 +844,44 @@ impl TaskState {
             return;
         }
         self.cursors.insert(channel_id.to_owned(), update_at);
-        if let Some(configured) = self.channels.get(channel_id).cloned() {
-            self.store_cursor(&configured, update_at).await;
+        let now = Instant::now();
+        match self.stored_at.get(channel_id) {
+            Some(&at) if now < at + CURSOR_STORE_INTERVAL => {
+                self.unstored
+                    .entry(channel_id.to_owned())
+                    .or_insert(at + CURSOR_STORE_INTERVAL);
+            }
+            _ => self.store_channel_cursor(channel_id, now).await,
         }
+    }
+
+    /// Store the cursors that are due (or, with `all`, every one not stored yet).
+    async fn store_cursors(&mut self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .unstored
+            .iter()
+            .filter(|&(_, &at)| all || at <= now)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel_id in due {
+            self.store_channel_cursor(&channel_id, now).await;
+        }
+    }
+
+    async fn store_channel_cursor(&mut self, channel_id: &str, now: Instant) {
+        self.unstored.remove(channel_id);
+        if self.store_failed {
+            return;
+        }
+        let (Some(&value), Some(configured)) = (
+            self.cursors.get(channel_id),
+            self.channels.get(channel_id).cloned(),
+        ) else {
+            return;
+        };
+        self.stored_at.insert(channel_id.to_owned(), now);
+        self.store_cursor(&configured, value).await;
     }
 
     async fn connect(&mut self) -> Result<Socket, String> {
@@ -1525,6 +1578,13 @@ pub fn read_websocket_text(network: &str, text: &str) -> usize {
         readable += 1;
     }
     readable
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
