@@ -171,8 +171,7 @@ pub fn registry(sources: Sources) -> Registry {
 }
 
 /// Render the registry (it reads the store: call it off the async threads).
-#[must_use]
-pub fn render(registry: &Registry) -> String {
+fn render(registry: &Registry) -> String {
     let mut text = String::with_capacity(8 * 1024);
     // Writing into a String does not fail; a collector's error ends the text early.
     if let Err(error) = prometheus_client::encoding::text::encode(&mut text, registry) {

@@ -289,6 +289,14 @@ impl NetworkConfig {
     }
 }
 
+/// Sleep until `deadline`, or for ever without one (a `select!` branch that may be off).
+pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Render `remote_nick_format` for a delivery. `no_ping` makes the `{NOPINGNICK}` form.
 #[must_use]
 pub fn render_sender(

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 use crate::config::{IrcConfig, irc_fold};
 use crate::connector::{
-    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, with_original_time,
+    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, sleep_until_opt,
+    with_original_time,
 };
 use crate::model::{
     Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
@@ -331,13 +332,6 @@ impl TaskInfo {
             SessionEnd::Lost(reason) => reason,
         });
         end
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => futures::future::pending().await,
     }
 }
 

@@ -38,7 +38,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::config::MattermostConfig;
 use crate::connector::{
-    Backoff, BuildContext, DeliveryError, late_prefix, prefixed, render_sender,
+    Backoff, BuildContext, DeliveryError, late_prefix, prefixed, render_sender, sleep_until_opt,
 };
 use crate::model::{
     Attachment, Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound,
@@ -574,7 +574,7 @@ impl MattermostTask {
             avatars: HashSet::new(),
             channels: HashMap::new(),
             cursors: HashMap::new(),
-            unstored: HashMap::new(),
+            unstored: HashSet::new(),
             stored_at: HashMap::new(),
             team_id: None,
             store_failed: false,
@@ -616,8 +616,9 @@ struct TaskState {
     cursors: HashMap<String, i64>,
     /// channel id → when its cursor was last stored
     stored_at: HashMap<String, Instant>,
-    /// channel id → when its handled cursor is to be stored (it is ahead of the stored one)
-    unstored: HashMap<String, Instant>,
+    /// channel ids whose handled cursor is ahead of the stored one (stored once
+    /// [`CURSOR_STORE_INTERVAL`] has passed since `stored_at`)
+    unstored: HashSet<String>,
     team_id: Option<String>,
     /// An event could not be committed in this session.
     store_failed: bool,
@@ -680,7 +681,7 @@ impl TaskState {
                         _ => {}
                     }
                 }
-                () = sleep_until_opt(self.unstored.values().min().copied()) => {
+                () = sleep_until_opt(self.next_cursor_store()) => {
                     self.store_cursors(false).await;
                 }
                 _ = ping.tick() => {
@@ -845,14 +846,26 @@ impl TaskState {
         }
         self.cursors.insert(channel_id.to_owned(), update_at);
         let now = Instant::now();
-        match self.stored_at.get(channel_id) {
-            Some(&at) if now < at + CURSOR_STORE_INTERVAL => {
-                self.unstored
-                    .entry(channel_id.to_owned())
-                    .or_insert(at + CURSOR_STORE_INTERVAL);
-            }
-            _ => self.store_channel_cursor(channel_id, now).await,
+        if self.cursor_due(channel_id).is_some_and(|due| due > now) {
+            self.unstored.insert(channel_id.to_owned());
+        } else {
+            self.store_channel_cursor(channel_id, now).await;
         }
+    }
+
+    /// When a channel's cursor may be stored again (`None`: it never was, so now).
+    fn cursor_due(&self, channel_id: &str) -> Option<Instant> {
+        self.stored_at
+            .get(channel_id)
+            .map(|&at| at + CURSOR_STORE_INTERVAL)
+    }
+
+    /// When the first cursor not stored yet is due.
+    fn next_cursor_store(&self) -> Option<Instant> {
+        self.unstored
+            .iter()
+            .map(|channel| self.cursor_due(channel).unwrap_or_else(Instant::now))
+            .min()
     }
 
     /// Store the cursors that are due (or, with `all`, every one not stored yet).
@@ -861,8 +874,8 @@ impl TaskState {
         let due: Vec<String> = self
             .unstored
             .iter()
-            .filter(|&(_, &at)| all || at <= now)
-            .map(|(channel, _)| channel.clone())
+            .filter(|channel| all || self.cursor_due(channel).is_none_or(|due| due <= now))
+            .cloned()
             .collect();
         for channel_id in due {
             self.store_channel_cursor(&channel_id, now).await;
@@ -1578,13 +1591,6 @@ pub fn read_websocket_text(network: &str, text: &str) -> usize {
         readable += 1;
     }
     readable
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
