@@ -53,9 +53,11 @@ impl App {
             members: HashMap::new(),
             posts: HashMap::new(),
             channel_posts: HashMap::new(),
+            thread_posts: HashMap::new(),
             reactions: HashMap::new(),
             files: HashMap::new(),
             pending: HashMap::new(),
+            pending_pruned_at: Instant::now(),
             hooks: HashMap::new(),
             hub: Hub::default(),
         };
@@ -86,11 +88,21 @@ impl App {
 }
 
 /// A `pending_post_id` dedupe entry.
+#[derive(Clone)]
 pub enum Pending {
     /// The first request is still being handled.
     InFlight(Instant),
     /// Created this post.
     Done(String, Instant),
+}
+
+impl Pending {
+    /// How long ago the entry was made.
+    fn since(&self, now: Instant) -> Duration {
+        match self {
+            Pending::InFlight(t) | Pending::Done(_, t) => now.duration_since(*t),
+        }
+    }
 }
 
 /// How long a `pending_post_id` is remembered.
@@ -113,10 +125,16 @@ pub struct State {
     pub posts: HashMap<String, Post>,
     /// channel id → post ids (history rows included) in insertion order.
     pub channel_posts: HashMap<String, Vec<String>>,
+    /// root post id → ids of the posts with that root (history rows included) in insertion
+    /// order: the server keeps a thread's counts on its row, so reading them does not walk
+    /// the channel.
+    pub thread_posts: HashMap<String, Vec<String>>,
     /// post id → reactions in insertion order.
     pub reactions: HashMap<String, Vec<Reaction>>,
     pub files: HashMap<String, FileInfo>,
     pub pending: HashMap<String, Pending>,
+    /// When `pending` was last cleared of expired entries (see [`State::pending_entry`]).
+    pub pending_pruned_at: Instant,
     pub hooks: HashMap<String, IncomingHook>,
     pub hub: Hub,
 }
@@ -264,12 +282,10 @@ impl State {
     fn thread_stats(&self, root_id: &str) -> (i64, i64) {
         let mut count = 0;
         let mut last = 0;
-        if let Some(root) = self.posts.get(root_id)
-            && let Some(ids) = self.channel_posts.get(&root.channel_id)
-        {
+        if let Some(ids) = self.thread_posts.get(root_id) {
             for id in ids {
                 let p = &self.posts[id];
-                if p.root_id == root_id && p.delete_at == 0 && p.original_id.is_empty() {
+                if p.delete_at == 0 && p.original_id.is_empty() {
                     count += 1;
                     last = last.max(p.create_at);
                 }
@@ -330,6 +346,21 @@ impl State {
         v
     }
 
+    /// The live `pending_post_id` entry for `pending`, if one is younger than [`PENDING_TTL`].
+    /// Expired entries are dropped at most once a second, not on every post: the server keeps
+    /// them in an expiring cache, and a walk over a busy minute's worth per post would make
+    /// every post slower the more have been made.
+    pub fn pending_entry(&mut self, pending: &str, now: Instant) -> Option<Pending> {
+        if now.duration_since(self.pending_pruned_at) >= Duration::from_secs(1) {
+            self.pending_pruned_at = now;
+            self.pending.retain(|_, p| p.since(now) < PENDING_TTL);
+        }
+        self.pending
+            .get(pending)
+            .filter(|p| p.since(now) < PENDING_TTL)
+            .cloned()
+    }
+
     /// Store a new post row and bump channel counters (no events).
     pub fn insert_post(&mut self, mut p: Post) -> String {
         self.seq += 1;
@@ -349,6 +380,12 @@ impl State {
             .entry(p.channel_id.clone())
             .or_default()
             .push(id.clone());
+        if !p.root_id.is_empty() {
+            self.thread_posts
+                .entry(p.root_id.clone())
+                .or_default()
+                .push(id.clone());
+        }
         self.posts.insert(id.clone(), p);
         id
     }
@@ -616,5 +653,36 @@ impl State {
             m.insert(id, json!(s));
         }
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_post_id_is_forgotten_after_its_ttl_though_pruned_only_once_a_second() {
+        let app = App::new("admin", "pw", Config::default());
+        let mut st = app.lock();
+        let now = Instant::now();
+        let old = now.checked_sub(PENDING_TTL + Duration::from_secs(1));
+        let Some(old) = old else {
+            return; // The clock started less than the TTL ago: nothing to age.
+        };
+        st.pending
+            .insert("old".into(), Pending::Done("p1".into(), old));
+        st.pending.insert("new".into(), Pending::InFlight(now));
+        // Pruned just now: the expired entry is still stored, but no longer answered.
+        st.pending_pruned_at = now;
+        assert!(st.pending_entry("old", now).is_none());
+        assert!(matches!(
+            st.pending_entry("new", now),
+            Some(Pending::InFlight(_))
+        ));
+        assert_eq!(st.pending.len(), 2);
+        // A second later the expired entry is dropped.
+        let later = now + Duration::from_secs(1);
+        assert!(st.pending_entry("new", later).is_some());
+        assert_eq!(st.pending.len(), 1);
     }
 }

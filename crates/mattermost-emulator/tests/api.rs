@@ -432,6 +432,34 @@ async fn create_post_rules() {
     let r = w.bob.get(&format!("/posts/{root_id}")).await;
     assert_eq!(r.json["reply_count"], 1);
     assert!(r.json["update_at"].as_i64() > root["update_at"].as_i64());
+    // The count is of the thread's live replies: an edit's history row and a deleted reply
+    // are not in it.
+    let r = w
+        .bob
+        .put(
+            &format!("/posts/{reply_id}/patch"),
+            json!({"message": "re, edited"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = w
+        .bob
+        .post(
+            "/posts",
+            json!({"channel_id": ch, "message": "re3", "root_id": root_id}),
+        )
+        .await;
+    let third = r.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        w.bob.get(&format!("/posts/{root_id}")).await.json["reply_count"],
+        2
+    );
+    assert_eq!(
+        w.bob.delete(&format!("/posts/{third}")).await.status,
+        StatusCode::OK
+    );
+    let r = w.bob.get(&format!("/posts/{root_id}")).await;
+    assert_eq!(r.json["reply_count"], 1);
 
     // pending_post_id: a repeat returns the same post; GET shows it blank.
     let body = json!({"channel_id": ch, "message": "once", "pending_post_id": "abc:1"});

@@ -18,7 +18,7 @@ use crate::http::{Auth, json_response, parse_json, query_map, status_ok};
 use crate::hub::Broadcast;
 use crate::ids::new_id;
 use crate::model::Post;
-use crate::state::{App, Caller, PENDING_TTL, Pending, State as St};
+use crate::state::{App, Caller, Pending, State as St};
 
 /// Most rows a `since` query returns.
 const SINCE_LIMIT: usize = 1000;
@@ -160,12 +160,9 @@ fn create_locked(
     let pending = req.pending_post_id.clone();
     if !pending.is_empty() {
         let now = Instant::now();
-        st.pending.retain(|_, p| match p {
-            Pending::InFlight(t) | Pending::Done(_, t) => now.duration_since(*t) < PENDING_TTL,
-        });
-        match st.pending.get(&pending) {
+        match st.pending_entry(&pending, now) {
             Some(Pending::Done(id, _)) => {
-                if let Some(p) = st.posts.get(id) {
+                if let Some(p) = st.posts.get(&id) {
                     return Ok(Created::Repeat(st.post_json(p, &pending)));
                 }
             }
