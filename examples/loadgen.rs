@@ -1089,9 +1089,42 @@ async fn start_mm_reader(
     reading
 }
 
+/// A Mattermost emulator on a runtime and threads of its own (two workers, as the standalone
+/// `mattermost-emulator` runs), set up as the tests' [`mattermost::MmServer`]. A real server is
+/// another process: in the harness's own runtime the emulator would answer its in-process
+/// clients (the direct paths) on the thread that had just written the request, a shortcut no
+/// client of a real server, and not the bridge, gets. The thread lives as long as the process.
+async fn mm_server_apart(team: &str) -> mattermost::MmServer {
+    let (started, emulator) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mm-emulator".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("mm-emulator")
+                .enable_all()
+                .build()
+                .expect("emulator runtime");
+            runtime.block_on(async move {
+                let emu = mattermost_emulator::Emulator::start(
+                    "127.0.0.1:0".parse().expect("address"),
+                    "sysadmin",
+                    "sysadmin-pw",
+                )
+                .await
+                .expect("emulator starts");
+                let _ = started.send(emu);
+                std::future::pending::<()>().await;
+            });
+        })
+        .expect("emulator thread");
+    let emu = emulator.await.expect("emulator started");
+    mattermost::MmServer::set_up(emu, team).await
+}
+
 async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     let server = servers::InspIrcd::start();
-    let mm = mattermost::MmServer::start("lg").await;
+    let mm = mm_server_apart("lg").await;
     let channel = mm.channel("lgc").await;
     let poster = mm.user("lgposter", &channel).await;
     let watcher = mm.user("lgwatcher", &channel).await;
@@ -1370,7 +1403,7 @@ async fn three_networks(
 
 async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
     let server = servers::InspIrcd::start();
-    let mm = mattermost::MmServer::start("lg").await;
+    let mm = mm_server_apart("lg").await;
     let mut points = Vec::new();
     let mut after_messages = json!(null);
     for count in [1, gateways / 10, gateways] {
@@ -1452,7 +1485,7 @@ fn dir_size(dir: &Path) -> u64 {
 
 async fn catchup(daemon: &Path, messages: usize, outage_secs: u64) -> Value {
     let server = servers::InspIrcd::start();
-    let mm = mattermost::MmServer::start("lg").await;
+    let mm = mm_server_apart("lg").await;
     let channel = mm.channel("lgc").await;
     let poster = mm.user("lgposter", &channel).await;
     let mut reader = IrcClient::connect(server.port, "lgreader").await;

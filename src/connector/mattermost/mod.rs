@@ -934,7 +934,10 @@ impl TaskState {
             tokio_tungstenite::connect_async_tls_with_config(
                 request,
                 None,
-                false,
+                // TCP_NODELAY, as browsers and reqwest set it: a small frame written while
+                // the previous one is unacknowledged would otherwise wait for the server's
+                // delayed ACK (up to 40 ms on Linux).
+                true,
                 self.shared.websocket_tls.clone(),
             ),
         )

@@ -38,6 +38,12 @@ impl MmServer {
         let emu = Emulator::start("127.0.0.1:0".parse().unwrap(), "sysadmin", "sysadmin-pw")
             .await
             .expect("emulator starts");
+        Self::set_up(emu, team).await
+    }
+
+    /// [`MmServer::start`] on an emulator already started with the admin `sysadmin`
+    /// (password `sysadmin-pw`).
+    pub async fn set_up(emu: Emulator, team: &str) -> MmServer {
         let admin = MmUser::login(&emu.base_url(), "sysadmin", "sysadmin-pw").await;
         let created = admin
             .ok(
