@@ -569,6 +569,88 @@ async fn regains_its_nick_and_stops_cleanly_on_sigterm() {
     assert!(bridge.logs().contains("tribridge stopped."));
 }
 
+/// A person's CTCP VERSION and PING to the bridge are answered privately, as IRC clients
+/// answer them; a burst of queries gets one answer (at most one a second: the bridge does not
+/// flood the server on anyone's behalf).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_ctcp_version_and_ping_at_most_once_a_second() {
+    use crate::support::irc_client::DEADLINE;
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#ctcp"), unique("#ctcp"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel_a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one),
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[gateway(
+                "g",
+                &[("one", &channel_a, "inout"), ("two", &channel_b, "inout")],
+            )],
+        ),
+    );
+    alice.wait_join(&nick_one, &channel_a).await;
+    let is_answer = |l: &crate::support::irc_client::Line, verb: &str| {
+        l.command == "NOTICE"
+            && l.source_nick == nick_one
+            && l.text()
+                .is_some_and(|(_, t)| t.starts_with(&format!("\x01{verb}")))
+    };
+    // Five queries in one burst.
+    let burst: String = (0..5)
+        .map(|_| format!("PRIVMSG {nick_one} :\x01VERSION\x01\r\n"))
+        .collect();
+    alice.raw_bytes(burst.as_bytes());
+    let version = alice
+        .wait_for(|l| is_answer(l, "VERSION"), DEADLINE)
+        .await
+        .expect("VERSION answered");
+    assert_eq!(
+        version.text().map(|(_, t)| t.to_owned()),
+        Some(format!(
+            "\x01VERSION tribridge {}\x01",
+            env!("CARGO_PKG_VERSION")
+        ))
+    );
+    // A PING, asked again until a second has passed and it is answered.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let ping = loop {
+        alice.raw(&format!("PRIVMSG {nick_one} :\x01PING 12345\x01"));
+        if let Some(ping) = alice
+            .wait_for(
+                |l| is_answer(l, "PING"),
+                std::time::Duration::from_millis(500),
+            )
+            .await
+        {
+            break ping;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PING never answered"
+        );
+    };
+    assert_eq!(ping.text().map(|(_, t)| t), Some("\x01PING 12345\x01"));
+    // Everything the bridge sent before that answer has arrived: the burst got one answer.
+    let mut more_versions = 0;
+    while alice
+        .wait_for(|l| is_answer(l, "VERSION"), std::time::Duration::ZERO)
+        .await
+        .is_some()
+    {
+        more_versions += 1;
+    }
+    assert_eq!(
+        more_versions, 0,
+        "a burst of five queries got more than one answer"
+    );
+}
+
 /// SASL PLAIN before registration on one account, `NickServ` IDENTIFY (waiting for the services'
 /// confirmation before joining) on another, against real Atheme services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
