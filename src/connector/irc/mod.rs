@@ -1,5 +1,4 @@
-//! The IRC connector, on the `irc` crate's protocol types, line codec and transport (PING
-//! handling), over a connection it opens itself ([`conn`]: `TCP_NODELAY`, TLS).
+//! The IRC connector, on the `irc` crate's client (transport, TLS, parsing, PING handling).
 //!
 //! This module owns registration (CAP negotiation, SASL PLAIN, `NickServ` identification that
 //! waits for the confirmation), joining, nick regain, reconnects with backoff and jitter, flood
@@ -8,7 +7,6 @@
 //! `echo-message`, by the echo order with `echo-message` alone, and when written otherwise.
 
 pub mod charset;
-mod conn;
 pub mod flood;
 pub mod lines;
 pub mod wire;
@@ -19,7 +17,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt as _;
-use irc::client::prelude::{Command, Message};
+use irc::client::prelude::{Client, Command, Message};
 use irc::proto::message::Tag;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -228,32 +226,53 @@ impl TaskInfo {
         text.parse::<Message>().unwrap_or(message)
     }
 
-    /// Where this network's connection goes, and how.
-    fn endpoint(&self) -> conn::Endpoint<'_> {
-        conn::Endpoint {
-            host: &self.config.host,
-            port: self.config.port,
-            tls: self.config.tls,
-            tls_verify: self.config.tls_verify,
-            tls_ca_file: self.config.tls_ca_file.as_deref(),
+    fn client_config(&self) -> irc::client::data::Config {
+        let nick = &self.config.nick;
+        irc::client::data::Config {
+            nickname: Some(nick.clone()),
+            alt_nicks: vec![
+                format!("{nick}_"),
+                format!("{nick}__"),
+                format!("{nick}___"),
+                format!("{nick}1"),
+                format!("{nick}2"),
+                format!("{nick}3"),
+            ],
+            username: Some(self.config.username.clone()),
+            realname: Some(self.config.realname.clone()),
+            server: Some(self.config.host.clone()),
+            port: Some(self.config.port),
+            use_tls: Some(self.config.tls),
+            dangerously_accept_invalid_certs: Some(!self.config.tls_verify),
+            cert_path: self
+                .config
+                .tls_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
             // Every byte reaches `charset` intact; it decides what the bytes mean.
-            encoding: charset::WIRE_LABEL,
-            ping_time: Duration::from_secs(60),
-            ping_timeout: Duration::from_secs(30),
+            encoding: Some(charset::WIRE_LABEL.to_owned()),
+            ping_time: Some(60),
+            ping_timeout: Some(30),
+            ..irc::client::data::Config::default()
         }
     }
 
     async fn session(&self, requests: &mut mpsc::Receiver<OutboundRequest>) -> SessionEnd {
-        let endpoint = self.endpoint();
-        let (mut stream, sender) = tokio::select! {
-            result = tokio::time::timeout(Duration::from_secs(30), conn::Connection::open(&endpoint)) => match result {
-                Ok(Ok(opened)) => opened,
+        let connect = Client::from_config(self.client_config());
+        let client = tokio::select! {
+            result = tokio::time::timeout(Duration::from_secs(30), connect) => match result {
+                Ok(Ok(client)) => client,
                 Ok(Err(error)) => return SessionEnd::Lost(format!("connect failed: {}", error_chain(&error))),
                 Err(_) => return SessionEnd::Lost("connect timed out after 30 s".into()),
             },
             () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
         };
-        let mut session = Session::new(self, sender);
+        let mut client = client;
+        let mut stream = match client.stream() {
+            Ok(stream) => stream,
+            Err(error) => return SessionEnd::Lost(format!("no stream: {error}")),
+        };
+        let mut session = Session::new(self, client.sender());
         if let Err(error) = session.begin_registration() {
             return SessionEnd::Lost(format!("cannot send registration: {error}"));
         }
@@ -347,7 +366,7 @@ struct QueuedLine {
 
 struct Session<'a> {
     task: &'a TaskInfo,
-    sender: conn::Sender,
+    sender: irc::client::Sender,
     nick: String,
     phase: Phase,
     offered_caps: Vec<String>,
@@ -365,14 +384,10 @@ struct Session<'a> {
     unconfirmed: VecDeque<(String, Instant)>,
     /// Permits for inbound events queued for commit and not yet committed.
     commits: std::sync::Arc<tokio::sync::Semaphore>,
-    /// How many of the alternative nicks registration has tried.
-    alt_nicks_tried: usize,
-    /// When a CTCP query was last answered (at most one answer a second).
-    ctcp_answered_at: Option<Instant>,
 }
 
 impl<'a> Session<'a> {
-    fn new(task: &'a TaskInfo, sender: conn::Sender) -> Self {
+    fn new(task: &'a TaskInfo, sender: irc::client::Sender) -> Self {
         let channels = task
             .context
             .channels
@@ -400,8 +415,6 @@ impl<'a> Session<'a> {
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
-            alt_nicks_tried: 0,
-            ctcp_answered_at: None,
         }
     }
 
@@ -680,53 +693,6 @@ impl<'a> Session<'a> {
         irc_fold(nick) == irc_fold(&self.nick)
     }
 
-    /// The nick was refused while registering: try the next of `nick_`, `nick__`, `nick___`,
-    /// `nick1`, `nick2`, `nick3`. The configured one is asked for again later (regain).
-    fn try_next_nick(&mut self) -> Result<(), String> {
-        let base = &self.task.config.nick;
-        let next = match self.alt_nicks_tried {
-            n @ 0..=2 => format!("{base}{}", "_".repeat(n + 1)),
-            n @ 3..=5 => format!("{base}{}", n - 2),
-            _ => {
-                return Err(format!(
-                    "the server refused {base} and its six alternatives"
-                ));
-            }
-        };
-        self.alt_nicks_tried += 1;
-        tracing::info!(network = %self.network(), nick = %next, "Nick refused; trying another.");
-        self.nick.clone_from(&next);
-        self.send(Command::NICK(next))
-    }
-
-    /// Answer a CTCP query sent to us (VERSION, PING, CLIENTINFO), at most once a second so
-    /// that a flood of queries cannot make us flood the server.
-    fn answer_ctcp(&mut self, nick: &str, query: &str) {
-        let (verb, argument) = query.split_once(' ').unwrap_or((query, ""));
-        let reply = match verb.to_ascii_uppercase().as_str() {
-            "VERSION" => format!("VERSION tribridge {}", env!("CARGO_PKG_VERSION")),
-            "PING" => {
-                let mut end = argument.len().min(64);
-                while !argument.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("PING {}", &argument[..end])
-            }
-            "CLIENTINFO" => "CLIENTINFO ACTION CLIENTINFO PING VERSION".to_owned(),
-            _ => return,
-        };
-        let now = Instant::now();
-        if self
-            .ctcp_answered_at
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
-        {
-            tracing::debug!(network = %self.network(), from = nick, "CTCP query not answered: one answer a second.");
-            return;
-        }
-        self.ctcp_answered_at = Some(now);
-        let _ = self.send(Command::NOTICE(nick.to_owned(), format!("\x01{reply}\x01")));
-    }
-
     fn try_regain_nick(&self) {
         if self.phase == Phase::Ready && !self.is_me(&self.task.config.nick) {
             let _ = self.send(Command::ISON(vec![self.task.config.nick.clone()]));
@@ -858,8 +824,6 @@ impl<'a> Session<'a> {
                 }
             }
             "376" | "422" => self.after_motd()?,
-            // ERR_ERRONEUSNICKNAME, ERR_NICKNAMEINUSE: before 001 the session has no nick yet.
-            "432" | "433" if self.phase == Phase::Registering => self.try_next_nick()?,
             "303" => {
                 // ISON: an empty answer means the wanted nick is free.
                 let online = line.last().unwrap_or("").trim();
@@ -1228,13 +1192,6 @@ impl<'a> Session<'a> {
                     self.join_channels()?;
                 }
             }
-            return Ok(());
-        }
-        if line.command == "PRIVMSG"
-            && self.is_me(target)
-            && let Some(query) = text.strip_prefix('\x01')
-        {
-            self.answer_ctcp(nick, query.strip_suffix('\x01').unwrap_or(query));
             return Ok(());
         }
         let Some(channel) = self.configured(target) else {
