@@ -107,6 +107,8 @@ impl Pending {
 
 /// How long a `pending_post_id` is remembered.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
+/// How often, at most, expired `pending_post_id`s are dropped.
+const PENDING_PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything the server knows.
 pub struct State {
@@ -279,19 +281,20 @@ impl State {
     }
 
     /// Number of replies in the thread of `root_id` (not deleted, not history).
+    /// The live replies of the thread `root_id` (no edit-history rows), oldest first.
+    pub fn live_replies(&self, root_id: &str) -> impl Iterator<Item = &Post> {
+        self.thread_posts
+            .get(root_id)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|id| &self.posts[id])
+            .filter(|p| p.delete_at == 0 && p.original_id.is_empty())
+    }
+
     fn thread_stats(&self, root_id: &str) -> (i64, i64) {
-        let mut count = 0;
-        let mut last = 0;
-        if let Some(ids) = self.thread_posts.get(root_id) {
-            for id in ids {
-                let p = &self.posts[id];
-                if p.delete_at == 0 && p.original_id.is_empty() {
-                    count += 1;
-                    last = last.max(p.create_at);
-                }
-            }
-        }
-        (count, last)
+        self.live_replies(root_id).fold((0, 0), |(count, last), p| {
+            (count + 1, last.max(p.create_at))
+        })
     }
 
     /// A post's JSON as `PreparePostForClient` renders it. Deleted posts are blanked.
@@ -351,7 +354,7 @@ impl State {
     /// them in an expiring cache, and a walk over a busy minute's worth per post would make
     /// every post slower the more have been made.
     pub fn pending_entry(&mut self, pending: &str, now: Instant) -> Option<Pending> {
-        if now.duration_since(self.pending_pruned_at) >= Duration::from_secs(1) {
+        if now.duration_since(self.pending_pruned_at) >= PENDING_PRUNE_INTERVAL {
             self.pending_pruned_at = now;
             self.pending.retain(|_, p| p.since(now) < PENDING_TTL);
         }
@@ -680,8 +683,8 @@ mod tests {
             Some(Pending::InFlight(_))
         ));
         assert_eq!(st.pending.len(), 2);
-        // A second later the expired entry is dropped.
-        let later = now + Duration::from_secs(1);
+        // An interval later the expired entry is dropped.
+        let later = now + PENDING_PRUNE_INTERVAL;
         assert!(st.pending_entry("new", later).is_some());
         assert_eq!(st.pending.len(), 1);
     }

@@ -469,13 +469,11 @@ pub async fn delete(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
         o.remove("metadata");
     }
     let now = st.now();
-    let targets: Vec<String> = st.channel_posts[&p.channel_id]
-        .iter()
-        .filter(|pid| {
-            let q = &st.posts[*pid];
-            q.delete_at == 0 && (q.id == id || (q.root_id == id && q.original_id.is_empty()))
-        })
-        .cloned()
+    // The post and, for a root, its live replies.
+    let targets: Vec<String> = std::iter::once(&p)
+        .filter(|q| q.delete_at == 0)
+        .chain(st.live_replies(&id))
+        .map(|q| q.id.clone())
         .collect();
     for pid in targets {
         if let Some(q) = st.posts.get_mut(&pid) {
@@ -563,12 +561,12 @@ pub async fn thread(State(app): State<App>, Auth(c): Auth, Path(id): Path<String
     } else {
         p.root_id.clone()
     };
-    let mut rows: Vec<&Post> = st.channel_posts[&p.channel_id]
-        .iter()
-        .map(|i| &st.posts[i])
-        .filter(|q| {
-            q.delete_at == 0 && q.original_id.is_empty() && (q.id == root || q.root_id == root)
-        })
+    let mut rows: Vec<&Post> = st
+        .posts
+        .get(&root)
+        .filter(|q| q.delete_at == 0 && q.original_id.is_empty())
+        .into_iter()
+        .chain(st.live_replies(&root))
         .collect();
     rows.sort_by_key(|q| std::cmp::Reverse((q.create_at, q.seq)));
     let order: Vec<String> = rows.iter().map(|q| q.id.clone()).collect();
