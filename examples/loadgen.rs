@@ -72,8 +72,17 @@ enum Scenario {
     IrcIrc(Drive),
     /// IRC writer → bridge → Mattermost (emulator) reader on the WebSocket.
     IrcMm(Drive),
-    /// Matrix: a direct client's accepted rate vs the bridge as the room's only writer.
-    Matrix(Drive),
+    /// Matrix: a direct client's accepted rate vs the bridge as the room's only writer, in
+    /// alternating rounds on one Synapse.
+    Matrix {
+        /// Messages per round and path.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Rounds; each runs the direct path and the bridged one, in alternating order
+        /// (direct first in even rounds, bridged first in odd ones).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// RSS with three networks (two IRC accounts, one Mattermost) and N gateways, idle.
     Idle {
         #[arg(long, default_value_t = 100)]
@@ -128,7 +137,9 @@ fn main() -> anyhow::Result<()> {
             } => ("core", core(gateways, messages, window, per_event).await),
             Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
             Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
-            Scenario::Matrix(drive) => ("matrix", matrix(&daemon, drive).await),
+            Scenario::Matrix { messages, rounds } => {
+                ("matrix", matrix(&daemon, messages, rounds).await)
+            }
             Scenario::Idle { gateways, mapped } => ("idle", idle(&daemon, gateways, mapped).await),
             Scenario::Catchup {
                 messages,
@@ -298,14 +309,18 @@ impl Daemon {
         std::fs::write(dir.join("bridges.toml"), config).expect("write config");
         let log = std::fs::File::create(dir.join("bridge.log")).expect("log");
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // The daemon's own log filter (its events at info, the libraries' at warn), as it
+        // runs when installed; `LOADGEN_RUST_LOG` replaces it. (`RUST_LOG=info` would also log
+        // every request the Matrix SDK makes.)
+        match std::env::var("LOADGEN_RUST_LOG") {
+            Ok(filter) => command.env("RUST_LOG", filter),
+            Err(_) => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(dir.join("bridges.toml"))
-            .env(
-                "RUST_LOG",
-                std::env::var("LOADGEN_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -1246,83 +1261,62 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     })
 }
 
-async fn matrix(daemon: &Path, drive: Drive) -> Value {
+/// One timed round of a Matrix path: `messages` sent, how many arrived, and in what time.
+fn matrix_round(messages: usize, arrived: usize, seconds: f64) -> Value {
+    json!({
+        "messages": messages,
+        "arrived": arrived,
+        "seconds": seconds,
+        "msgs_per_s": arrived as f64 / seconds,
+    })
+}
+
+/// Rounds of one path summed: all that arrived over all the time taken.
+fn matrix_total(rounds: &[Value]) -> Value {
+    let sum = |key: &str| rounds.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
+    json!({
+        "messages": sum("messages"),
+        "arrived": sum("arrived"),
+        "seconds": sum("seconds"),
+        "msgs_per_s": sum("arrived") / sum("seconds"),
+    })
+}
+
+async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
     let synapse = servers::Synapse::start();
     let base = synapse.url();
     let server = servers::InspIrcd::start();
     let mut alice = matrix_client::MatrixUser::new(&base, "lgalice").await;
-    let room = alice.create_room("lgroom").await;
+    let bridged_room = alice.create_room("lgroom").await;
+    let direct_room = alice.create_room("lgdirect").await;
+    let quiet_room = alice.create_room("lgquiet").await;
     let _bot = matrix_client::MatrixUser::new(&base, "lgbot").await;
     // Unobserved: one client sends as fast as Synapse accepts (each send waits for its
     // answer), with nobody syncing: the server's rate with no one to tell.
     let started = Instant::now();
-    let mut accepted = 0usize;
     let mut send_latencies = Vec::new();
-    for seq in 0..drive.messages {
+    for seq in 0..messages {
         let sent = Instant::now();
-        alice.say(&room, &payload("dir", seq)).await;
+        alice.say(&quiet_room, &payload("dir", seq)).await;
         send_latencies.push(sent.elapsed());
-        accepted += 1;
     }
     let unobserved_seconds = started.elapsed().as_secs_f64();
     let unobserved = json!({
-        "messages": accepted,
+        "messages": messages,
         "seconds": unobserved_seconds,
-        "msgs_per_s": accepted as f64 / unobserved_seconds,
+        "msgs_per_s": messages as f64 / unobserved_seconds,
         "send_latency": percentiles(&mut send_latencies),
     });
     println!("matrix direct, nobody syncing: {unobserved}");
     // Direct, as the bridge is measured: another member sends as fast as Synapse accepts while
     // its own client syncs (every client, and the bridge, does) and the reader syncs, until the
-    // reader has seen the last message.
-    let mut sender = matrix_client::MatrixUser::new(&base, "lgdirect").await;
-    sender.join(&room).await;
-    let mut senders_sync = matrix_client::MatrixUser::login(&base, "lgdirect", "password").await;
-    alice.mark().await;
-    senders_sync.mark().await;
-    let last = payload("obs", drive.messages - 1);
-    let started = Instant::now();
-    let sending = {
-        let room = room.clone();
-        let messages = drive.messages;
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            for seq in 0..messages {
-                let sent = Instant::now();
-                sender.say(&room, &payload("obs", seq)).await;
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        })
-    };
-    let own_sync = {
-        let room = room.clone();
-        let last = last.clone();
-        tokio::spawn(async move {
-            senders_sync
-                .events_until(&room, Duration::from_mins(5), |events| {
-                    events.iter().any(|e| e.body() == last)
-                })
-                .await
-                .len()
-        })
-    };
-    let events = alice.messages_until(&room, &last).await;
-    let direct_seconds = started.elapsed().as_secs_f64();
-    let mut send_latencies = sending.await.expect("sender");
-    let _ = own_sync.await;
-    let arrived = events
-        .iter()
-        .filter(|e| parse_payload("obs", e.body()).is_some())
-        .count();
-    let direct = json!({
-        "messages": drive.messages,
-        "arrived": arrived,
-        "seconds": direct_seconds,
-        "msgs_per_s": arrived as f64 / direct_seconds,
-        "send_latency": percentiles(&mut send_latencies),
-    });
-    println!("matrix direct: {direct}");
+    // reader has seen the last message. It has a room of its own, which grows round by round as
+    // the bridge's does; the bridge, not in it, is not woken by it.
+    let sender = matrix_client::MatrixUser::new(&base, "lgdirect").await;
+    sender.join(&direct_room).await;
+    let mut sender = Some(sender);
+    let mut senders_sync =
+        Some(matrix_client::MatrixUser::login(&base, "lgdirect", "password").await);
     let mut writer = IrcClient::connect(server.port, "lgwriter").await;
     writer.join("#lga").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1331,46 +1325,126 @@ async fn matrix(daemon: &Path, drive: Drive) -> Value {
             "[network.mx]\ntype = \"matrix\"\nhomeserver = \"{base}\"\nuser = \"@lgbot:localhost\"\npassword = \"password\"\n\n"
         )
         .as_str();
+    let metrics_port = servers::free_port();
     let mut bridge = Daemon::start(
         daemon,
         dir.path(),
-        &config(
-            &dir.path().join("state"),
-            &networks,
-            &gateway("lg", &[("one", "#lga"), ("mx", "#lgroom:localhost")]),
+        &with_metrics(
+            &config(
+                &dir.path().join("state"),
+                &networks,
+                &gateway("lg", &[("one", "#lga"), ("mx", "#lgroom:localhost")]),
+            ),
+            metrics_port,
         ),
     );
     writer.wait_join("lgbrone", "#lga").await;
     bridge.wait_log("Joined Matrix room.", 1).await;
     let lines = writer.clone_writer();
-    // The writer is not paced: the bridge is Synapse's only writer and goes as fast as it can.
-    let sent_all = Instant::now();
-    for seq in 0..drive.messages {
-        let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("brg", seq)).into_bytes());
+    // The bridge is idle in the direct rounds (it is not in their room): its stages between
+    // these scrapes are the bridged rounds'.
+    let stages_before = scrape(metrics_port).await;
+    let mut direct_rounds = Vec::new();
+    let mut bridged_rounds = Vec::new();
+    let mut pairs = Vec::new();
+    for round in 0..rounds {
+        let mut direct = Value::Null;
+        let mut bridged = Value::Null;
+        for path in if round % 2 == 0 {
+            ["direct", "bridged"]
+        } else {
+            ["bridged", "direct"]
+        } {
+            if path == "direct" {
+                let tag = format!("obs{round}");
+                let last = payload(&tag, messages - 1);
+                alice.mark().await;
+                let mut own = senders_sync.take().expect("the sender's sync client");
+                own.mark().await;
+                let mut writing = sender.take().expect("the direct sender");
+                let started = Instant::now();
+                let sending = {
+                    let room = direct_room.clone();
+                    let tag = tag.clone();
+                    tokio::spawn(async move {
+                        for seq in 0..messages {
+                            writing.say(&room, &payload(&tag, seq)).await;
+                        }
+                        writing
+                    })
+                };
+                let own_sync = {
+                    let room = direct_room.clone();
+                    let last = last.clone();
+                    tokio::spawn(async move {
+                        own.events_until(&room, Duration::from_mins(5), |events| {
+                            events.iter().any(|e| e.body() == last)
+                        })
+                        .await;
+                        own
+                    })
+                };
+                let events = alice.messages_until(&direct_room, &last).await;
+                let seconds = started.elapsed().as_secs_f64();
+                sender = Some(sending.await.expect("sender"));
+                senders_sync = Some(own_sync.await.expect("the sender's sync"));
+                let arrived = events
+                    .iter()
+                    .filter(|e| parse_payload(&tag, e.body()).is_some())
+                    .count();
+                direct = matrix_round(messages, arrived, seconds);
+            } else {
+                // The writer is not paced: the bridge is Synapse's only writer in its room and
+                // goes as fast as it can.
+                let tag = format!("brg{round}");
+                alice.mark().await;
+                let started = Instant::now();
+                for seq in 0..messages {
+                    let _ = lines
+                        .send(format!("PRIVMSG #lga :{}\r\n", payload(&tag, seq)).into_bytes());
+                }
+                let events = alice
+                    .messages_until(&bridged_room, &payload(&tag, messages - 1))
+                    .await;
+                let seconds = started.elapsed().as_secs_f64();
+                let arrived = events
+                    .iter()
+                    .filter(|e| parse_payload(&tag, e.body()).is_some())
+                    .count();
+                bridged = matrix_round(messages, arrived, seconds);
+            }
+        }
+        let share = ratio(&bridged, &direct, "msgs_per_s");
+        println!("matrix round {round}: direct {direct}, bridged {bridged}, share {share}");
+        pairs.push(share);
+        direct_rounds.push(direct);
+        bridged_rounds.push(bridged);
     }
-    let events = alice
-        .messages_until(&room, &payload("brg", drive.messages - 1))
-        .await;
-    let bridged_seconds = sent_all.elapsed().as_secs_f64();
-    let arrived = events
-        .iter()
-        .filter(|e| parse_payload("brg", e.body()).is_some())
-        .count();
+    let bridge_stages = stages(&stages_before, &scrape(metrics_port).await);
+    println!("bridge stages: {bridge_stages}");
     let rss = bridge.rss_kib();
     let cpu = bridge.cpu();
     bridge.terminate();
-    let bridged = json!({
-        "messages": drive.messages,
-        "arrived": arrived,
-        "seconds": bridged_seconds,
-        "msgs_per_s": arrived as f64 / bridged_seconds,
-    });
+    let direct = matrix_total(&direct_rounds);
+    let bridged = matrix_total(&bridged_rounds);
+    let mut shares: Vec<f64> = pairs.iter().filter_map(Value::as_f64).collect();
+    shares.sort_by(f64::total_cmp);
+    let median = match shares.len() {
+        0 => Value::Null,
+        n if n % 2 == 1 => json!(shares[n / 2]),
+        n => json!(f64::midpoint(shares[n / 2 - 1], shares[n / 2])),
+    };
     json!({
         "direct_unobserved": unobserved,
         "direct": direct,
         "bridged": bridged,
+        "direct_rounds": direct_rounds,
+        "bridged_rounds": bridged_rounds,
         "share_of_direct_rate": ratio(&bridged, &direct, "msgs_per_s"),
+        "share_per_round": pairs,
+        "share_per_round_median": median,
         "share_of_unobserved_rate": ratio(&bridged, &unobserved, "msgs_per_s"),
+        "bridge_stages": bridge_stages,
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
     })

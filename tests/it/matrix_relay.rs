@@ -674,6 +674,55 @@ async fn joins_an_invite_only_room_when_invited_and_logs_why_it_could_not_before
     assert_eq!(seen.len(), 1);
 }
 
+/// A room the bot is put in from outside (a server admin's join, not a call of its own) while
+/// its sync leaves out the bot's own events, its join among them: the room's earlier history
+/// is still not relayed, and what is said from then on is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_the_admin_puts_the_bot_in_relays_what_follows_and_none_of_its_history() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    register(&url, &bot, "password").await;
+    let admin = MatrixUser::new_admin(&url, &unique("admin")).await;
+    let mut alice = MatrixUser::new(&url, &unique("alice")).await;
+    let alias = unique("later");
+    let channel = unique("#mx");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot),
+            ],
+            &[("irc", &channel), ("mx", &format!("#{alias}:localhost"))],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    // The alias does not exist yet; the bot's next attempt of its own is a minute away.
+    bridge.wait_for_log("Cannot join Matrix room").await;
+    let room = alice.create_room(&alias).await;
+    alice.say(&room, "said before the bot was there").await;
+    let bot_id = format!("@{bot}:localhost");
+    admin.force_join(&room, &bot_id).await;
+    wait_member_join(&mut alice, &room, &bot_id).await;
+    alice.say(&room, "said once it was in").await;
+    let seen = irc.texts_until(&channel, "said once it was in").await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    irc.say(&channel, "and back");
+    let seen: Vec<Event> = alice
+        .messages_until(&room, "and back")
+        .await
+        .into_iter()
+        .filter(|e| e.sender == bot_id)
+        .collect();
+    assert_eq!(bodies(&seen), vec![format!("<{}> and back", irc.nick)]);
+}
+
 /// A Matrix message longer than an IRC line is split into several lines, in order, each with
 /// the sender, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

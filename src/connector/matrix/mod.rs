@@ -33,7 +33,7 @@
 
 pub mod content;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -651,6 +651,7 @@ impl MatrixTask {
             rooms: HashMap::new(),
             wanted: self.context.channels.clone(),
             next_join_attempt: Instant::now(),
+            awaiting_join: HashSet::new(),
         };
         // A brand-new install takes its position before it joins, so that what is said right
         // after the join is relayed (and nothing before it).
@@ -674,6 +675,32 @@ impl MatrixTask {
         // (whoami) and logs in again with the same device id, so no new device appears.
         end
     }
+}
+
+/// Drop what the bot was not there for: every event before its own join in this batch, and
+/// every event the homeserver marks as seen from outside the room (`unsigned.membership`,
+/// Matrix 1.11, the requesting user's membership at the event). The second also holds when the
+/// join itself is not in the batch, as when the sync leaves out the bot's own events.
+fn after_own_join(own: &str, events: Vec<Value>) -> Vec<Value> {
+    let join_at = events.iter().rposition(|event| {
+        event["type"] == "m.room.member"
+            && event["state_key"].as_str() == Some(own)
+            && event["content"]["membership"] == "join"
+            && event["unsigned"]["prev_content"]["membership"] != "join"
+    });
+    let after = match join_at {
+        Some(index) => index + 1,
+        None => 0,
+    };
+    events
+        .into_iter()
+        .skip(after)
+        .filter(|event| {
+            event["unsigned"]["membership"]
+                .as_str()
+                .is_none_or(|membership| membership == "join")
+        })
+        .collect()
 }
 
 fn save_session(path: &std::path::Path, session: &MatrixSession) {
@@ -710,6 +737,9 @@ struct SyncState<'a> {
     /// configured channels
     wanted: Vec<String>,
     next_join_attempt: Instant,
+    /// Rooms this session joined whose join no sync has shown yet. While there are any, the
+    /// sync asks for the bot's own events too, so that its join marks where history ends.
+    awaiting_join: HashSet<OwnedRoomId>,
 }
 
 impl SyncState<'_> {
@@ -764,7 +794,7 @@ impl SyncState<'_> {
         }
         tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
         let settings = SyncSettings::default()
-            .filter(Self::filter())
+            .filter(Self::filter(None))
             .timeout(Duration::ZERO);
         let response =
             self.client.sync_once(settings).await.map_err(|error| {
@@ -794,6 +824,7 @@ impl SyncState<'_> {
             match self.client.join_room_by_id_or_alias(&target, &[]).await {
                 Ok(room) => {
                     tracing::info!(network = %self.network(), room = %channel, room_id = %room.room_id(), "Joined Matrix room.");
+                    self.awaiting_join.insert(room.room_id().to_owned());
                     self.rooms.insert(channel, room.room_id().to_owned());
                 }
                 Err(error) => {
@@ -824,6 +855,7 @@ impl SyncState<'_> {
         match room.join().await {
             Ok(()) => {
                 tracing::info!(network = %self.network(), room = %channel, room_id = %room_id, "Accepted the invite to a configured room.");
+                self.awaiting_join.insert(room_id.to_owned());
                 self.rooms.insert(channel, room_id.to_owned());
                 self.publish_rooms();
             }
@@ -838,9 +870,18 @@ impl SyncState<'_> {
     /// receipts and account data are left out: the bridge relays none of them, and each would
     /// wake its sync and cost the homeserver a response (Synapse skips computing what a
     /// filter blocks entirely).
-    fn filter() -> Filter {
+    ///
+    /// With `quiet_as` the bot's own events are left out of the timelines too: the bridge
+    /// never relays them, and without them its sync is not answered after each message it
+    /// sends (Synapse keeps waiting when the filtered answer would be empty). That saves the
+    /// homeserver a response and the bridge a round of sync processing per message. Room state
+    /// still carries the bot's own membership.
+    fn filter(quiet_as: Option<&UserId>) -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
+        if let Some(own) = quiet_as {
+            timeline.not_senders = vec![own.to_owned()];
+        }
         let mut room = RoomFilter::default();
         room.timeline = timeline;
         room.ephemeral = RoomEventFilter::ignore_all();
@@ -881,14 +922,18 @@ impl SyncState<'_> {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
             }
-            let mut settings =
-                SyncSettings::default()
-                    .filter(Self::filter())
-                    .timeout(if since.is_some() {
-                        SYNC_TIMEOUT
-                    } else {
-                        Duration::ZERO
-                    });
+            // Quiet only once every join of this session has been seen in a sync.
+            let quiet_as = self
+                .awaiting_join
+                .is_empty()
+                .then_some(self.own_user.as_ref());
+            let mut settings = SyncSettings::default()
+                .filter(Self::filter(quiet_as))
+                .timeout(if since.is_some() {
+                    SYNC_TIMEOUT
+                } else {
+                    Duration::ZERO
+                });
             if let Some(token) = &since {
                 settings = settings.token(token.clone());
             }
@@ -905,6 +950,9 @@ impl SyncState<'_> {
                     return SessionEnd::Lost(format!("sync failed: {reason}"));
                 }
             };
+            for room_id in response.rooms.joined.keys() {
+                self.awaiting_join.remove(room_id);
+            }
             for room_id in response.rooms.invited.keys() {
                 self.consider_invite(room_id).await;
             }
@@ -929,7 +977,7 @@ impl SyncState<'_> {
                             .iter()
                             .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
                     );
-                    let events = self.after_own_join(events);
+                    let events = after_own_join(self.own_user.as_str(), events);
                     for event in events {
                         if let Err(reason) = self.relay(room_id, &channel, &event).await {
                             return SessionEnd::Lost(reason);
@@ -979,21 +1027,6 @@ impl SyncState<'_> {
         older.reverse();
         tracing::info!(network = %self.network(), room_id = %room_id, missed = older.len(), "Fetched messages a limited sync left out.");
         Ok(older)
-    }
-
-    /// Drop what precedes the bot's own join in this batch: history from before it was there.
-    fn after_own_join(&self, events: Vec<Value>) -> Vec<Value> {
-        let own = self.own_user.as_str();
-        let join_at = events.iter().rposition(|event| {
-            event["type"] == "m.room.member"
-                && event["state_key"].as_str() == Some(own)
-                && event["content"]["membership"] == "join"
-                && event["unsigned"]["prev_content"]["membership"] != "join"
-        });
-        match join_at {
-            Some(index) => events.into_iter().skip(index + 1).collect(),
-            None => events,
-        }
     }
 
     /// Normalise one timeline event and commit it. `Err` only when the store failed.
@@ -1167,5 +1200,93 @@ impl SyncState<'_> {
                 .map_or(localpart, ToOwned::to_owned),
             _ => localpart,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(id: &str, membership: Option<&str>) -> Value {
+        let mut event = json!({
+            "type": "m.room.message",
+            "event_id": id,
+            "sender": "@alice:localhost",
+            "content": {"msgtype": "m.text", "body": id},
+        });
+        if let Some(membership) = membership {
+            event["unsigned"] = json!({ "membership": membership });
+        }
+        event
+    }
+
+    fn ids(events: &[Value]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn history_before_the_bots_join_in_the_batch_is_dropped() {
+        let join = json!({
+            "type": "m.room.member",
+            "event_id": "$join",
+            "sender": "@bot:localhost",
+            "state_key": "@bot:localhost",
+            "content": {"membership": "join"},
+        });
+        let events = vec![message("$before", None), join, message("$after", None)];
+        assert_eq!(ids(&after_own_join("@bot:localhost", events)), ["$after"]);
+    }
+
+    #[test]
+    fn a_profile_change_of_the_bot_is_not_taken_for_its_join() {
+        let rename = json!({
+            "type": "m.room.member",
+            "event_id": "$rename",
+            "sender": "@bot:localhost",
+            "state_key": "@bot:localhost",
+            "content": {"membership": "join", "displayname": "Bridge"},
+            "unsigned": {"prev_content": {"membership": "join"}},
+        });
+        let events = vec![message("$one", None), rename, message("$two", None)];
+        assert_eq!(
+            ids(&after_own_join("@bot:localhost", events)),
+            ["$one", "$rename", "$two"]
+        );
+    }
+
+    #[test]
+    fn without_the_join_in_the_batch_the_servers_membership_marks_history() {
+        // The sync leaves out the bot's own events; the homeserver still says, per event,
+        // whether the bot was in the room (Matrix 1.11 `unsigned.membership`).
+        let events = vec![
+            message("$left", Some("leave")),
+            message("$invited", Some("invite")),
+            message("$joined", Some("join")),
+            message("$unmarked", None),
+        ];
+        assert_eq!(
+            ids(&after_own_join("@bot:localhost", events)),
+            ["$joined", "$unmarked"]
+        );
+    }
+
+    #[test]
+    fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
+        let own = UserId::parse("@bot:localhost").expect("user id");
+        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own)) else {
+            panic!("an inline filter");
+        };
+        assert_eq!(quiet.room.timeline.not_senders, vec![own.clone()]);
+        assert!(quiet.room.state.not_senders.is_empty());
+        let Filter::FilterDefinition(full) = SyncState::filter(None) else {
+            panic!("an inline filter");
+        };
+        assert!(full.room.timeline.not_senders.is_empty());
+        assert_eq!(full.room.timeline.limit, quiet.room.timeline.limit);
     }
 }

@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 
 /// Register `user` with Synapse's shared-secret admin API (works with registration closed).
 pub async fn register(base: &str, user: &str, password: &str) {
+    register_as(base, user, password, false).await;
+}
+
+/// [`register`], as a server admin when `admin` is set.
+async fn register_as(base: &str, user: &str, password: &str, admin: bool) {
     use hmac::{Hmac, Mac as _};
     let http = reqwest::Client::new();
     let nonce: Value = http
@@ -20,7 +25,8 @@ pub async fn register(base: &str, user: &str, password: &str) {
         .expect("nonce json");
     let nonce = nonce["nonce"].as_str().expect("nonce").to_owned();
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-shared-secret").expect("hmac key");
-    mac.update(format!("{nonce}\0{user}\0{password}\0notadmin").as_bytes());
+    let kind = if admin { "admin" } else { "notadmin" };
+    mac.update(format!("{nonce}\0{user}\0{password}\0{kind}").as_bytes());
     let digest = mac
         .finalize()
         .into_bytes()
@@ -33,7 +39,7 @@ pub async fn register(base: &str, user: &str, password: &str) {
         .post(format!("{base}/_synapse/admin/v1/register"))
         .json(
             &json!({"nonce": nonce, "username": user, "password": password,
-                      "admin": false, "mac": digest}),
+                      "admin": admin, "mac": digest}),
         )
         .send()
         .await
@@ -87,6 +93,12 @@ impl MatrixUser {
     /// Register a new user and log in.
     pub async fn new(base: &str, name: &str) -> MatrixUser {
         register(base, name, "password").await;
+        Self::login(base, name, "password").await
+    }
+
+    /// A new server admin of this Synapse.
+    pub async fn new_admin(base: &str, name: &str) -> MatrixUser {
+        register_as(base, name, "password", true).await;
         Self::login(base, name, "password").await
     }
 
@@ -153,6 +165,17 @@ impl MatrixUser {
             )
             .await;
         reply["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Put a user in a public room as the server admin does (Synapse's admin join API): the
+    /// user's own client does not ask for it.
+    pub async fn force_join(&self, room: &str, user_id: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_synapse/admin/v1/join/{}", encode(room)),
+            &json!({"user_id": user_id}),
+        )
+        .await;
     }
 
     /// Invite a user to a room.
