@@ -196,17 +196,19 @@ async fn text_emote_and_notice_both_ways_without_echo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_100_arrives_in_order_exactly_once_both_ways() {
+async fn bursts_of_100_both_ways_at_once_arrive_in_order_exactly_once() {
     let mut s = setup(shared_synapse()).await;
     let room = s.room.clone();
-    for n in 0..100 {
-        s.matrix.say(&room, &format!("m2i {n}")).await;
-    }
-    s.matrix.say(&room, "MARK-M").await;
+    // The IRC burst goes out first, so that the Matrix one is said while the bridge writes
+    // into the room (its sync polls then instead of long-polling).
     for n in 0..100 {
         s.irc.say(&s.channel, &format!("i2m {n}"));
     }
     s.irc.say(&s.channel, "MARK-I");
+    for n in 0..100 {
+        s.matrix.say(&room, &format!("m2i {n}")).await;
+    }
+    s.matrix.say(&room, "MARK-M").await;
     let seen = s.irc.texts_until(&s.channel, "MARK-M").await;
     let alice = s
         .matrix
@@ -220,10 +222,17 @@ async fn a_burst_of_100_arrives_in_order_exactly_once_both_ways() {
     expected.push(format!("<{alice}> MARK-M"));
     assert_eq!(texts(&seen), expected);
     let bot_id = format!("@{}:localhost", s.bot);
-    let seen: Vec<Event> = s
-        .matrix
-        .messages_until(&room, "MARK-I")
-        .await
+    let timeline = s.matrix.messages_until(&room, "MARK-I").await;
+    let first_said = timeline
+        .iter()
+        .position(|e| e.sender != bot_id && e.body().starts_with("m2i "));
+    let last_relayed = timeline.iter().position(|e| e.body().ends_with("MARK-I"));
+    assert!(
+        matches!((first_said, last_relayed), (Some(said), Some(relayed)) if said < relayed),
+        "the Matrix burst began before the bridge's ended: {:?}",
+        bodies(&timeline)
+    );
+    let seen: Vec<Event> = timeline
         .into_iter()
         .filter(|e| e.sender == bot_id)
         .collect();

@@ -10,7 +10,9 @@
 //!   [`crate::router::Router::submit`]: a crash replays a response (the store drops the
 //!   duplicates by event id), never skips one. A brand-new install takes the current position
 //!   without relaying history, and a room joined later is relayed from the bot's join on. A
-//!   `limited` timeline is completed with `/messages` back to the previous position.
+//!   `limited` timeline is completed with `/messages` back to the previous position. While
+//!   the bot writes into its rooms the sync polls (every 200 ms) instead of long-polling: a
+//!   waiting sync is woken, and computed again, by every event the bot sends.
 //! - **Echo**: every event sent by the bot's own account is dropped here (that includes events
 //!   that arrive through sync before the send call returned); the store's mapping layer and the
 //!   transaction id (= the delivery id) are the other two layers.
@@ -35,6 +37,7 @@ pub mod content;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -72,6 +75,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// How long one `/sync` long-poll waits for news.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// While the bot is writing, how often the sync polls instead of long-polling.
+const BUSY_POLL: Duration = Duration::from_millis(200);
 /// How many timeline events one sync returns per room before it is `limited`.
 const TIMELINE_LIMIT: u32 = 100;
 /// How often rooms that could not be joined are tried again.
@@ -95,6 +100,8 @@ pub struct MatrixHandle {
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
     files: Arc<crate::files::Files>,
+    /// Requests the handle has begun that put an event of the bot's in a room.
+    writes: Arc<AtomicU64>,
 }
 
 /// The connection task of a Matrix network.
@@ -104,6 +111,8 @@ pub struct MatrixTask {
     context: BuildContext,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
+    /// The handle's count of writes: while it moves, the sync polls (see [`SyncState::run`]).
+    writes: Arc<AtomicU64>,
     /// user id → the picture (`mxc://`) last stored for them, for `override_icon_url` elsewhere.
     avatars: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -117,6 +126,7 @@ pub fn build(
 ) -> (MatrixHandle, MatrixTask) {
     let live = Arc::new(RwLock::new(None));
     let relogin = Arc::new(tokio::sync::Notify::new());
+    let writes = Arc::new(AtomicU64::new(0));
     (
         MatrixHandle {
             network: network.to_owned(),
@@ -125,6 +135,7 @@ pub fn build(
             live: Arc::clone(&live),
             relogin: Arc::clone(&relogin),
             files: Arc::clone(&context.files),
+            writes: Arc::clone(&writes),
         },
         MatrixTask {
             network: network.to_owned(),
@@ -132,6 +143,7 @@ pub fn build(
             context,
             live,
             relogin,
+            writes,
             avatars: std::sync::Mutex::new(HashMap::new()),
         },
     )
@@ -250,6 +262,9 @@ impl MatrixHandle {
             crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
         }
         let delivery = &delivery;
+        // Counted before the request: the homeserver tells the bot's sync about the event
+        // before it answers the send.
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let txn_id: OwnedTransactionId = delivery.id.as_str().into();
         let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
         let target_event = delivery
@@ -727,6 +742,33 @@ fn save_session(path: &std::path::Path, session: &MatrixSession) {
     }
 }
 
+/// Whether the bot is writing: its count of writes was seen to move less than [`BUSY_POLL`]
+/// ago. The sync looks at the count once per sync, so a stream of writes keeps it busy, and a
+/// whole interval without any ends it.
+#[derive(Debug)]
+struct Writing {
+    seen: u64,
+    moved_at: Option<Instant>,
+}
+
+impl Writing {
+    fn new(count: u64) -> Self {
+        Writing {
+            seen: count,
+            moved_at: None,
+        }
+    }
+
+    fn busy(&mut self, count: u64, now: Instant) -> bool {
+        if count != self.seen {
+            self.seen = count;
+            self.moved_at = Some(now);
+        }
+        self.moved_at
+            .is_some_and(|at| now.saturating_duration_since(at) < BUSY_POLL)
+    }
+}
+
 /// The state of one sync session.
 struct SyncState<'a> {
     task: &'a MatrixTask,
@@ -872,10 +914,9 @@ impl SyncState<'_> {
     /// filter blocks entirely).
     ///
     /// With `quiet_as` the bot's own events are left out of the timelines too: the bridge
-    /// never relays them, and without them its sync is not answered after each message it
-    /// sends (Synapse keeps waiting when the filtered answer would be empty). That saves the
-    /// homeserver a response and the bridge a round of sync processing per message. Room state
-    /// still carries the bot's own membership.
+    /// never relays them, so the polls while it writes carry none of its messages (less for the
+    /// homeserver to send and for the bridge to parse). Room state still carries the bot's own
+    /// membership. The long-poll asks for the bot's own events: its first write must end it.
     fn filter(quiet_as: Option<&UserId>) -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
@@ -918,22 +959,34 @@ impl SyncState<'_> {
                 return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
             }
         };
+        let writes = Arc::clone(&self.task.writes);
+        let mut writing = Writing::new(writes.load(Ordering::Relaxed));
+        // When the last sync began.
+        let mut started = Instant::now();
         loop {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
             }
+            // While the bot writes, no long-poll waits at the homeserver: every event wakes a
+            // waiting sync, and the homeserver computes the answer again from its start, even
+            // when the filter leaves nothing to answer. So the sync polls, every BUSY_POLL,
+            // and long-polls again once a whole interval went by without writes. The long-poll
+            // takes the bot's own events too, so that its first write ends it.
+            let busy = writing.busy(writes.load(Ordering::Relaxed), Instant::now());
+            if busy {
+                tokio::time::sleep_until(started + BUSY_POLL).await;
+            }
             // Quiet only once every join of this session has been seen in a sync.
-            let quiet_as = self
-                .awaiting_join
-                .is_empty()
-                .then_some(self.own_user.as_ref());
+            let quiet_as =
+                (busy && self.awaiting_join.is_empty()).then_some(self.own_user.as_ref());
             let mut settings = SyncSettings::default()
                 .filter(Self::filter(quiet_as))
-                .timeout(if since.is_some() {
+                .timeout(if since.is_some() && !busy {
                     SYNC_TIMEOUT
                 } else {
                     Duration::ZERO
                 });
+            started = Instant::now();
             if let Some(token) = &since {
                 settings = settings.token(token.clone());
             }
@@ -1273,6 +1326,22 @@ mod tests {
             ids(&after_own_join("@bot:localhost", events)),
             ["$joined", "$unmarked"]
         );
+    }
+
+    #[test]
+    fn writes_make_the_sync_poll_until_an_interval_passes_without_any() {
+        let start = Instant::now();
+        let mut writing = Writing::new(7);
+        assert!(!writing.busy(7, start), "no write yet");
+        assert!(writing.busy(8, start), "a write");
+        // The poll right after it, and the next ones while writes go on.
+        assert!(writing.busy(8, start + Duration::from_millis(5)));
+        assert!(writing.busy(12, start + BUSY_POLL));
+        assert!(writing.busy(12, start + BUSY_POLL * 3 / 2));
+        // A whole interval since the count last moved: long-poll again.
+        assert!(!writing.busy(12, start + BUSY_POLL * 2));
+        assert!(!writing.busy(12, start + BUSY_POLL * 10));
+        assert!(writing.busy(13, start + BUSY_POLL * 11));
     }
 
     #[test]
