@@ -1424,6 +1424,21 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
     println!("bridge stages: {bridge_stages}");
     let rss = bridge.rss_kib();
     let cpu = bridge.cpu();
+    // Matrix → IRC, a message every 300 ms: with the bot idle, then while it writes a burst of
+    // IRC lines into the room (its sync polls then instead of long-polling).
+    let (idle_latency, alice) = matrix_to_irc(alice, &bridged_room, &mut writer, "lati").await;
+    for seq in 0..(messages * 2) {
+        let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("burst", seq)).into_bytes());
+    }
+    let (writing_latency, mut alice) =
+        matrix_to_irc(alice, &bridged_room, &mut writer, "latw").await;
+    println!("matrix → irc: idle {idle_latency}, while the bot writes {writing_latency}");
+    let burst = alice
+        .messages_until(&bridged_room, &payload("burst", messages * 2 - 1))
+        .await
+        .iter()
+        .filter(|e| parse_payload("burst", e.body()).is_some())
+        .count();
     bridge.terminate();
     let direct = matrix_total(&direct_rounds);
     let bridged = matrix_total(&bridged_rounds);
@@ -1447,7 +1462,73 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
         "bridge_stages": bridge_stages,
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
+        "matrix_to_irc_idle": idle_latency,
+        "matrix_to_irc_while_writing": writing_latency,
+        "burst_arrived": burst,
     })
+}
+
+/// Matrix → IRC latency: `alice` says 20 messages tagged `tag`, 300 ms apart, and `reader` (on
+/// IRC) notes when each arrives. Measured from just before the send request.
+async fn matrix_to_irc(
+    mut alice: matrix_client::MatrixUser,
+    room: &str,
+    reader: &mut IrcClient,
+    tag: &str,
+) -> (Value, matrix_client::MatrixUser) {
+    const COUNT: usize = 20;
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; COUNT]));
+    let sending = {
+        let sent = Arc::clone(&sent);
+        let room = room.to_owned();
+        let tag = tag.to_owned();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for seq in 0..COUNT {
+                tokio::time::sleep_until(
+                    (started + Duration::from_millis(300) * seq as u32).into(),
+                )
+                .await;
+                sent.lock().expect("sent")[seq] = Some(Instant::now());
+                alice.say(&room, &payload(&tag, seq)).await;
+            }
+            alice
+        })
+    };
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let mut latencies = Vec::new();
+    let mut seen = vec![false; COUNT];
+    while latencies.len() < COUNT {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = reader
+            .wait_for(
+                |l| {
+                    l.text().is_some_and(|(target, text)| {
+                        target == "#lga" && parse_payload(tag, text).is_some()
+                    })
+                },
+                left,
+            )
+            .await
+        else {
+            break;
+        };
+        let at = Instant::now();
+        if let Some(seq) = line.text().and_then(|(_, text)| parse_payload(tag, text))
+            && seq < COUNT
+            && !seen[seq]
+            && let Some(sent_at) = sent.lock().expect("sent")[seq]
+        {
+            seen[seq] = true;
+            latencies.push(at - sent_at);
+        }
+    }
+    let alice = sending.await.expect("the Matrix sender");
+    let arrived = latencies.len();
+    (
+        json!({"messages": COUNT, "arrived": arrived, "latency": percentiles(&mut latencies)}),
+        alice,
+    )
 }
 
 /// Config for `gateways` gateways over two IRC accounts and a Mattermost network.
