@@ -24,6 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -94,6 +95,13 @@ impl Emulator {
         let app = App::new(admin_user, admin_password, config);
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        // The server is written in Go, whose every TCP connection has `TCP_NODELAY` set: a
+        // WebSocket event written while the previous one is unacknowledged goes out at once,
+        // not after the client's delayed ACK (up to 40 ms on Linux) as with Nagle's algorithm.
+        // It fails only for a connection already gone, which the server then drops anyway.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         let router = http::router(app.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
