@@ -1497,7 +1497,7 @@ async fn matrix_to_irc(
     };
     let deadline = Instant::now() + Duration::from_mins(2);
     let mut latencies = Vec::new();
-    let mut seen = vec![false; COUNT];
+    let mut seen = [false; COUNT];
     while latencies.len() < COUNT {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(line) = reader
