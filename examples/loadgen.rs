@@ -1469,7 +1469,7 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
 }
 
 /// Matrix → IRC latency: `alice` says 20 messages tagged `tag`, 300 ms apart, and `reader` (on
-/// IRC) notes when each arrives. Measured from just before the send request.
+/// IRC) notes when each arrives, in a [`Run`]. Measured from just before the send request.
 async fn matrix_to_irc(
     mut alice: matrix_client::MatrixUser,
     room: &str,
@@ -1477,9 +1477,9 @@ async fn matrix_to_irc(
     tag: &str,
 ) -> (Value, matrix_client::MatrixUser) {
     const COUNT: usize = 20;
-    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; COUNT]));
+    let run = Arc::new(Mutex::new(Run::new(COUNT)));
     let sending = {
-        let sent = Arc::clone(&sent);
+        let run = Arc::clone(&run);
         let room = room.to_owned();
         let tag = tag.to_owned();
         tokio::spawn(async move {
@@ -1489,16 +1489,14 @@ async fn matrix_to_irc(
                     (started + Duration::from_millis(300) * seq as u32).into(),
                 )
                 .await;
-                sent.lock().expect("sent")[seq] = Some(Instant::now());
+                run.lock().expect("run").sent[seq] = Some(Instant::now());
                 alice.say(&room, &payload(&tag, seq)).await;
             }
             alice
         })
     };
     let deadline = Instant::now() + Duration::from_mins(2);
-    let mut latencies = Vec::new();
-    let mut seen = [false; COUNT];
-    while latencies.len() < COUNT {
+    while !run.lock().expect("run").complete() {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(line) = reader
             .wait_for(
@@ -1513,22 +1511,13 @@ async fn matrix_to_irc(
         else {
             break;
         };
-        let at = Instant::now();
-        if let Some(seq) = line.text().and_then(|(_, text)| parse_payload(tag, text))
-            && seq < COUNT
-            && !seen[seq]
-            && let Some(sent_at) = sent.lock().expect("sent")[seq]
-        {
-            seen[seq] = true;
-            latencies.push(at - sent_at);
+        if let Some(seq) = line.text().and_then(|(_, text)| parse_payload(tag, text)) {
+            run.lock().expect("run").receive(seq, Instant::now());
         }
     }
     let alice = sending.await.expect("the Matrix sender");
-    let arrived = latencies.len();
-    (
-        json!({"messages": COUNT, "arrived": arrived, "latency": percentiles(&mut latencies)}),
-        alice,
-    )
+    let summary = run.lock().expect("run").summary();
+    (summary, alice)
 }
 
 /// Config for `gateways` gateways over two IRC accounts and a Mattermost network.
