@@ -128,6 +128,13 @@ fn message_text(content: &Value, is_reply: bool) -> Option<(TextStyle, Formatted
     (!text.is_empty()).then(|| (style_of(msgtype), text))
 }
 
+/// Whether the server stripped this event because it was redacted (a sync after the redaction
+/// serves the event with its content gone and the redaction in `unsigned`).
+#[must_use]
+pub fn was_redacted(event: &Value) -> bool {
+    event["unsigned"]["redacted_because"].is_object()
+}
+
 /// The model event for a Matrix timeline event, or `None` when it is not relayed.
 #[must_use]
 pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
@@ -414,6 +421,19 @@ mod tests {
         );
         assert_eq!(strip_reply_fallback("no quote"), "no quote");
         assert_eq!(strip_reply_fallback("> quote only"), "");
+    }
+
+    #[test]
+    fn an_event_served_after_its_redaction_is_known_as_redacted() {
+        // As Synapse serves a message redacted before the sync: content gone, the redaction
+        // in `unsigned`. A membership keeps its `membership` key through redaction.
+        let gone = json!({"type": "m.room.member", "event_id": "$m",
+            "content": {"membership": "join"},
+            "unsigned": {"redacted_because": {"type": "m.room.redaction", "redacts": "$m"}}});
+        assert!(was_redacted(&gone));
+        let kept = json!({"type": "m.room.message", "event_id": "$k",
+            "content": {"msgtype": "m.text", "body": "kept"}, "unsigned": {"age": 5}});
+        assert!(!was_redacted(&kept));
     }
 
     #[test]
