@@ -138,6 +138,11 @@ pub fn was_redacted(event: &Value) -> bool {
 /// The model event for a Matrix timeline event, or `None` when it is not relayed.
 #[must_use]
 pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
+    // A message-like event redacted before it was seen has nothing left to relay. A state
+    // event keeps what matters through redaction (a redacted join is still a join).
+    if was_redacted(event) && event.get("state_key").is_none() {
+        return None;
+    }
     let content = &event["content"];
     let relates = &content["m.relates_to"];
     match event["type"].as_str()? {
@@ -434,6 +439,26 @@ mod tests {
         let kept = json!({"type": "m.room.message", "event_id": "$k",
             "content": {"msgtype": "m.text", "body": "kept"}, "unsigned": {"age": 5}});
         assert!(!was_redacted(&kept));
+    }
+
+    #[test]
+    fn a_redacted_message_is_not_relayed_but_a_redacted_join_still_is() {
+        let taken_back = json!({"type": "m.room.redaction", "redacts": "$x"});
+        // Whatever content a server leaves on a redacted message-like event, it is not read.
+        let message = json!({"type": "m.room.message", "event_id": "$x",
+            "content": {"msgtype": "m.file"}, "unsigned": {"redacted_because": taken_back}});
+        assert_eq!(inbound(&message, true), None);
+        let reaction = json!({"type": "m.reaction", "event_id": "$x",
+            "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$a",
+                                         "key": "👍"}},
+            "unsigned": {"redacted_because": taken_back}});
+        assert_eq!(inbound(&reaction, true), None);
+        let join = json!({"type": "m.room.member", "event_id": "$x", "state_key": "@b:x",
+            "content": {"membership": "join"}, "unsigned": {"redacted_because": taken_back}});
+        assert_eq!(
+            inbound(&join, true),
+            Some(EventBody::Membership(Membership::Joined))
+        );
     }
 
     #[test]

@@ -1092,13 +1092,12 @@ impl SyncState<'_> {
             // when it arrives before the send call returned.
             return Ok(());
         }
-        if content::was_redacted(event) {
-            // Taken back before the bot's sync saw it: there is nothing left to relay, and the
-            // redaction that follows names an event no other network has.
-            tracing::debug!(network = %self.network(), room_id = %room_id, event_id = ?event["event_id"].as_str(), "A message redacted before it was seen is not relayed.");
-            return Ok(());
-        }
         let Some(mut body) = content::inbound(event, self.task.config.relay_membership) else {
+            if content::was_redacted(event) {
+                // Taken back before the bot's sync saw it: the redaction that follows names
+                // an event no other network has.
+                tracing::debug!(network = %self.network(), room_id = %room_id, event_id = ?event["event_id"].as_str(), "A message redacted before it was seen is not relayed.");
+            }
             return Ok(());
         };
         if let EventBody::Text { attachments, .. } = &mut body
