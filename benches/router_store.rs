@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
-use tribridge::router::{Router, Topology, Wake};
+use tribridge::router::{Router, Wake};
 use tribridge::store::{PendingDelivery, Store};
 
 struct NoWake;
@@ -53,7 +53,7 @@ fn bench_commit(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         let router = Router::new(
-            Arc::new(Topology::from_config(&config(destinations + 1))),
+            Arc::new(config(destinations + 1).topology()),
             Arc::clone(&store),
             Arc::new(NoWake),
         );
@@ -69,7 +69,7 @@ fn bench_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let router = Router::new(
-        Arc::new(Topology::from_config(&config(2))),
+        Arc::new(config(2).topology()),
         Arc::clone(&store),
         Arc::new(NoWake),
     );

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tribridge::model::{Author, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, TextStyle};
 use tribridge::outbox::{AckFuture, Endpoint, Outbox};
-use tribridge::router::{Router, Topology};
+use tribridge::router::Router;
 use tribridge::store::Store;
 
 use irc_client::IrcClient;
@@ -774,7 +774,7 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
     let config = tribridge::config::parse(&text, Path::new("."), &[]).expect("core config");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let topology = Arc::new(Topology::from_config(&config));
+    let topology = Arc::new(config.topology());
     let destinations = topology.destinations().to_vec();
     let outbox = Arc::new(Outbox::new(&destinations));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());

@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connector::{BuildContext, GatewaySettings};
+use crate::connector::BuildContext;
 use crate::files::{FileLinks, FileStore, Files};
 use crate::outbox::Outbox;
 use crate::parallel::Standin;
-use crate::router::{Router, Topology};
+use crate::router::Router;
 use crate::store::{Store, StoreError};
 
 /// Errors that stop the daemon from starting.
@@ -59,7 +59,7 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&config.state_dir)?);
-    let topology = Arc::new(Topology::from_config(&config));
+    let topology = Arc::new(config.topology());
     let mut destinations = topology.destinations().to_vec();
     for pending in store.pending_destinations()? {
         if !destinations.contains(&pending) {
@@ -100,17 +100,7 @@ pub async fn run(
             gateways: config
                 .gateways
                 .iter()
-                .map(|gateway| {
-                    (
-                        gateway.name.clone(),
-                        GatewaySettings {
-                            long_text: gateway.long_text,
-                            allow_mass_pings: gateway.allow_mass_pings,
-                            edit_policy: gateway.edit_policy,
-                            original_time_after: gateway.original_time_after,
-                        },
-                    )
-                })
+                .map(|gateway| (gateway.name.clone(), gateway.settings()))
                 .collect(),
             shutdown: connectors_shutdown.clone(),
             store: Arc::clone(&store),

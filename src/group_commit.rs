@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::metrics::{WriterLatency, observe};
 use crate::model::Inbound;
-use crate::router::Wake;
 use crate::store::{CommitOutcome, Completion, Queued, Route, StagedInbound, Store, StoreError};
+use crate::vocab::Wake;
+use crate::vocab::stages::{WriterLatency, observe};
 
 /// The most requests one transaction carries (bounds the time a request waits behind others).
 const MAX_GROUP: usize = 512;

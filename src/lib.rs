@@ -4,6 +4,8 @@
 //! Modules in reading order:
 //! - [`config`]: the TOML file, parsed into raw serde types and validated into typed config.
 //! - [`model`]: the normalised message model every connector converts to and from.
+//! - [`vocab`]: what connectors and the core share (delivery, capabilities, gateways as data,
+//!   the validation of a network's section); a leaf every module may import.
 //! - [`richtext`]: formatted text, and exact, safe conversion to and from IRC, Markdown, HTML.
 //! - [`store`]: `SQLite`: messages, mappings, outbox and cursors, with numbered migrations.
 //! - [`group_commit`]: one writer thread; each transaction carries every event and ack waiting.
@@ -12,7 +14,8 @@
 //! - [`parallel`]: recognises another bridge relaying the same channels; one of the two steps back.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
-//! - [`connector`]: the closed set of network connectors; the only code that knows wire types.
+//! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
+//!   types.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
 //! - [`daemon`]: wires it all together and runs until shutdown.
 
@@ -30,6 +33,7 @@ pub mod parallel;
 pub mod richtext;
 pub mod router;
 pub mod store;
+pub mod vocab;
 
 /// Choose the process-wide TLS crypto provider once, before any TLS connection is made.
 pub fn install_tls_provider() {

@@ -28,37 +28,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::DeliveryError;
 use crate::group_commit::{GroupCommit, GroupCommitError};
-use crate::metrics::{OutboxLatency, network_label, observe};
 use crate::model::{ChannelRef, Delivery, DeliveryAck, now_ms};
-use crate::router::Wake;
-use crate::store::{Completion, PendingDelivery, Store};
-
-/// The acknowledgement of one delivery handed to a connection, still to come.
-pub type AckFuture = Pin<Box<dyn Future<Output = Result<DeliveryAck, DeliveryError>> + Send>>;
-
-/// What an outbox worker sends to: a connector's handle in the daemon, an in-process endpoint
-/// in benchmarks (the worker takes its I/O as an argument).
-pub trait Endpoint: Clone + Send + Sync + 'static {
-    /// How many deliveries to one destination may be outstanding at once. More than one only
-    /// when the connection keeps the order in which deliveries were handed to it.
-    fn window(&self) -> usize;
-
-    /// Whether `delivery` must be the only one outstanding: sent after everything before it
-    /// is acknowledged, and nothing sent after it until it is.
-    fn exclusive(&self, delivery: &Delivery) -> bool {
-        let _ = delivery;
-        false
-    }
-
-    /// Hand `delivery` to the connection. Resolves once it is queued there in order, with the
-    /// future of its acknowledgement.
-    fn send(
-        &self,
-        delivery: Delivery,
-    ) -> impl Future<Output = Result<AckFuture, DeliveryError>> + Send;
-}
+use crate::store::{Completion, Store};
+use crate::vocab::stages::{OutboxLatency, network_label, observe};
+pub use crate::vocab::{AckFuture, Endpoint};
+use crate::vocab::{DeliveryError, PendingDelivery, Wake};
 
 /// Counters of the outbox; read them for logs and metrics.
 #[derive(Debug, Default)]

@@ -58,11 +58,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::hash::{Hash as _, Hasher as _};
 
-use crate::config::{irc_fold, irc_fold_char};
-use crate::connector::DeliveryError;
 use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound};
-use crate::outbox::{AckFuture, Endpoint};
 use crate::store::Store;
+use crate::vocab::{AckFuture, CaseMapping, DeliveryError, Endpoint};
 
 /// How long a yielded delivery waits for the parallel bridge's copy before this bridge sends it
 /// itself and takes the route back.
@@ -225,6 +223,8 @@ struct State {
 /// inbound event) and the outbox's [`Standin`] endpoints.
 pub struct Parallel {
     store: Arc<Store>,
+    /// network id → how it compares channel names (declared by its connector)
+    case_mappings: HashMap<String, CaseMapping>,
     /// network → this bridge's own account there (folded), as its connector reports it
     accounts: RwLock<HashMap<String, String>>,
     recent: Mutex<VecDeque<Recent>>,
@@ -238,10 +238,6 @@ pub struct Parallel {
     waiting_for_originals: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     stats: ParallelStats,
-}
-
-fn fold(channel: &ChannelRef) -> ChannelRef {
-    ChannelRef::new(channel.network.clone(), irc_fold(&channel.channel))
 }
 
 fn fold_account(account: &str) -> String {
@@ -278,12 +274,16 @@ fn normalise(text: &str) -> String {
     normalised(text).collect()
 }
 
-/// A folded channel's digest.
-fn channel_digest(channel: &ChannelRef) -> u64 {
+/// A channel's digest, its name folded by its network's case mapping.
+fn channel_digest(case_mappings: &HashMap<String, CaseMapping>, channel: &ChannelRef) -> u64 {
+    let mapping = case_mappings
+        .get(&channel.network)
+        .copied()
+        .unwrap_or_default();
     let mut hasher = std::hash::DefaultHasher::new();
     channel.network.hash(&mut hasher);
     for c in channel.channel.chars() {
-        irc_fold_char(c).hash(&mut hasher);
+        mapping.fold_char(c).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -352,7 +352,8 @@ enum First {
 impl Parallel {
     /// The parallel-bridge state, with the routes yielded before a restart read from `store`.
     #[must_use]
-    pub fn load(store: Arc<Store>) -> Self {
+    /// `case_mappings` says how each network (by id) compares channel names.
+    pub fn load(store: Arc<Store>, case_mappings: HashMap<String, CaseMapping>) -> Self {
         let mut state = State::default();
         match store.parallel_routes() {
             Ok(routes) => {
@@ -361,7 +362,9 @@ impl Parallel {
                         state.relayed_here.insert((origin, destination));
                         continue;
                     }
-                    state.known_digests.insert(channel_digest(&destination));
+                    state
+                        .known_digests
+                        .insert(channel_digest(&case_mappings, &destination));
                     state
                         .known
                         .entry(destination.clone())
@@ -376,6 +379,7 @@ impl Parallel {
         }
         Self {
             store,
+            case_mappings,
             accounts: RwLock::default(),
             recent: Mutex::default(),
             origins: RwLock::default(),
@@ -386,6 +390,21 @@ impl Parallel {
             state: Mutex::new(state),
             stats: ParallelStats::default(),
         }
+    }
+
+    /// `channel` with its name folded by its network's case mapping.
+    fn fold(&self, channel: &ChannelRef) -> ChannelRef {
+        let mapping = self
+            .case_mappings
+            .get(&channel.network)
+            .copied()
+            .unwrap_or_default();
+        ChannelRef::new(channel.network.clone(), mapping.fold(&channel.channel))
+    }
+
+    /// [`channel_digest`] of `channel`.
+    fn channel_digest(&self, channel: &ChannelRef) -> u64 {
+        channel_digest(&self.case_mappings, channel)
     }
 
     /// The counters.
@@ -435,13 +454,13 @@ impl Parallel {
         };
         let plain = text.to_plain_text();
         normalised(&plain).next()?;
-        let origin = channel_digest(&inbound.origin);
+        let origin = self.channel_digest(&inbound.origin);
         let new_origin = (!self
             .origins
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&origin))
-        .then(|| fold(&inbound.origin));
+        .then(|| self.fold(&inbound.origin));
         let author = author_digest(&inbound.author.display_name);
         Some(Prepared {
             origin,
@@ -468,8 +487,8 @@ impl Parallel {
         let mut more_destinations = Vec::new();
         for (index, destination) in destinations.iter().enumerate() {
             match digests.get_mut(index) {
-                Some(slot) => *slot = channel_digest(destination),
-                None => more_destinations.push(channel_digest(destination)),
+                Some(slot) => *slot = self.channel_digest(destination),
+                None => more_destinations.push(self.channel_digest(destination)),
             }
         }
         let all = || {
@@ -547,7 +566,7 @@ impl Parallel {
             }
             suspects.retain(|s| now.duration_since(s.at) <= RECENT_MAX_AGE);
             let (met, rest): (Vec<Suspect>, Vec<Suspect>) = suspects.drain(..).partition(|s| {
-                let channel = channel_digest(&s.channel);
+                let channel = self.channel_digest(&s.channel);
                 destinations.contains(&channel)
                     && channel != prepared.origin
                     && s.key == prepared.key
@@ -561,7 +580,7 @@ impl Parallel {
         for suspect in met {
             self.met(&suspect.channel, &suspect.account, &origin);
             // The copy itself was committed as a message of its channel: it is not relayed.
-            let channel = channel_digest(&suspect.channel);
+            let channel = self.channel_digest(&suspect.channel);
             {
                 let mut state = lock(&self.state);
                 state
@@ -616,7 +635,11 @@ impl Parallel {
             return false;
         }
         let state = lock(&self.state);
-        state.any_known() && state.knows(&fold(&inbound.origin), &fold_account(&inbound.author.id))
+        state.any_known()
+            && state.knows(
+                &self.fold(&inbound.origin),
+                &fold_account(&inbound.author.id),
+            )
     }
 
     /// Wait up to `wait` ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) for the message
@@ -644,7 +667,7 @@ impl Parallel {
     /// Is `inbound` a parallel bridge's copy of something this bridge carries? Then it must
     /// not be relayed (it is counted here); a delivery waiting for it is acknowledged.
     pub fn recognise_copy(&self, inbound: &Inbound) -> bool {
-        let destination = fold(&inbound.origin);
+        let destination = self.fold(&inbound.origin);
         let other = fold_account(&inbound.author.id);
         if self.account(&destination.network).as_deref() == Some(other.as_str()) {
             return false;
@@ -739,7 +762,7 @@ impl Parallel {
                 text: Some(normalise(plain)),
             });
         }
-        let destination_digest = channel_digest(destination);
+        let destination_digest = self.channel_digest(destination);
         let found = readings
             .iter()
             .find_map(|reading| self.find_original(destination_digest, reading));
@@ -880,7 +903,7 @@ impl Parallel {
                 .entry(destination.clone())
                 .or_default()
                 .insert(other.to_owned());
-            state.known_digests.insert(channel_digest(destination));
+            state.known_digests.insert(self.channel_digest(destination));
             self.any_known.store(true, Ordering::Release);
             let yielded = step_back && leave_route(&mut state, &route, other);
             (first, yielded)
@@ -932,14 +955,20 @@ impl Parallel {
         if state.yielded.is_empty() && state.configured.is_empty() {
             return false;
         }
-        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let route = (
+            self.fold(&delivery.origin),
+            self.fold(&delivery.destination),
+        );
         state.yielded.contains_key(&route) || matches!(self.first(&state, &route), First::Wait(_))
     }
 
     /// The first delivery on a route was acknowledged by a configured parallel bridge's copy:
     /// the route is that bridge's (already, when the copy was a text: [`Parallel::met`]).
     fn first_covered(&self, delivery: &Delivery) {
-        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let route = (
+            self.fold(&delivery.origin),
+            self.fold(&delivery.destination),
+        );
         let account = {
             let mut state = lock(&self.state);
             if state.yielded.contains_key(&route) {
@@ -958,7 +987,10 @@ impl Parallel {
     /// covers the route; this bridge sends it, and later ones without waiting (also after a
     /// restart).
     fn first_sent(&self, delivery: &Delivery) {
-        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let route = (
+            self.fold(&delivery.origin),
+            self.fold(&delivery.destination),
+        );
         {
             let mut state = lock(&self.state);
             // The copy came just too late (this delivery shows twice): the route is left.
@@ -1028,9 +1060,10 @@ impl Parallel {
     pub fn is_yielded(&self, delivery: &Delivery) -> bool {
         let state = lock(&self.state);
         !state.yielded.is_empty()
-            && state
-                .yielded
-                .contains_key(&(fold(&delivery.origin), fold(&delivery.destination)))
+            && state.yielded.contains_key(&(
+                self.fold(&delivery.origin),
+                self.fold(&delivery.destination),
+            ))
     }
 
     /// The copy `delivery` waits for, when its route is yielded (or it is the first on a route
@@ -1050,7 +1083,7 @@ impl Parallel {
             if !state.void.is_empty()
                 && let EventBody::Text { text, .. } = &delivery.body
             {
-                let channel = channel_digest(&delivery.origin);
+                let channel = self.channel_digest(&delivery.origin);
                 let relayed = text_digest(
                     author_digest(&delivery.author.display_name),
                     &text.to_plain_text(),
@@ -1069,7 +1102,7 @@ impl Parallel {
         let key = match &delivery.body {
             EventBody::Text { text, .. } if !normalise(&text.to_plain_text()).is_empty() => {
                 CopyKey {
-                    destination: fold(&delivery.destination),
+                    destination: self.fold(&delivery.destination),
                     message_id: delivery.message_id,
                     kind: "text",
                 }
@@ -1078,7 +1111,7 @@ impl Parallel {
                 let target = delivery.target.as_ref()?;
                 target.remote_id.as_ref()?;
                 CopyKey {
-                    destination: fold(&delivery.destination),
+                    destination: self.fold(&delivery.destination),
                     message_id: target.message_id,
                     kind: delivery.body.kind_name(),
                 }
@@ -1096,7 +1129,7 @@ impl Parallel {
             }
             return Some(Held::Copied(remote_id));
         }
-        let route = (fold(&delivery.origin), key.destination.clone());
+        let route = (self.fold(&delivery.origin), key.destination.clone());
         let first = if state.yielded.contains_key(&route) {
             false
         } else {
@@ -1113,7 +1146,10 @@ impl Parallel {
 
     /// No copy of `delivery` came in time: take its route back.
     fn stand_in(&self, delivery: &Delivery) {
-        let route = (fold(&delivery.origin), fold(&delivery.destination));
+        let route = (
+            self.fold(&delivery.origin),
+            self.fold(&delivery.destination),
+        );
         let account = {
             let mut state = lock(&self.state);
             // Not waited for again, not even as a first delivery (until a restart).
@@ -1229,6 +1265,17 @@ impl<E: Endpoint> Endpoint for Standin<E> {
 
 #[cfg(test)]
 mod tests {
+    /// The state over `store`, with IRC's folding on `net` and ASCII folding on `mm`.
+    fn load(store: Arc<Store>) -> Parallel {
+        Parallel::load(
+            store,
+            HashMap::from([
+                ("net".to_owned(), CaseMapping::Rfc1459),
+                ("mm".to_owned(), CaseMapping::Ascii),
+            ]),
+        )
+    }
+
     use super::*;
     use crate::model::{Author, TextStyle};
 
@@ -1260,7 +1307,7 @@ mod tests {
     #[test]
     fn copies_match_their_originals_in_order_and_the_later_account_steps_back() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(Arc::clone(&store));
+        let parallel = load(Arc::clone(&store));
         parallel.set_account("mm", "Zed");
         let irc = ChannelRef::new("net", "#Chan");
         let mm = ChannelRef::new("mm", "town");
@@ -1301,7 +1348,7 @@ mod tests {
     #[test]
     fn the_account_that_sorts_first_keeps_the_route_and_a_restart_keeps_a_yield() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(Arc::clone(&store));
+        let parallel = load(Arc::clone(&store));
         parallel.set_account("mm", "abe");
         let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
@@ -1312,7 +1359,7 @@ mod tests {
         assert!(parallel.hold(&delivery(2, &irc, &mm)).is_none());
 
         store.set_parallel_route(&irc, &mm, Some("zed")).unwrap();
-        let restarted = Parallel::load(Arc::clone(&store));
+        let restarted = load(Arc::clone(&store));
         assert!(restarted.is_yielded(&delivery(2, &irc, &mm)));
         let _waiting = waiting(restarted.hold(&delivery(2, &irc, &mm)));
     }
@@ -1320,7 +1367,7 @@ mod tests {
     #[test]
     fn a_configured_bridge_is_known_from_the_start_and_the_first_delivery_waits_for_its_copy() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(Arc::clone(&store));
+        let parallel = load(Arc::clone(&store));
         parallel.set_parallel_bridges("mm", &["Abe".to_owned()]);
         parallel.set_parallel_bridges("net", &["zoe".to_owned()]);
         let irc = ChannelRef::new("net", "#Chan");
@@ -1354,7 +1401,7 @@ mod tests {
         assert!(parallel.is_yielded(&delivery(4, &irc, &mm)));
         assert_eq!(
             store.parallel_routes().unwrap(),
-            vec![(fold(&irc), fold(&mm), "abe".to_owned())]
+            vec![(parallel.fold(&irc), parallel.fold(&mm), "abe".to_owned())]
         );
         // Where this bridge's account sorts first ("brl" before "zoe"), nothing waits.
         assert!(parallel.hold(&delivery(5, &mm, &irc)).is_none());
@@ -1365,7 +1412,7 @@ mod tests {
         parallel.first_sent(&delivery(2, &other, &mm));
         assert!(parallel.hold(&delivery(3, &other, &mm)).is_none());
         assert_eq!(parallel.stats().first_sent.load(Ordering::Relaxed), 1);
-        let restarted = Parallel::load(Arc::clone(&store));
+        let restarted = load(Arc::clone(&store));
         restarted.set_parallel_bridges("mm", &["abe".to_owned()]);
         restarted.set_account("mm", "zed");
         assert!(!restarted.waits_for_copy(&delivery(3, &other, &mm)));
@@ -1385,7 +1432,7 @@ mod tests {
     #[test]
     fn without_configured_bridges_the_first_delivery_is_sent_at_once() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(store);
+        let parallel = load(store);
         let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel.prepare(&said(&irc, "alice", "hi", "x")).unwrap();
@@ -1400,7 +1447,7 @@ mod tests {
     #[test]
     fn a_format_that_shows_more_before_the_nick_is_read_too() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(store);
+        let parallel = load(store);
         let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel
@@ -1414,7 +1461,7 @@ mod tests {
     #[test]
     fn a_message_relayed_back_into_its_own_channel_is_recognised() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(store);
+        let parallel = load(store);
         let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");
         let prepared = parallel.prepare(&said(&mm, "mia", "hi", "x")).unwrap();
@@ -1428,7 +1475,7 @@ mod tests {
     #[test]
     fn a_copy_faster_than_our_own_reading_of_the_original_still_introduces_the_bridges() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let parallel = Parallel::load(Arc::clone(&store));
+        let parallel = load(Arc::clone(&store));
         parallel.set_account("mm", "zed");
         let irc = ChannelRef::new("net", "#chan");
         let mm = ChannelRef::new("mm", "town");

@@ -9,55 +9,55 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{Config, irc_fold};
 use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::parallel::{Parallel, Prepared};
-use crate::store::{CommitOutcome, PendingDelivery, Route, Store, StoreError};
+use crate::store::{CommitOutcome, Route, Store, StoreError};
+pub use crate::vocab::Wake;
+use crate::vocab::{Capabilities, CaseMapping, GatewayConfig};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
+///
+/// Invariant: two names of one channel (`#Civic` and `#civic` on IRC) are one key, folded by
+/// the case mapping its network declares; a destination reachable through several gateways
+/// gets each message once.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     /// source channel (folded) → routes
     routes: HashMap<ChannelKey, Vec<Route>>,
     /// every destination channel, in a stable order
     destinations: Vec<ChannelRef>,
-    /// network id → protocol name
-    protocols: HashMap<String, &'static str>,
+    /// network id → what its connector declared
+    networks: HashMap<String, Capabilities>,
 }
 
-/// Channels compare case-insensitively (IRC folding covers every network's names well enough:
-/// Matrix ids and Mattermost names are lowercase or case-exact ASCII-distinct in practice).
+/// A channel as the routing table compares it: its network id and its folded name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct ChannelKey {
     network: String,
     channel: String,
 }
 
-impl ChannelKey {
-    fn of(channel: &ChannelRef) -> Self {
-        Self {
-            network: channel.network.clone(),
-            channel: irc_fold(&channel.channel),
-        }
-    }
-}
-
 impl Topology {
-    /// Build the routing table from a validated config.
+    /// Build the routing table from the networks' capabilities (by network id) and the
+    /// gateways.
     #[must_use]
-    pub fn from_config(config: &Config) -> Self {
-        let mut topology = Topology::default();
+    pub fn new<'a>(
+        networks: impl IntoIterator<Item = (&'a str, Capabilities)>,
+        gateways: &[GatewayConfig],
+    ) -> Self {
+        let mut topology = Topology {
+            networks: networks
+                .into_iter()
+                .map(|(id, capabilities)| (id.to_owned(), capabilities))
+                .collect(),
+            ..Topology::default()
+        };
         let mut destinations: BTreeMap<ChannelKey, ChannelRef> = BTreeMap::new();
-        for network in &config.networks {
-            topology
-                .protocols
-                .insert(network.id.clone(), network.kind.protocol());
-        }
-        for gateway in &config.gateways {
+        for gateway in gateways {
             for source in gateway.channels.iter().filter(|c| c.direction.is_source()) {
                 let source_ref = ChannelRef::new(&source.network, &source.channel);
-                let key = ChannelKey::of(&source_ref);
+                let key = topology.key(&source_ref);
                 for destination in gateway
                     .channels
                     .iter()
@@ -65,16 +65,17 @@ impl Topology {
                 {
                     let destination_ref =
                         ChannelRef::new(&destination.network, &destination.channel);
-                    let destination_key = ChannelKey::of(&destination_ref);
+                    let destination_key = topology.key(&destination_ref);
                     if destination_key == key {
                         continue;
                     }
                     let routes = topology.routes.entry(key.clone()).or_default();
                     // A channel reachable through two gateways gets the message once.
-                    if routes
-                        .iter()
-                        .any(|r| ChannelKey::of(&r.destination) == destination_key)
-                    {
+                    if routes.iter().any(|r| {
+                        r.destination.network == destination_key.network
+                            && topology_fold(&topology.networks, &r.destination)
+                                == destination_key.channel
+                    }) {
                         continue;
                     }
                     routes.push(Route {
@@ -89,11 +90,18 @@ impl Topology {
         topology
     }
 
+    fn key(&self, channel: &ChannelRef) -> ChannelKey {
+        ChannelKey {
+            network: channel.network.clone(),
+            channel: topology_fold(&self.networks, channel),
+        }
+    }
+
     /// Where an event said in `origin` goes.
     #[must_use]
     pub fn routes(&self, origin: &ChannelRef) -> &[Route] {
         self.routes
-            .get(&ChannelKey::of(origin))
+            .get(&self.key(origin))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -106,8 +114,27 @@ impl Topology {
     /// The protocol name of a network.
     #[must_use]
     pub fn protocol(&self, network: &str) -> &'static str {
-        self.protocols.get(network).copied().unwrap_or("unknown")
+        self.networks
+            .get(network)
+            .map_or("unknown", |capabilities| capabilities.protocol)
     }
+
+    /// How each network compares channel names and nicks, by network id.
+    #[must_use]
+    pub fn case_mappings(&self) -> HashMap<String, CaseMapping> {
+        self.networks
+            .iter()
+            .map(|(id, capabilities)| (id.clone(), capabilities.case_mapping))
+            .collect()
+    }
+}
+
+/// A channel's name folded by its network's case mapping (exact for an unknown network).
+fn topology_fold(networks: &HashMap<String, Capabilities>, channel: &ChannelRef) -> String {
+    networks
+        .get(&channel.network)
+        .map_or(CaseMapping::Exact, |capabilities| capabilities.case_mapping)
+        .fold(&channel.channel)
 }
 
 /// Counters the router keeps; read them for logs and metrics.
@@ -127,18 +154,6 @@ pub struct RouterStats {
     pub deliveries_queued: AtomicU64,
     /// Messages dropped because bridges were passing them around in a loop.
     pub loops_broken: AtomicU64,
-}
-
-/// Something that wants to know when a destination has new work.
-pub trait Wake: Send + Sync {
-    /// Deliveries for `destination` were committed; read them from the store.
-    fn wake(&self, destination: &ChannelRef);
-
-    /// This delivery was just committed, exactly as the store would return it. Called in
-    /// queue order; by default the same as [`Wake::wake`] for its destination.
-    fn queued(&self, pending: PendingDelivery) {
-        self.wake(&pending.delivery.destination);
-    }
 }
 
 /// Errors from submitting an event.
@@ -177,10 +192,11 @@ impl Router {
     /// store's writer thread ([`GroupCommit`]), which ends with the last clone of the router.
     #[must_use]
     pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
+        let parallel = Arc::new(Parallel::load(Arc::clone(&store), topology.case_mappings()));
         Self {
             topology,
+            parallel,
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
-            parallel: Arc::new(Parallel::load(Arc::clone(&store))),
             store,
             wake,
             stats: Arc::new(RouterStats::default()),

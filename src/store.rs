@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, TargetRef, now_ms};
 use crate::richtext::FormattedText;
+pub use crate::vocab::PendingDelivery;
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -617,17 +618,6 @@ impl Store {
         )?;
         Ok(())
     }
-}
-
-/// A pending delivery as read from the outbox.
-#[derive(Debug, Clone)]
-pub struct PendingDelivery {
-    /// The delivery.
-    pub delivery: Delivery,
-    /// Not to be sent before this time (ms since the epoch).
-    pub next_try_ms: i64,
-    /// Its position in the outbox (ascending in queue order).
-    pub seq: i64,
 }
 
 /// One outbox row joined with its message, before decoding.

@@ -1,52 +1,108 @@
-//! Connectors: the closed set of network types, and the only code that knows a protocol's wire
+//! Connectors: one folder per network type, and the only code that knows a protocol's wire
 //! types.
 //!
-//! Each network config *builds* a connector (vector's `SourceConfig::build` pattern): a
-//! [`ConnectorHandle`] the outbox calls to deliver, and a [`ConnectorTask`] that owns the
-//! connection, converts wire events to [`crate::model::Inbound`] and submits them to the router.
-//! All connectors have the same shape; adding a network type adds a variant, not a registry.
+//! A network type is a plug-in ([`NetworkType`]): the configuration hands each `[network.X]`
+//! section to the type its `type` names, which validates it into its own settings
+//! ([`NetworkSettings`]), declares what the core must know of the network ([`Capabilities`]:
+//! its delivery window, how names fold, what it can show) and *builds* a connector (vector's
+//! `SourceConfig::build` pattern): a [`ConnectorHandle`] the outbox calls to deliver, and a
+//! [`ConnectorTask`] that owns the connection, converts wire events to
+//! [`crate::model::Inbound`] and submits them to the router. [`NETWORK_TYPES`] lists them: a
+//! new network is one folder and one line there.
+//!
+//! Shared here: the build context, the [`supervisor`] every session runs under, and the
+//! helpers of delivery that every connector applies alike (the sender's format, the late
+//! prefix, files announced as text).
 
 pub mod irc;
-#[cfg(feature = "matrix")]
 pub mod matrix;
 pub mod mattermost;
 
+use std::any::Any;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "matrix")]
-use crate::config::{NetworkConfig, NetworkKind};
-use crate::model::{Attachment, Capabilities, Delivery, DeliveryAck, EventBody};
+use crate::model::{Attachment, Delivery, DeliveryAck, EventBody};
 use crate::richtext::FormattedText;
-use crate::richtext::edits::EditPolicy;
-use crate::richtext::long_text::LongTextPolicy;
 use crate::richtext::model::{Block, Inline};
 use crate::router::Router;
 use crate::store::Store;
+pub use crate::vocab::{
+    AckFuture, Capabilities, DEFAULT_ORIGINAL_TIME_AFTER, DeliveryError, GatewaySettings, Section,
+};
+
+/// Every network type, in the order their names are listed in messages. Adding a network adds
+/// its folder and one line here.
+pub const NETWORK_TYPES: &[&dyn NetworkType] = &[
+    &irc::Irc,               // type = "irc"
+    &mattermost::Mattermost, // type = "mattermost"
+    &matrix::Matrix,         // type = "matrix"
+];
+
+/// The network type named `name` (a section's `type`).
+#[must_use]
+pub fn network_type(name: &str) -> Option<&'static dyn NetworkType> {
+    NETWORK_TYPES
+        .iter()
+        .copied()
+        .find(|kind| kind.name() == name)
+}
+
+/// A network type: how its `[network.X]` sections are read.
+pub trait NetworkType: Sync {
+    /// The value of `type` that names it.
+    fn name(&self) -> &'static str;
+
+    /// Every key its sections accept (`type` included), in the order they are documented.
+    fn keys(&self) -> &'static [&'static str];
+
+    /// Validate a section; `None` when it has problems (each reported in `section`).
+    fn validate(&self, section: &mut Section<'_>) -> Option<Validated>;
+}
+
+/// A validated `[network.X]` section.
+pub struct Validated {
+    /// The connector's own settings.
+    pub settings: Arc<dyn NetworkSettings>,
+    /// `parallel_bridges`, in the form the connector reports senders: known parallel bridges
+    /// of every channel of the network from the start (see [`crate::parallel`]).
+    pub parallel_bridges: Vec<String>,
+}
+
+/// One network's validated settings: what the core reads of it, and what builds its connector.
+pub trait NetworkSettings: std::fmt::Debug + Send + Sync + Any {
+    /// What the network can show, and how the core treats it.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Build the connector for network `id`.
+    #[cfg(feature = "matrix")]
+    fn build(&self, id: &str, context: BuildContext) -> (ConnectorHandle, ConnectorTask);
+
+    /// What is wrong with `channel` as the name of a channel on this network, if anything.
+    fn channel_problem(&self, channel: &str) -> Option<String>;
+
+    /// The settings as `Any`, to compare them and for tests that read a type's settings.
+    fn as_any(&self) -> &dyn Any;
+
+    /// Whether `other` holds the same settings.
+    fn same_as(&self, other: &dyn NetworkSettings) -> bool;
+}
+
+/// [`NetworkSettings::same_as`] for settings that compare with `==`.
+#[must_use]
+pub fn same_settings<T: PartialEq + 'static>(this: &T, other: &dyn NetworkSettings) -> bool {
+    other.as_any().downcast_ref::<T>() == Some(this)
+}
 
 /// Log filter directives that quiet the connectors' libraries to warnings (the Matrix SDK logs
 /// every sync, with its whole filter, and every send at info).
 #[cfg(feature = "matrix")]
 pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
-
-/// Why a delivery did not go through.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    /// Try again later (not connected, rate limited, connection lost before confirmation).
-    #[error("{reason} (retry in {after:?})")]
-    Retry {
-        /// The earliest sensible retry; `None` lets the outbox back off by attempts.
-        after: Option<Duration>,
-        /// What happened.
-        reason: String,
-    },
-    /// The destination refused it for good (it will be kept as failed, not retried).
-    #[error("{0}")]
-    Permanent(String),
-}
 
 /// What every connector needs from the daemon.
 #[derive(Clone)]
@@ -69,34 +125,6 @@ pub struct BuildContext {
     /// (or links) what it delivers.
     pub files: Arc<crate::files::Files>,
 }
-
-/// What a gateway says about how its messages are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GatewaySettings {
-    /// Messages longer than `max_lines` IRC lines: split or truncate.
-    pub long_text: LongTextPolicy,
-    /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
-    pub allow_mass_pings: bool,
-    /// How destinations without edits (IRC) show an edit made elsewhere.
-    pub edit_policy: EditPolicy,
-    /// A message delivered more than this long after it was said shows when it was said
-    /// ([`late_prefix`]); `None`: never.
-    pub original_time_after: Option<Duration>,
-}
-
-impl Default for GatewaySettings {
-    fn default() -> Self {
-        Self {
-            long_text: LongTextPolicy::default(),
-            allow_mass_pings: false,
-            edit_policy: EditPolicy::default(),
-            original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
-        }
-    }
-}
-
-/// The default of a gateway's `original_time_after`.
-pub const DEFAULT_ORIGINAL_TIME_AFTER: Duration = Duration::from_mins(1);
 
 /// For a text message delivered late (more than the gateway's `original_time_after` after
 /// `timestamp_ms`, as after an outage or a restart): the prefix that shows when it was said,
@@ -176,116 +204,88 @@ impl BuildContext {
     }
 }
 
-/// The outbox's side of a connector: deliver one message.
+/// A future a connector returns through a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a connector's handle does for the outbox: hand one delivery to its connection.
+pub trait Deliver: Send + Sync + 'static {
+    /// Hand `delivery` to the connection. Resolves once it is queued there in order, with the
+    /// future of its acknowledgement by the destination.
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>>;
+}
+
+/// [`Deliver::send`] for a connection that sends one delivery at a time and learns its
+/// acknowledgement from the send's answer (HTTP): the whole send is the acknowledgement.
+pub fn send_whole<H, F>(
+    handle: Arc<H>,
+    delivery: Delivery,
+    deliver: F,
+) -> BoxFuture<'static, Result<AckFuture, DeliveryError>>
+where
+    H: Send + Sync + 'static,
+    F: for<'a> FnOnce(&'a H, &'a Delivery) -> BoxFuture<'a, Result<DeliveryAck, DeliveryError>>
+        + Send
+        + 'static,
+{
+    Box::pin(async move {
+        let ack: AckFuture = Box::pin(async move { deliver(&handle, &delivery).await });
+        Ok(ack)
+    })
+}
+
+/// The outbox's side of a connector: deliver one message. Cheap to clone.
 #[derive(Clone)]
-pub enum ConnectorHandle {
-    /// IRC.
-    Irc(irc::IrcHandle),
-    /// Matrix.
-    #[cfg(feature = "matrix")]
-    Matrix(matrix::MatrixHandle),
-    /// Mattermost.
-    Mattermost(mattermost::MattermostHandle),
+pub struct ConnectorHandle {
+    inner: Arc<dyn Deliver>,
+    capabilities: Capabilities,
 }
 
 impl ConnectorHandle {
+    /// A handle delivering through `inner`, for a network with these capabilities.
+    pub fn new(inner: Arc<dyn Deliver>, capabilities: Capabilities) -> Self {
+        Self {
+            inner,
+            capabilities,
+        }
+    }
+
     /// Send one delivery and wait for the destination's acknowledgement.
     pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
-        match self {
-            ConnectorHandle::Irc(handle) => handle.deliver(delivery).await,
-            #[cfg(feature = "matrix")]
-            ConnectorHandle::Matrix(handle) => handle.deliver(delivery).await,
-            ConnectorHandle::Mattermost(handle) => handle.deliver(delivery).await,
-        }
+        Arc::clone(&self.inner).send(delivery.clone()).await?.await
     }
 
     /// What the network can represent.
     #[must_use]
     pub fn capabilities(&self) -> Capabilities {
-        match self {
-            ConnectorHandle::Irc(_) => irc::CAPABILITIES,
-            #[cfg(feature = "matrix")]
-            ConnectorHandle::Matrix(_) => matrix::CAPABILITIES,
-            ConnectorHandle::Mattermost(_) => mattermost::CAPABILITIES,
-        }
+        self.capabilities
     }
 }
 
-impl crate::outbox::Endpoint for ConnectorHandle {
+impl crate::vocab::Endpoint for ConnectorHandle {
     fn window(&self) -> usize {
-        match self {
-            // The session keeps the order of queued deliveries and matches acknowledgements by
-            // label; HTTP sends could overtake each other, so Matrix and Mattermost send one at
-            // a time.
-            ConnectorHandle::Irc(_) => irc::PIPELINE_WINDOW,
-            #[cfg(feature = "matrix")]
-            ConnectorHandle::Matrix(_) => 1,
-            ConnectorHandle::Mattermost(_) => 1,
-        }
+        self.capabilities.window
     }
 
-    // Without the `matrix` feature the catch-all arm is Mattermost's alone.
-    #[cfg_attr(
-        not(feature = "matrix"),
-        allow(clippy::match_wildcard_for_single_variants)
-    )]
-    async fn send(&self, delivery: Delivery) -> Result<crate::outbox::AckFuture, DeliveryError> {
-        match self {
-            ConnectorHandle::Irc(handle) => Ok(Box::pin(handle.enqueue(&delivery).await?)),
-            other => {
-                let handle = other.clone();
-                Ok(Box::pin(async move { handle.deliver(&delivery).await }))
-            }
-        }
+    async fn send(&self, delivery: Delivery) -> Result<AckFuture, DeliveryError> {
+        Arc::clone(&self.inner).send(delivery).await
     }
 }
 
 /// The connection side of a connector: runs until shutdown.
-#[allow(clippy::large_enum_variant)] // one per network, built once and moved into its task
-pub enum ConnectorTask {
-    /// IRC.
-    Irc(irc::IrcTask),
-    /// Matrix.
-    #[cfg(feature = "matrix")]
-    Matrix(matrix::MatrixTask),
-    /// Mattermost.
-    Mattermost(mattermost::MattermostTask),
-}
+pub struct ConnectorTask(BoxFuture<'static, ()>);
 
 impl ConnectorTask {
+    /// The task that runs `session` until it ends (at shutdown).
+    pub fn new(session: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Box::pin(session))
+    }
+
     /// Run the connection (with reconnects) until the shutdown token is cancelled.
     pub async fn run(self) {
-        match self {
-            ConnectorTask::Irc(task) => task.run().await,
-            #[cfg(feature = "matrix")]
-            ConnectorTask::Matrix(task) => task.run().await,
-            ConnectorTask::Mattermost(task) => task.run().await,
-        }
-    }
-}
-
-#[cfg(feature = "matrix")]
-impl NetworkConfig {
-    /// Build the connector for this network.
-    #[must_use]
-    pub fn build(&self, context: BuildContext) -> (ConnectorHandle, ConnectorTask) {
-        match &self.kind {
-            NetworkKind::Irc(config) => {
-                let (handle, task) = irc::build(&self.id, config.clone(), context);
-                (ConnectorHandle::Irc(handle), ConnectorTask::Irc(task))
-            }
-            NetworkKind::Matrix(config) => {
-                let (handle, task) = matrix::build(&self.id, config.clone(), context);
-                (ConnectorHandle::Matrix(handle), ConnectorTask::Matrix(task))
-            }
-            NetworkKind::Mattermost(config) => {
-                let (handle, task) = mattermost::build(&self.id, config.clone(), context);
-                (
-                    ConnectorHandle::Mattermost(handle),
-                    ConnectorTask::Mattermost(task),
-                )
-            }
-        }
+        self.0.await;
     }
 }
 

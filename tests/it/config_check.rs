@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`",
             ],
         ),
         (
@@ -162,7 +162,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`, `homeserver`, `user`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `url`, `team`, `token`, `token_file`, `token_env`, `login`, `sender_override`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `parallel_bridges`",
             ],
         ),
         (
@@ -520,7 +520,7 @@ fn secrets_come_from_files_and_the_environment() {
         format!("{NET}password_file = \"pass\"\nsasl_password_env = \"SET_VAR\"\n{NET2}{GATEWAY}");
     let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
     let config = tribridge::config::parse(&text, dir.path(), &env).unwrap();
-    let tribridge::config::NetworkKind::Irc(irc) = &config.networks[0].kind else {
+    let Some(irc) = config.networks[0].settings_as::<tribridge::connector::irc::IrcConfig>() else {
         panic!("an IRC network");
     };
     assert_eq!(irc.password.as_ref().unwrap().expose(), "s3cret");

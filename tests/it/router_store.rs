@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use tribridge::config::{Config, Direction, GatewayChannel, GatewayConfig};
 use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
 use tribridge::richtext::FormattedText;
-use tribridge::router::{Router, Topology, Wake};
+use tribridge::router::{Router, Wake};
 use tribridge::store::{CommitOutcome, MappingRole, PendingDelivery, Store};
 
 #[derive(Default)]
@@ -96,7 +96,7 @@ impl Scenario {
         store: Arc<Store>,
         dir: tempfile::TempDir,
     ) -> Scenario {
-        let topology = Arc::new(Topology::from_config(&config(gateways)));
+        let topology = Arc::new(config(gateways).topology());
         let bells = Arc::new(Bells::default());
         let router = Router::new(topology, Arc::clone(&store), bells.clone());
         Scenario {

@@ -7,11 +7,13 @@
 //! `echo-message`, by the echo order with `echo-message` alone, and when written otherwise.
 
 pub mod charset;
+pub mod config;
 pub mod flood;
 pub mod lines;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,14 +24,12 @@ use irc::proto::message::Tag;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{IrcConfig, irc_fold};
 use crate::connector::{
-    Backoff, BuildContext, DeliveryError, GatewaySettings, render_sender, sleep_until_opt,
-    with_original_time,
+    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings,
+    render_sender, sleep_until_opt, with_original_time,
 };
 use crate::model::{
-    Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
-    TextStyle, now_ms,
+    Author, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership, TextStyle, now_ms,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
@@ -37,18 +37,10 @@ use crate::richtext::edits::{self, EditPolicy};
 use crate::richtext::irc::{IrcRenderOptions, render as irc_render};
 use crate::richtext::long_text::{self, LongTextPolicy};
 use crate::richtext::mention::no_ping_nick;
+pub use config::{CAPABILITIES, Irc, IrcConfig, irc_fold};
 
 use flood::TokenBucket;
 use wire::{WireLine, parse_server_time};
-
-/// What IRC can represent.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    edits: false,
-    deletes: false,
-    threads: false,
-    reactions: false,
-    max_message_bytes: 400,
-};
 
 /// How long a delivery waits for the server's acknowledgement before the outbox retries it.
 /// Deliveries one destination may have outstanding on the connection: the session writes lines
@@ -128,6 +120,18 @@ impl IrcHandle {
                     ),
                 }),
             }
+        })
+    }
+}
+
+impl Deliver for IrcHandle {
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
+        Box::pin(async move {
+            let ack: AckFuture = Box::pin(self.enqueue(&delivery).await?);
+            Ok(ack)
         })
     }
 }

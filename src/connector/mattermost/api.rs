@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::MattermostAuth;
+use super::config::MattermostAuth;
 
 /// What went wrong with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

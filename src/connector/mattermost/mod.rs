@@ -21,6 +21,7 @@
 //! same post instead of a second one.
 
 mod api;
+pub mod config;
 pub mod emoji;
 
 use std::collections::{HashMap, HashSet};
@@ -36,29 +37,20 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::config::MattermostConfig;
 use crate::connector::{
-    Backoff, BuildContext, DeliveryError, late_prefix, prefixed, render_sender, sleep_until_opt,
+    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, late_prefix, prefixed,
+    render_sender, send_whole, sleep_until_opt,
 };
 use crate::model::{
-    Attachment, Author, Capabilities, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound,
-    Membership, TextStyle, now_ms,
+    Attachment, Author, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership,
+    TextStyle, now_ms,
 };
 use crate::richtext;
 use crate::richtext::FormattedText;
 use crate::richtext::model::{Block, Inline};
+pub use config::{CAPABILITIES, Mattermost, MattermostAuth, MattermostConfig};
 
 use api::{Api, ApiError, Post, PostList, Reaction};
-
-/// What Mattermost can represent.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    edits: true,
-    deletes: true,
-    threads: true,
-    reactions: true,
-    // MaxPostSize is 16383 runes on current servers; bytes are a safe bound under it.
-    max_message_bytes: 16_000,
-};
 
 /// How often the WebSocket `ping` action is sent.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -233,6 +225,17 @@ fn delivery_error(error: &ApiError) -> DeliveryError {
             after: None,
             reason: error.to_string(),
         },
+    }
+}
+
+impl Deliver for MattermostHandle {
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
+        send_whole(self, delivery, |handle, delivery| {
+            Box::pin(handle.deliver(delivery))
+        })
     }
 }
 

@@ -1,0 +1,250 @@
+//! The `[network.X] type = "matrix"` section: its raw serde type, its validation into
+//! [`MatrixConfig`], and Matrix's rules for user ids and rooms.
+//!
+//! Invariant: every key a Matrix section accepts is a field of [`RawMatrix`]; a section with
+//! any problem yields no settings. Compiled without the `matrix` feature too (the configuration
+//! is checked by the fuzz targets), which only the connector's session needs.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::connector::{NetworkSettings, NetworkType, Validated, same_settings};
+use crate::vocab::section::field_names;
+use crate::vocab::{Capabilities, CaseMapping, Secret, Section};
+
+/// The Matrix network type.
+pub struct Matrix;
+
+/// What Matrix can represent, and how the core treats it.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    protocol: "matrix",
+    // Sends are HTTP requests that could overtake each other: one at a time.
+    window: 1,
+    // Room ids are case-sensitive but random: two never differ by case alone. Comparing ASCII
+    // case-insensitively keeps an alias written in another case the same room.
+    case_mapping: CaseMapping::Ascii,
+    edits: true,
+    deletes: true,
+    threads: true,
+    reactions: true,
+    max_message_bytes: 32 * 1024,
+};
+
+/// Settings of a Matrix network: a bot account on a homeserver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixConfig {
+    /// The homeserver's client-server API base URL (`https://matrix.example.org`).
+    pub homeserver: String,
+    /// The bot's full user id (`@bridge:example.org`).
+    pub user: String,
+    /// Password, for the first login and whenever the stored session is refused.
+    pub password: Option<Secret>,
+    /// An access token to use instead of a password login.
+    pub access_token: Option<Secret>,
+    /// The device's display name, set at the first login.
+    pub device_name: String,
+    /// The bot's display name, set when given.
+    pub display_name: Option<String>,
+    /// Relay joins, leaves and topic changes from this network.
+    pub relay_membership: bool,
+}
+
+/// A Matrix section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    #[serde(rename = "type")]
+    _type: Spanned<String>,
+    homeserver: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    access_token: Option<Spanned<String>>,
+    access_token_file: Option<Spanned<String>>,
+    access_token_env: Option<Spanned<String>>,
+    device_name: Option<Spanned<String>>,
+    display_name: Option<Spanned<String>>,
+    relay_membership: Option<Spanned<bool>>,
+    parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+impl NetworkType for Matrix {
+    fn name(&self) -> &'static str {
+        "matrix"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        field_names::<RawMatrix>()
+    }
+
+    fn validate(&self, section: &mut Section<'_>) -> Option<Validated> {
+        let raw: RawMatrix = section.read()?;
+        let homeserver = match &raw.homeserver {
+            None => {
+                section.missing(
+                    "homeserver",
+                    "missing key `homeserver`: a Matrix network needs \
+                     `homeserver = \"https://matrix.example.org\"`",
+                );
+                String::new()
+            }
+            Some(url) => {
+                let text = url.get_ref().trim_end_matches('/');
+                let rest = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"));
+                if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+                    section.report(
+                        url.span().start,
+                        "homeserver",
+                        format!(
+                            "`{}` is not a homeserver URL; expected `https://host[:port]`, \
+                             e.g. \"https://matrix.example.org\"",
+                            url.get_ref()
+                        ),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        let user = match &raw.user {
+            None => {
+                section.missing(
+                    "user",
+                    "missing key `user`: the bot's Matrix id, e.g. \"@bridge:example.org\"",
+                );
+                String::new()
+            }
+            Some(user) => {
+                if !is_valid_matrix_user(user.get_ref()) {
+                    section.report(
+                        user.span().start,
+                        "user",
+                        format!(
+                            "`{}` is not a Matrix user id; expected `@name:server`, e.g. \
+                             \"@bridge:example.org\"",
+                            user.get_ref()
+                        ),
+                    );
+                }
+                user.get_ref().clone()
+            }
+        };
+        let password = section.secret(
+            "password",
+            raw.password.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        );
+        let access_token = section.secret(
+            "access_token",
+            raw.access_token.as_ref(),
+            raw.access_token_file.as_ref(),
+            raw.access_token_env.as_ref(),
+        );
+        if password.is_none() && access_token.is_none() && !section.has_issues() {
+            section.missing(
+                "password",
+                "a Matrix network needs `password` or `access_token` (or their `_file` / `_env` \
+                 forms)",
+            );
+        }
+        let parallel_bridges =
+            section.parallel_bridges(raw.parallel_bridges.as_ref(), &user, |account| {
+                (!is_valid_matrix_user(account)).then(|| {
+                    format!(
+                        "`{account}` is not a Matrix user id; list the other bridges' ids \
+                         (`@name:server`), e.g. [\"@bridge2:example.org\"]"
+                    )
+                })
+            });
+        if section.has_issues() {
+            return None;
+        }
+        Some(Validated {
+            parallel_bridges,
+            settings: Arc::new(MatrixConfig {
+                homeserver,
+                user,
+                password,
+                access_token,
+                device_name: raw
+                    .device_name
+                    .as_ref()
+                    .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
+                display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
+                relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+            }),
+        })
+    }
+}
+
+impl NetworkSettings for MatrixConfig {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    #[cfg(feature = "matrix")]
+    fn build(
+        &self,
+        id: &str,
+        context: crate::connector::BuildContext,
+    ) -> (
+        crate::connector::ConnectorHandle,
+        crate::connector::ConnectorTask,
+    ) {
+        let (handle, task) = super::build(id, self.clone(), context);
+        (
+            crate::connector::ConnectorHandle::new(Arc::new(handle), CAPABILITIES),
+            crate::connector::ConnectorTask::new(task.run()),
+        )
+    }
+
+    fn channel_problem(&self, channel: &str) -> Option<String> {
+        (!is_valid_matrix_room(channel)).then(|| {
+            format!(
+                "`{channel}` is not a Matrix room: give an alias (`#room:server`) or a room id \
+                 (`!id` or `!id:server`)"
+            )
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn same_as(&self, other: &dyn NetworkSettings) -> bool {
+        same_settings(self, other)
+    }
+}
+
+/// Is this a Matrix user id (`@name:server`)?
+#[must_use]
+pub fn is_valid_matrix_user(user: &str) -> bool {
+    user.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(name, server)| {
+            !name.is_empty()
+                && !server.is_empty()
+                && !user.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+}
+
+/// Is this a Matrix room alias (`#room:server`) or room id (`!id`, `!id:server`; room version
+/// 12 ids have no server part)?
+#[must_use]
+pub fn is_valid_matrix_room(room: &str) -> bool {
+    if room.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if let Some(alias) = room.strip_prefix('#') {
+        return alias
+            .split_once(':')
+            .is_some_and(|(name, server)| !name.is_empty() && !server.is_empty());
+    }
+    room.strip_prefix('!')
+        .is_some_and(|id| !id.is_empty() && !id.starts_with(':') && !id.ends_with(':'))
+}

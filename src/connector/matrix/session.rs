@@ -1,0 +1,1368 @@
+//! The Matrix connector, on `matrix-sdk` (HTTP, login, the `SQLite` state store) as a plain bot
+//! account on any homeserver.
+//!
+//! - **Session**: the first start logs in with the password (or uses the configured access
+//!   token) and keeps the session in `state_dir/matrix-<network>/session.json`; later starts
+//!   reuse it, so no new device appears per start. A refused token (`M_UNKNOWN_TOKEN`) leads to a
+//!   new password login on the same device.
+//! - **Sync**: the loop keeps its own position (the `next_batch` token) in the store's cursors
+//!   and advances it only after every event of the response was committed by
+//!   [`crate::router::Router::submit`]: a crash replays a response (the store drops the
+//!   duplicates by event id), never skips one. A brand-new install takes the current position
+//!   without relaying history, and a room joined later is relayed from the bot's join on. A
+//!   `limited` timeline is completed with `/messages` back to the previous position. While
+//!   the bot writes into its rooms the sync polls (every 200 ms) instead of long-polling: a
+//!   waiting sync is woken, and computed again, by every event the bot sends.
+//! - **Echo**: every event sent by the bot's own account is dropped here (that includes events
+//!   that arrive through sync before the send call returned); the store's mapping layer and the
+//!   transaction id (= the delivery id) are the other two layers.
+//! - **Outbound**: text with `body`/`formatted_body`, edits as `m.replace`, deletes as
+//!   redactions, replies as `m.in_reply_to`, thread messages as `m.thread` (with the
+//!   `is_falling_back` reply for clients without threads), reactions as `m.annotation`, all with
+//!   the delivery id as transaction id so that a retried send never doubles. `M_LIMIT_EXCEEDED` becomes
+//!   [`DeliveryError::Retry`] with the server's delay, for this destination only.
+//!
+//! - **Files**: `m.image`/`m.file`/`m.video`/`m.audio` are downloaded (authenticated media)
+//!   into the bridge's file store before the event is submitted; files from other networks are
+//!   uploaded to the content repository and sent as the matching message type.
+//!
+//! - **Encryption**: the SDK is built with end-to-end encryption and keeps its crypto store
+//!   (`SQLite`) next to the state store, so encrypted rooms are bridged like others: events are
+//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. Room keys are
+//!   shared with every device of the room's members, verified or not (the SDK's default), and
+//!   messages from unverified devices are accepted: the bot verifies no one. A message whose
+//!   key never arrives stays `m.room.encrypted` and is not relayed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::{
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomOrAliasId, UInt, UserId,
+};
+use matrix_sdk::{Client, Room, RoomState};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::config::MatrixConfig;
+use super::content;
+use crate::connector::{
+    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings,
+    render_sender, send_whole, with_original_time,
+};
+use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, now_ms};
+
+/// Log filter directives that keep the SDK's per-request chatter to warnings.
+pub const QUIET_LOG_TARGETS: &str =
+    "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
+
+/// How long one `/sync` long-poll waits for news.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// While the bot is writing, how often the sync polls instead of long-polling.
+const BUSY_POLL: Duration = Duration::from_millis(200);
+/// How many timeline events one sync returns per room before it is `limited`.
+const TIMELINE_LIMIT: u32 = 100;
+/// How often rooms that could not be joined are tried again.
+const JOIN_RETRY: Duration = Duration::from_mins(1);
+/// The cursor key of the sync position (network-wide).
+const SYNC_CURSOR: &str = "";
+
+/// What the handle needs of a live session.
+struct Live {
+    client: Client,
+    /// configured channel (as written) → room id
+    rooms: HashMap<String, OwnedRoomId>,
+}
+
+/// The outbox's handle on a Matrix network.
+#[derive(Clone)]
+pub struct MatrixHandle {
+    network: String,
+    remote_nick_format: String,
+    gateways: HashMap<String, GatewaySettings>,
+    live: Arc<RwLock<Option<Live>>>,
+    relogin: Arc<tokio::sync::Notify>,
+    files: Arc<crate::files::Files>,
+    /// Requests the handle has begun that put an event of the bot's in a room.
+    writes: Arc<AtomicU64>,
+}
+
+/// The connection task of a Matrix network.
+pub struct MatrixTask {
+    network: String,
+    config: MatrixConfig,
+    context: BuildContext,
+    live: Arc<RwLock<Option<Live>>>,
+    relogin: Arc<tokio::sync::Notify>,
+    /// The handle's count of writes: while it moves, the sync polls (see [`SyncState::run`]).
+    writes: Arc<AtomicU64>,
+    /// user id → the picture (`mxc://`) last stored for them, for `override_icon_url` elsewhere.
+    avatars: std::sync::Mutex<HashMap<String, String>>,
+}
+
+/// Build the handle and the task of one Matrix network.
+#[must_use]
+pub fn build(
+    network: &str,
+    config: MatrixConfig,
+    context: BuildContext,
+) -> (MatrixHandle, MatrixTask) {
+    let live = Arc::new(RwLock::new(None));
+    let relogin = Arc::new(tokio::sync::Notify::new());
+    let writes = Arc::new(AtomicU64::new(0));
+    (
+        MatrixHandle {
+            network: network.to_owned(),
+            remote_nick_format: context.remote_nick_format.clone(),
+            gateways: context.gateways.clone(),
+            live: Arc::clone(&live),
+            relogin: Arc::clone(&relogin),
+            files: Arc::clone(&context.files),
+            writes: Arc::clone(&writes),
+        },
+        MatrixTask {
+            network: network.to_owned(),
+            config,
+            context,
+            live,
+            relogin,
+            writes,
+            avatars: std::sync::Mutex::new(HashMap::new()),
+        },
+    )
+}
+
+fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
+    DeliveryError::Retry {
+        after,
+        reason: reason.into(),
+    }
+}
+
+/// A readable error with its causes.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// How a failed request maps to a delivery outcome.
+fn classify(error: &matrix_sdk::Error, relogin: &tokio::sync::Notify) -> DeliveryError {
+    let reason = error_chain(error);
+    match error.client_api_error_kind() {
+        Some(ErrorKind::LimitExceeded(data)) => {
+            let after = match data.retry_after {
+                Some(matrix_sdk::ruma::api::error::RetryAfter::Delay(delay)) => Some(delay),
+                Some(matrix_sdk::ruma::api::error::RetryAfter::DateTime(at)) => Some(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default(),
+                ),
+                None => Some(Duration::from_secs(5)),
+            };
+            retry(after, format!("rate limited by the homeserver: {reason}"))
+        }
+        Some(ErrorKind::UnknownToken(_)) => {
+            relogin.notify_one();
+            retry(
+                Some(Duration::from_secs(2)),
+                format!("the access token was refused; logging in again: {reason}"),
+            )
+        }
+        Some(
+            ErrorKind::Forbidden
+            | ErrorKind::BadJson
+            | ErrorKind::NotJson
+            | ErrorKind::TooLarge
+            | ErrorKind::InvalidParam
+            | ErrorKind::NotFound,
+        ) => DeliveryError::Permanent(reason),
+        _ => retry(None, reason),
+    }
+}
+
+fn is_duplicate_annotation(error: &matrix_sdk::Error) -> bool {
+    error
+        .as_client_api_error()
+        .is_some_and(|e| e.to_string().contains("M_DUPLICATE_ANNOTATION"))
+        || error_chain(error).contains("M_DUPLICATE_ANNOTATION")
+}
+
+impl Deliver for MatrixHandle {
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
+        send_whole(self, delivery, |handle, delivery| {
+            Box::pin(handle.deliver(delivery))
+        })
+    }
+}
+
+impl MatrixHandle {
+    /// Send one delivery; the homeserver's answer (an event id) is the acknowledgement.
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        let (client, room_id) = {
+            let guard = self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(live) = guard.as_ref() else {
+                return Err(retry(
+                    Some(Duration::from_secs(1)),
+                    format!("not logged in to Matrix network {} yet", self.network),
+                ));
+            };
+            let Some(room_id) = live.rooms.get(&delivery.destination.channel) else {
+                return Err(retry(
+                    Some(Duration::from_secs(5)),
+                    format!("room {} is not joined yet", delivery.destination.channel),
+                ));
+            };
+            (live.client.clone(), room_id.clone())
+        };
+        let Some(room) = client.get_room(&room_id) else {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("room {room_id} is not known to the client yet"),
+            ));
+        };
+        if room.state() != RoomState::Joined {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("the bot is not in room {room_id}"),
+            ));
+        }
+        // `@room` and the like from another network stay pings only where the gateway allows.
+        let settings = self
+            .gateways
+            .get(&delivery.gateway)
+            .copied()
+            .unwrap_or_default();
+        let allow_mass_pings = settings.allow_mass_pings;
+        // Late (after an outage): the text shows when it was said, and the event carries the
+        // original time for clients and bots that read it.
+        let late = with_original_time(delivery, &settings, now_ms());
+        let original_time = late.as_ref().map(|late| late.timestamp_ms);
+        let mut delivery = late.unwrap_or_else(|| delivery.clone());
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+            crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
+        }
+        let delivery = &delivery;
+        // Counted before the request: the homeserver tells the bot's sync about the event
+        // before it answers the send.
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let txn_id: OwnedTransactionId = delivery.id.as_str().into();
+        let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
+        let target_event = delivery
+            .target
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let reply_event = delivery
+            .reply_to
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let thread_event = delivery
+            .thread_root
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let related = content::Related {
+            target: target_event.as_deref(),
+            reply_to: reply_event.as_deref(),
+            thread_root: thread_event.as_deref(),
+        };
+        if let EventBody::Text {
+            text, attachments, ..
+        } = &delivery.body
+            && !attachments.is_empty()
+        {
+            return self
+                .send_with_files(&room, delivery, &sender, (text, attachments), related)
+                .await;
+        }
+        let (event_type, body) = match content::outbound(delivery, &sender, related) {
+            content::Outbound::Send {
+                event_type,
+                mut content,
+            } => {
+                if let Some(original_time) = original_time {
+                    content[content::ORIGINAL_TIME_KEY] = original_time.into();
+                }
+                (event_type, content)
+            }
+            content::Outbound::Redact(event_id) => {
+                return match room.redact(&event_id, None, Some(txn_id)).await {
+                    Ok(response) => Ok(DeliveryAck {
+                        remote_id: Some(response.event_id.to_string()),
+                    }),
+                    Err(error) => Err(classify(&error.into(), &self.relogin)),
+                };
+            }
+            content::Outbound::RemoveReaction { target, key } => {
+                return self.remove_reaction(&room, &target, &key, txn_id).await;
+            }
+            content::Outbound::Nothing => {
+                tracing::debug!(network = %self.network, delivery = %delivery.id, kind = delivery.body.kind_name(), "The message this acts on never reached this room; nothing to do.");
+                return Ok(DeliveryAck::default());
+            }
+        };
+        match room
+            .send_raw(event_type, body)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
+            Err(error) if is_duplicate_annotation(&error) => Ok(DeliveryAck::default()),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// A message with files: each stored file uploaded to the content repository and sent as
+    /// its own file event (the first one carries the caption and the reply; its transaction id
+    /// is the delivery id, the others' the delivery id with their index). Files that were not
+    /// copied are announced in the caption. Acknowledged with the first event's id.
+    async fn send_with_files(
+        &self,
+        room: &Room,
+        delivery: &Delivery,
+        sender: &str,
+        (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
+        related: content::Related<'_>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let mut uploaded = Vec::new();
+        let mut not_copied = Vec::new();
+        for attachment in attachments {
+            let Some(hash) = attachment.stored.clone() else {
+                not_copied.push(attachment);
+                continue;
+            };
+            let Some(content) = self.files.read(&hash).await else {
+                tracing::warn!(network = %self.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                not_copied.push(attachment);
+                continue;
+            };
+            let mime: mime::Mime = attachment
+                .mime
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match room.client().media().upload(&mime, content, None).await {
+                Ok(response) => uploaded.push((attachment, response.content_uri.to_string())),
+                Err(error) => return Err(classify(&error, &self.relogin)),
+            }
+        }
+        let caption = crate::connector::with_file_lines(text, not_copied, |_| None);
+        let mut first_event = None;
+        if uploaded.is_empty() {
+            let mut content = content::file_caption(sender, &caption);
+            if let Some(relation) = content::message_relation(related) {
+                content["m.relates_to"] = relation;
+            }
+            return self
+                .send_one(room, content, delivery.id.as_str().into())
+                .await;
+        }
+        for (index, (attachment, mxc)) in uploaded.iter().enumerate() {
+            let empty = crate::richtext::FormattedText::default();
+            let mut content = content::file_content(
+                attachment,
+                mxc,
+                sender,
+                if index == 0 { &caption } else { &empty },
+            );
+            let txn_id: OwnedTransactionId = if index == 0 {
+                delivery.id.as_str().into()
+            } else {
+                format!("{}.{index}", delivery.id).into()
+            };
+            if index == 0
+                && let Some(relation) = content::message_relation(related)
+            {
+                content["m.relates_to"] = relation;
+            }
+            let ack = self.send_one(room, content, txn_id).await?;
+            first_event = first_event.or(ack.remote_id);
+        }
+        Ok(DeliveryAck {
+            remote_id: first_event,
+        })
+    }
+
+    async fn send_one(
+        &self,
+        room: &Room,
+        content: Value,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        match room
+            .send_raw("m.room.message", content)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// Take back a reaction the bot made: find it among the target's annotations and redact it.
+    async fn remove_reaction(
+        &self,
+        room: &Room,
+        target: &EventId,
+        key: &str,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        use matrix_sdk::ruma::api::client::relations::get_relating_events_with_rel_type_and_event_type as relations;
+        let client = room.client();
+        let Some(own) = client.user_id().map(ToOwned::to_owned) else {
+            return Err(retry(Some(Duration::from_secs(1)), "not logged in"));
+        };
+        let mut from: Option<String> = None;
+        loop {
+            let mut request = relations::v1::Request::new(
+                room.room_id().to_owned(),
+                target.to_owned(),
+                matrix_sdk::ruma::events::relation::RelationType::Annotation,
+                "m.reaction".into(),
+            );
+            request.from.clone_from(&from);
+            let response = client
+                .send(request)
+                .await
+                .map_err(|error| classify(&error.into(), &self.relogin))?;
+            for raw in &response.chunk {
+                let Ok(event) = raw.deserialize_as::<Value>() else {
+                    continue;
+                };
+                let mine = event["sender"].as_str() == Some(own.as_str());
+                let same_key = event["content"]["m.relates_to"]["key"].as_str() == Some(key);
+                if mine
+                    && same_key
+                    && let Some(id) = event["event_id"]
+                        .as_str()
+                        .and_then(|i| EventId::parse(i).ok())
+                {
+                    return match room.redact(&id, None, Some(txn_id)).await {
+                        Ok(response) => Ok(DeliveryAck {
+                            remote_id: Some(response.event_id.to_string()),
+                        }),
+                        Err(error) => Err(classify(&error.into(), &self.relogin)),
+                    };
+                }
+            }
+            match response.next_batch {
+                Some(next) => from = Some(next),
+                None => return Ok(DeliveryAck::default()),
+            }
+        }
+    }
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+impl MatrixTask {
+    /// Log in, join, and sync (with reconnects) until shutdown.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
+        loop {
+            let started = Instant::now();
+            let end = {
+                use tracing::Instrument as _;
+                let span = tracing::info_span!("network", network = %self.network);
+                self.session().instrument(span).await
+            };
+            *self
+                .live
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Lost(reason) => {
+                    if started.elapsed() > Duration::from_mins(1) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(network = %self.network, reason = %reason, delay_ms = delay.as_millis() as u64, "Matrix session lost; starting again.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.context.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        tracing::info!(network = %self.network, "Matrix connector stopped.");
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.context
+            .state_dir
+            .join(format!("matrix-{}", self.network))
+    }
+
+    async fn new_client(&self) -> Result<Client, String> {
+        Client::builder()
+            .homeserver_url(&self.config.homeserver)
+            .sqlite_store(self.state_dir().join("sdk"), None)
+            // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
+            .request_config(
+                RequestConfig::new()
+                    .disable_retry()
+                    .timeout(Duration::from_secs(30)),
+            )
+            .build()
+            .await
+            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
+    }
+
+    /// A logged-in client: the stored session if the server still takes it, else a new login.
+    async fn login(&self) -> Result<Client, String> {
+        let session_file = self.state_dir().join("session.json");
+        let configured_user = UserId::parse(&self.config.user)
+            .map_err(|error| format!("bad user id {}: {error}", self.config.user))?;
+        let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
+        let mut device_id = None;
+        if let Some(session) = stored {
+            device_id = Some(session.meta.device_id.clone());
+            let client = self.new_client().await?;
+            client
+                .restore_session(session)
+                .await
+                .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
+            match client.whoami().await {
+                Ok(_) => {
+                    tracing::info!(network = %self.network, user = %self.config.user, "Matrix session restored.");
+                    return Ok(client);
+                }
+                Err(error)
+                    if matches!(
+                        error.client_api_error_kind(),
+                        Some(ErrorKind::UnknownToken(_))
+                    ) =>
+                {
+                    tracing::warn!(network = %self.network, "The stored Matrix session was refused; logging in again.");
+                }
+                Err(error) => {
+                    return Err(format!(
+                        "cannot reach the homeserver: {}",
+                        error_chain(&error)
+                    ));
+                }
+            }
+        }
+        let client = self.new_client().await?;
+        if let Some(password) = &self.config.password {
+            let mut login = client
+                .matrix_auth()
+                .login_username(&configured_user, password.expose())
+                .initial_device_display_name(&self.config.device_name);
+            if let Some(device_id) = &device_id {
+                login = login.device_id(device_id.as_str());
+            }
+            login.send().await.map_err(|error| {
+                format!(
+                    "Matrix login as {} failed: {}",
+                    self.config.user,
+                    error_chain(&error)
+                )
+            })?;
+            tracing::info!(network = %self.network, user = %self.config.user, "Logged in to Matrix.");
+        } else if let Some(token) = &self.config.access_token {
+            // The token names its device; ask the server which one.
+            let probe = self.new_client().await?;
+            probe
+                .restore_session(MatrixSession {
+                    meta: matrix_sdk::SessionMeta {
+                        user_id: configured_user.clone(),
+                        device_id: "TRIBRIDGE".into(),
+                    },
+                    tokens: matrix_sdk::SessionTokens {
+                        access_token: token.expose().to_owned(),
+                        refresh_token: None,
+                    },
+                })
+                .await
+                .map_err(|error| error_chain(&error))?;
+            let whoami = probe.whoami().await.map_err(|error| {
+                format!(
+                    "the configured access token was refused: {}",
+                    error_chain(&error)
+                )
+            })?;
+            drop(probe);
+            client
+                .restore_session(MatrixSession {
+                    meta: matrix_sdk::SessionMeta {
+                        user_id: whoami.user_id,
+                        device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
+                    },
+                    tokens: matrix_sdk::SessionTokens {
+                        access_token: token.expose().to_owned(),
+                        refresh_token: None,
+                    },
+                })
+                .await
+                .map_err(|error| error_chain(&error))?;
+        } else {
+            return Err("no password or access token configured".into());
+        }
+        if let Some(session) = client.matrix_auth().session() {
+            save_session(&session_file, &session);
+        }
+        Ok(client)
+    }
+
+    async fn session(&self) -> SessionEnd {
+        let client = tokio::select! {
+            result = self.login() => match result {
+                Ok(client) => client,
+                Err(reason) => return SessionEnd::Lost(reason),
+            },
+            () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
+        };
+        let Some(own_user) = client.user_id().map(ToOwned::to_owned) else {
+            return SessionEnd::Lost("the client has no user id after login".into());
+        };
+        self.context
+            .router
+            .set_account(&self.network, own_user.as_str());
+        if let Some(name) = &self.config.display_name {
+            let account = client.account();
+            if account.get_display_name().await.ok().flatten().as_deref() != Some(name.as_str())
+                && let Err(error) = account.set_display_name(Some(name)).await
+            {
+                tracing::warn!(network = %self.network, error = %error_chain(&error), "Could not set the bot's display name.");
+            }
+        }
+        let mut sync = SyncState {
+            task: self,
+            client: client.clone(),
+            own_user,
+            rooms: HashMap::new(),
+            wanted: self.context.channels.clone(),
+            next_join_attempt: Instant::now(),
+            awaiting_join: HashSet::new(),
+        };
+        // A brand-new install takes its position before it joins, so that what is said right
+        // after the join is relayed (and nothing before it).
+        if let Err(end) = sync.take_first_position().await {
+            return end;
+        }
+        sync.join_missing().await;
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Live {
+            client: client.clone(),
+            rooms: sync.rooms.clone(),
+        });
+        let end = tokio::select! {
+            end = sync.run() => end,
+            () = self.context.shutdown.cancelled() => SessionEnd::Shutdown,
+            () = self.relogin.notified() => SessionEnd::Lost("the access token was refused".into()),
+        };
+        // A refused token keeps session.json: the next login finds the stored session refused
+        // (whoami) and logs in again with the same device id, so no new device appears.
+        end
+    }
+}
+
+/// Drop what the bot was not there for: every event before its own join in this batch, and
+/// every event the homeserver marks as seen from outside the room (`unsigned.membership`,
+/// Matrix 1.11, the requesting user's membership at the event). The second also holds when the
+/// join itself is not in the batch, as when the sync leaves out the bot's own events.
+fn after_own_join(own: &str, events: Vec<Value>) -> Vec<Value> {
+    let join_at = events.iter().rposition(|event| {
+        event["type"] == "m.room.member"
+            && event["state_key"].as_str() == Some(own)
+            && event["content"]["membership"] == "join"
+            && event["unsigned"]["prev_content"]["membership"] != "join"
+    });
+    let after = match join_at {
+        Some(index) => index + 1,
+        None => 0,
+    };
+    events
+        .into_iter()
+        .skip(after)
+        .filter(|event| {
+            event["unsigned"]["membership"]
+                .as_str()
+                .is_none_or(|membership| membership == "join")
+        })
+        .collect()
+}
+
+fn save_session(path: &std::path::Path, session: &MatrixSession) {
+    let Ok(text) = serde_json::to_string(session) else {
+        return;
+    };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let result = {
+        use std::io::Write as _;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        options
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+    };
+    if let Err(error) = result {
+        tracing::warn!(path = %path.display(), error = %error, "Could not save the Matrix session; the next start logs in again.");
+    }
+}
+
+/// Whether the bot is writing: its count of writes was seen to move less than [`BUSY_POLL`]
+/// ago. The sync looks at the count once per sync, so a stream of writes keeps it busy, and a
+/// whole interval without any ends it.
+#[derive(Debug)]
+struct Writing {
+    seen: u64,
+    moved_at: Option<Instant>,
+}
+
+impl Writing {
+    fn new(count: u64) -> Self {
+        Writing {
+            seen: count,
+            moved_at: None,
+        }
+    }
+
+    fn busy(&mut self, count: u64, now: Instant) -> bool {
+        if count != self.seen {
+            self.seen = count;
+            self.moved_at = Some(now);
+        }
+        self.moved_at
+            .is_some_and(|at| now.saturating_duration_since(at) < BUSY_POLL)
+    }
+}
+
+/// The state of one sync session.
+struct SyncState<'a> {
+    task: &'a MatrixTask,
+    client: Client,
+    own_user: OwnedUserId,
+    /// configured channel → room id, for joined rooms
+    rooms: HashMap<String, OwnedRoomId>,
+    /// configured channels
+    wanted: Vec<String>,
+    next_join_attempt: Instant,
+    /// Rooms this session joined whose join no sync has shown yet. While there are any, the
+    /// sync asks for the bot's own events too, so that its join marks where history ends.
+    awaiting_join: HashSet<OwnedRoomId>,
+}
+
+impl SyncState<'_> {
+    fn network(&self) -> &str {
+        &self.task.network
+    }
+
+    fn publish_rooms(&self) {
+        if let Some(live) = self
+            .task
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            live.rooms.clone_from(&self.rooms);
+        }
+    }
+
+    /// The configured channel a room id belongs to: a room joined in this session, or one the
+    /// bot is in already whose id or canonical alias is configured (so that a join call that
+    /// failed this time does not make its events pass unseen while the position moves on).
+    fn channel_of(&mut self, room_id: &RoomId) -> Option<String> {
+        if let Some((channel, _)) = self
+            .rooms
+            .iter()
+            .find(|(_, id)| id.as_str() == room_id.as_str())
+        {
+            return Some(channel.clone());
+        }
+        let room = self.client.get_room(room_id)?;
+        let alias = room.canonical_alias().map(|a| a.to_string());
+        let channel = self
+            .wanted
+            .iter()
+            .find(|c| c.as_str() == room_id.as_str() || alias.as_deref() == Some(c.as_str()))?
+            .clone();
+        self.rooms.insert(channel.clone(), room_id.to_owned());
+        self.publish_rooms();
+        Some(channel)
+    }
+
+    /// On a brand-new install (no stored position): sync once without waiting and store the
+    /// position, relaying nothing of what came before.
+    async fn take_first_position(&mut self) -> Result<(), SessionEnd> {
+        let stored = self
+            .cursor()
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot read the sync cursor: {reason}")))?;
+        if stored.is_some() {
+            return Ok(());
+        }
+        tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
+        let settings = SyncSettings::default()
+            .filter(Self::filter(None))
+            .timeout(Duration::ZERO);
+        let response =
+            self.client.sync_once(settings).await.map_err(|error| {
+                SessionEnd::Lost(format!("sync failed: {}", error_chain(&error)))
+            })?;
+        for room_id in response.rooms.invited.keys() {
+            self.consider_invite(room_id).await;
+        }
+        self.set_cursor(response.next_batch)
+            .await
+            .map_err(|reason| SessionEnd::Lost(format!("cannot store the sync cursor: {reason}")))
+    }
+
+    /// Join every configured room not joined yet; say clearly which cannot be joined.
+    async fn join_missing(&mut self) {
+        let missing: Vec<String> = self
+            .wanted
+            .iter()
+            .filter(|channel| !self.rooms.contains_key(*channel))
+            .cloned()
+            .collect();
+        for channel in missing {
+            let Ok(target) = RoomOrAliasId::parse(&channel) else {
+                tracing::error!(network = %self.network(), room = %channel, "Not a room id or alias; it is never joined.");
+                continue;
+            };
+            match self.client.join_room_by_id_or_alias(&target, &[]).await {
+                Ok(room) => {
+                    tracing::info!(network = %self.network(), room = %channel, room_id = %room.room_id(), "Joined Matrix room.");
+                    self.awaiting_join.insert(room.room_id().to_owned());
+                    self.rooms.insert(channel, room.room_id().to_owned());
+                }
+                Err(error) => {
+                    tracing::warn!(network = %self.network(), room = %channel, error = %error_chain(&error), retry_s = JOIN_RETRY.as_secs(), "Cannot join Matrix room (is it public, or is the bot invited?); trying again later and on invite.");
+                }
+            }
+        }
+        self.next_join_attempt = Instant::now() + JOIN_RETRY;
+        self.publish_rooms();
+    }
+
+    /// Accept an invite when it is to a configured room (by id or by its canonical alias).
+    async fn consider_invite(&mut self, room_id: &RoomId) {
+        let Some(room) = self.client.get_room(room_id) else {
+            return;
+        };
+        let alias = room.canonical_alias().map(|a| a.to_string());
+        let alt_aliases: Vec<String> = room.alt_aliases().iter().map(ToString::to_string).collect();
+        let channel = self.wanted.iter().find(|channel| {
+            channel.as_str() == room_id.as_str()
+                || alias.as_deref() == Some(channel.as_str())
+                || alt_aliases.iter().any(|a| a == *channel)
+        });
+        let Some(channel) = channel.cloned() else {
+            tracing::info!(network = %self.network(), room_id = %room_id, "Ignoring an invite to a room that is not configured.");
+            return;
+        };
+        match room.join().await {
+            Ok(()) => {
+                tracing::info!(network = %self.network(), room = %channel, room_id = %room_id, "Accepted the invite to a configured room.");
+                self.awaiting_join.insert(room_id.to_owned());
+                self.rooms.insert(channel, room_id.to_owned());
+                self.publish_rooms();
+            }
+            Err(error) => {
+                tracing::warn!(network = %self.network(), room = %channel, error = %error_chain(&error), "Cannot accept the invite.");
+            }
+        }
+    }
+
+    /// What the bridge syncs: room timelines and state, and what end-to-end encryption needs
+    /// (to-device messages and device lists, which no filter removes). Presence, typing, read
+    /// receipts and account data are left out: the bridge relays none of them, and each would
+    /// wake its sync and cost the homeserver a response (Synapse skips computing what a
+    /// filter blocks entirely).
+    ///
+    /// With `quiet_as` the bot's own events are left out of the timelines too: the bridge
+    /// never relays them, so the polls while it writes carry none of its messages (less for the
+    /// homeserver to send and for the bridge to parse). Room state still carries the bot's own
+    /// membership. The long-poll asks for the bot's own events: its first write must end it.
+    fn filter(quiet_as: Option<&UserId>) -> Filter {
+        let mut timeline = RoomEventFilter::default();
+        timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
+        if let Some(own) = quiet_as {
+            timeline.not_senders = vec![own.to_owned()];
+        }
+        let mut room = RoomFilter::default();
+        room.timeline = timeline;
+        room.ephemeral = RoomEventFilter::ignore_all();
+        room.account_data = RoomEventFilter::ignore_all();
+        let mut definition = FilterDefinition::default();
+        definition.room = room;
+        definition.presence = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+        definition.account_data = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+        Filter::FilterDefinition(definition)
+    }
+
+    async fn cursor(&self) -> Result<Option<String>, String> {
+        let store = Arc::clone(&self.task.context.store);
+        let network = self.network().to_owned();
+        tokio::task::spawn_blocking(move || store.cursor(&network, SYNC_CURSOR))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+
+    async fn set_cursor(&self, value: String) -> Result<(), String> {
+        let store = Arc::clone(&self.task.context.store);
+        let network = self.network().to_owned();
+        tokio::task::spawn_blocking(move || store.set_cursor(&network, SYNC_CURSOR, &value))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+
+    async fn run(&mut self) -> SessionEnd {
+        let mut since = match self.cursor().await {
+            Ok(since) => since,
+            Err(reason) => {
+                return SessionEnd::Lost(format!("cannot read the sync cursor: {reason}"));
+            }
+        };
+        let writes = Arc::clone(&self.task.writes);
+        let mut writing = Writing::new(writes.load(Ordering::Relaxed));
+        // When the last sync began.
+        let mut started = Instant::now();
+        loop {
+            if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
+                self.join_missing().await;
+            }
+            // While the bot writes, no long-poll waits at the homeserver: every event wakes a
+            // waiting sync, and the homeserver computes the answer again from its start, even
+            // when the filter leaves nothing to answer. So the sync polls, every BUSY_POLL,
+            // and long-polls again once a whole interval went by without writes. The long-poll
+            // takes the bot's own events too, so that its first write ends it.
+            let busy = writing.busy(writes.load(Ordering::Relaxed), Instant::now());
+            if busy {
+                tokio::time::sleep_until(started + BUSY_POLL).await;
+            }
+            // Quiet only once every join of this session has been seen in a sync.
+            let quiet_as =
+                (busy && self.awaiting_join.is_empty()).then_some(self.own_user.as_ref());
+            let mut settings = SyncSettings::default()
+                .filter(Self::filter(quiet_as))
+                .timeout(if since.is_some() && !busy {
+                    SYNC_TIMEOUT
+                } else {
+                    Duration::ZERO
+                });
+            started = Instant::now();
+            if let Some(token) = &since {
+                settings = settings.token(token.clone());
+            }
+            let response = match self.client.sync_once(settings).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let reason = error_chain(&error);
+                    if matches!(
+                        error.client_api_error_kind(),
+                        Some(ErrorKind::UnknownToken(_))
+                    ) {
+                        return SessionEnd::Lost(format!("M_UNKNOWN_TOKEN: {reason}"));
+                    }
+                    return SessionEnd::Lost(format!("sync failed: {reason}"));
+                }
+            };
+            for room_id in response.rooms.joined.keys() {
+                self.awaiting_join.remove(room_id);
+            }
+            for room_id in response.rooms.invited.keys() {
+                self.consider_invite(room_id).await;
+            }
+            if let Some(previous) = &since {
+                for (room_id, update) in &response.rooms.joined {
+                    let Some(channel) = self.channel_of(room_id) else {
+                        continue;
+                    };
+                    let mut events: Vec<Value> = Vec::new();
+                    if update.timeline.limited
+                        && let Some(prev_batch) = &update.timeline.prev_batch
+                    {
+                        match self.backfill(room_id, prev_batch, previous).await {
+                            Ok(mut older) => events.append(&mut older),
+                            Err(reason) => return SessionEnd::Lost(reason),
+                        }
+                    }
+                    events.extend(
+                        update
+                            .timeline
+                            .events
+                            .iter()
+                            .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+                    );
+                    let events = after_own_join(self.own_user.as_str(), events);
+                    for event in events {
+                        if let Err(reason) = self.relay(room_id, &channel, &event).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
+                }
+            }
+            // Every event before `next_batch` is committed: only now may the position move.
+            if let Err(reason) = self.set_cursor(response.next_batch.clone()).await {
+                return SessionEnd::Lost(format!("cannot store the sync cursor: {reason}"));
+            }
+            since = Some(response.next_batch);
+        }
+    }
+
+    /// The events of a limited timeline that the sync left out: `/messages` backwards from
+    /// `prev_batch` down to the previous position, oldest first.
+    async fn backfill(
+        &self,
+        room_id: &RoomId,
+        prev_batch: &str,
+        previous: &str,
+    ) -> Result<Vec<Value>, String> {
+        let Some(room) = self.client.get_room(room_id) else {
+            return Ok(Vec::new());
+        };
+        let mut older: Vec<Value> = Vec::new();
+        let mut from = prev_batch.to_owned();
+        loop {
+            let mut options = MessagesOptions::backward().from(from.as_str());
+            options.to = Some(previous.to_owned());
+            options.limit = UInt::from(100u32);
+            let page = room.messages(options).await.map_err(|error| {
+                format!("cannot fetch missed messages: {}", error_chain(&error))
+            })?;
+            let empty = page.chunk.is_empty();
+            older.extend(
+                page.chunk
+                    .iter()
+                    .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+            );
+            match page.end {
+                Some(end) if !empty && end != from => from = end,
+                _ => break,
+            }
+        }
+        older.reverse();
+        tracing::info!(network = %self.network(), room_id = %room_id, missed = older.len(), "Fetched messages a limited sync left out.");
+        Ok(older)
+    }
+
+    /// Normalise one timeline event and commit it. `Err` only when the store failed.
+    async fn relay(&self, room_id: &RoomId, channel: &str, event: &Value) -> Result<(), String> {
+        let Some(sender) = event["sender"].as_str() else {
+            return Ok(());
+        };
+        if sender == self.own_user.as_str() {
+            // Layer one of echo suppression: nothing the bot's account says is relayed, even
+            // when it arrives before the send call returned.
+            return Ok(());
+        }
+        let Some(mut body) = content::inbound(event, self.task.config.relay_membership) else {
+            if content::was_redacted(event) {
+                // Taken back before the bot's sync saw it: the redaction that follows names
+                // an event no other network has.
+                tracing::debug!(network = %self.network(), room_id = %room_id, event_id = ?event["event_id"].as_str(), "A message redacted before it was seen is not relayed.");
+            }
+            return Ok(());
+        };
+        if let EventBody::Text { attachments, .. } = &mut body
+            && let Some(attachment) = attachments.first_mut()
+        {
+            use matrix_sdk::ruma::events::room::{EncryptedFile, MediaSource};
+            // A plain file has `url`; a file in an encrypted room has `file` (the URL and key).
+            let source = match event["content"]["url"].as_str() {
+                Some(url) => Some(MediaSource::Plain(url.into())),
+                None => serde_json::from_value::<EncryptedFile>(event["content"]["file"].clone())
+                    .ok()
+                    .map(|file| MediaSource::Encrypted(Box::new(file))),
+            };
+            if let Some(source) = source {
+                self.fetch_file(source, attachment).await;
+            }
+        }
+        let display_name = self.display_name(room_id, sender, event).await;
+        if self.task.context.files.serves_links() {
+            self.store_avatar(room_id, sender).await;
+        }
+        let inbound = Inbound {
+            origin: ChannelRef::new(self.network(), channel),
+            remote_id: event["event_id"].as_str().map(ToOwned::to_owned),
+            permalink: event["event_id"].as_str().map(|event_id| {
+                crate::richtext::long_text::matrix_event_permalink(room_id.as_str(), event_id)
+            }),
+            author: crate::model::Author {
+                id: sender.to_owned(),
+                display_name,
+            },
+            timestamp_ms: event["origin_server_ts"].as_i64().unwrap_or_else(now_ms),
+            body,
+        };
+        match self.task.context.router.submit(inbound).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(format!("cannot store an inbound event: {error}")),
+        }
+    }
+
+    /// Copy a file into the bridge's file store (within the size limit); on failure it is
+    /// announced by name and size, and the reason logged.
+    async fn fetch_file(
+        &self,
+        source: matrix_sdk::ruma::events::room::MediaSource,
+        attachment: &mut crate::model::Attachment,
+    ) {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        let files = &self.task.context.files;
+        if attachment
+            .size
+            .is_some_and(|size| !files.store.accepts(size))
+        {
+            tracing::info!(network = %self.network(), file = %attachment.name, size = attachment.size, "A file is over max_file_size_mb; it is announced, not copied.");
+            return;
+        }
+        let mxc = match &source {
+            matrix_sdk::ruma::events::room::MediaSource::Plain(uri) => uri.to_string(),
+            matrix_sdk::ruma::events::room::MediaSource::Encrypted(file) => file.url.to_string(),
+        };
+        let mxc = mxc.as_str();
+        let request = MediaRequestParameters {
+            source,
+            format: MediaFormat::File,
+        };
+        let bytes = match self.client.media().get_media_content(&request, false).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(network = %self.network(), mxc, error = %error, "Cannot download a Matrix file; it is announced, not copied.");
+                return;
+            }
+        };
+        attachment.size = Some(bytes.len() as u64);
+        match files.put(bytes).await {
+            Ok(hash) => attachment.stored = Some(hash),
+            Err(error) => {
+                tracing::warn!(network = %self.network(), mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
+            }
+        }
+    }
+
+    /// Keep the sender's picture when it changed (within the file size limit), for destinations that
+    /// show the sender's picture.
+    async fn store_avatar(&self, room_id: &RoomId, sender: &str) {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        use matrix_sdk::ruma::events::room::MediaSource;
+        let (Some(room), Ok(user)) = (self.client.get_room(room_id), UserId::parse(sender)) else {
+            return;
+        };
+        let Ok(Some(member)) = room.get_member_no_sync(&user).await else {
+            return;
+        };
+        let Some(mxc) = member.avatar_url().map(ToOwned::to_owned) else {
+            return;
+        };
+        let known = self
+            .task
+            .avatars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sender)
+            .is_some_and(|stored| stored.as_str() == mxc.as_str());
+        if known {
+            return;
+        }
+        let request = MediaRequestParameters {
+            source: MediaSource::Plain(mxc.clone()),
+            format: MediaFormat::File,
+        };
+        let picture = match self.client.media().get_media_content(&request, true).await {
+            Ok(picture) => picture,
+            Err(error) => {
+                tracing::debug!(network = %self.network(), sender, error = %error, "Cannot fetch a profile picture.");
+                return;
+            }
+        };
+        match self
+            .task
+            .context
+            .files
+            .put_avatar(self.network(), sender, picture)
+            .await
+        {
+            Ok(()) => {
+                self.task
+                    .avatars
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(sender.to_owned(), mxc.to_string());
+            }
+            Err(error) => {
+                tracing::debug!(network = %self.network(), sender, error = %error, "A profile picture was not kept.");
+            }
+        }
+    }
+
+    async fn display_name(&self, room_id: &RoomId, sender: &str, event: &Value) -> String {
+        let localpart = sender
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or(sender)
+            .to_owned();
+        // A member event carries the new name itself.
+        if event["type"] == "m.room.member"
+            && let Some(name) = event["content"]["displayname"].as_str()
+            && !name.is_empty()
+        {
+            return name.to_owned();
+        }
+        let (Some(room), Ok(user)) = (self.client.get_room(room_id), UserId::parse(sender)) else {
+            return localpart;
+        };
+        match room.get_member_no_sync(&user).await {
+            Ok(Some(member)) => member
+                .display_name()
+                .filter(|name| !name.is_empty())
+                .map_or(localpart, ToOwned::to_owned),
+            _ => localpart,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(id: &str, membership: Option<&str>) -> Value {
+        let mut event = json!({
+            "type": "m.room.message",
+            "event_id": id,
+            "sender": "@alice:localhost",
+            "content": {"msgtype": "m.text", "body": id},
+        });
+        if let Some(membership) = membership {
+            event["unsigned"] = json!({ "membership": membership });
+        }
+        event
+    }
+
+    fn ids(events: &[Value]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn history_before_the_bots_join_in_the_batch_is_dropped() {
+        let join = json!({
+            "type": "m.room.member",
+            "event_id": "$join",
+            "sender": "@bot:localhost",
+            "state_key": "@bot:localhost",
+            "content": {"membership": "join"},
+        });
+        let events = vec![message("$before", None), join, message("$after", None)];
+        assert_eq!(ids(&after_own_join("@bot:localhost", events)), ["$after"]);
+    }
+
+    #[test]
+    fn a_profile_change_of_the_bot_is_not_taken_for_its_join() {
+        let rename = json!({
+            "type": "m.room.member",
+            "event_id": "$rename",
+            "sender": "@bot:localhost",
+            "state_key": "@bot:localhost",
+            "content": {"membership": "join", "displayname": "Bridge"},
+            "unsigned": {"prev_content": {"membership": "join"}},
+        });
+        let events = vec![message("$one", None), rename, message("$two", None)];
+        assert_eq!(
+            ids(&after_own_join("@bot:localhost", events)),
+            ["$one", "$rename", "$two"]
+        );
+    }
+
+    #[test]
+    fn without_the_join_in_the_batch_the_servers_membership_marks_history() {
+        // The sync leaves out the bot's own events; the homeserver still says, per event,
+        // whether the bot was in the room (Matrix 1.11 `unsigned.membership`).
+        let events = vec![
+            message("$left", Some("leave")),
+            message("$invited", Some("invite")),
+            message("$joined", Some("join")),
+            message("$unmarked", None),
+        ];
+        assert_eq!(
+            ids(&after_own_join("@bot:localhost", events)),
+            ["$joined", "$unmarked"]
+        );
+    }
+
+    #[test]
+    fn writes_make_the_sync_poll_until_an_interval_passes_without_any() {
+        let start = Instant::now();
+        let mut writing = Writing::new(7);
+        assert!(!writing.busy(7, start), "no write yet");
+        assert!(writing.busy(8, start), "a write");
+        // The poll right after it, and the next ones while writes go on.
+        assert!(writing.busy(8, start + Duration::from_millis(5)));
+        assert!(writing.busy(12, start + BUSY_POLL));
+        assert!(writing.busy(12, start + BUSY_POLL * 3 / 2));
+        // A whole interval since the count last moved: long-poll again.
+        assert!(!writing.busy(12, start + BUSY_POLL * 2));
+        assert!(!writing.busy(12, start + BUSY_POLL * 10));
+        assert!(writing.busy(13, start + BUSY_POLL * 11));
+    }
+
+    #[test]
+    fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
+        let own = UserId::parse("@bot:localhost").expect("user id");
+        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own)) else {
+            panic!("an inline filter");
+        };
+        assert_eq!(quiet.room.timeline.not_senders, vec![own.clone()]);
+        assert!(quiet.room.state.not_senders.is_empty());
+        let Filter::FilterDefinition(full) = SyncState::filter(None) else {
+            panic!("an inline filter");
+        };
+        assert!(full.room.timeline.not_senders.is_empty());
+        assert_eq!(full.room.timeline.limit, quiet.room.timeline.limit);
+    }
+}

@@ -1,0 +1,109 @@
+//! Gateways as data: the channels a gateway links and which way messages flow
+//! ([`GatewayConfig`], read from the file by [`crate::config`]), and what a gateway says about
+//! how its messages are delivered ([`GatewaySettings`], handed to every connector).
+//!
+//! Invariant: a channel is named by its network id and its name as configured; how names
+//! compare is the network's [`crate::vocab::CaseMapping`], never decided here.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::richtext::edits::EditPolicy;
+use crate::richtext::long_text::LongTextPolicy;
+
+/// Which way messages flow for one channel of a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Messages said here go into the gateway; nothing is sent here.
+    In,
+    /// Messages from the gateway are sent here; nothing said here is relayed.
+    Out,
+    /// Both ways (the default).
+    InOut,
+}
+
+impl Direction {
+    /// Messages said in this channel are relayed.
+    #[must_use]
+    pub fn is_source(self) -> bool {
+        matches!(self, Direction::In | Direction::InOut)
+    }
+    /// Messages are delivered to this channel.
+    #[must_use]
+    pub fn is_destination(self) -> bool {
+        matches!(self, Direction::Out | Direction::InOut)
+    }
+}
+
+/// A named set of linked channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// The gateway's name, unique in the file.
+    pub name: String,
+    /// Its channels, at least two.
+    pub channels: Vec<GatewayChannel>,
+    /// What IRC destinations do with messages longer than `max_lines` lines.
+    pub long_text: LongTextPolicy,
+    /// Let `@room`, `@channel`, `@all`, `@here` from one network ping everyone on another.
+    pub allow_mass_pings: bool,
+    /// How IRC destinations show an edit made elsewhere: not at all, the corrected text, or a
+    /// short diff.
+    pub edit_policy: EditPolicy,
+    /// A message delivered more than this long after it was said shows when it was said;
+    /// `None` (configured as 0): never.
+    pub original_time_after: Option<Duration>,
+}
+
+/// One channel of a gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayChannel {
+    /// The network id.
+    pub network: String,
+    /// The channel name on that network.
+    pub channel: String,
+    /// Which way messages flow.
+    pub direction: Direction,
+}
+
+/// What a gateway says about how its messages are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Messages longer than `max_lines` IRC lines: split or truncate.
+    pub long_text: LongTextPolicy,
+    /// Mass pings (`@room`, `@channel`, `@all`, `@here`) from another network stay pings.
+    pub allow_mass_pings: bool,
+    /// How destinations without edits (IRC) show an edit made elsewhere.
+    pub edit_policy: EditPolicy,
+    /// A message delivered more than this long after it was said shows when it was said
+    /// (with a prefix naming that time); `None`: never.
+    pub original_time_after: Option<Duration>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            long_text: LongTextPolicy::default(),
+            allow_mass_pings: false,
+            edit_policy: EditPolicy::default(),
+            original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
+        }
+    }
+}
+
+/// The default of a gateway's `original_time_after`.
+pub const DEFAULT_ORIGINAL_TIME_AFTER: Duration = Duration::from_mins(1);
+
+impl GatewayConfig {
+    /// Its delivery settings, as connectors read them.
+    #[must_use]
+    pub fn settings(&self) -> GatewaySettings {
+        GatewaySettings {
+            long_text: self.long_text,
+            allow_mass_pings: self.allow_mass_pings,
+            edit_policy: self.edit_policy,
+            original_time_after: self.original_time_after,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The vocabulary both sides of the bridge share: what connectors declare and hand over, and what
+//! the router, store and outbox read. A leaf: it imports only [`crate::model`] and
+//! [`crate::richtext`], so every other module may import it and imports run one way
+//! (connectors → vocabulary ← router, outbox, store).
+//!
+//! - [`delivery`]: handing a delivery to a connection and its acknowledgement (`Endpoint`,
+//!   `AckFuture`, `DeliveryError`), and telling the outbox of new rows (`Wake`).
+//! - [`capabilities`]: what a network declares about itself (`Capabilities`, `CaseMapping`).
+//! - [`gateway`]: gateways as data (`GatewayConfig`, `Direction`) and their delivery settings.
+//! - [`section`]: the validation of one `[network.X]` section, with located issues.
+//! - [`stages`]: the latency histograms each stage of the bridge observes.
+
+pub mod capabilities;
+pub mod delivery;
+pub mod gateway;
+pub mod section;
+pub mod stages;
+
+pub use capabilities::{Capabilities, CaseMapping};
+pub use delivery::{AckFuture, DeliveryError, Endpoint, PendingDelivery, Wake};
+pub use gateway::{
+    DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, GatewaySettings,
+};
+pub use section::{Secret, Section, SectionIssue};
