@@ -79,6 +79,232 @@ fn only_the_matrix_connector_uses_matrix_sdk_and_ruma() {
     );
 }
 
+/// The text of a Rust file without its comments (line comments, doc comments included), so that
+/// a path named in prose is not taken for an import.
+fn code_of(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("//") {
+                ""
+            } else {
+                line.split(" // ").next().unwrap_or(line)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level module of `src` a file belongs to (`router` for `src/router.rs`, `connector`
+/// for `src/connector/irc/mod.rs`); `None` for the crate root and the binary.
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(src).ok()?;
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(name, "lib" | "main")).then(|| name.to_owned())
+}
+
+/// The top-level modules a piece of code names through `crate::` paths, grouped imports
+/// (`crate::{a, b::c}`) included.
+fn crate_references(code: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let ident = |rest: &str| -> String {
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    for (index, _) in code.match_indices("crate::") {
+        if code[..index].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `tribridge_crate::`, not ours
+        }
+        let rest = &code[index + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0usize;
+            let mut start = true;
+            for (offset, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if c.is_whitespace() => {}
+                    _ if start && depth == 0 => {
+                        found.insert(ident(&group[offset..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.insert(ident(rest));
+        }
+    }
+    found.retain(|name| !name.is_empty());
+    found
+}
+
+/// The `use crate::…` graph of `src/` between top-level modules: module → modules it names.
+fn module_graph(
+    root: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for file in &files {
+        let Some(module) = top_module(&src, file) else {
+            continue;
+        };
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        let entry = graph.entry(module.clone()).or_default();
+        for target in crate_references(&code) {
+            if target != module {
+                entry.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// The layers of `src/`, lowest first: a module may name only modules of lower layers, so
+/// imports run one way (connectors → vocabulary ← router, outbox, store; metrics only reads).
+/// A new top-level module must be placed here.
+const LAYERS: &[&[&str]] = &[
+    &["richtext", "loop_breaker", "files"],
+    &["model"],
+    &["vocab"],
+    &["store"],
+    &["group_commit"],
+    &["parallel"],
+    &["router", "outbox"],
+    &["connector"],
+    &["config"],
+    &["metrics"],
+    &["daemon"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+#[test]
+fn top_level_modules_import_one_way_without_cycles() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let graph = module_graph(root);
+    let mut problems = Vec::new();
+    for (module, targets) in &graph {
+        println!(
+            "{module} -> {}",
+            targets.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        let Some(from) = layer_of(module) else {
+            problems.push(format!("`src/{module}` is in no layer of tidy.rs's LAYERS"));
+            continue;
+        };
+        for target in targets {
+            match layer_of(target) {
+                Some(to) if to < from => {}
+                Some(_) => problems.push(format!(
+                    "`{module}` imports `{target}`, against the allowed direction (a module \
+                     names only lower layers)"
+                )),
+                None => problems.push(format!("`{target}` is in no layer of tidy.rs's LAYERS")),
+            }
+        }
+    }
+    // A cycle, found directly (the layer rule implies there is none; this says where).
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        cycles: &mut Vec<String>,
+    ) {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            cycles.push(format!("{} -> {node}", path[start..].join(" -> ")));
+            return;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, cycles);
+        }
+        path.pop();
+    }
+    let mut cycles = Vec::new();
+    for module in graph.keys() {
+        visit(module, &graph, &mut Vec::new(), &mut cycles);
+    }
+    cycles.sort();
+    cycles.dedup();
+    problems.extend(
+        cycles
+            .into_iter()
+            .map(|cycle| format!("import cycle: {cycle}")),
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn the_module_graph_reader_sees_grouped_imports_and_skips_comments() {
+    let code = code_of(
+        "use crate::{model::Delivery, vocab::{Wake, Endpoint}};\n// use crate::daemon;\n\
+         let x = crate::store::Store::open();",
+    );
+    let found: Vec<String> = crate_references(&code).into_iter().collect();
+    assert_eq!(found, ["model", "store", "vocab"]);
+}
+
+/// The network types, as the folders of `src/connector/`.
+fn connector_folders(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("src/connector"))
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            path.is_dir()
+                .then(|| path.file_name().unwrap().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_outside_the_connectors_names_a_network() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let networks = connector_folders(root);
+    assert!(networks.len() >= 3, "connector folders: {networks:?}");
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut offenders = Vec::new();
+    for file in files
+        .iter()
+        .filter(|path| !path.starts_with(root.join("src/connector")))
+        // Rich text converts between formats (IRC codes, Markdown, HTML), named by format.
+        .filter(|path| !path.starts_with(root.join("src/richtext")))
+    {
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        for network in &networks {
+            // A connector's module (its config, its fold function, its wire types).
+            if code.contains(&format!("connector::{network}::")) {
+                offenders.push(format!("{name} uses `connector::{network}::`"));
+            }
+            // The network by name, other than the Cargo feature that gates a connector.
+            let quoted = format!("\"{network}\"");
+            if code
+                .replace(&format!("feature = {quoted}"), "")
+                .contains(&quoted)
+            {
+                offenders.push(format!("{name} names {quoted}"));
+            }
+        }
+        for word in ["irc_fold", "NetworkKind"] {
+            if code.contains(word) {
+                offenders.push(format!("{name} uses `{word}`"));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
+
 #[test]
 fn the_router_names_no_network_type() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
