@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use std::sync::Arc;
 
+use crate::connector::supervisor::DEFAULT_RECONNECT_MAX;
 #[cfg(feature = "matrix")]
 use crate::connector::{BuildContext, ConnectorHandle, ConnectorTask};
 use crate::connector::{NETWORK_TYPES, NetworkSettings, NetworkType, network_type};
@@ -116,6 +117,8 @@ pub struct Config {
     pub files: FilesConfig,
     /// Where the metrics endpoint (`/metrics`, for Prometheus) listens; off when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The longest wait before a lost connection is made again (`reconnect_max_seconds`).
+    pub reconnect_max: std::time::Duration,
     /// Networks by id, in file order.
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
@@ -241,6 +244,7 @@ struct RawGeneral {
     media_listen: Option<Spanned<String>>,
     media_public_url: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    reconnect_max_seconds: Option<Spanned<i64>>,
     max_file_size_mb: Option<Spanned<i64>>,
     file_retention_days: Option<Spanned<i64>>,
 }
@@ -574,6 +578,25 @@ impl Validator<'_> {
             .general
             .as_ref()
             .and_then(|general| self.metrics_listen(general.get_ref()));
+        let reconnect_max = raw
+            .general
+            .as_ref()
+            .and_then(|general| general.get_ref().reconnect_max_seconds.as_ref())
+            .map_or(DEFAULT_RECONNECT_MAX, |seconds| {
+                match u64::try_from(*seconds.get_ref()) {
+                    Ok(seconds) if (1..=3600).contains(&seconds) => {
+                        std::time::Duration::from_secs(seconds)
+                    }
+                    _ => {
+                        self.report(
+                            seconds.span().start,
+                            "general.reconnect_max_seconds",
+                            "`reconnect_max_seconds` must be between 1 and 3600",
+                        );
+                        DEFAULT_RECONNECT_MAX
+                    }
+                }
+            });
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -643,6 +666,7 @@ impl Validator<'_> {
             remote_nick_format,
             files,
             metrics_listen,
+            reconnect_max,
             networks,
             gateways,
         }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::connector::BuildContext;
+use crate::connector::supervisor::ReconnectPolicy;
 use crate::files::{FileLinks, FileStore, Files};
 use crate::outbox::Outbox;
 use crate::parallel::Standin;
@@ -106,6 +107,10 @@ pub async fn run(
             store: Arc::clone(&store),
             state_dir: config.state_dir.clone(),
             files: Arc::clone(&files),
+            reconnect: ReconnectPolicy {
+                max: config.reconnect_max,
+                ..ReconnectPolicy::default()
+            },
         });
         handles.insert(network.id.clone(), handle);
         connector_tasks.spawn(task.run());

@@ -17,6 +17,7 @@
 pub mod irc;
 pub mod matrix;
 pub mod mattermost;
+pub mod supervisor;
 
 use std::any::Any;
 use std::future::Future;
@@ -124,6 +125,8 @@ pub struct BuildContext {
     /// Files carried between networks: where a connector stores what it receives, and reads
     /// (or links) what it delivers.
     pub files: Arc<crate::files::Files>,
+    /// When its session reconnects after a loss ([`supervisor::supervise`]).
+    pub reconnect: supervisor::ReconnectPolicy,
 }
 
 /// For a text message delivered late (more than the gateway's `original_time_after` after

@@ -31,7 +31,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in general",
             format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `max_file_size_mb`, `file_retention_days`",
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `reconnect_max_seconds`, `max_file_size_mb`, `file_retention_days`",
             ],
         ),
         (

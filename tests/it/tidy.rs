@@ -188,6 +188,24 @@ fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|layer| layer.contains(&module))
 }
 
+/// Every import cycle through `node` reachable from `path`.
+fn visit(
+    node: &str,
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    path: &mut Vec<String>,
+    cycles: &mut Vec<String>,
+) {
+    if let Some(start) = path.iter().position(|n| n == node) {
+        cycles.push(format!("{} -> {node}", path[start..].join(" -> ")));
+        return;
+    }
+    path.push(node.to_owned());
+    for next in graph.get(node).into_iter().flatten() {
+        visit(next, graph, path, cycles);
+    }
+    path.pop();
+}
+
 #[test]
 fn top_level_modules_import_one_way_without_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -214,22 +232,6 @@ fn top_level_modules_import_one_way_without_cycles() {
         }
     }
     // A cycle, found directly (the layer rule implies there is none; this says where).
-    fn visit(
-        node: &str,
-        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-        path: &mut Vec<String>,
-        cycles: &mut Vec<String>,
-    ) {
-        if let Some(start) = path.iter().position(|n| n == node) {
-            cycles.push(format!("{} -> {node}", path[start..].join(" -> ")));
-            return;
-        }
-        path.push(node.to_owned());
-        for next in graph.get(node).into_iter().flatten() {
-            visit(next, graph, path, cycles);
-        }
-        path.pop();
-    }
     let mut cycles = Vec::new();
     for module in graph.keys() {
         visit(module, &graph, &mut Vec::new(), &mut cycles);

@@ -24,9 +24,10 @@ use irc::proto::message::Tag;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::connector::supervisor::{self, SessionEnd, error_chain, supervise};
 use crate::connector::{
-    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings,
-    render_sender, sleep_until_opt, with_original_time,
+    AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings, render_sender,
+    sleep_until_opt, with_original_time,
 };
 use crate::model::{
     Author, ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership, TextStyle, now_ms,
@@ -175,40 +176,30 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
     )
 }
 
-/// Why a session ended.
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
+/// One connection of an IRC network (the supervisor reconnects).
+struct IrcSession {
+    info: TaskInfo,
+    requests: mpsc::Receiver<OutboundRequest>,
+}
+
+impl supervisor::Session for IrcSession {
+    fn label(&self) -> &'static str {
+        "IRC"
+    }
+
+    async fn connect(&mut self) -> SessionEnd {
+        self.info.session(&mut self.requests).await
+    }
 }
 
 impl IrcTask {
-    /// Connect, and reconnect with backoff, until shutdown.
+    /// Connect, and reconnect under the supervisor, until shutdown.
     pub async fn run(self) {
-        let IrcTask { info, mut requests } = self;
-        let span = tracing::info_span!("network", network = %info.network);
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(5));
-        loop {
-            let started = Instant::now();
-            let end = {
-                use tracing::Instrument as _;
-                info.session(&mut requests).instrument(span.clone()).await
-            };
-            match end {
-                SessionEnd::Shutdown => break,
-                SessionEnd::Lost(reason) => {
-                    if started.elapsed() > Duration::from_mins(1) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(network = %info.network, reason = %reason, delay_ms = delay.as_millis() as u64, "IRC connection lost; reconnecting.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = info.context.shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        tracing::info!(network = %info.network, "IRC connector stopped.");
+        let IrcTask { info, requests } = self;
+        let network = info.network.clone();
+        let shutdown = info.context.shutdown.clone();
+        let policy = info.context.reconnect;
+        supervise(&network, policy, &shutdown, IrcSession { info, requests }).await;
     }
 }
 
@@ -1239,17 +1230,6 @@ impl<'a> Session<'a> {
 }
 
 /// An error with its causes, `a: b: c`, so that "an io error occurred" says which.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn tag(message: &Message, name: &str) -> Option<String> {
     message
         .tags

@@ -54,9 +54,10 @@ use tokio::time::Instant;
 
 use super::config::MatrixConfig;
 use super::content;
+use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::connector::{
-    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings,
-    render_sender, send_whole, with_original_time,
+    AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings, render_sender,
+    send_whole, with_original_time,
 };
 use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, now_ms};
 
@@ -145,21 +146,6 @@ fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
         after,
         reason: reason.into(),
     }
-}
-
-/// A readable error with its causes.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// How a failed request maps to a delivery outcome.
@@ -479,43 +465,27 @@ impl MatrixHandle {
     }
 }
 
-/// Why a session ended.
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
+impl Session for MatrixTask {
+    fn label(&self) -> &'static str {
+        "Matrix"
+    }
+
+    async fn connect(&mut self) -> SessionEnd {
+        let end = self.session().await;
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        end
+    }
 }
 
 impl MatrixTask {
-    /// Log in, join, and sync (with reconnects) until shutdown.
-    pub async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
-        loop {
-            let started = Instant::now();
-            let end = {
-                use tracing::Instrument as _;
-                let span = tracing::info_span!("network", network = %self.network);
-                self.session().instrument(span).await
-            };
-            *self
-                .live
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-            match end {
-                SessionEnd::Shutdown => break,
-                SessionEnd::Lost(reason) => {
-                    if started.elapsed() > Duration::from_mins(1) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(network = %self.network, reason = %reason, delay_ms = delay.as_millis() as u64, "Matrix session lost; starting again.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.context.shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        tracing::info!(network = %self.network, "Matrix connector stopped.");
+    /// Log in, join, and sync (reconnecting under the supervisor) until shutdown.
+    pub async fn run(mut self) {
+        let network = self.network.clone();
+        let shutdown = self.context.shutdown.clone();
+        supervise(&network, self.context.reconnect, &shutdown, &mut self).await;
     }
 
     fn state_dir(&self) -> PathBuf {

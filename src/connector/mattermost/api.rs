@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::config::MattermostAuth;
+pub use crate::connector::supervisor::error_chain;
 
 /// What went wrong with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,18 +312,6 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         id,
         message,
     })
-}
-
-/// An error with its causes.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A post, as the server sends it (REST and inside WebSocket events).

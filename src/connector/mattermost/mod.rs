@@ -37,8 +37,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
+use crate::connector::supervisor::{Session, SessionEnd, supervise};
 use crate::connector::{
-    AckFuture, Backoff, BoxFuture, BuildContext, Deliver, DeliveryError, late_prefix, prefixed,
+    AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError, late_prefix, prefixed,
     render_sender, send_whole, sleep_until_opt,
 };
 use crate::model::{
@@ -538,12 +539,6 @@ enum Change {
     Deleted,
 }
 
-/// Why a session ended.
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
-}
-
 /// Where the WebSocket can be resumed.
 #[derive(Debug, Clone)]
 struct Resume {
@@ -567,9 +562,9 @@ struct Envelope {
 }
 
 impl MattermostTask {
-    /// Connect, and reconnect with backoff, until shutdown.
+    /// Connect, and reconnect under the supervisor, until shutdown.
     pub async fn run(self) {
-        let mut state = TaskState {
+        let state = TaskState {
             shared: Arc::clone(&self.shared),
             context: self.context.clone(),
             resume: None,
@@ -583,25 +578,23 @@ impl MattermostTask {
             store_failed: false,
         };
         let network = self.shared.network.clone();
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_mins(5));
-        loop {
-            let started = Instant::now();
-            match state.session().await {
-                SessionEnd::Shutdown => break,
-                SessionEnd::Lost(reason) => {
-                    if started.elapsed() > Duration::from_mins(1) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(network = %network, reason = %reason, delay_ms = delay.as_millis() as u64, "Mattermost connection lost; reconnecting.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.context.shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        tracing::info!(network = %network, "Mattermost connector stopped.");
+        supervise(
+            &network,
+            self.context.reconnect,
+            &self.context.shutdown,
+            state,
+        )
+        .await;
+    }
+}
+
+impl Session for TaskState {
+    fn label(&self) -> &'static str {
+        "Mattermost"
+    }
+
+    async fn connect(&mut self) -> SessionEnd {
+        self.session().await
     }
 }
 

@@ -1,0 +1,209 @@
+//! The one supervisor every connector's session runs under: it runs a session (one connection,
+//! from connecting to its end), classifies how it ended, logs it in the network's span, and
+//! reconnects after a backoff, until shutdown. A connector writes only its session
+//! ([`Session`]).
+//!
+//! Invariants: one reconnect policy for every network ([`ReconnectPolicy`]: exponential
+//! backoff with full jitter, its cap from `[general] reconnect_max_seconds`); a session that
+//! lasted longer than [`ReconnectPolicy::healthy_after`] starts the backoff again from its first
+//! step; shutdown ends the wait at once; every log line of a session carries its network's id.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::Backoff;
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The daemon is shutting down: do not reconnect.
+    Shutdown,
+    /// The connection was lost or could not be made (the reason, for the log): reconnect.
+    Lost(String),
+}
+
+/// One connection of a connector, from connecting to its end.
+pub trait Session: Send {
+    /// The protocol's name in log lines (`IRC`, `Matrix`, `Mattermost`).
+    fn label(&self) -> &'static str;
+
+    /// Connect and run until the connection ends or shutdown.
+    fn connect(&mut self) -> impl Future<Output = SessionEnd> + Send;
+}
+
+impl<S: Session> Session for &mut S {
+    fn label(&self) -> &'static str {
+        (**self).label()
+    }
+
+    fn connect(&mut self) -> impl Future<Output = SessionEnd> + Send {
+        (**self).connect()
+    }
+}
+
+/// When to reconnect after a lost session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// The first wait.
+    pub first: Duration,
+    /// The longest wait (the backoff doubles up to it).
+    pub max: Duration,
+    /// A session that lasted this long was healthy: the next wait is the first again.
+    pub healthy_after: Duration,
+}
+
+/// The default of `[general] reconnect_max_seconds`.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_mins(5);
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            max: DEFAULT_RECONNECT_MAX,
+            healthy_after: Duration::from_mins(1),
+        }
+    }
+}
+
+/// Run `session` again and again until shutdown, waiting per `policy` between lost sessions.
+pub async fn supervise(
+    network: &str,
+    policy: ReconnectPolicy,
+    shutdown: &CancellationToken,
+    mut session: impl Session,
+) {
+    let span = tracing::info_span!("network", network = %network);
+    let label = session.label();
+    let mut backoff = Backoff::new(policy.first, policy.max);
+    loop {
+        let started = Instant::now();
+        match session.connect().instrument(span.clone()).await {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(_) if shutdown.is_cancelled() => break,
+            SessionEnd::Lost(reason) => {
+                if started.elapsed() > policy.healthy_after {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(network = %network, reason = %reason, delay_ms = delay.as_millis() as u64, "{label} connection lost; reconnecting.");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::info!(network = %network, "{label} connector stopped.");
+}
+
+/// An error and its causes, `outer: inner: innermost`, each cause once (libraries often repeat
+/// their source's text in their own).
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ReconnectPolicy, Session, SessionEnd, error_chain, supervise};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    /// A session that is lost `losses` times, then sees shutdown.
+    struct Flaky {
+        losses: u32,
+        connects: u32,
+        shutdown: CancellationToken,
+    }
+
+    impl Session for Flaky {
+        fn label(&self) -> &'static str {
+            "Test"
+        }
+
+        async fn connect(&mut self) -> SessionEnd {
+            self.connects += 1;
+            if self.connects > self.losses {
+                self.shutdown.cancel();
+                return SessionEnd::Shutdown;
+            }
+            SessionEnd::Lost("dropped".into())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_session_is_connected_again_until_shutdown() {
+        let shutdown = CancellationToken::new();
+        let policy = ReconnectPolicy {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+            healthy_after: Duration::from_mins(1),
+        };
+        let started = tokio::time::Instant::now();
+        let mut flaky = Flaky {
+            losses: 4,
+            connects: 0,
+            shutdown: shutdown.clone(),
+        };
+        supervise("net", policy, &shutdown, &mut flaky).await;
+        assert_eq!(flaky.connects, 5);
+        // Waits of at least 5, 10, 20 and 20 ms (half of each ceiling: 10, 20, 40, 40).
+        assert!(started.elapsed() >= Duration::from_millis(55));
+        assert!(started.elapsed() <= Duration::from_millis(110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_wait_at_once() {
+        let shutdown = CancellationToken::new();
+        let policy = ReconnectPolicy {
+            first: Duration::from_hours(1),
+            ..ReconnectPolicy::default()
+        };
+        let mut flaky = Flaky {
+            losses: u32::MAX,
+            connects: 0,
+            shutdown: CancellationToken::new(),
+        };
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        supervise("net", policy, &shutdown, &mut flaky).await;
+        assert_eq!(flaky.connects, 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_cause_repeated_in_its_error_is_said_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(formatter, "request failed: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Outer(std::io::Error::other("refused"));
+        assert_eq!(error_chain(&error), "request failed: refused");
+    }
+}
