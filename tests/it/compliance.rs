@@ -94,6 +94,9 @@ async fn run<S: Side>(name: &str) {
     reaction(&mut side, &mut peer, "s2p").await;
     step(name, "7. a SIGKILL and a start");
     restart(&mut bridge, &mut side, &mut peer).await;
+    // After the restart: a Matrix session from a fresh password login follows the login
+    // answer's `well_known` to Synapse's public URL, past the proxy the drop needs (matrix-sdk's
+    // `respect_login_well_known`); a restored session keeps the configured `homeserver`.
     step(name, "8. a dropped connection");
     dropped_connection(&mut side, &mut peer).await;
     step(name, "all scenarios passed");

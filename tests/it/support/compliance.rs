@@ -384,11 +384,12 @@ impl Side for MatrixSide {
         }
     }
 
-    /// Every connection between the bridge and Synapse is closed under it (its `/sync`
-    /// long-poll is always one of them).
+    /// Every connection between the bridge and Synapse is closed under it while its `/sync`
+    /// long-poll is in flight (one waiting a second for its answer: every other request is
+    /// answered in milliseconds here).
     async fn drop_bridge_connection(&mut self) {
-        self.accepted_at_cut = Some(self.proxy.accepted());
-        let cut = self.proxy.cut();
+        let (cut, accepted) = self.proxy.cut_when_waiting(Duration::from_secs(1)).await;
+        self.accepted_at_cut = Some(accepted);
         assert!(cut > 0, "the bridge had no connection to Synapse to drop");
     }
 
@@ -489,11 +490,51 @@ impl Side for MatrixSide {
 }
 
 /// A loopback TCP relay whose live connections can all be closed at once: a dropped connection
-/// as the client sees it, without touching the server behind.
+/// as the client sees it, without touching the server behind. It watches each connection for a
+/// request still unanswered (bytes from the client, none back since), so a cut can be timed to
+/// hit a long-poll in flight rather than idle keep-alive connections.
 pub struct CutProxy {
     pub port: u16,
     accepted: Arc<AtomicUsize>,
-    live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    live: Arc<Mutex<Vec<Relayed>>>,
+}
+
+/// One relayed connection.
+struct Relayed {
+    task: tokio::task::AbortHandle,
+    /// Since when the client has been waiting for an answer, if it is.
+    waiting_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Relayed {
+    fn waiting_longer_than(&self, age: Duration) -> bool {
+        !self.task.is_finished()
+            && self
+                .waiting_since
+                .lock()
+                .expect("proxy lock")
+                .is_some_and(|since| since.elapsed() > age)
+    }
+}
+
+/// Copy `from` to `to` until either ends, calling `on_data` before each chunk is passed on.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    on_data: impl Fn(),
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        on_data();
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl CutProxy {
@@ -503,21 +544,39 @@ impl CutProxy {
             .expect("bind proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let live: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let live: Arc<Mutex<Vec<Relayed>>> = Arc::default();
         let (counter, connections) = (accepted.clone(), live.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let relay = tokio::spawn(async move {
-                    if let Ok(mut outbound) =
+                let waiting_since: Arc<Mutex<Option<Instant>>> = Arc::default();
+                let (asked, answered) = (waiting_since.clone(), waiting_since.clone());
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                    else {
+                        return;
+                    };
+                    let (client_read, client_write) = inbound.into_split();
+                    let (server_read, server_write) = outbound.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, move || {
+                            asked
+                                .lock()
+                                .expect("proxy lock")
+                                .get_or_insert_with(Instant::now);
+                        }),
+                        pump(server_read, client_write, move || {
+                            *answered.lock().expect("proxy lock") = None;
+                        }),
+                    );
                 });
                 let mut connections = connections.lock().expect("proxy lock");
-                connections.retain(|c| !c.is_finished());
-                connections.push(relay.abort_handle());
+                connections.retain(|c| !c.task.is_finished());
+                connections.push(Relayed {
+                    task: task.abort_handle(),
+                    waiting_since,
+                });
             }
         });
         CutProxy {
@@ -532,14 +591,29 @@ impl CutProxy {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    /// Close every live connection (both ends); returns how many there were.
-    pub fn cut(&self) -> usize {
-        let mut connections = self.live.lock().expect("proxy lock");
-        let live = connections.iter().filter(|c| !c.is_finished()).count();
-        for connection in connections.drain(..) {
-            connection.abort();
+    /// Wait until a client has waited `age` for an answer on some connection (a long-poll in
+    /// flight), then close every live connection (both ends). Returns how many were closed and
+    /// how many connections had been accepted by then.
+    pub async fn cut_when_waiting(&self, age: Duration) -> (usize, usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            {
+                let mut connections = self.live.lock().expect("proxy lock");
+                if connections.iter().any(|c| c.waiting_longer_than(age)) {
+                    let live = connections.iter().filter(|c| !c.task.is_finished()).count();
+                    let accepted = self.accepted();
+                    for connection in connections.drain(..) {
+                        connection.task.abort();
+                    }
+                    return (live, accepted);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no request through the proxy was ever left waiting for {age:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        live
     }
 }
 
