@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 use tribridge::model::Capabilities;
 
 use super::bridge::unique;
+use super::config::{irc_network, matrix_network};
 use super::irc_client::IrcClient;
-use super::matrix_client::{Event, MatrixUser, register};
+use super::matrix_client::{Event, MatrixUser, local_part, register};
 use super::mattermost::{MmServer, MmUser, messages};
 use super::servers::{shared_inspircd, shared_synapse};
 
@@ -155,11 +156,7 @@ impl Side for IrcSide {
     }
 
     fn network_block(&self) -> String {
-        format!(
-            "[network.{}]\ntype = \"irc\"\nserver = \"127.0.0.1:{}\"\ntls = false\nnick = \"{}\"\n\
-             flood_burst = 1000\nflood_interval_ms = 1\n\n",
-            self.network, self.port, self.bot
-        )
+        irc_network(&self.network, self.port, &self.bot)
     }
 
     fn channel(&self) -> &str {
@@ -318,13 +315,7 @@ impl Side for MatrixSide {
         let alias_name = unique("cproom");
         let room = person.create_room(&alias_name).await;
         person.mark().await;
-        let person_name = person
-            .user_id
-            .trim_start_matches('@')
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let person_name = local_part(&person.user_id);
         MatrixSide {
             network: network.to_owned(),
             proxy: CutProxy::start(synapse.port).await,
@@ -351,11 +342,8 @@ impl Side for MatrixSide {
     }
 
     fn network_block(&self) -> String {
-        format!(
-            "[network.{}]\ntype = \"matrix\"\nhomeserver = \"http://127.0.0.1:{}\"\nuser = \"{}\"\n\
-             password = \"password\"\n\n",
-            self.network, self.proxy.port, self.bot
-        )
+        let homeserver = format!("http://127.0.0.1:{}", self.proxy.port);
+        matrix_network(&self.network, &homeserver, &local_part(&self.bot))
     }
 
     fn channel(&self) -> &str {

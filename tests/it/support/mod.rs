@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod compliance;
+pub mod config;
 pub mod irc_client;
 pub mod matrix_client;
 pub mod mattermost;
