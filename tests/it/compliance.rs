@@ -209,7 +209,8 @@ async fn reply(from: &mut impl Side, to: &mut impl Side, tag: &str) {
     }
 }
 
-/// Scenario 6: a reaction on `from` is shown on `to` on the copy, or not at all where it cannot be.
+/// Scenario 6: a reaction on `from` is shown on `to` on the copy, or not at all where it cannot be;
+/// it does not come back onto the original.
 async fn reaction(from: &mut impl Side, to: &mut impl Side, tag: &str) {
     if !can(from, |s| s.native.reactions, "reactions") {
         return;
@@ -224,6 +225,15 @@ async fn reaction(from: &mut impl Side, to: &mut impl Side, tag: &str) {
         before_marker,
         Vec::<String>::new(),
         "a reaction is not a line"
+    );
+    // The bridge's own reaction on the copy is not relayed back onto the original: once a line
+    // said after it has crossed back, the original carries the person's reaction only.
+    let back = until_marker(to, from, &format!("{tag} reaction echo check")).await;
+    assert_eq!(back, Vec::<String>::new());
+    assert_eq!(
+        from.reactions_by_bridge(&id).await,
+        Vec::<String>::new(),
+        "the reaction came back onto the original"
     );
 }
 

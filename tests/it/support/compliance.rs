@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use tribridge::model::Capabilities;
 
@@ -116,6 +117,11 @@ pub trait Side: Sized {
     }
     /// Wait until the bridge's account shows the reaction `emoji` (Unicode) on message `id`.
     async fn wait_reaction(&mut self, _id: &str, _emoji: &str) {
+        panic!("{}: this network shows no reactions", self.network());
+    }
+    /// The reactions the bridge's account has put on message `id`, as far as the person has
+    /// seen the channel (up to the last [`Side::texts_until`]).
+    async fn reactions_by_bridge(&mut self, _id: &str) -> Vec<String> {
         panic!("{}: this network shows no reactions", self.network());
     }
 }
@@ -475,6 +481,23 @@ impl Side for MatrixSide {
         })
         .await;
     }
+
+    async fn reactions_by_bridge(&mut self, id: &str) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|e| {
+                self.is_bot(e)
+                    && e.kind == "m.reaction"
+                    && e.content["m.relates_to"]["event_id"] == id
+            })
+            .map(|e| {
+                e.content["m.relates_to"]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
 }
 
 /// A loopback TCP relay whose live connections can all be closed at once: a dropped connection
@@ -754,5 +777,19 @@ impl Side for MattermostSide {
         self.person
             .wait_reactions(id, &[(&self.server.bot_id, mattermost_emoji(emoji))])
             .await;
+    }
+
+    async fn reactions_by_bridge(&mut self, id: &str) -> Vec<String> {
+        let reactions = self
+            .person
+            .ok(Method::GET, &format!("/posts/{id}/reactions"), None)
+            .await;
+        reactions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["user_id"] == self.server.bot_id.as_str())
+            .map(|r| r["emoji_name"].as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 }
