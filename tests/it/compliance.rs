@@ -61,6 +61,19 @@ fn config(under_test: &impl Side, peer: &impl Side) -> String {
     )
 }
 
+/// The daemon's folder, kept and named when a scenario fails, for its logs (`bridge-N.log`).
+struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("the daemon's folder is kept: {}", dir.keep().display());
+        }
+    }
+}
+
 /// Say which scenario runs (a failure's captured output ends with the one that failed).
 fn step(connector: &str, what: &str) {
     eprintln!("compliance {connector}: {what}");
@@ -69,8 +82,9 @@ fn step(connector: &str, what: &str) {
 async fn run<S: Side>(name: &str) {
     let mut side = S::create(name).await;
     let mut peer = Peer::create("reference").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut bridge = Bridge::start(dir.path(), &config(&side, &peer));
+    let dir = KeptOnFailure(Some(tempfile::tempdir().expect("tempdir")));
+    let folder = dir.0.as_ref().expect("the folder").path();
+    let mut bridge = Bridge::start(folder, &config(&side, &peer));
     side.wait_bridge_present().await;
     peer.wait_bridge_present().await;
 
@@ -94,13 +108,14 @@ async fn run<S: Side>(name: &str) {
     reaction(&mut side, &mut peer, "s2p").await;
     step(name, "7. a SIGKILL and a start");
     restart(&mut bridge, &mut side, &mut peer).await;
-    // After the restart: a Matrix session from a fresh password login follows the login
-    // answer's `well_known` to Synapse's public URL, past the proxy the drop needs (matrix-sdk's
-    // `respect_login_well_known`); a restored session keeps the configured `homeserver`.
+    // After the restart, on purpose: a Matrix session from a fresh password login follows the
+    // login answer's `well_known` to Synapse's public URL, past the proxy the drop needs
+    // (matrix-sdk's `respect_login_well_known`, on in the daemon); a restored session keeps the
+    // configured `homeserver`.
     step(name, "8. a dropped connection");
     dropped_connection(&mut side, &mut peer).await;
+    assert_eq!(bridge.terminate(), Some(0), "a clean exit on SIGTERM");
     step(name, "all scenarios passed");
-    let _ = bridge.terminate();
 }
 
 /// Scenario 1: a burst of 20 said on `from` is shown on `to` once each, in order, and nothing else.
