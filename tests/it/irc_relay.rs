@@ -4,17 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::support::bridge::{Bridge, unique};
+use crate::support::config::irc_network;
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::servers::{InspIrcd, shared_inspircd};
-
-/// A network block for a test server: plain TCP, fast flood control (the test server has no
-/// flood limits; the defaults are for real networks).
-fn irc_network(id: &str, port: u16, nick: &str) -> String {
-    format!(
-        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 1000\nflood_interval_ms = 1\n\n"
-    )
-}
 
 fn gateway(name: &str, channels: &[(&str, &str, &str)]) -> String {
     let entries: Vec<String> = channels

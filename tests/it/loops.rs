@@ -9,16 +9,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::support::bridge::{Bridge, unique};
+use crate::support::config::irc_network;
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::mattermost::{MmServer, messages};
 use crate::support::servers::shared_inspircd;
-
-fn irc_network(id: &str, port: u16, nick: &str) -> String {
-    format!(
-        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 1000\nflood_interval_ms = 1\n\n"
-    )
-}
 
 fn gateway(name: &str, channels: &[(&str, &str)]) -> String {
     let mut entries = String::new();

@@ -1,6 +1,7 @@
 //! The integration tests: one binary (ripgrep's layout), sharing servers started once.
 
 mod chaos;
+mod compliance;
 mod config_check;
 mod hostile;
 mod irc_relay;

@@ -8,36 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::bridge::{Bridge, unique};
+use crate::support::config::{irc_network, matrix_network, one_gateway as config};
 use crate::support::irc_client::{IrcClient, texts};
-use crate::support::matrix_client::{Event, MatrixUser, register};
+use crate::support::matrix_client::{Event, MatrixUser, local_part, register};
 use crate::support::mattermost::{MmServer, find};
 use crate::support::servers::{Synapse, shared_inspircd, shared_synapse};
-
-fn irc_network(id: &str, port: u16, nick: &str) -> String {
-    format!(
-        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 1000\nflood_interval_ms = 1\n\n"
-    )
-}
-
-fn matrix_network(id: &str, homeserver: &str, bot: &str) -> String {
-    format!(
-        "[network.{id}]\ntype = \"matrix\"\nhomeserver = \"{homeserver}\"\nuser = \"@{bot}:localhost\"\n\
-         password = \"password\"\n\n"
-    )
-}
-
-fn config(networks: &[String], channels: &[(&str, &str)]) -> String {
-    let entries: String = channels.iter().fold(String::new(), |mut out, (n, c)| {
-        let _ = writeln!(out, "  {{ network = \"{n}\", channel = \"{c}\" }},");
-        out
-    });
-    format!(
-        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}\
-         [[gateway]]\nname = \"g\"\nchannels = [\n{entries}]\n",
-        networks.concat()
-    )
-}
 
 /// A Matrix room with a person in it, an IRC channel with a person in it, and the bridge
 /// between them, every side ready.
@@ -967,16 +942,6 @@ async fn a_gap_longer_than_one_sync_timeline_is_filled_after_restart() {
         "{}",
         s.bridge.logs()
     );
-}
-
-/// The local part of a Matrix user id (what `{NICK}` shows).
-fn local_part(user_id: &str) -> String {
-    user_id
-        .trim_start_matches('@')
-        .split(':')
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 /// Threads stay threads: a Matrix thread becomes a Mattermost thread under the relayed root, a

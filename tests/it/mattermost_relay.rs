@@ -9,31 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::bridge::{Bridge, unique};
+use crate::support::config::{irc_network, one_gateway as config};
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::mattermost::{MmServer, find, messages};
 use crate::support::servers::shared_inspircd;
-
-fn irc_network(id: &str, port: u16, nick: &str) -> String {
-    format!(
-        "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 1000\nflood_interval_ms = 1\n\n"
-    )
-}
-
-fn config(networks: &[String], channels: &[(&str, &str)]) -> String {
-    let entries: Vec<String> = channels
-        .iter()
-        .map(|(network, channel)| {
-            format!("  {{ network = \"{network}\", channel = \"{channel}\" }},")
-        })
-        .collect();
-    format!(
-        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}\
-         [[gateway]]\nname = \"g\"\nchannels = [\n{}\n]\n",
-        networks.concat(),
-        entries.join("\n")
-    )
-}
 
 /// An IRC channel with `alice` and a Mattermost channel `town` with `mia`, bridged.
 struct IrcAndMattermost {

@@ -49,6 +49,16 @@ async fn register_as(base: &str, user: &str, password: &str, admin: bool) {
     assert!(status.is_success(), "register {user}: {status} {body}");
 }
 
+/// The local part of a Matrix user id (what the bridge's `{NICK}` shows).
+pub fn local_part(user_id: &str) -> String {
+    user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A logged-in Matrix user.
 pub struct MatrixUser {
     pub user_id: String,

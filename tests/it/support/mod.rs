@@ -1,6 +1,8 @@
 //! Test support: real servers, a raw IRC client, and the daemon as a child process.
 
 pub mod bridge;
+pub mod compliance;
+pub mod config;
 pub mod irc_client;
 pub mod matrix_client;
 pub mod mattermost;
