@@ -18,6 +18,16 @@
 //! for its original ([`ORIGINAL_WAIT`], [`ORIGINAL_WAIT_INLINE`]) in every channel of it, which
 //! costs a delay only for texts they relay from channels this bridge does not carry.
 //!
+//! **One stage.** The router asks [`Parallel::judge`] once per inbound event (after the loop
+//! breaker) and acts on one [`Verdict`]: relay it (with what [`Parallel::remember`] takes after
+//! the commit), drop it as a copy, or hold a text from a known parallel bridge for the original
+//! it may copy ([`Parallel::wait_for_original`], then [`Hold::relay`]). Recognition reads
+//! nothing from the store or the config: when an event may be a copy, the answer is a
+//! [`Judgement::Lookup`], and the router reads the [`StoreFacts`] (is the event's id, or its
+//! target's, mapped here?) and hands them to [`Parallel::decide`]; a held text is judged again
+//! with the same facts. While no parallel bridge is known, the answer costs one atomic load,
+//! and only a relayed-looking text (`<alice> hi`) asks for the store.
+//!
 //! **Who steps back.** Of the bridges relaying a route (origin channel → destination channel),
 //! the one whose account on the destination network sorts first (case-folded) keeps relaying:
 //! it sends at once, always. Each other one *yields* the route: a delivery on it is not sent
@@ -46,7 +56,8 @@
 //! Owns: the recent texts, the known and configured parallel accounts, the yielded and
 //! self-relayed routes and the deliveries waiting for a copy; the [`Standin`] endpoint that
 //! holds them. Must not: name a network or a protocol (accounts and ids are opaque strings),
-//! or block on anything but its own locks and rare store writes.
+//! read the store while recognising an inbound event, or block on anything but its own locks
+//! and rare store writes (a route left to another bridge, or taken back).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,8 +175,8 @@ struct Suspect {
 /// The most suspects kept.
 const SUSPECT_CAPACITY: usize = 256;
 
-/// A text about to be committed, prepared by [`Parallel::prepare`] before the inbound event is
-/// handed to the store.
+/// A text about to be committed, prepared by the stage ([`Verdict::Relay`], [`Hold::relay`])
+/// before the inbound event is handed to the store.
 pub struct Prepared {
     origin: u64,
     /// The folded origin, when it is not known yet.

@@ -3,6 +3,14 @@
 //! It never opens a socket and never names a network or protocol: the gateways are data (a
 //! [`Topology`]), and the only thing it does with an event is look up its destinations and hand
 //! both to the store in one transaction, then wake the destinations' outbox workers.
+//!
+//! Before committing, each submit path ([`Router::submit`], [`Router::submit_queued`],
+//! [`Router::submit_blocking`]) runs the loop breaker, then asks the parallel-bridge stage
+//! ([`crate::parallel`]) once and acts on its one answer: relay, drop as a copy, or hold a text
+//! for its original ([`crate::parallel::ORIGINAL_WAIT_INLINE`] inline,
+//! [`crate::parallel::ORIGINAL_WAIT`] when queued; not at all on the calling thread). The
+//! router reads the store for the stage only when the stage asks ([`Judgement::Lookup`]),
+//! which never happens for an ordinary event while no parallel bridge is known.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
