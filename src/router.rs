@@ -3,6 +3,14 @@
 //! It never opens a socket and never names a network or protocol: the gateways are data (a
 //! [`Topology`]), and the only thing it does with an event is look up its destinations and hand
 //! both to the store in one transaction, then wake the destinations' outbox workers.
+//!
+//! Before committing, each submit path ([`Router::submit`], [`Router::submit_queued`],
+//! [`Router::submit_blocking`]) runs the loop breaker, then asks the parallel-bridge stage
+//! ([`crate::parallel`]) once and acts on its one answer: relay, drop as a copy, or hold a text
+//! for its original ([`crate::parallel::ORIGINAL_WAIT_INLINE`] inline,
+//! [`crate::parallel::ORIGINAL_WAIT`] when queued; not at all on the calling thread). The
+//! router reads the store for the stage only when the stage asks ([`Judgement::Lookup`]),
+//! which never happens for an ordinary event while no parallel bridge is known.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -11,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
-use crate::parallel::{Parallel, Prepared};
+use crate::parallel::{Judgement, Parallel, Prepared, StoreFacts, Verdict};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 pub use crate::vocab::Wake;
 use crate::vocab::{Capabilities, CaseMapping, GatewayConfig};
@@ -259,19 +267,27 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        if self.drops(&inbound)
-            || (self.parallel.may_be_copy(&inbound)
-                && self
-                    .parallel
-                    .wait_for_original(&inbound, crate::parallel::ORIGINAL_WAIT_INLINE)
-                    .await)
-        {
-            return Ok(CommitOutcome::Committed {
-                message_id: 0,
-                destinations: Vec::new(),
-            });
+        let dropped = Ok(CommitOutcome::Committed {
+            message_id: 0,
+            destinations: Vec::new(),
+        });
+        if self.breaks_loop(&inbound) {
+            return dropped;
         }
-        let prepared = self.parallel.prepare(&inbound);
+        let prepared = match self.judge(&inbound) {
+            Verdict::Relay(prepared) => prepared,
+            Verdict::Copy => return dropped,
+            Verdict::Hold(hold) => {
+                if self
+                    .parallel
+                    .wait_for_original(&inbound, &hold, crate::parallel::ORIGINAL_WAIT_INLINE)
+                    .await
+                {
+                    return dropped;
+                }
+                hold.relay()
+            }
+        };
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self
             .writer
@@ -295,21 +311,25 @@ impl Router {
         let done = if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             None
-        } else if self.drops(&inbound) {
+        } else if self.breaks_loop(&inbound) {
             None
-        } else if self.parallel.may_be_copy(&inbound) {
-            let this = self.clone();
-            Some(tokio::spawn(async move {
-                if !this
-                    .parallel
-                    .wait_for_original(&inbound, crate::parallel::ORIGINAL_WAIT)
-                    .await
-                {
-                    let _ = this.enqueue(inbound, routes).await;
-                }
-            }))
         } else {
-            Some(self.enqueue(inbound, routes))
+            match self.judge(&inbound) {
+                Verdict::Relay(prepared) => Some(self.enqueue(inbound, routes, prepared)),
+                Verdict::Copy => None,
+                Verdict::Hold(hold) => {
+                    let this = self.clone();
+                    Some(tokio::spawn(async move {
+                        if !this
+                            .parallel
+                            .wait_for_original(&inbound, &hold, crate::parallel::ORIGINAL_WAIT)
+                            .await
+                        {
+                            let _ = this.enqueue(inbound, routes, hold.relay()).await;
+                        }
+                    }))
+                }
+            }
         };
         async move {
             if let Some(done) = done {
@@ -319,9 +339,13 @@ impl Router {
     }
 
     /// Queue a commit; the task ends once it is done and accounted for.
-    fn enqueue(&self, inbound: Inbound, routes: Vec<Route>) -> tokio::task::JoinHandle<()> {
+    fn enqueue(
+        &self,
+        inbound: Inbound,
+        routes: Vec<Route>,
+        prepared: Option<Prepared>,
+    ) -> tokio::task::JoinHandle<()> {
         let origin = inbound.origin.clone();
-        let prepared = self.parallel.prepare(&inbound);
         let protocol = self.topology.protocol(&inbound.origin.network);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();
@@ -345,15 +369,22 @@ impl Router {
                 destinations: Vec::new(),
             });
         }
-        if self.drops(inbound) {
-            return Ok(CommitOutcome::Committed {
-                message_id: 0,
-                destinations: Vec::new(),
-            });
+        let dropped = Ok(CommitOutcome::Committed {
+            message_id: 0,
+            destinations: Vec::new(),
+        });
+        if self.breaks_loop(inbound) {
+            return dropped;
         }
+        let prepared = match self.judge(inbound) {
+            Verdict::Relay(prepared) => prepared,
+            Verdict::Copy => return dropped,
+            // No waiting on the calling thread: a held text is relayed at once.
+            Verdict::Hold(hold) => hold.relay(),
+        };
         let protocol = self.topology.protocol(&inbound.origin.network);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
-        self.account(&outcome, self.parallel.prepare(inbound));
+        self.account(&outcome, prepared);
         if let CommitOutcome::Committed { destinations, .. } = &outcome {
             for destination in destinations {
                 self.wake.wake(destination);
@@ -362,10 +393,9 @@ impl Router {
         Ok(outcome)
     }
 
-    /// Whether an event is not to be committed: a loop, or a parallel bridge's copy of a
-    /// message this bridge carries (counted in [`Parallel::stats`]).
-    fn drops(&self, inbound: &Inbound) -> bool {
-        self.breaks_loop(inbound) || self.parallel.recognise_copy(inbound)
+    /// The parallel-bridge stage's one answer about `inbound` (see [`judge`]).
+    fn judge(&self, inbound: &Inbound) -> Verdict {
+        judge(&self.parallel, &self.store, inbound)
     }
 
     /// A text (or edit) whose relay prefixes show bridges passing it around: counted, logged,
@@ -418,4 +448,33 @@ impl Router {
             }
         }
     }
+}
+
+/// Ask the parallel-bridge stage about `inbound`: its answer, with the store read only when
+/// the stage asks for [`StoreFacts`] (an event that may be a copy; never while no parallel
+/// bridge is known, except for a relayed-looking text).
+pub(crate) fn judge(parallel: &Parallel, store: &Store, inbound: &Inbound) -> Verdict {
+    match parallel.judge(inbound) {
+        Judgement::Verdict(verdict) => verdict,
+        Judgement::Lookup(lookup) => parallel.decide(inbound, lookup, store_facts(store, inbound)),
+    }
+}
+
+/// What the store knows of `inbound`: whether its own id is mapped in its channel, and else
+/// what the target of an edit, delete or reaction is mapped to. A failed read counts as
+/// unmapped.
+fn store_facts(store: &Store, inbound: &Inbound) -> StoreFacts {
+    let lookup = |remote_id: &str| store.lookup(&inbound.origin, remote_id).ok().flatten();
+    let known_here = inbound.remote_id.as_deref().and_then(lookup).is_some();
+    let target = match &inbound.body {
+        EventBody::Edit { target, .. }
+        | EventBody::Delete { target }
+        | EventBody::Reaction { target, .. }
+            if !known_here =>
+        {
+            lookup(target)
+        }
+        _ => None,
+    };
+    StoreFacts { known_here, target }
 }
