@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tribridge::model::Capabilities;
+use tribridge::vocab::Capabilities;
 
 use super::bridge::unique;
 use super::config::{irc_network, matrix_network};
