@@ -247,12 +247,6 @@ impl Router {
         &self.writer
     }
 
-    /// The store, for a connector's cursors (call it through `spawn_blocking`).
-    #[must_use]
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// Commit an inbound event with one outbox row per destination, then wake those
     /// destinations. When this returns `Ok`, the event is durable and the connector may
     /// acknowledge its position on the network. Events submitted concurrently (from several
