@@ -3,15 +3,19 @@
 //!
 //! - [`config`]: the `type = "matrix"` section and Matrix's rules for ids and rooms.
 //! - [`content`]: event JSON ⇄ model, pure and unit-tested; the one place text is converted.
-//! - `session`: login, joins, the sync loop and the delivery handle (with the `matrix`
-//!   feature, which brings matrix-sdk).
+//! - `session`: login, stored-session reuse, joins and the sync loop; `handle`: the delivery
+//!   handle (both with the `matrix` feature, which brings matrix-sdk).
 
 pub mod config;
 #[cfg(feature = "matrix")]
 pub mod content;
 #[cfg(feature = "matrix")]
+mod handle;
+#[cfg(feature = "matrix")]
 mod session;
 
 pub use config::{CAPABILITIES, Matrix, MatrixConfig};
+#[cfg(feature = "matrix")]
+pub use handle::MatrixHandle;
 #[cfg(feature = "matrix")]
 pub use session::*;

@@ -1,0 +1,381 @@
+//! The Matrix delivery handle: what the outbox calls to put a delivery in a room (send, edit,
+//! redact, react, upload), over the live session's client.
+//!
+//! Invariants: the transaction id of every request is the delivery id, so a retried send never
+//! doubles; `M_LIMIT_EXCEEDED` becomes a retry after the server's delay for that room only; a
+//! refused token asks the session to log in again instead of failing the delivery for good.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::{EventId, OwnedTransactionId};
+use matrix_sdk::{Room, RoomState};
+use serde_json::Value;
+
+use super::content;
+use super::session::Live;
+use crate::connector::supervisor::error_chain;
+use crate::connector::{
+    AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings, render_sender,
+    send_whole, with_original_time,
+};
+use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
+
+/// The outbox's handle on a Matrix network.
+#[derive(Clone)]
+pub struct MatrixHandle {
+    network: String,
+    remote_nick_format: String,
+    gateways: HashMap<String, GatewaySettings>,
+    live: Arc<RwLock<Option<Live>>>,
+    relogin: Arc<tokio::sync::Notify>,
+    files: Arc<crate::files::Files>,
+    /// Requests the handle has begun that put an event of the bot's in a room.
+    writes: Arc<AtomicU64>,
+}
+
+fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
+    DeliveryError::Retry {
+        after,
+        reason: reason.into(),
+    }
+}
+
+/// How a failed request maps to a delivery outcome.
+fn classify(error: &matrix_sdk::Error, relogin: &tokio::sync::Notify) -> DeliveryError {
+    let reason = error_chain(error);
+    match error.client_api_error_kind() {
+        Some(ErrorKind::LimitExceeded(data)) => {
+            let after = match data.retry_after {
+                Some(matrix_sdk::ruma::api::error::RetryAfter::Delay(delay)) => Some(delay),
+                Some(matrix_sdk::ruma::api::error::RetryAfter::DateTime(at)) => Some(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default(),
+                ),
+                None => Some(Duration::from_secs(5)),
+            };
+            retry(after, format!("rate limited by the homeserver: {reason}"))
+        }
+        Some(ErrorKind::UnknownToken(_)) => {
+            relogin.notify_one();
+            retry(
+                Some(Duration::from_secs(2)),
+                format!("the access token was refused; logging in again: {reason}"),
+            )
+        }
+        Some(
+            ErrorKind::Forbidden
+            | ErrorKind::BadJson
+            | ErrorKind::NotJson
+            | ErrorKind::TooLarge
+            | ErrorKind::InvalidParam
+            | ErrorKind::NotFound,
+        ) => DeliveryError::Permanent(reason),
+        _ => retry(None, reason),
+    }
+}
+
+fn is_duplicate_annotation(error: &matrix_sdk::Error) -> bool {
+    error
+        .as_client_api_error()
+        .is_some_and(|e| e.to_string().contains("M_DUPLICATE_ANNOTATION"))
+        || error_chain(error).contains("M_DUPLICATE_ANNOTATION")
+}
+
+impl Deliver for MatrixHandle {
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
+        send_whole(self, delivery, |handle, delivery| {
+            Box::pin(handle.deliver(delivery))
+        })
+    }
+}
+
+impl MatrixHandle {
+    /// The handle of network `network`, over the session's `live` client.
+    pub(super) fn new(
+        network: &str,
+        context: &BuildContext,
+        live: Arc<RwLock<Option<Live>>>,
+        relogin: Arc<tokio::sync::Notify>,
+        writes: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            network: network.to_owned(),
+            remote_nick_format: context.remote_nick_format.clone(),
+            gateways: context.gateways.clone(),
+            live,
+            relogin,
+            files: Arc::clone(&context.files),
+            writes,
+        }
+    }
+
+    /// Send one delivery; the homeserver's answer (an event id) is the acknowledgement.
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
+        let (client, room_id) = {
+            let guard = self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(live) = guard.as_ref() else {
+                return Err(retry(
+                    Some(Duration::from_secs(1)),
+                    format!("not logged in to Matrix network {} yet", self.network),
+                ));
+            };
+            let Some(room_id) = live.rooms.get(&delivery.destination.channel) else {
+                return Err(retry(
+                    Some(Duration::from_secs(5)),
+                    format!("room {} is not joined yet", delivery.destination.channel),
+                ));
+            };
+            (live.client.clone(), room_id.clone())
+        };
+        let Some(room) = client.get_room(&room_id) else {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("room {room_id} is not known to the client yet"),
+            ));
+        };
+        if room.state() != RoomState::Joined {
+            return Err(retry(
+                Some(Duration::from_secs(5)),
+                format!("the bot is not in room {room_id}"),
+            ));
+        }
+        // `@room` and the like from another network stay pings only where the gateway allows.
+        let settings = self
+            .gateways
+            .get(&delivery.gateway)
+            .copied()
+            .unwrap_or_default();
+        let allow_mass_pings = settings.allow_mass_pings;
+        // Late (after an outage): the text shows when it was said, and the event carries the
+        // original time for clients and bots that read it.
+        let late = with_original_time(delivery, &settings, now_ms());
+        let original_time = late.as_ref().map(|late| late.timestamp_ms);
+        let mut delivery = late.unwrap_or_else(|| delivery.clone());
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+            crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
+        }
+        let delivery = &delivery;
+        // Counted before the request: the homeserver tells the bot's sync about the event
+        // before it answers the send.
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let txn_id: OwnedTransactionId = delivery.id.as_str().into();
+        let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
+        let target_event = delivery
+            .target
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let reply_event = delivery
+            .reply_to
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let thread_event = delivery
+            .thread_root
+            .as_ref()
+            .and_then(|t| t.remote_id.as_deref())
+            .and_then(|id| EventId::parse(id).ok());
+        let related = content::Related {
+            target: target_event.as_deref(),
+            reply_to: reply_event.as_deref(),
+            thread_root: thread_event.as_deref(),
+        };
+        if let EventBody::Text {
+            text, attachments, ..
+        } = &delivery.body
+            && !attachments.is_empty()
+        {
+            return self
+                .send_with_files(&room, delivery, &sender, (text, attachments), related)
+                .await;
+        }
+        let (event_type, body) = match content::outbound(delivery, &sender, related) {
+            content::Outbound::Send {
+                event_type,
+                mut content,
+            } => {
+                if let Some(original_time) = original_time {
+                    content[content::ORIGINAL_TIME_KEY] = original_time.into();
+                }
+                (event_type, content)
+            }
+            content::Outbound::Redact(event_id) => {
+                return match room.redact(&event_id, None, Some(txn_id)).await {
+                    Ok(response) => Ok(DeliveryAck {
+                        remote_id: Some(response.event_id.to_string()),
+                    }),
+                    Err(error) => Err(classify(&error.into(), &self.relogin)),
+                };
+            }
+            content::Outbound::RemoveReaction { target, key } => {
+                return self.remove_reaction(&room, &target, &key, txn_id).await;
+            }
+            content::Outbound::Nothing => {
+                tracing::debug!(network = %self.network, delivery = %delivery.id, kind = delivery.body.kind_name(), "The message this acts on never reached this room; nothing to do.");
+                return Ok(DeliveryAck::default());
+            }
+        };
+        match room
+            .send_raw(event_type, body)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
+            Err(error) if is_duplicate_annotation(&error) => Ok(DeliveryAck::default()),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// A message with files: each stored file uploaded to the content repository and sent as
+    /// its own file event (the first one carries the caption and the reply; its transaction id
+    /// is the delivery id, the others' the delivery id with their index). Files that were not
+    /// copied are announced in the caption. Acknowledged with the first event's id.
+    async fn send_with_files(
+        &self,
+        room: &Room,
+        delivery: &Delivery,
+        sender: &str,
+        (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
+        related: content::Related<'_>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let mut uploaded = Vec::new();
+        let mut not_copied = Vec::new();
+        for attachment in attachments {
+            let Some(hash) = attachment.stored.clone() else {
+                not_copied.push(attachment);
+                continue;
+            };
+            let Some(content) = self.files.read(&hash).await else {
+                tracing::warn!(network = %self.network, file = %attachment.name, "A stored file is gone (past file_retention_days?); it is announced by name.");
+                not_copied.push(attachment);
+                continue;
+            };
+            let mime: mime::Mime = attachment
+                .mime
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match room.client().media().upload(&mime, content, None).await {
+                Ok(response) => uploaded.push((attachment, response.content_uri.to_string())),
+                Err(error) => return Err(classify(&error, &self.relogin)),
+            }
+        }
+        let caption = crate::connector::with_file_lines(text, not_copied, |_| None);
+        let mut first_event = None;
+        if uploaded.is_empty() {
+            let mut content = content::file_caption(sender, &caption);
+            if let Some(relation) = content::message_relation(related) {
+                content["m.relates_to"] = relation;
+            }
+            return self
+                .send_one(room, content, delivery.id.as_str().into())
+                .await;
+        }
+        for (index, (attachment, mxc)) in uploaded.iter().enumerate() {
+            let empty = crate::richtext::FormattedText::default();
+            let mut content = content::file_content(
+                attachment,
+                mxc,
+                sender,
+                if index == 0 { &caption } else { &empty },
+            );
+            let txn_id: OwnedTransactionId = if index == 0 {
+                delivery.id.as_str().into()
+            } else {
+                format!("{}.{index}", delivery.id).into()
+            };
+            if index == 0
+                && let Some(relation) = content::message_relation(related)
+            {
+                content["m.relates_to"] = relation;
+            }
+            let ack = self.send_one(room, content, txn_id).await?;
+            first_event = first_event.or(ack.remote_id);
+        }
+        Ok(DeliveryAck {
+            remote_id: first_event,
+        })
+    }
+
+    async fn send_one(
+        &self,
+        room: &Room,
+        content: Value,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        match room
+            .send_raw("m.room.message", content)
+            .with_transaction_id(&txn_id)
+            .await
+        {
+            Ok(response) => Ok(DeliveryAck {
+                remote_id: Some(response.response.event_id.to_string()),
+            }),
+            Err(error) => Err(classify(&error, &self.relogin)),
+        }
+    }
+
+    /// Take back a reaction the bot made: find it among the target's annotations and redact it.
+    async fn remove_reaction(
+        &self,
+        room: &Room,
+        target: &EventId,
+        key: &str,
+        txn_id: OwnedTransactionId,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        use matrix_sdk::ruma::api::client::relations::get_relating_events_with_rel_type_and_event_type as relations;
+        let client = room.client();
+        let Some(own) = client.user_id().map(ToOwned::to_owned) else {
+            return Err(retry(Some(Duration::from_secs(1)), "not logged in"));
+        };
+        let mut from: Option<String> = None;
+        loop {
+            let mut request = relations::v1::Request::new(
+                room.room_id().to_owned(),
+                target.to_owned(),
+                matrix_sdk::ruma::events::relation::RelationType::Annotation,
+                "m.reaction".into(),
+            );
+            request.from.clone_from(&from);
+            let response = client
+                .send(request)
+                .await
+                .map_err(|error| classify(&error.into(), &self.relogin))?;
+            for raw in &response.chunk {
+                let Ok(event) = raw.deserialize_as::<Value>() else {
+                    continue;
+                };
+                let mine = event["sender"].as_str() == Some(own.as_str());
+                let same_key = event["content"]["m.relates_to"]["key"].as_str() == Some(key);
+                if mine
+                    && same_key
+                    && let Some(id) = event["event_id"]
+                        .as_str()
+                        .and_then(|i| EventId::parse(i).ok())
+                {
+                    return match room.redact(&id, None, Some(txn_id)).await {
+                        Ok(response) => Ok(DeliveryAck {
+                            remote_id: Some(response.event_id.to_string()),
+                        }),
+                        Err(error) => Err(classify(&error.into(), &self.relogin)),
+                    };
+                }
+            }
+            match response.next_batch {
+                Some(next) => from = Some(next),
+                None => return Ok(DeliveryAck::default()),
+            }
+        }
+    }
+}
