@@ -76,28 +76,49 @@ pub struct Validated {
 }
 
 /// One network's validated settings: what the core reads of it, and what builds its connector.
-pub trait NetworkSettings: std::fmt::Debug + Send + Sync + Any {
+pub trait NetworkSettings: std::fmt::Debug + Send + Sync + SettingsAny {
     /// What the network can show, and how the core treats it.
     fn capabilities(&self) -> Capabilities;
 
-    /// Build the connector for network `id`.
+    /// Build the connector for network `id` (see [`connector`]).
     #[cfg(feature = "matrix")]
     fn build(&self, id: &str, context: BuildContext) -> (ConnectorHandle, ConnectorTask);
 
     /// What is wrong with `channel` as the name of a channel on this network, if anything.
     fn channel_problem(&self, channel: &str) -> Option<String>;
+}
 
-    /// The settings as `Any`, to compare them and for tests that read a type's settings.
+/// Settings as `Any`, for comparing two networks' settings and for tests that read a type's
+/// settings; every `NetworkSettings` that compares with `==` has it.
+pub trait SettingsAny: Any {
+    /// The settings as `Any`.
     fn as_any(&self) -> &dyn Any;
 
     /// Whether `other` holds the same settings.
     fn same_as(&self, other: &dyn NetworkSettings) -> bool;
 }
 
-/// [`NetworkSettings::same_as`] for settings that compare with `==`.
-#[must_use]
-pub fn same_settings<T: PartialEq + 'static>(this: &T, other: &dyn NetworkSettings) -> bool {
-    other.as_any().downcast_ref::<T>() == Some(this)
+impl<T: NetworkSettings + PartialEq> SettingsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same_as(&self, other: &dyn NetworkSettings) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+}
+
+/// A connector of a network with `capabilities`: `handle` for the outbox, `session` (its
+/// supervised connection) for the daemon to run.
+pub fn connector(
+    handle: impl Deliver,
+    capabilities: Capabilities,
+    session: impl Future<Output = ()> + Send + 'static,
+) -> (ConnectorHandle, ConnectorTask) {
+    (
+        ConnectorHandle::new(Arc::new(handle), capabilities),
+        ConnectorTask::new(session),
+    )
 }
 
 /// Log filter directives that quiet the connectors' libraries to warnings (the Matrix SDK logs
@@ -220,9 +241,29 @@ pub trait Deliver: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>>;
 }
 
-/// [`Deliver::send`] for a connection that sends one delivery at a time and learns its
-/// acknowledgement from the send's answer (HTTP): the whole send is the acknowledgement.
-pub fn send_whole<H, F>(
+/// A connection that sends one delivery at a time and learns its acknowledgement from the
+/// send's answer (HTTP): the whole send is the acknowledgement. Such a handle is a [`Deliver`].
+pub trait DeliverWhole: Send + Sync + 'static {
+    /// Send `delivery` and wait for the destination's answer.
+    fn deliver_whole<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<DeliveryAck, DeliveryError>>;
+}
+
+impl<H: DeliverWhole> Deliver for H {
+    fn send(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
+        send_whole(self, delivery, |handle, delivery| {
+            handle.deliver_whole(delivery)
+        })
+    }
+}
+
+/// [`Deliver::send`] for a connection whose whole send is the acknowledgement.
+fn send_whole<H, F>(
     handle: Arc<H>,
     delivery: Delivery,
     deliver: F,

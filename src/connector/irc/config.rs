@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::charset::Charset;
-use crate::connector::{NetworkSettings, NetworkType, Validated, same_settings};
+use crate::connector::{NetworkSettings, NetworkType, Validated};
 use crate::vocab::section::field_names;
 use crate::vocab::{Capabilities, CaseMapping, Secret, Section};
 
@@ -272,10 +272,7 @@ impl NetworkSettings for IrcConfig {
         crate::connector::ConnectorTask,
     ) {
         let (handle, task) = super::build(id, self.clone(), context);
-        (
-            crate::connector::ConnectorHandle::new(Arc::new(handle), CAPABILITIES),
-            crate::connector::ConnectorTask::new(task.run()),
-        )
+        crate::connector::connector(handle, CAPABILITIES, task.run())
     }
 
     fn channel_problem(&self, channel: &str) -> Option<String> {
@@ -285,14 +282,6 @@ impl NetworkSettings for IrcConfig {
                  spaces, commas or control characters"
             )
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn same_as(&self, other: &dyn NetworkSettings) -> bool {
-        same_settings(self, other)
     }
 }
 

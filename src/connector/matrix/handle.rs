@@ -19,8 +19,8 @@ use super::content;
 use super::session::Live;
 use crate::connector::supervisor::error_chain;
 use crate::connector::{
-    AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError, GatewaySettings, render_sender,
-    send_whole, with_original_time,
+    BoxFuture, BuildContext, DeliverWhole, DeliveryError, GatewaySettings, render_sender,
+    with_original_time,
 };
 use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
 
@@ -85,14 +85,12 @@ fn is_duplicate_annotation(error: &matrix_sdk::Error) -> bool {
         || error_chain(error).contains("M_DUPLICATE_ANNOTATION")
 }
 
-impl Deliver for MatrixHandle {
-    fn send(
-        self: Arc<Self>,
-        delivery: Delivery,
-    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
-        send_whole(self, delivery, |handle, delivery| {
-            Box::pin(handle.deliver(delivery))
-        })
+impl DeliverWhole for MatrixHandle {
+    fn deliver_whole<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<DeliveryAck, DeliveryError>> {
+        Box::pin(self.deliver(delivery))
     }
 }
 

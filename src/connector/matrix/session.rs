@@ -53,8 +53,8 @@ use tokio::time::Instant;
 use super::config::MatrixConfig;
 use super::content;
 use super::handle::MatrixHandle;
-use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::connector::BuildContext;
+use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::model::{ChannelRef, EventBody, Inbound, now_ms};
 
 /// Log filter directives that keep the SDK's per-request chatter to warnings.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::connector::{NetworkSettings, NetworkType, Validated, same_settings};
+use crate::connector::{NetworkSettings, NetworkType, Validated};
 use crate::vocab::section::field_names;
 use crate::vocab::{Capabilities, CaseMapping, Secret, Section};
 
@@ -260,10 +260,7 @@ impl NetworkSettings for MattermostConfig {
         crate::connector::ConnectorTask,
     ) {
         let (handle, task) = super::build(id, self.clone(), context);
-        (
-            crate::connector::ConnectorHandle::new(Arc::new(handle), CAPABILITIES),
-            crate::connector::ConnectorTask::new(task.run()),
-        )
+        crate::connector::connector(handle, CAPABILITIES, task.run())
     }
 
     fn channel_problem(&self, channel: &str) -> Option<String> {
@@ -273,14 +270,6 @@ impl NetworkSettings for MattermostConfig {
                  digits, `-`, `_`, e.g. \"town-square\") or `id:` and its 26-character id"
             )
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn same_as(&self, other: &dyn NetworkSettings) -> bool {
-        same_settings(self, other)
     }
 }
 

@@ -17,7 +17,7 @@ use super::Shared;
 use super::api::{ApiError, Post};
 use super::convert::{self, PostContent, SenderShown};
 use super::emoji;
-use crate::connector::{AckFuture, BoxFuture, Deliver, DeliveryError, render_sender, send_whole};
+use crate::connector::{BoxFuture, DeliverWhole, DeliveryError, render_sender};
 use crate::model::{Attachment, Delivery, DeliveryAck, EventBody, TextStyle, now_ms};
 use crate::richtext::FormattedText;
 
@@ -69,14 +69,12 @@ fn create_error(error: &ApiError) -> DeliveryError {
     }
 }
 
-impl Deliver for MattermostHandle {
-    fn send(
-        self: Arc<Self>,
-        delivery: Delivery,
-    ) -> BoxFuture<'static, Result<AckFuture, DeliveryError>> {
-        send_whole(self, delivery, |handle, delivery| {
-            Box::pin(handle.deliver(delivery))
-        })
+impl DeliverWhole for MattermostHandle {
+    fn deliver_whole<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<DeliveryAck, DeliveryError>> {
+        Box::pin(self.deliver(delivery))
     }
 }
 
