@@ -5,9 +5,11 @@
 //! - [`convert`]: IRC lines ⇄ model, pure and unit-tested; the one place text is read from or
 //!   rendered to IRC. No line it renders holds CR, LF or NUL or exceeds the line limit, and of a
 //!   CTCP only ACTION is conversation.
-//! - `session`: one connection: registration (CAP, SASL PLAIN, `NickServ` identification that
-//!   waits for the confirmation), joins, nick regain, flood control, and acknowledgements. Lines
-//!   are written in the order deliveries were queued; our own lines are never relayed.
+//! - `session`: one connection: its state, the connection loop, flood control, the outbound
+//!   queue and acknowledgements. Lines are written in the order deliveries were queued.
+//! - `registration`: CAP, SASL PLAIN, `NickServ` identification that waits for the confirmation,
+//!   joins and nick regain; `handlers`: inbound lines, membership and the events relayed; our
+//!   own lines are never relayed.
 //! - [`lines`] (sanitising and splitting to the line limit), [`charset`] (lines read and written
 //!   in the network's charset), [`flood`] (the token bucket), [`wire`] (parameters and
 //!   `server-time`).
@@ -22,7 +24,9 @@ pub mod charset;
 pub mod config;
 pub mod convert;
 pub mod flood;
+mod handlers;
 pub mod lines;
+mod registration;
 mod session;
 pub mod wire;
 

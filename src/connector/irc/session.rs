@@ -1,14 +1,15 @@
-//! One connection to an IRC server: registration (CAP, SASL PLAIN, `NickServ` identification
-//! that waits for its confirmation), joins, nick regain, flood control, and the acknowledgement of
-//! deliveries by label, by echo order, or when written. **Invariants:** lines are written in the
-//! order deliveries were queued, and deliveries are taken only once the session is `Ready`; our
-//! own nick's lines only confirm deliveries and are never relayed; text is read and rendered only
-//! through [`super::convert`].
+//! One connection to an IRC server: the [`Session`] state, the connection loop, writing (every
+//! line through the network's charset, under flood control) and the outbound queue, the
+//! acknowledgement of deliveries by label, by echo order or when written, and the deadlines;
+//! registration is in `registration`, inbound lines in `handlers`. **Invariants:** lines are
+//! written in the order deliveries were queued, and deliveries are taken only once the session is
+//! `Ready`; text is rendered only through [`super::convert`]; a delivery is acknowledged once
+//! every one of its lines is confirmed, and all still in flight fail for retry when the
+//! connection ends.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::StreamExt as _;
 use irc::client::prelude::{Client, Command, Message};
 use irc::proto::message::Tag;
@@ -17,15 +18,13 @@ use tokio::time::Instant;
 
 use crate::connector::supervisor::{SessionEnd, error_chain};
 use crate::connector::{DeliveryError, sleep_until_opt, with_original_time};
-use crate::model::{DeliveryAck, EventBody, Inbound, Membership, now_ms};
+use crate::model::{DeliveryAck, EventBody, now_ms};
 use crate::richtext::edits::EditPolicy;
 
-use super::convert::{self, files_as_lines, label, render_delivery, tag};
+use super::convert::{files_as_lines, label, render_delivery};
 use super::flood::TokenBucket;
-use super::wire::WireLine;
 use super::{
-    COMMITS_IN_FLIGHT, ECHO_TIMEOUT, IDENTIFY_TIMEOUT, JOIN_TIMEOUT, OutboundRequest,
-    REGAIN_INTERVAL, TaskInfo, WANTED_CAPS, charset, irc_fold,
+    COMMITS_IN_FLIGHT, ECHO_TIMEOUT, OutboundRequest, REGAIN_INTERVAL, TaskInfo, charset, irc_fold,
 };
 
 impl TaskInfo {
@@ -159,7 +158,7 @@ impl TaskInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// CAP negotiation and NICK/USER sent; waiting for 001.
     Registering,
     /// Registered; waiting for the end of MOTD.
@@ -187,26 +186,26 @@ struct QueuedLine {
     target: String,
 }
 
-struct Session<'a> {
-    task: &'a TaskInfo,
+pub(super) struct Session<'a> {
+    pub(super) task: &'a TaskInfo,
     sender: irc::client::Sender,
-    nick: String,
-    phase: Phase,
-    offered_caps: Vec<String>,
-    caps: HashSet<String>,
-    sasl_done: bool,
+    pub(super) nick: String,
+    pub(super) phase: Phase,
+    pub(super) offered_caps: Vec<String>,
+    pub(super) caps: HashSet<String>,
+    pub(super) sasl_done: bool,
     /// folded channel → configured name
-    channels: HashMap<String, String>,
-    joined: HashSet<String>,
-    failed_joins: HashSet<String>,
-    members: HashMap<String, HashSet<String>>,
+    pub(super) channels: HashMap<String, String>,
+    pub(super) joined: HashSet<String>,
+    pub(super) failed_joins: HashSet<String>,
+    pub(super) members: HashMap<String, HashSet<String>>,
     bucket: TokenBucket,
     queue: VecDeque<QueuedLine>,
     in_flight: HashMap<String, InFlight>,
     /// Lines sent and not yet confirmed, oldest first: (label, sent at).
-    unconfirmed: VecDeque<(String, Instant)>,
+    pub(super) unconfirmed: VecDeque<(String, Instant)>,
     /// Permits for inbound events queued for commit and not yet committed.
-    commits: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(super) commits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl<'a> Session<'a> {
@@ -241,15 +240,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn network(&self) -> &str {
+    pub(super) fn network(&self) -> &str {
         &self.task.network
     }
 
-    fn send(&self, command: Command) -> Result<(), String> {
+    pub(super) fn send(&self, command: Command) -> Result<(), String> {
         self.write(Message::from(command))
     }
 
-    fn send_raw(&self, command: &str, params: &[&str]) -> Result<(), String> {
+    pub(super) fn send_raw(&self, command: &str, params: &[&str]) -> Result<(), String> {
         let message = Message::new(None, command, params.to_vec())
             .map_err(|error| format!("cannot build {command}: {error}"))?;
         self.write(message)
@@ -269,19 +268,6 @@ impl<'a> Session<'a> {
         self.sender
             .send(message)
             .map_err(|error| format!("write failed: {error}"))
-    }
-
-    fn begin_registration(&mut self) -> Result<(), String> {
-        self.send_raw("CAP", &["LS", "302"])?;
-        if let Some(password) = &self.task.config.password {
-            self.send(Command::PASS(password.expose().to_owned()))?;
-        }
-        self.send(Command::NICK(self.task.config.nick.clone()))?;
-        self.send(Command::USER(
-            self.task.config.username.clone(),
-            "0".into(),
-            self.task.config.realname.clone(),
-        ))
     }
 
     fn quit(&self, reason: &str) {
@@ -448,7 +434,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn confirm(&mut self, delivery_id: &str, msgid: Option<&str>) {
+    pub(super) fn confirm(&mut self, delivery_id: &str, msgid: Option<&str>) {
         let Some(flight) = self.in_flight.get_mut(delivery_id) else {
             return;
         };
@@ -466,7 +452,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn confirm_label(&mut self, label_value: &str, msgid: Option<&str>) {
+    pub(super) fn confirm_label(&mut self, label_value: &str, msgid: Option<&str>) {
         if let Some(position) = self.unconfirmed.iter().position(|(l, _)| l == label_value) {
             self.unconfirmed.remove(position);
         }
@@ -476,7 +462,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn reject_label(&mut self, label_value: &str, reason: &str) {
+    pub(super) fn reject_label(&mut self, label_value: &str, reason: &str) {
         if let Some(position) = self.unconfirmed.iter().position(|(l, _)| l == label_value) {
             self.unconfirmed.remove(position);
         }
@@ -512,523 +498,7 @@ impl<'a> Session<'a> {
         self.unconfirmed.clear();
     }
 
-    fn is_me(&self, nick: &str) -> bool {
+    pub(super) fn is_me(&self, nick: &str) -> bool {
         irc_fold(nick) == irc_fold(&self.nick)
-    }
-
-    fn try_regain_nick(&self) {
-        if self.phase == Phase::Ready && !self.is_me(&self.task.config.nick) {
-            let _ = self.send(Command::ISON(vec![self.task.config.nick.clone()]));
-        }
-    }
-
-    fn join_channels(&mut self) -> Result<(), String> {
-        let channels: Vec<String> = self.channels.values().cloned().collect();
-        for channel in &channels {
-            self.send(Command::JOIN(channel.clone(), None, None))?;
-        }
-        self.phase = if channels.is_empty() {
-            Phase::Ready
-        } else {
-            Phase::Joining {
-                until: Instant::now() + JOIN_TIMEOUT,
-            }
-        };
-        Ok(())
-    }
-
-    fn check_joined(&mut self) {
-        if matches!(self.phase, Phase::Joining { .. })
-            && self
-                .channels
-                .keys()
-                .all(|c| self.joined.contains(c) || self.failed_joins.contains(c))
-        {
-            tracing::info!(network = %self.network(), joined = self.joined.len(), failed = self.failed_joins.len(), "Channels joined; ready.");
-            self.phase = Phase::Ready;
-        }
-    }
-
-    fn after_motd(&mut self) -> Result<(), String> {
-        if self.phase != Phase::Welcomed {
-            return Ok(());
-        }
-        if let Some(password) = &self.task.config.nickserv_password
-            && !self.sasl_done
-        {
-            let account = self
-                .task
-                .config
-                .sasl_username
-                .clone()
-                .unwrap_or_else(|| self.task.config.nick.clone());
-            let nickserv = self.task.config.nickserv_nick.clone();
-            self.send(Command::PRIVMSG(
-                nickserv,
-                format!("IDENTIFY {account} {}", password.expose()),
-            ))?;
-            self.phase = Phase::Identifying {
-                until: Instant::now() + IDENTIFY_TIMEOUT,
-            };
-            return Ok(());
-        }
-        self.join_channels()
-    }
-
-    fn finish_caps(&mut self) -> Result<(), String> {
-        self.send_raw("CAP", &["END"])
-    }
-
-    fn start_sasl_or_end(&mut self) -> Result<(), String> {
-        if self.caps.contains("sasl") && self.task.config.sasl_password.is_some() {
-            self.send(Command::AUTHENTICATE("PLAIN".into()))
-        } else {
-            self.finish_caps()
-        }
-    }
-
-    fn send_sasl_credentials(&mut self) -> Result<(), String> {
-        let Some(password) = &self.task.config.sasl_password else {
-            return self.send(Command::AUTHENTICATE("*".into()));
-        };
-        let user = self
-            .task
-            .config
-            .sasl_username
-            .clone()
-            .unwrap_or_else(|| self.task.config.nick.clone());
-        let payload = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}\0{user}\0{}", password.expose()));
-        let bytes = payload.as_bytes();
-        for chunk in bytes.chunks(400) {
-            self.send(Command::AUTHENTICATE(
-                String::from_utf8_lossy(chunk).into_owned(),
-            ))?;
-        }
-        if bytes.len() % 400 == 0 {
-            self.send(Command::AUTHENTICATE("+".into()))?;
-        }
-        Ok(())
-    }
-
-    /// Handle one message from the server. An `Err` ends the session.
-    async fn handle(&mut self, message: &Message) -> Result<(), String> {
-        let line = WireLine::of(message);
-        let label_tag = tag(message, "label");
-        match line.command.as_str() {
-            "CAP" => self.handle_cap(&line)?,
-            "AUTHENTICATE" if line.param(0) == Some("+") => self.send_sasl_credentials()?,
-            "900" => {
-                tracing::info!(network = %self.network(), "Logged in to services.");
-                if matches!(self.phase, Phase::Identifying { .. }) {
-                    self.join_channels()?;
-                }
-            }
-            "903" => {
-                tracing::info!(network = %self.network(), "SASL authentication succeeded.");
-                self.sasl_done = true;
-                self.finish_caps()?;
-            }
-            "902" | "904" | "905" | "906" | "907" | "908" => {
-                tracing::warn!(network = %self.network(), numeric = %line.command, reason = line.last().unwrap_or(""), "SASL authentication failed; continuing without it.");
-                self.finish_caps()?;
-            }
-            "001" => {
-                if let Some(nick) = line.param(0) {
-                    self.nick = nick.to_owned();
-                }
-                self.task
-                    .context
-                    .router
-                    .set_account(self.network(), &self.nick);
-                tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
-                if self.phase == Phase::Registering {
-                    self.phase = Phase::Welcomed;
-                }
-            }
-            "376" | "422" => self.after_motd()?,
-            "303" => {
-                // ISON: an empty answer means the wanted nick is free.
-                let online = line.last().unwrap_or("").trim();
-                if online.is_empty() && !self.is_me(&self.task.config.nick) {
-                    self.send(Command::NICK(self.task.config.nick.clone()))?;
-                }
-            }
-            "353" => {
-                // RPL_NAMREPLY: me = #channel :names
-                if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
-                    let folded = irc_fold(channel);
-                    let members = self.members.entry(folded).or_default();
-                    for name in names.split(' ').filter(|n| !n.is_empty()) {
-                        let nick = name.trim_start_matches(['@', '+', '%', '&', '~']);
-                        let nick = nick.split('!').next().unwrap_or(nick);
-                        members.insert(irc_fold(nick));
-                    }
-                }
-            }
-            "403" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "489" => {
-                if let Some(channel) = line.param(1) {
-                    let folded = irc_fold(channel);
-                    if self.channels.contains_key(&folded) && !self.joined.contains(&folded) {
-                        tracing::error!(network = %self.network(), channel, numeric = %line.command, reason = line.last().unwrap_or(""), "Cannot join channel; nothing will be relayed to or from it until a reconnect.");
-                        self.failed_joins.insert(folded);
-                        self.check_joined();
-                    }
-                }
-                if let Some(label_value) = &label_tag {
-                    self.reject_label(label_value, line.last().unwrap_or("refused"));
-                }
-            }
-            "404" => {
-                tracing::warn!(network = %self.network(), channel = line.param(1).unwrap_or(""), reason = line.last().unwrap_or(""), "Cannot send to channel.");
-                if let Some(label_value) = &label_tag {
-                    self.reject_label(label_value, line.last().unwrap_or("cannot send to channel"));
-                }
-            }
-            "ACK" => {
-                if let Some(label_value) = &label_tag {
-                    self.confirm_label(label_value, None);
-                }
-            }
-            "BATCH" => {
-                // A labelled response may come as a batch; its start line carries the label.
-                if let Some(label_value) = &label_tag {
-                    let msgid = tag(message, "msgid");
-                    self.confirm_label(label_value, msgid.as_deref());
-                }
-            }
-            "JOIN" => self.handle_join(message, &line).await?,
-            "PART" | "KICK" => self.handle_part(message, &line).await?,
-            "QUIT" => self.handle_quit(message, &line).await?,
-            "NICK" => self.handle_nick(message, &line).await?,
-            "TOPIC" => self.handle_topic(message, &line).await?,
-            "PRIVMSG" | "NOTICE" => {
-                self.handle_text(message, &line, label_tag.as_deref())
-                    .await?;
-            }
-            "ERROR" => return Err(format!("server error: {}", line.last().unwrap_or(""))),
-            _ => {
-                if let Some(label_value) = &label_tag
-                    && line.command.starts_with(['4', '5'])
-                {
-                    self.reject_label(label_value, line.last().unwrap_or("refused"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn handle_cap(&mut self, line: &WireLine) -> Result<(), String> {
-        let Some(sub) = line.param(1) else {
-            return Ok(());
-        };
-        match sub {
-            "LS" => {
-                // CAP * LS * :a b c   (continuation)   or   CAP * LS :a b c   (last)
-                let more = line.params.len() > 3 && line.param(2) == Some("*");
-                if let Some(list) = line.last() {
-                    self.offered_caps.extend(
-                        list.split(' ')
-                            .filter(|c| !c.is_empty())
-                            .map(|c| c.split('=').next().unwrap_or(c).to_owned()),
-                    );
-                }
-                if !more && self.phase == Phase::Registering {
-                    let mut wanted: Vec<&str> = WANTED_CAPS
-                        .iter()
-                        .copied()
-                        .filter(|cap| self.offered_caps.iter().any(|o| o == cap))
-                        .collect();
-                    if self.task.config.sasl_password.is_some() {
-                        if self.offered_caps.iter().any(|o| o == "sasl") {
-                            wanted.push("sasl");
-                        } else {
-                            tracing::warn!(network = %self.network(), "SASL is configured but the server does not offer it.");
-                        }
-                    }
-                    if wanted.is_empty() {
-                        self.finish_caps()?;
-                    } else {
-                        self.send_raw("CAP", &["REQ", &wanted.join(" ")])?;
-                    }
-                }
-            }
-            "ACK" => {
-                for cap in line
-                    .last()
-                    .unwrap_or("")
-                    .split(' ')
-                    .filter(|c| !c.is_empty())
-                {
-                    if let Some(removed) = cap.strip_prefix('-') {
-                        self.caps.remove(removed);
-                    } else {
-                        self.caps.insert(cap.to_owned());
-                    }
-                }
-                if self.phase == Phase::Registering {
-                    self.start_sasl_or_end()?;
-                }
-            }
-            "NAK" => {
-                tracing::warn!(network = %self.network(), caps = line.last().unwrap_or(""), "Server refused capabilities; continuing without them.");
-                if self.phase == Phase::Registering {
-                    self.finish_caps()?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn configured(&self, channel: &str) -> Option<String> {
-        self.channels.get(&irc_fold(channel)).cloned()
-    }
-
-    /// Queue an event for commit in the order it was read, without waiting for its commit:
-    /// IRC has no position to acknowledge, and lines read together then share a transaction
-    /// (group commit). At most [`COMMITS_IN_FLIGHT`] wait at once, so a slow store slows the
-    /// reading of the connection instead of growing memory.
-    async fn submit(&self, inbound: Inbound) {
-        let Ok(permit) = std::sync::Arc::clone(&self.commits).acquire_owned().await else {
-            return;
-        };
-        let committed = self.task.context.router.submit_queued(inbound);
-        tokio::spawn(async move {
-            committed.await;
-            drop(permit);
-        });
-    }
-
-    fn membership_event(
-        &self,
-        message: &Message,
-        channel: &str,
-        nick: &str,
-        change: Membership,
-    ) -> Option<Inbound> {
-        if !self.task.config.relay_membership {
-            return None;
-        }
-        Some(convert::inbound(
-            self.network(),
-            channel,
-            nick,
-            message,
-            EventBody::Membership(change),
-            now_ms(),
-        ))
-    }
-
-    async fn handle_join(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
-        let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
-            return Ok(());
-        };
-        let Some(configured) = self.configured(channel) else {
-            return Ok(());
-        };
-        let folded = irc_fold(channel);
-        self.members
-            .entry(folded.clone())
-            .or_default()
-            .insert(irc_fold(nick));
-        if self.is_me(nick) {
-            tracing::info!(network = %self.network(), channel = %configured, "Joined.");
-            self.joined.insert(folded);
-            self.check_joined();
-            return Ok(());
-        }
-        if let Some(event) = self.membership_event(message, &configured, nick, Membership::Joined) {
-            self.submit(event).await;
-        }
-        Ok(())
-    }
-
-    async fn handle_part(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
-        let Some(channel) = line.param(0) else {
-            return Ok(());
-        };
-        let (nick, reason) = if line.command == "KICK" {
-            (
-                line.param(1).unwrap_or(""),
-                line.param(2).map(str::to_owned),
-            )
-        } else {
-            (
-                message.source_nickname().unwrap_or(""),
-                line.param(1).map(str::to_owned),
-            )
-        };
-        let Some(configured) = self.configured(channel) else {
-            return Ok(());
-        };
-        let folded = irc_fold(channel);
-        if let Some(members) = self.members.get_mut(&folded) {
-            members.remove(&irc_fold(nick));
-        }
-        if self.is_me(nick) {
-            tracing::warn!(network = %self.network(), channel = %configured, "Removed from channel; rejoining.");
-            self.joined.remove(&folded);
-            self.send(Command::JOIN(configured, None, None))?;
-            return Ok(());
-        }
-        if let Some(event) =
-            self.membership_event(message, &configured, nick, Membership::Left { reason })
-        {
-            self.submit(event).await;
-        }
-        Ok(())
-    }
-
-    async fn handle_quit(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
-        let Some(nick) = message.source_nickname() else {
-            return Ok(());
-        };
-        let folded_nick = irc_fold(nick);
-        if folded_nick == irc_fold(&self.task.config.nick) && !self.is_me(nick) {
-            self.send(Command::NICK(self.task.config.nick.clone()))?;
-        }
-        let mut channels = Vec::new();
-        for (channel, members) in &mut self.members {
-            if members.remove(&folded_nick)
-                && let Some(configured) = self.channels.get(channel)
-            {
-                channels.push(configured.clone());
-            }
-        }
-        for channel in channels {
-            let reason = line.last().map(str::to_owned);
-            if let Some(event) =
-                self.membership_event(message, &channel, nick, Membership::Left { reason })
-            {
-                self.submit(event).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_nick(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
-        let (Some(old), Some(new)) = (message.source_nickname(), line.param(0)) else {
-            return Ok(());
-        };
-        if self.is_me(old) {
-            tracing::info!(network = %self.network(), old, new, "Nick changed.");
-            new.clone_into(&mut self.nick);
-            self.task
-                .context
-                .router
-                .set_account(self.network(), &self.nick);
-            return Ok(());
-        }
-        if irc_fold(old) == irc_fold(&self.task.config.nick) {
-            self.send(Command::NICK(self.task.config.nick.clone()))?;
-        }
-        let (old_folded, new_folded) = (irc_fold(old), irc_fold(new));
-        let mut channels = Vec::new();
-        for (channel, members) in &mut self.members {
-            if members.remove(&old_folded) {
-                members.insert(new_folded.clone());
-                if let Some(configured) = self.channels.get(channel) {
-                    channels.push(configured.clone());
-                }
-            }
-        }
-        for channel in channels {
-            if let Some(event) = self.membership_event(
-                message,
-                &channel,
-                old,
-                Membership::Renamed {
-                    new_name: new.to_owned(),
-                },
-            ) {
-                self.submit(event).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_topic(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
-        let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
-            return Ok(());
-        };
-        if self.is_me(nick) {
-            return Ok(());
-        }
-        if let Some(configured) = self.configured(channel) {
-            let topic = convert::topic_text(line.param(1).unwrap_or(""));
-            if let Some(event) =
-                self.membership_event(message, &configured, nick, Membership::Topic { topic })
-            {
-                self.submit(event).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_text(
-        &mut self,
-        message: &Message,
-        line: &WireLine,
-        label_value: Option<&str>,
-    ) -> Result<(), String> {
-        let Some(nick) = message.source_nickname() else {
-            return Ok(());
-        };
-        let (Some(target), Some(text)) = (line.param(0), line.param(1)) else {
-            return Ok(());
-        };
-        if self.is_me(nick) {
-            // Our own line coming back (echo-message): it confirms a delivery, never relayed.
-            let msgid = tag(message, "msgid");
-            if let Some(label_value) = label_value {
-                self.confirm_label(label_value, msgid.as_deref());
-            } else if self.caps.contains("echo-message")
-                && !self.caps.contains("labeled-response")
-                && let Some((label_value, _)) = self.unconfirmed.pop_front()
-                && let Some((delivery_id, _)) = label_value.rsplit_once('.')
-            {
-                let delivery_id = delivery_id.to_owned();
-                self.confirm(&delivery_id, msgid.as_deref());
-            }
-            return Ok(());
-        }
-        if nick.eq_ignore_ascii_case(&self.task.config.nickserv_nick) && line.command == "NOTICE" {
-            let lower = text.to_lowercase();
-            if let Phase::Identifying { .. } = self.phase {
-                if lower.contains("identified")
-                    || lower.contains("now logged in")
-                    || lower.contains("recognized")
-                {
-                    tracing::info!(network = %self.network(), "Identified to NickServ.");
-                    self.join_channels()?;
-                } else if lower.contains("invalid")
-                    || lower.contains("incorrect")
-                    || lower.contains("not registered")
-                {
-                    tracing::warn!(network = %self.network(), reply = %text, "NickServ refused identification; joining anyway.");
-                    self.join_channels()?;
-                }
-            }
-            return Ok(());
-        }
-        let Some(channel) = self.configured(target) else {
-            // Private messages and channels outside every gateway are not relayed.
-            return Ok(());
-        };
-        let Some((style, text)) = convert::text_message(&line.command, text) else {
-            // A CTCP query (VERSION, PING, ...) or a line that shows nothing.
-            return Ok(());
-        };
-        let inbound = convert::inbound(
-            self.network(),
-            &channel,
-            nick,
-            message,
-            EventBody::formatted(style, text),
-            now_ms(),
-        );
-        self.submit(inbound).await;
-        Ok(())
     }
 }

@@ -1,0 +1,374 @@
+//! Inbound lines of one connection, as methods of [`Session`]: `handle` dispatches every line
+//! the server sends (registration numerics, acknowledgements, refusals, `ERROR`), and the JOIN,
+//! PART/KICK, QUIT, NICK, TOPIC and PRIVMSG/NOTICE handlers keep channel membership and turn what
+//! others say and do into events for the router. **Invariants:** our own nick's lines only
+//! confirm deliveries and are never relayed, nor is anything outside a configured channel; text
+//! is read only through [`super::convert`]; events are submitted in the order they were read.
+use irc::client::prelude::{Command, Message};
+
+use crate::model::{EventBody, Inbound, Membership, now_ms};
+
+use super::convert::{self, tag};
+use super::irc_fold;
+use super::session::{Phase, Session};
+use super::wire::WireLine;
+
+impl Session<'_> {
+    /// Handle one message from the server. An `Err` ends the session.
+    pub(super) async fn handle(&mut self, message: &Message) -> Result<(), String> {
+        let line = WireLine::of(message);
+        let label_tag = tag(message, "label");
+        match line.command.as_str() {
+            "CAP" => self.handle_cap(&line)?,
+            "AUTHENTICATE" if line.param(0) == Some("+") => self.send_sasl_credentials()?,
+            "900" => {
+                tracing::info!(network = %self.network(), "Logged in to services.");
+                if matches!(self.phase, Phase::Identifying { .. }) {
+                    self.join_channels()?;
+                }
+            }
+            "903" => {
+                tracing::info!(network = %self.network(), "SASL authentication succeeded.");
+                self.sasl_done = true;
+                self.finish_caps()?;
+            }
+            "902" | "904" | "905" | "906" | "907" | "908" => {
+                tracing::warn!(network = %self.network(), numeric = %line.command, reason = line.last().unwrap_or(""), "SASL authentication failed; continuing without it.");
+                self.finish_caps()?;
+            }
+            "001" => {
+                if let Some(nick) = line.param(0) {
+                    self.nick = nick.to_owned();
+                }
+                self.task
+                    .context
+                    .router
+                    .set_account(self.network(), &self.nick);
+                tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
+                if self.phase == Phase::Registering {
+                    self.phase = Phase::Welcomed;
+                }
+            }
+            "376" | "422" => self.after_motd()?,
+            "303" => {
+                // ISON: an empty answer means the wanted nick is free.
+                let online = line.last().unwrap_or("").trim();
+                if online.is_empty() && !self.is_me(&self.task.config.nick) {
+                    self.send(Command::NICK(self.task.config.nick.clone()))?;
+                }
+            }
+            "353" => {
+                // RPL_NAMREPLY: me = #channel :names
+                if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
+                    let folded = irc_fold(channel);
+                    let members = self.members.entry(folded).or_default();
+                    for name in names.split(' ').filter(|n| !n.is_empty()) {
+                        let nick = name.trim_start_matches(['@', '+', '%', '&', '~']);
+                        let nick = nick.split('!').next().unwrap_or(nick);
+                        members.insert(irc_fold(nick));
+                    }
+                }
+            }
+            "403" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "489" => {
+                if let Some(channel) = line.param(1) {
+                    let folded = irc_fold(channel);
+                    if self.channels.contains_key(&folded) && !self.joined.contains(&folded) {
+                        tracing::error!(network = %self.network(), channel, numeric = %line.command, reason = line.last().unwrap_or(""), "Cannot join channel; nothing will be relayed to or from it until a reconnect.");
+                        self.failed_joins.insert(folded);
+                        self.check_joined();
+                    }
+                }
+                if let Some(label_value) = &label_tag {
+                    self.reject_label(label_value, line.last().unwrap_or("refused"));
+                }
+            }
+            "404" => {
+                tracing::warn!(network = %self.network(), channel = line.param(1).unwrap_or(""), reason = line.last().unwrap_or(""), "Cannot send to channel.");
+                if let Some(label_value) = &label_tag {
+                    self.reject_label(label_value, line.last().unwrap_or("cannot send to channel"));
+                }
+            }
+            "ACK" => {
+                if let Some(label_value) = &label_tag {
+                    self.confirm_label(label_value, None);
+                }
+            }
+            "BATCH" => {
+                // A labelled response may come as a batch; its start line carries the label.
+                if let Some(label_value) = &label_tag {
+                    let msgid = tag(message, "msgid");
+                    self.confirm_label(label_value, msgid.as_deref());
+                }
+            }
+            "JOIN" => self.handle_join(message, &line).await?,
+            "PART" | "KICK" => self.handle_part(message, &line).await?,
+            "QUIT" => self.handle_quit(message, &line).await?,
+            "NICK" => self.handle_nick(message, &line).await?,
+            "TOPIC" => self.handle_topic(message, &line).await?,
+            "PRIVMSG" | "NOTICE" => {
+                self.handle_text(message, &line, label_tag.as_deref())
+                    .await?;
+            }
+            "ERROR" => return Err(format!("server error: {}", line.last().unwrap_or(""))),
+            _ => {
+                if let Some(label_value) = &label_tag
+                    && line.command.starts_with(['4', '5'])
+                {
+                    self.reject_label(label_value, line.last().unwrap_or("refused"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn configured(&self, channel: &str) -> Option<String> {
+        self.channels.get(&irc_fold(channel)).cloned()
+    }
+
+    /// Queue an event for commit in the order it was read, without waiting for its commit:
+    /// IRC has no position to acknowledge, and lines read together then share a transaction
+    /// (group commit). At most [`COMMITS_IN_FLIGHT`](super::COMMITS_IN_FLIGHT) wait at once, so
+    /// a slow store slows the reading of the connection instead of growing memory.
+    async fn submit(&self, inbound: Inbound) {
+        let Ok(permit) = std::sync::Arc::clone(&self.commits).acquire_owned().await else {
+            return;
+        };
+        let committed = self.task.context.router.submit_queued(inbound);
+        tokio::spawn(async move {
+            committed.await;
+            drop(permit);
+        });
+    }
+
+    fn membership_event(
+        &self,
+        message: &Message,
+        channel: &str,
+        nick: &str,
+        change: Membership,
+    ) -> Option<Inbound> {
+        if !self.task.config.relay_membership {
+            return None;
+        }
+        Some(convert::inbound(
+            self.network(),
+            channel,
+            nick,
+            message,
+            EventBody::Membership(change),
+            now_ms(),
+        ))
+    }
+
+    async fn handle_join(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
+        let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
+            return Ok(());
+        };
+        let Some(configured) = self.configured(channel) else {
+            return Ok(());
+        };
+        let folded = irc_fold(channel);
+        self.members
+            .entry(folded.clone())
+            .or_default()
+            .insert(irc_fold(nick));
+        if self.is_me(nick) {
+            tracing::info!(network = %self.network(), channel = %configured, "Joined.");
+            self.joined.insert(folded);
+            self.check_joined();
+            return Ok(());
+        }
+        if let Some(event) = self.membership_event(message, &configured, nick, Membership::Joined) {
+            self.submit(event).await;
+        }
+        Ok(())
+    }
+
+    async fn handle_part(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
+        let Some(channel) = line.param(0) else {
+            return Ok(());
+        };
+        let (nick, reason) = if line.command == "KICK" {
+            (
+                line.param(1).unwrap_or(""),
+                line.param(2).map(str::to_owned),
+            )
+        } else {
+            (
+                message.source_nickname().unwrap_or(""),
+                line.param(1).map(str::to_owned),
+            )
+        };
+        let Some(configured) = self.configured(channel) else {
+            return Ok(());
+        };
+        let folded = irc_fold(channel);
+        if let Some(members) = self.members.get_mut(&folded) {
+            members.remove(&irc_fold(nick));
+        }
+        if self.is_me(nick) {
+            tracing::warn!(network = %self.network(), channel = %configured, "Removed from channel; rejoining.");
+            self.joined.remove(&folded);
+            self.send(Command::JOIN(configured, None, None))?;
+            return Ok(());
+        }
+        if let Some(event) =
+            self.membership_event(message, &configured, nick, Membership::Left { reason })
+        {
+            self.submit(event).await;
+        }
+        Ok(())
+    }
+
+    async fn handle_quit(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
+        let Some(nick) = message.source_nickname() else {
+            return Ok(());
+        };
+        let folded_nick = irc_fold(nick);
+        if folded_nick == irc_fold(&self.task.config.nick) && !self.is_me(nick) {
+            self.send(Command::NICK(self.task.config.nick.clone()))?;
+        }
+        let mut channels = Vec::new();
+        for (channel, members) in &mut self.members {
+            if members.remove(&folded_nick)
+                && let Some(configured) = self.channels.get(channel)
+            {
+                channels.push(configured.clone());
+            }
+        }
+        for channel in channels {
+            let reason = line.last().map(str::to_owned);
+            if let Some(event) =
+                self.membership_event(message, &channel, nick, Membership::Left { reason })
+            {
+                self.submit(event).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_nick(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
+        let (Some(old), Some(new)) = (message.source_nickname(), line.param(0)) else {
+            return Ok(());
+        };
+        if self.is_me(old) {
+            tracing::info!(network = %self.network(), old, new, "Nick changed.");
+            new.clone_into(&mut self.nick);
+            self.task
+                .context
+                .router
+                .set_account(self.network(), &self.nick);
+            return Ok(());
+        }
+        if irc_fold(old) == irc_fold(&self.task.config.nick) {
+            self.send(Command::NICK(self.task.config.nick.clone()))?;
+        }
+        let (old_folded, new_folded) = (irc_fold(old), irc_fold(new));
+        let mut channels = Vec::new();
+        for (channel, members) in &mut self.members {
+            if members.remove(&old_folded) {
+                members.insert(new_folded.clone());
+                if let Some(configured) = self.channels.get(channel) {
+                    channels.push(configured.clone());
+                }
+            }
+        }
+        for channel in channels {
+            if let Some(event) = self.membership_event(
+                message,
+                &channel,
+                old,
+                Membership::Renamed {
+                    new_name: new.to_owned(),
+                },
+            ) {
+                self.submit(event).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_topic(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
+        let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
+            return Ok(());
+        };
+        if self.is_me(nick) {
+            return Ok(());
+        }
+        if let Some(configured) = self.configured(channel) {
+            let topic = convert::topic_text(line.param(1).unwrap_or(""));
+            if let Some(event) =
+                self.membership_event(message, &configured, nick, Membership::Topic { topic })
+            {
+                self.submit(event).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_text(
+        &mut self,
+        message: &Message,
+        line: &WireLine,
+        label_value: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(nick) = message.source_nickname() else {
+            return Ok(());
+        };
+        let (Some(target), Some(text)) = (line.param(0), line.param(1)) else {
+            return Ok(());
+        };
+        if self.is_me(nick) {
+            // Our own line coming back (echo-message): it confirms a delivery, never relayed.
+            let msgid = tag(message, "msgid");
+            if let Some(label_value) = label_value {
+                self.confirm_label(label_value, msgid.as_deref());
+            } else if self.caps.contains("echo-message")
+                && !self.caps.contains("labeled-response")
+                && let Some((label_value, _)) = self.unconfirmed.pop_front()
+                && let Some((delivery_id, _)) = label_value.rsplit_once('.')
+            {
+                let delivery_id = delivery_id.to_owned();
+                self.confirm(&delivery_id, msgid.as_deref());
+            }
+            return Ok(());
+        }
+        if nick.eq_ignore_ascii_case(&self.task.config.nickserv_nick) && line.command == "NOTICE" {
+            let lower = text.to_lowercase();
+            if let Phase::Identifying { .. } = self.phase {
+                if lower.contains("identified")
+                    || lower.contains("now logged in")
+                    || lower.contains("recognized")
+                {
+                    tracing::info!(network = %self.network(), "Identified to NickServ.");
+                    self.join_channels()?;
+                } else if lower.contains("invalid")
+                    || lower.contains("incorrect")
+                    || lower.contains("not registered")
+                {
+                    tracing::warn!(network = %self.network(), reply = %text, "NickServ refused identification; joining anyway.");
+                    self.join_channels()?;
+                }
+            }
+            return Ok(());
+        }
+        let Some(channel) = self.configured(target) else {
+            // Private messages and channels outside every gateway are not relayed.
+            return Ok(());
+        };
+        let Some((style, text)) = convert::text_message(&line.command, text) else {
+            // A CTCP query (VERSION, PING, ...) or a line that shows nothing.
+            return Ok(());
+        };
+        let inbound = convert::inbound(
+            self.network(),
+            &channel,
+            nick,
+            message,
+            EventBody::formatted(style, text),
+            now_ms(),
+        );
+        self.submit(inbound).await;
+        Ok(())
+    }
+}
