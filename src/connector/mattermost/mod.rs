@@ -7,9 +7,12 @@
 //! - `convert`: posts, reactions and WebSocket events ⇄ the model, pure and unit-tested; the
 //!   derived remote ids (`<post>:edit:<edit_at>`, ...) are made there only, so a change seen
 //!   live and in a catch-up is one event.
-//! - `session`: the connection: log in, resolve team and channels, the WebSocket with resume,
-//!   catch-up and the per-channel cursors (in `context.store`, moved forward only past what the
-//!   router committed).
+//! - `session`: the connection: log in, resolve team and channels, the WebSocket with resume.
+//! - `catchup`: the catch-up over REST (paging, ordering) and the per-channel cursors (in
+//!   `context.store`, moved forward only past what the router committed, written at most once a
+//!   second and when the session ends).
+//! - `events`: live events (posts, edits, deletes, reactions, membership, removal from a
+//!   channel) and their submission, echoes of the bridge's own account dropped.
 //! - `handle`: [`MattermostHandle`], the deliveries over REST (the delivery id as
 //!   `pending_post_id`).
 //! - [`emoji`]: emoji names ⇄ reaction keys.
@@ -35,9 +38,11 @@
 //! same post instead of a second one.
 
 mod api;
+mod catchup;
 pub mod config;
 mod convert;
 pub mod emoji;
+mod events;
 mod handle;
 mod session;
 

@@ -1,12 +1,11 @@
-//! The connection to a Mattermost server: log in, resolve the team and channels (joining where
-//! needed), the WebSocket (`seq` tracking, resume, ping), catch-up over REST from each channel's
-//! cursor, and the cursors themselves (in `context.store`).
+//! The connection to a Mattermost server: [`TaskState`] (kept across sessions), log in, resolve
+//! the team and channels (joining where needed, a first cursor for a channel never seen), and the
+//! WebSocket (`seq` tracking, resume, ping) whose events go to [`super::events`], with a
+//! catch-up ([`super::catchup`]) on every `hello` and every `seq` gap.
 //!
-//! **Invariants:** a channel's cursor moves forward only, and only past what the router has
-//! committed; after a store failure it stays where it was and the session ends without resuming,
-//! so that the next one catches up from there; the account's own posts and reactions, and the
-//! echoes of creates in flight, are never submitted; what an event means is decided in
-//! [`super::convert`].
+//! **Invariants:** an event's `seq` is counted before it is handled, so one that ends the session
+//! is not replayed on resume; after a store failure the session ends without resuming, so that
+//! the next one catches up from the stored cursors.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,21 +19,15 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use super::Shared;
-use super::api::{self, ApiError, Post, PostList, Reaction};
-use super::convert::{self, Change, Envelope};
+use super::api::{self, ApiError};
+use super::convert::Envelope;
 use crate::connector::sleep_until_opt;
 use crate::connector::supervisor::SessionEnd;
-use crate::model::{Attachment, Author, ChannelRef, Inbound};
-use crate::richtext;
 
 /// How often the WebSocket `ping` action is sent.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Silence after which the socket is presumed dead.
 const READ_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often, at most, a channel's cursor is written to the store.
-const CURSOR_STORE_INTERVAL: Duration = Duration::from_secs(1);
-/// The most rows one `since` query returns; more means some may be missing.
-const SINCE_LIMIT: usize = 1000;
 
 /// A TLS client configuration for the WebSocket: the Mozilla roots plus `extra_roots` (PEM).
 pub(super) fn websocket_tls(extra_roots: &[u8]) -> tokio_tungstenite::Connector {
@@ -64,24 +57,24 @@ struct Resume {
 
 /// One network's connection state, kept across sessions (the supervisor reconnects it).
 pub(super) struct TaskState {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     resume: Option<Resume>,
     /// user id → username
-    users: HashMap<String, String>,
+    pub(super) users: HashMap<String, String>,
     /// People whose picture was stored this session (for `override_icon_url` elsewhere).
-    avatars: HashSet<String>,
+    pub(super) avatars: HashSet<String>,
     /// channel id → configured name
-    channels: HashMap<String, String>,
+    pub(super) channels: HashMap<String, String>,
     /// channel id → the newest `update_at` handled
-    cursors: HashMap<String, i64>,
+    pub(super) cursors: HashMap<String, i64>,
     /// channel id → when its cursor was last stored
-    stored_at: HashMap<String, Instant>,
+    pub(super) stored_at: HashMap<String, Instant>,
     /// channel ids whose handled cursor is ahead of the stored one (stored once
-    /// [`CURSOR_STORE_INTERVAL`] has passed since `stored_at`)
-    unstored: HashSet<String>,
+    /// `CURSOR_STORE_INTERVAL` in `catchup` has passed since `stored_at`)
+    pub(super) unstored: HashSet<String>,
     team_id: Option<String>,
     /// An event could not be committed in this session.
-    store_failed: bool,
+    pub(super) store_failed: bool,
 }
 
 type Socket =
@@ -103,7 +96,7 @@ impl TaskState {
         }
     }
 
-    fn network(&self) -> &str {
+    pub(super) fn network(&self) -> &str {
         &self.shared.network
     }
 
@@ -288,94 +281,6 @@ impl TaskState {
         Ok(())
     }
 
-    async fn load_cursor(&self, channel: &str) -> Option<i64> {
-        let store = Arc::clone(&self.shared.context.store);
-        let (network, channel) = (self.network().to_owned(), channel.to_owned());
-        tokio::task::spawn_blocking(move || store.cursor(&network, &channel))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .and_then(|value| value.parse().ok())
-    }
-
-    async fn store_cursor(&self, channel: &str, value: i64) {
-        let store = Arc::clone(&self.shared.context.store);
-        let (network, channel) = (self.network().to_owned(), channel.to_owned());
-        let result = tokio::task::spawn_blocking(move || {
-            store.set_cursor(&network, &channel, &value.to_string())
-        })
-        .await;
-        if !matches!(result, Ok(Ok(()))) {
-            tracing::warn!(network = %self.network(), "Could not store the channel position; some messages may be fetched again after a restart.");
-        }
-    }
-
-    /// Move a channel's cursor forward to `update_at` (never back), unless something before it
-    /// could not be stored.
-    async fn advance(&mut self, channel_id: &str, update_at: i64) {
-        if self.store_failed {
-            return;
-        }
-        let Some(current) = self.cursors.get(channel_id).copied() else {
-            return;
-        };
-        if update_at <= current {
-            return;
-        }
-        self.cursors.insert(channel_id.to_owned(), update_at);
-        let now = Instant::now();
-        if self.cursor_due(channel_id).is_some_and(|due| due > now) {
-            self.unstored.insert(channel_id.to_owned());
-        } else {
-            self.store_channel_cursor(channel_id, now).await;
-        }
-    }
-
-    /// When a channel's cursor may be stored again (`None`: it never was, so now).
-    fn cursor_due(&self, channel_id: &str) -> Option<Instant> {
-        self.stored_at
-            .get(channel_id)
-            .map(|&at| at + CURSOR_STORE_INTERVAL)
-    }
-
-    /// When the first cursor not stored yet is due.
-    fn next_cursor_store(&self) -> Option<Instant> {
-        self.unstored
-            .iter()
-            .map(|channel| self.cursor_due(channel).unwrap_or_else(Instant::now))
-            .min()
-    }
-
-    /// Store the cursors that are due (or, with `all`, every one not stored yet).
-    async fn store_cursors(&mut self, all: bool) {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .unstored
-            .iter()
-            .filter(|channel| all || self.cursor_due(channel).is_none_or(|due| due <= now))
-            .cloned()
-            .collect();
-        for channel_id in due {
-            self.store_channel_cursor(&channel_id, now).await;
-        }
-    }
-
-    async fn store_channel_cursor(&mut self, channel_id: &str, now: Instant) {
-        self.unstored.remove(channel_id);
-        if self.store_failed {
-            return;
-        }
-        let (Some(&value), Some(configured)) = (
-            self.cursors.get(channel_id),
-            self.channels.get(channel_id).cloned(),
-        ) else {
-            return;
-        };
-        self.stored_at.insert(channel_id.to_owned(), now);
-        self.store_cursor(&configured, value).await;
-    }
-
     async fn connect(&mut self) -> Result<Socket, String> {
         let base = self.shared.api.base();
         let ws_base = if let Some(rest) = base.strip_prefix("https://") {
@@ -476,371 +381,5 @@ impl TaskState {
             return Err("an event could not be stored".into());
         }
         Ok(())
-    }
-
-    async fn catch_up_all(&mut self) -> Result<(), String> {
-        let channel_ids: Vec<String> = self.channels.keys().cloned().collect();
-        for channel_id in channel_ids {
-            self.catch_up(&channel_id)
-                .await
-                .map_err(|error| format!("catch-up failed: {error}"))?;
-        }
-        Ok(())
-    }
-
-    /// Relay what changed in a channel since its cursor: new posts in order, then edits and
-    /// deletes of older ones. Edit-history rows are skipped; whatever was already bridged comes
-    /// back from the router as a duplicate.
-    async fn catch_up(&mut self, channel_id: &str) -> Result<(), ApiError> {
-        let Some(cursor) = self.cursors.get(channel_id).copied() else {
-            return Ok(());
-        };
-        let list: PostList = self
-            .shared
-            .api
-            .fetch(
-                Method::GET,
-                &format!("/channels/{channel_id}/posts?since={cursor}"),
-                None,
-            )
-            .await?;
-        let mut list = list;
-        if list.order.len() >= SINCE_LIMIT {
-            // `since` answers the newest rows only: page back through the channel so that no
-            // new post is missed (edits and deletions older than the cap are).
-            tracing::warn!(network = %self.network(), channel = %channel_id, "More than {SINCE_LIMIT} changes since the last position; paging back for new posts.");
-            let paged = self.new_posts_by_page(channel_id, cursor).await?;
-            convert::merge_posts(&mut list, paged);
-        }
-        let rows = convert::rows(&list);
-        let newest = convert::newest_update(&rows, cursor);
-        let mut relayed = 0usize;
-        for (_, change, post) in convert::catch_up_changes(&rows, cursor) {
-            let committed = match change {
-                Change::New => self.on_posted(post, None).await,
-                Change::Edited => self.on_edited(post).await,
-                Change::Deleted => self.on_deleted(post).await,
-            };
-            relayed += usize::from(committed);
-        }
-        // Reactions added meanwhile (taking one back leaves no row to find).
-        for post_id in convert::reacted_since(&rows, cursor) {
-            let reactions: Vec<Reaction> = self
-                .shared
-                .api
-                .fetch(Method::GET, &format!("/posts/{post_id}/reactions"), None)
-                .await?;
-            for reaction in convert::new_reactions(reactions, cursor) {
-                relayed += usize::from(self.on_reaction(channel_id, &reaction, false).await);
-            }
-        }
-        if relayed > 0 {
-            tracing::info!(network = %self.network(), channel = %channel_id, relayed, "Caught up.");
-        }
-        self.advance(channel_id, newest).await;
-        Ok(())
-    }
-
-    /// Every post created after `cursor` and not deleted, by plain paging (newest first).
-    async fn new_posts_by_page(
-        &self,
-        channel_id: &str,
-        cursor: i64,
-    ) -> Result<Vec<Post>, ApiError> {
-        const PER_PAGE: usize = 200;
-        let mut found = Vec::new();
-        for page in 0.. {
-            let list: PostList = self
-                .shared
-                .api
-                .fetch(
-                    Method::GET,
-                    &format!("/channels/{channel_id}/posts?page={page}&per_page={PER_PAGE}"),
-                    None,
-                )
-                .await?;
-            let (new, older) = convert::created_after(&list, cursor);
-            found.extend(new);
-            if older || list.order.len() < PER_PAGE {
-                break;
-            }
-        }
-        Ok(found)
-    }
-
-    async fn on_event(&mut self, event: &str, envelope: &Envelope) -> Result<(), String> {
-        match event {
-            "posted" | "post_edited" | "post_deleted" => {
-                let Some(post) = envelope.post() else {
-                    tracing::debug!(network = %self.network(), event, "Event without a readable post; ignored.");
-                    return Ok(());
-                };
-                if !self.channels.contains_key(&post.channel_id) {
-                    return Ok(());
-                }
-                let sender = envelope.sender_name();
-                match event {
-                    "posted" => {
-                        self.on_posted(&post, sender.as_deref()).await;
-                    }
-                    "post_edited" => {
-                        self.on_edited(&post).await;
-                    }
-                    _ => {
-                        self.on_deleted(&post).await;
-                    }
-                }
-                self.advance(&post.channel_id, post.update_at).await;
-                if event == "post_deleted" && post.root_id.is_empty() {
-                    // Its replies went with it without an event each; the catch-up sees them.
-                    self.catch_up(&post.channel_id)
-                        .await
-                        .map_err(|error| format!("catch-up failed: {error}"))?;
-                }
-            }
-            "reaction_added" | "reaction_removed" => {
-                let Some(reaction) = envelope.reaction() else {
-                    return Ok(());
-                };
-                let channel_id = envelope.broadcast_channel_id();
-                self.on_reaction(channel_id, &reaction, event == "reaction_removed")
-                    .await;
-            }
-            "user_removed" => {
-                let me = self.shared.me().unwrap_or_default();
-                if envelope.removes(&me, |channel| self.channels.contains_key(channel)) {
-                    return Err("removed from a bridged channel; rejoining".into());
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn username(&mut self, user_id: &str) -> String {
-        if let Some(name) = self.users.get(user_id) {
-            return name.clone();
-        }
-        match self
-            .shared
-            .api
-            .fetch::<api::User>(Method::GET, &format!("/users/{user_id}"), None)
-            .await
-        {
-            Ok(user) => {
-                self.users.insert(user.id, user.username.clone());
-                user.username
-            }
-            Err(error) => {
-                tracing::debug!(network = %self.network(), error = %error, "Cannot look up a user; showing the id.");
-                user_id.to_owned()
-            }
-        }
-    }
-
-    fn is_own(&self, user_id: &str, pending_post_id: &str) -> bool {
-        self.shared.me().as_deref() == Some(user_id) || self.shared.is_in_flight(pending_post_id)
-    }
-
-    async fn author_of(&mut self, post: &Post, sender_name: Option<&str>) -> Author {
-        let display_name = if let Some(name) = convert::webhook_name(post) {
-            name.to_owned()
-        } else if let Some(name) = sender_name.and_then(|s| s.strip_prefix('@')) {
-            self.users.insert(post.user_id.clone(), name.to_owned());
-            name.to_owned()
-        } else {
-            self.username(&post.user_id).await
-        };
-        if self.shared.context.files.serves_links() && self.avatars.insert(post.user_id.clone()) {
-            self.store_avatar(&post.user_id).await;
-        }
-        Author {
-            id: post.user_id.clone(),
-            display_name,
-        }
-    }
-
-    /// Keep a person's profile picture, for destinations that show the sender's picture.
-    async fn store_avatar(&self, user_id: &str) {
-        let picture = match self
-            .shared
-            .api
-            .download_path(&format!("/users/{user_id}/image"))
-            .await
-        {
-            Ok(picture) => picture,
-            Err(error) => {
-                tracing::debug!(network = %self.network(), user_id, error = %error, "No profile picture.");
-                return;
-            }
-        };
-        if let Err(error) = self
-            .shared
-            .context
-            .files
-            .put_avatar(self.network(), user_id, picture)
-            .await
-        {
-            tracing::debug!(network = %self.network(), user_id, error = %error, "A profile picture was not kept.");
-        }
-    }
-
-    async fn submit(&mut self, inbound: Inbound) -> bool {
-        match self.shared.context.router.submit(inbound).await {
-            Ok(crate::store::CommitOutcome::Committed { message_id, .. }) => message_id > 0,
-            Ok(_) => false,
-            Err(error) => {
-                // The cursor stays where it is; the session restarts and catches up from there.
-                tracing::error!(network = %self.network(), error = %error, "Could not store an event; reconnecting to fetch it again.");
-                self.store_failed = true;
-                false
-            }
-        }
-    }
-
-    /// A new post. Returns whether something was committed.
-    async fn on_posted(&mut self, post: &Post, sender_name: Option<&str>) -> bool {
-        if self.is_own(&post.user_id, &post.pending_post_id) {
-            return false;
-        }
-        let Some(channel) = self.channels.get(&post.channel_id).cloned() else {
-            return false;
-        };
-        let origin = ChannelRef::new(self.network(), channel);
-        if let Some((name, change)) = convert::membership_change(self.network(), post) {
-            if !self.shared.config.relay_membership {
-                return false;
-            }
-            let name = match name {
-                Some(name) => name,
-                None => self.username(&post.user_id).await,
-            };
-            let permalink = self.permalink(&post.id);
-            return self
-                .submit(convert::membership_inbound(
-                    origin, post, name, change, permalink,
-                ))
-                .await;
-        }
-        if post.kind.starts_with("system_") {
-            return false;
-        }
-        let (style, text) = convert::post_text(self.network(), post);
-        let attachments = self.fetch_files(post).await;
-        if text.is_empty() && attachments.is_empty() {
-            return false;
-        }
-        let author = self.author_of(post, sender_name).await;
-        let permalink = self.permalink(&post.id);
-        self.submit(convert::text_inbound(
-            origin,
-            post,
-            author,
-            permalink,
-            (style, text),
-            attachments,
-        ))
-        .await
-    }
-
-    /// The post's permalink (for "read the full text" links elsewhere).
-    fn permalink(&self, post_id: &str) -> String {
-        richtext::long_text::mattermost_permalink(
-            self.shared.api.base(),
-            &self.shared.config.team,
-            post_id,
-        )
-    }
-
-    /// A post's files, copied into the bridge's file store (within the size limit). A file
-    /// that cannot be read is still announced by name, and the reason logged.
-    async fn fetch_files(&self, post: &Post) -> Vec<Attachment> {
-        let shared = &self.shared;
-        let mut attachments = Vec::new();
-        for file_id in &post.file_ids {
-            let info = shared
-                .api
-                .fetch::<Value>(Method::GET, &format!("/files/{file_id}/info"), None)
-                .await;
-            let info = match info {
-                Ok(info) => info,
-                Err(error) => {
-                    tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "Cannot read a Mattermost file's details; it is announced as a file.");
-                    Value::Null
-                }
-            };
-            let mut attachment = convert::attachment_from_info(&info);
-            let files = Arc::clone(&shared.context.files);
-            if info.is_null()
-                || attachment
-                    .size
-                    .is_some_and(|size| !files.store.accepts(size))
-            {
-                attachments.push(attachment);
-                continue;
-            }
-            match shared.api.download(file_id).await {
-                Ok(content) => {
-                    attachment.size = Some(content.len() as u64);
-                    match files.put(content).await {
-                        Ok(hash) => attachment.stored = Some(hash),
-                        Err(error) => {
-                            tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "A Mattermost file was not copied; it is announced by name.");
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(network = %shared.network, file_id = %file_id, error = %error, "Cannot download a Mattermost file; it is announced by name.");
-                }
-            }
-            attachments.push(attachment);
-        }
-        attachments
-    }
-
-    async fn on_edited(&mut self, post: &Post) -> bool {
-        if post.edit_at == 0 || post.delete_at > 0 || self.is_own(&post.user_id, "") {
-            return false;
-        }
-        let Some(channel) = self.channels.get(&post.channel_id).cloned() else {
-            return false;
-        };
-        let author = self.author_of(post, None).await;
-        let origin = ChannelRef::new(self.network(), channel);
-        let permalink = self.permalink(&post.id);
-        self.submit(convert::edit_inbound(origin, post, author, permalink))
-            .await
-    }
-
-    async fn on_deleted(&mut self, post: &Post) -> bool {
-        if self.is_own(&post.user_id, "") {
-            return false;
-        }
-        let Some(channel) = self.channels.get(&post.channel_id).cloned() else {
-            return false;
-        };
-        let author = self.author_of(post, None).await;
-        let origin = ChannelRef::new(self.network(), channel);
-        self.submit(convert::delete_inbound(origin, post, author))
-            .await
-    }
-
-    async fn on_reaction(&mut self, channel_id: &str, reaction: &Reaction, removed: bool) -> bool {
-        if self.is_own(&reaction.user_id, "") {
-            return false;
-        }
-        let Some(channel) = self.channels.get(channel_id).cloned() else {
-            tracing::debug!(network = %self.network(), channel_id, "A reaction in a channel that is not bridged; ignored.");
-            return false;
-        };
-        let display_name = self.username(&reaction.user_id).await;
-        let origin = ChannelRef::new(self.network(), channel);
-        self.submit(convert::reaction_inbound(
-            origin,
-            reaction,
-            display_name,
-            removed,
-        ))
-        .await
     }
 }
