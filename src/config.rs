@@ -318,9 +318,8 @@ pub fn secret_exposure_warning(path: &Path) -> Option<String> {
                 .and_then(network_type);
             let kinds: Vec<&dyn NetworkType> =
                 named.map_or_else(|| NETWORK_TYPES.to_vec(), |kind| vec![kind]);
-            let mut keys: Vec<&str> = kinds.into_iter().flat_map(inline_secret_keys).collect();
-            keys.dedup();
-            for key in keys {
+            // A key several types accept (`password`) is named once.
+            for key in kinds.into_iter().flat_map(inline_secret_keys) {
                 if network.get(key).is_some() && !inline.contains(&format!("network.{id}.{key}")) {
                     inline.push(format!("network.{id}.{key}"));
                 }
@@ -817,22 +816,30 @@ impl Validator<'_> {
             );
             return None;
         };
-        let item = self
+        // The table as the document holds it, with its spans (toml and toml_edit parse the same
+        // text, so it is there whenever the raw config was read; if not, say so).
+        let Some((item, mut value)) = self
             .locator
             .document
             .as_ref()
-            .and_then(|document| document.as_table().get("network")?.get(id.get_ref()))?
-            .clone();
-        let mut section = Section::new(id.get_ref(), type_offset, self.base, self.env, {
-            let mut value = item.clone().into_value().ok()?;
-            if let Some(table) = value.as_inline_table_mut() {
-                for (name, _) in Self::foreign_keys(kind, &item) {
-                    table.remove(&name);
-                }
+            .and_then(|document| document.as_table().get("network")?.get(id.get_ref()))
+            .and_then(|item| Some((item.clone(), item.clone().into_value().ok()?)))
+        else {
+            self.report(
+                id.span().start,
+                key,
+                "this network section cannot be read as a table",
+            );
+            return None;
+        };
+        let foreign = Self::foreign_keys(kind, &item);
+        if let Some(table) = value.as_inline_table_mut() {
+            for (name, _) in &foreign {
+                table.remove(name);
             }
-            value
-        });
-        for (name, offset) in Self::foreign_keys(kind, &item) {
+        }
+        let mut section = Section::new(id.get_ref(), type_offset, self.base, self.env, value);
+        for (name, offset) in foreign {
             let owners: Vec<&str> = NETWORK_TYPES
                 .iter()
                 .filter(|other| other.keys().contains(&name.as_str()))

@@ -65,7 +65,7 @@ impl Topology {
         for gateway in gateways {
             for source in gateway.channels.iter().filter(|c| c.direction.is_source()) {
                 let source_ref = ChannelRef::new(&source.network, &source.channel);
-                let key = topology.key(&source_ref);
+                let key = channel_key(&topology.networks, &source_ref);
                 for destination in gateway
                     .channels
                     .iter()
@@ -73,17 +73,16 @@ impl Topology {
                 {
                     let destination_ref =
                         ChannelRef::new(&destination.network, &destination.channel);
-                    let destination_key = topology.key(&destination_ref);
+                    let destination_key = channel_key(&topology.networks, &destination_ref);
                     if destination_key == key {
                         continue;
                     }
                     let routes = topology.routes.entry(key.clone()).or_default();
                     // A channel reachable through two gateways gets the message once.
-                    if routes.iter().any(|r| {
-                        r.destination.network == destination_key.network
-                            && topology_fold(&topology.networks, &r.destination)
-                                == destination_key.channel
-                    }) {
+                    if routes
+                        .iter()
+                        .any(|r| channel_key(&topology.networks, &r.destination) == destination_key)
+                    {
                         continue;
                     }
                     routes.push(Route {
@@ -98,18 +97,11 @@ impl Topology {
         topology
     }
 
-    fn key(&self, channel: &ChannelRef) -> ChannelKey {
-        ChannelKey {
-            network: channel.network.clone(),
-            channel: topology_fold(&self.networks, channel),
-        }
-    }
-
     /// Where an event said in `origin` goes.
     #[must_use]
     pub fn routes(&self, origin: &ChannelRef) -> &[Route] {
         self.routes
-            .get(&self.key(origin))
+            .get(&channel_key(&self.networks, origin))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -137,12 +129,16 @@ impl Topology {
     }
 }
 
-/// A channel's name folded by its network's case mapping (exact for an unknown network).
-fn topology_fold(networks: &HashMap<String, Capabilities>, channel: &ChannelRef) -> String {
-    networks
+/// A channel as the routing table compares it: its name folded by its network's case mapping
+/// (exactly, for a network no connector declared).
+fn channel_key(networks: &HashMap<String, Capabilities>, channel: &ChannelRef) -> ChannelKey {
+    let mapping = networks
         .get(&channel.network)
-        .map_or(CaseMapping::Exact, |capabilities| capabilities.case_mapping)
-        .fold(&channel.channel)
+        .map_or(CaseMapping::Exact, |capabilities| capabilities.case_mapping);
+    ChannelKey {
+        network: channel.network.clone(),
+        channel: mapping.fold(&channel.channel),
+    }
 }
 
 /// Counters the router keeps; read them for logs and metrics.

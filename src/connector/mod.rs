@@ -24,7 +24,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -295,17 +294,6 @@ impl ConnectorHandle {
             capabilities,
         }
     }
-
-    /// Send one delivery and wait for the destination's acknowledgement.
-    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
-        Arc::clone(&self.inner).send(delivery.clone()).await?.await
-    }
-
-    /// What the network can represent.
-    #[must_use]
-    pub fn capabilities(&self) -> Capabilities {
-        self.capabilities
-    }
 }
 
 impl crate::vocab::Endpoint for ConnectorHandle {
@@ -412,42 +400,6 @@ pub fn with_file_lines<'a>(
         blocks.push(Block::Paragraph(line));
     }
     FormattedText::new(blocks)
-}
-
-/// Exponential backoff with full jitter, for reconnects and retries.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Start at `base`, never wait more than `max`.
-    #[must_use]
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next delay: uniformly random in [ceiling/2, ceiling], the ceiling doubling each time.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let low = ceiling / 2;
-        low + ceiling.saturating_sub(low).mul_f64(rand::random::<f64>())
-    }
-
-    /// Forget earlier failures (after a connection that worked for a while).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::Backoff;
-
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -98,6 +96,42 @@ pub async fn supervise(
         }
     }
     tracing::info!(network = %network, "{label} connector stopped.");
+}
+
+/// Exponential backoff with full jitter, for reconnects.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Start at `base`, never wait more than `max`.
+    #[must_use]
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniformly random in [ceiling/2, ceiling], the ceiling doubling each time.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let low = ceiling / 2;
+        low + ceiling.saturating_sub(low).mul_f64(rand::random::<f64>())
+    }
+
+    /// Forget earlier failures (after a connection that worked for a while).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
 }
 
 /// An error and its causes, `outer: inner: innermost`, each cause once (libraries often repeat

@@ -176,6 +176,13 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "reconnect cap out of range",
+            format!("[general]\nreconnect_max_seconds = 0\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:25: general.reconnect_max_seconds: `reconnect_max_seconds` must be between 1 and 3600",
+            ],
+        ),
+        (
             "irc: a Matrix key on an IRC network",
             format!("{NET}homeserver = \"https://m.org\"\n{NET2}{GATEWAY}"),
             vec![

@@ -508,6 +508,50 @@ async fn tls_is_verified_by_default() {
     assert!(!bridge.logs().contains(&format!("nick={untrusted}")));
 }
 
+/// `[general] reconnect_max_seconds` caps the supervisor's wait between reconnects: against a
+/// port nobody listens on, every wait after a lost connection is at most that long (without the
+/// cap the waits double: 1–2 s at the second attempt, 2–4 s at the third).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_waits_are_capped_by_reconnect_max_seconds() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &[
+            irc_network("one", port, &unique("brcap")),
+            irc_network("two", port, &unique("brcap")),
+        ],
+        &[gateway(
+            "g",
+            &[("one", "#a", "inout"), ("two", "#b", "inout")],
+        )],
+    )
+    .replace("[general]\n", "[general]\nreconnect_max_seconds = 1\n");
+    let bridge = Bridge::start(dir.path(), &text);
+    bridge
+        .wait_for_log_count("IRC connection lost; reconnecting.", 8)
+        .await;
+    let logs = bridge.logs();
+    let delays: Vec<u64> = logs
+        .lines()
+        .filter(|line| line.contains("IRC connection lost; reconnecting."))
+        .filter_map(|line| {
+            let rest = &line[line.find("delay_ms=")? + "delay_ms=".len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(delays.len() >= 8, "delays read from the log: {delays:?}");
+    assert!(
+        delays.iter().all(|&delay| (500..=1000).contains(&delay)),
+        "every wait within the 1 s cap: {delays:?}"
+    );
+}
+
 /// SIGTERM: the daemon says goodbye on IRC and exits 0; the nick it wanted is regained after a
 /// squatter leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

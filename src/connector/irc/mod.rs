@@ -81,11 +81,6 @@ pub struct IrcHandle {
 }
 
 impl IrcHandle {
-    /// Queue a delivery on the connection and wait for the server's acknowledgement.
-    pub async fn deliver(&self, delivery: &Delivery) -> Result<DeliveryAck, DeliveryError> {
-        self.enqueue(delivery).await?.await
-    }
-
     /// Queue a delivery on the connection (lines are written in the order deliveries are
     /// queued); the returned future resolves with the server's acknowledgement.
     pub async fn enqueue(

@@ -132,6 +132,19 @@ impl Bridge {
         }
     }
 
+    /// Wait until the daemon's log holds `needle` at least `count` times, with a deadline.
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never logged {needle:?} {count} times: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait until the daemon logged one line holding every one of `needles`, with a deadline.
     pub async fn wait_for_log_line(&self, needles: &[&str]) {
         let deadline = Instant::now() + Duration::from_mins(1);
