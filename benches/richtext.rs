@@ -73,6 +73,26 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // The mention pass of one IRC line with a directory of 1,000 relayed people.
+    let mut big = MentionDirectory::new();
+    for i in 0..1000 {
+        big.add_person(vec![
+            Identity::new("libera", Platform::Irc, &format!("person{i}")),
+            Identity::new("matrix", Platform::Matrix, &format!("@person{i}:example.org")),
+        ]);
+    }
+    let line = "person500: the build on main is green again, thanks person999 and person1 for it";
+    let mut g = c.benchmark_group("mentions_1000_people");
+    g.bench_function("irc_line_detect_rewrite", |b| {
+        b.iter(|| {
+            let mut t = irc::parse(black_box(line));
+            mention::detect_irc_mentions(&mut t, "libera", &big);
+            mention::rewrite_mentions(&mut t, &big, "matrix");
+            t
+        });
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("paste_2kb");
     g.bench_function("markdown_parse", |b| {
         b.iter(|| markdown::parse(black_box(&paste)));
