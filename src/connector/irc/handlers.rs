@@ -7,6 +7,7 @@
 use irc::client::prelude::{Command, Message};
 
 use crate::model::{EventBody, Inbound, Membership, now_ms};
+use crate::vocab::gateway::IrcReplies;
 
 use super::convert::{self, tag};
 use super::irc_fold;
@@ -356,18 +357,38 @@ impl Session<'_> {
             // Private messages and channels outside every gateway are not relayed.
             return Ok(());
         };
-        let Some((style, text)) = convert::text_message(&line.command, text) else {
+        let Some((style, mut text)) = convert::text_message(&line.command, text) else {
             // A CTCP query (VERSION, PING, ...) or a line that shows nothing.
             return Ok(());
         };
-        let inbound = convert::inbound(
-            self.network(),
-            &channel,
-            nick,
-            message,
-            EventBody::formatted(style, text),
-            now_ms(),
-        );
+        let context = &self.task.context;
+        super::mentions::detect(&mut text, context.router.people(), self.network());
+        let reply_to = {
+            let mut recent = super::lock(&self.task.recent);
+            recent.shown(&channel, None);
+            // `nick: text` to someone relayed here a moment ago replies to their line, where a
+            // gateway of the channel asks for it (`irc_replies = "reply"`).
+            let origin = crate::model::ChannelRef::new(self.network(), channel.as_str());
+            let wanted = context
+                .router
+                .topology()
+                .routes(&origin)
+                .iter()
+                .any(|route| context.gateway(&route.gateway).irc_replies == IrcReplies::Reply);
+            if wanted {
+                recent.implied_reply(&channel, &text, now_ms())
+            } else {
+                None
+            }
+        };
+        let body = EventBody::Text {
+            style,
+            text,
+            reply_to,
+            attachments: Vec::new(),
+            thread_root: None,
+        };
+        let inbound = convert::inbound(self.network(), &channel, nick, message, body, now_ms());
         self.submit(inbound).await;
         Ok(())
     }

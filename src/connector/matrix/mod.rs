@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the `type = "matrix"` section and Matrix's rules for ids and rooms.
 //! - [`content`]: event JSON ⇄ model, pure and unit-tested; the one place text is converted.
+//! - [`mentions`]: pills and `m.mentions` ⇄ mentions, names of relayed people found in text.
 //! - `session`: login, stored-session reuse, joins and the sync loop; `handle`: the delivery
 //!   handle (both with the `matrix` feature, which brings matrix-sdk).
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod content;
 #[cfg(feature = "matrix")]
 mod handle;
+pub mod mentions;
 #[cfg(feature = "matrix")]
 mod session;
 
