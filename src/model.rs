@@ -268,6 +268,8 @@ pub struct Replied {
     pub message_id: i64,
     /// The network it was said on.
     pub network: String,
+    /// That network's id for it, if it has one.
+    pub remote_id: Option<String>,
     /// Who said it.
     pub author: Author,
     /// Its text (as first said; an edit is not applied).

@@ -1211,7 +1211,8 @@ fn resolve_target(
 /// Who said message `id`, where, and its text (`None` for a message that is not a text).
 fn replied_message(connection: &Connection, id: i64) -> Result<Option<Replied>, StoreError> {
     let mut statement = connection.prepare_cached(
-        "SELECT origin_network, author_id, author_name, body FROM messages WHERE id = ?1",
+        "SELECT origin_network, author_id, author_name, body, origin_remote_id FROM messages
+         WHERE id = ?1",
     )?;
     let row = statement
         .query_row(params![id], |row| {
@@ -1220,14 +1221,16 @@ fn replied_message(connection: &Connection, id: i64) -> Result<Option<Replied>, 
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()?;
-    Ok(row.and_then(|(network, author_id, author_name, body)| {
+    Ok(row.and_then(|(network, author_id, author_name, body, remote_id)| {
         match serde_json::from_str::<EventBody>(&body).ok()? {
             EventBody::Text { text, .. } => Some(Replied {
                 message_id: id,
                 network,
+                remote_id,
                 author: Author {
                     id: author_id,
                     display_name: author_name,

@@ -8,6 +8,7 @@ mod irc_relay;
 mod loops;
 mod matrix_relay;
 mod mattermost_relay;
+mod mentions;
 mod router_store;
 mod security;
 mod support;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::connector::prefixed;
-use crate::model::{Delivery, EventBody};
+use crate::model::{Delivery, EventBody, Replied};
 use crate::richtext::FormattedText;
 use crate::richtext::mention::{detect_mentions, rewrite_mentions};
 use crate::richtext::model::{Block, Inline, Mention, MentionTarget};
@@ -36,11 +36,19 @@ pub struct Recent {
     channels: HashMap<String, ChannelLines>,
 }
 
+/// One message shown in a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// Relayed here: its canonical id.
+    Relayed(i64),
+    /// Said here: the server's id for it (`None` without `msgid`).
+    Said(Option<String>),
+}
+
 #[derive(Debug, Default)]
 struct ChannelLines {
-    /// The canonical ids of the last messages shown (`None`: a line said here, whose id the
-    /// connection does not learn).
-    shown: VecDeque<Option<i64>>,
+    /// The last messages shown.
+    shown: VecDeque<Shown>,
     /// Per relayed person (network, user id): the server's id of their last line here and
     /// when it was acknowledged (ms since the Unix epoch).
     last_line: HashMap<(String, String), (String, i64)>,
@@ -51,21 +59,27 @@ impl Recent {
         self.channels.entry(irc_fold(channel)).or_default()
     }
 
-    /// A message was shown in `channel` (`None`: said there by someone on IRC).
-    pub fn shown(&mut self, channel: &str, message_id: Option<i64>) {
+    /// A message was shown in `channel`.
+    pub fn shown(&mut self, channel: &str, shown: Shown) {
         let lines = &mut self.channel(channel).shown;
         if lines.len() == RECENT_LINES {
             lines.pop_front();
         }
-        lines.push_back(message_id);
+        lines.push_back(shown);
     }
 
-    /// Whether message `message_id` is among the last lines of `channel`.
+    /// Whether the message a reply answers is among the last lines of `channel`.
     #[must_use]
-    pub fn on_screen(&self, channel: &str, message_id: i64) -> bool {
-        self.channels
-            .get(&irc_fold(channel))
-            .is_some_and(|lines| lines.shown.contains(&Some(message_id)))
+    pub fn on_screen(&self, channel: &str, network: &str, replied: &Replied) -> bool {
+        let said_here = (replied.network == network)
+            .then_some(replied.remote_id.as_ref())
+            .flatten();
+        self.channels.get(&irc_fold(channel)).is_some_and(|lines| {
+            lines.shown.iter().any(|shown| match shown {
+                Shown::Relayed(id) => *id == replied.message_id,
+                Shown::Said(msgid) => msgid.is_some() && msgid.as_ref() == said_here,
+            })
+        })
     }
 
     /// The relayed person `(network, user_id)` had a line acknowledged in `channel` with the
@@ -150,11 +164,11 @@ pub fn for_irc(delivery: &Delivery, people: &People, network: &str, recent: &Rec
         let nick = if replied.network == network {
             people
                 .current(network, &replied.author.id)
-                .map_or(replied.author.id, |(nick, _)| nick)
+                .map_or_else(|| replied.author.id.clone(), |(nick, _)| nick)
         } else {
-            replied.author.display_name
+            replied.author.display_name.clone()
         };
-        let quote = (!recent.on_screen(&destination, replied.message_id))
+        let quote = (!recent.on_screen(&destination, network, &replied))
             .then(|| quote_of(&replied.text))
             .flatten();
         let already = text
@@ -235,7 +249,7 @@ fn quote_of(text: &FormattedText) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Author, ChannelRef, Replied};
+    use crate::model::{Author, ChannelRef};
     use std::collections::HashMap as Map;
 
     fn people() -> People {
@@ -258,6 +272,7 @@ mod tests {
         delivery.replied = Some(Replied {
             message_id,
             network: "irc".into(),
+            remote_id: Some(format!("m{message_id}")),
             author: Author {
                 id: "dave".into(),
                 display_name: "dave".into(),
@@ -278,7 +293,7 @@ mod tests {
     fn a_reply_names_its_nick_and_quotes_what_is_off_screen() {
         let people = people();
         let mut recent = Recent::default();
-        recent.shown("#A", Some(1));
+        recent.shown("#A", Shown::Said(Some("m1".into())));
         let on_screen = for_irc(&reply("yes", "shall we ship?", 1), &people, "irc", &recent);
         assert_eq!(shown(&on_screen), "dave: yes");
         let long = "the release notes for version two are in the wiki now, please read them";
@@ -299,13 +314,14 @@ mod tests {
     #[test]
     fn only_the_last_lines_are_on_screen() {
         let mut recent = Recent::default();
-        recent.shown("#a", Some(1));
+        let replied = reply("", "", 1).replied.unwrap();
+        recent.shown("#a", Shown::Relayed(1));
         for _ in 0..RECENT_LINES - 1 {
-            recent.shown("#a", None);
+            recent.shown("#a", Shown::Said(None));
         }
-        assert!(recent.on_screen("#a", 1));
-        recent.shown("#a", None);
-        assert!(!recent.on_screen("#a", 1));
+        assert!(recent.on_screen("#a", "irc", &replied));
+        recent.shown("#a", Shown::Said(None));
+        assert!(!recent.on_screen("#a", "irc", &replied));
     }
 
     #[test]
