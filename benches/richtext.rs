@@ -12,8 +12,8 @@ use criterion::{Criterion, criterion_main};
 use tribridge::richtext::irc::{self, IrcRenderOptions};
 use tribridge::richtext::mention;
 use tribridge::richtext::model::{Mention, MentionTarget};
-use tribridge::vocab::{CaseMapping, People};
 use tribridge::richtext::{html, markdown};
+use tribridge::vocab::{CaseMapping, People};
 
 const IRC_TYPICAL: &str = "\x02alice\x02: the build on \x1dmain\x1d is green again, see \
 https://ci.example.org/run/4521 \x0304(3 flaky tests)\x03 and try \x11cargo test -p core\x11 👍";
@@ -90,7 +90,11 @@ fn bench(c: &mut Criterion) {
         .into(),
     );
     for i in 0..1000 {
-        big.saw("matrix", &format!("@person{i}:example.org"), &format!("person{i}"));
+        big.saw(
+            "matrix",
+            &format!("@person{i}:example.org"),
+            &format!("person{i}"),
+        );
     }
     let line = "person500: the build on main is green again, thanks person999 and person1 for it";
     let mut g = c.benchmark_group("mentions_1000_people");

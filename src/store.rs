@@ -625,8 +625,8 @@ impl Store {
     /// Every person the bridge has seen, as [`crate::vocab::People::load`] reads them.
     pub fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
         let connection = self.read();
-        let mut statement = connection
-            .prepare("SELECT network, user_id, display_name, renamed_to FROM people")?;
+        let mut statement =
+            connection.prepare("SELECT network, user_id, display_name, renamed_to FROM people")?;
         let rows = statement.query_map([], |row| {
             Ok(crate::vocab::KnownPerson {
                 network: row.get(0)?,
@@ -1225,21 +1225,23 @@ fn replied_message(connection: &Connection, id: i64) -> Result<Option<Replied>, 
             ))
         })
         .optional()?;
-    Ok(row.and_then(|(network, author_id, author_name, body, remote_id)| {
-        match serde_json::from_str::<EventBody>(&body).ok()? {
-            EventBody::Text { text, .. } => Some(Replied {
-                message_id: id,
-                network,
-                remote_id,
-                author: Author {
-                    id: author_id,
-                    display_name: author_name,
-                },
-                text,
-            }),
-            _ => None,
-        }
-    }))
+    Ok(
+        row.and_then(|(network, author_id, author_name, body, remote_id)| {
+            match serde_json::from_str::<EventBody>(&body).ok()? {
+                EventBody::Text { text, .. } => Some(Replied {
+                    message_id: id,
+                    network,
+                    remote_id,
+                    author: Author {
+                        id: author_id,
+                        display_name: author_name,
+                    },
+                    text,
+                }),
+                _ => None,
+            }
+        }),
+    )
 }
 
 /// The text an edit replaces: the latest earlier edit of `target_id` before `edit_id`, else the

@@ -170,14 +170,13 @@ const COMMON_WORDS: &[&str] = &[
     "a", "about", "after", "again", "all", "also", "an", "and", "any", "are", "as", "at", "back",
     "be", "because", "been", "but", "by", "can", "come", "could", "day", "did", "do", "does",
     "done", "even", "first", "fix", "for", "from", "get", "give", "go", "good", "got", "had",
-    "has", "have", "he", "help", "her", "here", "him", "his", "how", "i", "if", "in", "into",
-    "is", "it", "its", "just", "know", "like", "look", "make", "me", "more", "most", "my", "new",
-    "no", "not", "now", "of", "ok", "okay", "on", "one", "only", "or", "other", "our", "out",
-    "over", "people", "please", "say", "see", "she", "so", "some", "take", "test", "than",
-    "thanks", "that", "the", "their", "them", "then", "there", "these", "they", "thing",
-    "think", "this", "time", "to", "two", "up", "us", "use", "want", "was", "way", "we", "well",
-    "were", "what", "when", "which", "who", "will", "with", "work", "would", "yes", "you",
-    "your",
+    "has", "have", "he", "help", "her", "here", "him", "his", "how", "i", "if", "in", "into", "is",
+    "it", "its", "just", "know", "like", "look", "make", "me", "more", "most", "my", "new", "no",
+    "not", "now", "of", "ok", "okay", "on", "one", "only", "or", "other", "our", "out", "over",
+    "people", "please", "say", "see", "she", "so", "some", "take", "test", "than", "thanks",
+    "that", "the", "their", "them", "then", "there", "these", "they", "thing", "think", "this",
+    "time", "to", "two", "up", "us", "use", "want", "was", "way", "we", "well", "were", "what",
+    "when", "which", "who", "will", "with", "work", "would", "yes", "you", "your",
 ];
 
 /// Whether `word` may be taken for a name anywhere in a line (not only where the line
@@ -421,7 +420,10 @@ mod tests {
             },
             &|_, _| None,
         );
-        assert_eq!(mentioned_users(&on_matrix, "matrix"), ["@alice:example.org"]);
+        assert_eq!(
+            mentioned_users(&on_matrix, "matrix"),
+            ["@alice:example.org"]
+        );
     }
 
     #[test]

@@ -307,11 +307,11 @@ mod tests {
         ]))
     }
 
-    fn user(network: &str, user_id: &str) -> Option<MentionTarget> {
-        Some(MentionTarget::User {
+    fn user(network: &str, user_id: &str) -> MentionTarget {
+        MentionTarget::User {
             network: network.into(),
             user_id: user_id.into(),
-        })
+        }
     }
 
     #[test]
@@ -319,11 +319,14 @@ mod tests {
         let people = people();
         people.saw("mx", "@dave:hs", "Dave[m]");
         people.saw("mm", "u1", "erin");
-        assert_eq!(people.shown_as("irc", "dave{M}"), user("mx", "@dave:hs"));
-        assert_eq!(people.shown_as("irc", "ERIN"), user("mm", "u1"));
+        assert_eq!(
+            people.shown_as("irc", "dave{M}"),
+            Some(user("mx", "@dave:hs"))
+        );
+        assert_eq!(people.shown_as("irc", "ERIN"), Some(user("mm", "u1")));
         // Matrix compares exactly: a Mattermost name in another case is nobody there.
         assert_eq!(people.shown_as("mx", "ERIN"), None);
-        assert_eq!(people.shown_as("mx", "erin"), user("mm", "u1"));
+        assert_eq!(people.shown_as("mx", "erin"), Some(user("mm", "u1")));
         // Nobody is a mention of themselves on their own network.
         assert_eq!(people.shown_as("mx", "Dave[m]"), None);
     }
@@ -350,11 +353,11 @@ mod tests {
             Some(("Dave2".into(), "Dave2".into()))
         );
         assert_eq!(people.shown_as("mx", "dave"), None);
-        assert_eq!(people.shown_as("mx", "Dave2"), user("irc", "Dave2"));
+        assert_eq!(people.shown_as("mx", "Dave2"), Some(user("irc", "Dave2")));
         people.saw("mx", "@e:hs", "old");
         people.saw("mx", "@e:hs", "new");
         assert_eq!(people.shown_as("irc", "old"), None);
-        assert_eq!(people.shown_as("irc", "new"), user("mx", "@e:hs"));
+        assert_eq!(people.shown_as("irc", "new"), Some(user("mx", "@e:hs")));
     }
 
     #[test]

@@ -170,8 +170,10 @@ async fn names_become_mentions_that_notify_each_person_on_their_own_network() {
 
     // IRC → Matrix and Mattermost: `alice: …` is a pill with m.mentions for her id, and mia's
     // name is `@mia`, which notifies her; an ordinary word stays a word.
-    t.irc
-        .say(&channel, &format!("{alice}: look at this, and thanks mia for the rest"));
+    t.irc.say(
+        &channel,
+        &format!("{alice}: look at this, and thanks mia for the rest"),
+    );
     let events = t.on_matrix("look at this").await;
     let event = events.last().unwrap();
     assert_eq!(
@@ -210,7 +212,11 @@ async fn names_become_mentions_that_notify_each_person_on_their_own_network() {
         .await;
     let line = t.on_irc("pill here").await;
     let text = after_sender(&line, &alice);
-    assert_eq!(text, format!("{ivan}: pill here"), "the line starts with the nick");
+    assert_eq!(
+        text,
+        format!("{ivan}: pill here"),
+        "the line starts with the nick"
+    );
 
     // Mattermost → Matrix: `@alice` is her pill; Matrix → Mattermost: `mia:` is `@mia`.
     t.mia
@@ -303,7 +309,10 @@ async fn irc_replies_reply_makes_nick_colon_text_a_native_reply_and_the_director
         alice_said.as_str(),
         "{reply:#?}"
     );
-    assert_eq!(reply.content["m.mentions"]["user_ids"], json!([t.matrix.user_id]));
+    assert_eq!(
+        reply.content["m.mentions"]["user_ids"],
+        json!([t.matrix.user_id])
+    );
     let post = t.on_mattermost("yes, agreed").await;
     let copy_of_alice = t.on_mattermost("morning from alice").await;
     assert_eq!(post["root_id"], copy_of_alice["id"], "{post:#?}");

@@ -365,7 +365,10 @@ impl Session<'_> {
         super::mentions::detect(&mut text, context.router.people(), self.network());
         let reply_to = {
             let mut recent = super::lock(&self.task.recent);
-            recent.shown(&channel, super::mentions::Shown::Said(tag(message, "msgid")));
+            recent.shown(
+                &channel,
+                super::mentions::Shown::Said(tag(message, "msgid")),
+            );
             // `nick: text` to someone relayed here a moment ago replies to their line, where a
             // gateway of the channel asks for it (`irc_replies = "reply"`).
             let origin = crate::model::ChannelRef::new(self.network(), channel.as_str());

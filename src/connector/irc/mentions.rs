@@ -94,7 +94,12 @@ impl Recent {
     /// of them followed by `:` or `,`): the server's id of that person's last line here, when
     /// it was said within [`REPLY_WINDOW`] of `now_ms`.
     #[must_use]
-    pub fn implied_reply(&self, channel: &str, text: &FormattedText, now_ms: i64) -> Option<String> {
+    pub fn implied_reply(
+        &self,
+        channel: &str,
+        text: &FormattedText,
+        now_ms: i64,
+    ) -> Option<String> {
         let MentionTarget::User { network, user_id } = addressed(text)? else {
             return None;
         };
@@ -113,9 +118,9 @@ fn addressed(text: &FormattedText) -> Option<&MentionTarget> {
     let Some(Block::Paragraph(inlines)) = text.blocks.first() else {
         return None;
     };
-    let mut inlines = inlines.iter().skip_while(|inline| {
-        matches!(inline, Inline::Text(t) if t.trim().is_empty())
-    });
+    let mut inlines = inlines
+        .iter()
+        .skip_while(|inline| matches!(inline, Inline::Text(t) if t.trim().is_empty()));
     let Some(Inline::Mention(mention)) = inlines.next() else {
         return None;
     };
@@ -328,18 +333,31 @@ mod tests {
     fn a_line_addressing_a_relayed_person_soon_after_their_line_replies_to_it() {
         let people = people();
         let mut recent = Recent::default();
-        recent.said("#a", ("mx".into(), "@carol:hs".into()), "msg1".into(), 1_000);
+        recent.said(
+            "#a",
+            ("mx".into(), "@carol:hs".into()),
+            "msg1".into(),
+            1_000,
+        );
         let line = |s: &str| {
             let mut text = crate::richtext::irc::parse(s);
             detect(&mut text, &people, "irc");
             text
         };
         assert_eq!(
-            recent.implied_reply("#A", &line("Carol: agreed"), 2_000).as_deref(),
+            recent
+                .implied_reply("#A", &line("Carol: agreed"), 2_000)
+                .as_deref(),
             Some("msg1")
         );
-        assert_eq!(recent.implied_reply("#a", &line("agreed carol"), 2_000), None);
+        assert_eq!(
+            recent.implied_reply("#a", &line("agreed carol"), 2_000),
+            None
+        );
         let late = 1_000 + i64::try_from(REPLY_WINDOW.as_millis()).unwrap() + 1;
-        assert_eq!(recent.implied_reply("#a", &line("carol: agreed"), late), None);
+        assert_eq!(
+            recent.implied_reply("#a", &line("carol: agreed"), late),
+            None
+        );
     }
 }

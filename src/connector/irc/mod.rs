@@ -115,9 +115,12 @@ impl IrcHandle {
         });
         let acknowledged = async move {
             let result = acknowledged.await;
-            if let (Ok(Ok(DeliveryAck {
-                remote_id: Some(msgid),
-            })), Some((channel, person, recent))) = (&result, said)
+            if let (
+                Ok(Ok(DeliveryAck {
+                    remote_id: Some(msgid),
+                })),
+                Some((channel, person, recent)),
+            ) = (&result, said)
             {
                 lock(&recent).said(&channel, person, msgid.clone(), now_ms());
             }

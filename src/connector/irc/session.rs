@@ -376,8 +376,10 @@ impl<'a> Session<'a> {
             return;
         }
         if matches!(delivery.body, EventBody::Text { .. }) {
-            super::lock(&self.task.recent)
-                .shown(&target, super::mentions::Shown::Relayed(delivery.message_id));
+            super::lock(&self.task.recent).shown(
+                &target,
+                super::mentions::Shown::Relayed(delivery.message_id),
+            );
         }
         let count = lines.len();
         for (index, (command, text)) in lines.into_iter().enumerate() {

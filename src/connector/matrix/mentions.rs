@@ -22,15 +22,20 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str, own_use
     map_mentions(text, &mut |mention: Mention| {
         let Mention {
             display,
-            target: MentionTarget::User {
-                network: of,
-                user_id,
-            },
+            target:
+                MentionTarget::User {
+                    network: of,
+                    user_id,
+                },
         } = mention
         else {
             return Inline::Mention(mention);
         };
-        let of = if of == MATRIX_NETWORK { network.to_owned() } else { of };
+        let of = if of == MATRIX_NETWORK {
+            network.to_owned()
+        } else {
+            of
+        };
         let stranger = user_id == own_user || !people.is_native(&of, &user_id);
         let relayed = (of == network && stranger)
             .then(|| people.shown_as(network, display.trim_start_matches('@')))

@@ -30,10 +30,7 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
             _ => None,
         };
         Inline::Mention(match relayed {
-            Some(target) => Mention {
-                target,
-                ..mention
-            },
+            Some(target) => Mention { target, ..mention },
             None => mention,
         })
     });
