@@ -53,10 +53,36 @@ pub fn rewrite_mentions(
     });
 }
 
-/// Applies `f` to every mention of the text (outside code), then normalises it.
+/// Applies `f` to every mention of the text (outside code), then normalises it; a text without
+/// mentions is left as it is.
 pub fn map_mentions(text: &mut FormattedText, f: &mut dyn FnMut(Mention) -> Inline) {
+    if !has_mentions(&text.blocks) {
+        return;
+    }
     map_blocks(&mut text.blocks, f);
     text.normalize();
+}
+
+/// Whether any block holds a mention (outside code).
+fn has_mentions(blocks: &[Block]) -> bool {
+    fn inlines(v: &[Inline]) -> bool {
+        v.iter().any(|node| match node {
+            Inline::Mention(_) => true,
+            Inline::Bold(c)
+            | Inline::Italic(c)
+            | Inline::Underline(c)
+            | Inline::Strike(c)
+            | Inline::Spoiler(c)
+            | Inline::Link { children: c, .. }
+            | Inline::Colour { children: c, .. } => inlines(c),
+            Inline::Text(_) | Inline::Code(_) | Inline::LineBreak => false,
+        })
+    }
+    blocks.iter().any(|b| match b {
+        Block::Paragraph(v) => inlines(v),
+        Block::Quote(inner) => has_mentions(inner),
+        Block::CodeBlock { .. } => false,
+    })
 }
 
 /// The user ids of `network` that the text mentions, each once, in order.

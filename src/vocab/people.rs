@@ -240,11 +240,14 @@ impl People {
     /// Whether someone of `network` itself has the id or the name `name` there.
     #[must_use]
     pub fn is_native(&self, network: &str, name: &str) -> bool {
-        let key = self.fold(network, name);
-        let directory = self.read();
+        self.is_native_in(&self.read(), network, name)
+    }
+
+    fn is_native_in(&self, directory: &Directory, network: &str, name: &str) -> bool {
         let Some(accounts) = directory.accounts.get(network) else {
             return false;
         };
+        let key = self.fold(network, name);
         accounts.contains_key(&key)
             || directory
                 .shown
@@ -261,27 +264,29 @@ impl People {
     /// of `here` itself has that name (they are the one a reader there means).
     #[must_use]
     pub fn shown_as(&self, here: &str, name: &str) -> Option<MentionTarget> {
-        if name.is_empty() || self.is_native(here, name) {
+        if name.is_empty() {
             return None;
         }
-        let here_mapping = self.case_mappings.get(here).copied().unwrap_or_default();
-        let wanted = here_mapping.fold(name);
+        let key = bucket(name);
         let directory = self.read();
+        let here_mapping = self.case_mappings.get(here).copied().unwrap_or_default();
+        let mut wanted: Option<String> = None;
         let mut found: Option<MentionTarget> = None;
         for (network, shown) in &directory.shown {
             if network == here {
                 continue;
             }
-            let candidates = shown
-                .get(&bucket(name))
-                .into_iter()
-                .flatten()
-                .filter_map(|key| directory.accounts.get(network)?.get(key))
-                .filter(|account| {
-                    account.renamed_to.is_none()
-                        && here_mapping.fold(&account.display_name) == wanted
-                });
-            for account in candidates {
+            let Some(ids) = shown.get(&key) else {
+                continue;
+            };
+            let wanted = wanted.get_or_insert_with(|| here_mapping.fold(name));
+            let accounts = directory.accounts.get(network);
+            for account in ids.iter().filter_map(|id| accounts?.get(id)) {
+                if account.renamed_to.is_some()
+                    || here_mapping.fold(&account.display_name) != *wanted
+                {
+                    continue;
+                }
                 if found.is_some() {
                     return None;
                 }
@@ -290,6 +295,9 @@ impl People {
                     user_id: account.user_id.clone(),
                 });
             }
+        }
+        if found.is_some() && self.is_native_in(&directory, here, name) {
+            return None;
         }
         found
     }

@@ -2,9 +2,8 @@
 //! `m.mentions.user_ids`, which is what notifies a Matrix user.
 //!
 //! Inbound ([`inbound`]), pills name the configured network, and the names of people relayed
-//! from other networks become mentions of them: a pill of the bot's own account (what a client
-//! makes of a relayed sender) or of someone not in the directory whose text is such a name, and
-//! such names written as words. Outbound ([`outbound`]), mentions of Matrix users become pills
+//! from other networks become mentions of them: a pill of the bot's own account whose text is
+//! such a name (what a client makes of a relayed sender), and such names written as words. Outbound ([`outbound`]), mentions of Matrix users become pills
 //! and the others the names they are shown under here; [`mentioned`] lists whom to notify.
 //! Must not: notify anyone the text does not mention (the reply's author aside, as the spec
 //! asks), or know any other network's syntax.
@@ -36,8 +35,9 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str, own_use
         } else {
             of
         };
-        let stranger = user_id == own_user || !people.is_native(&of, &user_id);
-        let relayed = (of == network && stranger)
+        // Only a pill of the bot's own account stands for a relayed person: a pill of anyone
+        // else is that Matrix user, whatever their name.
+        let relayed = (of == network && user_id == own_user)
             .then(|| people.shown_as(network, display.trim_start_matches('@')))
             .flatten();
         Inline::Mention(Mention {
