@@ -638,6 +638,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Record that the nick `old` of `network` is now `new` in the people directory (as the
+    /// commit of a relayed nick change does; idempotent).
+    pub fn record_rename(&self, network: &str, old: &str, new: &str) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = write_transaction(&mut connection)?;
+        {
+            let mut writes = Writes::prepare(&transaction)?;
+            writes.upsert_person.execute(params![network, new, new])?;
+            if old != new {
+                writes.rename_person.execute(params![network, old, new])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
     /// Write a cursor.
     pub fn set_cursor(&self, network: &str, channel: &str, value: &str) -> Result<(), StoreError> {
         self.lock().execute(

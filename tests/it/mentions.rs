@@ -275,9 +275,29 @@ async fn a_reply_from_matrix_reads_on_irc_as_nick_and_a_short_quote_when_off_scr
         after_sender(&line, &alice),
         format!("{ivan}: \"what do we do about the release notes…\" <- I will")
     );
+    // ivan changes his nick: a reply to his old line names him by the new one. (His next line
+    // relayed shows the bridge read the change, which came before it.)
+    let renamed = format!("{ivan}_");
+    t.irc.raw(&format!("NICK {renamed}"));
+    t.irc.say(&channel, "new nick, same person");
+    t.on_matrix("new nick, same person").await;
+    t.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "still you",
+                   "m.relates_to": {"m.in_reply_to": {"event_id": question}}}),
+        )
+        .await;
+    let line = t.on_irc("still you").await;
+    assert_eq!(
+        after_sender(&line, &alice),
+        format!("{renamed}: \"what do we do about the release notes…\" <- still you")
+    );
     // A reply to the line just said needs no quote.
     t.irc.say(&channel, "and the changelog?");
     let events = t.on_matrix("the changelog?").await;
+    let ivan = renamed;
     let just_said = events.last().unwrap().event_id.clone();
     t.matrix
         .send_event(

@@ -161,6 +161,25 @@ impl Session<'_> {
         ))
     }
 
+    /// A person the bridge knows changed their nick: mentions of the old nick reach the new
+    /// one, also after a restart. Recorded here, not only with a relayed nick change, because
+    /// nick changes are relayed only with `relay_membership`.
+    fn learn_rename(&self, old: &str, new: &str) {
+        let context = &self.task.context;
+        let people = context.router.people();
+        if people.current(self.network(), old).is_none() {
+            return;
+        }
+        people.renamed(self.network(), old, new);
+        let (store, network) = (std::sync::Arc::clone(&context.store), self.network().to_owned());
+        let (old, new) = (old.to_owned(), new.to_owned());
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.record_rename(&network, &old, &new) {
+                tracing::warn!(network = %network, error = %error, "Could not store a nick change; mentions of the old nick reach the new one until a restart.");
+            }
+        });
+    }
+
     async fn handle_join(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
         let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
             return Ok(());
@@ -264,6 +283,7 @@ impl Session<'_> {
         if irc_fold(old) == irc_fold(&self.task.config.nick) {
             self.send(Command::NICK(self.task.config.nick.clone()))?;
         }
+        self.learn_rename(old, new);
         let (old_folded, new_folded) = (irc_fold(old), irc_fold(new));
         let mut channels = Vec::new();
         for (channel, members) in &mut self.members {
