@@ -171,7 +171,10 @@ impl Session<'_> {
             return;
         }
         people.renamed(self.network(), old, new);
-        let (store, network) = (std::sync::Arc::clone(&context.store), self.network().to_owned());
+        let (store, network) = (
+            std::sync::Arc::clone(&context.store),
+            self.network().to_owned(),
+        );
         let (old, new) = (old.to_owned(), new.to_owned());
         tokio::task::spawn_blocking(move || {
             if let Err(error) = store.record_rename(&network, &old, &new) {
