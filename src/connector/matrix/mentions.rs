@@ -10,7 +10,7 @@
 
 use crate::model::{Delivery, EventBody};
 use crate::richtext::FormattedText;
-use crate::richtext::html::MATRIX_NETWORK;
+use crate::richtext::html::{self, MATRIX_NETWORK};
 use crate::richtext::mention::{detect_mentions, map_mentions, mentioned_users, rewrite_mentions};
 use crate::richtext::model::{Inline, Mention, MentionTarget};
 use crate::vocab::People;
@@ -57,6 +57,22 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str, own_use
 /// current display name, everyone else as the name they are shown under here.
 pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
     if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+        // A Matrix user id is the same user on every homeserver: a pill from another Matrix
+        // network (or stored before pills named their network) stays a pill here.
+        map_mentions(text, &mut |mention: Mention| {
+            let global = matches!(&mention.target, MentionTarget::User { network: of, user_id }
+                if of != network && html::pill_user_id(&html::pill_url(user_id)).is_some());
+            if global && let MentionTarget::User { user_id, .. } = mention.target {
+                return Inline::Mention(Mention {
+                    display: mention.display,
+                    target: MentionTarget::User {
+                        network: network.to_owned(),
+                        user_id,
+                    },
+                });
+            }
+            Inline::Mention(mention)
+        });
         rewrite_mentions(
             text,
             network,
@@ -112,7 +128,6 @@ pub fn mentions_room(text: &FormattedText) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::richtext::html;
     use std::collections::HashMap;
 
     fn people() -> People {
@@ -165,5 +180,21 @@ mod tests {
             Some("<a href=\"https://matrix.to/#/@carol:hs\">Carol</a>: look, dave")
         );
         assert_eq!(mentioned(&delivery, "mx"), ["@carol:hs"]);
+    }
+
+    #[test]
+    fn a_pill_from_another_matrix_network_stays_a_pill() {
+        let people = people();
+        let mut delivery = Delivery::sample(
+            1,
+            crate::model::ChannelRef::new("mx2", "!o"),
+            crate::model::ChannelRef::new("mx", "!r"),
+            "",
+        );
+        let mut text = html::parse("<a href=\"https://matrix.to/#/@zoe:other\">Zoe</a> hi");
+        inbound(&mut text, &people, "mx2", "@bot2:other");
+        delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, text);
+        outbound(&mut delivery, &people, "mx");
+        assert_eq!(mentioned(&delivery, "mx"), ["@zoe:other"]);
     }
 }
