@@ -1,5 +1,5 @@
-//! Mentions across networks: mapping, detection in plain IRC text, mass-ping neutralising,
-//! and the anti-ping form of relayed IRC nicks.
+//! Mentions across networks: rewriting for a destination, finding people's names in text,
+//! mass-ping neutralising, and the anti-ping form of relayed IRC nicks.
 //!
 //! Owns: finding the names of people in text ([`detect_mentions`], with a lookup the caller
 //! supplies: the people directory is [`crate::vocab::People`]), rewriting the mentions of a
