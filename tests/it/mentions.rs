@@ -242,6 +242,17 @@ async fn names_become_mentions_that_notify_each_person_on_their_own_network() {
     t.mia.say(&t.channel_id, &format!("@{ivan} ping")).await;
     let line = t.on_irc(" ping").await;
     assert_eq!(after_sender(&line, "mia"), format!("{ivan} ping"));
+
+    // Someone on IRC with alice's name joins: on IRC that name now means them, so it is no
+    // longer taken for the relayed alice.
+    let mut twin = IrcClient::connect(shared_inspircd().port, &alice).await;
+    twin.join(&channel).await;
+    t.irc.wait_member(&alice, &channel).await;
+    t.irc.say(&channel, &format!("{alice}: the IRC one"));
+    let events = t.on_matrix("the IRC one").await;
+    let event = events.last().unwrap();
+    assert!(event.content["m.mentions"].is_null(), "{event:#?}");
+    assert_eq!(event.body(), format!("<{ivan}> {alice}: the IRC one"));
     let _ = t.bridge.terminate();
 }
 

@@ -63,10 +63,15 @@ impl Session<'_> {
                 if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
                     let folded = irc_fold(channel);
                     let members = self.members.entry(folded).or_default();
+                    // People here are who a nick here means, before anyone relayed elsewhere
+                    // under that name.
+                    let task = self.task;
+                    let people = task.context.router.people();
                     for name in names.split(' ').filter(|n| !n.is_empty()) {
                         let nick = name.trim_start_matches(['@', '+', '%', '&', '~']);
                         let nick = nick.split('!').next().unwrap_or(nick);
                         members.insert(irc_fold(nick));
+                        people.saw(&task.network, nick, nick);
                     }
                 }
             }
@@ -195,6 +200,11 @@ impl Session<'_> {
             .entry(folded.clone())
             .or_default()
             .insert(irc_fold(nick));
+        self.task
+            .context
+            .router
+            .people()
+            .saw(self.network(), nick, nick);
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
             self.joined.insert(folded);
