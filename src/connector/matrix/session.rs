@@ -34,7 +34,7 @@
 //!   key never arrives stays `m.room.encrypted` and is not relayed.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,9 +50,12 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UInt, Us
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::config::MatrixConfig;
+use matrix_sdk_crypto::{CollectStrategy, DecryptionSettings, TrustRequirement};
+
+use super::config::{MatrixConfig, Trust};
 use super::content;
 use super::handle::MatrixHandle;
+use super::identity::{Identity, IdentityMetrics};
 use crate::connector::BuildContext;
 use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::model::{ChannelRef, EventBody, Inbound, now_ms};
@@ -151,124 +154,10 @@ impl MatrixTask {
             .join(format!("matrix-{}", self.network))
     }
 
-    async fn new_client(&self) -> Result<Client, String> {
-        Client::builder()
-            .homeserver_url(&self.config.homeserver)
-            .sqlite_store(self.state_dir().join("sdk"), None)
-            // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
-            .request_config(
-                RequestConfig::new()
-                    .disable_retry()
-                    .timeout(Duration::from_secs(30)),
-            )
-            .build()
-            .await
-            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
-    }
-
-    /// A logged-in client: the stored session if the server still takes it, else a new login.
-    async fn login(&self) -> Result<Client, String> {
-        let session_file = self.state_dir().join("session.json");
-        let configured_user = UserId::parse(&self.config.user)
-            .map_err(|error| format!("bad user id {}: {error}", self.config.user))?;
-        let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
-        let mut device_id = None;
-        if let Some(session) = stored {
-            device_id = Some(session.meta.device_id.clone());
-            let client = self.new_client().await?;
-            client
-                .restore_session(session)
-                .await
-                .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
-            match client.whoami().await {
-                Ok(_) => {
-                    tracing::info!(network = %self.network, user = %self.config.user, "Matrix session restored.");
-                    return Ok(client);
-                }
-                Err(error)
-                    if matches!(
-                        error.client_api_error_kind(),
-                        Some(ErrorKind::UnknownToken(_))
-                    ) =>
-                {
-                    tracing::warn!(network = %self.network, "The stored Matrix session was refused; logging in again.");
-                }
-                Err(error) => {
-                    return Err(format!(
-                        "cannot reach the homeserver: {}",
-                        error_chain(&error)
-                    ));
-                }
-            }
-        }
-        let client = self.new_client().await?;
-        if let Some(password) = &self.config.password {
-            let mut login = client
-                .matrix_auth()
-                .login_username(&configured_user, password.expose())
-                .initial_device_display_name(&self.config.device_name);
-            if let Some(device_id) = &device_id {
-                login = login.device_id(device_id.as_str());
-            }
-            login.send().await.map_err(|error| {
-                format!(
-                    "Matrix login as {} failed: {}",
-                    self.config.user,
-                    error_chain(&error)
-                )
-            })?;
-            tracing::info!(network = %self.network, user = %self.config.user, "Logged in to Matrix.");
-        } else if let Some(token) = &self.config.access_token {
-            // The token names its device; ask the server which one.
-            let probe = self.new_client().await?;
-            probe
-                .restore_session(MatrixSession {
-                    meta: matrix_sdk::SessionMeta {
-                        user_id: configured_user.clone(),
-                        device_id: "TRIBRIDGE".into(),
-                    },
-                    tokens: matrix_sdk::SessionTokens {
-                        access_token: token.expose().to_owned(),
-                        refresh_token: None,
-                    },
-                })
-                .await
-                .map_err(|error| error_chain(&error))?;
-            let whoami = probe.whoami().await.map_err(|error| {
-                format!(
-                    "the configured access token was refused: {}",
-                    error_chain(&error)
-                )
-            })?;
-            drop(probe);
-            client
-                .restore_session(MatrixSession {
-                    meta: matrix_sdk::SessionMeta {
-                        user_id: whoami.user_id,
-                        device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
-                    },
-                    tokens: matrix_sdk::SessionTokens {
-                        access_token: token.expose().to_owned(),
-                        refresh_token: None,
-                    },
-                })
-                .await
-                .map_err(|error| error_chain(&error))?;
-        } else {
-            return Err("no password or access token configured".into());
-        }
-        if let Some(session) = client.matrix_auth().session() {
-            save_session(&session_file, &session);
-        }
-        Ok(client)
-    }
-
     async fn session(&self) -> SessionEnd {
+        let dir = self.state_dir();
         let client = tokio::select! {
-            result = self.login() => match result {
+            result = login(&self.network, &self.config, &dir) => match result {
                 Ok(client) => client,
                 Err(reason) => return SessionEnd::Lost(reason),
             },
@@ -288,8 +177,21 @@ impl MatrixTask {
                 tracing::warn!(network = %self.network, error = %error_chain(&error), "Could not set the bot's display name.");
             }
         }
+        let state_dir = &self.context.state_dir;
+        let mut identity = Identity::new(
+            &self.network,
+            &self.config,
+            state_dir,
+            &self.context.store,
+            IdentityMetrics::new(&self.context.metrics, &self.network),
+        );
+        tokio::select! {
+            () = identity.ensure(&client) => {}
+            () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
+        }
         let mut sync = SyncState {
             task: self,
+            identity,
             client: client.clone(),
             own_user,
             rooms: HashMap::new(),
@@ -319,6 +221,154 @@ impl MatrixTask {
         // (whoami) and logs in again with the same device id, so no new device appears.
         end
     }
+}
+
+/// A client of the network's homeserver, its stores in `dir/sdk`, its room-key sharing and
+/// decryption per the configured `trust`.
+async fn new_client(config: &MatrixConfig, dir: &Path) -> Result<Client, String> {
+    let (recipients, senders) = match config.trust {
+        Trust::AllDevices => (CollectStrategy::AllDevices, TrustRequirement::Untrusted),
+        Trust::CrossSigned => (
+            CollectStrategy::IdentityBasedStrategy,
+            TrustRequirement::CrossSigned,
+        ),
+    };
+    Client::builder()
+        .homeserver_url(&config.homeserver)
+        // The configured homeserver stays the one used: a login response's `well_known`
+        // (which a fresh password login would otherwise adopt) does not move the client.
+        .respect_login_well_known(false)
+        .sqlite_store(dir.join("sdk"), None)
+        .with_room_key_recipient_strategy(recipients)
+        .with_decryption_settings(DecryptionSettings {
+            sender_device_trust_requirement: senders,
+        })
+        // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
+        .request_config(
+            RequestConfig::new()
+                .disable_retry()
+                .timeout(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
+}
+
+/// A logged-in client of network `network`, its state in `dir`: the stored session if the
+/// server still takes it, else a new login.
+pub(super) async fn login(
+    network: &str,
+    config: &MatrixConfig,
+    dir: &Path,
+) -> Result<Client, String> {
+    let session_file = dir.join("session.json");
+    let configured_user = UserId::parse(&config.user)
+        .map_err(|error| format!("bad user id {}: {error}", config.user))?;
+    let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
+    let mut device_id = None;
+    if let Some(session) = stored {
+        device_id = Some(session.meta.device_id.clone());
+        let client = new_client(config, dir).await?;
+        client
+            .restore_session(session)
+            .await
+            .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
+        match client.whoami().await {
+            Ok(_) => {
+                tracing::info!(network = %network, user = %config.user, "Matrix session restored.");
+                return Ok(client);
+            }
+            Err(error)
+                if matches!(
+                    error.client_api_error_kind(),
+                    Some(ErrorKind::UnknownToken(_))
+                ) =>
+            {
+                tracing::warn!(network = %network, "The stored Matrix session was refused; logging in again.");
+            }
+            Err(error) => {
+                return Err(format!(
+                    "cannot reach the homeserver: {}",
+                    error_chain(&error)
+                ));
+            }
+        }
+    }
+    let client = new_client(config, dir).await?;
+    if let Some(password) = &config.password {
+        let mut login = client
+            .matrix_auth()
+            .login_username(&configured_user, password.expose())
+            .initial_device_display_name(&config.device_name);
+        if let Some(device_id) = &device_id {
+            login = login.device_id(device_id.as_str());
+        }
+        login.send().await.map_err(|error| {
+            format!(
+                "Matrix login as {} failed: {}",
+                config.user,
+                error_chain(&error)
+            )
+        })?;
+        tracing::info!(network = %network, user = %config.user, "Logged in to Matrix.");
+    } else if let Some(token) = &config.access_token {
+        // The token names its device; ask the server which one.
+        let probe = new_client(config, dir).await?;
+        probe
+            .restore_session(MatrixSession {
+                meta: matrix_sdk::SessionMeta {
+                    user_id: configured_user.clone(),
+                    device_id: "TRIBRIDGE".into(),
+                },
+                tokens: matrix_sdk::SessionTokens {
+                    access_token: token.expose().to_owned(),
+                    refresh_token: None,
+                },
+            })
+            .await
+            .map_err(|error| error_chain(&error))?;
+        let whoami = probe.whoami().await.map_err(|error| {
+            format!(
+                "the configured access token was refused: {}",
+                error_chain(&error)
+            )
+        })?;
+        drop(probe);
+        client
+            .restore_session(MatrixSession {
+                meta: matrix_sdk::SessionMeta {
+                    user_id: whoami.user_id,
+                    device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
+                },
+                tokens: matrix_sdk::SessionTokens {
+                    access_token: token.expose().to_owned(),
+                    refresh_token: None,
+                },
+            })
+            .await
+            .map_err(|error| error_chain(&error))?;
+    } else {
+        return Err("no password or access token configured".into());
+    }
+    if let Some(session) = client.matrix_auth().session() {
+        save_session(&session_file, &session);
+    }
+    Ok(client)
+}
+
+/// A filter that asks for no rooms and nothing else that can be left out: a sync with it only
+/// does what end-to-end encryption needs (publishing the device's keys, to-device messages).
+pub(super) fn nothing_filter() -> Filter {
+    let mut room = RoomFilter::default();
+    room.rooms = Some(Vec::new());
+    let mut definition = FilterDefinition::default();
+    definition.room = room;
+    definition.presence = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+    definition.account_data = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+    Filter::FilterDefinition(definition)
 }
 
 /// Drop what the bot was not there for: every event before its own join in this batch, and
@@ -401,6 +451,8 @@ impl Writing {
 /// The state of one sync session.
 struct SyncState<'a> {
     task: &'a MatrixTask,
+    /// The account's cross-signing identity, looked at after each sync.
+    identity: Identity<'a>,
     client: Client,
     own_user: OwnedUserId,
     /// configured channel → room id, for joined rooms
@@ -667,6 +719,9 @@ impl SyncState<'_> {
                     }
                 }
             }
+            // The SDK read the account's keys during the sync: a changed identity shows now.
+            let client = self.client.clone();
+            self.identity.watch(&client).await;
             // Every event before `next_batch` is committed: only now may the position move.
             if let Err(reason) = self.set_cursor(response.next_batch.clone()).await {
                 return SessionEnd::Lost(format!("cannot store the sync cursor: {reason}"));
