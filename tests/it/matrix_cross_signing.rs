@@ -366,6 +366,144 @@ async fn an_element_person_and_irc_talk_through_an_encrypted_room_with_a_cross_s
     assert!(logs.contains(&master), "the master key is logged: {logs}");
 }
 
+/// With `trust = "cross-signed"` the bridge reads and writes for cross-signed devices only: a
+/// person on a client that never cross-signed its device (an older client) is not relayed (the
+/// drop is logged and counted), and cannot read what the bridge says; the Element-like person
+/// in the same room is relayed both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trust_cross_signed_an_unsigned_device_neither_reaches_irc_nor_reads_the_bridge() {
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = format!("@{bot}:localhost");
+    register(&url, &bot, "password").await;
+    let alice = unique("alice");
+    register(&url, &alice, "password").await;
+    let alice_dir = tempfile::tempdir().unwrap();
+    let client = element_client(&url, &alice, alice_dir.path()).await;
+    let alias_name = unique("secret");
+    let room = encrypted_room(&client, &alias_name).await;
+    let mut settings = SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = client.sync_once(settings.clone()).await.unwrap();
+    settings = settings.token(response.next_batch);
+    // Bob's client shares keys with every device and never cross-signs his own.
+    let bob = unique("bob");
+    register(&url, &bob, "password").await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob_client = Client::builder()
+        .homeserver_url(&url)
+        .sqlite_store(bob_dir.path(), None)
+        .build()
+        .await
+        .unwrap();
+    bob_client
+        .matrix_auth()
+        .login_username(&bob, "password")
+        .send()
+        .await
+        .unwrap();
+    let alias = format!("#{alias_name}:localhost");
+    bob_client
+        .join_room_by_id_or_alias(
+            &matrix_sdk::ruma::OwnedRoomOrAliasId::try_from(alias.as_str()).unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut bob_settings = SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = bob_client.sync_once(bob_settings.clone()).await.unwrap();
+    bob_settings = bob_settings.token(response.next_batch);
+    let bob_room = bob_client.get_room(room.room_id()).unwrap();
+
+    let channel = unique("#secret");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot).replacen(
+                    "\n\n",
+                    "\ntrust = \"cross-signed\"\n\n",
+                    1,
+                ),
+            ],
+            &[("irc", &channel), ("mx", &alias)],
+        )
+        .replacen(
+            "\n\n",
+            &format!("\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n"),
+            1,
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    wait_joined(&client, &mut settings, &room, &bot_id).await;
+    wait_joined(&bob_client, &mut bob_settings, &bob_room, &bot_id).await;
+
+    bob_room
+        .send(RoomMessageEventContent::text_plain(
+            "from an unsigned device",
+        ))
+        .await
+        .unwrap();
+    bridge
+        .wait_for_log_line(&["could not be decrypted", "SenderIdentityNotTrusted"])
+        .await;
+    wait_metric(
+        metrics_port,
+        "tribridge_matrix_undecryptable_events_total{network=\"mx\"}",
+        1,
+    )
+    .await;
+    // Alice's line after it arrives alone: Bob's never reached IRC.
+    room.send(RoomMessageEventContent::text_plain(
+        "from a cross-signed device",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        texts(
+            &irc.texts_until(&channel, "from a cross-signed device")
+                .await
+        ),
+        vec![format!("<{alice}> from a cross-signed device")]
+    );
+
+    irc.say(&channel, "for signed devices");
+    let body = wait_message(
+        &client,
+        &mut settings,
+        &room,
+        "for signed devices",
+        Duration::from_mins(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(body, format!("<{}> for signed devices", irc.nick));
+    // Bob's device got no key for it (nor for Alice's line): they arrive, undecryptable.
+    let for_bob = wait_message(
+        &bob_client,
+        &mut bob_settings,
+        &bob_room,
+        "for signed devices",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        for_bob
+            .as_ref()
+            .is_err_and(|why| !why.contains("; 0 undecryptable")),
+        "{for_bob:?}"
+    );
+}
+
 /// The identity stays the same over a restart; a lost state is told loudly and not replaced
 /// by a new identity; `tribridge matrix-recover` with the recovery key gives the new device
 /// the same identity, signed.

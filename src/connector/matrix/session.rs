@@ -198,6 +198,12 @@ impl MatrixTask {
             wanted: self.context.channels.clone(),
             next_join_attempt: Instant::now(),
             awaiting_join: HashSet::new(),
+            undecryptable: self.context.metrics.counter(
+                "tribridge_matrix_undecryptable_events",
+                "Encrypted Matrix events the bridge could not decrypt (no room key, or a sender its trust setting refuses), not relayed",
+                &self.network,
+            ),
+            undecryptable_reasons: std::sync::Mutex::new(HashMap::new()),
         };
         // A brand-new install takes its position before it joins, so that what is said right
         // after the join is relayed (and nothing before it).
@@ -453,6 +459,10 @@ struct SyncState<'a> {
     task: &'a MatrixTask,
     /// The account's cross-signing identity, looked at after each sync.
     identity: Identity<'a>,
+    /// Encrypted events that could not be decrypted, counted as they are dropped.
+    undecryptable: Arc<std::sync::atomic::AtomicI64>,
+    /// event id → why the SDK could not decrypt it, for the log line of its drop.
+    undecryptable_reasons: std::sync::Mutex<HashMap<String, String>>,
     client: Client,
     own_user: OwnedUserId,
     /// configured channel → room id, for joined rooms
@@ -709,7 +719,7 @@ impl SyncState<'_> {
                             .timeline
                             .events
                             .iter()
-                            .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+                            .filter_map(|event| self.event_json(event)),
                     );
                     let events = after_own_join(self.own_user.as_str(), events);
                     for event in events {
@@ -719,6 +729,11 @@ impl SyncState<'_> {
                     }
                 }
             }
+            // Reasons of undecryptable events left out (before the bot's join) are not needed.
+            self.undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
             // The SDK read the account's keys during the sync: a changed identity shows now.
             let client = self.client.clone();
             self.identity.watch(&client).await;
@@ -751,11 +766,7 @@ impl SyncState<'_> {
                 format!("cannot fetch missed messages: {}", error_chain(&error))
             })?;
             let empty = page.chunk.is_empty();
-            older.extend(
-                page.chunk
-                    .iter()
-                    .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
-            );
+            older.extend(page.chunk.iter().filter_map(|event| self.event_json(event)));
             match page.end {
                 Some(end) if !empty && end != from => from = end,
                 _ => break,
@@ -766,6 +777,24 @@ impl SyncState<'_> {
         Ok(older)
     }
 
+    /// A timeline event as JSON (as it arrived when it could not be decrypted; then why is
+    /// kept for the log line of its drop).
+    fn event_json(
+        &self,
+        event: &matrix_sdk::deserialized_responses::TimelineEvent,
+    ) -> Option<Value> {
+        use matrix_sdk::deserialized_responses::TimelineEventKind;
+        if let TimelineEventKind::UnableToDecrypt { utd_info, .. } = &event.kind
+            && let Some(event_id) = event.event_id()
+        {
+            self.undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(event_id.to_string(), format!("{:?}", utd_info.reason));
+        }
+        event.raw().deserialize_as::<Value>().ok()
+    }
+
     /// Normalise one timeline event and commit it. `Err` only when the store failed.
     async fn relay(&self, room_id: &RoomId, channel: &str, event: &Value) -> Result<(), String> {
         let Some(sender) = event["sender"].as_str() else {
@@ -774,6 +803,18 @@ impl SyncState<'_> {
         if sender == self.own_user.as_str() {
             // Layer one of echo suppression: nothing the bot's account says is relayed, even
             // when it arrives before the send call returned.
+            return Ok(());
+        }
+        if event["type"] == "m.room.encrypted" {
+            let event_id = event["event_id"].as_str().unwrap_or_default();
+            let reason = self
+                .undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(event_id)
+                .unwrap_or_else(|| "unknown".to_owned());
+            self.undecryptable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(network = %self.network(), room_id = %room_id, event_id, sender, reason = %reason, trust = ?self.task.config.trust, "An encrypted event could not be decrypted (no room key for the bridge's device, or a sender device the trust setting refuses); it is not relayed.");
             return Ok(());
         }
         let Some(mut body) = content::inbound(event, self.task.config.relay_membership) else {
