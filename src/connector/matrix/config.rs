@@ -86,9 +86,9 @@ struct RawMatrix {
     device_name: Option<Spanned<String>>,
     display_name: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
+    trust: Option<Spanned<String>>,
     cross_signing: Option<Spanned<bool>>,
     reset_cross_signing: Option<Spanned<bool>>,
-    trust: Option<Spanned<String>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
 }
 

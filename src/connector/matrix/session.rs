@@ -28,10 +28,16 @@
 //!
 //! - **Encryption**: the SDK is built with end-to-end encryption and keeps its crypto store
 //!   (`SQLite`) next to the state store, so encrypted rooms are bridged like others: events are
-//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. Room keys are
-//!   shared with every device of the room's members, verified or not (the SDK's default), and
-//!   messages from unverified devices are accepted: the bot verifies no one. A message whose
-//!   key never arrives stays `m.room.encrypted` and is not relayed.
+//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. With the
+//!   default `trust = "all-devices"` room keys are shared with every device of the room's
+//!   members, verified or not, and messages from every device are accepted: the bot verifies no
+//!   one. `trust = "cross-signed"` shares keys only with devices their owner cross-signed and
+//!   decrypts only their messages. A message that cannot be decrypted stays
+//!   `m.room.encrypted`; it is not relayed, and its drop is logged with the SDK's reason and
+//!   counted. The account's cross-signing identity is `super::identity`'s, set up right after
+//!   login and watched after each sync.
+//! - **Homeserver**: the configured URL stays the one used; a login response's `well_known`
+//!   is not adopted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
