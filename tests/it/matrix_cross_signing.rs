@@ -758,6 +758,50 @@ async fn an_identity_reset_elsewhere_is_told_loudly_and_not_overwritten() {
     // Not overwritten: the account keeps the identity made elsewhere.
     let keys = keys_query(&url, token, &bot_id).await;
     assert_eq!(signing_key(&keys["master_keys"][&bot_id]).to_base64(), new);
+    assert_eq!(
+        bridge
+            .logs()
+            .matches("over the account's previous one")
+            .count(),
+        0
+    );
+
+    // Told to (`reset_cross_signing = true`), the bridge makes its own identity again, signs
+    // its device with it and keeps a new recovery key, the old one set aside.
+    let mut bridge = bridge;
+    assert_eq!(bridge.terminate(), Some(0));
+    let config_file = dir.path().join("bridges.toml");
+    let text = std::fs::read_to_string(&config_file).unwrap().replacen(
+        "password = \"password\"\n",
+        "password = \"password\"\nreset_cross_signing = true\n",
+        1,
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let state = dir.path().join("state");
+    let old_key = std::fs::read_to_string(state.join("matrix-mx.recovery-key")).unwrap();
+    bridge.restart();
+    bridge.wait_for_log("over the account's previous one").await;
+    bridge
+        .wait_for_log_count("cross-signed by its account's identity", 2)
+        .await;
+    let taken_back = wait_cross_signed(&url, token, &bot_id, &bridge_device(&state, "mx")).await;
+    assert_ne!(taken_back, new);
+    assert_ne!(taken_back, old);
+    wait_metric(
+        metrics_port,
+        "tribridge_matrix_cross_signed{network=\"mx\"}",
+        1,
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(state.join("matrix-mx.recovery-key.old")).unwrap(),
+        old_key
+    );
+    bridge
+        .wait_for_log_count("It is shown only this once", 2)
+        .await;
+    let new_key = std::fs::read_to_string(state.join("matrix-mx.recovery-key")).unwrap();
+    assert_ne!(new_key, old_key);
 }
 
 /// The person's access token (the plain-HTTP test user logs in on its own).

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::encryption::recovery::RecoveryState;
+use matrix_sdk::encryption::recovery::{RecoveryError, RecoveryState};
 use matrix_sdk::ruma::api::client::uiaa;
 
 use super::config::MatrixConfig;
@@ -51,6 +51,9 @@ pub(super) struct IdentityMetrics {
     changes: Arc<AtomicI64>,
     /// 1 while the bridge's device is signed by the account's current identity.
     cross_signed: Arc<AtomicI64>,
+    /// The account's master key at the last change counted: a change is counted once, not
+    /// again at each reconnection that finds it.
+    counted: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl IdentityMetrics {
@@ -66,6 +69,7 @@ impl IdentityMetrics {
                 "1 while the bridge's Matrix device is signed by its account's current cross-signing identity",
                 network,
             ),
+            counted: Arc::default(),
         }
     }
 }
@@ -165,7 +169,16 @@ impl<'a> Identity<'a> {
     fn report_not_held(&mut self, master: Option<&str>, recorded: Option<&str>, changed: bool) {
         let key_file = recovery_key_path(self.state_dir, self.network);
         if changed {
-            self.metrics.changes.fetch_add(1, Ordering::Relaxed);
+            let mut counted = self
+                .metrics
+                .counted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if counted.as_deref() != Some(master.unwrap_or_default()) {
+                *counted = Some(master.unwrap_or_default().to_owned());
+                self.metrics.changes.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(counted);
             tracing::error!(
                 network = %self.network,
                 master_key = master.unwrap_or("none"),
@@ -225,10 +238,10 @@ impl<'a> Identity<'a> {
             if let Err(error) = self.record_master(&master).await {
                 tracing::warn!(network = %self.network, error = %error, "Cannot record the cross-signing master key; a later change may not be told apart from a lost state.");
             }
+            self.ensure_recovery(client).await;
             tracing::info!(network = %self.network, master_key = %master, "The bridge's device is cross-signed by its account's identity.");
         }
         self.set_holds(true);
-        self.ensure_recovery(client).await;
     }
 
     /// Create and publish an identity; `false` (logged) when the homeserver refused it.
@@ -331,7 +344,17 @@ impl<'a> Identity<'a> {
             }
             RecoveryState::Disabled | RecoveryState::Unknown => {}
         }
-        let key = match recovery.enable().await {
+        let mut enabled = recovery.enable().await;
+        if matches!(enabled, Err(RecoveryError::BackupExistsOnServer)) {
+            // A key backup without secret storage: what an earlier start left when it stopped
+            // between the two. The backup's key was never stored anywhere: start it again.
+            tracing::warn!(network = %self.network, "A key backup exists without secret storage (an earlier start was interrupted?); replacing it.");
+            enabled = match client.encryption().backups().disable_and_delete().await {
+                Ok(()) => recovery.enable().await,
+                Err(error) => Err(error.into()),
+            };
+        }
+        let key = match enabled {
             Ok(key) => key,
             Err(error) => {
                 tracing::error!(network = %self.network, error = %error_chain(&error), "Cannot put the cross-signing secrets in secret storage; trying again at the next connection.");

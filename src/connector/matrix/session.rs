@@ -99,6 +99,8 @@ pub struct MatrixTask {
     writes: Arc<AtomicU64>,
     /// user id → the picture (`mxc://`) last stored for them, for `override_icon_url` elsewhere.
     avatars: std::sync::Mutex<HashMap<String, String>>,
+    /// The cross-signing identity's series in `/metrics` (kept over reconnections).
+    identity_metrics: IdentityMetrics,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -111,6 +113,7 @@ pub fn build(
     let live = Arc::new(RwLock::new(None));
     let relogin = Arc::new(tokio::sync::Notify::new());
     let writes = Arc::new(AtomicU64::new(0));
+    let identity_metrics = IdentityMetrics::new(&context.metrics, network);
     (
         MatrixHandle::new(
             network,
@@ -127,6 +130,7 @@ pub fn build(
             relogin,
             writes,
             avatars: std::sync::Mutex::new(HashMap::new()),
+            identity_metrics,
         },
     )
 }
@@ -189,7 +193,7 @@ impl MatrixTask {
             &self.config,
             state_dir,
             &self.context.store,
-            IdentityMetrics::new(&self.context.metrics, &self.network),
+            self.identity_metrics.clone(),
         );
         tokio::select! {
             () = identity.ensure(&client) => {}
