@@ -804,6 +804,59 @@ async fn an_identity_reset_elsewhere_is_told_loudly_and_not_overwritten() {
     assert_ne!(new_key, old_key);
 }
 
+/// An account configured with an access token only: the homeserver (Synapse, MSC3967) lets its
+/// first identity be published without the password, so the bridge's device is cross-signed
+/// all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_only_account_gets_its_identity_without_a_password() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("bot");
+    let bot_id = format!("@{bot}:localhost");
+    register(&url, &bot, "password").await;
+    let bot_login = MatrixUser::login(&url, &bot, "password").await;
+    let bot_token = person_token(&url, &bot_login).await;
+    let person = MatrixUser::new(&url, &unique("alice")).await;
+    let alias_name = unique("room");
+    person.create_room(&alias_name).await;
+    let channel = unique("#cs");
+    let nick = unique("brmx");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("irc", irc_port, &nick),
+                matrix_network("mx", &url, &bot).replacen(
+                    "password = \"password\"\n",
+                    &format!("access_token = \"{bot_token}\"\n"),
+                    1,
+                ),
+            ],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    bridge
+        .wait_for_log("cross-signed by its account's identity")
+        .await;
+    let token = &person_token(&url, &person).await;
+    wait_cross_signed(
+        &url,
+        token,
+        &bot_id,
+        &bridge_device(&dir.path().join("state"), "mx"),
+    )
+    .await;
+    assert!(dir.path().join("state/matrix-mx.recovery-key").exists());
+}
+
 /// The person's access token (the plain-HTTP test user logs in on its own).
 async fn person_token(url: &str, person: &MatrixUser) -> String {
     let reply: Value = reqwest::Client::new()

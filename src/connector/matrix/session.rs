@@ -331,8 +331,19 @@ pub(super) async fn login(
         })?;
         tracing::info!(network = %network, user = %config.user, "Logged in to Matrix.");
     } else if let Some(token) = &config.access_token {
-        // The token names its device; ask the server which one.
-        let probe = new_client(config, dir).await?;
+        // The token names its device; ask the server which one. The probe keeps nothing (no
+        // store): a crypto store opened for a made-up device would refuse the real one after.
+        let probe = Client::builder()
+            .homeserver_url(&config.homeserver)
+            .respect_login_well_known(false)
+            .request_config(
+                RequestConfig::new()
+                    .disable_retry()
+                    .timeout(Duration::from_secs(30)),
+            )
+            .build()
+            .await
+            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))?;
         probe
             .restore_session(MatrixSession {
                 meta: matrix_sdk::SessionMeta {
