@@ -121,6 +121,12 @@ impl<'a> Identity<'a> {
             }
         };
         let Some(published) = published else {
+            let recorded = self.recorded_master().await;
+            if recorded.is_some() && !self.config.reset_cross_signing {
+                // The identity the bridge held is gone from the account: a change too.
+                self.report_not_held(None, recorded.as_deref(), true);
+                return;
+            }
             if !self.config.cross_signing {
                 tracing::info!(network = %self.network, "The account has no cross-signing identity and cross_signing = false: the bridge's device stays unsigned, and clients that trust only cross-signed devices neither share room keys with it nor decrypt its messages.");
                 self.set_holds(false);
