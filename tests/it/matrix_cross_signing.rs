@@ -592,26 +592,28 @@ async fn the_identity_survives_a_restart_and_a_lost_state_restored_with_the_reco
     );
     assert!(cross_signed_master(&keys, &bot_id, &lost_device).is_err());
 
-    // Restored with the recovery key: a new device again, signed by the same identity.
+    // A wrong key is refused with a clear error.
     assert_eq!(bridge.terminate(), Some(0));
     std::fs::remove_dir_all(state.join("matrix-mx")).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
-        .arg("matrix-recover")
-        .arg("--config")
-        .arg(dir.path().join("bridges.toml"))
-        .arg("--network")
-        .arg("mx")
-        .arg("--recovery-key-file")
-        .arg(&key_file)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(
+        &wrong,
+        "EsTc 5QGU 7Rnf XdWS PmGm S9BE dsnc sk6D 2wn9 aBJi 1qJP aJFt",
+    )
+    .unwrap();
+    let config_file = dir.path().join("bridges.toml");
+    let (code, _, stderr) = recover_cli(&config_file, "mx", &wrong);
+    assert_eq!(code, 1, "{stderr}");
     assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr.contains("mx: the recovery key did not open the account's secret storage"),
+        "{stderr}"
     );
+
+    // Restored with the recovery key: a new device again, signed by the same identity.
+    std::fs::remove_dir_all(state.join("matrix-mx")).unwrap();
+    let (code, stdout, stderr) = recover_cli(&config_file, "mx", &key_file);
+    let output_ok = code == 0;
+    assert!(output_ok, "{stdout}\n{stderr}");
     assert!(stdout.contains(&master), "{stdout}");
     let recovered_device = bridge_device(&state, "mx");
     assert_ne!(recovered_device, lost_device);
@@ -855,6 +857,67 @@ async fn an_access_token_only_account_gets_its_identity_without_a_password() {
     )
     .await;
     assert!(dir.path().join("state/matrix-mx.recovery-key").exists());
+}
+
+/// `tribridge matrix-recover`: exit code, stdout, stderr.
+fn recover_cli(config: &Path, network: &str, key_file: &Path) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .arg("matrix-recover")
+        .arg("--config")
+        .arg(config)
+        .arg("--network")
+        .arg(network)
+        .arg("--recovery-key-file")
+        .arg(key_file)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `matrix-recover` names what is wrong before it connects anywhere: a network that is not
+/// Matrix, an unknown one, a key file that cannot be read.
+#[test]
+fn matrix_recover_refuses_a_wrong_network_or_key_file_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("bridges.toml");
+    std::fs::write(
+        &config_file,
+        config(
+            &[
+                irc_network("irc", 6667, "bridge"),
+                matrix_network("mx", "http://127.0.0.1:9", "bot"),
+            ],
+            &[("irc", "#a"), ("mx", "#a:localhost")],
+        ),
+    )
+    .unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "key").unwrap();
+    let (code, _, stderr) = recover_cli(&config_file, "irc", &key);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "irc: network `irc` is not a Matrix network")
+    );
+    let (code, _, stderr) = recover_cli(&config_file, "nope", &key);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "nope: no network `nope` in the configuration")
+    );
+    let missing = dir.path().join("missing");
+    let (code, _, stderr) = recover_cli(&config_file, "mx", &missing);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "mx: cannot read the recovery key file {}: ",
+            missing.display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// The person's access token (the plain-HTTP test user logs in on its own).
