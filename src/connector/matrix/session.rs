@@ -66,9 +66,11 @@ use crate::connector::BuildContext;
 use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::model::{ChannelRef, EventBody, Inbound, now_ms};
 
-/// Log filter directives that keep the SDK's per-request chatter to warnings.
-pub const QUIET_LOG_TARGETS: &str =
-    "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
+/// Log filter directives that keep the SDK's per-request chatter to warnings. The SDK's HTTP
+/// client logs every failed request at ERROR, the 404s of its own expected probes included
+/// (account data, key backup: several at each start with cross-signing); every failure that
+/// matters reaches the bridge's code, which logs it with its meaning, so that target is off.
+pub const QUIET_LOG_TARGETS: &str = "matrix_sdk=warn,matrix_sdk::http_client=off,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
 
 /// How long one `/sync` long-poll waits for news.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
