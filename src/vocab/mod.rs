@@ -9,10 +9,12 @@
 //! - [`gateway`]: gateways as data (`GatewayConfig`, `Direction`) and their delivery settings.
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
+//! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
 
 pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
+pub mod network_metrics;
 pub mod section;
 pub mod stages;
 
