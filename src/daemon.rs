@@ -81,6 +81,7 @@ pub async fn run(
     let workers_shutdown = CancellationToken::new();
     let mut connector_tasks = JoinSet::new();
     let mut handles = HashMap::new();
+    let network_metrics = Arc::new(crate::vocab::network_metrics::NetworkMetrics::default());
     for network in &config.networks {
         let mut channels: Vec<String> = Vec::new();
         for gateway in &config.gateways {
@@ -111,6 +112,7 @@ pub async fn run(
                 max: config.reconnect_max,
                 ..ReconnectPolicy::default()
             },
+            metrics: Arc::clone(&network_metrics),
         });
         handles.insert(network.id.clone(), handle);
         connector_tasks.spawn(task.run());
@@ -145,6 +147,7 @@ pub async fn run(
             parallel: Arc::clone(router.parallel()),
             store: Arc::clone(&store),
             networks: config.networks.iter().map(|n| n.id.clone()).collect(),
+            connectors: Arc::clone(&network_metrics),
         });
         tracing::info!(address = %address, "Metrics endpoint listening (GET /metrics).");
         let serving =

@@ -1,4 +1,5 @@
-//! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge.
+//! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge,
+//! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity.
 //!
 //! The only place that uses `anyhow`; everything below it has typed errors.
 
@@ -30,6 +31,22 @@ enum Commands {
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
     },
+    /// Take a Matrix network's cross-signing identity back from the homeserver's secret storage
+    /// with its recovery key (after the network's state was lost, or on a new host), then exit.
+    /// Run it while the bridge is stopped; the next `run` keeps the same identity.
+    #[command(name = "matrix-recover")]
+    MatrixRecover {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// The id of the Matrix network (`[network.<id>]`).
+        #[arg(long)]
+        network: String,
+        /// The file holding the recovery key (the bridge wrote it to
+        /// `state_dir/matrix-<id>.recovery-key` when it made the identity).
+        #[arg(long)]
+        recovery_key_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +70,33 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Commands::MatrixRecover {
+            config,
+            network,
+            recovery_key_file,
+        } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging();
+            match recover(&parsed, &network, &recovery_key_file) {
+                Ok(master) => {
+                    println!(
+                        "{network}: the cross-signing identity is restored (master key {master}); \
+                         this device is signed by it."
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{network}: {error:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Commands::Run { config } => {
             let parsed = match tribridge::config::load(&config) {
                 Ok(parsed) => parsed,
@@ -116,6 +160,28 @@ fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+fn recover(
+    config: &tribridge::config::Config,
+    network: &str,
+    key_file: &std::path::Path,
+) -> anyhow::Result<String> {
+    tribridge::install_tls_provider();
+    let settings = config
+        .networks
+        .iter()
+        .find(|n| n.id == network)
+        .map(|n| std::sync::Arc::clone(&n.settings))
+        .ok_or_else(|| anyhow::anyhow!("no network `{network}` in the configuration"))?;
+    let runtime = tribridge::runtime_builder().build()?;
+    let master = runtime.block_on(tribridge::connector::recover_matrix_identity(
+        network,
+        settings.as_ref(),
+        &config.state_dir,
+        key_file,
+    ))?;
+    Ok(master)
 }
 
 async fn wait_for_signal() {

@@ -33,6 +33,7 @@ use crate::outbox::OutboxStats;
 use crate::parallel::Parallel;
 use crate::router::RouterStats;
 use crate::store::Store;
+use crate::vocab::network_metrics::{NetworkMetrics, SeriesKind};
 pub use crate::vocab::stages::{
     ByNetwork, NetworkLabel, OutboxLatency, WriterLatency, latency_histogram, network_label,
     observe,
@@ -54,6 +55,8 @@ pub struct Sources {
     pub store: Arc<Store>,
     /// The configured network ids (each shows an outbox depth, zero included).
     pub networks: Vec<String>,
+    /// The series connectors keep about their own networks.
+    pub connectors: Arc<NetworkMetrics>,
 }
 
 /// The registry of every metric of the daemon.
@@ -95,6 +98,7 @@ pub fn registry(sources: Sources) -> Registry {
         parallel: sources.parallel,
         store: sources.store,
         networks: sources.networks,
+        connectors: sources.connectors,
     }));
     registry
 }
@@ -116,6 +120,7 @@ struct Counters {
     parallel: Arc<Parallel>,
     store: Arc<Store>,
     networks: Vec<String>,
+    connectors: Arc<NetworkMetrics>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -241,6 +246,32 @@ impl Collector for Counters {
             Err(error) => {
                 tracing::warn!(error = %error, "Cannot count the outbox for the metrics.");
             }
+        }
+        let series = self.connectors.read();
+        let mut start = 0;
+        while start < series.len() {
+            let first = &series[start];
+            let end = series[start..]
+                .iter()
+                .position(|s| s.name != first.name)
+                .map_or(series.len(), |offset| start + offset);
+            let kind = match first.kind {
+                SeriesKind::Counter => MetricType::Counter,
+                SeriesKind::Gauge => MetricType::Gauge,
+            };
+            let help = format!("{}.", first.help);
+            let mut family = encoder.encode_descriptor(first.name, &help, None, kind)?;
+            for one in &series[start..end] {
+                let labels = [("network", one.network.clone())];
+                match one.kind {
+                    SeriesKind::Counter => ConstCounter::new(u64::try_from(one.value).unwrap_or(0))
+                        .encode(family.encode_family(&labels)?)?,
+                    SeriesKind::Gauge => {
+                        ConstGauge::new(one.value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            start = end;
         }
         Ok(())
     }

@@ -125,6 +125,11 @@ pub fn connector(
 #[cfg(feature = "matrix")]
 pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
 
+/// `tribridge matrix-recover`: take a Matrix network's cross-signing identity back from secret
+/// storage with its recovery key (see the Matrix connector's `identity` module).
+#[cfg(feature = "matrix")]
+pub use matrix::{RecoverError as MatrixRecoverError, recover as recover_matrix_identity};
+
 /// What every connector needs from the daemon.
 #[derive(Clone)]
 pub struct BuildContext {
@@ -147,6 +152,8 @@ pub struct BuildContext {
     pub files: Arc<crate::files::Files>,
     /// When its session reconnects after a loss ([`supervisor::supervise`]).
     pub reconnect: supervisor::ReconnectPolicy,
+    /// Where a connector registers the series it keeps about its network, for `/metrics`.
+    pub metrics: Arc<crate::vocab::network_metrics::NetworkMetrics>,
 }
 
 /// For a text message delivered late (more than the gateway's `original_time_after` after

@@ -10,10 +10,12 @@
 //! - [`people`]: the people directory (who is shown under which name), for mentions.
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
+//! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
 
 pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
+pub mod network_metrics;
 pub mod people;
 pub mod section;
 pub mod stages;

@@ -128,6 +128,20 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "matrix: the encryption keys",
+            format!(
+                "{MX}trust = \"cross-signed\"\ncross_signing = true\nreset_cross_signing = false\n{NET2}{MXGATEWAY}"
+            ),
+            vec![],
+        ),
+        (
+            "matrix: an unknown trust level",
+            format!("{MX}trust = \"verified\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:9: network.mx.trust: `verified` is not a trust level; expected \"all-devices\" (share room keys with every device, the default) or \"cross-signed\" (only with devices their owner cross-signed)",
+            ],
+        ),
+        (
             "matrix: an IRC key on a Matrix network",
             format!("{MX}nick = \"bot\"\n{NET2}{MXGATEWAY}"),
             vec![
@@ -162,7 +176,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `parallel_bridges`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `trust`, `cross_signing`, `reset_cross_signing`, `parallel_bridges`",
             ],
         ),
         (

@@ -6,6 +6,7 @@ mod config_check;
 mod hostile;
 mod irc_relay;
 mod loops;
+mod matrix_cross_signing;
 mod matrix_relay;
 mod mattermost_relay;
 mod mentions;

@@ -822,6 +822,58 @@ async fn a_refused_token_leads_to_a_new_login_on_the_same_device() {
     assert_eq!(seen.len(), 1);
 }
 
+/// Regression: a fresh password login whose response names another homeserver (`well_known`,
+/// which Synapse fills from `public_baseurl`) does not move the bridge off the configured one:
+/// the SDK adopted it, and every request after the login went to an address that does not
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_response_naming_another_homeserver_does_not_move_the_bridge() {
+    let synapse = Synapse::start_with("\npublic_baseurl: \"http://127.0.0.1:9/\"\n");
+    let url = synapse.url();
+    let probe = unique("probe");
+    register(&url, &probe, "password").await;
+    let reply: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password",
+                      "identifier": {"type": "m.id.user", "user": probe},
+                      "password": "password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["well_known"]["m.homeserver"]["base_url"], "http://127.0.0.1:9/",
+        "{reply}"
+    );
+    // The bridge logs in with its password and joins (the fixture waits for the join).
+    let mut s = setup(&synapse).await;
+    let room = s.room.clone();
+    s.matrix.say(&room, "on the configured server").await;
+    assert_eq!(
+        texts(
+            &s.irc
+                .texts_until(&s.channel, "on the configured server")
+                .await
+        ),
+        vec![format!(
+            "<{}> on the configured server",
+            local_part(&s.matrix.user_id)
+        )]
+    );
+    s.irc.say(&s.channel, "and back");
+    let seen = s.matrix.messages_until(&room, "and back").await;
+    assert_eq!(
+        bodies(&seen).last().map(String::as_str),
+        Some(format!("<{}> and back", s.irc.nick).as_str())
+    );
+    // Not even for a moment: the first session was never lost to the other address.
+    let logs = s.bridge.logs();
+    assert!(!logs.contains("connection lost"), "{logs}");
+    assert!(!logs.contains("127.0.0.1:9"), "{logs}");
+}
+
 /// With the media endpoint configured, an image posted on Matrix reaches IRC as a link that
 /// serves the file (copied from Synapse's authenticated download); a changed link is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,24 @@ pub struct MatrixConfig {
     pub display_name: Option<String>,
     /// Relay joins, leaves and topic changes from this network.
     pub relay_membership: bool,
+    /// Bootstrap cross-signing for the account (and sign the bridge's device) when it has none.
+    pub cross_signing: bool,
+    /// When the account's cross-signing identity is not one this device holds the keys of
+    /// (reset elsewhere, or the state lost without recovery): make a new one over it.
+    pub reset_cross_signing: bool,
+    /// Whom the bridge shares its room keys with and whose messages it decrypts.
+    pub trust: Trust,
+}
+
+/// `trust`: the devices the bridge shares its room keys with, and decrypts messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// `"all-devices"`: every device of the room's members, signed or not (the bridge verifies
+    /// no one).
+    #[default]
+    AllDevices,
+    /// `"cross-signed"`: only devices their owner cross-signed, as Element does since April 2026.
+    CrossSigned,
 }
 
 /// A Matrix section as written.
@@ -68,6 +86,9 @@ struct RawMatrix {
     device_name: Option<Spanned<String>>,
     display_name: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
+    trust: Option<Spanned<String>>,
+    cross_signing: Option<Spanned<bool>>,
+    reset_cross_signing: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -152,6 +173,25 @@ impl NetworkType for Matrix {
                  forms)",
             );
         }
+        let trust = match &raw.trust {
+            None => Trust::default(),
+            Some(value) => match value.get_ref().as_str() {
+                "all-devices" => Trust::AllDevices,
+                "cross-signed" => Trust::CrossSigned,
+                other => {
+                    section.report(
+                        value.span().start,
+                        "trust",
+                        format!(
+                            "`{other}` is not a trust level; expected \"all-devices\" (share room \
+                             keys with every device, the default) or \"cross-signed\" (only with \
+                             devices their owner cross-signed)"
+                        ),
+                    );
+                    Trust::default()
+                }
+            },
+        };
         let parallel_bridges =
             section.parallel_bridges(raw.parallel_bridges.as_ref(), &user, |account| {
                 (!is_valid_matrix_user(account)).then(|| {
@@ -177,6 +217,12 @@ impl NetworkType for Matrix {
                     .map_or_else(|| "tribridge".to_owned(), |v| v.get_ref().clone()),
                 display_name: raw.display_name.as_ref().map(|v| v.get_ref().clone()),
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                cross_signing: raw.cross_signing.as_ref().is_none_or(|v| *v.get_ref()),
+                reset_cross_signing: raw
+                    .reset_cross_signing
+                    .as_ref()
+                    .is_some_and(|v| *v.get_ref()),
+                trust,
             }),
         })
     }

@@ -4,6 +4,8 @@
 //! - [`config`]: the `type = "matrix"` section and Matrix's rules for ids and rooms.
 //! - [`content`]: event JSON ⇄ model, pure and unit-tested; the one place text is converted.
 //! - [`mentions`]: pills and `m.mentions` ⇄ mentions, names of relayed people found in text.
+//! - `identity`: the account's cross-signing identity (bootstrap, recovery key, loud changes)
+//!   and [`recover`] for `tribridge matrix-recover`.
 //! - `session`: login, stored-session reuse, joins and the sync loop; `handle`: the delivery
 //!   handle (both with the `matrix` feature, which brings matrix-sdk).
 
@@ -14,10 +16,14 @@ pub mod content;
 mod handle;
 pub mod mentions;
 #[cfg(feature = "matrix")]
+mod identity;
+#[cfg(feature = "matrix")]
 mod session;
 
-pub use config::{CAPABILITIES, Matrix, MatrixConfig};
+pub use config::{CAPABILITIES, Matrix, MatrixConfig, Trust};
 #[cfg(feature = "matrix")]
 pub use handle::MatrixHandle;
+#[cfg(feature = "matrix")]
+pub use identity::{RecoverError, recover, recovery_key_path};
 #[cfg(feature = "matrix")]
 pub use session::*;

@@ -28,13 +28,19 @@
 //!
 //! - **Encryption**: the SDK is built with end-to-end encryption and keeps its crypto store
 //!   (`SQLite`) next to the state store, so encrypted rooms are bridged like others: events are
-//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. Room keys are
-//!   shared with every device of the room's members, verified or not (the SDK's default), and
-//!   messages from unverified devices are accepted: the bot verifies no one. A message whose
-//!   key never arrives stays `m.room.encrypted` and is not relayed.
+//!   decrypted by the SDK during sync and `/messages`, and sends are encrypted. With the
+//!   default `trust = "all-devices"` room keys are shared with every device of the room's
+//!   members, verified or not, and messages from every device are accepted: the bot verifies no
+//!   one. `trust = "cross-signed"` shares keys only with devices their owner cross-signed and
+//!   decrypts only their messages. A message that cannot be decrypted stays
+//!   `m.room.encrypted`; it is not relayed, and its drop is logged with the SDK's reason and
+//!   counted. The account's cross-signing identity is `super::identity`'s, set up right after
+//!   login and watched after each sync.
+//! - **Homeserver**: the configured URL stays the one used; a login response's `well_known`
+//!   is not adopted.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,16 +56,21 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UInt, Us
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::config::MatrixConfig;
+use matrix_sdk_crypto::{CollectStrategy, DecryptionSettings, TrustRequirement};
+
+use super::config::{MatrixConfig, Trust};
 use super::content;
 use super::handle::MatrixHandle;
+use super::identity::{Identity, IdentityMetrics};
 use crate::connector::BuildContext;
 use crate::connector::supervisor::{Session, SessionEnd, error_chain, supervise};
 use crate::model::{ChannelRef, EventBody, Inbound, now_ms};
 
-/// Log filter directives that keep the SDK's per-request chatter to warnings.
-pub const QUIET_LOG_TARGETS: &str =
-    "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
+/// Log filter directives that keep the SDK's per-request chatter to warnings. The SDK's HTTP
+/// client logs every failed request at ERROR, the 404s of its own expected probes included
+/// (account data, key backup: several at each start with cross-signing); every failure that
+/// matters reaches the bridge's code, which logs it with its meaning, so that target is off.
+pub const QUIET_LOG_TARGETS: &str = "matrix_sdk=warn,matrix_sdk::http_client=off,matrix_sdk_base=warn,matrix_sdk_sqlite=warn,matrix_sdk_crypto=warn";
 
 /// How long one `/sync` long-poll waits for news.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,6 +101,8 @@ pub struct MatrixTask {
     writes: Arc<AtomicU64>,
     /// user id → the picture (`mxc://`) last stored for them, for `override_icon_url` elsewhere.
     avatars: std::sync::Mutex<HashMap<String, String>>,
+    /// The cross-signing identity's series in `/metrics` (kept over reconnections).
+    identity_metrics: IdentityMetrics,
 }
 
 /// Build the handle and the task of one Matrix network.
@@ -102,6 +115,7 @@ pub fn build(
     let live = Arc::new(RwLock::new(None));
     let relogin = Arc::new(tokio::sync::Notify::new());
     let writes = Arc::new(AtomicU64::new(0));
+    let identity_metrics = IdentityMetrics::new(&context.metrics, network);
     (
         MatrixHandle::new(
             network,
@@ -118,6 +132,7 @@ pub fn build(
             relogin,
             writes,
             avatars: std::sync::Mutex::new(HashMap::new()),
+            identity_metrics,
         },
     )
 }
@@ -151,124 +166,10 @@ impl MatrixTask {
             .join(format!("matrix-{}", self.network))
     }
 
-    async fn new_client(&self) -> Result<Client, String> {
-        Client::builder()
-            .homeserver_url(&self.config.homeserver)
-            .sqlite_store(self.state_dir().join("sdk"), None)
-            // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
-            .request_config(
-                RequestConfig::new()
-                    .disable_retry()
-                    .timeout(Duration::from_secs(30)),
-            )
-            .build()
-            .await
-            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
-    }
-
-    /// A logged-in client: the stored session if the server still takes it, else a new login.
-    async fn login(&self) -> Result<Client, String> {
-        let session_file = self.state_dir().join("session.json");
-        let configured_user = UserId::parse(&self.config.user)
-            .map_err(|error| format!("bad user id {}: {error}", self.config.user))?;
-        let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
-        let mut device_id = None;
-        if let Some(session) = stored {
-            device_id = Some(session.meta.device_id.clone());
-            let client = self.new_client().await?;
-            client
-                .restore_session(session)
-                .await
-                .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
-            match client.whoami().await {
-                Ok(_) => {
-                    tracing::info!(network = %self.network, user = %self.config.user, "Matrix session restored.");
-                    return Ok(client);
-                }
-                Err(error)
-                    if matches!(
-                        error.client_api_error_kind(),
-                        Some(ErrorKind::UnknownToken(_))
-                    ) =>
-                {
-                    tracing::warn!(network = %self.network, "The stored Matrix session was refused; logging in again.");
-                }
-                Err(error) => {
-                    return Err(format!(
-                        "cannot reach the homeserver: {}",
-                        error_chain(&error)
-                    ));
-                }
-            }
-        }
-        let client = self.new_client().await?;
-        if let Some(password) = &self.config.password {
-            let mut login = client
-                .matrix_auth()
-                .login_username(&configured_user, password.expose())
-                .initial_device_display_name(&self.config.device_name);
-            if let Some(device_id) = &device_id {
-                login = login.device_id(device_id.as_str());
-            }
-            login.send().await.map_err(|error| {
-                format!(
-                    "Matrix login as {} failed: {}",
-                    self.config.user,
-                    error_chain(&error)
-                )
-            })?;
-            tracing::info!(network = %self.network, user = %self.config.user, "Logged in to Matrix.");
-        } else if let Some(token) = &self.config.access_token {
-            // The token names its device; ask the server which one.
-            let probe = self.new_client().await?;
-            probe
-                .restore_session(MatrixSession {
-                    meta: matrix_sdk::SessionMeta {
-                        user_id: configured_user.clone(),
-                        device_id: "TRIBRIDGE".into(),
-                    },
-                    tokens: matrix_sdk::SessionTokens {
-                        access_token: token.expose().to_owned(),
-                        refresh_token: None,
-                    },
-                })
-                .await
-                .map_err(|error| error_chain(&error))?;
-            let whoami = probe.whoami().await.map_err(|error| {
-                format!(
-                    "the configured access token was refused: {}",
-                    error_chain(&error)
-                )
-            })?;
-            drop(probe);
-            client
-                .restore_session(MatrixSession {
-                    meta: matrix_sdk::SessionMeta {
-                        user_id: whoami.user_id,
-                        device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
-                    },
-                    tokens: matrix_sdk::SessionTokens {
-                        access_token: token.expose().to_owned(),
-                        refresh_token: None,
-                    },
-                })
-                .await
-                .map_err(|error| error_chain(&error))?;
-        } else {
-            return Err("no password or access token configured".into());
-        }
-        if let Some(session) = client.matrix_auth().session() {
-            save_session(&session_file, &session);
-        }
-        Ok(client)
-    }
-
     async fn session(&self) -> SessionEnd {
+        let dir = self.state_dir();
         let client = tokio::select! {
-            result = self.login() => match result {
+            result = login(&self.network, &self.config, &dir) => match result {
                 Ok(client) => client,
                 Err(reason) => return SessionEnd::Lost(reason),
             },
@@ -288,14 +189,33 @@ impl MatrixTask {
                 tracing::warn!(network = %self.network, error = %error_chain(&error), "Could not set the bot's display name.");
             }
         }
+        let state_dir = &self.context.state_dir;
+        let mut identity = Identity::new(
+            &self.network,
+            &self.config,
+            state_dir,
+            &self.context.store,
+            self.identity_metrics.clone(),
+        );
+        tokio::select! {
+            () = identity.ensure(&client) => {}
+            () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
+        }
         let mut sync = SyncState {
             task: self,
+            identity,
             client: client.clone(),
             own_user,
             rooms: HashMap::new(),
             wanted: self.context.channels.clone(),
             next_join_attempt: Instant::now(),
             awaiting_join: HashSet::new(),
+            undecryptable: self.context.metrics.counter(
+                "tribridge_matrix_undecryptable_events",
+                "Encrypted Matrix events the bridge could not decrypt (no room key, or a sender its trust setting refuses), not relayed",
+                &self.network,
+            ),
+            undecryptable_reasons: std::sync::Mutex::new(HashMap::new()),
         };
         // A brand-new install takes its position before it joins, so that what is said right
         // after the join is relayed (and nothing before it).
@@ -319,6 +239,165 @@ impl MatrixTask {
         // (whoami) and logs in again with the same device id, so no new device appears.
         end
     }
+}
+
+/// A client of the network's homeserver, its stores in `dir/sdk`, its room-key sharing and
+/// decryption per the configured `trust`.
+async fn new_client(config: &MatrixConfig, dir: &Path) -> Result<Client, String> {
+    let (recipients, senders) = match config.trust {
+        Trust::AllDevices => (CollectStrategy::AllDevices, TrustRequirement::Untrusted),
+        Trust::CrossSigned => (
+            CollectStrategy::IdentityBasedStrategy,
+            TrustRequirement::CrossSigned,
+        ),
+    };
+    Client::builder()
+        .homeserver_url(&config.homeserver)
+        // The configured homeserver stays the one used: a login response's `well_known`
+        // (which a fresh password login would otherwise adopt) does not move the client.
+        .respect_login_well_known(false)
+        .sqlite_store(dir.join("sdk"), None)
+        .with_room_key_recipient_strategy(recipients)
+        .with_decryption_settings(DecryptionSettings {
+            sender_device_trust_requirement: senders,
+        })
+        // Retries are ours: the outbox retries deliveries, the sync loop reconnects.
+        .request_config(
+            RequestConfig::new()
+                .disable_retry()
+                .timeout(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))
+}
+
+/// A logged-in client of network `network`, its state in `dir`: the stored session if the
+/// server still takes it, else a new login.
+pub(super) async fn login(
+    network: &str,
+    config: &MatrixConfig,
+    dir: &Path,
+) -> Result<Client, String> {
+    let session_file = dir.join("session.json");
+    let configured_user = UserId::parse(&config.user)
+        .map_err(|error| format!("bad user id {}: {error}", config.user))?;
+    let stored: Option<MatrixSession> = std::fs::read_to_string(&session_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(|session: &MatrixSession| session.meta.user_id == configured_user);
+    let mut device_id = None;
+    if let Some(session) = stored {
+        device_id = Some(session.meta.device_id.clone());
+        let client = new_client(config, dir).await?;
+        client
+            .restore_session(session)
+            .await
+            .map_err(|error| format!("cannot restore the session: {}", error_chain(&error)))?;
+        match client.whoami().await {
+            Ok(_) => {
+                tracing::info!(network = %network, user = %config.user, "Matrix session restored.");
+                return Ok(client);
+            }
+            Err(error)
+                if matches!(
+                    error.client_api_error_kind(),
+                    Some(ErrorKind::UnknownToken(_))
+                ) =>
+            {
+                tracing::warn!(network = %network, "The stored Matrix session was refused; logging in again.");
+            }
+            Err(error) => {
+                return Err(format!(
+                    "cannot reach the homeserver: {}",
+                    error_chain(&error)
+                ));
+            }
+        }
+    }
+    let client = new_client(config, dir).await?;
+    if let Some(password) = &config.password {
+        let mut login = client
+            .matrix_auth()
+            .login_username(&configured_user, password.expose())
+            .initial_device_display_name(&config.device_name);
+        if let Some(device_id) = &device_id {
+            login = login.device_id(device_id.as_str());
+        }
+        login.send().await.map_err(|error| {
+            format!(
+                "Matrix login as {} failed: {}",
+                config.user,
+                error_chain(&error)
+            )
+        })?;
+        tracing::info!(network = %network, user = %config.user, "Logged in to Matrix.");
+    } else if let Some(token) = &config.access_token {
+        // The token names its device; ask the server which one. The probe keeps nothing (no
+        // store): a crypto store opened for a made-up device would refuse the real one after.
+        let probe = Client::builder()
+            .homeserver_url(&config.homeserver)
+            .respect_login_well_known(false)
+            .request_config(
+                RequestConfig::new()
+                    .disable_retry()
+                    .timeout(Duration::from_secs(30)),
+            )
+            .build()
+            .await
+            .map_err(|error| format!("cannot build the Matrix client: {}", error_chain(&error)))?;
+        probe
+            .restore_session(MatrixSession {
+                meta: matrix_sdk::SessionMeta {
+                    user_id: configured_user.clone(),
+                    device_id: "TRIBRIDGE".into(),
+                },
+                tokens: matrix_sdk::SessionTokens {
+                    access_token: token.expose().to_owned(),
+                    refresh_token: None,
+                },
+            })
+            .await
+            .map_err(|error| error_chain(&error))?;
+        let whoami = probe.whoami().await.map_err(|error| {
+            format!(
+                "the configured access token was refused: {}",
+                error_chain(&error)
+            )
+        })?;
+        drop(probe);
+        client
+            .restore_session(MatrixSession {
+                meta: matrix_sdk::SessionMeta {
+                    user_id: whoami.user_id,
+                    device_id: whoami.device_id.unwrap_or_else(|| "TRIBRIDGE".into()),
+                },
+                tokens: matrix_sdk::SessionTokens {
+                    access_token: token.expose().to_owned(),
+                    refresh_token: None,
+                },
+            })
+            .await
+            .map_err(|error| error_chain(&error))?;
+    } else {
+        return Err("no password or access token configured".into());
+    }
+    if let Some(session) = client.matrix_auth().session() {
+        save_session(&session_file, &session);
+    }
+    Ok(client)
+}
+
+/// A filter that asks for no rooms and nothing else that can be left out: a sync with it only
+/// does what end-to-end encryption needs (publishing the device's keys, to-device messages).
+pub(super) fn nothing_filter() -> Filter {
+    let mut room = RoomFilter::default();
+    room.rooms = Some(Vec::new());
+    let mut definition = FilterDefinition::default();
+    definition.room = room;
+    definition.presence = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+    definition.account_data = matrix_sdk::ruma::api::client::filter::Filter::ignore_all();
+    Filter::FilterDefinition(definition)
 }
 
 /// Drop what the bot was not there for: every event before its own join in this batch, and
@@ -401,6 +480,12 @@ impl Writing {
 /// The state of one sync session.
 struct SyncState<'a> {
     task: &'a MatrixTask,
+    /// The account's cross-signing identity, looked at after each sync.
+    identity: Identity<'a>,
+    /// Encrypted events that could not be decrypted, counted as they are dropped.
+    undecryptable: Arc<std::sync::atomic::AtomicI64>,
+    /// event id → why the SDK could not decrypt it, for the log line of its drop.
+    undecryptable_reasons: std::sync::Mutex<HashMap<String, String>>,
     client: Client,
     own_user: OwnedUserId,
     /// configured channel → room id, for joined rooms
@@ -657,7 +742,7 @@ impl SyncState<'_> {
                             .timeline
                             .events
                             .iter()
-                            .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
+                            .filter_map(|event| self.event_json(event)),
                     );
                     let events = after_own_join(self.own_user.as_str(), events);
                     for event in events {
@@ -667,6 +752,14 @@ impl SyncState<'_> {
                     }
                 }
             }
+            // Reasons of undecryptable events left out (before the bot's join) are not needed.
+            self.undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            // The SDK read the account's keys during the sync: a changed identity shows now.
+            let client = self.client.clone();
+            self.identity.watch(&client).await;
             // Every event before `next_batch` is committed: only now may the position move.
             if let Err(reason) = self.set_cursor(response.next_batch.clone()).await {
                 return SessionEnd::Lost(format!("cannot store the sync cursor: {reason}"));
@@ -696,11 +789,7 @@ impl SyncState<'_> {
                 format!("cannot fetch missed messages: {}", error_chain(&error))
             })?;
             let empty = page.chunk.is_empty();
-            older.extend(
-                page.chunk
-                    .iter()
-                    .filter_map(|event| event.raw().deserialize_as::<Value>().ok()),
-            );
+            older.extend(page.chunk.iter().filter_map(|event| self.event_json(event)));
             match page.end {
                 Some(end) if !empty && end != from => from = end,
                 _ => break,
@@ -711,6 +800,24 @@ impl SyncState<'_> {
         Ok(older)
     }
 
+    /// A timeline event as JSON (as it arrived when it could not be decrypted; then why is
+    /// kept for the log line of its drop).
+    fn event_json(
+        &self,
+        event: &matrix_sdk::deserialized_responses::TimelineEvent,
+    ) -> Option<Value> {
+        use matrix_sdk::deserialized_responses::TimelineEventKind;
+        if let TimelineEventKind::UnableToDecrypt { utd_info, .. } = &event.kind
+            && let Some(event_id) = event.event_id()
+        {
+            self.undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(event_id.to_string(), format!("{:?}", utd_info.reason));
+        }
+        event.raw().deserialize_as::<Value>().ok()
+    }
+
     /// Normalise one timeline event and commit it. `Err` only when the store failed.
     async fn relay(&self, room_id: &RoomId, channel: &str, event: &Value) -> Result<(), String> {
         let Some(sender) = event["sender"].as_str() else {
@@ -719,6 +826,18 @@ impl SyncState<'_> {
         if sender == self.own_user.as_str() {
             // Layer one of echo suppression: nothing the bot's account says is relayed, even
             // when it arrives before the send call returned.
+            return Ok(());
+        }
+        if event["type"] == "m.room.encrypted" {
+            let event_id = event["event_id"].as_str().unwrap_or_default();
+            let reason = self
+                .undecryptable_reasons
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(event_id)
+                .unwrap_or_else(|| "unknown".to_owned());
+            self.undecryptable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(network = %self.network(), room_id = %room_id, event_id, sender, reason = %reason, trust = ?self.task.config.trust, "An encrypted event could not be decrypted (no room key for the bridge's device, or a sender device the trust setting refuses); it is not relayed.");
             return Ok(());
         }
         let Some(mut body) = content::inbound(event, self.task.config.relay_membership) else {
