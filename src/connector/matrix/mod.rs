@@ -14,9 +14,9 @@ pub mod config;
 pub mod content;
 #[cfg(feature = "matrix")]
 mod handle;
-pub mod mentions;
 #[cfg(feature = "matrix")]
 mod identity;
+pub mod mentions;
 #[cfg(feature = "matrix")]
 mod session;
 
