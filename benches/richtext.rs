@@ -10,8 +10,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_main};
 use tribridge::richtext::irc::{self, IrcRenderOptions};
-use tribridge::richtext::mention::{self, Identity, MentionDirectory, Platform};
+use tribridge::richtext::mention;
+use tribridge::richtext::model::{Mention, MentionTarget};
 use tribridge::richtext::{html, markdown};
+use tribridge::vocab::{CaseMapping, People};
 
 const IRC_TYPICAL: &str = "\x02alice\x02: the build on \x1dmain\x1d is green again, see \
 https://ci.example.org/run/4521 \x0304(3 flaky tests)\x03 and try \x11cargo test -p core\x11 👍";
@@ -57,17 +59,63 @@ fn bench(c: &mut Criterion) {
     g.bench_function("html_render", |b| {
         b.iter(|| html::render(black_box(&md_model)));
     });
-    let mut dir = MentionDirectory::new();
-    dir.add_person(vec![
-        Identity::new("matrix", Platform::Matrix, "@alice:example.org"),
-        Identity::new("mattermost", Platform::Mattermost, "alice"),
-        Identity::new("libera", Platform::Irc, "alice"),
-    ]);
+    let people = People::new(
+        [
+            ("libera".to_owned(), CaseMapping::Rfc1459),
+            ("matrix".to_owned(), CaseMapping::Exact),
+            ("mattermost".to_owned(), CaseMapping::Ascii),
+        ]
+        .into(),
+    );
+    people.saw("matrix", "@alice:example.org", "Alice");
     g.bench_function("mentions_rewrite_neutralise", |b| {
         b.iter(|| {
             let mut t = html_model.clone();
-            mention::rewrite_mentions(&mut t, &dir, "mattermost");
+            mention::rewrite_mentions(&mut t, "mattermost", &|_, _| None, &|network, id| {
+                people.current(network, id).map(|(_, shown)| shown)
+            });
             mention::neutralise_mass_pings(&mut t, false);
+            t
+        });
+    });
+    g.finish();
+
+    // The mention pass of one IRC line with a directory of 1,000 people relayed from Matrix:
+    // names found in the line, then mentions made Matrix pills.
+    let big = People::new(
+        [
+            ("libera".to_owned(), CaseMapping::Rfc1459),
+            ("matrix".to_owned(), CaseMapping::Exact),
+        ]
+        .into(),
+    );
+    for i in 0..1000 {
+        big.saw(
+            "matrix",
+            &format!("@person{i}:example.org"),
+            &format!("person{i}"),
+        );
+    }
+    let line = "person500: the build on main is green again, thanks person999 and person1 for it";
+    let mut g = c.benchmark_group("mentions_1000_people");
+    g.bench_function("irc_line_detect_rewrite", |b| {
+        b.iter(|| {
+            let mut t = irc::parse(black_box(line));
+            mention::detect_mentions(&mut t, &|word| big.shown_as("libera", word));
+            mention::rewrite_mentions(
+                &mut t,
+                "matrix",
+                &|id, display| {
+                    Some(Mention {
+                        display: display.to_owned(),
+                        target: MentionTarget::User {
+                            network: "matrix".into(),
+                            user_id: id.to_owned(),
+                        },
+                    })
+                },
+                &|_, _| None,
+            );
             t
         });
     });

@@ -25,6 +25,7 @@ use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
 use crate::router::Topology;
 use crate::vocab::Section;
+use crate::vocab::gateway::IrcReplies;
 pub use crate::vocab::{
     Capabilities, DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, Secret,
 };
@@ -267,6 +268,7 @@ struct RawGateway {
     allow_mass_pings: Option<Spanned<bool>>,
     edit_policy: Option<Spanned<EditPolicy>>,
     original_time_after: Option<Spanned<i64>>,
+    irc_replies: Option<Spanned<IrcReplies>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -658,6 +660,10 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or_else(EditPolicy::default, |v| *v.get_ref()),
                 original_time_after,
+                irc_replies: gateway
+                    .irc_replies
+                    .as_ref()
+                    .map_or_else(IrcReplies::default, |v| *v.get_ref()),
             });
         }
         Config {

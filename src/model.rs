@@ -261,6 +261,21 @@ pub struct TargetRef {
     pub remote_id: Option<String>,
 }
 
+/// The message a reply answers, as its origin said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replied {
+    /// Its canonical id.
+    pub message_id: i64,
+    /// The network it was said on.
+    pub network: String,
+    /// That network's id for it, if it has one.
+    pub remote_id: Option<String>,
+    /// Who said it.
+    pub author: Author,
+    /// Its text (as first said; an edit is not applied).
+    pub text: FormattedText,
+}
+
 /// One event a connector saw on a network, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
@@ -309,6 +324,9 @@ pub struct Delivery {
     pub thread_root: Option<TargetRef>,
     /// For an edit: the text it replaces (the original's, or the previous edit's), when known.
     pub previous_text: Option<FormattedText>,
+    /// For a reply (or a message in a thread): the message it answers (the replied one, else
+    /// the thread's root), for destinations that show a reply as text.
+    pub replied: Option<Replied>,
     /// A link to the message on its origin platform, if it has one.
     pub permalink: Option<String>,
     /// How many times a send was tried before.
@@ -341,6 +359,7 @@ impl Delivery {
             reply_to: None,
             thread_root: None,
             previous_text: None,
+            replied: None,
             permalink: None,
             attempts: 0,
         }

@@ -22,7 +22,7 @@ use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::parallel::{Judgement, Parallel, Prepared, StoreFacts, Verdict};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 pub use crate::vocab::Wake;
-use crate::vocab::{Capabilities, CaseMapping, GatewayConfig};
+use crate::vocab::{Capabilities, CaseMapping, GatewayConfig, People};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
 ///
@@ -189,6 +189,7 @@ pub struct Router {
     wake: Arc<dyn Wake>,
     stats: Arc<RouterStats>,
     parallel: Arc<Parallel>,
+    people: Arc<People>,
 }
 
 impl Router {
@@ -197,9 +198,15 @@ impl Router {
     #[must_use]
     pub fn new(topology: Arc<Topology>, store: Arc<Store>, wake: Arc<dyn Wake>) -> Self {
         let parallel = Arc::new(Parallel::load(Arc::clone(&store), topology.case_mappings()));
+        let known = store.people().unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "Could not read the people directory; mentions start from nobody.");
+            Vec::new()
+        });
+        let people = Arc::new(People::load(topology.case_mappings(), known));
         Self {
             topology,
             parallel,
+            people,
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
             store,
             wake,
@@ -211,6 +218,13 @@ impl Router {
     #[must_use]
     pub fn parallel(&self) -> &Arc<Parallel> {
         &self.parallel
+    }
+
+    /// The people directory: learnt from every event committed (its author, a nick change),
+    /// read by connectors to turn names into mentions and mentions into names.
+    #[must_use]
+    pub fn people(&self) -> &Arc<People> {
+        &self.people
     }
 
     /// A connector tells which account the bridge uses on `network` (after each login or
@@ -279,6 +293,7 @@ impl Router {
             }
         };
         let protocol = self.topology.protocol(&inbound.origin.network);
+        self.people.learn(&inbound);
         let outcome = self
             .writer
             .commit_inbound(inbound, protocol, routes)
@@ -337,6 +352,7 @@ impl Router {
     ) -> tokio::task::JoinHandle<()> {
         let origin = inbound.origin.clone();
         let protocol = self.topology.protocol(&inbound.origin.network);
+        self.people.learn(&inbound);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();
         tokio::spawn(async move {
@@ -373,6 +389,7 @@ impl Router {
             Verdict::Hold(hold) => hold.relay(),
         };
         let protocol = self.topology.protocol(&inbound.origin.network);
+        self.people.learn(inbound);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
         self.account(&outcome, prepared);
         if let CommitOutcome::Committed { destinations, .. } = &outcome {

@@ -11,7 +11,9 @@ use std::sync::mpsc as std_mpsc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::model::{Author, ChannelRef, Delivery, EventBody, Inbound, TargetRef, now_ms};
+use crate::model::{
+    Author, ChannelRef, Delivery, EventBody, Inbound, Membership, Replied, TargetRef, now_ms,
+};
 use crate::richtext::FormattedText;
 pub use crate::vocab::PendingDelivery;
 
@@ -23,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_parallel_routes.sql"),
     include_str!("../migrations/0005_unused_index.sql"),
     include_str!("../migrations/0006_integer_keys.sql"),
+    include_str!("../migrations/0007_people.sql"),
 ];
 
 /// Errors from the store.
@@ -351,6 +354,15 @@ impl Store {
                     .transpose()?,
                 None => None,
             };
+            // What a reply (or a message in a thread) answers, for destinations that show it as
+            // text: the replied message, else the thread's root.
+            let replied_id = row
+                .reply_to_message_id
+                .or_else(|| thread_root.as_ref().map(|root| root.message_id));
+            let replied = match replied_id {
+                Some(id) => replied_message(&connection, id)?,
+                None => None,
+            };
             let previous_text = match (&body, row.target_message_id) {
                 (EventBody::Edit { .. }, Some(target_id)) => {
                     previous_text(&connection, target_id, row.message_id)?
@@ -375,6 +387,7 @@ impl Store {
                     reply_to,
                     thread_root,
                     previous_text,
+                    replied,
                     permalink: row.permalink,
                     attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                 },
@@ -606,6 +619,38 @@ impl Store {
                 ],
             )?,
         };
+        Ok(())
+    }
+
+    /// Every person the bridge has seen, as [`crate::vocab::People::load`] reads them.
+    pub fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
+        let connection = self.read();
+        let mut statement =
+            connection.prepare("SELECT network, user_id, display_name, renamed_to FROM people")?;
+        let rows = statement.query_map([], |row| {
+            Ok(crate::vocab::KnownPerson {
+                network: row.get(0)?,
+                user_id: row.get(1)?,
+                display_name: row.get(2)?,
+                renamed_to: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record that the nick `old` of `network` is now `new` in the people directory (as the
+    /// commit of a relayed nick change does; idempotent).
+    pub fn record_rename(&self, network: &str, old: &str, new: &str) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = write_transaction(&mut connection)?;
+        {
+            let mut writes = Writes::prepare(&transaction)?;
+            writes.upsert_person.execute(params![network, new, new])?;
+            if old != new {
+                writes.rename_person.execute(params![network, old, new])?;
+            }
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -933,6 +978,7 @@ impl StagedInbound {
                     reply_to: None,
                     thread_root: None,
                     previous_text: None,
+                    replied: None,
                     permalink: inbound.permalink.clone(),
                     attempts: 0,
                 });
@@ -971,6 +1017,8 @@ struct Writes<'c> {
     delete_outbox: rusqlite::CachedStatement<'c>,
     insert_delivered: rusqlite::CachedStatement<'c>,
     insert_delivery_mapping: rusqlite::CachedStatement<'c>,
+    upsert_person: rusqlite::CachedStatement<'c>,
+    rename_person: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> Writes<'c> {
@@ -1001,6 +1049,18 @@ impl<'c> Writes<'c> {
                 "INSERT OR IGNORE INTO mappings (network, channel, remote_id, message_id, role,
                      delivery_id)
                  VALUES (?1, ?2, ?3, ?4, 'delivery', ?5)",
+            )?,
+            // A lookup only, no write, while the name stays the same (nearly every message).
+            upsert_person: connection.prepare_cached(
+                "INSERT INTO people (network, user_id, display_name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (network, user_id) DO UPDATE
+                 SET display_name = excluded.display_name, renamed_to = NULL
+                 WHERE display_name IS NOT excluded.display_name OR renamed_to IS NOT NULL",
+            )?,
+            rename_person: connection.prepare_cached(
+                "INSERT INTO people (network, user_id, display_name, renamed_to)
+                 VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT (network, user_id) DO UPDATE SET renamed_to = excluded.renamed_to",
             )?,
         })
     }
@@ -1060,6 +1120,7 @@ fn record_inbound(
         inbound.permalink,
     ])?;
     let message_id = connection.last_insert_rowid();
+    record_person(writes, inbound)?;
     if let Some(remote_id) = &inbound.remote_id {
         writes.insert_origin.execute(params![
             inbound.origin.network,
@@ -1080,6 +1141,28 @@ fn record_inbound(
         seqs.push(connection.last_insert_rowid());
     }
     Ok(Recorded::Message { message_id, seqs })
+}
+
+/// The people directory's row of the event's author (see `migrations/0007_people.sql`): their
+/// name, or for a nick change the old nick pointing at the new one.
+fn record_person(writes: &mut Writes<'_>, inbound: &Inbound) -> Result<(), StoreError> {
+    let network = &inbound.origin.network;
+    let author = &inbound.author;
+    if let EventBody::Membership(Membership::Renamed { new_name }) = &inbound.body {
+        writes
+            .upsert_person
+            .execute(params![network, new_name, new_name])?;
+        if author.id != *new_name {
+            writes
+                .rename_person
+                .execute(params![network, author.id, new_name])?;
+        }
+    } else {
+        writes
+            .upsert_person
+            .execute(params![network, author.id, author.display_name])?;
+    }
+    Ok(())
 }
 
 /// After the transaction holding `recorded` committed: the event's outcome, with its outbox
@@ -1139,6 +1222,42 @@ fn resolve_target(
         message_id,
         remote_id,
     })
+}
+
+/// Who said message `id`, where, and its text (`None` for a message that is not a text).
+fn replied_message(connection: &Connection, id: i64) -> Result<Option<Replied>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT origin_network, author_id, author_name, body, origin_remote_id FROM messages
+         WHERE id = ?1",
+    )?;
+    let row = statement
+        .query_row(params![id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .optional()?;
+    Ok(
+        row.and_then(|(network, author_id, author_name, body, remote_id)| {
+            match serde_json::from_str::<EventBody>(&body).ok()? {
+                EventBody::Text { text, .. } => Some(Replied {
+                    message_id: id,
+                    network,
+                    remote_id,
+                    author: Author {
+                        id: author_id,
+                        display_name: author_name,
+                    },
+                    text,
+                }),
+                _ => None,
+            }
+        }),
+    )
 }
 
 /// The text an edit replaces: the latest earlier edit of `target_id` before `edit_id`, else the

@@ -6,10 +6,10 @@
 //! Must not: reach into private items; everything here goes through the public API.
 
 use tribridge::richtext::irc::{self, CodeBlockStyle, IrcRenderOptions};
-use tribridge::richtext::mention::{
-    self, ANTI_PING, Identity, MentionDirectory, Platform, no_ping_nick,
-};
+use tribridge::richtext::mention::{self, ANTI_PING, no_ping_nick};
+use tribridge::richtext::model::{Mention, MentionTarget};
 use tribridge::richtext::{FormattedText, html, markdown};
+use tribridge::vocab::{CaseMapping, People};
 
 const WJ: char = ANTI_PING;
 
@@ -17,21 +17,49 @@ fn irc_opts() -> IrcRenderOptions {
     IrcRenderOptions::default()
 }
 
-fn directory() -> MentionDirectory {
-    let mut d = MentionDirectory::new();
-    d.add_person(vec![
-        Identity::new("libera", Platform::Irc, "alice"),
-        Identity {
-            display_name: Some("Alice 🌸".into()),
-            ..Identity::new("matrix", Platform::Matrix, "@alice:example.org")
+/// The people directory as the daemon learns it: alice and 李 said something on Matrix, carl
+/// on Mattermost, dave on IRC.
+fn directory() -> People {
+    let people = People::new(
+        [
+            ("libera".to_owned(), CaseMapping::Rfc1459),
+            ("matrix".to_owned(), CaseMapping::Exact),
+            ("mattermost".to_owned(), CaseMapping::Ascii),
+        ]
+        .into(),
+    );
+    people.saw("matrix", "@alice:example.org", "Alice 🌸");
+    people.saw("matrix", "@li:example.org", "李");
+    people.saw("mattermost", "u-carl", "carl");
+    people.saw("libera", "dave", "dave");
+    people
+}
+
+/// Mentions as destination `network` shows them, with its own people as the connectors render
+/// them (Matrix: the id, showing the display name; Mattermost: `@username`; IRC: the nick).
+fn rewrite(text: &mut FormattedText, people: &People, network: &str) {
+    mention::rewrite_mentions(
+        text,
+        network,
+        &|user_id, display| {
+            let (id, shown) = people
+                .current(network, user_id)
+                .unwrap_or_else(|| (user_id.to_owned(), display.to_owned()));
+            let (user_id, display) = match network {
+                "matrix" => (user_id.to_owned(), shown),
+                "mattermost" => (shown.clone(), format!("@{shown}")),
+                _ => (id.clone(), id),
+            };
+            Some(Mention {
+                display,
+                target: MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id,
+                },
+            })
         },
-        Identity::new("mattermost", Platform::Mattermost, "alice"),
-    ]);
-    d.add_person(vec![
-        Identity::new("libera", Platform::Irc, "李"),
-        Identity::new("matrix", Platform::Matrix, "@li:example.org"),
-    ]);
-    d
+        &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+    );
 }
 
 #[test]
@@ -247,39 +275,43 @@ fn mattermost_to_irc_and_matrix() {
 
 #[test]
 fn mentions_across_networks() {
-    let dir = directory();
+    let people = directory();
     let o = irc_opts();
 
-    // Matrix pill → IRC nick and Mattermost username.
-    let t = html::parse("<a href=\"https://matrix.to/#/@alice:example.org\">Alice 🌸</a>: hi");
+    // A Matrix pill → IRC and Mattermost: the name the person is shown under there.
+    let t = html::parse("<a href=\"https://matrix.to/#/@alice:example.org\">Alice</a>: hi");
     let mut irc_t = t.clone();
-    mention::rewrite_mentions(&mut irc_t, &dir, "libera");
-    assert_eq!(irc::render(&irc_t, &o), vec!["alice: hi"]);
+    rewrite(&mut irc_t, &people, "libera");
+    assert_eq!(irc::render(&irc_t, &o), vec!["Alice 🌸: hi"]);
     let mut mm_t = t;
-    mention::rewrite_mentions(&mut mm_t, &dir, "mattermost");
-    assert_eq!(markdown::render(&mm_t), "@alice: hi");
+    rewrite(&mut mm_t, &people, "mattermost");
+    assert_eq!(markdown::render(&mm_t), "Alice 🌸: hi");
 
-    // IRC nick (CJK) → Matrix pill; an unknown nick stays text.
+    // An IRC line naming a Matrix person (CJK) → their pill; an unknown name stays text.
     let mut t = irc::parse("李: and bob: look");
-    mention::detect_irc_mentions(&mut t, "libera", &dir);
-    mention::rewrite_mentions(&mut t, &dir, "matrix");
+    mention::detect_mentions(&mut t, &|word| people.shown_as("libera", word));
+    rewrite(&mut t, &people, "matrix");
     assert_eq!(
         html::render(&t).formatted_body.as_deref(),
-        Some("<a href=\"https://matrix.to/#/@li:example.org\">@li:example.org</a>: and bob: look")
+        Some("<a href=\"https://matrix.to/#/@li:example.org\">李</a>: and bob: look")
     );
 
-    // Mattermost @alice → Matrix pill with the display name.
-    let mut t = markdown::parse("thanks @Alice!");
-    mention::rewrite_mentions(&mut t, &dir, "matrix");
-    assert_eq!(
-        html::render(&t).formatted_body.as_deref(),
-        Some("thanks <a href=\"https://matrix.to/#/@alice:example.org\">Alice 🌸</a>!")
-    );
+    // IRC naming a Mattermost person → `@username` there; a Matrix line naming an IRC person
+    // → the nick on IRC.
+    let mut t = irc::parse("thanks CARL!");
+    mention::detect_mentions(&mut t, &|word| people.shown_as("libera", word));
+    rewrite(&mut t, &people, "mattermost");
+    assert_eq!(markdown::render(&t), "thanks @carl!");
+    let mut t = html::parse("dave, <em>look</em>");
+    mention::detect_mentions(&mut t, &|word| people.shown_as("matrix", word));
+    rewrite(&mut t, &people, "libera");
+    assert_eq!(irc::render(&t, &o), vec!["dave, \x1dlook"]);
 
-    // Unknown Mattermost user → IRC plain text, and back to Mattermost it pings nobody.
+    // An unknown Mattermost user → IRC plain text, and back to Mattermost it pings nobody.
     let mut t = markdown::parse("@carol ok");
-    mention::rewrite_mentions(&mut t, &dir, "libera");
+    rewrite(&mut t, &people, "libera");
     assert_eq!(irc::render(&t, &o), vec!["@carol ok"]);
+    assert_eq!(markdown::render(&t), format!("@{WJ}carol ok"));
 }
 
 #[test]
@@ -291,7 +323,7 @@ fn mass_pings_across_networks() {
     ];
     for (input, allowed, want) in cases {
         let mut t = html::parse(input);
-        mention::rewrite_mentions(&mut t, &MentionDirectory::new(), "mattermost");
+        rewrite(&mut t, &directory(), "mattermost");
         mention::neutralise_mass_pings(&mut t, allowed);
         assert_eq!(markdown::render(&t), want, "{input:?} allowed={allowed}");
     }

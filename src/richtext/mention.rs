@@ -1,9 +1,10 @@
-//! Mentions across networks: mapping, detection in plain IRC text, mass-ping neutralising,
-//! and the anti-ping form of relayed IRC nicks.
+//! Mentions across networks: rewriting for a destination, finding people's names in text,
+//! mass-ping neutralising, and the anti-ping form of relayed IRC nicks.
 //!
-//! Owns: [`MentionDirectory`] (the gateway's known users, supplied as data), rewriting the
-//! mentions of a text for a destination network, and the invisible character used to stop
-//! pings ([`ANTI_PING`]).
+//! Owns: finding the names of people in text ([`detect_mentions`], with a lookup the caller
+//! supplies: the people directory is [`crate::vocab::People`]), rewriting the mentions of a
+//! text for a destination network ([`rewrite_mentions`], with that network's own forms supplied
+//! by its connector), and the invisible character used to stop pings ([`ANTI_PING`]).
 //! Must not: look anything up by itself (no I/O, no network), ping anyone the author did
 //! not mention, or change anything a reader can see other than turning an unmappable
 //! mention into its plain text.
@@ -22,169 +23,86 @@ use super::model::{Block, FormattedText, Inline, Mention, MentionTarget};
 /// U+2060 WORD JOINER, inserted to stop a highlight or ping (see the module documentation).
 pub const ANTI_PING: char = '\u{2060}';
 
-/// The kind of platform a network is; it decides how user ids compare and display.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Platform {
-    /// IRC: user ids are nicks, compared with RFC 1459 case mapping.
-    Irc,
-    /// Matrix: user ids are `@localpart:server`, compared exactly.
-    Matrix,
-    /// Mattermost: user ids are usernames, compared ASCII case-insensitively.
-    Mattermost,
-}
-
-impl Platform {
-    /// Whether `a` and `b` name the same user on this platform.
-    #[must_use]
-    pub fn same_user(self, a: &str, b: &str) -> bool {
-        match self {
-            Platform::Irc => {
-                a.len() == b.len() && a.chars().map(irc_fold).eq(b.chars().map(irc_fold))
-            }
-            Platform::Matrix => a == b,
-            Platform::Mattermost => a
-                .trim_start_matches('@')
-                .eq_ignore_ascii_case(b.trim_start_matches('@')),
-        }
-    }
-}
-
-/// RFC 1459 case folding: ASCII letters, and `[]\~` as the upper case of `{}|^`.
-fn irc_fold(c: char) -> char {
-    match c {
-        '[' => '{',
-        ']' => '}',
-        '\\' => '|',
-        '~' => '^',
-        c => c.to_ascii_lowercase(),
-    }
-}
-
-/// One account of a person on one network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The gateway's name for the network.
-    pub network: String,
-    /// The kind of network.
-    pub platform: Platform,
-    /// The user id there: nick, Matrix user id or Mattermost username.
-    pub user_id: String,
-    /// The display name there, if it has one (Matrix).
-    pub display_name: Option<String>,
-}
-
-impl Identity {
-    /// An identity without display name.
-    #[must_use]
-    pub fn new(network: &str, platform: Platform, user_id: &str) -> Self {
-        Identity {
-            network: network.to_owned(),
-            platform,
-            user_id: user_id.to_owned(),
-            display_name: None,
-        }
-    }
-
-    /// The text a mention of this identity shows on its own platform.
-    #[must_use]
-    pub fn mention_display(&self) -> String {
-        match self.platform {
-            Platform::Irc => self.user_id.clone(),
-            Platform::Matrix => self
-                .display_name
-                .clone()
-                .filter(|d| !d.trim().is_empty())
-                .unwrap_or_else(|| self.user_id.clone()),
-            Platform::Mattermost => format!("@{}", self.user_id.trim_start_matches('@')),
-        }
-    }
-}
-
-/// The gateway's known users: each person is a list of identities on several networks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MentionDirectory {
-    people: Vec<Vec<Identity>>,
-}
-
-impl MentionDirectory {
-    /// An empty directory.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one person with their identities.
-    pub fn add_person(&mut self, identities: Vec<Identity>) {
-        if !identities.is_empty() {
-            self.people.push(identities);
-        }
-    }
-
-    /// The identities of the person who is `user_id` on `network`.
-    #[must_use]
-    pub fn person(&self, network: &str, user_id: &str) -> Option<&[Identity]> {
-        self.people
-            .iter()
-            .find(|p| {
-                p.iter()
-                    .any(|i| i.network == network && i.platform.same_user(&i.user_id, user_id))
-            })
-            .map(Vec::as_slice)
-    }
-
-    /// The identity on `dest_network` of the person who is `user_id` on `network`.
-    #[must_use]
-    pub fn identity_on(
-        &self,
-        network: &str,
-        user_id: &str,
-        dest_network: &str,
-    ) -> Option<&Identity> {
-        self.person(network, user_id)?
-            .iter()
-            .find(|i| i.network == dest_network)
-    }
-
-    /// The identity on `network` whose user id is `user_id`.
-    #[must_use]
-    pub fn identity(&self, network: &str, user_id: &str) -> Option<&Identity> {
-        self.person(network, user_id)?
-            .iter()
-            .find(|i| i.network == network && i.platform.same_user(&i.user_id, user_id))
-    }
-}
-
-/// Rewrites every mention for `dest_network`: a user known there becomes a mention of their
-/// identity there (with that platform's display); a user not known there, or a channel of
-/// another network, becomes its plain display text, which pings nobody. Mentions of
-/// `dest_network` itself and room mentions are left alone (see [`neutralise_mass_pings`]).
+/// Rewrites every mention for the network `dest_network`: a user of that network becomes
+/// what `native` makes of them (their current id and the display its people expect), or plain
+/// text when `native` does not know them; a user of another network becomes the name they are
+/// shown under (`shown`, else the mention's own text), which pings nobody; a channel of another
+/// network becomes its text. Room mentions are left alone (see [`neutralise_mass_pings`]).
 pub fn rewrite_mentions(
     text: &mut FormattedText,
-    directory: &MentionDirectory,
     dest_network: &str,
+    native: &dyn Fn(&str, &str) -> Option<Mention>,
+    shown: &dyn Fn(&str, &str) -> Option<String>,
 ) {
-    let f = &mut |m: Mention| -> Inline {
+    map_mentions(text, &mut |m: Mention| -> Inline {
         match &m.target {
-            MentionTarget::User { network, user_id } if network != dest_network => {
-                match directory.identity_on(network, user_id, dest_network) {
-                    Some(id) => Inline::Mention(Mention {
-                        display: id.mention_display(),
-                        target: MentionTarget::User {
-                            network: id.network.clone(),
-                            user_id: id.user_id.clone(),
-                        },
-                    }),
+            MentionTarget::User { network, user_id } if network == dest_network => {
+                match native(user_id, &m.display) {
+                    Some(mention) => Inline::Mention(mention),
                     None => Inline::Text(m.display),
                 }
+            }
+            MentionTarget::User { network, user_id } => {
+                Inline::Text(shown(network, user_id).unwrap_or(m.display))
             }
             MentionTarget::Channel { network, .. } if network != dest_network => {
                 Inline::Text(m.display)
             }
             _ => Inline::Mention(m),
         }
-    };
+    });
+}
+
+/// Applies `f` to every mention of the text (outside code), then normalises it; a text without
+/// mentions is left as it is.
+pub fn map_mentions(text: &mut FormattedText, f: &mut dyn FnMut(Mention) -> Inline) {
+    if !has_mentions(&text.blocks) {
+        return;
+    }
     map_blocks(&mut text.blocks, f);
     text.normalize();
+}
+
+/// Whether any block holds a mention (outside code).
+fn has_mentions(blocks: &[Block]) -> bool {
+    fn inlines(v: &[Inline]) -> bool {
+        v.iter().any(|node| match node {
+            Inline::Mention(_) => true,
+            Inline::Bold(c)
+            | Inline::Italic(c)
+            | Inline::Underline(c)
+            | Inline::Strike(c)
+            | Inline::Spoiler(c)
+            | Inline::Link { children: c, .. }
+            | Inline::Colour { children: c, .. } => inlines(c),
+            Inline::Text(_) | Inline::Code(_) | Inline::LineBreak => false,
+        })
+    }
+    blocks.iter().any(|b| match b {
+        Block::Paragraph(v) => inlines(v),
+        Block::Quote(inner) => has_mentions(inner),
+        Block::CodeBlock { .. } => false,
+    })
+}
+
+/// The user ids of `network` that the text mentions, each once, in order.
+#[must_use]
+pub fn mentioned_users(text: &FormattedText, network: &str) -> Vec<String> {
+    let mut users: Vec<String> = Vec::new();
+    let mut copy = text.clone();
+    map_blocks(&mut copy.blocks, &mut |m: Mention| {
+        if let MentionTarget::User {
+            network: of,
+            user_id,
+        } = &m.target
+            && of == network
+            && !users.contains(user_id)
+        {
+            users.push(user_id.clone());
+        }
+        Inline::Mention(m)
+    });
+    users
 }
 
 /// Turns mass pings into harmless text unless `allowed`. Call it after
@@ -272,11 +190,33 @@ fn is_combining(c: char) -> bool {
         | 0xFE00..=0xFE0F | 0xFE20..=0xFE2F | 0x200D | 0x1F3FB..=0x1F3FF | 0xE0100..=0xE01EF)
 }
 
-/// Finds known IRC nicks of `network` written as words in plain text (outside code and
-/// links) and turns them into mentions, so that they can be mapped to other networks.
-/// Nicks shorter than two characters are ignored (they would match ordinary words).
-pub fn detect_irc_mentions(text: &mut FormattedText, network: &str, directory: &MentionDirectory) {
-    detect_in_blocks(&mut text.blocks, network, directory);
+/// Words that are never taken for a name unless the line addresses them (`the: …`): a person
+/// called `the` or `so` is not pinged by every sentence.
+const COMMON_WORDS: &[&str] = &[
+    "a", "about", "after", "again", "all", "also", "an", "and", "any", "are", "as", "at", "back",
+    "be", "because", "been", "but", "by", "can", "come", "could", "day", "did", "do", "does",
+    "done", "even", "first", "fix", "for", "from", "get", "give", "go", "good", "got", "had",
+    "has", "have", "he", "help", "her", "here", "him", "his", "how", "i", "if", "in", "into", "is",
+    "it", "its", "just", "know", "like", "look", "make", "me", "more", "most", "my", "new", "no",
+    "not", "now", "of", "ok", "okay", "on", "one", "only", "or", "other", "our", "out", "over",
+    "people", "please", "say", "see", "she", "so", "some", "take", "test", "than", "thanks",
+    "that", "the", "their", "them", "then", "there", "these", "they", "thing", "think", "this",
+    "time", "to", "two", "up", "us", "use", "want", "was", "way", "we", "well", "were", "what",
+    "when", "which", "who", "will", "with", "work", "would", "yes", "you", "your",
+];
+
+/// Whether `word` may be taken for a name anywhere in a line (not only where the line
+/// addresses it): at least three characters and not a common word.
+fn may_be_name_anywhere(word: &str) -> bool {
+    word.chars().count() >= 3 && !COMMON_WORDS.contains(&word.to_lowercase().as_str())
+}
+
+/// Finds names of people written as words in plain text (outside code and links) and turns
+/// those that `lookup` knows into mentions of them. A name is taken where the line addresses
+/// it (at its start, followed by `:` or `,`), after `@`, or anywhere as a whole word when it
+/// is at least three characters long and not a common word (see [`COMMON_WORDS`]).
+pub fn detect_mentions(text: &mut FormattedText, lookup: &dyn Fn(&str) -> Option<MentionTarget>) {
+    detect_in_blocks(&mut text.blocks, lookup);
     text.normalize();
 }
 
@@ -285,39 +225,45 @@ fn is_nick_char(c: char) -> bool {
     c.is_alphanumeric() || "[]\\`_^{|}-".contains(c)
 }
 
-fn detect_in_blocks(blocks: &mut [Block], network: &str, dir: &MentionDirectory) {
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<MentionTarget>;
+
+fn detect_in_blocks(blocks: &mut [Block], lookup: Lookup<'_>) {
     for b in blocks {
         match b {
-            Block::Paragraph(inl) => detect_in_inlines(inl, network, dir),
-            Block::Quote(inner) => detect_in_blocks(inner, network, dir),
+            Block::Paragraph(inl) => detect_in_inlines(inl, lookup, &mut true),
+            Block::Quote(inner) => detect_in_blocks(inner, lookup),
             Block::CodeBlock { .. } => {}
         }
     }
 }
 
-fn detect_in_inlines(inl: &mut Vec<Inline>, network: &str, dir: &MentionDirectory) {
+fn detect_in_inlines(inl: &mut Vec<Inline>, lookup: Lookup<'_>, line_start: &mut bool) {
     let old = std::mem::take(inl);
     for node in old {
         match node {
-            Inline::Text(t) => split_nicks(&t, network, dir, inl),
+            Inline::Text(t) => split_names(&t, lookup, line_start, inl),
+            Inline::LineBreak => {
+                *line_start = true;
+                inl.push(Inline::LineBreak);
+            }
             Inline::Bold(mut c) => {
-                detect_in_inlines(&mut c, network, dir);
+                detect_in_inlines(&mut c, lookup, line_start);
                 inl.push(Inline::Bold(c));
             }
             Inline::Italic(mut c) => {
-                detect_in_inlines(&mut c, network, dir);
+                detect_in_inlines(&mut c, lookup, line_start);
                 inl.push(Inline::Italic(c));
             }
             Inline::Underline(mut c) => {
-                detect_in_inlines(&mut c, network, dir);
+                detect_in_inlines(&mut c, lookup, line_start);
                 inl.push(Inline::Underline(c));
             }
             Inline::Strike(mut c) => {
-                detect_in_inlines(&mut c, network, dir);
+                detect_in_inlines(&mut c, lookup, line_start);
                 inl.push(Inline::Strike(c));
             }
             Inline::Spoiler(mut c) => {
-                detect_in_inlines(&mut c, network, dir);
+                detect_in_inlines(&mut c, lookup, line_start);
                 inl.push(Inline::Spoiler(c));
             }
             Inline::Colour {
@@ -325,25 +271,32 @@ fn detect_in_inlines(inl: &mut Vec<Inline>, network: &str, dir: &MentionDirector
                 bg,
                 mut children,
             } => {
-                detect_in_inlines(&mut children, network, dir);
+                detect_in_inlines(&mut children, lookup, line_start);
                 inl.push(Inline::Colour { fg, bg, children });
             }
-            other => inl.push(other),
+            other => {
+                *line_start = false;
+                inl.push(other);
+            }
         }
     }
 }
 
-fn split_nicks(t: &str, network: &str, dir: &MentionDirectory, out: &mut Vec<Inline>) {
+fn split_names(t: &str, lookup: Lookup<'_>, line_start: &mut bool, out: &mut Vec<Inline>) {
     let mut plain_from = 0;
     let mut iter = t.char_indices().peekable();
     while let Some((start, c)) = iter.next() {
         if !is_nick_char(c) {
+            if !c.is_whitespace() && c != '@' {
+                *line_start = false;
+            }
             continue;
         }
-        let before_ok = t[..start]
-            .chars()
-            .next_back()
-            .is_none_or(|p| p.is_whitespace() || "@,.:;!?(<'\"".contains(p));
+        let previous = t[..start].chars().next_back();
+        let before_ok = previous.is_none_or(|p| p.is_whitespace() || "@,.:;!?(<'\"".contains(p));
+        let at = previous == Some('@');
+        let addressing = *line_start && !at;
+        *line_start = false;
         let mut end = start + c.len_utf8();
         while let Some(&(i, n)) = iter.peek() {
             if !is_nick_char(n) {
@@ -353,20 +306,16 @@ fn split_nicks(t: &str, network: &str, dir: &MentionDirectory, out: &mut Vec<Inl
             iter.next();
         }
         let word = &t[start..end];
-        if !before_ok || word.len() < 2 {
+        let addressed = addressing && t[end..].starts_with([':', ',']);
+        if !before_ok || !(addressed || at || may_be_name_anywhere(word)) {
             continue;
         }
-        if let Some(id) = dir
-            .identity(network, word)
-            .filter(|i| i.platform == Platform::Irc)
-        {
-            out.push(Inline::Text(t[plain_from..start].to_owned()));
+        if let Some(target) = lookup(word) {
+            let from = if at { start - 1 } else { start };
+            out.push(Inline::Text(t[plain_from..from].to_owned()));
             out.push(Inline::Mention(Mention {
-                display: word.to_owned(),
-                target: MentionTarget::User {
-                    network: network.to_owned(),
-                    user_id: id.user_id.clone(),
-                },
+                display: t[from..end].to_owned(),
+                target,
             }));
             plain_from = end;
         }
@@ -441,41 +390,72 @@ mod tests {
     use super::*;
     use crate::richtext::{html, irc, markdown};
 
-    fn directory() -> MentionDirectory {
-        let mut d = MentionDirectory::new();
-        d.add_person(vec![
-            Identity::new("libera", Platform::Irc, "alice"),
-            Identity {
-                display_name: Some("Alice A.".into()),
-                ..Identity::new("matrix", Platform::Matrix, "@alice:example.org")
+    /// alice is on Matrix (shown as "Alice A.") and known on Mattermost as `alice.a`; Bob[m]
+    /// is an IRC nick.
+    fn lookup(word: &str) -> Option<MentionTarget> {
+        let folded = word.to_lowercase().replace('{', "[").replace('}', "]");
+        match folded.as_str() {
+            "alice" | "the" | "a" => Some(MentionTarget::User {
+                network: "matrix".into(),
+                user_id: "@alice:example.org".into(),
+            }),
+            "bob[m]" => Some(MentionTarget::User {
+                network: "libera".into(),
+                user_id: "Bob[m]".into(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn to_irc(text: &mut FormattedText) {
+        rewrite_mentions(
+            text,
+            "libera",
+            &|id, _| {
+                Some(Mention {
+                    display: id.to_owned(),
+                    target: MentionTarget::Room,
+                })
             },
-            Identity::new("mattermost", Platform::Mattermost, "alice.a"),
-        ]);
-        d.add_person(vec![Identity::new("libera", Platform::Irc, "Bob[m]")]);
-        d
+            &|_, id| (id == "@alice:example.org").then(|| "alice".to_owned()),
+        );
     }
 
     #[test]
-    fn maps_a_matrix_pill_to_irc_and_mattermost() {
-        let dir = directory();
+    fn a_matrix_pill_becomes_the_name_irc_shows_and_a_native_mention_its_form() {
         let from =
             html::parse("hi <a href=\"https://matrix.to/#/@alice:example.org\">Alice A.</a>");
-        let mut to_irc = from.clone();
-        rewrite_mentions(&mut to_irc, &dir, "libera");
+        let mut on_irc = from.clone();
+        to_irc(&mut on_irc);
         assert_eq!(
-            irc::render(&to_irc, &irc::IrcRenderOptions::default()),
+            irc::render(&on_irc, &irc::IrcRenderOptions::default()),
             vec!["hi alice"]
         );
-        let mut to_mm = from;
-        rewrite_mentions(&mut to_mm, &dir, "mattermost");
-        assert_eq!(markdown::render(&to_mm), "hi @alice.a");
+        let mut on_matrix = from;
+        rewrite_mentions(
+            &mut on_matrix,
+            "matrix",
+            &|id, display| {
+                Some(Mention {
+                    display: display.to_owned(),
+                    target: MentionTarget::User {
+                        network: "matrix".into(),
+                        user_id: id.to_owned(),
+                    },
+                })
+            },
+            &|_, _| None,
+        );
+        assert_eq!(
+            mentioned_users(&on_matrix, "matrix"),
+            ["@alice:example.org"]
+        );
     }
 
     #[test]
     fn unknown_mentions_become_text_that_pings_nobody() {
-        let dir = directory();
         let mut t = markdown::parse("ping @carol");
-        rewrite_mentions(&mut t, &dir, "matrix");
+        rewrite_mentions(&mut t, "matrix", &|_, _| None, &|_, _| None);
         assert_eq!(t, FormattedText::plain("ping @carol"));
         let r = html::render(&t);
         assert_eq!(r.body, "ping @carol");
@@ -485,18 +465,35 @@ mod tests {
     }
 
     #[test]
-    fn detects_irc_nicks_with_case_mapping() {
-        let dir = directory();
-        let mut t = irc::parse("ALICE: see bob{m}'s note, malice");
-        detect_irc_mentions(&mut t, "libera", &dir);
-        rewrite_mentions(&mut t, &dir, "matrix");
+    fn names_are_found_as_whole_words_outside_code() {
+        let mut t = irc::parse("ALICE: see bob{m}'s note, malice, and \x11alice\x11");
+        detect_mentions(&mut t, &lookup);
         let r = html::render(&t);
         assert_eq!(
             r.formatted_body.as_deref(),
             Some(
-                "<a href=\"https://matrix.to/#/@alice:example.org\">Alice A.</a>: see bob{m}&#39;s note, malice"
+                "<a href=\"https://matrix.to/#/@alice:example.org\">ALICE</a>: see bob{m}&#39;s note, malice, and <code>alice</code>"
             )
         );
+        assert_eq!(mentioned_users(&t, "libera"), ["Bob[m]"]);
+    }
+
+    #[test]
+    fn a_common_word_is_a_name_only_where_the_line_addresses_it() {
+        let found = |line: &str| {
+            let mut t = irc::parse(line);
+            detect_mentions(&mut t, &lookup);
+            mentioned_users(&t, "matrix").len()
+        };
+        assert_eq!(found("the: look"), 1);
+        assert_eq!(found("a, look"), 1);
+        assert_eq!(found("  the: look"), 1);
+        assert_eq!(found("the docs say so"), 0);
+        assert_eq!(found("see the: docs"), 0);
+        assert_eq!(found("take a look"), 0);
+        assert_eq!(found("ok @the look"), 1);
+        assert_eq!(found("thanks alice"), 1);
+        assert_eq!(found("first line\nthe, second"), 1);
     }
 
     #[test]
@@ -504,7 +501,7 @@ mod tests {
         let mut t = markdown::parse("@channel and @here and @Room, not @rooms or a@all");
         // On Mattermost `@Room` is a user; mapped to Matrix it is unknown, so text, and the
         // neutralising that follows the mapping defuses it.
-        rewrite_mentions(&mut t, &MentionDirectory::new(), "matrix");
+        rewrite_mentions(&mut t, "matrix", &|_, _| None, &|_, _| None);
         neutralise_mass_pings(&mut t, false);
         let want = format!(
             "@{ANTI_PING}channel and @{ANTI_PING}here and @{ANTI_PING}Room, not @rooms or a@all"

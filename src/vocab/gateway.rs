@@ -37,6 +37,19 @@ impl Direction {
     }
 }
 
+/// What an IRC line `nick: text` becomes on networks with replies, when it is said soon after
+/// the line of the person relayed as `nick` (a gateway's `irc_replies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IrcReplies {
+    /// A plain message that mentions them (the default).
+    #[default]
+    Mention,
+    /// A reply to their line (Matrix `m.in_reply_to`, a reply in its Mattermost thread), which
+    /// mentions them too.
+    Reply,
+}
+
 /// A named set of linked channels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
@@ -54,6 +67,8 @@ pub struct GatewayConfig {
     /// A message delivered more than this long after it was said shows when it was said;
     /// `None` (configured as 0): never.
     pub original_time_after: Option<Duration>,
+    /// Whether IRC's `nick: text` becomes a reply where the destination has replies.
+    pub irc_replies: IrcReplies,
 }
 
 /// One channel of a gateway.
@@ -79,6 +94,8 @@ pub struct GatewaySettings {
     /// A message delivered more than this long after it was said shows when it was said
     /// (with a prefix naming that time); `None`: never.
     pub original_time_after: Option<Duration>,
+    /// Whether IRC's `nick: text` becomes a reply where the destination has replies.
+    pub irc_replies: IrcReplies,
 }
 
 impl Default for GatewaySettings {
@@ -88,6 +105,7 @@ impl Default for GatewaySettings {
             allow_mass_pings: false,
             edit_policy: EditPolicy::default(),
             original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
+            irc_replies: IrcReplies::default(),
         }
     }
 }
@@ -104,6 +122,7 @@ impl GatewayConfig {
             allow_mass_pings: self.allow_mass_pings,
             edit_policy: self.edit_policy,
             original_time_after: self.original_time_after,
+            irc_replies: self.irc_replies,
         }
     }
 }

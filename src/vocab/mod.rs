@@ -7,6 +7,7 @@
 //!   `AckFuture`, `DeliveryError`), and telling the outbox of new rows (`Wake`).
 //! - [`capabilities`]: what a network declares about itself (`Capabilities`, `CaseMapping`).
 //! - [`gateway`]: gateways as data (`GatewayConfig`, `Direction`) and their delivery settings.
+//! - [`people`]: the people directory (who is shown under which name), for mentions.
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
 //! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
@@ -15,6 +16,7 @@ pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
 pub mod network_metrics;
+pub mod people;
 pub mod section;
 pub mod stages;
 
@@ -23,4 +25,5 @@ pub use delivery::{AckFuture, DeliveryError, Endpoint, PendingDelivery, Wake};
 pub use gateway::{
     DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, GatewaySettings,
 };
+pub use people::{KnownPerson, People};
 pub use section::{Secret, Section, SectionIssue};

@@ -463,6 +463,18 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "gateway: IRC replies",
+            format!("{NET}{NET2}{GATEWAY}irc_replies = \"reply\"\n"),
+            vec![],
+        ),
+        (
+            "gateway: unknown IRC replies",
+            format!("{NET}{NET2}{GATEWAY}irc_replies = \"thread\"\n"),
+            vec![
+                "bridges.toml:15:15: gateway[0].irc_replies: unknown value `thread`, expected `mention` or `reply`",
+            ],
+        ),
+        (
             "gateway: original time after a negative delay",
             format!("{NET}{NET2}{GATEWAY}original_time_after = -5\n"),
             vec![

@@ -9,6 +9,7 @@ mod loops;
 mod matrix_cross_signing;
 mod matrix_relay;
 mod mattermost_relay;
+mod mentions;
 mod router_store;
 mod security;
 mod support;

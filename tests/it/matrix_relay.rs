@@ -254,7 +254,8 @@ async fn edits_redactions_replies_and_reactions_on_matrix() {
     let doomed = s.matrix.say(&room, "to be deleted").await;
     let mut seen = s.irc.texts_until(&s.channel, "to be deleted").await;
     s.matrix.redact(&room, &doomed).await;
-    // Reply: the fallback quote is stripped, IRC sees only the answer.
+    // Reply: the fallback quote is stripped; IRC sees the answer addressed to the one it
+    // answers (the replied line is among the last ones, so it is not quoted).
     s.matrix
         .send_event(
             &room,
@@ -271,7 +272,7 @@ async fn edits_redactions_replies_and_reactions_on_matrix() {
         vec![
             format!("<{alice}> * typo here"),
             format!("<{alice}> to be deleted"),
-            format!("<{alice}> the answer"),
+            format!("<{alice}> {alice}: the answer"),
             format!("<{alice}> MARK"),
         ]
     );
@@ -1092,8 +1093,8 @@ async fn threads_stay_threads_between_matrix_and_mattermost() {
         texts(&seen),
         vec![
             format!("<{alice_name}> thread root"),
-            format!("<{alice_name}> in the thread"),
-            "<mia> answer from mattermost".to_owned(),
+            format!("<{alice_name}> {alice_name}: in the thread"),
+            format!("<mia> {alice_name}: answer from mattermost"),
         ]
     );
 }

@@ -100,7 +100,8 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
     assert_eq!(posts[1]["type"], "me");
     assert_eq!(posts[1]["message"], format!("*\\<{a}> waves*"));
     // IRC bold is Markdown bold; literal asterisks and the sender's brackets stay literal, and
-    // the relayed `@mia` does not ping.
+    // the relayed `@mia` does not ping (mia has said nothing through the bridge yet, so `mia`
+    // is no one the bridge knows; `tests/it/mentions.rs` has the mentions of people it knows).
     assert_eq!(
         posts[2]["message"],
         format!("\\<{a}> **bold** and \\*not italic\\* @\u{2060}mia")
@@ -123,7 +124,7 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
             "\x01ACTION <mia> smiles\x01".to_owned(),
             "<mia> * hi alice, edited".to_owned(),
             "<mia> soon deleted".to_owned(),
-            "<mia> in the thread".to_owned(),
+            "<mia> mia: in the thread".to_owned(),
             "<mia> \x02strong\x02 words".to_owned(),
             "<mia> MARK-2".to_owned(),
         ]

@@ -45,6 +45,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             allow_mass_pings: false,
             edit_policy: tribridge::richtext::edits::EditPolicy::default(),
             original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
+            irc_replies: tribridge::vocab::gateway::IrcReplies::default(),
         })
         .collect();
     parsed
@@ -807,4 +808,45 @@ fn commits_never_fail_while_another_connection_restarts_the_wal() {
     let relayed = scenario.pending("two", "#b");
     assert_eq!(relayed.len(), 1_000);
     assert_eq!(relayed[999], "line 999");
+}
+
+#[test]
+fn the_people_directory_is_learnt_from_commits_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let scenario = Scenario::with_store(two_way(), Arc::new(Store::open(&path).unwrap()), dir);
+    scenario
+        .router
+        .submit_blocking(&said("one", "#a", Some("m1"), "hi"))
+        .unwrap();
+    let renamed = Inbound {
+        body: EventBody::Membership(tribridge::model::Membership::Renamed {
+            new_name: "alice_away".into(),
+        }),
+        ..said("one", "#a", None, "")
+    };
+    scenario.router.submit_blocking(&renamed).unwrap();
+    scenario.store.record_rename("two", "bob", "bob2").unwrap();
+    let people = scenario.router.people();
+    assert_eq!(
+        people.current("one", "ALICE"),
+        Some(("alice_away".into(), "alice_away".into()))
+    );
+
+    // A new start reads the same directory back (nick changes included).
+    let reopened = Scenario::with_store(
+        two_way(),
+        Arc::new(Store::open(&path).unwrap()),
+        tempfile::tempdir().unwrap(),
+    );
+    let people = reopened.router.people();
+    assert_eq!(
+        people.current("one", "alice"),
+        Some(("alice_away".into(), "alice_away".into()))
+    );
+    assert_eq!(
+        people.current("two", "bob"),
+        Some(("bob2".into(), "bob2".into()))
+    );
+    assert_eq!(people.len(), 4);
 }

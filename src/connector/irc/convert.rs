@@ -291,6 +291,7 @@ mod tests {
             reply_to: None,
             thread_root: None,
             previous_text: None,
+            replied: None,
             permalink: permalink.map(str::to_owned),
             attempts: 0,
         }

@@ -7,6 +7,7 @@
 use irc::client::prelude::{Command, Message};
 
 use crate::model::{EventBody, Inbound, Membership, now_ms};
+use crate::vocab::gateway::IrcReplies;
 
 use super::convert::{self, tag};
 use super::irc_fold;
@@ -62,10 +63,15 @@ impl Session<'_> {
                 if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
                     let folded = irc_fold(channel);
                     let members = self.members.entry(folded).or_default();
+                    // People here are who a nick here means, before anyone relayed elsewhere
+                    // under that name.
+                    let task = self.task;
+                    let people = task.context.router.people();
                     for name in names.split(' ').filter(|n| !n.is_empty()) {
                         let nick = name.trim_start_matches(['@', '+', '%', '&', '~']);
                         let nick = nick.split('!').next().unwrap_or(nick);
                         members.insert(irc_fold(nick));
+                        people.saw(&task.network, nick, nick);
                     }
                 }
             }
@@ -160,6 +166,28 @@ impl Session<'_> {
         ))
     }
 
+    /// A person the bridge knows changed their nick: mentions of the old nick reach the new
+    /// one, also after a restart. Recorded here, not only with a relayed nick change, because
+    /// nick changes are relayed only with `relay_membership`.
+    fn learn_rename(&self, old: &str, new: &str) {
+        let context = &self.task.context;
+        let people = context.router.people();
+        if people.current(self.network(), old).is_none() {
+            return;
+        }
+        people.renamed(self.network(), old, new);
+        let (store, network) = (
+            std::sync::Arc::clone(&context.store),
+            self.network().to_owned(),
+        );
+        let (old, new) = (old.to_owned(), new.to_owned());
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.record_rename(&network, &old, &new) {
+                tracing::warn!(network = %network, error = %error, "Could not store a nick change; mentions of the old nick reach the new one until a restart.");
+            }
+        });
+    }
+
     async fn handle_join(&mut self, message: &Message, line: &WireLine) -> Result<(), String> {
         let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
             return Ok(());
@@ -172,6 +200,11 @@ impl Session<'_> {
             .entry(folded.clone())
             .or_default()
             .insert(irc_fold(nick));
+        self.task
+            .context
+            .router
+            .people()
+            .saw(self.network(), nick, nick);
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
             self.joined.insert(folded);
@@ -263,6 +296,7 @@ impl Session<'_> {
         if irc_fold(old) == irc_fold(&self.task.config.nick) {
             self.send(Command::NICK(self.task.config.nick.clone()))?;
         }
+        self.learn_rename(old, new);
         let (old_folded, new_folded) = (irc_fold(old), irc_fold(new));
         let mut channels = Vec::new();
         for (channel, members) in &mut self.members {
@@ -356,18 +390,41 @@ impl Session<'_> {
             // Private messages and channels outside every gateway are not relayed.
             return Ok(());
         };
-        let Some((style, text)) = convert::text_message(&line.command, text) else {
+        let Some((style, mut text)) = convert::text_message(&line.command, text) else {
             // A CTCP query (VERSION, PING, ...) or a line that shows nothing.
             return Ok(());
         };
-        let inbound = convert::inbound(
-            self.network(),
-            &channel,
-            nick,
-            message,
-            EventBody::formatted(style, text),
-            now_ms(),
-        );
+        let context = &self.task.context;
+        super::mentions::detect(&mut text, context.router.people(), self.network());
+        let reply_to = {
+            let mut recent = super::lock(&self.task.recent);
+            recent.shown(
+                &channel,
+                super::mentions::Shown::Said(tag(message, "msgid")),
+            );
+            // `nick: text` to someone relayed here a moment ago replies to their line, where a
+            // gateway of the channel asks for it (`irc_replies = "reply"`).
+            let origin = crate::model::ChannelRef::new(self.network(), channel.as_str());
+            let wanted = context
+                .router
+                .topology()
+                .routes(&origin)
+                .iter()
+                .any(|route| context.gateway(&route.gateway).irc_replies == IrcReplies::Reply);
+            if wanted {
+                recent.implied_reply(&channel, &text, now_ms())
+            } else {
+                None
+            }
+        };
+        let body = EventBody::Text {
+            style,
+            text,
+            reply_to,
+            attachments: Vec::new(),
+            thread_root: None,
+        };
+        let inbound = convert::inbound(self.network(), &channel, nick, message, body, now_ms());
         self.submit(inbound).await;
         Ok(())
     }

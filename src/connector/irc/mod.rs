@@ -10,6 +10,8 @@
 //! - `registration`: CAP, SASL PLAIN, `NickServ` identification that waits for the confirmation,
 //!   joins and nick regain; `handlers`: inbound lines, membership and the events relayed; our
 //!   own lines are never relayed.
+//! - [`mentions`]: names ⇄ mentions of people relayed from elsewhere, replies as `nick: text`
+//!   (with a short quote when the replied line is off screen) and `nick: text` as a reply.
 //! - [`lines`] (sanitising and splitting to the line limit), [`charset`] (lines read and written
 //!   in the network's charset), [`flood`] (the token bucket), [`wire`] (parameters and
 //!   `server-time`).
@@ -26,19 +28,20 @@ pub mod convert;
 pub mod flood;
 mod handlers;
 pub mod lines;
+pub mod mentions;
 mod registration;
 mod session;
 pub mod wire;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connector::supervisor::{self, SessionEnd, supervise};
 use crate::connector::{AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError};
-use crate::model::{Delivery, DeliveryAck};
+use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
 pub use config::{CAPABILITIES, Irc, IrcConfig, irc_fold};
 pub use convert::render_delivery;
 
@@ -78,6 +81,7 @@ struct OutboundRequest {
 #[derive(Clone)]
 pub struct IrcHandle {
     requests: mpsc::Sender<OutboundRequest>,
+    recent: Arc<Mutex<mentions::Recent>>,
 }
 
 impl IrcHandle {
@@ -101,6 +105,27 @@ impl IrcHandle {
                 after: Some(Duration::from_secs(1)),
                 reason: "the IRC connection task has stopped".into(),
             })?;
+        // A relayed person's acknowledged line: `nick: text` soon after may reply to it.
+        let said = matches!(delivery.body, EventBody::Text { .. }).then(|| {
+            (
+                delivery.destination.channel.clone(),
+                (delivery.origin.network.clone(), delivery.author.id.clone()),
+                Arc::clone(&self.recent),
+            )
+        });
+        let acknowledged = async move {
+            let result = acknowledged.await;
+            if let (
+                Ok(Ok(DeliveryAck {
+                    remote_id: Some(msgid),
+                })),
+                Some((channel, person, recent)),
+            ) = (&result, said)
+            {
+                lock(&recent).said(&channel, person, msgid.clone(), now_ms());
+            }
+            result
+        };
         Ok(async move {
             match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
                 Ok(Ok(result)) => result,
@@ -131,6 +156,13 @@ impl Deliver for IrcHandle {
     }
 }
 
+/// The lock of what the connection remembers of its channels' last lines.
+fn lock(recent: &Mutex<mentions::Recent>) -> std::sync::MutexGuard<'_, mentions::Recent> {
+    recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The connection task of an IRC network.
 pub struct IrcTask {
     info: TaskInfo,
@@ -148,14 +180,20 @@ struct TaskInfo {
     charset: charset::Charset,
     /// Lines that were not UTF-8 (read in the fallback charset), counted in the logs.
     not_utf8_lines: AtomicU64,
+    /// The channels' last lines, for replies (shared with the handle).
+    recent: Arc<Mutex<mentions::Recent>>,
 }
 
 /// Build the handle and the task of one IRC network.
 #[must_use]
 pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHandle, IrcTask) {
     let (sender, receiver) = mpsc::channel(256);
+    let recent = Arc::new(Mutex::new(mentions::Recent::default()));
     (
-        IrcHandle { requests: sender },
+        IrcHandle {
+            requests: sender,
+            recent: Arc::clone(&recent),
+        },
         IrcTask {
             info: TaskInfo {
                 network: network.to_owned(),
@@ -164,6 +202,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
                 context,
                 edits_dropped: AtomicU64::new(0),
                 not_utf8_lines: AtomicU64::new(0),
+                recent,
             },
             requests: receiver,
         },

@@ -358,8 +358,14 @@ impl<'a> Session<'a> {
             let dropped = self.task.edits_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(network = %self.network(), gateway = %delivery.gateway, dropped, "Edit not shown on IRC (edit_policy = \"off\").");
         }
-        let lines = render_delivery(
+        let shown = super::mentions::for_irc(
             delivery,
+            self.task.context.router.people(),
+            self.network(),
+            &super::lock(&self.task.recent),
+        );
+        let lines = render_delivery(
+            &shown,
             &self.task.context.remote_nick_format,
             &self.nick,
             labelled,
@@ -368,6 +374,12 @@ impl<'a> Session<'a> {
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
             return;
+        }
+        if matches!(delivery.body, EventBody::Text { .. }) {
+            super::lock(&self.task.recent).shown(
+                &target,
+                super::mentions::Shown::Relayed(delivery.message_id),
+            );
         }
         let count = lines.len();
         for (index, (command, text)) in lines.into_iter().enumerate() {

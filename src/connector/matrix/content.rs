@@ -344,6 +344,23 @@ pub fn message_relation(related: Related<'_>) -> Option<Value> {
     }
 }
 
+/// `m.mentions` of a message (and of its new content, for an edit): the users it notifies, and
+/// whether it notifies the whole room. Without either it is left out, as before intentional
+/// mentions (an empty one would silence the name matching of older clients' push rules).
+pub fn set_mentions(content: &mut Value, user_ids: &[String], room: bool) {
+    if user_ids.is_empty() && !room {
+        return;
+    }
+    let mut mentions = json!({ "user_ids": user_ids });
+    if room {
+        mentions["room"] = true.into();
+    }
+    if content["m.new_content"].is_object() {
+        content["m.new_content"]["m.mentions"] = mentions.clone();
+    }
+    content["m.mentions"] = mentions;
+}
+
 /// The Matrix action for a delivery. `sender` is the rendered sender prefix; `related` holds
 /// this room's event ids of the messages acted on, replied to or threaded under, when known.
 #[must_use]

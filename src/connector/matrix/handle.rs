@@ -33,6 +33,7 @@ pub struct MatrixHandle {
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
     files: Arc<crate::files::Files>,
+    people: Arc<crate::vocab::People>,
     /// Requests the handle has begun that put an event of the bot's in a room.
     writes: Arc<AtomicU64>,
 }
@@ -110,6 +111,7 @@ impl MatrixHandle {
             live,
             relogin,
             files: Arc::clone(&context.files),
+            people: Arc::clone(context.router.people()),
             writes,
         }
     }
@@ -159,8 +161,12 @@ impl MatrixHandle {
         let late = with_original_time(delivery, &settings, now_ms());
         let original_time = late.as_ref().map(|late| late.timestamp_ms);
         let mut delivery = late.unwrap_or_else(|| delivery.clone());
+        super::mentions::outbound(&mut delivery, &self.people, &self.network);
+        let notified = super::mentions::mentioned(&delivery, &self.network);
+        let mut notifies_room = false;
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
             crate::richtext::mention::neutralise_mass_pings(text, allow_mass_pings);
+            notifies_room = super::mentions::mentions_room(text);
         }
         let delivery = &delivery;
         // Counted before the request: the homeserver tells the bot's sync about the event
@@ -204,6 +210,9 @@ impl MatrixHandle {
             } => {
                 if let Some(original_time) = original_time {
                     content[content::ORIGINAL_TIME_KEY] = original_time.into();
+                }
+                if event_type == "m.room.message" {
+                    content::set_mentions(&mut content, &notified, notifies_room);
                 }
                 (event_type, content)
             }

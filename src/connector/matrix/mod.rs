@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the `type = "matrix"` section and Matrix's rules for ids and rooms.
 //! - [`content`]: event JSON ⇄ model, pure and unit-tested; the one place text is converted.
+//! - [`mentions`]: pills and `m.mentions` ⇄ mentions, names of relayed people found in text.
 //! - `identity`: the account's cross-signing identity (bootstrap, recovery key, loud changes)
 //!   and [`recover`] for `tribridge matrix-recover`.
 //! - `session`: login, stored-session reuse, joins and the sync loop; `handle`: the delivery
@@ -15,6 +16,7 @@ pub mod content;
 mod handle;
 #[cfg(feature = "matrix")]
 mod identity;
+pub mod mentions;
 #[cfg(feature = "matrix")]
 mod session;
 

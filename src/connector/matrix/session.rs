@@ -863,6 +863,14 @@ impl SyncState<'_> {
                 self.fetch_file(source, attachment).await;
             }
         }
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut body {
+            super::mentions::inbound(
+                text,
+                self.task.context.router.people(),
+                self.network(),
+                self.own_user.as_str(),
+            );
+        }
         let display_name = self.display_name(room_id, sender, event).await;
         if self.task.context.files.serves_links() {
             self.store_avatar(room_id, sender).await;

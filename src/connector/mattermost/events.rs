@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::api::{self, Post, Reaction};
 use super::convert::{self, Envelope};
 use super::session::TaskState;
-use crate::model::{Attachment, Author, ChannelRef, Inbound};
+use crate::model::{Attachment, Author, ChannelRef, EventBody, Inbound};
 use crate::richtext;
 
 impl TaskState {
@@ -141,7 +141,10 @@ impl TaskState {
         }
     }
 
-    async fn submit(&mut self, inbound: Inbound) -> bool {
+    async fn submit(&mut self, mut inbound: Inbound) -> bool {
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut inbound.body {
+            super::mentions::inbound(text, self.shared.context.router.people(), self.network());
+        }
         match self.shared.context.router.submit(inbound).await {
             Ok(crate::store::CommitOutcome::Committed { message_id, .. }) => message_id > 0,
             Ok(_) => false,

@@ -217,7 +217,9 @@ impl MattermostHandle {
                 str::to_owned,
             ))
         };
-        convert::post_content(delivery, style, text, &settings, now_ms(), sender)
+        let mut text = text.clone();
+        super::mentions::outbound_text(&mut text, context.router.people(), &self.shared.network);
+        convert::post_content(delivery, style, &text, &settings, now_ms(), sender)
     }
 
     /// Upload a message's stored files to the channel: the new file ids, and the files that

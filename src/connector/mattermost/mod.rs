@@ -16,6 +16,7 @@
 //! - `handle`: [`MattermostHandle`], the deliveries over REST (the delivery id as
 //!   `pending_post_id`).
 //! - [`emoji`]: emoji names ⇄ reaction keys.
+//! - [`mentions`]: `@username` ⇄ mentions, names of relayed people found in posts.
 //! - Here: [`build`], the state the handle and the session share (the one copy of the
 //!   [`BuildContext`]), and the task that runs the session under the supervisor.
 //!
@@ -44,6 +45,7 @@ mod convert;
 pub mod emoji;
 mod events;
 mod handle;
+pub mod mentions;
 mod session;
 
 use std::collections::{HashMap, HashSet};

@@ -33,7 +33,8 @@ pub struct Shows {
     /// What the connector declares (its `CAPABILITIES`): edits, deletes, threads (replies) and
     /// reactions shown natively. A kind it cannot show is asserted as the documented fallback:
     /// an edit as a new line `* corrected text` (`edit_policy = "corrected"`), a reply as its
-    /// text alone, a delete or a reaction as nothing at all.
+    /// text addressed to the one it answers (`nick: text`), a delete or a reaction as nothing at
+    /// all.
     pub native: Capabilities,
     /// The network keeps what is said while the daemon is down, for it to read after a restart.
     pub replays_history: bool,

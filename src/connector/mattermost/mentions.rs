@@ -1,0 +1,110 @@
+//! Mentions as Mattermost shows them: `@username`, which notifies that user.
+//!
+//! Inbound ([`inbound`]), an `@name` that is no user of this server but the name of a person
+//! relayed from another network becomes a mention of that person, and such names written as
+//! words too. Outbound ([`outbound`]), mentions of this server's users become `@username`
+//! (the directory knows them by user id, and their username is the name they are shown under),
+//! the others the names they are shown under here.
+//! Must not: know any other network's syntax.
+
+use crate::model::{Delivery, EventBody};
+use crate::richtext::FormattedText;
+use crate::richtext::mention::{detect_mentions, map_mentions, rewrite_mentions};
+use crate::richtext::model::{Inline, Mention, MentionTarget};
+use crate::vocab::People;
+
+/// The text of a post on Mattermost network `network`, with the names of people relayed from
+/// elsewhere as their mentions.
+pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
+    if people.is_empty() {
+        return;
+    }
+    map_mentions(text, &mut |mention: Mention| {
+        let relayed = match &mention.target {
+            MentionTarget::User {
+                network: of,
+                user_id,
+            } if of == network && !people.is_native(network, user_id) => {
+                people.shown_as(network, user_id)
+            }
+            _ => None,
+        };
+        Inline::Mention(match relayed {
+            Some(target) => Mention { target, ..mention },
+            None => mention,
+        })
+    });
+    detect_mentions(text, &|word| people.shown_as(network, word));
+}
+
+/// The text of a delivery to Mattermost network `network`: its users as `@username`, everyone
+/// else as the name they are shown under here.
+pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
+    if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+        outbound_text(text, people, network);
+    }
+}
+
+/// [`outbound`] of one text.
+pub fn outbound_text(text: &mut FormattedText, people: &People, network: &str) {
+    {
+        rewrite_mentions(
+            text,
+            network,
+            &|user_id, _| {
+                let username = people
+                    .current(network, user_id)
+                    .map_or_else(|| user_id.to_owned(), |(_, username)| username);
+                Some(Mention {
+                    display: format!("@{username}"),
+                    target: MentionTarget::User {
+                        network: network.to_owned(),
+                        user_id: username,
+                    },
+                })
+            },
+            &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::richtext::markdown;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_relayed_person_is_named_with_at_and_a_user_here_becomes_their_username() {
+        let people = People::new(HashMap::from([
+            ("mm".to_owned(), crate::vocab::CaseMapping::Ascii),
+            ("mx".to_owned(), crate::vocab::CaseMapping::Exact),
+        ]));
+        people.saw("mm", "u1", "erin");
+        people.saw("mx", "@carol:hs", "carol");
+        let mut text = markdown::parse_for_network("@carol and @erin, see", "mm");
+        inbound(&mut text, &people, "mm");
+        assert_eq!(
+            crate::richtext::mention::mentioned_users(&text, "mx"),
+            ["@carol:hs"]
+        );
+        let mut delivery = Delivery::sample(
+            1,
+            crate::model::ChannelRef::new("irc", "#a"),
+            crate::model::ChannelRef::new("mm", "town"),
+            "",
+        );
+        let mut from_irc = crate::richtext::irc::parse("erin: look");
+        from_irc = {
+            let mut t = from_irc;
+            detect_mentions(&mut t, &|word| people.shown_as("irc", word));
+            t
+        };
+        delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, from_irc);
+        outbound(&mut delivery, &people, "mm");
+        let EventBody::Text { text, .. } = &delivery.body else {
+            unreachable!()
+        };
+        assert_eq!(markdown::render(text), "@erin: look");
+    }
+}
