@@ -330,6 +330,9 @@ pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Render `remote_nick_format` for a delivery. `no_ping` makes the `{NOPINGNICK}` form.
+///
+/// Placeholders are substituted in one pass over the format: what a value holds (a display name
+/// `{CHANNEL}`) is shown literally, never expanded again.
 #[must_use]
 pub fn render_sender(
     format: &str,
@@ -337,13 +340,36 @@ pub fn render_sender(
     no_ping: impl Fn(&str) -> String,
 ) -> String {
     let nick = &delivery.author.display_name;
-    format
-        .replace("{NOPINGNICK}", &no_ping(nick))
-        .replace("{NICK}", nick)
-        .replace("{NETWORK}", &delivery.origin.network)
-        .replace("{PROTOCOL}", &delivery.origin_protocol)
-        .replace("{CHANNEL}", &delivery.origin.channel)
-        .replace("{GATEWAY}", &delivery.gateway)
+    let mut out = String::with_capacity(format.len() + nick.len());
+    let mut rest = format;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let value = candidate.find('}').and_then(|end| {
+            let value = match &candidate[..=end] {
+                "{NOPINGNICK}" => no_ping(nick),
+                "{NICK}" => nick.clone(),
+                "{NETWORK}" => delivery.origin.network.clone(),
+                "{PROTOCOL}" => delivery.origin_protocol.clone(),
+                "{CHANNEL}" => delivery.origin.channel.clone(),
+                "{GATEWAY}" => delivery.gateway.clone(),
+                _ => return None,
+            };
+            Some((value, end + 1))
+        });
+        match value {
+            Some((value, length)) => {
+                out.push_str(&value);
+                rest = &candidate[length..];
+            }
+            None => {
+                out.push('{');
+                rest = &candidate[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The sentence that tells a membership or channel change, e.g. `ann joined #civicrm`; every
@@ -404,7 +430,7 @@ pub fn with_file_lines<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{GatewaySettings, late_prefix, utc_minute};
+    use super::{GatewaySettings, late_prefix, render_sender, utc_minute};
     use crate::model::{ChannelRef, Delivery, EventBody, TextStyle};
 
     #[test]
@@ -435,6 +461,49 @@ mod tests {
         assert_eq!(late_prefix(&text, &never, said_at + 86_400_000), None);
         let delete = delivery(EventBody::Delete { target: "x".into() });
         assert_eq!(late_prefix(&delete, &settings, said_at + 86_400_000), None);
+    }
+
+    #[test]
+    fn sender_placeholders_are_substituted_once_and_names_shown_literally() {
+        let mut delivery = Delivery {
+            origin_protocol: "matrix".into(),
+            gateway: "gw".into(),
+            ..Delivery::sample(
+                1,
+                ChannelRef::new("mx", "!r"),
+                ChannelRef::new("irc", "#a"),
+                "",
+            )
+        };
+        let shout = |nick: &str| nick.to_uppercase();
+        let cases = [
+            ("ann", "<{NICK}> ", "<ann> "),
+            ("{CHANNEL}", "<{NICK}@{CHANNEL}> ", "<{CHANNEL}@!r> "),
+            (
+                "{GATEWAY}{NICK}",
+                "[{PROTOCOL}/{NETWORK}] {NICK}: ",
+                "[matrix/mx] {GATEWAY}{NICK}: ",
+            ),
+            (
+                "ann",
+                "{NOPINGNICK} {GATEWAY} {unknown} {",
+                "ANN gw {unknown} {",
+            ),
+            (
+                "{NOPINGNICK}",
+                "{NOPINGNICK}|{NICK}",
+                "{NOPINGNICK}|{NOPINGNICK}",
+            ),
+            ("ann", "{{NICK}}", "{ann}"),
+        ];
+        for (name, format, want) in cases {
+            delivery.author.display_name = name.into();
+            assert_eq!(
+                render_sender(format, &delivery, shout),
+                want,
+                "{name} in {format}"
+            );
+        }
     }
 
     #[test]
