@@ -123,6 +123,10 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
     pub gateways: Vec<GatewayConfig>,
+    /// What is valid but probably not meant (TLS on IRC's plain-text port, `http://` to
+    /// another machine, a deprecated key), located like errors; `check` prints them and the
+    /// daemon logs them.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// How files are carried between networks (`[general]` keys).
@@ -380,13 +384,18 @@ pub fn parse(
         base,
         env,
         issues: Vec::new(),
+        warnings: Vec::new(),
         fatal: None,
     };
-    let config = validator.config(raw);
+    let mut config = validator.config(raw);
     if let Some(fatal) = validator.fatal {
         return Err(vec![fatal]);
     }
     if validator.issues.is_empty() {
+        validator
+            .warnings
+            .sort_by_key(|issue| (issue.line, issue.column));
+        config.warnings = validator.warnings;
         Ok(config)
     } else {
         validator
@@ -557,6 +566,8 @@ struct Validator<'a> {
     base: &'a Path,
     env: &'a [(String, String)],
     issues: Vec<ConfigIssue>,
+    /// What is valid but probably not meant.
+    warnings: Vec<ConfigIssue>,
     /// The earliest error of the file's shape (an unknown key, a wrong type), reported alone.
     fatal: Option<ConfigIssue>,
 }
@@ -668,6 +679,7 @@ impl Validator<'_> {
             reconnect_max,
             networks,
             gateways,
+            warnings: Vec::new(),
         }
     }
 
@@ -864,6 +876,11 @@ impl Validator<'_> {
             }
         }
         let validated = kind.validate(&mut section);
+        for warning in section.take_warnings() {
+            let key = warning.key.unwrap_or_else(|| key.clone());
+            let located = self.locator.issue(warning.offset, key, warning.message);
+            self.warnings.push(located);
+        }
         for issue in section.into_issues() {
             let located = if let Some(key) = issue.key {
                 self.locator.issue(issue.offset, key, issue.message)

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Check { config } => match tribridge::config::load(&config) {
             Ok(parsed) => {
+                for warning in &parsed.warnings {
+                    eprintln!("warning: {}", warning.display_with(&config));
+                }
                 if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
                     eprintln!("warning: {warning}");
                 }
@@ -62,6 +65,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
+            for warning in &parsed.warnings {
+                tracing::warn!("{}", warning.display_with(&config));
+            }
             if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
                 tracing::warn!("{warning}");
             }

@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`",
             ],
         ),
         (
@@ -498,6 +498,20 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "IRC server password under both its names",
+            format!("{NET}password = \"a\"\nserver_password = \"b\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:12: network.libera.password: `password` is the old name of `server_password`; give only `server_password`",
+            ],
+        ),
+        (
+            "IRC realname naming a contact that is not set",
+            format!("{NET}realname = \"bridge, ask {{CONTACT}}\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:12: network.libera.realname: `realname` uses {CONTACT} but `contact` is not set; add `contact = \"...\"` (who runs the bot) or remove the placeholder",
+            ],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],
@@ -530,7 +544,7 @@ fn secrets_come_from_files_and_the_environment() {
     let Some(irc) = config.networks[0].settings_as::<tribridge::connector::irc::IrcConfig>() else {
         panic!("an IRC network");
     };
-    assert_eq!(irc.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(irc.server_password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(irc.sasl_password.as_ref().unwrap().expose(), "from-env");
     // Debug output never shows a secret.
     assert!(!format!("{config:?}").contains("s3cret"));
@@ -625,4 +639,92 @@ fn a_file_holding_a_secret_inline_that_others_can_read_is_warned_about() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, stderr) = cli(&["check", "--config", &path_text]);
     assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
+#[test]
+fn check_warns_of_tls_on_the_plain_text_port_plain_http_and_the_old_password_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    let text = "[network.libera]\ntype = \"irc\"\nserver = \"irc.example.org:6667\"\nnick = \"tribridge\"\n\
+        password_env = \"PASS_VAR\"\n\
+        [network.oftc]\ntype = \"irc\"\nserver = \"irc.oftc.net:6667\"\ntls = true\nnick = \"tribridge\"\n\
+        [network.plain]\ntype = \"irc\"\nserver = \"irc.example.org:6667\"\ntls = false\nnick = \"tribridge\"\n\
+        [network.mx]\ntype = \"matrix\"\nhomeserver = \"http://matrix.example.org\"\nuser = \"@b:example.org\"\naccess_token_env = \"PASS_VAR\"\n\
+        [network.local]\ntype = \"matrix\"\nhomeserver = \"http://127.0.0.1:8008\"\nuser = \"@b:example.org\"\naccess_token_env = \"PASS_VAR\"\n\
+        [network.mm]\ntype = \"mattermost\"\nurl = \"http://chat.example.org:8065\"\nteam = \"t\"\ntoken_env = \"PASS_VAR\"\n\
+        [network.mmlocal]\ntype = \"mattermost\"\nurl = \"http://localhost:8065\"\nteam = \"t\"\ntoken_env = \"PASS_VAR\"\n\
+        [[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"oftc\", channel = \"#b\" },\n\
+          { network = \"plain\", channel = \"#c\" },\n  { network = \"mx\", channel = \"#a:example.org\" },\n\
+          { network = \"local\", channel = \"#b:example.org\" },\n  { network = \"mm\", channel = \"a\" },\n\
+          { network = \"mmlocal\", channel = \"b\" },\n]\n";
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .args(["check", "--config", &path_text])
+        .env("PASS_VAR", "secret")
+        .output()
+        .expect("run tribridge");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Warnings, not errors: the file is valid.
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("OK (7 networks, 1 gateways)"), "{stdout}");
+    let want = [
+        format!(
+            "warning: {path_text}:3:10: network.libera.server: port 6667 is IRC's plain-text port, \
+             but TLS is on (`tls` defaults to true): set `tls = false` for a plain-text server, or \
+             use the server's TLS port (usually 6697)"
+        ),
+        format!(
+            "warning: {path_text}:5:16: network.libera.password_env: `password_env` is deprecated \
+             on IRC networks (it is the server password, PASS, not an account's); rename it \
+             `server_password_env`"
+        ),
+        format!(
+            "warning: {path_text}:8:10: network.oftc.server: port 6667 is IRC's plain-text port, \
+             but TLS is on: set `tls = false` for a plain-text server, or use the server's TLS \
+             port (usually 6697)"
+        ),
+        format!(
+            "warning: {path_text}:18:14: network.mx.homeserver: `http://matrix.example.org` is \
+             plain http:// to another machine: the login and every message cross the network \
+             unencrypted; use https://"
+        ),
+        format!(
+            "warning: {path_text}:28:7: network.mm.url: `http://chat.example.org:8065` is plain \
+             http:// to another machine: the login and every message cross the network \
+             unencrypted; use https://"
+        ),
+    ];
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), want, "{stderr}");
+    // The old name still works.
+    let env = vec![("PASS_VAR".to_owned(), "secret".to_owned())];
+    let config = tribridge::config::parse(text, dir.path(), &env).unwrap();
+    let Some(irc) = config.networks[0].settings_as::<tribridge::connector::irc::IrcConfig>() else {
+        panic!("an IRC network");
+    };
+    assert_eq!(irc.server_password.as_ref().unwrap().expose(), "secret");
+}
+
+#[test]
+fn the_irc_realname_can_name_the_bots_admin() {
+    let realname = |extra: &str| {
+        let text = format!("{NET}{extra}{NET2}{GATEWAY}");
+        let config = tribridge::config::parse(&text, Path::new("/etc"), &[]).unwrap();
+        config.networks[0]
+            .settings_as::<tribridge::connector::irc::IrcConfig>()
+            .unwrap()
+            .realname
+            .clone()
+    };
+    assert_eq!(realname(""), "tribridge relay bot");
+    assert_eq!(
+        realname("contact = \"ops@example.org\"\n"),
+        "tribridge relay bot (admin: ops@example.org)"
+    );
+    assert_eq!(
+        realname("contact = \"alice\"\nrealname = \"CiviCRM bridge, ask {CONTACT}\"\n"),
+        "CiviCRM bridge, ask alice"
+    );
+    assert_eq!(realname("realname = \"just a bot\"\n"), "just a bot");
 }
