@@ -93,3 +93,72 @@ async fn sighup_leaves_the_daemon_running_and_relaying() {
     assert!(pair.bridge.is_running());
     assert_eq!(pair.bridge.terminate(), Some(0));
 }
+
+/// A 40-line paste on Mattermost arrives on IRC as its first three lines and a fourth with a
+/// link; the link (signed, expiring, like a file's) serves all 40 lines as UTF-8 plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forty_line_paste_reaches_irc_as_three_lines_and_a_link_to_all_forty() {
+    use crate::support::mattermost::MmServer;
+    let server = shared_inspircd();
+    let irc_channel = unique("#paste");
+    let nick = unique("brpaste");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&irc_channel).await;
+    let mm = MmServer::start("civi").await;
+    let channel_id = mm.channel("town").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let media_port = crate::support::servers::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\
+         media_listen = \"127.0.0.1:{media_port}\"\n\
+         media_public_url = \"http://127.0.0.1:{media_port}/media\"\n\n{}{}\
+         [[gateway]]\nname = \"g\"\nchannels = [\n  {{ network = \"irc\", channel = \"{irc_channel}\" }},\n\
+           {{ network = \"mm\", channel = \"town\" }},\n]\n",
+        irc_network("irc", server.port, &nick),
+        mm.network("mm", ""),
+    );
+    let _bridge = Bridge::start(dir.path(), &file);
+    alice.wait_join(&nick, &irc_channel).await;
+    mm.wait_member(&channel_id, &mm.bot_id).await;
+    mm.wait_websocket(1).await;
+
+    let paste: Vec<String> = (1..=40).map(|n| format!("paste line {n:02} é")).collect();
+    mia.say(&channel_id, &paste.join("\n")).await;
+    let seen = texts(&alice.texts_until(&irc_channel, "more lines").await);
+    let link_prefix = format!("<mia> … (37 more lines: http://127.0.0.1:{media_port}/media/");
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    assert_eq!(
+        seen[..3],
+        [
+            "<mia> paste line 01 é",
+            "<mia> paste line 02 é",
+            "<mia> paste line 03 é"
+        ]
+    );
+    assert!(seen[3].starts_with(&link_prefix), "{}", seen[3]);
+    let link = seen[3]
+        .trim_start_matches("<mia> … (37 more lines: ")
+        .trim_end_matches(')');
+    assert!(link.ends_with("/message.txt"), "{link}");
+    let response = reqwest::get(link).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(response.text().await.unwrap(), paste.join("\n"));
+    // Signed like a file's link: a changed signature is refused.
+    let mut segments: Vec<&str> = link.rsplitn(3, '/').collect();
+    let forged_signature = "0".repeat(segments[1].len());
+    segments[1] = &forged_signature;
+    segments.reverse();
+    assert_eq!(
+        reqwest::get(segments.join("/")).await.unwrap().status(),
+        403
+    );
+    // Nothing else reached the channel: the paste held it for four lines, not forty.
+    mia.say(&channel_id, "after the paste").await;
+    let after = texts(&alice.texts_until(&irc_channel, "after the paste").await);
+    assert_eq!(after, vec!["<mia> after the paste"]);
+}

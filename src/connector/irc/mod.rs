@@ -38,7 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connector::supervisor::{self, SessionEnd, supervise};
 use crate::connector::{AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError};
-use crate::model::{Delivery, DeliveryAck};
+use crate::model::{Delivery, DeliveryAck, EventBody};
+use crate::richtext::long_text;
 pub use config::{CAPABILITIES, Irc, IrcConfig, irc_fold};
 pub use convert::render_delivery;
 
@@ -71,6 +72,9 @@ const WANTED_CAPS: &[&str] = &[
 
 struct OutboundRequest {
     delivery: Delivery,
+    /// A link to the whole text, served by the media endpoint, for a text the gateway's
+    /// long-text policy may cut.
+    full_text_link: Option<String>,
     reply: oneshot::Sender<Result<DeliveryAck, DeliveryError>>,
 }
 
@@ -78,9 +82,46 @@ struct OutboundRequest {
 #[derive(Clone)]
 pub struct IrcHandle {
     requests: mpsc::Sender<OutboundRequest>,
+    /// Where the whole text of a long message is stored and linked from.
+    files: Arc<crate::files::Files>,
+    /// Each gateway's delivery settings (its long-text policy), by gateway name.
+    gateways: Arc<std::collections::HashMap<String, crate::connector::GatewaySettings>>,
 }
 
+/// The name a long text's link ends with: it makes the media endpoint serve it as
+/// `text/plain; charset=utf-8`.
+pub const FULL_TEXT_NAME: &str = "message.txt";
+
 impl IrcHandle {
+    /// For a text the gateway's long-text policy may cut, when the media endpoint is
+    /// configured: store the whole text (durably, before any line of it is written) and link
+    /// to it. `None` otherwise, or when it cannot be stored (then the message's permalink on its
+    /// own platform is shown).
+    async fn full_text_link(&self, delivery: &Delivery) -> Option<String> {
+        if !self.files.serves_links() {
+            return None;
+        }
+        let (EventBody::Text { text, .. } | EventBody::Edit { text, .. }) = &delivery.body else {
+            return None;
+        };
+        let policy = self
+            .gateways
+            .get(&delivery.gateway)
+            .map(|settings| settings.long_text)
+            .unwrap_or_default();
+        let plain = text.to_plain_text();
+        if !long_text::may_be_cut(&plain, &policy) {
+            return None;
+        }
+        match self.files.put(plain.into_bytes()).await {
+            Ok(hash) => self.files.link(&hash, FULL_TEXT_NAME),
+            Err(error) => {
+                tracing::warn!(delivery = %delivery.id, error = %error, "Cannot store the whole of a long text; its lines on IRC link to the message on its own platform instead.");
+                None
+            }
+        }
+    }
+
     /// Queue a delivery on the connection (lines are written in the order deliveries are
     /// queued); the returned future resolves with the server's acknowledgement.
     pub async fn enqueue(
@@ -91,9 +132,11 @@ impl IrcHandle {
         DeliveryError,
     > {
         let (reply, acknowledged) = oneshot::channel();
+        let full_text_link = self.full_text_link(delivery).await;
         self.requests
             .send(OutboundRequest {
                 delivery: delivery.clone(),
+                full_text_link,
                 reply,
             })
             .await
@@ -155,7 +198,11 @@ struct TaskInfo {
 pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHandle, IrcTask) {
     let (sender, receiver) = mpsc::channel(256);
     (
-        IrcHandle { requests: sender },
+        IrcHandle {
+            requests: sender,
+            files: Arc::clone(&context.files),
+            gateways: Arc::new(context.gateways.clone()),
+        },
         IrcTask {
             info: TaskInfo {
                 network: network.to_owned(),

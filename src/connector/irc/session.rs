@@ -338,7 +338,13 @@ impl<'a> Session<'a> {
             // The outbox gave up waiting (timeout); it will retry this delivery itself.
             return;
         }
-        let delivery = &files_as_lines(&request.delivery, &self.task.context.files);
+        let mut delivery = files_as_lines(&request.delivery, &self.task.context.files);
+        // A long text links to its whole text where the media endpoint serves it, else to the
+        // message on its own platform.
+        if let Some(link) = request.full_text_link.clone() {
+            delivery.permalink = Some(link);
+        }
+        let delivery = &delivery;
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
             let _ = request.reply.send(Err(DeliveryError::Retry {
