@@ -32,6 +32,10 @@ pub use crate::vocab::{
 /// The default sender format for relayed lines.
 pub const DEFAULT_REMOTE_NICK_FORMAT: &str = "<{NICK}> ";
 
+/// The one key every network section accepts besides its type's own: the sender format on
+/// that network, read by the configuration itself.
+const NETWORK_NICK_FORMAT_KEY: &str = "remote_nick_format";
+
 /// Placeholders `remote_nick_format` understands.
 pub const NICK_FORMAT_PLACEHOLDERS: &[&str] = &[
     "{NICK}",
@@ -184,6 +188,9 @@ pub struct NetworkConfig {
     pub id: String,
     /// The settings of its network type, validated by its connector.
     pub settings: Arc<dyn NetworkSettings>,
+    /// How a relayed sender is shown on this network, over the `[general]` format (a
+    /// gateway's own wins over both); `None`: the `[general]` one.
+    pub remote_nick_format: Option<String>,
     /// `parallel_bridges`: the accounts on this network of other bridges that relay the same
     /// channels (see [`crate::parallel`]), as the connector reports senders: an IRC nick, a
     /// Matrix user id, a Mattermost user id. Known to be parallel bridges of every channel of
@@ -195,6 +202,7 @@ pub struct NetworkConfig {
 impl PartialEq for NetworkConfig {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
+            && self.remote_nick_format == other.remote_nick_format
             && self.parallel_bridges == other.parallel_bridges
             && self.settings.same_as(other.settings.as_ref())
     }
@@ -271,6 +279,7 @@ struct RawGateway {
     allow_mass_pings: Option<Spanned<bool>>,
     edit_policy: Option<Spanned<EditPolicy>>,
     original_time_after: Option<Spanned<i64>>,
+    remote_nick_format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -669,6 +678,10 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or_else(EditPolicy::default, |v| *v.get_ref()),
                 original_time_after,
+                remote_nick_format: gateway.remote_nick_format.as_ref().map(|format| {
+                    self.check_nick_format(&format!("{key}.remote_nick_format"), format);
+                    format.get_ref().clone()
+                }),
             });
         }
         Config {
@@ -779,25 +792,57 @@ impl Validator<'_> {
                 |s| s.get_ref().clone(),
             );
         if let Some(spanned) = general.as_ref().and_then(|g| g.remote_nick_format.as_ref()) {
-            if let Some(unknown) = unknown_placeholder(spanned.get_ref()) {
-                self.report(
-                    spanned.span().start,
-                    "general.remote_nick_format",
-                    format!(
-                        "unknown placeholder `{unknown}`; valid: {}",
-                        NICK_FORMAT_PLACEHOLDERS.join(" ")
-                    ),
-                );
-            }
-            if spanned.get_ref().contains(['\r', '\n', '\0']) {
-                self.report(
-                    spanned.span().start,
-                    "general.remote_nick_format",
-                    "remote_nick_format cannot contain CR, LF or NUL",
-                );
-            }
+            self.check_nick_format("general.remote_nick_format", spanned);
         }
         (self.base.join(state_dir), format)
+    }
+
+    /// Report what is wrong with a `remote_nick_format` (in `[general]`, a network or a
+    /// gateway) at `key`.
+    fn check_nick_format(&mut self, key: &str, format: &Spanned<String>) {
+        if let Some(unknown) = unknown_placeholder(format.get_ref()) {
+            self.report(
+                format.span().start,
+                key,
+                format!(
+                    "unknown placeholder `{unknown}`; valid: {}",
+                    NICK_FORMAT_PLACEHOLDERS.join(" ")
+                ),
+            );
+        }
+        if format.get_ref().contains(['\r', '\n', '\0']) {
+            self.report(
+                format.span().start,
+                key,
+                "remote_nick_format cannot contain CR, LF or NUL",
+            );
+        }
+    }
+
+    /// A network's own `remote_nick_format` (a key of every network type, read here): taken
+    /// out of the section's `value` before its type reads it.
+    fn network_nick_format(
+        &mut self,
+        key: &str,
+        item: &toml_edit::Item,
+        value: &mut toml_edit::Value,
+    ) -> Option<String> {
+        let raw = item.as_table_like()?.get(NETWORK_NICK_FORMAT_KEY)?;
+        if let Some(table) = value.as_inline_table_mut() {
+            table.remove(NETWORK_NICK_FORMAT_KEY);
+        }
+        let offset = raw.span().map_or(0, |span| span.start);
+        let Some(text) = raw.as_str() else {
+            self.report(
+                offset,
+                format!("{key}.remote_nick_format"),
+                "wrong type: `remote_nick_format` is a string, e.g. \"<{NICK}> \"",
+            );
+            return None;
+        };
+        let format = Spanned::new(offset..offset, text.to_owned());
+        self.check_nick_format(&format!("{key}.remote_nick_format"), &format);
+        Some(text.to_owned())
     }
 
     fn network(
@@ -845,6 +890,7 @@ impl Validator<'_> {
             return None;
         };
         let foreign = Self::foreign_keys(kind, &item);
+        let remote_nick_format = self.network_nick_format(&key, &item, &mut value);
         if let Some(table) = value.as_inline_table_mut() {
             for (name, _) in &foreign {
                 table.remove(name);
@@ -859,7 +905,7 @@ impl Validator<'_> {
                 .collect();
             if owners.is_empty() {
                 let message = format!(
-                    "unknown field `{name}`, expected one of `{}`",
+                    "unknown field `{name}`, expected one of `{}`, `{NETWORK_NICK_FORMAT_KEY}`",
                     kind.keys().join("`, `")
                 );
                 self.fatal(self.locator.issue(offset, format!("{key}.{name}"), message));
@@ -901,6 +947,7 @@ impl Validator<'_> {
         let validated = validated?;
         Some(NetworkConfig {
             id: id.get_ref().clone(),
+            remote_nick_format,
             settings: validated.settings,
             parallel_bridges: validated.parallel_bridges,
         })
@@ -914,7 +961,7 @@ impl Validator<'_> {
         };
         table
             .iter()
-            .filter(|(name, _)| !kind.keys().contains(name))
+            .filter(|(name, _)| !kind.keys().contains(name) && *name != NETWORK_NICK_FORMAT_KEY)
             .map(|(name, value)| {
                 let key_span = table.key(name).and_then(toml_edit::Key::span);
                 let known = NETWORK_TYPES

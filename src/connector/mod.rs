@@ -130,7 +130,8 @@ pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
 pub struct BuildContext {
     /// Where inbound events go.
     pub router: Router,
-    /// How a relayed sender is shown.
+    /// How a relayed sender is shown on this network: its own `remote_nick_format`, else the
+    /// `[general]` one (a gateway's own wins over both: [`GatewaySettings::nick_format`]).
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
@@ -223,7 +224,7 @@ impl BuildContext {
     /// The settings of the gateway a delivery goes through (defaults for an unknown name).
     #[must_use]
     pub fn gateway(&self, name: &str) -> GatewaySettings {
-        self.gateways.get(name).copied().unwrap_or_default()
+        self.gateways.get(name).cloned().unwrap_or_default()
     }
 }
 

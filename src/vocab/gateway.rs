@@ -5,6 +5,7 @@
 //! Invariant: a channel is named by its network id and its name as configured; how names
 //! compare is the network's [`crate::vocab::CaseMapping`], never decided here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,6 +55,9 @@ pub struct GatewayConfig {
     /// A message delivered more than this long after it was said shows when it was said;
     /// `None` (configured as 0): never.
     pub original_time_after: Option<Duration>,
+    /// How a relayed sender is shown in this gateway's channels, over the network's and the
+    /// `[general]` format; `None`: theirs.
+    pub remote_nick_format: Option<String>,
 }
 
 /// One channel of a gateway.
@@ -68,7 +72,7 @@ pub struct GatewayChannel {
 }
 
 /// What a gateway says about how its messages are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
     /// Messages longer than `max_lines` IRC lines: split or truncate.
     pub long_text: LongTextPolicy,
@@ -79,6 +83,18 @@ pub struct GatewaySettings {
     /// A message delivered more than this long after it was said shows when it was said
     /// (with a prefix naming that time); `None`: never.
     pub original_time_after: Option<Duration>,
+    /// The gateway's own `remote_nick_format`, which wins over the destination network's and
+    /// the `[general]` one; `None`: theirs.
+    pub remote_nick_format: Option<Arc<str>>,
+}
+
+impl GatewaySettings {
+    /// The sender format for a delivery through this gateway: its own when it has one, else
+    /// `network_format` (the destination network's, or the `[general]` one).
+    #[must_use]
+    pub fn nick_format<'a>(&'a self, network_format: &'a str) -> &'a str {
+        self.remote_nick_format.as_deref().unwrap_or(network_format)
+    }
 }
 
 impl Default for GatewaySettings {
@@ -88,6 +104,7 @@ impl Default for GatewaySettings {
             allow_mass_pings: false,
             edit_policy: EditPolicy::default(),
             original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
+            remote_nick_format: None,
         }
     }
 }
@@ -104,6 +121,7 @@ impl GatewayConfig {
             allow_mass_pings: self.allow_mass_pings,
             edit_policy: self.edit_policy,
             original_time_after: self.original_time_after,
+            remote_nick_format: self.remote_nick_format.as_deref().map(Arc::from),
         }
     }
 }

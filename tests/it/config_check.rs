@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`, `remote_nick_format`",
             ],
         ),
         (
@@ -162,7 +162,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `parallel_bridges`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `parallel_bridges`, `remote_nick_format`",
             ],
         ),
         (
@@ -509,6 +509,17 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             format!("{NET}realname = \"bridge, ask {{CONTACT}}\"\n{NET2}{GATEWAY}"),
             vec![
                 "bridges.toml:5:12: network.libera.realname: `realname` uses {CONTACT} but `contact` is not set; add `contact = \"...\"` (who runs the bot) or remove the placeholder",
+            ],
+        ),
+        (
+            "remote_nick_format on a network and a gateway: placeholders checked, a string",
+            format!(
+                "{NET}remote_nick_format = \"<{{NICK}}@{{HOST}}> \"\n{NET2}remote_nick_format = 3\n[[gateway]]\nname = \"g\"\nremote_nick_format = \"{{NOPE}}\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:5:22: network.libera.remote_nick_format: unknown placeholder `{HOST}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}",
+                "bridges.toml:10:22: network.oftc.remote_nick_format: wrong type: `remote_nick_format` is a string, e.g. \"<{NICK}> \"",
+                "bridges.toml:13:22: gateway[0].remote_nick_format: unknown placeholder `{NOPE}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}",
             ],
         ),
         (

@@ -162,3 +162,59 @@ async fn a_forty_line_paste_reaches_irc_as_three_lines_and_a_link_to_all_forty()
     let after = texts(&alice.texts_until(&irc_channel, "after the paste").await);
     assert_eq!(after, vec!["<mia> after the paste"]);
 }
+
+/// `remote_nick_format` on a network and on a gateway: the most specific wins (the gateway's,
+/// then the destination network's, then `[general]`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_nick_format_per_network_and_per_gateway_most_specific_wins() {
+    let server = shared_inspircd();
+    let [a, b, c, d] = ["#fa", "#fb", "#fc", "#fd"].map(unique);
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&a).await;
+    alice.join(&c).await;
+    bob.join(&b).await;
+    bob.join(&d).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}\
+         [[gateway]]\nname = \"plain\"\nchannels = [\n  {{ network = \"one\", channel = \"{a}\" }},\n\
+           {{ network = \"two\", channel = \"{b}\" }},\n]\n\
+         [[gateway]]\nname = \"own\"\nremote_nick_format = \"({{NICK}}/{{GATEWAY}}) \"\nchannels = [\n\
+           {{ network = \"one\", channel = \"{c}\" }},\n  {{ network = \"two\", channel = \"{d}\" }},\n]\n",
+        irc_network("one", server.port, &nick_one),
+        irc_network("two", server.port, &nick_two)
+            + "remote_nick_format = \"[{NICK}@{NETWORK}] \"\n\n",
+    );
+    let _bridge = Bridge::start(dir.path(), &file);
+    alice.wait_join(&nick_one, &a).await;
+    alice.wait_member(&nick_one, &c).await;
+    bob.wait_join(&nick_two, &b).await;
+    bob.wait_member(&nick_two, &d).await;
+    let (an, bn) = (alice.nick.clone(), bob.nick.clone());
+
+    // To network two: its own format.
+    alice.say(&a, "to two");
+    assert_eq!(
+        texts(&bob.texts_until(&b, "to two").await),
+        vec![format!("[{an}@one] to two")]
+    );
+    // To network one, which has none: the [general] format.
+    bob.say(&b, "to one");
+    assert_eq!(
+        texts(&alice.texts_until(&a, "to one").await),
+        vec![format!("<{bn}> to one")]
+    );
+    // Through the gateway with its own format: the gateway's, on both networks.
+    alice.say(&c, "through own");
+    assert_eq!(
+        texts(&bob.texts_until(&d, "through own").await),
+        vec![format!("({an}/own) through own")]
+    );
+    bob.say(&d, "back through own");
+    assert_eq!(
+        texts(&alice.texts_until(&c, "back through own").await),
+        vec![format!("({bn}/own) back through own")]
+    );
+}

@@ -45,6 +45,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             allow_mass_pings: false,
             edit_policy: tribridge::richtext::edits::EditPolicy::default(),
             original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
+            remote_nick_format: None,
         })
         .collect();
     parsed

@@ -366,7 +366,7 @@ impl<'a> Session<'a> {
         }
         let lines = render_delivery(
             delivery,
-            &self.task.context.remote_nick_format,
+            settings.nick_format(&self.task.context.remote_nick_format),
             &self.nick,
             labelled,
             &settings,
