@@ -218,3 +218,121 @@ async fn remote_nick_format_per_network_and_per_gateway_most_specific_wins() {
         vec![format!("({bn}/own) back through own")]
     );
 }
+
+/// WHOIS of the bridge, as a person on IRC would ask: (its real name, whether the server calls
+/// it a bot).
+async fn whois(client: &mut IrcClient, nick: &str) -> (String, bool) {
+    use crate::support::irc_client::DEADLINE;
+    client.raw(&format!("WHOIS {nick}"));
+    let mut realname = String::new();
+    let mut bot = false;
+    loop {
+        let line = client
+            .wait_for(
+                |l| matches!(l.command.as_str(), "311" | "335" | "318"),
+                DEADLINE,
+            )
+            .await
+            .expect("a WHOIS reply");
+        match line.command.as_str() {
+            "311" => realname = line.params.last().cloned().unwrap_or_default(),
+            "335" => bot = true,
+            _ => return (realname, bot),
+        }
+    }
+}
+
+/// The server advertises a bot mode (`BOT=B`, `InspIRCd`'s botmode module): the bridge sets it
+/// on itself; its real name names the admin given by `contact`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_marks_itself_a_bot_and_its_realname_names_its_admin() {
+    let mut pair = Pair::start(
+        "bot",
+        |network| network + "contact = \"ops@example.org\"\n",
+        "",
+    )
+    .await;
+    pair.bridge
+        .wait_for_log("The server has a bot mode; setting it.")
+        .await;
+    // The MODE is sent before the joins the test waited for, so WHOIS sees it.
+    let nick = pair.nick_one.clone();
+    let (realname, bot) = whois(&mut pair.alice, &nick).await;
+    assert!(bot, "WHOIS does not show {nick} as a bot");
+    assert_eq!(realname, "tribridge relay bot (admin: ops@example.org)");
+    // A person is not a bot.
+    let bob = pair.bob.nick.clone();
+    assert_eq!(whois(&mut pair.alice, &bob).await.1, false);
+}
+
+/// Kicked without `rejoin_after_kick`, the bridge stays out of that channel and stops relaying
+/// into it (each delivery counted as failed, kept in the store), while the gateway's other
+/// channels keep flowing; with it, the bridge rejoins and relays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_stops_relaying_into_that_channel_only_and_rejoins_only_when_asked() {
+    let server = shared_inspircd();
+    let [a, b, c] = ["#ka", "#kb", "#kc"].map(unique);
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    // The first in a channel is its operator: alice in #a, bob in #b and #c.
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&a).await;
+    bob.join(&b).await;
+    bob.join(&c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[
+                irc_network("one", server.port, &nick_one) + "rejoin_after_kick = true\n\n",
+                irc_network("two", server.port, &nick_two),
+            ],
+            &[("one", &a), ("two", &b), ("two", &c)],
+            "",
+        ),
+    );
+    alice.wait_join(&nick_one, &a).await;
+    bob.wait_join(&nick_two, &b).await;
+    bob.wait_member(&nick_two, &c).await;
+    let (an, bn) = (alice.nick.clone(), bob.nick.clone());
+
+    // Network two has no rejoin_after_kick: kicked from #b, it stays out.
+    bob.raw(&format!("KICK {b} {nick_two} :too chatty"));
+    bridge
+        .wait_for_log_line(&["Kicked from channel; not rejoining", &bn, "too chatty"])
+        .await;
+    alice.say(&a, "after the kick");
+    // #c, on the same network and gateway, still gets it ...
+    assert_eq!(
+        texts(&bob.texts_until(&c, "after the kick").await),
+        vec![format!("<{an}> after the kick")]
+    );
+    // ... #b does not, and the delivery is refused and counted, not lost silently.
+    bridge
+        .wait_for_log_line(&[
+            "Delivery refused by the destination",
+            &format!("kicked from {b} by {bn} (too chatty)"),
+        ])
+        .await;
+    let seen = bob.drain();
+    assert!(
+        !seen.iter().any(|line| line
+            .params
+            .first()
+            .is_some_and(|target| target.eq_ignore_ascii_case(&b))
+            && (line.command == "PRIVMSG" || line.source_nick.eq_ignore_ascii_case(&nick_two))),
+        "the bridge came back to {b}: {seen:#?}"
+    );
+
+    // Network one has rejoin_after_kick: kicked from #a, it comes back and relays again.
+    alice.raw(&format!("KICK {a} {nick_one} :out"));
+    alice.wait_join(&nick_one, &a).await;
+    bridge
+        .wait_for_log_line(&["Kicked from channel; rejoining (rejoin_after_kick)", "out"])
+        .await;
+    bob.say(&c, "back in a");
+    assert_eq!(
+        texts(&alice.texts_until(&a, "back in a").await),
+        vec![format!("<{bn}> back in a")]
+    );
+}

@@ -171,6 +171,12 @@ pub(super) enum Phase {
     Ready,
 }
 
+/// Who kicked the bot from a channel, and why.
+pub(super) struct Kick {
+    pub(super) by: String,
+    pub(super) reason: String,
+}
+
 /// A delivery whose lines are on their way.
 struct InFlight {
     reply: Option<oneshot::Sender<Result<DeliveryAck, DeliveryError>>>,
@@ -198,6 +204,8 @@ pub(super) struct Session<'a> {
     pub(super) channels: HashMap<String, String>,
     pub(super) joined: HashSet<String>,
     pub(super) failed_joins: HashSet<String>,
+    /// Channels (folded) we were kicked from and do not rejoin (`rejoin_after_kick` off).
+    pub(super) kicked: HashMap<String, Kick>,
     pub(super) members: HashMap<String, HashSet<String>>,
     bucket: TokenBucket,
     queue: VecDeque<QueuedLine>,
@@ -227,6 +235,7 @@ impl<'a> Session<'a> {
             channels,
             joined: HashSet::new(),
             failed_joins: HashSet::new(),
+            kicked: HashMap::new(),
             members: HashMap::new(),
             bucket: TokenBucket::new(
                 task.config.flood_burst,
@@ -351,6 +360,15 @@ impl<'a> Session<'a> {
                 after: Some(Duration::from_mins(1)),
                 reason: format!("not in {} (join failed)", delivery.destination.channel),
             }));
+            return;
+        }
+        if let Some(kick) = self.kicked.get(&folded) {
+            // Not held for a later rejoin (a flood of old lines would greet whoever kicked the
+            // bot): refused, so the outbox counts it and keeps it in the store as failed.
+            let _ = request.reply.send(Err(DeliveryError::Permanent(format!(
+                "kicked from {} by {} ({}); rejoin_after_kick is off",
+                delivery.destination.channel, kick.by, kick.reason
+            ))));
             return;
         }
         let target = delivery.destination.channel.clone();
