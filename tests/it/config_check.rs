@@ -739,3 +739,107 @@ fn the_irc_realname_can_name_the_bots_admin() {
     );
     assert_eq!(realname("realname = \"just a bot\"\n"), "just a bot");
 }
+
+/// Every fenced TOML snippet of `text` (a Markdown file): (line of its fence, its text). A
+/// fence without a language fails the test: TOML must not hide in an unchecked block.
+fn toml_snippets(name: &str, text: &str) -> Vec<(usize, String)> {
+    let mut snippets = Vec::new();
+    let mut open: Option<(usize, bool, String)> = None;
+    for (index, line) in text.lines().enumerate() {
+        let Some(tag) = line.trim_start().strip_prefix("```") else {
+            if let Some((_, _, body)) = open.as_mut() {
+                body.push_str(line);
+                body.push('\n');
+            }
+            continue;
+        };
+        match open.take() {
+            Some((start, true, body)) => snippets.push((start, body)),
+            Some(_) => {}
+            None => {
+                assert!(
+                    !tag.trim().is_empty(),
+                    "{name}:{}: a fenced block without a language; tag it (```toml is checked, \
+                     ```text is not)",
+                    index + 1
+                );
+                open = Some((index + 1, tag.trim() == "toml", String::new()));
+            }
+        }
+    }
+    assert!(open.is_none(), "{name}: a fenced block is not closed");
+    snippets
+}
+
+/// `tribridge check` on `text`, written in a folder of its own where every relative `*_file`
+/// secret it names exists and every `*_env` variable is set (documentation ships no secrets):
+/// (exit code, what it printed).
+fn check_snippet(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tribridge"));
+    let document: toml::Table = toml::from_str(text).unwrap_or_default();
+    let networks = document.get("network").and_then(toml::Value::as_table);
+    for section in networks.into_iter().flat_map(|n| n.values()) {
+        for (key, value) in section.as_table().into_iter().flatten() {
+            let Some(value) = value.as_str() else {
+                continue;
+            };
+            if key.ends_with("_file") && key != "tls_ca_file" {
+                assert!(
+                    Path::new(value).is_relative(),
+                    "`{key} = \"{value}\"`: documentation names secret files relative to the \
+                     configuration's folder"
+                );
+                std::fs::write(dir.path().join(value), "placeholder\n").unwrap();
+            } else if key.ends_with("_env") {
+                command.env(value, "placeholder");
+            }
+        }
+    }
+    let path = dir.path().join("bridges.toml");
+    std::fs::write(&path, text).unwrap();
+    // Private, as a file holding secrets should be (else `check` rightly warns).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = command
+        .args(["check", "--config", &path.display().to_string()])
+        .output()
+        .expect("run tribridge");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Every TOML snippet of the README, and the shipped example as a whole, passes `tribridge
+/// check` with no warning. A snippet that shows part of a file says which complete example it
+/// extends in its first line (`# extends: bridges.toml.example`) and is checked appended to it;
+/// any other snippet is checked alone. None is skipped.
+#[test]
+fn every_toml_snippet_of_the_readme_and_the_example_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("bridges.toml.example")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut checked = vec![("bridges.toml.example".to_owned(), example.clone())];
+    for (line, snippet) in toml_snippets("README.md", &readme) {
+        let first = snippet.lines().next().unwrap_or_default();
+        let whole = match first.strip_prefix("# extends: ") {
+            Some("bridges.toml.example") => format!("{example}\n{snippet}"),
+            Some(other) => panic!("README.md:{line}: extends unknown example `{other}`"),
+            None => snippet,
+        };
+        checked.push((format!("README.md:{line}"), whole));
+    }
+    assert!(checked.len() >= 3, "snippets found: {}", checked.len());
+    let mut failures = Vec::new();
+    for (place, text) in &checked {
+        let (code, printed) = check_snippet(text);
+        if code != 0 || printed.contains("warning") {
+            failures.push(format!("{place}: exit {code}\n{printed}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

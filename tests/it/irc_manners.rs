@@ -31,7 +31,6 @@ struct Pair {
     channel_a: String,
     channel_b: String,
     nick_one: String,
-    nick_two: String,
     bridge: Bridge,
     _dir: tempfile::TempDir,
 }
@@ -66,7 +65,6 @@ impl Pair {
             channel_a,
             channel_b,
             nick_one,
-            nick_two,
             bridge,
             _dir: dir,
         }
