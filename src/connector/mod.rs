@@ -358,15 +358,12 @@ pub fn render_sender(
             };
             Some((value, end + 1))
         });
-        match value {
-            Some((value, length)) => {
-                out.push_str(&value);
-                rest = &candidate[length..];
-            }
-            None => {
-                out.push('{');
-                rest = &candidate[1..];
-            }
+        if let Some((value, length)) = value {
+            out.push_str(&value);
+            rest = &candidate[length..];
+        } else {
+            out.push('{');
+            rest = &candidate[1..];
         }
     }
     out.push_str(rest);
@@ -457,7 +454,7 @@ mod tests {
         );
         let never = GatewaySettings {
             original_time_after: None,
-            ..settings
+            ..settings.clone()
         };
         assert_eq!(late_prefix(&text, &never, said_at + 86_400_000), None);
         let delete = delivery(EventBody::Delete { target: "x".into() });

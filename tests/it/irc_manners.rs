@@ -260,7 +260,10 @@ async fn the_bridge_marks_itself_a_bot_and_its_realname_names_its_admin() {
     assert_eq!(realname, "tribridge relay bot (admin: ops@example.org)");
     // A person is not a bot.
     let bob = pair.bob.nick.clone();
-    assert_eq!(whois(&mut pair.alice, &bob).await.1, false);
+    assert!(
+        !whois(&mut pair.alice, &bob).await.1,
+        "{bob} shown as a bot"
+    );
 }
 
 /// Kicked without `rejoin_after_kick`, the bridge stays out of that channel and stops relaying

@@ -35,6 +35,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Settings of an IRC network.
 #[derive(Debug, Clone, PartialEq)]
+// Its bools are independent on/off keys of the file (tls, tls_verify, relay_membership,
+// rejoin_after_kick), not states that an enum would name better.
+#[allow(clippy::struct_excessive_bools)]
 pub struct IrcConfig {
     /// Host name or address.
     pub host: String,

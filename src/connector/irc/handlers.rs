@@ -123,7 +123,7 @@ impl Session<'_> {
     }
 
     /// `RPL_ISUPPORT`: where the server has a bot mode (`BOT=B`), the bot sets it on itself,
-    /// as IRCv3's bot mode asks of bots (clients then show it as one, and WHOIS says so).
+    /// as `IRCv3`'s bot mode asks of bots (clients then show it as one, and WHOIS says so).
     fn handle_isupport(&mut self, line: &WireLine) -> Result<(), String> {
         let tokens = line
             .params
