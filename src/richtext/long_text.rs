@@ -88,8 +88,13 @@ pub fn apply(
 #[must_use]
 pub fn may_be_cut(plain_text: &str, policy: &LongTextPolicy) -> bool {
     let keep = policy.max_lines.max(1);
-    let most_pieces = plain_text.lines().count() + plain_text.len() / MIN_TEXT_BYTES_PER_LINE;
-    policy.mode == LongTextMode::Truncate && most_pieces > keep
+    policy.mode == LongTextMode::Truncate && most_pieces(plain_text) > keep
+}
+
+/// The most IRC lines a text of this plain form is split into (see [`may_be_cut`]).
+#[must_use]
+pub fn most_pieces(plain_text: &str) -> usize {
+    plain_text.lines().count() + plain_text.len() / MIN_TEXT_BYTES_PER_LINE
 }
 
 fn encode_component(s: &str) -> String {

@@ -284,7 +284,7 @@ impl<'a> Session<'a> {
     }
 
     fn accepts_requests(&self) -> bool {
-        self.phase == Phase::Ready && self.queue.len() < 64
+        self.phase == Phase::Ready && self.queue.len() < super::QUEUED_LINES
     }
 
     fn flood_ready_at(&mut self) -> Option<Instant> {
