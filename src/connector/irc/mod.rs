@@ -147,6 +147,11 @@ impl IrcHandle {
         }
         match self.files.put(plain.into_bytes()).await {
             Ok(hash) => self.files.link(&hash, FULL_TEXT_NAME),
+            Err(error @ crate::files::FileError::TooLarge { .. }) => {
+                // `max_file_size_mb` (0: never copy files) applies to texts too.
+                tracing::debug!(delivery = %delivery.id, error = %error, "A long text is not stored; its lines on IRC link to the message on its own platform instead.");
+                None
+            }
             Err(error) => {
                 tracing::warn!(delivery = %delivery.id, error = %error, "Cannot store the whole of a long text; its lines on IRC link to the message on its own platform instead.");
                 None
