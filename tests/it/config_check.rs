@@ -843,3 +843,50 @@ fn every_toml_snippet_of_the_readme_and_the_example_passes_check() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every key `bridges.toml.example` shows commented out (`# key = value`) is a key of the
+/// section it stands in: uncommented alone, the real validator does not call it unknown (other
+/// complaints, such as two forms of one secret, are not this test's business).
+#[test]
+fn every_key_commented_out_in_the_example_is_a_key_of_its_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("bridges.toml.example")).unwrap();
+    let lines: Vec<&str> = example.lines().collect();
+    let env = vec![
+        ("LIBERA_SASL_PASSWORD".to_owned(), "p".to_owned()),
+        ("MATRIX_TOKEN".to_owned(), "t".to_owned()),
+    ];
+    let mut tried = 0;
+    let mut unknown = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let Some((key, _)) = rest.split_once(" = ") else {
+            continue;
+        };
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
+        }
+        tried += 1;
+        let mut edited = lines.clone();
+        edited[index] = rest;
+        let text = edited.join("\n");
+        let Err(issues) = tribridge::config::parse(&text, Path::new("/etc/tribridge"), &env) else {
+            continue;
+        };
+        for issue in issues {
+            if issue.message.contains(&format!("unknown field `{key}`"))
+                || issue.message.contains(&format!("`{key}` is not a key of"))
+            {
+                unknown.push(format!(
+                    "bridges.toml.example:{}: {}",
+                    index + 1,
+                    issue.message
+                ));
+            }
+        }
+    }
+    assert!(tried >= 20, "only {tried} commented-out keys found");
+    assert!(unknown.is_empty(), "{}", unknown.join("\n"));
+}
