@@ -33,6 +33,10 @@ pub use crate::vocab::{
 /// The default sender format for relayed lines.
 pub const DEFAULT_REMOTE_NICK_FORMAT: &str = "<{NICK}> ";
 
+/// The one key every network section accepts besides its type's own: the sender format on
+/// that network, read by the configuration itself.
+const NETWORK_NICK_FORMAT_KEY: &str = "remote_nick_format";
+
 /// Placeholders `remote_nick_format` understands.
 pub const NICK_FORMAT_PLACEHOLDERS: &[&str] = &[
     "{NICK}",
@@ -124,6 +128,10 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
     pub gateways: Vec<GatewayConfig>,
+    /// What is valid but probably not meant (TLS on IRC's plain-text port, `http://` to
+    /// another machine, a deprecated key), located like errors; `check` prints them and the
+    /// daemon logs them.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// How files are carried between networks (`[general]` keys).
@@ -181,6 +189,9 @@ pub struct NetworkConfig {
     pub id: String,
     /// The settings of its network type, validated by its connector.
     pub settings: Arc<dyn NetworkSettings>,
+    /// How a relayed sender is shown on this network, over the `[general]` format (a
+    /// gateway's own wins over both); `None`: the `[general]` one.
+    pub remote_nick_format: Option<String>,
     /// `parallel_bridges`: the accounts on this network of other bridges that relay the same
     /// channels (see [`crate::parallel`]), as the connector reports senders: an IRC nick, a
     /// Matrix user id, a Mattermost user id. Known to be parallel bridges of every channel of
@@ -192,6 +203,7 @@ pub struct NetworkConfig {
 impl PartialEq for NetworkConfig {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
+            && self.remote_nick_format == other.remote_nick_format
             && self.parallel_bridges == other.parallel_bridges
             && self.settings.same_as(other.settings.as_ref())
     }
@@ -269,6 +281,7 @@ struct RawGateway {
     edit_policy: Option<Spanned<EditPolicy>>,
     original_time_after: Option<Spanned<i64>>,
     irc_replies: Option<Spanned<IrcReplies>>,
+    remote_nick_format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,13 +395,18 @@ pub fn parse(
         base,
         env,
         issues: Vec::new(),
+        warnings: Vec::new(),
         fatal: None,
     };
-    let config = validator.config(raw);
+    let mut config = validator.config(raw);
     if let Some(fatal) = validator.fatal {
         return Err(vec![fatal]);
     }
     if validator.issues.is_empty() {
+        validator
+            .warnings
+            .sort_by_key(|issue| (issue.line, issue.column));
+        config.warnings = validator.warnings;
         Ok(config)
     } else {
         validator
@@ -559,6 +577,8 @@ struct Validator<'a> {
     base: &'a Path,
     env: &'a [(String, String)],
     issues: Vec<ConfigIssue>,
+    /// What is valid but probably not meant.
+    warnings: Vec<ConfigIssue>,
     /// The earliest error of the file's shape (an unknown key, a wrong type), reported alone.
     fatal: Option<ConfigIssue>,
 }
@@ -664,6 +684,10 @@ impl Validator<'_> {
                     .irc_replies
                     .as_ref()
                     .map_or_else(IrcReplies::default, |v| *v.get_ref()),
+                remote_nick_format: gateway.remote_nick_format.as_ref().map(|format| {
+                    self.check_nick_format(&format!("{key}.remote_nick_format"), format);
+                    format.get_ref().clone()
+                }),
             });
         }
         Config {
@@ -674,6 +698,7 @@ impl Validator<'_> {
             reconnect_max,
             networks,
             gateways,
+            warnings: Vec::new(),
         }
     }
 
@@ -773,25 +798,57 @@ impl Validator<'_> {
                 |s| s.get_ref().clone(),
             );
         if let Some(spanned) = general.as_ref().and_then(|g| g.remote_nick_format.as_ref()) {
-            if let Some(unknown) = unknown_placeholder(spanned.get_ref()) {
-                self.report(
-                    spanned.span().start,
-                    "general.remote_nick_format",
-                    format!(
-                        "unknown placeholder `{unknown}`; valid: {}",
-                        NICK_FORMAT_PLACEHOLDERS.join(" ")
-                    ),
-                );
-            }
-            if spanned.get_ref().contains(['\r', '\n', '\0']) {
-                self.report(
-                    spanned.span().start,
-                    "general.remote_nick_format",
-                    "remote_nick_format cannot contain CR, LF or NUL",
-                );
-            }
+            self.check_nick_format("general.remote_nick_format", spanned);
         }
         (self.base.join(state_dir), format)
+    }
+
+    /// Report what is wrong with a `remote_nick_format` (in `[general]`, a network or a
+    /// gateway) at `key`.
+    fn check_nick_format(&mut self, key: &str, format: &Spanned<String>) {
+        if let Some(unknown) = unknown_placeholder(format.get_ref()) {
+            self.report(
+                format.span().start,
+                key,
+                format!(
+                    "unknown placeholder `{unknown}`; valid: {}",
+                    NICK_FORMAT_PLACEHOLDERS.join(" ")
+                ),
+            );
+        }
+        if format.get_ref().contains(['\r', '\n', '\0']) {
+            self.report(
+                format.span().start,
+                key,
+                "remote_nick_format cannot contain CR, LF or NUL",
+            );
+        }
+    }
+
+    /// A network's own `remote_nick_format` (a key of every network type, read here): taken
+    /// out of the section's `value` before its type reads it.
+    fn network_nick_format(
+        &mut self,
+        key: &str,
+        item: &toml_edit::Item,
+        value: &mut toml_edit::Value,
+    ) -> Option<String> {
+        let raw = item.as_table_like()?.get(NETWORK_NICK_FORMAT_KEY)?;
+        if let Some(table) = value.as_inline_table_mut() {
+            table.remove(NETWORK_NICK_FORMAT_KEY);
+        }
+        let offset = raw.span().map_or(0, |span| span.start);
+        let Some(text) = raw.as_str() else {
+            self.report(
+                offset,
+                format!("{key}.remote_nick_format"),
+                "wrong type: `remote_nick_format` is a string, e.g. \"<{NICK}> \"",
+            );
+            return None;
+        };
+        let format = Spanned::new(offset..offset, text.to_owned());
+        self.check_nick_format(&format!("{key}.remote_nick_format"), &format);
+        Some(text.to_owned())
     }
 
     fn network(
@@ -839,6 +896,7 @@ impl Validator<'_> {
             return None;
         };
         let foreign = Self::foreign_keys(kind, &item);
+        let remote_nick_format = self.network_nick_format(&key, &item, &mut value);
         if let Some(table) = value.as_inline_table_mut() {
             for (name, _) in &foreign {
                 table.remove(name);
@@ -853,7 +911,7 @@ impl Validator<'_> {
                 .collect();
             if owners.is_empty() {
                 let message = format!(
-                    "unknown field `{name}`, expected one of `{}`",
+                    "unknown field `{name}`, expected one of `{}`, `{NETWORK_NICK_FORMAT_KEY}`",
                     kind.keys().join("`, `")
                 );
                 self.fatal(self.locator.issue(offset, format!("{key}.{name}"), message));
@@ -870,6 +928,11 @@ impl Validator<'_> {
             }
         }
         let validated = kind.validate(&mut section);
+        for warning in section.take_warnings() {
+            let key = warning.key.unwrap_or_else(|| key.clone());
+            let located = self.locator.issue(warning.offset, key, warning.message);
+            self.warnings.push(located);
+        }
         for issue in section.into_issues() {
             let located = if let Some(key) = issue.key {
                 self.locator.issue(issue.offset, key, issue.message)
@@ -890,6 +953,7 @@ impl Validator<'_> {
         let validated = validated?;
         Some(NetworkConfig {
             id: id.get_ref().clone(),
+            remote_nick_format,
             settings: validated.settings,
             parallel_bridges: validated.parallel_bridges,
         })
@@ -903,7 +967,7 @@ impl Validator<'_> {
         };
         table
             .iter()
-            .filter(|(name, _)| !kind.keys().contains(name))
+            .filter(|(name, _)| !kind.keys().contains(name) && *name != NETWORK_NICK_FORMAT_KEY)
             .map(|(name, value)| {
                 let key_span = table.key(name).and_then(toml_edit::Key::span);
                 let known = NETWORK_TYPES

@@ -97,7 +97,10 @@ pub async fn run(
         }
         let (handle, task) = network.build(BuildContext {
             router: router.clone(),
-            remote_nick_format: config.remote_nick_format.clone(),
+            remote_nick_format: network
+                .remote_nick_format
+                .clone()
+                .unwrap_or_else(|| config.remote_nick_format.clone()),
             channels,
             gateways: config
                 .gateways

@@ -25,7 +25,7 @@ enum Commands {
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
     },
-    /// Run the bridge until SIGTERM or SIGINT.
+    /// Run the bridge until SIGTERM or SIGINT (SIGHUP is logged; it does not reload yet).
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = "bridges.toml")]
@@ -54,6 +54,9 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Check { config } => match tribridge::config::load(&config) {
             Ok(parsed) => {
+                for warning in &parsed.warnings {
+                    eprintln!("warning: {}", warning.display_with(&config));
+                }
                 if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
                     eprintln!("warning: {warning}");
                 }
@@ -106,6 +109,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
+            for warning in &parsed.warnings {
+                tracing::warn!("{}", warning.display_with(&config));
+            }
             if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
                 tracing::warn!("{warning}");
             }
@@ -184,18 +190,34 @@ fn recover(
     Ok(master)
 }
 
+/// Wait for SIGTERM or SIGINT. SIGHUP, which operators send to ask for a reload, does not end
+/// the daemon: reloading is not supported yet, so it is logged and the daemon keeps running on
+/// the configuration it has (without a handler, SIGHUP would end it and systemd would see a
+/// clean exit).
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(mut term), Ok(mut int), Ok(mut hangup)) => loop {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received."),
-                _ = int.recv() => tracing::info!("SIGINT received."),
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received.");
+                    return;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received.");
+                    return;
+                }
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP received: reloading the configuration is not supported yet; \
+                     tribridge keeps running on the configuration it started with (restart it \
+                     to apply changes)."
+                ),
             }
-        }
+        },
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }

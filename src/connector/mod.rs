@@ -135,7 +135,8 @@ pub use matrix::{RecoverError as MatrixRecoverError, recover as recover_matrix_i
 pub struct BuildContext {
     /// Where inbound events go.
     pub router: Router,
-    /// How a relayed sender is shown.
+    /// How a relayed sender is shown on this network: its own `remote_nick_format`, else the
+    /// `[general]` one (a gateway's own wins over both: [`GatewaySettings::nick_format`]).
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
@@ -230,7 +231,7 @@ impl BuildContext {
     /// The settings of the gateway a delivery goes through (defaults for an unknown name).
     #[must_use]
     pub fn gateway(&self, name: &str) -> GatewaySettings {
-        self.gateways.get(name).copied().unwrap_or_default()
+        self.gateways.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -337,6 +338,9 @@ pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Render `remote_nick_format` for a delivery. `no_ping` makes the `{NOPINGNICK}` form.
+///
+/// Placeholders are substituted in one pass over the format: what a value holds (a display name
+/// `{CHANNEL}`) is shown literally, never expanded again.
 #[must_use]
 pub fn render_sender(
     format: &str,
@@ -344,13 +348,33 @@ pub fn render_sender(
     no_ping: impl Fn(&str) -> String,
 ) -> String {
     let nick = &delivery.author.display_name;
-    format
-        .replace("{NOPINGNICK}", &no_ping(nick))
-        .replace("{NICK}", nick)
-        .replace("{NETWORK}", &delivery.origin.network)
-        .replace("{PROTOCOL}", &delivery.origin_protocol)
-        .replace("{CHANNEL}", &delivery.origin.channel)
-        .replace("{GATEWAY}", &delivery.gateway)
+    let mut out = String::with_capacity(format.len() + nick.len());
+    let mut rest = format;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let value = candidate.find('}').and_then(|end| {
+            let value = match &candidate[..=end] {
+                "{NOPINGNICK}" => no_ping(nick),
+                "{NICK}" => nick.clone(),
+                "{NETWORK}" => delivery.origin.network.clone(),
+                "{PROTOCOL}" => delivery.origin_protocol.clone(),
+                "{CHANNEL}" => delivery.origin.channel.clone(),
+                "{GATEWAY}" => delivery.gateway.clone(),
+                _ => return None,
+            };
+            Some((value, end + 1))
+        });
+        if let Some((value, length)) = value {
+            out.push_str(&value);
+            rest = &candidate[length..];
+        } else {
+            out.push('{');
+            rest = &candidate[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The sentence that tells a membership or channel change, e.g. `ann joined #civicrm`; every
@@ -411,7 +435,7 @@ pub fn with_file_lines<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{GatewaySettings, late_prefix, utc_minute};
+    use super::{GatewaySettings, late_prefix, render_sender, utc_minute};
     use crate::model::{ChannelRef, Delivery, EventBody, TextStyle};
 
     #[test]
@@ -437,11 +461,54 @@ mod tests {
         );
         let never = GatewaySettings {
             original_time_after: None,
-            ..settings
+            ..settings.clone()
         };
         assert_eq!(late_prefix(&text, &never, said_at + 86_400_000), None);
         let delete = delivery(EventBody::Delete { target: "x".into() });
         assert_eq!(late_prefix(&delete, &settings, said_at + 86_400_000), None);
+    }
+
+    #[test]
+    fn sender_placeholders_are_substituted_once_and_names_shown_literally() {
+        let mut delivery = Delivery {
+            origin_protocol: "matrix".into(),
+            gateway: "gw".into(),
+            ..Delivery::sample(
+                1,
+                ChannelRef::new("mx", "!r"),
+                ChannelRef::new("irc", "#a"),
+                "",
+            )
+        };
+        let shout = |nick: &str| nick.to_uppercase();
+        let cases = [
+            ("ann", "<{NICK}> ", "<ann> "),
+            ("{CHANNEL}", "<{NICK}@{CHANNEL}> ", "<{CHANNEL}@!r> "),
+            (
+                "{GATEWAY}{NICK}",
+                "[{PROTOCOL}/{NETWORK}] {NICK}: ",
+                "[matrix/mx] {GATEWAY}{NICK}: ",
+            ),
+            (
+                "ann",
+                "{NOPINGNICK} {GATEWAY} {unknown} {",
+                "ANN gw {unknown} {",
+            ),
+            (
+                "{NOPINGNICK}",
+                "{NOPINGNICK}|{NICK}",
+                "{NOPINGNICK}|{NOPINGNICK}",
+            ),
+            ("ann", "{{NICK}}", "{ann}"),
+        ];
+        for (name, format, want) in cases {
+            delivery.author.display_name = name.into();
+            assert_eq!(
+                render_sender(format, &delivery, shout),
+                want,
+                "{name} in {format}"
+            );
+        }
     }
 
     #[test]

@@ -14,12 +14,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LongTextMode {
-    /// Every line is sent.
-    #[default]
+    /// Every line is sent (a 200-line paste holds the channel for minutes at the flood rate).
     Split,
-    /// The first lines are sent, then a line pointing to the full text.
+    /// The first `max_lines` lines are sent, then a line pointing to the full text (the
+    /// default: what IRC people ask of bridges).
+    #[default]
     Truncate,
 }
+
+/// The default `max_lines`.
+pub const DEFAULT_MAX_LINES: usize = 3;
+
+/// Fewer bytes of text than one IRC line carries for ordinary nicks, channel names and sender
+/// formats: the IRC connector keeps at least half of a line's budget (about 200 bytes of a
+/// 512-byte line) for the text.
+const MIN_TEXT_BYTES_PER_LINE: usize = 100;
 
 /// A gateway's policy for messages longer than `max_lines` IRC lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +42,8 @@ pub struct LongTextPolicy {
 impl Default for LongTextPolicy {
     fn default() -> Self {
         LongTextPolicy {
-            max_lines: 5,
-            mode: LongTextMode::Split,
+            max_lines: DEFAULT_MAX_LINES,
+            mode: LongTextMode::Truncate,
         }
     }
 }
@@ -42,20 +51,19 @@ impl Default for LongTextPolicy {
 /// Applies `policy` to rendered lines.
 ///
 /// [`LongTextMode::Split`] keeps every line. [`LongTextMode::Truncate`], when there are more
-/// than `max_lines` lines, keeps `max_lines - 1` of them and ends with
-/// `… (N more lines: <link>)`, or `… (N more lines not shown)` when the origin has no link
-/// to the full text. The added line has no CR, LF or NUL (the link is cleaned).
+/// than `max_lines` lines, keeps `max_lines` of them and adds `… (N more lines: <link>)`, or
+/// `… (N more lines not shown)` when there is no link to the full text. The added line has no
+/// CR, LF or NUL (the link is cleaned).
 #[must_use]
 pub fn apply(
     lines: Vec<String>,
     policy: &LongTextPolicy,
     full_text_link: Option<&str>,
 ) -> Vec<String> {
-    let max = policy.max_lines.max(1);
-    if policy.mode == LongTextMode::Split || lines.len() <= max {
+    let keep = policy.max_lines.max(1);
+    if policy.mode == LongTextMode::Split || lines.len() <= keep {
         return lines;
     }
-    let keep = max - 1;
     let hidden = lines.len() - keep;
     let mut out: Vec<String> = lines.into_iter().take(keep).collect();
     let link = full_text_link
@@ -65,11 +73,28 @@ pub fn apply(
                 .collect::<String>()
         })
         .filter(|l| !l.is_empty());
+    let more = if hidden == 1 { "line" } else { "lines" };
     out.push(match link {
-        Some(l) => format!("… ({hidden} more lines: {l})"),
-        None => format!("… ({hidden} more lines not shown)"),
+        Some(l) => format!("… ({hidden} more {more}: {l})"),
+        None => format!("… ({hidden} more {more} not shown)"),
     });
     out
+}
+
+/// Whether a text of this plain form may be cut by `policy` on IRC, so that a link to its
+/// full text is worth making: its lines, each split into pieces an IRC line carries, may be
+/// more than `max_lines`. (A line of `n` bytes takes at most `1 + n / 100` pieces when a piece
+/// carries 100 bytes or more, as it does for ordinary channel names and sender formats.)
+#[must_use]
+pub fn may_be_cut(plain_text: &str, policy: &LongTextPolicy) -> bool {
+    let keep = policy.max_lines.max(1);
+    policy.mode == LongTextMode::Truncate && most_pieces(plain_text) > keep
+}
+
+/// The most IRC lines a text of this plain form is split into (see [`may_be_cut`]).
+#[must_use]
+pub fn most_pieces(plain_text: &str) -> usize {
+    plain_text.lines().count() + plain_text.len() / MIN_TEXT_BYTES_PER_LINE
 }
 
 fn encode_component(s: &str) -> String {
@@ -130,35 +155,26 @@ mod tests {
         };
         let link = matrix_event_permalink("!room:example.org", "$ev/ent");
         assert_eq!(link, "https://matrix.to/#/!room:example.org/$ev%2Fent");
+        let cut = |n: usize, tail: &str| {
+            let mut out = lines(3);
+            out.push(tail.to_owned());
+            (n, out)
+        };
         let cases: Vec<(usize, Option<&str>, Vec<String>)> = vec![
             (3, None, lines(3)),
-            (
-                5,
-                Some(&link),
-                vec![
-                    "line 1".into(),
-                    "line 2".into(),
-                    format!("… (3 more lines: {link})"),
-                ],
-            ),
-            (
-                4,
-                None,
-                vec![
-                    "line 1".into(),
-                    "line 2".into(),
-                    "… (2 more lines not shown)".into(),
-                ],
-            ),
-            (
-                4,
-                Some("a\r\nb"),
-                vec![
-                    "line 1".into(),
-                    "line 2".into(),
-                    "… (2 more lines: ab)".into(),
-                ],
-            ),
+            (1, Some(&link), lines(1)),
+            {
+                let (n, out) = cut(5, &format!("… (2 more lines: {link})"));
+                (n, Some(&link), out)
+            },
+            {
+                let (n, out) = cut(4, "… (1 more line not shown)");
+                (n, None, out)
+            },
+            {
+                let (n, out) = cut(40, "… (37 more lines: ab)");
+                (n, Some("a\r\nb"), out)
+            },
         ];
         for (n, l, want) in cases {
             assert_eq!(apply(lines(n), &p, l), want);
@@ -169,8 +185,30 @@ mod tests {
         };
         assert_eq!(
             apply(lines(2), &zero, None),
-            vec!["… (2 more lines not shown)".to_owned()]
+            vec!["line 1".to_owned(), "… (1 more line not shown)".to_owned()]
         );
+    }
+
+    #[test]
+    fn default_is_three_lines_and_a_link() {
+        let policy = LongTextPolicy::default();
+        assert_eq!(policy.max_lines, 3);
+        assert_eq!(policy.mode, LongTextMode::Truncate);
+        assert_eq!(apply(lines(40), &policy, Some("https://x/y")).len(), 4);
+    }
+
+    #[test]
+    fn may_be_cut_whenever_apply_cuts() {
+        let policy = LongTextPolicy::default();
+        assert!(!may_be_cut("a\nb\nc", &policy));
+        assert!(may_be_cut("a\nb\nc\nd", &policy));
+        assert!(!may_be_cut(&"x".repeat(299), &policy));
+        assert!(may_be_cut(&"x".repeat(300), &policy));
+        let split = LongTextPolicy {
+            mode: LongTextMode::Split,
+            ..policy
+        };
+        assert!(!may_be_cut("a\nb\nc\nd", &split));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Invariant: a channel is named by its network id and its name as configured; how names
 //! compare is the network's [`crate::vocab::CaseMapping`], never decided here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -69,6 +70,9 @@ pub struct GatewayConfig {
     pub original_time_after: Option<Duration>,
     /// Whether IRC's `nick: text` becomes a reply where the destination has replies.
     pub irc_replies: IrcReplies,
+    /// How a relayed sender is shown in this gateway's channels, over the network's and the
+    /// `[general]` format; `None`: theirs.
+    pub remote_nick_format: Option<String>,
 }
 
 /// One channel of a gateway.
@@ -83,7 +87,7 @@ pub struct GatewayChannel {
 }
 
 /// What a gateway says about how its messages are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
     /// Messages longer than `max_lines` IRC lines: split or truncate.
     pub long_text: LongTextPolicy,
@@ -96,6 +100,18 @@ pub struct GatewaySettings {
     pub original_time_after: Option<Duration>,
     /// Whether IRC's `nick: text` becomes a reply where the destination has replies.
     pub irc_replies: IrcReplies,
+    /// The gateway's own `remote_nick_format`, which wins over the destination network's and
+    /// the `[general]` one; `None`: theirs.
+    pub remote_nick_format: Option<Arc<str>>,
+}
+
+impl GatewaySettings {
+    /// The sender format for a delivery through this gateway: its own when it has one, else
+    /// `network_format` (the destination network's, or the `[general]` one).
+    #[must_use]
+    pub fn nick_format<'a>(&'a self, network_format: &'a str) -> &'a str {
+        self.remote_nick_format.as_deref().unwrap_or(network_format)
+    }
 }
 
 impl Default for GatewaySettings {
@@ -106,6 +122,7 @@ impl Default for GatewaySettings {
             edit_policy: EditPolicy::default(),
             original_time_after: Some(DEFAULT_ORIGINAL_TIME_AFTER),
             irc_replies: IrcReplies::default(),
+            remote_nick_format: None,
         }
     }
 }
@@ -123,6 +140,7 @@ impl GatewayConfig {
             edit_policy: self.edit_policy,
             original_time_after: self.original_time_after,
             irc_replies: self.irc_replies,
+            remote_nick_format: self.remote_nick_format.as_deref().map(Arc::from),
         }
     }
 }

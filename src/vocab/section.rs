@@ -37,6 +37,7 @@ pub struct Section<'a> {
     env: &'a [(String, String)],
     value: Option<toml_edit::Value>,
     issues: Vec<SectionIssue>,
+    warnings: Vec<SectionIssue>,
 }
 
 impl<'a> Section<'a> {
@@ -59,6 +60,7 @@ impl<'a> Section<'a> {
             env,
             value: Some(value),
             issues: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -96,6 +98,53 @@ impl<'a> Section<'a> {
     #[must_use]
     pub fn into_issues(self) -> Vec<SectionIssue> {
         self.issues
+    }
+
+    /// The warnings given (the section is valid despite them), in the order they were found;
+    /// taken, so a second call returns none.
+    pub fn take_warnings(&mut self) -> Vec<SectionIssue> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Warn about key `name` of this section, at `offset`: valid, but probably not what was
+    /// meant (`tribridge check` prints it, the daemon logs it).
+    pub fn warn(&mut self, offset: usize, name: &str, message: impl Into<String>) {
+        self.warnings.push(SectionIssue {
+            offset,
+            key: Some(format!("{}.{name}", self.key)),
+            message: message.into(),
+            fatal: false,
+        });
+    }
+
+    /// Warn when the URL of key `name` is plain `http://` to a host other than this machine:
+    /// the account's password or token and every message would cross the network unencrypted.
+    pub fn warn_plain_http(&mut self, name: &str, url: &Spanned<String>) {
+        let Some(rest) = url.get_ref().trim().strip_prefix("http://") else {
+            return;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _)| host),
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|address| address.is_loopback());
+        if !loopback {
+            self.warn(
+                url.span().start,
+                name,
+                format!(
+                    "`{}` is plain http:// to another machine: the login and every message \
+                     cross the network unencrypted; use https://",
+                    url.get_ref()
+                ),
+            );
+        }
     }
 
     /// The section as the connector's raw serde type; `None` (with a fatal issue) when its

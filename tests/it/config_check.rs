@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `parallel_bridges`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`, `remote_nick_format`",
             ],
         ),
         (
@@ -176,7 +176,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `trust`, `cross_signing`, `reset_cross_signing`, `parallel_bridges`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `trust`, `cross_signing`, `reset_cross_signing`, `parallel_bridges`, `remote_nick_format`",
             ],
         ),
         (
@@ -524,6 +524,31 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "IRC server password under both its names",
+            format!("{NET}password = \"a\"\nserver_password = \"b\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:12: network.libera.password: `password` is the old name of `server_password`; give only `server_password`",
+            ],
+        ),
+        (
+            "IRC realname naming a contact that is not set",
+            format!("{NET}realname = \"bridge, ask {{CONTACT}}\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:12: network.libera.realname: `realname` uses {CONTACT} but `contact` is not set; add `contact = \"...\"` (who runs the bot) or remove the placeholder",
+            ],
+        ),
+        (
+            "remote_nick_format on a network and a gateway: placeholders checked, a string",
+            format!(
+                "{NET}remote_nick_format = \"<{{NICK}}@{{HOST}}> \"\n{NET2}remote_nick_format = 3\n[[gateway]]\nname = \"g\"\nremote_nick_format = \"{{NOPE}}\"\nchannels = [\n  {{ network = \"libera\", channel = \"#a\" }},\n  {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:5:22: network.libera.remote_nick_format: unknown placeholder `{HOST}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}",
+                "bridges.toml:10:22: network.oftc.remote_nick_format: wrong type: `remote_nick_format` is a string, e.g. \"<{NICK}> \"",
+                "bridges.toml:13:22: gateway[0].remote_nick_format: unknown placeholder `{NOPE}`; valid: {NICK} {NOPINGNICK} {NETWORK} {PROTOCOL} {CHANNEL} {GATEWAY}",
+            ],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],
@@ -556,7 +581,7 @@ fn secrets_come_from_files_and_the_environment() {
     let Some(irc) = config.networks[0].settings_as::<tribridge::connector::irc::IrcConfig>() else {
         panic!("an IRC network");
     };
-    assert_eq!(irc.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(irc.server_password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(irc.sasl_password.as_ref().unwrap().expose(), "from-env");
     // Debug output never shows a secret.
     assert!(!format!("{config:?}").contains("s3cret"));
@@ -651,4 +676,243 @@ fn a_file_holding_a_secret_inline_that_others_can_read_is_warned_about() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, stderr) = cli(&["check", "--config", &path_text]);
     assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
+#[test]
+fn check_warns_of_tls_on_the_plain_text_port_plain_http_and_the_old_password_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    let text = "[network.libera]\ntype = \"irc\"\nserver = \"irc.example.org:6667\"\nnick = \"tribridge\"\n\
+        password_env = \"PASS_VAR\"\n\
+        [network.oftc]\ntype = \"irc\"\nserver = \"irc.oftc.net:6667\"\ntls = true\nnick = \"tribridge\"\n\
+        [network.plain]\ntype = \"irc\"\nserver = \"irc.example.org:6667\"\ntls = false\nnick = \"tribridge\"\n\
+        [network.mx]\ntype = \"matrix\"\nhomeserver = \"http://matrix.example.org\"\nuser = \"@b:example.org\"\naccess_token_env = \"PASS_VAR\"\n\
+        [network.local]\ntype = \"matrix\"\nhomeserver = \"http://127.0.0.1:8008\"\nuser = \"@b:example.org\"\naccess_token_env = \"PASS_VAR\"\n\
+        [network.mm]\ntype = \"mattermost\"\nurl = \"http://chat.example.org:8065\"\nteam = \"t\"\ntoken_env = \"PASS_VAR\"\n\
+        [network.mmlocal]\ntype = \"mattermost\"\nurl = \"http://localhost:8065\"\nteam = \"t\"\ntoken_env = \"PASS_VAR\"\n\
+        [[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"oftc\", channel = \"#b\" },\n\
+          { network = \"plain\", channel = \"#c\" },\n  { network = \"mx\", channel = \"#a:example.org\" },\n\
+          { network = \"local\", channel = \"#b:example.org\" },\n  { network = \"mm\", channel = \"a\" },\n\
+          { network = \"mmlocal\", channel = \"b\" },\n]\n";
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .args(["check", "--config", &path_text])
+        .env("PASS_VAR", "secret")
+        .output()
+        .expect("run tribridge");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Warnings, not errors: the file is valid.
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("OK (7 networks, 1 gateways)"), "{stdout}");
+    let want = [
+        format!(
+            "warning: {path_text}:3:10: network.libera.server: port 6667 is IRC's plain-text port, \
+             but TLS is on (`tls` defaults to true): set `tls = false` for a plain-text server, or \
+             use the server's TLS port (usually 6697)"
+        ),
+        format!(
+            "warning: {path_text}:5:16: network.libera.password_env: `password_env` is deprecated \
+             on IRC networks (it is the server password, PASS, not an account's); rename it \
+             `server_password_env`"
+        ),
+        format!(
+            "warning: {path_text}:8:10: network.oftc.server: port 6667 is IRC's plain-text port, \
+             but TLS is on: set `tls = false` for a plain-text server, or use the server's TLS \
+             port (usually 6697)"
+        ),
+        format!(
+            "warning: {path_text}:18:14: network.mx.homeserver: `http://matrix.example.org` is \
+             plain http:// to another machine: the login and every message cross the network \
+             unencrypted; use https://"
+        ),
+        format!(
+            "warning: {path_text}:28:7: network.mm.url: `http://chat.example.org:8065` is plain \
+             http:// to another machine: the login and every message cross the network \
+             unencrypted; use https://"
+        ),
+    ];
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), want, "{stderr}");
+    // The old name still works.
+    let env = vec![("PASS_VAR".to_owned(), "secret".to_owned())];
+    let config = tribridge::config::parse(text, dir.path(), &env).unwrap();
+    let Some(irc) = config.networks[0].settings_as::<tribridge::connector::irc::IrcConfig>() else {
+        panic!("an IRC network");
+    };
+    assert_eq!(irc.server_password.as_ref().unwrap().expose(), "secret");
+}
+
+#[test]
+fn the_irc_realname_can_name_the_bots_admin() {
+    let realname = |extra: &str| {
+        let text = format!("{NET}{extra}{NET2}{GATEWAY}");
+        let config = tribridge::config::parse(&text, Path::new("/etc"), &[]).unwrap();
+        config.networks[0]
+            .settings_as::<tribridge::connector::irc::IrcConfig>()
+            .unwrap()
+            .realname
+            .clone()
+    };
+    assert_eq!(realname(""), "tribridge relay bot");
+    assert_eq!(
+        realname("contact = \"ops@example.org\"\n"),
+        "tribridge relay bot (admin: ops@example.org)"
+    );
+    assert_eq!(
+        realname("contact = \"alice\"\nrealname = \"CiviCRM bridge, ask {CONTACT}\"\n"),
+        "CiviCRM bridge, ask alice"
+    );
+    assert_eq!(realname("realname = \"just a bot\"\n"), "just a bot");
+}
+
+/// Every fenced TOML snippet of `text` (a Markdown file): (line of its fence, its text). A
+/// fence without a language fails the test: TOML must not hide in an unchecked block.
+fn toml_snippets(name: &str, text: &str) -> Vec<(usize, String)> {
+    let mut snippets = Vec::new();
+    let mut open: Option<(usize, bool, String)> = None;
+    for (index, line) in text.lines().enumerate() {
+        let Some(tag) = line.trim_start().strip_prefix("```") else {
+            if let Some((_, _, body)) = open.as_mut() {
+                body.push_str(line);
+                body.push('\n');
+            }
+            continue;
+        };
+        match open.take() {
+            Some((start, true, body)) => snippets.push((start, body)),
+            Some(_) => {}
+            None => {
+                assert!(
+                    !tag.trim().is_empty(),
+                    "{name}:{}: a fenced block without a language; tag it (```toml is checked, \
+                     ```text is not)",
+                    index + 1
+                );
+                open = Some((index + 1, tag.trim() == "toml", String::new()));
+            }
+        }
+    }
+    assert!(open.is_none(), "{name}: a fenced block is not closed");
+    snippets
+}
+
+/// `tribridge check` on `text`, written in a folder of its own where every relative `*_file`
+/// secret it names exists and every `*_env` variable is set (documentation ships no secrets):
+/// (exit code, what it printed).
+fn check_snippet(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tribridge"));
+    let document: toml::Table = toml::from_str(text).unwrap_or_default();
+    let networks = document.get("network").and_then(toml::Value::as_table);
+    for section in networks.into_iter().flat_map(|n| n.values()) {
+        for (key, value) in section.as_table().into_iter().flatten() {
+            let Some(value) = value.as_str() else {
+                continue;
+            };
+            if key.ends_with("_file") && key != "tls_ca_file" {
+                assert!(
+                    Path::new(value).is_relative(),
+                    "`{key} = \"{value}\"`: documentation names secret files relative to the \
+                     configuration's folder"
+                );
+                std::fs::write(dir.path().join(value), "placeholder\n").unwrap();
+            } else if key.ends_with("_env") {
+                command.env(value, "placeholder");
+            }
+        }
+    }
+    let path = dir.path().join("bridges.toml");
+    std::fs::write(&path, text).unwrap();
+    // Private, as a file holding secrets should be (else `check` rightly warns).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = command
+        .args(["check", "--config", &path.display().to_string()])
+        .output()
+        .expect("run tribridge");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Every TOML snippet of the README, and the shipped example as a whole, passes `tribridge
+/// check` with no warning. A snippet that shows part of a file says which complete example it
+/// extends in its first line (`# extends: bridges.toml.example`) and is checked appended to it;
+/// any other snippet is checked alone. None is skipped.
+#[test]
+fn every_toml_snippet_of_the_readme_and_the_example_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("bridges.toml.example")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut checked = vec![("bridges.toml.example".to_owned(), example.clone())];
+    for (line, snippet) in toml_snippets("README.md", &readme) {
+        let first = snippet.lines().next().unwrap_or_default();
+        let whole = match first.strip_prefix("# extends: ") {
+            Some("bridges.toml.example") => format!("{example}\n{snippet}"),
+            Some(other) => panic!("README.md:{line}: extends unknown example `{other}`"),
+            None => snippet,
+        };
+        checked.push((format!("README.md:{line}"), whole));
+    }
+    assert!(checked.len() >= 3, "snippets found: {}", checked.len());
+    let mut failures = Vec::new();
+    for (place, text) in &checked {
+        let (code, printed) = check_snippet(text);
+        if code != 0 || printed.contains("warning") {
+            failures.push(format!("{place}: exit {code}\n{printed}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every key `bridges.toml.example` shows commented out (`# key = value`) is a key of the
+/// section it stands in: uncommented alone, the real validator does not call it unknown (other
+/// complaints, such as two forms of one secret, are not this test's business).
+#[test]
+fn every_key_commented_out_in_the_example_is_a_key_of_its_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("bridges.toml.example")).unwrap();
+    let lines: Vec<&str> = example.lines().collect();
+    let env = vec![
+        ("LIBERA_SASL_PASSWORD".to_owned(), "p".to_owned()),
+        ("MATRIX_TOKEN".to_owned(), "t".to_owned()),
+    ];
+    let mut tried = 0;
+    let mut unknown = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let Some((key, _)) = rest.split_once(" = ") else {
+            continue;
+        };
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
+        }
+        tried += 1;
+        let mut edited = lines.clone();
+        edited[index] = rest;
+        let text = edited.join("\n");
+        let Err(issues) = tribridge::config::parse(&text, Path::new("/etc/tribridge"), &env) else {
+            continue;
+        };
+        for issue in issues {
+            if issue.message.contains(&format!("unknown field `{key}`"))
+                || issue.message.contains(&format!("`{key}` is not a key of"))
+            {
+                unknown.push(format!(
+                    "bridges.toml.example:{}: {}",
+                    index + 1,
+                    issue.message
+                ));
+            }
+        }
+    }
+    assert!(tried >= 20, "only {tried} commented-out keys found");
+    assert!(unknown.is_empty(), "{}", unknown.join("\n"));
 }

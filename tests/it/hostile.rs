@@ -58,7 +58,7 @@ async fn two_gateways_with(flood: &str) -> TwoGateways {
         "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n\
          [network.irc]\ntype = \"irc\"\nserver = \"127.0.0.1:{}\"\ntls = false\nnick = \"{nick}\"\n\
          {flood}\n\n{}\n\
-         [[gateway]]\nname = \"a\"\nchannels = [\n\
+         [[gateway]]\nname = \"a\"\nlong_text = {{ mode = \"split\" }}\nchannels = [\n\
          {{ network = \"irc\", channel = \"{irc_a}\" }},\n{{ network = \"mm\", channel = \"chan-a\" }},\n]\n\
          [[gateway]]\nname = \"b\"\nchannels = [\n\
          {{ network = \"irc\", channel = \"{irc_b}\" }},\n{{ network = \"mm\", channel = \"chan-b\" }},\n]\n",
@@ -180,7 +180,7 @@ async fn mattermost_newlines_nuls_markdown_bombs_and_huge_posts_reach_irc_as_saf
     }
     let all = texts(&lines).join(" ");
     assert!(all.contains("injected"));
-    // The long post arrives whole, split at word boundaries.
+    // The long post arrives whole (gateway `a` splits long texts), split at word boundaries.
     for n in [0, 799, 1599] {
         assert!(all.contains(&format!("w{n:04}")), "w{n:04} missing");
     }

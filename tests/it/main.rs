@@ -4,6 +4,7 @@ mod chaos;
 mod compliance;
 mod config_check;
 mod hostile;
+mod irc_manners;
 mod irc_relay;
 mod loops;
 mod matrix_cross_signing;

@@ -711,10 +711,11 @@ async fn a_room_the_admin_puts_the_bot_in_relays_what_follows_and_none_of_its_hi
     assert_eq!(bodies(&seen), vec![format!("<{}> and back", irc.nick)]);
 }
 
-/// A Matrix message longer than an IRC line is split into several lines, in order, each with
-/// the sender, and nothing is lost.
+/// A Matrix message longer than three IRC lines arrives (by default) as its first three lines,
+/// each with the sender and in order, and a line with a link to the whole message: without a
+/// media endpoint, the message on Matrix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_matrix_message_is_split_for_irc() {
+async fn a_long_matrix_message_reaches_irc_as_three_lines_and_a_link_to_it() {
     let mut s = setup(shared_synapse()).await;
     let room = s.room.clone();
     let alice = s
@@ -730,9 +731,9 @@ async fn a_long_matrix_message_is_split_for_irc() {
         let _ = write!(long, "word{n} ");
     }
     long.push_str("END");
-    s.matrix.say(&room, &long).await;
-    let seen = s.irc.texts_until(&s.channel, "END").await;
-    assert!(seen.len() >= 3, "{seen:#?}");
+    let event = s.matrix.say(&room, &long).await;
+    let seen = s.irc.texts_until(&s.channel, "more lines").await;
+    assert_eq!(seen.len(), 4, "{seen:#?}");
     let prefix = format!("<{alice}> ");
     let pieces: Vec<String> = texts(&seen)
         .iter()
@@ -743,7 +744,14 @@ async fn a_long_matrix_message_is_split_for_irc() {
         })
         .collect();
     let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(squeeze(&pieces.join(" ")), squeeze(&long));
+    let shown = squeeze(&pieces[..3].join(" "));
+    assert!(squeeze(&long).starts_with(&shown), "{shown}");
+    let link = tribridge::richtext::long_text::matrix_event_permalink(&s.room, &event);
+    assert!(
+        pieces[3].starts_with("… (") && pieces[3].ends_with(&format!(" more lines: {link})")),
+        "{}",
+        pieces[3]
+    );
 }
 
 /// Without a media endpoint configured, a file shared on Matrix reaches IRC as a line that

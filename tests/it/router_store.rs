@@ -46,6 +46,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             edit_policy: tribridge::richtext::edits::EditPolicy::default(),
             original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
             irc_replies: tribridge::vocab::gateway::IrcReplies::default(),
+            remote_nick_format: None,
         })
         .collect();
     parsed

@@ -35,6 +35,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Settings of an IRC network.
 #[derive(Debug, Clone, PartialEq)]
+// Its bools are independent on/off keys of the file (tls, tls_verify, relay_membership,
+// rejoin_after_kick), not states that an enum would name better.
+#[allow(clippy::struct_excessive_bools)]
 pub struct IrcConfig {
     /// Host name or address.
     pub host: String,
@@ -50,10 +53,10 @@ pub struct IrcConfig {
     pub nick: String,
     /// The user name sent in USER.
     pub username: String,
-    /// The real name sent in USER.
+    /// The real name sent in USER, `{CONTACT}` already replaced by `contact`.
     pub realname: String,
-    /// Server password (PASS).
-    pub password: Option<Secret>,
+    /// Server password (PASS): `server_password`, or its deprecated name `password`.
+    pub server_password: Option<Secret>,
     /// SASL PLAIN account name (defaults to the nick when only a password is given).
     pub sasl_username: Option<String>,
     /// SASL PLAIN password.
@@ -68,6 +71,8 @@ pub struct IrcConfig {
     pub flood_interval_ms: u64,
     /// Relay joins, parts, quits, nick and topic changes from this network.
     pub relay_membership: bool,
+    /// Join a channel again after being kicked from it (off: stay out until restarted).
+    pub rejoin_after_kick: bool,
     /// The text encoding: lines that are valid UTF-8 are always read as UTF-8; others, and
     /// everything we send, in this charset (UTF-8 by default, whose fallback is latin-1).
     pub charset: Charset,
@@ -86,8 +91,15 @@ struct RawIrc {
     nick: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     realname: Option<Spanned<String>>,
+    contact: Option<Spanned<String>>,
+    server_password: Option<Spanned<String>>,
+    server_password_file: Option<Spanned<String>>,
+    server_password_env: Option<Spanned<String>>,
+    /// Deprecated: `server_password`.
     password: Option<Spanned<String>>,
+    /// Deprecated: `server_password_file`.
     password_file: Option<Spanned<String>>,
+    /// Deprecated: `server_password_env`.
     password_env: Option<Spanned<String>>,
     sasl_username: Option<Spanned<String>>,
     sasl_password: Option<Spanned<String>>,
@@ -101,6 +113,7 @@ struct RawIrc {
     flood_interval_ms: Option<Spanned<i64>>,
     charset: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
+    rejoin_after_kick: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -132,6 +145,24 @@ impl NetworkType for Irc {
             },
         };
         let tls = raw.tls.as_ref().is_none_or(|v| *v.get_ref());
+        if tls
+            && port == 6667
+            && let Some(server) = &raw.server
+        {
+            section.warn(
+                server.span().start,
+                "server",
+                format!(
+                    "port 6667 is IRC's plain-text port, but TLS is on{}: set `tls = false` for \
+                     a plain-text server, or use the server's TLS port (usually 6697)",
+                    if raw.tls.is_none() {
+                        " (`tls` defaults to true)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         let nick = match &raw.nick {
             None => {
                 section.missing(
@@ -152,12 +183,7 @@ impl NetworkType for Irc {
                 nick.get_ref().clone()
             }
         };
-        let password = section.secret(
-            "password",
-            raw.password.as_ref(),
-            raw.password_file.as_ref(),
-            raw.password_env.as_ref(),
-        );
+        let server_password = server_password(section, &raw);
         let sasl_password = section.secret(
             "sasl_password",
             raw.sasl_password.as_ref(),
@@ -229,6 +255,7 @@ impl NetworkType for Irc {
                     )
                 })
             });
+        let realname = realname(section, &raw);
         if section.has_issues() {
             return None;
         }
@@ -241,9 +268,9 @@ impl NetworkType for Irc {
                 tls_verify: raw.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
                 tls_ca_file,
                 username: string_or(&raw.username, "tribridge"),
-                realname: string_or(&raw.realname, "tribridge relay bot"),
+                realname,
                 nick,
-                password,
+                server_password,
                 sasl_username: raw.sasl_username.as_ref().map(|v| v.get_ref().clone()),
                 sasl_password,
                 nickserv_password,
@@ -251,6 +278,7 @@ impl NetworkType for Irc {
                 flood_burst: flood_burst as u32,
                 flood_interval_ms,
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
+                rejoin_after_kick: raw.rejoin_after_kick.as_ref().is_some_and(|v| *v.get_ref()),
                 charset,
             }),
         })
@@ -282,6 +310,102 @@ impl NetworkSettings for IrcConfig {
                  spaces, commas or control characters"
             )
         })
+    }
+}
+
+/// The server password: `server_password` (or its `_file` / `_env` forms), or the deprecated
+/// `password` forms with a warning; both names at once is an error.
+fn server_password(section: &mut Section<'_>, raw: &RawIrc) -> Option<Secret> {
+    let old = [&raw.password, &raw.password_file, &raw.password_env];
+    let new = [
+        &raw.server_password,
+        &raw.server_password_file,
+        &raw.server_password_env,
+    ];
+    let old_given = old.iter().find_map(|value| value.as_ref());
+    let new_given = new.iter().any(|value| value.is_some());
+    match old_given {
+        None => section.secret(
+            "server_password",
+            raw.server_password.as_ref(),
+            raw.server_password_file.as_ref(),
+            raw.server_password_env.as_ref(),
+        ),
+        Some(value) if new_given => {
+            section.report(
+                value.span().start,
+                "password",
+                "`password` is the old name of `server_password`; give only `server_password`",
+            );
+            None
+        }
+        Some(value) => {
+            let name = ["password", "password_file", "password_env"]
+                .into_iter()
+                .zip(old)
+                .find_map(|(name, value)| value.is_some().then_some(name))
+                .unwrap_or("password");
+            section.warn(
+                value.span().start,
+                name,
+                format!(
+                    "`{name}` is deprecated on IRC networks (it is the server password, PASS, \
+                     not an account's); rename it `server_{name}`"
+                ),
+            );
+            section.secret(
+                "password",
+                raw.password.as_ref(),
+                raw.password_file.as_ref(),
+                raw.password_env.as_ref(),
+            )
+        }
+    }
+}
+
+/// The placeholder of `realname` that names the bot's admin (`contact`).
+pub const CONTACT_PLACEHOLDER: &str = "{CONTACT}";
+
+/// The real name sent in USER: `realname` with `{CONTACT}` replaced by `contact`; by default
+/// `tribridge relay bot`, followed by `(admin: <contact>)` when a contact is given, as networks
+/// such as Libera ask of bots.
+fn realname(section: &mut Section<'_>, raw: &RawIrc) -> String {
+    let contact = raw.contact.as_ref().map(|c| c.get_ref().trim().to_owned());
+    if let (Some(spanned), Some(text)) = (&raw.contact, &contact)
+        && (text.is_empty() || text.contains(char::is_control))
+    {
+        section.report(
+            spanned.span().start,
+            "contact",
+            "`contact` names who runs the bot (e.g. \"ops@example.org\" or \"alice on \
+             #help\"): not empty, no control characters",
+        );
+    }
+    let Some(realname) = &raw.realname else {
+        return match contact {
+            Some(contact) => format!("tribridge relay bot (admin: {contact})"),
+            None => "tribridge relay bot".to_owned(),
+        };
+    };
+    if realname.get_ref().contains(char::is_control) {
+        section.report(
+            realname.span().start,
+            "realname",
+            "`realname` cannot contain control characters",
+        );
+    }
+    match contact {
+        Some(contact) => realname.get_ref().replace(CONTACT_PLACEHOLDER, &contact),
+        None if realname.get_ref().contains(CONTACT_PLACEHOLDER) => {
+            section.report(
+                realname.span().start,
+                "realname",
+                "`realname` uses {CONTACT} but `contact` is not set; add `contact = \"...\"` \
+                 (who runs the bot) or remove the placeholder",
+            );
+            String::new()
+        }
+        None => realname.get_ref().clone(),
     }
 }
 

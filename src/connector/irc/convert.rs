@@ -312,30 +312,55 @@ mod tests {
             "alice",
             Some("https://matrix.to/#/!room/$event"),
         );
-        let split = render_delivery(
+        let split_policy = GatewaySettings {
+            long_text: LongTextPolicy {
+                max_lines: 3,
+                mode: LongTextMode::Split,
+            },
+            ..GatewaySettings::default()
+        };
+        let split = render_delivery(&message, "<{NICK}> ", "bridge", true, &split_policy);
+        assert_eq!(split.len(), 8);
+        assert_eq!(split[7].1, "<alice> line 8");
+        // The default: three lines and a link to the whole text.
+        let truncated = render_delivery(
             &message,
             "<{NICK}> ",
             "bridge",
             true,
             &GatewaySettings::default(),
         );
-        assert_eq!(split.len(), 8);
-        assert_eq!(split[7].1, "<alice> line 8");
-        let truncate = GatewaySettings {
-            long_text: LongTextPolicy {
-                max_lines: 3,
-                mode: LongTextMode::Truncate,
-            },
-            ..GatewaySettings::default()
-        };
-        let truncated = render_delivery(&message, "<{NICK}> ", "bridge", true, &truncate);
         assert_eq!(
             texts(&truncated),
             vec![
                 "<alice> line 1",
                 "<alice> line 2",
-                "<alice> … (6 more lines: https://matrix.to/#/!room/$event)",
+                "<alice> line 3",
+                "<alice> … (5 more lines: https://matrix.to/#/!room/$event)",
             ]
+        );
+        // Code blocks keep their lines: each is a line of its own, counted like any other.
+        let code = FormattedText::new(vec![crate::richtext::model::Block::CodeBlock {
+            language: None,
+            code: "fn main() {\n    println!(\"hi\");\n}\n// four\n// five".into(),
+        }]);
+        let mut body = EventBody::text(TextStyle::Normal, "");
+        if let EventBody::Text { text, .. } = &mut body {
+            *text = code;
+        }
+        let paste = delivery(body, "alice", Some("https://x.example/full"));
+        let lines = texts(&render_delivery(
+            &paste,
+            "<{NICK}> ",
+            "bridge",
+            true,
+            &GatewaySettings::default(),
+        ));
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[1], "<alice> \u{11}    println!(\"hi\");\u{11}");
+        assert!(
+            lines[3].ends_with("… (2 more lines: https://x.example/full)"),
+            "{lines:?}"
         );
     }
 

@@ -11,7 +11,7 @@ use crate::vocab::gateway::IrcReplies;
 
 use super::convert::{self, tag};
 use super::irc_fold;
-use super::session::{Phase, Session};
+use super::session::{Kick, Phase, Session};
 use super::wire::WireLine;
 
 impl Session<'_> {
@@ -50,6 +50,7 @@ impl Session<'_> {
                     self.phase = Phase::Welcomed;
                 }
             }
+            "005" => self.handle_isupport(&line)?,
             "376" | "422" => self.after_motd()?,
             "303" => {
                 // ISON: an empty answer means the wanted nick is free.
@@ -125,6 +126,25 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `RPL_ISUPPORT`: where the server has a bot mode (`BOT=B`), the bot sets it on itself,
+    /// as `IRCv3`'s bot mode asks of bots (clients then show it as one, and WHOIS says so).
+    fn handle_isupport(&mut self, line: &WireLine) -> Result<(), String> {
+        let tokens = line
+            .params
+            .iter()
+            .skip(1)
+            .take(line.params.len().saturating_sub(2));
+        let Some(mode) = tokens
+            .filter_map(|token| token.strip_prefix("BOT="))
+            .find_map(|value| value.chars().next().filter(char::is_ascii_alphabetic))
+        else {
+            return Ok(());
+        };
+        tracing::info!(network = %self.network(), mode = %mode, "The server has a bot mode; setting it.");
+        let nick = self.nick.clone();
+        self.send_raw("MODE", &[&nick, &format!("+{mode}")])
     }
 
     fn configured(&self, channel: &str) -> Option<String> {
@@ -207,6 +227,7 @@ impl Session<'_> {
             .saw(self.network(), nick, nick);
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
+            self.kicked.remove(&folded);
             self.joined.insert(folded);
             self.check_joined();
             return Ok(());
@@ -240,8 +261,19 @@ impl Session<'_> {
             members.remove(&irc_fold(nick));
         }
         if self.is_me(nick) {
-            tracing::warn!(network = %self.network(), channel = %configured, "Removed from channel; rejoining.");
             self.joined.remove(&folded);
+            if line.command == "KICK" && !self.task.config.rejoin_after_kick {
+                let by = message.source_nickname().unwrap_or("the server").to_owned();
+                let reason = reason.unwrap_or_default();
+                tracing::warn!(network = %self.network(), channel = %configured, by = %by, reason = %reason, "Kicked from channel; not rejoining (rejoin_after_kick is off). Deliveries to it fail, counted and kept in the store as failed, until the next connection; the gateway's other channels keep flowing.");
+                self.kicked.insert(folded, Kick { by, reason });
+                return Ok(());
+            }
+            if line.command == "KICK" {
+                tracing::warn!(network = %self.network(), channel = %configured, by = message.source_nickname().unwrap_or("the server"), reason = reason.as_deref().unwrap_or(""), "Kicked from channel; rejoining (rejoin_after_kick).");
+            } else {
+                tracing::warn!(network = %self.network(), channel = %configured, "Removed from channel; rejoining.");
+            }
             self.send(Command::JOIN(configured, None, None))?;
             return Ok(());
         }

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::connector::supervisor::{self, SessionEnd, supervise};
 use crate::connector::{AckFuture, BoxFuture, BuildContext, Deliver, DeliveryError};
 use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
+use crate::richtext::long_text;
 pub use config::{CAPABILITIES, Irc, IrcConfig, irc_fold};
 pub use convert::render_delivery;
 
@@ -52,8 +53,12 @@ pub const PIPELINE_WINDOW: usize = 32;
 /// Inbound events one connection may have queued for commit and not yet committed.
 const COMMITS_IN_FLIGHT: usize = 256;
 
-/// How long a delivery waits for the server's acknowledgement before the outbox retries it.
+/// How long a delivery waits for the server's acknowledgement before the outbox retries it,
+/// besides the time flood control needs to write its lines and those queued before it
+/// ([`IrcHandle::ack_timeout`]).
 const ACK_TIMEOUT: Duration = Duration::from_mins(2);
+/// Lines the session queues at most before it takes another delivery.
+const QUEUED_LINES: usize = 64;
 /// How long a sent line may stay unconfirmed before the connection is presumed broken.
 const ECHO_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long to wait for `NickServ`'s confirmation before joining anyway.
@@ -74,6 +79,9 @@ const WANTED_CAPS: &[&str] = &[
 
 struct OutboundRequest {
     delivery: Delivery,
+    /// A link to the whole text, served by the media endpoint, for a text the gateway's
+    /// long-text policy may cut.
+    full_text_link: Option<String>,
     reply: oneshot::Sender<Result<DeliveryAck, DeliveryError>>,
 }
 
@@ -82,9 +90,79 @@ struct OutboundRequest {
 pub struct IrcHandle {
     requests: mpsc::Sender<OutboundRequest>,
     recent: Arc<Mutex<mentions::Recent>>,
+    /// Where the whole text of a long message is stored and linked from.
+    files: Arc<crate::files::Files>,
+    /// Each gateway's delivery settings (its long-text policy), by gateway name.
+    gateways: Arc<std::collections::HashMap<String, crate::connector::GatewaySettings>>,
+    /// The pace of flood control once its burst is used: one line per this.
+    flood_interval: Duration,
 }
 
+/// The name a long text's link ends with: it makes the media endpoint serve it as
+/// `text/plain; charset=utf-8`.
+pub const FULL_TEXT_NAME: &str = "message.txt";
+
 impl IrcHandle {
+    /// How long `delivery` may wait for its acknowledgement: [`ACK_TIMEOUT`] after flood
+    /// control could have written every line queued before it and every line it may take
+    /// (a 200-line paste split at 1.3 s a line takes over four minutes, and a fixed timeout
+    /// would fail it mid-way and send it again from the start, for ever).
+    fn ack_timeout(&self, delivery: &Delivery) -> Duration {
+        let most_lines = match &delivery.body {
+            EventBody::Text { text, .. } | EventBody::Edit { text, .. } => {
+                let policy = self
+                    .gateways
+                    .get(&delivery.gateway)
+                    .map(|settings| settings.long_text)
+                    .unwrap_or_default();
+                let plain = text.to_plain_text();
+                let pieces = long_text::most_pieces(&plain);
+                match policy.mode {
+                    long_text::LongTextMode::Split => pieces,
+                    // The kept lines, the link line and its own pieces.
+                    long_text::LongTextMode::Truncate => pieces.min(policy.max_lines + 3),
+                }
+            }
+            _ => 1,
+        };
+        let lines = u32::try_from(QUEUED_LINES + most_lines).unwrap_or(u32::MAX);
+        ACK_TIMEOUT + self.flood_interval.saturating_mul(lines)
+    }
+
+    /// For a text the gateway's long-text policy may cut, when the media endpoint is
+    /// configured: store the whole text (durably, before any line of it is written) and link
+    /// to it. `None` otherwise, or when it cannot be stored (then the message's permalink on its
+    /// own platform is shown).
+    async fn full_text_link(&self, delivery: &Delivery) -> Option<String> {
+        if !self.files.serves_links() {
+            return None;
+        }
+        let (EventBody::Text { text, .. } | EventBody::Edit { text, .. }) = &delivery.body else {
+            return None;
+        };
+        let policy = self
+            .gateways
+            .get(&delivery.gateway)
+            .map(|settings| settings.long_text)
+            .unwrap_or_default();
+        let plain = text.to_plain_text();
+        if !long_text::may_be_cut(&plain, &policy) {
+            return None;
+        }
+        match self.files.put(plain.into_bytes()).await {
+            Ok(hash) => self.files.link(&hash, FULL_TEXT_NAME),
+            Err(error @ crate::files::FileError::TooLarge { .. }) => {
+                // `max_file_size_mb` (0: never copy files) applies to texts too.
+                tracing::debug!(delivery = %delivery.id, error = %error, "A long text is not stored; its lines on IRC link to the message on its own platform instead.");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(delivery = %delivery.id, error = %error, "Cannot store the whole of a long text; its lines on IRC link to the message on its own platform instead.");
+                None
+            }
+        }
+    }
+
     /// Queue a delivery on the connection (lines are written in the order deliveries are
     /// queued); the returned future resolves with the server's acknowledgement.
     pub async fn enqueue(
@@ -95,9 +173,12 @@ impl IrcHandle {
         DeliveryError,
     > {
         let (reply, acknowledged) = oneshot::channel();
+        let full_text_link = self.full_text_link(delivery).await;
+        let ack_timeout = self.ack_timeout(delivery);
         self.requests
             .send(OutboundRequest {
                 delivery: delivery.clone(),
+                full_text_link,
                 reply,
             })
             .await
@@ -127,7 +208,7 @@ impl IrcHandle {
             result
         };
         Ok(async move {
-            match tokio::time::timeout(ACK_TIMEOUT, acknowledged).await {
+            match tokio::time::timeout(ack_timeout, acknowledged).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(DeliveryError::Retry {
                     after: None,
@@ -136,7 +217,7 @@ impl IrcHandle {
                 Err(_) => Err(DeliveryError::Retry {
                     after: None,
                     reason: format!(
-                        "no acknowledgement from the IRC server within {ACK_TIMEOUT:?}"
+                        "no acknowledgement from the IRC server within {ack_timeout:?}"
                     ),
                 }),
             }
@@ -193,6 +274,9 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
         IrcHandle {
             requests: sender,
             recent: Arc::clone(&recent),
+            files: Arc::clone(&context.files),
+            gateways: Arc::new(context.gateways.clone()),
+            flood_interval: Duration::from_millis(config.flood_interval_ms),
         },
         IrcTask {
             info: TaskInfo {

@@ -15,7 +15,7 @@ use super::{IDENTIFY_TIMEOUT, JOIN_TIMEOUT, WANTED_CAPS};
 impl Session<'_> {
     pub(super) fn begin_registration(&mut self) -> Result<(), String> {
         self.send_raw("CAP", &["LS", "302"])?;
-        if let Some(password) = &self.task.config.password {
+        if let Some(password) = &self.task.config.server_password {
             self.send(Command::PASS(password.expose().to_owned()))?;
         }
         self.send(Command::NICK(self.task.config.nick.clone()))?;

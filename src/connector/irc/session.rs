@@ -171,6 +171,12 @@ pub(super) enum Phase {
     Ready,
 }
 
+/// Who kicked the bot from a channel, and why.
+pub(super) struct Kick {
+    pub(super) by: String,
+    pub(super) reason: String,
+}
+
 /// A delivery whose lines are on their way.
 struct InFlight {
     reply: Option<oneshot::Sender<Result<DeliveryAck, DeliveryError>>>,
@@ -198,6 +204,8 @@ pub(super) struct Session<'a> {
     pub(super) channels: HashMap<String, String>,
     pub(super) joined: HashSet<String>,
     pub(super) failed_joins: HashSet<String>,
+    /// Channels (folded) we were kicked from and do not rejoin (`rejoin_after_kick` off).
+    pub(super) kicked: HashMap<String, Kick>,
     pub(super) members: HashMap<String, HashSet<String>>,
     bucket: TokenBucket,
     queue: VecDeque<QueuedLine>,
@@ -227,6 +235,7 @@ impl<'a> Session<'a> {
             channels,
             joined: HashSet::new(),
             failed_joins: HashSet::new(),
+            kicked: HashMap::new(),
             members: HashMap::new(),
             bucket: TokenBucket::new(
                 task.config.flood_burst,
@@ -275,7 +284,7 @@ impl<'a> Session<'a> {
     }
 
     fn accepts_requests(&self) -> bool {
-        self.phase == Phase::Ready && self.queue.len() < 64
+        self.phase == Phase::Ready && self.queue.len() < super::QUEUED_LINES
     }
 
     fn flood_ready_at(&mut self) -> Option<Instant> {
@@ -338,13 +347,28 @@ impl<'a> Session<'a> {
             // The outbox gave up waiting (timeout); it will retry this delivery itself.
             return;
         }
-        let delivery = &files_as_lines(&request.delivery, &self.task.context.files);
+        let mut delivery = files_as_lines(&request.delivery, &self.task.context.files);
+        // A long text links to its whole text where the media endpoint serves it, else to the
+        // message on its own platform.
+        if let Some(link) = request.full_text_link.clone() {
+            delivery.permalink = Some(link);
+        }
+        let delivery = &delivery;
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
             let _ = request.reply.send(Err(DeliveryError::Retry {
                 after: Some(Duration::from_mins(1)),
                 reason: format!("not in {} (join failed)", delivery.destination.channel),
             }));
+            return;
+        }
+        if let Some(kick) = self.kicked.get(&folded) {
+            // Not held for a later rejoin (a flood of old lines would greet whoever kicked the
+            // bot): refused, so the outbox counts it and keeps it in the store as failed.
+            let _ = request.reply.send(Err(DeliveryError::Permanent(format!(
+                "kicked from {} by {} ({}); rejoin_after_kick is off",
+                delivery.destination.channel, kick.by, kick.reason
+            ))));
             return;
         }
         let target = delivery.destination.channel.clone();
@@ -366,7 +390,7 @@ impl<'a> Session<'a> {
         );
         let lines = render_delivery(
             &shown,
-            &self.task.context.remote_nick_format,
+            settings.nick_format(&self.task.context.remote_nick_format),
             &self.nick,
             labelled,
             &settings,

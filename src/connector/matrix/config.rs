@@ -128,6 +128,7 @@ impl NetworkType for Matrix {
                         ),
                     );
                 }
+                section.warn_plain_http("homeserver", url);
                 text.to_owned()
             }
         };

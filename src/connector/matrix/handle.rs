@@ -153,7 +153,7 @@ impl MatrixHandle {
         let settings = self
             .gateways
             .get(&delivery.gateway)
-            .copied()
+            .cloned()
             .unwrap_or_default();
         let allow_mass_pings = settings.allow_mass_pings;
         // Late (after an outage): the text shows when it was said, and the event carries the
@@ -173,7 +173,11 @@ impl MatrixHandle {
         // before it answers the send.
         self.writes.fetch_add(1, Ordering::Relaxed);
         let txn_id: OwnedTransactionId = delivery.id.as_str().into();
-        let sender = render_sender(&self.remote_nick_format, delivery, str::to_owned);
+        let sender = render_sender(
+            settings.nick_format(&self.remote_nick_format),
+            delivery,
+            str::to_owned,
+        );
         let target_event = delivery
             .target
             .as_ref()

@@ -125,6 +125,7 @@ impl NetworkType for Mattermost {
                         ),
                     ),
                 }
+                section.warn_plain_http("url", url);
                 text.trim_end_matches("/api/v4").to_owned()
             }
         };

@@ -212,7 +212,7 @@ impl MattermostHandle {
             }
         } else {
             SenderShown::Prefix(render_sender(
-                &context.remote_nick_format,
+                settings.nick_format(&context.remote_nick_format),
                 delivery,
                 str::to_owned,
             ))

@@ -98,6 +98,24 @@ impl Bridge {
         }
     }
 
+    /// Send SIGHUP, as an operator asking for a reload does.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("the bridge is running");
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// Whether the daemon process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// Start again on the same config and state.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the bridge first");
