@@ -21,6 +21,42 @@ use crate::support::irc_client::{IrcClient, texts};
 use crate::support::matrix_client::{MatrixUser, register};
 use crate::support::servers::{free_port, shared_inspircd, shared_synapse};
 
+/// The bridge's configuration in these tests: IRC `irc` and Matrix `mx` (account `bot`) in one
+/// gateway linking `channel` and `#alias_name:localhost`; `matrix_edit` (`(from, to)`, replaced
+/// once) changes the Matrix section, `metrics_port` turns the metrics listener on.
+#[allow(clippy::too_many_arguments)]
+fn bridge_config(
+    irc_port: u16,
+    nick: &str,
+    channel: &str,
+    url: &str,
+    bot: &str,
+    alias_name: &str,
+    matrix_edit: Option<(&str, &str)>,
+    metrics_port: Option<u16>,
+) -> String {
+    let mut matrix = matrix_network("mx", url, bot);
+    if let Some((from, to)) = matrix_edit {
+        assert!(matrix.contains(from), "the Matrix section has no `{from}`");
+        matrix = matrix.replacen(from, to, 1);
+    }
+    let text = config(
+        &[irc_network("irc", irc_port, nick), matrix],
+        &[
+            ("irc", channel),
+            ("mx", &format!("#{alias_name}:localhost")),
+        ],
+    );
+    match metrics_port {
+        Some(port) => text.replacen(
+            "\n\n",
+            &format!("\nmetrics_listen = \"127.0.0.1:{port}\"\n\n"),
+            1,
+        ),
+        None => text,
+    }
+}
+
 /// A person's client as Element is since April 2026: cross-signing bootstrapped at login (the
 /// person's own device signed), room keys shared by identity, only cross-signed senders
 /// decrypted.
@@ -295,24 +331,15 @@ async fn an_element_person_and_irc_talk_through_an_encrypted_room_with_a_cross_s
     let metrics_port = free_port();
     let bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot).replacen(
-                    "\n\n",
-                    "\ntrust = \"cross-signed\"\n\n",
-                    1,
-                ),
-            ],
-            &[
-                ("irc", &channel),
-                ("mx", &format!("#{alias_name}:localhost")),
-            ],
-        )
-        .replacen(
-            "\n\n",
-            &format!("\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n"),
-            1,
+        &bridge_config(
+            irc_port,
+            &nick,
+            &channel,
+            &url,
+            &bot,
+            &alias_name,
+            Some(("\n\n", "\ntrust = \"cross-signed\"\n\n")),
+            Some(metrics_port),
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -426,21 +453,15 @@ async fn with_trust_cross_signed_an_unsigned_device_neither_reaches_irc_nor_read
     let metrics_port = free_port();
     let bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot).replacen(
-                    "\n\n",
-                    "\ntrust = \"cross-signed\"\n\n",
-                    1,
-                ),
-            ],
-            &[("irc", &channel), ("mx", &alias)],
-        )
-        .replacen(
-            "\n\n",
-            &format!("\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n"),
-            1,
+        &bridge_config(
+            irc_port,
+            &nick,
+            &channel,
+            &url,
+            &bot,
+            &alias_name,
+            Some(("\n\n", "\ntrust = \"cross-signed\"\n\n")),
+            Some(metrics_port),
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -526,20 +547,15 @@ async fn the_identity_survives_a_restart_and_a_lost_state_restored_with_the_reco
     let metrics_port = free_port();
     let mut bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot),
-            ],
-            &[
-                ("irc", &channel),
-                ("mx", &format!("#{alias_name}:localhost")),
-            ],
-        )
-        .replacen(
-            "\n\n",
-            &format!("\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n"),
-            1,
+        &bridge_config(
+            irc_port,
+            &nick,
+            &channel,
+            &url,
+            &bot,
+            &alias_name,
+            None,
+            Some(metrics_port),
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -669,20 +685,15 @@ async fn an_identity_reset_elsewhere_is_told_loudly_and_not_overwritten() {
     let metrics_port = free_port();
     let bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot),
-            ],
-            &[
-                ("irc", &channel),
-                ("mx", &format!("#{alias_name}:localhost")),
-            ],
-        )
-        .replacen(
-            "\n\n",
-            &format!("\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n"),
-            1,
+        &bridge_config(
+            irc_port,
+            &nick,
+            &channel,
+            &url,
+            &bot,
+            &alias_name,
+            None,
+            Some(metrics_port),
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -829,19 +840,18 @@ async fn an_access_token_only_account_gets_its_identity_without_a_password() {
     let dir = tempfile::tempdir().unwrap();
     let bridge = Bridge::start(
         dir.path(),
-        &config(
-            &[
-                irc_network("irc", irc_port, &nick),
-                matrix_network("mx", &url, &bot).replacen(
-                    "password = \"password\"\n",
-                    &format!("access_token = \"{bot_token}\"\n"),
-                    1,
-                ),
-            ],
-            &[
-                ("irc", &channel),
-                ("mx", &format!("#{alias_name}:localhost")),
-            ],
+        &bridge_config(
+            irc_port,
+            &nick,
+            &channel,
+            &url,
+            &bot,
+            &alias_name,
+            Some((
+                "password = \"password\"\n",
+                &format!("access_token = \"{bot_token}\"\n"),
+            )),
+            None,
         ),
     );
     irc.wait_join(&nick, &channel).await;
