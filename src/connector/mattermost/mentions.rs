@@ -16,17 +16,30 @@ use crate::vocab::People;
 /// The text of a post on Mattermost network `network`, with the names of people relayed from
 /// elsewhere as their mentions.
 pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
-    if people.is_empty() {
-        return;
-    }
+    inbound_with(text, people, network, &|_| None);
+}
+
+/// [`inbound`], where `remote` names the person (origin network, their id there) a remote
+/// user of this network stands for, by username: `@alice-irc` is a mention of `alice` on IRC.
+pub fn inbound_with(
+    text: &mut FormattedText,
+    people: &People,
+    network: &str,
+    remote: &dyn Fn(&str) -> Option<(String, String)>,
+) {
     map_mentions(text, &mut |mention: Mention| {
         let relayed = match &mention.target {
             MentionTarget::User {
                 network: of,
                 user_id,
-            } if of == network && !people.is_native(network, user_id) => {
-                people.shown_as(network, user_id)
-            }
+            } if of == network => match remote(user_id) {
+                Some((origin, author)) => Some(MentionTarget::User {
+                    network: origin,
+                    user_id: author,
+                }),
+                None if !people.is_native(network, user_id) => people.shown_as(network, user_id),
+                None => None,
+            },
             _ => None,
         };
         Inline::Mention(match relayed {
@@ -34,7 +47,9 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
             None => mention,
         })
     });
-    detect_mentions(text, &|word| people.shown_as(network, word));
+    if !people.is_empty() {
+        detect_mentions(text, &|word| people.shown_as(network, word));
+    }
 }
 
 /// The text of a delivery to Mattermost network `network`: its users as `@username`, everyone
@@ -47,6 +62,17 @@ pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
 
 /// [`outbound`] of one text.
 pub fn outbound_text(text: &mut FormattedText, people: &People, network: &str) {
+    outbound_text_with(text, people, network, &|_, _| None);
+}
+
+/// [`outbound_text`], where `remote` gives the username of the remote user a person (origin
+/// network, their id there) has here: they are mentioned as `@username`, which notifies them.
+pub fn outbound_text_with(
+    text: &mut FormattedText,
+    people: &People,
+    network: &str,
+    remote: &dyn Fn(&str, &str) -> Option<String>,
+) {
     {
         rewrite_mentions(
             text,
@@ -63,7 +89,13 @@ pub fn outbound_text(text: &mut FormattedText, people: &People, network: &str) {
                     },
                 })
             },
-            &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+            &|other, user_id| {
+                let current = people.current(other, user_id);
+                let id = current.as_ref().map_or(user_id, |(id, _)| id.as_str());
+                remote(other, id)
+                    .map(|username| format!("@{username}"))
+                    .or_else(|| current.map(|(_, shown)| shown))
+            },
         );
     }
 }
