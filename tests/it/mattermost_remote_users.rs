@@ -10,10 +10,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::bridge::{Bridge, unique};
-use crate::support::config::{irc_network, one_gateway as config};
+use crate::support::config::{irc_network, matrix_network, one_gateway as config};
 use crate::support::irc_client::{IrcClient, texts};
+use crate::support::matrix_client::{MatrixUser, register};
 use crate::support::mattermost::{MmServer, MmUser, messages};
-use crate::support::servers::shared_inspircd;
+use crate::support::servers::{free_port, shared_inspircd, shared_synapse};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -230,4 +231,195 @@ async fn a_token_without_admin_rights_says_so_and_falls_back_to_the_prefix() {
     );
     assert!(users_named(&t.mm, &nick.to_lowercase()).await.is_empty());
     let _ = t.bridge.terminate();
+}
+
+/// Wait until the post `post_id` has exactly the reactions `expected` (user id, emoji name).
+async fn wait_reactions(mm: &MmServer, post_id: &str, expected: &[(&str, &str)]) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let reactions = mm
+            .admin
+            .ok(Method::GET, &format!("/posts/{post_id}/reactions"), None)
+            .await;
+        let have: Vec<(String, String)> = reactions
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                (
+                    r["user_id"].as_str().unwrap_or_default().to_owned(),
+                    r["emoji_name"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(u, e)| ((*u).to_owned(), (*e).to_owned()))
+            .collect();
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reactions {have:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_user() {
+    let synapse = shared_synapse();
+    let url = synapse.url();
+    let bot = unique("botru");
+    register(&url, &bot, "password").await;
+    let mut carol = MatrixUser::new(&url, &unique("carol")).await;
+    let alias_name = unique("roomru");
+    let room = carol.create_room(&alias_name).await;
+    carol.mark().await;
+    // carol has a picture: her remote user gets it.
+    let face: Vec<u8> = {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend((0..300u32).map(|n| (n * 13 % 251) as u8));
+        png
+    };
+    let face_uri = carol.upload("face.png", "image/png", face.clone()).await;
+    carol.set_avatar(&face_uri).await;
+    let mm = MmServer::start("dept").await;
+    let channel_id = mm.channel("town").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let token = admin_token(&mm).await;
+    let media_port = free_port();
+    let config = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\
+         media_listen = \"127.0.0.1:{media_port}\"\n\
+         media_public_url = \"http://127.0.0.1:{media_port}/files\"\n\n{}{}\
+         [[gateway]]\nname = \"g\"\nchannels = [\n\
+           {{ network = \"mx\", channel = \"#{alias_name}:localhost\" }},\n\
+           {{ network = \"mm\", channel = \"town\" }},\n]\n",
+        matrix_network("mx", &url, &bot),
+        network(&mm, &token)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config);
+    let matrix_bot = format!("@{bot}:localhost");
+    carol
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.member"
+                    && e.content["membership"] == "join"
+                    && e.sender == matrix_bot
+            })
+        })
+        .await;
+    mm.wait_websocket(1).await;
+    let localpart = crate::support::matrix_client::local_part(&carol.user_id);
+    let username = format!("{}-mx", localpart.to_lowercase());
+
+    // Text, then an edit of it.
+    let original = carol.say(&room, "tpyo here").await;
+    let user = wait_user(&mm, &username).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        user["props"]["tribridge_remote"],
+        format!("mx/{}", carol.user_id)
+    );
+    let posts = mia
+        .wait_posts_by(&channel_id, &user_id, |p| !p.is_empty())
+        .await;
+    assert_eq!(messages(&posts), ["tpyo here"]);
+    let post_id = posts[0]["id"].as_str().unwrap().to_owned();
+    carol
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* typo here",
+                   "m.new_content": {"msgtype": "m.text", "body": "typo here"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+        )
+        .await;
+    let edited = mia
+        .wait_post(&post_id, |p| p.is_some_and(|p| p["message"] == "typo here"))
+        .await
+        .unwrap();
+    assert_eq!(edited["user_id"], user_id.as_str());
+    no_override_props(&edited);
+
+    // A reaction to mia's post, by carol's user.
+    let mia_post = mia.say(&channel_id, "react to me").await;
+    let mia_event = carol
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events.iter().any(|e| e.body().contains("react to me"))
+        })
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.body().contains("react to me"))
+        .unwrap();
+    carol
+        .send_event(
+            &room,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": mia_event.event_id, "key": "👍"}}),
+        )
+        .await;
+    wait_reactions(&mm, &mia_post, &[(&user_id, "+1")]).await;
+
+    // A file: uploaded and posted by carol's user.
+    let picture: Vec<u8> = (0..5000u32).map(|n| (n * 7 % 251) as u8).collect();
+    let uri = carol.upload("cat.png", "image/png", picture.clone()).await;
+    carol
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.image", "body": "our cat", "filename": "cat.png", "url": uri,
+                   "info": {"mimetype": "image/png", "size": picture.len()}}),
+        )
+        .await;
+    let posts = mia
+        .wait_posts_by(&channel_id, &user_id, |p| p.len() >= 2)
+        .await;
+    let file_ids: Vec<String> = posts[1]["file_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(file_ids.len(), 1, "{:#}", posts[1]);
+    assert_eq!(mia.download(&file_ids[0]).await, picture);
+    let info = mia
+        .ok(Method::GET, &format!("/files/{}/info", file_ids[0]), None)
+        .await;
+    assert_eq!(info["user_id"], user_id.as_str());
+
+    // Her picture is her user's profile image.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let user = wait_user(&mm, &username).await;
+        if user["last_picture_update"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no profile image: {user:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let image = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v4/users/{user_id}/image",
+            mm.emu.base_url()
+        ))
+        .bearer_auth(mia.token())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(image.to_vec(), face);
+
+    // A redaction deletes her post, as her user.
+    carol.redact(&room, &original).await;
+    mia.wait_post(&post_id, |p| p.is_none()).await;
+
+    let _ = bridge.terminate();
 }

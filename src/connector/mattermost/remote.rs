@@ -344,9 +344,10 @@ impl RemoteUsers {
             None => self.new_token(api, &record.user_id).await?,
         };
         self.join(api, &record.user_id, channel_id).await?;
+        // The picture, once the bridge has it (it may arrive after the person's first words).
         if !self.read().pictured.contains(&record.user_id) {
-            self.write().pictured.insert(record.user_id.clone());
             if let Some(picture) = files.avatar(origin, author).await {
+                self.write().pictured.insert(record.user_id.clone());
                 if let Err(error) = api.set_profile_image(&record.user_id, &picture).await {
                     tracing::info!(network = %self.network, user = %record.username, error = %error, "Cannot set a remote user's profile image.");
                 }
