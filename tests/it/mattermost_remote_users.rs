@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use mattermost_emulator::{Config, Emulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -31,11 +32,11 @@ async fn admin_token(mm: &MmServer) -> String {
     token["token"].as_str().unwrap().to_owned()
 }
 
-/// The bridge's Mattermost block with `token` and `remote_users = true`.
-fn network(mm: &MmServer, token: &str) -> String {
+/// The bridge's Mattermost block with `credentials` and `remote_users = true`.
+fn network(mm: &MmServer, credentials: &str) -> String {
     format!(
-        "[network.mm]\ntype = \"mattermost\"\nurl = \"{}\"\nteam = \"{}\"\ntoken = \"{token}\"\n\
-         remote_users = true\n",
+        "[network.mm]\ntype = \"mattermost\"\nurl = \"{}\"\nteam = \"{}\"\n{credentials}\n\
+         remote_users = true\n\n",
         mm.emu.base_url(),
         mm.team
     )
@@ -88,27 +89,46 @@ struct IrcSide {
     _dir: tempfile::TempDir,
 }
 
-/// IRC `alice` and Mattermost `mia` in one gateway; the bridge's Mattermost token is the
-/// bot's (no admin) when `token_of_bot`, else the system admin's.
-async fn irc_side(token_of_bot: bool) -> IrcSide {
+/// Which account the bridge uses on Mattermost.
+#[derive(Clone, Copy, PartialEq)]
+enum Account {
+    /// The system admin's personal access token.
+    AdminToken,
+    /// The system admin by login and password.
+    AdminLogin,
+    /// The bot's token (not an admin).
+    Bot,
+}
+
+/// IRC `alice` and Mattermost `mia` in one gateway, the bridge on Mattermost as `account`, the
+/// emulator with `settings`.
+async fn irc_side(account: Account, settings: Config) -> IrcSide {
     let server = shared_inspircd();
     let irc_channel = unique("#ru");
     let nick = unique("brru");
     let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
     alice.join(&irc_channel).await;
-    let mm = MmServer::start("civi").await;
+    let emu = Emulator::start_with_config(
+        "127.0.0.1:0".parse().unwrap(),
+        "sysadmin",
+        "sysadmin-pw",
+        settings,
+    )
+    .await
+    .expect("emulator starts");
+    let mm = MmServer::set_up(emu, "civi").await;
     let channel_id = mm.channel("town").await;
     let mia = mm.user("mia", &channel_id).await;
-    let token = if token_of_bot {
-        mm.bot_token.clone()
-    } else {
-        admin_token(&mm).await
+    let block = match account {
+        Account::AdminToken => network(&mm, &format!("token = \"{}\"", admin_token(&mm).await)),
+        Account::AdminLogin => network(&mm, "login = \"sysadmin\"\npassword = \"sysadmin-pw\""),
+        Account::Bot => network(&mm, &format!("token = \"{}\"", mm.bot_token)),
     };
     let dir = tempfile::tempdir().unwrap();
     let bridge = Bridge::start(
         dir.path(),
         &config(
-            &[irc_network("irc", server.port, &nick), network(&mm, &token)],
+            &[irc_network("irc", server.port, &nick), block],
             &[("irc", &irc_channel), ("mm", "town")],
         ),
     );
@@ -128,7 +148,7 @@ async fn irc_side(token_of_bot: bool) -> IrcSide {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_irc_person_posts_as_their_own_mattermost_user_and_is_mentioned_by_username() {
-    let mut t = irc_side(false).await;
+    let mut t = irc_side(Account::AdminToken, Config::default()).await;
     let (nick, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
     let username = format!("{}-irc", nick.to_lowercase());
 
@@ -214,7 +234,7 @@ async fn an_irc_person_posts_as_their_own_mattermost_user_and_is_mentioned_by_us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_admin_rights_says_so_and_falls_back_to_the_prefix() {
-    let mut t = irc_side(true).await;
+    let mut t = irc_side(Account::Bot, Config::default()).await;
     let (nick, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
     t.bridge
         .wait_for_log("remote_users needs the token of a system admin")
@@ -299,7 +319,7 @@ async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_us
            {{ network = \"mx\", channel = \"#{alias_name}:localhost\" }},\n\
            {{ network = \"mm\", channel = \"town\" }},\n]\n",
         matrix_network("mx", &url, &bot),
-        network(&mm, &token)
+        network(&mm, &format!("token = \"{token}\""))
     );
     let dir = tempfile::tempdir().unwrap();
     let mut bridge = Bridge::start(dir.path(), &config);
@@ -422,4 +442,66 @@ async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_us
     mia.wait_post(&post_id, |p| p.is_none()).await;
 
     let _ = bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_access_tokens_disabled_say_so_and_fall_back_to_the_prefix() {
+    let settings = Config {
+        enable_user_access_tokens: false,
+        ..Config::default()
+    };
+    let mut t = irc_side(Account::AdminLogin, settings).await;
+    let (nick, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
+    t.bridge
+        .wait_for_log("remote_users needs personal access tokens")
+        .await;
+    t.alice.say(&channel, "still here");
+    let posts = t
+        .mia
+        .wait_posts_by(&t.channel_id, &t.mm.admin.id, |p| !p.is_empty())
+        .await;
+    assert_eq!(messages(&posts), [format!("<{nick}> still here")]);
+    assert!(users_named(&t.mm, &nick.to_lowercase()).await.is_empty());
+    let _ = t.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_remote_user_loses_its_token_and_the_person_is_shown_by_prefix() {
+    let mut t = irc_side(Account::AdminToken, Config::default()).await;
+    let (nick, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
+    let username = format!("{}-irc", nick.to_lowercase());
+    t.alice.say(&channel, "first");
+    let user = wait_user(&t.mm, &username).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    t.mia
+        .wait_posts_by(&t.channel_id, &user_id, |p| !p.is_empty())
+        .await;
+    let tokens =
+        t.mm.admin
+            .ok(Method::GET, &format!("/users/{user_id}/tokens"), None)
+            .await;
+    assert_eq!(tokens.as_array().unwrap().len(), 1, "{tokens:#}");
+
+    // An admin deactivates the account: the bridge revokes its token.
+    t.mm.admin
+        .ok(Method::DELETE, &format!("/users/{user_id}"), None)
+        .await;
+    t.bridge
+        .wait_for_log("A remote user was deactivated; its token is revoked")
+        .await;
+    let tokens =
+        t.mm.admin
+            .ok(Method::GET, &format!("/users/{user_id}/tokens"), None)
+            .await;
+    assert!(tokens.as_array().unwrap().is_empty(), "{tokens:#}");
+
+    // alice is shown by the prefix from then on; nothing lost, no new account.
+    t.alice.say(&channel, "second");
+    let posts = t
+        .mia
+        .wait_posts_by(&t.channel_id, &t.mm.admin.id, |p| !p.is_empty())
+        .await;
+    assert_eq!(messages(&posts), [format!("<{nick}> second")]);
+    assert_eq!(users_named(&t.mm, &nick.to_lowercase()).await, [username]);
+    let _ = t.bridge.terminate();
 }
