@@ -410,3 +410,71 @@ pub fn is_valid_mattermost_channel(channel: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(keys: &str) -> Result<MattermostConfig, Vec<crate::config::ConfigIssue>> {
+        let text = format!(
+            "[network.mm]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\n\
+             team = \"t\"\ntoken = \"x\"\n{keys}\n\
+             [[gateway]]\nname = \"g\"\nchannels = [{{ network = \"mm\", channel = \"town\" }}, \
+             {{ network = \"mm\", channel = \"hall\" }}]\n"
+        );
+        crate::config::parse(&text, std::path::Path::new("."), &[]).map(|config| {
+            config.networks[0]
+                .settings_as::<MattermostConfig>()
+                .unwrap()
+                .clone()
+        })
+    }
+
+    #[test]
+    fn remote_users_are_off_by_default_and_take_their_defaults() {
+        assert_eq!(parse("").unwrap().remote_users, None);
+        let on = parse("remote_users = true").unwrap().remote_users.unwrap();
+        assert_eq!(on.username_format, "{NICK}-{NETWORK}");
+        assert_eq!(on.email_domain, "bridge.invalid");
+        let set = parse(
+            "remote_users = true\nremote_username_format = \"{NETWORK}.{NICK}\"\n\
+             remote_email_domain = \"@Nowhere.Invalid\"",
+        )
+        .unwrap()
+        .remote_users
+        .unwrap();
+        assert_eq!(set.username_format, "{NETWORK}.{NICK}");
+        assert_eq!(set.email_domain, "nowhere.invalid");
+    }
+
+    #[test]
+    fn bad_remote_user_keys_are_located() {
+        let issues =
+            parse("remote_users = true\nremote_username_format = \"{NETWORK}\"").unwrap_err();
+        assert_eq!(issues[0].key, "network.mm.remote_username_format");
+        assert_eq!(issues[0].line, Some(7));
+        assert!(
+            issues[0].message.contains("must contain `{NICK}`"),
+            "{issues:?}"
+        );
+        let issues =
+            parse("remote_users = true\nremote_username_format = \"{NICK}{USER}\"").unwrap_err();
+        assert!(
+            issues[0].message.contains("only placeholders"),
+            "{issues:?}"
+        );
+        let issues = parse("remote_users = true\nremote_email_domain = \"no domain\"").unwrap_err();
+        assert_eq!(issues[0].key, "network.mm.remote_email_domain");
+        assert!(
+            issues[0].message.contains("not a mail domain"),
+            "{issues:?}"
+        );
+        let issues = parse("remote_email_domain = \"bridge.invalid\"").unwrap_err();
+        assert!(
+            issues[0]
+                .message
+                .contains("applies only with `remote_users = true`"),
+            "{issues:?}"
+        );
+    }
+}
