@@ -300,7 +300,7 @@ fn remote_users_config(
                 ),
             );
         }
-        config.username_format = text.clone();
+        config.username_format.clone_from(text);
     }
     if let Some(domain) = &raw.remote_email_domain {
         let text = domain

@@ -63,13 +63,13 @@ impl TaskState {
                     .await;
             }
             "user_updated" => {
-                if let Some(user) = envelope.updated_user() {
-                    if user.delete_at > 0 {
-                        self.shared
-                            .remote
-                            .deactivated(&self.shared.api, &user.id)
-                            .await;
-                    }
+                if let Some(user) = envelope.updated_user()
+                    && user.delete_at > 0
+                {
+                    self.shared
+                        .remote
+                        .deactivated(&self.shared.api, &user.id)
+                        .await;
                 }
             }
             "user_removed" => {

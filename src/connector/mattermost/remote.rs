@@ -345,12 +345,11 @@ impl RemoteUsers {
         };
         self.join(api, &record.user_id, channel_id).await?;
         // The picture, once the bridge has it (it may arrive after the person's first words).
-        if !self.read().pictured.contains(&record.user_id) {
-            if let Some(picture) = files.avatar(origin, author).await {
-                self.write().pictured.insert(record.user_id.clone());
-                if let Err(error) = api.set_profile_image(&record.user_id, &picture).await {
-                    tracing::info!(network = %self.network, user = %record.username, error = %error, "Cannot set a remote user's profile image.");
-                }
+        let pictured = self.read().pictured.contains(&record.user_id);
+        if !pictured && let Some(picture) = files.avatar(origin, author).await {
+            self.write().pictured.insert(record.user_id.clone());
+            if let Err(error) = api.set_profile_image(&record.user_id, &picture).await {
+                tracing::info!(network = %self.network, user = %record.username, error = %error, "Cannot set a remote user's profile image.");
             }
         }
         Ok(RemoteUser {
@@ -517,17 +516,18 @@ impl RemoteUsers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if let Some(team_id) = team_id {
-            if !self.read().in_team.contains(user_id) {
-                api.fetch::<Value>(
-                    Method::POST,
-                    &format!("/teams/{team_id}/members"),
-                    Some(&json!({"team_id": team_id, "user_id": user_id})),
-                )
-                .await
-                .map_err(|error| self.classify(error, "adding a user to the team"))?;
-                self.write().in_team.insert(user_id.to_owned());
-            }
+        let in_team = self.read().in_team.contains(user_id);
+        if let Some(team_id) = team_id
+            && !in_team
+        {
+            api.fetch::<Value>(
+                Method::POST,
+                &format!("/teams/{team_id}/members"),
+                Some(&json!({"team_id": team_id, "user_id": user_id})),
+            )
+            .await
+            .map_err(|error| self.classify(error, "adding a user to the team"))?;
+            self.write().in_team.insert(user_id.to_owned());
         }
         let membership = (user_id.to_owned(), channel_id.to_owned());
         if !self.read().memberships.contains(&membership) {
