@@ -17,7 +17,7 @@ use super::Shared;
 use super::api::{ApiError, Post};
 use super::convert::{self, PostContent, SenderShown};
 use super::emoji;
-use super::remote::Unavailable;
+use super::remote::{RemoteUser, Unavailable};
 use crate::connector::{BoxFuture, DeliverWhole, DeliveryError, render_sender};
 use crate::model::{Attachment, Delivery, DeliveryAck, EventBody, TextStyle, now_ms};
 use crate::richtext::FormattedText;
@@ -117,7 +117,32 @@ impl MattermostHandle {
                 Err(Unavailable::Retry(error)) => return Err(delivery_error(&error)),
             },
         };
-        let token = as_user.as_ref().map(|user| user.token.as_str());
+        let result = self
+            .deliver_as(delivery, &me, &channel_id, as_user.as_ref())
+            .await;
+        // A remote user's token refused (401), or the user no longer in the channel (403): what
+        // the bridge remembers of it is checked again on the retry.
+        if let (Some(user), Err(DeliveryError::Retry { reason, .. })) = (&as_user, &result) {
+            if reason.starts_with("HTTP 401") {
+                shared.remote.token_refused(&user.user_id);
+            } else if reason.starts_with("HTTP 403") {
+                shared.remote.membership_refused(&user.user_id, &channel_id);
+            }
+        }
+        result
+    }
+
+    /// [`MattermostHandle::deliver`] once the account to act with is known (`as_user`: the
+    /// person's remote user, else the bridge's account).
+    async fn deliver_as(
+        &self,
+        delivery: &Delivery,
+        me: &str,
+        channel_id: &str,
+        as_user: Option<&RemoteUser>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let shared = &self.shared;
+        let token = as_user.map(|user| user.token.as_str());
         match &delivery.body {
             EventBody::Text {
                 style,
@@ -179,9 +204,7 @@ impl MattermostHandle {
                     tracing::info!(network = %shared.network, key = %key, dropped_so_far = count, "Reaction has no Mattermost emoji; not relayed.");
                     return Ok(DeliveryAck::default());
                 };
-                let reactor = as_user
-                    .as_ref()
-                    .map_or(me.as_str(), |user| user.user_id.as_str());
+                let reactor = as_user.as_ref().map_or(me, |user| user.user_id.as_str());
                 let result = if *removed {
                     shared
                         .api

@@ -140,6 +140,31 @@ struct Registry {
     in_team: HashSet<String>,
     /// user ids whose profile image was set.
     pictured: HashSet<String>,
+    /// user id → person (the accounts' posts are the bridge's own).
+    by_user: HashMap<String, (String, String)>,
+    /// username → person (mentions).
+    by_username: HashMap<String, (String, String)>,
+}
+
+impl Registry {
+    fn insert(&mut self, person: (String, String), record: Record) {
+        self.by_user.insert(record.user_id.clone(), person.clone());
+        self.by_username
+            .insert(record.username.clone(), person.clone());
+        self.records.insert(person, record);
+    }
+
+    /// A person's account, token and membership of `channel_id`, when all are known and the
+    /// account is in use: nothing to ask the server.
+    fn ready(&self, person: &(String, String), channel_id: &str) -> Option<(Record, Token)> {
+        let record = self.records.get(person)?;
+        let token = self.tokens.get(&record.user_id)?;
+        let member = self
+            .memberships
+            .contains(&(record.user_id.clone(), channel_id.to_owned()));
+        (member && !self.deactivated.contains(&record.user_id))
+            .then(|| (record.clone(), token.clone()))
+    }
 }
 
 /// The remote users of one Mattermost network.
@@ -175,9 +200,7 @@ impl RemoteUsers {
                         };
                         match serde_json::from_str::<Record>(&value) {
                             Ok(record) => {
-                                registry
-                                    .records
-                                    .insert((origin.to_owned(), author.to_owned()), record);
+                                registry.insert((origin.to_owned(), author.to_owned()), record);
                             }
                             Err(error) => {
                                 tracing::warn!(network, key = %key, error = %error, "Unreadable remote user record; ignored.");
@@ -238,7 +261,7 @@ impl RemoteUsers {
 
     /// Whether `user_id` is one of the accounts the bridge made (their posts are its own).
     pub(super) fn is_remote(&self, user_id: &str) -> bool {
-        self.configured() && self.read().records.values().any(|r| r.user_id == user_id)
+        self.configured() && self.read().by_user.contains_key(user_id)
     }
 
     /// The person a remote username stands for, as (origin network, author id).
@@ -248,11 +271,9 @@ impl RemoteUsers {
         }
         let wanted = username.trim_start_matches('@').to_ascii_lowercase();
         let registry = self.read();
-        registry
-            .records
-            .iter()
-            .find(|(_, r)| r.username == wanted && !registry.deactivated.contains(&r.user_id))
-            .map(|(person, _)| person.clone())
+        let person = registry.by_username.get(&wanted)?;
+        let record = registry.records.get(person)?;
+        (!registry.deactivated.contains(&record.user_id)).then(|| person.clone())
     }
 
     /// The username of a person's account, when they have one in use.
@@ -329,28 +350,50 @@ impl RemoteUsers {
             return Err(Unavailable::Fallback);
         }
         let person = (origin.to_owned(), author.to_owned());
-        let _creating = self.creating.lock().await;
-        let existing = self.read().records.get(&person).cloned();
-        let record = match existing {
-            Some(record) => record,
-            None => self.create(api, config, origin, author, display).await?,
+        // Known, with a token, in this channel: the usual case, without waiting for anyone.
+        let ready = self.read().ready(&person, channel_id);
+        let (record, token) = match ready {
+            Some(ready) => ready,
+            None => {
+                let _creating = self.creating.lock().await;
+                let existing = self.read().records.get(&person).cloned();
+                let record = match existing {
+                    Some(record) => record,
+                    None => self.create(api, config, origin, author, display).await?,
+                };
+                if self.read().deactivated.contains(&record.user_id) {
+                    return Err(Unavailable::Fallback);
+                }
+                let known = self.read().tokens.get(&record.user_id).cloned();
+                let token = match known {
+                    Some(token) => token,
+                    None => {
+                        // A recorded account without a token (lost, or refused): it may have
+                        // been deactivated meanwhile.
+                        let user: api::User = api
+                            .fetch(Method::GET, &format!("/users/{}", record.user_id), None)
+                            .await
+                            .map_err(|error| self.classify(error, "looking up a remote user"))?;
+                        if user.delete_at > 0 {
+                            tracing::info!(network = %self.network, user = %record.username, "This remote user was deactivated; the person is shown as without remote_users.");
+                            self.write().deactivated.insert(record.user_id.clone());
+                            return Err(Unavailable::Fallback);
+                        }
+                        self.new_token(api, &record.user_id).await?
+                    }
+                };
+                self.join(api, &record.user_id, channel_id).await?;
+                (record, token)
+            }
         };
-        if self.read().deactivated.contains(&record.user_id) {
-            return Err(Unavailable::Fallback);
-        }
-        let known = self.read().tokens.get(&record.user_id).cloned();
-        let token = match known {
-            Some(token) => token,
-            None => self.new_token(api, &record.user_id).await?,
-        };
-        self.join(api, &record.user_id, channel_id).await?;
         // The picture, once the bridge has it (it may arrive after the person's first words).
         let pictured = self.read().pictured.contains(&record.user_id);
-        if !pictured && let Some(picture) = files.avatar(origin, author).await {
-            self.write().pictured.insert(record.user_id.clone());
-            if let Err(error) = api.set_profile_image(&record.user_id, &picture).await {
-                tracing::info!(network = %self.network, user = %record.username, error = %error, "Cannot set a remote user's profile image.");
-            }
+        if !pictured
+            && let Some(picture) = files.avatar(origin, author).await
+            && self.write().pictured.insert(record.user_id.clone())
+            && let Err(error) = api.set_profile_image(&record.user_id, &picture).await
+        {
+            tracing::info!(network = %self.network, user = %record.username, error = %error, "Cannot set a remote user's profile image.");
         }
         Ok(RemoteUser {
             user_id: record.user_id,
@@ -446,7 +489,6 @@ impl RemoteUsers {
         }
         tracing::info!(network = %self.network, user = %record.username, person = %mark, "Created a remote user.");
         self.write()
-            .records
             .insert((origin.to_owned(), author.to_owned()), record.clone());
         Ok(record)
     }
@@ -561,6 +603,22 @@ impl RemoteUsers {
             }
             _ => Unavailable::Retry(error),
         }
+    }
+
+    /// The server refused the token of `user_id` (401): forget it, so that the next attempt
+    /// finds out why (deactivated) or makes a new one.
+    pub(super) fn token_refused(&self, user_id: &str) {
+        if self.write().tokens.remove(user_id).is_some() {
+            tracing::info!(network = %self.network, user_id, "A remote user's token was refused; it will be replaced.");
+            let _ = self.save_tokens();
+        }
+    }
+
+    /// `user_id` may not post in `channel_id` (removed from it): add it again on the next try.
+    pub(super) fn membership_refused(&self, user_id: &str, channel_id: &str) {
+        self.write()
+            .memberships
+            .remove(&(user_id.to_owned(), channel_id.to_owned()));
     }
 
     /// An admin deactivated `user_id`: if it is a remote user, revoke its token and show that
