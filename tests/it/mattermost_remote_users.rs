@@ -505,3 +505,36 @@ async fn a_deactivated_remote_user_loses_its_token_and_the_person_is_shown_by_pr
     assert_eq!(users_named(&t.mm, &nick.to_lowercase()).await, [username]);
     let _ = t.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_that_lost_its_state_finds_its_remote_user_again_by_the_mark() {
+    let mut t = irc_side(Account::AdminToken, Config::default()).await;
+    let (nick, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
+    let username = format!("{}-irc", nick.to_lowercase());
+    t.alice.say(&channel, "before");
+    let user = wait_user(&t.mm, &username).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    t.mia
+        .wait_posts_by(&t.channel_id, &user_id, |p| !p.is_empty())
+        .await;
+
+    // The state folder is gone (store and tokens): the account is found by its mark, and
+    // given a new token; no second account.
+    let _ = t.bridge.terminate();
+    std::fs::remove_dir_all(t.bridge.dir.join("state")).unwrap();
+    t.bridge.restart();
+    t.alice.wait_join(&t.nick, &channel).await;
+    t.mm.wait_websocket(1).await;
+    t.alice.say(&channel, "after");
+    let posts = t
+        .mia
+        .wait_posts_by(&t.channel_id, &user_id, |p| p.len() >= 2)
+        .await;
+    assert_eq!(messages(&posts), ["before", "after"]);
+    assert_eq!(users_named(&t.mm, &nick.to_lowercase()).await, [username]);
+    // Nothing of hers came back to IRC.
+    t.mia.say(&t.channel_id, "MARK-L").await;
+    let seen = t.alice.texts_until(&channel, "MARK-L").await;
+    assert_eq!(texts(&seen), ["<mia> MARK-L"]);
+    let _ = t.bridge.terminate();
+}
