@@ -46,8 +46,11 @@ async function main() {
 
   const bad = await refused(a.createUser({ username: '9lives', email: 'x@bridge.invalid', password: 'Passw0rd-long' }));
   check(bad && bad.status === 400 && bad.id === 'model.user.is_valid.username.app_error', 'a username not starting with a letter is 400 model.user.is_valid.username.app_error');
-  const created = await a.createUser({ username: 'alice-irc', email: 'alice-irc@bridge.invalid', password: 'Passw0rd-long', nickname: 'alice', first_name: 'alice' });
+  const long = await refused(a.createUser({ username: 'longname', email: 'l@bridge.invalid', password: 'Passw0rd-long', nickname: 'n'.repeat(65) }));
+  check(long && long.status === 400 && long.id === 'model.user.is_valid.nickname.app_error', 'a nickname over 64 characters is 400 model.user.is_valid.nickname.app_error');
+  const created = await a.createUser({ username: 'alice-irc', email: 'alice-irc@bridge.invalid', password: 'Passw0rd-long', nickname: 'alice', first_name: 'alice', props: { tribridge_remote: 'irc/alice' } });
   check(created.username === 'alice-irc' && created.id.length === 26 && created.nickname === 'alice', 'an admin creates a user');
+  check(created.props && created.props.tribridge_remote === 'irc/alice', 'props given at creation are kept');
   const dup = await refused(a.createUser({ username: 'alice-irc', email: 'other@bridge.invalid', password: 'Passw0rd-long' }));
   check(dup && dup.status === 400 && dup.id === 'app.user.save.username_exists.app_error', 'a taken username is 400 app.user.save.username_exists.app_error');
 

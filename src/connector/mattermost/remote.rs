@@ -413,6 +413,9 @@ impl RemoteUsers {
     ) -> Result<Record, Unavailable> {
         let mark = format!("{origin}/{author}");
         let base = username_base(&config.username_format, display, origin);
+        // Nickname and first name hold 64 characters.
+        let display: String = display.chars().take(64).collect();
+        let display = display.as_str();
         let mut found = None;
         for candidate in candidates(&base) {
             match api

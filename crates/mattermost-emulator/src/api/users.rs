@@ -151,6 +151,32 @@ struct CreateUserReq {
     last_name: String,
     #[serde(default)]
     position: String,
+    #[serde(default)]
+    props: serde_json::Map<String, Value>,
+}
+
+/// `User.IsValid` on the free-text fields: 400 `model.user.is_valid.<field>.app_error` when
+/// longer than the server keeps (nickname, first and last name 64 runes, position 128).
+fn check_user_fields(fields: &[(&str, Option<&String>)]) -> Result<(), ApiError> {
+    for (field, value) in fields {
+        let max = if *field == "position" { 128 } else { 64 };
+        if value.is_some_and(|v| v.chars().count() > max) {
+            return Err(ApiError::bad_request(
+                &format!("model.user.is_valid.{field}.app_error"),
+                "Invalid user field.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Props are a string map (`StringMap`): any other value is a malformed body.
+fn check_props(props: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    if props.values().all(Value::is_string) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_body("user"))
+    }
 }
 
 fn check_new_username(st: &St, name: &str) -> Result<(), ApiError> {
@@ -204,6 +230,13 @@ pub async fn create(
             "An account with that email already exists.",
         ));
     }
+    check_user_fields(&[
+        ("nickname", Some(&req.nickname)),
+        ("first_name", Some(&req.first_name)),
+        ("last_name", Some(&req.last_name)),
+        ("position", Some(&req.position)),
+    ])?;
+    check_props(&req.props)?;
     if req.password.chars().count() < MIN_PASSWORD || req.password.len() > 72 {
         return Err(ApiError::bad_request(
             "model.user.is_valid.pwd_length.app_error",
@@ -216,6 +249,7 @@ pub async fn create(
     user.first_name = req.first_name;
     user.last_name = req.last_name;
     user.position = req.position;
+    user.props = req.props;
     let v = user.to_json();
     let id = user.id.clone();
     st.users.insert(id.clone(), user);
@@ -613,18 +647,14 @@ pub async fn patch(
             check_new_username(&st, &name)?;
         }
     }
-    for (field, value, max) in [
-        ("nickname", &req.nickname, 64),
-        ("first_name", &req.first_name, 64),
-        ("last_name", &req.last_name, 64),
-        ("position", &req.position, 128),
-    ] {
-        if value.as_ref().is_some_and(|v| v.chars().count() > max) {
-            return Err(ApiError::bad_request(
-                &format!("model.user.is_valid.{field}.app_error"),
-                "Invalid user field.",
-            ));
-        }
+    check_user_fields(&[
+        ("nickname", req.nickname.as_ref()),
+        ("first_name", req.first_name.as_ref()),
+        ("last_name", req.last_name.as_ref()),
+        ("position", req.position.as_ref()),
+    ])?;
+    if let Some(props) = &req.props {
+        check_props(props)?;
     }
     let now = st.now();
     let user = st.users.get_mut(&id).ok_or_else(missing_user)?;
