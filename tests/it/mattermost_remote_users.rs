@@ -289,7 +289,8 @@ async fn wait_reactions(mm: &MmServer, post_id: &str, expected: &[(&str, &str)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_user() {
+async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_user_and_mentions_name_it()
+ {
     let synapse = shared_synapse();
     let url = synapse.url();
     let bot = unique("botru");
@@ -310,19 +311,27 @@ async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_us
     let channel_id = mm.channel("town").await;
     let mia = mm.user("mia", &channel_id).await;
     let token = admin_token(&mm).await;
+    let irc_port = shared_inspircd().port;
+    let irc_channel = unique("#rum");
+    let irc_nick = unique("brrum");
+    let mut ivan = IrcClient::connect(irc_port, &unique("ivan")).await;
+    ivan.join(&irc_channel).await;
     let media_port = free_port();
     let config = format!(
         "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\
          media_listen = \"127.0.0.1:{media_port}\"\n\
-         media_public_url = \"http://127.0.0.1:{media_port}/files\"\n\n{}{}\
+         media_public_url = \"http://127.0.0.1:{media_port}/files\"\n\n{}{}{}\
          [[gateway]]\nname = \"g\"\nchannels = [\n\
            {{ network = \"mx\", channel = \"#{alias_name}:localhost\" }},\n\
+           {{ network = \"irc\", channel = \"{irc_channel}\" }},\n\
            {{ network = \"mm\", channel = \"town\" }},\n]\n",
         matrix_network("mx", &url, &bot),
+        irc_network("irc", irc_port, &irc_nick),
         network(&mm, &format!("token = \"{token}\""))
     );
     let dir = tempfile::tempdir().unwrap();
     let mut bridge = Bridge::start(dir.path(), &config);
+    ivan.wait_join(&irc_nick, &irc_channel).await;
     let matrix_bot = format!("@{bot}:localhost");
     carol
         .events_until(&room, Duration::from_mins(1), |events| {
@@ -440,6 +449,47 @@ async fn a_matrix_persons_edits_reactions_files_and_deletes_are_made_as_their_us
     // A redaction deletes her post, as her user.
     carol.redact(&room, &original).await;
     mia.wait_post(&post_id, |p| p.is_none()).await;
+
+    // Mentions: ivan of IRC has his user too; carol naming him is `@ivan-irc` on Mattermost,
+    // and mia's `@carol-mx` is carol's pill on Matrix.
+    let ivan_nick = ivan.nick.clone();
+    let ivan_username = format!("{}-irc", ivan_nick.to_lowercase());
+    ivan.say(&irc_channel, "morning from ivan");
+    wait_user(&mm, &ivan_username).await;
+    carol
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events
+                .iter()
+                .any(|e| e.body().contains("morning from ivan"))
+        })
+        .await;
+    carol.say(&room, &format!("{ivan_nick}: hello ivan")).await;
+    let posts = mia
+        .wait_posts_by(&channel_id, &user_id, |p| {
+            messages(p).iter().any(|m| m.contains("hello ivan"))
+        })
+        .await;
+    assert_eq!(
+        messages(&posts).last().unwrap(),
+        &format!("@{ivan_username}: hello ivan")
+    );
+    mia.say(&channel_id, &format!("@{username} see the doc"))
+        .await;
+    let events = carol
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events.iter().any(|e| e.body().contains("see the doc"))
+        })
+        .await;
+    let event = events
+        .iter()
+        .rev()
+        .find(|e| e.body().contains("see the doc"))
+        .unwrap();
+    assert_eq!(
+        event.content["m.mentions"]["user_ids"],
+        json!([carol.user_id]),
+        "{event:#?}"
+    );
 
     let _ = bridge.terminate();
 }

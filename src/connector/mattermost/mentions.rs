@@ -4,7 +4,9 @@
 //! relayed from another network becomes a mention of that person, and such names written as
 //! words too. Outbound ([`outbound`]), mentions of this server's users become `@username`
 //! (the directory knows them by user id, and their username is the name they are shown under),
-//! the others the names they are shown under here.
+//! the others the names they are shown under here. With `remote_users`, a person who has a
+//! remote user here is that user both ways: `@alice-irc` is a mention of alice of IRC, and a
+//! mention of her from elsewhere is `@alice-irc` ([`inbound_with`], [`outbound_text_with`]).
 //! Must not: know any other network's syntax.
 
 use crate::model::{Delivery, EventBody};
@@ -73,31 +75,49 @@ pub fn outbound_text_with(
     network: &str,
     remote: &dyn Fn(&str, &str) -> Option<String>,
 ) {
-    {
-        rewrite_mentions(
-            text,
-            network,
-            &|user_id, _| {
-                let username = people
-                    .current(network, user_id)
-                    .map_or_else(|| user_id.to_owned(), |(_, username)| username);
-                Some(Mention {
-                    display: format!("@{username}"),
-                    target: MentionTarget::User {
-                        network: network.to_owned(),
-                        user_id: username,
-                    },
-                })
-            },
-            &|other, user_id| {
+    // People of other networks with a remote user here are that user: a mention of it.
+    map_mentions(text, &mut |mention: Mention| {
+        let username = match &mention.target {
+            MentionTarget::User {
+                network: other,
+                user_id,
+            } if other != network => {
                 let current = people.current(other, user_id);
-                let id = current.as_ref().map_or(user_id, |(id, _)| id.as_str());
+                let id = current
+                    .as_ref()
+                    .map_or(user_id.as_str(), |(id, _)| id.as_str());
                 remote(other, id)
-                    .map(|username| format!("@{username}"))
-                    .or_else(|| current.map(|(_, shown)| shown))
+            }
+            _ => None,
+        };
+        Inline::Mention(match username {
+            Some(username) => Mention {
+                display: format!("@{username}"),
+                target: MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id: username,
+                },
             },
-        );
-    }
+            None => mention,
+        })
+    });
+    rewrite_mentions(
+        text,
+        network,
+        &|user_id, _| {
+            let username = people
+                .current(network, user_id)
+                .map_or_else(|| user_id.to_owned(), |(_, username)| username);
+            Some(Mention {
+                display: format!("@{username}"),
+                target: MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id: username,
+                },
+            })
+        },
+        &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+    );
 }
 
 #[cfg(test)]
