@@ -171,12 +171,31 @@ impl MattermostHandle {
                     tracing::debug!(network = %shared.network, "Edit of a message never delivered here; skipped.");
                     return Ok(DeliveryAck::default());
                 };
-                let content = self.render(delivery, *style, text, as_user.is_some());
                 let path = format!("/posts/{post_id}/patch");
-                let body = convert::patch_body(&content.message);
-                self.as_author_or_bridge(token, Method::PUT, &path, Some(&body))
+                let as_author = self.render(delivery, *style, text, as_user.is_some());
+                let body = convert::patch_body(&as_author.message);
+                match shared
+                    .api
+                    .call_as::<Value>(token, Method::PUT, &path, Some(&body))
                     .await
-                    .map_err(|e| delivery_error(&e))?;
+                {
+                    // A post the bridge's account made (before `remote_users`, or as a
+                    // fallback): edited by that account, the sender shown as it was.
+                    Err(ApiError::Status { status: 403, .. }) if token.is_some() => {
+                        let content = self.render(delivery, *style, text, false);
+                        shared
+                            .api
+                            .call::<Value>(
+                                Method::PUT,
+                                &path,
+                                Some(&convert::patch_body(&content.message)),
+                            )
+                            .await
+                            .map_err(|e| delivery_error(&e))?;
+                    }
+                    Err(error) => return Err(delivery_error(&error)),
+                    Ok(_) => {}
+                }
                 Ok(DeliveryAck::default())
             }
             EventBody::Delete { .. } => {
