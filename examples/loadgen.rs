@@ -1603,6 +1603,7 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
                     messages: mapped,
                     rate: 0,
                     warmup: 0,
+                    remote_users: false,
                 },
             )
             .await;

@@ -155,11 +155,11 @@ impl MattermostHandle {
                     None => None,
                 };
                 let (file_ids, not_copied) =
-                    self.upload_files(token, &channel_id, attachments).await?;
+                    self.upload_files(token, channel_id, attachments).await?;
                 let text = crate::connector::with_file_lines(text, not_copied, |_| None);
                 let content = self.render(delivery, *style, &text, as_user.is_some());
                 let post = self
-                    .create_post(token, delivery, &channel_id, content, root_id, &file_ids)
+                    .create_post(token, delivery, channel_id, content, root_id, &file_ids)
                     .await?;
                 Ok(DeliveryAck {
                     remote_id: Some(post.id),
@@ -256,7 +256,7 @@ impl MattermostHandle {
             EventBody::Membership(change) => {
                 let content = convert::membership_content(delivery, change);
                 let post = self
-                    .create_post(None, delivery, &channel_id, content, None, &[])
+                    .create_post(None, delivery, channel_id, content, None, &[])
                     .await?;
                 Ok(DeliveryAck {
                     remote_id: Some(post.id),

@@ -352,9 +352,10 @@ impl RemoteUsers {
         let person = (origin.to_owned(), author.to_owned());
         // Known, with a token, in this channel: the usual case, without waiting for anyone.
         let ready = self.read().ready(&person, channel_id);
-        let (record, token) = match ready {
-            Some(ready) => ready,
-            None => {
+        let (record, token) = if let Some(ready) = ready {
+            ready
+        } else {
+            {
                 let _creating = self.creating.lock().await;
                 let existing = self.read().records.get(&person).cloned();
                 let record = match existing {
@@ -365,9 +366,10 @@ impl RemoteUsers {
                     return Err(Unavailable::Fallback);
                 }
                 let known = self.read().tokens.get(&record.user_id).cloned();
-                let token = match known {
-                    Some(token) => token,
-                    None => {
+                let token = if let Some(token) = known {
+                    token
+                } else {
+                    {
                         // A recorded account without a token (lost, or refused): it may have
                         // been deactivated meanwhile.
                         let user: api::User = api
