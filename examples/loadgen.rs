@@ -119,6 +119,10 @@ struct Drive {
     /// connection's first seconds have stalls of their own).
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// IRC → Mattermost only: the bridge with `remote_users = true` (the system admin's
+    /// token), so every line is posted by the writer's own Mattermost user.
+    #[arg(long)]
+    remote_users: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -1214,7 +1218,26 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     println!("irc → forwarder → mm direct: {chain}");
     writer.join("#lga").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let networks = irc_network("one", server.port, "lgbrone") + mm.network("mm", "").as_str();
+    let mm_network = if drive.remote_users {
+        let token = mm
+            .admin
+            .ok(
+                reqwest::Method::POST,
+                &format!("/users/{}/tokens", mm.admin.id),
+                Some(json!({"description": "loadgen"})),
+            )
+            .await;
+        format!(
+            "[network.mm]\ntype = \"mattermost\"\nurl = \"{}\"\nteam = \"{}\"\n\
+             token = \"{}\"\nremote_users = true\n\n",
+            mm.emu.base_url(),
+            mm.team,
+            token["token"].as_str().expect("token")
+        )
+    } else {
+        mm.network("mm", "")
+    };
+    let networks = irc_network("one", server.port, "lgbrone") + mm_network.as_str();
     let metrics_port = servers::free_port();
     let mut bridge = Daemon::start(
         daemon,
@@ -1229,7 +1252,11 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
         ),
     );
     writer.wait_join("lgbrone", "#lga").await;
-    mm.wait_bot_member(&channel).await;
+    if drive.remote_users {
+        mm.wait_member(&channel, &mm.admin.id).await;
+    } else {
+        mm.wait_bot_member(&channel).await;
+    }
     bridge.wait_log("Channels joined; ready.", 1).await;
     let stages_before = scrape(metrics_port).await;
     let cpu_before = bridge.cpu();
@@ -1249,6 +1276,7 @@ async fn irc_mm(daemon: &Path, drive: Drive) -> Value {
     bridge.terminate();
     json!({
         "rate": drive.rate,
+        "remote_users": drive.remote_users,
         "direct_mattermost": direct,
         "direct_irc_forwarder_mattermost": chain,
         "bridged_irc_to_mattermost": bridged,
@@ -1575,6 +1603,7 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
                     messages: mapped,
                     rate: 0,
                     warmup: 0,
+                    remote_users: false,
                 },
             )
             .await;

@@ -82,6 +82,12 @@ impl Files {
             .map_err(|error| FileError::Io(std::io::Error::other(error)))?
     }
 
+    /// The stored picture of `user` on `network`, if any (read off the async runtime's threads).
+    pub async fn avatar(self: &Arc<Self>, network: &str, user: &str) -> Option<Vec<u8>> {
+        let path = self.store.path(&avatar_name(network, user))?;
+        tokio::fs::read(path).await.ok()
+    }
+
     /// A long-lived link to the picture of `user` on `network`, when one is stored and links
     /// are configured.
     #[must_use]

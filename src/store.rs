@@ -567,6 +567,24 @@ impl Store {
             .optional()?)
     }
 
+    /// Every cursor of `network` whose channel key starts with `prefix`, as (key, value), in
+    /// key order (a connector's own records kept as cursors, e.g. accounts it created).
+    pub fn cursors_with_prefix(
+        &self,
+        network: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let connection = self.read();
+        let mut statement = connection.prepare(
+            "SELECT channel, value FROM cursors WHERE network = ?1 AND substr(channel, 1, ?3) = ?2
+             ORDER BY channel",
+        )?;
+        let rows = statement.query_map(params![network, prefix, prefix.len() as i64], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The routes left to a parallel bridge ([`crate::parallel`]): (origin, destination,
     /// the other bridge's account).
     pub fn parallel_routes(&self) -> Result<Vec<(ChannelRef, ChannelRef, String)>, StoreError> {

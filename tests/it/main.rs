@@ -10,6 +10,7 @@ mod loops;
 mod matrix_cross_signing;
 mod matrix_relay;
 mod mattermost_relay;
+mod mattermost_remote_users;
 mod mentions;
 mod router_store;
 mod security;

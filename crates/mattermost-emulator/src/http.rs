@@ -42,7 +42,13 @@ pub fn router(app: App) -> Router {
         .route("/users/usernames", post(api::users::by_usernames))
         .route("/users/status/ids", post(api::users::statuses))
         .route("/users/username/{name}", get(api::users::by_username))
-        .route("/users/{id}", get(api::users::get))
+        .route(
+            "/users/{id}",
+            get(api::users::get).delete(api::users::deactivate),
+        )
+        .route("/users/{id}/patch", put(api::users::patch))
+        .route("/users/{id}/active", put(api::users::set_active))
+        .route("/users/tokens/revoke", post(api::users::revoke_token))
         .route(
             "/users/{id}/tokens",
             post(api::users::create_token).get(api::users::list_tokens),
@@ -107,7 +113,10 @@ pub fn router(app: App) -> Router {
         .route("/reactions", post(api::reactions::add))
         .route("/hooks/incoming", post(api::hooks::create))
         .route("/hooks/incoming/{id}", get(api::hooks::get))
-        .route("/users/{id}/image", get(api::users::image))
+        .route(
+            "/users/{id}/image",
+            get(api::users::image).post(api::users::set_image),
+        )
         .route("/users/{id}/typing", post(api::users::typing))
         .route("/files", post(api::files::upload))
         .route("/files/{id}", get(api::files::download))

@@ -24,6 +24,12 @@ pub struct User {
     pub bot_owner_id: String,
     pub failed_attempts: u32,
     pub last_password_update: i64,
+    /// `props`: free string map (`PUT /users/{id}/patch` replaces it whole).
+    pub props: Map<String, Value>,
+    /// `last_picture_update`: set by `POST /users/{id}/image` (0: the default picture).
+    pub last_picture_update: i64,
+    /// The uploaded profile image, if any.
+    pub picture: Option<Vec<u8>>,
 }
 
 impl User {
@@ -48,6 +54,9 @@ impl User {
             bot_owner_id: String::new(),
             failed_attempts: 0,
             last_password_update: now,
+            props: Map::new(),
+            last_picture_update: 0,
+            picture: None,
         }
     }
 
@@ -83,6 +92,12 @@ impl User {
             "timezone": {"automaticTimezone": "", "manualTimezone": "", "useAutomaticTimezone": "true"},
             "disable_welcome_email": false,
         });
+        if !self.props.is_empty() {
+            v["props"] = Value::Object(self.props.clone());
+        }
+        if self.last_picture_update > 0 {
+            v["last_picture_update"] = json!(self.last_picture_update);
+        }
         if self.is_bot {
             v["is_bot"] = json!(true);
             if !self.bot_description.is_empty() {

@@ -1,6 +1,7 @@
 //! Fidelity check: the official JS client (`@mattermost/client` Client4 + WebSocketClient, pinned
 //! in `tests/mattermost-client/` at the repository root) logs in, posts, receives its own
-//! `posted` event, edits, reacts, reads `since`, and deletes against the emulator.
+//! `posted` event, edits, reacts, reads `since`, and deletes against the emulator; and, as an
+//! admin, administers users (create, tokens, patch, image, deactivate) as remote users need.
 //! Needs `node` (≥ 20) and `npm`; installs the pinned packages with `npm ci` when
 //! `node_modules` is missing. A missing `node` fails the test with a clear message.
 
@@ -30,8 +31,8 @@ async fn run(cmd: &mut Command, what: &str, limit: Duration) -> std::process::Ou
         .unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
-#[tokio::test]
-async fn official_js_client_drives_the_emulator() {
+/// Checks `node` (≥ 20) and installs the pinned client when missing.
+async fn prepare() -> PathBuf {
     let dir = client_dir();
     let version = run(
         Command::new("node").arg("--version"),
@@ -69,6 +70,12 @@ async fn official_js_client_drives_the_emulator() {
         );
     }
 
+    dir
+}
+
+#[tokio::test]
+async fn official_js_client_drives_the_emulator() {
+    let dir = prepare().await;
     let w = common::world().await;
     let base = w.emu.base_url();
     let out = run(
@@ -97,6 +104,51 @@ async fn official_js_client_drives_the_emulator() {
         "ok - getPostsSince includes the edit-history row",
         "ok - post_deleted event",
         "ok - event seq numbers are consecutive from 0",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+/// User administration as a bridge's remote users need it (create with username rules, team and
+/// channel membership, patch with props, profile image, another user's token, revoke,
+/// deactivation, a non-admin's refusals), driven by the official client.
+#[tokio::test]
+async fn official_js_client_administers_users() {
+    let dir = prepare().await;
+    let w = common::world().await;
+    let base = w.emu.base_url();
+    let out = run(
+        Command::new("node")
+            .arg("users.js")
+            .args([
+                base.as_str(),
+                common::ADMIN,
+                common::ADMIN_PW,
+                "alice",
+                "alice-password",
+                "test",
+                "bridge",
+            ])
+            .current_dir(&dir),
+        "node users.js",
+        Duration::from_secs(60),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "users.js failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert_eq!(stdout.lines().last(), Some("OK"), "stdout:\n{stdout}");
+    for needle in [
+        "ok - a taken username is 400 app.user.save.username_exists.app_error",
+        "ok - patchUser sets nickname and props",
+        "ok - uploadProfileImage",
+        "ok - a post with the token is the user's own post",
+        "ok - a non-admin cannot create another user's token (403)",
+        "ok - a deactivated user's token is refused (401)",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }

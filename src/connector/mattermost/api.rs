@@ -155,13 +155,39 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ApiError> {
+        self.call_as(None, method, path, body).await
+    }
+
+    /// [`Api::call`] with another account's token (`None`: the bridge's own account).
+    pub async fn call_as<T: DeserializeOwned>(
+        &self,
+        as_token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
         let bytes = self
-            .exchange(method, path, |request| match body {
+            .exchange(as_token, method, path, |request| match body {
                 Some(body) => request.json(body),
                 None => request,
             })
             .await?;
         serde_json::from_slice(&bytes).map_err(|error| ApiError::Decode(format!("{path}: {error}")))
+    }
+
+    /// Set a user's profile image (`POST /api/v4/users/{id}/image`, multipart field `image`).
+    pub async fn set_profile_image(&self, user_id: &str, content: &[u8]) -> Result<(), ApiError> {
+        self.exchange(
+            None,
+            Method::POST,
+            &format!("/users/{user_id}/image"),
+            |request| {
+                let part = reqwest::multipart::Part::bytes(content.to_vec()).file_name("avatar");
+                request.multipart(reqwest::multipart::Form::new().part("image", part))
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// A file's content (`GET /api/v4/files/{id}`).
@@ -171,20 +197,22 @@ impl Api {
 
     /// Any binary resource under `/api/v4` (a file, a profile image).
     pub async fn download_path(&self, path: &str) -> Result<Vec<u8>, ApiError> {
-        self.exchange(Method::GET, path, |request| request).await
+        self.exchange(None, Method::GET, path, |request| request)
+            .await
     }
 
     /// Upload one file to a channel (`POST /api/v4/files`, multipart, `channel_id` first):
     /// the new file's id, to attach to a post.
     pub async fn upload(
         &self,
+        as_token: Option<&str>,
         channel_id: &str,
         name: &str,
         mime: &str,
         content: &[u8],
     ) -> Result<String, ApiError> {
         let bytes = self
-            .exchange(Method::POST, "/files", |request| {
+            .exchange(as_token, Method::POST, "/files", |request| {
                 let part =
                     || reqwest::multipart::Part::bytes(content.to_vec()).file_name(name.to_owned());
                 let part = part().mime_str(mime).unwrap_or_else(|_| part());
@@ -207,13 +235,17 @@ impl Api {
     /// (it may be called again: a password session that expired is renewed once).
     async fn exchange(
         &self,
+        as_token: Option<&str>,
         method: Method,
         path: &str,
         attach: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, ApiError> {
         let mut renewed = false;
         loop {
-            let token = self.token().await?;
+            let token = match as_token {
+                Some(token) => token.to_owned(),
+                None => self.token().await?,
+            };
             let request = self
                 .http
                 .request(method.clone(), format!("{}/api/v4{path}", self.base))
@@ -233,6 +265,7 @@ impl Api {
                 Err(error)
                     if error.status() == Some(401)
                         && !renewed
+                        && as_token.is_none()
                         && matches!(self.auth, MattermostAuth::Password { .. }) =>
                 {
                     tracing::info!("Mattermost session expired; logging in again.");
@@ -377,6 +410,12 @@ pub struct User {
     pub id: String,
     /// Its username.
     pub username: String,
+    /// Its roles, space-separated (`system_user system_admin`).
+    pub roles: String,
+    /// Deactivated, ms, or 0.
+    pub delete_at: i64,
+    /// Free-form properties (the bridge marks the accounts it created here).
+    pub props: serde_json::Map<String, Value>,
 }
 
 /// A team.

@@ -66,7 +66,26 @@ pub struct MattermostConfig {
     /// their user ids when it logs in (those given by id are in
     /// `Validated::parallel_bridges`).
     pub parallel_bridge_usernames: Vec<String>,
+    /// People of other networks as real Mattermost users (`remote_users = true`; the account
+    /// must be a system admin's), `None` when off.
+    pub remote_users: Option<RemoteUsersConfig>,
 }
+
+/// `remote_users = true` and its keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteUsersConfig {
+    /// `remote_username_format`: `{NICK}` and `{NETWORK}` (default `{NICK}-{NETWORK}`), before
+    /// lowercasing and sanitising to the username rules.
+    pub username_format: String,
+    /// `remote_email_domain`: the domain of their addresses, one that receives no mail
+    /// (default `bridge.invalid`).
+    pub email_domain: String,
+}
+
+/// The default `remote_username_format`.
+pub const DEFAULT_REMOTE_USERNAME_FORMAT: &str = "{NICK}-{NETWORK}";
+/// The default `remote_email_domain` (`.invalid` is reserved: it never receives mail).
+pub const DEFAULT_REMOTE_EMAIL_DOMAIN: &str = "bridge.invalid";
 
 /// A Mattermost section as written.
 #[derive(Debug, Deserialize)]
@@ -87,6 +106,9 @@ struct RawMattermost {
     tls_ca_file: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
+    remote_users: Option<Spanned<bool>>,
+    remote_username_format: Option<Spanned<String>>,
+    remote_email_domain: Option<Spanned<String>>,
 }
 
 impl NetworkType for Mattermost {
@@ -228,6 +250,7 @@ impl NetworkType for Mattermost {
             .into_iter()
             .map(|name| name.trim_start_matches('@').to_lowercase())
             .collect();
+        let remote_users = remote_users_config(section, &raw);
         if section.has_issues() {
             return None;
         }
@@ -241,9 +264,91 @@ impl NetworkType for Mattermost {
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
                 tls_ca_file,
                 parallel_bridge_usernames,
+                remote_users,
             }),
         })
     }
+}
+
+/// `remote_users` and its two keys, validated (problems reported on `section`).
+fn remote_users_config(
+    section: &mut Section<'_>,
+    raw: &RawMattermost,
+) -> Option<RemoteUsersConfig> {
+    let on = raw.remote_users.as_ref().is_some_and(|v| *v.get_ref());
+    let mut config = RemoteUsersConfig {
+        username_format: DEFAULT_REMOTE_USERNAME_FORMAT.to_owned(),
+        email_domain: DEFAULT_REMOTE_EMAIL_DOMAIN.to_owned(),
+    };
+    if let Some(format) = &raw.remote_username_format {
+        let text = format.get_ref();
+        let rest = text.replace("{NICK}", "").replace("{NETWORK}", "");
+        if !text.contains("{NICK}") {
+            section.report(
+                format.span().start,
+                "remote_username_format",
+                "`remote_username_format` must contain `{NICK}` (and may contain `{NETWORK}`), \
+                 e.g. \"{NICK}-{NETWORK}\"",
+            );
+        } else if rest.contains(['{', '}']) {
+            section.report(
+                format.span().start,
+                "remote_username_format",
+                format!(
+                    "`{text}`: the only placeholders are `{{NICK}}` and `{{NETWORK}}`, \
+                     e.g. \"{{NICK}}-{{NETWORK}}\""
+                ),
+            );
+        }
+        config.username_format.clone_from(text);
+    }
+    if let Some(domain) = &raw.remote_email_domain {
+        let text = domain
+            .get_ref()
+            .trim()
+            .trim_start_matches('@')
+            .to_lowercase();
+        let valid = text.contains('.')
+            && !text.starts_with(['.', '-'])
+            && !text.ends_with(['.', '-'])
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        if !valid {
+            section.report(
+                domain.span().start,
+                "remote_email_domain",
+                format!(
+                    "`{}` is not a mail domain; give one that receives no mail, e.g. \
+                     \"bridge.invalid\"",
+                    domain.get_ref()
+                ),
+            );
+        }
+        config.email_domain = text;
+    }
+    if !on {
+        for (key, value) in [
+            (
+                "remote_username_format",
+                raw.remote_username_format.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "remote_email_domain",
+                raw.remote_email_domain.as_ref().map(|v| v.span().start),
+            ),
+        ] {
+            if let Some(offset) = value {
+                section.report(
+                    offset,
+                    key,
+                    format!("`{key}` applies only with `remote_users = true`"),
+                );
+            }
+        }
+        return None;
+    }
+    Some(config)
 }
 
 impl NetworkSettings for MattermostConfig {
@@ -304,4 +409,72 @@ pub fn is_valid_mattermost_channel(channel: &str) -> bool {
         && channel
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(keys: &str) -> Result<MattermostConfig, Vec<crate::config::ConfigIssue>> {
+        let text = format!(
+            "[network.mm]\ntype = \"mattermost\"\nurl = \"https://chat.example.org\"\n\
+             team = \"t\"\ntoken = \"x\"\n{keys}\n\
+             [[gateway]]\nname = \"g\"\nchannels = [{{ network = \"mm\", channel = \"town\" }}, \
+             {{ network = \"mm\", channel = \"hall\" }}]\n"
+        );
+        crate::config::parse(&text, std::path::Path::new("."), &[]).map(|config| {
+            config.networks[0]
+                .settings_as::<MattermostConfig>()
+                .unwrap()
+                .clone()
+        })
+    }
+
+    #[test]
+    fn remote_users_are_off_by_default_and_take_their_defaults() {
+        assert_eq!(parse("").unwrap().remote_users, None);
+        let on = parse("remote_users = true").unwrap().remote_users.unwrap();
+        assert_eq!(on.username_format, "{NICK}-{NETWORK}");
+        assert_eq!(on.email_domain, "bridge.invalid");
+        let set = parse(
+            "remote_users = true\nremote_username_format = \"{NETWORK}.{NICK}\"\n\
+             remote_email_domain = \"@Nowhere.Invalid\"",
+        )
+        .unwrap()
+        .remote_users
+        .unwrap();
+        assert_eq!(set.username_format, "{NETWORK}.{NICK}");
+        assert_eq!(set.email_domain, "nowhere.invalid");
+    }
+
+    #[test]
+    fn bad_remote_user_keys_are_located() {
+        let issues =
+            parse("remote_users = true\nremote_username_format = \"{NETWORK}\"").unwrap_err();
+        assert_eq!(issues[0].key, "network.mm.remote_username_format");
+        assert_eq!(issues[0].line, Some(7));
+        assert!(
+            issues[0].message.contains("must contain `{NICK}`"),
+            "{issues:?}"
+        );
+        let issues =
+            parse("remote_users = true\nremote_username_format = \"{NICK}{USER}\"").unwrap_err();
+        assert!(
+            issues[0].message.contains("only placeholders"),
+            "{issues:?}"
+        );
+        let issues = parse("remote_users = true\nremote_email_domain = \"no domain\"").unwrap_err();
+        assert_eq!(issues[0].key, "network.mm.remote_email_domain");
+        assert!(
+            issues[0].message.contains("not a mail domain"),
+            "{issues:?}"
+        );
+        let issues = parse("remote_email_domain = \"bridge.invalid\"").unwrap_err();
+        assert!(
+            issues[0]
+                .message
+                .contains("applies only with `remote_users = true`"),
+            "{issues:?}"
+        );
+    }
 }

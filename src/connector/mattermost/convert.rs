@@ -123,6 +123,13 @@ impl Envelope {
             .and_then(|text| serde_json::from_str::<Reaction>(text).ok())
     }
 
+    /// The user of a `user_updated` event (an object there, not a JSON string).
+    pub(super) fn updated_user(&self) -> Option<super::api::User> {
+        self.data
+            .get("user")
+            .and_then(|user| serde_json::from_value(user.clone()).ok())
+    }
+
     /// The `@username` of a `posted` event's sender.
     pub(super) fn sender_name(&self) -> Option<String> {
         self.embedded("sender_name").map(str::to_owned)

@@ -62,6 +62,16 @@ impl TaskState {
                 self.on_reaction(channel_id, &reaction, event == "reaction_removed")
                     .await;
             }
+            "user_updated" => {
+                if let Some(user) = envelope.updated_user()
+                    && user.delete_at > 0
+                {
+                    self.shared
+                        .remote
+                        .deactivated(&self.shared.api, &user.id)
+                        .await;
+                }
+            }
             "user_removed" => {
                 let me = self.shared.me().unwrap_or_default();
                 if envelope.removes(&me, |channel| self.channels.contains_key(channel)) {
@@ -95,7 +105,9 @@ impl TaskState {
     }
 
     fn is_own(&self, user_id: &str, pending_post_id: &str) -> bool {
-        self.shared.me().as_deref() == Some(user_id) || self.shared.is_in_flight(pending_post_id)
+        self.shared.me().as_deref() == Some(user_id)
+            || self.shared.is_in_flight(pending_post_id)
+            || self.shared.remote.is_remote(user_id)
     }
 
     async fn author_of(&mut self, post: &Post, sender_name: Option<&str>) -> Author {
@@ -143,7 +155,13 @@ impl TaskState {
 
     async fn submit(&mut self, mut inbound: Inbound) -> bool {
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut inbound.body {
-            super::mentions::inbound(text, self.shared.context.router.people(), self.network());
+            let remote = &self.shared.remote;
+            super::mentions::inbound_with(
+                text,
+                self.shared.context.router.people(),
+                self.network(),
+                &|username| remote.person_of_username(username),
+            );
         }
         match self.shared.context.router.submit(inbound).await {
             Ok(crate::store::CommitOutcome::Committed { message_id, .. }) => message_id > 0,

@@ -17,6 +17,7 @@ use super::Shared;
 use super::api::{ApiError, Post};
 use super::convert::{self, PostContent, SenderShown};
 use super::emoji;
+use super::remote::{RemoteUser, Unavailable};
 use crate::connector::{BoxFuture, DeliverWhole, DeliveryError, render_sender};
 use crate::model::{Attachment, Delivery, DeliveryAck, EventBody, TextStyle, now_ms};
 use crate::richtext::FormattedText;
@@ -95,6 +96,53 @@ impl MattermostHandle {
                 reason: "not connected to Mattermost yet".into(),
             });
         };
+        // The person's own account (remote_users), for what a person does; the bridge's
+        // account for membership notices and whenever the feature is off or refused.
+        let as_user = match &delivery.body {
+            EventBody::Membership(_) => None,
+            _ => match shared
+                .remote
+                .ensure(
+                    &shared.api,
+                    &shared.context.files,
+                    &delivery.origin.network,
+                    &delivery.author.id,
+                    &delivery.author.display_name,
+                    &channel_id,
+                )
+                .await
+            {
+                Ok(user) => Some(user),
+                Err(Unavailable::Fallback) => None,
+                Err(Unavailable::Retry(error)) => return Err(delivery_error(&error)),
+            },
+        };
+        let result = self
+            .deliver_as(delivery, &me, &channel_id, as_user.as_ref())
+            .await;
+        // A remote user's token refused (401), or the user no longer in the channel (403): what
+        // the bridge remembers of it is checked again on the retry.
+        if let (Some(user), Err(DeliveryError::Retry { reason, .. })) = (&as_user, &result) {
+            if reason.starts_with("HTTP 401") {
+                shared.remote.token_refused(&user.user_id);
+            } else if reason.starts_with("HTTP 403") {
+                shared.remote.membership_refused(&user.user_id, &channel_id);
+            }
+        }
+        result
+    }
+
+    /// [`MattermostHandle::deliver`] once the account to act with is known (`as_user`: the
+    /// person's remote user, else the bridge's account).
+    async fn deliver_as(
+        &self,
+        delivery: &Delivery,
+        me: &str,
+        channel_id: &str,
+        as_user: Option<&RemoteUser>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let shared = &self.shared;
+        let token = as_user.map(|user| user.token.as_str());
         match &delivery.body {
             EventBody::Text {
                 style,
@@ -106,11 +154,12 @@ impl MattermostHandle {
                     Some(id) => self.thread_root(&id).await?,
                     None => None,
                 };
-                let (file_ids, not_copied) = self.upload_files(&channel_id, attachments).await?;
+                let (file_ids, not_copied) =
+                    self.upload_files(token, channel_id, attachments).await?;
                 let text = crate::connector::with_file_lines(text, not_copied, |_| None);
-                let content = self.render(delivery, *style, &text);
+                let content = self.render(delivery, *style, &text, as_user.is_some());
                 let post = self
-                    .create_post(delivery, &channel_id, content, root_id, &file_ids)
+                    .create_post(token, delivery, channel_id, content, root_id, &file_ids)
                     .await?;
                 Ok(DeliveryAck {
                     remote_id: Some(post.id),
@@ -122,16 +171,31 @@ impl MattermostHandle {
                     tracing::debug!(network = %shared.network, "Edit of a message never delivered here; skipped.");
                     return Ok(DeliveryAck::default());
                 };
-                let content = self.render(delivery, *style, text);
-                shared
+                let path = format!("/posts/{post_id}/patch");
+                let as_author = self.render(delivery, *style, text, as_user.is_some());
+                let body = convert::patch_body(&as_author.message);
+                match shared
                     .api
-                    .call::<Value>(
-                        Method::PUT,
-                        &format!("/posts/{post_id}/patch"),
-                        Some(&convert::patch_body(&content.message)),
-                    )
+                    .call_as::<Value>(token, Method::PUT, &path, Some(&body))
                     .await
-                    .map_err(|e| delivery_error(&e))?;
+                {
+                    // A post the bridge's account made (before `remote_users`, or as a
+                    // fallback): edited by that account, the sender shown as it was.
+                    Err(ApiError::Status { status: 403, .. }) if token.is_some() => {
+                        let content = self.render(delivery, *style, text, false);
+                        shared
+                            .api
+                            .call::<Value>(
+                                Method::PUT,
+                                &path,
+                                Some(&convert::patch_body(&content.message)),
+                            )
+                            .await
+                            .map_err(|e| delivery_error(&e))?;
+                    }
+                    Err(error) => return Err(delivery_error(&error)),
+                    Ok(_) => {}
+                }
                 Ok(DeliveryAck::default())
             }
             EventBody::Delete { .. } => {
@@ -139,9 +203,8 @@ impl MattermostHandle {
                 else {
                     return Ok(DeliveryAck::default());
                 };
-                match shared
-                    .api
-                    .call::<Value>(Method::DELETE, &format!("/posts/{post_id}"), None)
+                match self
+                    .as_author_or_bridge(token, Method::DELETE, &format!("/posts/{post_id}"), None)
                     .await
                 {
                     // Already gone (deleted here too, or with its thread root).
@@ -160,22 +223,25 @@ impl MattermostHandle {
                     tracing::info!(network = %shared.network, key = %key, dropped_so_far = count, "Reaction has no Mattermost emoji; not relayed.");
                     return Ok(DeliveryAck::default());
                 };
+                let reactor = as_user.as_ref().map_or(me, |user| user.user_id.as_str());
                 let result = if *removed {
                     shared
                         .api
-                        .call::<Value>(
+                        .call_as::<Value>(
+                            token,
                             Method::DELETE,
-                            &format!("/users/{me}/posts/{post_id}/reactions/{name}"),
+                            &format!("/users/{reactor}/posts/{post_id}/reactions/{name}"),
                             None,
                         )
                         .await
                 } else {
                     shared
                         .api
-                        .call::<Value>(
+                        .call_as::<Value>(
+                            token,
                             Method::POST,
                             "/reactions",
-                            Some(&convert::reaction_body(&me, &post_id, &name)),
+                            Some(&convert::reaction_body(reactor, &post_id, &name)),
                         )
                         .await
                 };
@@ -190,7 +256,7 @@ impl MattermostHandle {
             EventBody::Membership(change) => {
                 let content = convert::membership_content(delivery, change);
                 let post = self
-                    .create_post(delivery, &channel_id, content, None, &[])
+                    .create_post(None, delivery, channel_id, content, None, &[])
                     .await?;
                 Ok(DeliveryAck {
                     remote_id: Some(post.id),
@@ -199,12 +265,43 @@ impl MattermostHandle {
         }
     }
 
+    /// A change to a post as its author's remote user (`token`), or as the bridge's account
+    /// when there is none or the post is not theirs (made by the bridge before `remote_users`
+    /// was on: a 403 for the remote user, which an admin's account may still do).
+    async fn as_author_or_bridge(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let api = &self.shared.api;
+        match api
+            .call_as::<Value>(token, method.clone(), path, body)
+            .await
+        {
+            Err(ApiError::Status { status: 403, .. }) if token.is_some() => {
+                api.call::<Value>(method, path, body).await
+            }
+            other => other,
+        }
+    }
+
     /// The post type, message and props for a text: the sender as an override where the
     /// server allows it, else prefixed by `remote_nick_format`.
-    fn render(&self, delivery: &Delivery, style: TextStyle, text: &FormattedText) -> PostContent {
+    fn render(
+        &self,
+        delivery: &Delivery,
+        style: TextStyle,
+        text: &FormattedText,
+        as_author: bool,
+    ) -> PostContent {
         let context = &self.shared.context;
         let settings = context.gateway(&delivery.gateway);
-        let sender = if self.shared.config.sender_override {
+        let sender = if as_author {
+            // Posted by the person's own account: the author is shown by the server.
+            SenderShown::Prefix(String::new())
+        } else if self.shared.config.sender_override {
             SenderShown::Override {
                 icon_url: context
                     .files
@@ -218,7 +315,13 @@ impl MattermostHandle {
             ))
         };
         let mut text = text.clone();
-        super::mentions::outbound_text(&mut text, context.router.people(), &self.shared.network);
+        let remote = &self.shared.remote;
+        super::mentions::outbound_text_with(
+            &mut text,
+            context.router.people(),
+            &self.shared.network,
+            &|origin, author| remote.username_of(origin, author),
+        );
         convert::post_content(delivery, style, &text, &settings, now_ms(), sender)
     }
 
@@ -227,6 +330,7 @@ impl MattermostHandle {
     /// or not allowed).
     async fn upload_files<'a>(
         &self,
+        token: Option<&str>,
         channel_id: &str,
         attachments: &'a [Attachment],
     ) -> Result<(Vec<String>, Vec<&'a Attachment>), DeliveryError> {
@@ -246,7 +350,13 @@ impl MattermostHandle {
             };
             match shared
                 .api
-                .upload(channel_id, &attachment.name, &attachment.mime, &content)
+                .upload(
+                    token,
+                    channel_id,
+                    &attachment.name,
+                    &attachment.mime,
+                    &content,
+                )
                 .await
             {
                 Ok(id) => file_ids.push(id),
@@ -281,6 +391,7 @@ impl MattermostHandle {
 
     async fn create_post(
         &self,
+        token: Option<&str>,
         delivery: &Delivery,
         channel_id: &str,
         content: PostContent,
@@ -296,7 +407,7 @@ impl MattermostHandle {
             .insert(delivery.id.clone());
         let result = shared
             .api
-            .call::<Post>(Method::POST, "/posts", Some(&body))
+            .call_as::<Post>(token, Method::POST, "/posts", Some(&body))
             .await;
         shared
             .in_flight

@@ -4,7 +4,9 @@
 //! relayed from another network becomes a mention of that person, and such names written as
 //! words too. Outbound ([`outbound`]), mentions of this server's users become `@username`
 //! (the directory knows them by user id, and their username is the name they are shown under),
-//! the others the names they are shown under here.
+//! the others the names they are shown under here. With `remote_users`, a person who has a
+//! remote user here is that user both ways: `@alice-irc` is a mention of alice of IRC, and a
+//! mention of her from elsewhere is `@alice-irc` ([`inbound_with`], [`outbound_text_with`]).
 //! Must not: know any other network's syntax.
 
 use crate::model::{Delivery, EventBody};
@@ -16,17 +18,30 @@ use crate::vocab::People;
 /// The text of a post on Mattermost network `network`, with the names of people relayed from
 /// elsewhere as their mentions.
 pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
-    if people.is_empty() {
-        return;
-    }
+    inbound_with(text, people, network, &|_| None);
+}
+
+/// [`inbound`], where `remote` names the person (origin network, their id there) a remote
+/// user of this network stands for, by username: `@alice-irc` is a mention of `alice` on IRC.
+pub fn inbound_with(
+    text: &mut FormattedText,
+    people: &People,
+    network: &str,
+    remote: &dyn Fn(&str) -> Option<(String, String)>,
+) {
     map_mentions(text, &mut |mention: Mention| {
         let relayed = match &mention.target {
             MentionTarget::User {
                 network: of,
                 user_id,
-            } if of == network && !people.is_native(network, user_id) => {
-                people.shown_as(network, user_id)
-            }
+            } if of == network => match remote(user_id) {
+                Some((origin, author)) => Some(MentionTarget::User {
+                    network: origin,
+                    user_id: author,
+                }),
+                None if !people.is_native(network, user_id) => people.shown_as(network, user_id),
+                None => None,
+            },
             _ => None,
         };
         Inline::Mention(match relayed {
@@ -34,7 +49,9 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str) {
             None => mention,
         })
     });
-    detect_mentions(text, &|word| people.shown_as(network, word));
+    if !people.is_empty() {
+        detect_mentions(text, &|word| people.shown_as(network, word));
+    }
 }
 
 /// The text of a delivery to Mattermost network `network`: its users as `@username`, everyone
@@ -47,25 +64,60 @@ pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
 
 /// [`outbound`] of one text.
 pub fn outbound_text(text: &mut FormattedText, people: &People, network: &str) {
-    {
-        rewrite_mentions(
-            text,
-            network,
-            &|user_id, _| {
-                let username = people
-                    .current(network, user_id)
-                    .map_or_else(|| user_id.to_owned(), |(_, username)| username);
-                Some(Mention {
-                    display: format!("@{username}"),
-                    target: MentionTarget::User {
-                        network: network.to_owned(),
-                        user_id: username,
-                    },
-                })
+    outbound_text_with(text, people, network, &|_, _| None);
+}
+
+/// [`outbound_text`], where `remote` gives the username of the remote user a person (origin
+/// network, their id there) has here: they are mentioned as `@username`, which notifies them.
+pub fn outbound_text_with(
+    text: &mut FormattedText,
+    people: &People,
+    network: &str,
+    remote: &dyn Fn(&str, &str) -> Option<String>,
+) {
+    // People of other networks with a remote user here are that user: a mention of it.
+    map_mentions(text, &mut |mention: Mention| {
+        let username = match &mention.target {
+            MentionTarget::User {
+                network: other,
+                user_id,
+            } if other != network => {
+                let current = people.current(other, user_id);
+                let id = current
+                    .as_ref()
+                    .map_or(user_id.as_str(), |(id, _)| id.as_str());
+                remote(other, id)
+            }
+            _ => None,
+        };
+        Inline::Mention(match username {
+            Some(username) => Mention {
+                display: format!("@{username}"),
+                target: MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id: username,
+                },
             },
-            &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
-        );
-    }
+            None => mention,
+        })
+    });
+    rewrite_mentions(
+        text,
+        network,
+        &|user_id, _| {
+            let username = people
+                .current(network, user_id)
+                .map_or_else(|| user_id.to_owned(), |(_, username)| username);
+            Some(Mention {
+                display: format!("@{username}"),
+                target: MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id: username,
+                },
+            })
+        },
+        &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+    );
 }
 
 #[cfg(test)]

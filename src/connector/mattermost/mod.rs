@@ -17,6 +17,8 @@
 //!   `pending_post_id`).
 //! - [`emoji`]: emoji names ⇄ reaction keys.
 //! - [`mentions`]: `@username` ⇄ mentions, names of relayed people found in posts.
+//! - [`remote`]: `remote_users`, people of other networks as Mattermost users of their own
+//!   (created once, posting with their own token).
 //! - Here: [`build`], the state the handle and the session share (the one copy of the
 //!   [`BuildContext`]), and the task that runs the session under the supervisor.
 //!
@@ -46,6 +48,7 @@ pub mod emoji;
 mod events;
 mod handle;
 pub mod mentions;
+pub mod remote;
 mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -76,6 +79,8 @@ struct Shared {
     dropped_reactions: AtomicU64,
     /// TLS for the WebSocket when extra roots are configured (else the library default).
     websocket_tls: Option<tokio_tungstenite::Connector>,
+    /// People of other networks as Mattermost users of their own (`remote_users`).
+    remote: remote::RemoteUsers,
     /// What the daemon gave this network (router, store, files, gateways, shutdown): the one
     /// copy, which the handle and the session both reach through here.
     context: BuildContext,
@@ -129,8 +134,15 @@ pub fn build(
                 None
             }
         });
+    let remote = remote::RemoteUsers::load(
+        network,
+        config.remote_users.clone(),
+        &context.store,
+        &context.state_dir,
+    );
     let shared = Arc::new(Shared {
         network: network.to_owned(),
+        remote,
         api: Api::new(&config.url, config.auth.clone(), extra_roots.as_deref()),
         websocket_tls: extra_roots.as_deref().map(session::websocket_tls),
         config,

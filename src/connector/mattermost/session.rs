@@ -214,6 +214,7 @@ impl TaskState {
             self.team_id = Some(team.id.clone());
             team.id
         };
+        self.shared.remote.check_at_start(api, &me, &team_id).await;
         let mut ids = HashMap::new();
         for configured in &self.shared.context.channels {
             let path = match configured.strip_prefix("id:") {

@@ -151,6 +151,32 @@ struct CreateUserReq {
     last_name: String,
     #[serde(default)]
     position: String,
+    #[serde(default)]
+    props: serde_json::Map<String, Value>,
+}
+
+/// `User.IsValid` on the free-text fields: 400 `model.user.is_valid.<field>.app_error` when
+/// longer than the server keeps (nickname, first and last name 64 runes, position 128).
+fn check_user_fields(fields: &[(&str, Option<&String>)]) -> Result<(), ApiError> {
+    for (field, value) in fields {
+        let max = if *field == "position" { 128 } else { 64 };
+        if value.is_some_and(|v| v.chars().count() > max) {
+            return Err(ApiError::bad_request(
+                &format!("model.user.is_valid.{field}.app_error"),
+                "Invalid user field.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Props are a string map (`StringMap`): any other value is a malformed body.
+fn check_props(props: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    if props.values().all(Value::is_string) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_body("user"))
+    }
 }
 
 fn check_new_username(st: &St, name: &str) -> Result<(), ApiError> {
@@ -204,6 +230,13 @@ pub async fn create(
             "An account with that email already exists.",
         ));
     }
+    check_user_fields(&[
+        ("nickname", Some(&req.nickname)),
+        ("first_name", Some(&req.first_name)),
+        ("last_name", Some(&req.last_name)),
+        ("position", Some(&req.position)),
+    ])?;
+    check_props(&req.props)?;
     if req.password.chars().count() < MIN_PASSWORD || req.password.len() > 72 {
         return Err(ApiError::bad_request(
             "model.user.is_valid.pwd_length.app_error",
@@ -216,6 +249,7 @@ pub async fn create(
     user.first_name = req.first_name;
     user.last_name = req.last_name;
     user.position = req.position;
+    user.props = req.props;
     let v = user.to_json();
     let id = user.id.clone();
     st.users.insert(id.clone(), user);
@@ -487,11 +521,255 @@ pub async fn image(State(app): State<App>, Auth(c): Auth, Path(id): Path<String>
             "Unable to find the user.",
         ));
     }
-    Ok(crate::http::bytes_response(
-        "image/png",
-        Vec::new(),
-        AVATAR_PNG.to_vec(),
-    ))
+    let st = app.lock();
+    let (kind, data) = match st.users.get(&id).and_then(|u| u.picture.clone()) {
+        Some(p) => (image_kind(&p).unwrap_or("image/png"), p),
+        None => ("image/png", AVATAR_PNG.to_vec()),
+    };
+    drop(st);
+    Ok(crate::http::bytes_response(kind, Vec::new(), data))
+}
+
+/// The MIME type of an image the server can decode (PNG, JPEG, GIF, BMP, WebP), by its magic.
+fn image_kind(data: &[u8]) -> Option<&'static str> {
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if data.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if data.starts_with(b"BM") {
+        Some("image/bmp")
+    } else if data.len() > 12 && data.starts_with(b"RIFF") && &data[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// `SessionHasPermissionToUser`: the user themself, or a holder of `edit_other_users` (an admin).
+fn may_edit_user(c: &crate::state::Caller, id: &str) -> bool {
+    c.user_id == id || c.is_admin
+}
+
+fn missing_user() -> ApiError {
+    ApiError::not_found("app.user.missing_account.const", "Unable to find the user.")
+}
+
+/// `POST /users/{id}/image` (multipart, field `image`) → 200 `{"status":"OK"}`; sets
+/// `last_picture_update`. 400 `no_file` without the field, 400 `decode` for a non-image.
+pub async fn set_image(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> ApiResult {
+    use axum::extract::{FromRequest, Multipart};
+    let id = path_user_id(&id, &c.user_id)?;
+    if !may_edit_user(&c, &id) {
+        return Err(ApiError::forbidden());
+    }
+    let parse_err = || {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api.user.upload_profile_user.parse.app_error",
+            "Could not parse multipart form.",
+        )
+    };
+    let mut mp = Multipart::from_request(req, &app)
+        .await
+        .map_err(|_| parse_err())?;
+    let mut image = None;
+    while let Some(field) = mp.next_field().await.map_err(|_| parse_err())? {
+        if field.name() == Some("image") && image.is_none() {
+            image = Some(field.bytes().await.map_err(|_| parse_err())?.to_vec());
+        }
+    }
+    let Some(data) = image else {
+        return Err(ApiError::bad_request(
+            "api.user.upload_profile_user.no_file.app_error",
+            "No file under 'image' in request.",
+        ));
+    };
+    if data.len() > crate::http::MAX_FILE_SIZE {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "api.user.upload_profile_user.too_large.app_error",
+            "Unable to upload profile image. File is too large.",
+        ));
+    }
+    if image_kind(&data).is_none() {
+        return Err(ApiError::bad_request(
+            "api.user.upload_profile_user.decode.app_error",
+            "Could not decode profile image.",
+        ));
+    }
+    let mut st = app.lock();
+    let now = st.now();
+    let user = st.users.get_mut(&id).ok_or_else(missing_user)?;
+    user.picture = Some(data);
+    user.last_picture_update = now;
+    user.update_at = now;
+    let v = user.to_json();
+    st.publish("user_updated", json!({"user": v}), Broadcast::default());
+    Ok(status_ok())
+}
+
+#[derive(Deserialize)]
+struct PatchUserReq {
+    username: Option<String>,
+    nickname: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    position: Option<String>,
+    locale: Option<String>,
+    props: Option<serde_json::Map<String, Value>>,
+}
+
+/// `PUT /users/{id}/patch` → 200 User: the fields present replace the stored ones (`props`
+/// whole). The user themself or an admin; a changed username follows the username rules.
+pub async fn patch(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let id = path_user_id(&id, &c.user_id)?;
+    let req: PatchUserReq = parse_json(&body, "user")?;
+    if !may_edit_user(&c, &id) {
+        return Err(ApiError::forbidden());
+    }
+    let mut st = app.lock();
+    let current = st.users.get(&id).cloned().ok_or_else(missing_user)?;
+    if let Some(name) = &req.username {
+        let name = name.to_lowercase();
+        if name != current.username {
+            check_new_username(&st, &name)?;
+        }
+    }
+    check_user_fields(&[
+        ("nickname", req.nickname.as_ref()),
+        ("first_name", req.first_name.as_ref()),
+        ("last_name", req.last_name.as_ref()),
+        ("position", req.position.as_ref()),
+    ])?;
+    if let Some(props) = &req.props {
+        check_props(props)?;
+    }
+    let now = st.now();
+    let user = st.users.get_mut(&id).ok_or_else(missing_user)?;
+    if let Some(v) = req.username {
+        user.username = v.to_lowercase();
+    }
+    if let Some(v) = req.nickname {
+        user.nickname = v;
+    }
+    if let Some(v) = req.first_name {
+        user.first_name = v;
+    }
+    if let Some(v) = req.last_name {
+        user.last_name = v;
+    }
+    if let Some(v) = req.position {
+        user.position = v;
+    }
+    if let Some(v) = req.locale {
+        user.locale = v;
+    }
+    if let Some(v) = req.props {
+        user.props = v;
+    }
+    user.update_at = now;
+    let v = user.to_json();
+    st.publish(
+        "user_updated",
+        json!({"user": v.clone()}),
+        Broadcast::default(),
+    );
+    Ok(json_response(StatusCode::OK, v))
+}
+
+/// `DELETE /users/{id}` (deactivate) → 200 OK: an admin for anyone else (403 otherwise). The
+/// user's sessions end; their access tokens stop working (a deactivated user has no session).
+pub async fn deactivate(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = path_user_id(&id, &c.user_id)?;
+    if id != c.user_id && !c.is_admin {
+        return Err(ApiError::forbidden());
+    }
+    let mut st = app.lock();
+    let now = st.now();
+    let user = st.users.get_mut(&id).ok_or_else(missing_user)?;
+    if user.delete_at == 0 {
+        user.delete_at = now;
+    }
+    user.update_at = now;
+    let v = user.to_json();
+    st.sessions
+        .retain(|_, s| s.user_id != id || !s.token_id.is_empty());
+    st.publish("user_updated", json!({"user": v}), Broadcast::default());
+    Ok(status_ok())
+}
+
+#[derive(Deserialize)]
+struct ActiveReq {
+    active: bool,
+}
+
+/// `PUT /users/{id}/active` `{"active":bool}` → 200 OK: deactivates (as `DELETE /users/{id}`)
+/// or reactivates; an admin for anyone else.
+pub async fn set_active(
+    State(app): State<App>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let req: ActiveReq = parse_json(&body, "active")?;
+    if !req.active {
+        return deactivate(State(app), Auth(c), Path(id)).await;
+    }
+    let id = path_user_id(&id, &c.user_id)?;
+    if !c.is_admin {
+        return Err(ApiError::forbidden());
+    }
+    let mut st = app.lock();
+    let now = st.now();
+    let user = st.users.get_mut(&id).ok_or_else(missing_user)?;
+    user.delete_at = 0;
+    user.update_at = now;
+    let v = user.to_json();
+    st.publish("user_updated", json!({"user": v}), Broadcast::default());
+    Ok(status_ok())
+}
+
+#[derive(Deserialize)]
+struct RevokeReq {
+    #[serde(default)]
+    token_id: String,
+}
+
+/// `POST /users/tokens/revoke` `{"token_id"}` → 200 OK: the token is deleted and its session
+/// ends. The owner or an admin; unknown → 404.
+pub async fn revoke_token(State(app): State<App>, Auth(c): Auth, body: Bytes) -> ApiResult {
+    let req: RevokeReq = parse_json(&body, "token_id")?;
+    let token_id =
+        check_id(&req.token_id, "token_id").map_err(|_| ApiError::invalid_body("token_id"))?;
+    let mut st = app.lock();
+    let Some(tok) = st.tokens.get(&token_id).cloned() else {
+        return Err(ApiError::not_found(
+            "app.user_access_token.get_by_user.app_error",
+            "Unable to get user access token.",
+        ));
+    };
+    if tok.user_id != c.user_id && !c.is_admin {
+        return Err(ApiError::forbidden());
+    }
+    st.tokens.remove(&token_id);
+    st.sessions.retain(|_, s| s.token_id != token_id);
+    Ok(status_ok())
 }
 
 #[derive(Deserialize)]
