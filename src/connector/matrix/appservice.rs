@@ -477,7 +477,7 @@ impl Shared {
                             missing += 1;
                             continue;
                         };
-                        tracing::info!(network = %self.network, channel, room_id, "Joined.");
+                        tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
                         if self.is_encrypted(room_id).await {
                             self.note_encrypted(room_id);
                         }

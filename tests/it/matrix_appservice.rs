@@ -1,0 +1,350 @@
+//! `mode = "appservice"` through the real daemon, a real Synapse (started with the registration
+//! `tribridge appservice-registration` prints) and a real `InspIRCd`: IRC people appear in
+//! Matrix as ghosts, Matrix people reach IRC as before, the transaction endpoint refuses a
+//! wrong `hs_token` and relays a transaction pushed again only once, and a message said while
+//! Synapse was down carries the time it was said.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::support::bridge::{Bridge, unique};
+use crate::support::config::{irc_network, one_gateway};
+use crate::support::irc_client::{IrcClient, texts};
+use crate::support::matrix_client::MatrixUser;
+use crate::support::servers::{Synapse, free_port, shared_inspircd};
+
+/// A Matrix network in appservice mode on `homeserver`, listening on `port`.
+fn appservice_network(id: &str, homeserver: &str, port: u16, bot: &str) -> String {
+    format!(
+        "[network.{id}]\ntype = \"matrix\"\nmode = \"appservice\"\nhomeserver = \"{homeserver}\"\n\
+         server_name = \"localhost\"\nlisten = \"127.0.0.1:{port}\"\n\
+         url = \"http://127.0.0.1:{port}\"\nsender_localpart = \"{bot}\"\n\n"
+    )
+}
+
+/// Run `tribridge appservice-registration` on `dir/bridges.toml`.
+fn registration(dir: &Path, network: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .arg("appservice-registration")
+        .arg("--config")
+        .arg(dir.join("bridges.toml"))
+        .arg("--network")
+        .arg(network)
+        .output()
+        .expect("run tribridge appservice-registration");
+    assert!(
+        output.status.success(),
+        "appservice-registration failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 YAML")
+}
+
+/// The value of a top-level `key: "value"` line of the registration.
+fn yaml_value(yaml: &str, key: &str) -> String {
+    let line = yaml
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key} in {yaml}"));
+    serde_json::from_str::<String>(line).unwrap_or_else(|_| line.to_owned())
+}
+
+/// A Matrix person's own view of a room: its events over `/messages`, with their timestamps.
+struct View {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl View {
+    async fn login(base: &str, user: &str) -> View {
+        let http = reqwest::Client::new();
+        let reply: Value = http
+            .post(format!("{base}/_matrix/client/v3/login"))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": "password",
+            }))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("login JSON");
+        View {
+            base: base.to_owned(),
+            token: reply["access_token"].as_str().expect("token").to_owned(),
+            http,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    /// The room's `m.room.message` events, oldest first.
+    async fn messages(&self, room: &str) -> Vec<Value> {
+        let reply = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                encode(room)
+            ))
+            .await;
+        let mut events: Vec<Value> = reply["chunk"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .collect();
+        events.reverse();
+        events
+    }
+
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// Synapse with the bridge's registration, a room with a Matrix person, an IRC channel with a
+/// person, and the bridge in appservice mode between them.
+struct Setup {
+    synapse: Synapse,
+    room: String,
+    channel: String,
+    irc: IrcClient,
+    matrix: MatrixUser,
+    view: View,
+    hs_token: String,
+    listen_port: u16,
+    bridge: Bridge,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(gateway_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let irc_port = shared_inspircd().port;
+    let listen_port = free_port();
+    let bot = unique("asbot");
+    let nick = unique("bras");
+    let channel = unique("#as");
+    let alias_name = unique("asroom");
+    let alias = format!("#{alias_name}:localhost");
+    let config = |homeserver: &str| {
+        one_gateway(
+            &[
+                irc_network("irc", irc_port, &nick),
+                appservice_network("mx", homeserver, listen_port, &bot),
+            ],
+            &[("irc", &channel), ("mx", &alias)],
+        ) + gateway_extra
+    };
+    // The registration is made before the homeserver exists (it connects nowhere); the tokens
+    // it generates stay in the state folder for the daemon.
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config("http://127.0.0.1:1"),
+    )
+    .unwrap();
+    let yaml = registration(dir.path(), "mx");
+    let hs_token = yaml_value(&yaml, "hs_token");
+    assert_eq!(yaml_value(&yaml, "url"), format!("http://127.0.0.1:{listen_port}"));
+    assert!(yaml.contains("rate_limited: false"), "{yaml}");
+    assert_eq!(
+        registration(dir.path(), "mx"),
+        yaml,
+        "a second run prints the same tokens"
+    );
+    let registration_file = dir.path().join("registration.yaml");
+    std::fs::write(&registration_file, &yaml).unwrap();
+    let synapse = Synapse::start_with(&format!(
+        "\napp_service_config_files: [\"{}\"]\n",
+        registration_file.display()
+    ));
+    let url = synapse.url();
+    let matrix = MatrixUser::new(&url, &unique("mira")).await;
+    let room = matrix.create_room(&alias_name).await;
+    let view = View::login(&url, &crate::support::matrix_client::local_part(&matrix.user_id)).await;
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let bridge = Bridge::start(dir.path(), &config(&url));
+    irc.wait_join(&nick, &channel).await;
+    bridge.wait_for_log("The bot joined the room.").await;
+    Setup {
+        synapse,
+        room,
+        channel,
+        irc,
+        matrix,
+        view,
+        hs_token,
+        listen_port,
+        bridge,
+        _dir: dir,
+    }
+}
+
+/// What the IRC person of `setup` is called.
+fn irc_nick(setup: &Setup) -> String {
+    setup.irc.nick.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_irc_person_is_a_ghost_in_matrix_and_matrix_reaches_irc_as_before() {
+    let mut s = setup("").await;
+    let ivan = irc_nick(&s);
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "hi");
+    s.irc.say(&s.channel, "hi again asmark1");
+    let events = s.matrix.messages_until(&s.room, "asmark1").await;
+    let ghost = format!("@irc_{ivan}:localhost");
+    let relayed: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.sender.as_str(), e.body()))
+        .collect();
+    assert_eq!(
+        relayed,
+        vec![(ghost.as_str(), "hi"), (ghost.as_str(), "hi again asmark1")],
+        "the ghost says the text, no prefix"
+    );
+    let profile = s
+        .view
+        .get(&format!("/_matrix/client/v3/profile/{}", encode(&ghost)))
+        .await;
+    assert_eq!(profile["displayname"], format!("{ivan} (irc)"));
+
+    let mut matrix = s.matrix;
+    matrix.say(&s.room, "hello from matrix asmark2").await;
+    let lines = s.irc.texts_until(&s.channel, "asmark2").await;
+    let name = crate::support::matrix_client::local_part(&matrix.user_id);
+    assert_eq!(
+        texts(&lines),
+        vec![format!("<{name}> hello from matrix asmark2")]
+    );
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_hs_token_is_refused_and_a_transaction_pushed_again_is_relayed_once() {
+    let mut s = setup("").await;
+    let endpoint = format!(
+        "http://127.0.0.1:{}/_matrix/app/v1/transactions/",
+        s.listen_port
+    );
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let event = |body: &str, id: &str| {
+        json!({"events": [{
+            "type": "m.room.message",
+            "room_id": s.room,
+            "sender": s.matrix.user_id,
+            "event_id": id,
+            "origin_server_ts": now,
+            "content": {"msgtype": "m.text", "body": body},
+        }]})
+    };
+    let wrong = http
+        .put(format!("{endpoint}forged1"))
+        .bearer_auth("not-the-token")
+        .json(&event("forged text", "$forged1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 403);
+    let missing = http
+        .put(format!("{endpoint}forged2"))
+        .json(&event("forged text", "$forged2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 401);
+    for _ in 0..2 {
+        let pushed = http
+            .put(format!("{endpoint}again1"))
+            .bearer_auth(&s.hs_token)
+            .json(&event("pushed twice", "$again1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pushed.status().as_u16(), 200);
+    }
+    let ping = http
+        .post(format!(
+            "http://127.0.0.1:{}/_matrix/app/v1/ping",
+            s.listen_port
+        ))
+        .bearer_auth(&s.hs_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status().as_u16(), 200);
+    let mut matrix = s.matrix;
+    matrix.say(&s.room, "after the pushes asmark3").await;
+    let lines = s.irc.texts_until(&s.channel, "asmark3").await;
+    let name = crate::support::matrix_client::local_part(&matrix.user_id);
+    assert_eq!(
+        texts(&lines),
+        vec![
+            format!("<{name}> pushed twice"),
+            format!("<{name}> after the pushes asmark3"),
+        ],
+        "nothing forged, the pushed transaction once"
+    );
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_said_while_synapse_was_down_carries_when_it_was_said() {
+    let mut s = setup("original_time_after = 1\n").await;
+    let ivan = irc_nick(&s);
+    // The ghost exists and is in the room before the outage.
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "before asmark4");
+    s.matrix.messages_until(&s.room, "asmark4").await;
+    s.synapse.stop();
+    let said = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    s.irc.say(&s.channel, "said during the outage asmark5");
+    s.bridge
+        .wait_for_log("Delivery failed; will retry.")
+        .await;
+    s.synapse.restart();
+    s.matrix.messages_until(&s.room, "asmark5").await;
+    let events = s.view.messages(&s.room).await;
+    let late = events
+        .iter()
+        .find(|e| e["content"]["body"].as_str().unwrap_or("").contains("asmark5"))
+        .unwrap();
+    assert_eq!(late["sender"], format!("@irc_{ivan}:localhost"));
+    assert_eq!(late["content"]["body"], "said during the outage asmark5");
+    let ts = late["origin_server_ts"].as_i64().unwrap();
+    assert!(
+        (ts - said).abs() < 1000,
+        "origin_server_ts {ts} is not when it was said ({said})"
+    );
+    s.bridge.terminate();
+}
