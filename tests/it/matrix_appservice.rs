@@ -348,3 +348,59 @@ async fn a_message_said_while_synapse_was_down_carries_when_it_was_said() {
     );
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_200_both_ways_arrive_in_order_exactly_once() {
+    let mut s = setup("").await;
+    let room = s.room.clone();
+    let ivan = irc_nick(&s);
+    s.matrix.mark().await;
+    for n in 0..200 {
+        s.irc.say(&s.channel, &format!("i2m {n}"));
+    }
+    s.irc.say(&s.channel, "MARK-I");
+    for n in 0..200 {
+        s.matrix.say(&room, &format!("m2i {n}")).await;
+    }
+    s.matrix.say(&room, "MARK-M").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK-M").await;
+    let mira = crate::support::matrix_client::local_part(&s.matrix.user_id);
+    let mut expected: Vec<String> = (0..200).map(|n| format!("<{mira}> m2i {n}")).collect();
+    expected.push(format!("<{mira}> MARK-M"));
+    assert_eq!(texts(&seen), expected);
+    let ghost = format!("@irc_{ivan}:localhost");
+    let timeline = s.matrix.messages_until(&room, "MARK-I").await;
+    let relayed: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.sender == ghost)
+        .map(crate::support::matrix_client::Event::body)
+        .collect();
+    let mut expected: Vec<String> = (0..200).map(|n| format!("i2m {n}")).collect();
+    expected.push("MARK-I".to_owned());
+    assert_eq!(relayed, expected);
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_synapse_pushes_loses_and_doubles_nothing() {
+    let mut s = setup("").await;
+    let room = s.room.clone();
+    let mira = crate::support::matrix_client::local_part(&s.matrix.user_id);
+    // Killed while transactions arrive: some were pushed and committed without their 200,
+    // others not pushed yet. Synapse pushes again once the bridge is back.
+    for n in 0..10 {
+        s.matrix.say(&room, &format!("k{n}")).await;
+    }
+    s.irc.texts_until(&s.channel, "k3").await;
+    s.bridge.kill9();
+    for n in 10..30 {
+        s.matrix.say(&room, &format!("k{n}")).await;
+    }
+    s.bridge.restart();
+    s.matrix.say(&room, "MARK-K").await;
+    let seen = s.irc.texts_until(&s.channel, "MARK-K").await;
+    let mut expected: Vec<String> = (4..30).map(|n| format!("<{mira}> k{n}")).collect();
+    expected.push(format!("<{mira}> MARK-K"));
+    assert_eq!(texts(&seen), expected);
+    s.bridge.terminate();
+}
