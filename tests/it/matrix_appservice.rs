@@ -140,6 +140,11 @@ struct Setup {
 }
 
 async fn setup(gateway_extra: &str) -> Setup {
+    setup_with(gateway_extra, None).await
+}
+
+/// Like [`setup`], with a second IRC network `irc2` (nick, channel) in the gateway.
+async fn setup_with(gateway_extra: &str, second_irc: Option<(&str, &str)>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let irc_port = shared_inspircd().port;
     let listen_port = free_port();
@@ -149,13 +154,16 @@ async fn setup(gateway_extra: &str) -> Setup {
     let alias_name = unique("asroom");
     let alias = format!("#{alias_name}:localhost");
     let config = |homeserver: &str| {
-        one_gateway(
-            &[
-                irc_network("irc", irc_port, &nick),
-                appservice_network("mx", homeserver, listen_port, &bot),
-            ],
-            &[("irc", &channel), ("mx", &alias)],
-        ) + gateway_extra
+        let mut networks = vec![
+            irc_network("irc", irc_port, &nick),
+            appservice_network("mx", homeserver, listen_port, &bot),
+        ];
+        let mut channels = vec![("irc", channel.as_str()), ("mx", alias.as_str())];
+        if let Some((nick2, channel2)) = second_irc {
+            networks.push(irc_network("irc2", irc_port, nick2));
+            channels.push(("irc2", channel2));
+        }
+        one_gateway(&networks, &channels) + gateway_extra
     };
     // The registration is made before the homeserver exists (it connects nowhere); the tokens
     // it generates stay in the state folder for the daemon.
@@ -402,5 +410,61 @@ async fn a_sigkill_while_synapse_pushes_loses_and_doubles_nothing() {
     let mut expected: Vec<String> = (4..30).map(|n| format!("<{mira}> k{n}")).collect();
     expected.push(format!("<{mira}> MARK-K"));
     assert_eq!(texts(&seen), expected);
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_of_relayed_people_are_pills_of_their_ghosts_and_back() {
+    let nick2 = unique("bras2");
+    let channel2 = unique("#as2");
+    let mut s = setup_with("", Some((&nick2, &channel2))).await;
+    let ivan = irc_nick(&s);
+    let mut jane = IrcClient::connect(shared_inspircd().port, &unique("jane")).await;
+    jane.join(&channel2).await;
+    jane.wait_member(&nick2, &channel2).await;
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "ivan was here asmark6");
+    s.matrix.messages_until(&s.room, "asmark6").await;
+    jane.texts_until(&channel2, "asmark6").await;
+    // On another network, ivan's name is a mention of ivan: in Matrix, a pill of his ghost.
+    jane.say(&channel2, &format!("{ivan}: look asmark7"));
+    let events = s.matrix.messages_until(&s.room, "asmark7").await;
+    let ghost = format!("@irc_{ivan}:localhost");
+    let jane_ghost = format!("@irc2_{}:localhost", jane.nick);
+    let mention = events
+        .iter()
+        .find(|e| e.body().contains("asmark7"))
+        .unwrap();
+    assert_eq!(mention.sender, jane_ghost);
+    assert!(
+        mention.content["formatted_body"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("https://matrix.to/#/{ghost}")),
+        "no pill of the ghost: {:?}",
+        mention.content
+    );
+    assert_eq!(mention.content["m.mentions"]["user_ids"], json!([ghost]));
+    // A pill of the ghost said in Matrix is ivan's nick on IRC.
+    let mut matrix = s.matrix;
+    matrix
+        .send_event(
+            &s.room,
+            "m.room.message",
+            json!({
+                "msgtype": "m.text",
+                "body": format!("{ivan} (irc): back asmark8"),
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("<a href=\"https://matrix.to/#/{ghost}\">{ivan} (irc)</a>: back asmark8"),
+                "m.mentions": {"user_ids": [ghost]},
+            }),
+        )
+        .await;
+    let lines = s.irc.texts_until(&s.channel, "asmark8").await;
+    let mira = crate::support::matrix_client::local_part(&matrix.user_id);
+    assert_eq!(
+        texts(&lines).last().unwrap(),
+        &format!("<{mira}> {ivan}: back asmark8")
+    );
     s.bridge.terminate();
 }

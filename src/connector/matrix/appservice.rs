@@ -39,6 +39,10 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::config::{AppserviceConfig, MatrixConfig};
+use crate::richtext::FormattedText;
+use crate::richtext::html::MATRIX_NETWORK;
+use crate::richtext::mention::map_mentions;
+use crate::richtext::model::{Inline, Mention, MentionTarget};
 use super::{content, ghosts};
 use crate::connector::{
     BoxFuture, BuildContext, DeliverWhole, NetworkSettings, membership_text,
@@ -603,6 +607,7 @@ impl Shared {
                 &self.network,
                 &self.bot,
             );
+            self.people_of_ghosts(text).await?;
         }
         let display_name = self.display_name(room_id, sender, event).await;
         let inbound = Inbound {
@@ -622,6 +627,108 @@ impl Shared {
             Ok(_) => Ok(()),
             Err(error) => Err(format!("cannot store an inbound event: {error}")),
         }
+    }
+
+    /// The mentions of `text` (said here) of this network's users, as `(user id, display)`.
+    fn mentions_in(text: &FormattedText) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        map_mentions(&mut text.clone(), &mut |mention: Mention| {
+            if let MentionTarget::User { network, user_id } = &mention.target {
+                found.push((network.clone(), user_id.clone()));
+            }
+            Inline::Mention(mention)
+        });
+        found
+    }
+
+    /// Inbound: a pill of a ghost is a mention of its person on their own network.
+    async fn people_of_ghosts(&self, text: &mut FormattedText) -> Result<(), String> {
+        let mut people: HashMap<String, (String, String)> = HashMap::new();
+        for (network, user_id) in Self::mentions_in(text) {
+            if network != self.network {
+                continue;
+            }
+            let Some((localpart, server)) = user_id.trim_start_matches('@').split_once(':')
+            else {
+                continue;
+            };
+            if server != self.config.server_name {
+                continue;
+            }
+            let Some(owner) = self
+                .cursor(format!("appservice-ghost-owner:{localpart}"))
+                .await?
+            else {
+                continue;
+            };
+            if let Some((origin, author)) = owner
+                .strip_prefix("appservice-ghost:")
+                .and_then(|rest| rest.split_once('\u{1f}'))
+            {
+                people.insert(user_id, (origin.to_owned(), author.to_owned()));
+            }
+        }
+        if people.is_empty() {
+            return Ok(());
+        }
+        let directory = self.context.router.people();
+        map_mentions(text, &mut |mention: Mention| {
+            if let MentionTarget::User { network, user_id } = &mention.target
+                && *network == self.network
+                && let Some((origin, author)) = people.get(user_id)
+            {
+                let display = directory
+                    .current(origin, author)
+                    .map_or_else(|| author.clone(), |(_, shown)| shown);
+                return Inline::Mention(Mention {
+                    display,
+                    target: MentionTarget::User {
+                        network: origin.clone(),
+                        user_id: author.clone(),
+                    },
+                });
+            }
+            Inline::Mention(mention)
+        });
+        Ok(())
+    }
+
+    /// Outbound: a mention of a person of another network who has a ghost here is a mention
+    /// of the ghost (a pill that notifies, and opens the ghost's profile).
+    async fn ghosts_of_people(&self, text: &mut FormattedText) -> Result<(), String> {
+        let mut ghost_of: HashMap<(String, String), String> = HashMap::new();
+        for (network, user_id) in Self::mentions_in(text) {
+            if network == self.network || network == MATRIX_NETWORK {
+                continue;
+            }
+            if let Some(localpart) = self
+                .cursor(format!("appservice-ghost:{network}\u{1f}{user_id}"))
+                .await?
+            {
+                ghost_of.insert(
+                    (network, user_id),
+                    format!("@{localpart}:{}", self.config.server_name),
+                );
+            }
+        }
+        if ghost_of.is_empty() {
+            return Ok(());
+        }
+        map_mentions(text, &mut |mention: Mention| {
+            if let MentionTarget::User { network, user_id } = &mention.target
+                && let Some(ghost) = ghost_of.get(&(network.clone(), user_id.clone()))
+            {
+                return Inline::Mention(Mention {
+                    display: mention.display.clone(),
+                    target: MentionTarget::User {
+                        network: self.network.clone(),
+                        user_id: ghost.clone(),
+                    },
+                });
+            }
+            Inline::Mention(mention)
+        });
+        Ok(())
     }
 
     /// One transaction: every event committed, then the transaction id recorded.
@@ -789,6 +896,14 @@ impl Shared {
         let mut delivery = delivery.clone();
         if let EventBody::Membership(change) = &delivery.body {
             return self.membership(&delivery, change.clone(), &ghost, &room_id).await;
+        }
+        if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
+            self.ghosts_of_people(text)
+                .await
+                .map_err(|reason| DeliveryError::Retry {
+                    after: None,
+                    reason,
+                })?;
         }
         super::mentions::outbound(&mut delivery, self.context.router.people(), &self.network);
         let notified = super::mentions::mentioned(&delivery, &self.network);
