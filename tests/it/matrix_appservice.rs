@@ -80,6 +80,19 @@ impl View {
         }
     }
 
+    async fn put(&self, path: &str, body: &Value) -> Value {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(response.status().is_success(), "PUT {path}: {}", response.status());
+        response.json().await.expect("JSON")
+    }
+
     async fn get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.base))
@@ -191,6 +204,21 @@ async fn setup_with(gateway_extra: &str, second_irc: Option<(&str, &str)>) -> Se
     let matrix = MatrixUser::new(&url, &unique("mira")).await;
     let room = matrix.create_room(&alias_name).await;
     let view = View::login(&url, &crate::support::matrix_client::local_part(&matrix.user_id)).await;
+    // The room's owner (its creator: room version 12 lists no creator in `users`) lets the
+    // bridge's bot mark the room as bridged (state events).
+    view.put(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            encode(&room)
+        ),
+        &json!({
+            "users": {format!("@{bot}:localhost"): 50},
+            "state_default": 50,
+            "events_default": 0,
+            "users_default": 0,
+        }),
+    )
+    .await;
     let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
     irc.join(&channel).await;
     let bridge = Bridge::start(dir.path(), &config(&url));
@@ -238,6 +266,22 @@ async fn an_irc_person_is_a_ghost_in_matrix_and_matrix_reaches_irc_as_before() {
         .get(&format!("/_matrix/client/v3/profile/{}", encode(&ghost)))
         .await;
     assert_eq!(profile["displayname"], format!("{ivan} (irc)"));
+    // The room says what it bridges.
+    let state = s
+        .view
+        .get(&format!("/_matrix/client/v3/rooms/{}/state", encode(&s.room)))
+        .await;
+    for event_type in ["m.bridge", "uk.half-shot.bridge"] {
+        let bridge = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == event_type)
+            .unwrap_or_else(|| panic!("no {event_type} in {state:#}"));
+        assert_eq!(bridge["content"]["protocol"]["id"], "irc");
+        assert_eq!(bridge["content"]["channel"]["id"], s.channel.as_str());
+        assert_eq!(bridge["content"]["network"]["id"], "irc");
+    }
 
     let mut matrix = s.matrix;
     matrix.say(&s.room, "hello from matrix asmark2").await;

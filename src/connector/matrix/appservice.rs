@@ -322,6 +322,16 @@ impl HsError {
     }
 }
 
+/// How a protocol is called in `m.bridge`.
+fn protocol_name(protocol: &str) -> &str {
+    match protocol {
+        "irc" => "IRC",
+        "mattermost" => "Mattermost",
+        "matrix" => "Matrix",
+        other => other,
+    }
+}
+
 /// Percent-encode one path segment.
 fn segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -485,6 +495,7 @@ impl Shared {
                         if self.is_encrypted(room_id).await {
                             self.note_encrypted(room_id);
                         }
+                        self.announce_bridge(channel, room_id).await;
                         self.rooms
                             .write()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -500,6 +511,47 @@ impl Shared {
                 return;
             }
             tokio::time::sleep(JOIN_RETRY).await;
+        }
+    }
+
+    /// Say in the room what it is bridged to: one `m.bridge` state event (MSC2346, and the
+    /// same under `uk.half-shot.bridge`, which clients read today) per linked channel. Needs
+    /// the bot's power to send state; without it the room stays unmarked (logged).
+    async fn announce_bridge(&self, channel: &str, room_id: &str) {
+        let topology = self.context.router.topology();
+        let origin = ChannelRef::new(&self.network, channel);
+        for route in topology.routes(&origin) {
+            let destination = &route.destination;
+            let protocol = topology.protocol(&destination.network);
+            let state_key = format!(
+                "tribridge://{protocol}/{}/{}",
+                destination.network, destination.channel
+            );
+            let content = json!({
+                "bridgebot": self.bot,
+                "protocol": {"id": protocol, "displayname": protocol_name(protocol)},
+                "network": {"id": destination.network, "displayname": destination.network},
+                "channel": {"id": destination.channel, "displayname": destination.channel},
+            });
+            for event_type in ["m.bridge", "uk.half-shot.bridge"] {
+                if let Err(error) = self
+                    .request(
+                        reqwest::Method::PUT,
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/state/{event_type}/{}",
+                            segment(room_id),
+                            segment(&state_key)
+                        ),
+                        None,
+                        None,
+                        Some(&content),
+                    )
+                    .await
+                {
+                    tracing::info!(network = %self.network, room_id, event_type, error = %error, "Cannot mark the room as bridged (the bot needs the power to send state events).");
+                    return;
+                }
+            }
         }
     }
 
