@@ -512,3 +512,45 @@ async fn mentions_of_relayed_people_are_pills_of_their_ghosts_and_back() {
     );
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_mode_marks_relayed_messages_with_their_authors_profile() {
+    let synapse = crate::support::servers::shared_synapse();
+    let url = synapse.url();
+    let irc_port = shared_inspircd().port;
+    let bot = unique("pmpbot");
+    crate::support::matrix_client::register(&url, &bot, "password").await;
+    let mut matrix = MatrixUser::new(&url, &unique("pmp")).await;
+    let alias_name = unique("pmproom");
+    let room = matrix.create_room(&alias_name).await;
+    let channel = unique("#pmp");
+    let nick = unique("brpmp");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &one_gateway(
+            &[
+                irc_network("irc", irc_port, &nick),
+                crate::support::config::matrix_network("mx", &url, &bot),
+            ],
+            &[("irc", &channel), ("mx", &format!("#{alias_name}:localhost"))],
+        ),
+    );
+    irc.wait_join(&nick, &channel).await;
+    bridge.wait_for_log("Joined Matrix room.").await;
+    matrix.mark().await;
+    irc.say(&channel, "hi asmark9");
+    let events = matrix.messages_until(&room, "asmark9").await;
+    let relayed = events
+        .iter()
+        .find(|e| e.body().contains("asmark9"))
+        .unwrap();
+    assert_eq!(relayed.body(), format!("<{}> hi asmark9", irc.nick));
+    assert_eq!(
+        relayed.content["com.beeper.per_message_profile"],
+        json!({"id": format!("irc/{}", irc.nick), "displayname": irc.nick})
+    );
+    bridge.terminate();
+}
