@@ -153,11 +153,16 @@ struct Setup {
 }
 
 async fn setup(gateway_extra: &str) -> Setup {
-    setup_with(gateway_extra, None).await
+    setup_with(gateway_extra, None, "").await
 }
 
-/// Like [`setup`], with a second IRC network `irc2` (nick, channel) in the gateway.
-async fn setup_with(gateway_extra: &str, second_irc: Option<(&str, &str)>) -> Setup {
+/// Like [`setup`], with a second IRC network `irc2` (nick, channel) in the gateway and
+/// `irc_extra` keys for the IRC network.
+async fn setup_with(
+    gateway_extra: &str,
+    second_irc: Option<(&str, &str)>,
+    irc_extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let irc_port = shared_inspircd().port;
     let listen_port = free_port();
@@ -168,7 +173,7 @@ async fn setup_with(gateway_extra: &str, second_irc: Option<(&str, &str)>) -> Se
     let alias = format!("#{alias_name}:localhost");
     let config = |homeserver: &str| {
         let mut networks = vec![
-            irc_network("irc", irc_port, &nick),
+            irc_network("irc", irc_port, &nick) + irc_extra,
             appservice_network("mx", homeserver, listen_port, &bot),
         ];
         let mut channels = vec![("irc", channel.as_str()), ("mx", alias.as_str())];
@@ -461,7 +466,7 @@ async fn a_sigkill_while_synapse_pushes_loses_and_doubles_nothing() {
 async fn mentions_of_relayed_people_are_pills_of_their_ghosts_and_back() {
     let nick2 = unique("bras2");
     let channel2 = unique("#as2");
-    let mut s = setup_with("", Some((&nick2, &channel2))).await;
+    let mut s = setup_with("", Some((&nick2, &channel2)), "").await;
     let ivan = irc_nick(&s);
     let mut jane = IrcClient::connect(shared_inspircd().port, &unique("jane")).await;
     jane.join(&channel2).await;
@@ -553,4 +558,55 @@ async fn the_bot_mode_marks_relayed_messages_with_their_authors_profile() {
         json!({"id": format!("irc/{}", irc.nick), "displayname": irc.nick})
     );
     bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
+    let mut s = setup_with("", None, "relay_membership = true\n").await;
+    let ivan = irc_nick(&s);
+    let ghost = format!("@irc_{ivan}:localhost");
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "first asmark10");
+    s.matrix.messages_until(&s.room, "asmark10").await;
+    let renamed = unique("ivy");
+    s.irc.raw(&format!("NICK {renamed}"));
+    let member_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        encode(&s.room),
+        encode(&ghost)
+    );
+    s.matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.member"
+                    && e.sender == ghost
+                    && e.content["displayname"] == format!("{renamed} (irc)")
+            })
+        })
+        .await;
+    s.irc.say(&s.channel, "renamed asmark11");
+    let events = s.matrix.messages_until(&s.room, "asmark11").await;
+    let said = events.iter().find(|e| e.body() == "renamed asmark11").unwrap();
+    assert_eq!(said.sender, ghost, "the new nick keeps the ghost");
+    s.irc.raw(&format!("PART {}", s.channel));
+    s.matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.member" && e.sender == ghost && e.content["membership"] == "leave"
+            })
+        })
+        .await;
+    assert_eq!(s.view.get(&member_path).await["membership"], "leave");
+    let texts: Vec<String> = s
+        .view
+        .messages(&s.room)
+        .await
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        !texts.iter().any(|t| t.contains("left") || t.contains("is now known")),
+        "membership is not written in the room: {texts:?}"
+    );
+    s.bridge.terminate();
 }

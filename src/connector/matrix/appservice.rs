@@ -944,11 +944,11 @@ impl Shared {
         // Late: the event carries when it was said (`ts=`), no `[date]` prefix.
         let late = crate::connector::late_prefix(delivery, &settings, now_ms()).is_some();
         let ts = late.then_some(delivery.timestamp_ms);
+        if let EventBody::Membership(change) = &delivery.body {
+            return self.membership(delivery, change.clone(), &room_id).await;
+        }
         let ghost = self.ready_ghost(delivery, &room_id).await?;
         let mut delivery = delivery.clone();
-        if let EventBody::Membership(change) = &delivery.body {
-            return self.membership(&delivery, change.clone(), &ghost, &room_id).await;
-        }
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
             self.ghosts_of_people(text)
                 .await
@@ -1043,58 +1043,78 @@ impl Shared {
         }
     }
 
-    /// A join, part or rename of a person: their ghost's membership or display name moves
-    /// (the ghost joined the room to get here; a part makes it leave).
+    /// A join, part or rename of a person (relayed with the origin's `relay_membership`):
+    /// a join makes their ghost join, a part makes it leave, a rename renames it (and the new
+    /// nick keeps the ghost). Nothing is written in the room; a person without a ghost yet
+    /// gets one only by joining.
     async fn membership(
         &self,
         delivery: &Delivery,
         change: Membership,
-        ghost: &str,
         room_id: &str,
     ) -> Result<DeliveryAck, DeliveryError> {
+        let retry = |reason: String| DeliveryError::Retry {
+            after: None,
+            reason,
+        };
+        let origin = delivery.origin.network.clone();
+        let author = delivery.author.id.clone();
+        let key = format!("appservice-ghost:{origin}\u{1f}{author}");
         match change {
+            Membership::Joined => {
+                self.ready_ghost(delivery, room_id).await?;
+            }
             Membership::Left { reason } => {
-                self.request(
-                    reqwest::Method::POST,
-                    &format!("/_matrix/client/v3/rooms/{}/leave", segment(room_id)),
-                    Some(ghost),
-                    None,
-                    Some(&json!({ "reason": reason.unwrap_or_default() })),
-                )
-                .await
-                .map_err(HsError::into_delivery_error)?;
-                let mut ghosts = self.ghosts.lock().await;
-                if let Some(known) = ghosts.get_mut(&(
-                    delivery.origin.network.clone(),
-                    delivery.author.id.clone(),
-                )) {
+                let Some(localpart) = self.cursor(key).await.map_err(retry)? else {
+                    return Ok(DeliveryAck::default());
+                };
+                let ghost = format!("@{localpart}:{}", self.config.server_name);
+                match self
+                    .request(
+                        reqwest::Method::POST,
+                        &format!("/_matrix/client/v3/rooms/{}/leave", segment(room_id)),
+                        Some(&ghost),
+                        None,
+                        Some(&json!({ "reason": reason.unwrap_or_default() })),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    // Not in the room (never joined, or left already).
+                    Err(error) if error.status == Some(403) => {}
+                    Err(error) => return Err(error.into_delivery_error()),
+                }
+                if let Some(known) = self.ghosts.lock().await.get_mut(&(origin, author)) {
                     known.joined.remove(room_id);
                 }
             }
             Membership::Renamed { new_name } => {
-                let name = ghosts::display_name(
-                    &self.config.ghost_displayname,
-                    &delivery.origin.network,
-                    &new_name,
-                );
+                let Some(localpart) = self.cursor(key).await.map_err(retry)? else {
+                    return Ok(DeliveryAck::default());
+                };
+                let ghost = format!("@{localpart}:{}", self.config.server_name);
+                // The new nick is the same person: the same ghost.
+                self.set_cursor(
+                    format!("appservice-ghost:{origin}\u{1f}{new_name}"),
+                    localpart.clone(),
+                )
+                .await
+                .map_err(retry)?;
+                let name = ghosts::display_name(&self.config.ghost_displayname, &origin, &new_name);
                 self.request(
                     reqwest::Method::PUT,
-                    &format!("/_matrix/client/v3/profile/{}/displayname", segment(ghost)),
-                    Some(ghost),
+                    &format!("/_matrix/client/v3/profile/{}/displayname", segment(&ghost)),
+                    Some(&ghost),
                     None,
                     Some(&json!({ "displayname": name })),
                 )
                 .await
                 .map_err(HsError::into_delivery_error)?;
                 let mut ghosts = self.ghosts.lock().await;
-                if let Some(known) = ghosts.get_mut(&(
-                    delivery.origin.network.clone(),
-                    delivery.author.id.clone(),
-                )) {
-                    known.display_name = Some(name);
-                }
+                let mut known = ghosts.remove(&(origin.clone(), author)).unwrap_or_default();
+                known.display_name = Some(name);
+                ghosts.insert((origin, new_name), known);
             }
-            Membership::Joined => {}
             other => {
                 tracing::debug!(network = %self.network, delivery = %delivery.id, change = %membership_text(delivery, &other), "A membership change without a ghost counterpart; not shown.");
             }
