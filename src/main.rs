@@ -104,7 +104,7 @@ fn main() -> ExitCode {
                 .filter(|n| n.id != network)
                 .map(|n| n.id.clone())
                 .collect();
-            match tribridge::connector::matrix::appservice::registration(
+            match tribridge::connector::matrix_appservice_registration(
                 &network,
                 settings.settings.as_ref(),
                 &others,

@@ -89,7 +89,11 @@ impl View {
             .send()
             .await
             .expect("PUT");
-        assert!(response.status().is_success(), "PUT {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
         response.json().await.expect("JSON")
     }
 
@@ -123,7 +127,6 @@ impl View {
         events.reverse();
         events
     }
-
 }
 
 fn encode(text: &str) -> String {
@@ -192,7 +195,10 @@ async fn setup_with(
     .unwrap();
     let yaml = registration(dir.path(), "mx");
     let hs_token = yaml_value(&yaml, "hs_token");
-    assert_eq!(yaml_value(&yaml, "url"), format!("http://127.0.0.1:{listen_port}"));
+    assert_eq!(
+        yaml_value(&yaml, "url"),
+        format!("http://127.0.0.1:{listen_port}")
+    );
     assert!(yaml.contains("rate_limited: false"), "{yaml}");
     assert_eq!(
         registration(dir.path(), "mx"),
@@ -208,7 +214,11 @@ async fn setup_with(
     let url = synapse.url();
     let matrix = MatrixUser::new(&url, &unique("mira")).await;
     let room = matrix.create_room(&alias_name).await;
-    let view = View::login(&url, &crate::support::matrix_client::local_part(&matrix.user_id)).await;
+    let view = View::login(
+        &url,
+        &crate::support::matrix_client::local_part(&matrix.user_id),
+    )
+    .await;
     // The room's owner (its creator: room version 12 lists no creator in `users`) lets the
     // bridge's bot mark the room as bridged (state events).
     view.put(
@@ -274,7 +284,10 @@ async fn an_irc_person_is_a_ghost_in_matrix_and_matrix_reaches_irc_as_before() {
     // The room says what it bridges.
     let state = s
         .view
-        .get(&format!("/_matrix/client/v3/rooms/{}/state", encode(&s.room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state",
+            encode(&s.room)
+        ))
         .await;
     for event_type in ["m.bridge", "uk.half-shot.bridge"] {
         let bridge = state
@@ -386,15 +399,18 @@ async fn a_message_said_while_synapse_was_down_carries_when_it_was_said() {
         .unwrap()
         .as_millis() as i64;
     s.irc.say(&s.channel, "said during the outage asmark5");
-    s.bridge
-        .wait_for_log("Delivery failed; will retry.")
-        .await;
+    s.bridge.wait_for_log("Delivery failed; will retry.").await;
     s.synapse.restart();
     s.matrix.messages_until(&s.room, "asmark5").await;
     let events = s.view.messages(&s.room).await;
     let late = events
         .iter()
-        .find(|e| e["content"]["body"].as_str().unwrap_or("").contains("asmark5"))
+        .find(|e| {
+            e["content"]["body"]
+                .as_str()
+                .unwrap_or("")
+                .contains("asmark5")
+        })
         .unwrap();
     assert_eq!(late["sender"], format!("@irc_{ivan}:localhost"));
     assert_eq!(late["content"]["body"], "said during the outage asmark5");
@@ -540,7 +556,10 @@ async fn the_bot_mode_marks_relayed_messages_with_their_authors_profile() {
                 irc_network("irc", irc_port, &nick),
                 crate::support::config::matrix_network("mx", &url, &bot),
             ],
-            &[("irc", &channel), ("mx", &format!("#{alias_name}:localhost"))],
+            &[
+                ("irc", &channel),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
         ),
     );
     irc.wait_join(&nick, &channel).await;
@@ -586,7 +605,10 @@ async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
         .await;
     s.irc.say(&s.channel, "renamed asmark11");
     let events = s.matrix.messages_until(&s.room, "asmark11").await;
-    let said = events.iter().find(|e| e.body() == "renamed asmark11").unwrap();
+    let said = events
+        .iter()
+        .find(|e| e.body() == "renamed asmark11")
+        .unwrap();
     assert_eq!(said.sender, ghost, "the new nick keeps the ghost");
     s.irc.raw(&format!("PART {}", s.channel));
     s.matrix
@@ -605,7 +627,9 @@ async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
         .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
         .collect();
     assert!(
-        !texts.iter().any(|t| t.contains("left") || t.contains("is now known")),
+        !texts
+            .iter()
+            .any(|t| t.contains("left") || t.contains("is now known")),
         "membership is not written in the room: {texts:?}"
     );
     s.bridge.terminate();

@@ -28,6 +28,7 @@
 //!   room. Use the bot mode for encrypted rooms.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -39,16 +40,16 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::config::{AppserviceConfig, MatrixConfig};
-use crate::richtext::FormattedText;
-use crate::richtext::html::MATRIX_NETWORK;
-use crate::richtext::mention::map_mentions;
-use crate::richtext::model::{Inline, Mention, MentionTarget};
 use super::{content, ghosts};
 use crate::connector::{
     BoxFuture, BuildContext, DeliverWhole, NetworkSettings, membership_text,
     supervisor::error_chain, with_file_lines,
 };
 use crate::model::{ChannelRef, Delivery, DeliveryAck, EventBody, Inbound, Membership, now_ms};
+use crate::richtext::FormattedText;
+use crate::richtext::html::MATRIX_NETWORK;
+use crate::richtext::mention::map_mentions;
+use crate::richtext::model::{Inline, Mention, MentionTarget};
 use crate::vocab::{DeliveryError, Secret};
 
 /// How often rooms the bot could not join are tried again.
@@ -97,9 +98,9 @@ pub fn tokens(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(AppserviceError::TokenFile { path, source }),
     };
-    let (stored_as, stored_hs) = stored.unwrap_or((None, None));
-    let as_token = config.as_token.clone().or(stored_as);
-    let hs_token = config.hs_token.clone().or(stored_hs);
+    let (stored_bridge_token, stored_homeserver_token) = stored.unwrap_or((None, None));
+    let as_token = config.as_token.clone().or(stored_bridge_token);
+    let hs_token = config.hs_token.clone().or(stored_homeserver_token);
     if let (Some(as_token), Some(hs_token)) = (&as_token, &hs_token) {
         return Ok(Some((as_token.clone(), hs_token.clone())));
     }
@@ -139,7 +140,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 fn new_token() -> Secret {
     let bytes: [u8; 32] = rand::random();
     Secret::new(bytes.iter().fold(String::new(), |mut out, b| {
-        out.push_str(&format!("{b:02x}"));
+        let _ = write!(out, "{b:02x}");
         out
     }))
 }
@@ -251,7 +252,10 @@ pub fn build(
     let tokens = match tokens(network, appservice, &context.state_dir, false) {
         Ok(Some(tokens)) => tokens,
         Ok(None) => {
-            tracing::error!(network, "No as_token/hs_token configured or stored: run `tribridge appservice-registration` for this network and give its output to the homeserver.");
+            tracing::error!(
+                network,
+                "No as_token/hs_token configured or stored: run `tribridge appservice-registration` for this network and give its output to the homeserver."
+            );
             (Secret::new(String::new()), Secret::new(String::new()))
         }
         Err(error) => {
@@ -265,12 +269,15 @@ pub fn build(
         relay_membership: config.relay_membership,
         homeserver: config.homeserver.clone(),
         http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_mins(1))
             .build()
             .unwrap_or_default(),
         as_token: tokens.0,
         hs_token: tokens.1,
-        bot: format!("@{}:{}", appservice.sender_localpart, appservice.server_name),
+        bot: format!(
+            "@{}:{}",
+            appservice.sender_localpart, appservice.server_name
+        ),
         known_ghosts: Mutex::new(HashSet::new()),
         context,
         rooms: RwLock::new(HashMap::new()),
@@ -339,7 +346,7 @@ fn segment(text: &str) -> String {
         if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
             out.push(byte as char);
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
@@ -385,9 +392,7 @@ impl Shared {
             status: Some(status.as_u16()),
             errcode: value["errcode"].as_str().unwrap_or_default().to_owned(),
             message: value["error"].as_str().unwrap_or_default().to_owned(),
-            retry_after: value["retry_after_ms"]
-                .as_u64()
-                .map(Duration::from_millis),
+            retry_after: value["retry_after_ms"].as_u64().map(Duration::from_millis),
         })
     }
 
@@ -653,12 +658,7 @@ impl Shared {
             }
         }
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut body {
-            super::mentions::inbound(
-                text,
-                self.context.router.people(),
-                &self.network,
-                &self.bot,
-            );
+            super::mentions::inbound(text, self.context.router.people(), &self.network, &self.bot);
             self.people_of_ghosts(text).await?;
         }
         let display_name = self.display_name(room_id, sender, event).await;
@@ -700,8 +700,7 @@ impl Shared {
             if network != self.network {
                 continue;
             }
-            let Some((localpart, server)) = user_id.trim_start_matches('@').split_once(':')
-            else {
+            let Some((localpart, server)) = user_id.trim_start_matches('@').split_once(':') else {
                 continue;
             };
             if server != self.config.server_name {
@@ -829,7 +828,11 @@ impl Shared {
     }
 
     /// The delivery's ghost, registered, named and in `room_id`.
-    async fn ready_ghost(&self, delivery: &Delivery, room_id: &str) -> Result<String, DeliveryError> {
+    async fn ready_ghost(
+        &self,
+        delivery: &Delivery,
+        room_id: &str,
+    ) -> Result<String, DeliveryError> {
         let origin = delivery.origin.network.clone();
         let author = delivery.author.id.clone();
         let nick = delivery.author.display_name.clone();
@@ -875,7 +878,10 @@ impl Shared {
         if ghost.display_name.as_deref() != Some(wanted_name.as_str()) {
             self.request(
                 reqwest::Method::PUT,
-                &format!("/_matrix/client/v3/profile/{}/displayname", segment(&user_id)),
+                &format!(
+                    "/_matrix/client/v3/profile/{}/displayname",
+                    segment(&user_id)
+                ),
                 Some(&user_id),
                 None,
                 Some(&json!({ "displayname": wanted_name })),
@@ -895,7 +901,13 @@ impl Shared {
     async fn join_as(&self, user_id: &str, room_id: &str) -> Result<(), DeliveryError> {
         let path = format!("/_matrix/client/v3/join/{}", segment(room_id));
         let first = self
-            .request(reqwest::Method::POST, &path, Some(user_id), None, Some(&json!({})))
+            .request(
+                reqwest::Method::POST,
+                &path,
+                Some(user_id),
+                None,
+                Some(&json!({})),
+            )
             .await;
         match first {
             Ok(_) => Ok(()),
@@ -909,10 +921,16 @@ impl Shared {
                 )
                 .await
                 .map_err(HsError::into_delivery_error)?;
-                self.request(reqwest::Method::POST, &path, Some(user_id), None, Some(&json!({})))
-                    .await
-                    .map(|_| ())
-                    .map_err(HsError::into_delivery_error)
+                self.request(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(user_id),
+                    None,
+                    Some(&json!({})),
+                )
+                .await
+                .map(|_| ())
+                .map_err(HsError::into_delivery_error)
             }
             Err(error) => Err(error.into_delivery_error()),
         }
@@ -1115,7 +1133,7 @@ impl Shared {
                 known.display_name = Some(name);
                 ghosts.insert((origin, new_name), known);
             }
-            other => {
+            other @ Membership::Topic { .. } => {
                 tracing::debug!(network = %self.network, delivery = %delivery.id, change = %membership_text(delivery, &other), "A membership change without a ghost counterpart; not shown.");
             }
         }
@@ -1141,10 +1159,9 @@ fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     {
         return Some(token.trim().to_owned());
     }
-    query?.split('&').find_map(|pair| {
-        pair.strip_prefix("access_token=")
-            .map(ToOwned::to_owned)
-    })
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token=").map(ToOwned::to_owned))
 }
 
 /// A JSON body with its content type.
@@ -1164,21 +1181,25 @@ fn matrix_error(status: StatusCode, errcode: &str, error: &str) -> Response {
 }
 
 /// `Err` with the answer when the request's token is missing (401) or wrong (403).
-fn check_token(shared: &Shared, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), Response> {
+fn check_token(
+    shared: &Shared,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(), Box<Response>> {
     match bearer(headers, uri.query()) {
-        None => Err(matrix_error(
+        None => Err(Box::new(matrix_error(
             StatusCode::UNAUTHORIZED,
             "M_MISSING_TOKEN",
             "missing hs_token",
-        )),
+        ))),
         Some(token) if same_token(&token, shared.hs_token.expose()) => Ok(()),
         Some(_) => {
             tracing::warn!(network = %shared.network, "A request to the application-service endpoint with a wrong hs_token was refused.");
-            Err(matrix_error(
+            Err(Box::new(matrix_error(
                 StatusCode::FORBIDDEN,
                 "M_FORBIDDEN",
                 "wrong hs_token",
-            ))
+            )))
         }
     }
 }
@@ -1191,10 +1212,14 @@ async fn put_transaction(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(answer) = check_token(&shared, &headers, &uri) {
-        return answer;
+        return *answer;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return matrix_error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "the body is not JSON");
+        return matrix_error(
+            StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "the body is not JSON",
+        );
     };
     match shared.transaction(&txn_id, &body).await {
         Ok(()) => (StatusCode::OK, json_body(&json!({}))).into_response(),
@@ -1212,12 +1237,16 @@ async fn get_user(
     uri: axum::http::Uri,
 ) -> Response {
     if let Err(answer) = check_token(&shared, &headers, &uri) {
-        return answer;
+        return *answer;
     }
     if shared.is_ours(&user_id).await.unwrap_or(false) {
         // Ghosts are registered when their person first speaks; the homeserver may ask
         // about one before that (someone invites it): it exists in our namespace.
-        let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+        let localpart = user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or_default();
         let _ = shared
             .request(
                 reqwest::Method::POST,
@@ -1233,7 +1262,11 @@ async fn get_user(
             .await;
         (StatusCode::OK, json_body(&json!({}))).into_response()
     } else {
-        matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "not a user of this bridge")
+        matrix_error(
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "not a user of this bridge",
+        )
     }
 }
 
@@ -1243,7 +1276,7 @@ async fn post_ping(
     uri: axum::http::Uri,
 ) -> Response {
     if let Err(answer) = check_token(&shared, &headers, &uri) {
-        return answer;
+        return *answer;
     }
     (StatusCode::OK, json_body(&json!({}))).into_response()
 }
@@ -1278,7 +1311,8 @@ impl AppserviceTask {
             .route("/_matrix/app/v1/ping", axum::routing::post(post_ping))
             .fallback(not_found)
             .with_state(Arc::clone(&shared));
-        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let joiner = Arc::clone(&shared);
         tokio::select! {
             result = serve => {

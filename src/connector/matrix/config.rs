@@ -177,7 +177,11 @@ impl NetworkType for Matrix {
                 text.to_owned()
             }
         };
-        let appservice = match raw.mode.as_ref().map(|m| (m.span().start, m.get_ref().as_str())) {
+        let appservice = match raw
+            .mode
+            .as_ref()
+            .map(|m| (m.span().start, m.get_ref().as_str()))
+        {
             None | Some((_, "bot")) => {
                 for (key, value) in appservice_only_keys(&raw) {
                     section.report(
@@ -204,7 +208,10 @@ impl NetworkType for Matrix {
                 None
             }
         };
-        let appservice_mode = raw.mode.as_ref().is_some_and(|m| m.get_ref() == "appservice");
+        let appservice_mode = raw
+            .mode
+            .as_ref()
+            .is_some_and(|m| m.get_ref() == "appservice");
         let user = match &raw.user {
             _ if appservice_mode => {
                 if let Some(user) = &raw.user {
@@ -372,8 +379,7 @@ fn validate_appservice(section: &mut Section<'_>, raw: &RawMatrix) -> Option<App
             let text = name.get_ref();
             if text.is_empty()
                 || text.contains(['/', '@', ' '])
-                || text.starts_with("http")
-                    && text.contains("://")
+                || text.starts_with("http") && text.contains("://")
             {
                 section.report(
                     name.span().start,
@@ -398,9 +404,9 @@ fn validate_appservice(section: &mut Section<'_>, raw: &RawMatrix) -> Option<App
             );
             None
         }
-        Some(value) => match value.get_ref().parse::<std::net::SocketAddr>() {
-            Ok(address) => Some(address),
-            Err(_) => {
+        Some(value) => {
+            let address = value.get_ref().parse::<std::net::SocketAddr>().ok();
+            if address.is_none() {
                 section.report(
                     value.span().start,
                     "listen",
@@ -410,9 +416,9 @@ fn validate_appservice(section: &mut Section<'_>, raw: &RawMatrix) -> Option<App
                         value.get_ref()
                     ),
                 );
-                None
             }
-        },
+            address
+        }
     };
     let url = match &raw.url {
         None => {

@@ -3,6 +3,8 @@
 //! matches every ghost, and recognising a ghost among senders. Pure, unit-tested; the choice
 //! of a localpart among colliding ones (and its storage) is the appservice session's.
 
+use std::fmt::Write as _;
+
 use super::config::is_localpart_char;
 
 /// `format` with `{NETWORK}` and `{NICK}` substituted, each value sanitised: lower case, and
@@ -25,12 +27,12 @@ pub fn sanitise(name: &str) -> String {
         } else {
             let mut bytes = [0u8; 4];
             for byte in c.encode_utf8(&mut bytes).bytes() {
-                out.push_str(&format!("={byte:02x}"));
+                let _ = write!(out, "={byte:02x}");
             }
         }
     }
     if out.is_empty() {
-        out.push_str("=");
+        out.push('=');
     }
     out
 }
@@ -67,11 +69,7 @@ pub fn namespace_regex(format: &str, networks: &[String], server_name: &str) -> 
         .iter()
         .map(|(before, after)| format!("{}.+{}", escape(before), escape(after)))
         .collect();
-    format!(
-        "@(?:{}):{}",
-        alternatives.join("|"),
-        escape(server_name)
-    )
+    format!("@(?:{}):{}", alternatives.join("|"), escape(server_name))
 }
 
 /// `text` with every regular-expression metacharacter escaped.
@@ -89,7 +87,9 @@ fn escape(text: &str) -> String {
 /// `template` (`ghost_displayname`) with `{NICK}` and `{NETWORK}` substituted.
 #[must_use]
 pub fn display_name(template: &str, network: &str, nick: &str) -> String {
-    template.replace("{NETWORK}", network).replace("{NICK}", nick)
+    template
+        .replace("{NETWORK}", network)
+        .replace("{NICK}", nick)
 }
 
 #[cfg(test)]
