@@ -634,3 +634,55 @@ async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
     );
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_redactions_reactions_replies_and_emotes_from_matrix_reach_irc_as_before() {
+    let mut s = setup("").await;
+    let room = s.room.clone();
+    let mira = crate::support::matrix_client::local_part(&s.matrix.user_id);
+    let original = s.matrix.say(&room, "tpyo here").await;
+    let mut seen = s.irc.texts_until(&s.channel, "tpyo here").await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* typo here",
+                   "m.new_content": {"msgtype": "m.text", "body": "typo here"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": original}}),
+        )
+        .await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👍"}}),
+        )
+        .await;
+    let doomed = s.matrix.say(&room, "to be deleted").await;
+    seen.extend(s.irc.texts_until(&s.channel, "to be deleted").await);
+    s.matrix.redact(&room, &doomed).await;
+    s.matrix
+        .send_event(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text",
+                   "body": format!("> <{}> tpyo here\n\nthe answer", s.matrix.user_id),
+                   "m.relates_to": {"m.in_reply_to": {"event_id": original}}}),
+        )
+        .await;
+    s.matrix.send_message(&room, "m.emote", "waves").await;
+    s.matrix.say(&room, "MARK").await;
+    seen.extend(s.irc.texts_until(&s.channel, "MARK").await);
+    assert_eq!(
+        texts(&seen),
+        vec![
+            format!("<{mira}> tpyo here"),
+            format!("<{mira}> * typo here"),
+            format!("<{mira}> to be deleted"),
+            format!("<{mira}> {mira}: the answer"),
+            format!("\u{1}ACTION <{mira}> waves\u{1}"),
+            format!("<{mira}> MARK"),
+        ]
+    );
+    s.bridge.terminate();
+}
