@@ -159,11 +159,11 @@ async fn setup(gateway_extra: &str) -> Setup {
     setup_with(gateway_extra, None, "").await
 }
 
-/// Like [`setup`], with a second IRC network `irc2` (nick, channel) in the gateway and
+/// Like [`setup`], with another network in the gateway (its block, id and channel) and
 /// `irc_extra` keys for the IRC network.
 async fn setup_with(
     gateway_extra: &str,
-    second_irc: Option<(&str, &str)>,
+    other_network: Option<(String, &str, &str)>,
     irc_extra: &str,
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
@@ -180,9 +180,9 @@ async fn setup_with(
             appservice_network("mx", homeserver, listen_port, &bot),
         ];
         let mut channels = vec![("irc", channel.as_str()), ("mx", alias.as_str())];
-        if let Some((nick2, channel2)) = second_irc {
-            networks.push(irc_network("irc2", irc_port, nick2));
-            channels.push(("irc2", channel2));
+        if let Some((block, id, other_channel)) = &other_network {
+            networks.push(block.clone());
+            channels.push((id, other_channel));
         }
         one_gateway(&networks, &channels) + gateway_extra
     };
@@ -482,7 +482,16 @@ async fn a_sigkill_while_synapse_pushes_loses_and_doubles_nothing() {
 async fn mentions_of_relayed_people_are_pills_of_their_ghosts_and_back() {
     let nick2 = unique("bras2");
     let channel2 = unique("#as2");
-    let mut s = setup_with("", Some((&nick2, &channel2)), "").await;
+    let mut s = setup_with(
+        "",
+        Some((
+            irc_network("irc2", shared_inspircd().port, &nick2),
+            "irc2",
+            &channel2,
+        )),
+        "",
+    )
+    .await;
     let ivan = irc_nick(&s);
     let mut jane = IrcClient::connect(shared_inspircd().port, &unique("jane")).await;
     jane.join(&channel2).await;
@@ -684,5 +693,30 @@ async fn edits_redactions_reactions_replies_and_emotes_from_matrix_reach_irc_as_
             format!("<{mira}> MARK"),
         ]
     );
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
+    let mm = crate::support::mattermost::MmServer::start("asteam").await;
+    let channel_id = mm.channel("astown").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let mut s = setup_with("", Some((mm.network("mm", ""), "mm", "astown")), "").await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    s.matrix.mark().await;
+    mia.say(&channel_id, "hello from mattermost asmark12").await;
+    let events = s.matrix.messages_until(&s.room, "asmark12").await;
+    let said = events
+        .iter()
+        .find(|e| e.body().contains("asmark12"))
+        .unwrap();
+    assert_eq!(said.sender, "@mm_mia:localhost");
+    assert_eq!(said.body(), "hello from mattermost asmark12");
+    let profile = s
+        .view
+        .get("/_matrix/client/v3/profile/%40mm_mia%3Alocalhost")
+        .await;
+    assert_eq!(profile["displayname"], "mia (mm)");
     s.bridge.terminate();
 }
