@@ -82,6 +82,12 @@ impl Files {
             .map_err(|error| FileError::Io(std::io::Error::other(error)))?
     }
 
+    /// The stored picture of `user` on `network` (off the async runtime's threads), when there
+    /// is one.
+    pub async fn avatar(self: &Arc<Self>, network: &str, user: &str) -> Option<Vec<u8>> {
+        self.read(&avatar_name(network, user)).await
+    }
+
     /// A long-lived link to the picture of `user` on `network`, when one is stored and links
     /// are configured.
     #[must_use]

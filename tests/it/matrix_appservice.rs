@@ -166,6 +166,16 @@ async fn setup_with(
     other_network: Option<(String, &str, &str)>,
     irc_extra: &str,
 ) -> Setup {
+    setup_full("", gateway_extra, other_network, irc_extra).await
+}
+
+/// Like [`setup_with`], with `general` keys in `[general]`.
+async fn setup_full(
+    general: &str,
+    gateway_extra: &str,
+    other_network: Option<(String, &str, &str)>,
+    irc_extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let irc_port = shared_inspircd().port;
     let listen_port = free_port();
@@ -184,7 +194,8 @@ async fn setup_with(
             networks.push(block.clone());
             channels.push((id, other_channel));
         }
-        one_gateway(&networks, &channels) + gateway_extra
+        one_gateway(&networks, &channels).replacen("\n\n", &format!("\n{general}\n"), 1)
+            + gateway_extra
     };
     // The registration is made before the homeserver exists (it connects nowhere); the tokens
     // it generates stay in the state folder for the daemon.
@@ -701,7 +712,18 @@ async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
     let mm = crate::support::mattermost::MmServer::start("asteam").await;
     let channel_id = mm.channel("astown").await;
     let mia = mm.user("mia", &channel_id).await;
-    let mut s = setup_with("", Some((mm.network("mm", ""), "mm", "astown")), "").await;
+    // With the media endpoint on, the bridge keeps people's pictures: the ghost gets it.
+    let media_port = free_port();
+    let mut s = setup_full(
+        &format!(
+            "media_listen = \"127.0.0.1:{media_port}\"\n\
+             media_public_url = \"http://127.0.0.1:{media_port}/files\"\n"
+        ),
+        "",
+        Some((mm.network("mm", ""), "mm", "astown")),
+        "",
+    )
+    .await;
     mm.wait_bot_member(&channel_id).await;
     mm.wait_websocket(1).await;
     s.matrix.mark().await;
@@ -718,5 +740,23 @@ async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
         .get("/_matrix/client/v3/profile/%40mm_mia%3Alocalhost")
         .await;
     assert_eq!(profile["displayname"], "mia (mm)");
+    let picture = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v4/users/{}/image",
+            mm.emu.base_url(),
+            mia.id
+        ))
+        .bearer_auth(&mm.bot_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let avatar = profile["avatar_url"]
+        .as_str()
+        .expect("the ghost has a picture");
+    assert_eq!(s.matrix.download(avatar).await, picture);
     s.bridge.terminate();
 }

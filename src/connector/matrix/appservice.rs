@@ -225,6 +225,8 @@ struct Ghost {
     user_id: String,
     registered: bool,
     display_name: Option<String>,
+    /// The SHA-256 of the picture last set as its avatar.
+    avatar: Option<Vec<u8>>,
     /// Rooms it is a member of.
     joined: HashSet<String>,
 }
@@ -326,6 +328,21 @@ impl HsError {
                 reason: self.to_string(),
             },
         }
+    }
+}
+
+/// The media type of a picture, from its first bytes.
+fn sniff_image(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if bytes.starts_with(b"\xff\xd8") {
+        "image/jpeg"
+    } else if bytes.starts_with(b"GIF8") {
+        "image/gif"
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "image/webp"
+    } else {
+        "application/octet-stream"
     }
 }
 
@@ -890,11 +907,65 @@ impl Shared {
             .map_err(HsError::into_delivery_error)?;
             ghost.display_name = Some(wanted_name);
         }
+        if let Some(picture) = self.context.files.avatar(&origin, &author).await {
+            let digest = sha2::Sha256::digest(&picture).to_vec();
+            if ghost.avatar.as_ref() != Some(&digest) {
+                match self.set_avatar(&user_id, picture).await {
+                    Ok(()) => ghost.avatar = Some(digest),
+                    // A picture is not worth holding the message back.
+                    Err(error) => {
+                        tracing::info!(network = %self.network, ghost = %user_id, error = %error, "Cannot set a ghost's picture.");
+                    }
+                }
+            }
+        }
         if !ghost.joined.contains(room_id) {
             self.join_as(&user_id, room_id).await?;
             ghost.joined.insert(room_id.to_owned());
         }
         Ok(user_id)
+    }
+
+    /// Upload `picture` as `ghost` and make it the ghost's avatar.
+    async fn set_avatar(&self, ghost: &str, picture: Vec<u8>) -> Result<(), HsError> {
+        let mime = sniff_image(&picture);
+        let response = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.homeserver))
+            .bearer_auth(self.as_token.expose())
+            .query(&[("user_id", ghost), ("filename", "avatar")])
+            .header(reqwest::header::CONTENT_TYPE, mime)
+            .body(picture)
+            .send()
+            .await
+            .map_err(|error| HsError {
+                status: None,
+                errcode: String::new(),
+                message: error_chain(&error),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        let Some(uri) = value["content_uri"]
+            .as_str()
+            .filter(|_| status.is_success())
+        else {
+            return Err(HsError {
+                status: Some(status.as_u16()),
+                errcode: value["errcode"].as_str().unwrap_or_default().to_owned(),
+                message: value["error"].as_str().unwrap_or_default().to_owned(),
+                retry_after: None,
+            });
+        };
+        self.request(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", segment(ghost)),
+            Some(ghost),
+            None,
+            Some(&json!({ "avatar_url": uri })),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Join `room_id` as `user_id`, invited by the bot when the room asks for it.
