@@ -166,15 +166,17 @@ async fn setup_with(
     other_network: Option<(String, &str, &str)>,
     irc_extra: &str,
 ) -> Setup {
-    setup_full("", gateway_extra, other_network, irc_extra).await
+    setup_full("", gateway_extra, other_network, irc_extra, "").await
 }
 
-/// Like [`setup_with`], with `general` keys in `[general]`.
+/// Like [`setup_with`], with `general` keys in `[general]` and `mx_extra` keys for the
+/// Matrix network.
 async fn setup_full(
     general: &str,
     gateway_extra: &str,
     other_network: Option<(String, &str, &str)>,
     irc_extra: &str,
+    mx_extra: &str,
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let irc_port = shared_inspircd().port;
@@ -187,7 +189,7 @@ async fn setup_full(
     let config = |homeserver: &str| {
         let mut networks = vec![
             irc_network("irc", irc_port, &nick) + irc_extra,
-            appservice_network("mx", homeserver, listen_port, &bot),
+            appservice_network("mx", homeserver, listen_port, &bot) + mx_extra,
         ];
         let mut channels = vec![("irc", channel.as_str()), ("mx", alias.as_str())];
         if let Some((block, id, other_channel)) = &other_network {
@@ -722,6 +724,7 @@ async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
         "",
         Some((mm.network("mm", ""), "mm", "astown")),
         "",
+        "",
     )
     .await;
     mm.wait_bot_member(&channel_id).await;
@@ -758,5 +761,64 @@ async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
         .as_str()
         .expect("the ghost has a picture");
     assert_eq!(s.matrix.download(avatar).await, picture);
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_with_one_name_get_two_ghosts_and_keep_them() {
+    let mm = crate::support::mattermost::MmServer::start("asteam2").await;
+    let channel_id = mm.channel("astown2").await;
+    // The same name on IRC and on Mattermost, and a ghost_format without the network.
+    let name = unique("sam");
+    let mm_sam = mm.user(&name, &channel_id).await;
+    let mut s = setup_full(
+        "",
+        "",
+        Some((mm.network("mm", ""), "mm", "astown2")),
+        "",
+        "ghost_format = \"g_{NICK}\"\n",
+    )
+    .await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    let mut irc_sam = IrcClient::connect(shared_inspircd().port, &name).await;
+    irc_sam.join(&s.channel).await;
+    s.matrix.mark().await;
+    irc_sam.say(&s.channel, "from irc asmark13");
+    s.matrix.messages_until(&s.room, "asmark13").await;
+    mm_sam.say(&channel_id, "from mattermost asmark14").await;
+    irc_sam.say(&s.channel, "from irc again asmark15");
+    // Said on two networks, they may arrive in either order.
+    let events = s
+        .matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            ["asmark14", "asmark15"]
+                .iter()
+                .all(|marker| events.iter().any(|e| e.body().contains(marker)))
+        })
+        .await;
+    let sender_of = |marker: &str| {
+        events
+            .iter()
+            .find(|e| e.body().contains(marker))
+            .map(|e| e.sender.clone())
+            .unwrap()
+    };
+    let first = format!("@g_{name}:localhost");
+    let second = format!("@g_{name}_2:localhost");
+    assert_eq!(sender_of("asmark14"), second);
+    assert_eq!(sender_of("asmark15"), first);
+    // After a restart each keeps their ghost.
+    s.bridge.terminate();
+    s.bridge.restart();
+    s.bridge.wait_for_log("The bot joined the room.").await;
+    mm.wait_websocket(1).await;
+    mm_sam.say(&channel_id, "after the restart asmark16").await;
+    let events = s.matrix.messages_until(&s.room, "asmark16").await;
+    let again = events
+        .iter()
+        .find(|e| e.body().contains("asmark16"))
+        .unwrap();
+    assert_eq!(again.sender, second);
     s.bridge.terminate();
 }
