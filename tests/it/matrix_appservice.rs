@@ -822,3 +822,50 @@ async fn two_people_with_one_name_get_two_ghosts_and_keep_them() {
     assert_eq!(again.sender, second);
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_is_not_bridged_in_appservice_mode_and_says_so_once() {
+    let mut s = setup("").await;
+    s.view
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.encryption/",
+                encode(&s.room)
+            ),
+            &json!({"algorithm": "m.megolm.v1.aes-sha2"}),
+        )
+        .await;
+    s.bridge.wait_for_log("This room is encrypted").await;
+    let mut matrix = s.matrix;
+    // What a client sends there is ciphertext the bridge cannot read: not relayed.
+    for n in 0..2 {
+        matrix
+            .send_event(
+                &s.room,
+                "m.room.encrypted",
+                json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": format!("opaque{n}"),
+                       "sender_key": "k", "device_id": "D", "session_id": "s"}),
+            )
+            .await;
+    }
+    // What IRC says is refused there (kept as failed), not sent in clear by a ghost.
+    s.irc.say(&s.channel, "not in clear asmark17");
+    s.bridge
+        .wait_for_log("Delivery refused by the destination")
+        .await;
+    let logs = s.bridge.logs();
+    assert_eq!(
+        logs.matches("This room is encrypted").count(),
+        1,
+        "logged once per room: {logs}"
+    );
+    let seen = s.view.messages(&s.room).await;
+    assert!(
+        !seen.iter().any(|e| e["content"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("asmark17")),
+        "{seen:#?}"
+    );
+    s.bridge.terminate();
+}

@@ -661,7 +661,8 @@ impl Shared {
             tracing::debug!(network = %self.network, room_id, "An event of a room no gateway bridges; ignored.");
             return Ok(());
         };
-        if event["type"] == "m.room.encrypted" {
+        if event["type"] == "m.room.encrypted" || event["type"] == "m.room.encryption" {
+            // Encrypted, or encryption turned on after the bot joined.
             self.note_encrypted(room_id);
             return Ok(());
         }
