@@ -761,6 +761,20 @@ async fn a_mattermost_person_is_a_ghost_in_matrix_too() {
         .as_str()
         .expect("the ghost has a picture");
     assert_eq!(s.matrix.download(avatar).await, picture);
+    // A file: uploaded by the ghost, the same bytes.
+    let bytes: Vec<u8> = (0..3000u32).map(|n| (n * 13 % 251) as u8).collect();
+    let file_id = mia.upload(&channel_id, "notes.bin", &bytes).await;
+    mia.say_with_files(&channel_id, "the notes asmark18", &[file_id])
+        .await;
+    let events = s.matrix.messages_until(&s.room, "asmark18").await;
+    let file = events
+        .iter()
+        .find(|e| e.content["url"].is_string())
+        .unwrap_or_else(|| panic!("no file event: {events:#?}"));
+    assert_eq!(file.sender, "@mm_mia:localhost");
+    assert_eq!(file.msgtype(), "m.file");
+    let url = file.content["url"].as_str().unwrap();
+    assert_eq!(s.matrix.download(url).await, bytes);
     s.bridge.terminate();
 }
 

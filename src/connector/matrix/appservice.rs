@@ -17,7 +17,8 @@
 //!   (`m.login.application_service`) the first time its person speaks, gets its display name
 //!   (`ghost_displayname`, renamed when the person's name changes) and joins the room (invited
 //!   by the bot when the room asks for it). A late delivery carries its original time as the
-//!   event's timestamp (`ts=`), without a `[date]` prefix. Joins and parts move the ghost's
+//!   event's timestamp (`ts=`), without a `[date]` prefix. Files are uploaded by the ghost.
+//!   Joins and parts move the ghost's
 //!   membership; they reach this network only with the origin's `relay_membership`.
 //! - **Ghost names**: `ghost_format` sanitised ([`super::ghosts`]); a localpart another person
 //!   has already is taken with `_2`, `_3`, …; the choice is kept in the store's cursors, so a
@@ -927,16 +928,21 @@ impl Shared {
         Ok(user_id)
     }
 
-    /// Upload `picture` as `ghost` and make it the ghost's avatar.
-    async fn set_avatar(&self, ghost: &str, picture: Vec<u8>) -> Result<(), HsError> {
-        let mime = sniff_image(&picture);
+    /// Upload `bytes` to the content repository as `ghost`; its `mxc://` URI.
+    async fn upload(
+        &self,
+        ghost: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+        filename: &str,
+    ) -> Result<String, HsError> {
         let response = self
             .http
             .post(format!("{}/_matrix/media/v3/upload", self.homeserver))
             .bearer_auth(self.as_token.expose())
-            .query(&[("user_id", ghost), ("filename", "avatar")])
+            .query(&[("user_id", ghost), ("filename", filename)])
             .header(reqwest::header::CONTENT_TYPE, mime)
-            .body(picture)
+            .body(bytes)
             .send()
             .await
             .map_err(|error| HsError {
@@ -947,17 +953,21 @@ impl Shared {
             })?;
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
-        let Some(uri) = value["content_uri"]
-            .as_str()
-            .filter(|_| status.is_success())
-        else {
-            return Err(HsError {
+        match value["content_uri"].as_str() {
+            Some(uri) if status.is_success() => Ok(uri.to_owned()),
+            _ => Err(HsError {
                 status: Some(status.as_u16()),
                 errcode: value["errcode"].as_str().unwrap_or_default().to_owned(),
                 message: value["error"].as_str().unwrap_or_default().to_owned(),
-                retry_after: None,
-            });
-        };
+                retry_after: value["retry_after_ms"].as_u64().map(Duration::from_millis),
+            }),
+        }
+    }
+
+    /// Upload `picture` as `ghost` and make it the ghost's avatar.
+    async fn set_avatar(&self, ghost: &str, picture: Vec<u8>) -> Result<(), HsError> {
+        let mime = sniff_image(&picture);
+        let uri = self.upload(ghost, picture, mime, "avatar").await?;
         self.request(
             reqwest::Method::PUT,
             &format!("/_matrix/client/v3/profile/{}/avatar_url", segment(ghost)),
@@ -967,6 +977,87 @@ impl Shared {
         )
         .await
         .map(|_| ())
+    }
+
+    /// A message with files, sent by `ghost`: each stored file uploaded and sent as its own
+    /// file event (the first with the caption and the relation, its transaction id the
+    /// delivery id; the others the delivery id and their index); files not copied are
+    /// announced in the caption. Acknowledged with the first event's id.
+    async fn send_files(
+        &self,
+        delivery: &Delivery,
+        ghost: &str,
+        room_id: &str,
+        ts: Option<i64>,
+        related: content::Related<'_>,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let EventBody::Text {
+            text, attachments, ..
+        } = &delivery.body
+        else {
+            return Ok(DeliveryAck::default());
+        };
+        let mut uploaded = Vec::new();
+        let mut not_copied = Vec::new();
+        for attachment in attachments {
+            let bytes = match &attachment.stored {
+                Some(hash) => self.context.files.read(hash).await,
+                None => None,
+            };
+            let Some(bytes) = bytes else {
+                not_copied.push(attachment);
+                continue;
+            };
+            let uri = self
+                .upload(ghost, bytes, &attachment.mime, &attachment.name)
+                .await
+                .map_err(HsError::into_delivery_error)?;
+            uploaded.push((attachment, uri));
+        }
+        let caption = with_file_lines(text, not_copied, |_| None);
+        let room = segment(room_id);
+        let mut contents = Vec::new();
+        if uploaded.is_empty() {
+            contents.push(content::file_caption("", &caption));
+        }
+        for (index, (attachment, uri)) in uploaded.iter().enumerate() {
+            let empty = FormattedText::default();
+            contents.push(content::file_content(
+                attachment,
+                uri,
+                "",
+                if index == 0 { &caption } else { &empty },
+            ));
+        }
+        let mut first_event = None;
+        for (index, mut content) in contents.into_iter().enumerate() {
+            if index == 0
+                && let Some(relation) = content::message_relation(related)
+            {
+                content["m.relates_to"] = relation;
+            }
+            let txn = if index == 0 {
+                segment(&delivery.id)
+            } else {
+                segment(&format!("{}.{index}", delivery.id))
+            };
+            let answer = self
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+                    Some(ghost),
+                    ts,
+                    Some(&content),
+                )
+                .await
+                .map_err(HsError::into_delivery_error)?;
+            if first_event.is_none() {
+                first_event = answer["event_id"].as_str().map(ToOwned::to_owned);
+            }
+        }
+        Ok(DeliveryAck {
+            remote_id: first_event,
+        })
     }
 
     /// Join `room_id` as `user_id`, invited by the bot when the room asks for it.
@@ -1050,22 +1141,14 @@ impl Shared {
         super::mentions::outbound(&mut delivery, self.context.router.people(), &self.network);
         let notified = super::mentions::mentioned(&delivery, &self.network);
         let mut notifies_room = false;
+        let mut has_files = false;
         if let EventBody::Text {
             text, attachments, ..
         } = &mut delivery.body
         {
             crate::richtext::mention::neutralise_mass_pings(text, settings.allow_mass_pings);
             notifies_room = super::mentions::mentions_room(text);
-            if !attachments.is_empty() {
-                let files = &self.context.files;
-                *text = with_file_lines(text, attachments.iter(), |attachment| {
-                    attachment
-                        .stored
-                        .as_deref()
-                        .and_then(|hash| files.link(hash, &attachment.name))
-                });
-                attachments.clear();
-            }
+            has_files = !attachments.is_empty();
         }
         let parse = |target: Option<&crate::model::TargetRef>| {
             target
@@ -1080,6 +1163,11 @@ impl Shared {
             reply_to: reply_to.as_deref(),
             thread_root: thread_root.as_deref(),
         };
+        if has_files {
+            return self
+                .send_files(&delivery, &ghost, &room_id, ts, related)
+                .await;
+        }
         let txn = segment(&delivery.id);
         let room = segment(&room_id);
         match content::outbound(&delivery, "", related) {
