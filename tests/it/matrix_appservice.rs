@@ -883,3 +883,51 @@ async fn an_encrypted_room_is_not_bridged_in_appservice_mode_and_says_so_once() 
     );
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_said_in_matrix_reaches_irc_as_a_working_link() {
+    let media_port = free_port();
+    let mut s = setup_full(
+        &format!(
+            "media_listen = \"127.0.0.1:{media_port}\"\n\
+             media_public_url = \"http://127.0.0.1:{media_port}/files\"\n"
+        ),
+        "",
+        None,
+        "",
+        "",
+    )
+    .await;
+    let bytes: Vec<u8> = (0..4000u32).map(|n| (n * 7 % 251) as u8).collect();
+    let uri = s
+        .matrix
+        .upload("report.bin", "application/octet-stream", bytes.clone())
+        .await;
+    let mut matrix = s.matrix;
+    matrix
+        .send_event(
+            &s.room,
+            "m.room.message",
+            json!({"msgtype": "m.file", "body": "report.bin", "filename": "report.bin",
+                   "url": uri, "info": {"mimetype": "application/octet-stream", "size": bytes.len()}}),
+        )
+        .await;
+    let lines = s.irc.texts_until(&s.channel, "report.bin").await;
+    let line = texts(&lines).pop().unwrap();
+    let mira = crate::support::matrix_client::local_part(&matrix.user_id);
+    assert!(
+        line.starts_with(&format!(
+            "<{mira}> shared a file: report.bin (3.9 KiB) http://127.0.0.1:{media_port}/files/"
+        )),
+        "{line}"
+    );
+    let link = line.rsplit(' ').next().unwrap();
+    let fetched = reqwest::get(link).await.unwrap();
+    assert!(
+        fetched.status().is_success(),
+        "{link}: {}",
+        fetched.status()
+    );
+    assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
+    s.bridge.terminate();
+}

@@ -670,10 +670,12 @@ impl Shared {
         let Some(mut body) = content::inbound(event, self.relay_membership) else {
             return Ok(());
         };
-        if let EventBody::Text { attachments, .. } = &mut body {
-            // Files are announced by name in this mode (not copied yet).
-            for attachment in attachments.iter_mut() {
-                attachment.stored = None;
+        if let EventBody::Text { attachments, .. } = &mut body
+            && let Some(attachment) = attachments.first_mut()
+        {
+            attachment.stored = None;
+            if let Some(mxc) = event["content"]["url"].as_str() {
+                self.fetch_file(mxc, attachment).await;
             }
         }
         if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut body {
@@ -799,6 +801,52 @@ impl Shared {
             Inline::Mention(mention)
         });
         Ok(())
+    }
+
+    /// Copy a Matrix file (authenticated media, as the bot) into the bridge's file store,
+    /// within the size limit; on failure it is announced by name and size, and why is logged.
+    async fn fetch_file(&self, mxc: &str, attachment: &mut crate::model::Attachment) {
+        let files = &self.context.files;
+        if attachment
+            .size
+            .is_some_and(|size| !files.store.accepts(size))
+        {
+            tracing::info!(network = %self.network, file = %attachment.name, size = attachment.size, "A file is over max_file_size_mb; it is announced, not copied.");
+            return;
+        }
+        let Some(path) = mxc.strip_prefix("mxc://") else {
+            return;
+        };
+        let response = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.homeserver
+            ))
+            .bearer_auth(self.as_token.expose())
+            .send()
+            .await;
+        let bytes = match response {
+            Ok(response) if response.status().is_success() => response.bytes().await.ok(),
+            Ok(response) => {
+                tracing::warn!(network = %self.network, mxc, status = %response.status(), "Cannot download a Matrix file; it is announced, not copied.");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(network = %self.network, mxc, error = %error_chain(&error), "Cannot download a Matrix file; it is announced, not copied.");
+                None
+            }
+        };
+        let Some(bytes) = bytes else {
+            return;
+        };
+        attachment.size = Some(bytes.len() as u64);
+        match files.put(bytes.to_vec()).await {
+            Ok(hash) => attachment.stored = Some(hash),
+            Err(error) => {
+                tracing::warn!(network = %self.network, mxc, error = %error, "A Matrix file was not copied; it is announced by name and size.");
+            }
+        }
     }
 
     /// One transaction: every event committed, then the transaction id recorded.
