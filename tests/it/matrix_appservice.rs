@@ -921,11 +921,11 @@ async fn a_file_said_in_matrix_reaches_irc_as_a_working_link() {
         )),
         "{line}"
     );
-    let link = line.rsplit(' ').next().unwrap();
-    let fetched = reqwest::get(link).await.unwrap();
+    let file_link = line.rsplit(' ').next().unwrap();
+    let fetched = reqwest::get(file_link).await.unwrap();
     assert!(
         fetched.status().is_success(),
-        "{link}: {}",
+        "{file_link}: {}",
         fetched.status()
     );
     assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
