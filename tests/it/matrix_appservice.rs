@@ -931,3 +931,55 @@ async fn a_file_said_in_matrix_reaches_irc_as_a_working_link() {
     assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
     s.bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_from_mattermost_is_the_ghosts_and_taking_it_back_removes_it() {
+    let mm = crate::support::mattermost::MmServer::start("asteam3").await;
+    let channel_id = mm.channel("astown3").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let mut s = setup_with("", Some((mm.network("mm", ""), "mm", "astown3")), "").await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    let original = s.matrix.say(&s.room, "react to me asmark19").await;
+    let posts = mia
+        .wait_posts_by(&channel_id, &mm.bot_id, |posts| {
+            posts
+                .iter()
+                .any(|p| p["message"].as_str().unwrap_or("").contains("asmark19"))
+        })
+        .await;
+    let post_id = posts
+        .iter()
+        .find(|p| p["message"].as_str().unwrap_or("").contains("asmark19"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.matrix.mark().await;
+    mia.react(&post_id, "tada").await;
+    let ghost = "@mm_mia:localhost";
+    let reactions = s
+        .matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events.iter().any(|e| e.kind == "m.reaction")
+        })
+        .await;
+    let reaction = reactions.iter().find(|e| e.kind == "m.reaction").unwrap();
+    assert_eq!(reaction.sender, ghost);
+    assert_eq!(
+        reaction.content["m.relates_to"]["event_id"],
+        original.as_str()
+    );
+    let reaction_id = reaction.event_id.clone();
+    mia.unreact(&post_id, "tada").await;
+    s.matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events.iter().any(|e| {
+                e.kind == "m.room.redaction"
+                    && e.sender == ghost
+                    && (e.content["redacts"] == reaction_id.as_str())
+            })
+        })
+        .await;
+    s.bridge.terminate();
+}

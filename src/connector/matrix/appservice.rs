@@ -1262,11 +1262,61 @@ impl Shared {
                 })
                 .map_err(HsError::into_delivery_error),
             content::Outbound::RemoveReaction { target, key } => {
-                tracing::info!(network = %self.network, delivery = %delivery.id, target = %target, key, "Removing a reaction is not done in appservice mode yet; the reaction stays.");
-                Ok(DeliveryAck::default())
+                self.remove_reaction(&ghost, &room_id, target.as_str(), &key, &txn)
+                    .await
             }
             content::Outbound::Nothing => Ok(DeliveryAck::default()),
         }
+    }
+
+    /// Take back the ghost's reaction `key` to `target`: its annotation found among the
+    /// target's relations and redacted (nothing to do when there is none).
+    async fn remove_reaction(
+        &self,
+        ghost: &str,
+        room_id: &str,
+        target: &str,
+        key: &str,
+        txn: &str,
+    ) -> Result<DeliveryAck, DeliveryError> {
+        let relations = self
+            .request(
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation/m.reaction?limit=1000",
+                    segment(room_id),
+                    segment(target)
+                ),
+                Some(ghost),
+                None,
+                None,
+            )
+            .await
+            .map_err(HsError::into_delivery_error)?;
+        let Some(reaction) = relations["chunk"].as_array().and_then(|chunk| {
+            chunk.iter().find(|event| {
+                event["sender"] == ghost && event["content"]["m.relates_to"]["key"] == key
+            })
+        }) else {
+            return Ok(DeliveryAck::default());
+        };
+        let event_id = reaction["event_id"].as_str().unwrap_or_default();
+        self.request(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/{txn}",
+                segment(room_id),
+                segment(event_id)
+            ),
+            Some(ghost),
+            None,
+            Some(&json!({})),
+        )
+        .await
+        .map(|answer| DeliveryAck {
+            remote_id: answer["event_id"].as_str().map(ToOwned::to_owned),
+        })
+        .map_err(HsError::into_delivery_error)
     }
 
     /// A join, part or rename of a person (relayed with the origin's `relay_membership`):
