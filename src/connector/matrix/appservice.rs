@@ -212,6 +212,8 @@ struct Shared {
     context: BuildContext,
     /// configured channel → room id, for rooms the bot is in.
     rooms: RwLock<HashMap<String, String>>,
+    /// Joined rooms whose encryption was checked: deliveries wait for it.
+    checked: Mutex<HashSet<String>>,
     /// Rooms with encryption on (logged once each).
     encrypted: Mutex<HashSet<String>>,
     /// (origin network, author id) → the ghost, as far as this process set it up.
@@ -284,6 +286,7 @@ pub fn build(
         known_ghosts: Mutex::new(HashSet::new()),
         context,
         rooms: RwLock::new(HashMap::new()),
+        checked: Mutex::new(HashSet::new()),
         encrypted: Mutex::new(HashSet::new()),
         ghosts: tokio::sync::Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
@@ -514,15 +517,21 @@ impl Shared {
                             missing += 1;
                             continue;
                         };
-                        tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
-                        if self.is_encrypted(room_id).await {
-                            self.note_encrypted(room_id);
-                        }
-                        self.announce_bridge(channel, room_id).await;
+                        // Known at once, so that nothing pushed from now on is dropped as
+                        // from an unbridged room; deliveries wait until it is `checked`.
                         self.rooms
                             .write()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(channel.clone(), room_id.to_owned());
+                        if self.is_encrypted(room_id).await {
+                            self.note_encrypted(room_id);
+                        }
+                        self.checked
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(room_id.to_owned());
+                        tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
+                        self.announce_bridge(channel, room_id).await;
                     }
                     Err(error) => {
                         missing += 1;
@@ -1163,6 +1172,17 @@ impl Shared {
             return Err(DeliveryError::Permanent(format!(
                 "room {room_id} is encrypted; appservice mode does not bridge encrypted rooms"
             )));
+        }
+        if !self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&room_id)
+        {
+            return Err(DeliveryError::Retry {
+                after: Some(Duration::from_millis(200)),
+                reason: format!("room {room_id} is being joined"),
+            });
         }
         let settings = self
             .context
