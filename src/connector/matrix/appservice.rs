@@ -212,6 +212,9 @@ struct Shared {
     context: BuildContext,
     /// configured channel → room id, for rooms the bot is in.
     rooms: RwLock<HashMap<String, String>>,
+    /// Set once every configured room was tried: until then a pushed transaction is refused
+    /// (the homeserver pushes it again), so nothing of a room not joined yet is dropped.
+    rooms_tried: std::sync::atomic::AtomicBool,
     /// Joined rooms whose encryption was checked: deliveries wait for it.
     checked: Mutex<HashSet<String>>,
     /// Rooms with encryption on (logged once each).
@@ -286,6 +289,7 @@ pub fn build(
         known_ghosts: Mutex::new(HashSet::new()),
         context,
         rooms: RwLock::new(HashMap::new()),
+        rooms_tried: std::sync::atomic::AtomicBool::new(false),
         checked: Mutex::new(HashSet::new()),
         encrypted: Mutex::new(HashSet::new()),
         ghosts: tokio::sync::Mutex::new(HashMap::new()),
@@ -539,6 +543,8 @@ impl Shared {
                     }
                 }
             }
+            self.rooms_tried
+                .store(true, std::sync::atomic::Ordering::Release);
             if missing == 0 {
                 return;
             }
@@ -860,6 +866,9 @@ impl Shared {
 
     /// One transaction: every event committed, then the transaction id recorded.
     async fn transaction(&self, txn_id: &str, body: &Value) -> Result<(), String> {
+        if !self.rooms_tried.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("the bot is still joining its rooms".to_owned());
+        }
         let key = format!("appservice-txn:{txn_id}");
         if self.cursor(key.clone()).await?.is_some() {
             tracing::debug!(network = %self.network, txn_id, "A transaction already committed was pushed again; answered without relaying it.");
