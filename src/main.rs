@@ -1,5 +1,6 @@
 //! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge,
-//! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity.
+//! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity,
+//! `appservice-registration` prints the registration of a Matrix network in appservice mode.
 //!
 //! The only place that uses `anyhow`; everything below it has typed errors.
 
@@ -47,6 +48,18 @@ enum Commands {
         #[arg(long)]
         recovery_key_file: PathBuf,
     },
+    /// Print the application-service registration (YAML) of a Matrix network with
+    /// `mode = "appservice"`, for the homeserver's `app_service_config_files`. Tokens the
+    /// configuration does not give are generated once and kept in the state folder.
+    #[command(name = "appservice-registration")]
+    AppserviceRegistration {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// The id of the Matrix network (`[network.<id>]`).
+        #[arg(long)]
+        network: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +86,40 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Commands::AppserviceRegistration { config, network } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(settings) = parsed.networks.iter().find(|n| n.id == network) else {
+                eprintln!("no network `{network}` in {}", config.display());
+                return ExitCode::from(2);
+            };
+            let others: Vec<String> = parsed
+                .networks
+                .iter()
+                .filter(|n| n.id != network)
+                .map(|n| n.id.clone())
+                .collect();
+            match tribridge::connector::matrix_appservice_registration(
+                &network,
+                settings.settings.as_ref(),
+                &others,
+                &parsed.state_dir,
+            ) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Commands::MatrixRecover {
             config,
             network,

@@ -125,6 +125,12 @@ pub fn connector(
 #[cfg(feature = "matrix")]
 pub const QUIET_LOG_TARGETS: &str = matrix::QUIET_LOG_TARGETS;
 
+/// `tribridge appservice-registration`: the registration YAML of a Matrix network in
+/// appservice mode (see the Matrix connector's `appservice` module).
+#[cfg(feature = "matrix")]
+pub use matrix::appservice::{
+    AppserviceError as MatrixAppserviceError, registration as matrix_appservice_registration,
+};
 /// `tribridge matrix-recover`: take a Matrix network's cross-signing identity back from secret
 /// storage with its recovery key (see the Matrix connector's `identity` module).
 #[cfg(feature = "matrix")]

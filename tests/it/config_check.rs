@@ -128,6 +128,42 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "matrix appservice: valid, the bot and tokens implied",
+            format!(
+                "[network.mx]\ntype = \"matrix\"\nmode = \"appservice\"\nhomeserver = \"https://m.org\"\nserver_name = \"m.org\"\nlisten = \"127.0.0.1:9009\"\nurl = \"http://127.0.0.1:9009\"\nghost_format = \"br_{{NETWORK}}_{{NICK}}\"\n{NET2}{MXGATEWAY}"
+            ),
+            vec![],
+        ),
+        (
+            "matrix appservice: missing keys, bad values, bot-mode keys",
+            format!(
+                "[network.mx]\ntype = \"matrix\"\nmode = \"appservice\"\nhomeserver = \"https://m.org\"\nlisten = \"localhost\"\nuser = \"@b:m.org\"\npassword = \"p\"\nghost_format = \"{{NETWORK}}\"\nsender_localpart = \"Bot\"\n{NET2}{MXGATEWAY}"
+            ),
+            vec![
+                "bridges.toml:2:8: network.mx.server_name: missing key `server_name`: an application service needs its homeserver's server name, e.g. `server_name = \"example.org\"`",
+                "bridges.toml:2:8: network.mx.url: missing key `url`: how the homeserver reaches `listen`, e.g. `url = \"http://127.0.0.1:9009\"`",
+                "bridges.toml:5:10: network.mx.listen: `localhost` is not an address to listen on; expected `ip:port`, e.g. \"127.0.0.1:9009\"",
+                "bridges.toml:6:8: network.mx.user: in `mode = \"appservice\"` the bridge's bot is `@<sender_localpart>:<server_name>`; remove `user`",
+                "bridges.toml:7:12: network.mx.password: `password` is a key of the bot mode; in `mode = \"appservice\"` the bridge authenticates with `as_token`",
+                "bridges.toml:8:16: network.mx.ghost_format: `{NETWORK}` does not contain `{NICK}`: every person would be the same ghost; e.g. \"{NETWORK}_{NICK}\"",
+                "bridges.toml:9:20: network.mx.sender_localpart: `Bot` is not a Matrix localpart; expected lower-case letters, digits and `._=-/`, e.g. \"tribridge\"",
+            ],
+        ),
+        (
+            "matrix: an appservice key in bot mode, an unknown mode",
+            format!("{MX}ghost_format = \"x_{{NICK}}\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:16: network.mx.ghost_format: `ghost_format` is a key of `mode = \"appservice\"`; this network is a bot account (add `mode = \"appservice\"` or remove the key)",
+            ],
+        ),
+        (
+            "matrix: an unknown mode",
+            format!("{MX}mode = \"puppet\"\n{NET2}{MXGATEWAY}"),
+            vec![
+                "bridges.toml:6:8: network.mx.mode: `puppet` is not a mode; expected \"bot\" (a bot account, the default) or \"appservice\" (an application service with ghost users)",
+            ],
+        ),
+        (
             "matrix: the encryption keys",
             format!(
                 "{MX}trust = \"cross-signed\"\ncross_signing = true\nreset_cross_signing = false\n{NET2}{MXGATEWAY}"
@@ -176,7 +212,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "the media endpoint is not a Matrix network key",
             format!("{MX}media_listen = \"127.0.0.1:8090\"\n{NET2}{MXGATEWAY}"),
             vec![
-                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `trust`, `cross_signing`, `reset_cross_signing`, `parallel_bridges`, `remote_nick_format`",
+                "bridges.toml:6:1: network.mx.media_listen: unknown field `media_listen`, expected one of `type`, `homeserver`, `user`, `password`, `password_file`, `password_env`, `access_token`, `access_token_file`, `access_token_env`, `device_name`, `display_name`, `relay_membership`, `trust`, `cross_signing`, `reset_cross_signing`, `parallel_bridges`, `mode`, `server_name`, `listen`, `url`, `as_token`, `as_token_file`, `as_token_env`, `hs_token`, `hs_token_file`, `hs_token_env`, `sender_localpart`, `ghost_format`, `ghost_displayname`, `remote_nick_format`",
             ],
         ),
         (

@@ -7,6 +7,7 @@ mod hostile;
 mod irc_manners;
 mod irc_relay;
 mod loops;
+mod matrix_appservice;
 mod matrix_cross_signing;
 mod matrix_relay;
 mod mattermost_relay;

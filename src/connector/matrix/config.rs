@@ -56,7 +56,39 @@ pub struct MatrixConfig {
     pub reset_cross_signing: bool,
     /// Whom the bridge shares its room keys with and whose messages it decrypts.
     pub trust: Trust,
+    /// `mode = "appservice"`: the bridge is an application service of the homeserver (ghost
+    /// users, pushed transactions) instead of a bot account; `None` in bot mode.
+    pub appservice: Option<AppserviceConfig>,
 }
+
+/// The keys of `mode = "appservice"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppserviceConfig {
+    /// The homeserver's `server_name` (the part after `:` in its user ids).
+    pub server_name: String,
+    /// Where the bridge listens for the homeserver's pushes.
+    pub listen: std::net::SocketAddr,
+    /// How the homeserver reaches `listen` (the registration's `url`).
+    pub url: String,
+    /// The bridge's token towards the homeserver; generated and stored by
+    /// `tribridge appservice-registration` when not configured.
+    pub as_token: Option<Secret>,
+    /// The homeserver's token towards the bridge; likewise.
+    pub hs_token: Option<Secret>,
+    /// The bridge's own bot (`@<sender_localpart>:<server_name>`).
+    pub sender_localpart: String,
+    /// A ghost's localpart: `{NETWORK}` and `{NICK}` substituted, then sanitised.
+    pub ghost_format: String,
+    /// A ghost's display name: `{NICK}` and `{NETWORK}` substituted.
+    pub ghost_displayname: String,
+}
+
+/// The default `ghost_format`.
+pub const DEFAULT_GHOST_FORMAT: &str = "{NETWORK}_{NICK}";
+/// The default `ghost_displayname`.
+pub const DEFAULT_GHOST_DISPLAYNAME: &str = "{NICK} ({NETWORK})";
+/// The default `sender_localpart`.
+pub const DEFAULT_SENDER_LOCALPART: &str = "tribridge";
 
 /// `trust`: the devices the bridge shares its room keys with, and decrypts messages from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,6 +122,19 @@ struct RawMatrix {
     cross_signing: Option<Spanned<bool>>,
     reset_cross_signing: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
+    mode: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    as_token: Option<Spanned<String>>,
+    as_token_file: Option<Spanned<String>>,
+    as_token_env: Option<Spanned<String>>,
+    hs_token: Option<Spanned<String>>,
+    hs_token_file: Option<Spanned<String>>,
+    hs_token_env: Option<Spanned<String>>,
+    sender_localpart: Option<Spanned<String>>,
+    ghost_format: Option<Spanned<String>>,
+    ghost_displayname: Option<Spanned<String>>,
 }
 
 impl NetworkType for Matrix {
@@ -132,7 +177,55 @@ impl NetworkType for Matrix {
                 text.to_owned()
             }
         };
+        let appservice = match raw
+            .mode
+            .as_ref()
+            .map(|m| (m.span().start, m.get_ref().as_str()))
+        {
+            None | Some((_, "bot")) => {
+                for (key, value) in appservice_only_keys(&raw) {
+                    section.report(
+                        value.span().start,
+                        key,
+                        format!(
+                            "`{key}` is a key of `mode = \"appservice\"`; this network is a bot \
+                             account (add `mode = \"appservice\"` or remove the key)"
+                        ),
+                    );
+                }
+                None
+            }
+            Some((_, "appservice")) => validate_appservice(section, &raw),
+            Some((offset, other)) => {
+                section.report(
+                    offset,
+                    "mode",
+                    format!(
+                        "`{other}` is not a mode; expected \"bot\" (a bot account, the default) or \
+                         \"appservice\" (an application service with ghost users)"
+                    ),
+                );
+                None
+            }
+        };
+        let appservice_mode = raw
+            .mode
+            .as_ref()
+            .is_some_and(|m| m.get_ref() == "appservice");
         let user = match &raw.user {
+            _ if appservice_mode => {
+                if let Some(user) = &raw.user {
+                    section.report(
+                        user.span().start,
+                        "user",
+                        "in `mode = \"appservice\"` the bridge's bot is \
+                         `@<sender_localpart>:<server_name>`; remove `user`",
+                    );
+                }
+                appservice.as_ref().map_or_else(String::new, |a| {
+                    format!("@{}:{}", a.sender_localpart, a.server_name)
+                })
+            }
             None => {
                 section.missing(
                     "user",
@@ -167,7 +260,27 @@ impl NetworkType for Matrix {
             raw.access_token_file.as_ref(),
             raw.access_token_env.as_ref(),
         );
-        if password.is_none() && access_token.is_none() && !section.has_issues() {
+        if appservice_mode {
+            for (key, value) in [
+                ("password", &raw.password),
+                ("password_file", &raw.password_file),
+                ("password_env", &raw.password_env),
+                ("access_token", &raw.access_token),
+                ("access_token_file", &raw.access_token_file),
+                ("access_token_env", &raw.access_token_env),
+            ] {
+                if let Some(value) = value {
+                    section.report(
+                        value.span().start,
+                        key,
+                        format!(
+                            "`{key}` is a key of the bot mode; in `mode = \"appservice\"` the \
+                             bridge authenticates with `as_token`"
+                        ),
+                    );
+                }
+            }
+        } else if password.is_none() && access_token.is_none() && !section.has_issues() {
             section.missing(
                 "password",
                 "a Matrix network needs `password` or `access_token` (or their `_file` / `_env` \
@@ -224,9 +337,186 @@ impl NetworkType for Matrix {
                     .as_ref()
                     .is_some_and(|v| *v.get_ref()),
                 trust,
+                appservice,
             }),
         })
     }
+}
+
+/// The keys only `mode = "appservice"` reads, those present.
+fn appservice_only_keys(raw: &RawMatrix) -> Vec<(&'static str, &Spanned<String>)> {
+    [
+        ("server_name", &raw.server_name),
+        ("listen", &raw.listen),
+        ("url", &raw.url),
+        ("as_token", &raw.as_token),
+        ("as_token_file", &raw.as_token_file),
+        ("as_token_env", &raw.as_token_env),
+        ("hs_token", &raw.hs_token),
+        ("hs_token_file", &raw.hs_token_file),
+        ("hs_token_env", &raw.hs_token_env),
+        ("sender_localpart", &raw.sender_localpart),
+        ("ghost_format", &raw.ghost_format),
+        ("ghost_displayname", &raw.ghost_displayname),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
+    .collect()
+}
+
+/// The keys of `mode = "appservice"`; `None` (with the problems reported) when one is wrong.
+fn validate_appservice(section: &mut Section<'_>, raw: &RawMatrix) -> Option<AppserviceConfig> {
+    let server_name = match &raw.server_name {
+        None => {
+            section.missing(
+                "server_name",
+                "missing key `server_name`: an application service needs its homeserver's \
+                 server name, e.g. `server_name = \"example.org\"`",
+            );
+            None
+        }
+        Some(name) => {
+            let text = name.get_ref();
+            if text.is_empty()
+                || text.contains(['/', '@', ' '])
+                || text.starts_with("http") && text.contains("://")
+            {
+                section.report(
+                    name.span().start,
+                    "server_name",
+                    format!(
+                        "`{text}` is not a server name; expected the part after `:` in the \
+                         homeserver's user ids, e.g. \"example.org\""
+                    ),
+                );
+                None
+            } else {
+                Some(text.clone())
+            }
+        }
+    };
+    let listen = match &raw.listen {
+        None => {
+            section.missing(
+                "listen",
+                "missing key `listen`: where the bridge listens for the homeserver's \
+                 transactions, e.g. `listen = \"127.0.0.1:9009\"`",
+            );
+            None
+        }
+        Some(value) => {
+            let address = value.get_ref().parse::<std::net::SocketAddr>().ok();
+            if address.is_none() {
+                section.report(
+                    value.span().start,
+                    "listen",
+                    format!(
+                        "`{}` is not an address to listen on; expected `ip:port`, e.g. \
+                         \"127.0.0.1:9009\"",
+                        value.get_ref()
+                    ),
+                );
+            }
+            address
+        }
+    };
+    let url = match &raw.url {
+        None => {
+            section.missing(
+                "url",
+                "missing key `url`: how the homeserver reaches `listen`, e.g. \
+                 `url = \"http://127.0.0.1:9009\"`",
+            );
+            None
+        }
+        Some(value) => {
+            let text = value.get_ref().trim_end_matches('/');
+            let rest = text
+                .strip_prefix("https://")
+                .or_else(|| text.strip_prefix("http://"));
+            if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+                section.report(
+                    value.span().start,
+                    "url",
+                    format!(
+                        "`{}` is not a URL; expected `http://host:port`, e.g. \
+                         \"http://127.0.0.1:9009\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            } else {
+                Some(text.to_owned())
+            }
+        }
+    };
+    let as_token = section.secret(
+        "as_token",
+        raw.as_token.as_ref(),
+        raw.as_token_file.as_ref(),
+        raw.as_token_env.as_ref(),
+    );
+    let hs_token = section.secret(
+        "hs_token",
+        raw.hs_token.as_ref(),
+        raw.hs_token_file.as_ref(),
+        raw.hs_token_env.as_ref(),
+    );
+    let sender_localpart = match &raw.sender_localpart {
+        None => Some(DEFAULT_SENDER_LOCALPART.to_owned()),
+        Some(value) => {
+            let text = value.get_ref();
+            if text.is_empty() || !text.chars().all(is_localpart_char) {
+                section.report(
+                    value.span().start,
+                    "sender_localpart",
+                    format!(
+                        "`{text}` is not a Matrix localpart; expected lower-case letters, digits \
+                         and `._=-/`, e.g. \"tribridge\""
+                    ),
+                );
+                None
+            } else {
+                Some(text.clone())
+            }
+        }
+    };
+    let ghost_format = match &raw.ghost_format {
+        None => Some(DEFAULT_GHOST_FORMAT.to_owned()),
+        Some(value) if !value.get_ref().contains("{NICK}") => {
+            section.report(
+                value.span().start,
+                "ghost_format",
+                format!(
+                    "`{}` does not contain `{{NICK}}`: every person would be the same ghost; \
+                     e.g. \"{DEFAULT_GHOST_FORMAT}\"",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+        Some(value) => Some(value.get_ref().clone()),
+    };
+    let ghost_displayname = raw.ghost_displayname.as_ref().map_or_else(
+        || DEFAULT_GHOST_DISPLAYNAME.to_owned(),
+        |value| value.get_ref().clone(),
+    );
+    Some(AppserviceConfig {
+        server_name: server_name?,
+        listen: listen?,
+        url: url?,
+        as_token,
+        hs_token,
+        sender_localpart: sender_localpart?,
+        ghost_format: ghost_format?,
+        ghost_displayname,
+    })
+}
+
+/// A character of the Matrix user-id localpart grammar (`a-z 0-9 . _ = - /`).
+#[must_use]
+pub fn is_localpart_char(c: char) -> bool {
+    matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/')
 }
 
 impl NetworkSettings for MatrixConfig {
@@ -243,6 +533,10 @@ impl NetworkSettings for MatrixConfig {
         crate::connector::ConnectorHandle,
         crate::connector::ConnectorTask,
     ) {
+        if let Some(appservice) = &self.appservice {
+            let (handle, task) = super::appservice::build(id, self, appservice, context);
+            return crate::connector::connector(handle, CAPABILITIES, task.run());
+        }
         let (handle, task) = super::build(id, self.clone(), context);
         crate::connector::connector(handle, CAPABILITIES, task.run())
     }

@@ -344,6 +344,26 @@ pub fn message_relation(related: Related<'_>) -> Option<Value> {
     }
 }
 
+/// The key of a per-message profile (MSC4144, under its unstable prefix).
+pub const PER_MESSAGE_PROFILE_KEY: &str = "com.beeper.per_message_profile";
+
+/// Mark a message the bot relays with its author's profile (MSC4144: `id`, `displayname`,
+/// `avatar_url` when known), so that clients that read it show the person instead of the bot;
+/// the plain-text prefix stays for the others. Also in an edit's new content.
+pub fn set_per_message_profile(content: &mut Value, delivery: &Delivery, avatar_url: Option<&str>) {
+    let mut profile = json!({
+        "id": format!("{}/{}", delivery.origin.network, delivery.author.id),
+        "displayname": delivery.author.display_name,
+    });
+    if let Some(avatar_url) = avatar_url {
+        profile["avatar_url"] = avatar_url.into();
+    }
+    if content.get("m.new_content").is_some() {
+        content["m.new_content"][PER_MESSAGE_PROFILE_KEY] = profile.clone();
+    }
+    content[PER_MESSAGE_PROFILE_KEY] = profile;
+}
+
 /// `m.mentions` of a message (and of its new content, for an edit): the users it notifies, and
 /// whether it notifies the whole room. Without either it is left out, as before intentional
 /// mentions (an empty one would silence the name matching of older clients' push rules).
@@ -630,6 +650,24 @@ mod tests {
             json!({"m.in_reply_to": {"event_id": "$b:x"}})
         );
         assert_eq!(relation(Related::default()), Value::Null);
+    }
+
+    #[test]
+    fn relayed_messages_carry_their_authors_profile() {
+        let delivery = text_delivery();
+        let mut content = json!({"msgtype": "m.text", "body": "<a> hi"});
+        set_per_message_profile(&mut content, &delivery, None);
+        assert_eq!(
+            content[PER_MESSAGE_PROFILE_KEY],
+            json!({"id": format!("{}/{}", delivery.origin.network, delivery.author.id),
+                   "displayname": delivery.author.display_name})
+        );
+        let mut edit = json!({"body": "* x", "m.new_content": {"body": "x"}});
+        set_per_message_profile(&mut edit, &delivery, Some("mxc://s/p"));
+        assert_eq!(
+            edit["m.new_content"][PER_MESSAGE_PROFILE_KEY]["avatar_url"],
+            "mxc://s/p"
+        );
     }
 
     fn text_delivery() -> Delivery {

@@ -217,6 +217,7 @@ impl MatrixHandle {
                 }
                 if event_type == "m.room.message" {
                     content::set_mentions(&mut content, &notified, notifies_room);
+                    content::set_per_message_profile(&mut content, delivery, None);
                 }
                 (event_type, content)
             }
@@ -286,6 +287,7 @@ impl MatrixHandle {
         let mut first_event = None;
         if uploaded.is_empty() {
             let mut content = content::file_caption(sender, &caption);
+            content::set_per_message_profile(&mut content, delivery, None);
             if let Some(relation) = content::message_relation(related) {
                 content["m.relates_to"] = relation;
             }
@@ -306,6 +308,7 @@ impl MatrixHandle {
             } else {
                 format!("{}.{index}", delivery.id).into()
             };
+            content::set_per_message_profile(&mut content, delivery, None);
             if index == 0
                 && let Some(relation) = content::message_relation(related)
             {
