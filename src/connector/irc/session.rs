@@ -47,16 +47,22 @@ impl TaskInfo {
 
     fn client_config(&self) -> irc::client::data::Config {
         let nick = &self.config.nick;
-        irc::client::data::Config {
-            nickname: Some(nick.clone()),
-            alt_nicks: vec![
+        let alt_nicks = if self.puppet.is_some() {
+            // A puppet's fallback is stable: `dave[m]` → `dave[m]1`, `dave[m]2`…
+            (1..=9).map(|n| format!("{nick}{n}")).collect()
+        } else {
+            vec![
                 format!("{nick}_"),
                 format!("{nick}__"),
                 format!("{nick}___"),
                 format!("{nick}1"),
                 format!("{nick}2"),
                 format!("{nick}3"),
-            ],
+            ]
+        };
+        irc::client::data::Config {
+            nickname: Some(nick.clone()),
+            alt_nicks,
             username: Some(self.config.username.clone()),
             realname: Some(self.config.realname.clone()),
             server: Some(self.config.host.clone()),
@@ -147,6 +153,16 @@ impl TaskInfo {
                     }
                 }
                 _ = regain.tick() => session.try_regain_nick(),
+                () = sleep_until_opt(session.idle_at()) => {
+                    // A puppet with nothing to say for `puppet_idle_timeout`: it quits, and
+                    // its next delivery brings it back.
+                    session.quit("idle");
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    })
+                    .await;
+                    break SessionEnd::Shutdown;
+                }
             }
         };
         session.fail_in_flight(match &end {
@@ -214,6 +230,12 @@ pub(super) struct Session<'a> {
     pub(super) unconfirmed: VecDeque<(String, Instant)>,
     /// Permits for inbound events queued for commit and not yet committed.
     pub(super) commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// A puppet: the nick it last asked for (its person's display name may change).
+    asked_nick: String,
+    /// A puppet: when it was last given a delivery.
+    last_delivery: Instant,
+    /// A puppet: the people told, by NOTICE, that private messages are not relayed.
+    pub(super) dm_noticed: HashSet<String>,
 }
 
 impl<'a> Session<'a> {
@@ -246,7 +268,41 @@ impl<'a> Session<'a> {
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
+            asked_nick: task.config.nick.clone(),
+            last_delivery: Instant::now(),
+            dm_noticed: HashSet::new(),
         }
+    }
+
+    /// A puppet's idle deadline: `puppet_idle_timeout` after its last delivery, once nothing
+    /// is queued or unconfirmed.
+    fn idle_at(&self) -> Option<Instant> {
+        let role = self.task.puppet.as_ref()?;
+        (self.phase == Phase::Ready && self.in_flight.is_empty() && self.queue.is_empty())
+            .then(|| self.last_delivery + role.idle_timeout)
+    }
+
+    /// A puppet, before a delivery: take the nick its person's name asks for now, and join
+    /// the delivery's channel if not in it yet (the server handles both before the lines).
+    fn puppet_prepare(&mut self, channel: &str) -> Result<(), String> {
+        let Some(role) = &self.task.puppet else {
+            return Ok(());
+        };
+        self.last_delivery = Instant::now();
+        let wanted = role.wanted();
+        if wanted != self.asked_nick {
+            tracing::info!(network = %self.network(), old = %self.nick, new = %wanted, "Puppet's person renamed; changing nick.");
+            self.task.shared.add(&wanted);
+            self.send(Command::NICK(wanted.clone()))?;
+            self.asked_nick = wanted;
+        }
+        let folded = irc_fold(channel);
+        if !self.channels.contains_key(&folded) {
+            self.channels.insert(folded.clone(), channel.to_owned());
+            self.failed_joins.remove(&folded);
+            self.send(Command::JOIN(channel.to_owned(), None, None))?;
+        }
+        Ok(())
     }
 
     pub(super) fn network(&self) -> &str {
@@ -372,6 +428,13 @@ impl<'a> Session<'a> {
             return;
         }
         let target = delivery.destination.channel.clone();
+        if let Err(error) = self.puppet_prepare(&target) {
+            let _ = request.reply.send(Err(DeliveryError::Retry {
+                after: Some(Duration::from_secs(1)),
+                reason: error,
+            }));
+            return;
+        }
         let labelled = self.caps.contains("labeled-response");
         let settings = self.task.context.gateway(&delivery.gateway);
         let late = with_original_time(delivery, &settings, now_ms());
@@ -388,9 +451,15 @@ impl<'a> Session<'a> {
             self.network(),
             &super::lock(&self.task.recent),
         );
+        // A puppet is the person: no name before the text.
+        let nick_format = if self.task.puppet.is_some() {
+            ""
+        } else {
+            settings.nick_format(&self.task.context.remote_nick_format)
+        };
         let lines = render_delivery(
             &shown,
-            settings.nick_format(&self.task.context.remote_nick_format),
+            nick_format,
             &self.nick,
             labelled,
             &settings,
