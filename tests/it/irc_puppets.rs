@@ -142,25 +142,25 @@ async fn matrix_and_mattermost_people_speak_as_their_own_nicks_once_in_order() {
     assert_eq!(said(&seen), vec![pair(&erin_nick, "erin one")]);
     s.dave.say(&room, "dave three").await;
     erin.say(&channel_id, "erin two").await;
-    let mut seen = s.irc.texts_until_all(&s.channel, &["dave three", "erin two"]).await;
+    let mut seen = s
+        .irc
+        .texts_until_all(&s.channel, &["dave three", "erin two"])
+        .await;
     // Nothing more comes: every line once, none from the bot.
     s.irc.say(&s.channel, "ivan last");
     s.dave.say(&room, "dave end").await;
     seen.extend(s.irc.texts_until(&s.channel, "dave end").await);
     let mut texts = said(&seen);
     texts.sort();
-    assert_eq!(
-        texts,
-        {
-            let mut want = vec![
-                pair(&dave, "dave three"),
-                pair(&erin_nick, "erin two"),
-                pair(&dave, "dave end"),
-            ];
-            want.sort();
-            want
-        }
-    );
+    assert_eq!(texts, {
+        let mut want = vec![
+            pair(&dave, "dave three"),
+            pair(&erin_nick, "erin two"),
+            pair(&dave, "dave end"),
+        ];
+        want.sort();
+        want
+    });
     assert!(seen.iter().all(|l| l.source_nick != s.nick), "{seen:#?}");
 
     // Matrix sees ivan's lines and erin's, never a puppet's line coming back.
@@ -178,7 +178,10 @@ async fn matrix_and_mattermost_people_speak_as_their_own_nicks_once_in_order() {
         .filter(|e| e.sender == bot && e.kind == "m.room.message")
         .map(|e| e.body())
         .collect();
-    assert!(from_bot.iter().any(|b| b.contains("ivan first")), "{from_bot:?}");
+    assert!(
+        from_bot.iter().any(|b| b.contains("ivan first")),
+        "{from_bot:?}"
+    );
     assert_eq!(
         from_bot.iter().filter(|b| b.contains("erin two")).count(),
         1,
@@ -194,10 +197,7 @@ async fn matrix_and_mattermost_people_speak_as_their_own_nicks_once_in_order() {
     s.irc.raw(&format!("PRIVMSG {dave} :hello?"));
     let notice = s
         .irc
-        .wait_for(
-            |l| l.command == "NOTICE" && l.source_nick == dave,
-            DEADLINE,
-        )
+        .wait_for(|l| l.command == "NOTICE" && l.source_nick == dave, DEADLINE)
         .await
         .expect("the puppet answers a private message");
     assert!(
@@ -229,6 +229,14 @@ async fn a_taken_nick_falls_back_and_a_rename_becomes_nick() {
 
     let new_name = unique("david");
     s.dave.set_display_name(&new_name).await;
+    // The room learns the new name by a member event (Synapse sends it on its own time).
+    s.dave
+        .events_until(&room, Duration::from_mins(1), |events| {
+            events
+                .iter()
+                .any(|e| e.kind == "m.room.member" && e.content["displayname"] == new_name.as_str())
+        })
+        .await;
     s.dave.say(&room, "renamed").await;
     let new_nick = format!("{new_name}[m]");
     let rename = s

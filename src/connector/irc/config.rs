@@ -446,12 +446,30 @@ fn puppets(section: &mut Section<'_>, raw: &RawIrc) -> Option<PuppetConfig> {
     }
     if !on {
         let given = [
-            ("puppet_nick_format", raw.puppet_nick_format.as_ref().map(|v| v.span().start)),
-            ("puppet_realname", raw.puppet_realname.as_ref().map(|v| v.span().start)),
-            ("webirc_password", raw.webirc_password.as_ref().map(|v| v.span().start)),
-            ("puppet_idle_timeout", raw.puppet_idle_timeout.as_ref().map(|v| v.span().start)),
-            ("max_puppets", raw.max_puppets.as_ref().map(|v| v.span().start)),
-            ("puppet_connect_rate", raw.puppet_connect_rate.as_ref().map(|v| v.span().start)),
+            (
+                "puppet_nick_format",
+                raw.puppet_nick_format.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_realname",
+                raw.puppet_realname.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "webirc_password",
+                raw.webirc_password.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_idle_timeout",
+                raw.puppet_idle_timeout.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "max_puppets",
+                raw.max_puppets.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_connect_rate",
+                raw.puppet_connect_rate.as_ref().map(|v| v.span().start),
+            ),
         ];
         for (name, offset) in given {
             if let Some(offset) = offset {
@@ -466,10 +484,10 @@ fn puppets(section: &mut Section<'_>, raw: &RawIrc) -> Option<PuppetConfig> {
     }
     Some(PuppetConfig {
         nick_format: raw.puppet_nick_format.as_ref().map(|v| v.get_ref().clone()),
-        realname: raw
-            .puppet_realname
-            .as_ref()
-            .map_or_else(|| DEFAULT_PUPPET_REALNAME.to_owned(), |v| v.get_ref().clone()),
+        realname: raw.puppet_realname.as_ref().map_or_else(
+            || DEFAULT_PUPPET_REALNAME.to_owned(),
+            |v| v.get_ref().clone(),
+        ),
         webirc_password,
         idle_timeout: std::time::Duration::from_secs(idle),
         max_puppets: usize::try_from(max_puppets).unwrap_or(usize::MAX),

@@ -74,7 +74,9 @@ impl Shared {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a puppet's session knows of being one.
@@ -170,9 +172,14 @@ impl Puppets {
     }
 
     /// The connection a delivery goes through, starting the person's puppet when it has none.
-    fn route(&self, delivery: &Delivery) -> Option<(PersonKey, mpsc::Sender<OutboundRequest>, Arc<Notify>)> {
-        if !matches!(delivery.body, EventBody::Text { .. } | EventBody::Edit { .. })
-            || delivery.origin.network == self.network
+    fn route(
+        &self,
+        delivery: &Delivery,
+    ) -> Option<(PersonKey, mpsc::Sender<OutboundRequest>, Arc<Notify>)> {
+        if !matches!(
+            delivery.body,
+            EventBody::Text { .. } | EventBody::Edit { .. }
+        ) || delivery.origin.network == self.network
         {
             return None;
         }
@@ -211,7 +218,11 @@ impl Puppets {
             return None;
         }
         let puppet = self.start(delivery, &wanted);
-        let route = (key.clone(), puppet.requests.clone(), Arc::clone(&puppet.wake));
+        let route = (
+            key.clone(),
+            puppet.requests.clone(),
+            Arc::clone(&puppet.wake),
+        );
         people.insert(key, puppet);
         Some(route)
     }
@@ -486,10 +497,22 @@ mod tests {
 
     #[test]
     fn nicks_are_valid_and_fit() {
-        assert_eq!(puppet_nick("{NICK}[m]", &from("matrix", "dave"), 30), "dave[m]");
-        assert_eq!(puppet_nick("{NICK}[m]", &from("matrix", "Dave Smith"), 30), "Dave_Smith[m]");
-        assert_eq!(puppet_nick("{NICK}[m]", &from("matrix", "9lives"), 30), "_9lives[m]");
-        assert_eq!(puppet_nick("{NICK}[mm]", &from("matrix", "élodie"), 30), "lodie[mm]");
+        assert_eq!(
+            puppet_nick("{NICK}[m]", &from("matrix", "dave"), 30),
+            "dave[m]"
+        );
+        assert_eq!(
+            puppet_nick("{NICK}[m]", &from("matrix", "Dave Smith"), 30),
+            "Dave_Smith[m]"
+        );
+        assert_eq!(
+            puppet_nick("{NICK}[m]", &from("matrix", "9lives"), 30),
+            "_9lives[m]"
+        );
+        assert_eq!(
+            puppet_nick("{NICK}[mm]", &from("matrix", "élodie"), 30),
+            "lodie[mm]"
+        );
         let long = puppet_nick("{NICK}[m]", &from("matrix", "averyveryverylongname"), 9);
         assert_eq!(long, "avery[m]");
         assert!(long.len() < 9);

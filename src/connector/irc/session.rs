@@ -457,13 +457,7 @@ impl<'a> Session<'a> {
         } else {
             settings.nick_format(&self.task.context.remote_nick_format)
         };
-        let lines = render_delivery(
-            &shown,
-            nick_format,
-            &self.nick,
-            labelled,
-            &settings,
-        );
+        let lines = render_delivery(&shown, nick_format, &self.nick, labelled, &settings);
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
             return;
