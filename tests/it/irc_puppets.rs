@@ -176,7 +176,7 @@ async fn matrix_and_mattermost_people_speak_as_their_own_nicks_once_in_order() {
     let from_bot: Vec<&str> = events
         .iter()
         .filter(|e| e.sender == bot && e.kind == "m.room.message")
-        .map(|e| e.body())
+        .map(crate::support::matrix_client::Event::body)
         .collect();
     assert!(
         from_bot.iter().any(|b| b.contains("ivan first")),

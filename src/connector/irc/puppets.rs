@@ -241,7 +241,7 @@ impl Puppets {
         let wake = Arc::new(Notify::new());
         let active = Arc::new(AtomicBool::new(true));
         let mut config = self.config.clone();
-        config.nick = lock(&wanted).clone();
+        config.nick.clone_from(&lock(&wanted));
         config.username = ident(&delivery.origin_protocol);
         config.realname = render_sender(&self.settings.realname, delivery, str::to_owned)
             .chars()
@@ -456,14 +456,16 @@ async fn run(
             () = shutdown.cancelled() => return,
         }
         let started = Instant::now();
-        match info.session(&mut requests).await {
-            SessionEnd::Shutdown if shutdown.is_cancelled() => return,
+        let end = info.session(&mut requests).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match end {
             SessionEnd::Shutdown => {
                 // Idle: quit; the next delivery brings it back.
                 tracing::info!(network = %info.network, nick = %info.config.nick, "Puppet idle; quit.");
                 backoff.reset();
             }
-            SessionEnd::Lost(_) if shutdown.is_cancelled() => return,
             SessionEnd::Lost(reason) => {
                 if started.elapsed() > policy.healthy_after {
                     backoff.reset();
