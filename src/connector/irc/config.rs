@@ -397,7 +397,7 @@ fn server_password(section: &mut Section<'_>, raw: &RawIrc) -> Option<Secret> {
     }
 }
 
-/// The puppet settings: `None` unless `puppets = true`; a puppet key without it is an error.
+/// The puppet settings: `None` unless `puppets = true` (a puppet key without it is a warning).
 fn puppets(section: &mut Section<'_>, raw: &RawIrc) -> Option<PuppetConfig> {
     let on = raw.puppets.as_ref().is_some_and(|v| *v.get_ref());
     let webirc_password = section.secret(
@@ -473,10 +473,13 @@ fn puppets(section: &mut Section<'_>, raw: &RawIrc) -> Option<PuppetConfig> {
         ];
         for (name, offset) in given {
             if let Some(offset) = offset {
-                section.report(
+                section.warn(
                     offset,
                     name,
-                    format!("`{name}` has no effect without `puppets = true`; remove it or turn puppets on"),
+                    format!(
+                        "`{name}` has no effect without `puppets = true`; remove it or turn \
+                         puppets on"
+                    ),
                 );
             }
         }
