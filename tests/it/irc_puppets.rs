@@ -222,10 +222,36 @@ async fn a_taken_nick_falls_back_and_a_rename_becomes_nick() {
     let room = s.room.clone();
     let dave = puppet_of(&s.dave);
     // Someone on IRC already has dave's nick.
-    let _squatter = IrcClient::connect(s.irc_port, &dave).await;
+    let mut squatter = IrcClient::connect(s.irc_port, &dave).await;
+    squatter.join(&s.channel).await;
     s.dave.say(&room, "taken nick").await;
     let seen = s.irc.texts_until(&s.channel, "taken nick").await;
     assert_eq!(said(&seen), vec![pair(&format!("{dave}1"), "taken nick")]);
+
+    // The nick is kept across a restart, even once the first choice is free again.
+    squatter.raw("QUIT :bye");
+    s.irc
+        .wait_for(|l| l.command == "QUIT" && l.source_nick == dave, DEADLINE)
+        .await
+        .expect("the squatter leaves");
+    drop(squatter);
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+    s.irc
+        .wait_for(
+            |l| l.command == "QUIT" && l.source_nick == format!("{dave}1"),
+            DEADLINE,
+        )
+        .await
+        .expect("the puppet quits with the daemon");
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    s.dave.say(&room, "still the same nick").await;
+    let seen = s.irc.texts_until(&s.channel, "still the same nick").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(&format!("{dave}1"), "still the same nick")]
+    );
 
     let new_name = unique("david");
     s.dave.set_display_name(&new_name).await;

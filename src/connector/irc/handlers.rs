@@ -41,8 +41,9 @@ impl Session<'_> {
                 if let Some(nick) = line.param(0) {
                     self.nick = nick.to_owned();
                 }
-                if self.task.puppet.is_some() {
+                if let Some(role) = &self.task.puppet {
                     self.task.shared.add(&self.nick);
+                    role.book.record(&role.key, &self.nick);
                 } else {
                     self.task
                         .context
@@ -346,8 +347,9 @@ impl Session<'_> {
         if self.is_me(old) {
             tracing::info!(network = %self.network(), old, new, "Nick changed.");
             new.clone_into(&mut self.nick);
-            if self.task.puppet.is_some() {
+            if let Some(role) = &self.task.puppet {
                 self.task.shared.add(new);
+                role.book.record(&role.key, new);
             } else {
                 self.task
                     .context

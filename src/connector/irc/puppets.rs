@@ -79,6 +79,84 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The nicks puppets got, by person, kept in `state_dir/irc-<network>-puppets.json` so that a
+/// puppet keeps its nick (`dave[m]1` too) across restarts. Written whole to a temporary file
+/// and renamed over the old one.
+pub(super) struct NickBook {
+    path: std::path::PathBuf,
+    nicks: Mutex<HashMap<String, String>>,
+    /// Writes in order, one at a time.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl NickBook {
+    fn open(state_dir: &std::path::Path, network: &str) -> Self {
+        let path = state_dir.join(format!("irc-{network}-puppets.json"));
+        let nicks = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(network, path = %path.display(), error = %error, "The puppets' nicks file is not readable JSON; puppets start from their usual nicks.");
+                HashMap::new()
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(error) => {
+                tracing::warn!(network, path = %path.display(), error = %error, "Cannot read the puppets' nicks; puppets start from their usual nicks.");
+                HashMap::new()
+            }
+        };
+        Self {
+            path,
+            nicks: Mutex::new(nicks),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn entry(key: &PersonKey) -> String {
+        format!("{}\t{}", key.0, key.1)
+    }
+
+    /// The nick the person's puppet had last, when it has the same base as `base` (a rename
+    /// gives a fresh start).
+    fn nick(&self, key: &PersonKey, base: &str) -> Option<String> {
+        lock(&self.nicks)
+            .get(&Self::entry(key))
+            .filter(|nick| {
+                nick.strip_prefix(base)
+                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+            })
+            .cloned()
+    }
+
+    /// The person's puppet now has `nick`.
+    pub(super) fn record(self: &Arc<Self>, key: &PersonKey, nick: &str) {
+        let changed =
+            lock(&self.nicks).insert(Self::entry(key), nick.to_owned()) != Some(nick.to_owned());
+        if !changed {
+            return;
+        }
+        let book = Arc::clone(self);
+        tokio::spawn(async move {
+            let _writing = book.writing.lock().await;
+            let json = match serde_json::to_vec_pretty(&*lock(&book.nicks)) {
+                Ok(json) => json,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot write the puppets' nicks.");
+                    return;
+                }
+            };
+            let path = book.path.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let temporary = path.with_extension("json.tmp");
+                std::fs::write(&temporary, json)?;
+                std::fs::rename(&temporary, &path)
+            })
+            .await;
+            if let Ok(Err(error)) = written {
+                tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
+            }
+        });
+    }
+}
+
 /// What a puppet's session knows of being one.
 pub(super) struct PuppetRole {
     /// The nick the person should have now (changes with their display name).
@@ -87,6 +165,11 @@ pub(super) struct PuppetRole {
     pub(super) idle_timeout: Duration,
     /// `WEBIRC` parameters: password, gateway, host name, address.
     pub(super) webirc: Option<[String; 4]>,
+    /// The nick its fallbacks are made from (`dave[m]` → `dave[m]1`…).
+    pub(super) base: String,
+    /// Where the nick it gets is kept, under its person's key.
+    pub(super) book: Arc<NickBook>,
+    pub(super) key: PersonKey,
 }
 
 impl PuppetRole {
@@ -96,7 +179,7 @@ impl PuppetRole {
 }
 
 /// Who a puppet stands for: (origin network, author id).
-type PersonKey = (String, String);
+pub(super) type PersonKey = (String, String);
 
 /// One person's puppet, as the handle sees it.
 struct Puppet {
@@ -131,6 +214,7 @@ pub(super) struct Puppets {
     /// The earliest time the next puppet connection may open.
     pacer: Arc<tokio::sync::Mutex<Instant>>,
     order: Mutex<HashMap<String, ChannelOrder>>,
+    book: Arc<NickBook>,
 }
 
 impl Puppets {
@@ -153,6 +237,7 @@ impl Puppets {
             overflow: Mutex::new(HashSet::new()),
             pacer: Arc::new(tokio::sync::Mutex::new(Instant::now())),
             order: Mutex::new(HashMap::new()),
+            book: Arc::new(NickBook::open(&context.state_dir, network)),
         }
     }
 
@@ -217,7 +302,7 @@ impl Puppets {
             self.overflowed(&key);
             return None;
         }
-        let puppet = self.start(delivery, &wanted);
+        let puppet = self.start(delivery, &key, &wanted);
         let route = (
             key.clone(),
             puppet.requests.clone(),
@@ -234,14 +319,16 @@ impl Puppets {
     }
 
     /// Start a person's puppet task.
-    fn start(&self, delivery: &Delivery, wanted: &str) -> Puppet {
+    fn start(&self, delivery: &Delivery, key: &PersonKey, base: &str) -> Puppet {
         let (sender, receiver) = mpsc::channel(super::PIPELINE_WINDOW * 2);
-        let wanted = Arc::new(Mutex::new(wanted.to_owned()));
-        self.shared.add(&lock(&wanted));
+        // The nick it had before (also before a restart), else the one its name asks for.
+        let first = self.book.nick(key, base).unwrap_or_else(|| base.to_owned());
+        self.shared.add(&first);
+        let wanted = Arc::new(Mutex::new(base.to_owned()));
         let wake = Arc::new(Notify::new());
         let active = Arc::new(AtomicBool::new(true));
         let mut config = self.config.clone();
-        config.nick.clone_from(&lock(&wanted));
+        config.nick = first;
         config.username = ident(&delivery.origin_protocol);
         config.realname = render_sender(&self.settings.realname, delivery, str::to_owned)
             .chars()
@@ -280,6 +367,9 @@ impl Puppets {
                 wanted: Arc::clone(&wanted),
                 idle_timeout: self.settings.idle_timeout,
                 webirc,
+                base: base.to_owned(),
+                book: Arc::clone(&self.book),
+                key: key.clone(),
             }),
         };
         tracing::info!(network = %self.network, nick = %info.config.nick, person = %delivery.author.id, from = %delivery.origin.network, "Opening a puppet connection.");

@@ -47,9 +47,13 @@ impl TaskInfo {
 
     fn client_config(&self) -> irc::client::data::Config {
         let nick = &self.config.nick;
-        let alt_nicks = if self.puppet.is_some() {
+        let alt_nicks = if let Some(role) = &self.puppet {
             // A puppet's fallback is stable: `dave[m]` → `dave[m]1`, `dave[m]2`…
-            (1..=9).map(|n| format!("{nick}{n}")).collect()
+            let base = &role.base;
+            std::iter::once(base.clone())
+                .chain((1..=9).map(|n| format!("{base}{n}")))
+                .filter(|alt| alt != nick)
+                .collect()
         } else {
             vec![
                 format!("{nick}_"),
@@ -268,7 +272,10 @@ impl<'a> Session<'a> {
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
-            asked_nick: task.config.nick.clone(),
+            asked_nick: task
+                .puppet
+                .as_ref()
+                .map_or_else(|| task.config.nick.clone(), |role| role.base.clone()),
             last_delivery: Instant::now(),
             dm_noticed: HashSet::new(),
         }
