@@ -374,3 +374,35 @@ async fn a_burst_from_five_people_arrives_from_the_right_puppets_in_order_once()
     let seen = s.irc.texts_until(&s.channel, "burst 199").await;
     assert_eq!(said(&seen), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puppet_the_channel_refuses_is_relayed_by_the_bot() {
+    let mut s = setup("", false).await;
+    let room = s.room.clone();
+    let dave = puppet_of(&s.dave);
+    let dave_name = local_part(&s.dave.user_id);
+    // ivan opened the channel, so he may ban.
+    s.irc.raw(&format!("MODE {} +b {dave}!*@*", s.channel));
+    s.irc
+        .wait_for(
+            |l| l.command == "MODE" && l.params.iter().any(|p| p == "+b"),
+            DEADLINE,
+        )
+        .await
+        .expect("the ban is set");
+    s.dave.say(&room, "from a banned puppet").await;
+    let seen = s.irc.texts_until(&s.channel, "from a banned puppet").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(
+            &s.nick,
+            &format!("<{dave_name}> from a banned puppet")
+        )]
+    );
+    s.dave.say(&room, "still banned").await;
+    let seen = s.irc.texts_until(&s.channel, "still banned").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(&s.nick, &format!("<{dave_name}> still banned"))]
+    );
+}

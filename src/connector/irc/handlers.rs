@@ -19,6 +19,16 @@ impl Session<'_> {
     pub(super) async fn handle(&mut self, message: &Message) -> Result<(), String> {
         let line = WireLine::of(message);
         let label_tag = tag(message, "label");
+        if let Some(role) = &self.task.puppet
+            && matches!(
+                line.command.as_str(),
+                "403" | "404" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "489"
+            )
+            && let Some(channel) = line.param(1)
+        {
+            // Banned, invite only, moderated…: the bot speaks for this person there.
+            self.task.shared.refuse(&role.key, channel);
+        }
         match line.command.as_str() {
             "CAP" => self.handle_cap(&line)?,
             "AUTHENTICATE" if line.param(0) == Some("+") => self.send_sasl_credentials()?,

@@ -39,6 +39,9 @@ const DEFAULT_NICKLEN: usize = 30;
 pub(super) struct Shared {
     nicks: Mutex<HashSet<String>>,
     nicklen: AtomicUsize,
+    /// (person, folded channel) where the server refused the person's puppet (banned, invite
+    /// only, moderated…): the bot relays that person there.
+    refused: Mutex<HashSet<(PersonKey, String)>>,
 }
 
 impl Default for Shared {
@@ -46,11 +49,23 @@ impl Default for Shared {
         Self {
             nicks: Mutex::new(HashSet::new()),
             nicklen: AtomicUsize::new(DEFAULT_NICKLEN),
+            refused: Mutex::new(HashSet::new()),
         }
     }
 }
 
 impl Shared {
+    /// The server refused `key`'s puppet in `channel`: the bot relays them there from now on.
+    pub(super) fn refuse(&self, key: &PersonKey, channel: &str) {
+        if lock(&self.refused).insert((key.clone(), irc_fold(channel))) {
+            tracing::warn!(person = %key.1, from = %key.0, channel, "The server refused a puppet in this channel; the relay bot speaks for this person there.");
+        }
+    }
+
+    fn refused(&self, key: &PersonKey, channel: &str) -> bool {
+        lock(&self.refused).contains(&(key.clone(), irc_fold(channel)))
+    }
+
     /// Is `nick` a puppet's (now or earlier in this run)?
     pub(super) fn is_puppet(&self, nick: &str) -> bool {
         lock(&self.nicks).contains(&irc_fold(nick))
@@ -269,6 +284,9 @@ impl Puppets {
             return None;
         }
         let key = (delivery.origin.network.clone(), delivery.author.id.clone());
+        if self.shared.refused(&key, &delivery.destination.channel) {
+            return None;
+        }
         let wanted = self.nick_for(delivery);
         let mut people = lock(&self.people);
         if let Some(puppet) = people.get(&key)

@@ -419,8 +419,14 @@ impl<'a> Session<'a> {
         let delivery = &delivery;
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
+            // A puppet's is retried soon, through the bot (`Shared::refuse`).
+            let after = if self.task.puppet.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_mins(1)
+            };
             let _ = request.reply.send(Err(DeliveryError::Retry {
-                after: Some(Duration::from_mins(1)),
+                after: Some(after),
                 reason: format!("not in {} (join failed)", delivery.destination.channel),
             }));
             return;
@@ -582,9 +588,15 @@ impl<'a> Session<'a> {
                     .as_ref()
                     .is_none_or(|(id, _)| id != delivery_id)
             });
+            // A puppet's refused line is retried soon, through the bot (`Shared::refuse`).
+            let after = if self.task.puppet.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(30)
+            };
             if let Some(reply) = flight.reply {
                 let _ = reply.send(Err(DeliveryError::Retry {
-                    after: Some(Duration::from_secs(30)),
+                    after: Some(after),
                     reason: reason.to_owned(),
                 }));
             }
