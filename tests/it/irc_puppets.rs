@@ -29,6 +29,11 @@ struct Setup {
 }
 
 async fn setup(puppet_keys: &str, with_mattermost: bool) -> Setup {
+    setup_with(puppet_keys, with_mattermost, "").await
+}
+
+/// Like [`setup`], with `mx_keys` in the Matrix network.
+async fn setup_with(puppet_keys: &str, with_mattermost: bool, mx_keys: &str) -> Setup {
     let synapse = shared_synapse();
     let url = synapse.url();
     let irc_port = shared_inspircd().port;
@@ -44,7 +49,7 @@ async fn setup(puppet_keys: &str, with_mattermost: bool) -> Setup {
     irc.join(&channel).await;
     let mut networks = vec![
         irc_network("irc", irc_port, &nick) + "puppets = true\n" + puppet_keys + "\n",
-        matrix_network("mx", &url, &bot),
+        matrix_network("mx", &url, &bot) + mx_keys + "\n",
     ];
     let alias = format!("#{alias_name}:localhost");
     let mut channels = vec![("irc", channel.as_str()), ("mx", alias.as_str())];
@@ -404,5 +409,52 @@ async fn a_puppet_the_channel_refuses_is_relayed_by_the_bot() {
     assert_eq!(
         said(&seen),
         vec![pair(&s.nick, &format!("<{dave_name}> still banned"))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_joins_leaves_and_renames_are_the_puppets_own() {
+    let mut s = setup_with("", false, "relay_membership = true").await;
+    let room = s.room.clone();
+    let dave = puppet_of(&s.dave);
+    s.dave.say(&room, "dave is here").await;
+    let seen = s.irc.texts_until(&s.channel, "dave is here").await;
+    assert_eq!(said(&seen), vec![pair(&dave, "dave is here")]);
+
+    // A rename alone (no message after it) is a NICK.
+    let new_name = unique("davy");
+    s.dave.set_display_name(&new_name).await;
+    let rename = s
+        .irc
+        .wait_for(|l| l.command == "NICK", DEADLINE)
+        .await
+        .expect("the puppet changes nick");
+    assert_eq!(rename.source_nick, dave);
+    assert_eq!(rename.params.first(), Some(&format!("{new_name}[m]")));
+
+    // A join is the puppet's JOIN; a leave its PART; the bot says neither.
+    let bob = MatrixUser::new(&s.synapse_url, &unique("bob")).await;
+    bob.join(&room).await;
+    let bob_nick = puppet_of(&bob);
+    s.irc.wait_join(&bob_nick, &s.channel).await;
+    bob.leave(&room).await;
+    let part = s
+        .irc
+        .wait_for(
+            |l| l.command == "PART" && l.source_nick == bob_nick,
+            DEADLINE,
+        )
+        .await
+        .expect("the puppet parts");
+    assert_eq!(part.params.first(), Some(&s.channel));
+    s.dave.say(&room, "after the membership").await;
+    let seen = s.irc.texts_until(&s.channel, "after the membership").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(&format!("{new_name}[m]"), "after the membership")]
+    );
+    assert!(
+        !seen.iter().any(|l| l.source_nick == s.nick),
+        "the bot said something: {seen:#?}"
     );
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::connector::supervisor::{Backoff, SessionEnd};
 use crate::connector::{BuildContext, DeliveryError, render_sender};
-use crate::model::{Delivery, DeliveryAck, EventBody};
+use crate::model::{Delivery, DeliveryAck, EventBody, Membership};
 
 use super::config::{IrcConfig, PuppetConfig, is_valid_nick};
 use super::{OutboundRequest, TaskInfo, irc_fold, mentions};
@@ -276,18 +276,30 @@ impl Puppets {
         &self,
         delivery: &Delivery,
     ) -> Option<(PersonKey, mpsc::Sender<OutboundRequest>, Arc<Notify>)> {
-        if !matches!(
-            delivery.body,
-            EventBody::Text { .. } | EventBody::Edit { .. }
-        ) || delivery.origin.network == self.network
-        {
+        // Texts and edits; joins (the puppet joins), leaves (it parts) and renames (`NICK`) of
+        // people who have a puppet, or for a join may get one.
+        let starts = match &delivery.body {
+            EventBody::Text { .. }
+            | EventBody::Edit { .. }
+            | EventBody::Membership(Membership::Joined) => true,
+            EventBody::Membership(Membership::Left { .. } | Membership::Renamed { .. }) => false,
+            _ => return None,
+        };
+        if delivery.origin.network == self.network {
             return None;
         }
         let key = (delivery.origin.network.clone(), delivery.author.id.clone());
         if self.shared.refused(&key, &delivery.destination.channel) {
             return None;
         }
-        let wanted = self.nick_for(delivery);
+        let wanted = match &delivery.body {
+            EventBody::Membership(Membership::Renamed { new_name }) => {
+                let mut renamed = delivery.clone();
+                renamed.author.display_name.clone_from(new_name);
+                self.nick_for(&renamed)
+            }
+            _ => self.nick_for(delivery),
+        };
         let mut people = lock(&self.people);
         if let Some(puppet) = people.get(&key)
             && !puppet.requests.is_closed()
@@ -311,6 +323,9 @@ impl Puppets {
             return Some((key, puppet.requests.clone(), Arc::clone(&puppet.wake)));
         }
         people.retain(|_, p| !p.requests.is_closed());
+        if !starts {
+            return None;
+        }
         let active = people
             .values()
             .filter(|p| p.active.load(Ordering::Relaxed))

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::connector::supervisor::{SessionEnd, error_chain};
 use crate::connector::{DeliveryError, sleep_until_opt, with_original_time};
-use crate::model::{DeliveryAck, EventBody, now_ms};
+use crate::model::{DeliveryAck, EventBody, Membership, now_ms};
 use crate::richtext::edits::EditPolicy;
 
 use super::convert::{files_as_lines, label, render_delivery};
@@ -289,9 +289,8 @@ impl<'a> Session<'a> {
             .then(|| self.last_delivery + role.idle_timeout)
     }
 
-    /// A puppet, before a delivery: take the nick its person's name asks for now, and join
-    /// the delivery's channel if not in it yet (the server handles both before the lines).
-    fn puppet_prepare(&mut self, channel: &str) -> Result<(), String> {
+    /// A puppet: take the nick its person's name asks for now.
+    fn puppet_rename(&mut self) -> Result<(), String> {
         let Some(role) = &self.task.puppet else {
             return Ok(());
         };
@@ -303,6 +302,34 @@ impl<'a> Session<'a> {
             self.send(Command::NICK(wanted.clone()))?;
             self.asked_nick = wanted;
         }
+        Ok(())
+    }
+
+    /// A puppet given its person's join, leave or rename: it joins, parts or changes nick
+    /// (what IRC people see of it); nothing else is said.
+    fn puppet_membership(&mut self, channel: &str, change: &Membership) -> Result<(), String> {
+        match change {
+            Membership::Joined => self.puppet_prepare(channel),
+            Membership::Left { reason } => {
+                self.puppet_rename()?;
+                let folded = irc_fold(channel);
+                if self.channels.remove(&folded).is_some() {
+                    self.joined.remove(&folded);
+                    self.send(Command::PART(channel.to_owned(), reason.clone()))?;
+                }
+                Ok(())
+            }
+            _ => self.puppet_rename(),
+        }
+    }
+
+    /// A puppet, before a delivery: take the nick its person's name asks for now, and join
+    /// the delivery's channel if not in it yet (the server handles both before the lines).
+    fn puppet_prepare(&mut self, channel: &str) -> Result<(), String> {
+        if self.task.puppet.is_none() {
+            return Ok(());
+        }
+        self.puppet_rename()?;
         let folded = irc_fold(channel);
         if !self.channels.contains_key(&folded) {
             self.channels.insert(folded.clone(), channel.to_owned());
@@ -441,6 +468,19 @@ impl<'a> Session<'a> {
             return;
         }
         let target = delivery.destination.channel.clone();
+        if self.task.puppet.is_some()
+            && let EventBody::Membership(change) = &delivery.body
+        {
+            let result = self
+                .puppet_membership(&target, change)
+                .map(|()| DeliveryAck::default())
+                .map_err(|reason| DeliveryError::Retry {
+                    after: Some(Duration::from_secs(1)),
+                    reason,
+                });
+            let _ = request.reply.send(result);
+            return;
+        }
         if let Err(error) = self.puppet_prepare(&target) {
             let _ = request.reply.send(Err(DeliveryError::Retry {
                 after: Some(Duration::from_secs(1)),
