@@ -15,6 +15,8 @@
 //! - [`lines`] (sanitising and splitting to the line limit), [`charset`] (lines read and written
 //!   in the network's charset), [`flood`] (the token bucket), [`wire`] (parameters and
 //!   `server-time`).
+//! - `puppets` (`puppets = true`): a session per person of another network, and the order of
+//!   a channel's deliveries across the bot's connection and the puppets'.
 //! - This file: the constants, the delivery handle ([`IrcHandle`]), [`build`] and the task that
 //!   runs sessions under the supervisor (reconnects with backoff and jitter).
 //!
