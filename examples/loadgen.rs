@@ -1820,11 +1820,12 @@ async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let networks = irc_network("irc", server.port, "lgbrpup")
-        + &format!(
+        + format!(
             "puppets = true\npuppet_connect_rate = {rate}\nmax_puppets = {}\n\n",
             people + 1
         )
-        + &mm.network("mm", "");
+        .as_str()
+        + mm.network("mm", "").as_str();
     let text = config(
         &dir.path().join("state"),
         &networks,
