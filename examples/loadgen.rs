@@ -6,7 +6,7 @@
 //! so that the bridge's share can be stated as a ratio. Prints a summary and writes JSON.
 //!
 //! `cargo run --release --example loadgen -- <scenario> [options]`; scenarios: `core`,
-//! `irc-irc`, `irc-mm`, `matrix`, `idle`, `catchup`, `startup`. See BENCHMARKS.md.
+//! `irc-irc`, `irc-mm`, `matrix`, `idle`, `catchup`, `startup`, `puppets`. See BENCHMARKS.md.
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
@@ -99,6 +99,15 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         outage_secs: u64,
     },
+    /// IRC puppets: N Mattermost people say one line each (N puppets connect), RSS per idle
+    /// puppet, connections per second; then a restart and the same again.
+    Puppets {
+        #[arg(long, default_value_t = 500)]
+        people: usize,
+        /// `puppet_connect_rate`.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+    },
     /// Start-up to all channels joined, N gateways (IRC ⇄ IRC).
     Startup {
         #[arg(long, default_value_t = 100)]
@@ -150,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                 outage_secs,
             } => ("catchup", catchup(&daemon, messages, outage_secs).await),
             Scenario::Startup { gateways } => ("startup", startup(&daemon, gateways).await),
+            Scenario::Puppets { people, rate } => ("puppets", puppets(&daemon, people, rate).await),
         }
     });
     let out = args
@@ -1769,5 +1779,133 @@ async fn startup(daemon: &Path, gateways: usize) -> Value {
         "bridge_minus_server_s": ready.as_secs_f64() - direct.as_secs_f64(),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
+    })
+}
+
+/// Every person says one line on Mattermost; the reader waits for all `people` lines on IRC.
+/// Returns (seconds from the first send to the last line, most puppet JOINs seen in any one
+/// second, distinct senders, lines from the bot).
+async fn puppets_round(
+    users: &[mattermost::MmUser],
+    channel_id: &str,
+    reader: &mut IrcClient,
+    word: &str,
+) -> (f64, usize, usize, usize) {
+    let start = Instant::now();
+    for (i, user) in users.iter().enumerate() {
+        user.say(channel_id, &format!("{word} {i}")).await;
+    }
+    let mut joins: Vec<Instant> = Vec::new();
+    let mut senders = std::collections::HashSet::new();
+    let mut from_bot = 0;
+    let mut lines = 0;
+    while lines < users.len() {
+        let Some(line) = reader
+            .wait_for(
+                |l| l.command == "JOIN" || l.command == "PRIVMSG",
+                Duration::from_mins(5),
+            )
+            .await
+        else {
+            println!("puppets: only {lines} of {} lines arrived", users.len());
+            break;
+        };
+        if line.command == "JOIN" {
+            joins.push(Instant::now());
+        } else if line.text().is_some_and(|(_, t)| t.contains(word)) {
+            lines += 1;
+            if line.source_nick == "lgbrpup" {
+                from_bot += 1;
+            }
+            senders.insert(line.source_nick.clone());
+        }
+    }
+    let most_per_second = joins
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            joins[i..]
+                .iter()
+                .take_while(|later| later.duration_since(*at) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    (
+        start.elapsed().as_secs_f64(),
+        most_per_second,
+        senders.len(),
+        from_bot,
+    )
+}
+
+async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
+    let server = servers::InspIrcd::start();
+    let mm = mm_server_apart("lgp").await;
+    let channel_id = mm.channel("lgpup").await;
+    let mut users = Vec::with_capacity(people);
+    for i in 0..people {
+        users.push(mm.user(&format!("lgp{i}"), &channel_id).await);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let networks = irc_network("irc", server.port, "lgbrpup")
+        + format!(
+            "puppets = true\npuppet_connect_rate = {rate}\nmax_puppets = {}\n\n",
+            people + 1
+        )
+        .as_str()
+        + mm.network("mm", "").as_str();
+    let text = config(
+        &dir.path().join("state"),
+        &networks,
+        &gateway("g", &[("irc", "#lgpup"), ("mm", "lgpup")]),
+    );
+    let mut reader = IrcClient::connect(server.port, "lgpreader").await;
+    reader.join("#lgpup").await;
+    let mut bridge = Daemon::start(daemon, dir.path(), &text);
+    bridge.wait_log("Channels joined; ready.", 1).await;
+    mm.wait_bot_member(&channel_id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_before = bridge.rss_kib();
+    let (seconds, most_per_second, senders, from_bot) =
+        puppets_round(&users, &channel_id, &mut reader, "hello").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_after = bridge.rss_kib();
+    let per_puppet = rss_after.saturating_sub(rss_before) as f64 / people.max(1) as f64;
+    println!(
+        "puppets: {people} people, {senders} senders ({from_bot} lines from the bot) in {seconds:.1} s; \
+         most JOINs in one second {most_per_second} (rate {rate}); RSS {rss_before} → {rss_after} KiB, \
+         {per_puppet:.1} KiB per idle puppet"
+    );
+    bridge.terminate();
+    let mut bridge = Daemon::start(daemon, dir.path(), &text);
+    bridge.wait_log("Channels joined; ready.", 1).await;
+    let first = Instant::now();
+    users[0].say(&channel_id, "first after restart").await;
+    reader
+        .wait_for(
+            |l| {
+                l.text()
+                    .is_some_and(|(_, t)| t.contains("first after restart"))
+            },
+            Duration::from_mins(1),
+        )
+        .await;
+    let first_after_restart = first.elapsed().as_secs_f64();
+    let (seconds2, most_per_second2, senders2, from_bot2) =
+        puppets_round(&users, &channel_id, &mut reader, "again").await;
+    println!(
+        "after a restart: first line in {first_after_restart:.2} s; {senders2} senders ({from_bot2} from the bot) in \
+         {seconds2:.1} s; most JOINs in one second {most_per_second2} (rate {rate})"
+    );
+    bridge.terminate();
+    json!({
+        "people": people,
+        "rate": rate,
+        "first": {"seconds": seconds, "most_joins_per_second": most_per_second, "senders": senders, "from_bot": from_bot},
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_per_idle_puppet_kib": per_puppet,
+        "after_restart": {"first_line_seconds": first_after_restart, "seconds": seconds2, "most_joins_per_second": most_per_second2, "senders": senders2, "from_bot": from_bot2},
     })
 }

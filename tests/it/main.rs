@@ -5,6 +5,7 @@ mod compliance;
 mod config_check;
 mod hostile;
 mod irc_manners;
+mod irc_puppets;
 mod irc_relay;
 mod loops;
 mod matrix_appservice;

@@ -76,7 +76,30 @@ pub struct IrcConfig {
     /// The text encoding: lines that are valid UTF-8 are always read as UTF-8; others, and
     /// everything we send, in this charset (UTF-8 by default, whose fallback is latin-1).
     pub charset: Charset,
+    /// Per-person IRC connections (puppets) for people of other networks; `None`: off.
+    pub puppets: Option<PuppetConfig>,
 }
+
+/// The `puppets = true` settings of an IRC network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PuppetConfig {
+    /// The nick format (`{NICK}`, `{NETWORK}`, `{PROTOCOL}`); `None`: `{NICK}[m]` for a Matrix
+    /// person, `{NICK}[mm]` for a Mattermost one, `{NICK}[x]` otherwise.
+    pub nick_format: Option<String>,
+    /// The real name of a puppet (same placeholders).
+    pub realname: String,
+    /// `WEBIRC` password, when the server gives puppets a per-person host.
+    pub webirc_password: Option<Secret>,
+    /// An idle puppet quits after this long and comes back with the next message.
+    pub idle_timeout: std::time::Duration,
+    /// Puppets at most on this network; past it, the relay bot speaks for the person.
+    pub max_puppets: usize,
+    /// Puppet connections opened at most per second.
+    pub connect_rate: u32,
+}
+
+/// The default real name of a puppet.
+pub const DEFAULT_PUPPET_REALNAME: &str = "{NICK} on {NETWORK}, bridged by tribridge";
 
 /// An IRC section as written.
 #[derive(Debug, Deserialize)]
@@ -115,6 +138,15 @@ struct RawIrc {
     relay_membership: Option<Spanned<bool>>,
     rejoin_after_kick: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
+    puppets: Option<Spanned<bool>>,
+    puppet_nick_format: Option<Spanned<String>>,
+    puppet_realname: Option<Spanned<String>>,
+    webirc_password: Option<Spanned<String>>,
+    webirc_password_file: Option<Spanned<String>>,
+    webirc_password_env: Option<Spanned<String>>,
+    puppet_idle_timeout: Option<Spanned<i64>>,
+    max_puppets: Option<Spanned<i64>>,
+    puppet_connect_rate: Option<Spanned<i64>>,
 }
 
 impl NetworkType for Irc {
@@ -256,6 +288,7 @@ impl NetworkType for Irc {
                 })
             });
         let realname = realname(section, &raw);
+        let puppets = puppets(section, &raw);
         if section.has_issues() {
             return None;
         }
@@ -280,6 +313,7 @@ impl NetworkType for Irc {
                 relay_membership: raw.relay_membership.as_ref().is_some_and(|v| *v.get_ref()),
                 rejoin_after_kick: raw.rejoin_after_kick.as_ref().is_some_and(|v| *v.get_ref()),
                 charset,
+                puppets,
             }),
         })
     }
@@ -361,6 +395,107 @@ fn server_password(section: &mut Section<'_>, raw: &RawIrc) -> Option<Secret> {
             )
         }
     }
+}
+
+/// The puppet settings: `None` unless `puppets = true` (a puppet key without it is a warning).
+fn puppets(section: &mut Section<'_>, raw: &RawIrc) -> Option<PuppetConfig> {
+    let on = raw.puppets.as_ref().is_some_and(|v| *v.get_ref());
+    let webirc_password = section.secret(
+        "webirc_password",
+        raw.webirc_password.as_ref(),
+        raw.webirc_password_file.as_ref(),
+        raw.webirc_password_env.as_ref(),
+    );
+    let idle = section.positive(
+        "puppet_idle_timeout",
+        raw.puppet_idle_timeout.as_ref(),
+        86_400,
+        31_536_000,
+    );
+    let max_puppets = section.positive("max_puppets", raw.max_puppets.as_ref(), 100, 100_000);
+    let connect_rate = section.positive(
+        "puppet_connect_rate",
+        raw.puppet_connect_rate.as_ref(),
+        5,
+        1000,
+    );
+    let text_keys = [
+        ("puppet_nick_format", raw.puppet_nick_format.as_ref()),
+        ("puppet_realname", raw.puppet_realname.as_ref()),
+    ];
+    for (name, value) in text_keys {
+        if let Some(value) = value
+            && (value.get_ref().trim().is_empty() || value.get_ref().contains(char::is_control))
+        {
+            section.report(
+                value.span().start,
+                name,
+                format!("`{name}` cannot be empty or contain control characters"),
+            );
+        }
+    }
+    if let Some(format) = &raw.puppet_nick_format
+        && !format.get_ref().contains("{NICK}")
+    {
+        section.report(
+            format.span().start,
+            "puppet_nick_format",
+            "`puppet_nick_format` must contain {NICK} (e.g. \"{NICK}[m]\"), or every person \
+             would ask for the same nick",
+        );
+    }
+    if !on {
+        let given = [
+            (
+                "puppet_nick_format",
+                raw.puppet_nick_format.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_realname",
+                raw.puppet_realname.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "webirc_password",
+                raw.webirc_password.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_idle_timeout",
+                raw.puppet_idle_timeout.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "max_puppets",
+                raw.max_puppets.as_ref().map(|v| v.span().start),
+            ),
+            (
+                "puppet_connect_rate",
+                raw.puppet_connect_rate.as_ref().map(|v| v.span().start),
+            ),
+        ];
+        for (name, offset) in given {
+            if let Some(offset) = offset {
+                section.warn(
+                    offset,
+                    name,
+                    format!(
+                        "`{name}` has no effect without `puppets = true`; remove it or turn \
+                         puppets on"
+                    ),
+                );
+            }
+        }
+        return None;
+    }
+    Some(PuppetConfig {
+        nick_format: raw.puppet_nick_format.as_ref().map(|v| v.get_ref().clone()),
+        realname: raw.puppet_realname.as_ref().map_or_else(
+            || DEFAULT_PUPPET_REALNAME.to_owned(),
+            |v| v.get_ref().clone(),
+        ),
+        webirc_password,
+        idle_timeout: std::time::Duration::from_secs(idle),
+        max_puppets: usize::try_from(max_puppets).unwrap_or(usize::MAX),
+        connect_rate: u32::try_from(connect_rate).unwrap_or(u32::MAX),
+    })
 }
 
 /// The placeholder of `realname` that names the bot's admin (`contact`).

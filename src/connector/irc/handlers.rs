@@ -19,6 +19,16 @@ impl Session<'_> {
     pub(super) async fn handle(&mut self, message: &Message) -> Result<(), String> {
         let line = WireLine::of(message);
         let label_tag = tag(message, "label");
+        if let Some(role) = &self.task.puppet
+            && matches!(
+                line.command.as_str(),
+                "403" | "404" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "489"
+            )
+            && let Some(channel) = line.param(1)
+        {
+            // Banned, invite only, moderated…: the bot speaks for this person there.
+            self.task.shared.refuse(&role.key, channel);
+        }
         match line.command.as_str() {
             "CAP" => self.handle_cap(&line)?,
             "AUTHENTICATE" if line.param(0) == Some("+") => self.send_sasl_credentials()?,
@@ -41,10 +51,15 @@ impl Session<'_> {
                 if let Some(nick) = line.param(0) {
                     self.nick = nick.to_owned();
                 }
-                self.task
-                    .context
-                    .router
-                    .set_account(self.network(), &self.nick);
+                if let Some(role) = &self.task.puppet {
+                    self.task.shared.add(&self.nick);
+                    role.book.record(&role.key, &self.nick);
+                } else {
+                    self.task
+                        .context
+                        .router
+                        .set_account(self.network(), &self.nick);
+                }
                 tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
                 if self.phase == Phase::Registering {
                     self.phase = Phase::Welcomed;
@@ -72,7 +87,9 @@ impl Session<'_> {
                         let nick = name.trim_start_matches(['@', '+', '%', '&', '~']);
                         let nick = nick.split('!').next().unwrap_or(nick);
                         members.insert(irc_fold(nick));
-                        people.saw(&task.network, nick, nick);
+                        if !task.shared.is_puppet(nick) {
+                            people.saw(&task.network, nick, nick);
+                        }
                     }
                 }
             }
@@ -136,7 +153,20 @@ impl Session<'_> {
             .iter()
             .skip(1)
             .take(line.params.len().saturating_sub(2));
+        let tokens: Vec<&String> = tokens.collect();
+        if let Some(length) = tokens
+            .iter()
+            .find_map(|token| token.strip_prefix("NICKLEN="))
+            .and_then(|value| value.parse::<usize>().ok())
+        {
+            self.task.shared.set_nicklen(length);
+        }
+        if self.task.puppet.is_some() {
+            // A puppet is a person, not a bot.
+            return Ok(());
+        }
         let Some(mode) = tokens
+            .into_iter()
             .filter_map(|token| token.strip_prefix("BOT="))
             .find_map(|value| value.chars().next().filter(char::is_ascii_alphabetic))
         else {
@@ -173,7 +203,10 @@ impl Session<'_> {
         nick: &str,
         change: Membership,
     ) -> Option<Inbound> {
-        if !self.task.config.relay_membership {
+        if !self.task.config.relay_membership
+            || self.task.puppet.is_some()
+            || self.task.shared.is_puppet(nick)
+        {
             return None;
         }
         Some(convert::inbound(
@@ -220,11 +253,13 @@ impl Session<'_> {
             .entry(folded.clone())
             .or_default()
             .insert(irc_fold(nick));
-        self.task
-            .context
-            .router
-            .people()
-            .saw(self.network(), nick, nick);
+        if self.task.puppet.is_none() && !self.task.shared.is_puppet(nick) {
+            self.task
+                .context
+                .router
+                .people()
+                .saw(self.network(), nick, nick);
+        }
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
             self.kicked.remove(&folded);
@@ -290,7 +325,10 @@ impl Session<'_> {
             return Ok(());
         };
         let folded_nick = irc_fold(nick);
-        if folded_nick == irc_fold(&self.task.config.nick) && !self.is_me(nick) {
+        if self.task.puppet.is_none()
+            && folded_nick == irc_fold(&self.task.config.nick)
+            && !self.is_me(nick)
+        {
             self.send(Command::NICK(self.task.config.nick.clone()))?;
         }
         let mut channels = Vec::new();
@@ -319,10 +357,19 @@ impl Session<'_> {
         if self.is_me(old) {
             tracing::info!(network = %self.network(), old, new, "Nick changed.");
             new.clone_into(&mut self.nick);
-            self.task
-                .context
-                .router
-                .set_account(self.network(), &self.nick);
+            if let Some(role) = &self.task.puppet {
+                self.task.shared.add(new);
+                role.book.record(&role.key, new);
+            } else {
+                self.task
+                    .context
+                    .router
+                    .set_account(self.network(), &self.nick);
+            }
+            return Ok(());
+        }
+        if self.task.puppet.is_some() || self.task.shared.is_puppet(old) {
+            // Puppets' renames are ours; a puppet relays nothing.
             return Ok(());
         }
         if irc_fold(old) == irc_fold(&self.task.config.nick) {
@@ -358,7 +405,7 @@ impl Session<'_> {
         let (Some(nick), Some(channel)) = (message.source_nickname(), line.param(0)) else {
             return Ok(());
         };
-        if self.is_me(nick) {
+        if self.is_me(nick) || self.task.shared.is_puppet(nick) {
             return Ok(());
         }
         if let Some(configured) = self.configured(channel) {
@@ -397,6 +444,13 @@ impl Session<'_> {
                 let delivery_id = delivery_id.to_owned();
                 self.confirm(&delivery_id, msgid.as_deref());
             }
+            return Ok(());
+        }
+        if self.task.puppet.is_some() {
+            return self.puppet_heard(nick, target, &line.command);
+        }
+        if self.task.shared.is_puppet(nick) {
+            // A puppet's line, seen by the bot: already where it came from.
             return Ok(());
         }
         if nick.eq_ignore_ascii_case(&self.task.config.nickserv_nick) && line.command == "NOTICE" {
@@ -459,5 +513,27 @@ impl Session<'_> {
         let inbound = convert::inbound(self.network(), &channel, nick, message, body, now_ms());
         self.submit(inbound).await;
         Ok(())
+    }
+
+    /// A line a puppet receives (the bot relays everything said in channels): a private
+    /// message from a person gets one NOTICE saying that private messages are not relayed.
+    fn puppet_heard(&mut self, nick: &str, target: &str, command: &str) -> Result<(), String> {
+        if command != "PRIVMSG"
+            || !self.is_me(target)
+            || nick.contains('.')
+            || self.task.shared.is_puppet(nick)
+            || !self.dm_noticed.insert(irc_fold(nick))
+        {
+            return Ok(());
+        }
+        tracing::info!(network = %self.network(), puppet = %self.nick, from = %nick, "A private message to a puppet; not relayed, the sender is told once.");
+        self.send(Command::NOTICE(
+            nick.to_owned(),
+            format!(
+                "{} is bridged from another network by tribridge; private messages to \
+                 bridged people are not relayed. Speak in a bridged channel instead.",
+                self.nick
+            ),
+        ))
     }
 }

@@ -15,6 +15,8 @@
 //! - [`lines`] (sanitising and splitting to the line limit), [`charset`] (lines read and written
 //!   in the network's charset), [`flood`] (the token bucket), [`wire`] (parameters and
 //!   `server-time`).
+//! - `puppets` (`puppets = true`): a session per person of another network, and the order of
+//!   a channel's deliveries across the bot's connection and the puppets'.
 //! - This file: the constants, the delivery handle ([`IrcHandle`]), [`build`] and the task that
 //!   runs sessions under the supervisor (reconnects with backoff and jitter).
 //!
@@ -29,6 +31,7 @@ pub mod flood;
 mod handlers;
 pub mod lines;
 pub mod mentions;
+mod puppets;
 mod registration;
 mod session;
 pub mod wire;
@@ -96,6 +99,8 @@ pub struct IrcHandle {
     gateways: Arc<std::collections::HashMap<String, crate::connector::GatewaySettings>>,
     /// The pace of flood control once its burst is used: one line per this.
     flood_interval: Duration,
+    /// Per-person connections, with `puppets = true`.
+    puppets: Option<Arc<puppets::Puppets>>,
 }
 
 /// The name a long text's link ends with: it makes the media endpoint serve it as
@@ -175,17 +180,25 @@ impl IrcHandle {
         let (reply, acknowledged) = oneshot::channel();
         let full_text_link = self.full_text_link(delivery).await;
         let ack_timeout = self.ack_timeout(delivery);
-        self.requests
-            .send(OutboundRequest {
-                delivery: delivery.clone(),
-                full_text_link,
-                reply,
-            })
-            .await
-            .map_err(|_| DeliveryError::Retry {
-                after: Some(Duration::from_secs(1)),
-                reason: "the IRC connection task has stopped".into(),
-            })?;
+        let request = OutboundRequest {
+            delivery: delivery.clone(),
+            full_text_link,
+            reply,
+        };
+        let acknowledged = if let Some(puppets) = &self.puppets {
+            puppets
+                .send(delivery, &self.requests, request, acknowledged)
+                .await?
+        } else {
+            self.requests
+                .send(request)
+                .await
+                .map_err(|_| DeliveryError::Retry {
+                    after: Some(Duration::from_secs(1)),
+                    reason: "the IRC connection task has stopped".into(),
+                })?;
+            acknowledged
+        };
         // A relayed person's acknowledged line: `nick: text` soon after may reply to it.
         let said = matches!(delivery.body, EventBody::Text { .. }).then(|| {
             (
@@ -263,6 +276,10 @@ struct TaskInfo {
     not_utf8_lines: AtomicU64,
     /// The channels' last lines, for replies (shared with the handle).
     recent: Arc<Mutex<mentions::Recent>>,
+    /// Shared by the bot's connection and the puppets': the puppets' nicks, `NICKLEN`.
+    shared: Arc<puppets::Shared>,
+    /// Set when this connection is a person's puppet.
+    puppet: Option<puppets::PuppetRole>,
 }
 
 /// Build the handle and the task of one IRC network.
@@ -270,6 +287,12 @@ struct TaskInfo {
 pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHandle, IrcTask) {
     let (sender, receiver) = mpsc::channel(256);
     let recent = Arc::new(Mutex::new(mentions::Recent::default()));
+    let shared = Arc::new(puppets::Shared::default());
+    let puppets = config.puppets.clone().map(|settings| {
+        Arc::new(puppets::Puppets::new(
+            network, &config, settings, &context, &recent, &shared,
+        ))
+    });
     (
         IrcHandle {
             requests: sender,
@@ -277,6 +300,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
             files: Arc::clone(&context.files),
             gateways: Arc::new(context.gateways.clone()),
             flood_interval: Duration::from_millis(config.flood_interval_ms),
+            puppets,
         },
         IrcTask {
             info: TaskInfo {
@@ -287,6 +311,8 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
                 edits_dropped: AtomicU64::new(0),
                 not_utf8_lines: AtomicU64::new(0),
                 recent,
+                shared,
+                puppet: None,
             },
             requests: receiver,
         },

@@ -14,6 +14,15 @@ use super::{IDENTIFY_TIMEOUT, JOIN_TIMEOUT, WANTED_CAPS};
 
 impl Session<'_> {
     pub(super) fn begin_registration(&mut self) -> Result<(), String> {
+        if let Some([password, gateway, host, address]) = self
+            .task
+            .puppet
+            .as_ref()
+            .and_then(|role| role.webirc.as_ref())
+        {
+            // A puppet's own host, where the server trusts the bridge as a WEBIRC gateway.
+            self.send_raw("WEBIRC", &[password, gateway, host, address])?;
+        }
         self.send_raw("CAP", &["LS", "302"])?;
         if let Some(password) = &self.task.config.server_password {
             self.send(Command::PASS(password.expose().to_owned()))?;

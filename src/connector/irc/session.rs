@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::connector::supervisor::{SessionEnd, error_chain};
 use crate::connector::{DeliveryError, sleep_until_opt, with_original_time};
-use crate::model::{DeliveryAck, EventBody, now_ms};
+use crate::model::{DeliveryAck, EventBody, Membership, now_ms};
 use crate::richtext::edits::EditPolicy;
 
 use super::convert::{files_as_lines, label, render_delivery};
@@ -47,16 +47,26 @@ impl TaskInfo {
 
     fn client_config(&self) -> irc::client::data::Config {
         let nick = &self.config.nick;
-        irc::client::data::Config {
-            nickname: Some(nick.clone()),
-            alt_nicks: vec![
+        let alt_nicks = if let Some(role) = &self.puppet {
+            // A puppet's fallback is stable: `dave[m]` → `dave[m]1`, `dave[m]2`…
+            let base = &role.base;
+            std::iter::once(base.clone())
+                .chain((1..=9).map(|n| format!("{base}{n}")))
+                .filter(|alt| alt != nick)
+                .collect()
+        } else {
+            vec![
                 format!("{nick}_"),
                 format!("{nick}__"),
                 format!("{nick}___"),
                 format!("{nick}1"),
                 format!("{nick}2"),
                 format!("{nick}3"),
-            ],
+            ]
+        };
+        irc::client::data::Config {
+            nickname: Some(nick.clone()),
+            alt_nicks,
             username: Some(self.config.username.clone()),
             realname: Some(self.config.realname.clone()),
             server: Some(self.config.host.clone()),
@@ -147,6 +157,16 @@ impl TaskInfo {
                     }
                 }
                 _ = regain.tick() => session.try_regain_nick(),
+                () = sleep_until_opt(session.idle_at()) => {
+                    // A puppet with nothing to say for `puppet_idle_timeout`: it quits, and
+                    // its next delivery brings it back.
+                    session.quit("idle");
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    })
+                    .await;
+                    break SessionEnd::Shutdown;
+                }
             }
         };
         session.fail_in_flight(match &end {
@@ -214,6 +234,12 @@ pub(super) struct Session<'a> {
     pub(super) unconfirmed: VecDeque<(String, Instant)>,
     /// Permits for inbound events queued for commit and not yet committed.
     pub(super) commits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// A puppet: the nick it last asked for (its person's display name may change).
+    asked_nick: String,
+    /// A puppet: when it was last given a delivery.
+    last_delivery: Instant,
+    /// A puppet: the people told, by NOTICE, that private messages are not relayed.
+    pub(super) dm_noticed: HashSet<String>,
 }
 
 impl<'a> Session<'a> {
@@ -246,7 +272,71 @@ impl<'a> Session<'a> {
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
+            asked_nick: task
+                .puppet
+                .as_ref()
+                .map_or_else(|| task.config.nick.clone(), |role| role.base.clone()),
+            last_delivery: Instant::now(),
+            dm_noticed: HashSet::new(),
         }
+    }
+
+    /// A puppet's idle deadline: `puppet_idle_timeout` after its last delivery, once nothing
+    /// is queued or unconfirmed.
+    fn idle_at(&self) -> Option<Instant> {
+        let role = self.task.puppet.as_ref()?;
+        (self.phase == Phase::Ready && self.in_flight.is_empty() && self.queue.is_empty())
+            .then(|| self.last_delivery + role.idle_timeout)
+    }
+
+    /// A puppet: take the nick its person's name asks for now.
+    fn puppet_rename(&mut self) -> Result<(), String> {
+        let Some(role) = &self.task.puppet else {
+            return Ok(());
+        };
+        self.last_delivery = Instant::now();
+        let wanted = role.wanted();
+        if wanted != self.asked_nick {
+            tracing::info!(network = %self.network(), old = %self.nick, new = %wanted, "Puppet's person renamed; changing nick.");
+            self.task.shared.add(&wanted);
+            self.send(Command::NICK(wanted.clone()))?;
+            self.asked_nick = wanted;
+        }
+        Ok(())
+    }
+
+    /// A puppet given its person's join, leave or rename: it joins, parts or changes nick
+    /// (what IRC people see of it); nothing else is said.
+    fn puppet_membership(&mut self, channel: &str, change: &Membership) -> Result<(), String> {
+        match change {
+            Membership::Joined => self.puppet_prepare(channel),
+            Membership::Left { reason } => {
+                self.puppet_rename()?;
+                let folded = irc_fold(channel);
+                if self.channels.remove(&folded).is_some() {
+                    self.joined.remove(&folded);
+                    self.send(Command::PART(channel.to_owned(), reason.clone()))?;
+                }
+                Ok(())
+            }
+            _ => self.puppet_rename(),
+        }
+    }
+
+    /// A puppet, before a delivery: take the nick its person's name asks for now, and join
+    /// the delivery's channel if not in it yet (the server handles both before the lines).
+    fn puppet_prepare(&mut self, channel: &str) -> Result<(), String> {
+        if self.task.puppet.is_none() {
+            return Ok(());
+        }
+        self.puppet_rename()?;
+        let folded = irc_fold(channel);
+        if !self.channels.contains_key(&folded) {
+            self.channels.insert(folded.clone(), channel.to_owned());
+            self.failed_joins.remove(&folded);
+            self.send(Command::JOIN(channel.to_owned(), None, None))?;
+        }
+        Ok(())
     }
 
     pub(super) fn network(&self) -> &str {
@@ -356,8 +446,14 @@ impl<'a> Session<'a> {
         let delivery = &delivery;
         let folded = irc_fold(&delivery.destination.channel);
         if self.failed_joins.contains(&folded) {
+            // A puppet's is retried soon, through the bot (`Shared::refuse`).
+            let after = if self.task.puppet.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_mins(1)
+            };
             let _ = request.reply.send(Err(DeliveryError::Retry {
-                after: Some(Duration::from_mins(1)),
+                after: Some(after),
                 reason: format!("not in {} (join failed)", delivery.destination.channel),
             }));
             return;
@@ -372,6 +468,26 @@ impl<'a> Session<'a> {
             return;
         }
         let target = delivery.destination.channel.clone();
+        if self.task.puppet.is_some()
+            && let EventBody::Membership(change) = &delivery.body
+        {
+            let result = self
+                .puppet_membership(&target, change)
+                .map(|()| DeliveryAck::default())
+                .map_err(|reason| DeliveryError::Retry {
+                    after: Some(Duration::from_secs(1)),
+                    reason,
+                });
+            let _ = request.reply.send(result);
+            return;
+        }
+        if let Err(error) = self.puppet_prepare(&target) {
+            let _ = request.reply.send(Err(DeliveryError::Retry {
+                after: Some(Duration::from_secs(1)),
+                reason: error,
+            }));
+            return;
+        }
         let labelled = self.caps.contains("labeled-response");
         let settings = self.task.context.gateway(&delivery.gateway);
         let late = with_original_time(delivery, &settings, now_ms());
@@ -388,13 +504,13 @@ impl<'a> Session<'a> {
             self.network(),
             &super::lock(&self.task.recent),
         );
-        let lines = render_delivery(
-            &shown,
-            settings.nick_format(&self.task.context.remote_nick_format),
-            &self.nick,
-            labelled,
-            &settings,
-        );
+        // A puppet is the person: no name before the text.
+        let nick_format = if self.task.puppet.is_some() {
+            ""
+        } else {
+            settings.nick_format(&self.task.context.remote_nick_format)
+        };
+        let lines = render_delivery(&shown, nick_format, &self.nick, labelled, &settings);
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
             return;
@@ -512,9 +628,15 @@ impl<'a> Session<'a> {
                     .as_ref()
                     .is_none_or(|(id, _)| id != delivery_id)
             });
+            // A puppet's refused line is retried soon, through the bot (`Shared::refuse`).
+            let after = if self.task.puppet.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(30)
+            };
             if let Some(reply) = flight.reply {
                 let _ = reply.send(Err(DeliveryError::Retry {
-                    after: Some(Duration::from_secs(30)),
+                    after: Some(after),
                     reason: reason.to_owned(),
                 }));
             }

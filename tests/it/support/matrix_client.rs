@@ -243,6 +243,19 @@ impl MatrixUser {
         response.bytes().await.expect("file body").to_vec()
     }
 
+    /// Set this user's display name.
+    pub async fn set_display_name(&self, name: &str) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                encode(&self.user_id)
+            ),
+            &json!({"displayname": name}),
+        )
+        .await;
+    }
+
     /// Set this user's picture (an `mxc://` URI).
     pub async fn set_avatar(&self, mxc: &str) {
         self.call(
