@@ -495,21 +495,18 @@ impl Puppets {
             after: Some(Duration::from_secs(1)),
             reason: "the IRC connection task has stopped".into(),
         };
-        match held {
-            Some(held) => {
-                // Another connection has lines of this channel in flight: they go first. The
-                // puppet connects (registers) meanwhile.
-                held.send(request).map_err(|_| stopped())?;
-                if let (Some(wake), Some((key, _, _))) = (&wake, &route) {
-                    self.warm(key);
-                    wake.notify_one();
-                }
+        if let Some(held) = held {
+            // Another connection has lines of this channel in flight: they go first. The
+            // puppet connects (registers) meanwhile.
+            held.send(request).map_err(|_| stopped())?;
+            if let (Some(wake), Some((key, _, _))) = (&wake, &route) {
+                self.warm(key);
+                wake.notify_one();
             }
-            None => {
-                target.send(request).await.map_err(|_| stopped())?;
-                if let Some(wake) = &wake {
-                    wake.notify_one();
-                }
+        } else {
+            target.send(request).await.map_err(|_| stopped())?;
+            if let Some(wake) = &wake {
+                wake.notify_one();
             }
         }
         Ok(forwarded)
