@@ -99,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The nicks puppets got, by person, kept in `state_dir/irc-<network>-puppets.json` so that a
 /// puppet keeps its nick (`dave[m]1` too) across restarts. Written whole to a temporary file
-/// and renamed over the old one.
+/// and synced, renamed over the old one, then the folder synced.
 pub(super) struct NickBook {
     path: std::path::PathBuf,
     nicks: Mutex<HashMap<String, String>>,
@@ -162,17 +162,28 @@ impl NickBook {
                 }
             };
             let path = book.path.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let temporary = path.with_extension("json.tmp");
-                std::fs::write(&temporary, json)?;
-                std::fs::rename(&temporary, &path)
-            })
-            .await;
+            let written = tokio::task::spawn_blocking(move || write_durably(&path, &json)).await;
             if let Ok(Err(error)) = written {
                 tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
             }
         });
     }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old file or the new one, whole: write
+/// a temporary file and sync it, rename it over `path`, then sync the folder (the rename).
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// What a puppet's session knows of being one.
@@ -684,6 +695,22 @@ mod tests {
         delivery.origin_protocol = protocol.to_owned();
         delivery.author.display_name = name.to_owned();
         delivery
+    }
+
+    #[test]
+    fn the_nick_file_is_replaced_whole() {
+        let folder = std::env::temp_dir().join(format!(
+            "tribridge-nickbook-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("irc-net-puppets.json");
+        write_durably(&path, b"{\"a\": \"dave[m]\"}").unwrap();
+        write_durably(&path, b"{\"a\": \"dave[m]1\"}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": \"dave[m]1\"}");
+        let left: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]
