@@ -380,6 +380,32 @@ async fn a_burst_from_five_people_arrives_from_the_right_puppets_in_order_once()
     assert_eq!(said(&seen), want);
 }
 
+/// Five new people speak one after another while none of their puppets is connected yet:
+/// their puppets register side by side, and the lines still arrive in the order they were
+/// said, each once, each from its own puppet (a line waits for the earlier lines of the
+/// channel on other connections, not for the other puppets' registrations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_new_people_at_once_keep_the_order_across_their_new_puppets() {
+    let mut s = setup("", false).await;
+    let room = s.room.clone();
+    let mut others = Vec::new();
+    for name in ["n1", "n2", "n3", "n4"] {
+        others.push(s.matrix_person(name).await);
+    }
+    let mut people = vec![s.dave];
+    people.extend(others);
+    let mut want = Vec::new();
+    for round in 0..2 {
+        for (n, person) in people.iter_mut().enumerate() {
+            let text = format!("new {round}.{n}");
+            person.say(&room, &text).await;
+            want.push(pair(&puppet_of(person), &text));
+        }
+    }
+    let seen = s.irc.texts_until(&s.channel, "new 1.4").await;
+    assert_eq!(said(&seen), want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puppet_the_channel_refuses_is_relayed_by_the_bot() {
     let mut s = setup("", false).await;

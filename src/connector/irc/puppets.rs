@@ -14,7 +14,10 @@
 //! previous delivery of that channel went to only once every earlier delivery of that channel
 //! is acknowledged (or failed): a run of lines from one speaker pipelines, a change of speaker
 //! costs one round trip. The server relays what it has echoed to us before what it receives
-//! afterwards, so the channel sees the outbox's order.
+//! afterwards, so the channel sees the outbox's order. The wait happens in the run's own chain,
+//! after the delivery is handed over: the handle takes the channel's next delivery at once, and
+//! a new puppet registers (paced by `puppet_connect_rate`) while earlier lines are in flight, so
+//! a burst of new speakers pays their registrations side by side, not in turn.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The nicks puppets got, by person, kept in `state_dir/irc-<network>-puppets.json` so that a
 /// puppet keeps its nick (`dave[m]1` too) across restarts. Written whole to a temporary file
-/// and renamed over the old one.
+/// and synced, renamed over the old one, then the folder synced.
 pub(super) struct NickBook {
     path: std::path::PathBuf,
     nicks: Mutex<HashMap<String, String>>,
@@ -159,17 +162,28 @@ impl NickBook {
                 }
             };
             let path = book.path.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let temporary = path.with_extension("json.tmp");
-                std::fs::write(&temporary, json)?;
-                std::fs::rename(&temporary, &path)
-            })
-            .await;
+            let written = tokio::task::spawn_blocking(move || write_durably(&path, &json)).await;
             if let Ok(Err(error)) = written {
                 tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
             }
         });
     }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old file or the new one, whole: write
+/// a temporary file and sync it, rename it over `path`, then sync the folder (the rename).
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// What a puppet's session knows of being one.
@@ -204,6 +218,8 @@ struct Puppet {
     wake: Arc<Notify>,
     /// Connected or connecting (not idle).
     active: Arc<AtomicBool>,
+    /// Connect now: a delivery is held for it behind another connection's lines.
+    warm: Arc<AtomicBool>,
 }
 
 /// Which connection a delivery goes through: the bot (`None`) or a person's puppet.
@@ -211,8 +227,12 @@ pub(super) type Connection = Option<PersonKey>;
 
 /// The order of one channel's deliveries across connections.
 struct ChannelOrder {
+    /// The connection of the current run (consecutive deliveries on one connection).
     connection: Connection,
+    /// The current run's deliveries not yet acknowledged or failed.
     outstanding: Arc<watch::Sender<usize>>,
+    /// The current run's chain, when it waits for the previous run.
+    held: Option<mpsc::UnboundedSender<OutboundRequest>>,
 }
 
 /// The puppets of one IRC network, owned by its handle.
@@ -360,6 +380,7 @@ impl Puppets {
         let wanted = Arc::new(Mutex::new(base.to_owned()));
         let wake = Arc::new(Notify::new());
         let active = Arc::new(AtomicBool::new(true));
+        let warm = Arc::new(AtomicBool::new(false));
         let mut config = self.config.clone();
         config.nick = first;
         config.username = ident(&delivery.origin_protocol);
@@ -411,6 +432,7 @@ impl Puppets {
             receiver,
             Arc::clone(&wake),
             Arc::clone(&active),
+            Arc::clone(&warm),
             Arc::clone(&self.pacer),
             self.settings.connect_rate,
         ));
@@ -419,11 +441,14 @@ impl Puppets {
             wanted,
             wake,
             active,
+            warm,
         }
     }
 
     /// Hand a delivery to its connection: its puppet's, or the bot's (`bot`), keeping the
-    /// channel's order across connections (see the module's documentation).
+    /// channel's order across connections (see the module's documentation). Returns at once:
+    /// a delivery that must wait for another connection's lines is held in its run's chain
+    /// while its puppet connects.
     pub(super) async fn send(
         &self,
         delivery: &Delivery,
@@ -433,23 +458,35 @@ impl Puppets {
     ) -> Result<oneshot::Receiver<Result<DeliveryAck, DeliveryError>>, DeliveryError> {
         let route = self.route(delivery);
         let connection: Connection = route.as_ref().map(|(key, _, _)| key.clone());
+        let (target, wake) = match &route {
+            Some((_, requests, wake)) => (requests.clone(), Some(Arc::clone(wake))),
+            None => (bot.clone(), None),
+        };
         let channel = irc_fold(&delivery.destination.channel);
-        let outstanding = {
+        let (outstanding, held) = {
             let mut order = lock(&self.order);
             let entry = order.entry(channel).or_insert_with(|| ChannelOrder {
                 connection: None,
                 outstanding: Arc::new(watch::channel(0).0),
+                held: None,
             });
-            let waiting = (entry.connection != connection).then(|| entry.outstanding.subscribe());
-            entry.connection.clone_from(&connection);
-            (Arc::clone(&entry.outstanding), waiting)
+            if entry.connection != connection {
+                // A new run: it waits for the previous run's lines only if some are in flight.
+                let previous =
+                    std::mem::replace(&mut entry.outstanding, Arc::new(watch::channel(0).0));
+                entry.held = (*previous.borrow() != 0)
+                    .then(|| hold(previous.subscribe(), target.clone(), wake.clone()));
+                entry.connection.clone_from(&connection);
+            }
+            // Counted now, so that the next run waits for this line too.
+            entry.outstanding.send_modify(|count| *count += 1);
+            let held = entry
+                .held
+                .as_ref()
+                .filter(|held| !held.is_closed())
+                .cloned();
+            (Arc::clone(&entry.outstanding), held)
         };
-        let (outstanding, waiting) = outstanding;
-        if let Some(mut waiting) = waiting {
-            // Another connection has lines of this channel in flight: they go first.
-            let _ = waiting.wait_for(|count| *count == 0).await;
-        }
-        outstanding.send_modify(|count| *count += 1);
         let (reply, forwarded) = oneshot::channel();
         tokio::spawn(async move {
             let mut reply = reply;
@@ -465,20 +502,57 @@ impl Puppets {
                 }
             }
         });
-        let sent = match &route {
-            Some((_, requests, wake)) => {
-                let sent = requests.send(request).await;
-                wake.notify_one();
-                sent
-            }
-            None => bot.send(request).await,
-        };
-        sent.map_err(|_| DeliveryError::Retry {
+        let stopped = || DeliveryError::Retry {
             after: Some(Duration::from_secs(1)),
             reason: "the IRC connection task has stopped".into(),
-        })?;
+        };
+        if let Some(held) = held {
+            // Another connection has lines of this channel in flight: they go first. The
+            // puppet connects (registers) meanwhile.
+            held.send(request).map_err(|_| stopped())?;
+            if let (Some(wake), Some((key, _, _))) = (&wake, &route) {
+                self.warm(key);
+                wake.notify_one();
+            }
+        } else {
+            target.send(request).await.map_err(|_| stopped())?;
+            if let Some(wake) = &wake {
+                wake.notify_one();
+            }
+        }
         Ok(forwarded)
     }
+
+    /// Ask a person's puppet to connect now, before it has a line to say.
+    fn warm(&self, key: &PersonKey) {
+        if let Some(puppet) = lock(&self.people).get(key) {
+            puppet.warm.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A run's chain: requests that go to `target` once every line counted by `previous` (the
+/// channel's previous run, on another connection) is acknowledged or failed, in order.
+fn hold(
+    mut previous: watch::Receiver<usize>,
+    target: mpsc::Sender<OutboundRequest>,
+    wake: Option<Arc<Notify>>,
+) -> mpsc::UnboundedSender<OutboundRequest> {
+    let (held, mut requests) = mpsc::unbounded_channel::<OutboundRequest>();
+    tokio::spawn(async move {
+        let _ = previous.wait_for(|count| *count == 0).await;
+        while let Some(request) = requests.recv().await {
+            // A stopped connection drops the request; its reply's sender with it, so the
+            // outbox sees the delivery fail and retries it.
+            if target.send(request).await.is_err() {
+                return;
+            }
+            if let Some(wake) = &wake {
+                wake.notify_one();
+            }
+        }
+    });
+    held
 }
 
 /// A puppet's nick from `format` for the delivery's author, valid on IRC and at most
@@ -552,6 +626,7 @@ async fn run(
     mut requests: mpsc::Receiver<OutboundRequest>,
     wake: Arc<Notify>,
     active: Arc<AtomicBool>,
+    warm: Arc<AtomicBool>,
     pacer: Arc<tokio::sync::Mutex<Instant>>,
     rate: u32,
 ) {
@@ -560,7 +635,7 @@ async fn run(
     let mut backoff = Backoff::new(policy.first, policy.max);
     let spacing = Duration::from_secs(1) / rate.max(1);
     loop {
-        while requests.is_empty() {
+        while requests.is_empty() && !warm.swap(false, Ordering::Relaxed) {
             active.store(false, Ordering::Relaxed);
             tokio::select! {
                 () = wake.notified() => {}
@@ -580,6 +655,8 @@ async fn run(
         }
         let started = Instant::now();
         let end = info.session(&mut requests).await;
+        // Asked to connect while it was connected: done.
+        warm.store(false, Ordering::Relaxed);
         if shutdown.is_cancelled() {
             return;
         }
@@ -618,6 +695,22 @@ mod tests {
         delivery.origin_protocol = protocol.to_owned();
         delivery.author.display_name = name.to_owned();
         delivery
+    }
+
+    #[test]
+    fn the_nick_file_is_replaced_whole() {
+        let folder = std::env::temp_dir().join(format!(
+            "tribridge-nickbook-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("irc-net-puppets.json");
+        write_durably(&path, b"{\"a\": \"dave[m]\"}").unwrap();
+        write_durably(&path, b"{\"a\": \"dave[m]1\"}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": \"dave[m]1\"}");
+        let left: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]
