@@ -88,6 +88,13 @@ impl Files {
         tokio::fs::read(path).await.ok()
     }
 
+    /// When the picture of `user` on `network` was last stored (off the async runtime's threads):
+    /// a cheap way to tell it changed without reading it. `None` when there is none.
+    pub async fn avatar_stamp(&self, network: &str, user: &str) -> Option<std::time::SystemTime> {
+        let path = self.store.dir.join(avatar_name(network, user));
+        tokio::fs::metadata(path).await.ok()?.modified().ok()
+    }
+
     /// A long-lived link to the picture of `user` on `network`, when one is stored and links
     /// are configured.
     #[must_use]

@@ -233,6 +233,8 @@ struct Ghost {
     display_name: Option<String>,
     /// The SHA-256 of the picture last set as its avatar.
     avatar: Option<Vec<u8>>,
+    /// When the stored picture looked at last was stored.
+    avatar_stamp: Option<std::time::SystemTime>,
     /// Rooms it is a member of.
     joined: HashSet<String>,
 }
@@ -378,6 +380,29 @@ fn segment(text: &str) -> String {
 }
 
 impl Shared {
+    /// Register the ghost `user_id` in the application service's namespace
+    /// (`m.login.application_service`, no login); `M_USER_IN_USE` when it exists already.
+    async fn register(&self, user_id: &str) -> Result<(), HsError> {
+        let localpart = user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        self.request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            None,
+            Some(&json!({
+                "type": "m.login.application_service",
+                "username": localpart,
+                "inhibit_login": true,
+            })),
+        )
+        .await
+        .map(drop)
+    }
+
     /// A client-server request as the bot (`as_user` `None`) or as a ghost.
     async fn request(
         &self,
@@ -934,26 +959,8 @@ impl Shared {
         }
         let user_id = ghost.user_id.clone();
         if !ghost.registered {
-            let localpart = user_id
-                .trim_start_matches('@')
-                .split(':')
-                .next()
-                .unwrap_or_default();
-            match self
-                .request(
-                    reqwest::Method::POST,
-                    "/_matrix/client/v3/register",
-                    None,
-                    None,
-                    Some(&json!({
-                        "type": "m.login.application_service",
-                        "username": localpart,
-                        "inhibit_login": true,
-                    })),
-                )
-                .await
-            {
-                Ok(_) => {}
+            match self.register(&user_id).await {
+                Ok(()) => {}
                 Err(error) if error.errcode == "M_USER_IN_USE" => {}
                 Err(error) => return Err(error.into_delivery_error()),
             }
@@ -975,11 +982,22 @@ impl Shared {
             .map_err(HsError::into_delivery_error)?;
             ghost.display_name = Some(wanted_name);
         }
-        if let Some(picture) = self.context.files.avatar(&origin, &author).await {
+        // The stored picture is read only when it was stored again since it was last looked at
+        // (its time stamp), not with every message.
+        let files = &self.context.files;
+        if let Some(stamp) = files.avatar_stamp(&origin, &author).await
+            && ghost.avatar_stamp != Some(stamp)
+            && let Some(picture) = files.avatar(&origin, &author).await
+        {
             let digest = sha2::Sha256::digest(&picture).to_vec();
-            if ghost.avatar.as_ref() != Some(&digest) {
+            if ghost.avatar.as_ref() == Some(&digest) {
+                ghost.avatar_stamp = Some(stamp);
+            } else {
                 match self.set_avatar(&user_id, picture).await {
-                    Ok(()) => ghost.avatar = Some(digest),
+                    Ok(()) => {
+                        ghost.avatar = Some(digest);
+                        ghost.avatar_stamp = Some(stamp);
+                    }
                     // A picture is not worth holding the message back.
                     Err(error) => {
                         tracing::info!(network = %self.network, ghost = %user_id, error = %error, "Cannot set a ghost's picture.");
@@ -1529,24 +1547,7 @@ async fn get_user(
     if shared.is_ours(&user_id).await.unwrap_or(false) {
         // Ghosts are registered when their person first speaks; the homeserver may ask
         // about one before that (someone invites it): it exists in our namespace.
-        let localpart = user_id
-            .trim_start_matches('@')
-            .split(':')
-            .next()
-            .unwrap_or_default();
-        let _ = shared
-            .request(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/register",
-                None,
-                None,
-                Some(&json!({
-                    "type": "m.login.application_service",
-                    "username": localpart,
-                    "inhibit_login": true,
-                })),
-            )
-            .await;
+        let _ = shared.register(&user_id).await;
         (StatusCode::OK, json_body(&json!({}))).into_response()
     } else {
         matrix_error(
