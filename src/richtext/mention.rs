@@ -66,17 +66,8 @@ pub fn map_mentions(text: &mut FormattedText, f: &mut dyn FnMut(Mention) -> Inli
 /// Whether any block holds a mention (outside code).
 fn has_mentions(blocks: &[Block]) -> bool {
     fn inlines(v: &[Inline]) -> bool {
-        v.iter().any(|node| match node {
-            Inline::Mention(_) => true,
-            Inline::Bold(c)
-            | Inline::Italic(c)
-            | Inline::Underline(c)
-            | Inline::Strike(c)
-            | Inline::Spoiler(c)
-            | Inline::Link { children: c, .. }
-            | Inline::Colour { children: c, .. } => inlines(c),
-            Inline::Text(_) | Inline::Code(_) | Inline::LineBreak => false,
-        })
+        v.iter()
+            .any(|node| matches!(node, Inline::Mention(_)) || node.children().is_some_and(inlines))
     }
     blocks.iter().any(|b| match b {
         Block::Paragraph(v) => inlines(v),
@@ -347,14 +338,11 @@ fn map_inlines(inl: &mut [Inline], f: &mut dyn FnMut(Mention) -> Inline) {
                 );
                 *node = f(m);
             }
-            Inline::Bold(c)
-            | Inline::Italic(c)
-            | Inline::Underline(c)
-            | Inline::Strike(c)
-            | Inline::Spoiler(c)
-            | Inline::Link { children: c, .. }
-            | Inline::Colour { children: c, .. } => map_inlines(c, f),
-            Inline::Text(_) | Inline::Code(_) | Inline::LineBreak => {}
+            other => {
+                if let Some(c) = other.children_mut() {
+                    map_inlines(c, f);
+                }
+            }
         }
     }
 }
@@ -365,14 +353,11 @@ fn map_text(blocks: &mut [Block], f: &mut dyn FnMut(&str) -> String) {
         for node in v {
             match node {
                 Inline::Text(t) => *t = f(t),
-                Inline::Bold(c)
-                | Inline::Italic(c)
-                | Inline::Underline(c)
-                | Inline::Strike(c)
-                | Inline::Spoiler(c)
-                | Inline::Link { children: c, .. }
-                | Inline::Colour { children: c, .. } => inl(c, f),
-                Inline::Code(_) | Inline::LineBreak | Inline::Mention(_) => {}
+                other => {
+                    if let Some(c) = other.children_mut() {
+                        inl(c, f);
+                    }
+                }
             }
         }
     }

@@ -73,6 +73,38 @@ pub enum Inline {
     LineBreak,
 }
 
+impl Inline {
+    /// The inline content this node wraps (bold, italic, underline, strike, spoiler, a link's
+    /// text, coloured text); `None` for text, code, mentions and line breaks.
+    #[must_use]
+    pub fn children(&self) -> Option<&[Inline]> {
+        match self {
+            Inline::Bold(c)
+            | Inline::Italic(c)
+            | Inline::Underline(c)
+            | Inline::Strike(c)
+            | Inline::Spoiler(c)
+            | Inline::Link { children: c, .. }
+            | Inline::Colour { children: c, .. } => Some(c),
+            Inline::Text(_) | Inline::Code(_) | Inline::Mention(_) | Inline::LineBreak => None,
+        }
+    }
+
+    /// [`Inline::children`], to change them.
+    pub fn children_mut(&mut self) -> Option<&mut Vec<Inline>> {
+        match self {
+            Inline::Bold(c)
+            | Inline::Italic(c)
+            | Inline::Underline(c)
+            | Inline::Strike(c)
+            | Inline::Spoiler(c)
+            | Inline::Link { children: c, .. }
+            | Inline::Colour { children: c, .. } => Some(c),
+            Inline::Text(_) | Inline::Code(_) | Inline::Mention(_) | Inline::LineBreak => None,
+        }
+    }
+}
+
 /// A 24-bit colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rgb(pub u8, pub u8, pub u8);
