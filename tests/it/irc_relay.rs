@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::support::bridge::{Bridge, unique};
 use crate::support::config::irc_network;
 use crate::support::irc_client::{IrcClient, texts};
+use crate::support::sample;
 use crate::support::servers::{InspIrcd, shared_inspircd};
 
 fn gateway(name: &str, channels: &[(&str, &str, &str)]) -> String {
@@ -847,14 +848,6 @@ async fn scrape(port: u16) -> String {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     response.text().await.expect("metrics text")
-}
-
-/// The value of one series (`name` or `name{labels}`) in an `OpenMetrics` text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .and_then(|(_, value)| value.parse().ok())
 }
 
 /// An operator's view: the metrics endpoint counts the lines people saw relayed, times each

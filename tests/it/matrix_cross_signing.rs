@@ -193,8 +193,8 @@ async fn metric(port: u16, series: &str) -> Option<i64> {
         .text()
         .await
         .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    #[allow(clippy::cast_possible_truncation)]
+    crate::support::sample(&text, series).map(|value| value as i64)
 }
 
 async fn wait_metric(port: u16, series: &str, value: i64) {

@@ -17,3 +17,11 @@ pub fn relayed_once(texts: &[String], text: &str) -> usize {
         })
         .count()
 }
+
+/// The value of one series (`name` or `name{labels}`) in an `OpenMetrics` text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+}
