@@ -439,6 +439,39 @@ pub fn with_file_lines<'a>(
     FormattedText::new(blocks)
 }
 
+/// Replace the state file `path` with `bytes`, readable by its owner only, so that a crash
+/// leaves the old file or the new one whole: the folder is created if needed, a temporary file
+/// (mode 0600) is written and synced, renamed over `path`, and the folder synced. For the
+/// connectors' own files in `state_dir` (sessions, keys, tokens, names).
+pub fn write_state_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let folder = path
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty());
+    if let Some(folder) = folder {
+        std::fs::create_dir_all(folder)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = std::path::PathBuf::from(temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(folder) = folder {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{GatewaySettings, late_prefix, render_sender, utc_minute};

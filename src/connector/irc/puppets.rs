@@ -162,28 +162,15 @@ impl NickBook {
                 }
             };
             let path = book.path.clone();
-            let written = tokio::task::spawn_blocking(move || write_durably(&path, &json)).await;
+            let written = tokio::task::spawn_blocking(move || {
+                crate::connector::write_state_file(&path, &json)
+            })
+            .await;
             if let Ok(Err(error)) = written {
                 tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
             }
         });
     }
-}
-
-/// Replace `path` with `bytes` so that a crash leaves the old file or the new one, whole: write
-/// a temporary file and sync it, rename it over `path`, then sync the folder (the rename).
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    if let Some(folder) = path.parent() {
-        std::fs::File::open(folder)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// What a puppet's session knows of being one.
@@ -705,8 +692,8 @@ mod tests {
         ));
         std::fs::create_dir_all(&folder).unwrap();
         let path = folder.join("irc-net-puppets.json");
-        write_durably(&path, b"{\"a\": \"dave[m]\"}").unwrap();
-        write_durably(&path, b"{\"a\": \"dave[m]1\"}").unwrap();
+        crate::connector::write_state_file(&path, b"{\"a\": \"dave[m]\"}").unwrap();
+        crate::connector::write_state_file(&path, b"{\"a\": \"dave[m]1\"}").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": \"dave[m]1\"}");
         let left: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left behind");

@@ -115,27 +115,13 @@ pub fn tokens(
         as_token.expose(),
         hs_token.expose()
     );
-    write_private(&path, &text).map_err(|source| AppserviceError::TokenFile {
-        path: path.clone(),
-        source,
+    crate::connector::write_state_file(&path, text.as_bytes()).map_err(|source| {
+        AppserviceError::TokenFile {
+            path: path.clone(),
+            source,
+        }
     })?;
     Ok(Some((as_token, hs_token)))
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 fn new_token() -> Secret {

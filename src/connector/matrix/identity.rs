@@ -412,22 +412,7 @@ fn master_key_of(identity: &matrix_sdk::encryption::identities::UserIdentity) ->
 
 /// Write `text` to a new file readable by its owner only (replacing one that exists).
 fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let partial = path.with_extension("partial");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(&partial)?;
-    file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)
+    crate::connector::write_state_file(path, format!("{text}\n").as_bytes())
 }
 
 /// Why `tribridge matrix-recover` failed.

@@ -430,21 +430,7 @@ fn save_session(path: &std::path::Path, session: &MatrixSession) {
     let Ok(text) = serde_json::to_string(session) else {
         return;
     };
-    if let Some(parent) = path.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let result = {
-        use std::io::Write as _;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        options
-            .open(path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-    };
+    let result = crate::connector::write_state_file(path, text.as_bytes());
     if let Err(error) = result {
         tracing::warn!(path = %path.display(), error = %error, "Could not save the Matrix session; the next start logs in again.");
     }

@@ -534,22 +534,7 @@ impl RemoteUsers {
     /// Write the tokens file (mode 0600, replaced whole).
     fn save_tokens(&self) -> Result<(), String> {
         let text = serde_json::to_vec_pretty(&self.read().tokens).unwrap_or_default();
-        let temporary = self.tokens_path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&temporary)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &self.tokens_path)
-        };
-        write().map_err(|error| {
+        crate::connector::write_state_file(&self.tokens_path, &text).map_err(|error| {
             tracing::error!(network = %self.network, path = %self.tokens_path.display(), error = %error, "Cannot write the remote user tokens.");
             error.to_string()
         })
