@@ -11,12 +11,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::error::ErrorKind;
-use matrix_sdk::ruma::{EventId, OwnedTransactionId};
+use matrix_sdk::ruma::{EventId, OwnedRoomId, OwnedTransactionId, RoomId};
 use matrix_sdk::{Room, RoomState};
 use serde_json::Value;
 
 use super::content;
-use super::session::Live;
+use super::session::{Live, RoomScope};
 use crate::connector::supervisor::error_chain;
 use crate::connector::{
     BoxFuture, BuildContext, DeliverWhole, DeliveryError, GatewaySettings, render_sender,
@@ -36,6 +36,9 @@ pub struct MatrixHandle {
     people: Arc<crate::vocab::People>,
     /// Requests the handle has begun that put an event of the bot's in a room.
     writes: Arc<AtomicU64>,
+    /// The session's rooms when it has a scope (appservice mode's encrypted rooms, joined for
+    /// it): a room of it is used before the session has seen it in a sync.
+    scope: Option<RoomScope>,
 }
 
 fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
@@ -103,6 +106,7 @@ impl MatrixHandle {
         live: Arc<RwLock<Option<Live>>>,
         relogin: Arc<tokio::sync::Notify>,
         writes: Arc<AtomicU64>,
+        scope: Option<RoomScope>,
     ) -> Self {
         Self {
             network: network.to_owned(),
@@ -113,7 +117,19 @@ impl MatrixHandle {
             files: Arc::clone(&context.files),
             people: Arc::clone(context.router.people()),
             writes,
+            scope,
         }
+    }
+
+    /// The room of `channel` in the session's scope, if any.
+    fn scoped_room(&self, channel: &str) -> Option<OwnedRoomId> {
+        self.scope
+            .as_ref()?
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(_, scoped)| scoped.as_str() == channel)
+            .and_then(|(room_id, _)| RoomId::parse(room_id).ok())
     }
 
     /// Send one delivery; the homeserver's answer (an event id) is the acknowledgement.
@@ -129,13 +145,18 @@ impl MatrixHandle {
                     format!("not logged in to Matrix network {} yet", self.network),
                 ));
             };
-            let Some(room_id) = live.rooms.get(&delivery.destination.channel) else {
+            let Some(room_id) = live
+                .rooms
+                .get(&delivery.destination.channel)
+                .cloned()
+                .or_else(|| self.scoped_room(&delivery.destination.channel))
+            else {
                 return Err(retry(
                     Some(Duration::from_secs(5)),
                     format!("room {} is not joined yet", delivery.destination.channel),
                 ));
             };
-            (live.client.clone(), room_id.clone())
+            (live.client.clone(), room_id)
         };
         let Some(room) = client.get_room(&room_id) else {
             return Err(retry(
