@@ -604,6 +604,84 @@ async fn the_bot_mode_marks_relayed_messages_with_their_authors_profile() {
     bridge.terminate();
 }
 
+/// The bot mode's per-message profile carries the author's picture where the bridge keeps one
+/// (a Mattermost person's, with the media endpoint on): an `mxc://` that serves their picture,
+/// uploaded once (the next message names the same one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_modes_per_message_profile_carries_the_authors_picture() {
+    let synapse = crate::support::servers::shared_synapse();
+    let url = synapse.url();
+    let bot = unique("pmabot");
+    crate::support::matrix_client::register(&url, &bot, "password").await;
+    let mm = crate::support::mattermost::MmServer::start("pmateam").await;
+    let channel_id = mm.channel("pmatown").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let mut matrix = MatrixUser::new(&url, &unique("pma")).await;
+    let alias_name = unique("pmaroom");
+    let room = matrix.create_room(&alias_name).await;
+    let media_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &one_gateway(
+            &[
+                mm.network("mm", ""),
+                crate::support::config::matrix_network("mx", &url, &bot),
+            ],
+            &[
+                ("mm", "pmatown"),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
+        )
+        .replacen(
+            "\n\n",
+            &format!(
+                "\nmedia_listen = \"127.0.0.1:{media_port}\"\n\
+                 media_public_url = \"http://127.0.0.1:{media_port}/files\"\n\n"
+            ),
+            1,
+        ),
+    );
+    bridge.wait_for_log("Joined Matrix room.").await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    matrix.mark().await;
+    mia.say(&channel_id, "hello asmark40").await;
+    mia.say(&channel_id, "again asmark41").await;
+    let events = matrix.messages_until(&room, "asmark41").await;
+    let profiles: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.body().contains("asmark4"))
+        .map(|e| &e.content["com.beeper.per_message_profile"])
+        .collect();
+    assert_eq!(profiles.len(), 2, "{events:#?}");
+    assert_eq!(profiles[0]["id"], format!("mm/{}", mia.id));
+    assert_eq!(profiles[0]["displayname"], "mia");
+    let avatar = profiles[0]["avatar_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no avatar_url in {}", profiles[0]));
+    assert_eq!(
+        profiles[1]["avatar_url"], avatar,
+        "the picture is uploaded once, not with every message"
+    );
+    let picture = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v4/users/{}/image",
+            mm.emu.base_url(),
+            mia.id
+        ))
+        .bearer_auth(&mm.bot_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(matrix.download(avatar).await, picture);
+    bridge.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
     let mut s = setup_with("", None, "relay_membership = true\n").await;

@@ -367,21 +367,6 @@ impl HsError {
     }
 }
 
-/// The media type of a picture, from its first bytes.
-fn sniff_image(bytes: &[u8]) -> &'static str {
-    if bytes.starts_with(b"\x89PNG") {
-        "image/png"
-    } else if bytes.starts_with(b"\xff\xd8") {
-        "image/jpeg"
-    } else if bytes.starts_with(b"GIF8") {
-        "image/gif"
-    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        "image/webp"
-    } else {
-        "application/octet-stream"
-    }
-}
-
 /// How a protocol is called in `m.bridge`.
 fn protocol_name(protocol: &str) -> &str {
     match protocol {
@@ -1105,7 +1090,7 @@ impl Shared {
 
     /// Upload `picture` as `ghost` and make it the ghost's avatar.
     async fn set_avatar(&self, ghost: &str, picture: Vec<u8>) -> Result<(), HsError> {
-        let mime = sniff_image(&picture);
+        let mime = content::image_type(&picture);
         let uri = self.upload(ghost, picture, mime, "avatar").await?;
         self.request(
             reqwest::Method::PUT,

@@ -39,6 +39,18 @@ pub struct MatrixHandle {
     /// The session's rooms when it has a scope (appservice mode's encrypted rooms, joined for
     /// it): a room of it is used before the session has seen it in a sync.
     scope: Option<RoomScope>,
+    /// Authors' pictures as uploaded, for the per-message profile's `avatar_url`.
+    pictures: Arc<std::sync::Mutex<Pictures>>,
+}
+
+/// The pictures of relayed people uploaded to the content repository: each stored picture is
+/// read only when its time stamp changed, and the same bytes are uploaded once.
+#[derive(Default)]
+struct Pictures {
+    /// (origin network, author id) → (time stamp of the stored picture, its `mxc://`).
+    by_author: HashMap<(String, String), (std::time::SystemTime, String)>,
+    /// SHA-256 of a picture → its `mxc://`.
+    by_digest: HashMap<Vec<u8>, String>,
 }
 
 fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
@@ -118,7 +130,64 @@ impl MatrixHandle {
             people: Arc::clone(context.router.people()),
             writes,
             scope,
+            pictures: Arc::default(),
         }
+    }
+
+    /// The `mxc://` of the picture the bridge keeps of the delivery's author (none from IRC),
+    /// uploaded the first time; `None` without one, or when the upload failed (logged: the
+    /// message goes without it).
+    async fn author_picture(
+        &self,
+        client: &matrix_sdk::Client,
+        delivery: &Delivery,
+    ) -> Option<String> {
+        use sha2::Digest as _;
+        let origin = &delivery.origin.network;
+        let author = &delivery.author.id;
+        let stamp = self.files.avatar_stamp(origin, author).await?;
+        let key = (origin.clone(), author.clone());
+        if let Some((known, mxc)) = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_author
+            .get(&key)
+            && *known == stamp
+        {
+            return Some(mxc.clone());
+        }
+        let picture = self.files.avatar(origin, author).await?;
+        let digest = sha2::Sha256::digest(&picture).to_vec();
+        let uploaded = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_digest
+            .get(&digest)
+            .cloned();
+        let mxc = match uploaded {
+            Some(mxc) => mxc,
+            None => {
+                let mime: mime::Mime = content::image_type(&picture)
+                    .parse()
+                    .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+                match client.media().upload(&mime, picture, None).await {
+                    Ok(response) => response.content_uri.to_string(),
+                    Err(error) => {
+                        tracing::info!(network = %self.network, author = %author, error = %error_chain(&error), "Cannot upload a relayed person's picture; their messages go without it.");
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut pictures = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pictures.by_digest.insert(digest, mxc.clone());
+        pictures.by_author.insert(key, (stamp, mxc.clone()));
+        Some(mxc)
     }
 
     /// The room of `channel` in the session's scope, if any.
@@ -190,6 +259,14 @@ impl MatrixHandle {
             notifies_room = super::mentions::mentions_room(text);
         }
         let delivery = &delivery;
+        // The author's picture for the per-message profile (texts and edits).
+        let picture = match &delivery.body {
+            EventBody::Text { .. } | EventBody::Edit { .. } => {
+                self.author_picture(&client, delivery).await
+            }
+            _ => None,
+        };
+        let picture = picture.as_deref();
         // Counted before the request: the homeserver tells the bot's sync about the event
         // before it answers the send.
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +302,13 @@ impl MatrixHandle {
             && !attachments.is_empty()
         {
             return self
-                .send_with_files(&room, delivery, &sender, (text, attachments), related)
+                .send_with_files(
+                    &room,
+                    delivery,
+                    (&sender, picture),
+                    (text, attachments),
+                    related,
+                )
                 .await;
         }
         let (event_type, body) = match content::outbound(delivery, &sender, related) {
@@ -238,7 +321,7 @@ impl MatrixHandle {
                 }
                 if event_type == "m.room.message" {
                     content::set_mentions(&mut content, &notified, notifies_room);
-                    content::set_per_message_profile(&mut content, delivery, None);
+                    content::set_per_message_profile(&mut content, delivery, picture);
                 }
                 (event_type, content)
             }
@@ -279,7 +362,7 @@ impl MatrixHandle {
         &self,
         room: &Room,
         delivery: &Delivery,
-        sender: &str,
+        (sender, picture): (&str, Option<&str>),
         (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
         related: content::Related<'_>,
     ) -> Result<DeliveryAck, DeliveryError> {
@@ -308,7 +391,7 @@ impl MatrixHandle {
         let mut first_event = None;
         if uploaded.is_empty() {
             let mut content = content::file_caption(sender, &caption);
-            content::set_per_message_profile(&mut content, delivery, None);
+            content::set_per_message_profile(&mut content, delivery, picture);
             if let Some(relation) = content::message_relation(related) {
                 content["m.relates_to"] = relation;
             }
@@ -329,7 +412,7 @@ impl MatrixHandle {
             } else {
                 format!("{}.{index}", delivery.id).into()
             };
-            content::set_per_message_profile(&mut content, delivery, None);
+            content::set_per_message_profile(&mut content, delivery, picture);
             if index == 0
                 && let Some(relation) = content::message_relation(related)
             {
