@@ -152,6 +152,8 @@ struct Setup {
     view: View,
     hs_token: String,
     listen_port: u16,
+    /// The bridge's bot's localpart (`sender_localpart`).
+    bot: String,
     bridge: Bridge,
     _dir: tempfile::TempDir,
 }
@@ -262,6 +264,7 @@ async fn setup_full(
         view,
         hs_token,
         listen_port,
+        bot,
         bridge,
         _dir: dir,
     }
@@ -1083,6 +1086,63 @@ async fn an_encrypted_room_is_relayed_through_the_bridges_bot_with_encryption() 
         1,
         "logged once per room: {logs}"
     );
+}
+
+/// Encryption turned on in a bridged room: from then on the encryption bot joins and relays it
+/// (encrypted), not the ghosts; said once in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_encryption_is_turned_on_goes_over_to_the_encryption_bot() {
+    let mut s = setup("").await;
+    let ivan = irc_nick(&s);
+    let ghost = format!("@irc_{ivan}:localhost");
+    let encryption_bot = format!("@{}.e2ee:localhost", s.bot);
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "in clear asmark42");
+    let events = s.matrix.messages_until(&s.room, "asmark42").await;
+    assert_eq!(events.last().unwrap().sender, ghost, "before: the ghost");
+    s.view
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.encryption/",
+                encode(&s.room)
+            ),
+            &json!({"algorithm": "m.megolm.v1.aes-sha2"}),
+        )
+        .await;
+    s.bridge
+        .wait_for_log("This room is encrypted: ghosts cannot encrypt")
+        .await;
+    s.irc.say(&s.channel, "encrypted now asmark43");
+    // The encryption bot joins and sends an encrypted event (this person's client has no keys,
+    // so it cannot read it: only its type and sender show); nothing in clear.
+    let seen = s
+        .matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events
+                .iter()
+                .any(|e| e.kind == "m.room.encrypted" && e.sender == encryption_bot)
+        })
+        .await;
+    assert!(
+        seen.iter().any(|e| e.kind == "m.room.member"
+            && e.sender == encryption_bot
+            && e.content["membership"] == "join"),
+        "the encryption bot joined: {:#?}",
+        seen.iter()
+            .map(|e| (&e.sender, &e.kind))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !seen.iter().any(|e| e.body().contains("asmark43")),
+        "nothing in clear"
+    );
+    let logs = s.bridge.logs();
+    assert_eq!(
+        logs.matches("This room is encrypted").count(),
+        1,
+        "logged once per room: {logs}"
+    );
+    s.bridge.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
