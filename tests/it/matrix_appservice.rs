@@ -255,6 +255,8 @@ async fn setup_full(
     let bridge = Bridge::start(dir.path(), &config(&url));
     irc.wait_join(&nick, &channel).await;
     bridge.wait_for_log("The bot joined the room.").await;
+    // Until every room was tried, pushed transactions are refused (pushed again later).
+    bridge.wait_for_log("Every configured room was tried").await;
     Setup {
         synapse,
         room,

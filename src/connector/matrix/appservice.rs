@@ -24,14 +24,19 @@
 //!   has already is taken with `_2`, `_3`, …; the choice is kept in the store's cursors, so a
 //!   person keeps their ghost across restarts and renames.
 //! - **Encrypted rooms**: a ghost cannot encrypt (no device masquerading here), so an
-//!   encrypted room is relayed through the bridge's own bot user (`sender_localpart`) as the
-//!   bot mode does it: a matrix-sdk client with its `SQLite` crypto store in
-//!   `state_dir/matrix-<network>/`, logged in with `m.login.application_service` (the
-//!   `as_token`, no password), its device cross-signed (`super::identity`), the sender shown
-//!   by `remote_nick_format` and the per-message profile. That client's sync asks for the
-//!   encrypted rooms only, and their events are read (decrypted) from it, not from the pushed
-//!   transactions; it starts with the first encrypted room found (at the join, or when
-//!   encryption is turned on), so without encrypted rooms nothing syncs. Logged once per room.
+//!   encrypted room is relayed by one bot as the bot mode does it: the sender shown by
+//!   `remote_nick_format` and the per-message profile, on the bot mode's session (a matrix-sdk
+//!   client with its `SQLite` crypto store in `state_dir/matrix-<network>/`, its device
+//!   cross-signed by `super::identity`). That bot is not `sender_localpart`'s user, because
+//!   Synapse refuses `/sync` to the service's own user (an end-to-end client needs it), but
+//!   the **encryption bot** `<sender_localpart>.e2ee`, a user of the service's namespace
+//!   (the registration names it), registered and logged in with the `as_token`
+//!   (`m.login.application_service`, no password), and joined to each encrypted room here
+//!   (invited by the bot where needed). Its sync asks for the encrypted rooms only (and it is
+//!   in no other room, so nothing else wakes it), and those rooms' events are read (decrypted)
+//!   from it instead of the pushed transactions. It starts with the first encrypted room
+//!   found (at the join, or when encryption is turned on): without encrypted rooms nothing
+//!   syncs. Logged once per room.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -604,8 +609,12 @@ impl Shared {
                     }
                 }
             }
-            self.rooms_tried
-                .store(true, std::sync::atomic::Ordering::Release);
+            if !self
+                .rooms_tried
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                tracing::info!(network = %self.network, missing, "Every configured room was tried; taking the homeserver's transactions.");
+            }
             if missing == 0 {
                 return;
             }

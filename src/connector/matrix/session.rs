@@ -38,6 +38,9 @@
 //!   login and watched after each sync.
 //! - **Homeserver**: the configured URL stays the one used; a login response's `well_known`
 //!   is not adopted.
+//! - **Scoped** ([`build_scoped`], `mode = "appservice"`'s encryption bot): the session reads and
+//!   writes only the rooms of its [`RoomScope`] (joined for it), joins nothing itself, logs in
+//!   with the application service's token, and leaves the network's account to the service.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
