@@ -166,18 +166,17 @@ impl MatrixHandle {
             .by_digest
             .get(&digest)
             .cloned();
-        let mxc = match uploaded {
-            Some(mxc) => mxc,
-            None => {
-                let mime: mime::Mime = content::image_type(&picture)
-                    .parse()
-                    .unwrap_or(mime::APPLICATION_OCTET_STREAM);
-                match client.media().upload(&mime, picture, None).await {
-                    Ok(response) => response.content_uri.to_string(),
-                    Err(error) => {
-                        tracing::info!(network = %self.network, author = %author, error = %error_chain(&error), "Cannot upload a relayed person's picture; their messages go without it.");
-                        return None;
-                    }
+        let mxc = if let Some(mxc) = uploaded {
+            mxc
+        } else {
+            let mime: mime::Mime = content::image_type(&picture)
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match client.media().upload(&mime, picture, None).await {
+                Ok(response) => response.content_uri.to_string(),
+                Err(error) => {
+                    tracing::info!(network = %self.network, author = %author, error = %error_chain(&error), "Cannot upload a relayed person's picture; their messages go without it.");
+                    return None;
                 }
             }
         };

@@ -1257,6 +1257,20 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_filter_asks_for_its_rooms_only() {
+        let room = RoomId::parse("!encrypted:localhost").expect("room id");
+        let Filter::FilterDefinition(scoped) = SyncState::filter(None, Some(vec![room.clone()]))
+        else {
+            panic!("an inline filter");
+        };
+        assert_eq!(scoped.room.rooms, Some(vec![room]));
+        let Filter::FilterDefinition(all) = SyncState::filter(None, None) else {
+            panic!("an inline filter");
+        };
+        assert_eq!(all.room.rooms, None);
+    }
+
+    #[test]
     fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
         let own = UserId::parse("@bot:localhost").expect("user id");
         let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own), None) else {
