@@ -134,6 +134,11 @@ struct MatrixDrive {
     /// before and after (0: skip).
     #[arg(long, default_value_t = 0)]
     ghosts: usize,
+    /// Extra Matrix members of the direct path's room (each event costs the homeserver more
+    /// with more local members): with `--mode appservice` give the number of speakers, so the
+    /// direct room has as many members as the bridged room has ghosts.
+    #[arg(long, default_value_t = 0)]
+    direct_members: usize,
 }
 
 /// `--mode` of the Matrix scenario.
@@ -1442,6 +1447,7 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
         speakers,
         samples,
         ghosts,
+        direct_members,
     } = drive;
     let server = servers::InspIrcd::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1495,6 +1501,12 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
     // the bridge's does; the bridge, not in it, is not woken by it.
     let sender = matrix_client::MatrixUser::new(&base, "lgdirect").await;
     sender.join(&direct_room).await;
+    for k in 0..direct_members {
+        matrix_client::MatrixUser::new(&base, &format!("lgmember{k}"))
+            .await
+            .join(&direct_room)
+            .await;
+    }
     let mut sender = Some(sender);
     let mut senders_sync =
         Some(matrix_client::MatrixUser::login(&base, "lgdirect", "password").await);
@@ -1639,8 +1651,10 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
     // Matrix → IRC, a message every 300 ms: with the bridge idle, then while it writes a burst
     // of IRC lines into the room (in bot mode its sync polls then instead of long-polling).
     let mut hop = (hop_sender, hop_reader);
+    let before_idle = scrape(metrics_port).await;
     let (idle_latency, alice, back) =
         matrix_to_irc(alice, &bridged_room, &mut writer, hop, "lati", samples).await;
+    let idle_stages = stages(&before_idle, &scrape(metrics_port).await);
     hop = back;
     // A second view of the room watches the burst arrive, to show the latency run was inside it.
     let mut watcher = matrix_client::MatrixUser::login(&base, "lgalice", "password").await;
@@ -1660,11 +1674,13 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
             (arrived, burst_started.elapsed().as_secs_f64())
         })
     };
+    let before_writing = scrape(metrics_port).await;
     for seq in 0..(messages * 2) {
         say("burst", seq);
     }
     let (writing_latency, mut alice, _hop) =
         matrix_to_irc(alice, &bridged_room, &mut writer, hop, "latw", samples).await;
+    let writing_stages = stages(&before_writing, &scrape(metrics_port).await);
     let latency_window = burst_started.elapsed().as_secs_f64();
     println!("matrix → irc: idle {idle_latency}, while the bridge writes {writing_latency}");
     let (burst_arrived, burst_seconds) = watching.await.expect("the burst's watcher");
@@ -1727,6 +1743,7 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
             MatrixMode::Appservice => "appservice",
         },
         "speakers": lines.len(),
+        "direct_room_extra_members": direct_members,
         "first_lines": first_lines,
         "direct_unobserved": unobserved,
         "direct": direct,
@@ -1741,7 +1758,9 @@ async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
         "matrix_to_irc_idle": idle_latency,
+        "matrix_to_irc_idle_stages": idle_stages,
         "matrix_to_irc_while_writing": writing_latency,
+        "matrix_to_irc_while_writing_stages": writing_stages,
         "burst": burst,
         "memory_per_person": memory,
     })

@@ -7,7 +7,8 @@
 //!   in `state_dir/matrix-<network>.appservice-tokens` (mode 0600), read again at every start.
 //! - **Inbound**: `PUT /_matrix/app/v1/transactions/{txnId}` with the `hs_token` (compared in
 //!   constant time: 401 without one, 403 for a wrong one). Every event of a transaction is
-//!   committed through the router before the 200; the transaction id is then stored, and a
+//!   committed through the router before the 200; the transaction id is then stored (when it
+//!   relayed anything: one of only the bridge's own echoes would relay nothing again), and a
 //!   transaction already stored is answered 200 without relaying it again. A crash between the
 //!   commits and that record replays the transaction, and the store drops the events it has by
 //!   event id. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
@@ -733,31 +734,32 @@ impl Shared {
         name
     }
 
-    /// Normalise one pushed event and commit it. `Err` only when the store failed.
-    async fn relay(&self, event: &Value) -> Result<(), String> {
+    /// Normalise one pushed event and commit it: whether it was submitted (`false`: not one
+    /// to relay). `Err` only when the store failed.
+    async fn relay(&self, event: &Value) -> Result<bool, String> {
         let (Some(room_id), Some(sender)) = (event["room_id"].as_str(), event["sender"].as_str())
         else {
-            return Ok(());
+            return Ok(false);
         };
         if self.is_ours(sender).await? {
             // Echo layer one: nothing the bot or a ghost says is relayed.
-            return Ok(());
+            return Ok(false);
         }
         let Some(channel) = self.channel_of(room_id) else {
             tracing::debug!(network = %self.network, room_id, "An event of a room no gateway bridges; ignored.");
-            return Ok(());
+            return Ok(false);
         };
         if event["type"] == "m.room.encrypted" || event["type"] == "m.room.encryption" {
             // Encrypted, or encryption turned on after the bot joined.
             self.note_encrypted(room_id, &channel).await;
-            return Ok(());
+            return Ok(false);
         }
         if self.is_via_bot(room_id) {
             // An encrypted room's events are read (decrypted) from the encryption bot's client.
-            return Ok(());
+            return Ok(false);
         }
         let Some(mut body) = content::inbound(event, self.relay_membership) else {
-            return Ok(());
+            return Ok(false);
         };
         if let EventBody::Text { attachments, .. } = &mut body
             && let Some(attachment) = attachments.first_mut()
@@ -786,7 +788,7 @@ impl Shared {
             body,
         };
         match self.context.router.submit(inbound).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(error) => Err(format!("cannot store an inbound event: {error}")),
         }
     }
@@ -948,8 +950,15 @@ impl Shared {
             tracing::debug!(network = %self.network, txn_id, "A transaction already committed was pushed again; answered without relaying it.");
             return Ok(());
         }
+        let mut submitted = false;
         for event in body["events"].as_array().into_iter().flatten() {
-            self.relay(event).await?;
+            submitted |= self.relay(event).await?;
+        }
+        // A transaction that relayed nothing (the bridge's own echoes, while it writes) would
+        // relay nothing pushed again either: not recorded, which keeps the store's writer for
+        // the deliveries and answers the homeserver sooner.
+        if !submitted {
+            return Ok(());
         }
         self.set_cursor(key, now_ms().to_string()).await
     }

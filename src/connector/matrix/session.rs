@@ -429,10 +429,10 @@ pub(super) async fn login(
     Ok(client)
 }
 
-/// A session of the application service's own user (`sender_localpart`): the user registered
-/// in the service's name, then a login of type `m.login.application_service`, both authorised
-/// by the `as_token` (no password), on `device_id` when one was kept, so that a new login keeps
-/// the device and its keys.
+/// A session of a user of the application service (its encryption bot): the user registered in
+/// the service's name, then a login of type `m.login.application_service`, both authorised by
+/// the `as_token` (no password), on `device_id` when one was kept, so that a new login keeps the
+/// device and its keys.
 async fn appservice_login(
     config: &MatrixConfig,
     as_token: &crate::vocab::Secret,
@@ -448,9 +448,9 @@ async fn appservice_login(
     }
     let failed = |reason: String| format!("Matrix login as {} failed: {reason}", config.user);
     let http = reqwest::Client::new();
-    // Synapse keeps no account row for the application service's own user until it is
-    // registered, and refuses the token of a login made before that (M_UNKNOWN_TOKEN): register
-    // it first (`M_USER_IN_USE` once it exists).
+    // Synapse (1.163) keeps no account row for a user of the service until it is registered
+    // (not even for `sender_localpart`'s), and refuses the token of a login made before that
+    // (M_UNKNOWN_TOKEN): register it first (`M_USER_IN_USE` once it exists).
     let localpart = config
         .user
         .trim_start_matches('@')
