@@ -6,7 +6,7 @@
 //! so that the bridge's share can be stated as a ratio. Prints a summary and writes JSON.
 //!
 //! `cargo run --release --example loadgen -- <scenario> [options]`; scenarios: `core`,
-//! `irc-irc`, `irc-mm`, `matrix`, `idle`, `catchup`, `startup`, `puppets`. See BENCHMARKS.md.
+//! `irc-irc`, `irc-mm`, `matrix` (`--mode bot|appservice`), `idle`, `catchup`, `startup`, `puppets`. See BENCHMARKS.md.
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
@@ -73,16 +73,10 @@ enum Scenario {
     /// IRC writer → bridge → Mattermost (emulator) reader on the WebSocket.
     IrcMm(Drive),
     /// Matrix: a direct client's accepted rate vs the bridge as the room's only writer, in
-    /// alternating rounds on one Synapse.
-    Matrix {
-        /// Messages per round and path.
-        #[arg(long, default_value_t = 200)]
-        messages: usize,
-        /// Rounds; each runs the direct path and the bridged one, in alternating order
-        /// (direct first in even rounds, bridged first in odd ones).
-        #[arg(long, default_value_t = 4)]
-        rounds: usize,
-    },
+    /// alternating rounds on one Synapse; then Matrix → IRC latency, idle and while the bridge
+    /// writes a burst into the room; then (with `--ghosts`) RSS before and after N new people
+    /// spoke.
+    Matrix(MatrixDrive),
     /// RSS with three networks (two IRC accounts, one Mattermost) and N gateways, idle.
     Idle {
         #[arg(long, default_value_t = 100)]
@@ -113,6 +107,45 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         gateways: usize,
     },
+}
+
+/// The Matrix scenario's options.
+#[derive(clap::Args, Clone, Copy)]
+struct MatrixDrive {
+    /// Messages per round and path (and the burst written during the latency run: twice this).
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Rounds; each runs the direct path and the bridged one, in alternating order
+    /// (direct first in even rounds, bridged first in odd ones).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// The bridge's Matrix side: a bot account (`/sync`) or an application service (ghosts,
+    /// pushed transactions; Synapse started with the registration the daemon prints).
+    #[arg(long, value_enum, default_value_t = MatrixMode::Bot)]
+    mode: MatrixMode,
+    /// IRC people writing the bridged rounds and the burst, in turn (each its own connection;
+    /// in appservice mode each its own ghost).
+    #[arg(long, default_value_t = 1)]
+    speakers: usize,
+    /// Matrix → IRC latency samples per run (one every 300 ms).
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// After the latency runs: this many new IRC people say one line each; the daemon's RSS
+    /// before and after (0: skip).
+    #[arg(long, default_value_t = 0)]
+    ghosts: usize,
+    /// Extra Matrix members of the direct path's room (each event costs the homeserver more
+    /// with more local members): with `--mode appservice` give the number of speakers, so the
+    /// direct room has as many members as the bridged room has ghosts.
+    #[arg(long, default_value_t = 0)]
+    direct_members: usize,
+}
+
+/// `--mode` of the Matrix scenario.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum MatrixMode {
+    Bot,
+    Appservice,
 }
 
 #[derive(clap::Args, Clone, Copy)]
@@ -150,9 +183,7 @@ fn main() -> anyhow::Result<()> {
             } => ("core", core(gateways, messages, window, per_event).await),
             Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
             Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
-            Scenario::Matrix { messages, rounds } => {
-                ("matrix", matrix(&daemon, messages, rounds).await)
-            }
+            Scenario::Matrix(drive) => ("matrix", matrix(&daemon, drive).await),
             Scenario::Idle { gateways, mapped } => ("idle", idle(&daemon, gateways, mapped).await),
             Scenario::Catchup {
                 messages,
@@ -1320,15 +1351,133 @@ fn matrix_total(rounds: &[Value]) -> Value {
     })
 }
 
-async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
-    let synapse = servers::Synapse::start();
-    let base = synapse.url();
+/// The bridge's Matrix network in `mode`: a bot account `@lgbot:localhost` (password login),
+/// or an application service whose bot is `@lgbot:localhost`, listening on `listen`.
+fn matrix_network(mode: MatrixMode, homeserver: &str, listen: u16) -> String {
+    match mode {
+        MatrixMode::Bot => format!(
+            "[network.mx]\ntype = \"matrix\"\nhomeserver = \"{homeserver}\"\nuser = \"@lgbot:localhost\"\npassword = \"password\"\n\n"
+        ),
+        MatrixMode::Appservice => format!(
+            "[network.mx]\ntype = \"matrix\"\nmode = \"appservice\"\nhomeserver = \"{homeserver}\"\n\
+             server_name = \"localhost\"\nlisten = \"127.0.0.1:{listen}\"\n\
+             url = \"http://127.0.0.1:{listen}\"\nsender_localpart = \"lgbot\"\n\n"
+        ),
+    }
+}
+
+/// A Synapse for the Matrix scenario: in appservice mode started with the registration that
+/// `daemon appservice-registration` prints for `config` (written to `dir/bridges.toml` first;
+/// the tokens it generates stay in the state folder for the daemon).
+fn matrix_synapse(daemon: &Path, mode: MatrixMode, dir: &Path, config: &str) -> servers::Synapse {
+    if mode == MatrixMode::Bot {
+        return servers::Synapse::start();
+    }
+    std::fs::write(dir.join("bridges.toml"), config).expect("write config");
+    let output = Command::new(daemon)
+        .arg("appservice-registration")
+        .arg("--config")
+        .arg(dir.join("bridges.toml"))
+        .arg("--network")
+        .arg("mx")
+        .output()
+        .expect("run appservice-registration");
+    assert!(
+        output.status.success(),
+        "appservice-registration: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let registration = dir.join("registration.yaml");
+    std::fs::write(&registration, &output.stdout).expect("write the registration");
+    servers::Synapse::start_with(&format!(
+        "\napp_service_config_files: [\"{}\"]\n",
+        registration.display()
+    ))
+}
+
+/// Read `room` until `count` distinct messages tagged `tag` arrived or `within` passed: how
+/// many arrived.
+async fn matrix_arrivals(
+    reader: &mut matrix_client::MatrixUser,
+    room: &str,
+    tag: &str,
+    count: usize,
+    within: Duration,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let distinct = |events: &[matrix_client::Event]| {
+        events
+            .iter()
+            .filter_map(|e| parse_payload(tag, e.body()))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let events = reader
+        .events_until(room, within + Duration::from_mins(1), |events| {
+            Instant::now() > deadline || distinct(events) >= count
+        })
+        .await;
+    distinct(&events)
+}
+
+/// Connect `count` IRC people `<prefix><k>` to `port`, 50 at a time, each in `channel`.
+async fn irc_people(port: u16, prefix: &str, count: usize, channel: &str) -> Vec<IrcClient> {
+    let mut people = Vec::new();
+    for batch in (0..count).collect::<Vec<_>>().chunks(50) {
+        let joined = futures::future::join_all(batch.iter().map(|k| {
+            let nick = format!("{prefix}{k}");
+            let channel = channel.to_owned();
+            async move {
+                let mut client = IrcClient::connect(port, &nick).await;
+                client.join(&channel).await;
+                client
+            }
+        }))
+        .await;
+        people.extend(joined);
+    }
+    people
+}
+
+async fn matrix(daemon: &Path, drive: MatrixDrive) -> Value {
+    let MatrixDrive {
+        messages,
+        rounds,
+        mode,
+        speakers,
+        samples,
+        ghosts,
+        direct_members,
+    } = drive;
     let server = servers::InspIrcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = servers::free_port();
+    let metrics_port = servers::free_port();
+    let bridge_config = |homeserver: &str| {
+        with_metrics(
+            &config(
+                &dir.path().join("state"),
+                &(irc_network("one", server.port, "lgbrone")
+                    + matrix_network(mode, homeserver, listen).as_str()),
+                &gateway("lg", &[("one", "#lga"), ("mx", "#lgroom:localhost")]),
+            ),
+            metrics_port,
+        )
+    };
+    let synapse = matrix_synapse(
+        daemon,
+        mode,
+        dir.path(),
+        &bridge_config("http://127.0.0.1:1"),
+    );
+    let base = synapse.url();
     let mut alice = matrix_client::MatrixUser::new(&base, "lgalice").await;
     let bridged_room = alice.create_room("lgroom").await;
     let direct_room = alice.create_room("lgdirect").await;
     let quiet_room = alice.create_room("lgquiet").await;
-    let _bot = matrix_client::MatrixUser::new(&base, "lgbot").await;
+    if mode == MatrixMode::Bot {
+        let _bot = matrix_client::MatrixUser::new(&base, "lgbot").await;
+    }
     // Unobserved: one client sends as fast as Synapse accepts (each send waits for its
     // answer), with nobody syncing: the server's rate with no one to tell.
     let started = Instant::now();
@@ -1352,33 +1501,70 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
     // the bridge's does; the bridge, not in it, is not woken by it.
     let sender = matrix_client::MatrixUser::new(&base, "lgdirect").await;
     sender.join(&direct_room).await;
+    for k in 0..direct_members {
+        matrix_client::MatrixUser::new(&base, &format!("lgmember{k}"))
+            .await
+            .join(&direct_room)
+            .await;
+    }
     let mut sender = Some(sender);
     let mut senders_sync =
         Some(matrix_client::MatrixUser::login(&base, "lgdirect", "password").await);
     let mut writer = IrcClient::connect(server.port, "lgwriter").await;
     writer.join("#lga").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let networks = irc_network("one", server.port, "lgbrone")
-        + format!(
-            "[network.mx]\ntype = \"matrix\"\nhomeserver = \"{base}\"\nuser = \"@lgbot:localhost\"\npassword = \"password\"\n\n"
-        )
-        .as_str();
-    let metrics_port = servers::free_port();
-    let mut bridge = Daemon::start(
-        daemon,
-        dir.path(),
-        &with_metrics(
-            &config(
-                &dir.path().join("state"),
-                &networks,
-                &gateway("lg", &[("one", "#lga"), ("mx", "#lgroom:localhost")]),
-            ),
-            metrics_port,
-        ),
-    );
+    // The IRC hop without the bridge, measured beside each Matrix → IRC run: one person says a
+    // line in a channel no gateway links, another reads it.
+    let hop_sender = IrcClient::connect(server.port, "lghops").await;
+    let mut hop_reader = IrcClient::connect(server.port, "lghopr").await;
+    hop_reader.join("#lghop").await;
+    let mut hop_sender = hop_sender;
+    hop_sender.join("#lghop").await;
+    let mut bridge = Daemon::start(daemon, dir.path(), &bridge_config(&base));
     writer.wait_join("lgbrone", "#lga").await;
-    bridge.wait_log("Joined Matrix room.", 1).await;
-    let lines = writer.clone_writer();
+    bridge
+        .wait_log(
+            match mode {
+                MatrixMode::Bot => "Joined Matrix room.",
+                MatrixMode::Appservice => "The bot joined the room.",
+            },
+            1,
+        )
+        .await;
+    // The IRC people who write into the bridged room, in turn (the writer alone by default).
+    let speaking = if speakers > 1 {
+        irc_people(server.port, "lgs", speakers, "#lga").await
+    } else {
+        Vec::new()
+    };
+    let lines: Vec<_> = if speaking.is_empty() {
+        vec![writer.clone_writer()]
+    } else {
+        speaking.iter().map(IrcClient::clone_writer).collect()
+    };
+    let say = |tag: &str, seq: usize| {
+        let _ = lines[seq % lines.len()]
+            .send(format!("PRIVMSG #lga :{}\r\n", payload(tag, seq)).into_bytes());
+    };
+    // Each speaker's first line (in appservice mode: its ghost registered, named and joined).
+    alice.mark().await;
+    let started = Instant::now();
+    for seq in 0..lines.len() {
+        say("first", seq);
+    }
+    let first_arrived = matrix_arrivals(
+        &mut alice,
+        &bridged_room,
+        "first",
+        lines.len(),
+        Duration::from_mins(5),
+    )
+    .await;
+    let first_lines = json!({
+        "speakers": lines.len(),
+        "arrived": first_arrived,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("matrix: each speaker's first line: {first_lines}");
     // The bridge is idle in the direct rounds (it is not in their room): its stages between
     // these scrapes are the bridged rounds'.
     let stages_before = scrape(metrics_port).await;
@@ -1432,23 +1618,23 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
                     .count();
                 direct = matrix_round(messages, arrived, seconds);
             } else {
-                // The writer is not paced: the bridge is Synapse's only writer in its room and
-                // goes as fast as it can.
+                // The writers are not paced: the bridge is Synapse's only writer in its room
+                // and goes as fast as it can.
                 let tag = format!("brg{round}");
                 alice.mark().await;
                 let started = Instant::now();
                 for seq in 0..messages {
-                    let _ = lines
-                        .send(format!("PRIVMSG #lga :{}\r\n", payload(&tag, seq)).into_bytes());
+                    say(&tag, seq);
                 }
-                let events = alice
-                    .messages_until(&bridged_room, &payload(&tag, messages - 1))
-                    .await;
+                let arrived = matrix_arrivals(
+                    &mut alice,
+                    &bridged_room,
+                    &tag,
+                    messages,
+                    Duration::from_mins(5),
+                )
+                .await;
                 let seconds = started.elapsed().as_secs_f64();
-                let arrived = events
-                    .iter()
-                    .filter(|e| parse_payload(&tag, e.body()).is_some())
-                    .count();
                 bridged = matrix_round(messages, arrived, seconds);
             }
         }
@@ -1462,22 +1648,86 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
     println!("bridge stages: {bridge_stages}");
     let rss = bridge.rss_kib();
     let cpu = bridge.cpu();
-    // Matrix → IRC, a message every 300 ms: with the bot idle, then while it writes a burst of
-    // IRC lines into the room (its sync polls then instead of long-polling).
-    let (idle_latency, alice) = matrix_to_irc(alice, &bridged_room, &mut writer, "lati").await;
+    // Matrix → IRC, a message every 300 ms: with the bridge idle, then while it writes a burst
+    // of IRC lines into the room (in bot mode its sync polls then instead of long-polling).
+    let mut hop = (hop_sender, hop_reader);
+    let before_idle = scrape(metrics_port).await;
+    let (idle_latency, alice, back) =
+        matrix_to_irc(alice, &bridged_room, &mut writer, hop, "lati", samples).await;
+    let idle_stages = stages(&before_idle, &scrape(metrics_port).await);
+    hop = back;
+    // A second view of the room watches the burst arrive, to show the latency run was inside it.
+    let mut watcher = matrix_client::MatrixUser::login(&base, "lgalice", "password").await;
+    watcher.mark().await;
+    let burst_started = Instant::now();
+    let watching = {
+        let room = bridged_room.clone();
+        tokio::spawn(async move {
+            let arrived = matrix_arrivals(
+                &mut watcher,
+                &room,
+                "burst",
+                messages * 2,
+                Duration::from_mins(5),
+            )
+            .await;
+            (arrived, burst_started.elapsed().as_secs_f64())
+        })
+    };
+    let before_writing = scrape(metrics_port).await;
     for seq in 0..(messages * 2) {
-        let _ = lines.send(format!("PRIVMSG #lga :{}\r\n", payload("burst", seq)).into_bytes());
+        say("burst", seq);
     }
-    let (writing_latency, mut alice) =
-        matrix_to_irc(alice, &bridged_room, &mut writer, "latw").await;
-    println!("matrix → irc: idle {idle_latency}, while the bot writes {writing_latency}");
-    let burst = alice
-        .messages_until(&bridged_room, &payload("burst", messages * 2 - 1))
-        .await
-        .iter()
-        .filter(|e| parse_payload("burst", e.body()).is_some())
-        .count();
+    let (writing_latency, mut alice, _hop) =
+        matrix_to_irc(alice, &bridged_room, &mut writer, hop, "latw", samples).await;
+    let writing_stages = stages(&before_writing, &scrape(metrics_port).await);
+    let latency_window = burst_started.elapsed().as_secs_f64();
+    println!("matrix → irc: idle {idle_latency}, while the bridge writes {writing_latency}");
+    let (burst_arrived, burst_seconds) = watching.await.expect("the burst's watcher");
+    let burst = json!({
+        "lines": messages * 2,
+        "arrived": burst_arrived,
+        "seconds": burst_seconds,
+        "latency_samples_done_after_s": latency_window,
+    });
+    println!("burst: {burst}");
+    // Memory per new person: N more IRC people join (their connections and the channel's
+    // members grow the IRC side alike in both modes), then each says one line (in appservice
+    // mode, N new ghosts).
+    let mut memory = Value::Null;
+    if ghosts > 0 {
+        let before_joins = bridge.rss_kib();
+        let people = irc_people(server.port, "lgg", ghosts, "#lga").await;
+        alice.mark().await;
+        let before = bridge.rss_kib();
+        let started = Instant::now();
+        for (seq, person) in people.iter().enumerate() {
+            person.say("#lga", &payload("ghost", seq));
+        }
+        let arrived = matrix_arrivals(
+            &mut alice,
+            &bridged_room,
+            "ghost",
+            ghosts,
+            Duration::from_mins(10),
+        )
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let after = bridge.rss_kib();
+        memory = json!({
+            "people": ghosts,
+            "arrived": arrived,
+            "seconds": seconds,
+            "rss_kib_before_joins": before_joins,
+            "rss_kib_before": before,
+            "rss_kib_after": after,
+            "kib_per_person": (after as f64 - before as f64) / ghosts as f64,
+        });
+        println!("memory: {memory}");
+        drop(people);
+    }
     bridge.terminate();
+    drop(speaking);
     let direct = matrix_total(&direct_rounds);
     let bridged = matrix_total(&bridged_rounds);
     let mut shares: Vec<f64> = pairs.iter().filter_map(Value::as_f64).collect();
@@ -1488,6 +1738,13 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
         n => json!(f64::midpoint(shares[n / 2 - 1], shares[n / 2])),
     };
     json!({
+        "mode": match mode {
+            MatrixMode::Bot => "bot",
+            MatrixMode::Appservice => "appservice",
+        },
+        "speakers": lines.len(),
+        "direct_room_extra_members": direct_members,
+        "first_lines": first_lines,
         "direct_unobserved": unobserved,
         "direct": direct,
         "bridged": bridged,
@@ -1501,61 +1758,125 @@ async fn matrix(daemon: &Path, messages: usize, rounds: usize) -> Value {
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
         "matrix_to_irc_idle": idle_latency,
+        "matrix_to_irc_idle_stages": idle_stages,
         "matrix_to_irc_while_writing": writing_latency,
-        "burst_arrived": burst,
+        "matrix_to_irc_while_writing_stages": writing_stages,
+        "burst": burst,
+        "memory_per_person": memory,
     })
 }
 
-/// Matrix → IRC latency: `alice` says 20 messages tagged `tag`, 300 ms apart, and `reader` (on
-/// IRC) notes when each arrives, in a [`Run`]. Measured from just before the send request.
+/// Percentiles of millisecond values (which may be below zero).
+fn percentiles_ms(values: &mut [f64]) -> Value {
+    if values.is_empty() {
+        return json!(null);
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
+    json!({"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)})
+}
+
+/// Matrix → IRC latency: `alice` says `samples` messages tagged `tag`, 300 ms apart, and
+/// `reader` (on IRC) notes when each arrives. Measured from just before the send request
+/// (`end_to_end`) and from its answer (`after_answer`: Synapse has the event). Meanwhile, 150 ms
+/// after each, the IRC hop alone: `hop.0` says a line in an unbridged channel, `hop.1` reads it.
+/// `added_over_irc_hop`: `after_answer` minus the hop, percentile by percentile.
 async fn matrix_to_irc(
     mut alice: matrix_client::MatrixUser,
     room: &str,
     reader: &mut IrcClient,
+    hop: (IrcClient, IrcClient),
     tag: &str,
-) -> (Value, matrix_client::MatrixUser) {
-    const COUNT: usize = 20;
-    let run = Arc::new(Mutex::new(Run::new(COUNT)));
+    samples: usize,
+) -> (Value, matrix_client::MatrixUser, (IrcClient, IrcClient)) {
+    let run = Arc::new(Mutex::new(Run::new(samples)));
+    let answered = Arc::new(Mutex::new(vec![None::<Instant>; samples]));
+    let (hop_sender, mut hop_reader) = hop;
+    let hop_run = Arc::new(Mutex::new(Run::new(samples)));
+    let started = Instant::now();
     let sending = {
         let run = Arc::clone(&run);
+        let answered = Arc::clone(&answered);
         let room = room.to_owned();
         let tag = tag.to_owned();
         tokio::spawn(async move {
-            let started = Instant::now();
-            for seq in 0..COUNT {
+            for seq in 0..samples {
                 tokio::time::sleep_until(
                     (started + Duration::from_millis(300) * seq as u32).into(),
                 )
                 .await;
                 run.lock().expect("run").sent[seq] = Some(Instant::now());
                 alice.say(&room, &payload(&tag, seq)).await;
+                answered.lock().expect("answers")[seq] = Some(Instant::now());
             }
             alice
         })
     };
-    let deadline = Instant::now() + Duration::from_mins(2);
-    while !run.lock().expect("run").complete() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(line) = reader
-            .wait_for(
-                |l| {
-                    l.text().is_some_and(|(target, text)| {
-                        target == "#lga" && parse_payload(tag, text).is_some()
-                    })
-                },
-                left,
-            )
-            .await
-        else {
-            break;
-        };
-        if let Some(seq) = line.text().and_then(|(_, text)| parse_payload(tag, text)) {
-            run.lock().expect("run").receive(seq, Instant::now());
+    let hop_sending = {
+        let hop_run = Arc::clone(&hop_run);
+        let lines = hop_sender.clone_writer();
+        let tag = format!("hop{tag}");
+        tokio::spawn(async move {
+            for seq in 0..samples {
+                tokio::time::sleep_until(
+                    (started
+                        + Duration::from_millis(150)
+                        + Duration::from_millis(300) * seq as u32)
+                        .into(),
+                )
+                .await;
+                hop_run.lock().expect("run").sent[seq] = Some(Instant::now());
+                let _ =
+                    lines.send(format!("PRIVMSG #lghop :{}\r\n", payload(&tag, seq)).into_bytes());
+            }
+        })
+    };
+    let within = Duration::from_mins(2);
+    let hop_tag = format!("hop{tag}");
+    let hop_reading = async {
+        read_irc(&mut hop_reader, "#lghop", &hop_tag, &hop_run, within).await;
+    };
+    let reading = read_irc(reader, "#lga", tag, &run, within);
+    tokio::join!(reading, hop_reading);
+    let alice = sending.await.expect("the Matrix sender");
+    let _ = hop_sending.await;
+    let summary = run.lock().expect("run").summary();
+    let mut after_answer: Vec<f64> = {
+        let run = run.lock().expect("run");
+        let answered = answered.lock().expect("answers");
+        run.received
+            .iter()
+            .zip(answered.iter())
+            .filter_map(|(received, answered)| {
+                let (received, answered) = ((*received)?, (*answered)?);
+                Some(if received >= answered {
+                    received.duration_since(answered).as_secs_f64() * 1000.0
+                } else {
+                    -(answered.duration_since(received).as_secs_f64() * 1000.0)
+                })
+            })
+            .collect()
+    };
+    let after_answer = percentiles_ms(&mut after_answer);
+    let hop_summary = hop_run.lock().expect("run").summary();
+    let mut added = serde_json::Map::new();
+    for key in ["p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+        if let (Some(bridged), Some(hop)) = (
+            after_answer[key].as_f64(),
+            hop_summary["latency"][key].as_f64(),
+        ) {
+            added.insert(key.to_owned(), json!(bridged - hop));
         }
     }
-    let alice = sending.await.expect("the Matrix sender");
-    let summary = run.lock().expect("run").summary();
-    (summary, alice)
+    let result = json!({
+        "samples": samples,
+        "received": summary["received"],
+        "end_to_end": summary["latency"],
+        "after_answer": after_answer,
+        "irc_hop": hop_summary["latency"],
+        "added_over_irc_hop": Value::Object(added),
+    });
+    (result, alice, (hop_sender, hop_reader))
 }
 
 /// Config for `gateways` gateways over two IRC accounts and a Mattermost network.

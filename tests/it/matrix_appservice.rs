@@ -5,6 +5,7 @@
 //! Synapse was down carries the time it was said.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -151,6 +152,8 @@ struct Setup {
     view: View,
     hs_token: String,
     listen_port: u16,
+    /// The bridge's bot's localpart (`sender_localpart`).
+    bot: String,
     bridge: Bridge,
     _dir: tempfile::TempDir,
 }
@@ -252,6 +255,8 @@ async fn setup_full(
     let bridge = Bridge::start(dir.path(), &config(&url));
     irc.wait_join(&nick, &channel).await;
     bridge.wait_for_log("The bot joined the room.").await;
+    // Until every room was tried, pushed transactions are refused (pushed again later).
+    bridge.wait_for_log("Every configured room was tried").await;
     Setup {
         synapse,
         room,
@@ -261,6 +266,7 @@ async fn setup_full(
         view,
         hs_token,
         listen_port,
+        bot,
         bridge,
         _dir: dir,
     }
@@ -603,6 +609,84 @@ async fn the_bot_mode_marks_relayed_messages_with_their_authors_profile() {
     bridge.terminate();
 }
 
+/// The bot mode's per-message profile carries the author's picture where the bridge keeps one
+/// (a Mattermost person's, with the media endpoint on): an `mxc://` that serves their picture,
+/// uploaded once (the next message names the same one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_modes_per_message_profile_carries_the_authors_picture() {
+    let synapse = crate::support::servers::shared_synapse();
+    let url = synapse.url();
+    let bot = unique("pmabot");
+    crate::support::matrix_client::register(&url, &bot, "password").await;
+    let mm = crate::support::mattermost::MmServer::start("pmateam").await;
+    let channel_id = mm.channel("pmatown").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let mut matrix = MatrixUser::new(&url, &unique("pma")).await;
+    let alias_name = unique("pmaroom");
+    let room = matrix.create_room(&alias_name).await;
+    let media_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &one_gateway(
+            &[
+                mm.network("mm", ""),
+                crate::support::config::matrix_network("mx", &url, &bot),
+            ],
+            &[
+                ("mm", "pmatown"),
+                ("mx", &format!("#{alias_name}:localhost")),
+            ],
+        )
+        .replacen(
+            "\n\n",
+            &format!(
+                "\nmedia_listen = \"127.0.0.1:{media_port}\"\n\
+                 media_public_url = \"http://127.0.0.1:{media_port}/files\"\n\n"
+            ),
+            1,
+        ),
+    );
+    bridge.wait_for_log("Joined Matrix room.").await;
+    mm.wait_bot_member(&channel_id).await;
+    mm.wait_websocket(1).await;
+    matrix.mark().await;
+    mia.say(&channel_id, "hello asmark40").await;
+    mia.say(&channel_id, "again asmark41").await;
+    let events = matrix.messages_until(&room, "asmark41").await;
+    let profiles: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.body().contains("asmark4"))
+        .map(|e| &e.content["com.beeper.per_message_profile"])
+        .collect();
+    assert_eq!(profiles.len(), 2, "{events:#?}");
+    assert_eq!(profiles[0]["id"], format!("mm/{}", mia.id));
+    assert_eq!(profiles[0]["displayname"], "mia");
+    let avatar = profiles[0]["avatar_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no avatar_url in {}", profiles[0]));
+    assert_eq!(
+        profiles[1]["avatar_url"], avatar,
+        "the picture is uploaded once, not with every message"
+    );
+    let picture = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v4/users/{}/image",
+            mm.emu.base_url(),
+            mia.id
+        ))
+        .bearer_auth(&mm.bot_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(matrix.download(avatar).await, picture);
+    bridge.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nick_change_renames_the_ghost_and_a_part_makes_it_leave() {
     let mut s = setup_with("", None, "relay_membership = true\n").await;
@@ -839,9 +923,185 @@ async fn two_people_with_one_name_get_two_ghosts_and_keep_them() {
     s.bridge.terminate();
 }
 
+/// An encrypted room in appservice mode: ghosts cannot encrypt, so the bridge's own bot relays
+/// it with end-to-end encryption (logged in with the `as_token`, its device cross-signed), as
+/// the bot mode does. A person on an end-to-end client (matrix-sdk with its crypto store) and
+/// an IRC person talk through it both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_room_is_not_bridged_in_appservice_mode_and_says_so_once() {
+async fn an_encrypted_room_is_relayed_through_the_bridges_bot_with_encryption() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::ruma::api::client::room::create_room;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk::ruma::events::{
+        AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let irc_port = shared_inspircd().port;
+    let listen_port = free_port();
+    let bot = unique("asbot");
+    // Ghosts cannot encrypt and Synapse refuses `/sync` to the service's own user: the
+    // encryption bot, a user of the service's namespace, relays the room.
+    let bot_id = matrix_sdk::ruma::UserId::parse(format!("@{bot}.e2ee:localhost")).unwrap();
+    let nick = unique("bras");
+    let channel = unique("#ase");
+    let alias_name = unique("asecret");
+    let alias = format!("#{alias_name}:localhost");
+    let config = |homeserver: &str| {
+        one_gateway(
+            &[
+                irc_network("irc", irc_port, &nick),
+                appservice_network("mx", homeserver, listen_port, &bot),
+            ],
+            &[("irc", channel.as_str()), ("mx", alias.as_str())],
+        )
+    };
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config("http://127.0.0.1:1"),
+    )
+    .unwrap();
+    let registration_file = dir.path().join("registration.yaml");
+    std::fs::write(&registration_file, registration(dir.path(), "mx")).unwrap();
+    let synapse = Synapse::start_with(&format!(
+        "\napp_service_config_files: [\"{}\"]\n",
+        registration_file.display()
+    ));
+    let url = synapse.url();
+    let alice = unique("alice");
+    crate::support::matrix_client::register(&url, &alice, "password").await;
+    let alice_dir = tempfile::tempdir().unwrap();
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&url)
+        .sqlite_store(alice_dir.path(), None)
+        .build()
+        .await
+        .unwrap();
+    client
+        .matrix_auth()
+        .login_username(&alice, "password")
+        .send()
+        .await
+        .unwrap();
+    let mut request = create_room::v3::Request::new();
+    request.room_alias_name = Some(alias_name.clone());
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = client.create_room(request).await.unwrap();
+    let mut settings = SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = client.sync_once(settings.clone()).await.unwrap();
+    settings = settings.token(response.next_batch);
+
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let bridge = Bridge::start(dir.path(), &config(&url));
+    irc.wait_join(&nick, &channel).await;
+    bridge
+        .wait_for_log("This room is encrypted: ghosts cannot encrypt")
+        .await;
+    // The encryption bot's device, made by an `m.login.application_service` login (no
+    // password), and cross-signed (Synapse takes the first upload of the keys without
+    // user-interactive auth).
+    bridge
+        .wait_for_log("Logged in to Matrix as a user of the application service")
+        .await;
+    bridge
+        .wait_for_log("The bridge's device is cross-signed")
+        .await;
+    // Alice's client sees the bot in the room (so it shares the room key with its device).
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch);
+        let member = room.get_member_no_sync(&bot_id).await.unwrap();
+        if member.is_some_and(|m| {
+            *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bot never joined");
+    }
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
+
+    room.send(RoomMessageEventContent::text_plain("secret hello asmark30"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&irc.texts_until(&channel, "asmark30").await),
+        vec![format!("<{alice}> secret hello asmark30")],
+        "the IRC person reads what the Matrix person said in the encrypted room"
+    );
+
+    let ivan = irc.nick.clone();
+    irc.say(&channel, "hi asmark31");
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let (sender, body, encrypted, profile) = loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch.clone());
+        let found = response
+            .rooms
+            .joined
+            .get(room.room_id())
+            .into_iter()
+            .flat_map(|update| &update.timeline.events)
+            .find_map(|event| match event.raw().deserialize() {
+                Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(message),
+                ))) if message.content.body().contains("asmark31") => Some((
+                    message.sender.to_string(),
+                    message.content.body().to_owned(),
+                    event.encryption_info().is_some(),
+                    event
+                        .raw()
+                        .deserialize_as::<Value>()
+                        .ok()
+                        .map(|raw| raw["content"]["com.beeper.per_message_profile"].clone()),
+                )),
+                _ => None,
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing from IRC in the encrypted room"
+        );
+    };
+    assert_eq!(
+        sender,
+        bot_id.as_str(),
+        "the bridge's encryption bot says it, not a ghost"
+    );
+    assert_eq!(body, format!("<{ivan}> hi asmark31"));
+    assert!(encrypted, "the bot's message was sent in the clear");
+    let profile = profile.expect("the event's JSON");
+    assert_eq!(profile["displayname"], ivan.as_str(), "{profile}");
+    let logs = bridge.logs();
+    assert_eq!(
+        logs.matches("This room is encrypted").count(),
+        1,
+        "logged once per room: {logs}"
+    );
+}
+
+/// Encryption turned on in a bridged room: from then on the encryption bot joins and relays it
+/// (encrypted), not the ghosts; said once in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_encryption_is_turned_on_goes_over_to_the_encryption_bot() {
     let mut s = setup("").await;
+    let ivan = irc_nick(&s);
+    let ghost = format!("@irc_{ivan}:localhost");
+    let encryption_bot = format!("@{}.e2ee:localhost", s.bot);
+    s.matrix.mark().await;
+    s.irc.say(&s.channel, "in clear asmark42");
+    let events = s.matrix.messages_until(&s.room, "asmark42").await;
+    assert_eq!(events.last().unwrap().sender, ghost, "before: the ghost");
     s.view
         .put(
             &format!(
@@ -851,37 +1111,38 @@ async fn an_encrypted_room_is_not_bridged_in_appservice_mode_and_says_so_once() 
             &json!({"algorithm": "m.megolm.v1.aes-sha2"}),
         )
         .await;
-    s.bridge.wait_for_log("This room is encrypted").await;
-    let mut matrix = s.matrix;
-    // What a client sends there is ciphertext the bridge cannot read: not relayed.
-    for n in 0..2 {
-        matrix
-            .send_event(
-                &s.room,
-                "m.room.encrypted",
-                json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": format!("opaque{n}"),
-                       "sender_key": "k", "device_id": "D", "session_id": "s"}),
-            )
-            .await;
-    }
-    // What IRC says is refused there (kept as failed), not sent in clear by a ghost.
-    s.irc.say(&s.channel, "not in clear asmark17");
     s.bridge
-        .wait_for_log("Delivery refused by the destination")
+        .wait_for_log("This room is encrypted: ghosts cannot encrypt")
         .await;
+    s.irc.say(&s.channel, "encrypted now asmark43");
+    // The encryption bot joins and sends an encrypted event (this person's client has no keys,
+    // so it cannot read it: only its type and sender show); nothing in clear.
+    let seen = s
+        .matrix
+        .events_until(&s.room, std::time::Duration::from_mins(1), |events| {
+            events
+                .iter()
+                .any(|e| e.kind == "m.room.encrypted" && e.sender == encryption_bot)
+        })
+        .await;
+    assert!(
+        seen.iter().any(|e| e.kind == "m.room.member"
+            && e.sender == encryption_bot
+            && e.content["membership"] == "join"),
+        "the encryption bot joined: {:#?}",
+        seen.iter()
+            .map(|e| (&e.sender, &e.kind))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !seen.iter().any(|e| e.body().contains("asmark43")),
+        "nothing in clear"
+    );
     let logs = s.bridge.logs();
     assert_eq!(
         logs.matches("This room is encrypted").count(),
         1,
         "logged once per room: {logs}"
-    );
-    let seen = s.view.messages(&s.room).await;
-    assert!(
-        !seen.iter().any(|e| e["content"]["body"]
-            .as_str()
-            .unwrap_or("")
-            .contains("asmark17")),
-        "{seen:#?}"
     );
     s.bridge.terminate();
 }

@@ -7,7 +7,8 @@
 //!   in `state_dir/matrix-<network>.appservice-tokens` (mode 0600), read again at every start.
 //! - **Inbound**: `PUT /_matrix/app/v1/transactions/{txnId}` with the `hs_token` (compared in
 //!   constant time: 401 without one, 403 for a wrong one). Every event of a transaction is
-//!   committed through the router before the 200; the transaction id is then stored, and a
+//!   committed through the router before the 200; the transaction id is then stored (when it
+//!   relayed anything: one of only the bridge's own echoes would relay nothing again), and a
 //!   transaction already stored is answered 200 without relaying it again. A crash between the
 //!   commits and that record replays the transaction, and the store drops the events it has by
 //!   event id. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
@@ -23,10 +24,20 @@
 //! - **Ghost names**: `ghost_format` sanitised ([`super::ghosts`]); a localpart another person
 //!   has already is taken with `_2`, `_3`, …; the choice is kept in the store's cursors, so a
 //!   person keeps their ghost across restarts and renames.
-//! - **Encrypted rooms**: a ghost cannot encrypt (no device masquerading here), so this mode
-//!   does not bridge encrypted rooms: the room's events reach the bridge encrypted and are not
-//!   relayed, and deliveries to it are refused as permanent failures; both are logged once per
-//!   room. Use the bot mode for encrypted rooms.
+//! - **Encrypted rooms**: a ghost cannot encrypt (no device masquerading here), so an
+//!   encrypted room is relayed by one bot as the bot mode does it: the sender shown by
+//!   `remote_nick_format` and the per-message profile, on the bot mode's session (a matrix-sdk
+//!   client with its `SQLite` crypto store in `state_dir/matrix-<network>/`, its device
+//!   cross-signed by `super::identity`). That bot is not `sender_localpart`'s user, because
+//!   Synapse refuses `/sync` to the service's own user (an end-to-end client needs it), but
+//!   the **encryption bot** `<sender_localpart>.e2ee`, a user of the service's namespace
+//!   (the registration names it), registered and logged in with the `as_token`
+//!   (`m.login.application_service`, no password), and joined to each encrypted room here
+//!   (invited by the bot where needed). Its sync asks for the encrypted rooms only (and it is
+//!   in no other room, so nothing else wakes it), and those rooms' events are read (decrypted)
+//!   from it instead of the pushed transactions. It starts with the first encrypted room
+//!   found (at the join, or when encryption is turned on): without encrypted rooms nothing
+//!   syncs. Logged once per room.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -41,7 +52,8 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::config::{AppserviceConfig, MatrixConfig};
-use super::{content, ghosts};
+use super::session::{MatrixTask, RoomScope};
+use super::{MatrixHandle, content, ghosts};
 use crate::connector::{
     BoxFuture, BuildContext, DeliverWhole, NetworkSettings, membership_text,
     supervisor::error_chain, with_file_lines,
@@ -156,7 +168,8 @@ pub fn registration(
          file to the homeserver's\n# `app_service_config_files` and restart it.\n\
          id: {id}\nurl: {url}\nas_token: {as_token}\nhs_token: {hs_token}\n\
          sender_localpart: {sender}\nrate_limited: false\nnamespaces:\n  users:\n    \
-         - exclusive: true\n      regex: {regex}\n  aliases: []\n  rooms: []\n",
+         - exclusive: true\n      regex: {regex}\n    \
+         - exclusive: true\n      regex: {encryption_bot}\n  aliases: []\n  rooms: []\n",
         id = quoted(&format!("tribridge-{network}")),
         url = quoted(&config.url),
         as_token = quoted(as_token.expose()),
@@ -165,6 +178,10 @@ pub fn registration(
         regex = quoted(&ghosts::namespace_regex(
             &config.ghost_format,
             others,
+            &config.server_name
+        )),
+        encryption_bot = quoted(&ghosts::exact_user_regex(
+            &config.encryption_localpart(),
             &config.server_name
         )),
     ))
@@ -193,6 +210,9 @@ struct Shared {
     hs_token: Secret,
     /// `@sender_localpart:server_name`.
     bot: String,
+    /// The user that relays encrypted rooms with end-to-end encryption
+    /// ([`AppserviceConfig::encryption_bot`]).
+    encryption_bot: String,
     /// The ghosts known to this process (user ids); others are looked up in the store.
     known_ghosts: Mutex<HashSet<String>>,
     context: BuildContext,
@@ -203,8 +223,12 @@ struct Shared {
     rooms_tried: std::sync::atomic::AtomicBool,
     /// Joined rooms whose encryption was checked: deliveries wait for it.
     checked: Mutex<HashSet<String>>,
-    /// Rooms with encryption on (logged once each).
-    encrypted: Mutex<HashSet<String>>,
+    /// Rooms with encryption on: relayed by the bot's end-to-end client, not by ghosts.
+    encrypted: RoomScope,
+    /// The delivery handle of the bot's end-to-end client (encrypted rooms).
+    via_bot: MatrixHandle,
+    /// Woken at the first encrypted room: the bot's end-to-end client starts.
+    start_via_bot: tokio::sync::Notify,
     /// (origin network, author id) → the ghost, as far as this process set it up.
     ghosts: tokio::sync::Mutex<HashMap<(String, String), Ghost>>,
     /// (room id, user id) → display name, for inbound senders.
@@ -233,6 +257,8 @@ pub struct AppserviceHandle {
 /// The task of an appservice network: the transaction endpoint and the bot's joins.
 pub struct AppserviceTask {
     shared: Arc<Shared>,
+    /// The bot's end-to-end session for encrypted rooms, run once the first one is found.
+    via_bot: MatrixTask,
 }
 
 /// Build the handle and the task of a Matrix network in appservice mode. The tokens are read
@@ -259,6 +285,20 @@ pub fn build(
             (Secret::new(String::new()), Secret::new(String::new()))
         }
     };
+    // Encrypted rooms: the bridge's bot with the bot mode's session, logged in with the
+    // `as_token`, reading only the rooms in `encrypted`.
+    let encrypted = RoomScope::default();
+    let mut bot_config = config.clone();
+    bot_config.user = appservice.encryption_bot();
+    if let Some(bot) = bot_config.appservice.as_mut() {
+        bot.as_token = Some(tokens.0.clone());
+    }
+    let (via_bot, via_bot_task) = super::session::build_scoped(
+        network,
+        bot_config,
+        context.clone(),
+        Some(Arc::clone(&encrypted)),
+    );
     let shared = Arc::new(Shared {
         network: network.to_owned(),
         config: appservice.clone(),
@@ -274,12 +314,15 @@ pub fn build(
             "@{}:{}",
             appservice.sender_localpart, appservice.server_name
         ),
+        encryption_bot: appservice.encryption_bot(),
         known_ghosts: Mutex::new(HashSet::new()),
         context,
         rooms: RwLock::new(HashMap::new()),
         rooms_tried: std::sync::atomic::AtomicBool::new(false),
         checked: Mutex::new(HashSet::new()),
-        encrypted: Mutex::new(HashSet::new()),
+        encrypted,
+        via_bot,
+        start_via_bot: tokio::sync::Notify::new(),
         ghosts: tokio::sync::Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
     });
@@ -287,7 +330,10 @@ pub fn build(
         AppserviceHandle {
             shared: Arc::clone(&shared),
         },
-        AppserviceTask { shared },
+        AppserviceTask {
+            shared,
+            via_bot: via_bot_task,
+        },
     )
 }
 
@@ -324,21 +370,6 @@ impl HsError {
                 reason: self.to_string(),
             },
         }
-    }
-}
-
-/// The media type of a picture, from its first bytes.
-fn sniff_image(bytes: &[u8]) -> &'static str {
-    if bytes.starts_with(b"\x89PNG") {
-        "image/png"
-    } else if bytes.starts_with(b"\xff\xd8") {
-        "image/jpeg"
-    } else if bytes.starts_with(b"GIF8") {
-        "image/gif"
-    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        "image/webp"
-    } else {
-        "application/octet-stream"
     }
 }
 
@@ -452,6 +483,7 @@ impl Shared {
     /// Is `user` the bot or one of this bridge's ghosts (a localpart it chose, as stored)?
     async fn is_ours(&self, user: &str) -> Result<bool, String> {
         if user == self.bot
+            || user == self.encryption_bot
             || self
                 .known_ghosts
                 .lock()
@@ -479,16 +511,40 @@ impl Shared {
         Ok(ours)
     }
 
-    /// Log once per room that it is encrypted (not bridged in this mode).
-    fn note_encrypted(&self, room_id: &str) {
-        if self
+    /// An encrypted room (of `channel`): from now on relayed by the encryption bot's
+    /// end-to-end client (started with the first one), which joins it here (invited by the
+    /// bot when the room asks for it); logged once per room.
+    async fn note_encrypted(&self, room_id: &str, channel: &str) {
+        let new = self
             .encrypted
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(room_id.to_owned())
-        {
-            tracing::warn!(network = %self.network, room_id, "This room is encrypted: ghosts cannot encrypt, so `mode = \"appservice\"` does not bridge it (its events are not relayed, deliveries to it fail). Use the bot mode for encrypted rooms.");
+            .insert(room_id.to_owned(), channel.to_owned())
+            .is_none();
+        if !new {
+            return;
         }
+        tracing::info!(network = %self.network, room_id, encryption_bot = %self.encryption_bot, "This room is encrypted: ghosts cannot encrypt, so it is relayed by the bridge's encryption bot with end-to-end encryption (senders shown by remote_nick_format and the per-message profile), its events read from that bot's client instead of the pushed transactions.");
+        match self.register(&self.encryption_bot).await {
+            Ok(()) => {}
+            Err(error) if error.errcode == "M_USER_IN_USE" => {}
+            Err(error) => {
+                tracing::error!(network = %self.network, encryption_bot = %self.encryption_bot, error = %error, "Cannot register the encryption bot; encrypted rooms are not relayed. A registration made before encrypted rooms were relayed does not name it: run `tribridge appservice-registration` again and give the homeserver its output.");
+                return;
+            }
+        }
+        if let Err(error) = self.join_as(&self.encryption_bot, room_id).await {
+            tracing::error!(network = %self.network, room_id, encryption_bot = %self.encryption_bot, error = ?error, "The encryption bot cannot join the room (the bridge's bot needs the power to invite it); the room is not relayed until the next start.");
+        }
+        self.start_via_bot.notify_one();
+    }
+
+    /// Is `room_id` encrypted (relayed by the bot's end-to-end client)?
+    fn is_via_bot(&self, room_id: &str) -> bool {
+        self.encrypted
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(room_id)
     }
 
     async fn cursor(&self, key: String) -> Result<Option<String>, String> {
@@ -539,7 +595,7 @@ impl Shared {
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(channel.clone(), room_id.to_owned());
                         if self.is_encrypted(room_id).await {
-                            self.note_encrypted(room_id);
+                            self.note_encrypted(room_id, channel).await;
                         }
                         self.checked
                             .lock()
@@ -554,8 +610,12 @@ impl Shared {
                     }
                 }
             }
-            self.rooms_tried
-                .store(true, std::sync::atomic::Ordering::Release);
+            if !self
+                .rooms_tried
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                tracing::info!(network = %self.network, missing, "Every configured room was tried; taking the homeserver's transactions.");
+            }
             if missing == 0 {
                 return;
             }
@@ -674,27 +734,32 @@ impl Shared {
         name
     }
 
-    /// Normalise one pushed event and commit it. `Err` only when the store failed.
-    async fn relay(&self, event: &Value) -> Result<(), String> {
+    /// Normalise one pushed event and commit it: whether it was submitted (`false`: not one
+    /// to relay). `Err` only when the store failed.
+    async fn relay(&self, event: &Value) -> Result<bool, String> {
         let (Some(room_id), Some(sender)) = (event["room_id"].as_str(), event["sender"].as_str())
         else {
-            return Ok(());
+            return Ok(false);
         };
         if self.is_ours(sender).await? {
             // Echo layer one: nothing the bot or a ghost says is relayed.
-            return Ok(());
+            return Ok(false);
         }
         let Some(channel) = self.channel_of(room_id) else {
             tracing::debug!(network = %self.network, room_id, "An event of a room no gateway bridges; ignored.");
-            return Ok(());
+            return Ok(false);
         };
         if event["type"] == "m.room.encrypted" || event["type"] == "m.room.encryption" {
             // Encrypted, or encryption turned on after the bot joined.
-            self.note_encrypted(room_id);
-            return Ok(());
+            self.note_encrypted(room_id, &channel).await;
+            return Ok(false);
+        }
+        if self.is_via_bot(room_id) {
+            // An encrypted room's events are read (decrypted) from the encryption bot's client.
+            return Ok(false);
         }
         let Some(mut body) = content::inbound(event, self.relay_membership) else {
-            return Ok(());
+            return Ok(false);
         };
         if let EventBody::Text { attachments, .. } = &mut body
             && let Some(attachment) = attachments.first_mut()
@@ -723,7 +788,7 @@ impl Shared {
             body,
         };
         match self.context.router.submit(inbound).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(error) => Err(format!("cannot store an inbound event: {error}")),
         }
     }
@@ -885,8 +950,15 @@ impl Shared {
             tracing::debug!(network = %self.network, txn_id, "A transaction already committed was pushed again; answered without relaying it.");
             return Ok(());
         }
+        let mut submitted = false;
         for event in body["events"].as_array().into_iter().flatten() {
-            self.relay(event).await?;
+            submitted |= self.relay(event).await?;
+        }
+        // A transaction that relayed nothing (the bridge's own echoes, while it writes) would
+        // relay nothing pushed again either: not recorded, which keeps the store's writer for
+        // the deliveries and answers the homeserver sooner.
+        if !submitted {
+            return Ok(());
         }
         self.set_cursor(key, now_ms().to_string()).await
     }
@@ -1036,7 +1108,7 @@ impl Shared {
 
     /// Upload `picture` as `ghost` and make it the ghost's avatar.
     async fn set_avatar(&self, ghost: &str, picture: Vec<u8>) -> Result<(), HsError> {
-        let mime = sniff_image(&picture);
+        let mime = content::image_type(&picture);
         let uri = self.upload(ghost, picture, mime, "avatar").await?;
         self.request(
             reqwest::Method::PUT,
@@ -1176,16 +1248,6 @@ impl Shared {
                 reason: format!("room {} is not joined yet", delivery.destination.channel),
             });
         };
-        if self
-            .encrypted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&room_id)
-        {
-            return Err(DeliveryError::Permanent(format!(
-                "room {room_id} is encrypted; appservice mode does not bridge encrypted rooms"
-            )));
-        }
         if !self
             .checked
             .lock()
@@ -1196,6 +1258,9 @@ impl Shared {
                 after: Some(Duration::from_millis(200)),
                 reason: format!("room {room_id} is being joined"),
             });
+        }
+        if self.is_via_bot(&room_id) {
+            return self.via_bot.deliver(delivery).await;
         }
         let settings = self
             .context
@@ -1563,6 +1628,7 @@ impl AppserviceTask {
     /// Serve the transaction endpoint and join the rooms until shutdown.
     pub async fn run(self) {
         let shared = self.shared;
+        let via_bot = self.via_bot;
         let shutdown = shared.context.shutdown.clone();
         shared
             .context
@@ -1597,6 +1663,10 @@ impl AppserviceTask {
             () = async move {
                 joiner.join_rooms().await;
                 std::future::pending::<()>().await;
+            } => {}
+            () = async {
+                shared.start_via_bot.notified().await;
+                via_bot.run().await;
             } => {}
             () = shutdown.cancelled() => {}
         }

@@ -83,6 +83,23 @@ pub struct AppserviceConfig {
     pub ghost_displayname: String,
 }
 
+impl AppserviceConfig {
+    /// The localpart of the user that relays encrypted rooms, `<sender_localpart>.e2ee`: a
+    /// ghost cannot encrypt, and Synapse refuses `/sync` to the service's own user
+    /// (`sender_localpart`), which an end-to-end client needs; this one is a user of the
+    /// service's namespace (the registration names it) with a device of its own.
+    #[must_use]
+    pub fn encryption_localpart(&self) -> String {
+        format!("{}.e2ee", self.sender_localpart)
+    }
+
+    /// `@<encryption_localpart>:<server_name>`.
+    #[must_use]
+    pub fn encryption_bot(&self) -> String {
+        format!("@{}:{}", self.encryption_localpart(), self.server_name)
+    }
+}
+
 /// The default `ghost_format`.
 pub const DEFAULT_GHOST_FORMAT: &str = "{NETWORK}_{NICK}";
 /// The default `ghost_displayname`.

@@ -364,6 +364,22 @@ pub fn set_per_message_profile(content: &mut Value, delivery: &Delivery, avatar_
     content[PER_MESSAGE_PROFILE_KEY] = profile;
 }
 
+/// The media type of a picture, from its first bytes.
+#[must_use]
+pub fn image_type(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if bytes.starts_with(b"\xff\xd8") {
+        "image/jpeg"
+    } else if bytes.starts_with(b"GIF8") {
+        "image/gif"
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "image/webp"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 /// `m.mentions` of a message (and of its new content, for an edit): the users it notifies, and
 /// whether it notifies the whole room. Without either it is left out, as before intentional
 /// mentions (an empty one would silence the name matching of older clients' push rules).

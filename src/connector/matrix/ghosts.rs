@@ -61,6 +61,12 @@ pub fn is_ghost(format: &str, networks: &[String], localpart: &str) -> bool {
     })
 }
 
+/// A regular expression matching exactly the user `@localpart:server_name`.
+#[must_use]
+pub fn exact_user_regex(localpart: &str, server_name: &str) -> String {
+    format!("@{}:{}", escape(localpart), escape(server_name))
+}
+
 /// The registration's exclusive user namespace: a regular expression matching the ghosts of
 /// `networks` on `server_name` (and nothing else of the bridge's shape).
 #[must_use]

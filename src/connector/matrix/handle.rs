@@ -11,12 +11,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::error::ErrorKind;
-use matrix_sdk::ruma::{EventId, OwnedTransactionId};
+use matrix_sdk::ruma::{EventId, OwnedRoomId, OwnedTransactionId, RoomId};
 use matrix_sdk::{Room, RoomState};
 use serde_json::Value;
 
 use super::content;
-use super::session::Live;
+use super::session::{Live, RoomScope};
 use crate::connector::supervisor::error_chain;
 use crate::connector::{
     BoxFuture, BuildContext, DeliverWhole, DeliveryError, GatewaySettings, render_sender,
@@ -36,6 +36,21 @@ pub struct MatrixHandle {
     people: Arc<crate::vocab::People>,
     /// Requests the handle has begun that put an event of the bot's in a room.
     writes: Arc<AtomicU64>,
+    /// The session's rooms when it has a scope (appservice mode's encrypted rooms, joined for
+    /// it): a room of it is used before the session has seen it in a sync.
+    scope: Option<RoomScope>,
+    /// Authors' pictures as uploaded, for the per-message profile's `avatar_url`.
+    pictures: Arc<std::sync::Mutex<Pictures>>,
+}
+
+/// The pictures of relayed people uploaded to the content repository: each stored picture is
+/// read only when its time stamp changed, and the same bytes are uploaded once.
+#[derive(Default)]
+struct Pictures {
+    /// (origin network, author id) → (time stamp of the stored picture, its `mxc://`).
+    by_author: HashMap<(String, String), (std::time::SystemTime, String)>,
+    /// SHA-256 of a picture → its `mxc://`.
+    by_digest: HashMap<Vec<u8>, String>,
 }
 
 fn retry(after: Option<Duration>, reason: impl Into<String>) -> DeliveryError {
@@ -103,6 +118,7 @@ impl MatrixHandle {
         live: Arc<RwLock<Option<Live>>>,
         relogin: Arc<tokio::sync::Notify>,
         writes: Arc<AtomicU64>,
+        scope: Option<RoomScope>,
     ) -> Self {
         Self {
             network: network.to_owned(),
@@ -113,7 +129,75 @@ impl MatrixHandle {
             files: Arc::clone(&context.files),
             people: Arc::clone(context.router.people()),
             writes,
+            scope,
+            pictures: Arc::default(),
         }
+    }
+
+    /// The `mxc://` of the picture the bridge keeps of the delivery's author (none from IRC),
+    /// uploaded the first time; `None` without one, or when the upload failed (logged: the
+    /// message goes without it).
+    async fn author_picture(
+        &self,
+        client: &matrix_sdk::Client,
+        delivery: &Delivery,
+    ) -> Option<String> {
+        use sha2::Digest as _;
+        let origin = &delivery.origin.network;
+        let author = &delivery.author.id;
+        let stamp = self.files.avatar_stamp(origin, author).await?;
+        let key = (origin.clone(), author.clone());
+        if let Some((known, mxc)) = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_author
+            .get(&key)
+            && *known == stamp
+        {
+            return Some(mxc.clone());
+        }
+        let picture = self.files.avatar(origin, author).await?;
+        let digest = sha2::Sha256::digest(&picture).to_vec();
+        let uploaded = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_digest
+            .get(&digest)
+            .cloned();
+        let mxc = if let Some(mxc) = uploaded {
+            mxc
+        } else {
+            let mime: mime::Mime = content::image_type(&picture)
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match client.media().upload(&mime, picture, None).await {
+                Ok(response) => response.content_uri.to_string(),
+                Err(error) => {
+                    tracing::info!(network = %self.network, author = %author, error = %error_chain(&error), "Cannot upload a relayed person's picture; their messages go without it.");
+                    return None;
+                }
+            }
+        };
+        let mut pictures = self
+            .pictures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pictures.by_digest.insert(digest, mxc.clone());
+        pictures.by_author.insert(key, (stamp, mxc.clone()));
+        Some(mxc)
+    }
+
+    /// The room of `channel` in the session's scope, if any.
+    fn scoped_room(&self, channel: &str) -> Option<OwnedRoomId> {
+        self.scope
+            .as_ref()?
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(_, scoped)| scoped.as_str() == channel)
+            .and_then(|(room_id, _)| RoomId::parse(room_id).ok())
     }
 
     /// Send one delivery; the homeserver's answer (an event id) is the acknowledgement.
@@ -129,13 +213,18 @@ impl MatrixHandle {
                     format!("not logged in to Matrix network {} yet", self.network),
                 ));
             };
-            let Some(room_id) = live.rooms.get(&delivery.destination.channel) else {
+            let Some(room_id) = live
+                .rooms
+                .get(&delivery.destination.channel)
+                .cloned()
+                .or_else(|| self.scoped_room(&delivery.destination.channel))
+            else {
                 return Err(retry(
                     Some(Duration::from_secs(5)),
                     format!("room {} is not joined yet", delivery.destination.channel),
                 ));
             };
-            (live.client.clone(), room_id.clone())
+            (live.client.clone(), room_id)
         };
         let Some(room) = client.get_room(&room_id) else {
             return Err(retry(
@@ -169,6 +258,14 @@ impl MatrixHandle {
             notifies_room = super::mentions::mentions_room(text);
         }
         let delivery = &delivery;
+        // The author's picture for the per-message profile (texts and edits).
+        let picture = match &delivery.body {
+            EventBody::Text { .. } | EventBody::Edit { .. } => {
+                self.author_picture(&client, delivery).await
+            }
+            _ => None,
+        };
+        let picture = picture.as_deref();
         // Counted before the request: the homeserver tells the bot's sync about the event
         // before it answers the send.
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +301,13 @@ impl MatrixHandle {
             && !attachments.is_empty()
         {
             return self
-                .send_with_files(&room, delivery, &sender, (text, attachments), related)
+                .send_with_files(
+                    &room,
+                    delivery,
+                    (&sender, picture),
+                    (text, attachments),
+                    related,
+                )
                 .await;
         }
         let (event_type, body) = match content::outbound(delivery, &sender, related) {
@@ -217,7 +320,7 @@ impl MatrixHandle {
                 }
                 if event_type == "m.room.message" {
                     content::set_mentions(&mut content, &notified, notifies_room);
-                    content::set_per_message_profile(&mut content, delivery, None);
+                    content::set_per_message_profile(&mut content, delivery, picture);
                 }
                 (event_type, content)
             }
@@ -258,7 +361,7 @@ impl MatrixHandle {
         &self,
         room: &Room,
         delivery: &Delivery,
-        sender: &str,
+        (sender, picture): (&str, Option<&str>),
         (text, attachments): (&crate::richtext::FormattedText, &[crate::model::Attachment]),
         related: content::Related<'_>,
     ) -> Result<DeliveryAck, DeliveryError> {
@@ -287,7 +390,7 @@ impl MatrixHandle {
         let mut first_event = None;
         if uploaded.is_empty() {
             let mut content = content::file_caption(sender, &caption);
-            content::set_per_message_profile(&mut content, delivery, None);
+            content::set_per_message_profile(&mut content, delivery, picture);
             if let Some(relation) = content::message_relation(related) {
                 content["m.relates_to"] = relation;
             }
@@ -308,7 +411,7 @@ impl MatrixHandle {
             } else {
                 format!("{}.{index}", delivery.id).into()
             };
-            content::set_per_message_profile(&mut content, delivery, None);
+            content::set_per_message_profile(&mut content, delivery, picture);
             if index == 0
                 && let Some(relation) = content::message_relation(related)
             {

@@ -38,6 +38,9 @@
 //!   login and watched after each sync.
 //! - **Homeserver**: the configured URL stays the one used; a login response's `well_known`
 //!   is not adopted.
+//! - **Scoped** ([`build_scoped`], `mode = "appservice"`'s encryption bot): the session reads and
+//!   writes only the rooms of its [`RoomScope`] (joined for it), joins nothing itself, logs in
+//!   with the application service's token, and leaves the network's account to the service.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -103,7 +106,17 @@ pub struct MatrixTask {
     avatars: std::sync::Mutex<HashMap<String, String>>,
     /// The cross-signing identity's series in `/metrics` (kept over reconnections).
     identity_metrics: IdentityMetrics,
+    /// The rooms this session reads and relays, when not all of its channels' (appservice
+    /// mode: the encrypted ones); `None`: all.
+    scope: Option<RoomScope>,
 }
+
+/// The rooms a session reads and writes, when it is not every room of its channels: in
+/// `mode = "appservice"` the encrypted rooms, which ghosts cannot write to and the bridge's
+/// encryption bot relays (`super::appservice`), joined by the application service. Room id →
+/// its configured channel; rooms are added while the session runs. Such a session joins
+/// nothing itself and its sync asks for these rooms only.
+pub(super) type RoomScope = Arc<RwLock<HashMap<String, String>>>;
 
 /// Build the handle and the task of one Matrix network.
 #[must_use]
@@ -111,6 +124,16 @@ pub fn build(
     network: &str,
     config: MatrixConfig,
     context: BuildContext,
+) -> (MatrixHandle, MatrixTask) {
+    build_scoped(network, config, context, None)
+}
+
+/// [`build`], reading and relaying only the rooms of `scope` when given.
+pub(super) fn build_scoped(
+    network: &str,
+    config: MatrixConfig,
+    context: BuildContext,
+    scope: Option<RoomScope>,
 ) -> (MatrixHandle, MatrixTask) {
     let live = Arc::new(RwLock::new(None));
     let relogin = Arc::new(tokio::sync::Notify::new());
@@ -123,6 +146,7 @@ pub fn build(
             Arc::clone(&live),
             Arc::clone(&relogin),
             Arc::clone(&writes),
+            scope.clone(),
         ),
         MatrixTask {
             network: network.to_owned(),
@@ -133,6 +157,7 @@ pub fn build(
             writes,
             avatars: std::sync::Mutex::new(HashMap::new()),
             identity_metrics,
+            scope,
         },
     )
 }
@@ -178,9 +203,13 @@ impl MatrixTask {
         let Some(own_user) = client.user_id().map(ToOwned::to_owned) else {
             return SessionEnd::Lost("the client has no user id after login".into());
         };
-        self.context
-            .router
-            .set_account(&self.network, own_user.as_str());
+        if self.scope.is_none() {
+            // (A scoped session's account is not the network's: the application service's
+            // bot is, set by it.)
+            self.context
+                .router
+                .set_account(&self.network, own_user.as_str());
+        }
         if let Some(name) = &self.config.display_name {
             let account = client.account();
             if account.get_display_name().await.ok().flatten().as_deref() != Some(name.as_str())
@@ -207,7 +236,12 @@ impl MatrixTask {
             client: client.clone(),
             own_user,
             rooms: HashMap::new(),
-            wanted: self.context.channels.clone(),
+            // A scoped session joins nothing: its rooms are joined for it.
+            wanted: if self.scope.is_some() {
+                Vec::new()
+            } else {
+                self.context.channels.clone()
+            },
             next_join_attempt: Instant::now(),
             awaiting_join: HashSet::new(),
             undecryptable: self.context.metrics.counter(
@@ -379,6 +413,13 @@ pub(super) async fn login(
             })
             .await
             .map_err(|error| error_chain(&error))?;
+    } else if let Some(as_token) = config.appservice.as_ref().and_then(|a| a.as_token.as_ref()) {
+        let session = appservice_login(config, as_token, device_id.as_deref()).await?;
+        client
+            .restore_session(session)
+            .await
+            .map_err(|error| format!("cannot use the new session: {}", error_chain(&error)))?;
+        tracing::info!(network = %network, user = %config.user, "Logged in to Matrix as a user of the application service (m.login.application_service, no password).");
     } else {
         return Err("no password or access token configured".into());
     }
@@ -386,6 +427,90 @@ pub(super) async fn login(
         save_session(&session_file, &session);
     }
     Ok(client)
+}
+
+/// A session of a user of the application service (its encryption bot): the user registered in
+/// the service's name, then a login of type `m.login.application_service`, both authorised by
+/// the `as_token` (no password), on `device_id` when one was kept, so that a new login keeps the
+/// device and its keys.
+async fn appservice_login(
+    config: &MatrixConfig,
+    as_token: &crate::vocab::Secret,
+    device_id: Option<&matrix_sdk::ruma::DeviceId>,
+) -> Result<MatrixSession, String> {
+    let mut body = serde_json::json!({
+        "type": "m.login.application_service",
+        "identifier": {"type": "m.id.user", "user": config.user},
+        "initial_device_display_name": config.device_name,
+    });
+    if let Some(device_id) = device_id {
+        body["device_id"] = device_id.as_str().into();
+    }
+    let failed = |reason: String| format!("Matrix login as {} failed: {reason}", config.user);
+    let http = reqwest::Client::new();
+    // Synapse (1.163) keeps no account row for a user of the service until it is registered
+    // (not even for `sender_localpart`'s), and refuses the token of a login made before that
+    // (M_UNKNOWN_TOKEN): register it first (`M_USER_IN_USE` once it exists).
+    let localpart = config
+        .user
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    let registered = http
+        .post(format!("{}/_matrix/client/v3/register", config.homeserver))
+        .bearer_auth(as_token.expose())
+        .timeout(Duration::from_secs(30))
+        .json(&serde_json::json!({
+            "type": "m.login.application_service",
+            "username": localpart,
+            "inhibit_login": true,
+        }))
+        .send()
+        .await
+        .map_err(|error| failed(error_chain(&error)))?;
+    if !registered.status().is_success() {
+        let status = registered.status();
+        let answer: Value = registered.json().await.unwrap_or(Value::Null);
+        if answer["errcode"] != "M_USER_IN_USE" {
+            return Err(failed(format!(
+                "registering the bot: HTTP {status} {}: {}",
+                answer["errcode"].as_str().unwrap_or_default(),
+                answer["error"].as_str().unwrap_or_default()
+            )));
+        }
+    }
+    let response = http
+        .post(format!("{}/_matrix/client/v3/login", config.homeserver))
+        .bearer_auth(as_token.expose())
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|error| failed(error_chain(&error)))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let (Some(user_id), Some(access_token), Some(device_id)) = (
+        answer["user_id"].as_str(),
+        answer["access_token"].as_str(),
+        answer["device_id"].as_str(),
+    ) else {
+        return Err(failed(format!(
+            "HTTP {status} {}: {}",
+            answer["errcode"].as_str().unwrap_or_default(),
+            answer["error"].as_str().unwrap_or_default()
+        )));
+    };
+    Ok(MatrixSession {
+        meta: matrix_sdk::SessionMeta {
+            user_id: UserId::parse(user_id).map_err(|error| failed(error.to_string()))?,
+            device_id: device_id.into(),
+        },
+        tokens: matrix_sdk::SessionTokens {
+            access_token: access_token.to_owned(),
+            refresh_token: None,
+        },
+    })
 }
 
 /// A filter that asks for no rooms and nothing else that can be left out: a sync with it only
@@ -489,6 +614,28 @@ impl SyncState<'_> {
         &self.task.network
     }
 
+    /// Does this session read and relay `room_id`?
+    fn in_scope(&self, room_id: &RoomId) -> bool {
+        self.task.scope.as_ref().is_none_or(|scope| {
+            scope
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(room_id.as_str())
+        })
+    }
+
+    /// The rooms the sync asks for: those of the scope, or `None` for all.
+    fn scope_rooms(&self) -> Option<Vec<OwnedRoomId>> {
+        let scope = self.task.scope.as_ref()?;
+        let rooms = scope
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .filter_map(|id| RoomId::parse(id).ok())
+            .collect();
+        Some(rooms)
+    }
+
     fn publish_rooms(&self) {
         if let Some(live) = self
             .task
@@ -511,6 +658,16 @@ impl SyncState<'_> {
             .find(|(_, id)| id.as_str() == room_id.as_str())
         {
             return Some(channel.clone());
+        }
+        if let Some(scope) = &self.task.scope {
+            let channel = scope
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(room_id.as_str())
+                .cloned()?;
+            self.rooms.insert(channel.clone(), room_id.to_owned());
+            self.publish_rooms();
+            return Some(channel);
         }
         let room = self.client.get_room(room_id)?;
         let alias = room.canonical_alias().map(|a| a.to_string());
@@ -536,7 +693,7 @@ impl SyncState<'_> {
         }
         tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
         let settings = SyncSettings::default()
-            .filter(Self::filter(None))
+            .filter(Self::filter(None, self.scope_rooms()))
             .timeout(Duration::ZERO);
         let response =
             self.client.sync_once(settings).await.map_err(|error| {
@@ -566,7 +723,9 @@ impl SyncState<'_> {
             match self.client.join_room_by_id_or_alias(&target, &[]).await {
                 Ok(room) => {
                     tracing::info!(network = %self.network(), room = %channel, room_id = %room.room_id(), "Joined Matrix room.");
-                    self.awaiting_join.insert(room.room_id().to_owned());
+                    if self.in_scope(room.room_id()) {
+                        self.awaiting_join.insert(room.room_id().to_owned());
+                    }
                     self.rooms.insert(channel, room.room_id().to_owned());
                 }
                 Err(error) => {
@@ -617,13 +776,16 @@ impl SyncState<'_> {
     /// never relays them, so the polls while it writes carry none of its messages (less for the
     /// homeserver to send and for the bridge to parse). Room state still carries the bot's own
     /// membership. The long-poll asks for the bot's own events: its first write must end it.
-    fn filter(quiet_as: Option<&UserId>) -> Filter {
+    ///
+    /// With `rooms` only those rooms are asked for (appservice mode: the encrypted rooms).
+    fn filter(quiet_as: Option<&UserId>, rooms: Option<Vec<OwnedRoomId>>) -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         if let Some(own) = quiet_as {
             timeline.not_senders = vec![own.to_owned()];
         }
         let mut room = RoomFilter::default();
+        room.rooms = rooms;
         room.timeline = timeline;
         room.ephemeral = RoomEventFilter::ignore_all();
         room.account_data = RoomEventFilter::ignore_all();
@@ -680,7 +842,7 @@ impl SyncState<'_> {
             let quiet_as =
                 (busy && self.awaiting_join.is_empty()).then_some(self.own_user.as_ref());
             let mut settings = SyncSettings::default()
-                .filter(Self::filter(quiet_as))
+                .filter(Self::filter(quiet_as, self.scope_rooms()))
                 .timeout(if since.is_some() && !busy {
                     SYNC_TIMEOUT
                 } else {
@@ -711,6 +873,9 @@ impl SyncState<'_> {
             }
             if let Some(previous) = &since {
                 for (room_id, update) in &response.rooms.joined {
+                    if !self.in_scope(room_id) {
+                        continue;
+                    }
                     let Some(channel) = self.channel_of(room_id) else {
                         continue;
                     };
@@ -1092,14 +1257,28 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_filter_asks_for_its_rooms_only() {
+        let room = RoomId::parse("!encrypted:localhost").expect("room id");
+        let Filter::FilterDefinition(scoped) = SyncState::filter(None, Some(vec![room.clone()]))
+        else {
+            panic!("an inline filter");
+        };
+        assert_eq!(scoped.room.rooms, Some(vec![room]));
+        let Filter::FilterDefinition(all) = SyncState::filter(None, None) else {
+            panic!("an inline filter");
+        };
+        assert_eq!(all.room.rooms, None);
+    }
+
+    #[test]
     fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
         let own = UserId::parse("@bot:localhost").expect("user id");
-        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own)) else {
+        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own), None) else {
             panic!("an inline filter");
         };
         assert_eq!(quiet.room.timeline.not_senders, vec![own.clone()]);
         assert!(quiet.room.state.not_senders.is_empty());
-        let Filter::FilterDefinition(full) = SyncState::filter(None) else {
+        let Filter::FilterDefinition(full) = SyncState::filter(None, None) else {
             panic!("an inline filter");
         };
         assert!(full.room.timeline.not_senders.is_empty());
