@@ -360,6 +360,13 @@ impl Session<'_> {
             if let Some(role) = &self.task.puppet {
                 self.task.shared.add(new);
                 role.book.record(&role.key, new);
+                if role.own_nick {
+                    if irc_fold(old) == irc_fold(&self.task.config.nick) {
+                        self.task.shared.release(old);
+                    } else if irc_fold(new) == irc_fold(&self.task.config.nick) {
+                        self.identify_own_nick()?;
+                    }
+                }
             } else {
                 self.task
                     .context
@@ -446,10 +453,7 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if self.task.puppet.is_some() {
-            return self.puppet_heard(nick, target, &line.command);
-        }
-        if self.task.shared.is_puppet(nick) {
+        if self.task.shared.is_puppet(nick) && self.task.puppet.is_none() {
             // A puppet's line, seen by the bot: already where it came from.
             return Ok(());
         }
@@ -471,6 +475,9 @@ impl Session<'_> {
                 }
             }
             return Ok(());
+        }
+        if self.task.puppet.is_some() {
+            return self.puppet_heard(nick, target, &line.command);
         }
         let Some(channel) = self.configured(target) else {
             // Private messages and channels outside every gateway are not relayed.

@@ -79,6 +79,12 @@ impl Shared {
         lock(&self.nicks).insert(irc_fold(nick));
     }
 
+    /// A puppet no longer has `nick`, a linked person's own (`[[identity]]`): the person may
+    /// use it on IRC themselves, and what they say there is theirs to relay.
+    pub(super) fn release(&self, nick: &str) {
+        lock(&self.nicks).remove(&irc_fold(nick));
+    }
+
     /// The server's `NICKLEN` (from `RPL_ISUPPORT`).
     pub(super) fn set_nicklen(&self, length: usize) {
         if length > 0 {
@@ -186,6 +192,9 @@ pub(super) struct PuppetRole {
     /// Where the nick it gets is kept, under its person's key.
     pub(super) book: Arc<NickBook>,
     pub(super) key: PersonKey,
+    /// The connection's configured nick is the person's own IRC nick (`[[identity]]`), not a
+    /// puppet nick: it is a puppet's only while the connection has it.
+    pub(super) own_nick: bool,
 }
 
 impl PuppetRole {
@@ -278,6 +287,16 @@ impl Puppets {
         puppet_nick(&format, delivery, self.shared.nicklen())
     }
 
+    /// The person's own nick on this network, when they are linked to one (`[[identity]]`).
+    fn own_nick(&self, delivery: &Delivery) -> Option<String> {
+        self.context
+            .router
+            .people()
+            .identities()
+            .account_on(&delivery.origin.network, &delivery.author.id, &self.network)
+            .map(str::to_owned)
+    }
+
     /// The connection a delivery goes through, starting the person's puppet when it has none.
     fn route(
         &self,
@@ -299,7 +318,8 @@ impl Puppets {
         if self.shared.refused(&key, &delivery.destination.channel) {
             return None;
         }
-        let wanted = match &delivery.body {
+        let own = self.own_nick(delivery);
+        let usual = match &delivery.body {
             EventBody::Membership(Membership::Renamed { new_name }) => {
                 let mut renamed = delivery.clone();
                 renamed.author.display_name.clone_from(new_name);
@@ -307,6 +327,8 @@ impl Puppets {
             }
             _ => self.nick_for(delivery),
         };
+        // A linked person keeps their own nick whatever their name here.
+        let wanted = own.clone().unwrap_or_else(|| usual.clone());
         let mut people = lock(&self.people);
         if let Some(puppet) = people.get(&key)
             && !puppet.requests.is_closed()
@@ -320,7 +342,7 @@ impl Puppets {
                 self.overflowed(&key);
                 return None;
             }
-            {
+            if own.is_none() {
                 let mut current = lock(&puppet.wanted);
                 if *current != wanted {
                     self.shared.add(&wanted);
@@ -342,7 +364,7 @@ impl Puppets {
             self.overflowed(&key);
             return None;
         }
-        let puppet = self.start(delivery, &key, &wanted);
+        let puppet = self.start(delivery, &key, &usual, own);
         let route = (
             key.clone(),
             puppet.requests.clone(),
@@ -358,13 +380,32 @@ impl Puppets {
         }
     }
 
-    /// Start a person's puppet task.
-    fn start(&self, delivery: &Delivery, key: &PersonKey, base: &str) -> Puppet {
+    /// Start a person's puppet task. `base` is its usual nick; `own` the person's own nick on
+    /// this network (`[[identity]]`), which it asks for first, falling back to `base` when
+    /// someone (the person themselves) has it.
+    fn start(
+        &self,
+        delivery: &Delivery,
+        key: &PersonKey,
+        base: &str,
+        own: Option<String>,
+    ) -> Puppet {
         let (sender, receiver) = mpsc::channel(super::PIPELINE_WINDOW * 2);
-        // The nick it had before (also before a restart), else the one its name asks for.
-        let first = self.book.nick(key, base).unwrap_or_else(|| base.to_owned());
-        self.shared.add(&first);
-        let wanted = Arc::new(Mutex::new(base.to_owned()));
+        let own_nick = own.is_some();
+        let first = if let Some(own) = own {
+            // Counted as a puppet's only once the connection has it (`001`, `NICK`).
+            own
+        } else {
+            // The nick it had before (also before a restart), else the one its name asks for.
+            let first = self.book.nick(key, base).unwrap_or_else(|| base.to_owned());
+            self.shared.add(&first);
+            first
+        };
+        let wanted = Arc::new(Mutex::new(if own_nick {
+            first.clone()
+        } else {
+            base.to_owned()
+        }));
         let wake = Arc::new(Notify::new());
         let active = Arc::new(AtomicBool::new(true));
         let warm = Arc::new(AtomicBool::new(false));
@@ -377,7 +418,17 @@ impl Puppets {
             .collect();
         config.sasl_username = None;
         config.sasl_password = None;
-        config.nickserv_password = None;
+        // A linked person's own nick identifies to NickServ where they gave its password.
+        config.nickserv_password = if own_nick {
+            self.context
+                .router
+                .people()
+                .identities()
+                .of(&delivery.origin.network, &delivery.author.id)
+                .and_then(|identity| identity.nickserv_password.clone())
+        } else {
+            None
+        };
         config.relay_membership = false;
         config.rejoin_after_kick = true;
         let webirc = self.settings.webirc_password.as_ref().map(|password| {
@@ -411,6 +462,7 @@ impl Puppets {
                 base: base.to_owned(),
                 book: Arc::clone(&self.book),
                 key: key.clone(),
+                own_nick,
             }),
         };
         tracing::info!(network = %self.network, nick = %info.config.nick, person = %delivery.author.id, from = %delivery.origin.network, "Opening a puppet connection.");
@@ -642,6 +694,10 @@ async fn run(
         }
         let started = Instant::now();
         let end = info.session(&mut requests).await;
+        if info.puppet.as_ref().is_some_and(|role| role.own_nick) {
+            // The person's own nick is theirs again once the connection is gone.
+            info.shared.release(&info.config.nick);
+        }
         // Asked to connect while it was connected: done.
         warm.store(false, Ordering::Relaxed);
         if shutdown.is_cancelled() {

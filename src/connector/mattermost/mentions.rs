@@ -7,6 +7,8 @@
 //! the others the names they are shown under here. With `remote_users`, a person who has a
 //! remote user here is that user both ways: `@alice-irc` is a mention of alice of IRC, and a
 //! mention of her from elsewhere is `@alice-irc` ([`inbound_with`], [`outbound_text_with`]).
+//! A person linked to an account here in `[[identity]]` is that account: a mention of any of
+//! their accounts is `@username`.
 //! Must not: know any other network's syntax.
 
 use crate::model::{Delivery, EventBody};
@@ -86,7 +88,12 @@ pub fn outbound_text_with(
                 let id = current
                     .as_ref()
                     .map_or(user_id.as_str(), |(id, _)| id.as_str());
-                remote(other, id)
+                // A person linked to an account here (`[[identity]]`) is that account.
+                people
+                    .identities()
+                    .account_on(other, id, network)
+                    .map(str::to_owned)
+                    .or_else(|| remote(other, id))
             }
             _ => None,
         };
