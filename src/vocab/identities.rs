@@ -20,7 +20,7 @@ use crate::vocab::{CaseMapping, Secret};
 pub struct Identity {
     /// The one name the other networks show for them (`name`); `None`: each account's own.
     pub name: Option<String>,
-    /// (network id, account there), in file order.
+    /// (network id, account there), by network id.
     pub accounts: Vec<(String, String)>,
     /// `nickserv_password`: what a puppet taking their IRC nick identifies with.
     pub nickserv_password: Option<Secret>,

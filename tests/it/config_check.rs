@@ -38,7 +38,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown top-level table",
             format!("[networks.x]\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`",
+                "bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`, `identity`",
             ],
         ),
         (
@@ -604,6 +604,19 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "identities: unknown network, account grammar, an account twice, one account, \
+             a password given twice or without an IRC nick",
+            format!(
+                "{NET}{NET2}{MX}{GATEWAY}\
+                 [[identity]]\nname = \"Alice\"\nlibera = \"alice\"\nnope = \"alice\"\nmx = \"alice\"\n\
+                 [[identity]]\nlibera = \"ALICE\"\noftc = \"9bad\"\n\
+                 [[identity]]\nlibera = \"bob\"\noftc = \"bob\"\nnickserv_password = \"x\"\nnickserv_password_env = \"SET_VAR\"\n\
+                 [[identity]]\noftc = \"carol\"\n\
+                 [[identity]]\nname = 3\nmx = \"@dan:example.org\"\nlibera = \"dan\"\n"
+            ),
+            vec![],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],
@@ -970,4 +983,30 @@ fn every_key_commented_out_in_the_example_is_a_key_of_its_section() {
     }
     assert!(tried >= 20, "only {tried} commented-out keys found");
     assert!(unknown.is_empty(), "{}", unknown.join("\n"));
+}
+
+#[test]
+fn an_identity_links_accounts_with_one_name_and_a_nickserv_password() {
+    let text = format!(
+        "{NET}{NET2}{MX}{GATEWAY}[[identity]]\nname = \"Alice\"\nlibera = \"alice\"\n\
+         mx = \"@alice:example.org\"\nnickserv_password_env = \"SET_VAR\"\n"
+    );
+    let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
+    let config = tribridge::config::parse(&text, Path::new("/etc/tribridge"), &env).unwrap();
+    let [alice] = config.identities.as_slice() else {
+        panic!("one identity: {:?}", config.identities);
+    };
+    assert_eq!(alice.name.as_deref(), Some("Alice"));
+    assert_eq!(
+        alice.accounts,
+        vec![
+            ("libera".to_owned(), "alice".to_owned()),
+            ("mx".to_owned(), "@alice:example.org".to_owned())
+        ]
+    );
+    assert_eq!(
+        alice.nickserv_password.as_ref().map(|p| p.expose()),
+        Some("from-env")
+    );
+    assert!(!format!("{config:?}").contains("from-env"));
 }

@@ -692,6 +692,7 @@ async fn run(
             () = tokio::time::sleep_until(at) => {}
             () = shutdown.cancelled() => return,
         }
+        tracing::info!(network = %info.network, nick = %info.config.nick, "Puppet connecting.");
         let started = Instant::now();
         let end = info.session(&mut requests).await;
         if info.puppet.as_ref().is_some_and(|role| role.own_nick) {
