@@ -1881,7 +1881,12 @@ fn most_per_second(log: &str, needle: &str, skip: usize) -> (usize, usize) {
         .filter_map(log_seconds)
         .collect();
     let most = (0..times.len())
-        .map(|i| times[i..].iter().take_while(|t| **t - times[i] < 1.0).count())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t - times[i] < 1.0)
+                .count()
+        })
         .max()
         .unwrap_or(0);
     (most, times.len())
@@ -1948,8 +1953,12 @@ async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before = bridge.rss_kib();
     let round = puppets_round(&users, &channel_id, &mut reader, "hello").await;
-    let (seconds, most_joins, senders, from_bot) =
-        (round.seconds, round.most_joins, round.senders, round.from_bot);
+    let (seconds, most_joins, senders, from_bot) = (
+        round.seconds,
+        round.most_joins,
+        round.senders,
+        round.from_bot,
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_after = bridge.rss_kib();
     let per_puppet = rss_after.saturating_sub(rss_before) as f64 / people.max(1) as f64;
@@ -1972,7 +1981,7 @@ async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let registration = {
         let started = Instant::now();
-        let mut probe = IrcClient::connect(server.port, "lgpprobe").await;
+        let probe = IrcClient::connect(server.port, "lgpprobe").await;
         let registered = started.elapsed().as_secs_f64();
         probe.raw("QUIT :probe");
         registered

@@ -866,7 +866,11 @@ impl Validator<'_> {
     }
 
     /// An identity's `nickserv_password`, given one way at most (inline, `_file`, `_env`).
-    fn identity_secret(&mut self, key: &str, given: &[Option<Spanned<String>>; 3]) -> Option<Secret> {
+    fn identity_secret(
+        &mut self,
+        key: &str,
+        given: &[Option<Spanned<String>>; 3],
+    ) -> Option<Secret> {
         const NAME: &str = "nickserv_password";
         let count = given.iter().flatten().count();
         if count > 1 {

@@ -84,7 +84,10 @@ impl Identities {
     /// The account `account` of `network` (as configured) is known there by `id` too (a
     /// Mattermost user id for a username).
     pub fn bind(&self, network: &str, account: &str, id: &str) {
-        let key = (network.to_owned(), fold(&self.case_mappings, network, account));
+        let key = (
+            network.to_owned(),
+            fold(&self.case_mappings, network, account),
+        );
         let mut index = self
             .index
             .write()
@@ -164,7 +167,10 @@ mod tests {
     fn any_account_finds_the_others_as_each_network_folds_names() {
         let identities = identities();
         assert_eq!(identities.account_on("irc", "ALICE", "mm"), Some("alice"));
-        assert_eq!(identities.account_on("mx", "@alice:hs", "irc"), Some("alice"));
+        assert_eq!(
+            identities.account_on("mx", "@alice:hs", "irc"),
+            Some("alice")
+        );
         assert_eq!(identities.account_on("mx", "@Alice:hs", "irc"), None);
         assert_eq!(identities.account_on("irc", "alice", "irc"), None);
         assert_eq!(identities.name("mm", "Alice"), Some("Alice"));

@@ -614,7 +614,15 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
                  [[identity]]\noftc = \"carol\"\n\
                  [[identity]]\nname = 3\nmx = \"@dan:example.org\"\nlibera = \"dan\"\n"
             ),
-            vec![],
+            vec![
+                "bridges.toml:23:1: identity[0].nope: unknown network `nope`: the keys of an identity are configured network ids (libera, mx, oftc) and `name`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`",
+                "bridges.toml:24:6: identity[0].mx: `alice` is not a Matrix user id: give it as `@name:server`",
+                "bridges.toml:26:10: identity[1].libera: `ALICE` of `libera` is already in identity[0]: an account belongs to one person",
+                "bridges.toml:27:8: identity[1].oftc: `9bad` is not an IRC nick: letters, digits and `[]\\`_^{|}-`, not starting with a digit or `-`",
+                "bridges.toml:32:25: identity[2].nickserv_password: give `nickserv_password` one way only: `nickserv_password`, `nickserv_password_file` or `nickserv_password_env`",
+                "bridges.toml:33:1: identity[3]: an identity links one person's accounts on at least two networks: give `<network id> = \"<account there>\"` for each",
+                "bridges.toml:36:8: identity[4].name: wrong type: `name` is a string (the one name the other networks show)",
+            ],
         ),
         (
             "TOML syntax error",

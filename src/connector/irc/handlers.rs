@@ -75,8 +75,11 @@ impl Session<'_> {
                 }
             }
             "353" => {
-                // RPL_NAMREPLY: me = #channel :names
-                if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
+                // RPL_NAMREPLY: me = #channel :names. A puppet relays nothing: it keeps no
+                // member lists (each would hold every nick of its channels).
+                if self.task.puppet.is_none()
+                    && let (Some(channel), Some(names)) = (line.param(2), line.last())
+                {
                     let folded = irc_fold(channel);
                     let members = self.members.entry(folded).or_default();
                     // People here are who a nick here means, before anyone relayed elsewhere
@@ -249,10 +252,12 @@ impl Session<'_> {
             return Ok(());
         };
         let folded = irc_fold(channel);
-        self.members
-            .entry(folded.clone())
-            .or_default()
-            .insert(irc_fold(nick));
+        if self.task.puppet.is_none() {
+            self.members
+                .entry(folded.clone())
+                .or_default()
+                .insert(irc_fold(nick));
+        }
         if self.task.puppet.is_none() && !self.task.shared.is_puppet(nick) {
             self.task
                 .context

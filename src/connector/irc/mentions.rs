@@ -382,4 +382,43 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn a_linked_persons_nick_and_their_other_accounts_are_one_person() {
+        let people = people();
+        people.link(vec![crate::vocab::Identity {
+            name: None,
+            accounts: vec![
+                ("irc".into(), "alice".into()),
+                ("mx".into(), "@alice:hs".into()),
+            ],
+            nickserv_password: None,
+        }]);
+        // Her nick said on IRC is a mention of her (it reaches her Matrix account).
+        let mut text = crate::richtext::irc::parse("Alice: hi, and bob");
+        detect(&mut text, &people, "irc");
+        assert_eq!(
+            crate::richtext::mention::mentioned_users(&text, "irc"),
+            vec!["Alice".to_owned()]
+        );
+        // A mention of her Matrix account is her nick on IRC.
+        let mut delivery = reply("", "", 1);
+        delivery.replied = None;
+        if let EventBody::Text { text, .. } = &mut delivery.body {
+            *text = FormattedText {
+                blocks: vec![Block::Paragraph(vec![
+                    Inline::Mention(Mention {
+                        display: "Alice M".into(),
+                        target: MentionTarget::User {
+                            network: "mx".into(),
+                            user_id: "@alice:hs".into(),
+                        },
+                    }),
+                    Inline::Text(" see".into()),
+                ])],
+            };
+        }
+        let shown_here = for_irc(&delivery, &people, "irc", &Recent::default());
+        assert_eq!(shown(&shown_here), "alice see");
+    }
 }

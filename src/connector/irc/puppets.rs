@@ -109,8 +109,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) struct NickBook {
     path: std::path::PathBuf,
     nicks: Mutex<HashMap<String, String>>,
-    /// Writes in order, one at a time.
-    writing: tokio::sync::Mutex<()>,
+    /// Changes recorded so far.
+    version: std::sync::atomic::AtomicU64,
+    /// Writes one at a time; holds the version last written, so that a burst of changes (500
+    /// puppets registering) is written a few times, not once per change.
+    writing: tokio::sync::Mutex<u64>,
 }
 
 impl NickBook {
@@ -130,7 +133,8 @@ impl NickBook {
         Self {
             path,
             nicks: Mutex::new(nicks),
-            writing: tokio::sync::Mutex::new(()),
+            version: std::sync::atomic::AtomicU64::new(0),
+            writing: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -157,9 +161,15 @@ impl NickBook {
         if !changed {
             return;
         }
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         let book = Arc::clone(self);
         tokio::spawn(async move {
-            let _writing = book.writing.lock().await;
+            let mut written = book.writing.lock().await;
+            if *written >= version {
+                // A later write already holds this change.
+                return;
+            }
+            let current = book.version.load(Ordering::Acquire);
             let json = match serde_json::to_vec_pretty(&*lock(&book.nicks)) {
                 Ok(json) => json,
                 Err(error) => {
@@ -168,12 +178,16 @@ impl NickBook {
                 }
             };
             let path = book.path.clone();
-            let written = tokio::task::spawn_blocking(move || {
+            let result = tokio::task::spawn_blocking(move || {
                 crate::connector::write_state_file(&path, &json)
             })
             .await;
-            if let Ok(Err(error)) = written {
-                tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
+            match result {
+                Ok(Ok(())) => *written = current,
+                Ok(Err(error)) => {
+                    tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
+                }
+                Err(_) => {}
             }
         });
     }
@@ -236,7 +250,9 @@ pub(super) struct Puppets {
     network: String,
     config: IrcConfig,
     settings: PuppetConfig,
-    context: BuildContext,
+    /// The network's context without its channels (a puppet joins only where its person
+    /// speaks), shared by every puppet's session.
+    context: Arc<BuildContext>,
     recent: Arc<Mutex<mentions::Recent>>,
     pub(super) shared: Arc<Shared>,
     people: Mutex<HashMap<PersonKey, Puppet>>,
@@ -261,7 +277,10 @@ impl Puppets {
             network: network.to_owned(),
             config: config.clone(),
             settings,
-            context: context.clone(),
+            context: Arc::new(BuildContext {
+                channels: Vec::new(),
+                ..context.clone()
+            }),
             recent: Arc::clone(recent),
             shared: Arc::clone(shared),
             people: Mutex::new(HashMap::new()),
@@ -444,13 +463,11 @@ impl Puppets {
                 "127.0.0.1".to_owned(),
             ]
         });
-        let mut context = self.context.clone();
-        context.channels = Vec::new();
         let info = TaskInfo {
             network: self.network.clone(),
             charset: config.charset,
             config,
-            context,
+            context: Arc::clone(&self.context),
             edits_dropped: std::sync::atomic::AtomicU64::new(0),
             not_utf8_lines: std::sync::atomic::AtomicU64::new(0),
             recent: Arc::clone(&self.recent),
@@ -682,17 +699,21 @@ async fn run(
             }
         }
         active.store(true, Ordering::Relaxed);
-        let at = {
-            let mut next = pacer.lock().await;
-            let at = (*next).max(Instant::now());
-            *next = at + spacing;
-            at
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(at) => {}
-            () = shutdown.cancelled() => return,
+        {
+            // One connection at a time through the pacer, each `spacing` after the previous
+            // one actually started (not after when it was due: a late wake-up must not bunch
+            // connections), so no second ever sees more than `puppet_connect_rate`.
+            let mut next = tokio::select! {
+                next = pacer.lock() => next,
+                () = shutdown.cancelled() => return,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(*next) => {}
+                () = shutdown.cancelled() => return,
+            }
+            tracing::info!(network = %info.network, nick = %info.config.nick, "Puppet connecting.");
+            *next = Instant::now() + spacing;
         }
-        tracing::info!(network = %info.network, nick = %info.config.nick, "Puppet connecting.");
         let started = Instant::now();
         let end = info.session(&mut requests).await;
         if info.puppet.as_ref().is_some_and(|role| role.own_nick) {

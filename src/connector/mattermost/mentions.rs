@@ -166,4 +166,40 @@ mod tests {
         };
         assert_eq!(markdown::render(text), "@erin: look");
     }
+
+    #[test]
+    fn a_linked_persons_irc_nick_is_their_username_here() {
+        let people = People::new(HashMap::from([
+            ("irc".to_owned(), crate::vocab::CaseMapping::Rfc1459),
+            ("mm".to_owned(), crate::vocab::CaseMapping::Ascii),
+        ]));
+        people.link(vec![crate::vocab::Identity {
+            name: Some("Alice Example".into()),
+            accounts: vec![
+                ("irc".into(), "alice".into()),
+                ("mm".into(), "alicem".into()),
+            ],
+            nickserv_password: None,
+        }]);
+        let mut delivery = Delivery::sample(
+            1,
+            crate::model::ChannelRef::new("irc", "#a"),
+            crate::model::ChannelRef::new("mm", "town"),
+            "",
+        );
+        let mut from_irc = crate::richtext::irc::parse("ALICE: look");
+        // IRC's own detection makes her nick a mention of her IRC account.
+        crate::richtext::mention::detect_mentions(&mut from_irc, &|word| {
+            (word == "ALICE").then(|| MentionTarget::User {
+                network: "irc".into(),
+                user_id: word.into(),
+            })
+        });
+        delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, from_irc);
+        outbound(&mut delivery, &people, "mm");
+        let EventBody::Text { text, .. } = &delivery.body else {
+            unreachable!()
+        };
+        assert_eq!(markdown::render(text), "@alicem: look");
+    }
 }
