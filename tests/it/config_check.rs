@@ -1013,7 +1013,10 @@ fn an_identity_links_accounts_with_one_name_and_a_nickserv_password() {
         ]
     );
     assert_eq!(
-        alice.nickserv_password.as_ref().map(|p| p.expose()),
+        alice
+            .nickserv_password
+            .as_ref()
+            .map(tribridge::config::Secret::expose),
         Some("from-env")
     );
     assert!(!format!("{config:?}").contains("from-env"));
