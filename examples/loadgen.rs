@@ -2103,23 +2103,42 @@ async fn startup(daemon: &Path, gateways: usize) -> Value {
     })
 }
 
-/// Every person says one line on Mattermost; the reader waits for all `people` lines on IRC.
-/// Returns (seconds from the first send to the last line, most puppet JOINs seen in any one
-/// second, distinct senders, lines from the bot).
+/// What one round of `puppets` saw on IRC.
+struct PuppetsRound {
+    /// From the first send to the last line.
+    seconds: f64,
+    /// From the first send to the first line.
+    first_line: f64,
+    /// Most puppet JOINs seen in any one second.
+    most_joins: usize,
+    /// Distinct senders of the lines.
+    senders: usize,
+    /// Lines from the bot.
+    from_bot: usize,
+}
+
+/// Every person says one line on Mattermost (sent while the reader reads); the reader waits
+/// for all `people` lines on IRC.
 async fn puppets_round(
     users: &[mattermost::MmUser],
     channel_id: &str,
     reader: &mut IrcClient,
     word: &str,
-) -> (f64, usize, usize, usize) {
+) -> PuppetsRound {
     let start = Instant::now();
-    for (i, user) in users.iter().enumerate() {
-        user.say(channel_id, &format!("{word} {i}")).await;
-    }
+    let sending = {
+        let (users, channel_id, word) = (users.to_vec(), channel_id.to_owned(), word.to_owned());
+        tokio::spawn(async move {
+            for (i, user) in users.iter().enumerate() {
+                user.say(&channel_id, &format!("{word} {i}")).await;
+            }
+        })
+    };
     let mut joins: Vec<Instant> = Vec::new();
     let mut senders = std::collections::HashSet::new();
     let mut from_bot = 0;
     let mut lines = 0;
+    let mut first_line = None;
     while lines < users.len() {
         let Some(line) = reader
             .wait_for(
@@ -2135,13 +2154,15 @@ async fn puppets_round(
             joins.push(Instant::now());
         } else if line.text().is_some_and(|(_, t)| t.contains(word)) {
             lines += 1;
+            first_line.get_or_insert_with(|| start.elapsed().as_secs_f64());
             if line.source_nick == "lgbrpup" {
                 from_bot += 1;
             }
             senders.insert(line.source_nick.clone());
         }
     }
-    let most_per_second = joins
+    let _ = sending.await;
+    let most_joins = joins
         .iter()
         .enumerate()
         .map(|(i, at)| {
@@ -2152,22 +2173,88 @@ async fn puppets_round(
         })
         .max()
         .unwrap_or(0);
-    (
-        start.elapsed().as_secs_f64(),
-        most_per_second,
-        senders.len(),
+    PuppetsRound {
+        seconds: start.elapsed().as_secs_f64(),
+        first_line: first_line.unwrap_or(f64::NAN),
+        most_joins,
+        senders: senders.len(),
         from_bot,
-    )
+    }
+}
+
+/// Seconds since midnight (UTC) of a daemon log line (`2026-12-06T08:58:18.123456Z  INFO …`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let time = line.get(11..)?.split('Z').next()?;
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// The most log lines holding `needle` after the first `skip` such lines that fall in any one
+/// second (a sliding window), and how many there were.
+fn most_per_second(log: &str, needle: &str, skip: usize) -> (usize, usize) {
+    let times: Vec<f64> = log
+        .lines()
+        .filter(|line| line.contains(needle))
+        .skip(skip)
+        .filter_map(log_seconds)
+        .collect();
+    let most = (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t - times[i] < 1.0)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    (most, times.len())
 }
 
 async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
     let server = servers::InspIrcd::start();
     let mm = mm_server_apart("lgp").await;
     let channel_id = mm.channel("lgpup").await;
+    let solo_id = mm.channel("lgsolo").await;
     let mut users = Vec::with_capacity(people);
     for i in 0..people {
-        users.push(mm.user(&format!("lgp{i}"), &channel_id).await);
+        let user = mm.user(&format!("lgp{i}"), &channel_id).await;
+        user.ok(
+            reqwest::Method::POST,
+            &format!("/channels/{solo_id}/members"),
+            Some(json!({"user_id": user.id})),
+        )
+        .await;
+        users.push(user);
     }
+    let mut reader = IrcClient::connect(server.port, "lgpreader").await;
+    reader.join("#lgpup").await;
+    reader.join("#lgsolo").await;
+
+    // The same round relayed by the bot alone (puppets off), in channels of its own: what the
+    // round itself costs the daemon, without any puppet.
+    let solo_dir = tempfile::tempdir().expect("tempdir");
+    let solo_text = config(
+        &solo_dir.path().join("state"),
+        &(irc_network("irc", server.port, "lgbrpup") + mm.network("mm", "").as_str()),
+        &gateway("g", &[("irc", "#lgsolo"), ("mm", "lgsolo")]),
+    );
+    let mut bridge = Daemon::start(daemon, solo_dir.path(), &solo_text);
+    bridge.wait_log("Channels joined; ready.", 1).await;
+    mm.wait_bot_member(&solo_id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let solo_before = bridge.rss_kib();
+    let solo = puppets_round(&users, &solo_id, &mut reader, "solo").await;
+    let (solo_seconds, solo_from_bot) = (solo.seconds, solo.from_bot);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let solo_after = bridge.rss_kib();
+    println!(
+        "puppets off: {people} lines ({solo_from_bot} from the bot) in {solo_seconds:.1} s; RSS {solo_before} → {solo_after} KiB"
+    );
+    bridge.terminate();
+
     let dir = tempfile::tempdir().expect("tempdir");
     let networks = irc_network("irc", server.port, "lgbrpup")
         + format!(
@@ -2181,52 +2268,81 @@ async fn puppets(daemon: &Path, people: usize, rate: u32) -> Value {
         &networks,
         &gateway("g", &[("irc", "#lgpup"), ("mm", "lgpup")]),
     );
-    let mut reader = IrcClient::connect(server.port, "lgpreader").await;
-    reader.join("#lgpup").await;
     let mut bridge = Daemon::start(daemon, dir.path(), &text);
     bridge.wait_log("Channels joined; ready.", 1).await;
     mm.wait_bot_member(&channel_id).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before = bridge.rss_kib();
-    let (seconds, most_per_second, senders, from_bot) =
-        puppets_round(&users, &channel_id, &mut reader, "hello").await;
+    let round = puppets_round(&users, &channel_id, &mut reader, "hello").await;
+    let (seconds, most_joins, senders, from_bot) = (
+        round.seconds,
+        round.most_joins,
+        round.senders,
+        round.from_bot,
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_after = bridge.rss_kib();
     let per_puppet = rss_after.saturating_sub(rss_before) as f64 / people.max(1) as f64;
+    // Against the same round with puppets off: the puppets' own cost.
+    let per_puppet_vs_solo = rss_after.saturating_sub(solo_after) as f64 / people.max(1) as f64;
+    let (most_connects, connects) = most_per_second(&bridge.log(), "Puppet connecting.", 0);
     println!(
         "puppets: {people} people, {senders} senders ({from_bot} lines from the bot) in {seconds:.1} s; \
-         most JOINs in one second {most_per_second} (rate {rate}); RSS {rss_before} → {rss_after} KiB, \
-         {per_puppet:.1} KiB per idle puppet"
+         most JOINs in one second {most_joins}, most connections in one second {most_connects} of {connects} (rate {rate}); \
+         RSS {rss_before} → {rss_after} KiB, {per_puppet:.1} KiB per idle puppet \
+         ({per_puppet_vs_solo:.1} KiB against the same round with puppets off)"
     );
     bridge.terminate();
+
+    // A restart: every person speaks again at once. Puppets connect again only now (they have
+    // something to say), paced by `puppet_connect_rate`; the first line is measured against the
+    // server's own registration time (a plain client connecting at that moment).
     let mut bridge = Daemon::start(daemon, dir.path(), &text);
     bridge.wait_log("Channels joined; ready.", 1).await;
-    let first = Instant::now();
-    users[0].say(&channel_id, "first after restart").await;
-    reader
-        .wait_for(
-            |l| {
-                l.text()
-                    .is_some_and(|(_, t)| t.contains("first after restart"))
-            },
-            Duration::from_mins(1),
-        )
-        .await;
-    let first_after_restart = first.elapsed().as_secs_f64();
-    let (seconds2, most_per_second2, senders2, from_bot2) =
-        puppets_round(&users, &channel_id, &mut reader, "again").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let registration = {
+        let started = Instant::now();
+        let probe = IrcClient::connect(server.port, "lgpprobe").await;
+        let registered = started.elapsed().as_secs_f64();
+        probe.raw("QUIT :probe");
+        registered
+    };
+    let again = puppets_round(&users, &channel_id, &mut reader, "again").await;
+    let (first_line, seconds2, most_joins2, senders2, from_bot2) = (
+        again.first_line,
+        again.seconds,
+        again.most_joins,
+        again.senders,
+        again.from_bot,
+    );
+    // The log is this run's only (`Daemon::start` starts it afresh).
+    let (most_connects2, connects2) = most_per_second(&bridge.log(), "Puppet connecting.", 0);
     println!(
-        "after a restart: first line in {first_after_restart:.2} s; {senders2} senders ({from_bot2} from the bot) in \
-         {seconds2:.1} s; most JOINs in one second {most_per_second2} (rate {rate})"
+        "after a restart, all {people} at once: first line in {first_line:.2} s (a plain client registers in \
+         {registration:.2} s: {:.2} s more); {senders2} senders ({from_bot2} from the bot) in {seconds2:.1} s; \
+         most connections in one second {most_connects2} of {connects2}, most JOINs in one second {most_joins2} (rate {rate})",
+        first_line - registration
     );
     bridge.terminate();
     json!({
         "people": people,
         "rate": rate,
-        "first": {"seconds": seconds, "most_joins_per_second": most_per_second, "senders": senders, "from_bot": from_bot},
+        "puppets_off": {"seconds": solo_seconds, "from_bot": solo_from_bot, "rss_before_kib": solo_before, "rss_after_kib": solo_after},
+        "first": {"seconds": seconds, "most_joins_per_second": most_joins, "most_connections_per_second": most_connects, "connections": connects, "senders": senders, "from_bot": from_bot},
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "rss_per_idle_puppet_kib": per_puppet,
-        "after_restart": {"first_line_seconds": first_after_restart, "seconds": seconds2, "most_joins_per_second": most_per_second2, "senders": senders2, "from_bot": from_bot2},
+        "rss_per_idle_puppet_vs_puppets_off_kib": per_puppet_vs_solo,
+        "after_restart": {
+            "first_line_seconds": first_line,
+            "plain_client_registration_seconds": registration,
+            "first_line_minus_registration_seconds": first_line - registration,
+            "seconds": seconds2,
+            "most_connections_per_second": most_connects2,
+            "connections": connects2,
+            "most_joins_per_second": most_joins2,
+            "senders": senders2,
+            "from_bot": from_bot2,
+        },
     })
 }

@@ -26,6 +26,7 @@ use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
 use crate::router::Topology;
 use crate::vocab::Section;
 use crate::vocab::gateway::IrcReplies;
+pub use crate::vocab::identities::Identity;
 pub use crate::vocab::{
     Capabilities, DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, Secret,
 };
@@ -128,6 +129,8 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
     pub gateways: Vec<GatewayConfig>,
+    /// `[[identity]]`: one person's linked accounts on several networks, in file order.
+    pub identities: Vec<Identity>,
     /// What is valid but probably not meant (TLS on IRC's plain-text port, `http://` to
     /// another machine, a deprecated key), located like errors; `check` prints them and the
     /// daemon logs them.
@@ -247,6 +250,9 @@ struct RawConfig {
     network: BTreeMap<Spanned<String>, Spanned<RawNetworkHead>>,
     #[serde(default)]
     gateway: Vec<Spanned<RawGateway>>,
+    /// `[[identity]]`: network ids (and `name`, `nickserv_password…`) as keys.
+    #[serde(default)]
+    identity: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -565,6 +571,23 @@ fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut String) -> bool {
     }
 }
 
+/// What a key of an `[[identity]]` entry means, for an error about its value.
+fn identity_key_meaning(key: &str) -> &'static str {
+    match key {
+        "name" => "the one name the other networks show",
+        "nickserv_password" => "the password of the IRC nick",
+        "nickserv_password_file" => "a file holding the password of the IRC nick",
+        "nickserv_password_env" => "an environment variable holding the password of the IRC nick",
+        _ => "the person's account on that network",
+    }
+}
+
+fn sorted<'a>(names: &HashSet<&'a str>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = names.iter().copied().collect();
+    names.sort_unstable();
+    names
+}
+
 /// serde's messages name Rust types; say what the file should contain instead.
 fn improve_serde_message(message: &str) -> String {
     message
@@ -690,6 +713,7 @@ impl Validator<'_> {
                 }),
             });
         }
+        let identities = self.identities(raw.identity, &known, &networks);
         Config {
             state_dir,
             remote_nick_format,
@@ -698,7 +722,195 @@ impl Validator<'_> {
             reconnect_max,
             networks,
             gateways,
+            identities,
             warnings: Vec::new(),
+        }
+    }
+
+    /// `[[identity]]` entries: each key a configured network (the person's account there, as
+    /// its type checks it) or `name` / `nickserv_password…`; an account in one identity only.
+    fn identities(
+        &mut self,
+        raw: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+        known: &HashSet<&str>,
+        networks: &[NetworkConfig],
+    ) -> Vec<Identity> {
+        let mut identities = Vec::new();
+        // (network, folded account) → the identity that has it.
+        let mut taken: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for (index, entry) in raw.into_iter().enumerate() {
+            let key = format!("identity[{index}]");
+            let start = entry.span().start;
+            let mut identity = Identity {
+                name: None,
+                accounts: Vec::new(),
+                nickserv_password: None,
+            };
+            let mut secrets: [Option<Spanned<String>>; 3] = [None, None, None];
+            let mut problems = false;
+            for (field, value) in entry.into_inner() {
+                let offset = value.span().start;
+                let name = field.get_ref().clone();
+                let field_key = format!("{key}.{name}");
+                let Some(text) = value.get_ref().as_str().map(str::to_owned) else {
+                    self.report(
+                        offset,
+                        field_key,
+                        format!(
+                            "wrong type: `{name}` is a string ({})",
+                            identity_key_meaning(&name)
+                        ),
+                    );
+                    problems = true;
+                    continue;
+                };
+                match name.as_str() {
+                    "name" => {
+                        if text.trim().is_empty() || text.chars().any(char::is_control) {
+                            self.report(
+                                offset,
+                                field_key,
+                                "`name` is the name the other networks show: not empty, no \
+                                 control characters",
+                            );
+                            problems = true;
+                        } else {
+                            identity.name = Some(text.trim().to_owned());
+                        }
+                    }
+                    "nickserv_password" | "nickserv_password_file" | "nickserv_password_env" => {
+                        let slot = match name.as_str() {
+                            "nickserv_password" => 0,
+                            "nickserv_password_file" => 1,
+                            _ => 2,
+                        };
+                        secrets[slot] = Some(Spanned::new(value.span(), text));
+                    }
+                    network => {
+                        if !known.contains(network) {
+                            self.report(
+                                field.span().start,
+                                field_key,
+                                format!(
+                                    "unknown network `{network}`: the keys of an identity are \
+                                     configured network ids ({}) and `name`, \
+                                     `nickserv_password`, `nickserv_password_file`, \
+                                     `nickserv_password_env`",
+                                    sorted(known).join(", ")
+                                ),
+                            );
+                            problems = true;
+                            continue;
+                        }
+                        let account = text.trim().to_owned();
+                        let Some(config) = networks.iter().find(|n| n.id == network) else {
+                            // Its section has problems of its own, reported there.
+                            problems = true;
+                            continue;
+                        };
+                        if let Some(problem) = config.settings.account_problem(&account) {
+                            self.report(offset, field_key, problem);
+                            problems = true;
+                            continue;
+                        }
+                        let folded = config.capabilities().case_mapping.fold(&account);
+                        if let Some(other) = taken.get(&(network.to_owned(), folded.clone())) {
+                            self.report(
+                                offset,
+                                field_key,
+                                format!(
+                                    "`{account}` of `{network}` is already in identity[{other}]: \
+                                     an account belongs to one person"
+                                ),
+                            );
+                            problems = true;
+                            continue;
+                        }
+                        taken.insert((network.to_owned(), folded), index);
+                        identity.accounts.push((network.to_owned(), account));
+                    }
+                }
+            }
+            identity.nickserv_password = self.identity_secret(&key, &secrets);
+            if identity.nickserv_password.is_some()
+                && !identity.accounts.iter().any(|(network, _)| {
+                    networks
+                        .iter()
+                        .any(|n| n.id == *network && n.settings.identifies_accounts())
+                })
+            {
+                let offset = secrets.iter().flatten().map(|s| s.span().start).max();
+                self.report(
+                    offset.unwrap_or(start),
+                    format!("{key}.nickserv_password"),
+                    "`nickserv_password` is for the person's nick on a network that identifies \
+                     to NickServ; this identity has no account on one",
+                );
+                problems = true;
+            }
+            if identity.accounts.len() < 2 && !problems {
+                self.report(
+                    start,
+                    key,
+                    "an identity links one person's accounts on at least two networks: give \
+                     `<network id> = \"<account there>\"` for each",
+                );
+                continue;
+            }
+            if !problems {
+                identities.push(identity);
+            }
+        }
+        identities
+    }
+
+    /// An identity's `nickserv_password`, given one way at most (inline, `_file`, `_env`).
+    fn identity_secret(
+        &mut self,
+        key: &str,
+        given: &[Option<Spanned<String>>; 3],
+    ) -> Option<Secret> {
+        const NAME: &str = "nickserv_password";
+        let count = given.iter().flatten().count();
+        if count > 1 {
+            let offset = given.iter().flatten().map(|v| v.span().start).max();
+            self.report(
+                offset.unwrap_or(0),
+                format!("{key}.{NAME}"),
+                format!("give `{NAME}` one way only: `{NAME}`, `{NAME}_file` or `{NAME}_env`"),
+            );
+            return None;
+        }
+        match given {
+            [Some(inline), _, _] => Some(Secret::new(inline.get_ref().clone())),
+            [_, Some(file), _] => {
+                let path = self.base.join(file.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned())),
+                    Err(error) => {
+                        self.report(
+                            file.span().start,
+                            format!("{key}.{NAME}_file"),
+                            format!("cannot read secret file `{}`: {error}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            [_, _, Some(variable)] => {
+                if let Some((_, value)) = self.env.iter().find(|(k, _)| k == variable.get_ref()) {
+                    Some(Secret::new(value.clone()))
+                } else {
+                    self.report(
+                        variable.span().start,
+                        format!("{key}.{NAME}_env"),
+                        format!("environment variable `{}` is not set", variable.get_ref()),
+                    );
+                    None
+                }
+            }
+            _ => None,
         }
     }
 

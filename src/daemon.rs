@@ -70,6 +70,7 @@ pub async fn run(
     destinations.sort();
     let outbox = Arc::new(Outbox::new(&destinations));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
+    router.people().link(config.identities.clone());
     for network in &config.networks {
         router
             .parallel()

@@ -293,6 +293,15 @@ impl Router {
             }
         };
         let protocol = self.topology.protocol(&inbound.origin.network);
+        let mut inbound = inbound;
+        // A linked person (`[[identity]]`) is shown under their one name everywhere.
+        if let Some(name) = self
+            .people
+            .identities()
+            .name(&inbound.origin.network, &inbound.author.id)
+        {
+            name.clone_into(&mut inbound.author.display_name);
+        }
         self.people.learn(&inbound);
         let outcome = self
             .writer
@@ -352,6 +361,15 @@ impl Router {
     ) -> tokio::task::JoinHandle<()> {
         let origin = inbound.origin.clone();
         let protocol = self.topology.protocol(&inbound.origin.network);
+        let mut inbound = inbound;
+        // A linked person (`[[identity]]`) is shown under their one name everywhere.
+        if let Some(name) = self
+            .people
+            .identities()
+            .name(&inbound.origin.network, &inbound.author.id)
+        {
+            name.clone_into(&mut inbound.author.display_name);
+        }
         self.people.learn(&inbound);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();

@@ -85,6 +85,20 @@ pub trait NetworkSettings: std::fmt::Debug + Send + Sync + SettingsAny {
 
     /// What is wrong with `channel` as the name of a channel on this network, if anything.
     fn channel_problem(&self, channel: &str) -> Option<String>;
+
+    /// What is wrong with `account` as a person's account on this network in an
+    /// `[[identity]]` entry (in the form the configuration names it), if anything. By
+    /// default a network's accounts cannot be linked.
+    fn account_problem(&self, account: &str) -> Option<String> {
+        let _ = account;
+        Some("accounts of this network type cannot be linked in `[[identity]]`".to_owned())
+    }
+
+    /// Whether an identity's `nickserv_password` is used on this network (its connector
+    /// identifies a puppet that takes the person's own nick).
+    fn identifies_accounts(&self) -> bool {
+        false
+    }
 }
 
 /// Settings as `Any`, for comparing two networks' settings and for tests that read a type's

@@ -8,6 +8,7 @@
 //! - [`capabilities`]: what a network declares about itself (`Capabilities`, `CaseMapping`).
 //! - [`gateway`]: gateways as data (`GatewayConfig`, `Direction`) and their delivery settings.
 //! - [`people`]: the people directory (who is shown under which name), for mentions.
+//! - [`identities`]: one person's accounts linked across networks (`[[identity]]`).
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
 //! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
@@ -15,6 +16,7 @@
 pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
+pub mod identities;
 pub mod network_metrics;
 pub mod people;
 pub mod section;
@@ -25,5 +27,6 @@ pub use delivery::{AckFuture, DeliveryError, Endpoint, PendingDelivery, Wake};
 pub use gateway::{
     DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, GatewaySettings,
 };
+pub use identities::{Identities, Identity};
 pub use people::{KnownPerson, People};
 pub use section::{Secret, Section, SectionIssue};

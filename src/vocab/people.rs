@@ -10,11 +10,12 @@
 //! names other than by each network's declared [`CaseMapping`].
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 use crate::model::{EventBody, Inbound, Membership};
 use crate::richtext::model::MentionTarget;
 use crate::vocab::CaseMapping;
+use crate::vocab::identities::{Identities, Identity};
 
 /// One person as the store keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,8 @@ struct Directory {
 pub struct People {
     case_mappings: HashMap<String, CaseMapping>,
     directory: RwLock<Directory>,
+    /// The linked identities (`[[identity]]`), set once at start ([`People::link`]).
+    identities: OnceLock<Identities>,
 }
 
 impl People {
@@ -71,7 +74,28 @@ impl People {
         Self {
             case_mappings,
             directory: RwLock::default(),
+            identities: OnceLock::new(),
         }
+    }
+
+    /// Link the configured identities (`[[identity]]`): once, before connectors start.
+    pub fn link(&self, identities: Vec<Identity>) {
+        if self
+            .identities
+            .set(Identities::new(identities, self.case_mappings.clone()))
+            .is_err()
+        {
+            tracing::warn!("Identities were linked twice; the first ones stay.");
+        }
+    }
+
+    /// The linked identities (none until [`People::link`]).
+    #[must_use]
+    pub fn identities(&self) -> &Identities {
+        static NONE: OnceLock<Identities> = OnceLock::new();
+        self.identities
+            .get()
+            .unwrap_or_else(|| NONE.get_or_init(Identities::default))
     }
 
     /// A directory that starts with `known` (the store's rows).

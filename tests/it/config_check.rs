@@ -38,7 +38,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown top-level table",
             format!("[networks.x]\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`",
+                "bridges.toml:1:2: networks: unknown field `networks`, expected one of `general`, `network`, `gateway`, `identity`",
             ],
         ),
         (
@@ -604,6 +604,27 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "identities: unknown network, account grammar, an account twice, one account, \
+             a password given twice or without an IRC nick",
+            format!(
+                "{NET}{NET2}{MX}{GATEWAY}\
+                 [[identity]]\nname = \"Alice\"\nlibera = \"alice\"\nnope = \"alice\"\nmx = \"alice\"\n\
+                 [[identity]]\nlibera = \"ALICE\"\noftc = \"9bad\"\n\
+                 [[identity]]\nlibera = \"bob\"\noftc = \"bob\"\nnickserv_password = \"x\"\nnickserv_password_env = \"SET_VAR\"\n\
+                 [[identity]]\noftc = \"carol\"\n\
+                 [[identity]]\nname = 3\nmx = \"@dan:example.org\"\nlibera = \"dan\"\n"
+            ),
+            vec![
+                "bridges.toml:23:1: identity[0].nope: unknown network `nope`: the keys of an identity are configured network ids (libera, mx, oftc) and `name`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`",
+                "bridges.toml:24:6: identity[0].mx: `alice` is not a Matrix user id: give it as `@name:server`",
+                "bridges.toml:26:10: identity[1].libera: `ALICE` of `libera` is already in identity[0]: an account belongs to one person",
+                "bridges.toml:27:8: identity[1].oftc: `9bad` is not an IRC nick: letters, digits and `[]\\`_^{|}-`, not starting with a digit or `-`",
+                "bridges.toml:32:25: identity[2].nickserv_password: give `nickserv_password` one way only: `nickserv_password`, `nickserv_password_file` or `nickserv_password_env`",
+                "bridges.toml:33:1: identity[3]: an identity links one person's accounts on at least two networks: give `<network id> = \"<account there>\"` for each",
+                "bridges.toml:36:8: identity[4].name: wrong type: `name` is a string (the one name the other networks show)",
+            ],
+        ),
+        (
             "TOML syntax error",
             format!("{NET}{NET2}[[gateway]\n"),
             vec!["bridges.toml:9:10: (file): invalid table header\nexpected `.`, `]]`"],
@@ -970,4 +991,33 @@ fn every_key_commented_out_in_the_example_is_a_key_of_its_section() {
     }
     assert!(tried >= 20, "only {tried} commented-out keys found");
     assert!(unknown.is_empty(), "{}", unknown.join("\n"));
+}
+
+#[test]
+fn an_identity_links_accounts_with_one_name_and_a_nickserv_password() {
+    let text = format!(
+        "{NET}{NET2}{MX}{GATEWAY}[[identity]]\nname = \"Alice\"\nlibera = \"alice\"\n\
+         mx = \"@alice:example.org\"\nnickserv_password_env = \"SET_VAR\"\n"
+    );
+    let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
+    let config = tribridge::config::parse(&text, Path::new("/etc/tribridge"), &env).unwrap();
+    let [alice] = config.identities.as_slice() else {
+        panic!("one identity: {:?}", config.identities);
+    };
+    assert_eq!(alice.name.as_deref(), Some("Alice"));
+    assert_eq!(
+        alice.accounts,
+        vec![
+            ("libera".to_owned(), "alice".to_owned()),
+            ("mx".to_owned(), "@alice:example.org".to_owned())
+        ]
+    );
+    assert_eq!(
+        alice
+            .nickserv_password
+            .as_ref()
+            .map(tribridge::config::Secret::expose),
+        Some("from-env")
+    );
+    assert!(!format!("{config:?}").contains("from-env"));
 }

@@ -484,3 +484,196 @@ async fn matrix_joins_leaves_and_renames_are_the_puppets_own() {
         "the bot said something: {seen:#?}"
     );
 }
+
+/// An IRC channel with ivan in it, a Mattermost channel, and the bridge with puppets on and
+/// `identity` (an `[[identity]]` entry, network ids `irc` and `mm`) linking someone.
+struct Linked {
+    irc: IrcClient,
+    channel: String,
+    mm: MmServer,
+    channel_id: String,
+    _bridge: Bridge,
+    _dir: tempfile::TempDir,
+}
+
+async fn linked_setup(
+    irc_port: u16,
+    puppet_keys: &str,
+    people: &[&str],
+    identity: &str,
+) -> (Linked, Vec<crate::support::mattermost::MmUser>) {
+    let channel = unique("#idn");
+    let nick = unique("bri");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let mm = MmServer::start("idn").await;
+    let channel_id = mm.channel("town").await;
+    let mut users = Vec::new();
+    // Linked usernames are looked up when the bridge logs in: the accounts exist before.
+    for person in people {
+        users.push(mm.user(person, &channel_id).await);
+    }
+    let networks = vec![
+        irc_network("irc", irc_port, &nick) + "puppets = true\n" + puppet_keys + "\n",
+        mm.network("mm", ""),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&networks, &[("irc", channel.as_str()), ("mm", "town")]) + "\n" + identity;
+    let bridge = Bridge::start(dir.path(), &text);
+    irc.wait_join(&nick, &channel).await;
+    mm.wait_bot_member(&channel_id).await;
+    (
+        Linked {
+            irc,
+            channel,
+            mm,
+            channel_id,
+            _bridge: bridge,
+            _dir: dir,
+        },
+        users,
+    )
+}
+
+/// A linked person (`[[identity]]`: their IRC nick and their Mattermost username) speaking
+/// from Mattermost appears on IRC under their own nick, not `alice[mm]`; a mention of either
+/// account reaches the other; the other networks show them under their one name; and when
+/// they are on IRC themselves, their puppet falls back to the usual puppet nick while their own
+/// IRC lines are relayed as theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_person_speaks_from_mattermost_under_their_irc_nick() {
+    let irc_port = shared_inspircd().port;
+    let (alice_nick, alice_mm, bob_mm) = (unique("alice"), unique("alicem"), unique("bob"));
+    let identity = format!(
+        "[[identity]]\nname = \"Alice Example\"\nirc = \"{alice_nick}\"\nmm = \"{alice_mm}\"\n"
+    );
+    let (mut s, users) = linked_setup(
+        irc_port,
+        "puppet_idle_timeout = 3\n",
+        &[&alice_mm, &bob_mm],
+        &identity,
+    )
+    .await;
+    let [alice, bob] = [&users[0], &users[1]];
+
+    // Her own nick, not `alice…[mm]` nor `Alice_Example[mm]`.
+    alice.say(&s.channel_id, "hello from mattermost").await;
+    let seen = s.irc.texts_until(&s.channel, "hello from mattermost").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(&alice_nick, "hello from mattermost")]
+    );
+
+    // IRC names her by her nick: Mattermost sees a mention of her account there.
+    s.irc
+        .say(&s.channel, &format!("{alice_nick}: welcome over"));
+    let posts =
+        s.mm.admin
+            .wait_posts_by(&s.channel_id, &s.mm.bot_id, |posts| {
+                crate::support::mattermost::messages(posts)
+                    .iter()
+                    .any(|m| m.contains("welcome over"))
+            })
+            .await;
+    let relayed = crate::support::mattermost::messages(&posts);
+    assert!(
+        relayed
+            .iter()
+            .any(|m| m.contains(&format!("@{alice_mm}: welcome over"))),
+        "{relayed:?}"
+    );
+    // Mattermost names her account: IRC sees her nick (which highlights her there).
+    bob.say(&s.channel_id, &format!("@{alice_mm} see above"))
+        .await;
+    let seen = s.irc.texts_until(&s.channel, "see above").await;
+    assert_eq!(
+        said(&seen),
+        vec![pair(
+            &format!("{bob_mm}[mm]"),
+            &format!("{alice_nick} see above")
+        )]
+    );
+
+    // Her puppet quits when idle; she comes to IRC herself with her nick.
+    let quit = |l: &Line| l.command == "QUIT" && l.source_nick == alice_nick;
+    if !seen.iter().any(quit) {
+        s.irc
+            .wait_for(quit, DEADLINE)
+            .await
+            .expect("the idle puppet quits");
+    }
+    let mut herself = IrcClient::connect(irc_port, &alice_nick).await;
+    herself.join(&s.channel).await;
+    herself.say(&s.channel, "from irc myself");
+    // Relayed as hers (her nick is no puppet's now), under her one name.
+    let posts =
+        s.mm.admin
+            .wait_posts_by(&s.channel_id, &s.mm.bot_id, |posts| {
+                crate::support::mattermost::messages(posts)
+                    .iter()
+                    .any(|m| m.contains("from irc myself"))
+            })
+            .await;
+    let relayed = crate::support::mattermost::messages(&posts);
+    assert!(
+        relayed.contains(&"<Alice Example> from irc myself".to_owned()),
+        "{relayed:?}"
+    );
+    // Speaking from Mattermost again while she has her nick: the usual puppet nick.
+    alice.say(&s.channel_id, "from mattermost again").await;
+    let seen = s.irc.texts_until(&s.channel, "from mattermost again").await;
+    let from_mattermost: Vec<(String, String)> = said(&seen)
+        .into_iter()
+        .filter(|(_, text)| text.contains("again"))
+        .collect();
+    assert_eq!(
+        from_mattermost,
+        vec![pair("Alice_Example[mm]", "from mattermost again")]
+    );
+}
+
+/// A linked person whose nick is registered with `NickServ` (real Atheme services): their
+/// puppet takes the nick and identifies with the password of their `[[identity]]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_persons_puppet_identifies_to_nickserv() {
+    let server = crate::support::servers::InspIrcd::start_with_services();
+    let (alice_nick, alice_mm) = (unique("alicens"), unique("alicen"));
+    let mut owner = IrcClient::connect(server.port, &alice_nick).await;
+    owner.raw(&format!(
+        "PRIVMSG NickServ :REGISTER nick-pw-1 {alice_nick}@example.invalid"
+    ));
+    owner
+        .wait_for(
+            |l| {
+                l.command == "NOTICE"
+                    && l.source_nick == "NickServ"
+                    && l.text().is_some_and(|(_, t)| t.contains("registered"))
+            },
+            DEADLINE,
+        )
+        .await
+        .expect("NickServ registers the nick");
+    owner.raw("QUIT :registered");
+    owner
+        .wait_for(|l| l.command == "ERROR", DEADLINE)
+        .await
+        .expect("quit");
+    let identity = format!(
+        "[[identity]]\nirc = \"{alice_nick}\"\nmm = \"{alice_mm}\"\nnickserv_password = \"nick-pw-1\"\n"
+    );
+    let (mut s, users) = linked_setup(server.port, "", &[&alice_mm], &identity).await;
+    users[0].say(&s.channel_id, "identified hello").await;
+    let seen = s.irc.texts_until(&s.channel, "identified hello").await;
+    assert_eq!(said(&seen), vec![pair(&alice_nick, "identified hello")]);
+    // What a person sees: the nick is logged in to its account (WHOIS 330).
+    s.irc.raw(&format!("WHOIS {alice_nick}"));
+    let account = s
+        .irc
+        .wait_for(
+            |l| l.command == "330" && l.params.get(1) == Some(&alice_nick),
+            DEADLINE,
+        )
+        .await
+        .expect("the puppet is logged in to the nick's account");
+    assert_eq!(account.params.get(2), Some(&alice_nick));
+}

@@ -345,6 +345,19 @@ impl NetworkSettings for IrcConfig {
             )
         })
     }
+
+    fn account_problem(&self, account: &str) -> Option<String> {
+        (!is_valid_nick(account)).then(|| {
+            format!(
+                "`{account}` is not an IRC nick: letters, digits and `[]\\`_^{{|}}-`, not \
+                 starting with a digit or `-`"
+            )
+        })
+    }
+
+    fn identifies_accounts(&self) -> bool {
+        true
+    }
 }
 
 /// The server password: `server_password` (or its `_file` / `_env` forms), or the deprecated

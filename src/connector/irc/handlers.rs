@@ -75,8 +75,11 @@ impl Session<'_> {
                 }
             }
             "353" => {
-                // RPL_NAMREPLY: me = #channel :names
-                if let (Some(channel), Some(names)) = (line.param(2), line.last()) {
+                // RPL_NAMREPLY: me = #channel :names. A puppet relays nothing: it keeps no
+                // member lists (each would hold every nick of its channels).
+                if self.task.puppet.is_none()
+                    && let (Some(channel), Some(names)) = (line.param(2), line.last())
+                {
                     let folded = irc_fold(channel);
                     let members = self.members.entry(folded).or_default();
                     // People here are who a nick here means, before anyone relayed elsewhere
@@ -249,10 +252,12 @@ impl Session<'_> {
             return Ok(());
         };
         let folded = irc_fold(channel);
-        self.members
-            .entry(folded.clone())
-            .or_default()
-            .insert(irc_fold(nick));
+        if self.task.puppet.is_none() {
+            self.members
+                .entry(folded.clone())
+                .or_default()
+                .insert(irc_fold(nick));
+        }
         if self.task.puppet.is_none() && !self.task.shared.is_puppet(nick) {
             self.task
                 .context
@@ -360,6 +365,13 @@ impl Session<'_> {
             if let Some(role) = &self.task.puppet {
                 self.task.shared.add(new);
                 role.book.record(&role.key, new);
+                if role.own_nick {
+                    if irc_fold(old) == irc_fold(&self.task.config.nick) {
+                        self.task.shared.release(old);
+                    } else if irc_fold(new) == irc_fold(&self.task.config.nick) {
+                        self.identify_own_nick()?;
+                    }
+                }
             } else {
                 self.task
                     .context
@@ -446,10 +458,7 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if self.task.puppet.is_some() {
-            return self.puppet_heard(nick, target, &line.command);
-        }
-        if self.task.shared.is_puppet(nick) {
+        if self.task.shared.is_puppet(nick) && self.task.puppet.is_none() {
             // A puppet's line, seen by the bot: already where it came from.
             return Ok(());
         }
@@ -471,6 +480,9 @@ impl Session<'_> {
                 }
             }
             return Ok(());
+        }
+        if self.task.puppet.is_some() {
+            return self.puppet_heard(nick, target, &line.command);
         }
         let Some(channel) = self.configured(target) else {
             // Private messages and channels outside every gateway are not relayed.

@@ -5,7 +5,9 @@
 //! Inbound, names of people relayed from other networks become mentions of them
 //! ([`detect`]), and `nick: text` said soon after that person's last line here becomes a reply
 //! to it where the gateway asks for it ([`Recent::implied_reply`]). Outbound, mentions become
-//! current nicks or shown names and replies get their prefix ([`for_irc`]).
+//! current nicks or shown names and replies get their prefix ([`for_irc`]). A person linked in
+//! `[[identity]]` is their nick here both ways: the nick is a mention of them, and a mention of
+//! any of their accounts is the nick.
 //! Must not: touch the connection, or guess a reply where the line does not address its nick.
 
 use std::collections::{HashMap, VecDeque};
@@ -131,10 +133,23 @@ fn addressed(text: &FormattedText) -> Option<&MentionTarget> {
 /// The text of a line said on IRC network `network`, with the names of people relayed from
 /// other networks turned into mentions of them.
 pub fn detect(text: &mut FormattedText, people: &People, network: &str) {
-    if people.is_empty() {
+    let identities = people.identities();
+    if people.is_empty() && identities.is_empty() {
         return;
     }
-    detect_mentions(text, &|word| people.shown_as(network, word));
+    detect_mentions(text, &|word| {
+        people.shown_as(network, word).or_else(|| {
+            // The nick of a person linked to accounts elsewhere (`[[identity]]`): a mention
+            // of them, which reaches their other accounts.
+            identities
+                .of(network, word)
+                .filter(|identity| identity.accounts.len() > 1)
+                .map(|_| MentionTarget::User {
+                    network: network.to_owned(),
+                    user_id: word.to_owned(),
+                })
+        })
+    });
 }
 
 /// A delivery as IRC network `network` shows it: mentions of its own people by their current
@@ -162,7 +177,14 @@ pub fn for_irc(delivery: &Delivery, people: &People, network: &str, recent: &Rec
                     },
                 })
             },
-            &|other, user_id| people.current(other, user_id).map(|(_, shown)| shown),
+            &|other, user_id| {
+                // A person linked to a nick here (`[[identity]]`) is named by it.
+                people
+                    .identities()
+                    .account_on(other, user_id, network)
+                    .map(str::to_owned)
+                    .or_else(|| people.current(other, user_id).map(|(_, shown)| shown))
+            },
         );
     }
     if let (EventBody::Text { text, .. }, Some(replied)) = (&mut delivery.body, replied) {
@@ -359,5 +381,44 @@ mod tests {
             recent.implied_reply("#a", &line("carol: agreed"), late),
             None
         );
+    }
+
+    #[test]
+    fn a_linked_persons_nick_and_their_other_accounts_are_one_person() {
+        let people = people();
+        people.link(vec![crate::vocab::Identity {
+            name: None,
+            accounts: vec![
+                ("irc".into(), "alice".into()),
+                ("mx".into(), "@alice:hs".into()),
+            ],
+            nickserv_password: None,
+        }]);
+        // Her nick said on IRC is a mention of her (it reaches her Matrix account).
+        let mut text = crate::richtext::irc::parse("Alice: hi, and bob");
+        detect(&mut text, &people, "irc");
+        assert_eq!(
+            crate::richtext::mention::mentioned_users(&text, "irc"),
+            vec!["Alice".to_owned()]
+        );
+        // A mention of her Matrix account is her nick on IRC.
+        let mut delivery = reply("", "", 1);
+        delivery.replied = None;
+        if let EventBody::Text { text, .. } = &mut delivery.body {
+            *text = FormattedText {
+                blocks: vec![Block::Paragraph(vec![
+                    Inline::Mention(Mention {
+                        display: "Alice M".into(),
+                        target: MentionTarget::User {
+                            network: "mx".into(),
+                            user_id: "@alice:hs".into(),
+                        },
+                    }),
+                    Inline::Text(" see".into()),
+                ])],
+            };
+        }
+        let shown_here = for_irc(&delivery, &people, "irc", &Recent::default());
+        assert_eq!(shown(&shown_here), "alice see");
     }
 }

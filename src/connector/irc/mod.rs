@@ -81,7 +81,9 @@ const WANTED_CAPS: &[&str] = &[
 ];
 
 struct OutboundRequest {
-    delivery: Delivery,
+    /// Boxed: a channel of requests allocates room for 32 of them at once, and every puppet
+    /// has one (a `Delivery` inline made that about 25 KiB a puppet).
+    delivery: Box<Delivery>,
     /// A link to the whole text, served by the media endpoint, for a text the gateway's
     /// long-text policy may cut.
     full_text_link: Option<String>,
@@ -181,7 +183,7 @@ impl IrcHandle {
         let full_text_link = self.full_text_link(delivery).await;
         let ack_timeout = self.ack_timeout(delivery);
         let request = OutboundRequest {
-            delivery: delivery.clone(),
+            delivery: Box::new(delivery.clone()),
             full_text_link,
             reply,
         };
@@ -267,7 +269,8 @@ pub struct IrcTask {
 struct TaskInfo {
     network: String,
     config: IrcConfig,
-    context: BuildContext,
+    /// Shared by the bot's session and every puppet's (one copy of the gateways' settings).
+    context: Arc<BuildContext>,
     /// Edits not shown because their gateway's `edit_policy` is `off`.
     edits_dropped: AtomicU64,
     /// `config.charset`, for every line read and written.
@@ -307,7 +310,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
                 network: network.to_owned(),
                 charset: config.charset,
                 config,
-                context,
+                context: Arc::new(context),
                 edits_dropped: AtomicU64::new(0),
                 not_utf8_lines: AtomicU64::new(0),
                 recent,

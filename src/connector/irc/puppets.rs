@@ -79,6 +79,12 @@ impl Shared {
         lock(&self.nicks).insert(irc_fold(nick));
     }
 
+    /// A puppet no longer has `nick`, a linked person's own (`[[identity]]`): the person may
+    /// use it on IRC themselves, and what they say there is theirs to relay.
+    pub(super) fn release(&self, nick: &str) {
+        lock(&self.nicks).remove(&irc_fold(nick));
+    }
+
     /// The server's `NICKLEN` (from `RPL_ISUPPORT`).
     pub(super) fn set_nicklen(&self, length: usize) {
         if length > 0 {
@@ -103,8 +109,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) struct NickBook {
     path: std::path::PathBuf,
     nicks: Mutex<HashMap<String, String>>,
-    /// Writes in order, one at a time.
-    writing: tokio::sync::Mutex<()>,
+    /// Changes recorded so far.
+    version: std::sync::atomic::AtomicU64,
+    /// Writes one at a time; holds the version last written, so that a burst of changes (500
+    /// puppets registering) is written a few times, not once per change.
+    writing: tokio::sync::Mutex<u64>,
 }
 
 impl NickBook {
@@ -124,7 +133,8 @@ impl NickBook {
         Self {
             path,
             nicks: Mutex::new(nicks),
-            writing: tokio::sync::Mutex::new(()),
+            version: std::sync::atomic::AtomicU64::new(0),
+            writing: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -151,9 +161,15 @@ impl NickBook {
         if !changed {
             return;
         }
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         let book = Arc::clone(self);
         tokio::spawn(async move {
-            let _writing = book.writing.lock().await;
+            let mut written = book.writing.lock().await;
+            if *written >= version {
+                // A later write already holds this change.
+                return;
+            }
+            let current = book.version.load(Ordering::Acquire);
             let json = match serde_json::to_vec_pretty(&*lock(&book.nicks)) {
                 Ok(json) => json,
                 Err(error) => {
@@ -162,12 +178,16 @@ impl NickBook {
                 }
             };
             let path = book.path.clone();
-            let written = tokio::task::spawn_blocking(move || {
+            let result = tokio::task::spawn_blocking(move || {
                 crate::connector::write_state_file(&path, &json)
             })
             .await;
-            if let Ok(Err(error)) = written {
-                tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
+            match result {
+                Ok(Ok(())) => *written = current,
+                Ok(Err(error)) => {
+                    tracing::warn!(path = %book.path.display(), error = %error, "Cannot write the puppets' nicks; a restart may give some puppets other nicks.");
+                }
+                Err(_) => {}
             }
         });
     }
@@ -186,6 +206,9 @@ pub(super) struct PuppetRole {
     /// Where the nick it gets is kept, under its person's key.
     pub(super) book: Arc<NickBook>,
     pub(super) key: PersonKey,
+    /// The connection's configured nick is the person's own IRC nick (`[[identity]]`), not a
+    /// puppet nick: it is a puppet's only while the connection has it.
+    pub(super) own_nick: bool,
 }
 
 impl PuppetRole {
@@ -227,7 +250,9 @@ pub(super) struct Puppets {
     network: String,
     config: IrcConfig,
     settings: PuppetConfig,
-    context: BuildContext,
+    /// The network's context without its channels (a puppet joins only where its person
+    /// speaks), shared by every puppet's session.
+    context: Arc<BuildContext>,
     recent: Arc<Mutex<mentions::Recent>>,
     pub(super) shared: Arc<Shared>,
     people: Mutex<HashMap<PersonKey, Puppet>>,
@@ -252,7 +277,10 @@ impl Puppets {
             network: network.to_owned(),
             config: config.clone(),
             settings,
-            context: context.clone(),
+            context: Arc::new(BuildContext {
+                channels: Vec::new(),
+                ..context.clone()
+            }),
             recent: Arc::clone(recent),
             shared: Arc::clone(shared),
             people: Mutex::new(HashMap::new()),
@@ -278,6 +306,16 @@ impl Puppets {
         puppet_nick(&format, delivery, self.shared.nicklen())
     }
 
+    /// The person's own nick on this network, when they are linked to one (`[[identity]]`).
+    fn own_nick(&self, delivery: &Delivery) -> Option<String> {
+        self.context
+            .router
+            .people()
+            .identities()
+            .account_on(&delivery.origin.network, &delivery.author.id, &self.network)
+            .map(str::to_owned)
+    }
+
     /// The connection a delivery goes through, starting the person's puppet when it has none.
     fn route(
         &self,
@@ -299,7 +337,8 @@ impl Puppets {
         if self.shared.refused(&key, &delivery.destination.channel) {
             return None;
         }
-        let wanted = match &delivery.body {
+        let own = self.own_nick(delivery);
+        let usual = match &delivery.body {
             EventBody::Membership(Membership::Renamed { new_name }) => {
                 let mut renamed = delivery.clone();
                 renamed.author.display_name.clone_from(new_name);
@@ -307,6 +346,8 @@ impl Puppets {
             }
             _ => self.nick_for(delivery),
         };
+        // A linked person keeps their own nick whatever their name here.
+        let wanted = own.clone().unwrap_or_else(|| usual.clone());
         let mut people = lock(&self.people);
         if let Some(puppet) = people.get(&key)
             && !puppet.requests.is_closed()
@@ -320,7 +361,7 @@ impl Puppets {
                 self.overflowed(&key);
                 return None;
             }
-            {
+            if own.is_none() {
                 let mut current = lock(&puppet.wanted);
                 if *current != wanted {
                     self.shared.add(&wanted);
@@ -342,7 +383,7 @@ impl Puppets {
             self.overflowed(&key);
             return None;
         }
-        let puppet = self.start(delivery, &key, &wanted);
+        let puppet = self.start(delivery, &key, &usual, own);
         let route = (
             key.clone(),
             puppet.requests.clone(),
@@ -358,13 +399,32 @@ impl Puppets {
         }
     }
 
-    /// Start a person's puppet task.
-    fn start(&self, delivery: &Delivery, key: &PersonKey, base: &str) -> Puppet {
+    /// Start a person's puppet task. `base` is its usual nick; `own` the person's own nick on
+    /// this network (`[[identity]]`), which it asks for first, falling back to `base` when
+    /// someone (the person themselves) has it.
+    fn start(
+        &self,
+        delivery: &Delivery,
+        key: &PersonKey,
+        base: &str,
+        own: Option<String>,
+    ) -> Puppet {
         let (sender, receiver) = mpsc::channel(super::PIPELINE_WINDOW * 2);
-        // The nick it had before (also before a restart), else the one its name asks for.
-        let first = self.book.nick(key, base).unwrap_or_else(|| base.to_owned());
-        self.shared.add(&first);
-        let wanted = Arc::new(Mutex::new(base.to_owned()));
+        let own_nick = own.is_some();
+        let first = if let Some(own) = own {
+            // Counted as a puppet's only once the connection has it (`001`, `NICK`).
+            own
+        } else {
+            // The nick it had before (also before a restart), else the one its name asks for.
+            let first = self.book.nick(key, base).unwrap_or_else(|| base.to_owned());
+            self.shared.add(&first);
+            first
+        };
+        let wanted = Arc::new(Mutex::new(if own_nick {
+            first.clone()
+        } else {
+            base.to_owned()
+        }));
         let wake = Arc::new(Notify::new());
         let active = Arc::new(AtomicBool::new(true));
         let warm = Arc::new(AtomicBool::new(false));
@@ -377,7 +437,17 @@ impl Puppets {
             .collect();
         config.sasl_username = None;
         config.sasl_password = None;
-        config.nickserv_password = None;
+        // A linked person's own nick identifies to NickServ where they gave its password.
+        config.nickserv_password = if own_nick {
+            self.context
+                .router
+                .people()
+                .identities()
+                .of(&delivery.origin.network, &delivery.author.id)
+                .and_then(|identity| identity.nickserv_password.clone())
+        } else {
+            None
+        };
         config.relay_membership = false;
         config.rejoin_after_kick = true;
         let webirc = self.settings.webirc_password.as_ref().map(|password| {
@@ -393,13 +463,11 @@ impl Puppets {
                 "127.0.0.1".to_owned(),
             ]
         });
-        let mut context = self.context.clone();
-        context.channels = Vec::new();
         let info = TaskInfo {
             network: self.network.clone(),
             charset: config.charset,
             config,
-            context,
+            context: Arc::clone(&self.context),
             edits_dropped: std::sync::atomic::AtomicU64::new(0),
             not_utf8_lines: std::sync::atomic::AtomicU64::new(0),
             recent: Arc::clone(&self.recent),
@@ -411,6 +479,7 @@ impl Puppets {
                 base: base.to_owned(),
                 book: Arc::clone(&self.book),
                 key: key.clone(),
+                own_nick,
             }),
         };
         tracing::info!(network = %self.network, nick = %info.config.nick, person = %delivery.author.id, from = %delivery.origin.network, "Opening a puppet connection.");
@@ -630,18 +699,27 @@ async fn run(
             }
         }
         active.store(true, Ordering::Relaxed);
-        let at = {
-            let mut next = pacer.lock().await;
-            let at = (*next).max(Instant::now());
-            *next = at + spacing;
-            at
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(at) => {}
-            () = shutdown.cancelled() => return,
+        {
+            // One connection at a time through the pacer, each `spacing` after the previous
+            // one actually started (not after when it was due: a late wake-up must not bunch
+            // connections), so no second ever sees more than `puppet_connect_rate`.
+            let mut next = tokio::select! {
+                next = pacer.lock() => next,
+                () = shutdown.cancelled() => return,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(*next) => {}
+                () = shutdown.cancelled() => return,
+            }
+            tracing::info!(network = %info.network, nick = %info.config.nick, "Puppet connecting.");
+            *next = Instant::now() + spacing;
         }
         let started = Instant::now();
         let end = info.session(&mut requests).await;
+        if info.puppet.as_ref().is_some_and(|role| role.own_nick) {
+            // The person's own nick is theirs again once the connection is gone.
+            info.shared.release(&info.config.nick);
+        }
         // Asked to connect while it was connected: done.
         warm.store(false, Ordering::Relaxed);
         if shutdown.is_cancelled() {

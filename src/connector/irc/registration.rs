@@ -138,8 +138,10 @@ impl Session<'_> {
         if self.phase != Phase::Welcomed {
             return Ok(());
         }
+        // A puppet identifies only with the person's own nick (not its fallback).
         if let Some(password) = &self.task.config.nickserv_password
             && !self.sasl_done
+            && (self.task.puppet.is_none() || self.is_me(&self.task.config.nick))
         {
             let account = self
                 .task
@@ -158,6 +160,20 @@ impl Session<'_> {
             return Ok(());
         }
         self.join_channels()
+    }
+
+    /// A linked person's puppet that took their own nick after registration (it was in use
+    /// before): identify it, where a password is configured.
+    pub(super) fn identify_own_nick(&self) -> Result<(), String> {
+        if let Some(password) = &self.task.config.nickserv_password
+            && self.phase == Phase::Ready
+        {
+            self.send(Command::PRIVMSG(
+                self.task.config.nickserv_nick.clone(),
+                format!("IDENTIFY {} {}", self.task.config.nick, password.expose()),
+            ))?;
+        }
+        Ok(())
     }
 
     pub(super) fn join_channels(&mut self) -> Result<(), String> {

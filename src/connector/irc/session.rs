@@ -272,10 +272,16 @@ impl<'a> Session<'a> {
             in_flight: HashMap::new(),
             unconfirmed: VecDeque::new(),
             commits: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
-            asked_nick: task
-                .puppet
-                .as_ref()
-                .map_or_else(|| task.config.nick.clone(), |role| role.base.clone()),
+            asked_nick: task.puppet.as_ref().map_or_else(
+                || task.config.nick.clone(),
+                |role| {
+                    if role.own_nick {
+                        task.config.nick.clone()
+                    } else {
+                        role.base.clone()
+                    }
+                },
+            ),
             last_delivery: Instant::now(),
             dm_noticed: HashSet::new(),
         }

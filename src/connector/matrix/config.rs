@@ -566,6 +566,11 @@ impl NetworkSettings for MatrixConfig {
             )
         })
     }
+
+    fn account_problem(&self, account: &str) -> Option<String> {
+        (!is_valid_matrix_user(account))
+            .then(|| format!("`{account}` is not a Matrix user id: give it as `@name:server`"))
+    }
 }
 
 /// Is this a Matrix user id (`@name:server`)?

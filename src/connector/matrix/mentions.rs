@@ -54,7 +54,8 @@ pub fn inbound(text: &mut FormattedText, people: &People, network: &str, own_use
 }
 
 /// The text of a delivery to Matrix network `network`: Matrix users as pills showing their
-/// current display name, everyone else as the name they are shown under here.
+/// current display name (a person linked to a Matrix account here in `[[identity]]` is that
+/// account), everyone else as the name they are shown under here.
 pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
     if let EventBody::Text { text, .. } | EventBody::Edit { text, .. } = &mut delivery.body {
         // A Matrix user id is the same user on every homeserver: a pill from another Matrix
@@ -68,6 +69,21 @@ pub fn outbound(delivery: &mut Delivery, people: &People, network: &str) {
                     target: MentionTarget::User {
                         network: network.to_owned(),
                         user_id,
+                    },
+                });
+            }
+            // A person linked to a Matrix account here (`[[identity]]`) is that account.
+            if let MentionTarget::User {
+                network: of,
+                user_id,
+            } = &mention.target
+                && let Some(account) = people.identities().account_on(of, user_id, network)
+            {
+                return Inline::Mention(Mention {
+                    display: mention.display.trim_start_matches('@').to_owned(),
+                    target: MentionTarget::User {
+                        network: network.to_owned(),
+                        user_id: account.to_owned(),
                     },
                 });
             }
@@ -196,5 +212,35 @@ mod tests {
         delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, text);
         outbound(&mut delivery, &people, "mx");
         assert_eq!(mentioned(&delivery, "mx"), ["@zoe:other"]);
+    }
+
+    #[test]
+    fn a_linked_persons_irc_nick_is_a_pill_of_their_matrix_account() {
+        let people = people();
+        people.link(vec![crate::vocab::Identity {
+            name: None,
+            accounts: vec![
+                ("irc".into(), "alice".into()),
+                ("mx".into(), "@alice:hs".into()),
+            ],
+            nickserv_password: None,
+        }]);
+        let mut delivery = Delivery::sample(
+            1,
+            crate::model::ChannelRef::new("irc", "#a"),
+            crate::model::ChannelRef::new("mx", "!r"),
+            "",
+        );
+        let mut from_irc = crate::richtext::irc::parse("alice: look");
+        // IRC's own detection makes her nick a mention of her IRC account.
+        crate::richtext::mention::detect_mentions(&mut from_irc, &|word| {
+            (word == "alice").then(|| MentionTarget::User {
+                network: "irc".into(),
+                user_id: word.into(),
+            })
+        });
+        delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, from_irc);
+        outbound(&mut delivery, &people, "mx");
+        assert_eq!(mentioned(&delivery, "mx"), ["@alice:hs"]);
     }
 }

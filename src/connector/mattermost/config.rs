@@ -377,6 +377,15 @@ impl NetworkSettings for MattermostConfig {
             )
         })
     }
+
+    fn account_problem(&self, account: &str) -> Option<String> {
+        (account.starts_with('@') || !is_valid_mattermost_username(account)).then(|| {
+            format!(
+                "`{account}` is not a Mattermost username: give it without `@`, 3 to 22 \
+                 letters, digits, `.`, `-` or `_`, starting with a letter"
+            )
+        })
+    }
 }
 
 /// Is this a Mattermost user id (26 ASCII letters and digits, as Mattermost's `IsValidId`)?

@@ -7,6 +7,8 @@
 //! the others the names they are shown under here. With `remote_users`, a person who has a
 //! remote user here is that user both ways: `@alice-irc` is a mention of alice of IRC, and a
 //! mention of her from elsewhere is `@alice-irc` ([`inbound_with`], [`outbound_text_with`]).
+//! A person linked to an account here in `[[identity]]` is that account: a mention of any of
+//! their accounts is `@username`.
 //! Must not: know any other network's syntax.
 
 use crate::model::{Delivery, EventBody};
@@ -86,7 +88,12 @@ pub fn outbound_text_with(
                 let id = current
                     .as_ref()
                     .map_or(user_id.as_str(), |(id, _)| id.as_str());
-                remote(other, id)
+                // A person linked to an account here (`[[identity]]`) is that account.
+                people
+                    .identities()
+                    .account_on(other, id, network)
+                    .map(str::to_owned)
+                    .or_else(|| remote(other, id))
             }
             _ => None,
         };
@@ -158,5 +165,41 @@ mod tests {
             unreachable!()
         };
         assert_eq!(markdown::render(text), "@erin: look");
+    }
+
+    #[test]
+    fn a_linked_persons_irc_nick_is_their_username_here() {
+        let people = People::new(HashMap::from([
+            ("irc".to_owned(), crate::vocab::CaseMapping::Rfc1459),
+            ("mm".to_owned(), crate::vocab::CaseMapping::Ascii),
+        ]));
+        people.link(vec![crate::vocab::Identity {
+            name: Some("Alice Example".into()),
+            accounts: vec![
+                ("irc".into(), "alice".into()),
+                ("mm".into(), "alicem".into()),
+            ],
+            nickserv_password: None,
+        }]);
+        let mut delivery = Delivery::sample(
+            1,
+            crate::model::ChannelRef::new("irc", "#a"),
+            crate::model::ChannelRef::new("mm", "town"),
+            "",
+        );
+        let mut from_irc = crate::richtext::irc::parse("ALICE: look");
+        // IRC's own detection makes her nick a mention of her IRC account.
+        crate::richtext::mention::detect_mentions(&mut from_irc, &|word| {
+            (word == "ALICE").then(|| MentionTarget::User {
+                network: "irc".into(),
+                user_id: word.into(),
+            })
+        });
+        delivery.body = EventBody::formatted(crate::model::TextStyle::Normal, from_irc);
+        outbound(&mut delivery, &people, "mm");
+        let EventBody::Text { text, .. } = &delivery.body else {
+            unreachable!()
+        };
+        assert_eq!(markdown::render(text), "@alicem: look");
     }
 }

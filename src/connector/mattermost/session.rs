@@ -196,6 +196,25 @@ impl TaskState {
                 .parallel()
                 .set_parallel_bridges(&self.shared.network, &ids);
         }
+        // People linked in `[[identity]]` by username: their posts name them by user id.
+        let identities = self.shared.context.router.people().identities();
+        let linked = identities.accounts_on(&self.shared.network);
+        if !linked.is_empty() {
+            let users: Vec<api::User> = api
+                .fetch(Method::POST, "/users/usernames", Some(&json!(linked)))
+                .await?;
+            for name in &linked {
+                match users
+                    .iter()
+                    .find(|user| user.username.eq_ignore_ascii_case(name))
+                {
+                    Some(user) => identities.bind(&self.shared.network, name, &user.id),
+                    None => {
+                        tracing::warn!(network = %self.shared.network, username = %name, "No such user for an [[identity]]; that person is not linked here.");
+                    }
+                }
+            }
+        }
         self.shared
             .context
             .router
