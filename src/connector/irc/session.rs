@@ -240,6 +240,8 @@ pub(super) struct Session<'a> {
     last_delivery: Instant,
     /// A puppet: the people told, by NOTICE, that private messages are not relayed.
     pub(super) dm_noticed: HashSet<String>,
+    /// History batches, our own played-back lines and the fence (`history`).
+    pub(super) history: super::history::SessionHistory,
 }
 
 impl<'a> Session<'a> {
@@ -278,6 +280,7 @@ impl<'a> Session<'a> {
                 .map_or_else(|| task.config.nick.clone(), |role| role.base.clone()),
             last_delivery: Instant::now(),
             dm_noticed: HashSet::new(),
+            history: super::history::SessionHistory::default(),
         }
     }
 
@@ -521,8 +524,19 @@ impl<'a> Session<'a> {
                 super::mentions::Shown::Relayed(delivery.message_id),
             );
         }
-        let count = lines.len();
-        for (index, (command, text)) in lines.into_iter().enumerate() {
+        // Lines written before the last connection dropped and found in the history since.
+        let (found, first_msgid) = self.said_before(&target, &lines, delivery.timestamp_ms);
+        if found > 0 {
+            tracing::info!(network = %self.network(), delivery = %delivery.id, lines = found, of = lines.len(), "A delivery's lines are in the channel's history already (written before the connection dropped); not sent again.");
+        }
+        if found == lines.len() {
+            let _ = request.reply.send(Ok(DeliveryAck {
+                remote_id: first_msgid,
+            }));
+            return;
+        }
+        let count = lines.len() - found;
+        for (index, (command, text)) in lines.into_iter().enumerate().skip(found) {
             let tags =
                 labelled.then(|| vec![Tag("label".into(), Some(label(&delivery.id, index)))]);
             match Message::with_tags(tags, None, command, vec![target.as_str(), text.as_str()]) {
@@ -549,7 +563,7 @@ impl<'a> Session<'a> {
             InFlight {
                 reply: Some(request.reply),
                 remaining: count,
-                first_msgid: None,
+                first_msgid,
             },
         );
     }
