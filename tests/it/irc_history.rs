@@ -324,6 +324,15 @@ async fn a_line_written_just_before_a_sigkill_is_found_in_the_history_and_not_se
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bridge.kill9();
+    {
+        let store = tribridge::store::Store::open(&dir.path().join("state")).expect("open store");
+        let destination = tribridge::model::ChannelRef::new("irc", channel.as_str());
+        assert_eq!(
+            store.pending_count(&destination).expect("count"),
+            1,
+            "killed with the line unacknowledged"
+        );
+    }
     signal(pid, "CONT");
     let seen = ivan.texts_until(&channel, "written before the kill").await;
     assert_eq!(

@@ -206,6 +206,8 @@ pub(super) struct SessionHistory {
     fence: (bool, bool),
     /// Unmarked playback lines skipped on this connection.
     unmarked_skipped: u64,
+    /// Channels (folded) that had no cursor when this connection joined them (a fresh install).
+    fresh: HashSet<String>,
 }
 
 impl Session<'_> {
@@ -264,6 +266,7 @@ impl Session<'_> {
         if self.task.cursors.get(channel).is_some() {
             return;
         }
+        self.history.fresh.insert(irc_fold(channel));
         let seq = self.task.cursors.next_seq();
         self.task.cursors.advance(
             seq,
@@ -404,7 +407,8 @@ impl Session<'_> {
             tracing::debug!(network = %self.network(), channel = %channel, lines = batch.lines.len(), "History played back on join; skipped (history = \"off\").");
             return;
         }
-        let cursor = self.task.cursors.get(&channel);
+        let fresh = self.history.fresh.remove(&irc_fold(&channel));
+        let cursor = self.task.cursors.get(&channel).filter(|_| !fresh);
         let after_msgid = cursor.as_ref().and_then(|cursor| {
             let msgid = cursor.msgid.as_deref()?;
             batch
@@ -458,7 +462,7 @@ impl Session<'_> {
                 tracing::warn!(network = %self.network(), channel = %channel, error = %error, "A history line could not be handled.");
             }
         }
-        if cursor.is_none()
+        if self.task.cursors.get(&channel).is_none()
             && let Some(last) = batch.lines.last()
             && let Some(time_ms) = time_of(last)
         {
@@ -496,14 +500,23 @@ impl Session<'_> {
         .unwrap_or_default()
     }
 
+    /// Whether the played-back history of `channel` holds lines of ours not matched yet.
+    pub(super) fn has_own_history(&self, channel: &str) -> bool {
+        self.history
+            .own
+            .get(&irc_fold(channel))
+            .is_some_and(|own| !own.is_empty())
+    }
+
     /// How many of a delivery's first `lines` the played-back history already holds as our own
     /// (said no earlier than `said_ms`), taken out of the history so that nothing matches twice,
-    /// and the `msgid` of the first.
+    /// and the `msgid` of the first. With `whole`, all of them or none.
     pub(super) fn said_before(
         &mut self,
         channel: &str,
         lines: &[(&str, String)],
         said_ms: i64,
+        whole: bool,
     ) -> (usize, Option<String>) {
         let Some(own) = self.history.own.get_mut(&irc_fold(channel)) else {
             return (0, None);
@@ -527,6 +540,9 @@ impl Session<'_> {
             taken.push(index);
             cursor = index + 1;
             found += 1;
+        }
+        if whole && found < lines.len() {
+            return (0, None);
         }
         for index in taken.into_iter().rev() {
             own.remove(index);

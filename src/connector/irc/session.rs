@@ -494,6 +494,7 @@ impl<'a> Session<'a> {
         let labelled = self.caps.contains("labeled-response");
         let settings = self.task.context.gateway(&delivery.gateway);
         let late = with_original_time(delivery, &settings, now_ms());
+        let undated = delivery;
         let delivery = late.as_ref().unwrap_or(delivery);
         if settings.edit_policy == EditPolicy::Off
             && matches!(delivery.body, EventBody::Edit { .. })
@@ -514,6 +515,16 @@ impl<'a> Session<'a> {
             settings.nick_format(&self.task.context.remote_nick_format)
         };
         let lines = render_delivery(&shown, nick_format, &self.nick, labelled, &settings);
+        // Written before the last connection dropped, the lines may not have been late then.
+        let undated_lines = (late.is_some() && self.has_own_history(&target)).then(|| {
+            let shown = super::mentions::for_irc(
+                undated,
+                self.task.context.router.people(),
+                self.network(),
+                &super::lock(&self.task.recent),
+            );
+            render_delivery(&shown, nick_format, &self.nick, labelled, &settings)
+        });
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
             return;
@@ -525,7 +536,17 @@ impl<'a> Session<'a> {
             );
         }
         // Lines written before the last connection dropped and found in the history since.
-        let (found, first_msgid) = self.said_before(&target, &lines, delivery.timestamp_ms);
+        let (mut found, mut first_msgid) =
+            self.said_before(&target, &lines, delivery.timestamp_ms, false);
+        if found == 0
+            && let Some(undated_lines) = &undated_lines
+        {
+            (found, first_msgid) =
+                self.said_before(&target, undated_lines, delivery.timestamp_ms, true);
+            if found > 0 {
+                found = lines.len();
+            }
+        }
         if found > 0 {
             tracing::info!(network = %self.network(), delivery = %delivery.id, lines = found, of = lines.len(), "A delivery's lines are in the channel's history already (written before the connection dropped); not sent again.");
         }
