@@ -4,6 +4,7 @@
 //! there and not sent again; and a server without history (ngIRCd) behaves as before, saying so
 //! once in the log.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -27,10 +28,10 @@ fn now_ms() -> i64 {
 
 /// A gateway file over `networks` and `channels`, with `original_time_after = 1`.
 fn gateway(networks: &[String], channels: &[(&str, &str)]) -> String {
-    let entries: String = channels
-        .iter()
-        .map(|(n, c)| format!("  {{ network = \"{n}\", channel = \"{c}\" }},\n"))
-        .collect();
+    let entries: String = channels.iter().fold(String::new(), |mut out, (n, c)| {
+        let _ = writeln!(out, "  {{ network = \"{n}\", channel = \"{c}\" }},");
+        out
+    });
     format!(
         "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}\
          [[gateway]]\nname = \"g\"\noriginal_time_after = 1\nchannels = [\n{entries}]\n",
