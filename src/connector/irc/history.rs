@@ -8,7 +8,10 @@
 //! - **Playback**: lines inside a history batch are held until the batch ends; then the lines
 //!   after the cursor (after the cursor's `msgid` where the batch holds it, else later than its
 //!   time) are committed once, in order, with their original time; the rest are skipped. A line
-//!   outside a batch whose `server-time` is at or before the cursor is history too. On a server
+//!   outside a batch dated before the cursor, or the cursor's own line again, is history too
+//!   (live lines read together may share the cursor's millisecond). Lines committed twice all
+//!   the same (a cursor written a moment after its line's commit, when the daemon is killed in
+//!   between) are dropped by the store as duplicates where the server gives `msgid`s. On a server
 //!   that gives neither `batch` nor `server-time`, the lines said in a channel between the bot's
 //!   JOIN and the answer to a PING sent once every channel is joined (the fence) are playback:
 //!   skipped, counted and logged.
@@ -78,6 +81,8 @@ impl Cursor {
 #[derive(Default)]
 pub(super) struct Cursors {
     book: Mutex<Book>,
+    /// Held while a cursor is written to the store.
+    writing: Mutex<()>,
     /// The order lines were read in, for "forward only".
     next_seq: AtomicU64,
     /// Whether "the server keeps no history" was logged (once per run).
@@ -150,27 +155,36 @@ impl Cursors {
         }
     }
 
-    /// Write `channel`'s cursor to the store if it moved since last written (blocking).
+    /// Write `channel`'s cursor to the store if it moved since last written (blocking). Writes
+    /// are one at a time, so that an older value never lands after a newer one; the book is
+    /// locked only to read and note, never while the store is written.
     fn flush(&self, store: &Store, network: &str, channel: &str) {
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let folded = irc_fold(channel);
-        let mut book = self.book();
-        let Some((seq, cursor)) = book.latest.get(&folded).cloned() else {
-            return;
+        let (seq, cursor) = {
+            let book = self.book();
+            let Some((seq, cursor)) = book.latest.get(&folded).cloned() else {
+                return;
+            };
+            if book
+                .written
+                .get(&folded)
+                .is_some_and(|written| *written >= seq)
+            {
+                return;
+            }
+            (seq, cursor)
         };
-        if book
-            .written
-            .get(&folded)
-            .is_some_and(|written| *written >= seq)
-        {
-            return;
-        }
         match store.set_cursor(
             network,
             &format!("{CURSOR_PREFIX}{folded}"),
             &cursor.encode(),
         ) {
             Ok(()) => {
-                book.written.insert(folded, seq);
+                self.book().written.insert(folded, seq);
             }
             Err(error) => {
                 tracing::warn!(network, channel, error = %error, "Cannot store an IRC history cursor; after a restart, lines since the last stored one may be caught up again (skipped as duplicates where the server gives msgids).");
@@ -373,9 +387,14 @@ impl Session<'_> {
         if !self.channels.contains_key(&folded) {
             return false;
         }
+        // Dated before the cursor, or the cursor's own line: history. (Live lines read together
+        // may share one millisecond: a line dated as the cursor is history only by its msgid.)
         if let Some(time_ms) = tag(message, "time").and_then(|t| parse_server_time(&t))
             && let Some(cursor) = self.task.cursors.get(target)
-            && time_ms <= cursor.time_ms
+            && (time_ms < cursor.time_ms
+                || (time_ms == cursor.time_ms
+                    && cursor.msgid.is_some()
+                    && tag(message, "msgid") == cursor.msgid))
         {
             tracing::debug!(network = %self.network(), channel = target, "A line dated at or before the channel's cursor: history, skipped.");
             return true;
