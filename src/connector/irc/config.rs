@@ -148,7 +148,6 @@ struct RawIrc {
     flood_burst: Option<Spanned<i64>>,
     flood_interval_ms: Option<Spanned<i64>>,
     charset: Option<Spanned<String>>,
-    history: Option<Spanned<String>>,
     relay_membership: Option<Spanned<bool>>,
     rejoin_after_kick: Option<Spanned<bool>>,
     parallel_bridges: Option<Spanned<Vec<Spanned<String>>>>,
@@ -161,6 +160,7 @@ struct RawIrc {
     puppet_idle_timeout: Option<Spanned<i64>>,
     max_puppets: Option<Spanned<i64>>,
     puppet_connect_rate: Option<Spanned<i64>>,
+    history: Option<Spanned<String>>,
 }
 
 impl NetworkType for Irc {
