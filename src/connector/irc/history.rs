@@ -406,15 +406,16 @@ impl Session<'_> {
         false
     }
 
+    /// Our nick, or one of the fallbacks the connection may have had before
+    /// (`TaskInfo::alt_nicks`): its lines in the history are ours.
     fn is_own_nick(&self, nick: &str) -> bool {
-        if self.is_me(nick) {
-            return true;
-        }
-        let folded = irc_fold(nick);
-        let base = irc_fold(&self.task.config.nick);
-        folded
-            .strip_prefix(base.as_str())
-            .is_some_and(|rest| rest.chars().all(|c| c == '_' || c.is_ascii_digit()))
+        self.is_me(nick)
+            || irc_fold(nick) == irc_fold(&self.task.config.nick)
+            || self
+                .task
+                .alt_nicks()
+                .iter()
+                .any(|alt| irc_fold(alt) == irc_fold(nick))
     }
 
     /// A history batch ended: commit the lines after the cursor, keep our own lines.
@@ -577,7 +578,7 @@ impl Session<'_> {
             time_ms: inbound.timestamp_ms,
             msgid: inbound.remote_id.clone(),
         };
-        if self.task.puppet.is_some() {
+        if !self.history_on() {
             self.submit(inbound).await;
             return;
         }

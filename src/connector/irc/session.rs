@@ -45,9 +45,10 @@ impl TaskInfo {
         text.parse::<Message>().unwrap_or(message)
     }
 
-    fn client_config(&self) -> irc::client::data::Config {
+    /// The nicks the connection falls back to when its own is taken.
+    pub(super) fn alt_nicks(&self) -> Vec<String> {
         let nick = &self.config.nick;
-        let alt_nicks = if let Some(role) = &self.puppet {
+        if let Some(role) = &self.puppet {
             // A puppet's fallback is stable: `dave[m]` → `dave[m]1`, `dave[m]2`…
             let base = &role.base;
             std::iter::once(base.clone())
@@ -63,7 +64,12 @@ impl TaskInfo {
                 format!("{nick}2"),
                 format!("{nick}3"),
             ]
-        };
+        }
+    }
+
+    fn client_config(&self) -> irc::client::data::Config {
+        let nick = &self.config.nick;
+        let alt_nicks = self.alt_nicks();
         irc::client::data::Config {
             nickname: Some(nick.clone()),
             alt_nicks,
