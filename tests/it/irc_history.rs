@@ -406,3 +406,52 @@ async fn on_a_server_without_history_lines_flow_as_before_and_the_log_says_so_on
         bridge.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_off_the_playback_is_skipped_and_nothing_is_caught_up() {
+    let port = shared_inspircd().port;
+    let (mut ivan, channel) = channel_with_history(port, "ivan").await;
+    let mm = MmServer::start("off").await;
+    let channel_id = mm.channel("town").await;
+    let mia = mm.user("mia", &channel_id).await;
+    let nick = unique("ho");
+    let config = gateway(
+        &[
+            format!(
+                "{}\nhistory = \"off\"\n\n",
+                irc_network("irc", port, &nick).trim_end()
+            ),
+            mm.network("mm", ""),
+        ],
+        &[("irc", &channel), ("mm", "town")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config);
+    ivan.wait_join(&nick, &channel).await;
+    mm.wait_bot_member(&channel_id).await;
+    ivan.say(&channel, "live before");
+    mia.wait_posts_by(&channel_id, &mm.bot_id, |posts| {
+        count(posts, "live before") == 1
+    })
+    .await;
+    assert_eq!(bridge.terminate(), Some(0), "{}", bridge.logs());
+    ivan.say(&channel, "said while stopped");
+    bridge.restart();
+    ivan.wait_join(&nick, &channel).await;
+    bridge
+        .wait_for_log("History played back on join; skipped (history = \"off\").")
+        .await;
+    ivan.say(&channel, "live after");
+    let posts = mia
+        .wait_posts_by(&channel_id, &mm.bot_id, |posts| {
+            count(posts, "live after") == 1
+        })
+        .await;
+    assert_eq!(
+        count(&posts, "said while stopped"),
+        0,
+        "{:#?}",
+        messages(&posts)
+    );
+    assert_eq!(count(&posts, "live before"), 1, "{:#?}", messages(&posts));
+}
