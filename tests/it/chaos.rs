@@ -8,7 +8,7 @@
 //! the same test with more cycles: `TRIBRIDGE_CHAOS_CYCLES=100 cargo test --test it --
 //! chaos_ --nocapture` (`TRIBRIDGE_CHAOS_SEED` replays a schedule).
 //!
-//! The IRC channel keeps its history (`+H`, InspIRCd's `chanhistory`), so that the daemon
+//! The IRC channel keeps its history (`+H`, `InspIRCd`'s `chanhistory`), so that the daemon
 //! catches up on what it missed and finds its own unacknowledged lines there; with
 //! `TRIBRIDGE_CHAOS_IRC_HISTORY=0` it does not, as on a server without history. Where IRC keeps no
 //! history, two windows are protocol limits, classified rather than hidden: a

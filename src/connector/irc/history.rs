@@ -389,7 +389,11 @@ impl Session<'_> {
         }
         // Dated before the cursor, or the cursor's own line: history. (Live lines read together
         // may share one millisecond: a line dated as the cursor is history only by its msgid.)
-        if let Some(time_ms) = tag(message, "time").and_then(|t| parse_server_time(&t))
+        // Never our own echo, which confirms a delivery.
+        if !message
+            .source_nickname()
+            .is_some_and(|nick| self.is_me(nick))
+            && let Some(time_ms) = tag(message, "time").and_then(|t| parse_server_time(&t))
             && let Some(cursor) = self.task.cursors.get(target)
             && (time_ms < cursor.time_ms
                 || (time_ms == cursor.time_ms
