@@ -427,6 +427,10 @@ impl Session<'_> {
         let Some(channel) = self.configured(&batch.channel) else {
             return;
         };
+        if self.task.puppet.is_some() {
+            // A puppet relays nothing; the bot's connection catches up.
+            return;
+        }
         if !self.history_on() {
             tracing::debug!(network = %self.network(), channel = %channel, lines = batch.lines.len(), "History played back on join; skipped (history = \"off\").");
             return;
