@@ -9,15 +9,15 @@
 //! chaos_ --nocapture` (`TRIBRIDGE_CHAOS_SEED` replays a schedule).
 //!
 //! The IRC channel keeps its history (`+H`, `InspIRCd`'s `chanhistory`), so that the daemon
-//! catches up on what it missed and finds its own unacknowledged lines there; with
-//! `TRIBRIDGE_CHAOS_IRC_HISTORY=0` it does not, as on a server without history. Where IRC keeps no
-//! history, two windows are protocol limits, classified rather than hidden: a
-//! line the server handed to the daemon less than [`IRC_WINDOW`] before a SIGKILL may be lost
+//! catches up on what it missed and finds its own unacknowledged lines there: both IRC windows
+//! are then expected to stay empty. With `TRIBRIDGE_CHAOS_IRC_HISTORY=0` it does not, as on a
+//! server without history, where two windows are protocol limits, classified rather than hidden:
+//! a line the server handed to the daemon less than [`IRC_WINDOW`] before a SIGKILL may be lost
 //! (it was read from the socket but not yet committed), and a line the daemon sent to IRC just
-//! before a kill may be sent once more after the restart (the README's "one window"). The
-//! harness counts both apart from real losses and duplicates, and prints how far from the kill
-//! each one happened. IRC lines are only said while the bridge is in the channel: what is said
-//! while it is away cannot reach it by any means.
+//! before a kill may be sent once more after the restart (the README's "window IRC leaves open
+//! without history"). The harness counts both apart from real losses and duplicates, and prints
+//! how far from the kill each one happened. IRC lines are only said while the bridge is in the
+//! channel, on either kind of server, so that both runs count the same windows.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
