@@ -454,10 +454,15 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// An IRC network; `LOADGEN_IRC_HISTORY` (`auto` or `off`) sets its `history` key, to measure
+/// the per-line cursor write of the history catch-up against none.
 fn irc_network(id: &str, port: u16, nick: &str) -> String {
+    let history = std::env::var("LOADGEN_IRC_HISTORY")
+        .map(|mode| format!("history = \"{mode}\"\n"))
+        .unwrap_or_default();
     format!(
         "[network.{id}]\ntype = \"irc\"\nserver = \"127.0.0.1:{port}\"\ntls = false\nnick = \"{nick}\"\n\
-         flood_burst = 1000\nflood_interval_ms = 1\n\n"
+         flood_burst = 1000\nflood_interval_ms = 1\n{history}\n"
     )
 }
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what the tests and the demo need on a Debian machine: InspIRCd (the real IRC server the
-# tests run on loopback), Atheme (its services, for the SASL and NickServ tests) and Synapse (the
+# tests run on loopback), ngIRCd (a server without history, for the IRC history tests), Atheme
+# (its services, for the SASL and NickServ tests) and Synapse (the
 # Matrix homeserver, from PyPI into a venv under ~/.cache). Idempotent: does nothing when
 # everything is present.
 set -euo pipefail
 need=()
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || need+=(inspircd)
+command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || need+=(ngircd)
 command -v atheme-services >/dev/null 2>&1 || [ -x /usr/bin/atheme-services ] || need+=(atheme-services)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
@@ -16,6 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet inspircd 2>/dev/null; then
     $SUDO systemctl disable --now inspircd >/dev/null 2>&1 || true
+  fi
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ngircd 2>/dev/null; then
+    $SUDO systemctl disable --now ngircd >/dev/null 2>&1 || true
   fi
 fi
 # Synapse (the Matrix homeserver of the Matrix tests), from PyPI into a venv under ~/.cache.

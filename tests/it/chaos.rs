@@ -8,13 +8,16 @@
 //! the same test with more cycles: `TRIBRIDGE_CHAOS_CYCLES=100 cargo test --test it --
 //! chaos_ --nocapture` (`TRIBRIDGE_CHAOS_SEED` replays a schedule).
 //!
-//! IRC keeps no history, so two windows are protocol limits, classified rather than hidden: a
-//! line the server handed to the daemon less than [`IRC_WINDOW`] before a SIGKILL may be lost
+//! The IRC channel keeps its history (`+H`, `InspIRCd`'s `chanhistory`), so that the daemon
+//! catches up on what it missed and finds its own unacknowledged lines there: both IRC windows
+//! are then expected to stay empty. With `TRIBRIDGE_CHAOS_IRC_HISTORY=0` it does not, as on a
+//! server without history, where two windows are protocol limits, classified rather than hidden:
+//! a line the server handed to the daemon less than [`IRC_WINDOW`] before a SIGKILL may be lost
 //! (it was read from the socket but not yet committed), and a line the daemon sent to IRC just
-//! before a kill may be sent once more after the restart (the README's "one window"). The
-//! harness counts both apart from real losses and duplicates, and prints how far from the kill
-//! each one happened. IRC lines are only said while the bridge is in the channel: what is said
-//! while it is away cannot reach it by any means.
+//! before a kill may be sent once more after the restart (the README's "window IRC leaves open
+//! without history"). The harness counts both apart from real losses and duplicates, and prints
+//! how far from the kill each one happened. IRC lines are only said while the bridge is in the
+//! channel, on either kind of server, so that both runs count the same windows.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -382,6 +385,18 @@ async fn wait_drained(bridge: &Bridge, channels: &[(&str, &str)]) {
     }
 }
 
+/// The IRC writer, operator of the channel, has the server keep its history (`+H`): lines the
+/// daemon missed around a cut are played back to it when it joins again.
+async fn keep_history(irc: &mut IrcClient, channel: &str) {
+    irc.raw(&format!("MODE {channel} +H 100:1d"));
+    irc.wait_for(
+        |line| line.command == "MODE" && line.params.get(1).is_some_and(|m| m.starts_with("+H")),
+        Duration::from_mins(1),
+    )
+    .await
+    .expect("the server keeps the channel's history");
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -412,8 +427,12 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     let irc_channel = unique("#chaos");
     let bridge_nick = unique("chbr");
     let irc_nick = unique("ircw");
+    let history = env_number("TRIBRIDGE_CHAOS_IRC_HISTORY", 1) != 0;
     let mut irc = IrcClient::connect(inspircd.port, &irc_nick).await;
     irc.join(&irc_channel).await;
+    if history {
+        keep_history(&mut irc, &irc_channel).await;
+    }
 
     let mut dir = tempfile::Builder::new()
         .prefix("tribridge-chaos-")
@@ -510,6 +529,9 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
                 sides.read_irc(&mut ledger);
                 sides.irc = IrcClient::connect(inspircd.port, &irc_nick).await;
                 sides.irc.join(&irc_channel).await;
+                if history {
+                    keep_history(&mut sides.irc, &irc_channel).await;
+                }
                 gate.set_open(true);
             }
             Fault::RestartSynapse => {
@@ -618,8 +640,9 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     let mut totals = DirectionReport::default();
     let _ = writeln!(
         out,
-        "chaos: seed {seed}, {cycles} cycles in {:.0} s; faults: {}; {rounds} messages per side per cycle",
+        "chaos: seed {seed}, {cycles} cycles in {:.0} s; IRC history (+H) {}; faults: {}; {rounds} messages per side per cycle",
         elapsed.as_secs_f64(),
+        if history { "on" } else { "off" },
         {
             let mut faults: Vec<_> = ledger.faults.iter().collect();
             faults.sort();

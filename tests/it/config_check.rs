@@ -45,7 +45,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in a network",
             format!("{NET}port = 6697\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`, `puppets`, `puppet_nick_format`, `puppet_realname`, `webirc_password`, `webirc_password_file`, `webirc_password_env`, `puppet_idle_timeout`, `max_puppets`, `puppet_connect_rate`, `remote_nick_format`",
+                "bridges.toml:5:1: network.libera.port: unknown field `port`, expected one of `type`, `server`, `tls`, `tls_verify`, `tls_ca_file`, `nick`, `username`, `realname`, `contact`, `server_password`, `server_password_file`, `server_password_env`, `password`, `password_file`, `password_env`, `sasl_username`, `sasl_password`, `sasl_password_file`, `sasl_password_env`, `nickserv_password`, `nickserv_password_file`, `nickserv_password_env`, `nickserv_nick`, `flood_burst`, `flood_interval_ms`, `charset`, `relay_membership`, `rejoin_after_kick`, `parallel_bridges`, `puppets`, `puppet_nick_format`, `puppet_realname`, `webirc_password`, `webirc_password_file`, `webirc_password_env`, `puppet_idle_timeout`, `max_puppets`, `puppet_connect_rate`, `history`, `remote_nick_format`",
             ],
         ),
         (
@@ -65,6 +65,13 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             format!("{NET}puppets = true\npuppet_nick_format = \"[m]\"\n{NET2}{GATEWAY}"),
             vec![
                 "bridges.toml:6:22: network.libera.puppet_nick_format: `puppet_nick_format` must contain {NICK} (e.g. \"{NICK}[m]\"), or every person would ask for the same nick",
+            ],
+        ),
+        (
+            "IRC history neither auto nor off",
+            format!("{NET}history = \"always\"\n{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:5:11: network.libera.history: `history = \"always\"`: expected \"auto\" or \"off\"",
             ],
         ),
         (

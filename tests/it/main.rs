@@ -4,6 +4,7 @@ mod chaos;
 mod compliance;
 mod config_check;
 mod hostile;
+mod irc_history;
 mod irc_manners;
 mod irc_puppets;
 mod irc_relay;

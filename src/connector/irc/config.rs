@@ -78,6 +78,19 @@ pub struct IrcConfig {
     pub charset: Charset,
     /// Per-person IRC connections (puppets) for people of other networks; `None`: off.
     pub puppets: Option<PuppetConfig>,
+    /// Whether to catch up from the history the server plays back on join (`history`).
+    pub history: HistoryMode,
+}
+
+/// The `history` key of an IRC network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HistoryMode {
+    /// Use what the server offers: lines played back on join after the channel's cursor are
+    /// relayed once with their original time, and our own lines there acknowledge deliveries.
+    #[default]
+    Auto,
+    /// Ignore the server's history: played-back lines are skipped, nothing is caught up.
+    Off,
 }
 
 /// The `puppets = true` settings of an IRC network.
@@ -147,6 +160,7 @@ struct RawIrc {
     puppet_idle_timeout: Option<Spanned<i64>>,
     max_puppets: Option<Spanned<i64>>,
     puppet_connect_rate: Option<Spanned<i64>>,
+    history: Option<Spanned<String>>,
 }
 
 impl NetworkType for Irc {
@@ -273,6 +287,22 @@ impl NetworkType for Irc {
                 Charset::default()
             }),
         };
+        let history = match raw
+            .history
+            .as_ref()
+            .map(|v| (v.span().start, v.get_ref().as_str()))
+        {
+            None | Some((_, "auto")) => HistoryMode::Auto,
+            Some((_, "off")) => HistoryMode::Off,
+            Some((at, other)) => {
+                section.report(
+                    at,
+                    "history",
+                    format!("`history = \"{other}\"`: expected \"auto\" or \"off\""),
+                );
+                HistoryMode::Auto
+            }
+        };
         let string_or = |value: &Option<Spanned<String>>, default: &str| {
             value
                 .as_ref()
@@ -314,6 +344,7 @@ impl NetworkType for Irc {
                 rejoin_after_kick: raw.rejoin_after_kick.as_ref().is_some_and(|v| *v.get_ref()),
                 charset,
                 puppets,
+                history,
             }),
         })
     }

@@ -64,6 +64,7 @@ impl Session<'_> {
                 if self.phase == Phase::Registering {
                     self.phase = Phase::Welcomed;
                 }
+                self.history_registered().await;
             }
             "005" => self.handle_isupport(&line)?,
             "376" | "422" => self.after_motd()?,
@@ -125,16 +126,21 @@ impl Session<'_> {
                 if let Some(label_value) = &label_tag {
                     let msgid = tag(message, "msgid");
                     self.confirm_label(label_value, msgid.as_deref());
+                } else {
+                    self.history_batch(&line).await;
                 }
             }
+            "PONG" => self.history_pong(&line),
             "JOIN" => self.handle_join(message, &line).await?,
             "PART" | "KICK" => self.handle_part(message, &line).await?,
             "QUIT" => self.handle_quit(message, &line).await?,
             "NICK" => self.handle_nick(message, &line).await?,
             "TOPIC" => self.handle_topic(message, &line).await?,
             "PRIVMSG" | "NOTICE" => {
-                self.handle_text(message, &line, label_tag.as_deref())
-                    .await?;
+                if !self.history_holds(message, &line) {
+                    self.handle_text(message, &line, label_tag.as_deref())
+                        .await?;
+                }
             }
             "ERROR" => return Err(format!("server error: {}", line.last().unwrap_or(""))),
             _ => {
@@ -180,7 +186,7 @@ impl Session<'_> {
         self.send_raw("MODE", &[&nick, &format!("+{mode}")])
     }
 
-    fn configured(&self, channel: &str) -> Option<String> {
+    pub(super) fn configured(&self, channel: &str) -> Option<String> {
         self.channels.get(&irc_fold(channel)).cloned()
     }
 
@@ -188,7 +194,7 @@ impl Session<'_> {
     /// IRC has no position to acknowledge, and lines read together then share a transaction
     /// (group commit). At most [`COMMITS_IN_FLIGHT`](super::COMMITS_IN_FLIGHT) wait at once, so
     /// a slow store slows the reading of the connection instead of growing memory.
-    async fn submit(&self, inbound: Inbound) {
+    pub(super) async fn submit(&self, inbound: Inbound) {
         let Ok(permit) = std::sync::Arc::clone(&self.commits).acquire_owned().await else {
             return;
         };
@@ -267,6 +273,7 @@ impl Session<'_> {
         }
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
+            self.history_joined(&configured, message).await;
             self.kicked.remove(&folded);
             self.joined.insert(folded);
             self.check_joined();
@@ -431,7 +438,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn handle_text(
+    pub(super) async fn handle_text(
         &mut self,
         message: &Message,
         line: &WireLine,
@@ -523,7 +530,7 @@ impl Session<'_> {
             thread_root: None,
         };
         let inbound = convert::inbound(self.network(), &channel, nick, message, body, now_ms());
-        self.submit(inbound).await;
+        self.submit_line(inbound).await;
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 //!   CTCP only ACTION is conversation.
 //! - `session`: one connection: its state, the connection loop, flood control, the outbound
 //!   queue and acknowledgements. Lines are written in the order deliveries were queued.
+//! - `history`: catch-up from the history the server plays back on join, the per-channel
+//!   cursors, and our own lines found there acknowledging deliveries sent before a drop.
 //! - `registration`: CAP, SASL PLAIN, `NickServ` identification that waits for the confirmation,
 //!   joins and nick regain; `handlers`: inbound lines, membership and the events relayed; our
 //!   own lines are never relayed.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod convert;
 pub mod flood;
 mod handlers;
+mod history;
 pub mod lines;
 pub mod mentions;
 mod puppets;
@@ -283,6 +286,8 @@ struct TaskInfo {
     shared: Arc<puppets::Shared>,
     /// Set when this connection is a person's puppet.
     puppet: Option<puppets::PuppetRole>,
+    /// The channels' history cursors (the bot's connections; a puppet's are unused).
+    cursors: Arc<history::Cursors>,
 }
 
 /// Build the handle and the task of one IRC network.
@@ -316,6 +321,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
                 recent,
                 shared,
                 puppet: None,
+                cursors: Arc::default(),
             },
             requests: receiver,
         },

@@ -472,6 +472,7 @@ impl Puppets {
             not_utf8_lines: std::sync::atomic::AtomicU64::new(0),
             recent: Arc::clone(&self.recent),
             shared: Arc::clone(&self.shared),
+            cursors: Arc::default(),
             puppet: Some(PuppetRole {
                 wanted: Arc::clone(&wanted),
                 idle_timeout: self.settings.idle_timeout,

@@ -198,6 +198,10 @@ impl Session<'_> {
                 .keys()
                 .all(|c| self.joined.contains(c) || self.failed_joins.contains(c))
         {
+            if self.history_fence() {
+                // Ready once the fence is answered: the playback is read by then.
+                return;
+            }
             tracing::info!(network = %self.network(), joined = self.joined.len(), failed = self.failed_joins.len(), "Channels joined; ready.");
             self.phase = Phase::Ready;
         }

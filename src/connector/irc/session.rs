@@ -45,9 +45,10 @@ impl TaskInfo {
         text.parse::<Message>().unwrap_or(message)
     }
 
-    fn client_config(&self) -> irc::client::data::Config {
+    /// The nicks the connection falls back to when its own is taken.
+    pub(super) fn alt_nicks(&self) -> Vec<String> {
         let nick = &self.config.nick;
-        let alt_nicks = if let Some(role) = &self.puppet {
+        if let Some(role) = &self.puppet {
             // A puppet's fallback is stable: `dave[m]` → `dave[m]1`, `dave[m]2`…
             let base = &role.base;
             std::iter::once(base.clone())
@@ -63,7 +64,12 @@ impl TaskInfo {
                 format!("{nick}2"),
                 format!("{nick}3"),
             ]
-        };
+        }
+    }
+
+    fn client_config(&self) -> irc::client::data::Config {
+        let nick = &self.config.nick;
+        let alt_nicks = self.alt_nicks();
         irc::client::data::Config {
             nickname: Some(nick.clone()),
             alt_nicks,
@@ -240,6 +246,8 @@ pub(super) struct Session<'a> {
     last_delivery: Instant,
     /// A puppet: the people told, by NOTICE, that private messages are not relayed.
     pub(super) dm_noticed: HashSet<String>,
+    /// History batches, our own played-back lines and the fence (`history`).
+    pub(super) history: super::history::SessionHistory,
 }
 
 impl<'a> Session<'a> {
@@ -284,6 +292,7 @@ impl<'a> Session<'a> {
             ),
             last_delivery: Instant::now(),
             dm_noticed: HashSet::new(),
+            history: super::history::SessionHistory::default(),
         }
     }
 
@@ -497,6 +506,7 @@ impl<'a> Session<'a> {
         let labelled = self.caps.contains("labeled-response");
         let settings = self.task.context.gateway(&delivery.gateway);
         let late = with_original_time(delivery, &settings, now_ms());
+        let undated = delivery;
         let delivery = late.as_ref().unwrap_or(delivery);
         if settings.edit_policy == EditPolicy::Off
             && matches!(delivery.body, EventBody::Edit { .. })
@@ -517,6 +527,16 @@ impl<'a> Session<'a> {
             settings.nick_format(&self.task.context.remote_nick_format)
         };
         let lines = render_delivery(&shown, nick_format, &self.nick, labelled, &settings);
+        // Written before the last connection dropped, the lines may not have been late then.
+        let undated_lines = (late.is_some() && self.has_own_history(&target)).then(|| {
+            let shown = super::mentions::for_irc(
+                undated,
+                self.task.context.router.people(),
+                self.network(),
+                &super::lock(&self.task.recent),
+            );
+            render_delivery(&shown, nick_format, &self.nick, labelled, &settings)
+        });
         if lines.is_empty() {
             let _ = request.reply.send(Ok(DeliveryAck::default()));
             return;
@@ -527,8 +547,29 @@ impl<'a> Session<'a> {
                 super::mentions::Shown::Relayed(delivery.message_id),
             );
         }
-        let count = lines.len();
-        for (index, (command, text)) in lines.into_iter().enumerate() {
+        // Lines written before the last connection dropped and found in the history since.
+        let (mut found, mut first_msgid) =
+            self.said_before(&target, &lines, delivery.timestamp_ms, false);
+        if found == 0
+            && let Some(undated_lines) = &undated_lines
+        {
+            (found, first_msgid) =
+                self.said_before(&target, undated_lines, delivery.timestamp_ms, true);
+            if found > 0 {
+                found = lines.len();
+            }
+        }
+        if found > 0 {
+            tracing::info!(network = %self.network(), delivery = %delivery.id, lines = found, of = lines.len(), "A delivery's lines are in the channel's history already (written before the connection dropped); not sent again.");
+        }
+        if found == lines.len() {
+            let _ = request.reply.send(Ok(DeliveryAck {
+                remote_id: first_msgid,
+            }));
+            return;
+        }
+        let count = lines.len() - found;
+        for (index, (command, text)) in lines.into_iter().enumerate().skip(found) {
             let tags =
                 labelled.then(|| vec![Tag("label".into(), Some(label(&delivery.id, index)))]);
             match Message::with_tags(tags, None, command, vec![target.as_str(), text.as_str()]) {
@@ -555,7 +596,7 @@ impl<'a> Session<'a> {
             InFlight {
                 reply: Some(request.reply),
                 remaining: count,
-                first_msgid: None,
+                first_msgid,
             },
         );
     }

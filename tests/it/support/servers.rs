@@ -247,6 +247,12 @@ impl InspIrcd {
         }
     }
 
+    /// The server's own process id (the watchdog shell's child).
+    pub fn pid(&self) -> u32 {
+        let (child, _) = self.watchdog.as_ref().expect("the server is running");
+        server_pid(child.id())
+    }
+
     /// Stop, then start again on the same ports.
     pub fn restart(&mut self) {
         self.stop();
@@ -259,6 +265,95 @@ impl InspIrcd {
 impl Drop for InspIrcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The process the watchdog shell `shell` started (its only child), waited for with a deadline.
+fn server_pid(shell: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok()) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watchdog {shell} started no server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Send `signal` (`STOP`, `CONT`) to a server process this test started.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A running ngIRCd: a plain IRC server without history, server-time or batch (it offers only
+/// `multi-prefix`).
+pub struct NgIrcd {
+    pub port: u16,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tempdir: tempfile::TempDir,
+}
+
+impl NgIrcd {
+    /// Start a new ngIRCd in its own temporary folder, on a free plain-text port.
+    pub fn start() -> NgIrcd {
+        let tempdir = tempfile::Builder::new()
+            .prefix("tribridge-ngircd-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let port = free_port();
+        let config = include_str!("../../servers/ngircd.conf.in")
+            .replace("@DATA@", &dir.display().to_string())
+            .replace("@PLAIN_PORT@", &port.to_string());
+        std::fs::create_dir_all(dir.join("conf.d")).expect("conf.d");
+        std::fs::write(dir.join("ngircd.conf"), config).expect("config");
+        let binary = ["/usr/sbin/ngircd", "/usr/bin/ngircd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("ngIRCd is not installed: run `scripts/install-test-deps.sh`");
+        let args = vec![
+            "--nodaemon".to_owned(),
+            "--passive".to_owned(),
+            "--config".to_owned(),
+            dir.join("ngircd.conf").display().to_string(),
+        ];
+        let mut watchdog = watched(&dir, &binary, &args, "ngircd.out");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = watchdog.0.try_wait() {
+                panic!(
+                    "ngircd exited ({status}): {}",
+                    std::fs::read_to_string(dir.join("ngircd.out")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "ngircd did not open port {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        NgIrcd {
+            port,
+            watchdog: Some(watchdog),
+            _tempdir: tempdir,
+        }
+    }
+}
+
+impl Drop for NgIrcd {
+    fn drop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
     }
 }
 
