@@ -104,7 +104,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown network type",
             format!("[network.x]\ntype = \"slack\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix` (valid network types: irc, mattermost, matrix)",
+                "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix`, `api` (valid network types: irc, mattermost, matrix, api)",
             ],
         ),
         (
@@ -660,7 +660,7 @@ fn check_accepts_the_shipped_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml.example");
     let (code, stdout, stderr) = cli(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("OK (4 networks, 1 gateways)"), "{stdout}");
+    assert!(stdout.contains("OK (5 networks, 2 gateways)"), "{stdout}");
 }
 
 #[test]
