@@ -106,7 +106,12 @@ impl Buffer {
 
     /// Buffer `message` for delivery `delivery_id` (at `now_ms`, which also prunes what was
     /// read long ago, at most once a minute).
-    pub fn push(&self, delivery_id: &str, message: &str, now_ms: i64) -> Result<Pushed, BufferError> {
+    pub fn push(
+        &self,
+        delivery_id: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Pushed, BufferError> {
         let connection = self.lock();
         let known: Option<i64> = connection
             .query_row(

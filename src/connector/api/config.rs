@@ -331,11 +331,15 @@ mod tests {
         let issues = parse("token = \"t\"\nbuffer = 0").unwrap_err();
         assert_eq!(issues[0].key, "network.api.buffer");
         assert_eq!(issues[0].line, Some(5));
-        let issues =
-            parse("token = \"t\"\nwebhooks = [{ name = \"a b\", gateway = \"ops\", secret = \"s\" }]")
-                .unwrap_err();
+        let issues = parse(
+            "token = \"t\"\nwebhooks = [{ name = \"a b\", gateway = \"ops\", secret = \"s\" }]",
+        )
+        .unwrap_err();
         assert_eq!(issues[0].key, "network.api.webhooks.name");
-        assert!(issues[0].message.contains("not a webhook name"), "{issues:?}");
+        assert!(
+            issues[0].message.contains("not a webhook name"),
+            "{issues:?}"
+        );
         let issues = parse(
             "token = \"t\"\nwebhooks = [{ name = \"a\", gateway = \"ops\", secret = \"s\" }, \
              { name = \"a\", gateway = \"ops\" }]",

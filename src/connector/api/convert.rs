@@ -438,7 +438,9 @@ pub fn slack_links_to_markdown(text: &str) -> String {
     while let Some(start) = rest.find('<') {
         out.push_str(&rest[..start]);
         let candidate = &rest[start + 1..];
-        let Some(end) = candidate.find('>').filter(|end| !candidate[..*end].contains('\n'))
+        let Some(end) = candidate
+            .find('>')
+            .filter(|end| !candidate[..*end].contains('\n'))
         else {
             out.push('<');
             rest = candidate;
@@ -526,7 +528,10 @@ mod tests {
     #[test]
     fn messages_have_matterbridge_field_names() {
         let mut message = ApiMessage::connected(0);
-        message.extra.file.push(MessageFile::new("a.txt", b"hi", "ab"));
+        message
+            .extra
+            .file
+            .push(MessageFile::new("a.txt", b"hi", "ab"));
         let json = serde_json::to_value(&message).unwrap();
         assert_eq!(json["event"], "api_connected");
         assert_eq!(json["timestamp"], "1970-01-01T00:00:00.000Z");

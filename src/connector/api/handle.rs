@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::build::Shared;
 use super::buffer::Pushed;
+use super::build::Shared;
 use super::convert::{
-    ApiMessage, EVENT_JOIN_LEAVE, EVENT_NONE, EVENT_USER_ACTION, MessageExtra, MessageFile,
-    rfc3339,
+    ApiMessage, EVENT_JOIN_LEAVE, EVENT_NONE, EVENT_USER_ACTION, MessageExtra, MessageFile, rfc3339,
 };
 use crate::connector::{BoxFuture, DeliverWhole, membership_text, render_sender, with_file_lines};
 use crate::model::{Delivery, DeliveryAck, EventBody, TextStyle, now_ms};
@@ -57,7 +56,11 @@ impl ApiHandle {
                 } else {
                     EVENT_NONE
                 };
-                (event, self.markdown(text, settings.allow_mass_pings), attachments.as_slice())
+                (
+                    event,
+                    self.markdown(text, settings.allow_mass_pings),
+                    attachments.as_slice(),
+                )
             }
             EventBody::Edit { style, text, .. } => {
                 let shown = match settings.edit_policy {
@@ -67,8 +70,7 @@ impl ApiHandle {
                         edits::short_diff(&previous.to_plain_text(), &text.to_plain_text())
                     }),
                 };
-                let shown =
-                    shown.unwrap_or_else(|| self.markdown(text, settings.allow_mass_pings));
+                let shown = shown.unwrap_or_else(|| self.markdown(text, settings.allow_mass_pings));
                 let event = if *style == TextStyle::Action {
                     EVENT_USER_ACTION
                 } else {
@@ -85,7 +87,12 @@ impl ApiHandle {
         let mut unsent = Vec::new();
         for attachment in attachments {
             let stored = match attachment.stored.as_deref() {
-                Some(hash) => shared.context.files.read(hash).await.map(|bytes| (hash, bytes)),
+                Some(hash) => shared
+                    .context
+                    .files
+                    .read(hash)
+                    .await
+                    .map(|bytes| (hash, bytes)),
                 None => None,
             };
             match stored {

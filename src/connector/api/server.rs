@@ -80,7 +80,12 @@ impl Session for Endpoint {
         let shutdown = shared.context.shutdown.clone();
         let listener = match tokio::net::TcpListener::bind(shared.config.listen).await {
             Ok(listener) => listener,
-            Err(error) => return SessionEnd::Lost(format!("cannot listen on {}: {error}", shared.config.listen)),
+            Err(error) => {
+                return SessionEnd::Lost(format!(
+                    "cannot listen on {}: {error}",
+                    shared.config.listen
+                ));
+            }
         };
         tracing::info!(network = %shared.network, listen = %shared.config.listen, webhooks = shared.config.webhooks.len(), "Listening for API clients and webhooks.");
         let body_limit = usize::try_from(shared.context.files.store.max_bytes())
@@ -362,7 +367,11 @@ async fn get_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         }
         Ok(Some(Err(error))) => {
             tracing::warn!(network = %shared.network, error = %error, "The API's buffer could not be read.");
-            refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "the buffer could not be read; ask again")
+            refuse(
+                &shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the buffer could not be read; ask again",
+            )
         }
         Ok(None) | Err(_) => refuse(
             &shared,
@@ -614,10 +623,16 @@ mod tests {
         assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
         assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
         let mut headers = HeaderMap::new();
-        assert_eq!(hook_secret(&headers, Some("a=1&token=s%2Bx")), Some("s+x".into()));
+        assert_eq!(
+            hook_secret(&headers, Some("a=1&token=s%2Bx")),
+            Some("s+x".into())
+        );
         headers.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(hook_secret(&headers, Some("token=q")), Some("h".into()));
-        headers.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
         let payload = webhook_body(&headers, b"payload=%7B%22text%22%3A%22hi%22%7D").unwrap();
         assert_eq!(payload.text, "hi");
     }
