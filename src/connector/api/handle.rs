@@ -56,11 +56,12 @@ impl ApiHandle {
                 } else {
                     EVENT_NONE
                 };
-                (
-                    event,
-                    self.markdown(text, settings.allow_mass_pings),
-                    attachments.as_slice(),
-                )
+                let mut shown = self.markdown(text, settings.allow_mass_pings);
+                // A reply is addressed to the one it answers, as on IRC: `nick: text`.
+                if let Some(replied) = &delivery.replied {
+                    shown.insert_str(0, &format!("{}: ", replied.author.display_name));
+                }
+                (event, shown, attachments.as_slice())
             }
             EventBody::Edit { style, text, .. } => {
                 let shown = match settings.edit_policy {
