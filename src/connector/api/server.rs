@@ -53,6 +53,12 @@ impl ApiTask {
     /// Serve (listening again after a failure, under the supervisor) until shutdown.
     pub async fn run(self) {
         let context = &self.shared.context;
+        // A section is validated without the gateways: a hook into no gateway is said at start.
+        for hook in &self.shared.config.webhooks {
+            if let Err(refused) = channel_of(&self.shared, &hook.gateway) {
+                tracing::error!(network = %self.shared.network, hook = %hook.name, reason = %refused, "A webhook posts to a channel that is in no gateway; its messages will be refused.");
+            }
+        }
         supervise(
             &self.shared.network,
             context.reconnect,
