@@ -12,6 +12,7 @@ use crate::support::bridge::{Bridge, unique};
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::matrix_client::{Event, MatrixUser, register};
 use crate::support::mattermost::{MmServer, MmUser, messages};
+use crate::support::sample;
 use crate::support::servers::{free_port, shared_inspircd, shared_synapse};
 
 const TOKEN: &str = "api-token-for-tests";
@@ -21,6 +22,7 @@ const HOOK_SECRET: &str = "grafana-hook-secret";
 struct Fixture {
     api: ApiClient,
     api_port: u16,
+    metrics_port: u16,
     irc: IrcClient,
     channel: String,
     matrix: MatrixUser,
@@ -60,8 +62,10 @@ async fn fixture() -> Fixture {
     let channel_id = mm.channel("town").await;
     let mia = mm.user("mia", &channel_id).await;
     let api_port = free_port();
+    let metrics_port = free_port();
     let config = format!(
-        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n\
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
          [network.irc]\ntype = \"irc\"\nserver = \"127.0.0.1:{irc_port}\"\ntls = false\n\
          nick = \"{nick}\"\nflood_burst = 1000\nflood_interval_ms = 1\n\n\
          [network.mx]\ntype = \"matrix\"\nhomeserver = \"{url}\"\nuser = \"@{bot}:localhost\"\n\
@@ -95,6 +99,7 @@ async fn fixture() -> Fixture {
     Fixture {
         api,
         api_port,
+        metrics_port,
         irc,
         channel,
         matrix,
@@ -220,22 +225,33 @@ async fn a_client_posting_as_matterbridge_clients_do_reaches_irc_matrix_and_matt
         "Comment": "",
     }]});
     assert_eq!(t.api.post(&with_file).await.status, 200);
+    // A mass ping is neutralised on the networks that have them; a text bridges pass around in
+    // a circle is answered 200 (committed, as far as the client knows) and dropped, counted.
+    t.api.say("ops", "ci-bot", "@channel heads up").await;
+    t.api
+        .say("ops", "ci-bot", "<b2> <b1> <alice> round and round")
+        .await;
     t.api.say("ops", "ci-bot", "API-MARK").await;
 
     let expected = [
         "<ci-bot> deploy 42 done",
         "<ci-bot> build 7 deployed",
         "<ci-bot> the report",
+        "<ci-bot> @\u{2060}channel heads up",
         "<ci-bot> API-MARK",
     ];
     let on_irc = t.irc_until("API-MARK").await;
-    assert_eq!(on_irc.len(), 5, "{on_irc:#?}");
+    assert_eq!(on_irc.len(), 6, "{on_irc:#?}");
     assert_eq!(on_irc[..3], expected[..3], "{on_irc:#?}");
     assert!(
         on_irc[3].starts_with("<ci-bot> shared a file: report.txt (10 B)"),
         "{on_irc:#?}"
     );
-    assert_eq!(on_irc[4], expected[3]);
+    assert_eq!(
+        on_irc[4].replace('\u{2060}', ""),
+        "<ci-bot> @channel heads up"
+    );
+    assert_eq!(on_irc[5], expected[4]);
 
     let on_matrix = t.matrix_until("API-MARK").await;
     let bodies: Vec<&str> = on_matrix.iter().map(Event::body).collect();
@@ -253,6 +269,27 @@ async fn a_client_posting_as_matterbridge_clients_do_reaches_irc_matrix_and_matt
         .collect();
     assert_eq!(file_ids.len(), 1, "{}", posts[2]);
     assert_eq!(t.mia.download(file_ids[0]).await, report);
+
+    // What an operator sees of it, per network.
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", t.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (series, value) in [
+        (
+            r#"tribridge_api_messages_accepted_total{network="api"}"#,
+            7.0,
+        ),
+        (
+            r#"tribridge_api_requests_refused_total{network="api"}"#,
+            6.0,
+        ),
+        ("tribridge_events_loops_broken_total", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
 
     assert_eq!(t.bridge.terminate(), Some(0));
 }
