@@ -152,15 +152,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// `Err` with the `401` when the request does not carry the API's token.
-fn authorised(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// The `401` to answer when the request does not carry the API's token; `None` when it does.
+fn unauthorised(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     match bearer(headers) {
-        Some(token) if same_secret(token, shared.config.token.expose()) => Ok(()),
+        Some(token) if same_secret(token, shared.config.token.expose()) => None,
         Some(_) => {
             tracing::warn!(network = %shared.network, "An API request with a wrong token was refused.");
-            Err(refuse(shared, StatusCode::UNAUTHORIZED, "invalid token"))
+            Some(refuse(shared, StatusCode::UNAUTHORIZED, "invalid token"))
         }
-        None => Err(refuse(
+        None => Some(refuse(
             shared,
             StatusCode::UNAUTHORIZED,
             "missing token: send `Authorization: Bearer <token>`",
@@ -294,7 +294,7 @@ async fn post_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(answer) = authorised(&shared, &headers) {
+    if let Some(answer) = unauthorised(&shared, &headers) {
         return answer;
     }
     let bad = |refused: Refused| refuse(&shared, StatusCode::BAD_REQUEST, &refused.to_string());
@@ -345,7 +345,7 @@ async fn post_message(
 }
 
 async fn get_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(answer) = authorised(&shared, &headers) {
+    if let Some(answer) = unauthorised(&shared, &headers) {
         return answer;
     }
     let reader = Arc::clone(&shared);
@@ -388,7 +388,7 @@ async fn get_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
 }
 
 async fn get_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(answer) = authorised(&shared, &headers) {
+    if let Some(answer) = unauthorised(&shared, &headers) {
         return answer;
     }
     let (lines, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
