@@ -174,6 +174,23 @@ pub fn posted_content(posted: &Posted, network: &str) -> Result<PostedContent, R
     Ok(PostedContent { style, text, files })
 }
 
+/// A body of `POST /api/message` read and checked: the message as posted and what it says.
+pub fn read_posted(body: &[u8], network: &str) -> Result<(Posted, PostedContent), Refused> {
+    let posted: Posted =
+        serde_json::from_slice(body).map_err(|error| Refused::NotJson(error.to_string()))?;
+    let content = posted_content(&posted, network)?;
+    Ok((posted, content))
+}
+
+/// A webhook's JSON body read: the payload and its formatted text (empty when it says
+/// nothing).
+pub fn read_webhook(body: &[u8], network: &str) -> Result<(WebhookPayload, FormattedText), String> {
+    let payload: WebhookPayload = serde_json::from_slice(body)
+        .map_err(|error| format!("the body is not webhook JSON: {error}"))?;
+    let text = webhook_text(&payload, network);
+    Ok((payload, text))
+}
+
 /// The media type of a file, from its name's extension (`application/octet-stream` when not
 /// known).
 #[must_use]

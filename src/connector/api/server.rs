@@ -31,11 +31,12 @@ use sha2::Digest as _;
 use super::build::Shared;
 use super::config::Webhook;
 use super::convert::{
-    ApiMessage, MessageExtra, Posted, PostedContent, Refused, WebhookPayload, posted_content,
-    rfc3339, webhook_text,
+    ApiMessage, MessageExtra, PostedContent, Refused, WebhookPayload, read_posted, read_webhook,
+    rfc3339,
 };
 use crate::connector::supervisor::{Session, SessionEnd, supervise};
 use crate::model::{Attachment, Author, ChannelRef, EventBody, Inbound, TextStyle, now_ms};
+use crate::richtext::FormattedText;
 
 /// How many messages a stream reads from the buffer at a time.
 const STREAM_PAGE: usize = 256;
@@ -298,16 +299,12 @@ async fn post_message(
         return answer;
     }
     let bad = |refused: Refused| refuse(&shared, StatusCode::BAD_REQUEST, &refused.to_string());
-    let posted: Posted = match serde_json::from_slice(&body) {
-        Ok(posted) => posted,
-        Err(error) => return bad(Refused::NotJson(error.to_string())),
+    let (posted, content) = match read_posted(&body, &shared.network) {
+        Ok(read) => read,
+        Err(refused) => return bad(refused),
     };
     let channel = match channel_of(&shared, &posted.gateway) {
         Ok(channel) => channel,
-        Err(refused) => return bad(refused),
-    };
-    let content = match posted_content(&posted, &shared.network) {
-        Ok(content) => content,
         Err(refused) => return bad(refused),
     };
     let username = match posted.username.trim() {
@@ -526,8 +523,12 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The webhook JSON of a request: the body, or its `payload` form field.
-fn webhook_body(headers: &HeaderMap, body: &[u8]) -> Result<WebhookPayload, String> {
+/// The webhook JSON of a request, read: the body, or its `payload` form field.
+fn webhook_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    network: &str,
+) -> Result<(WebhookPayload, FormattedText), String> {
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -542,7 +543,7 @@ fn webhook_body(headers: &HeaderMap, body: &[u8]) -> Result<WebhookPayload, Stri
     } else {
         body.to_vec()
     };
-    serde_json::from_slice(&json).map_err(|error| format!("the body is not webhook JSON: {error}"))
+    read_webhook(&json, network)
 }
 
 async fn post_webhook(
@@ -569,8 +570,8 @@ async fn post_webhook(
             );
         }
     }
-    let payload = match webhook_body(&headers, &body) {
-        Ok(payload) => payload,
+    let (payload, text) = match webhook_body(&headers, &body, &shared.network) {
+        Ok(read) => read,
         Err(reason) => return refuse(&shared, StatusCode::BAD_REQUEST, &reason),
     };
     let channel = match channel_of(&shared, &hook.gateway) {
@@ -580,7 +581,6 @@ async fn post_webhook(
             return refuse(&shared, StatusCode::NOT_FOUND, &refused.to_string());
         }
     };
-    let text = webhook_text(&payload, &shared.network);
     if text.is_empty() {
         return refuse(
             &shared,
@@ -639,7 +639,11 @@ mod tests {
             header::CONTENT_TYPE,
             "application/x-www-form-urlencoded".parse().unwrap(),
         );
-        let payload = webhook_body(&headers, b"payload=%7B%22text%22%3A%22hi%22%7D").unwrap();
-        assert_eq!(payload.text, "hi");
+        let (payload, text) =
+            webhook_body(&headers, b"payload=%7B%22text%22%3A%22hi%22%7D", "api").unwrap();
+        assert_eq!(
+            (payload.text.as_str(), text.to_plain_text().as_str()),
+            ("hi", "hi")
+        );
     }
 }
