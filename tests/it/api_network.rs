@@ -380,6 +380,16 @@ async fn messages_said_on_irc_matrix_and_mattermost_appear_in_api_messages_once_
             .iter()
             .all(|m| !m["text"].as_str().unwrap_or_default().contains(" two")),
     );
+    // A client whose stream broke resumes after the last message it read: it gets what came
+    // after, whether or not the broken stream had taken it.
+    let last_read = seen[0]["id"].as_str().unwrap().to_owned();
+    drop(stream);
+    t.irc.say(&t.channel, "while the stream was down");
+    second.until("while the stream was down").await;
+    let mut stream = t.api.stream_after(&last_read).await;
+    assert_eq!(stream.next().await["event"], "api_connected");
+    let resumed = stream.until("while the stream was down").await;
+    assert_eq!(resumed.len(), 1, "{resumed:#?}");
     // What the API said was not relayed back to the API (no echo).
     t.api.say("ops", "ci-bot", "API-ECHO-CHECK").await;
     t.irc.say(&t.channel, "after the echo check");

@@ -6,7 +6,8 @@
 //! ([`Buffer::push`], keyed by the delivery id: a delivery tried again after a crash between
 //! the two commits is not buffered twice). `GET /api/messages` takes every unread message and
 //! marks them read ([`Buffer::take_unread`]); `/api/stream` reads by position
-//! ([`Buffer::after`]) and marks what it wrote read. Read messages are kept an hour (so that a
+//! ([`Buffer::after`]) and marks what it wrote read; a stream resumed after a message's id
+//! starts at its position ([`Buffer::position_of`]). Read messages are kept an hour (so that a
 //! late retry of their delivery is still recognised), then deleted.
 //!
 //! When `capacity` messages are unread the buffer is full: [`Buffer::push`] says so and the
@@ -186,6 +187,18 @@ impl Buffer {
         Ok((entries, newest))
     }
 
+    /// The position of the message of delivery `delivery_id` (its `id`), while it is kept.
+    pub fn position_of(&self, delivery_id: &str) -> Result<Option<i64>, BufferError> {
+        let connection = self.lock();
+        Ok(connection
+            .query_row(
+                "SELECT seq FROM buffered WHERE delivery_id = ?1",
+                [delivery_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
     /// Mark the messages up to position `seq` read (a stream wrote them).
     pub fn mark_read_through(&self, seq: i64, now_ms: i64) -> Result<(), BufferError> {
         let connection = self.lock();
@@ -252,5 +265,7 @@ mod tests {
         assert_eq!(buffer.unread(), 0);
         let (after, _) = buffer.after(1, 10).unwrap();
         assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(buffer.position_of("d2").unwrap(), Some(2));
+        assert_eq!(buffer.position_of("nope").unwrap(), None);
     }
 }

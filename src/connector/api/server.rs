@@ -9,7 +9,8 @@
 //!   could not commit it (nothing was relayed: send it again).
 //! - `GET /api/messages`: every unread message of the buffer, oldest first, then marked read.
 //! - `GET /api/stream`: newline-delimited JSON, an `api_connected` event first, then the
-//!   unread messages, then each message as it is buffered, to every connected stream.
+//!   unread messages (with `?after=<id>`: every message after that one), then each message as
+//!   it is buffered, to every connected stream.
 //! - `POST /hooks/<name>`: a Slack/Mattermost incoming webhook (JSON, or a form with
 //!   `payload=`), its secret in `Authorization: Bearer` or `?token=`; answered `ok`.
 //!
@@ -384,12 +385,24 @@ async fn get_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     }
 }
 
-async fn get_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn get_stream(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
     if let Some(answer) = unauthorised(&shared, &headers) {
         return answer;
     }
+    // `?after=<id>`: resume after the last message the client read (kept an hour after it
+    // was read), whether or not a broken stream marked later ones read.
+    let after = uri.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("after="))
+            .and_then(percent_decode)
+    });
     let (lines, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
-    tokio::spawn(stream_lines(Arc::clone(&shared), lines));
+    tokio::spawn(stream_lines(Arc::clone(&shared), lines, after));
     let body = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -414,7 +427,11 @@ impl Drop for StreamCount {
 
 /// Feed one stream: `api_connected`, the unread messages, then each message as it is
 /// buffered; each written message is marked read. Ends when the client goes or at shutdown.
-async fn stream_lines(shared: Arc<Shared>, lines: tokio::sync::mpsc::Sender<Bytes>) {
+async fn stream_lines(
+    shared: Arc<Shared>,
+    lines: tokio::sync::mpsc::Sender<Bytes>,
+    after: Option<String>,
+) {
     shared.metrics.streams.fetch_add(1, Ordering::Relaxed);
     let _count = StreamCount(Arc::clone(&shared.metrics.streams));
     // Watch first: whatever is buffered after the backlog is read wakes the loop below.
@@ -430,6 +447,18 @@ async fn stream_lines(shared: Arc<Shared>, lines: tokio::sync::mpsc::Sender<Byte
     }
     let mut last = 0;
     let mut backlog = true;
+    if let Some(after) = after {
+        let reader = Arc::clone(&shared);
+        let position = tokio::task::spawn_blocking(move || {
+            reader.buffer.as_ref()?.position_of(&after).ok().flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(position) = position {
+            (last, backlog) = (position, false);
+        }
+    }
     loop {
         // Read a page: the unread ones while the backlog lasts, then what came after `last`.
         let reader = Arc::clone(&shared);

@@ -156,9 +156,18 @@ impl ApiClient {
 
     /// `GET /api/stream`: its lines as they arrive.
     pub async fn stream(&self) -> ApiStream {
+        self.stream_at("/api/stream").await
+    }
+
+    /// `GET /api/stream?after=<id>`: resumed after message `id`.
+    pub async fn stream_after(&self, id: &str) -> ApiStream {
+        self.stream_at(&format!("/api/stream?after={id}")).await
+    }
+
+    async fn stream_at(&self, path: &str) -> ApiStream {
         let mut response = self
             .http
-            .get(format!("{}/api/stream", self.base))
+            .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
             .await
