@@ -108,6 +108,20 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "api network: a bad listen, no token, a webhook without its secret",
+            format!(
+                "[network.api]\ntype = \"api\"\nlisten = \"localhost\"\n\
+                 webhooks = [{{ name = \"grafana\", gateway = \"ops\" }}]\n{NET2}\
+                 [[gateway]]\nname = \"ops\"\nchannels = [\n  {{ network = \"api\", channel = \"ops\" }},\n  \
+                 {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:2:8: network.api.token: missing key `token`: the bearer token API clients send (or `token_file` / `token_env`)",
+                "bridges.toml:3:10: network.api.listen: `localhost` is not an address to listen on; expected `ip:port`, e.g. \"127.0.0.1:4242\"",
+                "bridges.toml:4:13: network.api.webhooks.secret: a webhook needs `secret` (or `secret_file` / `secret_env`): what its sender puts in `?token=` or `Authorization: Bearer`",
+            ],
+        ),
+        (
             "valid matrix network",
             format!("{MX}{NET2}{MXGATEWAY}"),
             vec![],

@@ -132,7 +132,7 @@ impl NetworkType for Api {
             raw.token_file.as_ref(),
             raw.token_env.as_ref(),
         );
-        if token.is_none() && !section.has_issues() {
+        if raw.token.is_none() && raw.token_file.is_none() && raw.token_env.is_none() {
             section.missing(
                 "token",
                 "missing key `token`: the bearer token API clients send (or `token_file` / \
