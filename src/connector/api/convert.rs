@@ -55,8 +55,8 @@ pub struct Posted {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct PostedExtra {
-    /// The files.
-    pub file: Vec<PostedFile>,
+    /// The files (Go clients send `null` for none).
+    pub file: Option<Vec<PostedFile>>,
 }
 
 /// One file of `Extra.file`.
@@ -142,7 +142,11 @@ pub fn posted_content(posted: &Posted, network: &str) -> Result<PostedContent, R
     };
     let mut files = Vec::new();
     let mut comment = None;
-    let posted_files = posted.extra.as_ref().map_or(&[][..], |e| e.file.as_slice());
+    let posted_files = posted
+        .extra
+        .as_ref()
+        .and_then(|extra| extra.file.as_deref())
+        .unwrap_or_default();
     for (index, file) in posted_files.iter().enumerate() {
         let Some(data) = file.data.as_deref().filter(|_| !file.name.is_empty()) else {
             return Err(Refused::IncompleteFile(index));
@@ -530,6 +534,8 @@ mod tests {
             read(r#"{"text":"x","Extra":{"file":[{"Name":"a","Data":"!!"}]}}"#),
             Err(Refused::BadFileData { index: 0, .. })
         ));
+        // Go's encoding of an empty `Extra`.
+        assert!(read(r#"{"text":"x","Extra":{"file":null}}"#).is_ok());
         assert_eq!(
             read(r#"{"text":"x","Extra":{"file":[{"Data":"aGk="}]}}"#),
             Err(Refused::IncompleteFile(0))
