@@ -557,3 +557,64 @@ async fn a_restart_loses_nothing_that_got_a_200() {
     assert_eq!(texts, ["unread before the crash"], "{taken:#?}");
     assert_eq!(bridge.terminate(), Some(0));
 }
+
+/// A full buffer drops nothing: what does not fit waits in the outbox, counted and logged,
+/// and reaches the client, in order, once it has read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_holds_messages_in_the_outbox_until_a_client_reads() {
+    let irc_port = shared_inspircd().port;
+    let channel = unique("#apifull");
+    let nick = unique("brfull");
+    let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
+    irc.join(&channel).await;
+    let (api_port, metrics_port) = (free_port(), free_port());
+    let config = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+         [network.irc]\ntype = \"irc\"\nserver = \"127.0.0.1:{irc_port}\"\ntls = false\n\
+         nick = \"{nick}\"\nflood_burst = 1000\nflood_interval_ms = 1\n\n\
+         [network.api]\ntype = \"api\"\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{TOKEN}\"\n\
+         buffer = 2\nremote_nick_format = \"{{NICK}}\"\n\n\
+         [[gateway]]\nname = \"ops\"\nchannels = [\n\
+           {{ network = \"api\", channel = \"ops\" }},\n\
+           {{ network = \"irc\", channel = \"{channel}\" }},\n]\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config);
+    irc.wait_join(&nick, &channel).await;
+    let api = ApiClient::new(api_port, TOKEN);
+    api.wait_healthy().await;
+
+    for n in 1..=5 {
+        irc.say(&channel, &format!("line {n}"));
+    }
+    bridge
+        .wait_for_log("The API's buffer is full (no client has read it)")
+        .await;
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, r#"tribridge_api_buffer_unread{network="api"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"tribridge_api_buffer_full_total{network="api"}"#).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    let texts = |taken: &[Value]| -> Vec<String> {
+        taken
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(ToOwned::to_owned))
+            .collect()
+    };
+    assert_eq!(texts(&api.messages().await), ["line 1", "line 2"]);
+    // The held ones come once there is room, in order, none lost.
+    let rest = api.messages_until(&["line 5"]).await;
+    assert_eq!(texts(&rest), ["line 3", "line 4", "line 5"]);
+    assert_eq!(bridge.terminate(), Some(0));
+}
