@@ -6,7 +6,8 @@
 //! so that the bridge's share can be stated as a ratio. Prints a summary and writes JSON.
 //!
 //! `cargo run --release --example loadgen -- <scenario> [options]`; scenarios: `core`,
-//! `irc-irc`, `irc-mm`, `matrix` (`--mode bot|appservice`), `idle`, `catchup`, `startup`, `puppets`. See BENCHMARKS.md.
+//! `irc-irc`, `irc-mm`, `api-irc`, `matrix` (`--mode bot|appservice`), `idle`, `catchup`, `startup`,
+//! `puppets`. See BENCHMARKS.md.
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
@@ -72,6 +73,15 @@ enum Scenario {
     IrcIrc(Drive),
     /// IRC writer → bridge → Mattermost (emulator) reader on the WebSocket.
     IrcMm(Drive),
+    /// An HTTP client posting matterbridge API messages (`POST /api/message`, up to
+    /// `--concurrency` requests in flight) → bridge → IRC reader.
+    ApiIrc {
+        #[command(flatten)]
+        drive: Drive,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Matrix: a direct client's accepted rate vs the bridge as the room's only writer, in
     /// alternating rounds on one Synapse; then Matrix → IRC latency, idle and while the bridge
     /// writes a burst into the room; then (with `--ghosts`) RSS before and after N new people
@@ -183,6 +193,9 @@ fn main() -> anyhow::Result<()> {
             } => ("core", core(gateways, messages, window, per_event).await),
             Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
             Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
+            Scenario::ApiIrc { drive, concurrency } => {
+                ("api-irc", api_irc(&daemon, drive, concurrency).await)
+            }
             Scenario::Matrix(drive) => ("matrix", matrix(&daemon, drive).await),
             Scenario::Idle { gateways, mapped } => ("idle", idle(&daemon, gateways, mapped).await),
             Scenario::Catchup {
@@ -1068,6 +1081,114 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
         "added_latency_over_both_hops_ms": added(&bridged, &chain),
         "bridge_stages": bridge_stages,
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
+        "daemon_cpu_seconds": cpu.as_secs_f64(),
+        "daemon_rss_kib": rss,
+    })
+}
+
+/// `POST /api/message` → bridge → IRC: messages per second through the API and the latency from
+/// the request to the line on IRC, and the API's answer time (the commit before the 200).
+async fn api_irc(daemon: &Path, drive: Drive, concurrency: usize) -> Value {
+    let server = servers::InspIrcd::start();
+    let mut reader = IrcClient::connect(server.port, "lgreader").await;
+    reader.join("#lgapi").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api_port = servers::free_port();
+    let token = "loadgen-api-token";
+    let networks = irc_network("irc", server.port, "lgbrirc")
+        + format!(
+            "[network.api]\ntype = \"api\"\nlisten = \"127.0.0.1:{api_port}\"\n\
+             token = \"{token}\"\nbuffer = 100000\n\n"
+        )
+        .as_str();
+    let metrics_port = servers::free_port();
+    let mut bridge = Daemon::start(
+        daemon,
+        dir.path(),
+        &with_metrics(
+            &config(
+                &dir.path().join("state"),
+                &networks,
+                &gateway("lg", &[("api", "lg"), ("irc", "#lgapi")]),
+            ),
+            metrics_port,
+        ),
+    );
+    bridge.wait_log("Channels joined; ready.", 1).await;
+    reader.wait_member("lgbrirc", "#lgapi").await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{api_port}/api/message");
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while http
+        .get(format!("http://127.0.0.1:{api_port}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the API never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stages_before = scrape(metrics_port).await;
+    let cpu_before = bridge.cpu();
+    let run = Arc::new(Mutex::new(Run::new(drive.messages)));
+    let answers: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let refused = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let sending = {
+        let (run, answers, refused) =
+            (Arc::clone(&run), Arc::clone(&answers), Arc::clone(&refused));
+        tokio::spawn(async move {
+            let mut posts = Vec::with_capacity(drive.messages);
+            let started = Instant::now();
+            for seq in 0..drive.messages {
+                if drive.rate > 0 {
+                    let due = started + Duration::from_secs_f64(seq as f64 / drive.rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let permit = Arc::clone(&permits).acquire_owned().await.expect("permits");
+                let body = json!({"text": payload("api", seq), "username": "lgclient",
+                                  "gateway": "lg", "event": ""});
+                let (http, url) = (http.clone(), url.clone());
+                let (answers, refused) = (Arc::clone(&answers), Arc::clone(&refused));
+                let at = Instant::now();
+                run.lock().expect("run").sent[seq] = Some(at);
+                posts.push(tokio::spawn(async move {
+                    let answer = http.post(url).bearer_auth(token).json(&body).send().await;
+                    if answer.is_ok_and(|a| a.status().is_success()) {
+                        answers.lock().expect("answers").push(at.elapsed());
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(permit);
+                }));
+            }
+            for post in posts {
+                let _ = post.await;
+            }
+        })
+    };
+    read_irc(
+        &mut reader,
+        "#lgapi",
+        "api",
+        &run,
+        Duration::from_secs(60 + drive.messages as u64 / 50),
+    )
+    .await;
+    let _ = sending.await;
+    let cpu = bridge.cpu().saturating_sub(cpu_before);
+    let bridge_stages = stages(&stages_before, &scrape(metrics_port).await);
+    let rss = bridge.rss_kib();
+    bridge.terminate();
+    let bridged = run.lock().expect("run").summary();
+    let mut answer_times = answers.lock().expect("answers").clone();
+    json!({
+        "rate": drive.rate,
+        "concurrency": concurrency,
+        "bridged": bridged,
+        "api_answer": percentiles(&mut answer_times),
+        "api_refused": refused.load(Ordering::Relaxed),
+        "bridge_stages": bridge_stages,
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
     })

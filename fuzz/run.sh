@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of tribridge's parsers of network input (rich text, IRC lines,
-# Mattermost WebSocket frames) and of the configuration for SECONDS each and prints
+# Mattermost WebSocket frames, api network bodies) and of the configuration for SECONDS each and prints
 # the executions per target.
 #
 # Usage: fuzz/run.sh SECONDS
@@ -32,7 +32,7 @@ fi
 target_dir="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz}"
 target_dir="${target_dir:-$here/target}"
 
-targets=(irc_codes markdown html irc_wire mattermost_event config)
+targets=(irc_codes markdown html irc_wire mattermost_event config api_message)
 echo "toolchain: $toolchain$([ "$toolchain" = stable ] && echo ' (RUSTC_BOOTSTRAP=1)'), ${secs}s per target"
 cargo "+$toolchain" fuzz build --target-dir "$target_dir" >&2
 

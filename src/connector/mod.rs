@@ -14,6 +14,7 @@
 //! helpers of delivery that every connector applies alike (the sender's format, the late
 //! prefix, files announced as text).
 
+pub mod api;
 pub mod irc;
 pub mod matrix;
 pub mod mattermost;
@@ -42,6 +43,7 @@ pub const NETWORK_TYPES: &[&dyn NetworkType] = &[
     &irc::Irc,               // type = "irc"
     &mattermost::Mattermost, // type = "mattermost"
     &matrix::Matrix,         // type = "matrix"
+    &api::Api,               // type = "api"
 ];
 
 /// The network type named `name` (a section's `type`).

@@ -19,7 +19,7 @@
 //! a channel are in order, so what arrives before the marker is everything the event caused.
 
 use crate::support::bridge::Bridge;
-use crate::support::compliance::{IrcSide, MatrixSide, MattermostSide, Seen, Shows, Side};
+use crate::support::compliance::{ApiSide, IrcSide, MatrixSide, MattermostSide, Seen, Shows, Side};
 
 /// One test per connector: `compliance!(test_name, SideType);`.
 macro_rules! compliance {
@@ -34,6 +34,7 @@ macro_rules! compliance {
 compliance!(irc, IrcSide);
 compliance!(matrix, MatrixSide);
 compliance!(mattermost, MattermostSide);
+compliance!(api, ApiSide);
 
 /// The reference peer every connector is bridged with.
 type Peer = MattermostSide;

@@ -111,7 +111,21 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown network type",
             format!("[network.x]\ntype = \"slack\"\n{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix` (valid network types: irc, mattermost, matrix)",
+                "bridges.toml:2:8: network.x.type: unknown value `slack`, expected one of `irc`, `mattermost`, `matrix`, `api` (valid network types: irc, mattermost, matrix, api)",
+            ],
+        ),
+        (
+            "api network: a bad listen, no token, a webhook without its secret",
+            format!(
+                "[network.api]\ntype = \"api\"\nlisten = \"localhost\"\n\
+                 webhooks = [{{ name = \"grafana\", gateway = \"ops\" }}]\n{NET2}\
+                 [[gateway]]\nname = \"ops\"\nchannels = [\n  {{ network = \"api\", channel = \"ops\" }},\n  \
+                 {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:2:8: network.api.token: missing key `token`: the bearer token API clients send (or `token_file` / `token_env`)",
+                "bridges.toml:3:10: network.api.listen: `localhost` is not an address to listen on; expected `ip:port`, e.g. \"127.0.0.1:4242\"",
+                "bridges.toml:4:13: network.api.webhooks.secret: a webhook needs `secret` (or `secret_file` / `secret_env`): what its sender puts in `?token=` or `Authorization: Bearer`",
             ],
         ),
         (
@@ -688,7 +702,7 @@ fn check_accepts_the_shipped_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bridges.toml.example");
     let (code, stdout, stderr) = cli(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("OK (4 networks, 1 gateways)"), "{stdout}");
+    assert!(stdout.contains("OK (5 networks, 2 gateways)"), "{stdout}");
 }
 
 #[test]

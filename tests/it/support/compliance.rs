@@ -17,12 +17,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tribridge::vocab::Capabilities;
 
+use super::api_client::ApiClient;
 use super::bridge::unique;
 use super::config::{irc_network, matrix_network};
 use super::irc_client::IrcClient;
 use super::matrix_client::{Event, MatrixUser, local_part, register};
 use super::mattermost::{MmServer, MmUser, messages};
-use super::servers::{shared_inspircd, shared_synapse};
+use super::servers::{free_port, shared_inspircd, shared_synapse};
 
 /// How long a person waits for something the bridge should show.
 pub const DEADLINE: Duration = Duration::from_mins(1);
@@ -792,5 +793,120 @@ impl Side for MattermostSide {
             .filter(|r| r["user_id"] == self.server.bot_id.as_str())
             .map(|r| r["emoji_name"].as_str().unwrap_or_default().to_owned())
             .collect()
+    }
+}
+
+/// The api network: a program speaking matterbridge's HTTP API, reading what the gateway says
+/// by polling `GET /api/messages` (which loses nothing across a dropped connection).
+pub struct ApiSide {
+    network: String,
+    port: u16,
+    client: ApiClient,
+    person_name: String,
+    /// Messages taken from the API and not yet handed out by [`Side::texts_until`].
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl ApiSide {
+    const TOKEN: &'static str = "compliance-api-token";
+    const GATEWAY: &'static str = "compliance";
+
+    fn seen(message: &Value) -> Seen {
+        Seen {
+            id: message["id"].as_str().unwrap_or_default().to_owned(),
+            text: format!(
+                "{}{}",
+                message["username"].as_str().unwrap_or_default(),
+                message["text"].as_str().unwrap_or_default()
+            ),
+            reply_to: None,
+        }
+    }
+}
+
+impl Side for ApiSide {
+    async fn create(network: &str) -> ApiSide {
+        let port = free_port();
+        ApiSide {
+            network: network.to_owned(),
+            port,
+            client: ApiClient::new(port, Self::TOKEN),
+            person_name: unique("cibot"),
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn shows(&self) -> Shows {
+        Shows {
+            native: tribridge::connector::api::CAPABILITIES,
+            // A client cannot post while the daemon is down.
+            replays_history: false,
+        }
+    }
+
+    fn network(&self) -> &str {
+        &self.network
+    }
+
+    fn network_block(&self) -> String {
+        format!(
+            "[network.{}]\ntype = \"api\"\nlisten = \"127.0.0.1:{}\"\ntoken = \"{}\"\n\n",
+            self.network,
+            self.port,
+            Self::TOKEN
+        )
+    }
+
+    fn channel(&self) -> &str {
+        Self::GATEWAY
+    }
+
+    fn person(&self) -> &str {
+        &self.person_name
+    }
+
+    async fn wait_bridge_present(&mut self) {
+        self.client.wait_healthy().await;
+    }
+
+    async fn wait_bridge_gone(&mut self) {
+        self.client.wait_gone().await;
+    }
+
+    /// The API has no connection of the bridge's to cut: the client's own connections go
+    /// (a new HTTP client, its keep-alive pool closed).
+    async fn drop_bridge_connection(&mut self) {
+        self.client = ApiClient::new(self.port, Self::TOKEN);
+    }
+
+    async fn say(&mut self, text: &str) -> String {
+        let answer = self
+            .client
+            .say(Self::GATEWAY, &self.person_name, text)
+            .await;
+        answer["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn texts_until(&mut self, marker: &str) -> Vec<Seen> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(end) = self
+                .pending
+                .iter()
+                .position(|m| Self::seen(m).text.contains(marker))
+            {
+                return self.pending.drain(..=end).map(|m| Self::seen(&m)).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{marker:?} not in /api/messages; took {:#?}",
+                self.pending
+            );
+            let taken = self.client.messages().await;
+            if taken.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.pending.extend(taken);
+        }
     }
 }

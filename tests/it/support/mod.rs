@@ -1,5 +1,6 @@
 //! Test support: real servers, a raw IRC client, and the daemon as a child process.
 
+pub mod api_client;
 pub mod bridge;
 pub mod compliance;
 pub mod config;
