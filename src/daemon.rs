@@ -125,6 +125,12 @@ pub async fn run(
         config.files.retention,
         connectors_shutdown.clone(),
     ));
+    connector_tasks.spawn(prune_history(
+        Arc::clone(&store),
+        Arc::clone(&files),
+        crate::archive::Retention::from_gateways(&config.gateways),
+        connectors_shutdown.clone(),
+    ));
     if let Some(address) = config.files.media_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -251,6 +257,63 @@ async fn open_files(config: &Config) -> Result<Files, DaemonError> {
     .await
     .map_err(|error| DaemonError::Files(std::io::Error::other(error)))?
     .map_err(DaemonError::Files)
+}
+
+/// How often the history's retention is applied (and once at start).
+const HISTORY_PRUNE_EVERY: Duration = Duration::from_hours(1);
+
+/// Forget messages past their gateway's `retention_days` ([`crate::archive`]), at start and
+/// then every [`HISTORY_PRUNE_EVERY`]. Each batch is its own blocking call, so the runtime and
+/// the writer get their turn between batches.
+async fn prune_history(
+    store: Arc<Store>,
+    files: Arc<Files>,
+    retention: crate::archive::Retention,
+    shutdown: CancellationToken,
+) {
+    let retention = Arc::new(retention);
+    loop {
+        let (store, files, retention) = (
+            Arc::clone(&store),
+            Arc::clone(&files),
+            Arc::clone(&retention),
+        );
+        let pass = tokio::task::spawn_blocking(move || {
+            crate::archive::prune(
+                &store,
+                Some(&files.store),
+                &retention,
+                crate::archive::now_ms(),
+                std::thread::yield_now,
+            )
+        })
+        .await;
+        match pass {
+            Ok(Ok(pruned)) if pruned.messages > 0 || pruned.deliveries > 0 || pruned.files > 0 => {
+                tracing::info!(
+                    messages = pruned.messages,
+                    deliveries = pruned.deliveries,
+                    files = pruned.files,
+                    kept_pending = pruned.kept_pending,
+                    batches = pruned.batches,
+                    "History retention pass done: messages past retention_days forgotten."
+                );
+            }
+            Ok(Ok(pruned)) => tracing::debug!(
+                kept_pending = pruned.kept_pending,
+                batches = pruned.batches,
+                "History retention pass done: nothing to forget."
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot apply the history's retention; retrying later.")
+            }
+            Err(error) => tracing::warn!(error = %error, "The history's retention pass stopped."),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HISTORY_PRUNE_EVERY) => {}
+        }
+    }
 }
 
 /// Remove stored files older than the retention, at start and then daily.

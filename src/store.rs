@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_unused_index.sql"),
     include_str!("../migrations/0006_integer_keys.sql"),
     include_str!("../migrations/0007_people.sql"),
+    include_str!("../migrations/0008_history.sql"),
 ];
 
 /// Errors from the store.
@@ -198,6 +199,25 @@ impl Store {
         self.connection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Run `work` in one write transaction (`BEGIN IMMEDIATE`) on the writer's connection,
+    /// committed when it returns `Ok`. For the history's pruning ([`crate::archive`]), which
+    /// keeps each call short so that the group commit never waits long for the lock.
+    pub(crate) fn write_with<R>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut connection = self.lock();
+        let transaction = write_transaction(&mut connection)?;
+        let result = work(&transaction)?;
+        transaction.commit()?;
+        Ok(result)
+    }
+
+    /// Run `work` on the reader's connection (the writer's for a store in memory).
+    pub(crate) fn read_with<R>(&self, work: impl FnOnce(&Connection) -> R) -> R {
+        work(&self.read())
     }
 
     /// The connection for reads: the reader of a file-backed store, else the only one. It sees

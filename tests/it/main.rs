@@ -3,6 +3,7 @@
 mod chaos;
 mod compliance;
 mod config_check;
+mod history_archive;
 mod hostile;
 mod irc_manners;
 mod irc_puppets;
