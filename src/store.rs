@@ -1397,8 +1397,9 @@ fn configure(connection: &Connection) -> Result<(), StoreError> {
 /// Foreign keys are not enforced on the writer's connection (the migrations ran with them on,
 /// and the reader and checkpointer keep them on). Every row it writes that points at a message
 /// takes that id from the message it inserted in the same transaction, from a mapping or outbox
-/// row that points at it already, or from the outbox row the worker read; and no message is
-/// ever deleted. Enforcing them cost a parent lookup per row (four per relayed message, 7 % of
+/// row that points at it already, or from the outbox row the worker read; and a message is
+/// deleted only by the history's retention ([`crate::archive`]), which removes or unlinks every
+/// row pointing at it in the same transaction and never deletes one an outbox row needs. Enforcing them cost a parent lookup per row (four per relayed message, 7 % of
 /// the writer's instructions). [`Store::integrity_problems`] checks what enforcement would have:
 /// the tests run it after every kind of write, the chaos harness after its crashes.
 fn writer_settings(connection: &Connection) -> Result<(), StoreError> {
