@@ -125,10 +125,16 @@ pub async fn run(
         config.files.retention,
         connectors_shutdown.clone(),
     ));
+    let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
+    connector_tasks.spawn(chain_archive(
+        Arc::clone(&store),
+        Arc::clone(&policies),
+        connectors_shutdown.clone(),
+    ));
     connector_tasks.spawn(prune_history(
         Arc::clone(&store),
         Arc::clone(&files),
-        crate::archive::Retention::from_gateways(&config.gateways),
+        policies,
         connectors_shutdown.clone(),
     ));
     if let Some(address) = config.files.media_listen {
@@ -259,6 +265,40 @@ async fn open_files(config: &Config) -> Result<Files, DaemonError> {
     .map_err(DaemonError::Files)
 }
 
+/// How often new messages of archived gateways are chained ([`crate::archive::chain`]).
+const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Chain the messages of gateways with `archive = true` every [`ARCHIVE_CHAIN_EVERY`], logging
+/// each gateway's newest chain hash when it moved (the checkpoint an auditor compares).
+async fn chain_archive(
+    store: Arc<Store>,
+    policies: Arc<crate::archive::Retention>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (chaining, policies_now) = (Arc::clone(&store), Arc::clone(&policies));
+        match tokio::task::spawn_blocking(move || {
+            crate::archive::chain::chain_new(&chaining, policies_now.as_ref())
+        })
+        .await
+        {
+            Ok(Ok(chained)) => {
+                for (gateway, seq, hash) in &chained.heads {
+                    tracing::info!(gateway = %gateway, seq, chain_hash = %hash, records = chained.records, "Archive checkpoint.");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot chain the archive; retrying later.");
+            }
+            Err(error) => tracing::warn!(error = %error, "The archive's chaining stopped."),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(ARCHIVE_CHAIN_EVERY) => {}
+        }
+    }
+}
+
 /// How often the history's retention is applied (and once at start).
 const HISTORY_PRUNE_EVERY: Duration = Duration::from_hours(1);
 
@@ -268,10 +308,9 @@ const HISTORY_PRUNE_EVERY: Duration = Duration::from_hours(1);
 async fn prune_history(
     store: Arc<Store>,
     files: Arc<Files>,
-    retention: crate::archive::Retention,
+    retention: Arc<crate::archive::Retention>,
     shutdown: CancellationToken,
 ) {
-    let retention = Arc::new(retention);
     loop {
         let (store, files, retention) = (
             Arc::clone(&store),
@@ -279,6 +318,8 @@ async fn prune_history(
             Arc::clone(&retention),
         );
         let pass = tokio::task::spawn_blocking(move || {
+            // Chain first: a message is chained before it can be forgotten.
+            crate::archive::chain::chain_new(&store, retention.as_ref())?;
             crate::archive::prune(
                 &store,
                 Some(&files.store),
@@ -305,7 +346,7 @@ async fn prune_history(
                 "History retention pass done: nothing to forget."
             ),
             Ok(Err(error)) => {
-                tracing::warn!(error = %error, "Cannot apply the history's retention; retrying later.")
+                tracing::warn!(error = %error, "Cannot apply the history's retention; retrying later.");
             }
             Err(error) => tracing::warn!(error = %error, "The history's retention pass stopped."),
         }

@@ -47,7 +47,7 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
     drop(closed);
     let config = format!(
         "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}{}\
-         [[gateway]]\nname = \"brief\"\nretention_days = 1\nchannels = [\n\
+         [[gateway]]\nname = \"brief\"\narchive = true\nretention_days = 1\nchannels = [\n\
            {{ network = \"irc\", channel = \"{brief}\" }},\n  {{ network = \"mm\", channel = \"brief\" }},\n]\n\n\
          [[gateway]]\nname = \"held\"\nretention_days = 1\nlegal_hold = true\nchannels = [\n\
            {{ network = \"irc\", channel = \"{held}\" }},\n  {{ network = \"mm\", channel = \"held\" }},\n]\n\n\
@@ -147,6 +147,13 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
     let store = tribridge::store::Store::open(&d.join("state")).unwrap();
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     drop(store);
+    // The archived gateway's chain still verifies: the forgotten messages left tombstones.
+    let (code, said) = export(d, &["--gateway", "brief", "--verify"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("the chain of 2 records (2 tombstones) verifies"),
+        "{said}"
+    );
 
     // An edit of a forgotten message is dropped (and counted); a reply to it is relayed as a
     // plain message.
@@ -167,4 +174,162 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
         .wait_for_log("Edit, delete or reaction of a message never bridged or already forgotten")
         .await;
     let _ = bridge.terminate();
+}
+
+/// Run `tribridge export` with `args` on the test's configuration: (exit code, stdout).
+fn export(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .arg("export")
+        .arg("--config")
+        .arg(dir.join("bridges.toml"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run tribridge export");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + String::from_utf8_lossy(&output.stderr).as_ref(),
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_is_chained_exported_and_a_changed_text_is_named_by_verify() {
+    let server = shared_inspircd();
+    let channel = unique("#record");
+    let nick = unique("brrec");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel).await;
+    let mm = MmServer::start("rec").await;
+    let town = mm.channel("town").await;
+    let mia = mm.user("mia", &town).await;
+    let config = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}\
+         [[gateway]]\nname = \"record\"\narchive = true\nretention_days = 0\nchannels = [\n\
+           {{ network = \"irc\", channel = \"{channel}\" }},\n  {{ network = \"mm\", channel = \"town\" }},\n]\n",
+        irc_network("irc", server.port, &nick),
+        mm.network("mm", ""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config);
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_member(&town, &mm.bot_id).await;
+    mm.wait_websocket(1).await;
+
+    let file = mia.upload(&town, "minutes.txt", b"the minutes").await;
+    let first = mia
+        .say_with_files(&town, "the council's minutes", std::slice::from_ref(&file))
+        .await;
+    mia.edit(&first, "the council's minutes, approved").await;
+    mia.reply(&town, &first, "in the thread").await;
+    mia.react(&first, "thumbsup").await;
+    alice.say(&channel, "seen, thanks");
+    mia.say(&town, "MARK-end").await;
+    alice.texts_until(&channel, "MARK-end").await;
+    let d = dir.path();
+    let messages = count(d, "SELECT COUNT(*) FROM messages");
+    assert!(messages >= 5, "{messages} messages");
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while count(
+        d,
+        "SELECT COUNT(*) FROM archive_chain WHERE gateway = 'record'",
+    ) < messages
+    {
+        assert!(Instant::now() < deadline, "the archive was never chained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bridge.wait_for_log("Archive checkpoint.").await;
+
+    // While the daemon runs: the chain verifies, and the export holds every version.
+    let (code, said) = export(d, &["--gateway", "record", "--verify"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains(&format!(
+            "the chain of {messages} records (0 tombstones) verifies"
+        )),
+        "{said}"
+    );
+    let out = d.join("record.jsonl");
+    let (code, said) = export(
+        d,
+        &["--gateway", "record", "--output", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{said}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len() as i64, messages);
+    // A reader checks the chain from the export alone.
+    let mut previous = "0".repeat(64);
+    for line in &lines {
+        assert_eq!(line["schema_version"], 1);
+        let record = serde_json::to_vec(&line["record"]).unwrap();
+        assert_eq!(line["record_hash"], sha256_hex(&record), "{line}");
+        let link =
+            sha256_hex(format!("{previous}{}", line["record_hash"].as_str().unwrap()).as_bytes());
+        assert_eq!(line["chain_hash"], link);
+        previous = link;
+    }
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| l["record"]["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["text", "edit", "reaction"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+    let edit = lines
+        .iter()
+        .find(|l| l["record"]["kind"] == "edit")
+        .unwrap();
+    assert!(edit["event"].to_string().contains("approved"), "{edit}");
+    let with_file = &lines[0];
+    assert!(
+        with_file["event"].to_string().contains("minutes.txt"),
+        "{with_file}"
+    );
+    assert!(
+        with_file["relayed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["role"] == "delivery" && r["network"] == "irc"),
+        "{with_file}"
+    );
+    let reply = lines
+        .iter()
+        .find(|l| l["event"].to_string().contains("in the thread"))
+        .unwrap();
+    // A Mattermost thread reply names its root by the root's post id.
+    assert!(reply["event"].to_string().contains(&first), "{reply}");
+    assert_eq!(with_file["record"]["remote_id"], first.as_str());
+    let _ = bridge.terminate();
+
+    // Someone changes one archived text in the database: verify names that record.
+    let target = edit["record"]["message_id"].as_i64().unwrap();
+    let seq = edit["seq"].as_i64().unwrap();
+    let connection = rusqlite::Connection::open(d.join("state/tribridge.sqlite3")).unwrap();
+    let changed = connection
+        .execute(
+            "UPDATE messages SET body = replace(body, 'approved', 'rejected') WHERE id = ?1",
+            [target],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(connection);
+    let (code, said) = export(d, &["--gateway", "record", "--verify"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains(&format!("record {seq} (message {target}) does not match")),
+        "{said}"
+    );
 }

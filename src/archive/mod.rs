@@ -12,10 +12,16 @@
 //! edit, delete or reaction is dropped and counted (`tribridge_events_unknown_targets`), a reply
 //! is relayed as a plain message.
 //!
+//! Messages of a gateway with `archive = true` are chained ([`chain`]) before they can be
+//! forgotten; forgetting one leaves its chain row as a tombstone.
+//!
 //! Pruning walks the messages in id order in batches of [`BATCH`], each its own short write
 //! transaction on the store's writer connection, so that the group commit waits at most one
 //! batch for the lock. Files are removed after the transaction that forgot their messages
 //! committed: a crash between the two leaves a file that `file_retention_days` removes later.
+
+pub mod chain;
+pub mod export;
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +35,20 @@ use crate::vocab::gateway::{GatewayConfig, HistoryPolicy};
 /// Test-only clock seam: seconds added to the clock of the history's pruning. The integration
 /// tests move the clock forward with it instead of waiting days; never set it in production.
 pub const CLOCK_SKEW_ENV: &str = "TRIBRIDGE_TEST_CLOCK_SKEW_SECONDS";
+
+/// Open the store of `state_dir` read-only, for `tribridge export` while the daemon runs (WAL
+/// lets it read a consistent snapshot while the daemon writes).
+///
+/// # Errors
+/// The store's, when the file is missing or not readable.
+pub fn open_read_only(state_dir: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {
+    let connection = rusqlite::Connection::open_with_flags(
+        state_dir.join("tribridge.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(connection)
+}
 
 /// Messages looked at per write transaction.
 pub const BATCH: usize = 256;
@@ -53,6 +73,17 @@ pub struct Retention {
     channels: HashMap<(String, String), Option<i64>>,
     /// For a channel in no gateway (one removed from the file): the default policy's.
     other: Option<i64>,
+    /// By (network, channel folded): the gateways with `archive = true` that hold it.
+    archived: HashMap<(String, String), Vec<String>>,
+}
+
+impl chain::ArchivedGateways for Retention {
+    fn archived(&self, network: &str, channel: &str) -> Vec<String> {
+        self.archived
+            .get(&(network.to_owned(), channel.to_lowercase()))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 fn keep_ms(policy: &HistoryPolicy) -> Option<i64> {
@@ -68,10 +99,17 @@ impl Retention {
     #[must_use]
     pub fn from_gateways(gateways: &[GatewayConfig]) -> Self {
         let mut channels: HashMap<(String, String), Option<i64>> = HashMap::new();
+        let mut archived: HashMap<(String, String), Vec<String>> = HashMap::new();
         for gateway in gateways {
             let keep = keep_ms(&gateway.history);
             for channel in &gateway.channels {
                 let key = (channel.network.clone(), channel.channel.to_lowercase());
+                if gateway.history.archive {
+                    let names = archived.entry(key.clone()).or_default();
+                    if !names.contains(&gateway.name) {
+                        names.push(gateway.name.clone());
+                    }
+                }
                 let merged = match (channels.get(&key), keep) {
                     (None, keep) => keep,
                     (Some(None), _) | (_, None) => None,
@@ -83,6 +121,7 @@ impl Retention {
         Self {
             channels,
             other: keep_ms(&HistoryPolicy::default()),
+            archived,
         }
     }
 
@@ -141,7 +180,11 @@ pub fn prune(
     let mut hashes = HashSet::new();
     let mut after = 0;
     loop {
-        let batch = store.write_with(|tx| forget_batch(tx, retention, now_ms, horizon, after))?;
+        let batch = store.write_with(|tx| {
+            // A message is chained (when its gateway archives) before it can be forgotten.
+            let upto = chain::chained_upto(tx)?;
+            forget_batch(tx, retention, now_ms, horizon, after, upto)
+        })?;
         pruned.batches += 1;
         pruned.messages += batch.forgotten;
         pruned.kept_pending += batch.kept_pending;
@@ -196,13 +239,14 @@ fn forget_batch(
     now_ms: i64,
     horizon: i64,
     after: i64,
+    upto: i64,
 ) -> Result<Batch, StoreError> {
     let rows: Vec<(i64, String, String, i64)> = tx
         .prepare_cached(
             "SELECT id, origin_network, origin_channel, received_ms FROM messages
-             WHERE id > ?1 ORDER BY id LIMIT ?2",
+             WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2",
         )?
-        .query_map(params![after, BATCH as i64], |row| {
+        .query_map(params![after, BATCH as i64, upto], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
@@ -265,7 +309,7 @@ fn forget_batch(
             continue;
         }
         for (message, body) in dependents.iter().chain(std::iter::once(&(id, body))) {
-            forget_message(tx, *message)?;
+            forget_message(tx, *message, "retention")?;
             batch.hashes.extend(stored_files(body));
             batch.forgotten += 1;
         }
@@ -273,8 +317,14 @@ fn forget_batch(
     Ok(batch)
 }
 
-/// Remove one message and its mappings; replies to it lose their link.
-pub(crate) fn forget_message(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
+/// Remove one message and its mappings; replies to it lose their link; its archive chain rows
+/// become tombstones (`why`: `retention` or `forget`).
+pub(crate) fn forget_message(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    why: &str,
+) -> Result<(), StoreError> {
+    chain::tombstone(tx, id, why)?;
     tx.prepare_cached(
         "UPDATE messages SET reply_to_message_id = NULL WHERE reply_to_message_id = ?1",
     )?
