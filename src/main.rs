@@ -1,7 +1,8 @@
 //! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge,
 //! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity,
 //! `appservice-registration` prints the registration of a Matrix network in appservice mode,
-//! `export` writes a gateway's archive or verifies its chain.
+//! `export` writes a gateway's archive or verifies its chain, `forget` removes one person's
+//! messages.
 //!
 //! The only place that uses `anyhow`; everything below it has typed errors.
 
@@ -78,6 +79,19 @@ enum Commands {
         #[arg(long)]
         verify: bool,
     },
+    /// Remove one person's messages and files from the store and the archive (a data-protection
+    /// request), leaving tombstones in the archive's chain; says how many were removed.
+    Forget {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// The id of the network they spoke on (`[network.<id>]`).
+        #[arg(long)]
+        network: String,
+        /// Their id on that network (an IRC nick, a Matrix user id, a Mattermost user id).
+        #[arg(long)]
+        user: String,
+    },
     /// Print the application-service registration (YAML) of a Matrix network with
     /// `mode = "appservice"`, for the homeserver's `app_service_config_files`. Tokens the
     /// configuration does not give are generated once and kept in the state folder.
@@ -147,6 +161,38 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("{error:#}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Commands::Forget {
+            config,
+            network,
+            user,
+        } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match forget(&parsed, &network, &user) {
+                Ok(forgotten) => {
+                    println!(
+                        "{network} {user}: {} messages removed ({} archive records left as \
+                         tombstones), {} files removed; kept: {} with a delivery still queued, \
+                         {} under legal hold",
+                        forgotten.messages,
+                        forgotten.tombstones,
+                        forgotten.files,
+                        forgotten.kept_pending,
+                        forgotten.kept_held
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::from(1)
                 }
             }
         }
@@ -277,6 +323,26 @@ fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+fn forget(
+    config: &tribridge::config::Config,
+    network: &str,
+    user: &str,
+) -> anyhow::Result<tribridge::archive::Forgotten> {
+    if config.network(network).is_none() {
+        anyhow::bail!("no network `{network}` in the configuration");
+    }
+    let store = tribridge::store::Store::open(&config.state_dir)?;
+    let files = tribridge::files::FileStore::open(&config.state_dir, config.files.max_file_bytes)?;
+    let policies = tribridge::archive::Retention::from_gateways(&config.gateways);
+    Ok(tribridge::archive::forget_person(
+        &store,
+        Some(&files),
+        &policies,
+        network,
+        user,
+    )?)
 }
 
 /// The options of `tribridge export`.

@@ -75,6 +75,8 @@ pub struct Retention {
     other: Option<i64>,
     /// By (network, channel folded): the gateways with `archive = true` that hold it.
     archived: HashMap<(String, String), Vec<String>>,
+    /// Channels (network, channel folded) of a gateway under `legal_hold`.
+    held: HashSet<(String, String)>,
 }
 
 impl chain::ArchivedGateways for Retention {
@@ -100,10 +102,14 @@ impl Retention {
     pub fn from_gateways(gateways: &[GatewayConfig]) -> Self {
         let mut channels: HashMap<(String, String), Option<i64>> = HashMap::new();
         let mut archived: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut held = HashSet::new();
         for gateway in gateways {
             let keep = keep_ms(&gateway.history);
             for channel in &gateway.channels {
                 let key = (channel.network.clone(), channel.channel.to_lowercase());
+                if gateway.history.legal_hold {
+                    held.insert(key.clone());
+                }
                 if gateway.history.archive {
                     let names = archived.entry(key.clone()).or_default();
                     if !names.contains(&gateway.name) {
@@ -122,6 +128,7 @@ impl Retention {
             channels,
             other: keep_ms(&HistoryPolicy::default()),
             archived,
+            held,
         }
     }
 
@@ -131,6 +138,12 @@ impl Retention {
             .get(&(network.to_owned(), channel.to_lowercase()))
             .copied()
             .unwrap_or(self.other)
+    }
+
+    /// Is a gateway of `channel` of `network` under legal hold?
+    fn held(&self, network: &str, channel: &str) -> bool {
+        self.held
+            .contains(&(network.to_owned(), channel.to_lowercase()))
     }
 
     /// The shortest retention of any channel: no message received after `now` minus it is
@@ -259,20 +272,7 @@ fn forget_batch(
     if rows.len() < BATCH {
         batch.next = None;
     }
-    // Every message a queued delivery needs: its own, and the ones it points at.
-    let mut needed = HashSet::new();
-    {
-        let mut statement = tx.prepare_cached(
-            "SELECT o.message_id, m.target_message_id, m.reply_to_message_id
-             FROM outbox o JOIN messages m ON m.id = o.message_id",
-        )?;
-        let mut query = statement.query([])?;
-        while let Some(row) = query.next()? {
-            needed.insert(row.get::<_, i64>(0)?);
-            needed.extend(row.get::<_, Option<i64>>(1)?);
-            needed.extend(row.get::<_, Option<i64>>(2)?);
-        }
-    }
+    let needed = needed_by_outbox(tx)?;
     for (id, network, channel, received_ms) in rows {
         if received_ms >= horizon {
             // Newer than the shortest retention: so is (nearly) everything after it.
@@ -323,8 +323,8 @@ pub(crate) fn forget_message(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     why: &str,
-) -> Result<(), StoreError> {
-    chain::tombstone(tx, id, why)?;
+) -> Result<usize, StoreError> {
+    let tombstones = chain::tombstone(tx, id, why)?;
     tx.prepare_cached(
         "UPDATE messages SET reply_to_message_id = NULL WHERE reply_to_message_id = ?1",
     )?
@@ -333,7 +333,7 @@ pub(crate) fn forget_message(
         .execute(params![id])?;
     tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
         .execute(params![id])?;
-    Ok(())
+    Ok(tombstones)
 }
 
 /// Remove up to [`BATCH`] acknowledged deliveries after row `after` whose message is gone,
@@ -399,4 +399,133 @@ fn still_used(
         }
     }
     Ok(used)
+}
+
+/// What [`forget_person`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Messages removed: the person's, and the edits, deletes and reactions of them.
+    pub messages: u64,
+    /// Archive chain rows left as tombstones.
+    pub tombstones: u64,
+    /// Stored files removed.
+    pub files: u64,
+    /// The person's messages kept because a delivery of them is still queued.
+    pub kept_pending: u64,
+    /// The person's messages kept because a gateway of their channel is under legal hold.
+    pub kept_held: u64,
+}
+
+/// `tribridge forget`: remove every message `user` said on `network` (a data-protection
+/// request), with what [`prune`] removes with a message, leaving tombstones in the archive's
+/// chain, and their entry in the people directory. Messages under legal hold, or that a queued
+/// delivery needs, are kept and counted.
+///
+/// # Errors
+/// The store's; what earlier batches did stays done.
+pub fn forget_person(
+    store: &Store,
+    files: Option<&FileStore>,
+    retention: &Retention,
+    network: &str,
+    user: &str,
+) -> Result<Forgotten, StoreError> {
+    let mut forgotten = Forgotten::default();
+    let mut hashes = HashSet::new();
+    let mut after = 0;
+    loop {
+        let next = store.write_with(|tx| {
+            let rows: Vec<(i64, String, String)> = tx
+                .prepare_cached(
+                    "SELECT id, origin_channel, body FROM messages
+                     WHERE id > ?1 AND origin_network = ?2 AND author_id = ?3
+                     ORDER BY id LIMIT ?4",
+                )?
+                .query_map(params![after, network, user, BATCH as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let needed = needed_by_outbox(tx)?;
+            for (id, channel, body) in &rows {
+                // Gone already when it was an edit or reaction of a message forgotten above.
+                let present = tx
+                    .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
+                    .query_row(params![id], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !present {
+                    continue;
+                }
+                if retention.held(network, channel) {
+                    forgotten.kept_held += 1;
+                    continue;
+                }
+                let dependents: Vec<(i64, String)> = tx
+                    .prepare_cached("SELECT id, body FROM messages WHERE target_message_id = ?1")?
+                    .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                if needed.contains(id) || dependents.iter().any(|(d, _)| needed.contains(d)) {
+                    forgotten.kept_pending += 1;
+                    continue;
+                }
+                for (message, body) in dependents
+                    .iter()
+                    .chain(std::iter::once(&(*id, body.clone())))
+                {
+                    forgotten.tombstones += forget_message(tx, *message, "forget")? as u64;
+                    hashes.extend(stored_files(body));
+                    forgotten.messages += 1;
+                }
+            }
+            tx.prepare_cached("DELETE FROM people WHERE network = ?1 AND user_id = ?2")?
+                .execute(params![network, user])?;
+            Ok((rows.len() == BATCH)
+                .then(|| rows.last().map(|r| r.0))
+                .flatten())
+        })?;
+        match next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    // Their acknowledged deliveries: every row whose message is gone.
+    let mut after = 0;
+    loop {
+        let (_, next) = store.write_with(|tx| sweep_deliveries(tx, i64::MAX, after))?;
+        match next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    if let Some(files) = files
+        && !hashes.is_empty()
+    {
+        let kept = store.read_with(|connection| still_used(connection, &hashes))?;
+        for hash in hashes.difference(&kept) {
+            match files.remove(hash) {
+                Ok(true) => forgotten.files += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, file = %hash, "Cannot remove a forgotten person's file.");
+                }
+            }
+        }
+    }
+    Ok(forgotten)
+}
+
+/// Every message a queued delivery needs: its own, and the ones it points at.
+fn needed_by_outbox(tx: &rusqlite::Transaction<'_>) -> Result<HashSet<i64>, StoreError> {
+    let mut needed = HashSet::new();
+    let mut statement = tx.prepare_cached(
+        "SELECT o.message_id, m.target_message_id, m.reply_to_message_id
+         FROM outbox o JOIN messages m ON m.id = o.message_id",
+    )?;
+    let mut query = statement.query([])?;
+    while let Some(row) = query.next()? {
+        needed.insert(row.get::<_, i64>(0)?);
+        needed.extend(row.get::<_, Option<i64>>(1)?);
+        needed.extend(row.get::<_, Option<i64>>(2)?);
+    }
+    Ok(needed)
 }

@@ -202,7 +202,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_archive_is_chained_exported_and_a_changed_text_is_named_by_verify() {
+async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_changed_text() {
     let server = shared_inspircd();
     let channel = unique("#record");
     let nick = unique("brrec");
@@ -314,13 +314,63 @@ async fn the_archive_is_chained_exported_and_a_changed_text_is_named_by_verify()
     assert_eq!(with_file["record"]["remote_id"], first.as_str());
     let _ = bridge.terminate();
 
+    // mia asks to be forgotten: her posts, their edit, reaction and file go; tombstones stay.
+    let mia_records = lines
+        .iter()
+        .filter(|l| l["record"]["author_id"] == mia.id.as_str())
+        .count();
+    assert!(mia_records >= 5, "{mia_records}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .args(["forget", "--network", "mm", "--user", &mia.id, "--config"])
+        .arg(d.join("bridges.toml"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{mia_records} messages removed ({mia_records} archive records left as tombstones), \
+             1 files removed"
+        )),
+        "{said}"
+    );
+    let mia_sql = format!(
+        "SELECT COUNT(*) FROM messages WHERE author_id = '{}'",
+        mia.id
+    );
+    assert_eq!(count(d, &mia_sql), 0);
+    assert!(stored_files(d).is_empty());
+    let (code, said) = export(d, &["--gateway", "record", "--verify"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains(&format!(
+            "the chain of {messages} records ({mia_records} tombstones) verifies"
+        )),
+        "{said}"
+    );
+    let (code, said) = export(d, &["--gateway", "record"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        !said.contains("minutes") && !said.contains(&mia.id),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("\"tombstone\":\"forget\"").count(),
+        mia_records
+    );
+
     // Someone changes one archived text in the database: verify names that record.
-    let target = edit["record"]["message_id"].as_i64().unwrap();
-    let seq = edit["seq"].as_i64().unwrap();
+    let kept = lines
+        .iter()
+        .find(|l| l["event"].to_string().contains("seen, thanks"))
+        .unwrap();
+    let target = kept["record"]["message_id"].as_i64().unwrap();
+    let seq = kept["seq"].as_i64().unwrap();
     let connection = rusqlite::Connection::open(d.join("state/tribridge.sqlite3")).unwrap();
     let changed = connection
         .execute(
-            "UPDATE messages SET body = replace(body, 'approved', 'rejected') WHERE id = ?1",
+            "UPDATE messages SET body = replace(body, 'thanks', 'no thanks') WHERE id = ?1",
             [target],
         )
         .unwrap();
