@@ -115,19 +115,18 @@ pub fn jsonl(
             (None, None) => Some("missing".to_owned()),
             (None, Some(_)) => None,
         };
-        let line = match gone {
-            Some(why) => {
-                // A tombstone is exported whatever the selection, so the chain stays whole.
-                json!({
+        // A tombstone is exported whatever the selection, so the chain stays whole.
+        let line = if let Some(why) = gone {
+            json!({
                     "schema_version": SCHEMA_VERSION,
                     "gateway": selection.gateway,
                     "seq": seq,
                     "tombstone": why,
                     "record_hash": record_hash,
                     "chain_hash": chain_hash,
-                })
-            }
-            None => {
+            })
+        } else {
+            {
                 let record = Record::from_row(row, 4)?;
                 if !selected(selection, &record) {
                     continue;

@@ -195,10 +195,13 @@ fn export(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
+    use std::fmt::Write as _;
     sha2::Sha256::digest(bytes)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::new(), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
