@@ -193,6 +193,37 @@ fn export(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Validate every line of a JSONL export against `schema/export-jsonl.schema.json` with
+/// python-jsonschema (a dependency of Synapse, so in the venv the Matrix tests use).
+fn validate_against_schema(export: &std::path::Path) {
+    let python = crate::support::servers::synapse_venv().join("bin/python");
+    let schema =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/export-jsonl.schema.json");
+    let script = "import json, sys\n\
+        try:\n    import jsonschema\n\
+        except ImportError:\n    sys.exit('python-jsonschema is missing: run scripts/install-test-deps.sh')\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        jsonschema.Draft202012Validator.check_schema(schema)\n\
+        validator = jsonschema.Draft202012Validator(schema)\n\
+        for number, line in enumerate(open(sys.argv[2]), 1):\n    \
+            errors = list(validator.iter_errors(json.loads(line)))\n    \
+            if errors:\n        sys.exit(f'line {number}: {errors[0].message}')\n\
+        print('valid')\n";
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&schema)
+        .arg(export)
+        .output()
+        .expect("run the Synapse venv's python (scripts/install-test-deps.sh installs it)");
+    assert!(
+        output.status.success(),
+        "the export does not validate against its schema: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     use std::fmt::Write as _;
@@ -272,6 +303,7 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     assert_eq!(lines.len() as i64, messages);
+    validate_against_schema(&out);
     // A reader checks the chain from the export alone.
     let mut previous = "0".repeat(64);
     for line in &lines {
