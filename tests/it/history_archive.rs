@@ -418,3 +418,100 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_during_a_relayed_burst_loses_and_doubles_nothing() {
+    const BURST: usize = 300;
+    let server = shared_inspircd();
+    let channel = unique("#burst");
+    let nick = unique("brbur");
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    alice.join(&channel).await;
+    let mm = MmServer::start("burst").await;
+    let town = mm.channel("town").await;
+    let mia = mm.user("mia", &town).await;
+    let config = format!(
+        "[general]\nstate_dir = \"state\"\nremote_nick_format = \"<{{NICK}}> \"\n\n{}{}\
+         [[gateway]]\nname = \"burst\"\narchive = true\nchannels = [\n\
+           {{ network = \"irc\", channel = \"{channel}\" }},\n  {{ network = \"mm\", channel = \"town\" }},\n]\n",
+        irc_network("irc", server.port, &nick),
+        mm.network("mm", ""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config);
+    alice.wait_join(&nick, &channel).await;
+    mm.wait_member(&town, &mm.bot_id).await;
+    mm.wait_websocket(1).await;
+    let d = dir.path().to_path_buf();
+
+    // Exports run back to back while the burst is relayed.
+    let exporting = {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut runs = Vec::new();
+            let deadline = Instant::now() + Duration::from_mins(2);
+            loop {
+                let (code, said) = export(&d, &["--gateway", "burst"]);
+                assert_eq!(code, 0, "{said}");
+                let done = said.contains("burst-299");
+                runs.push(said);
+                if done || Instant::now() > deadline {
+                    return runs;
+                }
+            }
+        })
+    };
+    for n in 0..BURST {
+        alice.say(&channel, &format!("burst-{n}"));
+    }
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, |p| p.len() >= BURST)
+        .await;
+    assert_eq!(posts.len(), BURST);
+    let runs = exporting.await.unwrap();
+    assert!(
+        runs.len() > 1,
+        "only {} export ran during the burst",
+        runs.len()
+    );
+    // Every export is a consistent prefix: burst lines in order, each once.
+    for run in &runs {
+        let said: Vec<usize> = run
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter_map(|line| {
+                line["event"]
+                    .to_string()
+                    .split("burst-")
+                    .nth(1)
+                    .map(|rest| {
+                        rest.chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                            .parse()
+                            .unwrap()
+                    })
+            })
+            .collect();
+        assert_eq!(said, (0..said.len()).collect::<Vec<_>>());
+    }
+    let last: Vec<&str> = runs.last().unwrap().lines().collect();
+    assert_eq!(
+        last.len(),
+        BURST,
+        "the last export holds the whole burst once"
+    );
+    let _ = bridge.terminate();
+    // And the relaying lost and doubled nothing either.
+    let posts = mia
+        .wait_posts_by(&town, &mm.bot_id, |p| p.len() >= BURST)
+        .await;
+    let texts: Vec<String> = crate::support::mattermost::messages(&posts);
+    let a = alice.nick.clone();
+    assert_eq!(
+        texts,
+        (0..BURST)
+            .map(|n| format!("<{a}> burst-{n}"))
+            .collect::<Vec<_>>()
+    );
+}
