@@ -60,6 +60,8 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&config.state_dir)?);
+    // The history's test-only clock seam moves the stamp of received messages too.
+    store.set_clock_skew_ms(crate::archive::clock_skew_ms());
     let topology = Arc::new(config.topology());
     let mut destinations = topology.destinations().to_vec();
     for pending in store.pending_destinations()? {

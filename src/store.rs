@@ -117,6 +117,8 @@ pub struct Store {
     reader: Option<Mutex<Connection>>,
     /// Dropped with the store: the checkpointer thread sees the channel close and ends.
     _checkpointer: Option<std_mpsc::Sender<()>>,
+    /// Added to the clock that stamps `received_ms` (see [`Store::set_clock_skew_ms`]).
+    clock_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 /// How often the checkpointer copies the WAL into the database.
@@ -177,6 +179,7 @@ impl Store {
             connection: Mutex::new(connection),
             reader: Some(Mutex::new(reader)),
             _checkpointer: Some(stop),
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -190,7 +193,24 @@ impl Store {
             connection: Mutex::new(connection),
             reader: None,
             _checkpointer: None,
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Move the clock that stamps a message's `received_ms` by `skew_ms`: the test-only seam
+    /// of the history's retention ([`crate::archive::CLOCK_SKEW_ENV`]; the load harness
+    /// simulates a month with it). Zero in production.
+    pub fn set_clock_skew_ms(&self, skew_ms: i64) {
+        self.clock_skew_ms
+            .store(skew_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The time a message committed now is stamped as received.
+    fn received_now(&self) -> i64 {
+        now_ms()
+            + self
+                .clock_skew_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -213,6 +233,12 @@ impl Store {
         let result = work(&transaction)?;
         transaction.commit()?;
         Ok(result)
+    }
+
+    /// Run `work` on the reader's connection (for the load harness and tools that read what
+    /// the store has no method for).
+    pub fn read_with_public<R>(&self, work: impl FnOnce(&Connection) -> R) -> R {
+        work(&self.read())
     }
 
     /// Run `work` on the reader's connection (the writer's for a store in memory).
@@ -244,7 +270,12 @@ impl Store {
         let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
         let mut connection = self.lock();
         let transaction = write_transaction(&mut connection)?;
-        let recorded = record_inbound(&transaction, &mut Writes::prepare(&transaction)?, &staged)?;
+        let recorded = record_inbound(
+            &transaction,
+            &mut Writes::prepare(&transaction)?,
+            &staged,
+            self.received_now(),
+        )?;
         transaction.commit()?;
         Ok(settle(&mut staged, recorded, &mut Vec::new()))
     }
@@ -264,11 +295,12 @@ impl Store {
         events: &mut [StagedInbound],
     ) -> GroupOutcome {
         let mut connection = self.lock();
-        match group_plain(&mut connection, acknowledged, events) {
+        let received_ms = self.received_now();
+        match group_plain(&mut connection, acknowledged, events, received_ms) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::debug!(error = %error, "A group commit failed; writing it again event by event.");
-                group_with_savepoints(&mut connection, acknowledged, events)
+                group_with_savepoints(&mut connection, acknowledged, events, received_ms)
             }
         }
     }
@@ -860,6 +892,7 @@ fn group_plain(
     connection: &mut Connection,
     acknowledged: &[Completion],
     events: &mut [StagedInbound],
+    received_ms: i64,
 ) -> Result<GroupOutcome, StoreError> {
     let transaction = write_transaction(connection)?;
     let mut recorded = Vec::with_capacity(events.len());
@@ -869,7 +902,12 @@ fn group_plain(
             record_known_completion(&mut writes, completion)?;
         }
         for event in events.iter() {
-            recorded.push(record_inbound(&transaction, &mut writes, event)?);
+            recorded.push(record_inbound(
+                &transaction,
+                &mut writes,
+                event,
+                received_ms,
+            )?);
         }
     }
     transaction.commit()?;
@@ -892,6 +930,7 @@ fn group_with_savepoints(
     connection: &mut Connection,
     acknowledged: &[Completion],
     events: &mut [StagedInbound],
+    received_ms: i64,
 ) -> GroupOutcome {
     let mut transaction = match write_transaction(connection) {
         Ok(transaction) => transaction,
@@ -921,8 +960,12 @@ fn group_with_savepoints(
                 .savepoint()
                 .map_err(StoreError::from)
                 .and_then(|savepoint| {
-                    let recorded =
-                        record_inbound(&savepoint, &mut Writes::prepare(&savepoint)?, event)?;
+                    let recorded = record_inbound(
+                        &savepoint,
+                        &mut Writes::prepare(&savepoint)?,
+                        event,
+                        received_ms,
+                    )?;
                     savepoint.commit()?;
                     Ok(recorded)
                 })
@@ -1118,6 +1161,7 @@ fn record_inbound(
     connection: &Connection,
     writes: &mut Writes<'_>,
     staged: &StagedInbound,
+    received_ms: i64,
 ) -> Result<Recorded, StoreError> {
     let inbound = &staged.inbound;
     if let Some(remote_id) = &inbound.remote_id
@@ -1152,7 +1196,7 @@ fn record_inbound(
         inbound.body.kind_name(),
         staged.body,
         inbound.timestamp_ms,
-        now_ms(),
+        received_ms,
         target_message_id,
         reply_to_message_id,
         inbound.permalink,

@@ -59,11 +59,17 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// clock, moved by [`CLOCK_SKEW_ENV`] when it is set.
 #[must_use]
 pub fn now_ms() -> i64 {
-    let skew_s = std::env::var(CLOCK_SKEW_ENV)
+    crate::model::now_ms().saturating_add(clock_skew_ms())
+}
+
+/// [`CLOCK_SKEW_ENV`] in milliseconds (0 when unset or not a number).
+#[must_use]
+pub fn clock_skew_ms() -> i64 {
+    std::env::var(CLOCK_SKEW_ENV)
         .ok()
         .and_then(|value| value.trim().parse::<i64>().ok())
-        .unwrap_or(0);
-    crate::model::now_ms().saturating_add(skew_s.saturating_mul(1000))
+        .unwrap_or(0)
+        .saturating_mul(1000)
 }
 
 /// How long each channel's messages are kept, from the gateways' policies.
