@@ -359,8 +359,8 @@ fn retention(days: i64, per_day: usize, retention_days: u32, files_per_day: usiz
         println!(
             "day {day:>2}: {messages:>7} messages, db {:>6.1} MiB, files {:>5.1} MiB; pass forgot \
              {} in {:.0} ms ({} batches)",
-            db as f64 / 1048576.0,
-            stored as f64 / 1048576.0,
+            db as f64 / 1_048_576.0,
+            stored as f64 / 1_048_576.0,
             pruned.messages,
             took.as_secs_f64() * 1000.0,
             pruned.batches
