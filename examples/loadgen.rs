@@ -7,7 +7,7 @@
 //!
 //! `cargo run --release --example loadgen -- <scenario> [options]`; scenarios: `core`,
 //! `irc-irc`, `irc-mm`, `api-irc`, `matrix` (`--mode bot|appservice`), `idle`, `catchup`, `startup`,
-//! `puppets`. See BENCHMARKS.md.
+//! `puppets`, `retention`. See BENCHMARKS.md.
 
 #[path = "../tests/it/support/irc_client.rs"]
 #[allow(dead_code)]
@@ -117,6 +117,19 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         gateways: usize,
     },
+    /// A simulated month at a steady rate with a retention (the store's clock seam moves a day
+    /// at a time): database and file-store size per day, and the writer's commit latency while
+    /// the daily retention pass runs beside it.
+    Retention {
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[arg(long, default_value_t = 20_000)]
+        per_day: usize,
+        #[arg(long, default_value_t = 7)]
+        retention_days: u32,
+        #[arg(long, default_value_t = 200)]
+        files_per_day: usize,
+    },
 }
 
 /// The Matrix scenario's options.
@@ -203,6 +216,19 @@ fn main() -> anyhow::Result<()> {
                 outage_secs,
             } => ("catchup", catchup(&daemon, messages, outage_secs).await),
             Scenario::Startup { gateways } => ("startup", startup(&daemon, gateways).await),
+            Scenario::Retention {
+                days,
+                per_day,
+                retention_days,
+                files_per_day,
+            } => (
+                "retention",
+                tokio::task::spawn_blocking(move || {
+                    retention(days, per_day, retention_days, files_per_day)
+                })
+                .await
+                .expect("retention scenario"),
+            ),
             Scenario::Puppets { people, rate } => ("puppets", puppets(&daemon, people, rate).await),
         }
     });
@@ -216,6 +242,203 @@ fn main() -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&result)?);
     println!("written to {}", out.display());
     Ok(())
+}
+
+/// Bytes of the files in `dir` whose name starts with `prefix`.
+fn bytes_of(dir: &Path, prefix: &str) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The `retention` scenario: see [`Scenario::Retention`].
+fn retention(days: i64, per_day: usize, retention_days: u32, files_per_day: usize) -> Value {
+    use std::sync::atomic::AtomicBool;
+    use tribridge::model::Attachment;
+    use tribridge::store::{Completion, Queued, Route, StagedInbound};
+    use tribridge::vocab::gateway::{Direction, GatewayChannel, GatewayConfig, HistoryPolicy};
+    const DAY_MS: i64 = 86_400_000;
+    const GROUP: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let store = Arc::new(Store::open(&state).expect("store"));
+    let files = tribridge::files::FileStore::open(&state, 1 << 20).expect("file store");
+    let channel = |network: &str, name: &str| GatewayChannel {
+        network: network.into(),
+        channel: name.into(),
+        direction: Direction::InOut,
+    };
+    let gateway = GatewayConfig {
+        name: "g".into(),
+        channels: vec![channel("irc", "#a"), channel("mm", "town")],
+        long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
+        allow_mass_pings: false,
+        edit_policy: tribridge::richtext::edits::EditPolicy::default(),
+        original_time_after: None,
+        irc_replies: tribridge::vocab::gateway::IrcReplies::default(),
+        remote_nick_format: None,
+        history: HistoryPolicy {
+            archive: true,
+            retention_days: Some(retention_days),
+            legal_hold: false,
+        },
+    };
+    let policies = Arc::new(tribridge::archive::Retention::from_gateways(&[gateway]));
+    let route = Route {
+        gateway: "g".into(),
+        destination: ChannelRef::new("mm", "town"),
+    };
+    let file_every = per_day
+        .checked_div(files_per_day)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut sequence = 0_u64;
+    let mut acks: Vec<Completion> = Vec::new();
+    let mut per_day_rows = Vec::new();
+    let (mut quiet, mut pruning_latencies) = (Vec::new(), Vec::new());
+    for day in 0..days {
+        let skew = day * DAY_MS;
+        store.set_clock_skew_ms(skew);
+        // The day's retention pass runs beside the day's traffic, as the daemon's task does.
+        let running = Arc::new(AtomicBool::new(true));
+        let pass = {
+            let (store, policies, running) = (
+                Arc::clone(&store),
+                Arc::clone(&policies),
+                Arc::clone(&running),
+            );
+            let files = tribridge::files::FileStore::open(&state, 1 << 20).expect("file store");
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                tribridge::archive::chain::chain_new(&store, policies.as_ref()).expect("chain");
+                let pruned = tribridge::archive::prune(
+                    &store,
+                    Some(&files),
+                    &policies,
+                    tribridge::model::now_ms() + skew,
+                    std::thread::yield_now,
+                )
+                .expect("prune");
+                running.store(false, Ordering::Relaxed);
+                (pruned, started.elapsed())
+            })
+        };
+        let mut sent = 0;
+        while sent < per_day {
+            let mut group = Vec::with_capacity(GROUP);
+            for _ in 0..GROUP.min(per_day - sent) {
+                sequence += 1;
+                let attachments = if sent % file_every == 0 {
+                    let content = format!("file {sequence} ").repeat(256).into_bytes();
+                    let hash = files.put(&content).expect("put file");
+                    vec![Attachment {
+                        name: format!("f{sequence}.txt"),
+                        mime: "text/plain".into(),
+                        size: Some(content.len() as u64),
+                        stored: Some(hash),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                let mut body = EventBody::text(
+                    TextStyle::Normal,
+                    &format!("message {sequence} of a steady day of chat in the channel"),
+                );
+                if let EventBody::Text {
+                    attachments: slot, ..
+                } = &mut body
+                {
+                    *slot = attachments;
+                }
+                let inbound = Inbound {
+                    origin: ChannelRef::new("irc", "#a"),
+                    remote_id: Some(format!("m{sequence}")),
+                    author: Author {
+                        id: format!("user{}", sequence % 50),
+                        display_name: format!("user{}", sequence % 50),
+                    },
+                    timestamp_ms: tribridge::model::now_ms() + skew,
+                    body,
+                    permalink: None,
+                };
+                group.push(StagedInbound::new(inbound, "irc", vec![route.clone()]).expect("stage"));
+                sent += 1;
+            }
+            let during = running.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let outcome = store.commit_group(&std::mem::take(&mut acks), &mut group);
+            let micros = started.elapsed().as_secs_f64() * 1e6;
+            if during {
+                pruning_latencies.push(micros);
+            } else {
+                quiet.push(micros);
+            }
+            outcome.acks.expect("acks");
+            for queued in outcome.queued {
+                if let Queued::Announced(pending) = queued {
+                    let remote = format!("p{}", pending.seq);
+                    acks.push(Completion::of(&pending.delivery, pending.seq, Some(remote)));
+                }
+            }
+        }
+        let (pruned, took) = pass.join().expect("pass");
+        let db = bytes_of(&state, "tribridge.sqlite3");
+        let stored = bytes_of(&state.join("files"), "");
+        let messages: i64 = store
+            .read_with_public(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
+            .expect("count");
+        println!(
+            "day {day:>2}: {messages:>7} messages, db {:>6.1} MiB, files {:>5.1} MiB; pass forgot \
+             {} in {:.0} ms ({} batches)",
+            db as f64 / 1_048_576.0,
+            stored as f64 / 1_048_576.0,
+            pruned.messages,
+            took.as_secs_f64() * 1000.0,
+            pruned.batches
+        );
+        per_day_rows.push(json!({
+            "day": day,
+            "messages": messages,
+            "db_bytes": db,
+            "files_bytes": stored,
+            "pass_forgot": pruned.messages,
+            "pass_files": pruned.files,
+            "pass_ms": took.as_secs_f64() * 1000.0,
+            "pass_batches": pruned.batches,
+        }));
+    }
+    quiet.sort_by(f64::total_cmp);
+    pruning_latencies.sort_by(f64::total_cmp);
+    let summary = |v: &[f64]| {
+        json!({
+            "groups": v.len(),
+            "p50_us": percentile(v, 0.5),
+            "p99_us": percentile(v, 0.99),
+            "max_us": v.last().copied().unwrap_or(0.0),
+        })
+    };
+    json!({
+        "days": days,
+        "per_day": per_day,
+        "retention_days": retention_days,
+        "files_per_day": files_per_day,
+        "group": GROUP,
+        "per_day_rows": per_day_rows,
+        "commit_latency_quiet": summary(&quiet),
+        "commit_latency_while_pruning": summary(&pruning_latencies),
+    })
 }
 
 fn default_daemon() -> PathBuf {

@@ -25,7 +25,7 @@ use crate::richtext::edits::EditPolicy;
 use crate::richtext::long_text::{LongTextMode, LongTextPolicy};
 use crate::router::Topology;
 use crate::vocab::Section;
-use crate::vocab::gateway::IrcReplies;
+use crate::vocab::gateway::{HistoryPolicy, IrcReplies};
 pub use crate::vocab::identities::Identity;
 pub use crate::vocab::{
     Capabilities, DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, Secret,
@@ -288,6 +288,9 @@ struct RawGateway {
     original_time_after: Option<Spanned<i64>>,
     irc_replies: Option<Spanned<IrcReplies>>,
     remote_nick_format: Option<Spanned<String>>,
+    archive: Option<Spanned<bool>>,
+    retention_days: Option<Spanned<i64>>,
+    legal_hold: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -693,6 +696,7 @@ impl Validator<'_> {
             let long_text = self.long_text(&key, gateway.long_text.as_ref());
             let original_time_after =
                 self.original_time_after(&key, gateway.original_time_after.as_ref());
+            let history = self.history(&key, &gateway);
             gateways.push(GatewayConfig {
                 name,
                 channels,
@@ -711,6 +715,7 @@ impl Validator<'_> {
                     self.check_nick_format(&format!("{key}.remote_nick_format"), format);
                     format.get_ref().clone()
                 }),
+                history,
             });
         }
         let identities = self.identities(raw.identity, &known, &networks);
@@ -912,6 +917,27 @@ impl Validator<'_> {
             }
             _ => None,
         }
+    }
+
+    fn history(&mut self, key: &str, gateway: &RawGateway) -> HistoryPolicy {
+        let mut policy = HistoryPolicy {
+            archive: gateway.archive.as_ref().is_some_and(|v| *v.get_ref()),
+            legal_hold: gateway.legal_hold.as_ref().is_some_and(|v| *v.get_ref()),
+            ..HistoryPolicy::default()
+        };
+        if let Some(raw) = &gateway.retention_days {
+            match u32::try_from(*raw.get_ref()) {
+                Ok(0) => policy.retention_days = None,
+                Ok(days) if days <= 36_500 => policy.retention_days = Some(days),
+                _ => self.report(
+                    raw.span().start,
+                    format!("{key}.retention_days"),
+                    "`retention_days` is a number of days between 1 and 36500, or 0 to keep \
+                     the history forever",
+                ),
+            }
+        }
+        policy
     }
 
     fn original_time_after(

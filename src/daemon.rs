@@ -60,6 +60,8 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&config.state_dir)?);
+    // The history's test-only clock seam moves the stamp of received messages too.
+    store.set_clock_skew_ms(crate::archive::clock_skew_ms());
     let topology = Arc::new(config.topology());
     let mut destinations = topology.destinations().to_vec();
     for pending in store.pending_destinations()? {
@@ -124,6 +126,18 @@ pub async fn run(
     connector_tasks.spawn(prune_files(
         Arc::clone(&files),
         config.files.retention,
+        connectors_shutdown.clone(),
+    ));
+    let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
+    connector_tasks.spawn(chain_archive(
+        Arc::clone(&store),
+        Arc::clone(&policies),
+        connectors_shutdown.clone(),
+    ));
+    connector_tasks.spawn(prune_history(
+        Arc::clone(&store),
+        Arc::clone(&files),
+        policies,
         connectors_shutdown.clone(),
     ));
     if let Some(address) = config.files.media_listen {
@@ -252,6 +266,98 @@ async fn open_files(config: &Config) -> Result<Files, DaemonError> {
     .await
     .map_err(|error| DaemonError::Files(std::io::Error::other(error)))?
     .map_err(DaemonError::Files)
+}
+
+/// How often new messages of archived gateways are chained ([`crate::archive::chain`]).
+const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Chain the messages of gateways with `archive = true` every [`ARCHIVE_CHAIN_EVERY`], logging
+/// each gateway's newest chain hash when it moved (the checkpoint an auditor compares).
+async fn chain_archive(
+    store: Arc<Store>,
+    policies: Arc<crate::archive::Retention>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (chaining, policies_now) = (Arc::clone(&store), Arc::clone(&policies));
+        match tokio::task::spawn_blocking(move || {
+            crate::archive::chain::chain_new(&chaining, policies_now.as_ref())
+        })
+        .await
+        {
+            Ok(Ok(chained)) => {
+                for (gateway, seq, hash) in &chained.heads {
+                    tracing::info!(gateway = %gateway, seq, chain_hash = %hash, records = chained.records, "Archive checkpoint.");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot chain the archive; retrying later.");
+            }
+            Err(error) => tracing::warn!(error = %error, "The archive's chaining stopped."),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(ARCHIVE_CHAIN_EVERY) => {}
+        }
+    }
+}
+
+/// How often the history's retention is applied (and once at start).
+const HISTORY_PRUNE_EVERY: Duration = Duration::from_hours(1);
+
+/// Forget messages past their gateway's `retention_days` ([`crate::archive`]), at start and
+/// then every [`HISTORY_PRUNE_EVERY`]. Each batch is its own blocking call, so the runtime and
+/// the writer get their turn between batches.
+async fn prune_history(
+    store: Arc<Store>,
+    files: Arc<Files>,
+    retention: Arc<crate::archive::Retention>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (store, files, retention) = (
+            Arc::clone(&store),
+            Arc::clone(&files),
+            Arc::clone(&retention),
+        );
+        let pass = tokio::task::spawn_blocking(move || {
+            // Chain first: a message is chained before it can be forgotten.
+            crate::archive::chain::chain_new(&store, retention.as_ref())?;
+            crate::archive::prune(
+                &store,
+                Some(&files.store),
+                &retention,
+                crate::archive::now_ms(),
+                std::thread::yield_now,
+            )
+        })
+        .await;
+        match pass {
+            Ok(Ok(pruned)) if pruned.messages > 0 || pruned.deliveries > 0 || pruned.files > 0 => {
+                tracing::info!(
+                    messages = pruned.messages,
+                    deliveries = pruned.deliveries,
+                    files = pruned.files,
+                    kept_pending = pruned.kept_pending,
+                    batches = pruned.batches,
+                    "History retention pass done: messages past retention_days forgotten."
+                );
+            }
+            Ok(Ok(pruned)) => tracing::debug!(
+                kept_pending = pruned.kept_pending,
+                batches = pruned.batches,
+                "History retention pass done: nothing to forget."
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot apply the history's retention; retrying later.");
+            }
+            Err(error) => tracing::warn!(error = %error, "The history's retention pass stopped."),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HISTORY_PRUNE_EVERY) => {}
+        }
+    }
 }
 
 /// Remove stored files older than the retention, at start and then daily.

@@ -237,6 +237,18 @@ impl FileStore {
         (is_stored_name(name) && path.is_file()).then_some(path)
     }
 
+    /// Remove a stored file (its content hash); false when it was not there.
+    pub fn remove(&self, hash: &str) -> std::io::Result<bool> {
+        if !is_hash(hash) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.dir.join(hash)) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Read a stored file.
     pub fn read(&self, hash: &str) -> std::io::Result<Vec<u8>> {
         match self.path(hash) {

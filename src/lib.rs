@@ -13,12 +13,14 @@
 //! - [`loop_breaker`]: recognises messages bridges pass around in a circle.
 //! - [`parallel`]: recognises another bridge relaying the same channels; one of the two steps back.
 //! - [`outbox`]: one worker per destination channel that drains its queue in order.
+//! - [`archive`]: each gateway's history policy (retention, legal hold) applied to the store.
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
 //!   types.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
 //! - [`daemon`]: wires it all together and runs until shutdown.
 
+pub mod archive;
 pub mod config;
 pub mod connector;
 #[cfg(feature = "matrix")]

@@ -1,6 +1,8 @@
 //! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge,
 //! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity,
-//! `appservice-registration` prints the registration of a Matrix network in appservice mode.
+//! `appservice-registration` prints the registration of a Matrix network in appservice mode,
+//! `export` writes a gateway's archive or verifies its chain, `forget` removes one person's
+//! messages.
 //!
 //! The only place that uses `anyhow`; everything below it has typed errors.
 
@@ -48,6 +50,48 @@ enum Commands {
         #[arg(long)]
         recovery_key_file: PathBuf,
     },
+    /// Write a gateway's archive (`archive = true`) as JSON Lines, one record per message
+    /// version with its chain hashes; or, with `--verify`, recompute the gateway's chain and name
+    /// the first record that does not match (exit 1). Runs while the daemon runs (read-only).
+    Export {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// The gateway's name.
+        #[arg(long)]
+        gateway: String,
+        /// Only one channel, as NETWORK:CHANNEL.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only messages said on or after this day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only messages said before this day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// The format: only `jsonl` so far.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Where to write it (standard output when not given).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Check the chain instead of exporting.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Remove one person's messages and files from the store and the archive (a data-protection
+    /// request), leaving tombstones in the archive's chain; says how many were removed.
+    Forget {
+        /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// The id of the network they spoke on (`[network.<id>]`).
+        #[arg(long)]
+        network: String,
+        /// Their id on that network (an IRC nick, a Matrix user id, a Mattermost user id).
+        #[arg(long)]
+        user: String,
+    },
     /// Print the application-service registration (YAML) of a Matrix network with
     /// `mode = "appservice"`, for the homeserver's `app_service_config_files`. Tokens the
     /// configuration does not give are generated once and kept in the state folder.
@@ -86,6 +130,72 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Commands::Export {
+            config,
+            gateway,
+            channel,
+            since,
+            until,
+            format,
+            output,
+            verify,
+        } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let request = ExportRequest {
+                gateway,
+                channel,
+                since,
+                until,
+                format,
+                output,
+                verify,
+            };
+            match export(&parsed, &request) {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Commands::Forget {
+            config,
+            network,
+            user,
+        } => {
+            let parsed = match tribridge::config::load(&config) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match forget(&parsed, &network, &user) {
+                Ok(forgotten) => {
+                    println!(
+                        "{network} {user}: {} messages removed ({} archive records left as \
+                         tombstones), {} files removed; kept: {} with a delivery still queued, \
+                         {} under legal hold",
+                        forgotten.messages,
+                        forgotten.tombstones,
+                        forgotten.files,
+                        forgotten.kept_pending,
+                        forgotten.kept_held
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Commands::AppserviceRegistration { config, network } => {
             let parsed = match tribridge::config::load(&config) {
                 Ok(parsed) => parsed,
@@ -213,6 +323,110 @@ fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+fn forget(
+    config: &tribridge::config::Config,
+    network: &str,
+    user: &str,
+) -> anyhow::Result<tribridge::archive::Forgotten> {
+    if config.network(network).is_none() {
+        anyhow::bail!("no network `{network}` in the configuration");
+    }
+    let store = tribridge::store::Store::open(&config.state_dir)?;
+    let files = tribridge::files::FileStore::open(&config.state_dir, config.files.max_file_bytes)?;
+    let policies = tribridge::archive::Retention::from_gateways(&config.gateways);
+    Ok(tribridge::archive::forget_person(
+        &store,
+        Some(&files),
+        &policies,
+        network,
+        user,
+    )?)
+}
+
+/// The options of `tribridge export`.
+struct ExportRequest {
+    gateway: String,
+    channel: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    format: String,
+    output: Option<PathBuf>,
+    verify: bool,
+}
+
+fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    use tribridge::archive::{chain, export};
+    let Some(gateway) = config.gateways.iter().find(|g| g.name == request.gateway) else {
+        anyhow::bail!("no gateway `{}` in the configuration", request.gateway);
+    };
+    if !gateway.history.archive {
+        anyhow::bail!(
+            "gateway `{}` does not keep an archive (set `archive = true` in it)",
+            gateway.name
+        );
+    }
+    let connection = tribridge::archive::open_read_only(&config.state_dir)?;
+    if request.verify {
+        return Ok(match chain::verify(&connection, &gateway.name)? {
+            chain::Verdict::Intact {
+                records,
+                tombstones,
+                head,
+            } => {
+                println!(
+                    "gateway `{}`: the chain of {records} records ({tombstones} tombstones) \
+                     verifies; its newest hash is {head}",
+                    gateway.name
+                );
+                ExitCode::SUCCESS
+            }
+            chain::Verdict::Broken {
+                seq,
+                message_id,
+                reason,
+            } => {
+                println!(
+                    "gateway `{}`: record {seq} (message {message_id}) does not match: {reason}",
+                    gateway.name
+                );
+                ExitCode::from(1)
+            }
+        });
+    }
+    if request.format != "jsonl" {
+        anyhow::bail!("unknown format `{}` (known: jsonl)", request.format);
+    }
+    let channel = match &request.channel {
+        Some(text) => match text.split_once(':') {
+            Some((network, channel)) => Some((network.to_owned(), channel.to_owned())),
+            None => anyhow::bail!("--channel is NETWORK:CHANNEL, not `{text}`"),
+        },
+        None => None,
+    };
+    let selection = export::Selection {
+        gateway: gateway.name.clone(),
+        channel,
+        since_ms: request.since.as_deref().map(export::date_ms).transpose()?,
+        until_ms: request.until.as_deref().map(export::date_ms).transpose()?,
+    };
+    let mut out: Box<dyn std::io::Write> = match &request.output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    // A progress line only for a person watching a terminal.
+    let show = std::io::stderr().is_terminal();
+    let written = export::jsonl(&connection, &selection, &mut out, |n| {
+        if show && n % 1000 == 0 {
+            eprint!("\r{n} records");
+        }
+    })?;
+    if show {
+        eprintln!("\r{written} records");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn recover(

@@ -465,7 +465,9 @@ impl Router {
             }
             CommitOutcome::UnknownTarget => {
                 self.stats.unknown_targets.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("Edit, delete or reaction of a message never bridged; dropped.");
+                tracing::debug!(
+                    "Edit, delete or reaction of a message never bridged or already forgotten; dropped."
+                );
             }
             CommitOutcome::Duplicate { message_id } => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_unused_index.sql"),
     include_str!("../migrations/0006_integer_keys.sql"),
     include_str!("../migrations/0007_people.sql"),
+    include_str!("../migrations/0008_history.sql"),
 ];
 
 /// Errors from the store.
@@ -116,6 +117,8 @@ pub struct Store {
     reader: Option<Mutex<Connection>>,
     /// Dropped with the store: the checkpointer thread sees the channel close and ends.
     _checkpointer: Option<std_mpsc::Sender<()>>,
+    /// Added to the clock that stamps `received_ms` (see [`Store::set_clock_skew_ms`]).
+    clock_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 /// How often the checkpointer copies the WAL into the database.
@@ -176,6 +179,7 @@ impl Store {
             connection: Mutex::new(connection),
             reader: Some(Mutex::new(reader)),
             _checkpointer: Some(stop),
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -189,7 +193,24 @@ impl Store {
             connection: Mutex::new(connection),
             reader: None,
             _checkpointer: None,
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Move the clock that stamps a message's `received_ms` by `skew_ms`: the test-only seam
+    /// of the history's retention ([`crate::archive::CLOCK_SKEW_ENV`]; the load harness
+    /// simulates a month with it). Zero in production.
+    pub fn set_clock_skew_ms(&self, skew_ms: i64) {
+        self.clock_skew_ms
+            .store(skew_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The time a message committed now is stamped as received.
+    fn received_now(&self) -> i64 {
+        now_ms()
+            + self
+                .clock_skew_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -198,6 +219,31 @@ impl Store {
         self.connection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Run `work` in one write transaction (`BEGIN IMMEDIATE`) on the writer's connection,
+    /// committed when it returns `Ok`. For the history's pruning ([`crate::archive`]), which
+    /// keeps each call short so that the group commit never waits long for the lock.
+    pub(crate) fn write_with<R>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut connection = self.lock();
+        let transaction = write_transaction(&mut connection)?;
+        let result = work(&transaction)?;
+        transaction.commit()?;
+        Ok(result)
+    }
+
+    /// Run `work` on the reader's connection (for the load harness and tools that read what
+    /// the store has no method for).
+    pub fn read_with_public<R>(&self, work: impl FnOnce(&Connection) -> R) -> R {
+        work(&self.read())
+    }
+
+    /// Run `work` on the reader's connection (the writer's for a store in memory).
+    pub(crate) fn read_with<R>(&self, work: impl FnOnce(&Connection) -> R) -> R {
+        work(&self.read())
     }
 
     /// The connection for reads: the reader of a file-backed store, else the only one. It sees
@@ -224,7 +270,12 @@ impl Store {
         let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
         let mut connection = self.lock();
         let transaction = write_transaction(&mut connection)?;
-        let recorded = record_inbound(&transaction, &mut Writes::prepare(&transaction)?, &staged)?;
+        let recorded = record_inbound(
+            &transaction,
+            &mut Writes::prepare(&transaction)?,
+            &staged,
+            self.received_now(),
+        )?;
         transaction.commit()?;
         Ok(settle(&mut staged, recorded, &mut Vec::new()))
     }
@@ -244,11 +295,12 @@ impl Store {
         events: &mut [StagedInbound],
     ) -> GroupOutcome {
         let mut connection = self.lock();
-        match group_plain(&mut connection, acknowledged, events) {
+        let received_ms = self.received_now();
+        match group_plain(&mut connection, acknowledged, events, received_ms) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::debug!(error = %error, "A group commit failed; writing it again event by event.");
-                group_with_savepoints(&mut connection, acknowledged, events)
+                group_with_savepoints(&mut connection, acknowledged, events, received_ms)
             }
         }
     }
@@ -840,6 +892,7 @@ fn group_plain(
     connection: &mut Connection,
     acknowledged: &[Completion],
     events: &mut [StagedInbound],
+    received_ms: i64,
 ) -> Result<GroupOutcome, StoreError> {
     let transaction = write_transaction(connection)?;
     let mut recorded = Vec::with_capacity(events.len());
@@ -849,7 +902,12 @@ fn group_plain(
             record_known_completion(&mut writes, completion)?;
         }
         for event in events.iter() {
-            recorded.push(record_inbound(&transaction, &mut writes, event)?);
+            recorded.push(record_inbound(
+                &transaction,
+                &mut writes,
+                event,
+                received_ms,
+            )?);
         }
     }
     transaction.commit()?;
@@ -872,6 +930,7 @@ fn group_with_savepoints(
     connection: &mut Connection,
     acknowledged: &[Completion],
     events: &mut [StagedInbound],
+    received_ms: i64,
 ) -> GroupOutcome {
     let mut transaction = match write_transaction(connection) {
         Ok(transaction) => transaction,
@@ -901,8 +960,12 @@ fn group_with_savepoints(
                 .savepoint()
                 .map_err(StoreError::from)
                 .and_then(|savepoint| {
-                    let recorded =
-                        record_inbound(&savepoint, &mut Writes::prepare(&savepoint)?, event)?;
+                    let recorded = record_inbound(
+                        &savepoint,
+                        &mut Writes::prepare(&savepoint)?,
+                        event,
+                        received_ms,
+                    )?;
                     savepoint.commit()?;
                     Ok(recorded)
                 })
@@ -1098,6 +1161,7 @@ fn record_inbound(
     connection: &Connection,
     writes: &mut Writes<'_>,
     staged: &StagedInbound,
+    received_ms: i64,
 ) -> Result<Recorded, StoreError> {
     let inbound = &staged.inbound;
     if let Some(remote_id) = &inbound.remote_id
@@ -1132,7 +1196,7 @@ fn record_inbound(
         inbound.body.kind_name(),
         staged.body,
         inbound.timestamp_ms,
-        now_ms(),
+        received_ms,
         target_message_id,
         reply_to_message_id,
         inbound.permalink,
@@ -1377,8 +1441,9 @@ fn configure(connection: &Connection) -> Result<(), StoreError> {
 /// Foreign keys are not enforced on the writer's connection (the migrations ran with them on,
 /// and the reader and checkpointer keep them on). Every row it writes that points at a message
 /// takes that id from the message it inserted in the same transaction, from a mapping or outbox
-/// row that points at it already, or from the outbox row the worker read; and no message is
-/// ever deleted. Enforcing them cost a parent lookup per row (four per relayed message, 7 % of
+/// row that points at it already, or from the outbox row the worker read; and a message is
+/// deleted only by the history's retention ([`crate::archive`]), which removes or unlinks every
+/// row pointing at it in the same transaction and never deletes one an outbox row needs. Enforcing them cost a parent lookup per row (four per relayed message, 7 % of
 /// the writer's instructions). [`Store::integrity_problems`] checks what enforcement would have:
 /// the tests run it after every kind of write, the chaos harness after its crashes.
 fn writer_settings(connection: &Connection) -> Result<(), StoreError> {

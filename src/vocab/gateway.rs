@@ -73,6 +73,38 @@ pub struct GatewayConfig {
     /// How a relayed sender is shown in this gateway's channels, over the network's and the
     /// `[general]` format; `None`: theirs.
     pub remote_nick_format: Option<String>,
+    /// What the bridge keeps of the gateway's messages, and for how long.
+    pub history: HistoryPolicy,
+}
+
+/// What a gateway keeps of its history (`archive`, `retention_days`, `legal_hold`), enforced by
+/// [`crate::archive`].
+///
+/// The defaults keep as little as the relaying needs: no archive, and every message forgotten
+/// 30 days after the bridge received it (so an edit, delete or reaction can still find it for a
+/// month). A bridge sees the plaintext of encrypted rooms and every network's messages; keeping
+/// that for longer is a decision an organisation takes on purpose, per gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Keep the full record for export (`tribridge export`).
+    pub archive: bool,
+    /// Days a message is kept after it was received; `None` (configured as 0): forever.
+    pub retention_days: Option<u32>,
+    /// Nothing of the gateway is deleted, whatever `retention_days` says.
+    pub legal_hold: bool,
+}
+
+/// The default of a gateway's `retention_days`.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+impl Default for HistoryPolicy {
+    fn default() -> Self {
+        HistoryPolicy {
+            archive: false,
+            retention_days: Some(DEFAULT_RETENTION_DAYS),
+            legal_hold: false,
+        }
+    }
 }
 
 /// One channel of a gateway.

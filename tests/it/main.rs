@@ -4,6 +4,7 @@ mod api_network;
 mod chaos;
 mod compliance;
 mod config_check;
+mod history_archive;
 mod hostile;
 mod irc_history;
 mod irc_manners;

@@ -47,6 +47,7 @@ fn config(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Config {
             original_time_after: Some(tribridge::connector::DEFAULT_ORIGINAL_TIME_AFTER),
             irc_replies: tribridge::vocab::gateway::IrcReplies::default(),
             remote_nick_format: None,
+            history: tribridge::vocab::gateway::HistoryPolicy::default(),
         })
         .collect();
     parsed

@@ -181,7 +181,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["vocab"],
     &["store"],
-    &["group_commit"],
+    &["group_commit", "archive"],
     &["parallel"],
     &["router", "outbox"],
     &["connector"],

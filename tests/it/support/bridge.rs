@@ -116,6 +116,12 @@ impl Bridge {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// Set an environment variable of the daemon for its next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Start again on the same config and state.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the bridge first");

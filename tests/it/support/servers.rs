@@ -372,7 +372,7 @@ pub struct Synapse {
 }
 
 /// The Synapse venv, installed on first use (idempotent; a few ms when present).
-fn synapse_venv() -> PathBuf {
+pub fn synapse_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/synapse/install.sh");
