@@ -719,6 +719,7 @@ impl Validator<'_> {
             });
         }
         let identities = self.identities(raw.identity, &known, &networks);
+        self.named_channels(&networks, &gateways);
         Config {
             state_dir,
             remote_nick_format,
@@ -729,6 +730,34 @@ impl Validator<'_> {
             gateways,
             identities,
             warnings: Vec::new(),
+        }
+    }
+
+    /// The channels networks' sections name (an api network's webhooks) that no gateway
+    /// links on that network.
+    fn named_channels(&mut self, networks: &[NetworkConfig], gateways: &[GatewayConfig]) {
+        for network in networks {
+            for named in network.settings.named_channels() {
+                let linked = gateways.iter().any(|gateway| {
+                    gateway
+                        .channels
+                        .iter()
+                        .any(|c| c.network == network.id && c.channel == named.channel)
+                });
+                if !linked {
+                    self.report(
+                        named.at,
+                        format!("network.{}.{}", network.id, named.key),
+                        format!(
+                            "`{channel}` is not a channel of `{id}` in any gateway: add \
+                             `{{ network = \"{id}\", channel = \"{channel}\" }}` to a gateway's \
+                             channels",
+                            channel = named.channel,
+                            id = network.id,
+                        ),
+                    );
+                }
+            }
         }
     }
 

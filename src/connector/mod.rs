@@ -101,6 +101,24 @@ pub trait NetworkSettings: std::fmt::Debug + Send + Sync + SettingsAny {
     fn identifies_accounts(&self) -> bool {
         false
     }
+
+    /// Channels of this network that its own section names and that must be linked by a
+    /// gateway (an api network's webhooks post into one): `check` reports each that no
+    /// gateway lists on this network, where the section names it. None by default.
+    fn named_channels(&self) -> Vec<NamedChannel> {
+        Vec::new()
+    }
+}
+
+/// A channel a network's section names (see [`NetworkSettings::named_channels`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedChannel {
+    /// Where the section names it (byte offset in the file).
+    pub at: usize,
+    /// The key that names it, under the section (`webhooks.gateway`).
+    pub key: String,
+    /// The channel.
+    pub channel: String,
 }
 
 /// Settings as `Any`, for comparing two networks' settings and for tests that read a type's

@@ -129,6 +129,18 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "api network: a webhook posting into a channel no gateway links",
+            format!(
+                "[network.api]\ntype = \"api\"\nlisten = \"127.0.0.1:4242\"\ntoken = \"t\"\n\
+                 webhooks = [{{ name = \"grafana\", gateway = \"alerts\", secret = \"s\" }}]\n{NET2}\
+                 [[gateway]]\nname = \"ops\"\nchannels = [\n  {{ network = \"api\", channel = \"ops\" }},\n  \
+                 {{ network = \"oftc\", channel = \"#b\" }},\n]\n"
+            ),
+            vec![
+                "bridges.toml:5:43: network.api.webhooks.gateway: `alerts` is not a channel of `api` in any gateway: add `{ network = \"api\", channel = \"alerts\" }` to a gateway's channels",
+            ],
+        ),
+        (
             "valid matrix network",
             format!("{MX}{NET2}{MXGATEWAY}"),
             vec![],

@@ -61,6 +61,8 @@ pub struct Webhook {
     pub name: String,
     /// The channel of this network it posts into (the name clients use in `gateway`).
     pub gateway: String,
+    /// Where the file names `gateway` (byte offset), for `check`'s located errors.
+    pub gateway_at: usize,
     /// The secret a request must carry (`Authorization: Bearer`, or `?token=`).
     pub secret: Secret,
 }
@@ -220,7 +222,7 @@ fn webhooks(section: &mut Section<'_>, raw: &[Spanned<RawWebhook>]) -> Vec<Webho
                     section.report(gateway.span().start, "webhooks.gateway", problem);
                     None
                 }
-                None => Some(gateway.get_ref().clone()),
+                None => Some((gateway.get_ref().clone(), gateway.span().start)),
             },
         };
         let secret = section.secret(
@@ -238,9 +240,11 @@ fn webhooks(section: &mut Section<'_>, raw: &[Spanned<RawWebhook>]) -> Vec<Webho
             );
         }
         if let (Some(name), Some(gateway), Some(secret)) = (name, gateway, secret) {
+            let (gateway, gateway_at) = gateway;
             hooks.push(Webhook {
                 name,
                 gateway,
+                gateway_at,
                 secret,
             });
         }
@@ -290,6 +294,17 @@ impl NetworkSettings for ApiConfig {
 
     fn channel_problem(&self, channel: &str) -> Option<String> {
         channel_problem(channel)
+    }
+
+    fn named_channels(&self) -> Vec<crate::connector::NamedChannel> {
+        self.webhooks
+            .iter()
+            .map(|hook| crate::connector::NamedChannel {
+                at: hook.gateway_at,
+                key: "webhooks.gateway".to_owned(),
+                channel: hook.gateway.clone(),
+            })
+            .collect()
     }
 }
 
