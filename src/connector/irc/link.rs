@@ -31,7 +31,7 @@ const READ_CAPACITY: usize = 1024;
 /// Lines the session may have waiting to be written; more means the session is stuck.
 const PENDING_LINES: usize = 256;
 /// Silence after which the server is pinged, and how long it then has to answer.
-const PING_AFTER: Duration = Duration::from_secs(60);
+const PING_AFTER: Duration = Duration::from_mins(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
 /// A write the server does not take within this long ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,8 +85,9 @@ pub(super) struct Lean {
 
 /// The connection under a session.
 pub(super) enum Link {
-    Client(irc::client::ClientStream),
-    Lean(Box<Lean>),
+    /// Boxed: a puppet's session future holds the lean variant, and the crate's stream is big.
+    Client(Box<irc::client::ClientStream>),
+    Lean(Lean),
 }
 
 /// A TLS client configuration for puppets, as the `irc` crate builds the bot's: the Mozilla
@@ -196,7 +197,10 @@ impl TaskInfo {
             let stream = client
                 .stream()
                 .map_err(|error| format!("no stream: {error}"))?;
-            return Ok((Link::Client(stream), Outgoing::Client(client.sender())));
+            return Ok((
+                Link::Client(Box::new(stream)),
+                Outgoing::Client(client.sender()),
+            ));
         };
         let tls = role.tls.clone()?;
         let socket = tokio::time::timeout(CONNECT_TIMEOUT, self.open(tls))
@@ -212,10 +216,7 @@ impl TaskInfo {
             pinged: None,
             own: Vec::new(),
         };
-        Ok((
-            Link::Lean(Box::new(lean)),
-            Outgoing::Own(Mutex::new(Vec::new())),
-        ))
+        Ok((Link::Lean(lean), Outgoing::Own(Mutex::new(Vec::new()))))
     }
 
     async fn open(
