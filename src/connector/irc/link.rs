@@ -79,6 +79,9 @@ pub(super) struct Lean {
     /// When something was last read, and when the server was pinged (awaiting its answer).
     last_read: Instant,
     pinged: Option<Instant>,
+    /// [`PING_AFTER`] and [`PING_TIMEOUT`] (shorter in the tests).
+    ping_after: Duration,
+    ping_timeout: Duration,
     /// Lines of our own (`PONG`, `PING`, `NICK`) to write with the session's.
     own: Vec<Message>,
 }
@@ -214,6 +217,8 @@ impl TaskInfo {
             next_alt: 0,
             last_read: Instant::now(),
             pinged: None,
+            ping_after: PING_AFTER,
+            ping_timeout: PING_TIMEOUT,
             own: Vec::new(),
         };
         Ok((Link::Lean(lean), Outgoing::Own(Mutex::new(Vec::new()))))
@@ -287,8 +292,8 @@ impl Link {
 impl Lean {
     async fn next(&mut self) -> Option<Result<Option<Message>, String>> {
         let wake = match self.pinged {
-            Some(at) => at + PING_TIMEOUT,
-            None => self.last_read + PING_AFTER,
+            Some(at) => at + self.ping_timeout,
+            None => self.last_read + self.ping_after,
         };
         tokio::select! {
             line = self.reader.next() => {
@@ -322,7 +327,7 @@ impl Lean {
             }
             () = tokio::time::sleep_until(wake) => {
                 if self.pinged.is_some() {
-                    return Some(Err(format!("the server did not answer a PING within {PING_TIMEOUT:?}")));
+                    return Some(Err(format!("the server did not answer a PING within {:?}", self.ping_timeout)));
                 }
                 self.pinged = Some(Instant::now());
                 self.own.push(Command::PING("tribridge".into(), None).into());
@@ -330,5 +335,96 @@ impl Lean {
                 Some(Ok(None))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    fn lean(socket: tokio::io::DuplexStream, ping: Duration) -> Link {
+        Link::Lean(Lean {
+            reader: FramedRead::with_capacity(
+                Box::new(socket),
+                IrcCodec::new(charset::WIRE_LABEL).unwrap(),
+                READ_CAPACITY,
+            ),
+            alt_nicks: vec!["dave[m]1".into()],
+            next_alt: 0,
+            last_read: Instant::now(),
+            pinged: None,
+            ping_after: ping,
+            ping_timeout: ping,
+            own: Vec::new(),
+        })
+    }
+
+    async fn written(server: &mut tokio::io::DuplexStream) -> String {
+        let mut buffer = vec![0; 512];
+        let read = server.read(&mut buffer).await.unwrap();
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn answers_ping_falls_back_on_a_taken_nick_and_writes_the_sessions_lines() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut link = lean(client, PING_AFTER);
+        let outgoing = Outgoing::Own(Mutex::new(Vec::new()));
+        server.write_all(b"PING :irc.test\r\n").await.unwrap();
+        assert!(matches!(link.next().await, Some(Ok(Some(_)))));
+        outgoing
+            .send(Command::PRIVMSG("#c".into(), "hi".into()).into())
+            .unwrap();
+        link.flush(&outgoing).await.unwrap();
+        assert_eq!(
+            written(&mut server).await,
+            "PONG irc.test\r\nPRIVMSG #c hi\r\n"
+        );
+        server
+            .write_all(b":irc.test 433 * dave[m] :Nickname is already in use\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(link.next().await, Some(Ok(Some(_)))));
+        link.flush(&outgoing).await.unwrap();
+        assert_eq!(written(&mut server).await, "NICK dave[m]1\r\n");
+        server
+            .write_all(b":irc.test 433 * dave[m]1 :Nickname is already in use\r\n")
+            .await
+            .unwrap();
+        let Some(Err(reason)) = link.next().await else {
+            panic!("no fallback left ends the connection");
+        };
+        assert!(reason.contains("no usable nick"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn pings_a_silent_server_and_gives_up_when_it_does_not_answer() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut link = lean(client, Duration::from_millis(50));
+        let outgoing = Outgoing::Own(Mutex::new(Vec::new()));
+        assert!(matches!(link.next().await, Some(Ok(None))));
+        link.flush(&outgoing).await.unwrap();
+        assert_eq!(written(&mut server).await, "PING tribridge\r\n");
+        let Some(Err(reason)) = link.next().await else {
+            panic!("a server that does not answer the PING ends the connection");
+        };
+        assert!(reason.contains("did not answer a PING"), "{reason}");
+    }
+
+    #[test]
+    fn the_pending_lines_are_bounded() {
+        let outgoing = Outgoing::Own(Mutex::new(Vec::new()));
+        for _ in 0..PENDING_LINES {
+            outgoing
+                .send(Command::PING("x".into(), None).into())
+                .unwrap();
+        }
+        assert!(
+            outgoing
+                .send(Command::PING("x".into(), None).into())
+                .is_err()
+        );
     }
 }
