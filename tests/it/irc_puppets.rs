@@ -34,9 +34,16 @@ async fn setup(puppet_keys: &str, with_mattermost: bool) -> Setup {
 
 /// Like [`setup`], with `mx_keys` in the Matrix network.
 async fn setup_with(puppet_keys: &str, with_mattermost: bool, mx_keys: &str) -> Setup {
+    setup_on(puppet_keys, with_mattermost, mx_keys, false).await
+}
+
+/// Like [`setup_with`]; with `tls`, the bridge (bot and puppets) connects to the server's TLS
+/// port, trusting the test CA through `tls_ca_file`.
+async fn setup_on(puppet_keys: &str, with_mattermost: bool, mx_keys: &str, tls: bool) -> Setup {
     let synapse = shared_synapse();
     let url = synapse.url();
-    let irc_port = shared_inspircd().port;
+    let server = shared_inspircd();
+    let irc_port = server.port;
     let bot = unique("botp");
     register(&url, &bot, "password").await;
     let mut dave = MatrixUser::new(&url, &unique("dave")).await;
@@ -47,8 +54,19 @@ async fn setup_with(puppet_keys: &str, with_mattermost: bool, mx_keys: &str) -> 
     let nick = unique("brp");
     let mut irc = IrcClient::connect(irc_port, &unique("ivan")).await;
     irc.join(&channel).await;
+    let mut irc_keys = irc_network("irc", irc_port, &nick);
+    if tls {
+        irc_keys = irc_keys.replace(
+            &format!("127.0.0.1:{irc_port}\"\ntls = false"),
+            &format!(
+                "127.0.0.1:{}\"\ntls_ca_file = \"{}\"",
+                server.tls_port,
+                server.tls.ca.display()
+            ),
+        );
+    }
     let mut networks = vec![
-        irc_network("irc", irc_port, &nick) + "puppets = true\n" + puppet_keys + "\n",
+        irc_keys + "puppets = true\n" + puppet_keys + "\n",
         matrix_network("mx", &url, &bot) + mx_keys + "\n",
     ];
     let alias = format!("#{alias_name}:localhost");
@@ -297,6 +315,23 @@ async fn an_idle_puppet_quits_and_the_next_message_brings_it_back() {
     s.irc.wait_join(&dave, &s.channel).await;
     let seen = s.irc.texts_until(&s.channel, "back again").await;
     assert_eq!(said(&seen), vec![pair(&dave, "back again")]);
+}
+
+/// A puppet drives its own connection: over TLS, verified as the bot's (`tls_ca_file`), it
+/// registers, joins and speaks (the fallback nick on a taken one is
+/// `a_taken_nick_falls_back_and_a_rename_becomes_nick`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puppet_connects_over_tls_verified_like_the_bot() {
+    let mut s = setup_on("", false, "", true).await;
+    let room = s.room.clone();
+    let dave = puppet_of(&s.dave);
+    s.dave.say(&room, "over tls").await;
+    let seen = s.irc.texts_until(&s.channel, "over tls").await;
+    assert_eq!(said(&seen), vec![pair(&dave, "over tls")]);
+    assert!(
+        s.bridge.logs().contains("Puppet connecting."),
+        "the line came from the puppet's own connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ pub mod flood;
 mod handlers;
 mod history;
 pub mod lines;
+mod link;
 pub mod mentions;
 mod puppets;
 mod registration;

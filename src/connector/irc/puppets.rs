@@ -209,6 +209,8 @@ pub(super) struct PuppetRole {
     /// The connection's configured nick is the person's own IRC nick (`[[identity]]`), not a
     /// puppet nick: it is a puppet's only while the connection has it.
     pub(super) own_nick: bool,
+    /// The network's TLS settings for puppets (`None` without TLS), or why they are unusable.
+    pub(super) tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
 }
 
 impl PuppetRole {
@@ -262,6 +264,8 @@ pub(super) struct Puppets {
     pacer: Arc<tokio::sync::Mutex<Instant>>,
     order: Mutex<HashMap<String, ChannelOrder>>,
     book: Arc<NickBook>,
+    /// Every puppet's TLS settings (see [`super::link::puppet_tls`]).
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
 }
 
 impl Puppets {
@@ -288,6 +292,9 @@ impl Puppets {
             pacer: Arc::new(tokio::sync::Mutex::new(Instant::now())),
             order: Mutex::new(HashMap::new()),
             book: Arc::new(NickBook::open(&context.state_dir, network)),
+            tls: super::link::puppet_tls(config).inspect_err(|error| {
+                tracing::error!(network, error = %error, "Puppets cannot connect with these TLS settings.");
+            }),
         }
     }
 
@@ -481,6 +488,7 @@ impl Puppets {
                 book: Arc::clone(&self.book),
                 key: key.clone(),
                 own_nick,
+                tls: self.tls.clone(),
             }),
         };
         tracing::info!(network = %self.network, nick = %info.config.nick, person = %delivery.author.id, from = %delivery.origin.network, "Opening a puppet connection.");

@@ -10,19 +10,19 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use irc::client::prelude::{Client, Command, Message};
+use irc::client::prelude::{Command, Message};
 use irc::proto::message::Tag;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::connector::supervisor::{SessionEnd, error_chain};
+use crate::connector::supervisor::SessionEnd;
 use crate::connector::{DeliveryError, sleep_until_opt, with_original_time};
 use crate::model::{DeliveryAck, EventBody, Membership, now_ms};
 use crate::richtext::edits::EditPolicy;
 
 use super::convert::{files_as_lines, label, render_delivery};
 use super::flood::TokenBucket;
+use super::link::Outgoing;
 use super::{
     COMMITS_IN_FLIGHT, ECHO_TIMEOUT, OutboundRequest, REGAIN_INTERVAL, TaskInfo, charset, irc_fold,
 };
@@ -67,7 +67,7 @@ impl TaskInfo {
         }
     }
 
-    fn client_config(&self) -> irc::client::data::Config {
+    pub(super) fn client_config(&self) -> irc::client::data::Config {
         let nick = &self.config.nick;
         let alt_nicks = self.alt_nicks();
         irc::client::data::Config {
@@ -96,49 +96,48 @@ impl TaskInfo {
         &self,
         requests: &mut mpsc::Receiver<OutboundRequest>,
     ) -> SessionEnd {
-        let connect = Client::from_config(self.client_config());
-        let client = tokio::select! {
-            result = tokio::time::timeout(Duration::from_secs(30), connect) => match result {
-                Ok(Ok(client)) => client,
-                Ok(Err(error)) => return SessionEnd::Lost(format!("connect failed: {}", error_chain(&error))),
-                Err(_) => return SessionEnd::Lost("connect timed out after 30 s".into()),
-            },
+        let connected = tokio::select! {
+            connected = self.connect() => connected,
             () = self.context.shutdown.cancelled() => return SessionEnd::Shutdown,
         };
-        let mut client = client;
-        let mut stream = match client.stream() {
-            Ok(stream) => stream,
-            Err(error) => return SessionEnd::Lost(format!("no stream: {error}")),
+        let (mut link, outgoing) = match connected {
+            Ok(connected) => connected,
+            Err(reason) => return SessionEnd::Lost(reason),
         };
-        let mut session = Session::new(self, client.sender());
+        let mut session = Session::new(self, outgoing);
         if let Err(error) = session.begin_registration() {
             return SessionEnd::Lost(format!("cannot send registration: {error}"));
         }
         let mut regain = tokio::time::interval(REGAIN_INTERVAL);
         regain.reset();
         let end = loop {
+            if let Err(reason) = link.flush(&session.outgoing).await {
+                break SessionEnd::Lost(reason);
+            }
             let flood_at = session.flood_ready_at();
             let deadline = session.next_deadline();
             tokio::select! {
                 biased;
                 () = self.context.shutdown.cancelled() => {
                     session.quit("tribridge shutting down");
-                    // The QUIT is written when the stream is polled; the server answers with
-                    // ERROR and closes. Wait for that, briefly.
+                    // The server answers the QUIT with ERROR and closes. Wait for that, briefly.
                     let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                        while let Some(Ok(_)) = stream.next().await {}
+                        link.flush(&session.outgoing).await?;
+                        while let Some(Ok(_)) = link.next().await {}
+                        Ok::<(), String>(())
                     })
                     .await;
                     break SessionEnd::Shutdown;
                 }
-                message = stream.next() => match message {
-                    Some(Ok(message)) => {
+                message = link.next() => match message {
+                    Some(Ok(None)) => {}
+                    Some(Ok(Some(message))) => {
                         let message = self.read_line(message);
                         if let Err(reason) = session.handle(&message).await {
                             break SessionEnd::Lost(reason);
                         }
                     }
-                    Some(Err(error)) => break SessionEnd::Lost(error_chain(&error)),
+                    Some(Err(reason)) => break SessionEnd::Lost(reason),
                     None => break SessionEnd::Lost("server closed the connection".into()),
                 },
                 () = sleep_until_opt(flood_at) => {
@@ -168,7 +167,9 @@ impl TaskInfo {
                     // its next delivery brings it back.
                     session.quit("idle");
                     let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                        while let Some(Ok(_)) = stream.next().await {}
+                        link.flush(&session.outgoing).await?;
+                        while let Some(Ok(_)) = link.next().await {}
+                        Ok::<(), String>(())
                     })
                     .await;
                     break SessionEnd::Shutdown;
@@ -220,7 +221,7 @@ struct QueuedLine {
 
 pub(super) struct Session<'a> {
     pub(super) task: &'a TaskInfo,
-    sender: irc::client::Sender,
+    outgoing: Outgoing,
     pub(super) nick: String,
     pub(super) phase: Phase,
     pub(super) offered_caps: Vec<String>,
@@ -251,7 +252,7 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(task: &'a TaskInfo, sender: irc::client::Sender) -> Self {
+    fn new(task: &'a TaskInfo, outgoing: Outgoing) -> Self {
         let channels = task
             .context
             .channels
@@ -260,7 +261,7 @@ impl<'a> Session<'a> {
             .collect();
         Self {
             task,
-            sender,
+            outgoing,
             nick: task.config.nick.clone(),
             phase: Phase::Registering,
             offered_caps: Vec::new(),
@@ -379,9 +380,7 @@ impl<'a> Session<'a> {
                 .parse::<Message>()
                 .map_err(|error| format!("cannot encode a line: {error}"))?
         };
-        self.sender
-            .send(message)
-            .map_err(|error| format!("write failed: {error}"))
+        self.outgoing.send(message)
     }
 
     fn quit(&self, reason: &str) {
