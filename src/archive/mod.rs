@@ -214,32 +214,57 @@ pub fn prune(
             None => break,
         }
     }
+    pruned.deliveries += sweep_all_deliveries(store, horizon, || {
+        pruned.batches += 1;
+        between();
+    })?;
+    pruned.files += remove_unused_files(store, files, &hashes)?;
+    Ok(pruned)
+}
+
+/// Sweep the acknowledged deliveries of forgotten messages (see [`sweep_deliveries`]) in
+/// batches up to `horizon`, calling `between` after each; how many rows went.
+fn sweep_all_deliveries(
+    store: &Store,
+    horizon: i64,
+    mut between: impl FnMut(),
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
     let mut after = 0;
     loop {
-        let (removed, next) = store.write_with(|tx| sweep_deliveries(tx, horizon, after))?;
-        pruned.batches += 1;
-        pruned.deliveries += removed;
+        let (batch, next) = store.write_with(|tx| sweep_deliveries(tx, horizon, after))?;
+        removed += batch;
         between();
         match next {
             Some(next) => after = next,
-            None => break,
+            None => return Ok(removed),
         }
     }
-    if let Some(files) = files
-        && !hashes.is_empty()
-    {
-        let kept = store.read_with(|connection| still_used(connection, &hashes))?;
-        for hash in hashes.difference(&kept) {
-            match files.remove(hash) {
-                Ok(true) => pruned.files += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, file = %hash, "Cannot remove a forgotten message's file.");
-                }
+}
+
+/// Remove the stored files among `hashes` that no message left in the store carries; how many
+/// went (a file that cannot be removed is logged and left).
+fn remove_unused_files(
+    store: &Store,
+    files: Option<&FileStore>,
+    hashes: &HashSet<String>,
+) -> Result<u64, StoreError> {
+    let Some(files) = files else { return Ok(0) };
+    if hashes.is_empty() {
+        return Ok(0);
+    }
+    let kept = store.read_with(|connection| still_used(connection, hashes))?;
+    let mut removed = 0;
+    for hash in hashes.difference(&kept) {
+        match files.remove(hash) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, file = %hash, "Cannot remove a forgotten message's file.");
             }
         }
     }
-    Ok(pruned)
+    Ok(removed)
 }
 
 /// What one batch of [`forget_batch`] did.
@@ -495,28 +520,8 @@ pub fn forget_person(
         }
     }
     // Their acknowledged deliveries: every row whose message is gone.
-    let mut after = 0;
-    loop {
-        let (_, next) = store.write_with(|tx| sweep_deliveries(tx, i64::MAX, after))?;
-        match next {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
-    if let Some(files) = files
-        && !hashes.is_empty()
-    {
-        let kept = store.read_with(|connection| still_used(connection, &hashes))?;
-        for hash in hashes.difference(&kept) {
-            match files.remove(hash) {
-                Ok(true) => forgotten.files += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, file = %hash, "Cannot remove a forgotten person's file.");
-                }
-            }
-        }
-    }
+    sweep_all_deliveries(store, i64::MAX, || {})?;
+    forgotten.files += remove_unused_files(store, files, &hashes)?;
     Ok(forgotten)
 }
 
