@@ -294,15 +294,7 @@ impl Router {
         };
         let protocol = self.topology.protocol(&inbound.origin.network);
         let mut inbound = inbound;
-        // A linked person (`[[identity]]`) is shown under their one name everywhere.
-        if let Some(name) = self
-            .people
-            .identities()
-            .name(&inbound.origin.network, &inbound.author.id)
-        {
-            name.clone_into(&mut inbound.author.display_name);
-        }
-        self.people.learn(&inbound);
+        self.introduce(&mut inbound);
         let outcome = self
             .writer
             .commit_inbound(inbound, protocol, routes)
@@ -352,6 +344,19 @@ impl Router {
         }
     }
 
+    /// Show a linked person (`[[identity]]`) under their one name everywhere, and let the
+    /// people directory learn the author.
+    fn introduce(&self, inbound: &mut Inbound) {
+        if let Some(name) = self
+            .people
+            .identities()
+            .name(&inbound.origin.network, &inbound.author.id)
+        {
+            name.clone_into(&mut inbound.author.display_name);
+        }
+        self.people.learn(inbound);
+    }
+
     /// Queue a commit; the task ends once it is done and accounted for.
     fn enqueue(
         &self,
@@ -362,15 +367,7 @@ impl Router {
         let origin = inbound.origin.clone();
         let protocol = self.topology.protocol(&inbound.origin.network);
         let mut inbound = inbound;
-        // A linked person (`[[identity]]`) is shown under their one name everywhere.
-        if let Some(name) = self
-            .people
-            .identities()
-            .name(&inbound.origin.network, &inbound.author.id)
-        {
-            name.clone_into(&mut inbound.author.display_name);
-        }
-        self.people.learn(&inbound);
+        self.introduce(&mut inbound);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
         let this = self.clone();
         tokio::spawn(async move {
