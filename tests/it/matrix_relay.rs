@@ -1394,18 +1394,8 @@ async fn an_encrypted_room_is_bridged_both_ways() {
     );
     irc.wait_join(&nick, &channel).await;
     // Alice's client learns that the bot joined, so that it shares the room key with it.
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    loop {
-        let response = client.sync_once(settings.clone()).await.unwrap();
-        settings = settings.token(response.next_batch);
-        let member = room.get_member_no_sync(&bot_id).await.unwrap();
-        if member.is_some_and(|m| {
-            *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
-        }) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the bot never joined");
-    }
+    settings =
+        crate::support::matrix_client::sync_until_joined(&client, &room, &bot_id, settings).await;
     assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
 
     room.send(RoomMessageEventContent::text_plain("secret hello"))

@@ -463,3 +463,25 @@ impl MatrixUser {
         all
     }
 }
+
+/// Sync the SDK `client` until `user` has joined `room` (a minute at most, else the test
+/// fails); returns the sync settings to go on from.
+pub async fn sync_until_joined(
+    client: &matrix_sdk::Client,
+    room: &matrix_sdk::Room,
+    user: &matrix_sdk::ruma::UserId,
+    mut settings: matrix_sdk::config::SyncSettings,
+) -> matrix_sdk::config::SyncSettings {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let response = client.sync_once(settings.clone()).await.unwrap();
+        settings = settings.token(response.next_batch);
+        let member = room.get_member_no_sync(user).await.unwrap();
+        if member.is_some_and(|m| {
+            *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+        }) {
+            return settings;
+        }
+        assert!(Instant::now() < deadline, "{user} never joined");
+    }
+}
