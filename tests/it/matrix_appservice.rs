@@ -378,6 +378,16 @@ async fn a_wrong_hs_token_is_refused_and_a_transaction_pushed_again_is_relayed_o
             .unwrap();
         assert_eq!(pushed.status().as_u16(), 200);
     }
+    // Synapse on SQLite numbers its transactions from 1 again after a restart: an id seen
+    // before with other events is a new transaction.
+    let reused = http
+        .put(format!("{endpoint}again1"))
+        .bearer_auth(&s.hs_token)
+        .json(&event("same id, other events", "$again2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status().as_u16(), 200);
     let ping = http
         .post(format!(
             "http://127.0.0.1:{}/_matrix/app/v1/ping",
@@ -397,9 +407,10 @@ async fn a_wrong_hs_token_is_refused_and_a_transaction_pushed_again_is_relayed_o
         texts(&lines),
         vec![
             format!("<{name}> pushed twice"),
+            format!("<{name}> same id, other events"),
             format!("<{name}> after the pushes asmark3"),
         ],
-        "nothing forged, the pushed transaction once"
+        "nothing forged, the pushed transaction once, the reused id's new events"
     );
     s.bridge.terminate();
 }

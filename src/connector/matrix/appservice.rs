@@ -7,11 +7,13 @@
 //!   in `state_dir/matrix-<network>.appservice-tokens` (mode 0600), read again at every start.
 //! - **Inbound**: `PUT /_matrix/app/v1/transactions/{txnId}` with the `hs_token` (compared in
 //!   constant time: 401 without one, 403 for a wrong one). Every event of a transaction is
-//!   committed through the router before the 200; the transaction id is then stored (when it
-//!   relayed anything: one of only the bridge's own echoes would relay nothing again), and a
-//!   transaction already stored is answered 200 without relaying it again. A crash between the
-//!   commits and that record replays the transaction, and the store drops the events it has by
-//!   event id. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
+//!   committed through the router before the 200; the transaction (id and a digest of its
+//!   events) is then stored as the last one (when it relayed anything: one of only the bridge's
+//!   own echoes would relay nothing again), and that transaction pushed again is answered 200
+//!   without relaying it again. A crash between the commits and that record replays the
+//!   transaction, and the store drops the events it has by event id. A transaction pushed while
+//!   the bot still joins its rooms waits for the joins instead of being refused: a refusal puts
+//!   Synapse into recovery, whose end can leave a transaction unsent. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
 //!   Events of the bridge's bot and of its ghosts are never relayed (echo layer one).
 //! - **Outbound**: each delivery is sent by the ghost of its author (`user_id=` masquerading),
 //!   with the delivery id as transaction id. A ghost is registered
@@ -67,6 +69,13 @@ use crate::vocab::{DeliveryError, Secret};
 
 /// How often rooms the bot could not join are tried again.
 const JOIN_RETRY: Duration = Duration::from_secs(10);
+
+/// How long a transaction pushed while the bot still joins its rooms waits for the joins
+/// before it is refused (the homeserver waits 60 s for an answer).
+const HOLD_UNTIL_JOINED: Duration = Duration::from_secs(30);
+
+/// The store cursor holding the last committed transaction (`<txn id>:<digest of its events>`).
+const LAST_TXN: &str = "appservice-last-txn";
 
 /// Errors of the registration command and of reading the tokens.
 #[derive(Debug, thiserror::Error)]
@@ -218,9 +227,9 @@ struct Shared {
     context: BuildContext,
     /// configured channel → room id, for rooms the bot is in.
     rooms: RwLock<HashMap<String, String>>,
-    /// Set once every configured room was tried: until then a pushed transaction is refused
-    /// (the homeserver pushes it again), so nothing of a room not joined yet is dropped.
-    rooms_tried: std::sync::atomic::AtomicBool,
+    /// Set once every configured room was tried: until then a pushed transaction waits (up to
+    /// [`HOLD_UNTIL_JOINED`]), so nothing of a room not joined yet is dropped as unbridged.
+    rooms_tried: tokio::sync::watch::Sender<bool>,
     /// Joined rooms whose encryption was checked: deliveries wait for it.
     checked: Mutex<HashSet<String>>,
     /// Rooms with encryption on: relayed by the bot's end-to-end client, not by ghosts.
@@ -318,7 +327,7 @@ pub fn build(
         known_ghosts: Mutex::new(HashSet::new()),
         context,
         rooms: RwLock::new(HashMap::new()),
-        rooms_tried: std::sync::atomic::AtomicBool::new(false),
+        rooms_tried: tokio::sync::watch::Sender::new(false),
         checked: Mutex::new(HashSet::new()),
         encrypted,
         via_bot,
@@ -610,10 +619,7 @@ impl Shared {
                     }
                 }
             }
-            if !self
-                .rooms_tried
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
+            if !self.rooms_tried.send_replace(true) {
                 tracing::info!(network = %self.network, missing, "Every configured room was tried; taking the homeserver's transactions.");
             }
             if missing == 0 {
@@ -940,18 +946,40 @@ impl Shared {
         }
     }
 
-    /// One transaction: every event committed, then the transaction id recorded.
+    /// One transaction: every event committed, then the transaction recorded as the last one.
+    ///
+    /// While the bot still joins its rooms (at start) the transaction waits rather than being
+    /// refused: a refusal sends Synapse into its recovery mode, and a transaction it creates
+    /// just as that recovery ends is left unsent (Synapse 1.163) until the next failure, so
+    /// that message would arrive much later or never. The homeserver pushes one transaction at
+    /// a time and pushes a failed one again before the next, so the last committed one is the
+    /// only one that can come again: it is the one recorded, by id and by its events (Synapse
+    /// on `SQLite` numbers transactions from 1 again after a restart).
     async fn transaction(&self, txn_id: &str, body: &Value) -> Result<(), String> {
-        if !self.rooms_tried.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("the bot is still joining its rooms".to_owned());
+        if !*self.rooms_tried.borrow() {
+            let mut tried = self.rooms_tried.subscribe();
+            let joined = tokio::time::timeout(HOLD_UNTIL_JOINED, tried.wait_for(|tried| *tried));
+            if !matches!(joined.await, Ok(Ok(_))) {
+                return Err("the bot is still joining its rooms".to_owned());
+            }
         }
-        let key = format!("appservice-txn:{txn_id}");
-        if self.cursor(key.clone()).await?.is_some() {
+        let events = body["events"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut digest = sha2::Sha256::new();
+        for event in events {
+            digest.update(event["event_id"].as_str().unwrap_or("").as_bytes());
+            digest.update(b"\n");
+        }
+        let digest = digest.finalize();
+        let mut record = format!("{txn_id}:");
+        for byte in &digest[..16] {
+            let _ = write!(record, "{byte:02x}");
+        }
+        if self.cursor(LAST_TXN.to_owned()).await?.as_deref() == Some(record.as_str()) {
             tracing::debug!(network = %self.network, txn_id, "A transaction already committed was pushed again; answered without relaying it.");
             return Ok(());
         }
         let mut submitted = false;
-        for event in body["events"].as_array().into_iter().flatten() {
+        for event in events {
             submitted |= self.relay(event).await?;
         }
         // A transaction that relayed nothing (the bridge's own echoes, while it writes) would
@@ -960,7 +988,7 @@ impl Shared {
         if !submitted {
             return Ok(());
         }
-        self.set_cursor(key, now_ms().to_string()).await
+        self.set_cursor(LAST_TXN.to_owned(), record).await
     }
 
     /// The ghost of a delivery's author, its localpart chosen (and stored) the first time.
