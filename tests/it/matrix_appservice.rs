@@ -511,6 +511,69 @@ async fn a_sigkill_while_synapse_pushes_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_homeserver_never_pushes_is_found_in_the_room_and_relayed_late_once() {
+    let mut s = setup("").await;
+    let room = s.room.clone();
+    let mira = crate::support::matrix_client::local_part(&s.matrix.user_id);
+    s.matrix.say(&room, "before asmark6").await;
+    s.irc.texts_until(&s.channel, "asmark6").await;
+    s.bridge.wait_outbox_drained("irc", &s.channel).await;
+    s.bridge.kill9();
+    s.matrix.say(&room, "held back asmark7").await;
+    // Synapse could not push it (the bridge is down) and keeps it as an unsent transaction.
+    // Taking that transaction away leaves the message as Synapse leaves one when its recovery
+    // from a failed push ends: in the room, never pushed.
+    let database = rusqlite::Connection::open(s.synapse.dir.join("homeserver.db")).unwrap();
+    database.busy_timeout(Duration::from_secs(10)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let held: i64 = database
+            .query_row(
+                "SELECT count(*) FROM application_services_txns",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        if held > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Synapse never held a transaction for the stopped bridge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    database
+        .execute("DELETE FROM application_services_txns", [])
+        .unwrap();
+    drop(database);
+    s.bridge.restart();
+    s.matrix.say(&room, "after asmark8").await;
+    let seen = texts(&s.irc.texts_until(&s.channel, "asmark7").await);
+    assert_eq!(
+        seen.first(),
+        Some(&format!("<{mira}> after asmark8")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.len(), 2, "each once: {seen:?}");
+    assert!(
+        seen[1].starts_with(&format!("<{mira}> ")) && seen[1].ends_with("held back asmark7"),
+        "{seen:?}"
+    );
+    s.bridge
+        .wait_for_log("Events the homeserver never pushed were found in the room and relayed late.")
+        .await;
+    s.matrix.say(&room, "and on asmark9").await;
+    let seen = texts(&s.irc.texts_until(&s.channel, "asmark9").await);
+    assert_eq!(
+        seen,
+        vec![format!("<{mira}> and on asmark9")],
+        "nothing twice"
+    );
+    s.bridge.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mentions_of_relayed_people_are_pills_of_their_ghosts_and_back() {
     let nick2 = unique("bras2");
     let channel2 = unique("#as2");

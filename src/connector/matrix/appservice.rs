@@ -13,7 +13,13 @@
 //!   without relaying it again. A crash between the commits and that record replays the
 //!   transaction, and the store drops the events it has by event id. A transaction pushed while
 //!   the bot still joins its rooms waits for the joins instead of being refused: a refusal puts
-//!   Synapse into recovery, whose end can leave a transaction unsent. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
+//!   Synapse into recovery, whose end can leave a transaction unsent.
+//! - **Holes**: at the start the bridge pings the homeserver (`/_matrix/client/v1/appservice/
+//!   {id}/ping`), so Synapse pushes what it held back at once rather than after its back-off.
+//!   After the first transaction of a start, a refused transaction or a skipped transaction
+//!   number, each room is read back (`/messages`) for events older than a pushed one that were
+//!   never pushed (Synapse can leave one unsent when its recovery ends); those are committed
+//!   late, once. `/_matrix/app/v1/users/{userId}` answers for ghosts, `/_matrix/app/v1/ping` pings.
 //!   Events of the bridge's bot and of its ghosts are never relayed (echo layer one).
 //! - **Outbound**: each delivery is sent by the ghost of its author (`user_id=` masquerading),
 //!   with the delivery id as transaction id. A ghost is registered
@@ -76,6 +82,16 @@ const HOLD_UNTIL_JOINED: Duration = Duration::from_secs(30);
 
 /// The store cursor holding the last committed transaction (`<txn id>:<digest of its events>`).
 const LAST_TXN: &str = "appservice-last-txn";
+
+/// How long after a reason to look for holes (a start, a refused transaction, a gap in the
+/// transaction numbers) the rooms are looked at: the homeserver's own retries come first.
+const AUDIT_DELAY: Duration = Duration::from_secs(10);
+
+/// The least time between two looks for holes.
+const AUDIT_INTERVAL: Duration = Duration::from_mins(1);
+
+/// Pages of 50 events read back per room and look.
+const AUDIT_PAGES: usize = 4;
 
 /// Errors of the registration command and of reading the tokens.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +254,12 @@ struct Shared {
     via_bot: MatrixHandle,
     /// Woken at the first encrypted room: the bot's end-to-end client starts.
     start_via_bot: tokio::sync::Notify,
+    /// Woken when the homeserver may have left a transaction unsent (see [`Shared::audit`]).
+    audit_wanted: tokio::sync::Notify,
+    /// The highest numeric transaction id pushed since this process started.
+    last_txn_number: Mutex<Option<u64>>,
+    /// Set by the first transaction that relayed something since this process started.
+    pushed_since_start: std::sync::atomic::AtomicBool,
     /// (origin network, author id) → the ghost, as far as this process set it up.
     ghosts: tokio::sync::Mutex<HashMap<(String, String), Ghost>>,
     /// (room id, user id) → display name, for inbound senders.
@@ -332,6 +354,9 @@ pub fn build(
         encrypted,
         via_bot,
         start_via_bot: tokio::sync::Notify::new(),
+        audit_wanted: tokio::sync::Notify::new(),
+        last_txn_number: Mutex::new(None),
+        pushed_since_start: std::sync::atomic::AtomicBool::new(false),
         ghosts: tokio::sync::Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
     });
@@ -610,6 +635,7 @@ impl Shared {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(room_id.to_owned());
+                        self.start_audit_floor(room_id).await;
                         tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
                         self.announce_bridge(channel, room_id).await;
                     }
@@ -946,6 +972,169 @@ impl Shared {
         }
     }
 
+    /// A room looked at for holes for the first time is looked at from now on: nothing said
+    /// before the bridge was there is relayed.
+    async fn start_audit_floor(&self, room_id: &str) {
+        let key = format!("appservice-audit:{room_id}");
+        let stored = match self.cursor(key.clone()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => self.set_cursor(key, now_ms().to_string()).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = stored {
+            tracing::warn!(network = %self.network, room_id, error = %error, "Cannot store where looking for unpushed events starts.");
+        }
+    }
+
+    /// Ask the homeserver to push now what it holds for the bridge (`POST
+    /// /_matrix/client/v1/appservice/{id}/ping`): Synapse then retries at once instead of
+    /// after its back-off (up to 8.5 minutes after a long outage of the bridge).
+    async fn ping_homeserver(&self) {
+        let path = format!(
+            "/_matrix/client/v1/appservice/{}/ping",
+            segment(&format!("tribridge-{}", self.network))
+        );
+        let body = json!({ "transaction_id": format!("tribridge-start-{}", now_ms()) });
+        match self
+            .request(reqwest::Method::POST, &path, None, None, Some(&body))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(network = %self.network, "The homeserver reached the bridge (ping); it pushes what it held back now.");
+            }
+            Err(error) => {
+                tracing::info!(network = %self.network, error = %error, "The homeserver's ping failed or is not offered; it pushes what it held back after its own back-off.");
+            }
+        }
+    }
+
+    /// Look for holes: events of a bridged room older than an event the homeserver pushed,
+    /// yet never pushed themselves. The homeserver pushes a room's events in order, so such an
+    /// event was left behind: Synapse 1.163 can leave a transaction unsent when its recovery
+    /// from a failed push ends (it sends it at the next failure, if ever). Each room is read
+    /// back (`/messages`, up to [`AUDIT_PAGES`] pages) to where the previous look stopped;
+    /// the holes are committed oldest first (the store drops an event it already has), so
+    /// they arrive late but once. Events newer than every pushed one may still be on their
+    /// way and are left to the homeserver.
+    async fn audit(&self) {
+        let rooms: Vec<(String, String)> = self
+            .rooms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(channel, room_id)| (channel.clone(), room_id.clone()))
+            .collect();
+        for (channel, room_id) in rooms {
+            if self.is_via_bot(&room_id) {
+                continue;
+            }
+            match self.audit_room(&channel, &room_id).await {
+                Ok(0) => {}
+                Ok(found) => {
+                    tracing::warn!(network = %self.network, channel, room_id, found, "Events the homeserver never pushed were found in the room and relayed late.");
+                }
+                Err(error) => {
+                    tracing::warn!(network = %self.network, channel, room_id, error = %error, "Cannot look for events the homeserver did not push; looked at again later.");
+                    self.audit_wanted.notify_one();
+                }
+            }
+        }
+    }
+
+    /// [`Self::audit`] for one room: how many holes were relayed.
+    async fn audit_room(&self, channel: &str, room_id: &str) -> Result<usize, String> {
+        let key = format!("appservice-audit:{room_id}");
+        let Some(floor) = self.cursor(key.clone()).await? else {
+            self.set_cursor(key, now_ms().to_string()).await?;
+            return Ok(0);
+        };
+        let floor: i64 = floor.parse().unwrap_or(i64::MAX);
+        let origin = ChannelRef::new(&self.network, channel);
+        // Newest first: once a pushed event was passed, every unknown older event is a hole.
+        let mut newest_pushed: Option<i64> = None;
+        let mut holes: Vec<Value> = Vec::new();
+        let mut from: Option<String> = None;
+        'pages: for _ in 0..AUDIT_PAGES {
+            let mut path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                segment(room_id)
+            );
+            if let Some(from) = &from {
+                let _ = write!(path, "&from={}", segment(from));
+            }
+            let page = self
+                .request(reqwest::Method::GET, &path, None, None, None)
+                .await
+                .map_err(|error| error.to_string())?;
+            let chunk = page["chunk"].as_array().map_or(&[][..], Vec::as_slice);
+            for event in chunk {
+                let ts = event["origin_server_ts"].as_i64().unwrap_or(0);
+                if ts < floor {
+                    break 'pages;
+                }
+                let (Some(sender), Some(event_id)) =
+                    (event["sender"].as_str(), event["event_id"].as_str())
+                else {
+                    continue;
+                };
+                if self.is_ours(sender).await? {
+                    continue;
+                }
+                if self.committed(&origin, event_id).await? {
+                    newest_pushed.get_or_insert(ts);
+                } else if newest_pushed.is_some() {
+                    holes.push(event.clone());
+                }
+            }
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+        let mut found = 0;
+        for event in holes.iter().rev() {
+            if self.relay(event).await? {
+                found += 1;
+            }
+        }
+        // Everything below the newest pushed event was looked at.
+        if let Some(newest) = newest_pushed {
+            self.set_cursor(key, newest.to_string()).await?;
+        }
+        Ok(found)
+    }
+
+    /// Is the event of `origin` (this network's id) in the store?
+    async fn committed(&self, origin: &ChannelRef, event_id: &str) -> Result<bool, String> {
+        let store = Arc::clone(&self.context.store);
+        let origin = origin.clone();
+        let event_id = event_id.to_owned();
+        tokio::task::spawn_blocking(move || store.lookup(&origin, &event_id))
+            .await
+            .map_err(|error| error.to_string())?
+            .map(|found| found.is_some())
+            .map_err(|error| error.to_string())
+    }
+
+    /// Ping the homeserver once the rooms were tried, then look for holes whenever asked (the
+    /// first transaction after the start, a refused one, a skipped number), [`AUDIT_DELAY`]
+    /// after the reason and at most every [`AUDIT_INTERVAL`].
+    async fn watch_for_holes(&self) {
+        let mut tried = self.rooms_tried.subscribe();
+        if tried.wait_for(|tried| *tried).await.is_err() {
+            return;
+        }
+        self.ping_homeserver().await;
+        let mut next_allowed = tokio::time::Instant::now();
+        loop {
+            self.audit_wanted.notified().await;
+            tokio::time::sleep_until(next_allowed.max(tokio::time::Instant::now() + AUDIT_DELAY))
+                .await;
+            self.audit().await;
+            next_allowed = tokio::time::Instant::now() + AUDIT_INTERVAL;
+        }
+    }
+
     /// One transaction: every event committed, then the transaction recorded as the last one.
     ///
     /// While the bot still joins its rooms (at start) the transaction waits rather than being
@@ -961,6 +1150,20 @@ impl Shared {
             let joined = tokio::time::timeout(HOLD_UNTIL_JOINED, tried.wait_for(|tried| *tried));
             if !matches!(joined.await, Ok(Ok(_))) {
                 return Err("the bot is still joining its rooms".to_owned());
+            }
+        }
+        if let Ok(number) = txn_id.parse::<u64>() {
+            let mut last = self
+                .last_txn_number
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|last| number > last + 1) {
+                // A number skipped: the homeserver may hold that transaction unsent (or gave
+                // the number to another application service).
+                self.audit_wanted.notify_one();
+            }
+            if last.is_none_or(|last| number > last) {
+                *last = Some(number);
             }
         }
         let events = body["events"].as_array().map_or(&[][..], Vec::as_slice);
@@ -988,7 +1191,16 @@ impl Shared {
         if !submitted {
             return Ok(());
         }
-        self.set_cursor(LAST_TXN.to_owned(), record).await
+        self.set_cursor(LAST_TXN.to_owned(), record).await?;
+        // The homeserver pushes again: what it held back while the bridge was away came first,
+        // so a hole left behind (see `audit`) would now be below a pushed event.
+        if !self
+            .pushed_since_start
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.audit_wanted.notify_one();
+        }
+        Ok(())
     }
 
     /// The ghost of a delivery's author, its localpart chosen (and stored) the first time.
@@ -1608,6 +1820,7 @@ async fn put_transaction(
     match shared.transaction(&txn_id, &body).await {
         Ok(()) => (StatusCode::OK, json_body(&json!({}))).into_response(),
         Err(error) => {
+            shared.audit_wanted.notify_one();
             tracing::warn!(network = %shared.network, txn_id, error = %error, "A pushed transaction was not committed; the homeserver will push it again.");
             matrix_error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", &error)
         }
@@ -1695,6 +1908,10 @@ impl AppserviceTask {
             () = async {
                 shared.start_via_bot.notified().await;
                 via_bot.run().await;
+            } => {}
+            () = async {
+                shared.watch_for_holes().await;
+                std::future::pending::<()>().await;
             } => {}
             () = shutdown.cancelled() => {}
         }
