@@ -21,7 +21,10 @@
 //! committed: a crash between the two leaves a file that `file_retention_days` removes later.
 
 pub mod chain;
+pub mod conversation;
 pub mod export;
+pub mod html;
+pub mod slack;
 
 use std::collections::{HashMap, HashSet};
 
