@@ -119,13 +119,16 @@ pub fn people(connection: &Connection, selection: &Selection) -> Result<Vec<Pers
          GROUP BY m.origin_network, m.author_id ORDER BY m.origin_network, m.author_id",
     )?;
     let people = statement
-        .query_map(rusqlite::params_from_iter(selection_params(selection)), |row| {
-            Ok(Person {
-                network: row.get(0)?,
-                id: row.get(1)?,
-                name: row.get(2)?,
-            })
-        })?
+        .query_map(
+            rusqlite::params_from_iter(selection_params(selection)),
+            |row| {
+                Ok(Person {
+                    network: row.get(0)?,
+                    id: row.get(1)?,
+                    name: row.get(2)?,
+                })
+            },
+        )?
         .collect::<Result<_, _>>()?;
     Ok(people)
 }
@@ -218,11 +221,11 @@ pub fn threads(connection: &Connection, selection: &Selection) -> Result<Threads
             continue;
         }
         threads.replies.insert(id, (root, root_ms));
-        threads.roots.entry(root).or_default().push((
-            id,
-            (network, row.get(5)?),
-            row.get(8)?,
-        ));
+        threads
+            .roots
+            .entry(root)
+            .or_default()
+            .push((id, (network, row.get(5)?), row.get(8)?));
     }
     Ok(threads)
 }

@@ -163,8 +163,7 @@ pub fn html<W: Write + Seek>(
     out: W,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, ExportError> {
-    let options =
-        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let mut zip = zip::ZipWriter::new(out);
     let where_ = bridged
         .iter()

@@ -230,7 +230,8 @@ pub fn slack<W: Write + Seek>(
         .collect();
     serde_json::to_writer_pretty(&mut zip, &users).map_err(std::io::Error::from)?;
 
-    zip.start_file("channels.json", options).map_err(zip_error)?;
+    zip.start_file("channels.json", options)
+        .map_err(zip_error)?;
     let purpose = bridged
         .iter()
         .map(|(network, channel)| format!("{network}:{channel}"))
