@@ -375,6 +375,7 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
             chain::Verdict::Intact {
                 records,
                 tombstones,
+                unsealed,
                 head,
             } => {
                 println!(
@@ -382,6 +383,12 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
                      verifies; its newest hash is {head}",
                     gateway.name
                 );
+                if unsealed > 0 {
+                    println!(
+                        "{unsealed} tombstones were made before their reasons were sealed: \
+                         their hashes verify, their reasons cannot be checked"
+                    );
+                }
                 ExitCode::SUCCESS
             }
             chain::Verdict::Broken {

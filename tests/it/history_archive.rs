@@ -85,6 +85,8 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(stored_files(dir.path()).len(), 1, "the file was stored");
+    // The store's index of which message carries which file (kept by triggers) has it.
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM message_files"), 1);
     assert_eq!(
         count(
             dir.path(),
@@ -132,6 +134,7 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
         0
     );
     assert!(stored_files(d).is_empty(), "{:?}", stored_files(d));
+    assert_eq!(count(d, "SELECT COUNT(*) FROM message_files"), 0);
     let held_sql = format!("SELECT COUNT(*) FROM messages WHERE origin_channel = '{held}'");
     assert_eq!(count(d, &held_sql), 1, "legal hold keeps the held gateway");
     let stuck_sql = format!("SELECT COUNT(*) FROM messages WHERE origin_channel = '{stuck}'");
@@ -394,6 +397,45 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         said.matches("\"tombstone\":\"forget\"").count(),
         mia_records
     );
+    // Each tombstone's reason is sealed, and a reader can check the seal from the export.
+    for line in said.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        if line["tombstone"] == "forget" {
+            let seal =
+                sha256_hex(format!("{}:forget", line["chain_hash"].as_str().unwrap()).as_bytes());
+            assert_eq!(line["tombstone_hash"], seal.as_str(), "{line}");
+        }
+    }
+    // Someone turns a `forget` tombstone into a `retention` one: verify names it.
+    let connection = rusqlite::Connection::open(d.join("state/tribridge.sqlite3")).unwrap();
+    let (seq, message): (i64, i64) = connection
+        .query_row(
+            "SELECT seq, message_id FROM archive_chain WHERE tombstone = 'forget' ORDER BY seq LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    connection
+        .execute(
+            "UPDATE archive_chain SET tombstone = 'retention' WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    let (code, said) = export(d, &["--gateway", "record", "--verify"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains(&format!(
+            "record {seq} (message {message}) does not match: its tombstone's reason"
+        )),
+        "{said}"
+    );
+    connection
+        .execute(
+            "UPDATE archive_chain SET tombstone = 'forget' WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    drop(connection);
 
     // Someone changes one archived text in the database: verify names that record.
     let kept = lines
