@@ -426,7 +426,7 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
     // A progress line only for a person watching a terminal.
     let show = std::io::stderr().is_terminal();
     let progress = |n: u64| {
-        if show && n % 1000 == 0 {
+        if show && n.is_multiple_of(1000) {
             eprint!("\r{n} records");
         }
     };

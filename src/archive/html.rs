@@ -8,6 +8,7 @@
 //! Written as it is read, like the Slack export: one day's page at a time.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::io::{Seek, Write};
 use std::path::Path;
 
@@ -74,33 +75,36 @@ fn post_html(post: &Post, files: &mut Vec<(String, String)>) -> String {
         escape(&post.channel),
     );
     if let Some((root, root_ms)) = post.thread_root {
-        html.push_str(&format!(
-            "<div class=\"note\">in the thread of <a href=\"{}.html#m{root}\">the message of {} {}</a></div>\n",
+        let _ = writeln!(
+            html,
+            "<div class=\"note\">in the thread of <a href=\"{}.html#m{root}\">the message of {} {}</a></div>",
             day_of(root_ms),
             day_of(root_ms),
             time_of(root_ms)
-        ));
+        );
     }
     let text = if post.style == crate::model::TextStyle::Action {
         format!("* {} {}", post.author.name, post.text)
     } else {
         post.text.clone()
     };
-    html.push_str(&format!("<p class=\"text\">{}</p>\n", escape(&text)));
+    let _ = writeln!(html, "<p class=\"text\">{}</p>", escape(&text));
     if let (Some(original), Some((_, at))) = (&post.original, &post.edited) {
-        html.push_str(&format!(
-            "<div class=\"note\">edited {} {} (first said: <q>{}</q>)</div>\n",
+        let _ = writeln!(
+            html,
+            "<div class=\"note\">edited {} {} (first said: <q>{}</q>)</div>",
             day_of(*at),
             time_of(*at),
             escape(original)
-        ));
+        );
     }
     if let Some(at) = post.deleted {
-        html.push_str(&format!(
-            "<div class=\"note\">deleted {} {}</div>\n",
+        let _ = writeln!(
+            html,
+            "<div class=\"note\">deleted {} {}</div>",
             day_of(at),
             time_of(at)
-        ));
+        );
     }
     if !post.attachments.is_empty() {
         html.push_str("<div class=\"files\">");
@@ -114,16 +118,19 @@ fn post_html(post: &Post, files: &mut Vec<(String, String)>) -> String {
                         safe_name(&attachment.name)
                     );
                     if attachment.is_image() {
-                        html.push_str(&format!(
+                        let _ = write!(
+                            html,
                             "<a href=\"{0}\"><img src=\"{0}\" alt=\"{label}\">{label}</a>",
                             escape(&path)
-                        ));
+                        );
                     } else {
-                        html.push_str(&format!("<a href=\"{}\">{label}</a>", escape(&path)));
+                        let _ = write!(html, "<a href=\"{}\">{label}</a>", escape(&path));
                     }
                     files.push((hash.clone(), path));
                 }
-                None => html.push_str(&format!("<span>{label} (not kept)</span>")),
+                None => {
+                    let _ = write!(html, "<span>{label} (not kept)</span>");
+                }
             }
         }
         html.push_str("</div>\n");
@@ -131,20 +138,21 @@ fn post_html(post: &Post, files: &mut Vec<(String, String)>) -> String {
     if !post.reactions.is_empty() {
         html.push_str("<div class=\"reactions\">");
         for (key, who) in &post.reactions {
-            html.push_str(&format!("<span>{} {}</span>", escape(key), who.len()));
+            let _ = write!(html, "<span>{} {}</span>", escape(key), who.len());
         }
         html.push_str("</div>\n");
     }
     if !post.replies.is_empty() {
-        html.push_str(&format!(
-            "<div class=\"note\">{} {} in its thread</div>\n",
+        let _ = writeln!(
+            html,
+            "<div class=\"note\">{} {} in its thread</div>",
             post.replies.len(),
             if post.replies.len() == 1 {
                 "reply"
             } else {
                 "replies"
             }
-        ));
+        );
     }
     html.push_str("</div>\n");
     html

@@ -15,6 +15,7 @@
 //! thread index and the list of people, see [`super::conversation`]).
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::io::{Seek, Write};
 use std::path::Path;
 
@@ -29,7 +30,10 @@ use super::export::{ExportError, Selection};
 #[must_use]
 pub fn user_id(network: &str, id: &str) -> String {
     let digest = Sha256::digest(format!("{network}\0{id}").as_bytes());
-    let hex: String = digest[..5].iter().map(|b| format!("{b:02X}")).collect();
+    let hex = digest[..5].iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02X}");
+        out
+    });
     format!("U{hex}")
 }
 
@@ -259,7 +263,9 @@ pub fn slack<W: Write + Seek>(
     let mut count = 0;
     conversation::for_each_post(connection, selection, &threads, |post| {
         let this_day = day_of(post.created_ms);
-        if day.as_deref() != Some(this_day.as_str()) {
+        if day.as_deref() == Some(this_day.as_str()) {
+            zip.write_all(b",\n")?;
+        } else {
             if day.is_some() {
                 zip.write_all(b"\n]\n")?;
                 copy_files(&mut zip, options, files_dir, &mut day_files, &mut written)?;
@@ -268,8 +274,6 @@ pub fn slack<W: Write + Seek>(
                 .map_err(zip_error)?;
             zip.write_all(b"[\n")?;
             day = Some(this_day);
-        } else {
-            zip.write_all(b",\n")?;
         }
         let m = message(&post, &mut day_files);
         serde_json::to_writer(&mut zip, &m).map_err(std::io::Error::from)?;

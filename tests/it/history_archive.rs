@@ -859,13 +859,16 @@ async fn every_export_format_holds_a_conversation_of_the_three_networks() {
             .find(|m| m["text"] == text)
             .unwrap_or_else(|| panic!("no message `{text}` in {messages:#?}"))
     };
-    let root = find("the council's minutes, approved");
-    assert_eq!(root["user"], "mia");
-    assert!(root["edited"].is_object(), "{root}");
-    assert_eq!(root["reply_count"], 2, "{root}");
-    assert_eq!(root["files"][0]["name"], "minutes.txt");
-    assert_eq!(root["files"][0]["content"], "the minutes", "{root}");
-    let mut reactions: Vec<(String, Vec<String>)> = root["reactions"]
+    let minutes_root = find("the council's minutes, approved");
+    assert_eq!(minutes_root["user"], "mia");
+    assert!(minutes_root["edited"].is_object(), "{minutes_root}");
+    assert_eq!(minutes_root["reply_count"], 2, "{minutes_root}");
+    assert_eq!(minutes_root["files"][0]["name"], "minutes.txt");
+    assert_eq!(
+        minutes_root["files"][0]["content"], "the minutes",
+        "{minutes_root}"
+    );
+    let mut reactions: Vec<(String, Vec<String>)> = minutes_root["reactions"]
         .as_array()
         .unwrap()
         .iter()
@@ -882,13 +885,13 @@ async fn every_export_format_holds_a_conversation_of_the_three_networks() {
         })
         .collect();
     reactions.sort();
-    assert_eq!(reactions.len(), 2, "{root}");
+    assert_eq!(reactions.len(), 2, "{minutes_root}");
     assert_eq!(reactions[1].1, vec!["mia".to_owned()], "{reactions:?}");
     assert_eq!(reactions[0].1, vec![alice_name.clone()], "{reactions:?}");
     for reply in ["in the thread", "agreed from matrix"] {
         let m = find(reply);
         assert_eq!(m["thread"], true, "{m}");
-        assert_eq!(m["thread_ts"], root["ts"], "{m}");
+        assert_eq!(m["thread_ts"], minutes_root["ts"], "{m}");
     }
     assert_eq!(find("agreed from matrix")["user"], alice_name.as_str());
     let typo = find("typo here");
