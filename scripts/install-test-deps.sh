@@ -2,8 +2,9 @@
 # Install what the tests and the demo need on a Debian machine: InspIRCd (the real IRC server the
 # tests run on loopback), ngIRCd (a server without history, for the IRC history tests), Atheme
 # (its services, for the SASL and NickServ tests) and Synapse (the
-# Matrix homeserver, from PyPI into a venv under ~/.cache). Idempotent: does nothing when
-# everything is present.
+# Matrix homeserver, from PyPI into a venv under ~/.cache), Node.js, and the export test's
+# readers (slack-export-viewer from PyPI into a venv under ~/.cache, Debian's chromium).
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || need+=(inspircd)
