@@ -2,8 +2,9 @@
 # Install what the tests and the demo need on a Debian machine: InspIRCd (the real IRC server the
 # tests run on loopback), ngIRCd (a server without history, for the IRC history tests), Atheme
 # (its services, for the SASL and NickServ tests) and Synapse (the
-# Matrix homeserver, from PyPI into a venv under ~/.cache). Idempotent: does nothing when
-# everything is present.
+# Matrix homeserver, from PyPI into a venv under ~/.cache), Node.js, and the export test's
+# readers (slack-export-viewer from PyPI into a venv under ~/.cache, Debian's chromium).
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || need+=(inspircd)
@@ -39,4 +40,22 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+# The export tests' independent readers (tests/it/history_archive.rs): slack-export-viewer
+# (PyPI) reads the Slack export ZIP, in its own venv (3.5.0: the last release for Python < 3.12);
+# Debian's chromium renders the HTML export headless.
+SLACK_VENV=${SLACK_EXPORT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tribridge-test/venv-slack-export}
+SLACK_SPEC=slack-export-viewer==3.5.0
+if ! [ -x "$SLACK_VENV/bin/python" ] || ! [ "$(cat "$SLACK_VENV/.installed-spec" 2>/dev/null)" = "$SLACK_SPEC" ]; then
+  mkdir -p "$(dirname "$SLACK_VENV")"
+  [ -x "$SLACK_VENV/bin/python" ] || python3 -m venv "$SLACK_VENV"
+  "$SLACK_VENV/bin/pip" install --quiet --disable-pip-version-check "$SLACK_SPEC" >&2
+  "$SLACK_VENV/bin/python" -c 'import slackviewer.reader' >&2
+  echo "$SLACK_SPEC" > "$SLACK_VENV/.installed-spec"
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi

@@ -50,8 +50,8 @@ enum Commands {
         #[arg(long)]
         recovery_key_file: PathBuf,
     },
-    /// Write a gateway's archive (`archive = true`) as JSON Lines, one record per message
-    /// version with its chain hashes; or, with `--verify`, recompute the gateway's chain and name
+    /// Write a gateway's archive (`archive = true`) as JSON Lines (one record per message
+    /// version with its chain hashes), a Slack export ZIP or a ZIP of HTML transcripts; or, with `--verify`, recompute the gateway's chain and name
     /// the first record that does not match (exit 1). Runs while the daemon runs (read-only).
     Export {
         /// The configuration file.
@@ -69,7 +69,8 @@ enum Commands {
         /// Only messages said before this day (YYYY-MM-DD, UTC).
         #[arg(long)]
         until: Option<String>,
-        /// The format: only `jsonl` so far.
+        /// The format: `jsonl` (one record per message version, with the chain), `slack` (a
+        /// Slack export ZIP) or `html` (a ZIP of self-contained transcripts, a page per day).
         #[arg(long, default_value = "jsonl")]
         format: String,
         /// Where to write it (standard output when not given).
@@ -374,6 +375,7 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
             chain::Verdict::Intact {
                 records,
                 tombstones,
+                unsealed,
                 head,
             } => {
                 println!(
@@ -381,6 +383,12 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
                      verifies; its newest hash is {head}",
                     gateway.name
                 );
+                if unsealed > 0 {
+                    println!(
+                        "{unsealed} tombstones were made before their reasons were sealed: \
+                         their hashes verify, their reasons cannot be checked"
+                    );
+                }
                 ExitCode::SUCCESS
             }
             chain::Verdict::Broken {
@@ -396,8 +404,11 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
             }
         });
     }
-    if request.format != "jsonl" {
-        anyhow::bail!("unknown format `{}` (known: jsonl)", request.format);
+    if !["jsonl", "slack", "html"].contains(&request.format.as_str()) {
+        anyhow::bail!(
+            "unknown format `{}` (known: jsonl, slack, html)",
+            request.format
+        );
     }
     let channel = match &request.channel {
         Some(text) => match text.split_once(':') {
@@ -412,17 +423,56 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
         since_ms: request.since.as_deref().map(export::date_ms).transpose()?,
         until_ms: request.until.as_deref().map(export::date_ms).transpose()?,
     };
+    // A progress line only for a person watching a terminal.
+    let show = std::io::stderr().is_terminal();
+    let progress = |n: u64| {
+        if show && n.is_multiple_of(1000) {
+            eprint!("\r{n} records");
+        }
+    };
+    if request.format != "jsonl" {
+        let Some(path) = &request.output else {
+            anyhow::bail!(
+                "the {} format is a ZIP file: give it a name with --output",
+                request.format
+            );
+        };
+        let bridged: Vec<(String, String)> = gateway
+            .channels
+            .iter()
+            .map(|c| (c.network.clone(), c.channel.clone()))
+            .collect();
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let files_dir = config.state_dir.join("files");
+        let written = if request.format == "slack" {
+            tribridge::archive::slack::slack(
+                &connection,
+                &selection,
+                &bridged,
+                &files_dir,
+                file,
+                progress,
+            )?
+        } else {
+            tribridge::archive::html::html(
+                &connection,
+                &selection,
+                &bridged,
+                &files_dir,
+                file,
+                progress,
+            )?
+        };
+        if show {
+            eprintln!("\r{written} messages");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out: Box<dyn std::io::Write> = match &request.output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    // A progress line only for a person watching a terminal.
-    let show = std::io::stderr().is_terminal();
-    let written = export::jsonl(&connection, &selection, &mut out, |n| {
-        if show && n % 1000 == 0 {
-            eprint!("\r{n} records");
-        }
-    })?;
+    let written = export::jsonl(&connection, &selection, &mut out, progress)?;
     if show {
         eprintln!("\r{written} records");
     }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_integer_keys.sql"),
     include_str!("../migrations/0007_people.sql"),
     include_str!("../migrations/0008_history.sql"),
+    include_str!("../migrations/0009_history_indexes.sql"),
 ];
 
 /// Errors from the store.

@@ -129,8 +129,8 @@ pub struct Chained {
     pub heads: Vec<(String, i64, String)>,
 }
 
-/// Chain every message committed since the last pass (in batches of 256, each a short write
-/// transaction). Returns the last message id looked at as well.
+/// Chain every message committed since the last pass (in batches of 256 or
+/// [`super::BATCH_TIME`], whichever comes first, each a short write transaction). Returns the last message id looked at as well.
 ///
 /// # Errors
 /// The store's.
@@ -181,11 +181,20 @@ fn chain_batch(
         ))?
         .query_map(params![after, BATCH], |row| Record::from_row(row, 0))?
         .collect::<Result<_, _>>()?;
-    let Some(last) = records.last().map(|r| r.message_id) else {
+    if records.is_empty() {
         return Ok((true, 0));
-    };
+    }
     let mut written = 0;
+    let started = std::time::Instant::now();
+    let mut last = after;
+    let mut cut = false;
     for record in &records {
+        // Bounded in time as well as in rows, like the retention's batches.
+        if last != after && started.elapsed() >= super::BATCH_TIME {
+            cut = true;
+            break;
+        }
+        last = record.message_id;
         let names = gateways.archived(&record.network, &record.channel);
         if names.is_empty() {
             continue;
@@ -218,18 +227,34 @@ fn chain_batch(
          ON CONFLICT (network, channel) DO UPDATE SET value = excluded.value",
     )?
     .execute(params![CURSOR_NETWORK, last.to_string()])?;
-    Ok((records.len() < BATCH as usize, written))
+    Ok((!cut && records.len() < BATCH as usize, written))
 }
 
-/// Mark the chain rows of a forgotten message as tombstones (`why`: `retention` or `forget`).
+/// The seal of a tombstone: SHA-256 (hex) of the row's chain hash, `:` and the reason, so that
+/// the reason cannot be changed without [`verify`] seeing it.
+#[must_use]
+pub fn tombstone_seal(chain_hash: &str, why: &str) -> String {
+    hex(&Sha256::digest(format!("{chain_hash}:{why}").as_bytes()))
+}
+
+/// Mark the chain rows of a forgotten message as tombstones (`why`: `retention` or `forget`),
+/// each sealed with [`tombstone_seal`].
 pub(crate) fn tombstone(
     tx: &rusqlite::Transaction<'_>,
     message_id: i64,
     why: &str,
 ) -> Result<usize, StoreError> {
-    Ok(tx
-        .prepare_cached("UPDATE archive_chain SET tombstone = ?2 WHERE message_id = ?1")?
-        .execute(params![message_id, why])?)
+    let rows: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT seq, chain_hash FROM archive_chain WHERE message_id = ?1")?
+        .query_map(params![message_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (seq, chain_hash) in &rows {
+        tx.prepare_cached(
+            "UPDATE archive_chain SET tombstone = ?2, tombstone_hash = ?3 WHERE seq = ?1",
+        )?
+        .execute(params![seq, why, tombstone_seal(chain_hash, why)])?;
+    }
+    Ok(rows.len())
 }
 
 /// What [`verify`] found.
@@ -241,6 +266,8 @@ pub enum Verdict {
         records: u64,
         /// Of which tombstones (content forgotten, hash kept).
         tombstones: u64,
+        /// Of those, tombstones made before reasons were sealed (no `tombstone_hash`).
+        unsealed: u64,
         /// The chain's newest hash (the genesis hash when empty).
         head: String,
     },
@@ -261,14 +288,16 @@ pub enum Verdict {
 /// The store's.
 pub fn verify(connection: &Connection, gateway: &str) -> Result<Verdict, StoreError> {
     let mut statement = connection.prepare(&format!(
-        "SELECT c.seq, c.message_id, c.record_hash, c.chain_hash, c.tombstone, m.{}
+        "SELECT c.seq, c.message_id, c.record_hash, c.chain_hash, c.tombstone, m.{},
+                c.tombstone_hash
          FROM archive_chain c LEFT JOIN messages m ON m.id = c.message_id
          WHERE c.gateway = ?1 ORDER BY c.seq",
         RECORD_COLUMNS.replace(", ", ", m.")
     ))?;
+    let seal_column = 5 + RECORD_COLUMNS.split(", ").count();
     let mut rows = statement.query(params![gateway])?;
     let mut previous = GENESIS.to_owned();
-    let (mut records, mut tombstones) = (0, 0);
+    let (mut records, mut tombstones, mut unsealed) = (0, 0, 0);
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let message_id: i64 = row.get(1)?;
@@ -282,8 +311,17 @@ pub fn verify(connection: &Connection, gateway: &str) -> Result<Verdict, StoreEr
             reason: reason.to_owned(),
         };
         records += 1;
-        if tombstone.is_some() {
+        if let Some(why) = &tombstone {
             tombstones += 1;
+            match row.get::<_, Option<String>>(seal_column)? {
+                Some(seal) if seal == tombstone_seal(&chain_hash, why) => {}
+                Some(_) => {
+                    return Ok(broken(
+                        "its tombstone's reason does not match the seal it was forgotten with",
+                    ));
+                }
+                None => unsealed += 1,
+            }
         } else if present.is_none() {
             return Ok(broken(
                 "the message is gone from the store without a tombstone",
@@ -303,6 +341,7 @@ pub fn verify(connection: &Connection, gateway: &str) -> Result<Verdict, StoreEr
     Ok(Verdict::Intact {
         records,
         tombstones,
+        unsealed,
         head: previous,
     })
 }

@@ -74,7 +74,7 @@ pub fn jsonl(
     mut progress: impl FnMut(u64),
 ) -> Result<u64, ExportError> {
     let mut statement = connection.prepare(&format!(
-        "SELECT c.seq, c.record_hash, c.chain_hash, c.tombstone, m.{}
+        "SELECT c.seq, c.record_hash, c.chain_hash, c.tombstone, m.{}, c.tombstone_hash
          FROM archive_chain c LEFT JOIN messages m ON m.id = c.message_id
          WHERE c.gateway = ?1 ORDER BY c.seq",
         RECORD_COLUMNS.replace(", ", ", m.")
@@ -83,6 +83,7 @@ pub fn jsonl(
         "SELECT network, channel, remote_id, role FROM mappings WHERE message_id = ?1
          ORDER BY role DESC, network, channel",
     )?;
+    let seal_column = 4 + RECORD_COLUMNS.split(", ").count();
     let mut rows = statement.query(params![selection.gateway])?;
     let mut written = 0;
     while let Some(row) = rows.next()? {
@@ -91,6 +92,7 @@ pub fn jsonl(
         let chain_hash: String = row.get(2)?;
         let tombstone: Option<String> = row.get(3)?;
         let present: Option<i64> = row.get(4)?;
+        let sealed = tombstone.is_some();
         let gone = match (tombstone, present) {
             (Some(why), _) => Some(why),
             // Gone without a tombstone: `export --verify` names it; the export says so.
@@ -99,14 +101,18 @@ pub fn jsonl(
         };
         // A tombstone is exported whatever the selection, so the chain stays whole.
         let line = if let Some(why) = gone {
-            json!({
+            let mut line = json!({
                     "schema_version": SCHEMA_VERSION,
                     "gateway": selection.gateway,
                     "seq": seq,
                     "tombstone": why,
                     "record_hash": record_hash,
                     "chain_hash": chain_hash,
-            })
+            });
+            if sealed {
+                line["tombstone_hash"] = json!(row.get::<_, Option<String>>(seal_column)?);
+            }
+            line
         } else {
             {
                 let record = Record::from_row(row, 4)?;

@@ -15,13 +15,21 @@
 //! Messages of a gateway with `archive = true` are chained ([`chain`]) before they can be
 //! forgotten; forgetting one leaves its chain row as a tombstone.
 //!
-//! Pruning walks the messages in id order in batches of [`BATCH`], each its own short write
+//! Pruning walks the messages in id order in batches of [`BATCH`] (or [`BATCH_TIME`], whichever
+//! comes first), each its own short write
 //! transaction on the store's writer connection, so that the group commit waits at most one
-//! batch for the lock. Files are removed after the transaction that forgot their messages
+//! batch for the lock. What a batch needs to know it asks of indexes (migration 0009): whether
+//! a delivery of a message is still queued (`outbox_by_message`, with `messages_by_target` and
+//! `messages_by_reply` for what points at it), a message's acknowledged deliveries
+//! (`deliveries_by_message`), and whether a kept message still carries a file (`message_files`,
+//! kept by triggers on `messages`); `forget` finds a person's messages by `messages_by_author`. Files are removed after the transaction that forgot their messages
 //! committed: a crash between the two leaves a file that `file_retention_days` removes later.
 
 pub mod chain;
+pub mod conversation;
 pub mod export;
+pub mod html;
+pub mod slack;
 
 use std::collections::{HashMap, HashSet};
 
@@ -52,6 +60,10 @@ pub fn open_read_only(state_dir: &std::path::Path) -> Result<rusqlite::Connectio
 
 /// Messages looked at per write transaction.
 pub const BATCH: usize = 256;
+
+/// The longest a pruning batch holds the write lock before it commits what it did and lets the
+/// writer in (it goes on with the next message in the next batch).
+pub const BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(5);
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -207,6 +219,7 @@ pub fn prune(
         pruned.batches += 1;
         pruned.messages += batch.forgotten;
         pruned.kept_pending += batch.kept_pending;
+        pruned.deliveries += batch.deliveries;
         hashes.extend(batch.hashes);
         between();
         match batch.next {
@@ -214,32 +227,8 @@ pub fn prune(
             None => break,
         }
     }
-    pruned.deliveries += sweep_all_deliveries(store, horizon, || {
-        pruned.batches += 1;
-        between();
-    })?;
     pruned.files += remove_unused_files(store, files, &hashes)?;
     Ok(pruned)
-}
-
-/// Sweep the acknowledged deliveries of forgotten messages (see [`sweep_deliveries`]) in
-/// batches up to `horizon`, calling `between` after each; how many rows went.
-fn sweep_all_deliveries(
-    store: &Store,
-    horizon: i64,
-    mut between: impl FnMut(),
-) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    let mut after = 0;
-    loop {
-        let (batch, next) = store.write_with(|tx| sweep_deliveries(tx, horizon, after))?;
-        removed += batch;
-        between();
-        match next {
-            Some(next) => after = next,
-            None => return Ok(removed),
-        }
-    }
 }
 
 /// Remove the stored files among `hashes` that no message left in the store carries; how many
@@ -270,6 +259,7 @@ fn remove_unused_files(
 /// What one batch of [`forget_batch`] did.
 struct Batch {
     forgotten: u64,
+    deliveries: u64,
     kept_pending: u64,
     hashes: Vec<String>,
     /// The id to go on after; `None` when the pass is done.
@@ -296,6 +286,7 @@ fn forget_batch(
         .collect::<Result<_, _>>()?;
     let mut batch = Batch {
         forgotten: 0,
+        deliveries: 0,
         kept_pending: 0,
         hashes: Vec::new(),
         next: rows.last().map(|row| row.0),
@@ -303,8 +294,15 @@ fn forget_batch(
     if rows.len() < BATCH {
         batch.next = None;
     }
-    let needed = needed_by_outbox(tx)?;
+    let started = std::time::Instant::now();
+    let mut last = after;
     for (id, network, channel, received_ms) in rows {
+        // Bounded in time as well as in rows: the writer waits for at most one batch.
+        if last != after && started.elapsed() >= BATCH_TIME {
+            batch.next = Some(last);
+            break;
+        }
+        last = id;
         if received_ms >= horizon {
             // Newer than the shortest retention: so is (nearly) everything after it.
             batch.next = None;
@@ -316,7 +314,7 @@ fn forget_batch(
         if received_ms >= now_ms.saturating_sub(keep) {
             continue;
         }
-        if needed.contains(&id) {
+        if needed_by_outbox(tx, id)? {
             batch.kept_pending += 1;
             continue;
         }
@@ -332,15 +330,12 @@ fn forget_batch(
             .prepare_cached("SELECT id, body FROM messages WHERE target_message_id = ?1")?
             .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        if dependents
-            .iter()
-            .any(|(dependent, _)| needed.contains(dependent))
-        {
+        if any_needed(tx, &dependents)? {
             batch.kept_pending += 1;
             continue;
         }
         for (message, body) in dependents.iter().chain(std::iter::once(&(id, body))) {
-            forget_message(tx, *message, "retention")?;
+            batch.deliveries += forget_message(tx, *message, "retention")?.deliveries;
             batch.hashes.extend(stored_files(body));
             batch.forgotten += 1;
         }
@@ -348,59 +343,39 @@ fn forget_batch(
     Ok(batch)
 }
 
-/// Remove one message and its mappings; replies to it lose their link; its archive chain rows
-/// become tombstones (`why`: `retention` or `forget`).
+/// What [`forget_message`] removed besides the message.
+pub(crate) struct Removed {
+    /// Archive chain rows turned into tombstones.
+    pub tombstones: u64,
+    /// Acknowledged deliveries removed.
+    pub deliveries: u64,
+}
+
+/// Remove one message, its mappings and its acknowledged deliveries (`deliveries_by_message`);
+/// replies to it lose their link; its archive chain rows become tombstones (`why`: `retention`
+/// or `forget`). A forgotten message never had a queued delivery, so no delivery of it can be
+/// acknowledged later.
 pub(crate) fn forget_message(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     why: &str,
-) -> Result<usize, StoreError> {
-    let tombstones = chain::tombstone(tx, id, why)?;
+) -> Result<Removed, StoreError> {
+    let tombstones = chain::tombstone(tx, id, why)? as u64;
     tx.prepare_cached(
         "UPDATE messages SET reply_to_message_id = NULL WHERE reply_to_message_id = ?1",
     )?
     .execute(params![id])?;
     tx.prepare_cached("DELETE FROM mappings WHERE message_id = ?1")?
         .execute(params![id])?;
+    let deliveries = tx
+        .prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?
+        .execute(params![id])? as u64;
     tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
         .execute(params![id])?;
-    Ok(tombstones)
-}
-
-/// Remove up to [`BATCH`] acknowledged deliveries after row `after` whose message is gone,
-/// stopping at the first one acknowledged after `horizon`.
-fn sweep_deliveries(
-    tx: &rusqlite::Transaction<'_>,
-    horizon: i64,
-    after: i64,
-) -> Result<(u64, Option<i64>), StoreError> {
-    let rows: Vec<(i64, i64, bool)> = tx
-        .prepare_cached(
-            "SELECT d.id, d.done_ms, EXISTS (SELECT 1 FROM messages m WHERE m.id = d.message_id)
-             FROM deliveries d WHERE d.id > ?1 ORDER BY d.id LIMIT ?2",
-        )?
-        .query_map(params![after, BATCH as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut next = if rows.len() < BATCH {
-        None
-    } else {
-        rows.last().map(|row| row.0)
-    };
-    let mut removed = 0;
-    for (id, done_ms, exists) in rows {
-        if done_ms >= horizon {
-            next = None;
-            break;
-        }
-        if !exists {
-            removed += tx
-                .prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
-                .execute(params![id])? as u64;
-        }
-    }
-    Ok((removed, next))
+    Ok(Removed {
+        tombstones,
+        deliveries,
+    })
 }
 
 /// The stored files (content hashes) a message's body carries.
@@ -413,20 +388,18 @@ pub(crate) fn stored_files(body: &str) -> Vec<String> {
     }
 }
 
-/// Which of `hashes` a message still in the store carries.
+/// Which of `hashes` a message still in the store carries: one lookup per file in
+/// `message_files` (kept by triggers, see `migrations/0009_history_indexes.sql`).
 fn still_used(
     connection: &rusqlite::Connection,
     hashes: &HashSet<String>,
 ) -> Result<HashSet<String>, StoreError> {
     let mut used = HashSet::new();
     let mut statement =
-        connection.prepare("SELECT body FROM messages WHERE instr(body, '\"stored\":\"') > 0")?;
-    let mut rows = statement.query([])?;
-    while let Some(row) = rows.next()? {
-        for hash in stored_files(&row.get::<_, String>(0)?) {
-            if hashes.contains(&hash) {
-                used.insert(hash);
-            }
+        connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM message_files WHERE hash = ?1)")?;
+    for hash in hashes {
+        if statement.query_row(params![hash], |row| row.get::<_, bool>(0))? {
+            used.insert(hash.clone());
         }
     }
     Ok(used)
@@ -476,7 +449,6 @@ pub fn forget_person(
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            let needed = needed_by_outbox(tx)?;
             for (id, channel, body) in &rows {
                 // Gone already when it was an edit or reaction of a message forgotten above.
                 let present = tx
@@ -495,7 +467,7 @@ pub fn forget_person(
                     .prepare_cached("SELECT id, body FROM messages WHERE target_message_id = ?1")?
                     .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
                     .collect::<Result<_, _>>()?;
-                if needed.contains(id) || dependents.iter().any(|(d, _)| needed.contains(d)) {
+                if needed_by_outbox(tx, *id)? || any_needed(tx, &dependents)? {
                     forgotten.kept_pending += 1;
                     continue;
                 }
@@ -503,7 +475,7 @@ pub fn forget_person(
                     .iter()
                     .chain(std::iter::once(&(*id, body.clone())))
                 {
-                    forgotten.tombstones += forget_message(tx, *message, "forget")? as u64;
+                    forgotten.tombstones += forget_message(tx, *message, "forget")?.tombstones;
                     hashes.extend(stored_files(body));
                     forgotten.messages += 1;
                 }
@@ -519,24 +491,34 @@ pub fn forget_person(
             None => break,
         }
     }
-    // Their acknowledged deliveries: every row whose message is gone.
-    sweep_all_deliveries(store, i64::MAX, || {})?;
     forgotten.files += remove_unused_files(store, files, &hashes)?;
     Ok(forgotten)
 }
 
-/// Every message a queued delivery needs: its own, and the ones it points at.
-fn needed_by_outbox(tx: &rusqlite::Transaction<'_>) -> Result<HashSet<i64>, StoreError> {
-    let mut needed = HashSet::new();
-    let mut statement = tx.prepare_cached(
-        "SELECT o.message_id, m.target_message_id, m.reply_to_message_id
-         FROM outbox o JOIN messages m ON m.id = o.message_id",
-    )?;
-    let mut query = statement.query([])?;
-    while let Some(row) = query.next()? {
-        needed.insert(row.get::<_, i64>(0)?);
-        needed.extend(row.get::<_, Option<i64>>(1)?);
-        needed.extend(row.get::<_, Option<i64>>(2)?);
+/// Does a queued delivery need message `id`: one of it, or of a message that edits, deletes,
+/// reacts or replies to it? Index lookups (`outbox_by_message`, `messages_by_target`,
+/// `messages_by_reply`), not a read of the outbox.
+fn needed_by_outbox(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1)
+                 OR EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id
+                            WHERE m.target_message_id = ?1)
+                 OR EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id
+                            WHERE m.reply_to_message_id = ?1)",
+        )?
+        .query_row(params![id], |row| row.get(0))?)
+}
+
+/// Does a queued delivery need any of `messages` (see [`needed_by_outbox`])?
+fn any_needed(
+    tx: &rusqlite::Transaction<'_>,
+    messages: &[(i64, String)],
+) -> Result<bool, StoreError> {
+    for (id, _) in messages {
+        if needed_by_outbox(tx, *id)? {
+            return Ok(true);
+        }
     }
-    Ok(needed)
+    Ok(false)
 }
