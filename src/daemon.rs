@@ -85,6 +85,14 @@ pub async fn run(
     let mut connector_tasks = JoinSet::new();
     let mut handles = HashMap::new();
     let network_metrics = Arc::new(crate::vocab::network_metrics::NetworkMetrics::default());
+    let status = Arc::new(crate::vocab::Status::default());
+    let gateway_book = crate::vocab::GatewayBook::new(
+        config
+            .gateways
+            .iter()
+            .map(|gateway| (gateway.name.clone(), gateway.settings()))
+            .collect(),
+    );
     for network in &config.networks {
         let mut channels: Vec<String> = Vec::new();
         for gateway in &config.gateways {
@@ -98,18 +106,17 @@ pub async fn run(
             tracing::warn!(network = %network.id, "Network is in no gateway; not connecting.");
             continue;
         }
+        status.expect(&network.id, &channels);
         let (handle, task) = network.build(BuildContext {
             router: router.clone(),
             remote_nick_format: network
                 .remote_nick_format
                 .clone()
                 .unwrap_or_else(|| config.remote_nick_format.clone()),
+            channel_updates: tokio::sync::watch::channel(channels.clone()).1,
             channels,
-            gateways: config
-                .gateways
-                .iter()
-                .map(|gateway| (gateway.name.clone(), gateway.settings()))
-                .collect(),
+            gateways: gateway_book.clone(),
+            status: status.network(&network.id),
             shutdown: connectors_shutdown.clone(),
             store: Arc::clone(&store),
             state_dir: config.state_dir.clone(),
@@ -168,8 +175,17 @@ pub async fn run(
             connectors: Arc::clone(&network_metrics),
         });
         tracing::info!(address = %address, "Metrics endpoint listening (GET /metrics).");
-        let serving =
-            crate::metrics::serve(listener, Arc::new(registry), connectors_shutdown.clone());
+        let health = crate::metrics::Health {
+            writer: router.writer().heartbeat().clone(),
+            status: Arc::clone(&status),
+        };
+        tracing::info!(address = %address, "Health endpoints listening (GET /healthz, GET /readyz).");
+        let serving = crate::metrics::serve(
+            listener,
+            Arc::new(registry),
+            health,
+            connectors_shutdown.clone(),
+        );
         connector_tasks.spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(error = %error, "The metrics endpoint stopped.");

@@ -283,6 +283,7 @@ impl Puppets {
             settings,
             context: Arc::new(BuildContext {
                 channels: Vec::new(),
+                status: crate::vocab::NetworkStatus::detached(network),
                 ..context.clone()
             }),
             recent: Arc::clone(recent),

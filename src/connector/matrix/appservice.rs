@@ -571,6 +571,7 @@ impl Shared {
             let mut missing = 0;
             for channel in &self.context.channels {
                 if self.room_of(channel).is_some() {
+                    self.context.status.joined(channel);
                     continue;
                 }
                 match self
@@ -602,6 +603,7 @@ impl Shared {
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(room_id.to_owned());
                         tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
+                        self.context.status.joined(channel);
                         self.announce_bridge(channel, room_id).await;
                     }
                     Err(error) => {
@@ -1266,7 +1268,6 @@ impl Shared {
             .context
             .gateways
             .get(&delivery.gateway)
-            .cloned()
             .unwrap_or_default();
         // Late: the event carries when it was said (`ts=`), no `[date]` prefix.
         let late = crate::connector::late_prefix(delivery, &settings, now_ms()).is_some();
@@ -1642,6 +1643,7 @@ impl AppserviceTask {
             }
         };
         tracing::info!(network = %shared.network, listen = %shared.config.listen, bot = %shared.bot, "Listening for the homeserver's transactions (application service).");
+        shared.context.status.connected();
         let app = axum::Router::new()
             .route(
                 "/_matrix/app/v1/transactions/{txn}",
