@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NetworkConfig};
-use crate::connector::{BuildContext, ConnectorHandle};
 use crate::connector::supervisor::ReconnectPolicy;
+use crate::connector::{BuildContext, ConnectorHandle};
 use crate::files::{FileLinks, FileStore, Files};
 use crate::model::ChannelRef;
 use crate::outbox::Outbox;
@@ -224,7 +224,10 @@ pub async fn run_with_reloads(
     );
     on_ready();
     if let Some(interval) = sd_notify::watchdog_enabled() {
-        tracing::info!(interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX), "Watchdog on: pinging systemd while the store's writer makes progress.");
+        tracing::info!(
+            interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "Watchdog on: pinging systemd while the store's writer makes progress."
+        );
         services.spawn(watchdog(
             interval,
             daemon.router.writer().heartbeat().clone(),
@@ -379,9 +382,15 @@ impl Running {
         if let Some(old) = &self.config {
             for (changed, key) in [
                 (old.state_dir != config.state_dir, "state_dir"),
-                (old.metrics_listen != config.metrics_listen, "metrics_listen"),
+                (
+                    old.metrics_listen != config.metrics_listen,
+                    "metrics_listen",
+                ),
                 (old.files != config.files, "the [general] file keys"),
-                (old.reconnect_max != config.reconnect_max, "reconnect_max_seconds"),
+                (
+                    old.reconnect_max != config.reconnect_max,
+                    "reconnect_max_seconds",
+                ),
                 (old.identities != config.identities, "[[identity]]"),
             ] {
                 if changed {

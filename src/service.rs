@@ -173,8 +173,8 @@ pub fn request_reload(state_dir: &Path, wait: Duration) -> Result<ReloadReport, 
     })?;
     let deadline = std::time::Instant::now() + wait;
     loop {
-        if let Some(report) = last_reload(state_dir)
-            .filter(|report| report.pid == pid && report.sequence > before)
+        if let Some(report) =
+            last_reload(state_dir).filter(|report| report.pid == pid && report.sequence > before)
         {
             return Ok(report);
         }

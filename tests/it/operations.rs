@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::bridge::{Bridge, unique};
 use crate::support::config::irc_network;
-use crate::support::irc_client::{IrcClient, texts};
+use crate::support::irc_client::IrcClient;
 use crate::support::servers::{InspIrcd, free_port, shared_inspircd};
 
 /// How long a test waits for the daemon to get somewhere.
@@ -116,4 +116,361 @@ async fn readyz_names_a_network_whose_server_is_down_and_is_ready_when_it_is_bac
     assert_eq!(ready["status"], "ready");
     assert!(bridge.is_running());
     assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// `tribridge reload --config {dir}/bridges.toml`, as an operator runs it: its exit code,
+/// standard output and standard error.
+async fn reload_command(dir: &std::path::Path) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .arg("reload")
+        .arg("--config")
+        .arg(dir.join("bridges.toml"))
+        .output()
+        .await
+        .expect("run tribridge reload");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The lines `client` received that show `nick` leaving or arriving (QUIT, JOIN, PART), among
+/// everything it received and no wait took.
+fn comings_and_goings(client: &mut IrcClient, nick: &str) -> Vec<String> {
+    let nick = nick.to_lowercase();
+    client
+        .drain()
+        .into_iter()
+        .filter(|line| {
+            line.source_nick.to_lowercase() == nick
+                && matches!(line.command.as_str(), "QUIT" | "JOIN" | "PART")
+        })
+        .map(|line| line.raw)
+        .collect()
+}
+
+/// Wait until `client` sees a text containing `marker` in `channel`, keeping every other line
+/// it received for [`comings_and_goings`]; the text.
+async fn wait_text(client: &mut IrcClient, channel: &str, marker: &str) -> String {
+    let channel = channel.to_lowercase();
+    let line = client
+        .wait_for(
+            |line| {
+                line.text()
+                    .is_some_and(|(to, text)| to.to_lowercase() == channel && text.contains(marker))
+            },
+            DEADLINE,
+        )
+        .await
+        .unwrap_or_else(|| panic!("{}: {marker:?} never arrived in {channel}", client.nick));
+    line.text()
+        .map(|(_, text)| text.to_owned())
+        .unwrap_or_default()
+}
+
+/// `tribridge reload` after a gateway was added between two new channels of the networks the
+/// bridge already has: the bridge joins the new channels and relays between them within
+/// seconds, while the people of the unchanged channels see it neither quit nor join (its
+/// connections stay as they were: each network registered once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_gateway_without_touching_the_unchanged_channels() {
+    let server = shared_inspircd();
+    let channels: Vec<String> = (0..4).map(|_| unique("#rel")).collect();
+    let (a, b, c, d) = (&channels[0], &channels[1], &channels[2], &channels[3]);
+    let (nick_one, nick_two) = (unique("rlone"), unique("rltwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    let mut carol = IrcClient::connect(server.port, &unique("carol")).await;
+    let mut dave = IrcClient::connect(server.port, &unique("dave")).await;
+    alice.join(a).await;
+    bob.join(b).await;
+    carol.join(c).await;
+    dave.join(d).await;
+    let networks = [
+        irc_network("one", server.port, &nick_one),
+        irc_network("two", server.port, &nick_two),
+    ];
+    let metrics = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(&networks, &[("g", vec![("one", a), ("two", b)])], metrics),
+    );
+    alice.wait_join(&nick_one, a).await;
+    bob.wait_join(&nick_two, b).await;
+    alice.say(a, "before the reload");
+    assert_eq!(
+        wait_text(&mut bob, b, "before the reload").await,
+        format!("<{}> before the reload", alice.nick)
+    );
+
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config(
+            &networks,
+            &[
+                ("g", vec![("one", a), ("two", b)]),
+                ("added", vec![("one", c), ("two", d)]),
+            ],
+            metrics,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(
+        out.starts_with("reloaded (pid ") && out.contains("following new channels [one, two]"),
+        "{out}"
+    );
+    carol.wait_join(&nick_one, c).await;
+    dave.wait_join(&nick_two, d).await;
+    carol.say(c, "through the new gateway");
+    assert_eq!(
+        wait_text(&mut dave, d, "through the new gateway").await,
+        format!("<{}> through the new gateway", carol.nick)
+    );
+
+    // The old channels still relay, and saw the bridge neither leave nor come back.
+    alice.say(a, "after the reload");
+    assert_eq!(
+        wait_text(&mut bob, b, "after the reload").await,
+        format!("<{}> after the reload", alice.nick)
+    );
+    bob.say(b, "and back");
+    wait_text(&mut alice, a, "and back").await;
+    assert_eq!(
+        comings_and_goings(&mut alice, &nick_one),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        comings_and_goings(&mut bob, &nick_two),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        bridge.logs().matches("Registered.").count(),
+        2,
+        "each network registered once: {}",
+        bridge.logs()
+    );
+    let ready = wait_status(metrics, "/readyz", 200).await;
+    assert_eq!(ready["not_ready"], serde_json::json!([]));
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// A reload (SIGHUP) that removes a network whose server is down: the bridge's deliveries
+/// queued for its channel stay in the store, counted in `/metrics`; the other networks keep
+/// relaying; a reload that brings the network back (its server up again) delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_removes_a_network_and_its_queued_deliveries_arrive_when_it_comes_back() {
+    let shared = shared_inspircd();
+    let mut own = InspIrcd::start();
+    let (a, b, e) = (unique("#rm"), unique("#rm"), unique("#rm"));
+    let (nick_one, nick_two, nick_three) = (unique("rmone"), unique("rmtwo"), unique("rmthr"));
+    let mut alice = IrcClient::connect(shared.port, &unique("alice")).await;
+    let mut erin = IrcClient::connect(shared.port, &unique("erin")).await;
+    let mut bob = IrcClient::connect(own.port, &unique("bob")).await;
+    alice.join(&a).await;
+    erin.join(&e).await;
+    bob.join(&b).await;
+    let one = irc_network("one", shared.port, &nick_one);
+    let two = irc_network("two", own.port, &nick_two);
+    let three = irc_network("three", shared.port, &nick_three);
+    let metrics = free_port();
+    let full = config(
+        &[one.clone(), two.clone(), three.clone()],
+        &[("g", vec![("one", &a), ("two", &b), ("three", &e)])],
+        metrics,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &full);
+    bob.wait_join(&nick_two, &b).await;
+    erin.wait_join(&nick_three, &e).await;
+    wait_status(metrics, "/readyz", 200).await;
+
+    // Network two's server goes down; what alice says now waits in the outbox for it.
+    own.stop();
+    wait_status(metrics, "/readyz", 503).await;
+    alice.say(&a, "said while two was down");
+    assert_eq!(
+        wait_text(&mut erin, &e, "said while two was down").await,
+        format!("<{}> said while two was down", alice.nick)
+    );
+    let store = tribridge::store::Store::open(&dir.path().join("state")).unwrap();
+    let queued = tribridge::model::ChannelRef::new("two", &b);
+    assert_eq!(store.pending_count(&queued).unwrap(), 1);
+
+    // Reload without network two: the others go on, the delivery stays, counted.
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config(
+            &[one.clone(), three.clone()],
+            &[("g", vec![("one", &a), ("three", &e)])],
+            metrics,
+        ),
+    )
+    .unwrap();
+    bridge.hangup();
+    bridge
+        .wait_for_log_line(&["Configuration reloaded.", "removed [two]"])
+        .await;
+    assert_eq!(store.pending_count(&queued).unwrap(), 1);
+    let scraped = get(metrics, "/metrics").await.expect("metrics").1;
+    assert!(
+        scraped.contains("tribridge_outbox_unlinked_deliveries{network=\"two\"} 1"),
+        "{scraped}"
+    );
+    let ready = wait_status(metrics, "/readyz", 200).await;
+    assert_eq!(
+        ready["not_ready"],
+        serde_json::json!([]),
+        "two is not expected any more"
+    );
+    alice.say(&a, "after two was removed");
+    wait_text(&mut erin, &e, "after two was removed").await;
+    assert_eq!(
+        comings_and_goings(&mut erin, &nick_three),
+        Vec::<String>::new()
+    );
+
+    // Two's server is back and the reload brings the network back: the queued line arrives.
+    own.restart();
+    let mut bob = IrcClient::connect(own.port, &unique("bob")).await;
+    bob.join(&b).await;
+    std::fs::write(dir.path().join("bridges.toml"), &full).unwrap();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(out.contains("networks added [two]"), "{out}");
+    assert_eq!(
+        wait_text(&mut bob, &b, "said while two was down").await,
+        format!("<{}> said while two was down", alice.nick)
+    );
+    bridge.wait_outbox_drained("two", &b).await;
+    let scraped = get(metrics, "/metrics").await.expect("metrics").1;
+    assert!(
+        scraped.contains("tribridge_outbox_unlinked_deliveries{network=\"two\"} 0"),
+        "{scraped}"
+    );
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// A reload of a broken file changes nothing: `tribridge reload` prints the located error and
+/// exits non-zero without disturbing the daemon; a SIGHUP makes the daemon log the located
+/// error and keep relaying on the configuration it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_of_a_broken_file_changes_nothing_and_reports_the_error() {
+    let server = shared_inspircd();
+    let (a, b) = (unique("#brk"), unique("#brk"));
+    let (nick_one, nick_two) = (unique("bkone"), unique("bktwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&a).await;
+    bob.join(&b).await;
+    let networks = [
+        irc_network("one", server.port, &nick_one),
+        irc_network("two", server.port, &nick_two),
+    ];
+    let metrics = free_port();
+    let good = config(&networks, &[("g", vec![("one", &a), ("two", &b)])], metrics);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &good);
+    alice.wait_join(&nick_one, &a).await;
+    bob.wait_join(&nick_two, &b).await;
+
+    // A gateway naming a network that does not exist, on the file's last lines.
+    let broken = format!(
+        "{good}[[gateway]]\nname = \"bad\"\nchannels = [\n  {{ network = \"nowhere\", channel = \"#x\" }},\n  {{ network = \"one\", channel = \"#y\" }},\n]\n"
+    );
+    std::fs::write(dir.path().join("bridges.toml"), &broken).unwrap();
+    let line = broken
+        .lines()
+        .position(|l| l.contains("nowhere"))
+        .expect("the bad line")
+        + 1;
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains(&format!("bridges.toml:{line}:")) && err.contains("nowhere"),
+        "the located error: {err}"
+    );
+    assert!(err.contains("not reloaded"), "{err}");
+
+    bridge.hangup();
+    bridge.wait_for_log("Reload refused").await;
+    bridge
+        .wait_for_log_line(&["Reload refused", &format!("bridges.toml:{line}:")])
+        .await;
+    alice.say(&a, "still on the old file");
+    assert_eq!(
+        wait_text(&mut bob, &b, "still on the old file").await,
+        format!("<{}> still on the old file", alice.nick)
+    );
+    assert_eq!(
+        comings_and_goings(&mut alice, &nick_one),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        comings_and_goings(&mut bob, &nick_two),
+        Vec::<String>::new()
+    );
+    assert!(bridge.is_running());
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// Under a service manager (`NOTIFY_SOCKET`, as systemd sets it), the daemon says READY=1 when
+/// it runs, and for a reload RELOADING=1 with MONOTONIC_USEC (as `Type=notify-reload` needs),
+/// then READY=1 once it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_tells_the_service_manager_reloading_then_ready() {
+    let server = shared_inspircd();
+    let (a, b) = (unique("#ntf"), unique("#ntf"));
+    let (nick_one, nick_two) = (unique("ntone"), unique("nttwo"));
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    bob.join(&b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let networks = [
+        irc_network("one", server.port, &nick_one),
+        irc_network("two", server.port, &nick_two),
+    ];
+    let metrics = free_port();
+    let bridge = Bridge::start_with_env(
+        dir.path(),
+        &config(&networks, &[("g", vec![("one", &a), ("two", &b)])], metrics),
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    assert_eq!(next_notification(&socket).await, "READY=1\n");
+    bob.wait_member(&nick_two, &b).await;
+
+    bridge.hangup();
+    let reloading = next_notification(&socket).await;
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC: {reloading}"));
+    assert!(usec > 0);
+    let ready = next_notification(&socket).await;
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=Configuration reloaded."),
+        "{ready}"
+    );
+}
+
+/// The next datagram the daemon sent to the notify socket (skipping watchdog pings).
+async fn next_notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buffer = vec![0; 4096];
+    loop {
+        let received = tokio::time::timeout(DEADLINE, socket.recv(&mut buffer))
+            .await
+            .expect("a notification in time")
+            .expect("read the notify socket");
+        let text = String::from_utf8_lossy(&buffer[..received]).into_owned();
+        if text != "WATCHDOG=1\n" {
+            return text;
+        }
+    }
 }

@@ -390,10 +390,7 @@ impl<'a> Session<'a> {
             self.task.context.status.left(&name);
             if self.joined.remove(&folded) {
                 tracing::info!(network = %self.network(), channel = %name, "No gateway links this channel any more; parting.");
-                self.send(Command::PART(
-                    name,
-                    Some("no longer bridged".to_owned()),
-                ))?;
+                self.send(Command::PART(name, Some("no longer bridged".to_owned())))?;
             }
         }
         let registered = matches!(self.phase, Phase::Joining { .. } | Phase::Ready);
