@@ -1,6 +1,7 @@
 //! How the bridge behaves on IRC, through the real daemon and a real `InspIRCd`: it keeps
-//! running and relaying on SIGHUP (a reload of an unchanged file), marks itself a bot, names its admin, stops relaying into a channel it was
-//! kicked from (and only that one), and shows long texts as a few lines and a link.
+//! running and relaying on SIGHUP (a reload of an unchanged file), marks itself a bot, names
+//! its admin, stops relaying into a channel it was kicked from (and only that one), and shows
+//! long texts as a few lines and a link.
 
 use crate::support::bridge::{Bridge, unique};
 use crate::support::config::irc_network;
