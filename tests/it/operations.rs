@@ -474,3 +474,94 @@ async fn next_notification(socket: &tokio::net::UnixDatagram) -> String {
         }
     }
 }
+
+/// With the systemd watchdog on (`WATCHDOG_USEC`), the daemon pings `WATCHDOG=1` while its
+/// store's writer makes progress. When the writer stalls (another process holds the
+/// database's write lock while a line waits to be committed) the pings stop, the daemon says
+/// why and `/healthz` answers 503; once the lock is released the line is committed and
+/// relayed, and the pings resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_pinged_only_while_the_store_writer_makes_progress() {
+    let server = shared_inspircd();
+    let (a, b) = (unique("#wdg"), unique("#wdg"));
+    let (nick_one, nick_two) = (unique("wdone"), unique("wdtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&a).await;
+    bob.join(&b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    // Without history cursors, a line goes straight to the store's writer.
+    let networks = [
+        irc_network("one", server.port, &nick_one),
+        irc_network("two", server.port, &nick_two),
+    ]
+    .map(|section| format!("{}\nhistory = \"off\"\n\n", section.trim_end()));
+    let metrics = free_port();
+    let mut bridge = Bridge::start_with_env(
+        dir.path(),
+        &config(&networks, &[("g", vec![("one", &a), ("two", &b)])], metrics),
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    alice.wait_join(&nick_one, &a).await;
+    bob.wait_join(&nick_two, &b).await;
+    wait_for_notification(&socket, "WATCHDOG=1\n").await;
+
+    // Another process takes the write lock; a line said now cannot be committed.
+    let mut holder =
+        rusqlite::Connection::open(dir.path().join("state/tribridge.sqlite3")).unwrap();
+    let lock = holder
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    alice.say(&a, "said while the store was locked");
+    bridge
+        .wait_for_log("The store's writer has made no progress; not pinging the watchdog")
+        .await;
+    let (status, body) = get(metrics, "/healthz").await.expect("healthz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"status\":\"stalled\""), "{body}");
+    // Pings sent before the stall was seen are read and dropped; none comes while it lasts.
+    let mut buffer = vec![0; 4096];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(1), socket.recv(&mut buffer)).await
+    {}
+    let during = tokio::time::timeout(Duration::from_millis(1500), socket.recv(&mut buffer)).await;
+    assert!(
+        during.is_err(),
+        "a notification while the writer was stalled: {:?}",
+        during.map(|r| r.map(|n| String::from_utf8_lossy(&buffer[..n]).into_owned()))
+    );
+
+    lock.rollback().unwrap();
+    assert_eq!(
+        wait_text(&mut bob, &b, "said while the store was locked").await,
+        format!("<{}> said while the store was locked", alice.nick)
+    );
+    wait_for_notification(&socket, "WATCHDOG=1\n").await;
+    bridge
+        .wait_for_log("The store's writer makes progress again; pinging the watchdog.")
+        .await;
+    assert_eq!(wait_status(metrics, "/healthz", 200).await["status"], "ok");
+    drop(holder);
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// Wait for the notification `expected` on the notify socket, with a deadline.
+async fn wait_for_notification(socket: &tokio::net::UnixDatagram, expected: &str) {
+    let mut buffer = vec![0; 4096];
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let received = tokio::time::timeout(left, socket.recv(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no {expected:?} in time"))
+            .expect("read the notify socket");
+        if String::from_utf8_lossy(&buffer[..received]) == expected {
+            return;
+        }
+    }
+}
