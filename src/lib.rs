@@ -35,6 +35,7 @@ pub mod outbox;
 pub mod parallel;
 pub mod richtext;
 pub mod router;
+#[cfg(feature = "matrix")]
 pub mod service;
 pub mod store;
 pub mod vocab;

@@ -3,6 +3,7 @@
 //! `tribridge reload`), and what it tells systemd (`NOTIFY_SOCKET`: READY, RELOADING,
 //! WATCHDOG).
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::support::bridge::{Bridge, unique};
@@ -57,10 +58,11 @@ fn config(networks: &[String], gateways: &[(&str, Vec<(&str, &str)>)], metrics: 
                 format!("  {{ network = \"{network}\", channel = \"{channel}\" }},")
             })
             .collect();
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[gateway]]\nname = \"{name}\"\nchannels = [\n{}\n]\n\n",
             entries.join("\n")
-        ));
+        );
     }
     text
 }
@@ -417,9 +419,9 @@ async fn reload_of_a_broken_file_changes_nothing_and_reports_the_error() {
     assert_eq!(bridge.terminate(), Some(0));
 }
 
-/// Under a service manager (`NOTIFY_SOCKET`, as systemd sets it), the daemon says READY=1 when
-/// it runs, and for a reload RELOADING=1 with MONOTONIC_USEC (as `Type=notify-reload` needs),
-/// then READY=1 once it is applied.
+/// Under a service manager (`NOTIFY_SOCKET`, as systemd sets it), the daemon says `READY=1`
+/// when it runs, and for a reload `RELOADING=1` with `MONOTONIC_USEC` (as `Type=notify-reload`
+/// needs), then `READY=1` once it is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_tells_the_service_manager_reloading_then_ready() {
     let server = shared_inspircd();
