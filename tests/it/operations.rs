@@ -494,7 +494,7 @@ async fn the_watchdog_is_pinged_only_while_the_store_writer_makes_progress() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
-    // Without history cursors, a line goes straight to the store's writer.
+    // Without history, a line goes straight to the store's writer.
     let networks = [
         irc_network("one", server.port, &nick_one),
         irc_network("two", server.port, &nick_two),
@@ -512,6 +512,8 @@ async fn the_watchdog_is_pinged_only_while_the_store_writer_makes_progress() {
     alice.wait_join(&nick_one, &a).await;
     bob.wait_join(&nick_two, &b).await;
     wait_for_notification(&socket, "WATCHDOG=1\n").await;
+    // Ready: each join's own writes (the IRC history cursor) are done.
+    wait_status(metrics, "/readyz", 200).await;
 
     // Another process takes the write lock; a line said now cannot be committed.
     let mut holder =
