@@ -495,16 +495,19 @@ impl Running {
                 running.channel_updates.send_replace(w.channels.clone());
             }
         }
+        let before: std::collections::BTreeSet<ChannelRef> = self
+            .config
+            .as_ref()
+            .map(|old| old.topology().destinations().iter().cloned().collect())
+            .unwrap_or_default();
         for destination in &destinations {
             if !self.workers.contains_key(destination) {
-                if !self.workers_known(destination) {
+                // A destination of a reconnected network is not new.
+                if self.config.is_some() && !before.contains(destination) {
                     summary.destinations_added += 1;
                 }
                 self.start_worker(destination);
             }
-        }
-        if self.config.is_none() {
-            summary.destinations_added = 0;
         }
         let history_changed = self
             .config
@@ -516,17 +519,6 @@ impl Running {
         self.count_unrouted(&destinations).await;
         self.config = Some(config);
         summary
-    }
-
-    /// Whether `destination` had a worker under the configuration applied before (a
-    /// destination of a reconnected network is not new).
-    fn workers_known(&self, destination: &ChannelRef) -> bool {
-        self.config.as_ref().is_some_and(|old| {
-            old.topology()
-                .destinations()
-                .iter()
-                .any(|d| d == destination)
-        })
     }
 
     /// Build and start the connector of `wanted`.
