@@ -268,6 +268,73 @@ async fn reload_adds_a_gateway_without_touching_the_unchanged_channels() {
     assert_eq!(bridge.terminate(), Some(0));
 }
 
+/// A reload that changes one network's section (its nick) reconnects that network only: its
+/// channel sees the old nick quit and the new one join, the other network's channel sees
+/// nothing, and the gateway relays under the new nick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reconnects_only_the_network_whose_section_changed() {
+    let server = shared_inspircd();
+    let (a, b) = (unique("#chg"), unique("#chg"));
+    let (nick_one, nick_two, nick_new) = (unique("chone"), unique("chtwo"), unique("chnew"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&a).await;
+    bob.join(&b).await;
+    let one = irc_network("one", server.port, &nick_one);
+    let metrics = free_port();
+    let gateways = [("g", vec![("one", a.as_str()), ("two", b.as_str())])];
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &[one.clone(), irc_network("two", server.port, &nick_two)],
+            &gateways,
+            metrics,
+        ),
+    );
+    alice.wait_join(&nick_one, &a).await;
+    bob.wait_join(&nick_two, &b).await;
+
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config(
+            &[one, irc_network("two", server.port, &nick_new)],
+            &gateways,
+            metrics,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(out.contains("reconnected [two]"), "{out}");
+    bob.wait_join(&nick_new, &b).await;
+    alice.say(&a, "to the new nick");
+    let seen = bob
+        .wait_for(
+            |line| {
+                line.text()
+                    .is_some_and(|(_, text)| text.contains("to the new nick"))
+            },
+            DEADLINE,
+        )
+        .await
+        .expect("relayed after the reconnect");
+    assert_eq!(seen.source_nick.to_lowercase(), nick_new.to_lowercase());
+    assert!(
+        comings_and_goings(&mut bob, &nick_two)
+            .iter()
+            .any(|line| line.contains(" QUIT")),
+        "the old connection quit"
+    );
+    bob.say(&b, "back to one");
+    wait_text(&mut alice, &a, "back to one").await;
+    assert_eq!(
+        comings_and_goings(&mut alice, &nick_one),
+        Vec::<String>::new()
+    );
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
 /// A reload (SIGHUP) that removes a network whose server is down: the bridge's deliveries
 /// queued for its channel stay in the store, counted in `/metrics`; the other networks keep
 /// relaying; a reload that brings the network back (its server up again) delivers them.
