@@ -268,6 +268,90 @@ async fn reload_adds_a_gateway_without_touching_the_unchanged_channels() {
     assert_eq!(bridge.terminate(), Some(0));
 }
 
+/// A reload that adds a network and a gateway of it does not touch a Mattermost network whose
+/// section and channels did not change: no new WebSocket, no new login, and its channel keeps
+/// relaying both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_leaves_an_unchanged_mattermost_network_on_its_websocket() {
+    use crate::support::mattermost::MmServer;
+    let server = shared_inspircd();
+    let (a, c, d) = (unique("#mmr"), unique("#mmr"), unique("#mmr"));
+    let (nick_one, nick_two) = (unique("mrone"), unique("mrtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut carol = IrcClient::connect(server.port, &unique("carol")).await;
+    let mut dave = IrcClient::connect(server.port, &unique("dave")).await;
+    alice.join(&a).await;
+    carol.join(&c).await;
+    dave.join(&d).await;
+    let mm = MmServer::start("reload").await;
+    let town = mm.channel("town").await;
+    let mia = mm.user("mia", &town).await;
+    let one = irc_network("one", server.port, &nick_one);
+    let mattermost = mm.network("mm", "");
+    let metrics = free_port();
+    let first = [("g", vec![("one", a.as_str()), ("mm", "town")])];
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(&[one.clone(), mattermost.clone()], &first, metrics),
+    );
+    alice.wait_join(&nick_one, &a).await;
+    mm.wait_bot_member(&town).await;
+    mm.wait_websocket(1).await;
+    wait_status(metrics, "/readyz", 200).await;
+
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config(
+            &[one, mattermost, irc_network("two", server.port, &nick_two)],
+            &[
+                first[0].clone(),
+                ("added", vec![("one", c.as_str()), ("two", d.as_str())]),
+            ],
+            metrics,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(
+        out.contains("networks added [two]") && out.contains("reconnected []"),
+        "{out}"
+    );
+    carol.wait_join(&nick_one, &c).await;
+    dave.wait_join(&nick_two, &d).await;
+    carol.say(&c, "across the added gateway");
+    wait_text(&mut dave, &d, "across the added gateway").await;
+
+    mia.say(&town, "from mattermost after the reload").await;
+    assert_eq!(
+        wait_text(&mut alice, &a, "from mattermost after the reload").await,
+        "<mia> from mattermost after the reload"
+    );
+    alice.say(&a, "to mattermost after the reload");
+    mia.wait_posts_by(&town, &mm.bot_id, |posts| {
+        posts.iter().any(|p| {
+            p["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("to mattermost after the reload"))
+        })
+    })
+    .await;
+    assert_eq!(mm.emu.websocket_count(), 1);
+    assert_eq!(
+        bridge.logs().matches("WebSocket session started").count(),
+        1,
+        "one Mattermost session: {}",
+        bridge.logs()
+    );
+    assert_eq!(
+        comings_and_goings(&mut alice, &nick_one),
+        Vec::<String>::new()
+    );
+    wait_status(metrics, "/readyz", 200).await;
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
 /// A reload that changes one network's section (its nick) reconnects that network only: its
 /// channel sees the old nick quit and the new one join, the other network's channel sees
 /// nothing, and the gateway relays under the new nick.
