@@ -110,9 +110,9 @@ impl TaskInfo {
         }
         let mut regain = tokio::time::interval(REGAIN_INTERVAL);
         regain.reset();
-        // The channels a reload adds or removes are joined or parted on this connection.
+        // The channels a reload adds or removes are joined or parted on this connection (a
+        // change already seen when the session began is a no-op: it follows by difference).
         let mut channel_updates = self.context.channel_updates.clone();
-        channel_updates.mark_unchanged();
         let end = loop {
             if let Err(reason) = link.flush(&session.outgoing).await {
                 break SessionEnd::Lost(reason);
