@@ -200,6 +200,8 @@ pub async fn run_with_reloads(
         });
     }
     let mut daemon = Running {
+        state_dir: config.state_dir.clone(),
+        reconnect_max: config.reconnect_max,
         gateway_book: crate::vocab::GatewayBook::default(),
         connectors_shutdown: CancellationToken::new(),
         workers_shutdown: CancellationToken::new(),
@@ -297,6 +299,9 @@ pub async fn run_with_reloads(
 struct Running {
     /// The configuration applied (`None` before the first).
     config: Option<Config>,
+    /// The first configuration's `state_dir` and `reconnect_max_seconds`, kept until restart.
+    state_dir: std::path::PathBuf,
+    reconnect_max: Duration,
     store: Arc<Store>,
     router: Router,
     outbox: Arc<Outbox>,
@@ -482,7 +487,7 @@ impl Running {
         }
         for id in &starting {
             if let Some(w) = wanted.iter().find(|w| &w.config.id == id) {
-                self.start_network(w, &config);
+                self.start_network(w);
             }
         }
         for id in &following {
@@ -522,7 +527,7 @@ impl Running {
     }
 
     /// Build and start the connector of `wanted`.
-    fn start_network(&mut self, wanted: &Wanted, config: &Config) {
+    fn start_network(&mut self, wanted: &Wanted) {
         let id = wanted.config.id.clone();
         self.status.expect(&id, &wanted.channels);
         let shutdown = self.connectors_shutdown.child_token();
@@ -536,10 +541,10 @@ impl Running {
             status: self.status.network(&id),
             shutdown: shutdown.clone(),
             store: Arc::clone(&self.store),
-            state_dir: config.state_dir.clone(),
+            state_dir: self.state_dir.clone(),
             files: Arc::clone(&self.files),
             reconnect: ReconnectPolicy {
-                max: config.reconnect_max,
+                max: self.reconnect_max,
                 ..ReconnectPolicy::default()
             },
             metrics: Arc::clone(&self.network_metrics),
