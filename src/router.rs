@@ -260,6 +260,7 @@ impl Router {
     /// Route by `topology` from now on (a reload): every clone of this router sees it. An event
     /// routed before keeps the routes it was committed with.
     pub fn set_topology(&self, topology: Arc<Topology>) {
+        self.people.add_case_mappings(topology.case_mappings());
         *self
             .topology
             .write()
