@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::connector::BuildContext;
+use crate::config::{Config, NetworkConfig};
 use crate::connector::supervisor::ReconnectPolicy;
+use crate::connector::{BuildContext, ConnectorHandle};
 use crate::files::{FileLinks, FileStore, Files};
+use crate::model::ChannelRef;
 use crate::outbox::Outbox;
 use crate::parallel::Standin;
 use crate::router::Router;
@@ -52,6 +53,74 @@ pub enum DaemonError {
 /// How long outbox workers get to finish their delivery in hand at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connector gets to say goodbye to its server when it stops.
+const CONNECTOR_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reloading the configuration while the daemon runs (`SIGHUP`, `tribridge reload`).
+pub struct Reloads {
+    /// Each message asks for a reload.
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Read and validate the configuration again: the new one, or its located errors.
+    pub load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+    /// Told when a reload starts and how it ended (systemd's `RELOADING=1` and `READY=1`).
+    pub notify: Box<dyn FnMut(ReloadEvent<'_>) + Send>,
+}
+
+/// A step of a reload, for [`Reloads::notify`].
+#[derive(Debug)]
+pub enum ReloadEvent<'a> {
+    /// A reload was asked for; the file is read now.
+    Started,
+    /// The file was valid and its difference is applied.
+    Applied(&'a ReloadSummary),
+    /// The file was not valid (its located errors); nothing changed.
+    Refused(&'a str),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Networks connected for the first time.
+    pub networks_added: Vec<String>,
+    /// Networks disconnected for good (removed, or in no gateway any more).
+    pub networks_removed: Vec<String>,
+    /// Networks whose section changed (or whose channels changed, on a network that cannot
+    /// follow them): reconnected.
+    pub networks_reconnected: Vec<String>,
+    /// Networks that joined or left channels on their connection.
+    pub networks_rejoined_channels: Vec<String>,
+    /// Destination channels whose delivery started.
+    pub destinations_added: usize,
+    /// Destination channels whose delivery stopped (their queued deliveries stay in the store).
+    pub destinations_removed: usize,
+    /// Settings that changed but are read only at start (applied at the next restart).
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "networks added [{}], removed [{}], reconnected [{}], following new channels [{}]; \
+             {} destinations added, {} removed",
+            self.networks_added.join(", "),
+            self.networks_removed.join(", "),
+            self.networks_reconnected.join(", "),
+            self.networks_rejoined_channels.join(", "),
+            self.destinations_added,
+            self.destinations_removed,
+        )?;
+        if !self.needs_restart.is_empty() {
+            write!(
+                formatter,
+                "; changed but applied only at the next start: {}",
+                self.needs_restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Run the bridge until `shutdown` is cancelled. `on_ready` is called once every connector and
 /// worker has been started (the systemd notification hooks in here).
 pub async fn run(
@@ -59,95 +128,40 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
+    run_with_reloads(config, shutdown, on_ready, None).await
+}
+
+/// [`run`], applying a new configuration each time `reloads` asks.
+pub async fn run_with_reloads(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(),
+    reloads: Option<Reloads>,
+) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&config.state_dir)?);
     // The history's test-only clock seam moves the stamp of received messages too.
     store.set_clock_skew_ms(crate::archive::clock_skew_ms());
     let topology = Arc::new(config.topology());
-    let mut destinations = topology.destinations().to_vec();
-    for pending in store.pending_destinations()? {
-        if !destinations.contains(&pending) {
-            tracing::warn!(destination = %pending, "Deliveries are pending for a channel that is no longer in any gateway; they stay in the outbox.");
-        }
-    }
-    destinations.sort();
-    let outbox = Arc::new(Outbox::new(&destinations));
+    let outbox = Arc::new(Outbox::new(&[]));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
     router.people().link(config.identities.clone());
-    for network in &config.networks {
-        router
-            .parallel()
-            .set_parallel_bridges(&network.id, &network.parallel_bridges);
-    }
     let files = Arc::new(open_files(&config).await?);
-
-    let connectors_shutdown = CancellationToken::new();
-    let workers_shutdown = CancellationToken::new();
-    let mut connector_tasks = JoinSet::new();
-    let mut handles = HashMap::new();
     let network_metrics = Arc::new(crate::vocab::network_metrics::NetworkMetrics::default());
-    for network in &config.networks {
-        let mut channels: Vec<String> = Vec::new();
-        for gateway in &config.gateways {
-            for channel in gateway.channels.iter().filter(|c| c.network == network.id) {
-                if !channels.contains(&channel.channel) {
-                    channels.push(channel.channel.clone());
-                }
-            }
-        }
-        if channels.is_empty() {
-            tracing::warn!(network = %network.id, "Network is in no gateway; not connecting.");
-            continue;
-        }
-        let (handle, task) = network.build(BuildContext {
-            router: router.clone(),
-            remote_nick_format: network
-                .remote_nick_format
-                .clone()
-                .unwrap_or_else(|| config.remote_nick_format.clone()),
-            channels,
-            gateways: config
-                .gateways
-                .iter()
-                .map(|gateway| (gateway.name.clone(), gateway.settings()))
-                .collect(),
-            shutdown: connectors_shutdown.clone(),
-            store: Arc::clone(&store),
-            state_dir: config.state_dir.clone(),
-            files: Arc::clone(&files),
-            reconnect: ReconnectPolicy {
-                max: config.reconnect_max,
-                ..ReconnectPolicy::default()
-            },
-            metrics: Arc::clone(&network_metrics),
-        });
-        handles.insert(network.id.clone(), handle);
-        connector_tasks.spawn(task.run());
-    }
-    connector_tasks.spawn(prune_files(
+    let status = Arc::new(crate::vocab::Status::default());
+    let services_shutdown = CancellationToken::new();
+    let mut services = JoinSet::new();
+    services.spawn(prune_files(
         Arc::clone(&files),
         config.files.retention,
-        connectors_shutdown.clone(),
-    ));
-    let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
-    connector_tasks.spawn(chain_archive(
-        Arc::clone(&store),
-        Arc::clone(&policies),
-        connectors_shutdown.clone(),
-    ));
-    connector_tasks.spawn(prune_history(
-        Arc::clone(&store),
-        Arc::clone(&files),
-        policies,
-        connectors_shutdown.clone(),
+        services_shutdown.clone(),
     ));
     if let Some(address) = config.files.media_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| DaemonError::MediaEndpoint { address, source })?;
         tracing::info!(address = %address, public_url = config.files.media_public_url.as_deref().unwrap_or_default(), "Media endpoint listening.");
-        let serving =
-            crate::files::serve(listener, Arc::clone(&files), connectors_shutdown.clone());
-        connector_tasks.spawn(async move {
+        let serving = crate::files::serve(listener, Arc::clone(&files), services_shutdown.clone());
+        services.spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(error = %error, "The media endpoint stopped.");
             }
@@ -168,70 +182,101 @@ pub async fn run(
             connectors: Arc::clone(&network_metrics),
         });
         tracing::info!(address = %address, "Metrics endpoint listening (GET /metrics).");
-        let serving =
-            crate::metrics::serve(listener, Arc::new(registry), connectors_shutdown.clone());
-        connector_tasks.spawn(async move {
+        let health = crate::metrics::Health {
+            writer: router.writer().heartbeat().clone(),
+            status: Arc::clone(&status),
+        };
+        tracing::info!(address = %address, "Health endpoints listening (GET /healthz, GET /readyz).");
+        let serving = crate::metrics::serve(
+            listener,
+            Arc::new(registry),
+            health,
+            services_shutdown.clone(),
+        );
+        services.spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(error = %error, "The metrics endpoint stopped.");
             }
         });
     }
-    let mut worker_tasks = JoinSet::new();
-    // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
-    let endpoints: HashMap<String, Standin<_>> = handles
-        .iter()
-        .map(|(network, handle)| {
-            (
-                network.clone(),
-                Standin::new(
-                    handle.clone(),
-                    Arc::clone(router.parallel()),
-                    workers_shutdown.clone(),
-                ),
-            )
-        })
-        .collect();
-    outbox.spawn_workers(
-        router.writer(),
-        &store,
-        &endpoints,
-        &workers_shutdown,
-        &mut worker_tasks,
-    );
+    let mut daemon = Running {
+        state_dir: config.state_dir.clone(),
+        reconnect_max: config.reconnect_max,
+        gateway_book: crate::vocab::GatewayBook::default(),
+        connectors_shutdown: CancellationToken::new(),
+        workers_shutdown: CancellationToken::new(),
+        networks: HashMap::new(),
+        workers: HashMap::new(),
+        history: None,
+        unrouted_networks: Vec::new(),
+        config: None,
+        store,
+        router,
+        outbox,
+        files,
+        status,
+        network_metrics,
+    };
+    daemon.apply(config).await;
     tracing::info!(
-        networks = handles.len(),
-        gateways = config.gateways.len(),
-        destinations = destinations.len(),
+        networks = daemon.networks.len(),
+        gateways = daemon.config.as_ref().map_or(0, |c| c.gateways.len()),
+        destinations = daemon.workers.len(),
         "tribridge started."
     );
     on_ready();
-
-    shutdown.cancelled().await;
-    tracing::info!("Shutting down: finishing deliveries in hand.");
-    workers_shutdown.cancel();
-    if tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while worker_tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            "Some deliveries did not finish in time; they stay in the outbox and may be sent again after restart."
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tracing::info!(
+            interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "Watchdog on: pinging systemd while the store's writer makes progress."
         );
-        worker_tasks.abort_all();
+        services.spawn(watchdog(
+            interval,
+            daemon.router.writer().heartbeat().clone(),
+            services_shutdown.clone(),
+        ));
     }
-    connectors_shutdown.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), async {
-        while connector_tasks.join_next().await.is_some() {}
+
+    match reloads {
+        Some(mut reloads) => loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                request = reloads.requests.recv() => {
+                    if request.is_none() {
+                        shutdown.cancelled().await;
+                        break;
+                    }
+                    (reloads.notify)(ReloadEvent::Started);
+                    match (reloads.load)() {
+                        Ok(config) => {
+                            let summary = daemon.apply(config).await;
+                            tracing::info!(summary = %summary, "Configuration reloaded.");
+                            (reloads.notify)(ReloadEvent::Applied(&summary));
+                        }
+                        Err(errors) => {
+                            tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed, the daemon keeps running on the configuration it has.");
+                            (reloads.notify)(ReloadEvent::Refused(&errors));
+                        }
+                    }
+                }
+            }
+        },
+        None => shutdown.cancelled().await,
+    }
+    tracing::info!("Shutting down: finishing deliveries in hand.");
+    daemon.stop().await;
+    services_shutdown.cancel();
+    if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, async {
+        while services.join_next().await.is_some() {}
     })
     .await
     .is_err()
     {
-        connector_tasks.abort_all();
+        services.abort_all();
     }
-    let router_stats = router.stats();
-    let outbox_stats = outbox.stats();
-    let parallel_stats = router.parallel().stats();
+    let router_stats = daemon.router.stats();
+    let outbox_stats = daemon.outbox.stats();
+    let parallel_stats = daemon.router.parallel().stats();
     tracing::info!(
         committed = router_stats.committed.load(Ordering::Relaxed),
         echoes = router_stats.echoes.load(Ordering::Relaxed),
@@ -248,6 +293,445 @@ pub async fn run(
         "tribridge stopped."
     );
     Ok(())
+}
+
+/// The running daemon: every connector and outbox worker, and the configuration they follow.
+struct Running {
+    /// The configuration applied (`None` before the first).
+    config: Option<Config>,
+    /// The first configuration's `state_dir` and `reconnect_max_seconds`, kept until restart.
+    state_dir: std::path::PathBuf,
+    reconnect_max: Duration,
+    store: Arc<Store>,
+    router: Router,
+    outbox: Arc<Outbox>,
+    files: Arc<Files>,
+    status: Arc<crate::vocab::Status>,
+    network_metrics: Arc<crate::vocab::network_metrics::NetworkMetrics>,
+    gateway_book: crate::vocab::GatewayBook,
+    /// The parent of every connector's own token.
+    connectors_shutdown: CancellationToken,
+    /// The parent of every worker's own token.
+    workers_shutdown: CancellationToken,
+    networks: HashMap<String, RunningNetwork>,
+    workers: HashMap<ChannelRef, RunningWorker>,
+    /// The tasks that follow the gateways' history policies (archive chain, retention).
+    history: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
+    /// Networks whose unrouted-deliveries gauge was set above zero.
+    unrouted_networks: Vec<String>,
+}
+
+/// One network's connector.
+struct RunningNetwork {
+    /// Its section, and the sender format it was built with.
+    config: NetworkConfig,
+    nick_format: String,
+    /// The channels of it that gateways link, as configured.
+    channels: Vec<String>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    endpoint: Standin<ConnectorHandle>,
+    /// Tells a connector that follows channel changes its channels after a reload.
+    channel_updates: tokio::sync::watch::Sender<Vec<String>>,
+}
+
+/// One destination's outbox worker.
+struct RunningWorker {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a network is in the configuration: its section, its sender format, its channels.
+struct Wanted {
+    config: NetworkConfig,
+    nick_format: String,
+    channels: Vec<String>,
+}
+
+/// Every network of `config` that a gateway links, with its channels in file order.
+fn wanted_networks(config: &Config) -> Vec<Wanted> {
+    let mut wanted = Vec::new();
+    for network in &config.networks {
+        let mut channels: Vec<String> = Vec::new();
+        for gateway in &config.gateways {
+            for channel in gateway.channels.iter().filter(|c| c.network == network.id) {
+                if !channels.contains(&channel.channel) {
+                    channels.push(channel.channel.clone());
+                }
+            }
+        }
+        if channels.is_empty() {
+            tracing::warn!(network = %network.id, "Network is in no gateway; not connecting.");
+            continue;
+        }
+        wanted.push(Wanted {
+            config: network.clone(),
+            nick_format: network
+                .remote_nick_format
+                .clone()
+                .unwrap_or_else(|| config.remote_nick_format.clone()),
+            channels,
+        });
+    }
+    wanted
+}
+
+impl Running {
+    /// Make the running connectors and workers those of `config`, touching only what changed:
+    /// a network whose section, sender format and channels are the same keeps its connection
+    /// (one that follows channel changes keeps it when only its channels changed); a changed
+    /// one is stopped and built again; destinations no gateway links any more stop (their
+    /// queued deliveries stay in the store) and new ones start from the store.
+    async fn apply(&mut self, config: Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        if let Some(old) = &self.config {
+            for (changed, key) in [
+                (old.state_dir != config.state_dir, "state_dir"),
+                (
+                    old.metrics_listen != config.metrics_listen,
+                    "metrics_listen",
+                ),
+                (old.files != config.files, "the [general] file keys"),
+                (
+                    old.reconnect_max != config.reconnect_max,
+                    "reconnect_max_seconds",
+                ),
+                (old.identities != config.identities, "[[identity]]"),
+            ] {
+                if changed {
+                    summary.needs_restart.push(key);
+                }
+            }
+        }
+        let wanted = wanted_networks(&config);
+        let topology = Arc::new(config.topology());
+        let destinations: std::collections::BTreeSet<ChannelRef> =
+            topology.destinations().iter().cloned().collect();
+
+        // Which networks stop, start, or only follow new channels.
+        let mut stopping = Vec::new();
+        let mut starting = Vec::new();
+        let mut following = Vec::new();
+        for (id, running) in &self.networks {
+            match wanted.iter().find(|w| &w.config.id == id) {
+                None => {
+                    summary.networks_removed.push(id.clone());
+                    stopping.push(id.clone());
+                }
+                Some(w) if w.config != running.config || w.nick_format != running.nick_format => {
+                    summary.networks_reconnected.push(id.clone());
+                    stopping.push(id.clone());
+                    starting.push(id.clone());
+                }
+                Some(w) if w.channels != running.channels => {
+                    if running.config.settings.follows_channel_changes() {
+                        summary.networks_rejoined_channels.push(id.clone());
+                        following.push(id.clone());
+                    } else {
+                        summary.networks_reconnected.push(id.clone());
+                        stopping.push(id.clone());
+                        starting.push(id.clone());
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for w in &wanted {
+            if !self.networks.contains_key(&w.config.id) {
+                if self.config.is_some() {
+                    summary.networks_added.push(w.config.id.clone());
+                }
+                starting.push(w.config.id.clone());
+            }
+        }
+        for list in [
+            &mut summary.networks_added,
+            &mut summary.networks_removed,
+            &mut summary.networks_reconnected,
+            &mut summary.networks_rejoined_channels,
+        ] {
+            list.sort();
+        }
+
+        // New routes and gateway settings first: nothing new is queued for a removed channel
+        // from here on, and a new channel's rows wait in the store for its worker.
+        self.gateway_book.replace(
+            config
+                .gateways
+                .iter()
+                .map(|gateway| (gateway.name.clone(), gateway.settings()))
+                .collect(),
+        );
+        self.router.set_topology(Arc::clone(&topology));
+
+        // Workers stop before their connectors (each finishes the delivery in hand).
+        let stopping_workers: Vec<ChannelRef> = self
+            .workers
+            .keys()
+            .filter(|d| !destinations.contains(*d) || stopping.contains(&d.network))
+            .cloned()
+            .collect();
+        for destination in &stopping_workers {
+            if !destinations.contains(destination) {
+                summary.destinations_removed += 1;
+            }
+        }
+        self.stop_workers(&stopping_workers).await;
+        for destination in &stopping_workers {
+            if !destinations.contains(destination) {
+                self.outbox.remove_destination(destination);
+            }
+        }
+        for id in &stopping {
+            self.stop_network(id).await;
+        }
+        for id in &starting {
+            if let Some(w) = wanted.iter().find(|w| &w.config.id == id) {
+                self.start_network(w);
+            }
+        }
+        for id in &following {
+            if let (Some(running), Some(w)) = (
+                self.networks.get_mut(id),
+                wanted.iter().find(|w| &w.config.id == id),
+            ) {
+                running.channels.clone_from(&w.channels);
+                self.status.expect(id, &w.channels);
+                running.channel_updates.send_replace(w.channels.clone());
+            }
+        }
+        let before: std::collections::BTreeSet<ChannelRef> = self
+            .config
+            .as_ref()
+            .map(|old| old.topology().destinations().iter().cloned().collect())
+            .unwrap_or_default();
+        for destination in &destinations {
+            if !self.workers.contains_key(destination) {
+                // A destination of a reconnected network is not new.
+                if self.config.is_some() && !before.contains(destination) {
+                    summary.destinations_added += 1;
+                }
+                self.start_worker(destination);
+            }
+        }
+        let history_changed = self
+            .config
+            .as_ref()
+            .is_none_or(|old| old.gateways != config.gateways);
+        if history_changed {
+            self.restart_history(&config).await;
+        }
+        self.count_unrouted(&destinations).await;
+        self.config = Some(config);
+        summary
+    }
+
+    /// Build and start the connector of `wanted`.
+    fn start_network(&mut self, wanted: &Wanted) {
+        let id = wanted.config.id.clone();
+        self.status.expect(&id, &wanted.channels);
+        let shutdown = self.connectors_shutdown.child_token();
+        let (channel_updates, updates) = tokio::sync::watch::channel(wanted.channels.clone());
+        let (handle, task) = wanted.config.build(BuildContext {
+            router: self.router.clone(),
+            remote_nick_format: wanted.nick_format.clone(),
+            channels: wanted.channels.clone(),
+            channel_updates: updates,
+            gateways: self.gateway_book.clone(),
+            status: self.status.network(&id),
+            shutdown: shutdown.clone(),
+            store: Arc::clone(&self.store),
+            state_dir: self.state_dir.clone(),
+            files: Arc::clone(&self.files),
+            reconnect: ReconnectPolicy {
+                max: self.reconnect_max,
+                ..ReconnectPolicy::default()
+            },
+            metrics: Arc::clone(&self.network_metrics),
+        });
+        self.router
+            .parallel()
+            .set_parallel_bridges(&id, &wanted.config.parallel_bridges);
+        // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
+        let endpoint = Standin::new(
+            handle,
+            Arc::clone(self.router.parallel()),
+            self.workers_shutdown.clone(),
+        );
+        let task = tokio::spawn(task.run());
+        self.networks.insert(
+            id,
+            RunningNetwork {
+                config: wanted.config.clone(),
+                nick_format: wanted.nick_format.clone(),
+                channels: wanted.channels.clone(),
+                shutdown,
+                task,
+                endpoint,
+                channel_updates,
+            },
+        );
+    }
+
+    /// Stop network `id`'s connector (it says goodbye to its server) and forget its status.
+    async fn stop_network(&mut self, id: &str) {
+        let Some(running) = self.networks.remove(id) else {
+            return;
+        };
+        running.shutdown.cancel();
+        let mut task = running.task;
+        if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        self.status.forget(id);
+    }
+
+    /// Start the outbox worker of `destination` (its network's connector is running).
+    fn start_worker(&mut self, destination: &ChannelRef) {
+        let Some(network) = self.networks.get(&destination.network) else {
+            tracing::error!(destination = %destination, "No connector for this destination; its deliveries wait.");
+            return;
+        };
+        let shutdown = self.workers_shutdown.child_token();
+        let worker = self.outbox.spawn_worker(
+            destination,
+            self.router.writer(),
+            &self.store,
+            network.endpoint.clone(),
+            &shutdown,
+        );
+        self.workers.insert(
+            destination.clone(),
+            RunningWorker {
+                shutdown,
+                task: tokio::spawn(worker),
+            },
+        );
+    }
+
+    /// Stop the workers of `destinations`, each finishing the delivery in hand (bounded).
+    async fn stop_workers(&mut self, destinations: &[ChannelRef]) {
+        let mut stopping = Vec::new();
+        for destination in destinations {
+            if let Some(worker) = self.workers.remove(destination) {
+                worker.shutdown.cancel();
+                stopping.push(worker.task);
+            }
+        }
+        if stopping.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        for mut task in stopping {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    "A delivery did not finish in time; it stays in the outbox and may be sent again."
+                );
+                task.abort();
+            }
+        }
+    }
+
+    /// (Re)start the tasks that follow the gateways' history policies.
+    async fn restart_history(&mut self, config: &Config) {
+        if let Some((shutdown, tasks)) = self.history.take() {
+            shutdown.cancel();
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
+        let tasks = vec![
+            tokio::spawn(chain_archive(
+                Arc::clone(&self.store),
+                Arc::clone(&policies),
+                shutdown.clone(),
+            )),
+            tokio::spawn(prune_history(
+                Arc::clone(&self.store),
+                Arc::clone(&self.files),
+                policies,
+                shutdown.clone(),
+            )),
+        ];
+        self.history = Some((shutdown, tasks));
+    }
+
+    /// Count, per network, the deliveries pending for channels no gateway links (they stay in
+    /// the store and are delivered if a gateway links the channel again), for `/metrics`.
+    async fn count_unrouted(&mut self, destinations: &std::collections::BTreeSet<ChannelRef>) {
+        let store = Arc::clone(&self.store);
+        let linked = destinations.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for destination in store.pending_destinations()? {
+                if !linked.contains(&destination) {
+                    let count = store.pending_count(&destination)?;
+                    tracing::warn!(destination = %destination, pending = count, "Deliveries are pending for a channel that no gateway links; they stay in the store and are delivered if a gateway links it again.");
+                    *counts.entry(destination.network).or_default() +=
+                        i64::try_from(count).unwrap_or(i64::MAX);
+                }
+            }
+            Ok::<_, StoreError>(counts)
+        })
+        .await;
+        let counts = match counted {
+            Ok(Ok(counts)) => counts,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot count the deliveries pending for unlinked channels.");
+                return;
+            }
+            Err(_) => return,
+        };
+        let networks: Vec<String> = self
+            .unrouted_networks
+            .iter()
+            .chain(counts.keys())
+            .cloned()
+            .collect();
+        for network in networks {
+            self.network_metrics
+                .gauge(
+                    "tribridge_outbox_unlinked_deliveries",
+                    "Deliveries pending for channels no gateway links any more, kept in the store and delivered if a gateway links the channel again",
+                    &network,
+                )
+                .store(counts.get(&network).copied().unwrap_or(0), Ordering::Relaxed);
+        }
+        self.unrouted_networks = counts.into_keys().collect();
+    }
+
+    /// Stop everything: the workers first (each finishes its delivery in hand), then the
+    /// connectors, then the history tasks.
+    async fn stop(&mut self) {
+        self.workers_shutdown.cancel();
+        let destinations: Vec<ChannelRef> = self.workers.keys().cloned().collect();
+        self.stop_workers(&destinations).await;
+        self.connectors_shutdown.cancel();
+        let ids: Vec<String> = self.networks.keys().cloned().collect();
+        let mut tasks = Vec::new();
+        for id in ids {
+            if let Some(running) = self.networks.remove(&id) {
+                tasks.push(running.task);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + CONNECTOR_STOP_TIMEOUT;
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        if let Some((shutdown, tasks)) = self.history.take() {
+            shutdown.cancel();
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+    }
 }
 
 /// The file store, and signed links when the media endpoint is configured.
@@ -374,6 +858,46 @@ async fn prune_files(files: Arc<Files>, retention: Duration, shutdown: Cancellat
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_hours(24)) => {}
+        }
+    }
+}
+
+/// How often the watchdog is pinged: half its interval, as systemd advises.
+#[must_use]
+pub fn watchdog_period(interval: Duration) -> Duration {
+    (interval / 2).max(Duration::from_millis(10))
+}
+
+/// Ping the systemd watchdog (`WATCHDOG=1`) every half `interval` while the store's writer
+/// makes progress (its heartbeat moved within [`crate::metrics::WRITER_STALLED_AFTER`]) and
+/// the async runtime runs this task (the router and every connector run on it). A stalled
+/// writer stops the pings, and systemd restarts the daemon once `interval` passes without one.
+pub async fn watchdog(
+    interval: Duration,
+    writer: crate::group_commit::Heartbeat,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(watchdog_period(interval));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stalled = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let age = writer.age();
+        if age < crate::metrics::WRITER_STALLED_AFTER {
+            if stalled {
+                tracing::info!("The store's writer makes progress again; pinging the watchdog.");
+                stalled = false;
+            }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else if !stalled {
+            stalled = true;
+            tracing::error!(
+                writer_heartbeat_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                "The store's writer has made no progress; not pinging the watchdog (systemd restarts the daemon if this lasts)."
+            );
         }
     }
 }

@@ -60,6 +60,45 @@ pub enum GroupCommitError {
 pub struct GroupCommit {
     requests: std_mpsc::Sender<Request>,
     latency: WriterLatency,
+    heartbeat: Heartbeat,
+}
+
+/// How often an idle writer thread shows it is alive ([`Heartbeat`]).
+pub const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer thread's sign of life: advanced after every transaction, and every
+/// [`IDLE_BEAT`] while it waits for work. A heartbeat that stopped moving is a writer stuck in
+/// a transaction (or gone), which `/healthz` and the systemd watchdog report. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    since: Instant,
+    /// Milliseconds from `since` to the last beat.
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            last_ms: Arc::default(),
+        }
+    }
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the writer last showed it was alive.
+    #[must_use]
+    pub fn age(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(
+            self.last_ms.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.since.elapsed().saturating_sub(last)
+    }
 }
 
 impl GroupCommit {
@@ -70,11 +109,23 @@ impl GroupCommit {
         let (requests, receiver) = std_mpsc::channel();
         let latency = WriterLatency::default();
         let measured = latency.clone();
+        let heartbeat = Heartbeat::default();
+        let beating = heartbeat.clone();
         std::thread::Builder::new()
             .name("tribridge-store-writer".into())
-            .spawn(move || write_loop(&store, wake.as_ref(), &receiver, &measured))
+            .spawn(move || write_loop(&store, wake.as_ref(), &receiver, &measured, &beating))
             .expect("spawn the store writer thread");
-        Self { requests, latency }
+        Self {
+            requests,
+            latency,
+            heartbeat,
+        }
+    }
+
+    /// The writer thread's sign of life.
+    #[must_use]
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
     }
 
     /// What the writer measures (for [`crate::metrics`]).
@@ -156,9 +207,16 @@ fn write_loop(
     wake: &dyn Wake,
     receiver: &std_mpsc::Receiver<Request>,
     latency: &WriterLatency,
+    heartbeat: &Heartbeat,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = receiver.recv() {
+    loop {
+        heartbeat.beat();
+        let first = match receiver.recv_timeout(IDLE_BEAT) {
+            Ok(first) => first,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         group.push(first);
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {

@@ -18,7 +18,8 @@
 //! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
 //!   types.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
-//! - [`daemon`]: wires it all together and runs until shutdown.
+//! - [`daemon`]: wires it all together and runs until shutdown, applying reloads.
+//! - [`service`]: the pid file, `tribridge reload`'s side of a reload, systemd's reload steps.
 
 pub mod archive;
 pub mod config;
@@ -34,6 +35,8 @@ pub mod outbox;
 pub mod parallel;
 pub mod richtext;
 pub mod router;
+#[cfg(feature = "matrix")]
+pub mod service;
 pub mod store;
 pub mod vocab;
 

@@ -1,4 +1,5 @@
 //! The `tribridge` command: `check` validates a configuration file, `run` runs the bridge,
+//! `reload` makes the running bridge apply its changed configuration file,
 //! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity,
 //! `appservice-registration` prints the registration of a Matrix network in appservice mode,
 //! `export` writes a gateway's archive or verifies its chain, `forget` removes one person's
@@ -28,9 +29,17 @@ enum Commands {
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
     },
-    /// Run the bridge until SIGTERM or SIGINT (SIGHUP is logged; it does not reload yet).
+    /// Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
     Run {
         /// The configuration file.
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+    },
+    /// Ask the running bridge (found by the pid file in the configuration's `state_dir`) to
+    /// read its configuration file again and apply the difference; print what changed, or the
+    /// file's errors (then exit 1: the bridge keeps running on the configuration it had).
+    Reload {
+        /// The configuration file (the one the bridge runs on: its `state_dir` is looked in).
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
     },
@@ -258,6 +267,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Commands::Reload { config } => reload(&config),
         Commands::Run { config } => {
             let parsed = match tribridge::config::load(&config) {
                 Ok(parsed) => parsed,
@@ -273,7 +283,7 @@ fn main() -> ExitCode {
             if let Some(warning) = tribridge::config::secret_exposure_warning(&config) {
                 tracing::warn!("{warning}");
             }
-            match run(parsed) {
+            match run(parsed, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = %format!("{error:#}"), "tribridge failed.");
@@ -305,22 +315,76 @@ fn init_logging() {
 /// read, and keep them (and their stacks) for ten seconds. Calls beyond these wait in a queue.
 const BLOCKING_THREADS: usize = 8;
 
-fn run(config: tribridge::config::Config) -> anyhow::Result<()> {
+/// How long `tribridge reload` waits for the daemon's answer (a reload waits for the
+/// deliveries in hand of the channels it stops).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// `tribridge reload`: signal the daemon and print its answer.
+fn reload(config: &std::path::Path) -> ExitCode {
+    let parsed = match tribridge::config::load(config) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // The daemon would refuse it: say why without disturbing it.
+            eprintln!("{error}");
+            eprintln!("not reloaded: the running bridge keeps the configuration it has");
+            return ExitCode::from(2);
+        }
+    };
+    match tribridge::service::request_reload(&parsed.state_dir, RELOAD_WAIT) {
+        Ok(report) if report.applied => {
+            println!("reloaded (pid {}): {}", report.pid, report.text);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            eprintln!("{}", report.text);
+            eprintln!(
+                "not reloaded: the running bridge (pid {}) keeps the configuration it has",
+                report.pid
+            );
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: tribridge::config::Config, path: PathBuf) -> anyhow::Result<()> {
     tribridge::install_tls_provider();
+    let _pid_file = tribridge::service::PidFile::write(&config.state_dir)?;
+    let mut notifier = tribridge::service::ReloadNotifier::new(&config.state_dir);
     let runtime = tribridge::runtime_builder()
         .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        let (reload_requests, requests) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(&reload_requests).await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             signals.cancel();
         });
-        tribridge::daemon::run(config, shutdown, || {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        })
+        let reloads = tribridge::daemon::Reloads {
+            requests,
+            load: Box::new(move || {
+                let config = tribridge::config::load(&path).map_err(|error| error.to_string())?;
+                for warning in &config.warnings {
+                    tracing::warn!("{}", warning.display_with(&path));
+                }
+                Ok(config)
+            }),
+            notify: Box::new(move |event| notifier.notify(&event)),
+        };
+        tribridge::daemon::run_with_reloads(
+            config,
+            shutdown,
+            || {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            },
+            Some(reloads),
+        )
         .await?;
         Ok(())
     })
@@ -501,11 +565,9 @@ fn recover(
     Ok(master)
 }
 
-/// Wait for SIGTERM or SIGINT. SIGHUP, which operators send to ask for a reload, does not end
-/// the daemon: reloading is not supported yet, so it is logged and the daemon keeps running on
-/// the configuration it has (without a handler, SIGHUP would end it and systemd would see a
-/// clean exit).
-async fn wait_for_signal() {
+/// Wait for SIGTERM or SIGINT. Each SIGHUP asks for a reload (`reload`); without a handler,
+/// SIGHUP would end the daemon and systemd would see a clean exit.
+async fn wait_for_signal(reload: &tokio::sync::mpsc::UnboundedSender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -522,11 +584,10 @@ async fn wait_for_signal() {
                     tracing::info!("SIGINT received.");
                     return;
                 }
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP received: reloading the configuration is not supported yet; \
-                     tribridge keeps running on the configuration it started with (restart it \
-                     to apply changes)."
-                ),
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration.");
+                    let _ = reload.send(());
+                }
             }
         },
         _ => {

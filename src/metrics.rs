@@ -280,17 +280,66 @@ impl Collector for Counters {
 /// The media type of the `OpenMetrics` text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serve `GET /metrics` on `listener` until `shutdown`.
+/// A writer whose heartbeat is older than this is stalled: `/healthz` answers 503 and the
+/// systemd watchdog is not pinged. (An idle writer beats every
+/// [`crate::group_commit::IDLE_BEAT`]; a transaction waits at most 10 s for a lock.)
+pub const WRITER_STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What the health endpoints read.
+#[derive(Clone)]
+pub struct Health {
+    /// The store writer's sign of life.
+    pub writer: crate::group_commit::Heartbeat,
+    /// What the connectors report of their networks.
+    pub status: Arc<crate::vocab::Status>,
+}
+
+impl Health {
+    /// `/healthz`: the process answers and the store's writer thread is alive (its heartbeat
+    /// moved within [`WRITER_STALLED_AFTER`]); the body says which.
+    #[must_use]
+    pub fn live(&self) -> (bool, serde_json::Value) {
+        let age = self.writer.age();
+        let alive = age < WRITER_STALLED_AFTER;
+        (
+            alive,
+            serde_json::json!({
+                "status": if alive { "ok" } else { "stalled" },
+                "writer_heartbeat_age_ms": u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            }),
+        )
+    }
+
+    /// `/readyz`: every configured network connected and in every channel its gateways name;
+    /// the body names each network that is not, with the channels it is missing.
+    #[must_use]
+    pub fn ready(&self) -> (bool, serde_json::Value) {
+        let not_ready = self.status.not_ready();
+        let ready = not_ready.is_empty();
+        (
+            ready,
+            serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "not_ready": not_ready,
+            }),
+        )
+    }
+}
+
+/// Serve `GET /metrics`, `GET /healthz` and `GET /readyz` on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    health: Health,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use axum::extract::State;
     use axum::http::{StatusCode, header};
     use axum::response::{IntoResponse, Response};
 
-    async fn answer(State(registry): State<Arc<Registry>>) -> Response {
+    type Shared = (Arc<Registry>, Health);
+
+    async fn answer(State((registry, _)): State<Shared>) -> Response {
         // The outbox's depth is a store read: off the async threads.
         match tokio::task::spawn_blocking(move || render(&registry)).await {
             Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
@@ -298,9 +347,33 @@ pub async fn serve(
         }
     }
 
+    fn judged((good, body): (bool, serde_json::Value)) -> Response {
+        let status = if good {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+
+    async fn healthz(State((_, health)): State<Shared>) -> Response {
+        judged(health.live())
+    }
+
+    async fn readyz(State((_, health)): State<Shared>) -> Response {
+        judged(health.ready())
+    }
+
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(answer))
-        .with_state(registry);
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state((registry, health));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

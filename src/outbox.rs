@@ -53,7 +53,10 @@ const MAX_ANNOUNCED: usize = 1_024;
 /// The wake-up bells of every destination's worker.
 #[derive(Default)]
 pub struct Outbox {
-    bells: HashMap<ChannelRef, Arc<Bell>>,
+    /// Destinations come and go with a reload ([`Outbox::spawn_worker`],
+    /// [`Outbox::remove_destination`]); a row committed for one without a bell waits in the
+    /// store for its worker.
+    bells: std::sync::RwLock<HashMap<ChannelRef, Arc<Bell>>>,
     stats: Arc<OutboxStats>,
     latency: Arc<OutboxLatency>,
 }
@@ -90,10 +93,12 @@ impl Outbox {
     #[must_use]
     pub fn new(destinations: &[ChannelRef]) -> Self {
         Self {
-            bells: destinations
-                .iter()
-                .map(|d| (d.clone(), Arc::new(Bell::default())))
-                .collect(),
+            bells: std::sync::RwLock::new(
+                destinations
+                    .iter()
+                    .map(|d| (d.clone(), Arc::new(Bell::default())))
+                    .collect(),
+            ),
             stats: Arc::default(),
             latency: Arc::default(),
         }
@@ -121,31 +126,73 @@ impl Outbox {
         shutdown: &CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
-        for (destination, bell) in &self.bells {
+        let destinations: Vec<ChannelRef> = self.bells().keys().cloned().collect();
+        for destination in destinations {
             let Some(endpoint) = endpoints.get(&destination.network) else {
                 tracing::error!(destination = %destination, "No connector for this destination; its deliveries wait.");
                 continue;
             };
-            let label = network_label(&destination.network);
-            let worker = Worker {
-                handover_latency: self.latency.handover.get_or_create_owned(&label),
-                delivery_latency: self.latency.delivery.get_or_create_owned(&label),
-                destination: destination.clone(),
-                bell: Arc::clone(bell),
-                writer: writer.clone(),
-                store: Arc::clone(store),
-                endpoint: endpoint.clone(),
-                shutdown: shutdown.clone(),
-                stats: Arc::clone(&self.stats),
-            };
-            tasks.spawn(worker.run());
+            let worker = self.spawn_worker(&destination, writer, store, endpoint.clone(), shutdown);
+            tasks.spawn(worker);
         }
+    }
+
+    /// The worker of `destination` (given a bell if it has none), delivering through
+    /// `endpoint` until `shutdown`; the caller spawns it. It starts from the store, so rows
+    /// committed while the destination had no worker are delivered first.
+    pub fn spawn_worker<E: Endpoint>(
+        &self,
+        destination: &ChannelRef,
+        writer: &GroupCommit,
+        store: &Arc<Store>,
+        endpoint: E,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let bell = {
+            let mut bells = self
+                .bells
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(bells.entry(destination.clone()).or_default())
+        };
+        let label = network_label(&destination.network);
+        let worker = Worker {
+            handover_latency: self.latency.handover.get_or_create_owned(&label),
+            delivery_latency: self.latency.delivery.get_or_create_owned(&label),
+            destination: destination.clone(),
+            bell,
+            writer: writer.clone(),
+            store: Arc::clone(store),
+            endpoint,
+            shutdown: shutdown.clone(),
+            stats: Arc::clone(&self.stats),
+        };
+        worker.run()
+    }
+
+    /// Forget `destination`'s bell once its worker stopped (a reload removed it): rows
+    /// committed for it from now on wait in the store.
+    pub fn remove_destination(&self, destination: &ChannelRef) {
+        self.bells
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(destination);
+    }
+
+    fn bells(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ChannelRef, Arc<Bell>>> {
+        self.bells
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn bell(&self, destination: &ChannelRef) -> Option<Arc<Bell>> {
+        self.bells().get(destination).cloned()
     }
 }
 
 impl Wake for Outbox {
     fn wake(&self, destination: &ChannelRef) {
-        if let Some(bell) = self.bells.get(destination) {
+        if let Some(bell) = self.bell(destination) {
             bell.announced().read_store = true;
             // notify_one stores a permit when the worker is busy: no wake-up is ever lost.
             bell.notify.notify_one();
@@ -153,7 +200,7 @@ impl Wake for Outbox {
     }
 
     fn queued(&self, pending: PendingDelivery) {
-        if let Some(bell) = self.bells.get(&pending.delivery.destination) {
+        if let Some(bell) = self.bell(&pending.delivery.destination) {
             {
                 let mut announced = bell.announced();
                 if !announced.listening {

@@ -183,7 +183,8 @@ impl From<GroupCommitError> for RouteError {
 /// The router handle connectors submit events to. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
-    topology: Arc<Topology>,
+    /// Replaced whole by a reload ([`Router::set_topology`]); each event reads it once.
+    topology: Arc<std::sync::RwLock<Arc<Topology>>>,
     store: Arc<Store>,
     writer: GroupCommit,
     wake: Arc<dyn Wake>,
@@ -204,7 +205,7 @@ impl Router {
         });
         let people = Arc::new(People::load(topology.case_mappings(), known));
         Self {
-            topology,
+            topology: Arc::new(std::sync::RwLock::new(topology)),
             parallel,
             people,
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
@@ -245,10 +246,25 @@ impl Router {
         Arc::clone(&self.stats)
     }
 
-    /// The topology.
+    /// The topology now.
     #[must_use]
-    pub fn topology(&self) -> &Topology {
-        &self.topology
+    pub fn topology(&self) -> Arc<Topology> {
+        Arc::clone(
+            &self
+                .topology
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Route by `topology` from now on (a reload): every clone of this router sees it. An event
+    /// routed before keeps the routes it was committed with.
+    pub fn set_topology(&self, topology: Arc<Topology>) {
+        self.people.add_case_mappings(topology.case_mappings());
+        *self
+            .topology
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = topology;
     }
 
     /// The group-commit writer, shared with the outbox for acknowledgements.
@@ -262,7 +278,8 @@ impl Router {
     /// acknowledge its position on the network. Events submitted concurrently (from several
     /// connectors) share transactions ([`GroupCommit`]).
     pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
-        let routes = self.topology.routes(&inbound.origin).to_vec();
+        let topology = self.topology();
+        let routes = topology.routes(&inbound.origin).to_vec();
         if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(origin = %inbound.origin, "Event from a channel that routes nowhere; dropped.");
@@ -292,7 +309,7 @@ impl Router {
                 hold.relay()
             }
         };
-        let protocol = self.topology.protocol(&inbound.origin.network);
+        let protocol = topology.protocol(&inbound.origin.network);
         let mut inbound = inbound;
         self.introduce(&mut inbound);
         let outcome = self
@@ -313,7 +330,8 @@ impl Router {
     /// committed here yet waits for it first ([`Parallel::wait_for_original`]), so later
     /// events of its channel may overtake it.
     pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
-        let routes = self.topology.routes(&inbound.origin).to_vec();
+        let topology = self.topology();
+        let routes = topology.routes(&inbound.origin).to_vec();
         let done = if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             None
@@ -365,7 +383,7 @@ impl Router {
         prepared: Option<Prepared>,
     ) -> tokio::task::JoinHandle<()> {
         let origin = inbound.origin.clone();
-        let protocol = self.topology.protocol(&inbound.origin.network);
+        let protocol = self.topology().protocol(&inbound.origin.network);
         let mut inbound = inbound;
         self.introduce(&mut inbound);
         let committed = self.writer.enqueue_inbound(inbound, protocol, routes);
@@ -382,7 +400,8 @@ impl Router {
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).
     pub fn submit_blocking(&self, inbound: &Inbound) -> Result<CommitOutcome, RouteError> {
-        let routes = self.topology.routes(&inbound.origin);
+        let topology = self.topology();
+        let routes = topology.routes(&inbound.origin);
         if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return Ok(CommitOutcome::Committed {
@@ -403,7 +422,7 @@ impl Router {
             // No waiting on the calling thread: a held text is relayed at once.
             Verdict::Hold(hold) => hold.relay(),
         };
-        let protocol = self.topology.protocol(&inbound.origin.network);
+        let protocol = topology.protocol(&inbound.origin.network);
         self.people.learn(inbound);
         let outcome = self.store.commit_inbound(inbound, protocol, routes)?;
         self.account(&outcome, prepared);

@@ -108,6 +108,13 @@ pub trait NetworkSettings: std::fmt::Debug + Send + Sync + SettingsAny {
     fn named_channels(&self) -> Vec<NamedChannel> {
         Vec::new()
     }
+
+    /// Whether its connector joins and leaves channels a reload adds or removes without
+    /// reconnecting (it watches [`BuildContext::channel_updates`]). When not, a reload that
+    /// changes its channels reconnects it.
+    fn follows_channel_changes(&self) -> bool {
+        false
+    }
 }
 
 /// A channel a network's section names (see [`NetworkSettings::named_channels`]).
@@ -180,8 +187,14 @@ pub struct BuildContext {
     pub remote_nick_format: String,
     /// The channels of this network that appear in gateways, as configured.
     pub channels: Vec<String>,
-    /// Each gateway's delivery settings, by gateway name.
-    pub gateways: std::collections::HashMap<String, GatewaySettings>,
+    /// The channels after each reload, for a connector that follows them without reconnecting
+    /// ([`NetworkSettings::follows_channel_changes`]); the daemon rebuilds any other connector
+    /// whose channels changed.
+    pub channel_updates: tokio::sync::watch::Receiver<Vec<String>>,
+    /// Each gateway's delivery settings, by gateway name (replaced on reload).
+    pub gateways: crate::vocab::GatewayBook,
+    /// Where the connector reports its connection and the channels it is in (`/readyz`).
+    pub status: crate::vocab::NetworkStatus,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
     /// The store, for the connector's cursors (sync positions); events go through the router.
@@ -252,7 +265,7 @@ impl BuildContext {
     /// The settings of the gateway a delivery goes through (defaults for an unknown name).
     #[must_use]
     pub fn gateway(&self, name: &str) -> GatewaySettings {
-        self.gateways.get(name).cloned().unwrap_or_default()
+        self.gateways.get(name).unwrap_or_default()
     }
 }
 

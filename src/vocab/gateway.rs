@@ -176,3 +176,39 @@ impl GatewayConfig {
         }
     }
 }
+
+/// Every gateway's delivery settings by gateway name, shared by the connectors and replaced
+/// whole when the configuration is reloaded (a connector that was not rebuilt then reads the
+/// settings of a gateway added since it started). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayBook {
+    settings: Arc<std::sync::RwLock<Arc<std::collections::HashMap<String, GatewaySettings>>>>,
+}
+
+impl GatewayBook {
+    /// A book of `settings`.
+    #[must_use]
+    pub fn new(settings: std::collections::HashMap<String, GatewaySettings>) -> Self {
+        Self {
+            settings: Arc::new(std::sync::RwLock::new(Arc::new(settings))),
+        }
+    }
+
+    /// The settings of the gateway named `name`, if there is one.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<GatewaySettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Replace every gateway's settings (a reload).
+    pub fn replace(&self, settings: std::collections::HashMap<String, GatewaySettings>) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+}

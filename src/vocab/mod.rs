@@ -12,6 +12,7 @@
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
 //! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
+//! - [`status`]: what each connector reports of its connection and channels, for `/readyz`.
 
 pub mod capabilities;
 pub mod delivery;
@@ -21,12 +22,15 @@ pub mod network_metrics;
 pub mod people;
 pub mod section;
 pub mod stages;
+pub mod status;
 
 pub use capabilities::{Capabilities, CaseMapping};
 pub use delivery::{AckFuture, DeliveryError, Endpoint, PendingDelivery, Wake};
 pub use gateway::{
-    DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayChannel, GatewayConfig, GatewaySettings,
+    DEFAULT_ORIGINAL_TIME_AFTER, Direction, GatewayBook, GatewayChannel, GatewayConfig,
+    GatewaySettings,
 };
 pub use identities::{Identities, Identity};
 pub use people::{KnownPerson, People};
 pub use section::{Secret, Section, SectionIssue};
+pub use status::{NetworkStatus, Status};

@@ -60,7 +60,8 @@ struct Directory {
 /// lock only when something changed.
 #[derive(Debug, Default)]
 pub struct People {
-    case_mappings: HashMap<String, CaseMapping>,
+    /// By network id; a network a reload adds is added ([`People::add_case_mappings`]).
+    case_mappings: RwLock<HashMap<String, CaseMapping>>,
     directory: RwLock<Directory>,
     /// The linked identities (`[[identity]]`), set once at start ([`People::link`]).
     identities: OnceLock<Identities>,
@@ -72,7 +73,7 @@ impl People {
     #[must_use]
     pub fn new(case_mappings: HashMap<String, CaseMapping>) -> Self {
         Self {
-            case_mappings,
+            case_mappings: RwLock::new(case_mappings),
             directory: RwLock::default(),
             identities: OnceLock::new(),
         }
@@ -82,7 +83,7 @@ impl People {
     pub fn link(&self, identities: Vec<Identity>) {
         if self
             .identities
-            .set(Identities::new(identities, self.case_mappings.clone()))
+            .set(Identities::new(identities, self.mappings().clone()))
             .is_err()
         {
             tracing::warn!("Identities were linked twice; the first ones stay.");
@@ -122,8 +123,26 @@ impl People {
         people
     }
 
-    fn fold(&self, network: &str, name: &str) -> String {
+    /// How names of networks a reload added fold (those already known keep theirs: the
+    /// directory's keys were folded by them).
+    pub fn add_case_mappings(&self, case_mappings: HashMap<String, CaseMapping>) {
+        let mut known = self
+            .case_mappings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (network, mapping) in case_mappings {
+            known.entry(network).or_insert(mapping);
+        }
+    }
+
+    fn mappings(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, CaseMapping>> {
         self.case_mappings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fold(&self, network: &str, name: &str) -> String {
+        self.mappings()
             .get(network)
             .copied()
             .unwrap_or_default()
@@ -293,7 +312,7 @@ impl People {
         }
         let key = bucket(name);
         let directory = self.read();
-        let here_mapping = self.case_mappings.get(here).copied().unwrap_or_default();
+        let here_mapping = self.mappings().get(here).copied().unwrap_or_default();
         let mut wanted: Option<String> = None;
         let mut found: Option<MentionTarget> = None;
         for (network, shown) in &directory.shown {
@@ -393,9 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn a_network_added_by_a_reload_folds_names_by_its_own_mapping() {
+        let people = people();
+        people.saw("mx", "@dave:hs", "Dave[m]");
+        // Unknown until the reload: compared exactly.
+        assert_eq!(people.shown_as("irc2", "dave{M}"), None);
+        people.add_case_mappings(HashMap::from([
+            ("irc2".to_owned(), CaseMapping::Rfc1459),
+            // A known network keeps its mapping.
+            ("mx".to_owned(), CaseMapping::Ascii),
+        ]));
+        assert_eq!(
+            people.shown_as("irc2", "dave{M}"),
+            Some(user("mx", "@dave:hs"))
+        );
+        assert_eq!(people.mappings()["mx"], CaseMapping::Exact);
+    }
+
+    #[test]
     fn a_loaded_directory_knows_what_was_stored() {
         let people = People::load(
-            people().case_mappings,
+            people().mappings().clone(),
             [
                 KnownPerson {
                     network: "irc".into(),

@@ -188,6 +188,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["metrics"],
     &["daemon"],
+    &["service"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -65,6 +65,7 @@ impl ApiTask {
             &self.shared.network,
             context.reconnect,
             &context.shutdown,
+            &context.status,
             Endpoint {
                 shared: Arc::clone(&self.shared),
             },
@@ -96,6 +97,12 @@ impl Session for Endpoint {
             }
         };
         tracing::info!(network = %shared.network, listen = %shared.config.listen, webhooks = shared.config.webhooks.len(), "Listening for API clients and webhooks.");
+        // Its channels are the names clients post to: listening is being in all of them.
+        shared.context.status.connected();
+        shared
+            .context
+            .status
+            .joined_only(shared.context.channels.iter());
         let body_limit = usize::try_from(shared.context.files.store.max_bytes())
             .unwrap_or(usize::MAX)
             .saturating_mul(4)

@@ -351,6 +351,10 @@ impl NetworkType for Irc {
 }
 
 impl NetworkSettings for IrcConfig {
+    fn follows_channel_changes(&self) -> bool {
+        true
+    }
+
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
     }

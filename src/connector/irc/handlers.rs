@@ -61,6 +61,7 @@ impl Session<'_> {
                         .set_account(self.network(), &self.nick);
                 }
                 tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
+                self.task.context.status.connected();
                 if self.phase == Phase::Registering {
                     self.phase = Phase::Welcomed;
                 }
@@ -275,6 +276,7 @@ impl Session<'_> {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
             self.history_joined(&configured, message).await;
             self.kicked.remove(&folded);
+            self.task.context.status.joined(&configured);
             self.joined.insert(folded);
             self.check_joined();
             return Ok(());
@@ -309,6 +311,7 @@ impl Session<'_> {
         }
         if self.is_me(nick) {
             self.joined.remove(&folded);
+            self.task.context.status.left(&configured);
             if line.command == "KICK" && !self.task.config.rejoin_after_kick {
                 let by = message.source_nickname().unwrap_or("the server").to_owned();
                 let reason = reason.unwrap_or_default();

@@ -102,7 +102,7 @@ pub struct IrcHandle {
     /// Where the whole text of a long message is stored and linked from.
     files: Arc<crate::files::Files>,
     /// Each gateway's delivery settings (its long-text policy), by gateway name.
-    gateways: Arc<std::collections::HashMap<String, crate::connector::GatewaySettings>>,
+    gateways: crate::vocab::GatewayBook,
     /// The pace of flood control once its burst is used: one line per this.
     flood_interval: Duration,
     /// Per-person connections, with `puppets = true`.
@@ -307,7 +307,7 @@ pub fn build(network: &str, config: IrcConfig, context: BuildContext) -> (IrcHan
             requests: sender,
             recent: Arc::clone(&recent),
             files: Arc::clone(&context.files),
-            gateways: Arc::new(context.gateways.clone()),
+            gateways: context.gateways.clone(),
             flood_interval: Duration::from_millis(config.flood_interval_ms),
             puppets,
         },
@@ -352,6 +352,14 @@ impl IrcTask {
         let network = info.network.clone();
         let shutdown = info.context.shutdown.clone();
         let policy = info.context.reconnect;
-        supervise(&network, policy, &shutdown, IrcSession { info, requests }).await;
+        let status = info.context.status.clone();
+        supervise(
+            &network,
+            policy,
+            &shutdown,
+            &status,
+            IrcSession { info, requests },
+        )
+        .await;
     }
 }

@@ -283,6 +283,9 @@ impl Puppets {
             settings,
             context: Arc::new(BuildContext {
                 channels: Vec::new(),
+                // A puppet joins the channels of its deliveries, not the network's.
+                channel_updates: tokio::sync::watch::channel(Vec::new()).1,
+                status: crate::vocab::NetworkStatus::detached(network),
                 ..context.clone()
             }),
             recent: Arc::clone(recent),

@@ -110,6 +110,9 @@ impl TaskInfo {
         }
         let mut regain = tokio::time::interval(REGAIN_INTERVAL);
         regain.reset();
+        // The channels a reload adds or removes are joined or parted on this connection (a
+        // change already seen when the session began is a no-op: it follows by difference).
+        let mut channel_updates = self.context.channel_updates.clone();
         let end = loop {
             if let Err(reason) = link.flush(&session.outgoing).await {
                 break SessionEnd::Lost(reason);
@@ -162,6 +165,12 @@ impl TaskInfo {
                     }
                 }
                 _ = regain.tick() => session.try_regain_nick(),
+                Ok(()) = channel_updates.changed() => {
+                    let wanted = channel_updates.borrow_and_update().clone();
+                    if let Err(reason) = session.follow_channels(&wanted) {
+                        break SessionEnd::Lost(reason);
+                    }
+                }
                 () = sleep_until_opt(session.idle_at()) => {
                     // A puppet with nothing to say for `puppet_idle_timeout`: it quits, and
                     // its next delivery brings it back.
@@ -253,9 +262,11 @@ pub(super) struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(task: &'a TaskInfo, outgoing: Outgoing) -> Self {
+        // The channels now: those of the last reload, which may differ from those at start.
         let channels = task
             .context
-            .channels
+            .channel_updates
+            .borrow()
             .iter()
             .map(|c| (irc_fold(c), c.clone()))
             .collect();
@@ -357,6 +368,43 @@ impl<'a> Session<'a> {
 
     pub(super) fn network(&self) -> &str {
         &self.task.network
+    }
+
+    /// A reload changed the network's channels to `wanted`: part the channels no gateway
+    /// links any more and join the new ones (now, once registered; else with the others). The
+    /// other channels see nothing.
+    pub(super) fn follow_channels(&mut self, wanted: &[String]) -> Result<(), String> {
+        let wanted: HashMap<String, String> =
+            wanted.iter().map(|c| (irc_fold(c), c.clone())).collect();
+        let removed: Vec<(String, String)> = self
+            .channels
+            .iter()
+            .filter(|(folded, _)| !wanted.contains_key(*folded))
+            .map(|(folded, name)| (folded.clone(), name.clone()))
+            .collect();
+        for (folded, name) in removed {
+            self.channels.remove(&folded);
+            self.failed_joins.remove(&folded);
+            self.kicked.remove(&folded);
+            self.members.remove(&folded);
+            self.task.context.status.left(&name);
+            if self.joined.remove(&folded) {
+                tracing::info!(network = %self.network(), channel = %name, "No gateway links this channel any more; parting.");
+                self.send(Command::PART(name, Some("no longer bridged".to_owned())))?;
+            }
+        }
+        let registered = matches!(self.phase, Phase::Joining { .. } | Phase::Ready);
+        for (folded, name) in wanted {
+            if self.channels.contains_key(&folded) {
+                continue;
+            }
+            self.channels.insert(folded, name.clone());
+            if registered {
+                tracing::info!(network = %self.network(), channel = %name, "A gateway links this channel now; joining.");
+                self.send(Command::JOIN(name, None, None))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn send(&self, command: Command) -> Result<(), String> {

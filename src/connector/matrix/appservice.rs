@@ -605,6 +605,7 @@ impl Shared {
             let mut missing = 0;
             for channel in &self.context.channels {
                 if self.room_of(channel).is_some() {
+                    self.context.status.joined(channel);
                     continue;
                 }
                 match self
@@ -637,6 +638,7 @@ impl Shared {
                             .insert(room_id.to_owned());
                         self.start_audit_floor(room_id).await;
                         tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
+                        self.context.status.joined(channel);
                         self.announce_bridge(channel, room_id).await;
                     }
                     Err(error) => {
@@ -1506,7 +1508,6 @@ impl Shared {
             .context
             .gateways
             .get(&delivery.gateway)
-            .cloned()
             .unwrap_or_default();
         // Late: the event carries when it was said (`ts=`), no `[date]` prefix.
         let late = crate::connector::late_prefix(delivery, &settings, now_ms()).is_some();
@@ -1883,6 +1884,7 @@ impl AppserviceTask {
             }
         };
         tracing::info!(network = %shared.network, listen = %shared.config.listen, bot = %shared.bot, "Listening for the homeserver's transactions (application service).");
+        shared.context.status.connected();
         let app = axum::Router::new()
             .route(
                 "/_matrix/app/v1/transactions/{txn}",

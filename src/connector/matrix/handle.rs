@@ -19,8 +19,7 @@ use super::content;
 use super::session::{Live, RoomScope};
 use crate::connector::supervisor::error_chain;
 use crate::connector::{
-    BoxFuture, BuildContext, DeliverWhole, DeliveryError, GatewaySettings, render_sender,
-    with_original_time,
+    BoxFuture, BuildContext, DeliverWhole, DeliveryError, render_sender, with_original_time,
 };
 use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
 
@@ -29,7 +28,7 @@ use crate::model::{Delivery, DeliveryAck, EventBody, now_ms};
 pub struct MatrixHandle {
     network: String,
     remote_nick_format: String,
-    gateways: HashMap<String, GatewaySettings>,
+    gateways: crate::vocab::GatewayBook,
     live: Arc<RwLock<Option<Live>>>,
     relogin: Arc<tokio::sync::Notify>,
     files: Arc<crate::files::Files>,
@@ -239,11 +238,7 @@ impl MatrixHandle {
             ));
         }
         // `@room` and the like from another network stay pings only where the gateway allows.
-        let settings = self
-            .gateways
-            .get(&delivery.gateway)
-            .cloned()
-            .unwrap_or_default();
+        let settings = self.gateways.get(&delivery.gateway).unwrap_or_default();
         let allow_mass_pings = settings.allow_mass_pings;
         // Late (after an outage): the text shows when it was said, and the event carries the
         // original time for clients and bots that read it.

@@ -182,7 +182,25 @@ impl MatrixTask {
     pub async fn run(mut self) {
         let network = self.network.clone();
         let shutdown = self.context.shutdown.clone();
-        supervise(&network, self.context.reconnect, &shutdown, &mut self).await;
+        let status = self.status();
+        supervise(
+            &network,
+            self.context.reconnect,
+            &shutdown,
+            &status,
+            &mut self,
+        )
+        .await;
+    }
+
+    /// Where this session reports readiness: the network's, unless it is scoped (the
+    /// encryption bot of an application service, whose network reports for itself).
+    fn status(&self) -> crate::vocab::NetworkStatus {
+        if self.scope.is_some() {
+            crate::vocab::NetworkStatus::detached(&self.network)
+        } else {
+            self.context.status.clone()
+        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -256,6 +274,7 @@ impl MatrixTask {
         if let Err(end) = sync.take_first_position().await {
             return end;
         }
+        self.status().connected();
         sync.join_missing().await;
         *self
             .live
@@ -637,6 +656,7 @@ impl SyncState<'_> {
     }
 
     fn publish_rooms(&self) {
+        self.task.status().joined_only(self.rooms.keys());
         if let Some(live) = self
             .task
             .live

@@ -373,6 +373,9 @@ impl TaskState {
                 asked: false,
             });
             self.catch_up_all().await?;
+            let status = &self.shared.context.status;
+            status.connected();
+            status.joined_only(self.channels.values());
             return self.check_stored();
         }
         if let Some(resume) = self.resume.as_mut().filter(|r| r.asked) {
