@@ -64,6 +64,9 @@ pub struct Post {
     pub thread_root: Option<(i64, i64)>,
     /// When it is a thread's root: its replies (id, author, time), in order.
     pub replies: Vec<(i64, PersonRef, i64)>,
+    /// Its record's chain hash in the gateway's tamper-evident chain, so that an export in
+    /// any format can be checked against the chain (`export --verify`, the JSONL export).
+    pub chain_hash: String,
 }
 
 /// The replies of every thread in the selection, by root message id.
@@ -76,7 +79,7 @@ pub struct Threads {
 
 const POST_COLUMNS: &str = "m.id, m.origin_network, m.origin_channel, m.origin_protocol, \
      m.origin_remote_id, m.author_id, m.author_name, m.body, m.created_ms, \
-     m.reply_to_message_id";
+     m.reply_to_message_id, c.chain_hash";
 
 /// The SQL of the selection's text messages, in the order they were said (`extra` narrows it).
 fn posts_sql(extra: &str) -> String {
@@ -278,6 +281,7 @@ pub fn for_each_post(
             attachments,
             thread_root: threads.replies.get(&message_id).copied(),
             replies: threads.roots.get(&message_id).cloned().unwrap_or_default(),
+            chain_hash: row.get(10)?,
         };
         apply_followers(connection, &mut post)?;
         count += 1;

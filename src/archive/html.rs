@@ -65,10 +65,11 @@ fn post_html(post: &Post, files: &mut Vec<(String, String)>) -> String {
         classes.push("deleted");
     }
     let mut html = format!(
-        "<div class=\"{}\" id=\"m{}\"><div class=\"meta\"><span class=\"time\">{}</span> \
+        "<div class=\"{}\" id=\"m{}\" data-chain-hash=\"{}\"><div class=\"meta\"><span class=\"time\">{}</span> \
          <span class=\"who\">{}</span> <span class=\"where\">on {} {}</span></div>\n",
         classes.join(" "),
         post.message_id,
+        escape(&post.chain_hash),
         time_of(post.created_ms),
         escape(&post.author.name),
         escape(&post.network),

@@ -104,6 +104,7 @@ fn message(post: &Post, files: &mut Vec<(String, String)>) -> Value {
             "protocol": post.protocol,
             "remote_id": post.remote_id,
             "author_id": post.author.id,
+            "chain_hash": post.chain_hash,
         },
     });
     if post.style == crate::model::TextStyle::Action {

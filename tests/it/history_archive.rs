@@ -609,7 +609,8 @@ for name, messages in reader.compile_channels().items():
                      "thread_ts": raw.get("thread_ts"), "ts": raw.get("ts"),
                      "reply_count": raw.get("reply_count"), "edited": raw.get("edited"),
                      "reactions": m.reactions, "files": files,
-                     "network": raw.get("tribridge", {}).get("network")})
+                     "network": raw.get("tribridge", {}).get("network"),
+                     "chain_hash": raw.get("tribridge", {}).get("chain_hash")})
     out["channels"][name] = seen
 print(json.dumps(out))
 "#;
@@ -825,6 +826,12 @@ async fn every_export_format_holds_a_conversation_of_the_three_networks() {
     ] {
         assert!(text.contains(network), "{network} missing in {text}");
     }
+    // Every format carries the chain: the hashes of the JSONL records.
+    let chain: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| line["chain_hash"].as_str().map(ToOwned::to_owned))
+        .collect();
 
     // Slack: what slack-export-viewer reads from the ZIP.
     let slack = d.join("council-slack.zip");
@@ -853,6 +860,13 @@ async fn every_export_format_holds_a_conversation_of_the_three_networks() {
     let channels = read["channels"].as_object().unwrap();
     assert_eq!(channels.keys().collect::<Vec<_>>(), vec!["council"]);
     let messages = channels["council"].as_array().unwrap();
+    for message in messages {
+        let hash = message["chain_hash"].as_str().unwrap_or_default();
+        assert!(
+            chain.contains(hash),
+            "a Slack message without its chain hash: {message}"
+        );
+    }
     let find = |text: &str| -> &serde_json::Value {
         messages
             .iter()
@@ -959,6 +973,16 @@ async fn every_export_format_holds_a_conversation_of_the_three_networks() {
         );
     }
     assert!(dom.contains("deleted"), "{dom}");
+    let marked: Vec<&str> = dom
+        .split("data-chain-hash=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(!marked.is_empty(), "no chain hash on the pages");
+    assert!(
+        marked.iter().all(|hash| chain.contains(*hash)),
+        "a page's chain hash is not the chain's: {marked:?}"
+    );
     let lower = dom.to_lowercase();
     assert!(
         !lower.contains("<script") && !lower.contains("<link") && !lower.contains("<iframe"),
