@@ -117,6 +117,9 @@ pub struct Config {
     /// Where the `SQLite` store lives (absolute, or relative to the working directory when the
     /// config was parsed from a string).
     pub state_dir: PathBuf,
+    /// The PostgreSQL store's URL (`store`, `store_file` or `store_env`), with its password;
+    /// `None` for the `SQLite` store in `state_dir` (the default).
+    pub store_url: Option<Secret>,
     /// How a relayed sender is shown, e.g. `<{NICK}> `.
     pub remote_nick_format: String,
     /// Files carried between networks.
@@ -259,6 +262,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGeneral {
     state_dir: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
+    store_file: Option<Spanned<String>>,
+    store_env: Option<Spanned<String>>,
     remote_nick_format: Option<Spanned<String>>,
     media_listen: Option<Spanned<String>>,
     media_public_url: Option<Spanned<String>>,
@@ -644,6 +650,7 @@ impl Validator<'_> {
                     }
                 }
             });
+        let store_url = self.store_url(raw.general.as_ref().map(Spanned::get_ref));
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -720,8 +727,25 @@ impl Validator<'_> {
         }
         let identities = self.identities(raw.identity, &known, &networks);
         self.named_channels(&networks, &gateways);
+        if let Some((offset, _)) = &store_url
+            && let Some(gateway) = gateways
+                .iter()
+                .find(|g| g.history.archive || g.history.retention_days.is_some())
+        {
+            self.report(
+                *offset,
+                "general.store",
+                format!(
+                    "gateway `{}` keeps an archive or a retention, which only the SQLite store \
+                     supports so far: remove `store` or its `archive`/`retention_days`",
+                    gateway.name
+                ),
+            );
+        }
+        let store_url = store_url.map(|(_, url)| url);
         Config {
             state_dir,
+            store_url,
             remote_nick_format,
             files,
             metrics_listen,
@@ -866,7 +890,7 @@ impl Validator<'_> {
                     }
                 }
             }
-            identity.nickserv_password = self.identity_secret(&key, &secrets);
+            identity.nickserv_password = self.secret(&key, "nickserv_password", &secrets);
             if identity.nickserv_password.is_some()
                 && !identity.accounts.iter().any(|(network, _)| {
                     networks
@@ -899,20 +923,21 @@ impl Validator<'_> {
         identities
     }
 
-    /// An identity's `nickserv_password`, given one way at most (inline, `_file`, `_env`).
-    fn identity_secret(
+    /// A secret `NAME` of section `key` (an identity's `nickserv_password`, the store's URL),
+    /// given one way at most (inline, `_file`, `_env`).
+    fn secret(
         &mut self,
         key: &str,
+        name: &str,
         given: &[Option<Spanned<String>>; 3],
     ) -> Option<Secret> {
-        const NAME: &str = "nickserv_password";
         let count = given.iter().flatten().count();
         if count > 1 {
             let offset = given.iter().flatten().map(|v| v.span().start).max();
             self.report(
                 offset.unwrap_or(0),
-                format!("{key}.{NAME}"),
-                format!("give `{NAME}` one way only: `{NAME}`, `{NAME}_file` or `{NAME}_env`"),
+                format!("{key}.{name}"),
+                format!("give `{name}` one way only: `{name}`, `{name}_file` or `{name}_env`"),
             );
             return None;
         }
@@ -925,7 +950,7 @@ impl Validator<'_> {
                     Err(error) => {
                         self.report(
                             file.span().start,
-                            format!("{key}.{NAME}_file"),
+                            format!("{key}.{name}_file"),
                             format!("cannot read secret file `{}`: {error}", path.display()),
                         );
                         None
@@ -938,7 +963,7 @@ impl Validator<'_> {
                 } else {
                     self.report(
                         variable.span().start,
-                        format!("{key}.{NAME}_env"),
+                        format!("{key}.{name}_env"),
                         format!("environment variable `{}` is not set", variable.get_ref()),
                     );
                     None
@@ -1040,6 +1065,24 @@ impl Validator<'_> {
             }
         }
         files
+    }
+
+    /// The PostgreSQL store's URL, with the offset of the key that gave it; `None` for the
+    /// `SQLite` store.
+    fn store_url(&mut self, general: Option<&RawGeneral>) -> Option<(usize, Secret)> {
+        let general = general?;
+        let given = [
+            general.store.clone(),
+            general.store_file.clone(),
+            general.store_env.clone(),
+        ];
+        let offset = given.iter().flatten().map(|v| v.span().start).max()?;
+        let url = self.secret("general", "store", &given)?;
+        if let Err(problem) = crate::store::check_url(url.expose()) {
+            self.report(offset, "general.store", problem);
+            return None;
+        }
+        Some((offset, url))
     }
 
     fn general(&mut self, general: Option<Spanned<RawGeneral>>) -> (PathBuf, String) {

@@ -59,7 +59,11 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
-    let store = Arc::new(Store::open(&config.state_dir)?);
+    let store = Arc::new(Store::open_configured(
+        &config.state_dir,
+        config.store_url.as_ref().map(crate::config::Secret::expose),
+    )?);
+    tracing::info!(backend = store.backend_name(), "Store opened.");
     // The history's test-only clock seam moves the stamp of received messages too.
     store.set_clock_skew_ms(crate::archive::clock_skew_ms());
     let topology = Arc::new(config.topology());
@@ -128,18 +132,22 @@ pub async fn run(
         config.files.retention,
         connectors_shutdown.clone(),
     ));
-    let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
-    connector_tasks.spawn(chain_archive(
-        Arc::clone(&store),
-        Arc::clone(&policies),
-        connectors_shutdown.clone(),
-    ));
-    connector_tasks.spawn(prune_history(
-        Arc::clone(&store),
-        Arc::clone(&files),
-        policies,
-        connectors_shutdown.clone(),
-    ));
+    // The history's archive and retention run on the SQLite store only (the configuration
+    // refuses them with another store).
+    if store.backend_name() == "sqlite" {
+        let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
+        connector_tasks.spawn(chain_archive(
+            Arc::clone(&store),
+            Arc::clone(&policies),
+            connectors_shutdown.clone(),
+        ));
+        connector_tasks.spawn(prune_history(
+            Arc::clone(&store),
+            Arc::clone(&files),
+            policies,
+            connectors_shutdown.clone(),
+        ));
+    }
     if let Some(address) = config.files.media_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await

@@ -17,6 +17,7 @@ mod matrix_relay;
 mod mattermost_relay;
 mod mattermost_remote_users;
 mod mentions;
+mod postgres_store;
 mod router_store;
 mod security;
 mod support;
