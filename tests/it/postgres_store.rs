@@ -3,7 +3,7 @@
 //! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
 
 use crate::support::bridge::on_postgres;
-use crate::{irc_relay, mattermost_relay};
+use crate::{irc_relay, mattermost_relay, router_store};
 
 /// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
 #[test]
@@ -39,4 +39,108 @@ fn crash_doubles_nothing_on_postgres() {
 #[test]
 fn outbox_order_after_outage_and_kill_9_on_postgres() {
     on_postgres(irc_relay::dead_destination_queues_durably_across_kill_9_and_nothing_replays);
+}
+
+/// The router and the store in process, on PostgreSQL: one outbox row per destination.
+#[test]
+fn commits_one_outbox_row_per_destination_on_postgres() {
+    on_postgres(router_store::relay_commits_one_outbox_row_per_destination_and_wakes_it);
+}
+
+/// Three channels: each line once to each other channel.
+#[test]
+fn fans_out_on_postgres() {
+    on_postgres(router_store::three_channel_gateway_fans_out_to_the_two_others);
+}
+
+/// An echo of our own delivery is recognised by its mapping and dropped.
+#[test]
+fn echoes_are_dropped_on_postgres() {
+    on_postgres(router_store::echo_of_our_own_delivery_is_dropped);
+}
+
+/// The same network event twice is committed once.
+#[test]
+fn duplicates_are_committed_once_on_postgres() {
+    on_postgres(router_store::the_same_event_twice_is_committed_once);
+}
+
+/// A destination that keeps failing holds up nobody else.
+#[test]
+fn a_failing_destination_holds_up_nobody_on_postgres() {
+    on_postgres(router_store::a_failing_destination_does_not_hold_up_the_others);
+}
+
+/// Edits, deletes, reactions and replies resolve to each destination's own ids.
+#[test]
+fn targets_resolve_to_destination_ids_on_postgres() {
+    on_postgres(router_store::edits_deletes_reactions_and_replies_resolve_to_the_destination_ids);
+}
+
+/// An edit of a message never bridged is dropped.
+#[test]
+fn unknown_targets_are_dropped_on_postgres() {
+    on_postgres(router_store::an_edit_of_a_message_never_bridged_is_dropped_and_counted);
+}
+
+/// PostgreSQL refuses what `SQLite` stores (a NUL character in text): that event of a group
+/// gets a clear error and the others of its group commit, through the savepoints, as on
+/// `SQLite` for any failing event; nothing half-written is left.
+#[test]
+fn one_event_postgres_refuses_fails_alone_in_its_group() {
+    use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
+    use tribridge::store::{CommitOutcome, Route, StagedInbound, Store};
+    let url = crate::support::servers::shared_postgres().fresh_database();
+    let store = Store::open_postgres(&url).unwrap();
+    let said = |id: &str, author: &str| Inbound {
+        origin: ChannelRef::new("one", "#a"),
+        remote_id: Some(id.to_owned()),
+        author: Author {
+            id: author.to_owned(),
+            display_name: author.to_owned(),
+        },
+        timestamp_ms: 1_700_000_000_000,
+        body: EventBody::text(TextStyle::Normal, "hello"),
+        permalink: None,
+    };
+    let routes = vec![Route {
+        gateway: "g".into(),
+        destination: ChannelRef::new("two", "#b"),
+    }];
+    let mut events: Vec<StagedInbound> = [
+        said("m1", "alice"),
+        said("m2", "nul\0name"),
+        said("m3", "bob"),
+    ]
+    .into_iter()
+    .map(|inbound| StagedInbound::new(inbound, "irc", routes.clone()).unwrap())
+    .collect();
+    let outcome = store.commit_group(&[], &mut events);
+    assert!(outcome.acks.is_ok());
+    assert!(
+        matches!(outcome.events[0], Ok(CommitOutcome::Committed { .. })),
+        "{:?}",
+        outcome.events
+    );
+    let error = outcome.events[1].as_ref().unwrap_err().to_string();
+    assert!(error.contains("PostgreSQL"), "{error}");
+    assert!(
+        matches!(outcome.events[2], Ok(CommitOutcome::Committed { .. })),
+        "{:?}",
+        outcome.events
+    );
+    let destination = ChannelRef::new("two", "#b");
+    assert_eq!(store.pending_count(&destination).unwrap(), 2);
+    let authors: Vec<String> = store
+        .pending_batch(&destination, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|pending| pending.delivery.author.id)
+        .collect();
+    assert_eq!(authors, ["alice", "bob"]);
+    assert_eq!(
+        store.lookup(&ChannelRef::new("one", "#a"), "m2").unwrap(),
+        None
+    );
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
 }

@@ -15,23 +15,42 @@ pub fn unique(prefix: &str) -> String {
 thread_local! {
     /// Whether the bridges this thread starts keep their state in PostgreSQL ([`on_postgres`]).
     static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How many bridges this thread started on PostgreSQL.
+    static STARTED_ON_POSTGRES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Run the scenario `test` (a test function of another module, as it is) with every bridge it
-/// starts on the PostgreSQL store: a database of its own on the shared PostgreSQL, named by
+/// starts (and every in-process store it opens with [`open_test_store`]) on the PostgreSQL store: a database of its own on the shared PostgreSQL, named by
 /// `store = "postgres://…"` in the config it writes. A `#[tokio::test]` runs its body on the
 /// calling thread, so the setting reaches its bridges and no other test's.
 /// `TRIBRIDGE_TEST_STORE=postgres` does the same for every test of the run.
 pub fn on_postgres(test: fn()) {
     ON_POSTGRES.with(|on| on.set(true));
+    STARTED_ON_POSTGRES.with(|started| started.set(0));
     test();
     ON_POSTGRES.with(|on| on.set(false));
+    assert!(
+        STARTED_ON_POSTGRES.with(std::cell::Cell::get) > 0,
+        "the scenario started no bridge on this thread: it did not run on PostgreSQL"
+    );
 }
 
 /// Whether a bridge started now keeps its state in PostgreSQL.
 fn wants_postgres() -> bool {
     ON_POSTGRES.with(std::cell::Cell::get)
         || std::env::var("TRIBRIDGE_TEST_STORE").is_ok_and(|store| store == "postgres")
+}
+
+/// A store for an in-process scenario: `SQLite` in `dir`, or under [`on_postgres`] a fresh
+/// database on the shared PostgreSQL.
+pub fn open_test_store(dir: &Path) -> tribridge::store::Store {
+    if wants_postgres() {
+        STARTED_ON_POSTGRES.with(|started| started.set(started.get() + 1));
+        let url = super::servers::shared_postgres().fresh_database();
+        tribridge::store::Store::open_postgres(&url).expect("open the PostgreSQL store")
+    } else {
+        tribridge::store::Store::open(dir).expect("open the SQLite store")
+    }
 }
 
 /// `config` with `store = url` in its `[general]` section (added when it has none).
@@ -66,7 +85,10 @@ impl Bridge {
         let store_url =
             wants_postgres().then(|| super::servers::shared_postgres().fresh_database());
         let config = match &store_url {
-            Some(url) => with_store(config, url),
+            Some(url) => {
+                STARTED_ON_POSTGRES.with(|started| started.set(started.get() + 1));
+                with_store(config, url)
+            }
             None => config.to_owned(),
         };
         std::fs::write(dir.join("bridges.toml"), config).expect("write config");
