@@ -23,6 +23,8 @@ pub struct Store {
     backend: Backend,
 }
 
+// One per process, made once and never moved: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),

@@ -1129,7 +1129,10 @@ mod tests {
                 .unwrap()
                 .filter_map(|entry| {
                     let name = entry.unwrap().file_name().into_string().unwrap();
-                    name.ends_with(".sql").then(|| name[..4].to_owned())
+                    let sql = std::path::Path::new(&name)
+                        .extension()
+                        .is_some_and(|extension| extension == "sql");
+                    sql.then(|| name[..4].to_owned())
                 })
                 .collect();
             numbers.sort();

@@ -528,9 +528,14 @@ fn postgres_bin() -> PathBuf {
         })
         .collect();
     versions.sort();
-    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!("PostgreSQL is not installed: run `scripts/install-test-deps.sh` (apt-get install postgresql)")
-    })
+    versions.pop().map_or_else(
+        || {
+            panic!(
+                "PostgreSQL is not installed: run `scripts/install-test-deps.sh` (apt-get install postgresql)"
+            )
+        },
+        |(_, bin)| bin,
+    )
 }
 
 impl Postgres {
