@@ -339,9 +339,21 @@ pub fn secret_exposure_warning(path: &Path) -> Option<String> {
         }
         let text = std::fs::read_to_string(path).ok()?;
         let document: toml::Table = toml::from_str(&text).ok()?;
-        let networks = document.get("network")?.as_table()?;
         let mut inline: Vec<String> = Vec::new();
-        for (id, network) in networks {
+        // The store's URL holds a secret when it names a password (`user:password@`).
+        if let Some(url) = document
+            .get("general")
+            .and_then(|general| general.get("store"))
+            .and_then(toml::Value::as_str)
+            && url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(user, _)| user.contains(':'))
+        {
+            inline.push("general.store".to_owned());
+        }
+        let networks = document.get("network").and_then(toml::Value::as_table);
+        for (id, network) in networks.into_iter().flatten() {
             let named = network
                 .get("type")
                 .and_then(toml::Value::as_str)

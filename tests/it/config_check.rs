@@ -797,6 +797,33 @@ fn version_is_printed() {
 }
 
 #[test]
+fn a_store_url_with_its_password_inline_that_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    let config = |url: &str| {
+        format!("[general]\nstore = \"{url}\"\n{NET}{NET2}{GATEWAY}retention_days = 0\n")
+    };
+    std::fs::write(&path, config("postgres://bridge:hunter2@db.example/x")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "warning: {path_text} holds secrets inline (general.store) and is \
+             readable by other users (mode 0644); make it private (chmod 600) or move the \
+             secrets to `*_file` or `*_env`"
+        )
+    );
+    // A URL without a password holds no secret.
+    std::fs::write(&path, config("postgres://bridge@db.example/x")).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
+#[test]
 fn a_file_holding_a_secret_inline_that_others_can_read_is_warned_about() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
