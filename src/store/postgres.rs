@@ -41,6 +41,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0008_history.sql"),
 ];
 
+/// How long an operation waits for a lost database to come back before it fails.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The advisory lock key of the migrations ("tribridg" in ASCII): instances that start
 /// together migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7269_6467;
@@ -375,10 +378,20 @@ impl PostgresStore {
     }
 
     /// Run `work` on the writer's session (`write`) or the reader's, connected.
+    ///
+    /// When the connection is lost under it (the database restarted, the network dropped),
+    /// `work` runs again on a new connection, waiting up to [`RECONNECT_FOR`] for the database
+    /// to come back: what was in flight is not lost. Its transaction either committed or not; if
+    /// the commit's answer was lost after it committed, running it again changes nothing (an
+    /// event is recognised by its origin mapping, an acknowledgement finds no outbox row). An
+    /// error of the statement itself is returned at once.
     fn with<R: Send>(
         &self,
         write: bool,
-        work: impl FnOnce(&mut Client, &mut HashMap<&'static str, Statement>) -> Result<R, StoreError>
+        mut work: impl FnMut(
+            &mut Client,
+            &mut HashMap<&'static str, Statement>,
+        ) -> Result<R, StoreError>
         + Send,
     ) -> Result<R, StoreError> {
         let session = if write { &self.writer } else { &self.reader };
@@ -389,13 +402,36 @@ impl PostgresStore {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Session { client, statements } = &mut *session;
-            if client.as_ref().is_none_or(Client::is_closed) {
-                statements.clear();
-                *client = None;
-                *client = Some(Session::connect(&self.target)?);
+            let deadline = std::time::Instant::now() + RECONNECT_FOR;
+            let mut pause = std::time::Duration::from_millis(50);
+            loop {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    statements.clear();
+                    *client = None;
+                    match Session::connect(&self.target) {
+                        Ok(connected) => *client = Some(connected),
+                        Err(error) if std::time::Instant::now() < deadline => {
+                            tracing::warn!(error = %error, "The PostgreSQL store is unreachable; trying again.");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                let connected = client.as_mut().expect("connected just above");
+                let result = work(connected, statements);
+                match &result {
+                    Err(StoreError::Postgres(error))
+                        if connection_lost(error, connected)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tracing::warn!(error = %error, "The connection to the PostgreSQL store was lost; writing again on a new one.");
+                        *client = None;
+                    }
+                    _ => return result,
+                }
             }
-            let client = client.as_mut().expect("connected just above");
-            work(client, statements)
         })
     }
 
@@ -403,7 +439,7 @@ impl PostgresStore {
     fn run<R: Send>(
         &self,
         write: bool,
-        work: impl FnOnce(&mut On<'_, Client>) -> Result<R, StoreError> + Send,
+        mut work: impl FnMut(&mut On<'_, Client>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         self.with(write, |client, cache| work(&mut On { client, cache }))
     }
@@ -856,6 +892,23 @@ impl Drop for PostgresStore {
         });
         off_runtime(move || drop(sessions));
     }
+}
+
+/// Whether `error` means the connection is gone (rather than that the statement failed): the
+/// client saw it close, or the server said it is shutting down or the connection broke.
+fn connection_lost(error: &postgres::Error, client: &Client) -> bool {
+    use postgres::error::SqlState;
+    client.is_closed()
+        || error.is_closed()
+        || error.code().is_some_and(|code| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code)
+                || code.code().starts_with("08")
+        })
 }
 
 /// Every event of a group gets the group's error.

@@ -144,3 +144,84 @@ fn one_event_postgres_refuses_fails_alone_in_its_group() {
     );
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
 }
+
+/// The database goes away in the middle of the talk and comes back: what was said meanwhile
+/// waits (the store writes it again on a new connection once the database answers) and then
+/// arrives, once and in order; nothing said before is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_and_doubles_nothing() {
+    use crate::support::bridge::{Bridge, unique, with_store};
+    use crate::support::config::{irc_network, one_gateway};
+    use crate::support::irc_client::{IrcClient, texts};
+    use crate::support::servers::{Postgres, shared_inspircd};
+    let mut postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = postgres.fresh_database();
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#pga"), unique("#pgb"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &with_store(
+            &one_gateway(
+                &[
+                    irc_network("one", server.port, &nick_one),
+                    irc_network("two", server.port, &nick_two),
+                ],
+                &[("one", &channel_a), ("two", &channel_b)],
+            ),
+            &url,
+        ),
+    );
+    bridge.store_url = Some(url);
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+    for n in 1..=20 {
+        alice.say(&channel_a, &format!("line {n:02}"));
+    }
+    let a = alice.nick.clone();
+    let before = bob.texts_until(&channel_b, "line 20").await;
+    let expected: Vec<String> = (1..=20).map(|n| format!("<{a}> line {n:02}")).collect();
+    assert_eq!(texts(&before), expected);
+    bridge.wait_outbox_drained("two", &channel_b).await;
+    // Down: every session of the bridge ends; what is said now cannot be written yet.
+    let mut postgres = tokio::task::spawn_blocking(move || {
+        postgres.stop();
+        postgres
+    })
+    .await
+    .unwrap();
+    for n in 21..=40 {
+        alice.say(&channel_a, &format!("line {n:02}"));
+    }
+    alice.say(&channel_a, "END");
+    bridge
+        .wait_for_log("The PostgreSQL store is unreachable; trying again.")
+        .await;
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres.start_again();
+        postgres
+    })
+    .await
+    .unwrap();
+    let after = bob.texts_until(&channel_b, "END").await;
+    let mut expected: Vec<String> = (21..=40).map(|n| format!("<{a}> line {n:02}")).collect();
+    expected.push(format!("<{a}> END"));
+    assert_eq!(texts(&after), expected);
+    bridge.wait_outbox_drained("two", &channel_b).await;
+    let store = bridge.open_store();
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store
+            .delivered_count(&tribridge::model::ChannelRef::new("two", &channel_b))
+            .unwrap(),
+        41
+    );
+    drop(store);
+    bridge.terminate();
+    drop(postgres);
+}

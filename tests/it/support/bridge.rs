@@ -54,7 +54,7 @@ pub fn open_test_store(dir: &Path) -> tribridge::store::Store {
 }
 
 /// `config` with `store = url` in its `[general]` section (added when it has none).
-fn with_store(config: &str, url: &str) -> String {
+pub fn with_store(config: &str, url: &str) -> String {
     let line = format!("store = \"{url}\"\n");
     match config.find("[general]\n") {
         Some(at) => {

@@ -511,6 +511,7 @@ pub fn shared_synapse() -> &'static Synapse {
 /// A running PostgreSQL (Debian's `postgresql` package), for the PostgreSQL store's tests.
 pub struct Postgres {
     pub port: u16,
+    dir: PathBuf,
     watchdog: Option<(Child, ChildStdin)>,
     _tempdir: Option<tempfile::TempDir>,
 }
@@ -538,31 +539,31 @@ fn postgres_bin() -> PathBuf {
     )
 }
 
+/// `program args`, run as the `postgres` account when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    if is_root() {
+        let mut all = vec![
+            "-u".to_owned(),
+            "postgres".to_owned(),
+            "--".to_owned(),
+            program.display().to_string(),
+        ];
+        all.extend_from_slice(args);
+        (PathBuf::from("runuser"), all)
+    } else {
+        (program.to_path_buf(), args.to_vec())
+    }
+}
+
 impl Postgres {
     /// Start a new PostgreSQL in its own temporary folder, on a free port, trusting every local
-    /// connection of the `tribridge` role. As root, the server runs as the `postgres` account
-    /// (it refuses root).
+    /// connection of the `tribridge` role.
     pub fn start() -> Postgres {
         let tempdir = tempfile::Builder::new()
             .prefix("tribridge-postgres-")
             .tempdir()
             .expect("tempdir");
         let dir = tempdir.path().to_path_buf();
-        let bin = postgres_bin();
-        let as_postgres = |program: &Path, args: &[String]| -> (PathBuf, Vec<String>) {
-            if is_root() {
-                let mut all = vec![
-                    "-u".to_owned(),
-                    "postgres".to_owned(),
-                    "--".to_owned(),
-                    program.display().to_string(),
-                ];
-                all.extend_from_slice(args);
-                (PathBuf::from("runuser"), all)
-            } else {
-                (program.to_path_buf(), args.to_vec())
-            }
-        };
         if is_root() {
             let status = Command::new("chown")
                 .arg("postgres")
@@ -571,12 +572,11 @@ impl Postgres {
                 .expect("chown");
             assert!(status.success(), "chown postgres {}", dir.display());
         }
-        let data = dir.join("data");
         let (program, args) = as_postgres(
-            &bin.join("initdb"),
+            &postgres_bin().join("initdb"),
             &[
                 "-D".to_owned(),
-                data.display().to_string(),
+                dir.join("data").display().to_string(),
                 "-A".to_owned(),
                 "trust".to_owned(),
                 "-U".to_owned(),
@@ -594,16 +594,27 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = free_port();
+        let mut server = Postgres {
+            port: free_port(),
+            dir,
+            watchdog: None,
+            _tempdir: Some(tempdir),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Start the server on its data folder and port; wait until it answers.
+    fn spawn(&mut self) {
         let (program, args) = as_postgres(
-            &bin.join("postgres"),
+            &postgres_bin().join("postgres"),
             &[
                 "-D".to_owned(),
-                data.display().to_string(),
+                self.dir.join("data").display().to_string(),
                 "-p".to_owned(),
-                port.to_string(),
+                self.port.to_string(),
                 "-k".to_owned(),
-                dir.display().to_string(),
+                self.dir.display().to_string(),
                 "-c".to_owned(),
                 "listen_addresses=127.0.0.1".to_owned(),
                 "-c".to_owned(),
@@ -612,27 +623,52 @@ impl Postgres {
                 "max_connections=300".to_owned(),
             ],
         );
-        let mut server = Postgres {
-            port,
-            watchdog: Some(watched(&dir, &program, &args, "postgres.out")),
-            _tempdir: Some(tempdir),
-        };
+        self.watchdog = Some(watched(&self.dir, &program, &args, "postgres.out"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while off_runtime(|| postgres::Client::connect(&server.url("postgres"), postgres::NoTls))
+        while off_runtime(|| postgres::Client::connect(&self.url("postgres"), postgres::NoTls))
             .is_err()
         {
-            if let Some((child, _)) = &mut server.watchdog
+            if let Some((child, _)) = &mut self.watchdog
                 && let Ok(Some(status)) = child.try_wait()
             {
                 panic!(
                     "postgres exited ({status}): {}",
-                    std::fs::read_to_string(dir.join("postgres.out")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.join("postgres.out")).unwrap_or_default()
                 );
             }
             assert!(Instant::now() < deadline, "postgres did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+
+    /// Start the server again after [`Postgres::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// A fast shutdown (`pg_ctl -m fast`: every session ends at once; the watchdog's SIGTERM
+    /// alone would wait for the clients to leave).
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            let (program, args) = as_postgres(
+                &postgres_bin().join("pg_ctl"),
+                &[
+                    "-D".to_owned(),
+                    self.dir.join("data").display().to_string(),
+                    "-m".to_owned(),
+                    "fast".to_owned(),
+                    "-w".to_owned(),
+                    "stop".to_owned(),
+                ],
+            );
+            let _ = Command::new(&program)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            drop(stdin);
+            let _ = child.wait();
+        }
     }
 
     /// The URL of `database` on this server.
@@ -664,10 +700,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
