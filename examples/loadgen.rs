@@ -68,6 +68,10 @@ enum Scenario {
         /// One transaction per event on the calling task (the path before group commit).
         #[arg(long)]
         per_event: bool,
+        /// The store: a `postgres://` URL (a fresh, empty database), else `SQLite` in a
+        /// temporary folder.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// IRC writer → bridge → IRC reader (two bridge accounts on one `InspIRCd`).
     IrcIrc(Drive),
@@ -203,7 +207,11 @@ fn main() -> anyhow::Result<()> {
                 messages,
                 window,
                 per_event,
-            } => ("core", core(gateways, messages, window, per_event).await),
+                store,
+            } => (
+                "core",
+                core(gateways, messages, window, per_event, store.as_deref()).await,
+            ),
             Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
             Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
             Scenario::ApiIrc { drive, concurrency } => {
@@ -397,7 +405,9 @@ fn retention(days: i64, per_day: usize, retention_days: u32, files_per_day: usiz
         let db = bytes_of(&state, "tribridge.sqlite3");
         let stored = bytes_of(&state.join("files"), "");
         let messages: i64 = store
-            .read_with_public(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
+            .read_with_public(|c| {
+                c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))
+            })
             .expect("count");
         println!(
             "day {day:>2}: {messages:>7} messages, db {:>6.1} MiB, files {:>5.1} MiB; pass forgot \
@@ -1047,7 +1057,13 @@ impl Endpoint for Sink {
     }
 }
 
-async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) -> Value {
+async fn core(
+    gateways: usize,
+    messages: usize,
+    window: usize,
+    per_event: bool,
+    store_url: Option<&str>,
+) -> Value {
     let mut text = String::from(
         "[network.one]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"a\"\n\n[network.two]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"b\"\n\n",
     );
@@ -1059,7 +1075,7 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
     }
     let config = tribridge::config::parse(&text, Path::new("."), &[]).expect("core config");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let store = Arc::new(Store::open_configured(dir.path(), store_url).expect("store"));
     let topology = Arc::new(config.topology());
     let destinations = topology.destinations().to_vec();
     let outbox = Arc::new(Outbox::new(&destinations));
@@ -1083,7 +1099,10 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
         let router = router.clone();
         let sink = sink.clone();
         writers.spawn(async move {
+            // Each submission's time until it is durable (the commit latency).
+            let mut commits = Vec::with_capacity(per_gateway);
             for n in 0..per_gateway {
+                let submitted = Instant::now();
                 let text = format!("m{g}-{n}");
                 sink.sent_ns[g * per_gateway + n].store(sink.now_ns(), Ordering::Relaxed);
                 let inbound = Inbound {
@@ -1106,10 +1125,15 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
                 } else {
                     router.submit(inbound).await.expect("commit");
                 }
+                commits.push(submitted.elapsed());
             }
+            commits
         });
     }
-    while writers.join_next().await.is_some() {}
+    let mut commit_latencies = Vec::with_capacity(messages);
+    while let Some(commits) = writers.join_next().await {
+        commit_latencies.extend(commits.expect("writer"));
+    }
     let committed_in = started.elapsed();
     let deadline = Instant::now() + Duration::from_mins(10);
     while outbox.stats().delivered.load(Ordering::Relaxed) < total as u64
@@ -1147,13 +1171,22 @@ async fn core(gateways: usize, messages: usize, window: usize, per_event: bool) 
         "writer_cpu_seconds": writer_cpu.as_secs_f64(),
         "writer_cpu_us_per_message": writer_cpu.as_secs_f64() * 1e6 / total as f64,
         "latency_submit_to_endpoint": percentiles(&mut latencies),
+        "commit_latency": percentiles(&mut commit_latencies),
+        "store": store.backend_name(),
         "rss_kib": own_rss_kib(),
     });
     println!(
-        "core: {total} messages over {gateways} gateways in {:.2} s = {:.0} msg/s, writer CPU {:.1} µs/msg, lost {}, order errors {}",
+        "core ({}): {total} messages over {gateways} gateways in {:.2} s = {:.0} msg/s, writer CPU {:.1} µs/msg, commit p50 {:.2} ms p99 {:.2} ms, lost {}, order errors {}",
+        store.backend_name(),
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         writer_cpu.as_secs_f64() * 1e6 / total as f64,
+        result["commit_latency"]["p50_ms"]
+            .as_f64()
+            .unwrap_or_default(),
+        result["commit_latency"]["p99_ms"]
+            .as_f64()
+            .unwrap_or_default(),
         result["lost"],
         result["order_errors"]
     );

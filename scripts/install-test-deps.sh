@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Install what the tests and the demo need on a Debian machine: InspIRCd (the real IRC server the
 # tests run on loopback), ngIRCd (a server without history, for the IRC history tests), Atheme
-# (its services, for the SASL and NickServ tests) and Synapse (the
-# Matrix homeserver, from PyPI into a venv under ~/.cache), Node.js, and the export test's
-# readers (slack-export-viewer from PyPI into a venv under ~/.cache, Debian's chromium).
-# Idempotent: does nothing when everything is present.
+# (its services, for the SASL and NickServ tests), PostgreSQL (the PostgreSQL store's tests: each
+# test binary runs its own server on a free loopback port), Synapse (the Matrix homeserver, from
+# PyPI into a venv under ~/.cache), Node.js, and the export test's readers (slack-export-viewer
+# from PyPI into a venv under ~/.cache, Debian's chromium). Idempotent: does nothing when
+# everything is present.
 set -euo pipefail
 need=()
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || need+=(inspircd)
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || need+=(ngircd)
 command -v atheme-services >/dev/null 2>&1 || [ -x /usr/bin/atheme-services ] || need+=(atheme-services)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -22,6 +24,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ngircd 2>/dev/null; then
     $SUDO systemctl disable --now ngircd >/dev/null 2>&1 || true
+  fi
+  # The package may start a cluster of its own on 5432; the tests start theirs.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+    $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
 # Synapse (the Matrix homeserver of the Matrix tests), from PyPI into a venv under ~/.cache.

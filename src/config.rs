@@ -117,6 +117,9 @@ pub struct Config {
     /// Where the `SQLite` store lives (absolute, or relative to the working directory when the
     /// config was parsed from a string).
     pub state_dir: PathBuf,
+    /// The PostgreSQL store's URL (`store`, `store_file` or `store_env`), with its password;
+    /// `None` for the `SQLite` store in `state_dir` (the default).
+    pub store_url: Option<Secret>,
     /// How a relayed sender is shown, e.g. `<{NICK}> `.
     pub remote_nick_format: String,
     /// Files carried between networks.
@@ -259,6 +262,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGeneral {
     state_dir: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
+    store_file: Option<Spanned<String>>,
+    store_env: Option<Spanned<String>>,
     remote_nick_format: Option<Spanned<String>>,
     media_listen: Option<Spanned<String>>,
     media_public_url: Option<Spanned<String>>,
@@ -333,9 +339,21 @@ pub fn secret_exposure_warning(path: &Path) -> Option<String> {
         }
         let text = std::fs::read_to_string(path).ok()?;
         let document: toml::Table = toml::from_str(&text).ok()?;
-        let networks = document.get("network")?.as_table()?;
         let mut inline: Vec<String> = Vec::new();
-        for (id, network) in networks {
+        // The store's URL holds a secret when it names a password (`user:password@`).
+        if let Some(url) = document
+            .get("general")
+            .and_then(|general| general.get("store"))
+            .and_then(toml::Value::as_str)
+            && url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(user, _)| user.contains(':'))
+        {
+            inline.push("general.store".to_owned());
+        }
+        let networks = document.get("network").and_then(toml::Value::as_table);
+        for (id, network) in networks.into_iter().flatten() {
             let named = network
                 .get("type")
                 .and_then(toml::Value::as_str)
@@ -644,6 +662,7 @@ impl Validator<'_> {
                     }
                 }
             });
+        let store_url = self.store_url(raw.general.as_ref().map(Spanned::get_ref));
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -654,6 +673,9 @@ impl Validator<'_> {
         }
         let known: HashSet<&str> = declared.iter().map(String::as_str).collect();
         let mut gateways = Vec::new();
+        // Per gateway: its name, whether it asks for an archive or a retention, whether its
+        // retention is the default one (for the PostgreSQL store, which has neither yet).
+        let mut kept_history: Vec<(String, bool, bool)> = Vec::new();
         let mut gateway_names: HashSet<String> = HashSet::new();
         for (index, gateway) in raw.gateway.into_iter().enumerate() {
             let span_start = gateway.span().start;
@@ -697,6 +719,12 @@ impl Validator<'_> {
             let original_time_after =
                 self.original_time_after(&key, gateway.original_time_after.as_ref());
             let history = self.history(&key, &gateway);
+            kept_history.push((
+                name.clone(),
+                history.archive
+                    || history.retention_days.is_some() && gateway.retention_days.is_some(),
+                gateway.retention_days.is_none(),
+            ));
             gateways.push(GatewayConfig {
                 name,
                 channels,
@@ -720,8 +748,31 @@ impl Validator<'_> {
         }
         let identities = self.identities(raw.identity, &known, &networks);
         self.named_channels(&networks, &gateways);
+        if let Some((offset, _)) = &store_url {
+            if let Some((name, _, _)) = kept_history.iter().find(|(_, asked, _)| *asked) {
+                self.report(
+                    *offset,
+                    "general.store",
+                    format!(
+                        "gateway `{name}` asks for an archive or a retention, which only the \
+                         SQLite store keeps so far: remove `store`, or set `archive = false` \
+                         and `retention_days = 0`"
+                    ),
+                );
+            } else if kept_history.iter().any(|(_, _, default)| *default) {
+                self.warnings.push(self.locator.issue(
+                    *offset,
+                    "general.store",
+                    "the history's retention (30 days unless `retention_days` says otherwise) is \
+                     not applied on the PostgreSQL store yet: messages stay until an operator \
+                     deletes them; set `retention_days = 0` on each gateway to say so",
+                ));
+            }
+        }
+        let store_url = store_url.map(|(_, url)| url);
         Config {
             state_dir,
+            store_url,
             remote_nick_format,
             files,
             metrics_listen,
@@ -866,7 +917,7 @@ impl Validator<'_> {
                     }
                 }
             }
-            identity.nickserv_password = self.identity_secret(&key, &secrets);
+            identity.nickserv_password = self.secret(&key, "nickserv_password", &secrets);
             if identity.nickserv_password.is_some()
                 && !identity.accounts.iter().any(|(network, _)| {
                     networks
@@ -899,20 +950,21 @@ impl Validator<'_> {
         identities
     }
 
-    /// An identity's `nickserv_password`, given one way at most (inline, `_file`, `_env`).
-    fn identity_secret(
+    /// A secret `NAME` of section `key` (an identity's `nickserv_password`, the store's URL),
+    /// given one way at most (inline, `_file`, `_env`).
+    fn secret(
         &mut self,
         key: &str,
+        name: &str,
         given: &[Option<Spanned<String>>; 3],
     ) -> Option<Secret> {
-        const NAME: &str = "nickserv_password";
         let count = given.iter().flatten().count();
         if count > 1 {
             let offset = given.iter().flatten().map(|v| v.span().start).max();
             self.report(
                 offset.unwrap_or(0),
-                format!("{key}.{NAME}"),
-                format!("give `{NAME}` one way only: `{NAME}`, `{NAME}_file` or `{NAME}_env`"),
+                format!("{key}.{name}"),
+                format!("give `{name}` one way only: `{name}`, `{name}_file` or `{name}_env`"),
             );
             return None;
         }
@@ -925,7 +977,7 @@ impl Validator<'_> {
                     Err(error) => {
                         self.report(
                             file.span().start,
-                            format!("{key}.{NAME}_file"),
+                            format!("{key}.{name}_file"),
                             format!("cannot read secret file `{}`: {error}", path.display()),
                         );
                         None
@@ -938,7 +990,7 @@ impl Validator<'_> {
                 } else {
                     self.report(
                         variable.span().start,
-                        format!("{key}.{NAME}_env"),
+                        format!("{key}.{name}_env"),
                         format!("environment variable `{}` is not set", variable.get_ref()),
                     );
                     None
@@ -1040,6 +1092,24 @@ impl Validator<'_> {
             }
         }
         files
+    }
+
+    /// The PostgreSQL store's URL, with the offset of the key that gave it; `None` for the
+    /// `SQLite` store.
+    fn store_url(&mut self, general: Option<&RawGeneral>) -> Option<(usize, Secret)> {
+        let general = general?;
+        let given = [
+            general.store.clone(),
+            general.store_file.clone(),
+            general.store_env.clone(),
+        ];
+        let offset = given.iter().flatten().map(|v| v.span().start).max()?;
+        let url = self.secret("general", "store", &given)?;
+        if let Err(problem) = crate::store::check_url(url.expose()) {
+            self.report(offset, "general.store", problem);
+            return None;
+        }
+        Some((offset, url))
     }
 
     fn general(&mut self, general: Option<Spanned<RawGeneral>>) -> (PathBuf, String) {

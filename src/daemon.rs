@@ -138,7 +138,11 @@ pub async fn run_with_reloads(
     on_ready: impl FnOnce(),
     reloads: Option<Reloads>,
 ) -> Result<(), DaemonError> {
-    let store = Arc::new(Store::open(&config.state_dir)?);
+    let store = Arc::new(Store::open_configured(
+        &config.state_dir,
+        config.store_url.as_ref().map(crate::config::Secret::expose),
+    )?);
+    tracing::info!(backend = store.backend_name(), "Store opened.");
     // The history's test-only clock seam moves the stamp of received messages too.
     store.set_clock_skew_ms(crate::archive::clock_skew_ms());
     let topology = Arc::new(config.topology());
@@ -642,6 +646,11 @@ impl Running {
             for task in tasks {
                 let _ = task.await;
             }
+        }
+        // The history's archive and retention run on the SQLite store only (the configuration
+        // refuses them with another store).
+        if self.store.backend_name() != "sqlite" {
+            return;
         }
         let shutdown = CancellationToken::new();
         let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));

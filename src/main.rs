@@ -398,7 +398,13 @@ fn forget(
     if config.network(network).is_none() {
         anyhow::bail!("no network `{network}` in the configuration");
     }
-    let store = tribridge::store::Store::open(&config.state_dir)?;
+    let store = tribridge::store::Store::open_configured(
+        &config.state_dir,
+        config
+            .store_url
+            .as_ref()
+            .map(tribridge::config::Secret::expose),
+    )?;
     let files = tribridge::files::FileStore::open(&config.state_dir, config.files.max_file_bytes)?;
     let policies = tribridge::archive::Retention::from_gateways(&config.gateways);
     Ok(tribridge::archive::forget_person(

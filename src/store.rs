@@ -1,5 +1,7 @@
 //! The durable state: messages, mappings, the outbox, completed deliveries and cursors, in one
-//! `SQLite` file (WAL) with numbered migrations embedded from `migrations/`.
+//! `SQLite` file (WAL) with numbered migrations embedded from `migrations/`, or in a PostgreSQL
+//! database ([`postgres`], migrations from `migrations/postgres/`, the same numbers). Callers
+//! see one [`Store`] ([`backend`]) whichever holds the state.
 //!
 //! Every method is synchronous and short; async callers run them with
 //! [`tokio::task::spawn_blocking`] so that no network task blocks on the disk. The store decides
@@ -16,6 +18,11 @@ use crate::model::{
 };
 use crate::richtext::FormattedText;
 pub use crate::vocab::PendingDelivery;
+
+mod backend;
+mod postgres;
+
+pub use backend::{Store, check_url};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -55,6 +62,15 @@ pub enum StoreError {
     /// The group transaction this write was part of failed (the error is the transaction's).
     #[error("group commit failed: {0}")]
     Group(String),
+    /// PostgreSQL refused an operation, or the connection to it failed.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The PostgreSQL store's URL cannot be used (the reason names the part, never the password).
+    #[error("the store's URL: {0}")]
+    Url(String),
+    /// What the store's backend cannot do (an operation only the `SQLite` store has).
+    #[error("{0} needs the SQLite store")]
+    Unsupported(&'static str),
     /// The database was written by a newer tribridge.
     #[error("the database has schema version {found}; this tribridge knows up to {known}")]
     TooNew {
@@ -107,13 +123,13 @@ pub struct Route {
     pub destination: ChannelRef,
 }
 
-/// The `SQLite` store. Cheap to share behind an `Arc`.
+/// The `SQLite` store: the default backend of [`Store`].
 ///
 /// A file-backed store has three connections: the writer (every write), a reader (the outbox's
 /// queue reads and the connectors' lookups, which WAL lets run while the writer commits), and a
 /// checkpointer thread that copies the WAL back into the database in the background, so that no
 /// commit ever waits for a checkpoint's `fsync`.
-pub struct Store {
+pub struct SqliteStore {
     connection: Mutex<Connection>,
     reader: Option<Mutex<Connection>>,
     /// Dropped with the store: the checkpointer thread sees the channel close and ends.
@@ -143,7 +159,7 @@ const WRITER_CACHE_KIB: i64 = 2_000;
 /// without it).
 const READER_CACHE_KIB: i64 = 512;
 
-impl Store {
+impl SqliteStore {
     /// Open (or create) `state_dir/tribridge.sqlite3` and apply pending migrations.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
@@ -390,63 +406,12 @@ impl Store {
                     });
                 }
             };
-            let target = row
-                .target_message_id
-                .map(|id| resolve_target(&connection, id, destination))
-                .transpose()?;
-            let reply_to = row
-                .reply_to_message_id
-                .map(|id| resolve_target(&connection, id, destination))
-                .transpose()?;
-            let origin = ChannelRef::new(row.origin_network, row.origin_channel);
-            // The thread root is resolved here, from the origin's id for it, rather than stored
-            // as a column: a message's thread is as durable as its body.
-            let thread_root = match body.thread_root() {
-                Some(root) => lookup_mapping(&connection, &origin, root)?
-                    .map(|(root_id, _)| resolve_target(&connection, root_id, destination))
-                    .transpose()?,
-                None => None,
-            };
-            // What a reply (or a message in a thread) answers, for destinations that show it as
-            // text: the replied message, else the thread's root.
-            let replied_id = row
-                .reply_to_message_id
-                .or_else(|| thread_root.as_ref().map(|root| root.message_id));
-            let replied = match replied_id {
-                Some(id) => replied_message(&connection, id)?,
-                None => None,
-            };
-            let previous_text = match (&body, row.target_message_id) {
-                (EventBody::Edit { .. }, Some(target_id)) => {
-                    previous_text(&connection, target_id, row.message_id)?
-                }
-                _ => None,
-            };
-            batch.push(PendingDelivery {
-                delivery: Delivery {
-                    id: row.id,
-                    message_id: row.message_id,
-                    destination: destination.clone(),
-                    gateway: row.gateway,
-                    origin,
-                    origin_protocol: row.origin_protocol,
-                    author: Author {
-                        id: row.author_id,
-                        display_name: row.author_name,
-                    },
-                    timestamp_ms: row.created_ms,
-                    body,
-                    target,
-                    reply_to,
-                    thread_root,
-                    previous_text,
-                    replied,
-                    permalink: row.permalink,
-                    attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-                },
-                next_try_ms: row.next_try_ms,
-                seq: row.seq,
-            });
+            batch.push(complete_row(
+                &mut SqliteReads(&connection),
+                row,
+                body,
+                destination,
+            )?);
         }
         Ok(batch)
     }
@@ -754,6 +719,129 @@ struct PendingRow {
     reply_to_message_id: Option<i64>,
     permalink: Option<String>,
     seq: i64,
+}
+
+/// The reads that complete a pending outbox row into the delivery its worker sends, each
+/// backend's own queries.
+trait DeliveryReads {
+    /// The destination's own id for a message ([`resolve_target`]).
+    fn resolve_target(
+        &mut self,
+        message_id: i64,
+        destination: &ChannelRef,
+    ) -> Result<TargetRef, StoreError>;
+    /// The canonical id and role mapped to a network's id ([`lookup_mapping`]).
+    fn lookup_mapping(
+        &mut self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError>;
+    /// Who said message `id`, where, and its text ([`replied_message`]).
+    fn replied_message(&mut self, id: i64) -> Result<Option<Replied>, StoreError>;
+    /// The text an edit replaces ([`previous_text`]).
+    fn previous_text(
+        &mut self,
+        target_id: i64,
+        edit_id: i64,
+    ) -> Result<Option<FormattedText>, StoreError>;
+}
+
+/// The `SQLite` reads of [`DeliveryReads`], on one connection.
+struct SqliteReads<'c>(&'c Connection);
+
+impl DeliveryReads for SqliteReads<'_> {
+    fn resolve_target(
+        &mut self,
+        message_id: i64,
+        destination: &ChannelRef,
+    ) -> Result<TargetRef, StoreError> {
+        resolve_target(self.0, message_id, destination)
+    }
+    fn lookup_mapping(
+        &mut self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError> {
+        lookup_mapping(self.0, channel, remote_id)
+    }
+    fn replied_message(&mut self, id: i64) -> Result<Option<Replied>, StoreError> {
+        replied_message(self.0, id)
+    }
+    fn previous_text(
+        &mut self,
+        target_id: i64,
+        edit_id: i64,
+    ) -> Result<Option<FormattedText>, StoreError> {
+        previous_text(self.0, target_id, edit_id)
+    }
+}
+
+/// A pending outbox row (its body decoded) completed into the delivery its worker sends:
+/// the destination's ids of what it points at, what it replies to, what an edit replaces.
+fn complete_row(
+    reads: &mut impl DeliveryReads,
+    row: PendingRow,
+    body: EventBody,
+    destination: &ChannelRef,
+) -> Result<PendingDelivery, StoreError> {
+    let target = row
+        .target_message_id
+        .map(|id| reads.resolve_target(id, destination))
+        .transpose()?;
+    let reply_to = row
+        .reply_to_message_id
+        .map(|id| reads.resolve_target(id, destination))
+        .transpose()?;
+    let origin = ChannelRef::new(row.origin_network, row.origin_channel);
+    // The thread root is resolved here, from the origin's id for it, rather than stored
+    // as a column: a message's thread is as durable as its body.
+    let thread_root = match body.thread_root() {
+        Some(root) => reads
+            .lookup_mapping(&origin, root)?
+            .map(|(root_id, _)| reads.resolve_target(root_id, destination))
+            .transpose()?,
+        None => None,
+    };
+    // What a reply (or a message in a thread) answers, for destinations that show it as
+    // text: the replied message, else the thread's root.
+    let replied_id = row
+        .reply_to_message_id
+        .or_else(|| thread_root.as_ref().map(|root| root.message_id));
+    let replied = match replied_id {
+        Some(id) => reads.replied_message(id)?,
+        None => None,
+    };
+    let previous_text = match (&body, row.target_message_id) {
+        (EventBody::Edit { .. }, Some(target_id)) => {
+            reads.previous_text(target_id, row.message_id)?
+        }
+        _ => None,
+    };
+    Ok(PendingDelivery {
+        delivery: Delivery {
+            id: row.id,
+            message_id: row.message_id,
+            destination: destination.clone(),
+            gateway: row.gateway,
+            origin,
+            origin_protocol: row.origin_protocol,
+            author: Author {
+                id: row.author_id,
+                display_name: row.author_name,
+            },
+            timestamp_ms: row.created_ms,
+            body,
+            target,
+            reply_to,
+            thread_root,
+            previous_text,
+            replied,
+            permalink: row.permalink,
+            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+        },
+        next_try_ms: row.next_try_ms,
+        seq: row.seq,
+    })
 }
 
 /// A delivery its destination acknowledged, with what the outbox row says about it (the
@@ -1326,21 +1414,33 @@ fn replied_message(connection: &Connection, id: i64) -> Result<Option<Replied>, 
         .optional()?;
     Ok(
         row.and_then(|(network, author_id, author_name, body, remote_id)| {
-            match serde_json::from_str::<EventBody>(&body).ok()? {
-                EventBody::Text { text, .. } => Some(Replied {
-                    message_id: id,
-                    network,
-                    remote_id,
-                    author: Author {
-                        id: author_id,
-                        display_name: author_name,
-                    },
-                    text,
-                }),
-                _ => None,
-            }
+            replied_of(id, network, author_id, author_name, &body, remote_id)
         }),
     )
+}
+
+/// A replied message from its row (its body as stored); `None` when it is not a text.
+fn replied_of(
+    id: i64,
+    network: String,
+    author_id: String,
+    author_name: String,
+    body: &str,
+    remote_id: Option<String>,
+) -> Option<Replied> {
+    match serde_json::from_str::<EventBody>(body).ok()? {
+        EventBody::Text { text, .. } => Some(Replied {
+            message_id: id,
+            network,
+            remote_id,
+            author: Author {
+                id: author_id,
+                display_name: author_name,
+            },
+            text,
+        }),
+        _ => None,
+    }
 }
 
 /// The text an edit replaces: the latest earlier edit of `target_id` before `edit_id`, else the
@@ -1364,12 +1464,15 @@ fn previous_text(
             .query_row(params![target_id], |row| row.get(0))
             .optional()?;
     }
-    Ok(body
-        .and_then(|body| serde_json::from_str::<EventBody>(&body).ok())
-        .and_then(|body| match body {
-            EventBody::Text { text, .. } | EventBody::Edit { text, .. } => Some(text),
-            _ => None,
-        }))
+    Ok(body.as_deref().and_then(text_of))
+}
+
+/// The text of a text or an edit, from its body as stored.
+fn text_of(body: &str) -> Option<FormattedText> {
+    match serde_json::from_str::<EventBody>(body).ok()? {
+        EventBody::Text { text, .. } | EventBody::Edit { text, .. } => Some(text),
+        _ => None,
+    }
 }
 
 fn role_from_sql(role: &str) -> MappingRole {
@@ -1517,7 +1620,7 @@ mod tests {
     #[test]
     fn integrity_problems_names_a_row_that_points_at_no_message() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
         store
             .lock()

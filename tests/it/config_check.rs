@@ -13,7 +13,13 @@ const MXGATEWAY: &str = "[[gateway]]\nname = \"g\"\nchannels = [\n  { network = 
 const GATEWAY: &str = "[[gateway]]\nname = \"g\"\nchannels = [\n  { network = \"libera\", channel = \"#a\" },\n  { network = \"oftc\", channel = \"#b\" },\n]\n";
 
 fn check(text: &str) -> Vec<String> {
-    let env = vec![("SET_VAR".to_owned(), "from-env".to_owned())];
+    let env = vec![
+        ("SET_VAR".to_owned(), "from-env".to_owned()),
+        (
+            "STORE_URL".to_owned(),
+            "postgres://bridge:s3cret@db/x?sslmode=sometimes".to_owned(),
+        ),
+    ];
     match tribridge::config::parse(text, Path::new("/etc/tribridge"), &env) {
         Ok(_) => Vec::new(),
         Err(issues) => issues
@@ -31,7 +37,48 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in general",
             format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `reconnect_max_seconds`, `max_file_size_mb`, `file_retention_days`",
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `store`, `store_file`, `store_env`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `reconnect_max_seconds`, `max_file_size_mb`, `file_retention_days`",
+            ],
+        ),
+        (
+            "store that is not a PostgreSQL URL",
+            format!("[general]\nstore = \"mysql://db/x\"\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:9: general.store: must start with `postgres://` (e.g. postgres://tribridge:PASSWORD@db.example/tribridge)",
+            ],
+        ),
+        (
+            "store URL with an unknown sslmode (the password is not repeated)",
+            format!(
+                "[general]\nstore_env = \"STORE_URL\"\n{NET}{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:2:13: general.store: sslmode `sometimes` is not one of disable, prefer, require, verify-ca, verify-full",
+            ],
+        ),
+        (
+            "store given twice",
+            format!(
+                "[general]\nstore = \"postgres://db/x\"\nstore_env = \"SET_VAR\"\n{NET}{NET2}{GATEWAY}"
+            ),
+            vec![
+                "bridges.toml:3:13: general.store: give `store` one way only: `store`, `store_file` or `store_env`",
+            ],
+        ),
+        (
+            "store from an unset variable",
+            format!("[general]\nstore_env = \"UNSET_VAR\"\n{NET}{NET2}{GATEWAY}"),
+            vec![
+                "bridges.toml:2:13: general.store_env: environment variable `UNSET_VAR` is not set",
+            ],
+        ),
+        (
+            "an archive on the PostgreSQL store",
+            format!(
+                "[general]\nstore = \"postgres://db/x\"\n{NET}{NET2}{GATEWAY}archive = true\nretention_days = 0\n"
+            ),
+            vec![
+                "bridges.toml:2:9: general.store: gateway `g` asks for an archive or a retention, which only the SQLite store keeps so far: remove `store`, or set `archive = false` and `retention_days = 0`",
             ],
         ),
         (
@@ -747,6 +794,33 @@ fn version_is_printed() {
         stdout.trim(),
         format!("tribridge {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_store_url_with_its_password_inline_that_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridges.toml");
+    let path_text = path.display().to_string();
+    let config = |url: &str| {
+        format!("[general]\nstore = \"{url}\"\n{NET}{NET2}{GATEWAY}retention_days = 0\n")
+    };
+    std::fs::write(&path, config("postgres://bridge:hunter2@db.example/x")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "warning: {path_text} holds secrets inline (general.store) and is \
+             readable by other users (mode 0644); make it private (chmod 600) or move the \
+             secrets to `*_file` or `*_env`"
+        )
+    );
+    // A URL without a password holds no secret.
+    std::fs::write(&path, config("postgres://bridge@db.example/x")).unwrap();
+    let (code, _, stderr) = cli(&["check", "--config", &path_text]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
 }
 
 #[test]

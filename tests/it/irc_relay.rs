@@ -310,7 +310,7 @@ async fn direction_in_and_out_are_one_way() {
     ivan.say(&inbound, "IVAN-2");
     let _ = bea.texts_until(&both, "IVAN-2").await;
     bridge.wait_outbox_drained("one", &both).await;
-    let store = tribridge::store::Store::open(&dir.path().join("state")).unwrap();
+    let store = bridge.open_store();
     let in_channel = tribridge::model::ChannelRef::new("one", &inbound);
     assert_eq!(store.pending_count(&in_channel).unwrap(), 0);
     assert_eq!(store.delivered_count(&in_channel).unwrap(), 0);
@@ -322,7 +322,7 @@ async fn direction_in_and_out_are_one_way() {
 /// daemon and is delivered, once and in order, when the server and the daemon are back; and what
 /// was already delivered is never replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_destination_queues_durably_across_kill_9_and_nothing_replays() {
+pub(crate) async fn dead_destination_queues_durably_across_kill_9_and_nothing_replays() {
     let first = shared_inspircd();
     let mut second = InspIrcd::start();
     let (source, side, destination) = (unique("#src"), unique("#side"), unique("#dst"));

@@ -18,6 +18,7 @@ mod mattermost_relay;
 mod mattermost_remote_users;
 mod mentions;
 mod operations;
+mod postgres_store;
 mod router_store;
 mod security;
 mod support;

@@ -74,7 +74,7 @@ async fn irc_and_mattermost_with(login: bool, extra: &str) -> IrcAndMattermost {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() {
+pub(crate) async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() {
     let mut t = irc_and_mattermost().await;
     let (a, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
     let bot = t.mm.bot_id.clone();
@@ -142,7 +142,7 @@ async fn irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_of_200_arrive_in_order_exactly_once_both_ways_even_when_rate_limited() {
+pub(crate) async fn bursts_of_200_arrive_in_order_exactly_once_both_ways_even_when_rate_limited() {
     let mut t = irc_and_mattermost().await;
     let (a, channel) = (t.alice.nick.clone(), t.irc_channel.clone());
     let bot = t.mm.bot_id.clone();
@@ -222,7 +222,7 @@ async fn websocket_drops_lose_nothing_whether_resumed_or_caught_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_restart_catches_up_once_and_replays_nothing() {
+pub(crate) async fn daemon_restart_catches_up_once_and_replays_nothing() {
     let mut t = irc_and_mattermost().await;
     let channel = t.irc_channel.clone();
     let kept = t.mia.say(&t.channel_id, "said before the restart").await;
@@ -273,7 +273,7 @@ async fn daemon_restart_catches_up_once_and_replays_nothing() {
 /// were relayed leaves it behind them: the catch-up after the restart fetches them again and
 /// must recognise every one (posts, an edit, the bridge's own post) instead of relaying it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_right_after_relaying_doubles_nothing_though_the_position_lags() {
+pub(crate) async fn a_crash_right_after_relaying_doubles_nothing_though_the_position_lags() {
     let mut t = irc_and_mattermost().await;
     let channel = t.irc_channel.clone();
     let first = t.mia.say(&t.channel_id, "crash 1").await;

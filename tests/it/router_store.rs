@@ -90,7 +90,7 @@ impl Drop for Scenario {
 impl Scenario {
     fn new(gateways: Vec<(&str, Vec<GatewayChannel>)>) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(crate::support::bridge::open_test_store(dir.path()));
         Self::with_store(gateways, store, dir)
     }
 
@@ -142,7 +142,7 @@ fn two_way() -> Vec<(&'static str, Vec<GatewayChannel>)> {
 }
 
 #[test]
-fn relay_commits_one_outbox_row_per_destination_and_wakes_it() {
+pub(crate) fn relay_commits_one_outbox_row_per_destination_and_wakes_it() {
     let scenario = Scenario::new(two_way());
     let outcome = scenario
         .router
@@ -170,7 +170,7 @@ fn channel_names_match_case_insensitively() {
 }
 
 #[test]
-fn echo_of_our_own_delivery_is_dropped() {
+pub(crate) fn echo_of_our_own_delivery_is_dropped() {
     let scenario = Scenario::new(two_way());
     scenario
         .router
@@ -218,7 +218,7 @@ fn echo_of_our_own_delivery_is_dropped() {
 }
 
 #[test]
-fn the_same_event_twice_is_committed_once() {
+pub(crate) fn the_same_event_twice_is_committed_once() {
     let scenario = Scenario::new(two_way());
     let event = said("one", "#a", Some("m1"), "hello");
     scenario.router.submit_blocking(&event).unwrap();
@@ -228,7 +228,7 @@ fn the_same_event_twice_is_committed_once() {
 }
 
 #[test]
-fn three_channel_gateway_fans_out_to_the_two_others() {
+pub(crate) fn three_channel_gateway_fans_out_to_the_two_others() {
     let scenario = Scenario::new(vec![(
         "g",
         vec![
@@ -366,7 +366,7 @@ fn restart_keeps_pending_deliveries_and_replays_nothing_done() {
 }
 
 #[test]
-fn a_failing_destination_does_not_hold_up_the_others() {
+pub(crate) fn a_failing_destination_does_not_hold_up_the_others() {
     let scenario = Scenario::new(vec![(
         "g",
         vec![
@@ -431,7 +431,7 @@ fn event(network: &str, channel: &str, remote_id: &str, body: EventBody) -> Inbo
 }
 
 #[test]
-fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
+pub(crate) fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
     let scenario = Scenario::new(two_way());
     let b = ChannelRef::new("two", "#b");
     let a = ChannelRef::new("one", "#a");
@@ -594,7 +594,7 @@ fn edits_deletes_reactions_and_replies_resolve_to_the_destination_ids() {
 }
 
 #[test]
-fn an_edit_of_a_message_never_bridged_is_dropped_and_counted() {
+pub(crate) fn an_edit_of_a_message_never_bridged_is_dropped_and_counted() {
     let scenario = Scenario::new(two_way());
     let outcome = scenario
         .router

@@ -12,8 +12,63 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 10_000)
 }
 
+thread_local! {
+    /// Whether the bridges this thread starts keep their state in PostgreSQL ([`on_postgres`]).
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How many bridges this thread started on PostgreSQL.
+    static STARTED_ON_POSTGRES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run the scenario `test` (a test function of another module, as it is) with every bridge it
+/// starts (and every in-process store it opens with [`open_test_store`]) on the PostgreSQL store: a database of its own on the shared PostgreSQL, named by
+/// `store = "postgres://…"` in the config it writes. A `#[tokio::test]` runs its body on the
+/// calling thread, so the setting reaches its bridges and no other test's.
+/// `TRIBRIDGE_TEST_STORE=postgres` does the same for every test of the run.
+pub fn on_postgres(test: fn()) {
+    ON_POSTGRES.with(|on| on.set(true));
+    STARTED_ON_POSTGRES.with(|started| started.set(0));
+    test();
+    ON_POSTGRES.with(|on| on.set(false));
+    assert!(
+        STARTED_ON_POSTGRES.with(std::cell::Cell::get) > 0,
+        "the scenario started no bridge on this thread: it did not run on PostgreSQL"
+    );
+}
+
+/// Whether a bridge started now keeps its state in PostgreSQL.
+fn wants_postgres() -> bool {
+    ON_POSTGRES.with(std::cell::Cell::get)
+        || std::env::var("TRIBRIDGE_TEST_STORE").is_ok_and(|store| store == "postgres")
+}
+
+/// A store for an in-process scenario: `SQLite` in `dir`, or under [`on_postgres`] a fresh
+/// database on the shared PostgreSQL.
+pub fn open_test_store(dir: &Path) -> tribridge::store::Store {
+    if wants_postgres() {
+        STARTED_ON_POSTGRES.with(|started| started.set(started.get() + 1));
+        let url = super::servers::shared_postgres().fresh_database();
+        tribridge::store::Store::open_postgres(&url).expect("open the PostgreSQL store")
+    } else {
+        tribridge::store::Store::open(dir).expect("open the SQLite store")
+    }
+}
+
+/// `config` with `store = url` in its `[general]` section (added when it has none).
+pub fn with_store(config: &str, url: &str) -> String {
+    let line = format!("store = \"{url}\"\n");
+    match config.find("[general]\n") {
+        Some(at) => {
+            let after = at + "[general]\n".len();
+            format!("{}{line}{}", &config[..after], &config[after..])
+        }
+        None => format!("[general]\n{line}\n{config}"),
+    }
+}
+
 pub struct Bridge {
     pub dir: PathBuf,
+    /// The PostgreSQL store's URL, when the bridge keeps its state there.
+    pub store_url: Option<String>,
     child: Option<Child>,
     starts: u32,
     env: Vec<(String, String)>,
@@ -27,9 +82,19 @@ impl Bridge {
 
     /// Like [`Bridge::start`], with extra environment variables for the daemon.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Bridge {
+        let store_url =
+            wants_postgres().then(|| super::servers::shared_postgres().fresh_database());
+        let config = match &store_url {
+            Some(url) => {
+                STARTED_ON_POSTGRES.with(|started| started.set(started.get() + 1));
+                with_store(config, url)
+            }
+            None => config.to_owned(),
+        };
         std::fs::write(dir.join("bridges.toml"), config).expect("write config");
         let mut bridge = Bridge {
             dir: dir.to_path_buf(),
+            store_url,
             child: None,
             starts: 0,
             env: env
@@ -128,10 +193,17 @@ impl Bridge {
         self.spawn();
     }
 
+    /// The daemon's store, opened as an operator would (the `SQLite` file in its state folder,
+    /// or its PostgreSQL database).
+    pub fn open_store(&self) -> tribridge::store::Store {
+        tribridge::store::Store::open_configured(&self.dir.join("state"), self.store_url.as_deref())
+            .expect("open store")
+    }
+
     /// Wait until the daemon has recorded every delivery to `channel` as acknowledged (the
     /// outbox holds nothing for it), reading the store as an operator would.
     pub async fn wait_outbox_drained(&self, network: &str, channel: &str) {
-        let store = tribridge::store::Store::open(&self.dir.join("state")).expect("open store");
+        let store = self.open_store();
         let destination = tribridge::model::ChannelRef::new(network, channel);
         let deadline = Instant::now() + Duration::from_mins(1);
         while store.pending_count(&destination).expect("count") > 0 {

@@ -507,3 +507,217 @@ pub fn shared_synapse() -> &'static Synapse {
     static SERVER: OnceLock<Synapse> = OnceLock::new();
     SERVER.get_or_init(Synapse::start)
 }
+
+/// A running PostgreSQL (Debian's `postgresql` package), for the PostgreSQL store's tests.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+/// The newest installed PostgreSQL's `bin` folder (Debian keeps each major version apart).
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map_or_else(
+        || {
+            panic!(
+                "PostgreSQL is not installed: run `scripts/install-test-deps.sh` (apt-get install postgresql)"
+            )
+        },
+        |(_, bin)| bin,
+    )
+}
+
+/// `program args`, run as the `postgres` account when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    if is_root() {
+        let mut all = vec![
+            "-u".to_owned(),
+            "postgres".to_owned(),
+            "--".to_owned(),
+            program.display().to_string(),
+        ];
+        all.extend_from_slice(args);
+        (PathBuf::from("runuser"), all)
+    } else {
+        (program.to_path_buf(), args.to_vec())
+    }
+}
+
+impl Postgres {
+    /// Start a new PostgreSQL in its own temporary folder, on a free port, trusting every local
+    /// connection of the `tribridge` role.
+    pub fn start() -> Postgres {
+        let tempdir = tempfile::Builder::new()
+            .prefix("tribridge-postgres-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres")
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown postgres {}", dir.display());
+        }
+        let (program, args) = as_postgres(
+            &postgres_bin().join("initdb"),
+            &[
+                "-D".to_owned(),
+                dir.join("data").display().to_string(),
+                "-A".to_owned(),
+                "trust".to_owned(),
+                "-U".to_owned(),
+                "tribridge".to_owned(),
+                "--no-sync".to_owned(),
+            ],
+        );
+        let output = Command::new(&program)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("run initdb");
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut server = Postgres {
+            port: free_port(),
+            dir,
+            watchdog: None,
+            _tempdir: Some(tempdir),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Start the server on its data folder and port; wait until it answers.
+    fn spawn(&mut self) {
+        let (program, args) = as_postgres(
+            &postgres_bin().join("postgres"),
+            &[
+                "-D".to_owned(),
+                self.dir.join("data").display().to_string(),
+                "-p".to_owned(),
+                self.port.to_string(),
+                "-k".to_owned(),
+                self.dir.display().to_string(),
+                "-c".to_owned(),
+                "listen_addresses=127.0.0.1".to_owned(),
+                "-c".to_owned(),
+                "fsync=off".to_owned(),
+                "-c".to_owned(),
+                "max_connections=300".to_owned(),
+            ],
+        );
+        self.watchdog = Some(watched(&self.dir, &program, &args, "postgres.out"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while off_runtime(|| postgres::Client::connect(&self.url("postgres"), postgres::NoTls))
+            .is_err()
+        {
+            if let Some((child, _)) = &mut self.watchdog
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "postgres exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.join("postgres.out")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the server again after [`Postgres::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// A fast shutdown (`pg_ctl -m fast`: every session ends at once; the watchdog's SIGTERM
+    /// alone would wait for the clients to leave).
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            let (program, args) = as_postgres(
+                &postgres_bin().join("pg_ctl"),
+                &[
+                    "-D".to_owned(),
+                    self.dir.join("data").display().to_string(),
+                    "-m".to_owned(),
+                    "fast".to_owned(),
+                    "-w".to_owned(),
+                    "stop".to_owned(),
+                ],
+            );
+            let _ = Command::new(&program)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// The URL of `database` on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://tribridge@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A new, empty database of its own (for one test), by its URL.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        off_runtime(|| {
+            let mut admin = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+                .expect("connect to postgres");
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create database");
+        });
+        self.url(&name)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run `work` on a thread of its own: the `postgres` client runs a runtime of its own, which
+/// may not start on a thread that runs a test's.
+fn off_runtime<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(work)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// One PostgreSQL shared by every test in this binary; each test takes a database of its own
+/// ([`Postgres::fresh_database`]).
+pub fn shared_postgres() -> &'static Postgres {
+    static SERVER: OnceLock<Postgres> = OnceLock::new();
+    SERVER.get_or_init(|| off_runtime(Postgres::start))
+}

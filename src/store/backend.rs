@@ -1,0 +1,283 @@
+//! The one store every caller uses, over its two backends: the `SQLite` file (the default) and
+//! a PostgreSQL database (`[general] store = "postgres://…"`).
+//!
+//! Both keep the same invariants: an inbound event and its outbox rows commit in one
+//! transaction before anything is sent, a delivery leaves the outbox only in the transaction that
+//! records its acknowledgement, and a group commit is one transaction. Each operation's query
+//! text lives once per backend: in `store.rs` for `SQLite`, in [`super::postgres`] for
+//! PostgreSQL. This type only chooses.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::postgres::PostgresStore;
+use super::{
+    CommitOutcome, Completion, GroupOutcome, MappingRole, PendingDelivery, Route, SqliteStore,
+    StagedInbound, StoreError,
+};
+use crate::model::{ChannelRef, Inbound};
+
+/// The durable state, in `SQLite` or in PostgreSQL. Cheap to share behind an `Arc`.
+pub struct Store {
+    backend: Backend,
+}
+
+// One per process, made once and never moved: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Whether `url` is a PostgreSQL URL the store can use (scheme, options, TLS settings); the
+/// reason when not, without the password. Connects to nothing.
+pub fn check_url(url: &str) -> Result<(), String> {
+    super::postgres::parse_url(url)
+        .map(|_| ())
+        .map_err(|error| match error {
+            StoreError::Url(reason) => reason,
+            other => other.to_string(),
+        })
+}
+
+/// Call `$method` with the same arguments on whichever backend holds the state.
+macro_rules! both {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sqlite(store) => store.$method($($arg),*),
+            Backend::Postgres(store) => store.$method($($arg),*),
+        }
+    };
+}
+
+impl Store {
+    /// Open (or create) `state_dir/tribridge.sqlite3` and apply pending migrations.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Sqlite(SqliteStore::open(state_dir)?),
+        })
+    }
+
+    /// Open the configured store: the PostgreSQL database at `url` when there is one (applying
+    /// its pending migrations), else the `SQLite` file in `state_dir`.
+    pub fn open_configured(state_dir: &Path, url: Option<&str>) -> Result<Self, StoreError> {
+        match url {
+            Some(url) => Self::open_postgres(url),
+            None => Self::open(state_dir),
+        }
+    }
+
+    /// Connect to the PostgreSQL database at `url` and apply its pending migrations.
+    pub fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(PostgresStore::open(url)?),
+        })
+    }
+
+    /// A `SQLite` store in memory, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Sqlite(SqliteStore::open_in_memory()?),
+        })
+    }
+
+    /// The backend's name, for the log and the metrics: `sqlite` or `postgres`.
+    #[must_use]
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    fn sqlite(&self, what: &'static str) -> Result<&SqliteStore, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => Ok(store),
+            Backend::Postgres(_) => Err(StoreError::Unsupported(what)),
+        }
+    }
+
+    /// Move the clock that stamps a message's `received_ms` by `skew_ms` (the history's
+    /// test-only seam, [`crate::archive::CLOCK_SKEW_ENV`]). Zero in production.
+    pub fn set_clock_skew_ms(&self, skew_ms: i64) {
+        both!(self.set_clock_skew_ms(skew_ms));
+    }
+
+    /// Run `work` in one `SQLite` write transaction (the history's pruning and chaining).
+    pub(crate) fn write_with<R>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.sqlite("the history's archive and retention")?
+            .write_with(work)
+    }
+
+    /// Run `work` on the `SQLite` reader (for the load harness and tools that read what the
+    /// store has no method for).
+    pub fn read_with_public<T, E: Into<StoreError>>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, StoreError> {
+        self.sqlite("reading the database directly")?
+            .read_with_public(work)
+            .map_err(Into::into)
+    }
+
+    /// Run `work` on the `SQLite` reader.
+    pub(crate) fn read_with<T, E: Into<StoreError>>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, StoreError> {
+        self.sqlite("the history's archive and retention")?
+            .read_with(work)
+            .map_err(Into::into)
+    }
+
+    /// Record an inbound event and one outbox row per route, in one transaction; or recognise
+    /// it as an echo of our own delivery or as a duplicate, and record nothing.
+    pub fn commit_inbound(
+        &self,
+        inbound: &Inbound,
+        origin_protocol: &'static str,
+        routes: &[Route],
+    ) -> Result<CommitOutcome, StoreError> {
+        both!(self.commit_inbound(inbound, origin_protocol, routes))
+    }
+
+    /// Group commit: acknowledgements and inbound events in one transaction (see
+    /// [`SqliteStore::commit_group`]; PostgreSQL keeps the same contract).
+    pub fn commit_group(
+        &self,
+        acknowledged: &[Completion],
+        events: &mut [StagedInbound],
+    ) -> GroupOutcome {
+        both!(self.commit_group(acknowledged, events))
+    }
+
+    /// The oldest delivery still pending for a destination, due or not.
+    pub fn next_pending(
+        &self,
+        destination: &ChannelRef,
+    ) -> Result<Option<PendingDelivery>, StoreError> {
+        Ok(self.pending_batch(destination, 0, 1)?.into_iter().next())
+    }
+
+    /// Up to `limit` pending deliveries for a destination queued after position `after_seq`,
+    /// oldest first (see [`SqliteStore::pending_batch`]).
+    pub fn pending_batch(
+        &self,
+        destination: &ChannelRef,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        both!(self.pending_batch(destination, after_seq, limit))
+    }
+
+    /// The destination acknowledged the delivery at queue position `seq`. Idempotent.
+    pub fn complete_delivery(&self, seq: i64, remote_id: Option<&str>) -> Result<(), StoreError> {
+        both!(self.complete_delivery(seq, remote_id))
+    }
+
+    /// The delivery at `seq` failed in a way worth retrying: try again at `next_try_ms`.
+    pub fn defer_delivery(
+        &self,
+        seq: i64,
+        next_try_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        both!(self.defer_delivery(seq, next_try_ms, error))
+    }
+
+    /// The delivery at `seq` can never succeed: it stays in the outbox as `failed`.
+    pub fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        both!(self.fail_delivery(seq, error))
+    }
+
+    /// Every row that points at a message that does not exist, and any damage the database
+    /// reports. Empty when all is well. Reads the whole database.
+    pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        both!(self.integrity_problems())
+    }
+
+    /// Destinations that have pending deliveries.
+    pub fn pending_destinations(&self) -> Result<Vec<ChannelRef>, StoreError> {
+        both!(self.pending_destinations())
+    }
+
+    /// How many deliveries the outbox holds, by destination network and state.
+    pub fn outbox_depth(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        both!(self.outbox_depth())
+    }
+
+    /// Number of pending deliveries for a destination.
+    pub fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        both!(self.pending_count(destination))
+    }
+
+    /// Number of acknowledged deliveries to a destination.
+    pub fn delivered_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        both!(self.delivered_count(destination))
+    }
+
+    /// The canonical id and role mapped to a network's id for an event, if any.
+    pub fn lookup(
+        &self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError> {
+        both!(self.lookup(channel, remote_id))
+    }
+
+    /// Every (channel, remote id, role) known for a message.
+    pub fn mappings_of(
+        &self,
+        message_id: i64,
+    ) -> Result<Vec<(ChannelRef, String, MappingRole)>, StoreError> {
+        both!(self.mappings_of(message_id))
+    }
+
+    /// Read a cursor of a network or one of its channels (`""` for the whole network).
+    pub fn cursor(&self, network: &str, channel: &str) -> Result<Option<String>, StoreError> {
+        both!(self.cursor(network, channel))
+    }
+
+    /// Every cursor of `network` whose channel key starts with `prefix`, in key order.
+    pub fn cursors_with_prefix(
+        &self,
+        network: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        both!(self.cursors_with_prefix(network, prefix))
+    }
+
+    /// The routes left to a parallel bridge ([`crate::parallel`]).
+    pub fn parallel_routes(&self) -> Result<Vec<(ChannelRef, ChannelRef, String)>, StoreError> {
+        both!(self.parallel_routes())
+    }
+
+    /// Record that a route is left to the parallel bridge `account`, or (`None`) taken back.
+    pub fn set_parallel_route(
+        &self,
+        origin: &ChannelRef,
+        destination: &ChannelRef,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        both!(self.set_parallel_route(origin, destination, account))
+    }
+
+    /// Every person the bridge has seen.
+    pub fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
+        both!(self.people())
+    }
+
+    /// Record that the nick `old` of `network` is now `new` in the people directory.
+    pub fn record_rename(&self, network: &str, old: &str, new: &str) -> Result<(), StoreError> {
+        both!(self.record_rename(network, old, new))
+    }
+
+    /// Write a cursor.
+    pub fn set_cursor(&self, network: &str, channel: &str, value: &str) -> Result<(), StoreError> {
+        both!(self.set_cursor(network, channel, value))
+    }
+}

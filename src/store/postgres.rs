@@ -1,0 +1,1235 @@
+//! The PostgreSQL backend of the store: the same tables, operations and invariants as the
+//! `SQLite` one, in a database several hosts can reach (`[general] store = "postgres://…"`).
+//!
+//! Two sessions: the writer (the group commit's thread and every other write) and a reader (the
+//! outbox's queue reads and the connectors' lookups), each behind a lock. The client is the
+//! synchronous `postgres` crate (it drives `tokio-postgres` on a runtime of its own), which fits
+//! the store's synchronous methods; a call made on a thread of the daemon's runtime is run on a
+//! scoped thread of its own, since the client may not block a runtime's thread. A session whose
+//! connection broke (the database restarted) is connected again on its next use; the operation
+//! that found it broken fails with the error, and its caller retries as it does for `SQLite`'s.
+//!
+//! Migrations are `migrations/postgres/NNNN_*.sql`, numbered as the `SQLite` ones and meaning
+//! the same; the last one applied is recorded in `tribridge_schema`. Instances starting together
+//! take an advisory lock so that only one migrates.
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Statement};
+
+use super::{
+    CommitOutcome, Completion, DeliveryReads, GroupOutcome, MappingRole, PendingRow, Recorded,
+    Route, StagedInbound, StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
+};
+use crate::model::{ChannelRef, EventBody, Inbound, Membership, Replied, TargetRef, now_ms};
+use crate::richtext::FormattedText;
+use crate::vocab::PendingDelivery;
+
+/// Numbered migrations, applied in order, the same numbers as the `SQLite` ones.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_targets.sql"),
+    include_str!("../../migrations/postgres/0003_permalink.sql"),
+    include_str!("../../migrations/postgres/0004_parallel_routes.sql"),
+    include_str!("../../migrations/postgres/0005_unused_index.sql"),
+    include_str!("../../migrations/postgres/0006_integer_keys.sql"),
+    include_str!("../../migrations/postgres/0007_people.sql"),
+    include_str!("../../migrations/postgres/0008_history.sql"),
+    include_str!("../../migrations/postgres/0009_history_indexes.sql"),
+];
+
+/// How long an operation waits for a lost database to come back before it fails.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The advisory lock key of the migrations ("tribridg" in ASCII): instances that start
+/// together migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x7472_6962_7269_6467;
+
+// Each operation's query text, once.
+const LOOKUP: &str = "SELECT message_id, role FROM mappings
+     WHERE network = $1 AND channel = $2 AND remote_id = $3";
+const INSERT_MESSAGE: &str = "INSERT INTO messages (origin_network, origin_channel,
+     origin_protocol, origin_remote_id, author_id, author_name, kind, body, created_ms,
+     received_ms, target_message_id, reply_to_message_id, permalink)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id";
+const INSERT_ORIGIN: &str = "INSERT INTO mappings (network, channel, remote_id, message_id, role)
+     VALUES ($1, $2, $3, $4, 'origin')";
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+     VALUES ($1, $2, $3, $4, $5) RETURNING seq";
+const DELETE_OUTBOX: &str = "DELETE FROM outbox WHERE seq = $1";
+const INSERT_DELIVERED: &str = "INSERT INTO deliveries
+     (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT_DELIVERY_MAPPING: &str = "INSERT INTO mappings (network, channel, remote_id,
+     message_id, role, delivery_id) VALUES ($1, $2, $3, $4, 'delivery', $5)
+     ON CONFLICT DO NOTHING";
+// A lookup only, no write, while the name stays the same (nearly every message).
+const UPSERT_PERSON: &str =
+    "INSERT INTO people (network, user_id, display_name) VALUES ($1, $2, $3)
+     ON CONFLICT (network, user_id) DO UPDATE
+     SET display_name = excluded.display_name, renamed_to = NULL
+     WHERE people.display_name IS DISTINCT FROM excluded.display_name
+        OR people.renamed_to IS NOT NULL";
+const RENAME_PERSON: &str = "INSERT INTO people (network, user_id, display_name, renamed_to)
+     VALUES ($1, $2, $2, $3)
+     ON CONFLICT (network, user_id) DO UPDATE SET renamed_to = excluded.renamed_to";
+const OUTBOX_ROW: &str = "SELECT delivery_id, message_id, network, channel, attempts FROM outbox
+     WHERE seq = $1";
+const PENDING_BATCH: &str = "SELECT o.delivery_id, o.message_id, o.gateway, o.attempts,
+        o.next_try_ms, m.origin_network, m.origin_channel, m.origin_protocol, m.author_id,
+        m.author_name, m.body, m.created_ms, m.target_message_id, m.reply_to_message_id,
+        m.permalink, o.seq
+     FROM outbox o JOIN messages m ON m.id = o.message_id
+     WHERE o.network = $1 AND o.channel = $2 AND o.state = 'pending' AND o.seq > $3
+     ORDER BY o.seq LIMIT $4";
+const SET_FAILED_CORRUPT: &str =
+    "UPDATE outbox SET state = 'failed', last_error = $2 WHERE seq = $1";
+const RESOLVE_TARGET: &str = "SELECT remote_id FROM mappings
+     WHERE message_id = $1 AND network = $2 AND channel = $3
+     ORDER BY role = 'delivery' DESC LIMIT 1";
+const REPLIED: &str = "SELECT origin_network, author_id, author_name, body, origin_remote_id
+     FROM messages WHERE id = $1";
+const PREVIOUS_EDIT: &str = "SELECT body FROM messages
+     WHERE target_message_id = $1 AND kind = 'edit' AND id < $2
+     ORDER BY id DESC LIMIT 1";
+const MESSAGE_BODY: &str = "SELECT body FROM messages WHERE id = $1";
+const DEFER: &str = "UPDATE outbox SET attempts = attempts + 1, next_try_ms = $2, last_error = $3
+     WHERE seq = $1";
+const FAIL: &str = "UPDATE outbox SET attempts = attempts + 1, state = 'failed', last_error = $2
+     WHERE seq = $1";
+const DANGLING: &str = "SELECT 'outbox row ' || seq || ' points at a missing messages row'
+       FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = o.message_id)
+     UNION ALL
+     SELECT 'deliveries row ' || id || ' points at a missing messages row'
+       FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = d.message_id)
+     UNION ALL
+     SELECT 'mappings row ' || network || '/' || channel || '/' || remote_id
+            || ' points at a missing messages row'
+       FROM mappings p WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = p.message_id)";
+const PENDING_DESTINATIONS: &str =
+    "SELECT DISTINCT network, channel FROM outbox WHERE state = 'pending' ORDER BY 1, 2";
+const OUTBOX_DEPTH: &str = "SELECT network, state, COUNT(*) FROM outbox GROUP BY network, state";
+const PENDING_COUNT: &str = "SELECT COUNT(*) FROM outbox
+     WHERE network = $1 AND channel = $2 AND state = 'pending'";
+const DELIVERED_COUNT: &str = "SELECT COUNT(*) FROM deliveries WHERE network = $1 AND channel = $2";
+const MAPPINGS_OF: &str = "SELECT network, channel, remote_id, role FROM mappings
+     WHERE message_id = $1 ORDER BY role DESC, network, channel";
+const CURSOR: &str = "SELECT value FROM cursors WHERE network = $1 AND channel = $2";
+const CURSORS_WITH_PREFIX: &str = "SELECT channel, value FROM cursors
+     WHERE network = $1 AND starts_with(channel, $2) ORDER BY channel";
+const SET_CURSOR: &str = "INSERT INTO cursors (network, channel, value) VALUES ($1, $2, $3)
+     ON CONFLICT (network, channel) DO UPDATE SET value = excluded.value";
+const PARALLEL_ROUTES: &str = "SELECT origin_network, origin_channel, destination_network,
+        destination_channel, account FROM parallel_routes";
+const SET_PARALLEL_ROUTE: &str = "INSERT INTO parallel_routes (origin_network, origin_channel,
+        destination_network, destination_channel, account, since_ms)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (origin_network, origin_channel, destination_network, destination_channel)
+     DO UPDATE SET account = excluded.account, since_ms = excluded.since_ms";
+const UNSET_PARALLEL_ROUTE: &str = "DELETE FROM parallel_routes
+     WHERE origin_network = $1 AND origin_channel = $2
+       AND destination_network = $3 AND destination_channel = $4";
+const PEOPLE: &str = "SELECT network, user_id, display_name, renamed_to FROM people";
+
+/// How to reach the database: the client's settings and the TLS the URL asks for.
+pub(super) struct Target {
+    config: postgres::Config,
+    /// `None`: no TLS (`sslmode=disable`). Otherwise TLS is used when the server offers it
+    /// (`prefer`, the default) or required (`require`, `verify-ca`, `verify-full`), and the
+    /// server's certificate is always verified, against `sslrootcert` when given.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Parse a `postgres://` (or `postgresql://`) URL. The libpq TLS options the client crate
+/// does not read (`sslmode=verify-ca|verify-full`, `sslrootcert`) are taken out and applied
+/// here. Errors never repeat the URL (it may hold the password).
+pub(super) fn parse_url(url: &str) -> Result<Target, StoreError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::Url(
+            "must start with `postgres://` (e.g. postgres://tribridge:PASSWORD@db.example/tribridge)"
+                .into(),
+        ));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut mode = "prefer".to_owned();
+    let mut root_cert = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" => value.clone_into(&mut mode),
+            "sslrootcert" => root_cert = Some(percent_decode(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let client_mode = match mode.as_str() {
+        "disable" => "disable",
+        "prefer" => "prefer",
+        "require" | "verify-ca" | "verify-full" => "require",
+        other => {
+            return Err(StoreError::Url(format!(
+                "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
+            )));
+        }
+    };
+    kept.push(match client_mode {
+        "disable" => "sslmode=disable",
+        "prefer" => "sslmode=prefer",
+        _ => "sslmode=require",
+    });
+    let rebuilt = format!("{base}?{}", kept.join("&"));
+    let mut config = postgres::Config::from_str(&rebuilt)
+        .map_err(|error| StoreError::Url(format!("cannot be read: {error}")))?;
+    if config.get_dbname().is_none() {
+        return Err(StoreError::Url(
+            "names no database (…/DATABASE after the host)".into(),
+        ));
+    }
+    config.application_name("tribridge");
+    let tls = if client_mode == "disable" {
+        None
+    } else {
+        Some(Arc::new(tls_config(root_cert.as_deref())?))
+    };
+    Ok(Target { config, tls })
+}
+
+/// `%XX` escapes of a URL's query value decoded (a path with spaces, say).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && let Some(hex) = value.get(index + 1..index + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The TLS settings: the CA certificates in `root_cert` (a PEM file), else the system's and
+/// the web's roots; the server's name is always checked.
+fn tls_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = root_cert {
+        let certificates = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|error| StoreError::Url(format!("sslrootcert `{path}`: {error}")))?;
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|error| StoreError::Url(format!("sslrootcert `{path}`: {error}")))?;
+        }
+    } else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for certificate in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(certificate);
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+    .map_err(|error| StoreError::Url(format!("TLS settings: {error}")))
+}
+
+/// Run `work` where the client may block: here, unless this thread runs the daemon's tokio
+/// runtime (or was lent by it), in which case on a scoped thread of its own.
+fn off_runtime<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(work)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// One connection and its prepared statements.
+struct Session {
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Session {
+    fn connect(target: &Target) -> Result<Client, StoreError> {
+        Ok(match &target.tls {
+            Some(tls) => target
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                ))?,
+            None => target.config.connect(NoTls)?,
+        })
+    }
+}
+
+/// Prepare `sql` once per connection.
+fn statement(
+    cache: &mut HashMap<&'static str, Statement>,
+    client: &mut impl GenericClient,
+    sql: &'static str,
+) -> Result<Statement, postgres::Error> {
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(sql)?;
+    cache.insert(sql, statement.clone());
+    Ok(statement)
+}
+
+/// A session's connection with its statement cache, in or out of a transaction.
+struct On<'s, C: GenericClient> {
+    client: &'s mut C,
+    cache: &'s mut HashMap<&'static str, Statement>,
+}
+
+impl<C: GenericClient> On<'_, C> {
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let statement = statement(self.cache, self.client, sql)?;
+        Ok(self.client.execute(&statement, params)?)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let statement = statement(self.cache, self.client, sql)?;
+        Ok(self.client.query(&statement, params)?)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>, StoreError> {
+        let statement = statement(self.cache, self.client, sql)?;
+        Ok(self.client.query_opt(&statement, params)?)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<postgres::Row, StoreError> {
+        let statement = statement(self.cache, self.client, sql)?;
+        Ok(self.client.query_one(&statement, params)?)
+    }
+}
+
+/// The PostgreSQL store.
+pub(super) struct PostgresStore {
+    target: Target,
+    writer: Mutex<Session>,
+    reader: Mutex<Session>,
+    clock_skew_ms: AtomicI64,
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` and apply pending migrations.
+    pub(super) fn open(url: &str) -> Result<Self, StoreError> {
+        let target = parse_url(url)?;
+        off_runtime(|| {
+            let mut writer = Session::connect(&target)?;
+            migrate(&mut writer)?;
+            let reader = Session::connect(&target)?;
+            Ok(Self {
+                writer: Mutex::new(Session {
+                    client: Some(writer),
+                    statements: HashMap::new(),
+                }),
+                reader: Mutex::new(Session {
+                    client: Some(reader),
+                    statements: HashMap::new(),
+                }),
+                target,
+                clock_skew_ms: AtomicI64::new(0),
+            })
+        })
+    }
+
+    pub(super) fn set_clock_skew_ms(&self, skew_ms: i64) {
+        self.clock_skew_ms.store(skew_ms, Ordering::Relaxed);
+    }
+
+    fn received_now(&self) -> i64 {
+        now_ms() + self.clock_skew_ms.load(Ordering::Relaxed)
+    }
+
+    /// Run `work` on the writer's session (`write`) or the reader's, connected.
+    ///
+    /// When the connection is lost under it (the database restarted, the network dropped),
+    /// `work` runs again on a new connection, waiting up to [`RECONNECT_FOR`] for the database
+    /// to come back: what was in flight is not lost. Its transaction either committed or not; if
+    /// the commit's answer was lost after it committed, running it again changes nothing (an
+    /// event is recognised by its origin mapping, an acknowledgement finds no outbox row). An
+    /// error of the statement itself is returned at once.
+    fn with<R: Send>(
+        &self,
+        write: bool,
+        mut work: impl FnMut(
+            &mut Client,
+            &mut HashMap<&'static str, Statement>,
+        ) -> Result<R, StoreError>
+        + Send,
+    ) -> Result<R, StoreError> {
+        let session = if write { &self.writer } else { &self.reader };
+        off_runtime(|| {
+            // A panic while holding the lock leaves at worst an open transaction, which the
+            // server rolls back: a poisoned lock is still safe to use.
+            let mut session = session
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Session { client, statements } = &mut *session;
+            let deadline = std::time::Instant::now() + RECONNECT_FOR;
+            let mut pause = std::time::Duration::from_millis(50);
+            loop {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    statements.clear();
+                    *client = None;
+                    match Session::connect(&self.target) {
+                        Ok(connected) => *client = Some(connected),
+                        Err(error) if std::time::Instant::now() < deadline => {
+                            tracing::warn!(error = %error, "The PostgreSQL store is unreachable; trying again.");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                let connected = client.as_mut().expect("connected just above");
+                let result = work(connected, statements);
+                match &result {
+                    Err(StoreError::Postgres(error))
+                        if connection_lost(error, connected)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tracing::warn!(error = %error, "The connection to the PostgreSQL store was lost; writing again on a new one.");
+                        *client = None;
+                    }
+                    _ => return result,
+                }
+            }
+        })
+    }
+
+    /// One statement on a session, outside any explicit transaction.
+    fn run<R: Send>(
+        &self,
+        write: bool,
+        mut work: impl FnMut(&mut On<'_, Client>) -> Result<R, StoreError> + Send,
+    ) -> Result<R, StoreError> {
+        self.with(write, |client, cache| work(&mut On { client, cache }))
+    }
+
+    pub(super) fn commit_inbound(
+        &self,
+        inbound: &Inbound,
+        origin_protocol: &'static str,
+        routes: &[Route],
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
+        let received_ms = self.received_now();
+        let recorded = self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let recorded = record_inbound(
+                &mut On {
+                    client: &mut transaction,
+                    cache,
+                },
+                &staged,
+                received_ms,
+            )?;
+            transaction.commit()?;
+            Ok(recorded)
+        })?;
+        Ok(settle(&mut staged, recorded, &mut Vec::new()))
+    }
+
+    /// Group commit, as the `SQLite` store's: one transaction; after a failure, again with a
+    /// savepoint for the acknowledgements and one per event.
+    pub(super) fn commit_group(
+        &self,
+        acknowledged: &[Completion],
+        events: &mut [StagedInbound],
+    ) -> GroupOutcome {
+        let received_ms = self.received_now();
+        let staged: &[StagedInbound] = events;
+        let plain = self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            for completion in acknowledged {
+                record_known_completion(&mut on, completion)?;
+            }
+            let mut recorded = Vec::with_capacity(staged.len());
+            for event in staged {
+                recorded.push(record_inbound(&mut on, event, received_ms)?);
+            }
+            transaction.commit()?;
+            Ok(recorded)
+        });
+        let (acks, recorded) = match plain {
+            Ok(recorded) => (Ok(()), recorded.into_iter().map(Ok).collect()),
+            Err(error) => {
+                tracing::debug!(error = %error, "A group commit failed; writing it again event by event.");
+                match self.group_with_savepoints(acknowledged, staged, received_ms) {
+                    Ok(outcome) => outcome,
+                    Err(error) => return all_failed(&error, events.len()),
+                }
+            }
+        };
+        let mut queued = Vec::new();
+        let outcomes = events
+            .iter_mut()
+            .zip(recorded)
+            .map(|(event, recorded)| recorded.map(|recorded| settle(event, recorded, &mut queued)))
+            .collect();
+        GroupOutcome {
+            acks,
+            events: outcomes,
+            queued,
+        }
+    }
+
+    /// What a group whose plain transaction failed records, each part in its own savepoint.
+    #[allow(clippy::type_complexity)]
+    fn group_with_savepoints(
+        &self,
+        acknowledged: &[Completion],
+        events: &[StagedInbound],
+        received_ms: i64,
+    ) -> Result<(Result<(), StoreError>, Vec<Result<Recorded, StoreError>>), StoreError> {
+        self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let acks = if acknowledged.is_empty() {
+                Ok(())
+            } else {
+                transaction
+                    .savepoint("acks")
+                    .map_err(StoreError::from)
+                    .and_then(|mut savepoint| {
+                        let mut on = On {
+                            client: &mut savepoint,
+                            cache: &mut *cache,
+                        };
+                        for completion in acknowledged {
+                            record_known_completion(&mut on, completion)?;
+                        }
+                        savepoint.commit()?;
+                        Ok(())
+                    })
+            };
+            let recorded = events
+                .iter()
+                .map(|event| {
+                    transaction
+                        .savepoint("event")
+                        .map_err(StoreError::from)
+                        .and_then(|mut savepoint| {
+                            let recorded = record_inbound(
+                                &mut On {
+                                    client: &mut savepoint,
+                                    cache: &mut *cache,
+                                },
+                                event,
+                                received_ms,
+                            )?;
+                            savepoint.commit()?;
+                            Ok(recorded)
+                        })
+                })
+                .collect();
+            transaction.commit()?;
+            Ok((acks, recorded))
+        })
+    }
+
+    pub(super) fn pending_batch(
+        &self,
+        destination: &ChannelRef,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let corrupt = self.run(false, |on| {
+            let rows = on.query(
+                PENDING_BATCH,
+                &[
+                    &destination.network,
+                    &destination.channel,
+                    &after_seq,
+                    &(limit as i64),
+                ],
+            )?;
+            let mut batch = Vec::with_capacity(rows.len());
+            for row in rows {
+                let row = PendingRow {
+                    id: row.try_get(0)?,
+                    message_id: row.try_get(1)?,
+                    gateway: row.try_get(2)?,
+                    attempts: row.try_get(3)?,
+                    next_try_ms: row.try_get(4)?,
+                    origin_network: row.try_get(5)?,
+                    origin_channel: row.try_get(6)?,
+                    origin_protocol: row.try_get(7)?,
+                    author_id: row.try_get(8)?,
+                    author_name: row.try_get(9)?,
+                    body: row.try_get(10)?,
+                    created_ms: row.try_get(11)?,
+                    target_message_id: row.try_get(12)?,
+                    reply_to_message_id: row.try_get(13)?,
+                    permalink: row.try_get(14)?,
+                    seq: row.try_get(15)?,
+                };
+                let body: EventBody = match serde_json::from_str(&row.body) {
+                    Ok(body) => body,
+                    // Reported when it reaches the head of the queue.
+                    Err(_) if !batch.is_empty() => break,
+                    Err(error) => return Ok(Err((row.seq, row.message_id, error.to_string()))),
+                };
+                batch.push(complete_row(
+                    &mut PostgresReads(on),
+                    row,
+                    body,
+                    destination,
+                )?);
+            }
+            Ok(Ok(batch))
+        })?;
+        match corrupt {
+            Ok(batch) => Ok(batch),
+            // A row this build cannot read must not hold up the queue behind it forever: it
+            // is kept as `failed` (for an operator) and reported once.
+            Err((seq, message_id, reason)) => {
+                let stored = format!("stored message cannot be decoded: {reason}");
+                self.run(true, |on| on.execute(SET_FAILED_CORRUPT, &[&seq, &stored]))?;
+                Err(StoreError::Corrupt { message_id, reason })
+            }
+        }
+    }
+
+    pub(super) fn complete_delivery(
+        &self,
+        seq: i64,
+        remote_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            if let Some(row) = on.query_opt(OUTBOX_ROW, &[&seq])? {
+                let attempts: i64 = row.try_get(4)?;
+                record_known_completion(
+                    &mut on,
+                    &Completion {
+                        seq,
+                        delivery_id: row.try_get(0)?,
+                        message_id: row.try_get(1)?,
+                        destination: ChannelRef::new(
+                            row.try_get::<_, String>(2)?,
+                            row.try_get::<_, String>(3)?,
+                        ),
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        remote_id: remote_id.map(str::to_owned),
+                    },
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn defer_delivery(
+        &self,
+        seq: i64,
+        next_try_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.run(true, |on| on.execute(DEFER, &[&seq, &next_try_ms, &error]))?;
+        Ok(())
+    }
+
+    pub(super) fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        self.run(true, |on| on.execute(FAIL, &[&seq, &error]))?;
+        Ok(())
+    }
+
+    /// Rows that point at a missing message (PostgreSQL enforces the foreign keys, so this
+    /// finds none unless they were turned off; kept for the tests' and chaos harness' check).
+    pub(super) fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        self.run(false, |on| {
+            on.query(DANGLING, &[])?
+                .iter()
+                .map(|row| Ok(row.try_get(0)?))
+                .collect()
+        })
+    }
+
+    pub(super) fn pending_destinations(&self) -> Result<Vec<ChannelRef>, StoreError> {
+        self.run(false, |on| {
+            on.query(PENDING_DESTINATIONS, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(ChannelRef::new(
+                        row.try_get::<_, String>(0)?,
+                        row.try_get::<_, String>(1)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn outbox_depth(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.run(false, |on| {
+            on.query(OUTBOX_DEPTH, &[])?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get::<_, i64>(2)?.unsigned_abs(),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn pending_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        self.count(PENDING_COUNT, destination)
+    }
+
+    pub(super) fn delivered_count(&self, destination: &ChannelRef) -> Result<u64, StoreError> {
+        self.count(DELIVERED_COUNT, destination)
+    }
+
+    fn count(&self, sql: &'static str, destination: &ChannelRef) -> Result<u64, StoreError> {
+        self.run(false, |on| {
+            let row = on.query_one(sql, &[&destination.network, &destination.channel])?;
+            Ok(row.try_get::<_, i64>(0)?.unsigned_abs())
+        })
+    }
+
+    pub(super) fn lookup(
+        &self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError> {
+        self.run(false, |on| lookup(on, channel, remote_id))
+    }
+
+    pub(super) fn mappings_of(
+        &self,
+        message_id: i64,
+    ) -> Result<Vec<(ChannelRef, String, MappingRole)>, StoreError> {
+        self.run(false, |on| {
+            on.query(MAPPINGS_OF, &[&message_id])?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        ChannelRef::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?),
+                        row.try_get(2)?,
+                        role_from_sql(row.try_get(3)?),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn cursor(
+        &self,
+        network: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.run(false, |on| {
+            Ok(match on.query_opt(CURSOR, &[&network, &channel])? {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            })
+        })
+    }
+
+    pub(super) fn cursors_with_prefix(
+        &self,
+        network: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.run(false, |on| {
+            on.query(CURSORS_WITH_PREFIX, &[&network, &prefix])?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        })
+    }
+
+    pub(super) fn parallel_routes(
+        &self,
+    ) -> Result<Vec<(ChannelRef, ChannelRef, String)>, StoreError> {
+        self.run(false, |on| {
+            on.query(PARALLEL_ROUTES, &[])?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        ChannelRef::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?),
+                        ChannelRef::new(row.try_get::<_, String>(2)?, row.try_get::<_, String>(3)?),
+                        row.try_get(4)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn set_parallel_route(
+        &self,
+        origin: &ChannelRef,
+        destination: &ChannelRef,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.run(true, |on| match account {
+            Some(account) => on.execute(
+                SET_PARALLEL_ROUTE,
+                &[
+                    &origin.network,
+                    &origin.channel,
+                    &destination.network,
+                    &destination.channel,
+                    &account,
+                    &now_ms(),
+                ],
+            ),
+            None => on.execute(
+                UNSET_PARALLEL_ROUTE,
+                &[
+                    &origin.network,
+                    &origin.channel,
+                    &destination.network,
+                    &destination.channel,
+                ],
+            ),
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
+        self.run(false, |on| {
+            on.query(PEOPLE, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(crate::vocab::KnownPerson {
+                        network: row.try_get(0)?,
+                        user_id: row.try_get(1)?,
+                        display_name: row.try_get(2)?,
+                        renamed_to: row.try_get(3)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn record_rename(
+        &self,
+        network: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(), StoreError> {
+        self.run(true, |on| {
+            on.execute(UPSERT_PERSON, &[&network, &new, &new])?;
+            if old != new {
+                on.execute(RENAME_PERSON, &[&network, &old, &new])?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn set_cursor(
+        &self,
+        network: &str,
+        channel: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        self.run(true, |on| {
+            on.execute(SET_CURSOR, &[&network, &channel, &value])
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for PostgresStore {
+    /// The client closes its connection on its own runtime, which may not happen on a thread
+    /// of the daemon's: the sessions are dropped where they may block.
+    fn drop(&mut self) {
+        let sessions = [&self.writer, &self.reader].map(|session| {
+            session
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .client
+                .take()
+        });
+        off_runtime(move || drop(sessions));
+    }
+}
+
+/// Whether `error` means the connection is gone (rather than that the statement failed): the
+/// client saw it close, or the server said it is shutting down or the connection broke.
+fn connection_lost(error: &postgres::Error, client: &Client) -> bool {
+    use postgres::error::SqlState;
+    client.is_closed()
+        || error.is_closed()
+        || error.code().is_some_and(|code| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code)
+                || code.code().starts_with("08")
+        })
+}
+
+/// Every event of a group gets the group's error.
+fn all_failed(error: &StoreError, events: usize) -> GroupOutcome {
+    let message = error.to_string();
+    GroupOutcome {
+        acks: Err(StoreError::Group(message.clone())),
+        events: (0..events)
+            .map(|_| Err(StoreError::Group(message.clone())))
+            .collect(),
+        queued: Vec::new(),
+    }
+}
+
+fn lookup<C: GenericClient>(
+    on: &mut On<'_, C>,
+    channel: &ChannelRef,
+    remote_id: &str,
+) -> Result<Option<(i64, MappingRole)>, StoreError> {
+    Ok(
+        match on.query_opt(LOOKUP, &[&channel.network, &channel.channel, &remote_id])? {
+            Some(row) => Some((row.try_get(0)?, role_from_sql(row.try_get(1)?))),
+            None => None,
+        },
+    )
+}
+
+/// The PostgreSQL reads of [`DeliveryReads`], on the reader's session.
+struct PostgresReads<'o, 's, C: GenericClient>(&'o mut On<'s, C>);
+
+impl<C: GenericClient> DeliveryReads for PostgresReads<'_, '_, C> {
+    fn resolve_target(
+        &mut self,
+        message_id: i64,
+        destination: &ChannelRef,
+    ) -> Result<TargetRef, StoreError> {
+        let remote_id = match self.0.query_opt(
+            RESOLVE_TARGET,
+            &[&message_id, &destination.network, &destination.channel],
+        )? {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        };
+        Ok(TargetRef {
+            message_id,
+            remote_id,
+        })
+    }
+
+    fn lookup_mapping(
+        &mut self,
+        channel: &ChannelRef,
+        remote_id: &str,
+    ) -> Result<Option<(i64, MappingRole)>, StoreError> {
+        lookup(self.0, channel, remote_id)
+    }
+
+    fn replied_message(&mut self, id: i64) -> Result<Option<Replied>, StoreError> {
+        let Some(row) = self.0.query_opt(REPLIED, &[&id])? else {
+            return Ok(None);
+        };
+        let body: String = row.try_get(3)?;
+        Ok(replied_of(
+            id,
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            &body,
+            row.try_get(4)?,
+        ))
+    }
+
+    fn previous_text(
+        &mut self,
+        target_id: i64,
+        edit_id: i64,
+    ) -> Result<Option<FormattedText>, StoreError> {
+        let row = match self.0.query_opt(PREVIOUS_EDIT, &[&target_id, &edit_id])? {
+            Some(row) => Some(row),
+            None => self.0.query_opt(MESSAGE_BODY, &[&target_id])?,
+        };
+        Ok(match row {
+            Some(row) => text_of(row.try_get(0)?),
+            None => None,
+        })
+    }
+}
+
+/// Record an inbound event inside the caller's transaction or savepoint (as `SQLite`'s
+/// `record_inbound`).
+fn record_inbound<C: GenericClient>(
+    on: &mut On<'_, C>,
+    staged: &StagedInbound,
+    received_ms: i64,
+) -> Result<Recorded, StoreError> {
+    let inbound = &staged.inbound;
+    if let Some(remote_id) = &inbound.remote_id
+        && let Some((message_id, role)) = lookup(on, &inbound.origin, remote_id)?
+    {
+        return Ok(Recorded::Nothing(match role {
+            MappingRole::Delivery => CommitOutcome::Echo { message_id },
+            MappingRole::Origin => CommitOutcome::Duplicate { message_id },
+        }));
+    }
+    let target_message_id = match inbound.body.target() {
+        Some(target) => match lookup(on, &inbound.origin, target)? {
+            Some((message_id, _)) => Some(message_id),
+            None => return Ok(Recorded::Nothing(CommitOutcome::UnknownTarget)),
+        },
+        None => None,
+    };
+    let reply_to_message_id = match inbound.body.reply_to() {
+        Some(reply_to) => lookup(on, &inbound.origin, reply_to)?.map(|(id, _)| id),
+        None => None,
+    };
+    let message_id: i64 = on
+        .query_one(
+            INSERT_MESSAGE,
+            &[
+                &inbound.origin.network,
+                &inbound.origin.channel,
+                &staged.protocol,
+                &inbound.remote_id,
+                &inbound.author.id,
+                &inbound.author.display_name,
+                &inbound.body.kind_name(),
+                &staged.body,
+                &inbound.timestamp_ms,
+                &received_ms,
+                &target_message_id,
+                &reply_to_message_id,
+                &inbound.permalink,
+            ],
+        )?
+        .try_get(0)?;
+    record_person(on, inbound)?;
+    if let Some(remote_id) = &inbound.remote_id {
+        on.execute(
+            INSERT_ORIGIN,
+            &[
+                &inbound.origin.network,
+                &inbound.origin.channel,
+                remote_id,
+                &message_id,
+            ],
+        )?;
+    }
+    let mut seqs = Vec::with_capacity(staged.routes.len());
+    for (route, delivery) in staged.routes.iter().zip(&staged.deliveries) {
+        let seq: i64 = on
+            .query_one(
+                INSERT_OUTBOX,
+                &[
+                    &delivery.id,
+                    &message_id,
+                    &route.destination.network,
+                    &route.destination.channel,
+                    &route.gateway,
+                ],
+            )?
+            .try_get(0)?;
+        seqs.push(seq);
+    }
+    Ok(Recorded::Message { message_id, seqs })
+}
+
+/// The people directory's row of the event's author (as `SQLite`'s `record_person`).
+fn record_person<C: GenericClient>(
+    on: &mut On<'_, C>,
+    inbound: &Inbound,
+) -> Result<(), StoreError> {
+    let network = &inbound.origin.network;
+    let author = &inbound.author;
+    if let EventBody::Membership(Membership::Renamed { new_name }) = &inbound.body {
+        on.execute(UPSERT_PERSON, &[network, new_name, new_name])?;
+        if author.id != *new_name {
+            on.execute(RENAME_PERSON, &[network, &author.id, new_name])?;
+        }
+    } else {
+        on.execute(UPSERT_PERSON, &[network, &author.id, &author.display_name])?;
+    }
+    Ok(())
+}
+
+/// Record a completion (as `SQLite`'s `record_known_completion`): the outbox row gone, a
+/// `deliveries` row and the mapping of the destination's id. Idempotent.
+fn record_known_completion<C: GenericClient>(
+    on: &mut On<'_, C>,
+    completion: &Completion,
+) -> Result<(), StoreError> {
+    let Completion {
+        seq,
+        delivery_id,
+        message_id,
+        destination,
+        attempts,
+        remote_id,
+    } = completion;
+    if on.execute(DELETE_OUTBOX, &[seq])? == 0 {
+        // Already recorded (or never queued): nothing to add.
+        return Ok(());
+    }
+    on.execute(
+        INSERT_DELIVERED,
+        &[
+            delivery_id,
+            message_id,
+            &destination.network,
+            &destination.channel,
+            remote_id,
+            &(i64::from(*attempts) + 1),
+            &now_ms(),
+        ],
+    )?;
+    if let Some(remote_id) = remote_id {
+        on.execute(
+            INSERT_DELIVERY_MAPPING,
+            &[
+                &destination.network,
+                &destination.channel,
+                remote_id,
+                message_id,
+                delivery_id,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Apply the migrations not yet applied, each in its own transaction, under an advisory lock.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS tribridge_schema (version BIGINT NOT NULL);")?;
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        let mut transaction = client.transaction()?;
+        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let current: i64 = transaction
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM tribridge_schema",
+                &[],
+            )?
+            .try_get(0)?;
+        if current > known {
+            return Err(StoreError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else {
+            return Ok(());
+        };
+        transaction.batch_execute(sql)?;
+        transaction.execute("DELETE FROM tribridge_schema", &[])?;
+        transaction.execute(
+            "INSERT INTO tribridge_schema (version) VALUES ($1)",
+            &[&(current + 1)],
+        )?;
+        transaction.commit()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migration_numbers() {
+        let numbers = |dir: &str| -> Vec<String> {
+            let mut numbers: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|entry| {
+                    let name = entry.unwrap().file_name().into_string().unwrap();
+                    let sql = std::path::Path::new(&name)
+                        .extension()
+                        .is_some_and(|extension| extension == "sql");
+                    sql.then(|| name[..4].to_owned())
+                })
+                .collect();
+            numbers.sort();
+            numbers
+        };
+        let root = env!("CARGO_MANIFEST_DIR");
+        let sqlite = numbers(&format!("{root}/migrations"));
+        let postgres = numbers(&format!("{root}/migrations/postgres"));
+        assert_eq!(sqlite, postgres);
+        assert_eq!(sqlite.len(), super::super::MIGRATIONS.len());
+        assert_eq!(postgres.len(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_url_is_read_with_its_tls_options_and_errors_hide_the_password() {
+        let target = parse_url("postgres://bridge:s3cret@db.example:5433/chat").unwrap();
+        assert!(target.tls.is_some(), "prefer: TLS when offered");
+        assert_eq!(target.config.get_dbname(), Some("chat"));
+        let plain = parse_url("postgresql://bridge@127.0.0.1/chat?sslmode=disable").unwrap();
+        assert!(plain.tls.is_none());
+        let verified = parse_url("postgres://bridge@db.example/chat?sslmode=verify-full").unwrap();
+        assert_eq!(
+            verified.config.get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        let wrong = parse_url("postgres://bridge:s3cret@db.example/chat?sslmode=sometimes")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            wrong.contains("sometimes") && !wrong.contains("s3cret"),
+            "{wrong}"
+        );
+        let missing =
+            parse_url("postgres://bridge:s3cret@db.example/chat?sslrootcert=/nonexistent")
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            missing.contains("/nonexistent") && !missing.contains("s3cret"),
+            "{missing}"
+        );
+        assert!(parse_url("mysql://x@y/z").is_err());
+        assert!(parse_url("postgres://bridge@db.example").is_err());
+    }
+}

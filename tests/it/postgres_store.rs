@@ -1,0 +1,227 @@
+//! The PostgreSQL store under the daemon: existing scenarios run as they are, with every bridge
+//! they start keeping its state in a database of its own on the shared PostgreSQL
+//! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
+
+use crate::support::bridge::on_postgres;
+use crate::{irc_relay, mattermost_relay, router_store};
+
+/// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
+#[test]
+fn relay_with_edits_and_deletes_on_postgres() {
+    on_postgres(
+        mattermost_relay::irc_and_mattermost_relay_text_actions_edits_and_deletes_without_echo,
+    );
+}
+
+/// 200-message bursts both ways, in order, exactly once, through the group commit.
+#[test]
+fn bursts_in_order_exactly_once_on_postgres() {
+    on_postgres(
+        mattermost_relay::bursts_of_200_arrive_in_order_exactly_once_both_ways_even_when_rate_limited,
+    );
+}
+
+/// A restart (SIGTERM) catches up once and replays nothing.
+#[test]
+fn restart_replays_nothing_on_postgres() {
+    on_postgres(mattermost_relay::daemon_restart_catches_up_once_and_replays_nothing);
+}
+
+/// A SIGKILL right after relaying doubles nothing.
+#[test]
+fn crash_doubles_nothing_on_postgres() {
+    on_postgres(
+        mattermost_relay::a_crash_right_after_relaying_doubles_nothing_though_the_position_lags,
+    );
+}
+
+/// The outbox of a dead destination survives a SIGKILL and is delivered in order, once.
+#[test]
+fn outbox_order_after_outage_and_kill_9_on_postgres() {
+    on_postgres(irc_relay::dead_destination_queues_durably_across_kill_9_and_nothing_replays);
+}
+
+/// The router and the store in process, on PostgreSQL: one outbox row per destination.
+#[test]
+fn commits_one_outbox_row_per_destination_on_postgres() {
+    on_postgres(router_store::relay_commits_one_outbox_row_per_destination_and_wakes_it);
+}
+
+/// Three channels: each line once to each other channel.
+#[test]
+fn fans_out_on_postgres() {
+    on_postgres(router_store::three_channel_gateway_fans_out_to_the_two_others);
+}
+
+/// An echo of our own delivery is recognised by its mapping and dropped.
+#[test]
+fn echoes_are_dropped_on_postgres() {
+    on_postgres(router_store::echo_of_our_own_delivery_is_dropped);
+}
+
+/// The same network event twice is committed once.
+#[test]
+fn duplicates_are_committed_once_on_postgres() {
+    on_postgres(router_store::the_same_event_twice_is_committed_once);
+}
+
+/// A destination that keeps failing holds up nobody else.
+#[test]
+fn a_failing_destination_holds_up_nobody_on_postgres() {
+    on_postgres(router_store::a_failing_destination_does_not_hold_up_the_others);
+}
+
+/// Edits, deletes, reactions and replies resolve to each destination's own ids.
+#[test]
+fn targets_resolve_to_destination_ids_on_postgres() {
+    on_postgres(router_store::edits_deletes_reactions_and_replies_resolve_to_the_destination_ids);
+}
+
+/// An edit of a message never bridged is dropped.
+#[test]
+fn unknown_targets_are_dropped_on_postgres() {
+    on_postgres(router_store::an_edit_of_a_message_never_bridged_is_dropped_and_counted);
+}
+
+/// PostgreSQL refuses what `SQLite` stores (a NUL character in text): that event of a group
+/// gets a clear error and the others of its group commit, through the savepoints, as on
+/// `SQLite` for any failing event; nothing half-written is left.
+#[test]
+fn one_event_postgres_refuses_fails_alone_in_its_group() {
+    use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
+    use tribridge::store::{CommitOutcome, Route, StagedInbound, Store};
+    let url = crate::support::servers::shared_postgres().fresh_database();
+    let store = Store::open_postgres(&url).unwrap();
+    let said = |id: &str, author: &str| Inbound {
+        origin: ChannelRef::new("one", "#a"),
+        remote_id: Some(id.to_owned()),
+        author: Author {
+            id: author.to_owned(),
+            display_name: author.to_owned(),
+        },
+        timestamp_ms: 1_700_000_000_000,
+        body: EventBody::text(TextStyle::Normal, "hello"),
+        permalink: None,
+    };
+    let routes = vec![Route {
+        gateway: "g".into(),
+        destination: ChannelRef::new("two", "#b"),
+    }];
+    let mut events: Vec<StagedInbound> = [
+        said("m1", "alice"),
+        said("m2", "nul\0name"),
+        said("m3", "bob"),
+    ]
+    .into_iter()
+    .map(|inbound| StagedInbound::new(inbound, "irc", routes.clone()).unwrap())
+    .collect();
+    let outcome = store.commit_group(&[], &mut events);
+    assert!(outcome.acks.is_ok());
+    assert!(
+        matches!(outcome.events[0], Ok(CommitOutcome::Committed { .. })),
+        "{:?}",
+        outcome.events
+    );
+    let error = outcome.events[1].as_ref().unwrap_err().to_string();
+    assert!(error.contains("PostgreSQL"), "{error}");
+    assert!(
+        matches!(outcome.events[2], Ok(CommitOutcome::Committed { .. })),
+        "{:?}",
+        outcome.events
+    );
+    let destination = ChannelRef::new("two", "#b");
+    assert_eq!(store.pending_count(&destination).unwrap(), 2);
+    let authors: Vec<String> = store
+        .pending_batch(&destination, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|pending| pending.delivery.author.id)
+        .collect();
+    assert_eq!(authors, ["alice", "bob"]);
+    assert_eq!(
+        store.lookup(&ChannelRef::new("one", "#a"), "m2").unwrap(),
+        None
+    );
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+}
+
+/// The database goes away in the middle of the talk and comes back: what was said meanwhile
+/// waits (the store writes it again on a new connection once the database answers) and then
+/// arrives, once and in order; nothing said before is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_and_doubles_nothing() {
+    use crate::support::bridge::{Bridge, unique, with_store};
+    use crate::support::config::{irc_network, one_gateway};
+    use crate::support::irc_client::{IrcClient, texts};
+    use crate::support::servers::{Postgres, shared_inspircd};
+    let mut postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = postgres.fresh_database();
+    let server = shared_inspircd();
+    let (channel_a, channel_b) = (unique("#pga"), unique("#pgb"));
+    let (nick_one, nick_two) = (unique("brone"), unique("brtwo"));
+    let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
+    let mut bob = IrcClient::connect(server.port, &unique("bob")).await;
+    alice.join(&channel_a).await;
+    bob.join(&channel_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &with_store(
+            &one_gateway(
+                &[
+                    irc_network("one", server.port, &nick_one),
+                    irc_network("two", server.port, &nick_two),
+                ],
+                &[("one", &channel_a), ("two", &channel_b)],
+            ),
+            &url,
+        ),
+    );
+    bridge.store_url = Some(url);
+    alice.wait_join(&nick_one, &channel_a).await;
+    bob.wait_join(&nick_two, &channel_b).await;
+    for n in 1..=20 {
+        alice.say(&channel_a, &format!("line {n:02}"));
+    }
+    let a = alice.nick.clone();
+    let before = bob.texts_until(&channel_b, "line 20").await;
+    let expected: Vec<String> = (1..=20).map(|n| format!("<{a}> line {n:02}")).collect();
+    assert_eq!(texts(&before), expected);
+    bridge.wait_outbox_drained("two", &channel_b).await;
+    // Down: every session of the bridge ends; what is said now cannot be written yet.
+    let mut postgres = tokio::task::spawn_blocking(move || {
+        postgres.stop();
+        postgres
+    })
+    .await
+    .unwrap();
+    for n in 21..=40 {
+        alice.say(&channel_a, &format!("line {n:02}"));
+    }
+    alice.say(&channel_a, "END");
+    bridge
+        .wait_for_log("The PostgreSQL store is unreachable; trying again.")
+        .await;
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres.start_again();
+        postgres
+    })
+    .await
+    .unwrap();
+    let after = bob.texts_until(&channel_b, "END").await;
+    let mut expected: Vec<String> = (21..=40).map(|n| format!("<{a}> line {n:02}")).collect();
+    expected.push(format!("<{a}> END"));
+    assert_eq!(texts(&after), expected);
+    bridge.wait_outbox_drained("two", &channel_b).await;
+    let store = bridge.open_store();
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store
+            .delivered_count(&tribridge::model::ChannelRef::new("two", &channel_b))
+            .unwrap(),
+        41
+    );
+    drop(store);
+    bridge.terminate();
+    drop(postgres);
+}
