@@ -39,6 +39,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin socket could not be made.
+    #[error("cannot open the admin socket: {0}")]
+    Admin(#[from] crate::admin::AdminError),
     /// The metrics endpoint could not listen.
     #[error("the metrics endpoint cannot listen on {address}: {source}")]
     MetricsEndpoint {
@@ -86,14 +89,7 @@ pub async fn run(
     let mut handles = HashMap::new();
     let network_metrics = Arc::new(crate::vocab::network_metrics::NetworkMetrics::default());
     for network in &config.networks {
-        let mut channels: Vec<String> = Vec::new();
-        for gateway in &config.gateways {
-            for channel in gateway.channels.iter().filter(|c| c.network == network.id) {
-                if !channels.contains(&channel.channel) {
-                    channels.push(channel.channel.clone());
-                }
-            }
-        }
+        let channels = network_channels(&config, &network.id);
         if channels.is_empty() {
             tracing::warn!(network = %network.id, "Network is in no gateway; not connecting.");
             continue;
@@ -176,6 +172,23 @@ pub async fn run(
             }
         });
     }
+    let admin_listener = crate::admin::bind(&config.state_dir)?;
+    connector_tasks.spawn(crate::admin::serve(
+        admin_listener,
+        crate::admin::socket_path(&config.state_dir),
+        Arc::new(crate::admin::Admin {
+            store: Arc::clone(&store),
+            wake: outbox.clone(),
+            status: Arc::clone(router.status()),
+            networks: config
+                .networks
+                .iter()
+                .map(|network| (network.id.clone(), network_channels(&config, &network.id)))
+                .collect(),
+            destinations: destinations.clone(),
+        }),
+        connectors_shutdown.clone(),
+    ));
     let mut worker_tasks = JoinSet::new();
     // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
     let endpoints: HashMap<String, Standin<_>> = handles
@@ -248,6 +261,19 @@ pub async fn run(
         "tribridge stopped."
     );
     Ok(())
+}
+
+/// The channels of `network` that appear in gateways, as configured, each once.
+fn network_channels(config: &Config, network: &str) -> Vec<String> {
+    let mut channels: Vec<String> = Vec::new();
+    for gateway in &config.gateways {
+        for channel in gateway.channels.iter().filter(|c| c.network == network) {
+            if !channels.contains(&channel.channel) {
+                channels.push(channel.channel.clone());
+            }
+        }
+    }
+    channels
 }
 
 /// The file store, and signed links when the media endpoint is configured.

@@ -18,8 +18,10 @@
 //! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
 //!   types.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
+//! - [`admin`]: the admin socket (`tribridge status`, `tribridge failed …`).
 //! - [`daemon`]: wires it all together and runs until shutdown.
 
+pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod connector;

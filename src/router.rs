@@ -22,6 +22,7 @@ use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::parallel::{Judgement, Parallel, Prepared, StoreFacts, Verdict};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
 pub use crate::vocab::Wake;
+use crate::vocab::network_status::NetworkStatus;
 use crate::vocab::{Capabilities, CaseMapping, GatewayConfig, People};
 
 /// The gateways as a lookup structure: which channels each channel relays to.
@@ -190,6 +191,7 @@ pub struct Router {
     stats: Arc<RouterStats>,
     parallel: Arc<Parallel>,
     people: Arc<People>,
+    status: Arc<NetworkStatus>,
 }
 
 impl Router {
@@ -207,6 +209,7 @@ impl Router {
             topology,
             parallel,
             people,
+            status: Arc::default(),
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
             store,
             wake,
@@ -225,6 +228,13 @@ impl Router {
     #[must_use]
     pub fn people(&self) -> &Arc<People> {
         &self.people
+    }
+
+    /// Each network's connection now: connectors report theirs, every submitted event stamps
+    /// its network's last event (read by the admin socket's `status`).
+    #[must_use]
+    pub fn status(&self) -> &Arc<NetworkStatus> {
+        &self.status
     }
 
     /// A connector tells which account the bridge uses on `network` (after each login or
@@ -262,6 +272,7 @@ impl Router {
     /// acknowledge its position on the network. Events submitted concurrently (from several
     /// connectors) share transactions ([`GroupCommit`]).
     pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
+        self.status.event(&inbound.origin.network);
         let routes = self.topology.routes(&inbound.origin).to_vec();
         if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +324,7 @@ impl Router {
     /// committed here yet waits for it first ([`Parallel::wait_for_original`]), so later
     /// events of its channel may overtake it.
     pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+        self.status.event(&inbound.origin.network);
         let routes = self.topology.routes(&inbound.origin).to_vec();
         let done = if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +394,7 @@ impl Router {
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).
     pub fn submit_blocking(&self, inbound: &Inbound) -> Result<CommitOutcome, RouteError> {
+        self.status.event(&inbound.origin.network);
         let routes = self.topology.routes(&inbound.origin);
         if routes.is_empty() {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);

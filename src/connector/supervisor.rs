@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::vocab::network_status::NetworkStatus;
+
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -68,10 +70,12 @@ impl Default for ReconnectPolicy {
 }
 
 /// Run `session` again and again until shutdown, waiting per `policy` between lost sessions.
+/// When a session ends, `status` no longer shows the network connected.
 pub async fn supervise(
     network: &str,
     policy: ReconnectPolicy,
     shutdown: &CancellationToken,
+    status: &NetworkStatus,
     mut session: impl Session,
 ) {
     let span = tracing::info_span!("network", network = %network);
@@ -79,7 +83,9 @@ pub async fn supervise(
     let mut backoff = Backoff::new(policy.first, policy.max);
     loop {
         let started = Instant::now();
-        match session.connect().instrument(span.clone()).await {
+        let end = session.connect().instrument(span.clone()).await;
+        status.disconnected(network);
+        match end {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(_) if shutdown.is_cancelled() => break,
             SessionEnd::Lost(reason) => {
@@ -154,6 +160,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::{ReconnectPolicy, Session, SessionEnd, error_chain, supervise};
+    use crate::vocab::network_status::NetworkStatus;
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
@@ -192,7 +199,14 @@ mod tests {
             connects: 0,
             shutdown: shutdown.clone(),
         };
-        supervise("net", policy, &shutdown, &mut flaky).await;
+        supervise(
+            "net",
+            policy,
+            &shutdown,
+            &NetworkStatus::default(),
+            &mut flaky,
+        )
+        .await;
         assert_eq!(flaky.connects, 5);
     }
 
@@ -209,7 +223,13 @@ mod tests {
             shutdown: CancellationToken::new(),
         };
         {
-            let supervised = supervise("net", policy, &shutdown, &mut flaky);
+            let supervised = supervise(
+                "net",
+                policy,
+                &shutdown,
+                &NetworkStatus::default(),
+                &mut flaky,
+            );
             tokio::pin!(supervised);
             // The session is lost at once and the supervisor waits an hour: still running.
             assert!(futures::poll!(supervised.as_mut()).is_pending());

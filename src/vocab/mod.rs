@@ -12,12 +12,14 @@
 //! - [`section`]: the validation of one `[network.X]` section, with located issues.
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
 //! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
+//! - [`network_status`]: each network's connection now (connected since, joined, last event).
 
 pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
 pub mod identities;
 pub mod network_metrics;
+pub mod network_status;
 pub mod people;
 pub mod section;
 pub mod stages;

@@ -1,5 +1,6 @@
 //! The integration tests: one binary (ripgrep's layout), sharing servers started once.
 
+mod admin_socket;
 mod api_network;
 mod chaos;
 mod compliance;

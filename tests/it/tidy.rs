@@ -186,7 +186,7 @@ const LAYERS: &[&[&str]] = &[
     &["router", "outbox"],
     &["connector"],
     &["config"],
-    &["metrics"],
+    &["metrics", "admin"],
     &["daemon"],
 ];
 

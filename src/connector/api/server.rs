@@ -65,6 +65,7 @@ impl ApiTask {
             &self.shared.network,
             context.reconnect,
             &context.shutdown,
+            context.router.status(),
             Endpoint {
                 shared: Arc::clone(&self.shared),
             },

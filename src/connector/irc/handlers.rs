@@ -59,6 +59,7 @@ impl Session<'_> {
                         .context
                         .router
                         .set_account(self.network(), &self.nick);
+                    self.task.context.router.status().connected(self.network());
                 }
                 tracing::info!(network = %self.network(), nick = %self.nick, caps = ?self.caps, "Registered.");
                 if self.phase == Phase::Registering {
@@ -273,6 +274,13 @@ impl Session<'_> {
         }
         if self.is_me(nick) {
             tracing::info!(network = %self.network(), channel = %configured, "Joined.");
+            if self.task.puppet.is_none() {
+                self.task
+                    .context
+                    .router
+                    .status()
+                    .joined(self.network(), &configured);
+            }
             self.history_joined(&configured, message).await;
             self.kicked.remove(&folded);
             self.joined.insert(folded);
@@ -309,6 +317,13 @@ impl Session<'_> {
         }
         if self.is_me(nick) {
             self.joined.remove(&folded);
+            if self.task.puppet.is_none() {
+                self.task
+                    .context
+                    .router
+                    .status()
+                    .left(self.network(), &configured);
+            }
             if line.command == "KICK" && !self.task.config.rejoin_after_kick {
                 let by = message.source_nickname().unwrap_or("the server").to_owned();
                 let reason = reason.unwrap_or_default();

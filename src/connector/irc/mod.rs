@@ -352,6 +352,14 @@ impl IrcTask {
         let network = info.network.clone();
         let shutdown = info.context.shutdown.clone();
         let policy = info.context.reconnect;
-        supervise(&network, policy, &shutdown, IrcSession { info, requests }).await;
+        let status = Arc::clone(info.context.router.status());
+        supervise(
+            &network,
+            policy,
+            &shutdown,
+            &status,
+            IrcSession { info, requests },
+        )
+        .await;
     }
 }

@@ -182,7 +182,15 @@ impl MatrixTask {
     pub async fn run(mut self) {
         let network = self.network.clone();
         let shutdown = self.context.shutdown.clone();
-        supervise(&network, self.context.reconnect, &shutdown, &mut self).await;
+        let status = Arc::clone(self.context.router.status());
+        supervise(
+            &network,
+            self.context.reconnect,
+            &shutdown,
+            &status,
+            &mut self,
+        )
+        .await;
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -646,6 +654,10 @@ impl SyncState<'_> {
         {
             live.rooms.clone_from(&self.rooms);
         }
+        let status = self.task.context.router.status();
+        for channel in self.rooms.keys() {
+            status.joined(self.network(), channel);
+        }
     }
 
     /// The configured channel a room id belongs to: a room joined in this session, or one the
@@ -853,7 +865,10 @@ impl SyncState<'_> {
                 settings = settings.token(token.clone());
             }
             let response = match self.client.sync_once(settings).await {
-                Ok(response) => response,
+                Ok(response) => {
+                    self.task.context.router.status().connected(self.network());
+                    response
+                }
                 Err(error) => {
                     let reason = error_chain(&error);
                     if matches!(

@@ -167,6 +167,7 @@ impl MattermostTask {
             &self.shared.network,
             context.reconnect,
             &context.shutdown,
+            context.router.status(),
             state,
         )
         .await;

@@ -291,6 +291,11 @@ impl TaskState {
                 self.cursors.insert(channel.id.clone(), cursor);
             }
             ids.insert(configured.clone(), channel.id.clone());
+            self.shared
+                .context
+                .router
+                .status()
+                .joined(self.network(), configured);
             self.channels.insert(channel.id, configured.clone());
         }
         *self
@@ -367,6 +372,11 @@ impl TaskState {
         if event == "hello" {
             let connection_id = envelope.connection_id();
             tracing::info!(network = %self.network(), "WebSocket session started; catching up.");
+            self.shared
+                .context
+                .router
+                .status()
+                .connected(self.network());
             self.resume = Some(Resume {
                 connection_id,
                 next_seq: seq + 1,
