@@ -13,6 +13,7 @@
 //! socket never blocks the daemon: each connection is its own task, the store is read and
 //! written off the runtime's workers.
 
+use std::fmt::Write as _;
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -334,22 +335,21 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
     })?;
     let mut failed_total = 0;
     for (network, channel, state, count, oldest) in rows {
-        let index = match destinations
+        let known = destinations
             .iter()
-            .position(|d| d.network == network && d.channel == channel)
-        {
-            Some(index) => index,
-            None => {
-                destinations.push(DestinationReport {
-                    network,
-                    channel,
-                    pending: 0,
-                    oldest_pending_ms: None,
-                    failed: 0,
-                    configured: false,
-                });
-                destinations.len() - 1
-            }
+            .position(|d| d.network == network && d.channel == channel);
+        let index = if let Some(index) = known {
+            index
+        } else {
+            destinations.push(DestinationReport {
+                network,
+                channel,
+                pending: 0,
+                oldest_pending_ms: None,
+                failed: 0,
+                configured: false,
+            });
+            destinations.len() - 1
         };
         let destination = &mut destinations[index];
         if state == "failed" {
@@ -397,6 +397,9 @@ fn failed(store: &Store) -> Result<Vec<FailedDelivery>, StoreError> {
     Ok(rows)
 }
 
+/// The most characters of a message `failed list` shows.
+const LONGEST: usize = 120;
+
 /// A stored body in a few words for a person.
 fn summary(body: &str) -> String {
     let text = match serde_json::from_str::<EventBody>(body) {
@@ -405,7 +408,7 @@ fn summary(body: &str) -> String {
         }) => {
             let mut plain = text.to_plain_text();
             if !attachments.is_empty() {
-                plain.push_str(&format!(" [{} files]", attachments.len()));
+                let _ = write!(plain, " [{} files]", attachments.len());
             }
             plain
         }
@@ -420,7 +423,6 @@ fn summary(body: &str) -> String {
         Ok(other) => format!("({})", kind_name(&other)),
         Err(error) => format!("(unreadable: {error})"),
     };
-    const LONGEST: usize = 120;
     match text.char_indices().nth(LONGEST) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
@@ -433,7 +435,7 @@ fn kind_name(body: &EventBody) -> &'static str {
         EventBody::Edit { .. } => "edit",
         EventBody::Delete { .. } => "deletion",
         EventBody::Reaction { .. } => "reaction",
-        _ => "membership or other event",
+        EventBody::Membership(_) => "membership change",
     }
 }
 
@@ -523,7 +525,7 @@ pub fn ask(state_dir: &Path, request: &Request) -> Result<Response, AdminError> 
     };
     let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(socket_error)?;
     stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .set_read_timeout(Some(std::time::Duration::from_mins(1)))
         .map_err(socket_error)?;
     let mut line = serde_json::to_string(request).map_err(|e| AdminError::Answer(e.to_string()))?;
     line.push('\n');
@@ -558,7 +560,6 @@ fn when(ms: i64, now_ms: i64) -> String {
 /// [`Status`] for people.
 #[must_use]
 pub fn render_status(status: &Status, now_ms: i64) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
     for network in &status.networks {
         let _ = writeln!(out, "network {}", network.network);
@@ -621,7 +622,6 @@ pub fn render_status(status: &Status, now_ms: i64) -> String {
 /// `failed list` for people.
 #[must_use]
 pub fn render_failed(deliveries: &[FailedDelivery], now_ms: i64) -> String {
-    use std::fmt::Write as _;
     if deliveries.is_empty() {
         return "no failed deliveries\n".to_owned();
     }

@@ -17,6 +17,7 @@
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
 //!   types.
+//! - [`import_matterbridge`]: a matterbridge configuration turned into ours.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
 //! - [`admin`]: the admin socket (`tribridge status`, `tribridge failed …`).
 //! - [`daemon`]: wires it all together and runs until shutdown.
@@ -29,6 +30,7 @@ pub mod connector;
 pub mod daemon;
 pub mod files;
 pub mod group_commit;
+pub mod import_matterbridge;
 pub mod loop_breaker;
 pub mod metrics;
 pub mod model;

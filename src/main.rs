@@ -29,6 +29,14 @@ enum Commands {
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
     },
+    /// Print a bridges.toml made from a matterbridge configuration (its IRC, Mattermost, Matrix
+    /// and API accounts and its gateways); every key not carried over is listed at its top with
+    /// the reason. Check the result with `tribridge check`.
+    #[command(name = "import-matterbridge")]
+    ImportMatterbridge {
+        /// The matterbridge configuration (matterbridge.toml).
+        file: PathBuf,
+    },
     /// Ask the running daemon how each network and each destination's queue stands
     /// (connected since, channels joined, last event, outbox depth, failed deliveries).
     Status {
@@ -298,6 +306,31 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("{network}: {error:#}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Commands::ImportMatterbridge { file } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match tribridge::import_matterbridge::convert(&text) {
+                Ok(imported) => {
+                    print!("{}", imported.toml);
+                    eprintln!(
+                        "{}: {} keys carried over, {} not (listed at the top, with why)",
+                        file.display(),
+                        imported.carried.len(),
+                        imported.dropped.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    ExitCode::from(2)
                 }
             }
         }

@@ -222,14 +222,9 @@ mod tests {
             connects: 0,
             shutdown: CancellationToken::new(),
         };
+        let status = NetworkStatus::default();
         {
-            let supervised = supervise(
-                "net",
-                policy,
-                &shutdown,
-                &NetworkStatus::default(),
-                &mut flaky,
-            );
+            let supervised = supervise("net", policy, &shutdown, &status, &mut flaky);
             tokio::pin!(supervised);
             // The session is lost at once and the supervisor waits an hour: still running.
             assert!(futures::poll!(supervised.as_mut()).is_pending());

@@ -7,6 +7,7 @@ mod compliance;
 mod config_check;
 mod history_archive;
 mod hostile;
+mod import_matterbridge;
 mod irc_history;
 mod irc_manners;
 mod irc_puppets;

@@ -177,7 +177,7 @@ fn module_graph(
 /// imports run one way (connectors → vocabulary ← router, outbox, store; metrics only reads).
 /// A new top-level module must be placed here.
 const LAYERS: &[&[&str]] = &[
-    &["richtext", "loop_breaker", "files"],
+    &["richtext", "loop_breaker", "files", "import_matterbridge"],
     &["model"],
     &["vocab"],
     &["store"],
