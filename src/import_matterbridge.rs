@@ -803,23 +803,20 @@ fn irc(
         }
         None => false,
     };
-    match take("Server").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(server))) => {
-            let server = if server
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            {
-                server
-            } else {
-                format!("{server}:{}", if tls { 6697 } else { 6667 })
-            };
-            lines.push(format!("server = {}", quoted(&server)));
-            writer.carry(&from, &format!("{target}.server"));
-        }
-        _ => {
-            writer.drop_key(&section, "no Server: the account cannot be carried over");
-            *usable = false;
-        }
+    if let Some((from, Some(server))) = take("Server").map(|(from, v)| (from, text_of(&v))) {
+        let server = if server
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            server
+        } else {
+            format!("{server}:{}", if tls { 6697 } else { 6667 })
+        };
+        lines.push(format!("server = {}", quoted(&server)));
+        writer.carry(&from, &format!("{target}.server"));
+    } else {
+        writer.drop_key(&section, "no Server: the account cannot be carried over");
+        *usable = false;
     }
     // matterbridge's default is plain text; ours is TLS: always said.
     lines.push(format!("tls = {tls}"));
@@ -837,15 +834,12 @@ fn irc(
             writer.carry(&from, &format!("{target}.tls_verify"));
         }
     }
-    match take("Nick").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(nick))) => {
-            lines.push(format!("nick = {}", quoted(&nick)));
-            writer.carry(&from, &format!("{target}.nick"));
-        }
-        _ => {
-            writer.drop_key(&section, "no Nick: the account cannot be carried over");
-            *usable = false;
-        }
+    if let Some((from, Some(nick))) = take("Nick").map(|(from, v)| (from, text_of(&v))) {
+        lines.push(format!("nick = {}", quoted(&nick)));
+        writer.carry(&from, &format!("{target}.nick"));
+    } else {
+        writer.drop_key(&section, "no Nick: the account cannot be carried over");
+        *usable = false;
     }
     if let Some((from, value)) = take("Password")
         && let Some(password) = text_of(&value)
@@ -881,10 +875,10 @@ fn irc(
             writer.carry(&password_from, &format!("{target}.nickserv_password"));
         }
         (sasl, service, password) => {
-            for (from, _) in [
-                sasl.map(|(f, _)| (f, ())),
-                service.map(|(f, _)| (f, ())),
-                password.map(|(f, _)| (f, ())),
+            for from in [
+                sasl.map(|(from, _)| from),
+                service.map(|(from, _)| from),
+                password.map(|(from, _)| from),
             ]
             .into_iter()
             .flatten()
@@ -942,40 +936,34 @@ fn mattermost(
         Some((format!("{section}.{spelling}"), value.clone()))
     };
     let no_tls = take("NoTLS").map(|(from, v)| (from, bool_of(&v).unwrap_or(false)));
-    match take("Server").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(server))) => {
-            let host = server
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            let scheme = if no_tls.as_ref().is_some_and(|(_, off)| *off) {
-                "http"
-            } else {
-                "https"
-            };
-            lines.push(format!("url = {}", quoted(&format!("{scheme}://{host}"))));
-            writer.carry(&from, &format!("{target}.url"));
-            if let Some((from, _)) = &no_tls {
-                writer.carry(from, &format!("{target}.url"));
-            }
+    if let Some((from, Some(server))) = take("Server").map(|(from, v)| (from, text_of(&v))) {
+        let host = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let scheme = if no_tls.as_ref().is_some_and(|(_, off)| *off) {
+            "http"
+        } else {
+            "https"
+        };
+        lines.push(format!("url = {}", quoted(&format!("{scheme}://{host}"))));
+        writer.carry(&from, &format!("{target}.url"));
+        if let Some((from, _)) = &no_tls {
+            writer.carry(from, &format!("{target}.url"));
         }
-        _ => {
-            writer.drop_key(
-                &section,
-                "no Server (a webhook-only account): the account cannot be carried over",
-            );
-            *usable = false;
-        }
+    } else {
+        writer.drop_key(
+            &section,
+            "no Server (a webhook-only account): the account cannot be carried over",
+        );
+        *usable = false;
     }
-    match take("Team").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(team))) => {
-            lines.push(format!("team = {}", quoted(&team)));
-            writer.carry(&from, &format!("{target}.team"));
-        }
-        _ => {
-            writer.drop_key(&section, "no Team: the account cannot be carried over");
-            *usable = false;
-        }
+    if let Some((from, Some(team))) = take("Team").map(|(from, v)| (from, text_of(&v))) {
+        lines.push(format!("team = {}", quoted(&team)));
+        writer.carry(&from, &format!("{target}.team"));
+    } else {
+        writer.drop_key(&section, "no Team: the account cannot be carried over");
+        *usable = false;
     }
     let token = take("Token").and_then(|(from, v)| Some((from, text_of(&v)?)));
     let login = take("Login").and_then(|(from, v)| Some((from, text_of(&v)?)));
@@ -1028,18 +1016,16 @@ fn matrix(
         done.push(spelling.to_owned());
         Some((format!("{section}.{spelling}"), value.clone()))
     };
-    let homeserver = match take("Server").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(server))) => {
+    let homeserver =
+        if let Some((from, Some(server))) = take("Server").map(|(from, v)| (from, text_of(&v))) {
             lines.push(format!("homeserver = {}", quoted(&server)));
             writer.carry(&from, &format!("{target}.homeserver"));
             server
-        }
-        _ => {
+        } else {
             writer.drop_key(&section, "no Server: the account cannot be carried over");
             *usable = false;
             String::new()
-        }
-    };
+        };
     let mxid = take("MxID").and_then(|(from, v)| Some((from, text_of(&v)?)));
     let login = take("Login").and_then(|(from, v)| Some((from, text_of(&v)?)));
     let server_name = homeserver
@@ -1056,20 +1042,17 @@ fn matrix(
         (_, Some((_, login))) => Some(format!("@{login}:{server_name}")),
         _ => None,
     };
-    match user {
-        Some(user) => {
-            lines.push(format!("user = {}", quoted(&user)));
-            for (from, _) in [mxid, login].into_iter().flatten() {
-                writer.carry(&from, &format!("{target}.user"));
-            }
+    if let Some(user) = user {
+        lines.push(format!("user = {}", quoted(&user)));
+        for (from, _) in [mxid, login].into_iter().flatten() {
+            writer.carry(&from, &format!("{target}.user"));
         }
-        None => {
-            writer.drop_key(
-                &section,
-                "no Login or MxID: the account cannot be carried over",
-            );
-            *usable = false;
-        }
+    } else {
+        writer.drop_key(
+            &section,
+            "no Login or MxID: the account cannot be carried over",
+        );
+        *usable = false;
     }
     let token = take("Token").and_then(|(from, v)| Some((from, text_of(&v)?)));
     let password = take("Password").and_then(|(from, v)| Some((from, text_of(&v)?)));
@@ -1111,31 +1094,27 @@ fn api(
         done.push(spelling.to_owned());
         Some((format!("{section}.{spelling}"), value.clone()))
     };
-    match take("BindAddress").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(address))) => {
-            lines.push(format!("listen = {}", quoted(&address)));
-            writer.carry(&from, &format!("{target}.listen"));
-        }
-        _ => {
-            writer.drop_key(
-                &section,
-                "no BindAddress: the account cannot be carried over",
-            );
-            *usable = false;
-        }
+    if let Some((from, Some(address))) = take("BindAddress").map(|(from, v)| (from, text_of(&v))) {
+        lines.push(format!("listen = {}", quoted(&address)));
+        writer.carry(&from, &format!("{target}.listen"));
+    } else {
+        writer.drop_key(
+            &section,
+            "no BindAddress: the account cannot be carried over",
+        );
+        *usable = false;
     }
-    match take("Token").map(|(from, v)| (from, text_of(&v))) {
-        Some((from, Some(token))) if !token.is_empty() => {
-            lines.push(format!("token = {}", quoted(&token)));
-            writer.carry(&from, &format!("{target}.token"));
-        }
-        _ => {
-            writer.drop_key(
-                &section,
-                "no Token: tribridge's API always asks for one; the account cannot be carried over",
-            );
-            *usable = false;
-        }
+    if let Some((from, Some(token))) = take("Token").map(|(from, v)| (from, text_of(&v)))
+        && !token.is_empty()
+    {
+        lines.push(format!("token = {}", quoted(&token)));
+        writer.carry(&from, &format!("{target}.token"));
+    } else {
+        writer.drop_key(
+            &section,
+            "no Token: tribridge's API always asks for one; the account cannot be carried over",
+        );
+        *usable = false;
     }
     if let Some((from, value)) = take("Buffer") {
         match int_of(&value) {

@@ -209,7 +209,7 @@ fn assert_every_key_accounted_for(source: &str, imported: &Imported) {
     let result: toml::Table = imported.toml.parse().expect("the result is TOML");
     let source: toml::Table = source.parse().unwrap();
     let dropped = dropped_by_key(imported);
-    for dropped in imported.dropped.iter() {
+    for dropped in &imported.dropped {
         assert!(
             imported.toml.lines().any(|line| line.starts_with('#')
                 && line.contains(&dropped.key)
@@ -464,7 +464,7 @@ async fn a_daemon_on_an_imported_file_relays_between_the_servers_it_names() {
     alice.join(&irc_channel).await;
     let host = mm.emu.base_url().trim_start_matches("http://").to_owned();
     let matterbridge = format!(
-        r##"
+        r#"
 [general]
 RemoteNickFormat="<{{NICK}}> "
 
@@ -495,7 +495,7 @@ enable=true
     [[gateway.inout]]
     account="slack.elsewhere"
     channel="general"
-"##,
+"#,
         team = mm.team,
         token = mm.bot_token,
     );
