@@ -289,7 +289,7 @@ fn nothing_outside_the_connectors_names_a_network() {
         .filter(|path| !path.starts_with(root.join("src/richtext")))
         // The matterbridge importer reads another program's protocol names (`[irc.X]`) and
         // writes ours (`type = "irc"`): names as text, no connector's code.
-        .filter(|path| *path != root.join("src/import_matterbridge.rs"))
+        .filter(|path| **path != root.join("src/import_matterbridge.rs"))
     {
         let code = code_of(&std::fs::read_to_string(file).unwrap());
         let name = file.strip_prefix(root).unwrap().display().to_string();
