@@ -657,8 +657,8 @@ impl Daemon {
     /// The resident set by kind (KiB): anonymous (heap, stacks), file-backed (the binary's
     /// and libraries' pages), shared memory; from `/proc/<pid>/status`.
     fn rss_parts(&self) -> Value {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         let field = |name: &str| -> u64 {
             status
                 .lines()
@@ -2277,7 +2277,11 @@ async fn three_networks(
         mm.channel(&format!("lgm{gateways}x{g}")).await;
         let mm_channel = format!("lgm{gateways}x{g}");
         let (one, two) = (format!("#lga{g}"), format!("#lgb{g}"));
-        let mut channels = vec![("one", one.as_str()), ("two", two.as_str()), ("mm", mm_channel.as_str())];
+        let mut channels = vec![
+            ("one", one.as_str()),
+            ("two", two.as_str()),
+            ("mm", mm_channel.as_str()),
+        ];
         let alias = format!("lgr{gateways}x{g}");
         let room = format!("#{alias}:localhost");
         if let Some(matrix) = matrix {
@@ -2320,7 +2324,14 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize, with_matrix: bool) 
     let mut after_messages = json!(null);
     for count in [1, gateways / 10, gateways] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = three_networks(&server, &mm, matrix.as_ref(), &dir.path().join("state"), count).await;
+        let text = three_networks(
+            &server,
+            &mm,
+            matrix.as_ref(),
+            &dir.path().join("state"),
+            count,
+        )
+        .await;
         let mut bridge = Daemon::start(daemon, dir.path(), &text);
         bridge.wait_log("Channels joined; ready.", 2).await;
         bridge.wait_log("Joined.", 3 * count).await;
@@ -2330,7 +2341,8 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize, with_matrix: bool) 
         tokio::time::sleep(Duration::from_secs(3)).await;
         let parts = bridge.rss_parts();
         println!("idle: {count} gateways, RSS parts {parts}");
-        points.push(json!({"gateways": count, "rss_kib": bridge.rss_kib(), "rss_parts_kib": parts}));
+        points
+            .push(json!({"gateways": count, "rss_kib": bridge.rss_kib(), "rss_parts_kib": parts}));
         let rss = bridge.rss_kib();
         println!("idle: {count} gateways, RSS {rss} KiB");
         if count == gateways && mapped > 0 {

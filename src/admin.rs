@@ -198,7 +198,7 @@ pub fn bind(state_dir: &Path) -> Result<tokio::net::UnixListener, AdminError> {
         path: path.clone(),
         source,
     };
-    let staging = state_dir.join(format!("{SOCKET_NAME}.{}.new", std::process::id()));
+    let staging = state_dir.join(format!("{SOCKET_NAME}.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     let listener = tokio::net::UnixListener::bind(&staging).map_err(error)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).map_err(error)?;

@@ -39,9 +39,6 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
-    /// The admin socket could not be made.
-    #[error("cannot open the admin socket: {0}")]
-    Admin(#[from] crate::admin::AdminError),
     /// The metrics endpoint could not listen.
     #[error("the metrics endpoint cannot listen on {address}: {source}")]
     MetricsEndpoint {
@@ -172,23 +169,30 @@ pub async fn run(
             }
         });
     }
-    let admin_listener = crate::admin::bind(&config.state_dir)?;
-    connector_tasks.spawn(crate::admin::serve(
-        admin_listener,
-        crate::admin::socket_path(&config.state_dir),
-        Arc::new(crate::admin::Admin {
-            store: Arc::clone(&store),
-            wake: outbox.clone(),
-            status: Arc::clone(router.status()),
-            networks: config
-                .networks
-                .iter()
-                .map(|network| (network.id.clone(), network_channels(&config, &network.id)))
-                .collect(),
-            destinations: destinations.clone(),
-        }),
-        connectors_shutdown.clone(),
-    ));
+    // Without its socket (a state_dir path too long for one, say) the bridge still runs.
+    match crate::admin::bind(&config.state_dir) {
+        Err(error) => {
+            tracing::error!(error = %error, "Cannot open the admin socket; `tribridge status` and `tribridge failed` will not reach this daemon.");
+        }
+        Ok(admin_listener) => {
+            connector_tasks.spawn(crate::admin::serve(
+                admin_listener,
+                crate::admin::socket_path(&config.state_dir),
+                Arc::new(crate::admin::Admin {
+                    store: Arc::clone(&store),
+                    wake: outbox.clone(),
+                    status: Arc::clone(router.status()),
+                    networks: config
+                        .networks
+                        .iter()
+                        .map(|network| (network.id.clone(), network_channels(&config, &network.id)))
+                        .collect(),
+                    destinations: destinations.clone(),
+                }),
+                connectors_shutdown.clone(),
+            ));
+        }
+    }
     let mut worker_tasks = JoinSet::new();
     // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
     let endpoints: HashMap<String, Standin<_>> = handles
