@@ -91,10 +91,14 @@ enum Scenario {
     /// writes a burst into the room; then (with `--ghosts`) RSS before and after N new people
     /// spoke.
     Matrix(MatrixDrive),
-    /// RSS with three networks (two IRC accounts, one Mattermost) and N gateways, idle.
+    /// RSS with four networks (two IRC accounts, one Mattermost, one Matrix) and N gateways,
+    /// idle; `--no-matrix` leaves Matrix out.
     Idle {
         #[arg(long, default_value_t = 100)]
         gateways: usize,
+        /// Leave the Matrix network out (three networks).
+        #[arg(long)]
+        no_matrix: bool,
         /// Relay this many messages afterwards and measure RSS again (0: skip).
         #[arg(long, default_value_t = 10_000)]
         mapped: usize,
@@ -218,7 +222,11 @@ fn main() -> anyhow::Result<()> {
                 ("api-irc", api_irc(&daemon, drive, concurrency).await)
             }
             Scenario::Matrix(drive) => ("matrix", matrix(&daemon, drive).await),
-            Scenario::Idle { gateways, mapped } => ("idle", idle(&daemon, gateways, mapped).await),
+            Scenario::Idle {
+                gateways,
+                mapped,
+                no_matrix,
+            } => ("idle", idle(&daemon, gateways, mapped, !no_matrix).await),
             Scenario::Catchup {
                 messages,
                 outage_secs,
@@ -654,6 +662,26 @@ impl Daemon {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The resident set by kind (KiB): anonymous (heap, stacks), file-backed (the binary's
+    /// and libraries' pages), shared memory; from `/proc/<pid>/status`.
+    fn rss_parts(&self) -> Value {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        json!({
+            "anon": field("RssAnon:"),
+            "file": field("RssFile:"),
+            "shmem": field("RssShmem:"),
+            "threads": field("Threads:"),
+        })
     }
 
     /// User + system CPU time used so far.
@@ -2262,45 +2290,94 @@ async fn matrix_to_irc(
 }
 
 /// Config for `gateways` gateways over two IRC accounts and a Mattermost network.
+/// The Matrix side of the `idle` scenario: a Synapse, the bridge's account and a person who
+/// makes the rooms.
+struct IdleMatrix {
+    synapse: servers::Synapse,
+    bot: String,
+    creator: matrix_client::MatrixUser,
+}
+
 async fn three_networks(
     server: &servers::InspIrcd,
     mm: &mattermost::MmServer,
+    matrix: Option<&IdleMatrix>,
     state: &Path,
     gateways: usize,
 ) -> String {
     let mut text = String::new();
     for g in 0..gateways {
         mm.channel(&format!("lgm{gateways}x{g}")).await;
-        text.push_str(&gateway(
-            &format!("g{g}"),
-            &[
-                ("one", &format!("#lga{g}")),
-                ("two", &format!("#lgb{g}")),
-                ("mm", &format!("lgm{gateways}x{g}")),
-            ],
-        ));
+        let mm_channel = format!("lgm{gateways}x{g}");
+        let (one, two) = (format!("#lga{g}"), format!("#lgb{g}"));
+        let mut channels = vec![
+            ("one", one.as_str()),
+            ("two", two.as_str()),
+            ("mm", mm_channel.as_str()),
+        ];
+        let alias = format!("lgr{gateways}x{g}");
+        let room = format!("#{alias}:localhost");
+        if let Some(matrix) = matrix {
+            matrix.creator.create_room(&alias).await;
+            channels.push(("mx", room.as_str()));
+        }
+        text.push_str(&gateway(&format!("g{g}"), &channels));
     }
-    let networks = irc_network("one", server.port, "lgbrone")
+    let mut networks = irc_network("one", server.port, "lgbrone")
         + irc_network("two", server.port, "lgbrtwo").as_str()
         + mm.network("mm", "").as_str();
+    if let Some(matrix) = matrix {
+        let _ = write!(
+            networks,
+            "[network.mx]\ntype = \"matrix\"\nhomeserver = \"{}\"\nuser = \"@{}:localhost\"\npassword = \"password\"\n\n",
+            matrix.synapse.url(),
+            matrix.bot
+        );
+    }
     config(state, &networks, &text)
 }
 
-async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
+async fn idle(daemon: &Path, gateways: usize, mapped: usize, with_matrix: bool) -> Value {
     let server = servers::InspIrcd::start();
     let mm = mm_server_apart("lg").await;
+    let matrix = if with_matrix {
+        let synapse = servers::Synapse::start();
+        let base = synapse.url();
+        matrix_client::register(&base, "lgbot", "password").await;
+        let creator = matrix_client::MatrixUser::new(&base, "lgcreator").await;
+        Some(IdleMatrix {
+            synapse,
+            bot: "lgbot".to_owned(),
+            creator,
+        })
+    } else {
+        None
+    };
     let mut points = Vec::new();
     let mut after_messages = json!(null);
     for count in [1, gateways / 10, gateways] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = three_networks(&server, &mm, &dir.path().join("state"), count).await;
+        let text = three_networks(
+            &server,
+            &mm,
+            matrix.as_ref(),
+            &dir.path().join("state"),
+            count,
+        )
+        .await;
         let mut bridge = Daemon::start(daemon, dir.path(), &text);
         bridge.wait_log("Channels joined; ready.", 2).await;
         bridge.wait_log("Joined.", 3 * count).await;
+        if matrix.is_some() {
+            bridge.wait_log("Joined Matrix room.", count).await;
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let parts = bridge.rss_parts();
+        println!("idle: {count} gateways, RSS parts {parts}");
+        points
+            .push(json!({"gateways": count, "rss_kib": bridge.rss_kib(), "rss_parts_kib": parts}));
         let rss = bridge.rss_kib();
         println!("idle: {count} gateways, RSS {rss} KiB");
-        points.push(json!({"gateways": count, "rss_kib": rss}));
         if count == gateways && mapped > 0 {
             let mut writer = IrcClient::connect(server.port, "lgwriter").await;
             let mut reader = IrcClient::connect(server.port, "lgreader").await;
@@ -2352,7 +2429,7 @@ async fn idle(daemon: &Path, gateways: usize, mapped: usize) -> Value {
         _ => json!(null),
     };
     json!({
-        "networks": 3,
+        "networks": if with_matrix { 4 } else { 3 },
         "points": points,
         "rss_kib_per_gateway": per_gateway,
         "after_mapped_messages": after_messages,

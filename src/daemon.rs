@@ -151,7 +151,7 @@ pub async fn run_with_reloads(
     router.people().link(config.identities.clone());
     let files = Arc::new(open_files(&config).await?);
     let network_metrics = Arc::new(crate::vocab::network_metrics::NetworkMetrics::default());
-    let status = Arc::new(crate::vocab::Status::default());
+    let status = Arc::clone(router.status());
     let services_shutdown = CancellationToken::new();
     let mut services = JoinSet::new();
     services.spawn(prune_files(
@@ -202,6 +202,24 @@ pub async fn run_with_reloads(
                 tracing::error!(error = %error, "The metrics endpoint stopped.");
             }
         });
+    }
+    // Without its socket (a state_dir path too long for one, say) the bridge still runs.
+    match crate::admin::bind(&config.state_dir) {
+        Err(error) => {
+            tracing::error!(error = %error, "Cannot open the admin socket; `tribridge status` and `tribridge failed` will not reach this daemon.");
+        }
+        Ok(admin_listener) => {
+            services.spawn(crate::admin::serve(
+                admin_listener,
+                crate::admin::socket_path(&config.state_dir),
+                Arc::new(crate::admin::Admin {
+                    store: Arc::clone(&store),
+                    wake: outbox.clone(),
+                    status: Arc::clone(&status),
+                }),
+                services_shutdown.clone(),
+            ));
+        }
     }
     let mut daemon = Running {
         state_dir: config.state_dir.clone(),

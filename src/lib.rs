@@ -17,10 +17,13 @@
 //! - [`files`]: files carried between networks (content-addressed store, signed links).
 //! - [`connector`]: one folder per network type, as plug-ins; the only code that knows wire
 //!   types.
+//! - [`import_matterbridge`]: a matterbridge configuration turned into ours.
 //! - [`metrics`]: counters, outbox depth and per-stage latencies, for Prometheus.
 //! - [`daemon`]: wires it all together and runs until shutdown, applying reloads.
 //! - [`service`]: the pid file, `tribridge reload`'s side of a reload, systemd's reload steps.
+//! - [`admin`]: the admin socket (`tribridge status`, `tribridge failed …`).
 
+pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod connector;
@@ -28,6 +31,7 @@ pub mod connector;
 pub mod daemon;
 pub mod files;
 pub mod group_commit;
+pub mod import_matterbridge;
 pub mod loop_breaker;
 pub mod metrics;
 pub mod model;

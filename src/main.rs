@@ -3,7 +3,8 @@
 //! `matrix-recover` gives a Matrix network's new device its account's cross-signing identity,
 //! `appservice-registration` prints the registration of a Matrix network in appservice mode,
 //! `export` writes a gateway's archive or verifies its chain, `forget` removes one person's
-//! messages.
+//! messages, `status` and `failed` ask the running daemon over its admin socket,
+//! `import-matterbridge` turns a matterbridge configuration into ours.
 //!
 //! The only place that uses `anyhow`; everything below it has typed errors.
 
@@ -28,6 +29,35 @@ enum Commands {
         /// The configuration file.
         #[arg(long, short, default_value = "bridges.toml")]
         config: PathBuf,
+    },
+    /// Print a bridges.toml made from a matterbridge configuration (its IRC, Mattermost, Matrix
+    /// and API accounts and its gateways); every key not carried over is listed at its top with
+    /// the reason. Check the result with `tribridge check`.
+    #[command(name = "import-matterbridge")]
+    ImportMatterbridge {
+        /// The matterbridge configuration (matterbridge.toml).
+        file: PathBuf,
+    },
+    /// Ask the running daemon how each network and each destination's queue stands
+    /// (connected since, channels joined, last event, outbox depth, failed deliveries).
+    Status {
+        /// The configuration file (its `state_dir` holds the daemon's admin socket).
+        #[arg(long, short, default_value = "bridges.toml")]
+        config: PathBuf,
+        /// Print JSON for scripts instead of text for people.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, retry or drop the deliveries a destination refused for good (kept as failed).
+    Failed {
+        /// The configuration file (its `state_dir` holds the daemon's admin socket).
+        #[arg(long, short, default_value = "bridges.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON for scripts instead of text for people.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: FailedAction,
     },
     /// Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
     Run {
@@ -113,6 +143,28 @@ enum Commands {
         /// The id of the Matrix network (`[network.<id>]`).
         #[arg(long)]
         network: String,
+    },
+}
+
+/// `tribridge failed …`.
+#[derive(Subcommand)]
+enum FailedAction {
+    /// The failed deliveries, oldest first, with their ids.
+    List,
+    /// Queue failed deliveries again (after fixing what the destination refused): one by id,
+    /// or all with `--all`. They are sent once, with their original idempotency key.
+    Retry {
+        /// The id `failed list` shows.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every failed delivery.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a failed delivery for good (it is never sent).
+    Drop {
+        /// The id `failed list` shows.
+        id: i64,
     },
 }
 
@@ -268,6 +320,46 @@ fn main() -> ExitCode {
             }
         }
         Commands::Reload { config } => reload(&config),
+        Commands::ImportMatterbridge { file } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match tribridge::import_matterbridge::convert(&text) {
+                Ok(imported) => {
+                    print!("{}", imported.toml);
+                    eprintln!(
+                        "{}: {} keys carried over, {} not (listed at the top, with why)",
+                        file.display(),
+                        imported.carried.len(),
+                        imported.dropped.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Commands::Status { config, json } => {
+            admin_command(&config, &tribridge::admin::Request::Status, json)
+        }
+        Commands::Failed {
+            config,
+            json,
+            action,
+        } => {
+            let request = match action {
+                FailedAction::List => tribridge::admin::Request::FailedList,
+                FailedAction::Retry { id, .. } => tribridge::admin::Request::FailedRetry { id },
+                FailedAction::Drop { id } => tribridge::admin::Request::FailedDrop { id },
+            };
+            admin_command(&config, &request, json)
+        }
         Commands::Run { config } => {
             let parsed = match tribridge::config::load(&config) {
                 Ok(parsed) => parsed,
@@ -292,6 +384,52 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Send one request to the running daemon's admin socket and print its answer.
+fn admin_command(
+    config: &std::path::Path,
+    request: &tribridge::admin::Request,
+    json: bool,
+) -> ExitCode {
+    use tribridge::admin::{self, Response};
+    let parsed = match tribridge::config::load(config) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let response = match admin::ask(&parsed.state_dir, request) {
+        Ok(response) => response,
+        Err(error) => {
+            eprintln!("{error} (is the daemon running on this configuration?)");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let now = tribridge::model::now_ms();
+    match response {
+        Response::Status(status) => print!("{}", admin::render_status(&status, now)),
+        Response::Failed { deliveries } => print!("{}", admin::render_failed(&deliveries, now)),
+        Response::Retried { ids } if ids.is_empty() => println!("no failed deliveries to retry"),
+        Response::Retried { ids } => {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            println!("queued again: {}", ids.join(", "));
+        }
+        Response::Dropped { id } => println!("dropped {id}"),
+        Response::Error { reason } => {
+            eprintln!("{reason}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

@@ -21,6 +21,7 @@ use crate::group_commit::{GroupCommit, GroupCommitError};
 use crate::model::{ChannelRef, EventBody, Inbound};
 use crate::parallel::{Judgement, Parallel, Prepared, StoreFacts, Verdict};
 use crate::store::{CommitOutcome, Route, Store, StoreError};
+use crate::vocab::Status;
 pub use crate::vocab::Wake;
 use crate::vocab::{Capabilities, CaseMapping, GatewayConfig, People};
 
@@ -191,6 +192,7 @@ pub struct Router {
     stats: Arc<RouterStats>,
     parallel: Arc<Parallel>,
     people: Arc<People>,
+    status: Arc<Status>,
 }
 
 impl Router {
@@ -208,6 +210,7 @@ impl Router {
             topology: Arc::new(std::sync::RwLock::new(topology)),
             parallel,
             people,
+            status: Arc::default(),
             writer: GroupCommit::start(Arc::clone(&store), Arc::clone(&wake)),
             store,
             wake,
@@ -226,6 +229,13 @@ impl Router {
     #[must_use]
     pub fn people(&self) -> &Arc<People> {
         &self.people
+    }
+
+    /// Each network's connection now: connectors report theirs, every submitted event stamps
+    /// its network's last event (read by the admin socket's `status`).
+    #[must_use]
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
     }
 
     /// A connector tells which account the bridge uses on `network` (after each login or
@@ -278,6 +288,7 @@ impl Router {
     /// acknowledge its position on the network. Events submitted concurrently (from several
     /// connectors) share transactions ([`GroupCommit`]).
     pub async fn submit(&self, inbound: Inbound) -> Result<CommitOutcome, RouteError> {
+        self.status.event(&inbound.origin.network);
         let topology = self.topology();
         let routes = topology.routes(&inbound.origin).to_vec();
         if routes.is_empty() {
@@ -330,6 +341,7 @@ impl Router {
     /// committed here yet waits for it first ([`Parallel::wait_for_original`]), so later
     /// events of its channel may overtake it.
     pub fn submit_queued(&self, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+        self.status.event(&inbound.origin.network);
         let topology = self.topology();
         let routes = topology.routes(&inbound.origin).to_vec();
         let done = if routes.is_empty() {
@@ -400,6 +412,7 @@ impl Router {
 
     /// Like [`Router::submit`], on the calling thread (for benchmarks and pure tests).
     pub fn submit_blocking(&self, inbound: &Inbound) -> Result<CommitOutcome, RouteError> {
+        self.status.event(&inbound.origin.network);
         let topology = self.topology();
         let routes = topology.routes(&inbound.origin);
         if routes.is_empty() {

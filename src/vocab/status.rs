@@ -1,5 +1,6 @@
-//! What each connector reports of its connection, for readiness (`GET /readyz`): whether its
-//! network is connected and which of its configured channels it is in. A connector holds a
+//! What each connector reports of its connection, for readiness (`GET /readyz`) and for an
+//! operator (`tribridge status`): whether its network is connected (and since when) and which of
+//! its configured channels it is in; the router stamps each network's last event. A connector holds a
 //! [`NetworkStatus`] for its own network and says `connected`, `joined`, `left`; the supervisor
 //! says `disconnected` when a session ends. The daemon tells which channels each network is
 //! expected to be in ([`Status::expect`]) and forgets a network it removed.
@@ -13,17 +14,34 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Every network's reported state.
 #[derive(Debug, Default)]
 pub struct Status {
-    networks: Mutex<BTreeMap<String, NetworkState>>,
+    networks: Mutex<BTreeMap<String, State>>,
 }
 
 #[derive(Debug, Default, Clone)]
-struct NetworkState {
+struct State {
     /// The configured channels it should be in.
     expected: BTreeSet<String>,
     /// Its session is up (logged in, registered, listening).
     connected: bool,
+    /// When the session came up (ms since the epoch; 0 while not connected).
+    connected_since_ms: i64,
     /// The configured channels it is in.
     joined: BTreeSet<String>,
+    /// When its last event was handed to the router (ms since the epoch; 0: none yet).
+    last_event_ms: i64,
+}
+
+/// One network as read now (`tribridge status`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkState {
+    /// The channels gateways link on it, as configured.
+    pub expected: Vec<String>,
+    /// Since when its session is up (`None`: not connected).
+    pub connected_since_ms: Option<i64>,
+    /// The configured channels it is in.
+    pub joined: Vec<String>,
+    /// When its last event was handed to the router (`None`: none since start).
+    pub last_event_ms: Option<i64>,
 }
 
 /// One network that is not ready, and why.
@@ -54,6 +72,34 @@ impl Status {
             channels.iter().cloned().collect();
     }
 
+    /// An event of `network` was handed to the router now.
+    pub fn event(&self, network: &str) {
+        if let Some(state) = self.lock().get_mut(network) {
+            state.last_event_ms = crate::model::now_ms();
+        }
+    }
+
+    /// Every configured network as it stands now, by id.
+    #[must_use]
+    pub fn read(&self) -> BTreeMap<String, NetworkState> {
+        let at = |ms: i64| Some(ms).filter(|ms| *ms > 0);
+        self.lock()
+            .iter()
+            .map(|(network, state)| {
+                (
+                    network.clone(),
+                    NetworkState {
+                        expected: state.expected.iter().cloned().collect(),
+                        connected_since_ms: at(state.connected_since_ms)
+                            .filter(|_| state.connected),
+                        joined: state.joined.iter().cloned().collect(),
+                        last_event_ms: at(state.last_event_ms),
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// `network` is no longer configured: it is no one's concern for readiness.
     pub fn forget(&self, network: &str) {
         self.lock().remove(network);
@@ -80,7 +126,7 @@ impl Status {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NetworkState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, State>> {
         self.networks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -102,7 +148,7 @@ impl NetworkStatus {
         }
     }
 
-    fn update(&self, change: impl FnOnce(&mut NetworkState)) {
+    fn update(&self, change: impl FnOnce(&mut State)) {
         if let Some(status) = &self.status
             && let Some(state) = status.lock().get_mut(&self.network)
         {
@@ -112,13 +158,19 @@ impl NetworkStatus {
 
     /// The session is up.
     pub fn connected(&self) {
-        self.update(|state| state.connected = true);
+        self.update(|state| {
+            if !state.connected {
+                state.connected = true;
+                state.connected_since_ms = crate::model::now_ms();
+            }
+        });
     }
 
     /// The session ended: not connected, in no channel.
     pub fn disconnected(&self) {
         self.update(|state| {
             state.connected = false;
+            state.connected_since_ms = 0;
             state.joined.clear();
         });
     }

@@ -1,11 +1,13 @@
 //! The integration tests: one binary (ripgrep's layout), sharing servers started once.
 
+mod admin_socket;
 mod api_network;
 mod chaos;
 mod compliance;
 mod config_check;
 mod history_archive;
 mod hostile;
+mod import_matterbridge;
 mod irc_history;
 mod irc_manners;
 mod irc_puppets;

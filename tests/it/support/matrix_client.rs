@@ -302,6 +302,16 @@ impl MatrixUser {
         .await;
     }
 
+    /// Set a state event (`kind`, empty state key), e.g. a room's power levels.
+    pub async fn set_state(&self, room: &str, kind: &str, content: &Value) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/{kind}/", encode(room)),
+            content,
+        )
+        .await;
+    }
+
     /// Send any message-like event; returns its event id.
     pub async fn send_event(&mut self, room: &str, kind: &str, content: Value) -> String {
         self.txn += 1;
