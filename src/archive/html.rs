@@ -33,16 +33,7 @@ border:1px solid #ccc;border-radius:1em;padding:0 .5em;margin-right:.3em;font-si
 #[must_use]
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
+    crate::richtext::html::escape_into(text, &mut out);
     out
 }
 

@@ -753,7 +753,8 @@ fn plain_inlines(inl: &[Inline], out: &mut String) {
     }
 }
 
-fn escape_into(s: &str, out: &mut String) {
+/// Append `s` to `out` escaped for HTML text and attribute values (`&`, `<`, `>`, `"`, `'`).
+pub fn escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
