@@ -31,9 +31,18 @@ async fn run(cmd: &mut Command, what: &str, limit: Duration) -> std::process::Ou
         .unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
-/// Checks `node` (≥ 20) and installs the pinned client when missing.
+/// Both tests of this file run at once; `npm ci` (which empties `node_modules` first) must run
+/// once, or the two installs remove each other's files.
+static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Checks `node` (≥ 20) and installs the pinned client when missing, once per test process.
 async fn prepare() -> PathBuf {
     let dir = client_dir();
+    INSTALLED.get_or_init(|| install(&dir)).await;
+    dir
+}
+
+async fn install(dir: &std::path::Path) {
     let version = run(
         Command::new("node").arg("--version"),
         "node --version",
@@ -57,7 +66,7 @@ async fn prepare() -> PathBuf {
         let out = run(
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&dir),
+                .current_dir(dir),
             "npm ci",
             Duration::from_secs(600),
         )
@@ -69,8 +78,6 @@ async fn prepare() -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-
-    dir
 }
 
 #[tokio::test]
