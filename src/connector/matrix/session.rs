@@ -254,11 +254,12 @@ impl MatrixTask {
             client: client.clone(),
             own_user,
             rooms: HashMap::new(),
-            // A scoped session joins nothing: its rooms are joined for it.
+            // A scoped session joins nothing: its rooms are joined for it. The channels are
+            // those of the last reload, which may differ from those at start.
             wanted: if self.scope.is_some() {
                 Vec::new()
             } else {
-                self.context.channels.clone()
+                self.context.channel_updates.borrow().clone()
             },
             next_join_attempt: Instant::now(),
             awaiting_join: HashSet::new(),
@@ -758,6 +759,34 @@ impl SyncState<'_> {
     }
 
     /// Accept an invite when it is to a configured room (by id or by its canonical alias).
+    /// Follow a reload's channels on this session: a room no gateway links any more is no
+    /// longer relayed or written to, but the bot stays a member (a bridge does not leave rooms
+    /// on a configuration change: people there keep their bridge, and linking the room again
+    /// needs no new invite); a new room is joined as at start, and relayed from the join on.
+    async fn follow_channels(&mut self, wanted: Vec<String>) {
+        if wanted == self.wanted {
+            return;
+        }
+        let removed: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|channel| !wanted.contains(*channel))
+            .cloned()
+            .collect();
+        for channel in removed {
+            if let Some(room_id) = self.rooms.remove(&channel) {
+                self.awaiting_join.remove(&room_id);
+                tracing::info!(network = %self.network(), room = %channel, room_id = %room_id, "No gateway links this room any more: it is not relayed; the bot stays a member.");
+            }
+        }
+        let added = wanted.iter().any(|channel| !self.wanted.contains(channel));
+        self.wanted = wanted;
+        self.publish_rooms();
+        if added {
+            self.join_missing().await;
+        }
+    }
+
     async fn consider_invite(&mut self, room_id: &RoomId) {
         let Some(room) = self.client.get_room(room_id) else {
             return;
@@ -845,6 +874,14 @@ impl SyncState<'_> {
         let mut writing = Writing::new(writes.load(Ordering::Relaxed));
         // When the last sync began.
         let mut started = Instant::now();
+        // The rooms a reload adds or removes are followed on this session (a scoped session's
+        // rooms are the application service's to follow). A change made while the session
+        // began is followed by difference, so seeing it again does nothing.
+        let mut channel_updates = self.task.context.channel_updates.clone();
+        if self.task.scope.is_none() {
+            let wanted = channel_updates.borrow_and_update().clone();
+            self.follow_channels(wanted).await;
+        }
         loop {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
@@ -872,7 +909,21 @@ impl SyncState<'_> {
             if let Some(token) = &since {
                 settings = settings.token(token.clone());
             }
-            let response = match self.client.sync_once(settings).await {
+            // A reload that adds a room joins it while the long-poll waits: the join wakes
+            // the sync, whose answer carries the new room from the join on.
+            let client = self.client.clone();
+            let sync = client.sync_once(settings);
+            tokio::pin!(sync);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut sync => break answer,
+                    Ok(()) = channel_updates.changed(), if self.task.scope.is_none() => {
+                        let wanted = channel_updates.borrow_and_update().clone();
+                        self.follow_channels(wanted).await;
+                    }
+                }
+            };
+            let response = match answer {
                 Ok(response) => response,
                 Err(error) => {
                     let reason = error_chain(&error);
