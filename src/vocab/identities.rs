@@ -44,6 +44,9 @@ pub struct Identities {
     case_mappings: HashMap<String, CaseMapping>,
     /// (network, folded account or bound id) → index in `list`.
     index: RwLock<HashMap<(String, String), usize>>,
+    /// Every [`Identities::bind`] made, as (network, account, id): replayed on the identities
+    /// a reload links ([`Identities::keep_bindings_of`]).
+    bindings: RwLock<Vec<(String, String, String)>>,
 }
 
 impl Identities {
@@ -62,6 +65,20 @@ impl Identities {
             list,
             case_mappings,
             index: RwLock::new(index),
+            bindings: RwLock::default(),
+        }
+    }
+
+    /// Bind here every id `old` had bound to an account that is still configured (a reload
+    /// that links new identities keeps what the connectors looked up).
+    pub fn keep_bindings_of(&self, old: &Identities) {
+        let bindings = old
+            .bindings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (network, account, id) in bindings {
+            self.bind(&network, &account, &id);
         }
     }
 
@@ -97,6 +114,14 @@ impl Identities {
                 (network.to_owned(), fold(&self.case_mappings, network, id)),
                 position,
             );
+            let binding = (network.to_owned(), account.to_owned(), id.to_owned());
+            let mut bindings = self
+                .bindings
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !bindings.contains(&binding) {
+                bindings.push(binding);
+            }
         }
     }
 

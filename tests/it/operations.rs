@@ -464,7 +464,8 @@ async fn reload_adds_a_matrix_room_and_a_mattermost_channel_on_the_running_conne
 
 /// A reload that adds an api gateway and removes another: the running listener takes the new
 /// gateway name at once (a post to it is relayed) and answers a post to the removed one as an
-/// unknown gateway (400), without listening again.
+/// unknown gateway (400), without listening again. The same reload links an `[[identity]]`
+/// with a name: the person is shown under it from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
     use crate::support::api_client::ApiClient;
@@ -480,6 +481,8 @@ async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
             "[network.api]\ntype = \"api\"\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"secret\"\n\
              remote_nick_format = \"{{NICK}}\"\n\n"
         ),
+        // In no gateway (not connected): the identity's other account.
+        irc_network("elsewhere", server.port, &unique("apiel")),
     ];
     let metrics = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -499,12 +502,13 @@ async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
         .await;
     assert_eq!(refused.status, 400, "{refused:?}");
 
+    let second = [("second", vec![("one", b.as_str()), ("api", "second")])];
     std::fs::write(
         dir.path().join("bridges.toml"),
-        config(
-            &networks,
-            &[("second", vec![("one", b.as_str()), ("api", "second")])],
-            metrics,
+        format!(
+            "{}[[identity]]\nname = \"Carol Example\"\none = \"{}\"\nelsewhere = \"carol\"\n",
+            config(&networks, &second, metrics),
+            carol.nick
         ),
     )
     .unwrap();
@@ -521,6 +525,13 @@ async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
         wait_text(&mut carol, &b, "through the new gateway name").await,
         "<ci> through the new gateway name"
     );
+    carol.say(&b, "said as a linked person");
+    let taken = client.messages_until(&["said as a linked person"]).await;
+    let relayed = taken
+        .iter()
+        .find(|m| m["text"] == "said as a linked person")
+        .expect("relayed");
+    assert_eq!(relayed["username"], "Carol Example", "{relayed}");
     let gone = client
         .post(&ApiClient::message("first", "ci", "too late"))
         .await;

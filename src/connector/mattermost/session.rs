@@ -118,6 +118,8 @@ impl TaskState {
         // later reloads are followed on this session's WebSocket.
         let mut channel_updates = self.shared.context.channel_updates.clone();
         let wanted = channel_updates.borrow_and_update().clone();
+        let mut identities_linked = self.shared.context.router.people().identities_linked();
+        identities_linked.mark_unchanged();
         if let Err(error) = self.prepare(&wanted).await {
             return SessionEnd::Lost(error.to_string());
         }
@@ -153,6 +155,12 @@ impl TaskState {
                             return SessionEnd::Lost("the server closed the WebSocket".into());
                         }
                         _ => {}
+                    }
+                }
+                Ok(()) = identities_linked.changed() => {
+                    identities_linked.mark_unchanged();
+                    if let Err(error) = self.bind_identities().await {
+                        return SessionEnd::Lost(format!("cannot look up the linked people: {error}"));
                     }
                 }
                 Ok(()) = channel_updates.changed() => {
@@ -206,25 +214,7 @@ impl TaskState {
                 .parallel()
                 .set_parallel_bridges(&self.shared.network, &ids);
         }
-        // People linked in `[[identity]]` by username: their posts name them by user id.
-        let identities = self.shared.context.router.people().identities();
-        let linked = identities.accounts_on(&self.shared.network);
-        if !linked.is_empty() {
-            let users: Vec<api::User> = api
-                .fetch(Method::POST, "/users/usernames", Some(&json!(linked)))
-                .await?;
-            for name in &linked {
-                match users
-                    .iter()
-                    .find(|user| user.username.eq_ignore_ascii_case(name))
-                {
-                    Some(user) => identities.bind(&self.shared.network, name, &user.id),
-                    None => {
-                        tracing::warn!(network = %self.shared.network, username = %name, "No such user for an [[identity]]; that person is not linked here.");
-                    }
-                }
-            }
-        }
+        self.bind_identities().await?;
         self.shared
             .context
             .router
@@ -257,6 +247,31 @@ impl TaskState {
             .channel_ids
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+        Ok(())
+    }
+
+    /// People linked in `[[identity]]` by username: their posts name them by user id, looked
+    /// up here (at each session, and when a reload links new identities).
+    async fn bind_identities(&self) -> Result<(), ApiError> {
+        let api = &self.shared.api;
+        let identities = self.shared.context.router.people().identities();
+        let linked = identities.accounts_on(&self.shared.network);
+        if !linked.is_empty() {
+            let users: Vec<api::User> = api
+                .fetch(Method::POST, "/users/usernames", Some(&json!(linked)))
+                .await?;
+            for name in &linked {
+                match users
+                    .iter()
+                    .find(|user| user.username.eq_ignore_ascii_case(name))
+                {
+                    Some(user) => identities.bind(&self.shared.network, name, &user.id),
+                    None => {
+                        tracing::warn!(network = %self.shared.network, username = %name, "No such user for an [[identity]]; that person is not linked here.");
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
