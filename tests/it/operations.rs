@@ -363,7 +363,9 @@ async fn reload_adds_a_matrix_room_and_a_mattermost_channel_on_the_running_conne
         .messages_until(&second_room, "from the new channel")
         .await;
     assert_eq!(
-        seen.iter().map(|e| e.body()).collect::<Vec<_>>(),
+        seen.iter()
+            .map(crate::support::matrix_client::Event::body)
+            .collect::<Vec<_>>(),
         vec!["<mia> from the new channel"]
     );
     max.say(&second_room, "from the new room").await;
@@ -399,7 +401,9 @@ async fn reload_adds_a_matrix_room_and_a_mattermost_channel_on_the_running_conne
         .messages_until(&first_room, "from the old channel")
         .await;
     assert_eq!(
-        old_room.last().map(|e| e.body()),
+        old_room
+            .last()
+            .map(crate::support::matrix_client::Event::body),
         Some("<mia> from the old channel")
     );
     let bot_memberships = max
