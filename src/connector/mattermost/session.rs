@@ -238,7 +238,10 @@ impl TaskState {
         self.channels.clear();
         let mut ids = HashMap::new();
         for configured in wanted {
-            if let Some(id) = self.resolve_channel(configured, &me.id, &team_id).await? {
+            if let Some(id) = self
+                .resolve_channel(configured, &me.id, &team_id, false)
+                .await?
+            {
                 ids.insert(configured.clone(), id);
             }
         }
@@ -276,13 +279,15 @@ impl TaskState {
     }
 
     /// Find the channel `configured`, join it if needed, and give it a cursor (its stored one,
-    /// else its newest post: a channel never seen is relayed from now on): its id, or `None`
-    /// when it cannot be bridged (logged).
+    /// else its newest post: a channel never seen is relayed from now on; with `linked_now`, a
+    /// channel a reload links, its newest post too: what was said while no gateway linked it
+    /// is not relayed): its id, or `None` when it cannot be bridged (logged).
     async fn resolve_channel(
         &mut self,
         configured: &str,
         me: &str,
         team_id: &str,
+        linked_now: bool,
     ) -> Result<Option<String>, ApiError> {
         let api = &self.shared.api;
         let path = match configured.strip_prefix("id:") {
@@ -328,7 +333,11 @@ impl TaskState {
             Err(error) => return Err(error),
         }
         if !self.cursors.contains_key(&channel.id) {
-            let stored = self.load_cursor(configured).await;
+            let stored = if linked_now {
+                None
+            } else {
+                self.load_cursor(configured).await
+            };
             let cursor = if let Some(cursor) = stored {
                 cursor
             } else {
@@ -346,8 +355,8 @@ impl TaskState {
 
     /// Follow a reload's channels on this session: a channel no gateway links any more stops
     /// being relayed (its cursor stored first; the bot stays a member), a new one is resolved,
-    /// joined and given its cursor as at start, and caught up, its events then taken from this
-    /// WebSocket.
+    /// joined and given its cursor as a channel never seen at start (its newest post), and
+    /// caught up, its events then taken from this WebSocket.
     async fn follow_channels(&mut self, wanted: &[String]) -> Result<(), String> {
         let removed: Vec<(String, String)> = self
             .channels
@@ -378,7 +387,7 @@ impl TaskState {
             if self.channels.values().any(|name| name == configured) {
                 continue;
             }
-            let id = match self.resolve_channel(configured, &me, &team_id).await {
+            let id = match self.resolve_channel(configured, &me, &team_id, true).await {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
                 Err(error) => return Err(format!("cannot resolve a new channel: {error}")),
