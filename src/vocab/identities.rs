@@ -212,4 +212,35 @@ mod tests {
         assert_eq!(identities.of("mm", "u2"), None);
         assert_eq!(identities.accounts_on("mm"), vec!["alice".to_owned()]);
     }
+
+    #[test]
+    fn identities_linked_anew_keep_the_ids_bound_to_accounts_still_configured() {
+        let old = identities();
+        old.bind("mm", "alice", "u1");
+        let renamed = Identities::new(
+            vec![
+                Identity {
+                    name: Some("Alice Example".into()),
+                    accounts: vec![
+                        ("irc".into(), "alice".into()),
+                        ("mm".into(), "alice".into()),
+                    ],
+                    nickserv_password: None,
+                },
+                Identity {
+                    name: None,
+                    accounts: vec![("irc".into(), "bob".into()), ("mm".into(), "bob".into())],
+                    nickserv_password: None,
+                },
+            ],
+            HashMap::from([("mm".to_owned(), CaseMapping::Ascii)]),
+        );
+        renamed.keep_bindings_of(&old);
+        assert_eq!(renamed.name("mm", "u1"), Some("Alice Example"));
+        assert_eq!(renamed.account_on("mm", "u1", "irc"), Some("alice"));
+        // An account the old set had and the new one does not binds nothing.
+        let without = Identities::new(Vec::new(), HashMap::new());
+        without.keep_bindings_of(&old);
+        assert_eq!(without.of("mm", "u1"), None);
+    }
 }

@@ -466,4 +466,28 @@ mod tests {
         assert_eq!(people.current("irc", "a"), Some(("b".into(), "b".into())));
         assert_eq!(people.len(), 2);
     }
+
+    #[test]
+    fn identities_linked_again_replace_the_old_set_whole_and_say_so() {
+        let people = people();
+        let identity = |name: &str| Identity {
+            name: Some(name.into()),
+            accounts: vec![("irc".into(), "ann".into()), ("mm".into(), "ann".into())],
+            nickserv_password: None,
+        };
+        let mut linked = people.identities_linked();
+        people.link(vec![identity("Ann")]);
+        let before = people.identities();
+        people.identities().bind("mm", "ann", "u7");
+        people.link(vec![identity("Ann Example")]);
+        assert!(linked.has_changed().unwrap());
+        // A reader holding the old set keeps it whole; new readers have the new one.
+        assert_eq!(before.name("irc", "ANN"), Some("Ann"));
+        assert_eq!(people.identities().name("irc", "ANN"), Some("Ann Example"));
+        assert_eq!(people.identities().name("mm", "u7"), Some("Ann Example"));
+        linked.mark_unchanged();
+        people.link(Vec::new());
+        assert!(linked.has_changed().unwrap());
+        assert_eq!(people.identities().name("irc", "ann"), None);
+    }
 }
