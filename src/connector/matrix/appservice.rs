@@ -41,8 +41,9 @@
 //!   the **encryption bot** `<sender_localpart>.e2ee`, a user of the service's namespace
 //!   (the registration names it), registered and logged in with the `as_token`
 //!   (`m.login.application_service`, no password), and joined to each encrypted room here
-//!   (invited by the bot where needed). Its sync asks for the encrypted rooms only (and it is
-//!   in no other room, so nothing else wakes it), and those rooms' events are read (decrypted)
+//!   (invited by the bot where needed). It is in no other room (it stays in an encrypted room
+//!   a reload unlinks, whose events it then skips), so a room it joins while its sync waits
+//!   (a reload adds it) wakes the sync with the join; those rooms' events are read (decrypted)
 //!   from it instead of the pushed transactions. It starts with the first encrypted room
 //!   found (at the join, or when encryption is turned on): without encrypted rooms nothing
 //!   syncs. Logged once per room.

@@ -114,8 +114,10 @@ pub struct MatrixTask {
 /// The rooms a session reads and writes, when it is not every room of its channels: in
 /// `mode = "appservice"` the encrypted rooms, which ghosts cannot write to and the bridge's
 /// encryption bot relays (`super::appservice`), joined by the application service. Room id →
-/// its configured channel; rooms are added while the session runs. Such a session joins
-/// nothing itself and its sync asks for these rooms only.
+/// its configured channel; rooms are added (at start or by a reload) and removed (by a reload)
+/// while the session runs. Such a session joins nothing itself; its account is in these rooms
+/// only (and in rooms a reload unlinked, whose events it skips), so its sync asks for every
+/// room: a room joined while a sync waits wakes it with the join, and is read from there.
 pub(super) type RoomScope = Arc<RwLock<HashMap<String, String>>>;
 
 /// Build the handle and the task of one Matrix network.
@@ -644,18 +646,6 @@ impl SyncState<'_> {
         })
     }
 
-    /// The rooms the sync asks for: those of the scope, or `None` for all.
-    fn scope_rooms(&self) -> Option<Vec<OwnedRoomId>> {
-        let scope = self.task.scope.as_ref()?;
-        let rooms = scope
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .filter_map(|id| RoomId::parse(id).ok())
-            .collect();
-        Some(rooms)
-    }
-
     fn publish_rooms(&self) {
         self.task.status().joined_only(self.rooms.keys());
         if let Some(live) = self
@@ -714,7 +704,7 @@ impl SyncState<'_> {
         }
         tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
         let settings = SyncSettings::default()
-            .filter(Self::filter(None, self.scope_rooms()))
+            .filter(Self::filter(None))
             .timeout(Duration::ZERO);
         let response =
             self.client.sync_once(settings).await.map_err(|error| {
@@ -788,6 +778,10 @@ impl SyncState<'_> {
     }
 
     async fn consider_invite(&mut self, room_id: &RoomId) {
+        if self.task.scope.is_some() {
+            // The application service joins a scoped session's account where it is needed.
+            return;
+        }
         let Some(room) = self.client.get_room(room_id) else {
             return;
         };
@@ -825,16 +819,13 @@ impl SyncState<'_> {
     /// never relays them, so the polls while it writes carry none of its messages (less for the
     /// homeserver to send and for the bridge to parse). Room state still carries the bot's own
     /// membership. The long-poll asks for the bot's own events: its first write must end it.
-    ///
-    /// With `rooms` only those rooms are asked for (appservice mode: the encrypted rooms).
-    fn filter(quiet_as: Option<&UserId>, rooms: Option<Vec<OwnedRoomId>>) -> Filter {
+    fn filter(quiet_as: Option<&UserId>) -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         if let Some(own) = quiet_as {
             timeline.not_senders = vec![own.to_owned()];
         }
         let mut room = RoomFilter::default();
-        room.rooms = rooms;
         room.timeline = timeline;
         room.ephemeral = RoomEventFilter::ignore_all();
         room.account_data = RoomEventFilter::ignore_all();
@@ -899,7 +890,7 @@ impl SyncState<'_> {
             let quiet_as =
                 (busy && self.awaiting_join.is_empty()).then_some(self.own_user.as_ref());
             let mut settings = SyncSettings::default()
-                .filter(Self::filter(quiet_as, self.scope_rooms()))
+                .filter(Self::filter(quiet_as))
                 .timeout(if since.is_some() && !busy {
                     SYNC_TIMEOUT
                 } else {
@@ -1328,14 +1319,8 @@ mod tests {
     }
 
     #[test]
-    fn a_scoped_filter_asks_for_its_rooms_only() {
-        let room = RoomId::parse("!encrypted:localhost").expect("room id");
-        let Filter::FilterDefinition(scoped) = SyncState::filter(None, Some(vec![room.clone()]))
-        else {
-            panic!("an inline filter");
-        };
-        assert_eq!(scoped.room.rooms, Some(vec![room]));
-        let Filter::FilterDefinition(all) = SyncState::filter(None, None) else {
+    fn the_filter_asks_for_every_room_so_that_a_room_joined_later_wakes_the_sync() {
+        let Filter::FilterDefinition(all) = SyncState::filter(None) else {
             panic!("an inline filter");
         };
         assert_eq!(all.room.rooms, None);
@@ -1344,12 +1329,12 @@ mod tests {
     #[test]
     fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
         let own = UserId::parse("@bot:localhost").expect("user id");
-        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own), None) else {
+        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own)) else {
             panic!("an inline filter");
         };
         assert_eq!(quiet.room.timeline.not_senders, vec![own.clone()]);
         assert!(quiet.room.state.not_senders.is_empty());
-        let Filter::FilterDefinition(full) = SyncState::filter(None, None) else {
+        let Filter::FilterDefinition(full) = SyncState::filter(None) else {
             panic!("an inline filter");
         };
         assert!(full.room.timeline.not_senders.is_empty());
