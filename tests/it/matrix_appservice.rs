@@ -155,7 +155,8 @@ struct Setup {
     /// The bridge's bot's localpart (`sender_localpart`).
     bot: String,
     bridge: Bridge,
-    _dir: tempfile::TempDir,
+    /// The state folder, holding `bridges.toml` (a reload rewrites it).
+    dir: tempfile::TempDir,
 }
 
 async fn setup(gateway_extra: &str) -> Setup {
@@ -268,7 +269,7 @@ async fn setup_full(
         listen_port,
         bot,
         bridge,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -1323,7 +1324,7 @@ async fn a_room_a_reload_adds_is_joined_and_relayed_by_the_running_service() {
     let room = s.matrix.create_room(&alias_name).await;
     let mut iris = IrcClient::connect(irc_port, &unique("iris")).await;
     iris.join(&channel).await;
-    let file = s._dir.path().join("bridges.toml");
+    let file = s.dir.path().join("bridges.toml");
     let before = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
         &file,
