@@ -519,7 +519,8 @@ async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
     let (code, out, err) = reload_command(dir.path()).await;
     assert_eq!(code, Some(0), "reload failed: {out}{err}");
     assert!(
-        out.contains("reconnected [], following new channels [api, one]"),
+        out.contains("reconnected [], following new channels [api, one]")
+            && out.contains("[[identity]] linked anew"),
         "{out}"
     );
     client
