@@ -93,6 +93,8 @@ pub struct ReloadSummary {
     pub destinations_added: usize,
     /// Destination channels whose delivery stopped (their queued deliveries stay in the store).
     pub destinations_removed: usize,
+    /// Whether the linked identities (`[[identity]]`) changed, and were linked anew.
+    pub identities_relinked: bool,
     /// Settings that changed but are read only at start (applied at the next restart).
     pub needs_restart: Vec<&'static str>,
 }
@@ -110,6 +112,9 @@ impl std::fmt::Display for ReloadSummary {
             self.destinations_added,
             self.destinations_removed,
         )?;
+        if self.identities_relinked {
+            write!(formatter, "; [[identity]] linked anew")?;
+        }
         if !self.needs_restart.is_empty() {
             write!(
                 formatter,
@@ -418,7 +423,6 @@ impl Running {
                     old.reconnect_max != config.reconnect_max,
                     "reconnect_max_seconds",
                 ),
-                (old.identities != config.identities, "[[identity]]"),
             ] {
                 if changed {
                     summary.needs_restart.push(key);
@@ -485,6 +489,15 @@ impl Running {
                 .collect(),
         );
         self.router.set_topology(Arc::clone(&topology));
+        // Identities after the topology: a network the reload adds has its name folding.
+        if self
+            .config
+            .as_ref()
+            .is_some_and(|old| old.identities != config.identities)
+        {
+            self.router.people().link(config.identities.clone());
+            summary.identities_relinked = true;
+        }
 
         // Workers stop before their connectors (each finishes the delivery in hand).
         let stopping_workers: Vec<ChannelRef> = self

@@ -44,6 +44,9 @@ pub struct Identities {
     case_mappings: HashMap<String, CaseMapping>,
     /// (network, folded account or bound id) → index in `list`.
     index: RwLock<HashMap<(String, String), usize>>,
+    /// Every [`Identities::bind`] made, as (network, account, id): replayed on the identities
+    /// a reload links ([`Identities::keep_bindings_of`]).
+    bindings: RwLock<Vec<(String, String, String)>>,
 }
 
 impl Identities {
@@ -62,6 +65,20 @@ impl Identities {
             list,
             case_mappings,
             index: RwLock::new(index),
+            bindings: RwLock::default(),
+        }
+    }
+
+    /// Bind here every id `old` had bound to an account that is still configured (a reload
+    /// that links new identities keeps what the connectors looked up).
+    pub fn keep_bindings_of(&self, old: &Identities) {
+        let bindings = old
+            .bindings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (network, account, id) in bindings {
+            self.bind(&network, &account, &id);
         }
     }
 
@@ -97,6 +114,14 @@ impl Identities {
                 (network.to_owned(), fold(&self.case_mappings, network, id)),
                 position,
             );
+            let binding = (network.to_owned(), account.to_owned(), id.to_owned());
+            let mut bindings = self
+                .bindings
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !bindings.contains(&binding) {
+                bindings.push(binding);
+            }
         }
     }
 
@@ -186,5 +211,36 @@ mod tests {
         assert_eq!(identities.account_on("mm", "u1", "irc"), Some("alice"));
         assert_eq!(identities.of("mm", "u2"), None);
         assert_eq!(identities.accounts_on("mm"), vec!["alice".to_owned()]);
+    }
+
+    #[test]
+    fn identities_linked_anew_keep_the_ids_bound_to_accounts_still_configured() {
+        let old = identities();
+        old.bind("mm", "alice", "u1");
+        let renamed = Identities::new(
+            vec![
+                Identity {
+                    name: Some("Alice Example".into()),
+                    accounts: vec![
+                        ("irc".into(), "alice".into()),
+                        ("mm".into(), "alice".into()),
+                    ],
+                    nickserv_password: None,
+                },
+                Identity {
+                    name: None,
+                    accounts: vec![("irc".into(), "bob".into()), ("mm".into(), "bob".into())],
+                    nickserv_password: None,
+                },
+            ],
+            HashMap::from([("mm".to_owned(), CaseMapping::Ascii)]),
+        );
+        renamed.keep_bindings_of(&old);
+        assert_eq!(renamed.name("mm", "u1"), Some("Alice Example"));
+        assert_eq!(renamed.account_on("mm", "u1", "irc"), Some("alice"));
+        // An account the old set had and the new one does not binds nothing.
+        let without = Identities::new(Vec::new(), HashMap::new());
+        without.keep_bindings_of(&old);
+        assert_eq!(without.of("mm", "u1"), None);
     }
 }

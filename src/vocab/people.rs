@@ -10,7 +10,7 @@
 //! names other than by each network's declared [`CaseMapping`].
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::model::{EventBody, Inbound, Membership};
 use crate::richtext::model::MentionTarget;
@@ -63,8 +63,11 @@ pub struct People {
     /// By network id; a network a reload adds is added ([`People::add_case_mappings`]).
     case_mappings: RwLock<HashMap<String, CaseMapping>>,
     directory: RwLock<Directory>,
-    /// The linked identities (`[[identity]]`), set once at start ([`People::link`]).
-    identities: OnceLock<Identities>,
+    /// The linked identities (`[[identity]]`), set at start and replaced whole by a reload
+    /// ([`People::link`]).
+    identities: RwLock<Arc<Identities>>,
+    /// Moved each time identities are linked, for connectors that look accounts up.
+    linked: tokio::sync::watch::Sender<u64>,
 }
 
 impl People {
@@ -75,28 +78,40 @@ impl People {
         Self {
             case_mappings: RwLock::new(case_mappings),
             directory: RwLock::default(),
-            identities: OnceLock::new(),
+            identities: RwLock::default(),
+            linked: tokio::sync::watch::Sender::new(0),
         }
     }
 
-    /// Link the configured identities (`[[identity]]`): once, before connectors start.
+    /// Link the configured identities (`[[identity]]`): at start, before connectors start, and
+    /// again at each reload that changes them. The new set replaces the old one at once (a
+    /// reader has either), keeping the ids connectors bound to accounts still configured.
     pub fn link(&self, identities: Vec<Identity>) {
-        if self
+        let linked = Identities::new(identities, self.mappings().clone());
+        linked.keep_bindings_of(&self.identities());
+        *self
             .identities
-            .set(Identities::new(identities, self.mappings().clone()))
-            .is_err()
-        {
-            tracing::warn!("Identities were linked twice; the first ones stay.");
-        }
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(linked);
+        self.linked.send_modify(|generation| *generation += 1);
     }
 
-    /// The linked identities (none until [`People::link`]).
+    /// The linked identities now (none until [`People::link`]).
     #[must_use]
-    pub fn identities(&self) -> &Identities {
-        static NONE: OnceLock<Identities> = OnceLock::new();
-        self.identities
-            .get()
-            .unwrap_or_else(|| NONE.get_or_init(Identities::default))
+    pub fn identities(&self) -> Arc<Identities> {
+        Arc::clone(
+            &self
+                .identities
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Changes each time identities are linked (a connector that binds ids to accounts looks
+    /// the new ones up).
+    #[must_use]
+    pub fn identities_linked(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.linked.subscribe()
     }
 
     /// A directory that starts with `known` (the store's rows).
@@ -450,5 +465,29 @@ mod tests {
         );
         assert_eq!(people.current("irc", "a"), Some(("b".into(), "b".into())));
         assert_eq!(people.len(), 2);
+    }
+
+    #[test]
+    fn identities_linked_again_replace_the_old_set_whole_and_say_so() {
+        let people = people();
+        let identity = |name: &str| Identity {
+            name: Some(name.into()),
+            accounts: vec![("irc".into(), "ann".into()), ("mm".into(), "ann".into())],
+            nickserv_password: None,
+        };
+        let mut linked = people.identities_linked();
+        people.link(vec![identity("Ann")]);
+        let before = people.identities();
+        people.identities().bind("mm", "ann", "u7");
+        people.link(vec![identity("Ann Example")]);
+        assert!(linked.has_changed().unwrap());
+        // A reader holding the old set keeps it whole; new readers have the new one.
+        assert_eq!(before.name("irc", "ANN"), Some("Ann"));
+        assert_eq!(people.identities().name("irc", "ANN"), Some("Ann Example"));
+        assert_eq!(people.identities().name("mm", "u7"), Some("Ann Example"));
+        linked.mark_unchanged();
+        people.link(Vec::new());
+        assert!(linked.has_changed().unwrap());
+        assert_eq!(people.identities().name("irc", "ann"), None);
     }
 }

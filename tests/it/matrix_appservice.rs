@@ -155,7 +155,8 @@ struct Setup {
     /// The bridge's bot's localpart (`sender_localpart`).
     bot: String,
     bridge: Bridge,
-    _dir: tempfile::TempDir,
+    /// The state folder, holding `bridges.toml` (a reload rewrites it).
+    dir: tempfile::TempDir,
 }
 
 async fn setup(gateway_extra: &str) -> Setup {
@@ -268,7 +269,7 @@ async fn setup_full(
         listen_port,
         bot,
         bridge,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -1308,5 +1309,77 @@ async fn a_reaction_from_mattermost_is_the_ghosts_and_taking_it_back_removes_it(
             })
         })
         .await;
+    s.bridge.terminate();
+}
+
+/// A reload that adds a gateway with a new room: the application service's bot joins it on the
+/// running service (no new listener, the old room untouched), ghosts speak there and the room
+/// is relayed back, as for a room at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_a_reload_adds_is_joined_and_relayed_by_the_running_service() {
+    let mut s = setup("").await;
+    let irc_port = shared_inspircd().port;
+    let channel = unique("#asrl");
+    let alias_name = unique("asrlroom");
+    let room = s.matrix.create_room(&alias_name).await;
+    let mut iris = IrcClient::connect(irc_port, &unique("iris")).await;
+    iris.join(&channel).await;
+    let file = s.dir.path().join("bridges.toml");
+    let before = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{before}\n[[gateway]]\nname = \"added\"\nchannels = [\n  \
+             {{ network = \"irc\", channel = \"{channel}\" }},\n  \
+             {{ network = \"mx\", channel = \"#{alias_name}:localhost\" }},\n]\n"
+        ),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+        .arg("reload")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .await
+        .expect("run tribridge reload");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("reconnected [], following new channels [irc, mx]"),
+        "{out}"
+    );
+    s.bridge
+        .wait_for_log_count("The bot joined the room.", 2)
+        .await;
+    s.matrix.mark().await;
+    iris.say(&channel, "into the new room asrl1");
+    let events = s.matrix.messages_until(&room, "asrl1").await;
+    let ghost = format!("@irc_{}:localhost", iris.nick);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.sender.as_str(), e.body()))
+            .collect::<Vec<_>>(),
+        vec![(ghost.as_str(), "into the new room asrl1")]
+    );
+    s.matrix.say(&room, "out of the new room asrl2").await;
+    let lines = iris.texts_until(&channel, "asrl2").await;
+    let name = crate::support::matrix_client::local_part(&s.matrix.user_id);
+    assert_eq!(
+        texts(&lines),
+        vec![format!("<{name}> out of the new room asrl2")]
+    );
+    // The old room still relays, on the same service.
+    s.irc.say(&s.channel, "still here asrl3");
+    s.matrix.messages_until(&s.room, "asrl3").await;
+    assert_eq!(
+        s.bridge
+            .logs()
+            .matches("Listening for the homeserver's transactions")
+            .count(),
+        1,
+        "one listener: {}",
+        s.bridge.logs()
+    );
     s.bridge.terminate();
 }

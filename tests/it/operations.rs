@@ -268,85 +268,288 @@ async fn reload_adds_a_gateway_without_touching_the_unchanged_channels() {
     assert_eq!(bridge.terminate(), Some(0));
 }
 
-/// A reload that adds a network and a gateway of it does not touch a Mattermost network whose
-/// section and channels did not change: no new WebSocket, no new login, and its channel keeps
-/// relaying both ways.
+/// A reload that adds a gateway between a new Matrix room and a new Mattermost channel, then
+/// removes it: both networks follow on the connections they have. The new room and channel
+/// relay both ways within seconds while the old ones keep relaying; the bot never leaves or
+/// rejoins the old room, the Mattermost WebSocket and the Matrix login are the first ones, and
+/// the IRC channel of the unchanged gateway sees nothing. Removed again, the new channel's
+/// posts are not relayed any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_leaves_an_unchanged_mattermost_network_on_its_websocket() {
+async fn reload_adds_a_matrix_room_and_a_mattermost_channel_on_the_running_connections() {
+    use crate::support::config::matrix_network;
+    use crate::support::matrix_client::{MatrixUser, register};
     use crate::support::mattermost::MmServer;
+    use crate::support::servers::shared_synapse;
     let server = shared_inspircd();
-    let (a, c, d) = (unique("#mmr"), unique("#mmr"), unique("#mmr"));
-    let (nick_one, nick_two) = (unique("mrone"), unique("mrtwo"));
+    let synapse = shared_synapse().url();
+    let a = unique("#mmr");
+    let nick_one = unique("mrone");
     let mut alice = IrcClient::connect(server.port, &unique("alice")).await;
-    let mut carol = IrcClient::connect(server.port, &unique("carol")).await;
-    let mut dave = IrcClient::connect(server.port, &unique("dave")).await;
     alice.join(&a).await;
-    carol.join(&c).await;
-    dave.join(&d).await;
     let mm = MmServer::start("reload").await;
-    let town = mm.channel("town").await;
+    let (town, square) = (mm.channel("town").await, mm.channel("square").await);
     let mia = mm.user("mia", &town).await;
-    let one = irc_network("one", server.port, &nick_one);
-    let mattermost = mm.network("mm", "");
-    let metrics = free_port();
-    let first = [("g", vec![("one", a.as_str()), ("mm", "town")])];
-    let dir = tempfile::tempdir().unwrap();
-    let mut bridge = Bridge::start(
-        dir.path(),
-        &config(&[one.clone(), mattermost.clone()], &first, metrics),
+    mia.ok(
+        reqwest::Method::POST,
+        &format!("/channels/{square}/members"),
+        Some(serde_json::json!({"user_id": mia.id})),
+    )
+    .await;
+    let bot = unique("rlbot");
+    register(&synapse, &bot, "password").await;
+    let bot_id = format!("@{bot}:localhost");
+    let mut max = MatrixUser::new(&synapse, &unique("max")).await;
+    let (first_alias, second_alias) = (unique("rlroom"), unique("rlroom"));
+    let first_room = max.create_room(&first_alias).await;
+    let second_room = max.create_room(&second_alias).await;
+    let (first_alias, second_alias) = (
+        format!("#{first_alias}:localhost"),
+        format!("#{second_alias}:localhost"),
     );
+    let networks = [
+        irc_network("one", server.port, &nick_one),
+        mm.network("mm", ""),
+        matrix_network("mx", &synapse, &bot),
+    ];
+    let metrics = free_port();
+    let first = [(
+        "g",
+        vec![
+            ("one", a.as_str()),
+            ("mm", "town"),
+            ("mx", first_alias.as_str()),
+        ],
+    )];
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), &config(&networks, &first, metrics));
     alice.wait_join(&nick_one, &a).await;
     mm.wait_bot_member(&town).await;
     mm.wait_websocket(1).await;
+    max.events_until(&first_room, DEADLINE, |events| {
+        events.iter().any(|e| {
+            e.kind == "m.room.member" && e.sender == bot_id && e.content["membership"] == "join"
+        })
+    })
+    .await;
     wait_status(metrics, "/readyz", 200).await;
+    max.say(&first_room, "before the reload").await;
+    wait_text(&mut alice, &a, "before the reload").await;
 
+    let both = [
+        first[0].clone(),
+        (
+            "added",
+            vec![("mm", "square"), ("mx", second_alias.as_str())],
+        ),
+    ];
     std::fs::write(
         dir.path().join("bridges.toml"),
-        config(
-            &[one, mattermost, irc_network("two", server.port, &nick_two)],
-            &[
-                first[0].clone(),
-                ("added", vec![("one", c.as_str()), ("two", d.as_str())]),
-            ],
+        config(&networks, &both, metrics),
+    )
+    .unwrap();
+    let asked = Instant::now();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(
+        out.contains(
+            "networks added [], removed [], reconnected [], following new channels [mm, mx]"
+        ) && out.contains("2 destinations added"),
+        "{out}"
+    );
+
+    // The new room and channel relay both ways.
+    mia.say(&square, "from the new channel").await;
+    let seen = max
+        .messages_until(&second_room, "from the new channel")
+        .await;
+    assert_eq!(
+        seen.iter()
+            .map(crate::support::matrix_client::Event::body)
+            .collect::<Vec<_>>(),
+        vec!["<mia> from the new channel"]
+    );
+    max.say(&second_room, "from the new room").await;
+    let posts = mia
+        .wait_posts_by(&square, &mm.bot_id, |posts| {
+            posts.iter().any(|p| {
+                p["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("from the new room"))
+            })
+        })
+        .await;
+    let max_name = crate::support::matrix_client::local_part(&max.user_id);
+    assert_eq!(
+        posts[0]["message"],
+        // Markdown: the `<` is escaped, and shown as typed.
+        format!("\\<{max_name}> from the new room"),
+    );
+    // A figure for the report, not an assertion.
+    eprintln!(
+        "reload: the new Matrix room and Mattermost channel relayed both ways {:?} after \
+         `tribridge reload` started",
+        asked.elapsed()
+    );
+
+    // The old ones keep relaying, on the same connections.
+    mia.say(&town, "from the old channel").await;
+    assert_eq!(
+        wait_text(&mut alice, &a, "from the old channel").await,
+        "<mia> from the old channel"
+    );
+    let old_room = max
+        .messages_until(&first_room, "from the old channel")
+        .await;
+    assert_eq!(
+        old_room
+            .last()
+            .map(crate::support::matrix_client::Event::body),
+        Some("<mia> from the old channel")
+    );
+    let bot_memberships = max
+        .history_events(&first_room)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "m.room.member" && e.sender == bot_id)
+        .count();
+    assert_eq!(bot_memberships, 1, "the bot joined the old room once");
+    assert_eq!(mm.emu.websocket_count(), 1);
+    let logs = bridge.logs();
+    assert_eq!(
+        logs.matches("WebSocket session started").count(),
+        1,
+        "one Mattermost session: {logs}"
+    );
+    assert_eq!(
+        logs.matches("Logged in to Matrix.").count()
+            + logs.matches("Matrix session restored.").count(),
+        1,
+        "one Matrix login and sync loop: {logs}"
+    );
+    assert_eq!(
+        comings_and_goings(&mut alice, &nick_one),
+        Vec::<String>::new()
+    );
+    wait_status(metrics, "/readyz", 200).await;
+
+    // Removed again: the channel is not relayed any more, the bot stays in the room.
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        config(&networks, &first, metrics),
+    )
+    .unwrap();
+    let (code, out, err) = reload_command(dir.path()).await;
+    assert_eq!(code, Some(0), "reload failed: {out}{err}");
+    assert!(
+        out.contains("following new channels [mm, mx]") && out.contains("2 removed"),
+        "{out}"
+    );
+    mia.say(&square, "after the removal").await;
+    // The same WebSocket carries both posts in order: once the second is relayed, the first
+    // was handled.
+    mia.say(&town, "marker after the removal").await;
+    wait_text(&mut alice, &a, "marker after the removal").await;
+    max.messages_until(&first_room, "marker after the removal")
+        .await;
+    let second_history = max.history(&second_room).await;
+    assert!(
+        second_history
+            .iter()
+            .all(|e| !e.body().contains("after the removal")),
+        "{second_history:?}"
+    );
+    let left = max.history_events(&second_room).await.into_iter().any(|e| {
+        e.kind == "m.room.member" && e.sender == bot_id && e.content["membership"] == "leave"
+    });
+    assert!(!left, "the bot stays in a room no gateway links");
+    wait_status(metrics, "/readyz", 200).await;
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+/// A reload that adds an api gateway and removes another: the running listener takes the new
+/// gateway name at once (a post to it is relayed) and answers a post to the removed one as an
+/// unknown gateway (400), without listening again. The same reload links an `[[identity]]`
+/// with a name: the person is shown under it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_gives_the_running_api_listener_its_new_gateway_names() {
+    use crate::support::api_client::ApiClient;
+    let server = shared_inspircd();
+    let (a, b) = (unique("#apir"), unique("#apir"));
+    let nick = unique("apirl");
+    let mut carol = IrcClient::connect(server.port, &unique("carol")).await;
+    carol.join(&b).await;
+    let api_port = free_port();
+    let networks = [
+        irc_network("one", server.port, &nick),
+        format!(
+            "[network.api]\ntype = \"api\"\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"secret\"\n\
+             remote_nick_format = \"{{NICK}}\"\n\n"
+        ),
+        // In no gateway (not connected): the identity's other account.
+        irc_network("elsewhere", server.port, &unique("apiel")),
+    ];
+    let metrics = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &config(
+            &networks,
+            &[("first", vec![("one", a.as_str()), ("api", "first")])],
             metrics,
+        ),
+    );
+    let client = ApiClient::new(api_port, "secret");
+    client.wait_healthy().await;
+    wait_status(metrics, "/readyz", 200).await;
+    let refused = client
+        .post(&ApiClient::message("second", "bot", "too early"))
+        .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+
+    let second = [("second", vec![("one", b.as_str()), ("api", "second")])];
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        format!(
+            "{}[[identity]]\nname = \"Carol Example\"\none = \"{}\"\nelsewhere = \"carol\"\n",
+            config(&networks, &second, metrics),
+            carol.nick
         ),
     )
     .unwrap();
     let (code, out, err) = reload_command(dir.path()).await;
     assert_eq!(code, Some(0), "reload failed: {out}{err}");
     assert!(
-        out.contains("networks added [two]") && out.contains("reconnected []"),
+        out.contains("reconnected [], following new channels [api, one]")
+            && out.contains("[[identity]] linked anew"),
         "{out}"
     );
-    carol.wait_join(&nick_one, &c).await;
-    dave.wait_join(&nick_two, &d).await;
-    carol.say(&c, "across the added gateway");
-    wait_text(&mut dave, &d, "across the added gateway").await;
-
-    mia.say(&town, "from mattermost after the reload").await;
+    client
+        .say("second", "ci", "through the new gateway name")
+        .await;
     assert_eq!(
-        wait_text(&mut alice, &a, "from mattermost after the reload").await,
-        "<mia> from mattermost after the reload"
+        wait_text(&mut carol, &b, "through the new gateway name").await,
+        "<ci> through the new gateway name"
     );
-    alice.say(&a, "to mattermost after the reload");
-    mia.wait_posts_by(&town, &mm.bot_id, |posts| {
-        posts.iter().any(|p| {
-            p["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("to mattermost after the reload"))
-        })
-    })
-    .await;
-    assert_eq!(mm.emu.websocket_count(), 1);
+    carol.say(&b, "said as a linked person");
+    let taken = client.messages_until(&["said as a linked person"]).await;
+    let relayed = taken
+        .iter()
+        .find(|m| m["text"] == "said as a linked person")
+        .expect("relayed");
+    assert_eq!(relayed["username"], "Carol Example", "{relayed}");
+    let gone = client
+        .post(&ApiClient::message("first", "ci", "too late"))
+        .await;
+    assert_eq!(gone.status, 400, "{gone:?}");
+    assert!(gone.body.contains("first"), "{gone:?}");
     assert_eq!(
-        bridge.logs().matches("WebSocket session started").count(),
+        bridge
+            .logs()
+            .matches("Listening for API clients and webhooks.")
+            .count(),
         1,
-        "one Mattermost session: {}",
+        "one listener: {}",
         bridge.logs()
-    );
-    assert_eq!(
-        comings_and_goings(&mut alice, &nick_one),
-        Vec::<String>::new()
     );
     wait_status(metrics, "/readyz", 200).await;
     assert_eq!(bridge.terminate(), Some(0));

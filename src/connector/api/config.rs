@@ -279,6 +279,12 @@ impl NetworkSettings for ApiConfig {
         CAPABILITIES
     }
 
+    /// Its channels are the gateway names clients post to: the running listener takes a name a
+    /// reload adds and refuses one it removes (400, unknown gateway).
+    fn follows_channel_changes(&self) -> bool {
+        true
+    }
+
     #[cfg(feature = "matrix")]
     fn build(
         &self,

@@ -99,10 +99,12 @@ impl Session for Endpoint {
         tracing::info!(network = %shared.network, listen = %shared.config.listen, webhooks = shared.config.webhooks.len(), "Listening for API clients and webhooks.");
         // Its channels are the names clients post to: listening is being in all of them.
         shared.context.status.connected();
+        // Its channels after each reload too: the listener takes them as they are.
+        let mut channel_updates = shared.context.channel_updates.clone();
         shared
             .context
             .status
-            .joined_only(shared.context.channels.iter());
+            .joined_only(channel_updates.borrow_and_update().iter());
         let body_limit = usize::try_from(shared.context.files.store.max_bytes())
             .unwrap_or(usize::MAX)
             .saturating_mul(4)
@@ -117,10 +119,21 @@ impl Session for Endpoint {
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(body_limit))
             .with_state(Arc::clone(shared));
-        match axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-        {
+        let serving =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let follow = async {
+            while channel_updates.changed().await.is_ok() {
+                let channels = channel_updates.borrow_and_update().clone();
+                tracing::info!(network = %shared.network, gateways = %channels.join(", "), "The listener takes the gateway names of the reload.");
+                shared.context.status.joined_only(channels.iter());
+            }
+            std::future::pending::<()>().await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = follow => Ok(()),
+        };
+        match served {
             Ok(()) if shutdown.is_cancelled() => SessionEnd::Shutdown,
             Ok(()) => SessionEnd::Lost("the listener stopped".to_owned()),
             Err(error) => SessionEnd::Lost(format!("the listener failed: {error}")),
@@ -205,13 +218,13 @@ async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
 /// The channel of this network a client names as `gateway`, if messages from it are
 /// relayed somewhere.
 fn channel_of(shared: &Shared, gateway: &str) -> Result<String, Refused> {
-    let known = || shared.context.channels.join(", ");
+    // The channels of the last reload: the running listener follows them.
+    let channels = shared.context.channel_updates.borrow().clone();
+    let known = || channels.join(", ");
     if gateway.trim().is_empty() {
         return Err(Refused::NoGateway(known()));
     }
-    let channel = shared
-        .context
-        .channels
+    let channel = channels
         .iter()
         .find(|channel| *channel == gateway)
         .ok_or_else(|| Refused::UnknownGateway {

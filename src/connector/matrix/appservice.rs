@@ -41,8 +41,9 @@
 //!   the **encryption bot** `<sender_localpart>.e2ee`, a user of the service's namespace
 //!   (the registration names it), registered and logged in with the `as_token`
 //!   (`m.login.application_service`, no password), and joined to each encrypted room here
-//!   (invited by the bot where needed). Its sync asks for the encrypted rooms only (and it is
-//!   in no other room, so nothing else wakes it), and those rooms' events are read (decrypted)
+//!   (invited by the bot where needed). It is in no other room (it stays in an encrypted room
+//!   a reload unlinks, whose events it then skips), so a room it joins while its sync waits
+//!   (a reload adds it) wakes the sync with the join; those rooms' events are read (decrypted)
 //!   from it instead of the pushed transactions. It starts with the first encrypted room
 //!   found (at the join, or when encryption is turned on): without encrypted rooms nothing
 //!   syncs. Logged once per room.
@@ -599,62 +600,101 @@ impl Shared {
             .map_err(|error| error.to_string())
     }
 
-    /// Join every configured room as the bot, until all are joined or shutdown.
-    async fn join_rooms(&self) {
+    /// Follow the configured rooms until shutdown: join each as the bot (trying again those
+    /// that could not be joined), and after a reload join the rooms it adds, as at start, and
+    /// stop relaying those it removes.
+    async fn follow_rooms(&self) {
+        let mut channel_updates = self.context.channel_updates.clone();
         loop {
-            let mut missing = 0;
-            for channel in &self.context.channels {
-                if self.room_of(channel).is_some() {
-                    self.context.status.joined(channel);
-                    continue;
-                }
-                match self
-                    .request(
-                        reqwest::Method::POST,
-                        &format!("/_matrix/client/v3/join/{}", segment(channel)),
-                        None,
-                        None,
-                        Some(&json!({})),
-                    )
-                    .await
-                {
-                    Ok(answer) => {
-                        let Some(room_id) = answer["room_id"].as_str() else {
-                            missing += 1;
-                            continue;
-                        };
-                        // Known at once, so that nothing pushed from now on is dropped as
-                        // from an unbridged room; deliveries wait until it is `checked`.
-                        self.rooms
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(channel.clone(), room_id.to_owned());
-                        if self.is_encrypted(room_id).await {
-                            self.note_encrypted(room_id, channel).await;
-                        }
-                        self.checked
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(room_id.to_owned());
-                        self.start_audit_floor(room_id).await;
-                        tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
-                        self.context.status.joined(channel);
-                        self.announce_bridge(channel, room_id).await;
-                    }
-                    Err(error) => {
-                        missing += 1;
-                        tracing::warn!(network = %self.network, channel, error = %error, "Cannot join the room; will try again.");
-                    }
-                }
+            let wanted = channel_updates.borrow_and_update().clone();
+            self.forget_rooms(&wanted);
+            let missing = self.join_rooms(&wanted).await;
+            tokio::select! {
+                Ok(()) = channel_updates.changed() => {}
+                () = tokio::time::sleep(JOIN_RETRY), if missing > 0 => {}
+                else => std::future::pending::<()>().await,
             }
-            if !self.rooms_tried.send_replace(true) {
-                tracing::info!(network = %self.network, missing, "Every configured room was tried; taking the homeserver's transactions.");
-            }
-            if missing == 0 {
-                return;
-            }
-            tokio::time::sleep(JOIN_RETRY).await;
         }
+    }
+
+    /// Stop relaying the rooms no gateway links any more (after a reload). The bot stays a
+    /// member, as do the ghosts: a bridge does not leave rooms on a configuration change, and
+    /// linking the room again needs no new invite.
+    fn forget_rooms(&self, wanted: &[String]) {
+        let removed: Vec<(String, String)> = self
+            .rooms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(channel, _)| !wanted.contains(*channel))
+            .map(|(channel, room_id)| (channel.clone(), room_id.clone()))
+            .collect();
+        for (channel, room_id) in removed {
+            self.rooms
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&channel);
+            // The encryption bot's session reads only the rooms of this scope.
+            self.encrypted
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&room_id);
+            self.context.status.left(&channel);
+            tracing::info!(network = %self.network, channel, room_id, "No gateway links this room any more: it is not relayed; the bot and its ghosts stay members.");
+        }
+    }
+
+    /// Join the rooms of `wanted` the bot is not in yet: how many could not be joined.
+    async fn join_rooms(&self, wanted: &[String]) -> usize {
+        let mut missing = 0;
+        for channel in wanted {
+            if self.room_of(channel).is_some() {
+                self.context.status.joined(channel);
+                continue;
+            }
+            match self
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/_matrix/client/v3/join/{}", segment(channel)),
+                    None,
+                    None,
+                    Some(&json!({})),
+                )
+                .await
+            {
+                Ok(answer) => {
+                    let Some(room_id) = answer["room_id"].as_str() else {
+                        missing += 1;
+                        continue;
+                    };
+                    // Known at once, so that nothing pushed from now on is dropped as
+                    // from an unbridged room; deliveries wait until it is `checked`.
+                    self.rooms
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(channel.clone(), room_id.to_owned());
+                    if self.is_encrypted(room_id).await {
+                        self.note_encrypted(room_id, channel).await;
+                    }
+                    self.checked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(room_id.to_owned());
+                    self.start_audit_floor(room_id).await;
+                    tracing::info!(network = %self.network, channel, room_id, "The bot joined the room.");
+                    self.context.status.joined(channel);
+                    self.announce_bridge(channel, room_id).await;
+                }
+                Err(error) => {
+                    missing += 1;
+                    tracing::warn!(network = %self.network, channel, error = %error, "Cannot join the room; will try again.");
+                }
+            }
+        }
+        if !self.rooms_tried.send_replace(true) {
+            tracing::info!(network = %self.network, missing, "Every configured room was tried; taking the homeserver's transactions.");
+        }
+        missing
     }
 
     /// Say in the room what it is bridged to: one `m.bridge` state event (MSC2346, and the
@@ -1904,8 +1944,7 @@ impl AppserviceTask {
                 }
             }
             () = async move {
-                joiner.join_rooms().await;
-                std::future::pending::<()>().await;
+                joiner.follow_rooms().await;
             } => {}
             () = async {
                 shared.start_via_bot.notified().await;

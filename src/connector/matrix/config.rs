@@ -541,6 +541,12 @@ impl NetworkSettings for MatrixConfig {
         CAPABILITIES
     }
 
+    /// Both modes join a room a reload adds on the running session (the bot's sync, or the
+    /// application service's bot), and stop relaying a room it removes (staying a member).
+    fn follows_channel_changes(&self) -> bool {
+        true
+    }
+
     #[cfg(feature = "matrix")]
     fn build(
         &self,

@@ -114,8 +114,10 @@ pub struct MatrixTask {
 /// The rooms a session reads and writes, when it is not every room of its channels: in
 /// `mode = "appservice"` the encrypted rooms, which ghosts cannot write to and the bridge's
 /// encryption bot relays (`super::appservice`), joined by the application service. Room id →
-/// its configured channel; rooms are added while the session runs. Such a session joins
-/// nothing itself and its sync asks for these rooms only.
+/// its configured channel; rooms are added (at start or by a reload) and removed (by a reload)
+/// while the session runs. Such a session joins nothing itself; its account is in these rooms
+/// only (and in rooms a reload unlinked, whose events it skips), so its sync asks for every
+/// room: a room joined while a sync waits wakes it with the join, and is read from there.
 pub(super) type RoomScope = Arc<RwLock<HashMap<String, String>>>;
 
 /// Build the handle and the task of one Matrix network.
@@ -254,11 +256,12 @@ impl MatrixTask {
             client: client.clone(),
             own_user,
             rooms: HashMap::new(),
-            // A scoped session joins nothing: its rooms are joined for it.
+            // A scoped session joins nothing: its rooms are joined for it. The channels are
+            // those of the last reload, which may differ from those at start.
             wanted: if self.scope.is_some() {
                 Vec::new()
             } else {
-                self.context.channels.clone()
+                self.context.channel_updates.borrow().clone()
             },
             next_join_attempt: Instant::now(),
             awaiting_join: HashSet::new(),
@@ -643,18 +646,6 @@ impl SyncState<'_> {
         })
     }
 
-    /// The rooms the sync asks for: those of the scope, or `None` for all.
-    fn scope_rooms(&self) -> Option<Vec<OwnedRoomId>> {
-        let scope = self.task.scope.as_ref()?;
-        let rooms = scope
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .filter_map(|id| RoomId::parse(id).ok())
-            .collect();
-        Some(rooms)
-    }
-
     fn publish_rooms(&self) {
         self.task.status().joined_only(self.rooms.keys());
         if let Some(live) = self
@@ -713,7 +704,7 @@ impl SyncState<'_> {
         }
         tracing::info!(network = %self.network(), "First start on this network: taking the current position; earlier history is not relayed.");
         let settings = SyncSettings::default()
-            .filter(Self::filter(None, self.scope_rooms()))
+            .filter(Self::filter(None))
             .timeout(Duration::ZERO);
         let response =
             self.client.sync_once(settings).await.map_err(|error| {
@@ -758,7 +749,39 @@ impl SyncState<'_> {
     }
 
     /// Accept an invite when it is to a configured room (by id or by its canonical alias).
+    /// Follow a reload's channels on this session: a room no gateway links any more is no
+    /// longer relayed or written to, but the bot stays a member (a bridge does not leave rooms
+    /// on a configuration change: people there keep their bridge, and linking the room again
+    /// needs no new invite); a new room is joined as at start, and relayed from the join on.
+    async fn follow_channels(&mut self, wanted: Vec<String>) {
+        if wanted == self.wanted {
+            return;
+        }
+        let removed: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|channel| !wanted.contains(*channel))
+            .cloned()
+            .collect();
+        for channel in removed {
+            if let Some(room_id) = self.rooms.remove(&channel) {
+                self.awaiting_join.remove(&room_id);
+                tracing::info!(network = %self.network(), room = %channel, room_id = %room_id, "No gateway links this room any more: it is not relayed; the bot stays a member.");
+            }
+        }
+        let added = wanted.iter().any(|channel| !self.wanted.contains(channel));
+        self.wanted = wanted;
+        self.publish_rooms();
+        if added {
+            self.join_missing().await;
+        }
+    }
+
     async fn consider_invite(&mut self, room_id: &RoomId) {
+        if self.task.scope.is_some() {
+            // The application service joins a scoped session's account where it is needed.
+            return;
+        }
         let Some(room) = self.client.get_room(room_id) else {
             return;
         };
@@ -796,16 +819,13 @@ impl SyncState<'_> {
     /// never relays them, so the polls while it writes carry none of its messages (less for the
     /// homeserver to send and for the bridge to parse). Room state still carries the bot's own
     /// membership. The long-poll asks for the bot's own events: its first write must end it.
-    ///
-    /// With `rooms` only those rooms are asked for (appservice mode: the encrypted rooms).
-    fn filter(quiet_as: Option<&UserId>, rooms: Option<Vec<OwnedRoomId>>) -> Filter {
+    fn filter(quiet_as: Option<&UserId>) -> Filter {
         let mut timeline = RoomEventFilter::default();
         timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         if let Some(own) = quiet_as {
             timeline.not_senders = vec![own.to_owned()];
         }
         let mut room = RoomFilter::default();
-        room.rooms = rooms;
         room.timeline = timeline;
         room.ephemeral = RoomEventFilter::ignore_all();
         room.account_data = RoomEventFilter::ignore_all();
@@ -845,6 +865,14 @@ impl SyncState<'_> {
         let mut writing = Writing::new(writes.load(Ordering::Relaxed));
         // When the last sync began.
         let mut started = Instant::now();
+        // The rooms a reload adds or removes are followed on this session (a scoped session's
+        // rooms are the application service's to follow). A change made while the session
+        // began is followed by difference, so seeing it again does nothing.
+        let mut channel_updates = self.task.context.channel_updates.clone();
+        if self.task.scope.is_none() {
+            let wanted = channel_updates.borrow_and_update().clone();
+            self.follow_channels(wanted).await;
+        }
         loop {
             if Instant::now() >= self.next_join_attempt && self.rooms.len() < self.wanted.len() {
                 self.join_missing().await;
@@ -862,7 +890,7 @@ impl SyncState<'_> {
             let quiet_as =
                 (busy && self.awaiting_join.is_empty()).then_some(self.own_user.as_ref());
             let mut settings = SyncSettings::default()
-                .filter(Self::filter(quiet_as, self.scope_rooms()))
+                .filter(Self::filter(quiet_as))
                 .timeout(if since.is_some() && !busy {
                     SYNC_TIMEOUT
                 } else {
@@ -872,7 +900,21 @@ impl SyncState<'_> {
             if let Some(token) = &since {
                 settings = settings.token(token.clone());
             }
-            let response = match self.client.sync_once(settings).await {
+            // A reload that adds a room joins it while the long-poll waits: the join wakes
+            // the sync, whose answer carries the new room from the join on.
+            let client = self.client.clone();
+            let sync = client.sync_once(settings);
+            tokio::pin!(sync);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut sync => break answer,
+                    Ok(()) = channel_updates.changed(), if self.task.scope.is_none() => {
+                        let wanted = channel_updates.borrow_and_update().clone();
+                        self.follow_channels(wanted).await;
+                    }
+                }
+            };
+            let response = match answer {
                 Ok(response) => response,
                 Err(error) => {
                     let reason = error_chain(&error);
@@ -1277,14 +1319,8 @@ mod tests {
     }
 
     #[test]
-    fn a_scoped_filter_asks_for_its_rooms_only() {
-        let room = RoomId::parse("!encrypted:localhost").expect("room id");
-        let Filter::FilterDefinition(scoped) = SyncState::filter(None, Some(vec![room.clone()]))
-        else {
-            panic!("an inline filter");
-        };
-        assert_eq!(scoped.room.rooms, Some(vec![room]));
-        let Filter::FilterDefinition(all) = SyncState::filter(None, None) else {
+    fn the_filter_asks_for_every_room_so_that_a_room_joined_later_wakes_the_sync() {
+        let Filter::FilterDefinition(all) = SyncState::filter(None) else {
             panic!("an inline filter");
         };
         assert_eq!(all.room.rooms, None);
@@ -1293,12 +1329,12 @@ mod tests {
     #[test]
     fn the_quiet_filter_leaves_out_only_the_bots_own_timeline_events() {
         let own = UserId::parse("@bot:localhost").expect("user id");
-        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own), None) else {
+        let Filter::FilterDefinition(quiet) = SyncState::filter(Some(&own)) else {
             panic!("an inline filter");
         };
         assert_eq!(quiet.room.timeline.not_senders, vec![own.clone()]);
         assert!(quiet.room.state.not_senders.is_empty());
-        let Filter::FilterDefinition(full) = SyncState::filter(None, None) else {
+        let Filter::FilterDefinition(full) = SyncState::filter(None) else {
             panic!("an inline filter");
         };
         assert!(full.room.timeline.not_senders.is_empty());

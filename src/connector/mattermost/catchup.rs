@@ -97,7 +97,7 @@ impl TaskState {
         }
     }
 
-    async fn store_channel_cursor(&mut self, channel_id: &str, now: Instant) {
+    pub(super) async fn store_channel_cursor(&mut self, channel_id: &str, now: Instant) {
         self.unstored.remove(channel_id);
         if self.store_failed {
             return;

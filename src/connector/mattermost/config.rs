@@ -356,6 +356,12 @@ impl NetworkSettings for MattermostConfig {
         CAPABILITIES
     }
 
+    /// A channel a reload adds is resolved, joined and caught up on the running session (its
+    /// events come on the same WebSocket); one it removes stops being relayed.
+    fn follows_channel_changes(&self) -> bool {
+        true
+    }
+
     #[cfg(feature = "matrix")]
     fn build(
         &self,

@@ -114,7 +114,13 @@ impl TaskState {
     }
 
     async fn session_inner(&mut self) -> SessionEnd {
-        if let Err(error) = self.prepare().await {
+        // The channels now: those of the last reload, which may differ from those at start;
+        // later reloads are followed on this session's WebSocket.
+        let mut channel_updates = self.shared.context.channel_updates.clone();
+        let wanted = channel_updates.borrow_and_update().clone();
+        let mut identities_linked = self.shared.context.router.people().identities_linked();
+        identities_linked.mark_unchanged();
+        if let Err(error) = self.prepare(&wanted).await {
             return SessionEnd::Lost(error.to_string());
         }
         let mut socket = match self.connect().await {
@@ -151,6 +157,18 @@ impl TaskState {
                         _ => {}
                     }
                 }
+                Ok(()) = identities_linked.changed() => {
+                    identities_linked.mark_unchanged();
+                    if let Err(error) = self.bind_identities().await {
+                        return SessionEnd::Lost(format!("cannot look up the linked people: {error}"));
+                    }
+                }
+                Ok(()) = channel_updates.changed() => {
+                    let wanted = channel_updates.borrow_and_update().clone();
+                    if let Err(reason) = self.follow_channels(&wanted).await {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
                 () = sleep_until_opt(self.next_cursor_store()) => {
                     self.store_cursors(false).await;
                 }
@@ -165,8 +183,8 @@ impl TaskState {
         }
     }
 
-    /// Log in, find the team and channels, join where needed.
-    async fn prepare(&mut self) -> Result<(), ApiError> {
+    /// Log in, find the team and the channels of `wanted`, join where needed.
+    async fn prepare(&mut self, wanted: &[String]) -> Result<(), ApiError> {
         let api = &self.shared.api;
         let me: api::User = api.fetch(Method::GET, "/users/me", None).await?;
         *self
@@ -196,25 +214,7 @@ impl TaskState {
                 .parallel()
                 .set_parallel_bridges(&self.shared.network, &ids);
         }
-        // People linked in `[[identity]]` by username: their posts name them by user id.
-        let identities = self.shared.context.router.people().identities();
-        let linked = identities.accounts_on(&self.shared.network);
-        if !linked.is_empty() {
-            let users: Vec<api::User> = api
-                .fetch(Method::POST, "/users/usernames", Some(&json!(linked)))
-                .await?;
-            for name in &linked {
-                match users
-                    .iter()
-                    .find(|user| user.username.eq_ignore_ascii_case(name))
-                {
-                    Some(user) => identities.bind(&self.shared.network, name, &user.id),
-                    None => {
-                        tracing::warn!(network = %self.shared.network, username = %name, "No such user for an [[identity]]; that person is not linked here.");
-                    }
-                }
-            }
-        }
+        self.bind_identities().await?;
         self.shared
             .context
             .router
@@ -234,64 +234,16 @@ impl TaskState {
             team.id
         };
         self.shared.remote.check_at_start(api, &me, &team_id).await;
+        // Channels of an earlier session that no gateway links any more are not bridged.
+        self.channels.clear();
         let mut ids = HashMap::new();
-        for configured in &self.shared.context.channels {
-            let path = match configured.strip_prefix("id:") {
-                Some(id) => format!("/channels/{id}"),
-                None => format!("/teams/{team_id}/channels/name/{configured}"),
-            };
-            let channel: api::Channel = match api.fetch(Method::GET, &path, None).await {
-                Ok(channel) => channel,
-                Err(error @ (ApiError::Status { .. } | ApiError::Decode(_))) => {
-                    tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot find this channel; it is not bridged.");
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let member = api
-                .fetch::<Value>(
-                    Method::GET,
-                    &format!("/channels/{}/members/{}", channel.id, me.id),
-                    None,
-                )
-                .await;
-            match member {
-                Ok(_) => {}
-                Err(error) if matches!(error.status(), Some(403 | 404)) => {
-                    match api
-                        .fetch::<Value>(
-                            Method::POST,
-                            &format!("/channels/{}/members", channel.id),
-                            Some(&json!({"user_id": me.id})),
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(network = %self.network(), channel = %configured, "Joined.");
-                        }
-                        Err(error @ ApiError::Status { .. }) => {
-                            tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot join this channel (a private channel needs the bot added by a member); it is not bridged.");
-                            continue;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                }
-                Err(error) => return Err(error),
+        for configured in wanted {
+            if let Some(id) = self
+                .resolve_channel(configured, &me.id, &team_id, false)
+                .await?
+            {
+                ids.insert(configured.clone(), id);
             }
-            if !self.cursors.contains_key(&channel.id) {
-                let stored = self.load_cursor(configured).await;
-                let cursor = if let Some(cursor) = stored {
-                    cursor
-                } else {
-                    // First time: start from the channel's newest post, relay what follows.
-                    let start = channel.last_post_at.max(1);
-                    self.store_cursor(configured, start).await;
-                    start
-                };
-                self.cursors.insert(channel.id.clone(), cursor);
-            }
-            ids.insert(configured.clone(), channel.id.clone());
-            self.channels.insert(channel.id, configured.clone());
         }
         *self
             .shared
@@ -299,6 +251,162 @@ impl TaskState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         Ok(())
+    }
+
+    /// People linked in `[[identity]]` by username: their posts name them by user id, looked
+    /// up here (at each session, and when a reload links new identities).
+    async fn bind_identities(&self) -> Result<(), ApiError> {
+        let api = &self.shared.api;
+        let identities = self.shared.context.router.people().identities();
+        let linked = identities.accounts_on(&self.shared.network);
+        if !linked.is_empty() {
+            let users: Vec<api::User> = api
+                .fetch(Method::POST, "/users/usernames", Some(&json!(linked)))
+                .await?;
+            for name in &linked {
+                match users
+                    .iter()
+                    .find(|user| user.username.eq_ignore_ascii_case(name))
+                {
+                    Some(user) => identities.bind(&self.shared.network, name, &user.id),
+                    None => {
+                        tracing::warn!(network = %self.shared.network, username = %name, "No such user for an [[identity]]; that person is not linked here.");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Find the channel `configured`, join it if needed, and give it a cursor (its stored one,
+    /// else its newest post: a channel never seen is relayed from now on; with `linked_now`, a
+    /// channel a reload links, its newest post too: what was said while no gateway linked it
+    /// is not relayed): its id, or `None` when it cannot be bridged (logged).
+    async fn resolve_channel(
+        &mut self,
+        configured: &str,
+        me: &str,
+        team_id: &str,
+        linked_now: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let api = &self.shared.api;
+        let path = match configured.strip_prefix("id:") {
+            Some(id) => format!("/channels/{id}"),
+            None => format!("/teams/{team_id}/channels/name/{configured}"),
+        };
+        let channel: api::Channel = match api.fetch(Method::GET, &path, None).await {
+            Ok(channel) => channel,
+            Err(error @ (ApiError::Status { .. } | ApiError::Decode(_))) => {
+                tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot find this channel; it is not bridged.");
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let member = api
+            .fetch::<Value>(
+                Method::GET,
+                &format!("/channels/{}/members/{}", channel.id, me),
+                None,
+            )
+            .await;
+        match member {
+            Ok(_) => {}
+            Err(error) if matches!(error.status(), Some(403 | 404)) => {
+                match api
+                    .fetch::<Value>(
+                        Method::POST,
+                        &format!("/channels/{}/members", channel.id),
+                        Some(&json!({"user_id": me})),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(network = %self.network(), channel = %configured, "Joined.");
+                    }
+                    Err(error @ ApiError::Status { .. }) => {
+                        tracing::error!(network = %self.network(), channel = %configured, error = %error, "Cannot join this channel (a private channel needs the bot added by a member); it is not bridged.");
+                        return Ok(None);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        if !self.cursors.contains_key(&channel.id) {
+            let stored = if linked_now {
+                None
+            } else {
+                self.load_cursor(configured).await
+            };
+            let cursor = if let Some(cursor) = stored {
+                cursor
+            } else {
+                // First time: start from the channel's newest post, relay what follows.
+                let start = channel.last_post_at.max(1);
+                self.store_cursor(configured, start).await;
+                start
+            };
+            self.cursors.insert(channel.id.clone(), cursor);
+        }
+        self.channels
+            .insert(channel.id.clone(), configured.to_owned());
+        Ok(Some(channel.id))
+    }
+
+    /// Follow a reload's channels on this session: a channel no gateway links any more stops
+    /// being relayed (its cursor stored first; the bot stays a member), a new one is resolved,
+    /// joined and given its cursor as a channel never seen at start (its newest post), and
+    /// caught up, its events then taken from this WebSocket.
+    async fn follow_channels(&mut self, wanted: &[String]) -> Result<(), String> {
+        let removed: Vec<(String, String)> = self
+            .channels
+            .iter()
+            .filter(|(_, name)| !wanted.contains(*name))
+            .map(|(id, name)| (id.clone(), name.clone()))
+            .collect();
+        for (id, name) in removed {
+            if self.unstored.contains(&id) {
+                self.store_channel_cursor(&id, Instant::now()).await;
+            }
+            self.channels.remove(&id);
+            self.cursors.remove(&id);
+            self.stored_at.remove(&id);
+            self.unstored.remove(&id);
+            self.shared
+                .channel_ids
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&name);
+            self.shared.context.status.left(&name);
+            tracing::info!(network = %self.network(), channel = %name, "No gateway links this channel any more: it is not relayed; the bot stays a member.");
+        }
+        let (Some(me), Some(team_id)) = (self.shared.me(), self.team_id.clone()) else {
+            return Err("a reload's channels came before the login".to_owned());
+        };
+        for configured in wanted {
+            if self.channels.values().any(|name| name == configured) {
+                continue;
+            }
+            let id = match self.resolve_channel(configured, &me, &team_id, true).await {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(error) => return Err(format!("cannot resolve a new channel: {error}")),
+            };
+            tracing::info!(network = %self.network(), channel = %configured, "A gateway links this channel now; relaying it.");
+            self.shared
+                .channel_ids
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(configured.clone(), id.clone());
+            self.catch_up(&id)
+                .await
+                .map_err(|error| format!("catch-up failed: {error}"))?;
+        }
+        self.shared
+            .context
+            .status
+            .joined_only(self.channels.values());
+        self.check_stored()
     }
 
     async fn connect(&mut self) -> Result<Socket, String> {

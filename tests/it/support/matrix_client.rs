@@ -441,6 +441,16 @@ impl MatrixUser {
     /// Every `m.room.message` event of the room, oldest first, read back over `/messages`
     /// (paged, so a long history is complete).
     pub async fn history(&self, room: &str) -> Vec<Event> {
+        self.history_events(room)
+            .await
+            .into_iter()
+            .filter(|event| event.kind == "m.room.message")
+            .collect()
+    }
+
+    /// Every event of the room's timeline (messages, memberships, state), oldest first, read
+    /// back over `/messages`.
+    pub async fn history_events(&self, room: &str) -> Vec<Event> {
         let mut all = Vec::new();
         let mut from: Option<String> = None;
         loop {
@@ -455,14 +465,12 @@ impl MatrixUser {
             let reply = self.call(reqwest::Method::GET, &path, &Value::Null).await;
             let chunk = reply["chunk"].as_array().cloned().unwrap_or_default();
             for event in &chunk {
-                if event["type"] == "m.room.message" {
-                    all.push(Event {
-                        event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
-                        sender: event["sender"].as_str().unwrap_or_default().to_owned(),
-                        kind: "m.room.message".to_owned(),
-                        content: event["content"].clone(),
-                    });
-                }
+                all.push(Event {
+                    event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
+                    sender: event["sender"].as_str().unwrap_or_default().to_owned(),
+                    kind: event["type"].as_str().unwrap_or_default().to_owned(),
+                    content: event["content"].clone(),
+                });
             }
             match reply["end"].as_str() {
                 Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
