@@ -4,6 +4,7 @@
 //! when the test process ends in any way (even SIGKILL), the pipe closes, the watchdog's `cat`
 //! returns and it stops the server by its PID. Dropping the handle does the same, on purpose.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -75,13 +76,20 @@ pub struct InspIrcd {
 }
 
 /// Run `program args` in `dir` under a watchdog shell that stops it when our pipe closes.
+///
+/// When the pipe closes because this test process is gone (a shared server lives in a static
+/// and is never dropped), the watchdog also removes `dir`: otherwise every run of the suite
+/// would leave its shared servers' folders (a PostgreSQL one is ~190 MB) behind. A server
+/// stopped by a live test ([`stop_watched`]: a restart on the same folder, or a drop whose
+/// `TempDir` removes the folder itself) says "keep" on the pipe first.
 fn watched(dir: &Path, program: &Path, args: &[String], log_name: &str) -> (Child, ChildStdin) {
     let log = std::fs::File::create(dir.join(log_name)).expect("log");
     let mut child = Command::new("sh")
         .arg("-c")
         // ulimit: ssl_gnutls segfaults on SIGTERM; no core files. The server's stdin is
-        // /dev/null (background job), the watchdog's `cat` holds our pipe.
-        .arg(r#"ulimit -c 0; cd "$1"; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM $pid 2>/dev/null; wait $pid"#)
+        // /dev/null (background job), the watchdog's `cat` holds our pipe; nothing read from it
+        // means this test process ended without stopping the server.
+        .arg(r#"ulimit -c 0; dir="$1"; cd "$dir"; shift; "$@" </dev/null & pid=$!; said=$(cat); kill -TERM $pid 2>/dev/null; wait $pid; if [ -z "$said" ]; then cd /; rm -rf "$dir"; fi"#)
         .arg("sh")
         .arg(dir)
         .arg(program)
@@ -93,6 +101,13 @@ fn watched(dir: &Path, program: &Path, args: &[String], log_name: &str) -> (Chil
         .unwrap_or_else(|error| panic!("spawn {}: {error}", program.display()));
     let stdin = child.stdin.take().expect("stdin");
     (child, stdin)
+}
+
+/// Stop a server started by [`watched`] from a live test: its folder stays.
+fn stop_watched((mut child, mut stdin): (Child, ChildStdin)) {
+    let _ = stdin.write_all(b"keep");
+    drop(stdin);
+    let _ = child.wait();
 }
 
 fn inspircd_binary() -> PathBuf {
@@ -237,13 +252,11 @@ impl InspIrcd {
 
     /// Stop the server and wait until it is gone.
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.services.take() {
-            drop(stdin);
-            let _ = child.wait();
+        if let Some(watchdog) = self.services.take() {
+            stop_watched(watchdog);
         }
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            stop_watched(watchdog);
         }
     }
 
@@ -350,9 +363,8 @@ impl NgIrcd {
 
 impl Drop for NgIrcd {
     fn drop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            stop_watched(watchdog);
         }
     }
 }
@@ -483,9 +495,8 @@ impl Synapse {
 
     /// Stop the server and wait until it is gone.
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            stop_watched(watchdog);
         }
     }
 
@@ -649,7 +660,7 @@ impl Postgres {
     /// A fast shutdown (`pg_ctl -m fast`: every session ends at once; the watchdog's SIGTERM
     /// alone would wait for the clients to leave).
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
+        if let Some(watchdog) = self.watchdog.take() {
             let (program, args) = as_postgres(
                 &postgres_bin().join("pg_ctl"),
                 &[
@@ -666,8 +677,7 @@ impl Postgres {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            drop(stdin);
-            let _ = child.wait();
+            stop_watched(watchdog);
         }
     }
 
