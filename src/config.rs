@@ -1166,29 +1166,33 @@ impl Validator<'_> {
                 }
             }
         }
-        let failover_after = general.failover_after.as_ref().map_or(
-            DEFAULT_FAILOVER_AFTER,
-            |value| match parse_duration(value.get_ref()) {
-                Some(duration)
-                    if (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300))
-                        .contains(&duration) =>
-                {
-                    duration
-                }
-                _ => {
-                    self.report(
-                        value.span().start,
-                        "general.failover_after",
-                        format!(
-                            "`{}` is not a duration between 1s and 300s, e.g. \"10s\", \
+        let failover_after =
+            general
+                .failover_after
+                .as_ref()
+                .map_or(DEFAULT_FAILOVER_AFTER, |value| {
+                    match parse_duration(value.get_ref()) {
+                        Some(duration)
+                            if (std::time::Duration::from_secs(1)
+                                ..=std::time::Duration::from_mins(5))
+                                .contains(&duration) =>
+                        {
+                            duration
+                        }
+                        _ => {
+                            self.report(
+                                value.span().start,
+                                "general.failover_after",
+                                format!(
+                                    "`{}` is not a duration between 1s and 300s, e.g. \"10s\", \
                              \"2500ms\" or \"1m\"",
-                            value.get_ref()
-                        ),
-                    );
-                    DEFAULT_FAILOVER_AFTER
-                }
-            },
-        );
+                                    value.get_ref()
+                                ),
+                            );
+                            DEFAULT_FAILOVER_AFTER
+                        }
+                    }
+                });
         let instance_name = general.instance_name.as_ref().map(|name| {
             let text = name.get_ref();
             let valid = !text.is_empty()

@@ -419,10 +419,7 @@ impl PostgresStore {
     fn with<R: Send>(
         &self,
         write: bool,
-        work: impl FnMut(
-            &mut Client,
-            &mut HashMap<&'static str, Statement>,
-        ) -> Result<R, StoreError>
+        work: impl FnMut(&mut Client, &mut HashMap<&'static str, Statement>) -> Result<R, StoreError>
         + Send,
     ) -> Result<R, StoreError> {
         self.on_session(if write { &self.writer } else { &self.reader }, work)
@@ -979,10 +976,12 @@ impl PostgresStore {
         self.on_session(&self.leases, |client, cache| {
             let mut on = On { client, cache };
             on.execute(LEASE_ROW, &[&scope])?;
-            Ok(match on.query_opt(TAKE_LEASE, &[&scope, &holder, &ttl_ms])? {
-                Some(row) => Some(row.try_get(0)?),
-                None => None,
-            })
+            Ok(
+                match on.query_opt(TAKE_LEASE, &[&scope, &holder, &ttl_ms])? {
+                    Some(row) => Some(row.try_get(0)?),
+                    None => None,
+                },
+            )
         })
     }
 
