@@ -1159,7 +1159,8 @@ impl Validator<'_> {
                         value.span().start,
                         format!("general.{key}"),
                         format!(
-                            "`{key}` is for failover between instances on one PostgreSQL store;                              set `store = \"postgres://…\"` or remove it (the SQLite store \
+                            "`{key}` is for failover between instances on one PostgreSQL store; \
+                             set `store = \"postgres://…\"` or remove it (the SQLite store \
                              serves one instance)"
                         ),
                     );
