@@ -137,6 +137,9 @@ const UNSET_PARALLEL_ROUTE: &str = "DELETE FROM parallel_routes
      WHERE origin_network = $1 AND origin_channel = $2
        AND destination_network = $3 AND destination_channel = $4";
 const PEOPLE: &str = "SELECT network, user_id, display_name, renamed_to FROM people";
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '2s'";
+// A standby waits at most this long behind a lock on the lease row, then tries again later.
+const LEASE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
 // The lease (src/vocab/lease.rs): the one fence statement of a write transaction, which also
 // holds the lease row against a take-over until the transaction ends.
 const FENCE: &str = "SELECT 1 FROM leases WHERE scope = $1 AND holder = $2 AND token = $3
@@ -290,6 +293,14 @@ struct Session {
 
 impl Session {
     fn connect(target: &Target) -> Result<Client, StoreError> {
+        let mut client = Self::open(target)?;
+        // A process stopped inside a transaction (SIGSTOP, a partition) must not hold its
+        // locks (the lease row's among them) until it comes back: the server ends its session.
+        client.batch_execute(IDLE_IN_TRANSACTION)?;
+        Ok(client)
+    }
+
+    fn open(target: &Target) -> Result<Client, StoreError> {
         Ok(match &target.tls {
             Some(tls) => target
                 .config
@@ -974,14 +985,19 @@ impl PostgresStore {
     ) -> Result<Option<i64>, StoreError> {
         let ttl_ms = ttl.as_secs_f64() * 1000.0;
         self.on_session(&self.leases, |client, cache| {
-            let mut on = On { client, cache };
+            let mut transaction = client.transaction()?;
+            transaction.batch_execute(LEASE_LOCK_TIMEOUT)?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
             on.execute(LEASE_ROW, &[&scope])?;
-            Ok(
-                match on.query_opt(TAKE_LEASE, &[&scope, &holder, &ttl_ms])? {
-                    Some(row) => Some(row.try_get(0)?),
-                    None => None,
-                },
-            )
+            let token = match on.query_opt(TAKE_LEASE, &[&scope, &holder, &ttl_ms])? {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            };
+            transaction.commit()?;
+            Ok(token)
         })
     }
 

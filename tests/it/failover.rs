@@ -164,13 +164,28 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
 
     // Each says which role it has and who is active; a standby is alive but never ready.
     let (_, metrics) = get(t.metrics_a, "/metrics").await;
-    assert!(metrics.contains("tribridge_role{role=\"active\"} 1"), "{metrics}");
-    assert!(metrics.contains("tribridge_active_instance{instance=\"a\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tribridge_role{role=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tribridge_active_instance{instance=\"a\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tribridge_lease_token 1"), "{metrics}");
     let (_, metrics) = get(t.metrics_b, "/metrics").await;
-    assert!(metrics.contains("tribridge_role{role=\"standby\"} 1"), "{metrics}");
-    assert!(metrics.contains("tribridge_role{role=\"active\"} 0"), "{metrics}");
-    assert!(metrics.contains("tribridge_active_instance{instance=\"a\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tribridge_role{role=\"standby\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tribridge_role{role=\"active\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tribridge_active_instance{instance=\"a\"} 1"),
+        "{metrics}"
+    );
     let (status, body) = get(t.metrics_b, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"role\":\"standby\""), "{body}");
@@ -186,6 +201,14 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
             irc_said.push((n, Instant::now()));
         }
         if n == BURST / 2 {
+            // The kill comes while lines are in flight both ways: IRC's from the last few,
+            // once the bridge has carried most of those before them.
+            let marker = format!("irc {}", BURST / 2 - 5);
+            t.mia
+                .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
+                    messages(posts).iter().any(|m| m.ends_with(&marker))
+                })
+                .await;
             t.a.kill9();
             killed_at = Some(Instant::now());
         }
@@ -221,14 +244,21 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
     let mut highest = None;
     for &n in &arrived {
         if !seen.insert(n) {
-            assert!(n <= BURST / 2, "mm {n} arrived twice on IRC, after the kill: {arrived:?}");
+            assert!(
+                n <= BURST / 2,
+                "mm {n} arrived twice on IRC, after the kill: {arrived:?}"
+            );
             doubled_in_window += 1;
             continue;
         }
         assert!(highest < Some(n), "mm {n} out of order on IRC: {arrived:?}");
         highest = Some(n);
     }
-    assert_eq!(seen.len(), BURST as usize, "every mm line on IRC: {arrived:?}");
+    assert_eq!(
+        seen.len(),
+        BURST as usize,
+        "every mm line on IRC: {arrived:?}"
+    );
 
     // IRC → Mattermost: exactly once and in order; a line IRC handed to the dying instance
     // just before the kill may be lost with it.
@@ -264,8 +294,14 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
     let store = tribridge::store::Store::open_postgres(&t.url).expect("open the store");
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     let (_, metrics) = get(t.metrics_b, "/metrics").await;
-    assert!(metrics.contains("tribridge_role{role=\"active\"} 1"), "{metrics}");
-    assert!(metrics.contains("tribridge_active_instance{instance=\"b\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tribridge_role{role=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tribridge_active_instance{instance=\"b\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tribridge_lease_token 2"), "{metrics}");
     let _ = t.b.terminate();
 }
@@ -280,14 +316,14 @@ async fn a_stopped_active_that_lost_the_lease_sends_nothing_more_when_it_continu
     t.b.wait_for_log("Role: active since").await;
     wait_bridge_join(&mut t.irc, &t.nick, &t.channel).await;
     t.mia.say(&t.channel_id, "while a is stopped").await;
-    t.irc.texts_until(&t.channel, "while a is stopped").await;
+    let mut lines = t.irc.texts_until(&t.channel, "while a is stopped").await;
 
     t.a.signal("CONT");
     t.a.wait_for_log("lost the lease").await;
     t.a.wait_for_log("Role: standby; active is b").await;
     t.mia.say(&t.channel_id, "after a continued").await;
     t.irc.say(&t.channel, "from irc after a continued");
-    let lines = t.irc.texts_until(&t.channel, "after a continued").await;
+    lines.extend(t.irc.texts_until(&t.channel, "after a continued").await);
     let posts = t
         .mia
         .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
