@@ -310,6 +310,9 @@ struct DirectionReport {
     lost_in_irc_window: usize,
     duplicated: usize,
     duplicated_in_irc_window: usize,
+    /// Failover mode: sent to Matrix again by the instance that took over (each instance logs
+    /// in as a device of its own, and the homeserver recognises a transaction id per device).
+    duplicated_in_failover_window: usize,
     reordered: usize,
 }
 
@@ -320,6 +323,7 @@ fn compare(
     sent: &[(u32, Instant)],
     arrived: &[u32],
     irc_blind: &[(Instant, Instant)],
+    failover: bool,
     window_notes: &mut Vec<String>,
 ) -> DirectionReport {
     let mut report = DirectionReport {
@@ -334,6 +338,13 @@ fn compare(
                 report.duplicated_in_irc_window += 1;
                 window_notes.push(format!(
                     "c-{}-{number} was sent to IRC again after a cut (its echo was not recorded)",
+                    from.tag()
+                ));
+            } else if failover && to == Side::Matrix {
+                report.duplicated_in_failover_window += 1;
+                window_notes.push(format!(
+                    "c-{}-{number} was sent to Matrix again by the instance that took over \
+                     (another device: the homeserver does not recognise the transaction id)",
                     from.tag()
                 ));
             } else {
@@ -520,7 +531,7 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     let failover_mode = env_number("TRIBRIDGE_CHAOS_FAILOVER", 0) != 0;
     let mut failover = None;
     let mut bridge = if failover_mode {
-        let postgres = Postgres::start();
+        let postgres = tokio::task::block_in_place(Postgres::start);
         let store_url = postgres.fresh_database();
         let instance = |name: &str| {
             with_store(
@@ -797,7 +808,15 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             }
             let sent = ledger.sent.get(&from).cloned().unwrap_or_default();
             let got = arrived.get(&(from, to)).cloned().unwrap_or_default();
-            let report = compare(from, to, &sent, &got, &irc_blind, &mut notes);
+            let report = compare(
+                from,
+                to,
+                &sent,
+                &got,
+                &irc_blind,
+                failover.is_some(),
+                &mut notes,
+            );
             let _ = writeln!(
                 out,
                 "{:<10} {:>6} {:>9} {:>5} {:>12} {:>10} {:>13} {:>9}",
@@ -816,6 +835,7 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             totals.lost_in_irc_window += report.lost_in_irc_window;
             totals.duplicated += report.duplicated;
             totals.duplicated_in_irc_window += report.duplicated_in_irc_window;
+            totals.duplicated_in_failover_window += report.duplicated_in_failover_window;
             totals.reordered += report.reordered;
         }
     }
@@ -848,10 +868,12 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
         let _ = writeln!(
             out,
             "failover (failover_after = 3s): {} take-overs, kill → the other instance holds the \
-             lease: {}; kill → the bridge back in the IRC channel: {}",
+             lease: {}; kill → the bridge back in the IRC channel: {}; sent to Matrix again by \
+             the instance that took over: {}",
             failover.takeovers.len(),
             spread(&failover.takeovers),
-            spread(&rejoins)
+            spread(&rejoins),
+            totals.duplicated_in_failover_window
         );
         let store = tribridge::store::Store::open_postgres(&failover.url).expect("open the store");
         assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
@@ -864,6 +886,10 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     assert_eq!(totals.lost, 0, "messages lost:\n{out}\n{}", bridge.logs());
     assert_eq!(totals.duplicated, 0, "messages doubled:\n{out}");
     assert_eq!(totals.reordered, 0, "messages out of order:\n{out}");
+    assert!(
+        totals.duplicated_in_failover_window <= ledger.kills.len(),
+        "more Matrix resends than one per take-over:\n{out}"
+    );
     assert!(
         totals.duplicated_in_irc_window <= irc_cuts,
         "more IRC resends than the window allows (one per IRC destination per cut):\n{out}"
