@@ -190,6 +190,23 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"role\":\"standby\""), "{body}");
     assert_eq!(get(t.metrics_b, "/healthz").await.0, 200);
+    // `tribridge status` through each one's admin socket.
+    let status = |bridge: &Bridge| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tribridge"))
+            .arg("status")
+            .arg("--config")
+            .arg(bridge.dir.join("bridges.toml"))
+            .output()
+            .expect("run tribridge status");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let said = status(&t.b);
+    assert!(said.contains("instance b: standby since"), "{said}");
+    assert!(said.contains("active is a"), "{said}");
+    let said = status(&t.a);
+    assert!(said.contains("instance a: active since"), "{said}");
+    assert!(said.contains("token 1; active is a"), "{said}");
 
     // A burst both ways; the active dies half-way through.
     let mut irc_said = Vec::new();
