@@ -151,7 +151,7 @@ fn numbers<'a>(texts: impl IntoIterator<Item = &'a str>, prefix: &str) -> Vec<u3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reordered() {
-    const BURST: u32 = 100;
+    const BURST: u32 = 300;
     let mut t = pair().await;
 
     // One bridge in the IRC channel: the standby holds no network connection.
