@@ -72,6 +72,10 @@ enum Scenario {
         /// temporary folder.
         #[arg(long)]
         store: Option<String>,
+        /// With a PostgreSQL store: hold the failover lease, so that every write transaction
+        /// checks its fencing token as an active instance's do.
+        #[arg(long)]
+        fenced: bool,
     },
     /// IRC writer → bridge → IRC reader (two bridge accounts on one `InspIRCd`).
     IrcIrc(Drive),
@@ -212,9 +216,18 @@ fn main() -> anyhow::Result<()> {
                 window,
                 per_event,
                 store,
+                fenced,
             } => (
                 "core",
-                core(gateways, messages, window, per_event, store.as_deref()).await,
+                core(
+                    gateways,
+                    messages,
+                    window,
+                    per_event,
+                    store.as_deref(),
+                    fenced,
+                )
+                .await,
             ),
             Scenario::IrcIrc(drive) => ("irc-irc", irc_irc(&daemon, drive).await),
             Scenario::IrcMm(drive) => ("irc-mm", irc_mm(&daemon, drive).await),
@@ -1091,6 +1104,7 @@ async fn core(
     window: usize,
     per_event: bool,
     store_url: Option<&str>,
+    fenced: bool,
 ) -> Value {
     let mut text = String::from(
         "[network.one]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"a\"\n\n[network.two]\ntype = \"irc\"\nserver = \"127.0.0.1:1\"\nnick = \"b\"\n\n",
@@ -1104,6 +1118,18 @@ async fn core(
     let config = tribridge::config::parse(&text, Path::new("."), &[]).expect("core config");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open_configured(dir.path(), store_url).expect("store"));
+    if fenced {
+        // A lease longer than the run: the fence checks the holder and the token, not the expiry.
+        let ttl = Duration::from_hours(1);
+        let lease = Arc::new(tribridge::vocab::Lease::new("loadgen", ttl));
+        let sent_at = std::time::Instant::now();
+        let token = store
+            .take_lease(tribridge::vocab::lease::WHOLE_INSTANCE, "loadgen", ttl)
+            .expect("take the lease")
+            .expect("the lease is free");
+        lease.became_active(token, sent_at);
+        store.set_lease(lease).expect("a PostgreSQL store");
+    }
     let topology = Arc::new(config.topology());
     let destinations = topology.destinations().to_vec();
     let outbox = Arc::new(Outbox::new(&destinations));

@@ -113,6 +113,24 @@ pub struct Status {
     pub destinations: Vec<DestinationReport>,
     /// Deliveries kept as failed, in all.
     pub failed: u64,
+    /// The instance's role when it runs for failover (the PostgreSQL store); `None` alone.
+    #[serde(default)]
+    pub role: Option<RoleReport>,
+}
+
+/// An instance's role in [`Status`] (failover between instances on one store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleReport {
+    /// This instance's name.
+    pub instance: String,
+    /// `active` or `standby`.
+    pub role: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: i64,
+    /// The lease's fencing token (this instance's while active, the last seen while standby).
+    pub token: i64,
+    /// The active instance as last seen.
+    pub active: Option<String>,
 }
 
 /// One network in [`Status`].
@@ -183,6 +201,8 @@ pub struct Admin {
     /// Each configured network's connection and the channels gateways link on it (kept
     /// current by the daemon across reloads).
     pub status: Arc<NetworkStatus>,
+    /// The instance's lease when it runs for failover (its role in `status`).
+    pub lease: Option<Arc<crate::vocab::Lease>>,
 }
 
 /// Bind the admin socket in `state_dir`, owner-only (0600) before it has its name, so that no
@@ -310,7 +330,7 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
             last_event_ms: state.last_event_ms,
         })
         .collect();
-    let rows = admin.store.read_with(|connection| {
+    let counted = admin.store.read_with(|connection| {
         let mut statement = connection.prepare(
             "SELECT o.network, o.channel, o.state, COUNT(*), MIN(m.received_ms)
              FROM outbox o JOIN messages m ON m.id = o.message_id
@@ -326,7 +346,13 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
             ))
         })?;
         rows.collect::<Result<Vec<_>, _>>()
-    })?;
+    });
+    let rows = match counted {
+        // The per-destination counts read the SQLite store directly so far; the role and the
+        // networks are still worth showing on PostgreSQL.
+        Err(StoreError::Unsupported(_)) => Vec::new(),
+        other => other?,
+    };
     let mut failed_total = 0;
     for (network, channel, state, count, oldest) in rows {
         let known = destinations
@@ -354,10 +380,21 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
             destination.oldest_pending_ms = oldest;
         }
     }
+    let role = admin.lease.as_ref().map(|lease| {
+        let view = lease.view();
+        RoleReport {
+            instance: view.instance,
+            role: view.role.name().to_owned(),
+            since_ms: view.since_ms,
+            token: view.token,
+            active: view.active_instance,
+        }
+    });
     Ok(Status {
         networks,
         destinations,
         failed: failed_total,
+        role,
     })
 }
 
@@ -560,6 +597,17 @@ fn when(ms: i64, now_ms: i64) -> String {
 #[must_use]
 pub fn render_status(status: &Status, now_ms: i64) -> String {
     let mut out = String::new();
+    if let Some(role) = &status.role {
+        let _ = writeln!(
+            out,
+            "instance {}: {} since {}, token {}; active is {}",
+            role.instance,
+            role.role,
+            when(role.since_ms, now_ms),
+            role.token,
+            role.active.as_deref().unwrap_or("nobody")
+        );
+    }
     for network in &status.networks {
         let _ = writeln!(out, "network {}", network.network);
         let _ = writeln!(

@@ -128,6 +128,13 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The longest wait before a lost connection is made again (`reconnect_max_seconds`).
     pub reconnect_max: std::time::Duration,
+    /// Failover between instances on one PostgreSQL store: how long the active instance's
+    /// lease lasts without renewal, so how soon a standby takes over after its death
+    /// (`failover_after`, default 10 s). Read only with the PostgreSQL store.
+    pub failover_after: std::time::Duration,
+    /// This instance's name in the lease and the status (`instance_name`); `None`: the host's
+    /// name ([`Config::instance_name`]).
+    pub instance_name: Option<String>,
     /// Networks by id, in file order.
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
@@ -164,12 +171,42 @@ impl Default for FilesConfig {
     }
 }
 
+/// Default `failover_after`.
+pub const DEFAULT_FAILOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A duration as `"10s"`, `"2500ms"` or `"1m"`.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(std::time::Duration::from_millis(number)),
+        "s" => Some(std::time::Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(std::time::Duration::from_secs),
+        _ => None,
+    }
+}
+
 /// Default `max_file_size_mb`: Synapse's default upload limit.
 pub const DEFAULT_MAX_FILE_MB: u64 = 50;
 /// Default `file_retention_days`.
 pub const DEFAULT_FILE_RETENTION_DAYS: u64 = 30;
 
 impl Config {
+    /// This instance's name: `instance_name`, else the host's name (so that a run restarted on
+    /// the same host takes its own lease back at once), else `tribridge`.
+    #[must_use]
+    pub fn instance_name(&self) -> String {
+        if let Some(name) = &self.instance_name {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "tribridge".to_owned())
+    }
+
     /// The gateways as a routing table, with what each network's connector declares.
     #[must_use]
     pub fn topology(&self) -> Topology {
@@ -270,6 +307,8 @@ struct RawGeneral {
     media_public_url: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     reconnect_max_seconds: Option<Spanned<i64>>,
+    failover_after: Option<Spanned<String>>,
+    instance_name: Option<Spanned<String>>,
     max_file_size_mb: Option<Spanned<i64>>,
     file_retention_days: Option<Spanned<i64>>,
 }
@@ -663,6 +702,10 @@ impl Validator<'_> {
                 }
             });
         let store_url = self.store_url(raw.general.as_ref().map(Spanned::get_ref));
+        let (failover_after, instance_name) = self.failover(
+            raw.general.as_ref().map(Spanned::get_ref),
+            store_url.is_some(),
+        );
         let (state_dir, remote_nick_format) = self.general(raw.general);
         let declared: Vec<String> = raw.network.keys().map(|k| k.get_ref().clone()).collect();
         let mut networks = Vec::new();
@@ -777,6 +820,8 @@ impl Validator<'_> {
             files,
             metrics_listen,
             reconnect_max,
+            failover_after,
+            instance_name,
             networks,
             gateways,
             identities,
@@ -1092,6 +1137,83 @@ impl Validator<'_> {
             }
         }
         files
+    }
+
+    /// `failover_after` and `instance_name`: failover between instances needs the PostgreSQL
+    /// store (with `SQLite` they are an error, so that nobody believes a standby waits).
+    fn failover(
+        &mut self,
+        general: Option<&RawGeneral>,
+        on_postgres: bool,
+    ) -> (std::time::Duration, Option<String>) {
+        let Some(general) = general else {
+            return (DEFAULT_FAILOVER_AFTER, None);
+        };
+        if !on_postgres {
+            for (value, key) in [
+                (&general.failover_after, "failover_after"),
+                (&general.instance_name, "instance_name"),
+            ] {
+                if let Some(value) = value {
+                    self.report(
+                        value.span().start,
+                        format!("general.{key}"),
+                        format!(
+                            "`{key}` is for failover between instances on one PostgreSQL store; \
+                             set `store = \"postgres://…\"` or remove it (the SQLite store \
+                             serves one instance)"
+                        ),
+                    );
+                }
+            }
+        }
+        let failover_after =
+            general
+                .failover_after
+                .as_ref()
+                .map_or(DEFAULT_FAILOVER_AFTER, |value| {
+                    match parse_duration(value.get_ref()) {
+                        Some(duration)
+                            if (std::time::Duration::from_secs(1)
+                                ..=std::time::Duration::from_mins(5))
+                                .contains(&duration) =>
+                        {
+                            duration
+                        }
+                        _ => {
+                            self.report(
+                                value.span().start,
+                                "general.failover_after",
+                                format!(
+                                    "`{}` is not a duration between 1s and 300s, e.g. \"10s\", \
+                             \"2500ms\" or \"1m\"",
+                                    value.get_ref()
+                                ),
+                            );
+                            DEFAULT_FAILOVER_AFTER
+                        }
+                    }
+                });
+        let instance_name = general.instance_name.as_ref().map(|name| {
+            let text = name.get_ref();
+            let valid = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-@".contains(c));
+            if !valid {
+                self.report(
+                    name.span().start,
+                    "general.instance_name",
+                    format!(
+                        "`{text}` is not an instance name: 1 to 64 of the letters a-z, A-Z, \
+                         digits and . _ : - @, unique among the instances on one store"
+                    ),
+                );
+            }
+            text.clone()
+        });
+        (failover_after, instance_name)
     }
 
     /// The PostgreSQL store's URL, with the offset of the key that gave it; `None` for the

@@ -22,6 +22,7 @@ use crate::outbox::Outbox;
 use crate::parallel::Standin;
 use crate::router::Router;
 use crate::store::{Store, StoreError};
+use crate::vocab::lease::{Fenced, Lease, STANDBY_POLL, WHOLE_INSTANCE};
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,10 @@ pub async fn run(
 }
 
 /// [`run`], applying a new configuration each time `reloads` asks.
+///
+/// On the PostgreSQL store the instance runs for failover ([`crate::vocab::lease`]): standby
+/// until it takes the lease, then active (the start below, every cursor and pending delivery
+/// resumed from the store) until it stops or loses the lease, then standby again.
 pub async fn run_with_reloads(
     config: Config,
     shutdown: CancellationToken,
@@ -150,6 +155,250 @@ pub async fn run_with_reloads(
     tracing::info!(backend = store.backend_name(), "Store opened.");
     // The history's test-only clock seam moves the stamp of received messages too.
     store.set_clock_skew_ms(crate::archive::clock_skew_ms());
+    let mut on_ready = Some(on_ready);
+    let mut reloads = reloads;
+    if store.backend_name() != "postgres" {
+        let always = CancellationToken::new();
+        run_active(
+            config,
+            store,
+            None,
+            always,
+            &shutdown,
+            &mut on_ready,
+            &mut reloads,
+        )
+        .await?;
+        return Ok(());
+    }
+    let lease = Arc::new(Lease::new(config.instance_name(), config.failover_after));
+    store.set_lease(Arc::clone(&lease))?;
+    tracing::info!(
+        instance = lease.instance(),
+        failover_after_ms = u64::try_from(lease.ttl().as_millis()).unwrap_or(u64::MAX),
+        "Failover: this instance is active only while it holds the store's lease."
+    );
+    let mut config = config;
+    loop {
+        let Some(term) = standby(
+            &mut config,
+            &store,
+            &lease,
+            &shutdown,
+            &mut on_ready,
+            &mut reloads,
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        let renewing = tokio::spawn(keep_lease(
+            Arc::clone(&store),
+            Arc::clone(&lease),
+            term.clone(),
+        ));
+        let ended = run_active(
+            config.clone(),
+            Arc::clone(&store),
+            Some(Arc::clone(&lease)),
+            term,
+            &shutdown,
+            &mut on_ready,
+            &mut reloads,
+        )
+        .await;
+        renewing.abort();
+        config = ended?;
+        if shutdown.is_cancelled() {
+            // Stopped cleanly: let the lease go, so that a standby takes over at once.
+            if let Some(token) = lease.fence() {
+                let (releasing, holder) = (Arc::clone(&store), lease.instance().to_owned());
+                let released = tokio::task::spawn_blocking(move || {
+                    releasing.release_lease(WHOLE_INSTANCE, &holder, token)
+                })
+                .await;
+                if let Ok(Err(error)) = released {
+                    tracing::warn!(error = %error, "Cannot release the lease; a standby takes over when it expires.");
+                }
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Wait as standby: the store, `/metrics`, the health endpoints and the admin socket open, no
+/// network connection; try to take the lease every [`STANDBY_POLL`]. Returns the active term's
+/// token once this instance holds the lease, `None` when told to stop.
+async fn standby<F: FnOnce()>(
+    config: &mut Config,
+    store: &Arc<Store>,
+    lease: &Arc<Lease>,
+    shutdown: &CancellationToken,
+    on_ready: &mut Option<F>,
+    reloads: &mut Option<Reloads>,
+) -> Result<Option<CancellationToken>, DaemonError> {
+    let services_shutdown = CancellationToken::new();
+    let mut services = JoinSet::new();
+    let status = Arc::new(crate::vocab::Status::default());
+    if let Some(address) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::MetricsEndpoint { address, source })?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::metrics::register_role(&mut registry, Arc::clone(lease));
+        let health = crate::metrics::Health {
+            writer: crate::group_commit::Heartbeat::default(),
+            status: Arc::clone(&status),
+            lease: Some(Arc::clone(lease)),
+        };
+        let serving = crate::metrics::serve(
+            listener,
+            Arc::new(registry),
+            health,
+            services_shutdown.clone(),
+        );
+        services.spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(error = %error, "The metrics endpoint stopped.");
+            }
+        });
+    }
+    if let Ok(admin_listener) = crate::admin::bind(&config.state_dir) {
+        services.spawn(crate::admin::serve(
+            admin_listener,
+            crate::admin::socket_path(&config.state_dir),
+            Arc::new(crate::admin::Admin {
+                store: Arc::clone(store),
+                wake: Arc::new(Outbox::new(&[])),
+                status,
+                lease: Some(Arc::clone(lease)),
+            }),
+            services_shutdown.clone(),
+        ));
+    }
+    if let Some(ready) = on_ready.take() {
+        ready();
+    }
+    let taken = loop {
+        let sent_at = std::time::Instant::now();
+        let (taking, instance, ttl) = (Arc::clone(store), lease.instance().to_owned(), lease.ttl());
+        let attempt = tokio::task::spawn_blocking(move || {
+            let token = taking.take_lease(WHOLE_INSTANCE, &instance, ttl)?;
+            let holder = match token {
+                Some(_) => None,
+                None => taking.lease_holder(WHOLE_INSTANCE)?,
+            };
+            Ok::<_, StoreError>((token, holder))
+        })
+        .await;
+        match attempt {
+            Ok(Ok((Some(token), _))) => break Some(lease.became_active(token, sent_at)),
+            Ok(Ok((None, holder))) => {
+                let token = holder.as_ref().map_or(0, |(_, token, _)| *token);
+                let active = holder
+                    .as_ref()
+                    .filter(|(_, _, unexpired)| *unexpired)
+                    .map(|(name, _, _)| name.as_str());
+                lease.saw_active(active, token);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Standby: cannot reach the store to take the lease; trying again.");
+            }
+            Err(error) => tracing::warn!(error = %error, "Standby: the lease attempt stopped."),
+        }
+        let requested = async {
+            match reloads.as_mut() {
+                Some(reloads) => reloads.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break None,
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+            request = requested => {
+                if let (Some(()), Some(reloads)) = (request, reloads.as_mut()) {
+                    (reloads.notify)(ReloadEvent::Started);
+                    match (reloads.load)() {
+                        Ok(new) => {
+                            *config = new;
+                            tracing::info!("Configuration reloaded; standby, it applies when this instance becomes active.");
+                            (reloads.notify)(ReloadEvent::Applied(&ReloadSummary::default()));
+                        }
+                        Err(errors) => {
+                            tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed.");
+                            (reloads.notify)(ReloadEvent::Refused(&errors));
+                        }
+                    }
+                } else if request.is_none() {
+                    *reloads = None;
+                }
+            }
+        }
+    };
+    services_shutdown.cancel();
+    if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, async {
+        while services.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        services.abort_all();
+    }
+    Ok(taken)
+}
+
+/// Renew the lease every [`Lease::renew_every`] while this instance is active; when another
+/// instance holds it, or no renewal succeeded within the lease's time, step down
+/// ([`Lease::lost`], which ends the active term).
+async fn keep_lease(store: Arc<Store>, lease: Arc<Lease>, term: CancellationToken) {
+    let mut ticks = tokio::time::interval(lease.renew_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = term.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(token) = lease.fence() else {
+            return;
+        };
+        let sent_at = std::time::Instant::now();
+        let (renewing, instance, ttl) =
+            (Arc::clone(&store), lease.instance().to_owned(), lease.ttl());
+        let renewed = tokio::task::spawn_blocking(move || {
+            renewing.renew_lease(WHOLE_INSTANCE, &instance, token, ttl)
+        })
+        .await;
+        match renewed {
+            Ok(Ok(true)) => lease.renewed(sent_at),
+            Ok(Ok(false)) => {
+                lease.lost("another instance holds the lease");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot renew the lease; nothing is sent until it is renewed.");
+                if lease.renewal_age().is_none_or(|age| age >= lease.ttl()) {
+                    lease.lost("no renewal within failover_after");
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The active part: build everything, run until `shutdown` or the end of the `term` (the lease
+/// lost), stop everything. Returns the configuration last applied.
+async fn run_active<F: FnOnce()>(
+    config: Config,
+    store: Arc<Store>,
+    lease: Option<Arc<Lease>>,
+    term: CancellationToken,
+    shutdown: &CancellationToken,
+    on_ready: &mut Option<F>,
+    reloads: &mut Option<Reloads>,
+) -> Result<Config, DaemonError> {
+    let started_with = config.clone();
     let topology = Arc::new(config.topology());
     let outbox = Arc::new(Outbox::new(&[]));
     let router = Router::new(Arc::clone(&topology), Arc::clone(&store), outbox.clone());
@@ -180,7 +429,7 @@ pub async fn run_with_reloads(
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| DaemonError::MetricsEndpoint { address, source })?;
-        let registry = crate::metrics::registry(crate::metrics::Sources {
+        let mut registry = crate::metrics::registry(crate::metrics::Sources {
             router: router.shared_stats(),
             writer: router.writer().latency().clone(),
             outbox: outbox.stats(),
@@ -190,10 +439,14 @@ pub async fn run_with_reloads(
             networks: config.networks.iter().map(|n| n.id.clone()).collect(),
             connectors: Arc::clone(&network_metrics),
         });
+        if let Some(lease) = &lease {
+            crate::metrics::register_role(&mut registry, Arc::clone(lease));
+        }
         tracing::info!(address = %address, "Metrics endpoint listening (GET /metrics).");
         let health = crate::metrics::Health {
             writer: router.writer().heartbeat().clone(),
             status: Arc::clone(&status),
+            lease: lease.clone(),
         };
         tracing::info!(address = %address, "Health endpoints listening (GET /healthz, GET /readyz).");
         let serving = crate::metrics::serve(
@@ -221,6 +474,7 @@ pub async fn run_with_reloads(
                     store: Arc::clone(&store),
                     wake: outbox.clone(),
                     status: Arc::clone(&status),
+                    lease: lease.clone(),
                 }),
                 services_shutdown.clone(),
             ));
@@ -243,6 +497,7 @@ pub async fn run_with_reloads(
         files,
         status,
         network_metrics,
+        lease,
     };
     daemon.apply(config).await;
     tracing::info!(
@@ -251,7 +506,9 @@ pub async fn run_with_reloads(
         destinations = daemon.workers.len(),
         "tribridge started."
     );
-    on_ready();
+    if let Some(ready) = on_ready.take() {
+        ready();
+    }
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tracing::info!(
             interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
@@ -264,13 +521,17 @@ pub async fn run_with_reloads(
         ));
     }
 
-    match reloads {
-        Some(mut reloads) => loop {
+    if let Some(reloads) = reloads.as_mut() {
+        loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = term.cancelled() => break,
                 request = reloads.requests.recv() => {
                     if request.is_none() {
-                        shutdown.cancelled().await;
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = term.cancelled() => {}
+                        }
                         break;
                     }
                     (reloads.notify)(ReloadEvent::Started);
@@ -287,10 +548,18 @@ pub async fn run_with_reloads(
                     }
                 }
             }
-        },
-        None => shutdown.cancelled().await,
+        }
+    } else {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = term.cancelled() => {}
+        }
     }
-    tracing::info!("Shutting down: finishing deliveries in hand.");
+    if shutdown.is_cancelled() {
+        tracing::info!("Shutting down: finishing deliveries in hand.");
+    } else {
+        tracing::info!("Stepping down: dropping every network connection; standby.");
+    }
     daemon.stop().await;
     services_shutdown.cancel();
     if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, async {
@@ -319,7 +588,7 @@ pub async fn run_with_reloads(
         failed = outbox_stats.failed.load(Ordering::Relaxed),
         "tribridge stopped."
     );
-    Ok(())
+    Ok(daemon.config.take().unwrap_or(started_with))
 }
 
 /// The running daemon: every connector and outbox worker, and the configuration they follow.
@@ -335,6 +604,8 @@ struct Running {
     files: Arc<Files>,
     status: Arc<crate::vocab::Status>,
     network_metrics: Arc<crate::vocab::network_metrics::NetworkMetrics>,
+    /// The lease when running for failover: nothing is handed to a network without it.
+    lease: Option<Arc<Lease>>,
     gateway_book: crate::vocab::GatewayBook,
     /// The parent of every connector's own token.
     connectors_shutdown: CancellationToken,
@@ -357,7 +628,7 @@ struct RunningNetwork {
     channels: Vec<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    endpoint: Standin<ConnectorHandle>,
+    endpoint: Standin<Fenced<ConnectorHandle>>,
     /// Tells a connector that follows channel changes its channels after a reload.
     channel_updates: tokio::sync::watch::Sender<Vec<String>>,
 }
@@ -422,6 +693,11 @@ impl Running {
                 (
                     old.reconnect_max != config.reconnect_max,
                     "reconnect_max_seconds",
+                ),
+                (
+                    old.failover_after != config.failover_after
+                        || old.instance_name != config.instance_name,
+                    "failover_after and instance_name",
                 ),
             ] {
                 if changed {
@@ -589,7 +865,7 @@ impl Running {
             .set_parallel_bridges(&id, &wanted.config.parallel_bridges);
         // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
         let endpoint = Standin::new(
-            handle,
+            Fenced::new(handle, self.lease.clone()),
             Arc::clone(self.router.parallel()),
             self.workers_shutdown.clone(),
         );

@@ -103,6 +103,57 @@ pub fn registry(sources: Sources) -> Registry {
     registry
 }
 
+/// Register the role of an instance that runs for failover (`tribridge_role{role}`,
+/// `tribridge_role_since_seconds`, `tribridge_lease_token` and
+/// `tribridge_active_instance{instance}`): on the standby's registry alone, and on the active
+/// one's with everything else.
+pub fn register_role(registry: &mut Registry, lease: Arc<crate::vocab::Lease>) {
+    registry.register_collector(Box::new(RoleSeries(lease)));
+}
+
+/// The series of [`register_role`].
+#[derive(Debug)]
+struct RoleSeries(Arc<crate::vocab::Lease>);
+
+impl Collector for RoleSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::vocab::Role;
+        let view = self.0.view();
+        let mut family = encoder.encode_descriptor(
+            "tribridge_role",
+            "This instance's role between instances on one store: 1 for the role it has.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for role in [Role::Active, Role::Standby] {
+            ConstGauge::new(i64::from(view.role == role))
+                .encode(family.encode_family(&[("role", role.name())])?)?;
+        }
+        ConstGauge::new(view.since_ms / 1000).encode(encoder.encode_descriptor(
+            "tribridge_role_since_seconds",
+            "Since when this instance has its role (seconds since the epoch).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(view.token).encode(encoder.encode_descriptor(
+            "tribridge_lease_token",
+            "The lease's fencing token: this instance's while active, the last one seen while standby.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "tribridge_active_instance",
+            "The instance that holds the lease, as this instance last saw it.",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(active) = view.active_instance {
+            ConstGauge::new(1).encode(family.encode_family(&[("instance", active)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Render the registry (it reads the store: call it off the async threads).
 fn render(registry: &Registry) -> String {
     let mut text = String::with_capacity(8 * 1024);
@@ -292,6 +343,17 @@ pub struct Health {
     pub writer: crate::group_commit::Heartbeat,
     /// What the connectors report of their networks.
     pub status: Arc<crate::vocab::Status>,
+    /// The instance's lease when it runs for failover: a standby is alive without a writer,
+    /// and never ready (a load balancer sends nothing to it).
+    pub lease: Option<Arc<crate::vocab::Lease>>,
+}
+
+impl Health {
+    /// The role when this instance is standby.
+    fn standby(&self) -> Option<crate::vocab::RoleView> {
+        let view = self.lease.as_ref()?.view();
+        (view.role == crate::vocab::Role::Standby).then_some(view)
+    }
 }
 
 impl Health {
@@ -299,6 +361,12 @@ impl Health {
     /// moved within [`WRITER_STALLED_AFTER`]); the body says which.
     #[must_use]
     pub fn live(&self) -> (bool, serde_json::Value) {
+        if let Some(view) = self.standby() {
+            return (
+                true,
+                serde_json::json!({"status": "ok", "role": "standby", "active": view.active_instance}),
+            );
+        }
         let age = self.writer.age();
         let alive = age < WRITER_STALLED_AFTER;
         (
@@ -314,6 +382,16 @@ impl Health {
     /// the body names each network that is not, with the channels it is missing.
     #[must_use]
     pub fn ready(&self) -> (bool, serde_json::Value) {
+        if let Some(view) = self.standby() {
+            return (
+                false,
+                serde_json::json!({
+                    "status": "not ready",
+                    "role": "standby",
+                    "active": view.active_instance,
+                }),
+            );
+        }
         let not_ready = self.status.not_ready();
         let ready = not_ready.is_empty();
         (

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_people.sql"),
     include_str!("../migrations/0008_history.sql"),
     include_str!("../migrations/0009_history_indexes.sql"),
+    include_str!("../migrations/0010_leases.sql"),
 ];
 
 /// Errors from the store.
@@ -71,6 +72,9 @@ pub enum StoreError {
     /// What the store's backend cannot do (an operation only the `SQLite` store has).
     #[error("{0} needs the SQLite store")]
     Unsupported(&'static str),
+    /// What only the PostgreSQL store does (the lease of failover between instances).
+    #[error("{0} needs the PostgreSQL store")]
+    NeedsPostgres(&'static str),
     /// The database was written by a newer tribridge.
     #[error("the database has schema version {found}; this tribridge knows up to {known}")]
     TooNew {
@@ -78,6 +82,13 @@ pub enum StoreError {
         found: i64,
         /// Newest version this build knows.
         known: i64,
+    },
+    /// This instance does not hold the lease (standby, or another instance took it over): the
+    /// transaction was rolled back and nothing in it was recorded.
+    #[error("this instance does not hold the lease (fencing token {token}); nothing recorded")]
+    Fenced {
+        /// The token this instance held or last saw.
+        token: i64,
     },
 }
 

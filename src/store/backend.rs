@@ -8,6 +8,8 @@
 //! PostgreSQL. This type only chooses.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::Connection;
 
@@ -17,6 +19,7 @@ use super::{
     StagedInbound, StoreError,
 };
 use crate::model::{ChannelRef, Inbound};
+use crate::vocab::Lease;
 
 /// The durable state, in `SQLite` or in PostgreSQL. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -89,6 +92,58 @@ impl Store {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
+    }
+
+    fn postgres(&self) -> Result<&PostgresStore, StoreError> {
+        match &self.backend {
+            Backend::Postgres(store) => Ok(store),
+            Backend::Sqlite(_) => Err(StoreError::NeedsPostgres(
+                "failover between instances (a lease)",
+            )),
+        }
+    }
+
+    /// Run for failover: from now on every write transaction that completes, defers or fails a
+    /// delivery, commits an inbound event or moves a cursor checks `lease`'s fencing token
+    /// (one statement per transaction), and rolls back when this instance does not hold it.
+    /// PostgreSQL only (the `SQLite` store serves one instance).
+    pub fn set_lease(&self, lease: Arc<Lease>) -> Result<(), StoreError> {
+        self.postgres()?.set_lease(lease);
+        Ok(())
+    }
+
+    /// Take the lease of `scope` for `holder` for `ttl` (when it expired, or `holder` held
+    /// it): the new fencing token, or `None` while another instance holds it.
+    pub fn take_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        self.postgres()?.take_lease(scope, holder, ttl)
+    }
+
+    /// Extend the lease of `scope` by `ttl`: `false` when `holder` no longer holds it with
+    /// `token`.
+    pub fn renew_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        token: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.postgres()?.renew_lease(scope, holder, token, ttl)
+    }
+
+    /// Let the lease of `scope` expire now, if `holder` holds it with `token` (a clean stop,
+    /// so that a standby takes over without waiting).
+    pub fn release_lease(&self, scope: &str, holder: &str, token: i64) -> Result<(), StoreError> {
+        self.postgres()?.release_lease(scope, holder, token)
+    }
+
+    /// Who holds the lease of `scope`: name, token, and whether it is unexpired.
+    pub fn lease_holder(&self, scope: &str) -> Result<Option<(String, i64, bool)>, StoreError> {
+        self.postgres()?.lease_holder(scope)
     }
 
     fn sqlite(&self, what: &'static str) -> Result<&SqliteStore, StoreError> {

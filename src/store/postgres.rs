@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Statement};
@@ -28,6 +28,7 @@ use super::{
 use crate::model::{ChannelRef, EventBody, Inbound, Membership, Replied, TargetRef, now_ms};
 use crate::richtext::FormattedText;
 use crate::vocab::PendingDelivery;
+use crate::vocab::lease::{Lease, WHOLE_INSTANCE};
 
 /// Numbered migrations, applied in order, the same numbers as the `SQLite` ones.
 const MIGRATIONS: &[&str] = &[
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_people.sql"),
     include_str!("../../migrations/postgres/0008_history.sql"),
     include_str!("../../migrations/postgres/0009_history_indexes.sql"),
+    include_str!("../../migrations/postgres/0010_leases.sql"),
 ];
 
 /// How long an operation waits for a lost database to come back before it fails.
@@ -135,6 +137,27 @@ const UNSET_PARALLEL_ROUTE: &str = "DELETE FROM parallel_routes
      WHERE origin_network = $1 AND origin_channel = $2
        AND destination_network = $3 AND destination_channel = $4";
 const PEOPLE: &str = "SELECT network, user_id, display_name, renamed_to FROM people";
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '2s'";
+// A standby waits at most this long behind a lock on the lease row, then tries again later.
+const LEASE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+// The lease (src/vocab/lease.rs): the one fence statement of a write transaction, which also
+// holds the lease row against a take-over until the transaction ends.
+const FENCE: &str = "SELECT 1 FROM leases WHERE scope = $1 AND holder = $2 AND token = $3
+     FOR SHARE";
+const LEASE_ROW: &str = "INSERT INTO leases (scope, holder, token, expires_at)
+     VALUES ($1, '', 0, '-infinity') ON CONFLICT (scope) DO NOTHING";
+// Taken when expired, or held under this instance's name by a run of it that ended; the token
+// grows on every take and is never reused.
+const TAKE_LEASE: &str = "UPDATE leases SET holder = $2, token = token + 1,
+     expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
+     WHERE scope = $1 AND (expires_at < clock_timestamp() OR holder = $2) RETURNING token";
+const RENEW_LEASE: &str = "UPDATE leases
+     SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
+     WHERE scope = $1 AND holder = $2 AND token = $3";
+const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity'
+     WHERE scope = $1 AND holder = $2 AND token = $3";
+const LEASE_HOLDER: &str = "SELECT holder, token, expires_at > clock_timestamp() FROM leases
+     WHERE scope = $1";
 
 /// How to reach the database: the client's settings and the TLS the URL asks for.
 pub(super) struct Target {
@@ -270,6 +293,14 @@ struct Session {
 
 impl Session {
     fn connect(target: &Target) -> Result<Client, StoreError> {
+        let mut client = Self::open(target)?;
+        // A process stopped inside a transaction (SIGSTOP, a partition) must not hold its
+        // locks (the lease row's among them) until it comes back: the server ends its session.
+        client.batch_execute(IDLE_IN_TRANSACTION)?;
+        Ok(client)
+    }
+
+    fn open(target: &Target) -> Result<Client, StoreError> {
         Ok(match &target.tls {
             Some(tls) => target
                 .config
@@ -344,6 +375,11 @@ pub(super) struct PostgresStore {
     target: Target,
     writer: Mutex<Session>,
     reader: Mutex<Session>,
+    /// The lease's own session, so that a renewal never waits behind a group commit.
+    leases: Mutex<Session>,
+    /// This instance's lease, once the daemon runs for failover: every write transaction that
+    /// completes a delivery or commits an event checks its fencing token.
+    lease: OnceLock<Arc<Lease>>,
     clock_skew_ms: AtomicI64,
 }
 
@@ -356,6 +392,11 @@ impl PostgresStore {
             migrate(&mut writer)?;
             let reader = Session::connect(&target)?;
             Ok(Self {
+                leases: Mutex::new(Session {
+                    client: None,
+                    statements: HashMap::new(),
+                }),
+                lease: OnceLock::new(),
                 writer: Mutex::new(Session {
                     client: Some(writer),
                     statements: HashMap::new(),
@@ -389,13 +430,22 @@ impl PostgresStore {
     fn with<R: Send>(
         &self,
         write: bool,
+        work: impl FnMut(&mut Client, &mut HashMap<&'static str, Statement>) -> Result<R, StoreError>
+        + Send,
+    ) -> Result<R, StoreError> {
+        self.on_session(if write { &self.writer } else { &self.reader }, work)
+    }
+
+    /// [`PostgresStore::with`] on `session`.
+    fn on_session<R: Send>(
+        &self,
+        session: &Mutex<Session>,
         mut work: impl FnMut(
             &mut Client,
             &mut HashMap<&'static str, Statement>,
         ) -> Result<R, StoreError>
         + Send,
     ) -> Result<R, StoreError> {
-        let session = if write { &self.writer } else { &self.reader };
         off_runtime(|| {
             // A panic while holding the lock leaves at worst an open transaction, which the
             // server rolls back: a poisoned lock is still safe to use.
@@ -455,14 +505,12 @@ impl PostgresStore {
         let received_ms = self.received_now();
         let recorded = self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
-            let recorded = record_inbound(
-                &mut On {
-                    client: &mut transaction,
-                    cache,
-                },
-                &staged,
-                received_ms,
-            )?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            self.fence(&mut on)?;
+            let recorded = record_inbound(&mut on, &staged, received_ms)?;
             transaction.commit()?;
             Ok(recorded)
         })?;
@@ -484,6 +532,7 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
+            self.fence(&mut on)?;
             for completion in acknowledged {
                 record_known_completion(&mut on, completion)?;
             }
@@ -527,6 +576,10 @@ impl PostgresStore {
     ) -> Result<(Result<(), StoreError>, Vec<Result<Recorded, StoreError>>), StoreError> {
         self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
+            self.fence(&mut On {
+                client: &mut transaction,
+                cache: &mut *cache,
+            })?;
             let acks = if acknowledged.is_empty() {
                 Ok(())
             } else {
@@ -644,6 +697,7 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
+            self.fence(&mut on)?;
             if let Some(row) = on.query_opt(OUTBOX_ROW, &[&seq])? {
                 let attempts: i64 = row.try_get(4)?;
                 record_known_completion(
@@ -672,13 +726,11 @@ impl PostgresStore {
         next_try_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| on.execute(DEFER, &[&seq, &next_try_ms, &error]))?;
-        Ok(())
+        self.fenced(DEFER, &[&seq, &next_try_ms, &error])
     }
 
     pub(super) fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        self.run(true, |on| on.execute(FAIL, &[&seq, &error]))?;
-        Ok(())
+        self.fenced(FAIL, &[&seq, &error])
     }
 
     /// Rows that point at a missing message (PostgreSQL enforces the foreign keys, so this
@@ -873,10 +925,123 @@ impl PostgresStore {
         channel: &str,
         value: &str,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| {
-            on.execute(SET_CURSOR, &[&network, &channel, &value])
-        })?;
+        self.fenced(SET_CURSOR, &[&network, &channel, &value])
+    }
+
+    /// From now on, check `lease`'s fencing token in every write transaction that completes,
+    /// defers or fails a delivery, commits an inbound event or moves a cursor.
+    pub(super) fn set_lease(&self, lease: Arc<Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// The one fence statement of a write transaction: when this instance runs with a lease,
+    /// it must hold it with the token it knows, or the transaction rolls back and the instance
+    /// steps down ([`Lease::lost`]). Without a lease (one instance) it checks nothing.
+    fn fence<C: GenericClient>(&self, on: &mut On<'_, C>) -> Result<(), StoreError> {
+        let Some(lease) = self.lease.get() else {
+            return Ok(());
+        };
+        let Some(token) = lease.fence() else {
+            return Err(StoreError::Fenced {
+                token: lease.view().token,
+            });
+        };
+        if on
+            .query_opt(FENCE, &[&WHOLE_INSTANCE, &lease.instance(), &token])?
+            .is_none()
+        {
+            lease.lost("another instance took the lease over: the fencing token changed");
+            return Err(StoreError::Fenced { token });
+        }
         Ok(())
+    }
+
+    /// One write statement; in a transaction with the fence when there is a lease.
+    fn fenced(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
+        if self.lease.get().is_none() {
+            self.run(true, |on| on.execute(sql, params))?;
+            return Ok(());
+        }
+        self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            self.fence(&mut on)?;
+            on.execute(sql, params)?;
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Take the lease of `scope` for `holder` for `ttl`: its new fencing token, or `None`
+    /// while another instance holds it unexpired.
+    pub(super) fn take_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        self.on_session(&self.leases, |client, cache| {
+            let mut transaction = client.transaction()?;
+            transaction.batch_execute(LEASE_LOCK_TIMEOUT)?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            on.execute(LEASE_ROW, &[&scope])?;
+            let token = match on.query_opt(TAKE_LEASE, &[&scope, &holder, &ttl_ms])? {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            };
+            transaction.commit()?;
+            Ok(token)
+        })
+    }
+
+    /// Extend `holder`'s lease of `scope` by `ttl` if it still holds it with `token`.
+    pub(super) fn renew_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        token: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        self.on_session(&self.leases, |client, cache| {
+            let mut on = On { client, cache };
+            Ok(on.execute(RENEW_LEASE, &[&scope, &holder, &token, &ttl_ms])? == 1)
+        })
+    }
+
+    /// Let the lease of `scope` go at once (a clean stop), if `holder` still holds it.
+    pub(super) fn release_lease(
+        &self,
+        scope: &str,
+        holder: &str,
+        token: i64,
+    ) -> Result<(), StoreError> {
+        self.on_session(&self.leases, |client, cache| {
+            let mut on = On { client, cache };
+            on.execute(RELEASE_LEASE, &[&scope, &holder, &token])?;
+            Ok(())
+        })
+    }
+
+    /// Who holds the lease of `scope`, with its token and whether it is unexpired.
+    pub(super) fn lease_holder(
+        &self,
+        scope: &str,
+    ) -> Result<Option<(String, i64, bool)>, StoreError> {
+        self.on_session(&self.leases, |client, cache| {
+            let mut on = On { client, cache };
+            Ok(match on.query_opt(LEASE_HOLDER, &[&scope])? {
+                Some(row) => Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+                None => None,
+            })
+        })
     }
 }
 
@@ -884,7 +1049,7 @@ impl Drop for PostgresStore {
     /// The client closes its connection on its own runtime, which may not happen on a thread
     /// of the daemon's: the sessions are dropped where they may block.
     fn drop(&mut self) {
-        let sessions = [&self.writer, &self.reader].map(|session| {
+        let sessions = [&self.writer, &self.reader, &self.leases].map(|session| {
             session
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

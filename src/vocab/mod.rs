@@ -13,11 +13,14 @@
 //! - [`stages`]: the latency histograms each stage of the bridge observes.
 //! - [`network_metrics`]: the series a connector keeps about its own network, for `/metrics`.
 //! - [`status`]: what each connector reports of its connection and channels, for `/readyz`.
+//! - [`lease`]: this instance's role between instances sharing one PostgreSQL store (the
+//!   lease's fencing token, whether it may send), and the endpoint that gates sending on it.
 
 pub mod capabilities;
 pub mod delivery;
 pub mod gateway;
 pub mod identities;
+pub mod lease;
 pub mod network_metrics;
 pub mod people;
 pub mod section;
@@ -31,6 +34,7 @@ pub use gateway::{
     GatewaySettings,
 };
 pub use identities::{Identities, Identity};
+pub use lease::{Fenced, Lease, Role, RoleView};
 pub use people::{KnownPerson, People};
 pub use section::{Secret, Section, SectionIssue};
 pub use status::{NetworkStatus, Status};

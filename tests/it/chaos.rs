@@ -18,6 +18,13 @@
 //! without history"). The harness counts both apart from real losses and duplicates, and prints
 //! how far from the kill each one happened. IRC lines are only said while the bridge is in the
 //! channel, on either kind of server, so that both runs count the same windows.
+//!
+//! With `TRIBRIDGE_CHAOS_FAILOVER=1` it runs the failover mode (issue 28): two instances of the
+//! daemon, the same configuration, a PostgreSQL store of the harness's own, `failover_after =
+//! "3s"`. A SIGKILL strikes the instance that holds the lease; the harness waits until the other
+//! one took it over (measuring the time from the kill to the take-over, and to the bridge's JOIN
+//! on IRC) and only then starts the killed one again, as the standby; every twelfth cycle
+//! restarts PostgreSQL instead of Synapse. The report adds the take-over times (median, max).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -29,11 +36,12 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::bridge::with_store;
 use crate::support::bridge::{Bridge, unique};
 use crate::support::irc_client::{IrcClient, Line};
 use crate::support::matrix_client::{MatrixUser, register};
 use crate::support::mattermost::{MmServer, MmUser};
-use crate::support::servers::{InspIrcd, Synapse};
+use crate::support::servers::{InspIrcd, Postgres, Synapse};
 
 /// How long before a SIGKILL a line said on IRC may be lost: the server handed it to the daemon,
 /// which had not committed it yet. Losses further from a kill are real losses.
@@ -76,16 +84,56 @@ enum Fault {
     DropMattermostWebSocket,
     RestartInspircd,
     RestartSynapse,
+    RestartPostgres,
 }
 
 /// The schedule: mostly SIGKILLs, every sixth cycle a server restart of each kind in turn, and
 /// WebSocket drops in between; the first six cycles cover every kind.
-fn fault_for(cycle: u32) -> Fault {
+fn fault_for(cycle: u32, failover: bool) -> Fault {
     match cycle % 12 {
         1 | 7 => Fault::DropMattermostWebSocket,
         3 => Fault::RestartInspircd,
+        5 if failover => Fault::RestartPostgres,
+        5 | 11 if failover => Fault::RestartSynapse,
         5 => Fault::RestartSynapse,
         _ => Fault::KillDaemon,
+    }
+}
+
+/// The failover mode's second instance and its database.
+struct Failover {
+    postgres: Postgres,
+    url: String,
+    /// The lease as the harness reads it.
+    store: Arc<tribridge::store::Store>,
+    second: Bridge,
+    _dir: tempfile::TempDir,
+    /// Per kill: from the SIGKILL to the other instance holding the lease.
+    takeovers: Vec<Duration>,
+}
+
+/// The lease's holder and token, waiting (with a deadline) until someone other than `not` holds
+/// it unexpired.
+async fn wait_lease_holder(
+    store: &Arc<tribridge::store::Store>,
+    not: Option<&str>,
+) -> (String, i64) {
+    let deadline = Instant::now() + Duration::from_mins(2);
+    loop {
+        let reading = Arc::clone(store);
+        let holder = tokio::task::spawn_blocking(move || reading.lease_holder("*"))
+            .await
+            .expect("read the lease");
+        if let Ok(Some((name, token, true))) = holder
+            && Some(name.as_str()) != not
+        {
+            return (name, token);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance took the lease over within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -262,6 +310,9 @@ struct DirectionReport {
     lost_in_irc_window: usize,
     duplicated: usize,
     duplicated_in_irc_window: usize,
+    /// Failover mode: sent to Matrix again by the instance that took over (each instance logs
+    /// in as a device of its own, and the homeserver recognises a transaction id per device).
+    duplicated_in_failover_window: usize,
     reordered: usize,
 }
 
@@ -272,6 +323,7 @@ fn compare(
     sent: &[(u32, Instant)],
     arrived: &[u32],
     irc_blind: &[(Instant, Instant)],
+    failover: bool,
     window_notes: &mut Vec<String>,
 ) -> DirectionReport {
     let mut report = DirectionReport {
@@ -286,6 +338,13 @@ fn compare(
                 report.duplicated_in_irc_window += 1;
                 window_notes.push(format!(
                     "c-{}-{number} was sent to IRC again after a cut (its echo was not recorded)",
+                    from.tag()
+                ));
+            } else if failover && to == Side::Matrix {
+                report.duplicated_in_failover_window += 1;
+                window_notes.push(format!(
+                    "c-{}-{number} was sent to Matrix again by the instance that took over \
+                     (another device: the homeserver does not recognise the transaction id)",
                     from.tag()
                 ));
             } else {
@@ -356,7 +415,7 @@ fn config(
 /// Wait until no delivery is pending for any of `channels` (network, channel), with a deadline
 /// longer than the outbox's longest retry backoff; on failure, say what is still queued.
 async fn wait_drained(bridge: &Bridge, channels: &[(&str, &str)]) {
-    let store = tribridge::store::Store::open(&bridge.dir.join("state")).expect("open store");
+    let store = bridge.open_store();
     let deadline = Instant::now() + Duration::from_mins(6);
     loop {
         let pending: Vec<(String, u64)> = channels
@@ -395,6 +454,20 @@ async fn keep_history(irc: &mut IrcClient, channel: &str) {
     )
     .await
     .expect("the server keeps the channel's history");
+}
+
+/// The median and the maximum of `times`, for the report.
+fn spread(times: &[Duration]) -> String {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    match (sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(median), Some(max)) => format!(
+            "median {} ms, max {} ms",
+            median.as_millis(),
+            max.as_millis()
+        ),
+        _ => "none".to_owned(),
+    }
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -445,19 +518,54 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             dir.path().display()
         );
     }
-    let mut bridge = Bridge::start(
-        dir.path(),
-        &config(
-            gate.port,
-            &bridge_nick,
-            &url,
-            &bot,
-            &mm,
-            &irc_channel,
-            &alias,
-            &mm_channel_name,
-        ),
+    let text = config(
+        gate.port,
+        &bridge_nick,
+        &url,
+        &bot,
+        &mm,
+        &irc_channel,
+        &alias,
+        &mm_channel_name,
     );
+    let failover_mode = env_number("TRIBRIDGE_CHAOS_FAILOVER", 0) != 0;
+    let mut failover = None;
+    let mut bridge = if failover_mode {
+        let postgres = tokio::task::block_in_place(Postgres::start);
+        let store_url = postgres.fresh_database();
+        let instance = |name: &str| {
+            with_store(
+                &text.replace(
+                    "[general]\n",
+                    &format!("[general]\nfailover_after = \"3s\"\ninstance_name = \"{name}\"\n"),
+                ),
+                &store_url,
+            )
+            .replace("[[gateway]]\n", "[[gateway]]\nretention_days = 0\n")
+        };
+        let mut first = Bridge::start(dir.path(), &instance("a"));
+        first.store_url = Some(store_url.clone());
+        let store =
+            Arc::new(tribridge::store::Store::open_postgres(&store_url).expect("open the store"));
+        wait_lease_holder(&store, None).await;
+        let second_dir = tempfile::Builder::new()
+            .prefix("tribridge-chaos-b-")
+            .tempdir()
+            .unwrap();
+        let mut second = Bridge::start(second_dir.path(), &instance("b"));
+        second.store_url = Some(store_url.clone());
+        failover = Some(Failover {
+            postgres,
+            url: store_url,
+            store,
+            second,
+            _dir: second_dir,
+            takeovers: Vec::new(),
+        });
+        first
+    } else {
+        Bridge::start(dir.path(), &text)
+    };
     let mut ledger = Ledger::default();
     let mut sides = Sides {
         irc,
@@ -486,12 +594,14 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     let started = Instant::now();
     let pace = Duration::from_millis(20);
     for cycle in 0..cycles {
-        let fault = fault_for(cycle);
+        let fault = fault_for(cycle, failover.is_some());
         let name = match fault {
+            Fault::KillDaemon if failover.is_some() => "SIGKILL of the active instance",
             Fault::KillDaemon => "daemon SIGKILL",
             Fault::DropMattermostWebSocket => "Mattermost WebSocket drop",
             Fault::RestartInspircd => "InspIRCd restart",
             Fault::RestartSynapse => "Synapse restart",
+            Fault::RestartPostgres => "PostgreSQL restart",
         };
         *ledger.faults.entry(name).or_default() += 1;
         match fault {
@@ -503,7 +613,25 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
                 let writes = sides.burst(rounds, pace, &mut ledger);
                 let strike = async {
                     tokio::time::sleep(delay).await;
-                    if fault == Fault::KillDaemon {
+                    if fault == Fault::KillDaemon
+                        && let Some(failover) = failover.as_mut()
+                    {
+                        // Kill the instance that holds the lease; start it again (as the
+                        // standby) once the other one took over.
+                        let (active, _) = wait_lease_holder(&failover.store, None).await;
+                        let victim = if active == "a" {
+                            &mut bridge
+                        } else {
+                            &mut failover.second
+                        };
+                        away.store(true, Ordering::SeqCst);
+                        victim.kill9();
+                        let at = Instant::now();
+                        wait_lease_holder(&failover.store, Some(&active)).await;
+                        failover.takeovers.push(at.elapsed());
+                        victim.restart();
+                        Some(at)
+                    } else if fault == Fault::KillDaemon {
                         away.store(true, Ordering::SeqCst);
                         bridge.kill9();
                         let at = Instant::now();
@@ -537,6 +665,14 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             Fault::RestartSynapse => {
                 sides.burst(rounds, pace, &mut ledger).await;
                 tokio::task::block_in_place(|| synapse.restart());
+            }
+            Fault::RestartPostgres => {
+                let failover = failover.as_mut().expect("failover mode");
+                sides.burst(rounds, pace, &mut ledger).await;
+                tokio::task::block_in_place(|| {
+                    failover.postgres.stop();
+                    failover.postgres.start_again();
+                });
             }
         }
     }
@@ -672,7 +808,15 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             }
             let sent = ledger.sent.get(&from).cloned().unwrap_or_default();
             let got = arrived.get(&(from, to)).cloned().unwrap_or_default();
-            let report = compare(from, to, &sent, &got, &irc_blind, &mut notes);
+            let report = compare(
+                from,
+                to,
+                &sent,
+                &got,
+                &irc_blind,
+                failover.is_some(),
+                &mut notes,
+            );
             let _ = writeln!(
                 out,
                 "{:<10} {:>6} {:>9} {:>5} {:>12} {:>10} {:>13} {:>9}",
@@ -691,6 +835,7 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
             totals.lost_in_irc_window += report.lost_in_irc_window;
             totals.duplicated += report.duplicated;
             totals.duplicated_in_irc_window += report.duplicated_in_irc_window;
+            totals.duplicated_in_failover_window += report.duplicated_in_failover_window;
             totals.reordered += report.reordered;
         }
     }
@@ -711,6 +856,28 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
         "after the last fault every queue was empty within {:.1} s",
         settle_time.as_secs_f64()
     );
+    if let Some(failover) = &failover {
+        let rejoins: Vec<Duration> = ledger
+            .kills
+            .iter()
+            .filter_map(|&kill| {
+                let back = ledger.irc_rejoins.iter().copied().find(|&r| r > kill)?;
+                Some(back - kill)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "failover (failover_after = 3s): {} take-overs, kill → the other instance holds the \
+             lease: {}; kill → the bridge back in the IRC channel: {}; sent to Matrix again by \
+             the instance that took over: {}",
+            failover.takeovers.len(),
+            spread(&failover.takeovers),
+            spread(&rejoins),
+            totals.duplicated_in_failover_window
+        );
+        let store = tribridge::store::Store::open_postgres(&failover.url).expect("open the store");
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
     for note in &notes {
         let _ = writeln!(out, "  window: {note}");
     }
@@ -719,6 +886,10 @@ async fn run_chaos(cycles: u32, rounds: u32, seed: u64) -> String {
     assert_eq!(totals.lost, 0, "messages lost:\n{out}\n{}", bridge.logs());
     assert_eq!(totals.duplicated, 0, "messages doubled:\n{out}");
     assert_eq!(totals.reordered, 0, "messages out of order:\n{out}");
+    assert!(
+        totals.duplicated_in_failover_window <= ledger.kills.len(),
+        "more Matrix resends than one per take-over:\n{out}"
+    );
     assert!(
         totals.duplicated_in_irc_window <= irc_cuts,
         "more IRC resends than the window allows (one per IRC destination per cut):\n{out}"

@@ -5,6 +5,7 @@ mod api_network;
 mod chaos;
 mod compliance;
 mod config_check;
+mod failover;
 mod history_archive;
 mod hostile;
 mod import_matterbridge;

@@ -174,6 +174,17 @@ impl Bridge {
         assert!(status.success(), "kill -HUP failed");
     }
 
+    /// Send `signal` (`STOP`, `CONT`, …) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the bridge is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Whether the daemon process is still running (it has not exited).
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -1,0 +1,337 @@
+//! Leadership between instances that share one PostgreSQL store (active/passive failover).
+//!
+//! Exactly one instance is **active**: it holds the lease row of scope `"*"` in the store's
+//! `leases` table, with a **fencing token** that grows each time the lease is taken and is never
+//! reused. The others are **standby**: they keep the store, `/metrics` and the health endpoints
+//! open, hold no network connection, and try to take the lease about every second.
+//!
+//! This type is the instance's own view of its role, shared by the store (which checks the token
+//! in every transaction that completes, defers or fails a delivery or commits an inbound event,
+//! and calls [`Lease::lost`] when the check fails), the daemon (which renews the lease every
+//! third of `failover_after` and runs the active part while it holds it), the outbox's endpoint
+//! ([`Fenced`]: nothing is handed to a connection unless the last renewal is recent, measured on
+//! the monotonic clock, which keeps counting while the process is stopped), and the status
+//! readers (`/metrics`, `/readyz`, the admin socket).
+//!
+//! It names no network and no database: the store runs the statements, the daemon the timing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{AckFuture, DeliveryError, Endpoint};
+use crate::model::Delivery;
+
+/// The lease scope of the whole instance (every network connection and every delivery).
+pub const WHOLE_INSTANCE: &str = "*";
+
+/// How often a standby tries to take the lease.
+pub const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// An instance's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Holds the lease: connected to the networks, delivering.
+    Active,
+    /// Waits for the lease: no network connection, nothing delivered.
+    Standby,
+}
+
+impl Role {
+    /// `active` or `standby`, for the log, the metrics and `/readyz`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// A snapshot of an instance's role, for the status readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleView {
+    /// This instance's name (`[general] instance_name`).
+    pub instance: String,
+    /// Its role.
+    pub role: Role,
+    /// Since when (ms since the epoch).
+    pub since_ms: i64,
+    /// The fencing token of the lease as last seen (this instance's while active).
+    pub token: i64,
+    /// The instance that holds the lease as last seen (`None`: nobody, or not known yet).
+    pub active_instance: Option<String>,
+}
+
+/// The instance's view of the lease. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Lease {
+    instance: String,
+    ttl: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    role: Role,
+    since_ms: i64,
+    /// The token this instance holds (active), or last saw (standby).
+    token: i64,
+    /// When the last acquisition or renewal that succeeded was sent (monotonic clock).
+    renewed_at: Option<Instant>,
+    active_instance: Option<String>,
+    /// Cancelled when the current active term ends.
+    term: CancellationToken,
+}
+
+impl Lease {
+    /// A standby instance named `instance` whose lease lasts `ttl` (`failover_after`).
+    #[must_use]
+    pub fn new(instance: impl Into<String>, ttl: Duration) -> Self {
+        let term = CancellationToken::new();
+        term.cancel();
+        Self {
+            instance: instance.into(),
+            ttl,
+            state: Mutex::new(State {
+                role: Role::Standby,
+                since_ms: crate::model::now_ms(),
+                token: 0,
+                renewed_at: None,
+                active_instance: None,
+                term,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update leaves the state whole: a poisoned lock is still safe to read.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This instance's name.
+    #[must_use]
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// How long the lease lasts without renewal (`failover_after`).
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How often the active instance renews the lease: a third of its time.
+    #[must_use]
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// How old the last renewal may be for this instance to still hand anything to a network:
+    /// three quarters of the lease time, so that a renewal's round trip and the clocks'
+    /// drift fit in the rest before another instance may take the lease.
+    #[must_use]
+    pub fn send_within(&self) -> Duration {
+        self.ttl * 3 / 4
+    }
+
+    /// The fencing token to check in a write transaction: `Some` while this instance is
+    /// active, `None` while it is standby (it writes nothing that completes a delivery).
+    #[must_use]
+    pub fn fence(&self) -> Option<i64> {
+        let state = self.state();
+        (state.role == Role::Active).then_some(state.token)
+    }
+
+    /// Whether this instance may hand a delivery to a network now: active, and its last
+    /// renewal is more recent than [`Lease::send_within`] on the monotonic clock.
+    #[must_use]
+    pub fn may_send(&self) -> bool {
+        let state = self.state();
+        state.role == Role::Active
+            && state
+                .renewed_at
+                .is_some_and(|at| at.elapsed() < self.send_within())
+    }
+
+    /// How long ago the last successful acquisition or renewal was sent.
+    #[must_use]
+    pub fn renewal_age(&self) -> Option<Duration> {
+        self.state().renewed_at.map(|at| at.elapsed())
+    }
+
+    /// The lease was taken with `token` by a statement sent at `sent_at`: this instance is
+    /// active. Returns the token cancelled when this active term ends.
+    pub fn became_active(&self, token: i64, sent_at: Instant) -> CancellationToken {
+        let mut state = self.state();
+        state.role = Role::Active;
+        state.since_ms = crate::model::now_ms();
+        state.token = token;
+        state.renewed_at = Some(sent_at);
+        state.active_instance = Some(self.instance.clone());
+        state.term = CancellationToken::new();
+        tracing::info!(
+            instance = %self.instance,
+            token,
+            since_ms = state.since_ms,
+            "Role: active since {}, token {token}.",
+            state.since_ms
+        );
+        state.term.clone()
+    }
+
+    /// A renewal sent at `sent_at` succeeded.
+    pub fn renewed(&self, sent_at: Instant) {
+        let mut state = self.state();
+        if state.role == Role::Active {
+            state.renewed_at = Some(sent_at);
+        }
+    }
+
+    /// This instance lost the lease (`why`): it becomes standby, and the active term ends (the
+    /// daemon drops its connections). Idempotent.
+    pub fn lost(&self, why: &str) {
+        let mut state = self.state();
+        if state.role != Role::Active {
+            return;
+        }
+        state.role = Role::Standby;
+        state.since_ms = crate::model::now_ms();
+        state.renewed_at = None;
+        state.term.cancel();
+        tracing::warn!(
+            instance = %self.instance,
+            token = state.token,
+            reason = why,
+            "Role: lost the lease ({why}); standby, sending nothing more."
+        );
+    }
+
+    /// This instance is standby and saw `active` (and its `token`) holding the lease; logged
+    /// when it changes.
+    pub fn saw_active(&self, active: Option<&str>, token: i64) {
+        let mut state = self.state();
+        if state.role == Role::Active {
+            return;
+        }
+        let changed = state.active_instance.as_deref() != active;
+        state.active_instance = active.map(str::to_owned);
+        state.token = token;
+        if changed {
+            tracing::info!(
+                instance = %self.instance,
+                active = active.unwrap_or("nobody"),
+                token,
+                "Role: standby; active is {}.",
+                active.unwrap_or("nobody")
+            );
+        }
+    }
+
+    /// The role as the status readers show it.
+    #[must_use]
+    pub fn view(&self) -> RoleView {
+        let state = self.state();
+        RoleView {
+            instance: self.instance.clone(),
+            role: state.role,
+            since_ms: state.since_ms,
+            token: state.token,
+            active_instance: state.active_instance.clone(),
+        }
+    }
+}
+
+/// An endpoint that hands nothing to its connection unless the instance may send
+/// ([`Lease::may_send`]); without a lease (the `SQLite` store, one instance) it only forwards.
+#[derive(Clone)]
+pub struct Fenced<E> {
+    inner: E,
+    lease: Option<Arc<Lease>>,
+}
+
+impl<E> Fenced<E> {
+    /// `inner`, gated by `lease` when there is one.
+    pub fn new(inner: E, lease: Option<Arc<Lease>>) -> Self {
+        Self { inner, lease }
+    }
+
+    /// The endpoint it gates.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+}
+
+impl<E: Endpoint> Endpoint for Fenced<E> {
+    fn window(&self) -> usize {
+        self.inner.window()
+    }
+
+    fn exclusive(&self, delivery: &Delivery) -> bool {
+        self.inner.exclusive(delivery)
+    }
+
+    fn send(
+        &self,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<AckFuture, DeliveryError>> + Send {
+        let allowed = self.lease.as_ref().is_none_or(|lease| lease.may_send());
+        let inner = self.inner.clone();
+        async move {
+            if !allowed {
+                return Err(DeliveryError::Retry {
+                    after: Some(STANDBY_POLL),
+                    reason: "this instance is not sure it still holds the lease; nothing is sent"
+                        .to_owned(),
+                });
+            }
+            inner.send(delivery).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_may_not_send_and_has_no_fence() {
+        let lease = Lease::new("a", Duration::from_secs(3));
+        assert_eq!(lease.fence(), None);
+        assert!(!lease.may_send());
+        assert_eq!(lease.view().role, Role::Standby);
+    }
+
+    #[test]
+    fn an_active_instance_sends_until_its_renewal_is_too_old_or_it_lost() {
+        let lease = Lease::new("a", Duration::from_secs(4));
+        let term = lease.became_active(7, Instant::now());
+        assert_eq!(lease.fence(), Some(7));
+        assert!(lease.may_send());
+        // A renewal sent long ago (a stopped process) does not let it send.
+        lease.renewed(Instant::now().checked_sub(Duration::from_secs(3)).unwrap());
+        assert!(!lease.may_send());
+        assert_eq!(lease.fence(), Some(7), "the token still fences its writes");
+        lease.renewed(Instant::now());
+        assert!(lease.may_send());
+        lease.lost("test");
+        assert!(term.is_cancelled());
+        assert!(!lease.may_send());
+        assert_eq!(lease.fence(), None);
+        let view = lease.view();
+        assert_eq!((view.role, view.token), (Role::Standby, 7));
+    }
+
+    #[test]
+    fn a_standby_follows_who_is_active() {
+        let lease = Lease::new("b", Duration::from_secs(3));
+        lease.saw_active(Some("a"), 3);
+        let view = lease.view();
+        assert_eq!(view.active_instance.as_deref(), Some("a"));
+        assert_eq!(view.token, 3);
+        assert_eq!(view.instance, "b");
+    }
+}
