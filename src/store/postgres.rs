@@ -22,8 +22,9 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
-    CommitOutcome, Completion, DeliveryReads, GroupOutcome, MappingRole, PendingRow, Recorded,
-    Route, StagedInbound, StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
+    CommitOutcome, Completion, DeliveryReads, FAILED_DELIVERIES, FailedRow, GroupOutcome,
+    MappingRole, OUTBOX_BY_DESTINATION, OutboxCount, PendingRow, Recorded, Route, StagedInbound,
+    StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
 };
 use crate::model::{ChannelRef, EventBody, Inbound, Membership, Replied, TargetRef, now_ms};
 use crate::richtext::FormattedText;
@@ -135,6 +136,20 @@ const UNSET_PARALLEL_ROUTE: &str = "DELETE FROM parallel_routes
      WHERE origin_network = $1 AND origin_channel = $2
        AND destination_network = $3 AND destination_channel = $4";
 const PEOPLE: &str = "SELECT network, user_id, display_name, renamed_to FROM people";
+
+// The admin socket's writes (`tribridge failed retry|drop`); its reads are shared with
+// `SQLite` (`OUTBOX_BY_DESTINATION`, `FAILED_DELIVERIES`).
+/// A failed delivery queued again at the end of its destination's queue, in one statement.
+const REQUEUE_FAILED: &str = "WITH old AS (
+        DELETE FROM outbox WHERE seq = $1 AND state = 'failed'
+        RETURNING delivery_id, message_id, network, channel, gateway, last_error
+     )
+     INSERT INTO outbox (delivery_id, message_id, network, channel, gateway, attempts,
+                         next_try_ms, state, last_error)
+     SELECT delivery_id, message_id, network, channel, gateway, 0, 0, 'pending', last_error
+     FROM old
+     RETURNING seq, network, channel";
+const DROP_FAILED: &str = "DELETE FROM outbox WHERE seq = $1 AND state = 'failed'";
 
 // The group commit's statements: a few per group, whatever its size, each taking one array
 // per column (see `record_group`).
@@ -943,6 +958,65 @@ impl PostgresStore {
             on.execute(SET_CURSOR, &[&network, &channel, &value])
         })?;
         Ok(())
+    }
+}
+
+impl PostgresStore {
+    pub(super) fn outbox_by_destination(&self) -> Result<Vec<OutboxCount>, StoreError> {
+        self.run(false, |on| {
+            on.query(OUTBOX_BY_DESTINATION, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(OutboxCount {
+                        network: row.try_get(0)?,
+                        channel: row.try_get(1)?,
+                        state: row.try_get(2)?,
+                        count: row.try_get(3)?,
+                        oldest_received_ms: row.try_get(4)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn failed_deliveries(&self) -> Result<Vec<FailedRow>, StoreError> {
+        self.run(false, |on| {
+            on.query(FAILED_DELIVERIES, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(FailedRow {
+                        seq: row.try_get(0)?,
+                        delivery_id: row.try_get(1)?,
+                        network: row.try_get(2)?,
+                        channel: row.try_get(3)?,
+                        gateway: row.try_get(4)?,
+                        attempts: row.try_get(5)?,
+                        last_error: row.try_get(6)?,
+                        origin_network: row.try_get(7)?,
+                        origin_channel: row.try_get(8)?,
+                        author_name: row.try_get(9)?,
+                        body: row.try_get(10)?,
+                        received_ms: row.try_get(11)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        self.run(true, |on| {
+            Ok(match on.query_opt(REQUEUE_FAILED, &[&seq])? {
+                Some(row) => Some((
+                    ChannelRef::new(row.try_get::<_, String>(1)?, row.try_get::<_, String>(2)?),
+                    row.try_get(0)?,
+                )),
+                None => None,
+            })
+        })
+    }
+
+    pub(super) fn drop_failed(&self, seq: i64) -> Result<bool, StoreError> {
+        Ok(self.run(true, |on| on.execute(DROP_FAILED, &[&seq]))? > 0)
     }
 }
 

@@ -3,7 +3,7 @@
 //! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
 
 use crate::support::bridge::on_postgres;
-use crate::{irc_relay, mattermost_relay, router_store};
+use crate::{admin_socket, irc_relay, mattermost_relay, router_store};
 
 /// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
 #[test]
@@ -81,6 +81,15 @@ fn targets_resolve_to_destination_ids_on_postgres() {
 #[test]
 fn unknown_targets_are_dropped_on_postgres() {
     on_postgres(router_store::an_edit_of_a_message_never_bridged_is_dropped_and_counted);
+}
+
+/// `tribridge status` and `tribridge failed list|retry|drop` against a bridge whose store is
+/// PostgreSQL: the same scenario as on `SQLite`.
+#[test]
+fn admin_status_and_failed_list_retry_drop_on_postgres() {
+    on_postgres(
+        admin_socket::status_and_failed_list_retry_drop_against_a_room_that_refuses_the_bot,
+    );
 }
 
 /// PostgreSQL refuses what `SQLite` stores (a NUL character in text): that event of a group
