@@ -9,6 +9,13 @@
 //! connection broke (the database restarted) is connected again on its next use; the operation
 //! that found it broken fails with the error, and its caller retries as it does for `SQLite`'s.
 //!
+//! PostgreSQL refuses U+0000 (NUL) in text, and the `\u0000` escape in `jsonb` (which the
+//! `message_files` trigger reads a body as), where `SQLite` stores both: an event that holds one
+//! is written with each NUL replaced by U+FFFD (REPLACEMENT CHARACTER), in its names, ids and
+//! body alike, and the deliveries announced from it carry the same text, so that what the other
+//! sides see does not depend on whether a delivery was read back from the store
+//! ([`without_nul`]). The same holds for a destination's error text.
+//!
 //! Migrations are `migrations/postgres/NNNN_*.sql`, numbered as the `SQLite` ones and meaning
 //! the same; the last one applied is recorded in `tribridge_schema`. Instances starting together
 //! take an advisory lock so that only one migrates.
@@ -533,6 +540,7 @@ impl PostgresStore {
         routes: &[Route],
     ) -> Result<CommitOutcome, StoreError> {
         let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
+        without_nul(&mut staged);
         let received_ms = self.received_now();
         let recorded = self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -560,6 +568,7 @@ impl PostgresStore {
         events: &mut [StagedInbound],
     ) -> GroupOutcome {
         let received_ms = self.received_now();
+        events.iter_mut().for_each(without_nul);
         let staged: &[StagedInbound] = events;
         let plain = self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -753,11 +762,13 @@ impl PostgresStore {
         next_try_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
+        let error = nul_replaced(error);
         self.run(true, |on| on.execute(DEFER, &[&seq, &next_try_ms, &error]))?;
         Ok(())
     }
 
     pub(super) fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let error = nul_replaced(error);
         self.run(true, |on| on.execute(FAIL, &[&seq, &error]))?;
         Ok(())
     }
@@ -1214,6 +1225,104 @@ fn record_inbound<C: GenericClient>(
         seqs.push(seq);
     }
     Ok(Recorded::Message { message_id, seqs })
+}
+
+/// What the PostgreSQL store writes in place of U+0000, which PostgreSQL refuses in text.
+const NUL_STAND_IN: &str = "\u{FFFD}";
+
+/// `text` with each NUL replaced by [`NUL_STAND_IN`] (borrowed when it holds none).
+fn nul_replaced(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', NUL_STAND_IN))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// Replace each NUL of `text` in place; whether there was one.
+fn replace_nul(text: &mut String) -> bool {
+    match nul_replaced(text) {
+        std::borrow::Cow::Owned(replaced) => {
+            *text = replaced;
+            true
+        }
+        std::borrow::Cow::Borrowed(_) => false,
+    }
+}
+
+/// A body written as JSON with each `\u0000` escape (a NUL in one of its strings) written as
+/// `\ufffd`; `None` when it holds none. Other escapes are passed over whole, so that an escaped
+/// backslash followed by `u0000` is left as it is.
+fn json_without_nul(json: &str) -> Option<String> {
+    const NUL: &str = "\\u0000";
+    if !json.contains(NUL) {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut at, mut copied) = (0, 0);
+    let bytes = json.as_bytes();
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+        } else if json[at..].starts_with(NUL) {
+            out.push_str(&json[copied..at]);
+            out.push_str("\\ufffd");
+            at += NUL.len();
+            copied = at;
+        } else {
+            // An escape is a backslash and one ASCII character (then, for `\u`, four digits).
+            at += 2;
+        }
+    }
+    out.push_str(&json[copied..]);
+    Some(out)
+}
+
+/// Make an event storable in PostgreSQL: each NUL in its origin, author, ids, permalink and body
+/// replaced by [`NUL_STAND_IN`], and its announced deliveries made to carry the same text.
+fn without_nul(staged: &mut StagedInbound) {
+    let inbound = &mut staged.inbound;
+    let mut changed = false;
+    for text in [
+        &mut inbound.origin.network,
+        &mut inbound.origin.channel,
+        &mut inbound.author.id,
+        &mut inbound.author.display_name,
+    ] {
+        changed |= replace_nul(text);
+    }
+    for text in [&mut inbound.remote_id, &mut inbound.permalink]
+        .into_iter()
+        .flatten()
+    {
+        changed |= replace_nul(text);
+    }
+    if let Some(json) = json_without_nul(&staged.body) {
+        match serde_json::from_str::<EventBody>(&json) {
+            Ok(body) => {
+                inbound.body = body;
+                staged.body = json;
+                changed = true;
+            }
+            // Not expected (only string contents changed); PostgreSQL then refuses the event,
+            // which fails alone.
+            Err(error) => {
+                tracing::warn!(error = %error, "A message body with a NUL character could not be rewritten.");
+            }
+        }
+    }
+    if !changed {
+        return;
+    }
+    tracing::info!(origin = %inbound.origin, "A NUL character in an event is stored as U+FFFD (PostgreSQL refuses NUL in text).");
+    for delivery in &mut staged.deliveries {
+        if let Some(announced) = &mut delivery.announced {
+            announced.origin = inbound.origin.clone();
+            announced.author = inbound.author.clone();
+            announced.body = inbound.body.clone();
+            announced.permalink = inbound.permalink.clone();
+        }
+    }
 }
 
 /// What one key of the mappings (network, channel, remote id) maps to.

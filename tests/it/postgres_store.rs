@@ -92,9 +92,16 @@ fn admin_status_and_failed_list_retry_drop_on_postgres() {
     );
 }
 
-/// PostgreSQL refuses what `SQLite` stores (a NUL character in text): that event of a group
-/// gets a clear error and the others of its group commit, through the savepoints, as on
-/// `SQLite` for any failing event; nothing half-written is left.
+/// A Mattermost post whose shown name holds a NUL character reaches IRC, the NUL as U+FFFD.
+#[test]
+fn a_nul_character_is_relayed_on_postgres() {
+    on_postgres(mattermost_relay::a_name_with_a_nul_character_reaches_irc);
+}
+
+/// PostgreSQL refuses what `SQLite` stores (an id too long for its index): that event of a
+/// group gets a clear error and the others of its group commit, through the savepoints, as on
+/// `SQLite` for any failing event; nothing half-written is left. A NUL character, which
+/// PostgreSQL refuses in text too, is stored as U+FFFD.
 #[test]
 fn one_event_postgres_refuses_fails_alone_in_its_group() {
     use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
@@ -116,10 +123,20 @@ fn one_event_postgres_refuses_fails_alone_in_its_group() {
         gateway: "g".into(),
         destination: ChannelRef::new("two", "#b"),
     }];
+    // 6,000 characters that do not compress: beyond what a btree index entry may hold.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let too_long: String = (0..6000)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(b'a' + (state >> 59) as u8 % 26)
+        })
+        .collect();
     let mut events: Vec<StagedInbound> = [
         said("m1", "alice"),
-        said("m2", "nul\0name"),
-        said("m3", "bob"),
+        said(&too_long, "mallory"),
+        said("m3", "nul\0name"),
     ]
     .into_iter()
     .map(|inbound| StagedInbound::new(inbound, "irc", routes.clone()).unwrap())
@@ -146,9 +163,11 @@ fn one_event_postgres_refuses_fails_alone_in_its_group() {
         .into_iter()
         .map(|pending| pending.delivery.author.id)
         .collect();
-    assert_eq!(authors, ["alice", "bob"]);
+    assert_eq!(authors, ["alice", "nul\u{FFFD}name"]);
     assert_eq!(
-        store.lookup(&ChannelRef::new("one", "#a"), "m2").unwrap(),
+        store
+            .lookup(&ChannelRef::new("one", "#a"), &too_long)
+            .unwrap(),
         None
     );
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
