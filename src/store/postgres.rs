@@ -1320,7 +1320,7 @@ fn without_nul(staged: &mut StagedInbound) {
             announced.origin = inbound.origin.clone();
             announced.author = inbound.author.clone();
             announced.body = inbound.body.clone();
-            announced.permalink = inbound.permalink.clone();
+            announced.permalink.clone_from(&inbound.permalink);
         }
     }
 }
@@ -1336,7 +1336,7 @@ fn known_key(channel: &ChannelRef, remote_id: &str) -> (String, String, String) 
     )
 }
 
-/// A group's writes inside the caller's transaction, in four round trips whatever its size:
+/// A group's writes inside the caller's transaction, in three statements whatever its size:
 /// its acknowledgements ([`COMPLETE_GROUP`]), the mappings its events name with ids for its
 /// new rows ([`PREPARE_GROUP`]), then every new row ([`RECORD_GROUP`]). What each event is (new,
 /// a duplicate, an echo, an edit of a message never bridged) is decided here as
@@ -1414,13 +1414,13 @@ fn record_group<C: GenericClient>(
             continue;
         }
         let target = match inbound.body.target() {
-            Some(target) => match known.get(&known_key(&inbound.origin, target)) {
-                Some(&(message_id, _)) => Some(message_id),
-                None => {
+            Some(target) => {
+                let Some(&(message_id, _)) = known.get(&known_key(&inbound.origin, target)) else {
                     recorded.push(Recorded::Nothing(CommitOutcome::UnknownTarget));
                     continue;
-                }
-            },
+                };
+                Some(message_id)
+            }
             None => None,
         };
         let reply_to = inbound
@@ -1562,14 +1562,13 @@ impl<'e> GroupRows<'e> {
             let mut at: HashMap<(&str, &str), usize> = HashMap::new();
             for write in &self.people {
                 if let PersonWrite::Named(network, id, name) = *write {
-                    match at.get(&(network, id)) {
-                        Some(&index) => person_name[index] = name,
-                        None => {
-                            at.insert((network, id), person_id.len());
-                            person_network.push(network);
-                            person_id.push(id);
-                            person_name.push(name);
-                        }
+                    if let Some(&index) = at.get(&(network, id)) {
+                        person_name[index] = name;
+                    } else {
+                        at.insert((network, id), person_id.len());
+                        person_network.push(network);
+                        person_id.push(id);
+                        person_name.push(name);
                     }
                 }
             }
