@@ -1789,6 +1789,41 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_a_body_becomes_u_fffd_and_an_escaped_backslash_stays() {
+        let body = EventBody::text(crate::model::TextStyle::Normal, "x");
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(json_without_nul(&json), None);
+        let json = r#"{"a":"n\u0000l","b":"\\u0000 is six characters","c":"\\\u0000"}"#;
+        assert_eq!(
+            json_without_nul(json).unwrap(),
+            r#"{"a":"n\ufffdl","b":"\\u0000 is six characters","c":"\\\ufffd"}"#
+        );
+        let mut staged = StagedInbound::new(
+            Inbound {
+                origin: ChannelRef::new("one", "#a"),
+                remote_id: Some("id\0".into()),
+                author: crate::model::Author {
+                    id: "a".into(),
+                    display_name: "n\0l".into(),
+                },
+                timestamp_ms: 0,
+                body,
+                permalink: None,
+            },
+            "irc",
+            vec![Route {
+                gateway: "g".into(),
+                destination: ChannelRef::new("two", "#b"),
+            }],
+        )
+        .unwrap();
+        without_nul(&mut staged);
+        assert_eq!(staged.inbound.remote_id.as_deref(), Some("id\u{FFFD}"));
+        let announced = staged.deliveries[0].announced.as_ref().unwrap();
+        assert_eq!(announced.author.display_name, "n\u{FFFD}l");
+    }
+
+    #[test]
     fn a_url_is_read_with_its_tls_options_and_errors_hide_the_password() {
         let target = parse_url("postgres://bridge:s3cret@db.example:5433/chat").unwrap();
         assert!(target.tls.is_some(), "prefer: TLS when offered");
