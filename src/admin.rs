@@ -18,13 +18,12 @@ use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{ChannelRef, EventBody};
-use crate::store::{Store, StoreError};
+use crate::model::EventBody;
+use crate::store::{OutboxCount, Store, StoreError};
 use crate::vocab::Status as NetworkStatus;
 use crate::vocab::Wake;
 
@@ -330,31 +329,16 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
             last_event_ms: state.last_event_ms,
         })
         .collect();
-    let counted = admin.store.read_with(|connection| {
-        let mut statement = connection.prepare(
-            "SELECT o.network, o.channel, o.state, COUNT(*), MIN(m.received_ms)
-             FROM outbox o JOIN messages m ON m.id = o.message_id
-             GROUP BY o.network, o.channel, o.state",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, Option<i64>>(4)?,
-            ))
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()
-    });
-    let rows = match counted {
-        // The per-destination counts read the SQLite store directly so far; the role and the
-        // networks are still worth showing on PostgreSQL.
-        Err(StoreError::Unsupported(_)) => Vec::new(),
-        other => other?,
-    };
+    let rows = admin.store.outbox_by_destination()?;
     let mut failed_total = 0;
-    for (network, channel, state, count, oldest) in rows {
+    for OutboxCount {
+        network,
+        channel,
+        state,
+        count,
+        oldest_received_ms: oldest,
+    } in rows
+    {
         let known = destinations
             .iter()
             .position(|d| d.network == network && d.channel == channel);
@@ -399,33 +383,23 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
 }
 
 fn failed(store: &Store) -> Result<Vec<FailedDelivery>, StoreError> {
-    let rows = store.read_with(|connection| {
-        let mut statement = connection.prepare(
-            "SELECT o.seq, o.delivery_id, o.network, o.channel, o.gateway, o.attempts,
-                    o.last_error, m.origin_network, m.origin_channel, m.author_name, m.body,
-                    m.received_ms
-             FROM outbox o JOIN messages m ON m.id = o.message_id
-             WHERE o.state = 'failed' ORDER BY o.seq",
-        )?;
-        let rows = statement.query_map([], |row| {
-            let body: String = row.get(10)?;
-            Ok(FailedDelivery {
-                id: row.get(0)?,
-                delivery_id: row.get(1)?,
-                network: row.get(2)?,
-                channel: row.get(3)?,
-                gateway: row.get(4)?,
-                attempts: row.get(5)?,
-                error: row.get(6)?,
-                origin: format!("{}:{}", row.get::<_, String>(7)?, row.get::<_, String>(8)?),
-                author: row.get(9)?,
-                summary: summary(&body),
-                received_ms: row.get(11)?,
-            })
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()
-    })?;
-    Ok(rows)
+    Ok(store
+        .failed_deliveries()?
+        .into_iter()
+        .map(|row| FailedDelivery {
+            id: row.seq,
+            delivery_id: row.delivery_id,
+            network: row.network,
+            channel: row.channel,
+            gateway: row.gateway,
+            attempts: row.attempts,
+            error: row.last_error,
+            origin: format!("{}:{}", row.origin_network, row.origin_channel),
+            author: row.author_name,
+            summary: summary(&row.body),
+            received_ms: row.received_ms,
+        })
+        .collect())
 }
 
 /// The most characters of a message `failed list` shows.
@@ -476,38 +450,16 @@ fn kind_name(body: &EventBody) -> &'static str {
 fn retry(admin: &Admin, id: Option<i64>) -> Result<Response, StoreError> {
     let ids: Vec<i64> = match id {
         Some(id) => vec![id],
-        None => admin.store.read_with(|connection| {
-            let mut statement =
-                connection.prepare("SELECT seq FROM outbox WHERE state = 'failed' ORDER BY seq")?;
-            let rows = statement.query_map([], |row| row.get(0))?;
-            rows.collect::<Result<Vec<i64>, _>>()
-        })?,
+        None => admin
+            .store
+            .failed_deliveries()?
+            .into_iter()
+            .map(|row| row.seq)
+            .collect(),
     };
     let mut retried = Vec::new();
     for id in ids {
-        let requeued = admin.store.write_with(|transaction| {
-            let row: Option<(String, String)> = transaction
-                .query_row(
-                    "SELECT network, channel FROM outbox WHERE seq = ?1 AND state = 'failed'",
-                    params![id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            let Some((network, channel)) = row else {
-                return Ok(None);
-            };
-            transaction.execute(
-                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway,
-                                     attempts, next_try_ms, state, last_error)
-                 SELECT delivery_id, message_id, network, channel, gateway, 0, 0, 'pending',
-                        last_error
-                 FROM outbox WHERE seq = ?1",
-                params![id],
-            )?;
-            let new_seq = transaction.last_insert_rowid();
-            transaction.execute("DELETE FROM outbox WHERE seq = ?1", params![id])?;
-            Ok(Some((ChannelRef::new(network, channel), new_seq)))
-        })?;
+        let requeued = admin.store.requeue_failed(id)?;
         // None: retried or dropped meanwhile (or, for one id, not a failed delivery).
         if let Some((destination, new_seq)) = requeued {
             let linked = admin
@@ -533,13 +485,7 @@ fn retry(admin: &Admin, id: Option<i64>) -> Result<Response, StoreError> {
 }
 
 fn drop_failed(store: &Store, id: i64) -> Result<Response, StoreError> {
-    let removed = store.write_with(|transaction| {
-        Ok(transaction.execute(
-            "DELETE FROM outbox WHERE seq = ?1 AND state = 'failed'",
-            params![id],
-        )?)
-    })?;
-    if removed == 0 {
+    if !store.drop_failed(id)? {
         return Ok(Response::Error {
             reason: format!("no failed delivery with id {id} (see `tribridge failed list`)"),
         });

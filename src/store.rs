@@ -710,6 +710,140 @@ impl SqliteStore {
         )?;
         Ok(())
     }
+
+    /// The outbox by destination and state, with the oldest message's arrival time.
+    pub fn outbox_by_destination(&self) -> Result<Vec<OutboxCount>, StoreError> {
+        let connection = self.read();
+        let mut statement = connection.prepare_cached(OUTBOX_BY_DESTINATION)?;
+        let rows = statement.query_map([], |row| {
+            Ok(OutboxCount {
+                network: row.get(0)?,
+                channel: row.get(1)?,
+                state: row.get(2)?,
+                count: row.get(3)?,
+                oldest_received_ms: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every failed delivery with its message, in queue order.
+    pub fn failed_deliveries(&self) -> Result<Vec<FailedRow>, StoreError> {
+        let connection = self.read();
+        let mut statement = connection.prepare_cached(FAILED_DELIVERIES)?;
+        let rows = statement.query_map([], |row| {
+            Ok(FailedRow {
+                seq: row.get(0)?,
+                delivery_id: row.get(1)?,
+                network: row.get(2)?,
+                channel: row.get(3)?,
+                gateway: row.get(4)?,
+                attempts: row.get(5)?,
+                last_error: row.get(6)?,
+                origin_network: row.get(7)?,
+                origin_channel: row.get(8)?,
+                author_name: row.get(9)?,
+                body: row.get(10)?,
+                received_ms: row.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The failed delivery at queue position `seq` queued again, at the end of its
+    /// destination's queue, as pending with its delivery id, in one transaction: its
+    /// destination and new position; `None` if no failed delivery is at `seq`.
+    pub fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        self.write_with(|transaction| {
+            let row: Option<(String, String)> = transaction
+                .query_row(
+                    "SELECT network, channel FROM outbox WHERE seq = ?1 AND state = 'failed'",
+                    params![seq],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((network, channel)) = row else {
+                return Ok(None);
+            };
+            transaction.execute(
+                "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway,
+                                     attempts, next_try_ms, state, last_error)
+                 SELECT delivery_id, message_id, network, channel, gateway, 0, 0, 'pending',
+                        last_error
+                 FROM outbox WHERE seq = ?1",
+                params![seq],
+            )?;
+            let new_seq = transaction.last_insert_rowid();
+            transaction.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+            Ok(Some((ChannelRef::new(network, channel), new_seq)))
+        })
+    }
+
+    /// The failed delivery at queue position `seq` removed: whether there was one.
+    pub fn drop_failed(&self, seq: i64) -> Result<bool, StoreError> {
+        let removed = self.lock().execute(
+            "DELETE FROM outbox WHERE seq = ?1 AND state = 'failed'",
+            params![seq],
+        )?;
+        Ok(removed > 0)
+    }
+}
+
+/// The outbox by destination and state (both backends' SQL).
+const OUTBOX_BY_DESTINATION: &str =
+    "SELECT o.network, o.channel, o.state, COUNT(*), MIN(m.received_ms)
+     FROM outbox o JOIN messages m ON m.id = o.message_id
+     GROUP BY o.network, o.channel, o.state";
+/// Every failed delivery with its message (both backends' SQL).
+const FAILED_DELIVERIES: &str =
+    "SELECT o.seq, o.delivery_id, o.network, o.channel, o.gateway, o.attempts, o.last_error,
+            m.origin_network, m.origin_channel, m.author_name, m.body, m.received_ms
+     FROM outbox o JOIN messages m ON m.id = o.message_id
+     WHERE o.state = 'failed' ORDER BY o.seq";
+
+/// How many deliveries of one state the outbox holds for one destination
+/// ([`Store::outbox_by_destination`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxCount {
+    /// Destination network.
+    pub network: String,
+    /// Destination channel.
+    pub channel: String,
+    /// `pending` or `failed`.
+    pub state: String,
+    /// How many.
+    pub count: i64,
+    /// When the oldest of their messages came in (ms since the epoch).
+    pub oldest_received_ms: Option<i64>,
+}
+
+/// A failed delivery with its message ([`Store::failed_deliveries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    /// Its queue position.
+    pub seq: i64,
+    /// The idempotency key the destination sees.
+    pub delivery_id: String,
+    /// Destination network.
+    pub network: String,
+    /// Destination channel.
+    pub channel: String,
+    /// Its gateway.
+    pub gateway: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// What the destination answered last.
+    pub last_error: Option<String>,
+    /// Where the message came from: network.
+    pub origin_network: String,
+    /// Where the message came from: channel.
+    pub origin_channel: String,
+    /// Who said it.
+    pub author_name: String,
+    /// The stored body (JSON).
+    pub body: String,
+    /// When it came in (ms since the epoch).
+    pub received_ms: i64,
 }
 
 /// One outbox row joined with its message, before decoding.

@@ -15,8 +15,8 @@ use rusqlite::Connection;
 
 use super::postgres::PostgresStore;
 use super::{
-    CommitOutcome, Completion, GroupOutcome, MappingRole, PendingDelivery, Route, SqliteStore,
-    StagedInbound, StoreError,
+    CommitOutcome, Completion, FailedRow, GroupOutcome, MappingRole, OutboxCount, PendingDelivery,
+    Route, SqliteStore, StagedInbound, StoreError,
 };
 use crate::model::{ChannelRef, Inbound};
 use crate::vocab::Lease;
@@ -334,5 +334,29 @@ impl Store {
     /// Write a cursor.
     pub fn set_cursor(&self, network: &str, channel: &str, value: &str) -> Result<(), StoreError> {
         both!(self.set_cursor(network, channel, value))
+    }
+
+    /// The outbox by destination and state, with the oldest message's arrival time (for
+    /// `tribridge status`).
+    pub fn outbox_by_destination(&self) -> Result<Vec<OutboxCount>, StoreError> {
+        both!(self.outbox_by_destination())
+    }
+
+    /// Every failed delivery with its message, in queue order (`tribridge failed list`).
+    pub fn failed_deliveries(&self) -> Result<Vec<FailedRow>, StoreError> {
+        both!(self.failed_deliveries())
+    }
+
+    /// Queue the failed delivery at position `seq` again, at the end of its destination's
+    /// queue, as pending with the same delivery id (`tribridge failed retry`): its destination
+    /// and new position, or `None` when no failed delivery is at `seq`.
+    pub fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        both!(self.requeue_failed(seq))
+    }
+
+    /// Remove the failed delivery at position `seq` (`tribridge failed drop`): whether there
+    /// was one.
+    pub fn drop_failed(&self, seq: i64) -> Result<bool, StoreError> {
+        both!(self.drop_failed(seq))
     }
 }

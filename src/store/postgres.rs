@@ -9,6 +9,13 @@
 //! connection broke (the database restarted) is connected again on its next use; the operation
 //! that found it broken fails with the error, and its caller retries as it does for `SQLite`'s.
 //!
+//! PostgreSQL refuses U+0000 (NUL) in text, and the `\u0000` escape in `jsonb` (which the
+//! `message_files` trigger reads a body as), where `SQLite` stores both: an event that holds one
+//! is written with each NUL replaced by U+FFFD (REPLACEMENT CHARACTER), in its names, ids and
+//! body alike, and the deliveries announced from it carry the same text, so that what the other
+//! sides see does not depend on whether a delivery was read back from the store
+//! ([`without_nul`]). The same holds for a destination's error text.
+//!
 //! Migrations are `migrations/postgres/NNNN_*.sql`, numbered as the `SQLite` ones and meaning
 //! the same; the last one applied is recorded in `tribridge_schema`. Instances starting together
 //! take an advisory lock so that only one migrates.
@@ -22,8 +29,9 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
-    CommitOutcome, Completion, DeliveryReads, GroupOutcome, MappingRole, PendingRow, Recorded,
-    Route, StagedInbound, StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
+    CommitOutcome, Completion, DeliveryReads, FAILED_DELIVERIES, FailedRow, GroupOutcome,
+    MappingRole, OUTBOX_BY_DESTINATION, OutboxCount, PendingRow, Recorded, Route, StagedInbound,
+    StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
 };
 use crate::model::{ChannelRef, EventBody, Inbound, Membership, Replied, TargetRef, now_ms};
 use crate::richtext::FormattedText;
@@ -158,6 +166,86 @@ const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity'
      WHERE scope = $1 AND holder = $2 AND token = $3";
 const LEASE_HOLDER: &str = "SELECT holder, token, expires_at > clock_timestamp() FROM leases
      WHERE scope = $1";
+
+// The admin socket's writes (`tribridge failed retry|drop`); its reads are shared with
+// `SQLite` (`OUTBOX_BY_DESTINATION`, `FAILED_DELIVERIES`).
+/// A failed delivery queued again at the end of its destination's queue, in one statement.
+const REQUEUE_FAILED: &str = "WITH old AS (
+        DELETE FROM outbox WHERE seq = $1 AND state = 'failed'
+        RETURNING delivery_id, message_id, network, channel, gateway, last_error
+     )
+     INSERT INTO outbox (delivery_id, message_id, network, channel, gateway, attempts,
+                         next_try_ms, state, last_error)
+     SELECT delivery_id, message_id, network, channel, gateway, 0, 0, 'pending', last_error
+     FROM old
+     RETURNING seq, network, channel";
+const DROP_FAILED: &str = "DELETE FROM outbox WHERE seq = $1 AND state = 'failed'";
+
+// The group commit's statements: a few per group, whatever its size, each taking one array
+// per column (see `record_group`).
+/// A group's acknowledgements: outbox rows gone, `deliveries` rows and delivery mappings for
+/// those whose row was still there (as `record_known_completion`, row by row).
+const COMPLETE_GROUP: &str = "WITH done AS (
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::bigint[]) WITH ORDINALITY
+            AS d(seq, delivery_id, message_id, network, channel, remote_id, attempts, n)
+     ), gone AS (
+        DELETE FROM outbox o USING done d WHERE o.seq = d.seq RETURNING o.seq
+     ), delivered AS (
+        INSERT INTO deliveries
+            (delivery_id, message_id, network, channel, remote_id, attempts, done_ms)
+        SELECT d.delivery_id, d.message_id, d.network, d.channel, d.remote_id, d.attempts, $8
+        FROM done d JOIN gone g ON g.seq = d.seq ORDER BY d.n
+     )
+     INSERT INTO mappings (network, channel, remote_id, message_id, role, delivery_id)
+     SELECT d.network, d.channel, d.remote_id, d.message_id, 'delivery', d.delivery_id
+     FROM done d JOIN gone g ON g.seq = d.seq WHERE d.remote_id IS NOT NULL ORDER BY d.n
+     ON CONFLICT DO NOTHING";
+/// A group's reads, in one round trip: the mappings of every id its events name (their own,
+/// their targets', their replies'), and ids for its messages ($4) and outbox rows ($5) taken
+/// from the tables' own sequences (the ones an event not needing them leaves unused).
+const PREPARE_GROUP: &str = "SELECT ids.a, seqs.a, f.networks, f.channels, f.remote_ids,
+        f.message_ids, f.roles
+     FROM (SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('messages', 'id')::regclass)
+                        FROM generate_series(1, $4::bigint))) ids(a),
+          (SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('outbox', 'seq')::regclass)
+                        FROM generate_series(1, $5::bigint))) seqs(a),
+          (SELECT array_agg(m.network), array_agg(m.channel), array_agg(m.remote_id),
+                  array_agg(m.message_id), array_agg(m.role)
+           FROM mappings m
+           JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(network, channel, remote_id)
+             ON m.network = k.network AND m.channel = k.channel AND m.remote_id = k.remote_id)
+          f(networks, channels, remote_ids, message_ids, roles)";
+/// A group's new messages, their origin mappings, their outbox rows and their authors in the
+/// people directory (as `record_inbound` and `UPSERT_PERSON`, row by row). The foreign keys are
+/// checked at the end of the statement, when every row is in.
+const RECORD_GROUP: &str = "WITH message AS (
+        INSERT INTO messages (id, origin_network, origin_channel, origin_protocol,
+            origin_remote_id, author_id, author_name, kind, body, created_ms, received_ms,
+            target_message_id, reply_to_message_id, permalink)
+        SELECT m.id, m.network, m.channel, m.protocol, m.remote_id, m.author_id, m.author_name,
+            m.kind, m.body, m.created_ms, $14, m.target, m.reply_to, m.permalink
+        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
+                    $12::bigint[], $13::text[])
+            AS m(id, network, channel, protocol, remote_id, author_id, author_name, kind, body,
+                 created_ms, target, reply_to, permalink)
+     ), origin AS (
+        INSERT INTO mappings (network, channel, remote_id, message_id, role)
+        SELECT o.network, o.channel, o.remote_id, o.message_id, 'origin'
+        FROM unnest($15::text[], $16::text[], $17::text[], $18::bigint[])
+            AS o(network, channel, remote_id, message_id)
+     ), queued AS (
+        INSERT INTO outbox (seq, delivery_id, message_id, network, channel, gateway)
+        SELECT * FROM unnest($19::bigint[], $20::text[], $21::bigint[], $22::text[],
+                             $23::text[], $24::text[])
+     )
+     INSERT INTO people (network, user_id, display_name)
+     SELECT * FROM unnest($25::text[], $26::text[], $27::text[])
+     ON CONFLICT (network, user_id) DO UPDATE
+     SET display_name = excluded.display_name, renamed_to = NULL
+     WHERE people.display_name IS DISTINCT FROM excluded.display_name
+        OR people.renamed_to IS NOT NULL";
 
 /// How to reach the database: the client's settings and the TLS the URL asks for.
 pub(super) struct Target {
@@ -502,6 +590,7 @@ impl PostgresStore {
         routes: &[Route],
     ) -> Result<CommitOutcome, StoreError> {
         let mut staged = StagedInbound::new(inbound.clone(), origin_protocol, routes.to_vec())?;
+        without_nul(&mut staged);
         let received_ms = self.received_now();
         let recorded = self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -517,14 +606,17 @@ impl PostgresStore {
         Ok(settle(&mut staged, recorded, &mut Vec::new()))
     }
 
-    /// Group commit, as the `SQLite` store's: one transaction; after a failure, again with a
-    /// savepoint for the acknowledgements and one per event.
+    /// Group commit, as the `SQLite` store's: one transaction, written with a few statements
+    /// for the whole group ([`record_group`]); after a failure, again row by row with a
+    /// savepoint for the acknowledgements and one per event, so that an event the database
+    /// refuses fails alone.
     pub(super) fn commit_group(
         &self,
         acknowledged: &[Completion],
         events: &mut [StagedInbound],
     ) -> GroupOutcome {
         let received_ms = self.received_now();
+        events.iter_mut().for_each(without_nul);
         let staged: &[StagedInbound] = events;
         let plain = self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -533,13 +625,7 @@ impl PostgresStore {
                 cache,
             };
             self.fence(&mut on)?;
-            for completion in acknowledged {
-                record_known_completion(&mut on, completion)?;
-            }
-            let mut recorded = Vec::with_capacity(staged.len());
-            for event in staged {
-                recorded.push(record_inbound(&mut on, event, received_ms)?);
-            }
+            let recorded = record_group(&mut on, acknowledged, staged, received_ms)?;
             transaction.commit()?;
             Ok(recorded)
         });
@@ -726,10 +812,12 @@ impl PostgresStore {
         next_try_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
+        let error = nul_replaced(error);
         self.fenced(DEFER, &[&seq, &next_try_ms, &error])
     }
 
     pub(super) fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let error = nul_replaced(error);
         self.fenced(FAIL, &[&seq, &error])
     }
 
@@ -1045,6 +1133,65 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    pub(super) fn outbox_by_destination(&self) -> Result<Vec<OutboxCount>, StoreError> {
+        self.run(false, |on| {
+            on.query(OUTBOX_BY_DESTINATION, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(OutboxCount {
+                        network: row.try_get(0)?,
+                        channel: row.try_get(1)?,
+                        state: row.try_get(2)?,
+                        count: row.try_get(3)?,
+                        oldest_received_ms: row.try_get(4)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn failed_deliveries(&self) -> Result<Vec<FailedRow>, StoreError> {
+        self.run(false, |on| {
+            on.query(FAILED_DELIVERIES, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(FailedRow {
+                        seq: row.try_get(0)?,
+                        delivery_id: row.try_get(1)?,
+                        network: row.try_get(2)?,
+                        channel: row.try_get(3)?,
+                        gateway: row.try_get(4)?,
+                        attempts: row.try_get(5)?,
+                        last_error: row.try_get(6)?,
+                        origin_network: row.try_get(7)?,
+                        origin_channel: row.try_get(8)?,
+                        author_name: row.try_get(9)?,
+                        body: row.try_get(10)?,
+                        received_ms: row.try_get(11)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        self.run(true, |on| {
+            Ok(match on.query_opt(REQUEUE_FAILED, &[&seq])? {
+                Some(row) => Some((
+                    ChannelRef::new(row.try_get::<_, String>(1)?, row.try_get::<_, String>(2)?),
+                    row.try_get(0)?,
+                )),
+                None => None,
+            })
+        })
+    }
+
+    pub(super) fn drop_failed(&self, seq: i64) -> Result<bool, StoreError> {
+        Ok(self.run(true, |on| on.execute(DROP_FAILED, &[&seq]))? > 0)
+    }
+}
+
 impl Drop for PostgresStore {
     /// The client closes its connection on its own runtime, which may not happen on a thread
     /// of the daemon's: the sessions are dropped where they may block.
@@ -1241,6 +1388,443 @@ fn record_inbound<C: GenericClient>(
     Ok(Recorded::Message { message_id, seqs })
 }
 
+/// What the PostgreSQL store writes in place of U+0000, which PostgreSQL refuses in text.
+const NUL_STAND_IN: &str = "\u{FFFD}";
+
+/// `text` with each NUL replaced by [`NUL_STAND_IN`] (borrowed when it holds none).
+fn nul_replaced(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', NUL_STAND_IN))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// Replace each NUL of `text` in place; whether there was one.
+fn replace_nul(text: &mut String) -> bool {
+    match nul_replaced(text) {
+        std::borrow::Cow::Owned(replaced) => {
+            *text = replaced;
+            true
+        }
+        std::borrow::Cow::Borrowed(_) => false,
+    }
+}
+
+/// A body written as JSON with each `\u0000` escape (a NUL in one of its strings) written as
+/// `\ufffd`; `None` when it holds none. Other escapes are passed over whole, so that an escaped
+/// backslash followed by `u0000` is left as it is.
+fn json_without_nul(json: &str) -> Option<String> {
+    const NUL: &str = "\\u0000";
+    if !json.contains(NUL) {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut at, mut copied) = (0, 0);
+    let bytes = json.as_bytes();
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+        } else if json[at..].starts_with(NUL) {
+            out.push_str(&json[copied..at]);
+            out.push_str("\\ufffd");
+            at += NUL.len();
+            copied = at;
+        } else {
+            // An escape is a backslash and one ASCII character (then, for `\u`, four digits).
+            at += 2;
+        }
+    }
+    out.push_str(&json[copied..]);
+    Some(out)
+}
+
+/// Make an event storable in PostgreSQL: each NUL in its origin, author, ids, permalink and body
+/// replaced by [`NUL_STAND_IN`], and its announced deliveries made to carry the same text.
+fn without_nul(staged: &mut StagedInbound) {
+    let inbound = &mut staged.inbound;
+    let mut changed = false;
+    for text in [
+        &mut inbound.origin.network,
+        &mut inbound.origin.channel,
+        &mut inbound.author.id,
+        &mut inbound.author.display_name,
+    ] {
+        changed |= replace_nul(text);
+    }
+    for text in [&mut inbound.remote_id, &mut inbound.permalink]
+        .into_iter()
+        .flatten()
+    {
+        changed |= replace_nul(text);
+    }
+    if let Some(json) = json_without_nul(&staged.body) {
+        match serde_json::from_str::<EventBody>(&json) {
+            Ok(body) => {
+                inbound.body = body;
+                staged.body = json;
+                changed = true;
+            }
+            // Not expected (only string contents changed); PostgreSQL then refuses the event,
+            // which fails alone.
+            Err(error) => {
+                tracing::warn!(error = %error, "A message body with a NUL character could not be rewritten.");
+            }
+        }
+    }
+    if !changed {
+        return;
+    }
+    tracing::info!(origin = %inbound.origin, "A NUL character in an event is stored as U+FFFD (PostgreSQL refuses NUL in text).");
+    for delivery in &mut staged.deliveries {
+        if let Some(announced) = &mut delivery.announced {
+            announced.origin = inbound.origin.clone();
+            announced.author = inbound.author.clone();
+            announced.body = inbound.body.clone();
+            announced.permalink.clone_from(&inbound.permalink);
+        }
+    }
+}
+
+/// What one key of the mappings (network, channel, remote id) maps to.
+type Known = HashMap<(String, String, String), (i64, MappingRole)>;
+
+fn known_key(channel: &ChannelRef, remote_id: &str) -> (String, String, String) {
+    (
+        channel.network.clone(),
+        channel.channel.clone(),
+        remote_id.to_owned(),
+    )
+}
+
+/// A group's writes inside the caller's transaction, in three statements whatever its size:
+/// its acknowledgements ([`COMPLETE_GROUP`]), the mappings its events name with ids for its
+/// new rows ([`PREPARE_GROUP`]), then every new row ([`RECORD_GROUP`]). What each event is (new,
+/// a duplicate, an echo, an edit of a message never bridged) is decided here as
+/// `record_inbound` decides it row by row, in order: an event sees the acknowledgements and
+/// the events before it in its group.
+fn record_group<C: GenericClient>(
+    on: &mut On<'_, C>,
+    acknowledged: &[Completion],
+    events: &[StagedInbound],
+    received_ms: i64,
+) -> Result<Vec<Recorded>, StoreError> {
+    record_completions(on, acknowledged)?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut networks, mut channels, mut remote_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for event in events {
+        let inbound = &event.inbound;
+        let named = [
+            inbound.remote_id.as_deref(),
+            inbound.body.target(),
+            inbound.body.reply_to(),
+        ];
+        for remote_id in named.into_iter().flatten() {
+            networks.push(inbound.origin.network.as_str());
+            channels.push(inbound.origin.channel.as_str());
+            remote_ids.push(remote_id);
+        }
+    }
+    let outbox_rows: usize = events.iter().map(|event| event.routes.len()).sum();
+    let row = on.query_one(
+        PREPARE_GROUP,
+        &[
+            &networks,
+            &channels,
+            &remote_ids,
+            &(events.len() as i64),
+            &(outbox_rows as i64),
+        ],
+    )?;
+    let mut message_ids: Vec<i64> = row.try_get(0)?;
+    let mut seqs: Vec<i64> = row.try_get(1)?;
+    message_ids.sort_unstable();
+    seqs.sort_unstable();
+    let mut known = Known::new();
+    if let (Some(networks), Some(channels), Some(remote_ids), Some(ids), Some(roles)) = (
+        row.try_get::<_, Option<Vec<String>>>(2)?,
+        row.try_get::<_, Option<Vec<String>>>(3)?,
+        row.try_get::<_, Option<Vec<String>>>(4)?,
+        row.try_get::<_, Option<Vec<i64>>>(5)?,
+        row.try_get::<_, Option<Vec<String>>>(6)?,
+    ) {
+        for ((((network, channel), remote_id), id), role) in networks
+            .into_iter()
+            .zip(channels)
+            .zip(remote_ids)
+            .zip(ids)
+            .zip(roles)
+        {
+            known.insert((network, channel, remote_id), (id, role_from_sql(&role)));
+        }
+    }
+    let mut rows = GroupRows::default();
+    let (mut message_ids, mut seqs) = (message_ids.into_iter(), seqs.into_iter());
+    let mut recorded = Vec::with_capacity(events.len());
+    for event in events {
+        let inbound = &event.inbound;
+        if let Some(remote_id) = &inbound.remote_id
+            && let Some(&(message_id, role)) = known.get(&known_key(&inbound.origin, remote_id))
+        {
+            recorded.push(Recorded::Nothing(match role {
+                MappingRole::Delivery => CommitOutcome::Echo { message_id },
+                MappingRole::Origin => CommitOutcome::Duplicate { message_id },
+            }));
+            continue;
+        }
+        let target = match inbound.body.target() {
+            Some(target) => {
+                let Some(&(message_id, _)) = known.get(&known_key(&inbound.origin, target)) else {
+                    recorded.push(Recorded::Nothing(CommitOutcome::UnknownTarget));
+                    continue;
+                };
+                Some(message_id)
+            }
+            None => None,
+        };
+        let reply_to = inbound
+            .body
+            .reply_to()
+            .and_then(|reply_to| known.get(&known_key(&inbound.origin, reply_to)))
+            .map(|&(message_id, _)| message_id);
+        let ran_out = || StoreError::Group("the database gave fewer ids than asked".into());
+        let message_id = message_ids.next().ok_or_else(ran_out)?;
+        rows.message(event, message_id, target, reply_to);
+        if let Some(remote_id) = &inbound.remote_id {
+            known.insert(
+                known_key(&inbound.origin, remote_id),
+                (message_id, MappingRole::Origin),
+            );
+        }
+        let mut event_seqs = Vec::with_capacity(event.routes.len());
+        for (route, delivery) in event.routes.iter().zip(&event.deliveries) {
+            let seq = seqs.next().ok_or_else(ran_out)?;
+            rows.outbox_seq.push(seq);
+            rows.outbox_delivery.push(&delivery.id);
+            rows.outbox_message.push(message_id);
+            rows.outbox_network.push(&route.destination.network);
+            rows.outbox_channel.push(&route.destination.channel);
+            rows.outbox_gateway.push(&route.gateway);
+            event_seqs.push(seq);
+        }
+        recorded.push(Recorded::Message {
+            message_id,
+            seqs: event_seqs,
+        });
+    }
+    if !rows.ids.is_empty() {
+        rows.write(on, received_ms)?;
+    }
+    Ok(recorded)
+}
+
+/// The rows [`RECORD_GROUP`] writes, one array per column.
+#[derive(Default)]
+struct GroupRows<'e> {
+    ids: Vec<i64>,
+    networks: Vec<&'e str>,
+    channels: Vec<&'e str>,
+    protocols: Vec<&'e str>,
+    remote_ids: Vec<Option<&'e str>>,
+    author_ids: Vec<&'e str>,
+    author_names: Vec<&'e str>,
+    kinds: Vec<&'e str>,
+    bodies: Vec<&'e str>,
+    created: Vec<i64>,
+    targets: Vec<Option<i64>>,
+    replies: Vec<Option<i64>>,
+    permalinks: Vec<Option<&'e str>>,
+    origin_network: Vec<&'e str>,
+    origin_channel: Vec<&'e str>,
+    origin_remote_id: Vec<&'e str>,
+    origin_message: Vec<i64>,
+    outbox_seq: Vec<i64>,
+    outbox_delivery: Vec<&'e str>,
+    outbox_message: Vec<i64>,
+    outbox_network: Vec<&'e str>,
+    outbox_channel: Vec<&'e str>,
+    outbox_gateway: Vec<&'e str>,
+    /// The people directory's writes, in the events' order.
+    people: Vec<PersonWrite<'e>>,
+}
+
+/// One write to the people directory (as `record_person`).
+enum PersonWrite<'e> {
+    /// [`UPSERT_PERSON`]: network, user id, shown name.
+    Named(&'e str, &'e str, &'e str),
+    /// [`RENAME_PERSON`]: network, old nick, new nick.
+    Renamed(&'e str, &'e str, &'e str),
+}
+
+impl<'e> GroupRows<'e> {
+    fn message(
+        &mut self,
+        event: &'e StagedInbound,
+        message_id: i64,
+        target: Option<i64>,
+        reply_to: Option<i64>,
+    ) {
+        let inbound = &event.inbound;
+        let network = inbound.origin.network.as_str();
+        self.ids.push(message_id);
+        self.networks.push(network);
+        self.channels.push(&inbound.origin.channel);
+        self.protocols.push(event.protocol);
+        self.remote_ids.push(inbound.remote_id.as_deref());
+        self.author_ids.push(&inbound.author.id);
+        self.author_names.push(&inbound.author.display_name);
+        self.kinds.push(inbound.body.kind_name());
+        self.bodies.push(&event.body);
+        self.created.push(inbound.timestamp_ms);
+        self.targets.push(target);
+        self.replies.push(reply_to);
+        self.permalinks.push(inbound.permalink.as_deref());
+        if let Some(remote_id) = &inbound.remote_id {
+            self.origin_network.push(network);
+            self.origin_channel.push(&inbound.origin.channel);
+            self.origin_remote_id.push(remote_id);
+            self.origin_message.push(message_id);
+        }
+        let author = &inbound.author;
+        if let EventBody::Membership(Membership::Renamed { new_name }) = &inbound.body {
+            self.people
+                .push(PersonWrite::Named(network, new_name, new_name));
+            if author.id != *new_name {
+                self.people
+                    .push(PersonWrite::Renamed(network, &author.id, new_name));
+            }
+        } else {
+            self.people.push(PersonWrite::Named(
+                network,
+                &author.id,
+                &author.display_name,
+            ));
+        }
+    }
+
+    /// Write every row: one statement; the people directory's writes in it too unless a
+    /// nick changed in the group (then they follow one by one, in order, as a rename and a
+    /// later name of the same person must).
+    fn write<C: GenericClient>(
+        self,
+        on: &mut On<'_, C>,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        let renamed = self
+            .people
+            .iter()
+            .any(|write| matches!(write, PersonWrite::Renamed(..)));
+        let (mut person_network, mut person_id, mut person_name) =
+            (Vec::new(), Vec::new(), Vec::new());
+        if !renamed {
+            // One row per person (a statement may not update a row twice): the last name.
+            let mut at: HashMap<(&str, &str), usize> = HashMap::new();
+            for write in &self.people {
+                if let PersonWrite::Named(network, id, name) = *write {
+                    if let Some(&index) = at.get(&(network, id)) {
+                        person_name[index] = name;
+                    } else {
+                        at.insert((network, id), person_id.len());
+                        person_network.push(network);
+                        person_id.push(id);
+                        person_name.push(name);
+                    }
+                }
+            }
+        }
+        on.execute(
+            RECORD_GROUP,
+            &[
+                &self.ids,
+                &self.networks,
+                &self.channels,
+                &self.protocols,
+                &self.remote_ids,
+                &self.author_ids,
+                &self.author_names,
+                &self.kinds,
+                &self.bodies,
+                &self.created,
+                &self.targets,
+                &self.replies,
+                &self.permalinks,
+                &received_ms,
+                &self.origin_network,
+                &self.origin_channel,
+                &self.origin_remote_id,
+                &self.origin_message,
+                &self.outbox_seq,
+                &self.outbox_delivery,
+                &self.outbox_message,
+                &self.outbox_network,
+                &self.outbox_channel,
+                &self.outbox_gateway,
+                &person_network,
+                &person_id,
+                &person_name,
+            ],
+        )?;
+        if renamed {
+            for write in &self.people {
+                match *write {
+                    PersonWrite::Named(network, id, name) => {
+                        on.execute(UPSERT_PERSON, &[&network, &id, &name])?
+                    }
+                    PersonWrite::Renamed(network, old, new) => {
+                        on.execute(RENAME_PERSON, &[&network, &old, &new])?
+                    }
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A group's acknowledgements in one statement ([`COMPLETE_GROUP`]), as
+/// `record_known_completion` for each in order: a second acknowledgement of the same row finds
+/// it gone and adds nothing.
+fn record_completions<C: GenericClient>(
+    on: &mut On<'_, C>,
+    acknowledged: &[Completion],
+) -> Result<(), StoreError> {
+    if acknowledged.is_empty() {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(acknowledged.len());
+    let mut seqs = Vec::with_capacity(acknowledged.len());
+    let (mut delivery_ids, mut message_ids, mut networks, mut channels, mut remote_ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut attempts = Vec::with_capacity(acknowledged.len());
+    for completion in acknowledged {
+        if !seen.insert(completion.seq) {
+            continue;
+        }
+        seqs.push(completion.seq);
+        delivery_ids.push(completion.delivery_id.as_str());
+        message_ids.push(completion.message_id);
+        networks.push(completion.destination.network.as_str());
+        channels.push(completion.destination.channel.as_str());
+        remote_ids.push(completion.remote_id.as_deref());
+        attempts.push(i64::from(completion.attempts) + 1);
+    }
+    on.execute(
+        COMPLETE_GROUP,
+        &[
+            &seqs,
+            &delivery_ids,
+            &message_ids,
+            &networks,
+            &channels,
+            &remote_ids,
+            &attempts,
+            &now_ms(),
+        ],
+    )?;
+    Ok(())
+}
+
 /// The people directory's row of the event's author (as `SQLite`'s `record_person`).
 fn record_person<C: GenericClient>(
     on: &mut On<'_, C>,
@@ -1363,6 +1947,41 @@ mod tests {
         assert_eq!(sqlite, postgres);
         assert_eq!(sqlite.len(), super::super::MIGRATIONS.len());
         assert_eq!(postgres.len(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_nul_in_a_body_becomes_u_fffd_and_an_escaped_backslash_stays() {
+        let body = EventBody::text(crate::model::TextStyle::Normal, "x");
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(json_without_nul(&json), None);
+        let json = r#"{"a":"n\u0000l","b":"\\u0000 is six characters","c":"\\\u0000"}"#;
+        assert_eq!(
+            json_without_nul(json).unwrap(),
+            r#"{"a":"n\ufffdl","b":"\\u0000 is six characters","c":"\\\ufffd"}"#
+        );
+        let mut staged = StagedInbound::new(
+            Inbound {
+                origin: ChannelRef::new("one", "#a"),
+                remote_id: Some("id\0".into()),
+                author: crate::model::Author {
+                    id: "a".into(),
+                    display_name: "n\0l".into(),
+                },
+                timestamp_ms: 0,
+                body,
+                permalink: None,
+            },
+            "irc",
+            vec![Route {
+                gateway: "g".into(),
+                destination: ChannelRef::new("two", "#b"),
+            }],
+        )
+        .unwrap();
+        without_nul(&mut staged);
+        assert_eq!(staged.inbound.remote_id.as_deref(), Some("id\u{FFFD}"));
+        let announced = staged.deliveries[0].announced.as_ref().unwrap();
+        assert_eq!(announced.author.display_name, "n\u{FFFD}l");
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn power_levels(bot_level: i64, bot: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_failed_list_retry_drop_against_a_room_that_refuses_the_bot() {
+pub(crate) async fn status_and_failed_list_retry_drop_against_a_room_that_refuses_the_bot() {
     let synapse = shared_synapse();
     let url = synapse.url();
     let irc_port = shared_inspircd().port;

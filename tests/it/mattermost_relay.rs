@@ -493,6 +493,41 @@ async fn password_login_survives_session_expiry_and_membership_is_relayed() {
     let _ = t.bridge.terminate();
 }
 
+/// A post whose shown name holds a NUL character (an integration's `override_username`; a
+/// message's text loses its control characters when it is read) reaches IRC with what follows
+/// it. `SQLite` stores the name as it is; the PostgreSQL store, which may not, as U+FFFD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_name_with_a_nul_character_reaches_irc() {
+    let mut t = irc_and_mattermost().await;
+    let channel = t.irc_channel.clone();
+    t.mia
+        .ok(
+            reqwest::Method::POST,
+            "/posts",
+            Some(serde_json::json!({
+                "channel_id": t.channel_id,
+                "message": "build passed",
+                "props": {"from_webhook": "true", "override_username": "ci\0bot"},
+            })),
+        )
+        .await;
+    t.mia.say(&t.channel_id, "and then this").await;
+    let seen = texts(&t.alice.texts_until(&channel, "and then this").await);
+    let name = if crate::support::bridge::wants_postgres() {
+        "ci\u{FFFD}bot"
+    } else {
+        "cibot"
+    };
+    assert_eq!(
+        seen,
+        [
+            format!("<{name}> build passed"),
+            "<mia> and then this".to_owned()
+        ]
+    );
+    let _ = t.bridge.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_named_with_a_link_and_a_removed_bridge_rejoins() {
     let mut t = irc_and_mattermost().await;

@@ -3,7 +3,7 @@
 //! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
 
 use crate::support::bridge::on_postgres;
-use crate::{irc_relay, mattermost_relay, router_store};
+use crate::{admin_socket, irc_relay, mattermost_relay, router_store};
 
 /// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
 #[test]
@@ -83,9 +83,25 @@ fn unknown_targets_are_dropped_on_postgres() {
     on_postgres(router_store::an_edit_of_a_message_never_bridged_is_dropped_and_counted);
 }
 
-/// PostgreSQL refuses what `SQLite` stores (a NUL character in text): that event of a group
-/// gets a clear error and the others of its group commit, through the savepoints, as on
-/// `SQLite` for any failing event; nothing half-written is left.
+/// `tribridge status` and `tribridge failed list|retry|drop` against a bridge whose store is
+/// PostgreSQL: the same scenario as on `SQLite`.
+#[test]
+fn admin_status_and_failed_list_retry_drop_on_postgres() {
+    on_postgres(
+        admin_socket::status_and_failed_list_retry_drop_against_a_room_that_refuses_the_bot,
+    );
+}
+
+/// A Mattermost post whose shown name holds a NUL character reaches IRC, the NUL as U+FFFD.
+#[test]
+fn a_nul_character_is_relayed_on_postgres() {
+    on_postgres(mattermost_relay::a_name_with_a_nul_character_reaches_irc);
+}
+
+/// PostgreSQL refuses what `SQLite` stores (an id too long for its index): that event of a
+/// group gets a clear error and the others of its group commit, through the savepoints, as on
+/// `SQLite` for any failing event; nothing half-written is left. A NUL character, which
+/// PostgreSQL refuses in text too, is stored as U+FFFD.
 #[test]
 fn one_event_postgres_refuses_fails_alone_in_its_group() {
     use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
@@ -107,10 +123,20 @@ fn one_event_postgres_refuses_fails_alone_in_its_group() {
         gateway: "g".into(),
         destination: ChannelRef::new("two", "#b"),
     }];
+    // 6,000 characters that do not compress: beyond what a btree index entry may hold.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let too_long: String = (0..6000)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(b'a' + (state >> 59) as u8 % 26)
+        })
+        .collect();
     let mut events: Vec<StagedInbound> = [
         said("m1", "alice"),
-        said("m2", "nul\0name"),
-        said("m3", "bob"),
+        said(&too_long, "mallory"),
+        said("m3", "nul\0name"),
     ]
     .into_iter()
     .map(|inbound| StagedInbound::new(inbound, "irc", routes.clone()).unwrap())
@@ -137,9 +163,11 @@ fn one_event_postgres_refuses_fails_alone_in_its_group() {
         .into_iter()
         .map(|pending| pending.delivery.author.id)
         .collect();
-    assert_eq!(authors, ["alice", "bob"]);
+    assert_eq!(authors, ["alice", "nul\u{FFFD}name"]);
     assert_eq!(
-        store.lookup(&ChannelRef::new("one", "#a"), "m2").unwrap(),
+        store
+            .lookup(&ChannelRef::new("one", "#a"), &too_long)
+            .unwrap(),
         None
     );
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
@@ -224,4 +252,149 @@ async fn a_database_restart_loses_and_doubles_nothing() {
     drop(store);
     bridge.terminate();
     drop(postgres);
+}
+
+/// One group holding what the row-by-row path decides event by event (a duplicate of an event
+/// of the same group, an echo of a delivery acknowledged in it, a deletion of a message of the
+/// same group and one of a message never seen, a nick change and later names) gets the same
+/// outcomes and leaves the same people on PostgreSQL, where the group is written a few
+/// statements at a time, as on `SQLite`.
+#[test]
+fn a_group_is_decided_in_order_on_both_backends_alike() {
+    use tribridge::model::{Author, ChannelRef, EventBody, Inbound, Membership, TextStyle};
+    use tribridge::store::{CommitOutcome, Completion, Queued, Route, StagedInbound, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::servers::shared_postgres().fresh_database();
+    let stores = [
+        Store::open(dir.path()).unwrap(),
+        Store::open_postgres(&url).unwrap(),
+    ];
+    let event = |channel: &str, id: &str, author: &str, body: EventBody| Inbound {
+        origin: ChannelRef::new("one", channel),
+        remote_id: Some(id.to_owned()),
+        author: Author {
+            id: author.to_owned(),
+            display_name: author.to_owned(),
+        },
+        timestamp_ms: 1_700_000_000_000,
+        body,
+        permalink: None,
+    };
+    let text = |words: &str| EventBody::text(TextStyle::Normal, words);
+    let to_two = vec![Route {
+        gateway: "g".into(),
+        destination: ChannelRef::new("one", "#b"),
+    }];
+    let stage = |inbounds: Vec<Inbound>| -> Vec<StagedInbound> {
+        inbounds
+            .into_iter()
+            .map(|inbound| StagedInbound::new(inbound, "irc", to_two.clone()).unwrap())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for store in &stores {
+        let mut first = stage(vec![event("#a", "m0", "alice", text("first"))]);
+        let outcome = store.commit_group(&[], &mut first);
+        let Some(Queued::Announced(pending)) = outcome.queued.first() else {
+            panic!("{outcome:?}");
+        };
+        // Acknowledged as `r0` in #b; `r0` then comes back from #b in the same group.
+        let ack = Completion::of(&pending.delivery, pending.seq, Some("r0".into()));
+        let mut group = stage(vec![
+            event("#b", "r0", "bridge", text("first")),
+            event("#a", "m1", "bob", text("second")),
+            event("#a", "m1", "bob", text("second")),
+            event(
+                "#a",
+                "d1",
+                "bob",
+                EventBody::Delete {
+                    target: "m1".into(),
+                },
+            ),
+            event(
+                "#a",
+                "d2",
+                "bob",
+                EventBody::Delete {
+                    target: "zz".into(),
+                },
+            ),
+            event(
+                "#a",
+                "n1",
+                "bob",
+                EventBody::Membership(Membership::Renamed {
+                    new_name: "robert".into(),
+                }),
+            ),
+        ]);
+        let outcome = store.commit_group(&[ack.clone(), ack], &mut group);
+        assert!(outcome.acks.is_ok(), "{outcome:?}");
+        let m1 = match outcome.events[1] {
+            Ok(CommitOutcome::Committed { message_id, .. }) => message_id,
+            ref other => panic!("{other:?}"),
+        };
+        let kinds: Vec<String> = outcome
+            .events
+            .iter()
+            .map(|outcome| match outcome {
+                Ok(CommitOutcome::Committed { .. }) => "committed".to_owned(),
+                Ok(CommitOutcome::Echo { .. }) => "echo".to_owned(),
+                Ok(CommitOutcome::Duplicate { message_id }) => {
+                    format!("duplicate of m1: {}", *message_id == m1)
+                }
+                Ok(CommitOutcome::UnknownTarget) => "unknown target".to_owned(),
+                Err(error) => format!("error {error}"),
+            })
+            .collect();
+        // Later names in a group without a nick change: one row per person, the last name.
+        let mut named = stage(vec![
+            event("#a", "m2", "carol", text("third")),
+            event("#a", "m3", "robert", text("fourth")),
+        ]);
+        named[1] = StagedInbound::new(
+            Inbound {
+                author: Author {
+                    id: "carol".into(),
+                    display_name: "Carol".into(),
+                },
+                ..event("#a", "m3", "carol", text("fourth"))
+            },
+            "irc",
+            to_two.clone(),
+        )
+        .unwrap();
+        let outcome = store.commit_group(&[], &mut named);
+        assert!(outcome.events.iter().all(Result::is_ok), "{outcome:?}");
+        let mut people: Vec<_> = store
+            .people()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.user_id, p.display_name, p.renamed_to))
+            .collect();
+        people.sort();
+        let destination = ChannelRef::new("one", "#b");
+        seen.push((
+            kinds,
+            people,
+            store.pending_count(&destination).unwrap(),
+            store.delivered_count(&destination).unwrap(),
+            store.integrity_problems().unwrap(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(
+        seen[0].0,
+        [
+            "echo",
+            "committed",
+            "duplicate of m1: true",
+            "committed",
+            "unknown target",
+            "committed"
+        ]
+    );
+    // m1, d1, n1, m2, m3 queued; m0 delivered once though acknowledged twice.
+    assert_eq!((seen[0].2, seen[0].3), (5, 1));
 }

@@ -35,8 +35,9 @@ pub fn on_postgres(test: fn()) {
     );
 }
 
-/// Whether a bridge started now keeps its state in PostgreSQL.
-fn wants_postgres() -> bool {
+/// Whether a bridge started now keeps its state in PostgreSQL (for a scenario whose outcome
+/// the backend defines, as a NUL character's).
+pub fn wants_postgres() -> bool {
     ON_POSTGRES.with(std::cell::Cell::get)
         || std::env::var("TRIBRIDGE_TEST_STORE").is_ok_and(|store| store == "postgres")
 }
