@@ -209,7 +209,7 @@ impl MatrixHandle {
             let Ok(event) = event.raw().deserialize_as::<Value>() else {
                 continue;
             };
-            if own.as_deref().map(|own| own.as_str()) != event["sender"].as_str() {
+            if own.as_deref().map(matrix_sdk::ruma::UserId::as_str) != event["sender"].as_str() {
                 continue;
             }
             if let (Some(id), Some(event_id)) = (
