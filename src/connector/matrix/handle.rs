@@ -176,19 +176,26 @@ impl MatrixHandle {
                 .entry(room.room_id().to_owned())
                 .or_default(),
         );
-        let found = cell
-            .get_or_try_init(|| self.read_back(room))
-            .await
-            .map_err(|error| {
-                retry(
-                    Some(Duration::from_secs(2)),
-                    format!(
-                        "cannot read room {} back before sending again what may be there: {}",
-                        room.room_id(),
-                        error_chain(&error)
-                    ),
-                )
-            })?;
+        let found = match cell.get_or_try_init(|| self.read_back(room)).await {
+            Ok(found) => found,
+            // A refusal that will not change (the room's history closed to the bot): the
+            // delivery goes out as it would without the read-back, rather than never.
+            Err(error) => match classify(&error, &self.relogin) {
+                DeliveryError::Permanent(reason) => {
+                    tracing::warn!(network = %self.network, room = %room.room_id(), delivery = %delivery.id, error = %reason, "Cannot read the room back; sending without looking for an earlier send of this delivery.");
+                    return Ok(None);
+                }
+                DeliveryError::Retry { after, reason } => {
+                    return Err(retry(
+                        after,
+                        format!(
+                            "cannot read room {} back before a send that may be there already: {reason}",
+                            room.room_id()
+                        ),
+                    ));
+                }
+            },
+        };
         Ok(found.get(&delivery.id).cloned())
     }
 
