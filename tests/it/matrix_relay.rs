@@ -1647,3 +1647,94 @@ async fn two_bridge_instances_told_of_each_other_show_every_message_once_even_th
         );
     }
 }
+
+/// A crash after a send reached Synapse but before the store recorded it, followed by a start
+/// on a new Matrix device (the session was lost, or another instance took over): Synapse does
+/// not know the transaction id from that device, so only the bridge's read-back of its own
+/// events keeps the message from showing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_not_recorded_before_a_crash_is_not_doubled_by_a_new_device() {
+    let mut s = setup(shared_synapse()).await;
+    let room = s.room.clone();
+    let ivan = s.irc.nick.clone();
+    s.irc.say(&s.channel, "ONCE-1");
+    let seen = s.matrix.messages_until(&room, "ONCE-1").await;
+    let first: Vec<&Event> = seen
+        .iter()
+        .filter(|e| e.body().contains("ONCE-1"))
+        .collect();
+    assert_eq!(first.len(), 1, "{:?}", bodies(&seen));
+    let event_id = first[0].event_id.clone();
+    s.bridge.wait_outbox_drained("mx", &s.alias).await;
+    assert_eq!(s.bridge.terminate(), Some(0));
+
+    // The state a crash between the send and its record leaves: the delivery pending again,
+    // no mapping of the event; and no Matrix session, so the next start is a new device.
+    let state = s.bridge.dir.join("state");
+    let delivery_id = {
+        let db = rusqlite::Connection::open(state.join("tribridge.sqlite3")).unwrap();
+        let (delivery_id, message_id, channel): (String, i64, String) = db
+            .query_row(
+                "SELECT delivery_id, message_id, channel FROM deliveries
+                 WHERE network = 'mx' AND remote_id = ?1",
+                [&event_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        db.execute(
+            "DELETE FROM deliveries WHERE delivery_id = ?1",
+            [&delivery_id],
+        )
+        .unwrap();
+        db.execute(
+            "DELETE FROM mappings WHERE network = 'mx' AND remote_id = ?1",
+            [&event_id],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO outbox (delivery_id, message_id, network, channel, gateway)
+             VALUES (?1, ?2, 'mx', ?3, 'g')",
+            rusqlite::params![delivery_id, message_id, channel],
+        )
+        .unwrap();
+        delivery_id
+    };
+    std::fs::remove_dir_all(state.join("matrix-mx")).unwrap();
+
+    s.bridge.restart();
+    s.irc.wait_join(&s.nick, &s.channel).await;
+    s.irc.say(&s.channel, "ONCE-2");
+    let seen = s.matrix.messages_until(&room, "ONCE-2").await;
+    assert_eq!(
+        bodies(&seen),
+        vec![format!("<{ivan}> ONCE-2")],
+        "the message pending at the start was sent again"
+    );
+    let history: Vec<String> = bodies(&s.matrix.history(&room).await)
+        .into_iter()
+        .filter(|b| b.contains("ONCE-"))
+        .collect();
+    assert_eq!(
+        history,
+        vec![format!("<{ivan}> ONCE-1"), format!("<{ivan}> ONCE-2")]
+    );
+    // The delivery is complete, with the event found in the room.
+    s.bridge.wait_outbox_drained("mx", &s.alias).await;
+    let db = rusqlite::Connection::open(state.join("tribridge.sqlite3")).unwrap();
+    let remote: Option<String> = db
+        .query_row(
+            "SELECT remote_id FROM deliveries WHERE delivery_id = ?1",
+            [&delivery_id],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(remote.as_deref(), Some(event_id.as_str()));
+    let logs = s.bridge.logs();
+    assert_eq!(logs.matches("Logged in to Matrix.").count(), 2, "{logs}");
+    assert_eq!(
+        logs.matches("completed without sending it again").count(),
+        1,
+        "{logs}"
+    );
+    let _ = (&s.synapse_url, s.irc_port, &s.bot);
+}

@@ -243,6 +243,12 @@ pub fn inbound(event: &Value, relay_membership: bool) -> Option<EventBody> {
 /// original time, ms since the Unix epoch; Matrix's own `origin_server_ts` is the time of the send.
 pub const ORIGINAL_TIME_KEY: &str = "tribridge.original_ts";
 
+/// The content key of every event the bridge sends for a delivery, with the delivery id (the
+/// request's transaction id): a start that may follow a send it never saw answered reads its
+/// recent events back and finds the delivery already in the room (clients ignore the key; in
+/// an encrypted room it is inside the ciphertext).
+pub const DELIVERY_KEY: &str = "tribridge.delivery";
+
 /// What to do on Matrix for one delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {

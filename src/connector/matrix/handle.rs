@@ -4,6 +4,14 @@
 //! Invariants: the transaction id of every request is the delivery id, so a retried send never
 //! doubles; `M_LIMIT_EXCEEDED` becomes a retry after the server's delay for that room only; a
 //! refused token asks the session to log in again instead of failing the delivery for good.
+//!
+//! Transaction ids are deduplicated by the homeserver per device, and only for a while: a send
+//! the previous run (or the previous active instance) made but never recorded as complete would
+//! be made again by this run's device. So every event carries its delivery id in its content
+//! ([`content::DELIVERY_KEY`]), and before the first send into a room of a delivery that may
+//! have been sent before this handle existed (one said before it was made), the handle reads the
+//! bot's own recent events in that room back once ([`READ_BACK_LIMIT`] events, decrypted by the
+//! SDK) and completes such a delivery found there with the event's id instead of sending it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +48,21 @@ pub struct MatrixHandle {
     scope: Option<RoomScope>,
     /// Authors' pictures as uploaded, for the per-message profile's `avatar_url`.
     pictures: Arc<std::sync::Mutex<Pictures>>,
+    /// When this handle was made (this connector's start), ms since the Unix epoch.
+    started_ms: i64,
+    /// Per room: the delivery ids found in the bot's recent events there, read back once.
+    read_back: Arc<std::sync::Mutex<HashMap<OwnedRoomId, ReadBack>>>,
 }
+
+/// The delivery ids found in one room's read-back, each with the event that carries it.
+type ReadBack = Arc<tokio::sync::OnceCell<HashMap<String, String>>>;
+
+/// How many of the bot's own most recent events in a room one read-back looks at.
+pub const READ_BACK_LIMIT: u32 = 100;
+
+/// How far the clocks of the origin networks and this host may disagree: a delivery said up to
+/// this long after the handle was made may still have been queued before it.
+const CLOCK_SLACK_MS: i64 = 60_000;
 
 /// The pictures of relayed people uploaded to the content repository: each stored picture is
 /// read only when its time stamp changed, and the same bytes are uploaded once.
@@ -130,7 +152,85 @@ impl MatrixHandle {
             writes,
             scope,
             pictures: Arc::default(),
+            started_ms: now_ms(),
+            read_back: Arc::default(),
         }
+    }
+
+    /// The event already in `room` for `delivery` when it may have been sent before this
+    /// handle was made (by an earlier run or another instance, from another device whose
+    /// transaction ids the homeserver does not compare with ours): the bot's own recent events
+    /// there are read back once per room, the first time such a delivery goes to it.
+    async fn already_sent(
+        &self,
+        room: &Room,
+        delivery: &Delivery,
+    ) -> Result<Option<String>, DeliveryError> {
+        if delivery.timestamp_ms >= self.started_ms.saturating_add(CLOCK_SLACK_MS) {
+            return Ok(None);
+        }
+        let cell = Arc::clone(
+            self.read_back
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(room.room_id().to_owned())
+                .or_default(),
+        );
+        let found = match cell.get_or_try_init(|| self.read_back(room)).await {
+            Ok(found) => found,
+            // A refusal that will not change (the room's history closed to the bot): the
+            // delivery goes out as it would without the read-back, rather than never.
+            Err(error) => match classify(&error, &self.relogin) {
+                DeliveryError::Permanent(reason) => {
+                    tracing::warn!(network = %self.network, room = %room.room_id(), delivery = %delivery.id, error = %reason, "Cannot read the room back; sending without looking for an earlier send of this delivery.");
+                    return Ok(None);
+                }
+                DeliveryError::Retry { after, reason } => {
+                    return Err(retry(
+                        after,
+                        format!(
+                            "cannot read room {} back before a send that may be there already: {reason}",
+                            room.room_id()
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok(found.get(&delivery.id).cloned())
+    }
+
+    /// The delivery ids in the bot's [`READ_BACK_LIMIT`] most recent events in `room`, each
+    /// with its event id.
+    async fn read_back(&self, room: &Room) -> Result<HashMap<String, String>, matrix_sdk::Error> {
+        use matrix_sdk::room::MessagesOptions;
+        let started = std::time::Instant::now();
+        let mut options = MessagesOptions::backward();
+        options.limit = READ_BACK_LIMIT.into();
+        if let Some(own) = room.client().user_id() {
+            options.filter.senders = Some(vec![own.to_owned()]);
+        }
+        let page = room.messages(options).await?;
+        let own = room.client().user_id().map(ToOwned::to_owned);
+        let mut found = HashMap::new();
+        for event in &page.chunk {
+            let Ok(event) = event.raw().deserialize_as::<Value>() else {
+                continue;
+            };
+            if own.as_deref().map(matrix_sdk::ruma::UserId::as_str) != event["sender"].as_str() {
+                continue;
+            }
+            if let (Some(id), Some(event_id)) = (
+                event["content"][content::DELIVERY_KEY].as_str(),
+                event["event_id"].as_str(),
+            ) {
+                // Newest first: a delivery already doubled is completed with its latest copy.
+                found
+                    .entry(id.to_owned())
+                    .or_insert_with(|| event_id.to_owned());
+            }
+        }
+        tracing::info!(network = %self.network, room = %room.room_id(), events = page.chunk.len(), deliveries = found.len(), elapsed_ms = started.elapsed().as_millis(), "Read the bot's recent events in a room back before sending what may already be there.");
+        Ok(found)
     }
 
     /// The `mxc://` of the picture the bridge keeps of the delivery's author (none from IRC),
@@ -253,6 +353,12 @@ impl MatrixHandle {
             notifies_room = super::mentions::mentions_room(text);
         }
         let delivery = &delivery;
+        if let Some(event_id) = self.already_sent(&room, delivery).await? {
+            tracing::info!(network = %self.network, room = %room_id, delivery = %delivery.id, event = %event_id, "The delivery is already in the room (sent before a restart or a take-over); completed without sending it again.");
+            return Ok(DeliveryAck {
+                remote_id: Some(event_id),
+            });
+        }
         // The author's picture for the per-message profile (texts and edits).
         let picture = match &delivery.body {
             EventBody::Text { .. } | EventBody::Edit { .. } => {
@@ -313,6 +419,7 @@ impl MatrixHandle {
                 if let Some(original_time) = original_time {
                     content[content::ORIGINAL_TIME_KEY] = original_time.into();
                 }
+                content[content::DELIVERY_KEY] = delivery.id.as_str().into();
                 if event_type == "m.room.message" {
                     content::set_mentions(&mut content, &notified, notifies_room);
                     content::set_per_message_profile(&mut content, delivery, picture);
@@ -389,6 +496,7 @@ impl MatrixHandle {
             if let Some(relation) = content::message_relation(related) {
                 content["m.relates_to"] = relation;
             }
+            content[content::DELIVERY_KEY] = delivery.id.as_str().into();
             return self
                 .send_one(room, content, delivery.id.as_str().into())
                 .await;
@@ -407,6 +515,7 @@ impl MatrixHandle {
                 format!("{}.{index}", delivery.id).into()
             };
             content::set_per_message_profile(&mut content, delivery, picture);
+            content[content::DELIVERY_KEY] = txn_id.as_str().into();
             if index == 0
                 && let Some(relation) = content::message_relation(related)
             {
