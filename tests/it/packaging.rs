@@ -6,7 +6,8 @@
 use std::path::Path;
 
 /// Where systemd (239 and later) looks for a command named without a folder, in its order.
-const SYSTEMD_SEARCH_PATH: [&str; 4] = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"];
+const SYSTEMD_SEARCH_PATH: [&str; 4] =
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,7 +125,10 @@ fn the_debian_package_installs_what_its_unit_runs_and_reads() {
             Some(binary.installed.as_str()),
             "{command}"
         );
-        let at = words.iter().position(|w| *w == "--config").expect("--config");
+        let at = words
+            .iter()
+            .position(|w| *w == "--config")
+            .expect("--config");
         assert_eq!(words[at + 1], config.installed, "{command}");
     }
     // The secrets file is the unit's environment file, private to root; the configuration is
@@ -170,7 +174,11 @@ fn the_readme_installs_where_the_unit_looks() {
         .lines()
         .find(|line| line.contains("install -m 0755 target/release/tribridge"))
         .expect("README installs the binary by hand");
-    let folder = by_hand.split_whitespace().last().unwrap().trim_end_matches('/');
+    let folder = by_hand
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_end_matches('/');
     let position = |folder: &str| SYSTEMD_SEARCH_PATH.iter().position(|f| *f == folder);
     let package_folder = Path::new(&installed_from(&assets, "target/release/tribridge").installed)
         .parent()
@@ -216,6 +224,12 @@ fn the_readme_installs_where_the_unit_looks() {
         );
     }
     // And it names the package's own commands.
-    assert!(install.contains("cargo deb"), "README: how to build the package");
-    assert!(install.contains("dpkg -i"), "README: how to install the package");
+    assert!(
+        install.contains("cargo deb"),
+        "README: how to build the package"
+    );
+    assert!(
+        install.contains("dpkg -i"),
+        "README: how to install the package"
+    );
 }
