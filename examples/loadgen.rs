@@ -124,7 +124,7 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rate: u32,
     },
-    /// Start-up to all channels joined, N gateways (IRC ⇄ IRC).
+    /// Start-up to the first line relayed and to all channels joined, N gateways (IRC ⇄ IRC).
     Startup {
         #[arg(long, default_value_t = 100)]
         gateways: usize,
@@ -2567,11 +2567,33 @@ async fn startup(daemon: &Path, gateways: usize) -> Value {
     }
     let networks = irc_network("one", server.port, "lgbrone")
         + irc_network("two", server.port, "lgbrtwo").as_str();
+    // A person on each side of the first gateway, there before the bridge: the writer speaks
+    // as soon as the bridge has joined its channel, and the reader's receipt of that line is
+    // the start-up to relaying.
+    let mut writer = IrcClient::connect(server.port, "lgwriter").await;
+    let mut reader = IrcClient::connect(server.port, "lgreader").await;
+    writer.join("#lga0").await;
+    reader.join("#lgb0").await;
     let mut bridge = Daemon::start(
         daemon,
         dir.path(),
         &config(&dir.path().join("state"), &networks, &text),
     );
+    writer.wait_join("lgbrone", "#lga0").await;
+    let first_joined = bridge.started.elapsed();
+    writer.say("#lga0", "first relayed line");
+    reader
+        .wait_for(
+            |l| {
+                l.command == "PRIVMSG"
+                    && l.text()
+                        .is_some_and(|(_, t)| t.contains("first relayed line"))
+            },
+            Duration::from_mins(2),
+        )
+        .await
+        .expect("first line relayed");
+    let first_relayed = bridge.started.elapsed();
     let ready = bridge.wait_log("Channels joined; ready.", 2).await;
     let rss = bridge.rss_kib();
     let cpu = bridge.cpu();
@@ -2579,6 +2601,8 @@ async fn startup(daemon: &Path, gateways: usize) -> Value {
     json!({
         "gateways": gateways,
         "channels": 2 * gateways,
+        "start_to_first_channel_joined_s": first_joined.as_secs_f64(),
+        "start_to_first_line_relayed_s": first_relayed.as_secs_f64(),
         "start_to_all_joined_s": ready.as_secs_f64(),
         "direct_client_register_s": registered.as_secs_f64(),
         "direct_client_register_and_join_s": direct.as_secs_f64(),

@@ -21,6 +21,7 @@ mod mattermost_relay;
 mod mattermost_remote_users;
 mod mentions;
 mod operations;
+mod packaging;
 mod postgres_store;
 mod router_store;
 mod security;
