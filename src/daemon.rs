@@ -251,17 +251,13 @@ async fn standby<F: FnOnce()>(
             status: Arc::clone(&status),
             lease: Some(Arc::clone(lease)),
         };
-        let serving = crate::metrics::serve(
+        spawn_metrics(
+            &mut services,
             listener,
-            Arc::new(registry),
+            registry,
             health,
             services_shutdown.clone(),
         );
-        services.spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(error = %error, "The metrics endpoint stopped.");
-            }
-        });
     }
     if let Ok(admin_listener) = crate::admin::bind(&config.state_dir) {
         services.spawn(crate::admin::serve(
@@ -449,17 +445,13 @@ async fn run_active<F: FnOnce()>(
             lease: lease.clone(),
         };
         tracing::info!(address = %address, "Health endpoints listening (GET /healthz, GET /readyz).");
-        let serving = crate::metrics::serve(
+        spawn_metrics(
+            &mut services,
             listener,
-            Arc::new(registry),
+            registry,
             health,
             services_shutdown.clone(),
         );
-        services.spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(error = %error, "The metrics endpoint stopped.");
-            }
-        });
     }
     // Without its socket (a state_dir path too long for one, say) the bridge still runs.
     match crate::admin::bind(&config.state_dir) {
@@ -1216,4 +1208,21 @@ pub async fn watchdog(
             );
         }
     }
+}
+
+/// Serve `/metrics` and the health endpoints on `listener` until `shutdown`, as a task of
+/// `services` (the standby's and the active's listener alike).
+fn spawn_metrics(
+    services: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    registry: prometheus_client::registry::Registry,
+    health: crate::metrics::Health,
+    shutdown: CancellationToken,
+) {
+    let serving = crate::metrics::serve(listener, Arc::new(registry), health, shutdown);
+    services.spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(error = %error, "The metrics endpoint stopped.");
+        }
+    });
 }
