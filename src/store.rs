@@ -20,6 +20,7 @@ use crate::richtext::FormattedText;
 pub use crate::vocab::PendingDelivery;
 
 mod backend;
+pub mod history;
 mod postgres;
 
 pub use backend::{Store, check_url};
