@@ -3,7 +3,40 @@
 //! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
 
 use crate::support::bridge::on_postgres;
-use crate::{admin_socket, irc_relay, mattermost_relay, router_store};
+use crate::{admin_socket, history_archive, irc_relay, mattermost_relay, router_store};
+
+/// The history on PostgreSQL: a retention pass forgets what is past `retention_days` (files
+/// with it), keeps what legal hold or a queued delivery keeps, and the chain verifies with the
+/// forgotten messages' tombstones.
+#[test]
+fn retention_and_file_gc_on_postgres() {
+    on_postgres(
+        history_archive::retention_forgets_old_messages_and_files_but_keeps_held_and_pending_ones,
+    );
+}
+
+/// The archive's chain on PostgreSQL: chained by the daemon, verified and exported (JSONL, the
+/// chain checked from the export alone), `forget` leaves sealed tombstones, and `--verify` names
+/// a changed tombstone or text.
+#[test]
+fn archive_chain_export_and_forget_on_postgres() {
+    on_postgres(
+        history_archive::the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_changed_text,
+    );
+}
+
+/// Exports from one PostgreSQL snapshot while a burst is relayed: each a consistent prefix.
+#[test]
+fn export_during_a_burst_on_postgres() {
+    on_postgres(history_archive::an_export_during_a_relayed_burst_loses_and_doubles_nothing);
+}
+
+/// Every export format (JSONL, Slack ZIP, HTML) of a conversation of the three networks, read
+/// from PostgreSQL, read back by the independent readers.
+#[test]
+fn every_export_format_on_postgres() {
+    on_postgres(history_archive::every_export_format_holds_a_conversation_of_the_three_networks);
+}
 
 /// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
 #[test]
