@@ -264,8 +264,10 @@ struct Batch {
     next: Option<i64>,
 }
 
-/// The messages a batch forgets, with what points at them, in the order decided; removed at
-/// the end of the batch, one statement per table on PostgreSQL.
+/// The messages a batch forgets, with what points at them, in the order decided: removed as
+/// each is decided on `SQLite`, at the end of the batch on PostgreSQL (one statement per table,
+/// [`HistoryWrite::forgets_in_bulk`]). Remembers every id of the batch, so that a message
+/// forgotten with another is not looked at again.
 #[derive(Default)]
 struct Doomed {
     ids: Vec<i64>,
@@ -273,6 +275,11 @@ struct Doomed {
 }
 
 impl Doomed {
+    /// The ids not yet removed, in order; they stay known to [`Doomed::contains`].
+    fn take(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.ids)
+    }
+
     fn add(&mut self, id: i64) {
         if self.set.insert(id) {
             self.ids.push(id);
@@ -346,8 +353,11 @@ fn forget_batch(
             batch.hashes.extend(stored_files(body));
             batch.forgotten += 1;
         }
+        if !tx.forgets_in_bulk() {
+            batch.deliveries += tx.forget(&doomed.take(), "retention")?.deliveries;
+        }
     }
-    batch.deliveries += tx.forget(&doomed.ids, "retention")?.deliveries;
+    batch.deliveries += tx.forget(&doomed.take(), "retention")?.deliveries;
     Ok(batch)
 }
 
@@ -421,8 +431,11 @@ pub fn forget_person(
                     batch_hashes.extend(stored_files(body));
                     batch.messages += 1;
                 }
+                if !tx.forgets_in_bulk() {
+                    batch.tombstones += tx.forget(&doomed.take(), "forget")?.tombstones;
+                }
             }
-            batch.tombstones += tx.forget(&doomed.ids, "forget")?.tombstones;
+            batch.tombstones += tx.forget(&doomed.take(), "forget")?.tombstones;
             tx.forget_person(network, user)?;
             let next = (rows.len() == BATCH)
                 .then(|| rows.last().map(|r| r.0))

@@ -206,6 +206,12 @@ pub trait HistoryWrite {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String)>, StoreError>;
+    /// Whether [`HistoryWrite::forget`] is best called once per batch (PostgreSQL: one
+    /// statement per table whatever the count) rather than once per message as it is decided
+    /// (`SQLite`: the removal then counts in the batch's time bound, as it always has).
+    fn forgets_in_bulk(&self) -> bool {
+        false
+    }
     /// Remove the messages `ids` (each with what points at it already among them), their
     /// mappings and acknowledged deliveries; replies to them lose their link; their chain
     /// rows become tombstones sealed with [`tombstone_seal`] (`why`: `retention`, `forget`).

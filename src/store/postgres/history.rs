@@ -224,6 +224,10 @@ impl<C: GenericClient> HistoryWrite for PgHistory<'_, '_, C> {
             .collect()
     }
 
+    fn forgets_in_bulk(&self) -> bool {
+        true
+    }
+
     fn forget(&mut self, ids: &[i64], why: &str) -> Result<Removed, StoreError> {
         if ids.is_empty() {
             return Ok(Removed::default());

@@ -308,62 +308,55 @@ pub fn open_state(dir: &Path) -> tribridge::store::Store {
 /// Run `sql` (with `?1`… parameters, written for both backends) on the daemon's store as an
 /// operator would, on either backend: the rows, each as its columns' integers.
 pub fn state_query(dir: &Path, sql: &str, params: &[i64]) -> Vec<Vec<i64>> {
-    match store_url_of(dir) {
-        Some(url) => {
-            let mut sql = sql.to_owned();
-            for n in (1..=params.len()).rev() {
-                sql = sql.replace(&format!("?{n}"), &format!("${n}"));
-            }
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        let mut client = postgres::Client::connect(&url, postgres::NoTls)
-                            .expect("connect to the store");
-                        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
-                            .iter()
-                            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
-                            .collect();
-                        client
-                            .query(sql.as_str(), &params)
-                            .expect("query the store")
-                            .iter()
-                            .map(|row| (0..row.len()).map(|i| row.get::<_, i64>(i)).collect())
-                            .collect()
-                    })
-                    .join()
-                    .expect("the query's thread")
-            })
+    if let Some(url) = store_url_of(dir) {
+        let mut sql = sql.to_owned();
+        for n in (1..=params.len()).rev() {
+            sql = sql.replace(&format!("?{n}"), &format!("${n}"));
         }
-        None => {
-            let connection =
-                rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
-            let mut statement = connection.prepare(sql).expect("prepare");
-            let columns = statement.column_count();
-            statement
-                .query_map(rusqlite::params_from_iter(params), |row| {
-                    (0..columns).map(|i| row.get::<_, i64>(i)).collect()
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                        .expect("connect to the store");
+                    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+                        .collect();
+                    client
+                        .query(sql.as_str(), &params)
+                        .expect("query the store")
+                        .iter()
+                        .map(|row| (0..row.len()).map(|i| row.get::<_, i64>(i)).collect())
+                        .collect()
                 })
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-        }
+                .join()
+                .expect("the query's thread")
+        })
+    } else {
+        let connection =
+            rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
+        let mut statement = connection.prepare(sql).expect("prepare");
+        let columns = statement.column_count();
+        statement
+            .query_map(rusqlite::params_from_iter(params), |row| {
+                (0..columns).map(|i| row.get::<_, i64>(i)).collect()
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
     }
 }
 
 /// Run the write `sql` (with `?1`… parameters) on the daemon's store: how many rows it changed.
 pub fn state_execute(dir: &Path, sql: &str, params: &[i64]) -> u64 {
-    match store_url_of(dir) {
-        Some(_) => {
-            let returning =
-                format!("WITH changed AS ({sql} RETURNING 1) SELECT COUNT(*) FROM changed");
-            state_query(dir, &returning, params)[0][0].unsigned_abs()
-        }
-        None => {
-            let connection =
-                rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
-            connection
-                .execute(sql, rusqlite::params_from_iter(params))
-                .expect("execute") as u64
-        }
+    if store_url_of(dir).is_some() {
+        let returning = format!("WITH changed AS ({sql} RETURNING 1) SELECT COUNT(*) FROM changed");
+        state_query(dir, &returning, params)[0][0].unsigned_abs()
+    } else {
+        let connection =
+            rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
+        connection
+            .execute(sql, rusqlite::params_from_iter(params))
+            .expect("execute") as u64
     }
 }
