@@ -35,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::files::FileStore;
 use crate::model::EventBody;
-use crate::store::history::HistoryWrite;
+use crate::store::history::{HistoryWrite, Inspected};
 use crate::store::{Store, StoreError};
 use crate::vocab::gateway::{GatewayConfig, HistoryPolicy};
 
@@ -311,6 +311,25 @@ fn forget_batch(
     if rows.len() < BATCH {
         batch.next = None;
     }
+    // A backend that asks in bulk learns what the decisions need in one go (PostgreSQL: two
+    // statements for the batch instead of three or more per message).
+    let mut known = if tx.forgets_in_bulk() {
+        let mut due = Vec::new();
+        for row in &rows {
+            if row.received_ms >= horizon {
+                break;
+            }
+            if retention
+                .keep(&row.network, &row.channel)
+                .is_some_and(|keep| row.received_ms < now_ms.saturating_sub(keep))
+            {
+                due.push(row.id);
+            }
+        }
+        tx.inspect(&due)?
+    } else {
+        HashMap::new()
+    };
     let started = std::time::Instant::now();
     let mut last = after;
     let mut doomed = Doomed::default();
@@ -336,18 +355,38 @@ fn forget_batch(
         if doomed.contains(row.id) {
             continue;
         }
-        if tx.needed_by_outbox(row.id)? {
+        let facts = if let Some(facts) = known.remove(&row.id) {
+            facts
+        } else {
+            // Row by row, asking only what each decision needs.
+            if tx.needed_by_outbox(row.id)? {
+                batch.kept_pending += 1;
+                continue;
+            }
+            let Some(body) = tx.body(row.id)? else {
+                continue;
+            };
+            let dependents = tx.dependents(row.id)?;
+            let dependents_needed = any_needed(tx, &dependents)?;
+            Inspected {
+                body: Some(body),
+                needed: false,
+                dependents,
+                dependents_needed,
+            }
+        };
+        if facts.needed {
             batch.kept_pending += 1;
             continue;
         }
-        let Some(body) = tx.body(row.id)? else {
+        let Some(body) = facts.body else {
             continue;
         };
-        let dependents = tx.dependents(row.id)?;
-        if any_needed(tx, &dependents)? {
+        if facts.dependents_needed {
             batch.kept_pending += 1;
             continue;
         }
+        let dependents = facts.dependents;
         for (message, body) in dependents.iter().chain(std::iter::once(&(row.id, body))) {
             doomed.add(*message);
             batch.hashes.extend(stored_files(body));

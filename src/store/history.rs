@@ -115,6 +115,19 @@ pub struct Candidate {
     pub received_ms: i64,
 }
 
+/// What the retention needs to know of a message to forget it ([`HistoryWrite::inspect`]).
+#[derive(Debug, Clone, Default)]
+pub struct Inspected {
+    /// Its body; `None` when it is no longer in the store.
+    pub body: Option<String>,
+    /// A queued delivery needs it ([`HistoryWrite::needed_by_outbox`]).
+    pub needed: bool,
+    /// Its edits, deletes and reactions: (id, body).
+    pub dependents: Vec<(i64, String)>,
+    /// A queued delivery needs one of them.
+    pub dependents_needed: bool,
+}
+
 /// What [`HistoryWrite::forget`] removed besides the messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Removed {
@@ -206,6 +219,16 @@ pub trait HistoryWrite {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String)>, StoreError>;
+    /// What the retention needs to know of each of `ids`, by id, in as few statements as the
+    /// backend can (PostgreSQL: two); empty when the backend asks row by row (`SQLite`, whose
+    /// lookups cost no round trip: the pass then asks only what each decision needs).
+    fn inspect(
+        &mut self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Inspected>, StoreError> {
+        let _ = ids;
+        Ok(std::collections::HashMap::new())
+    }
     /// Whether [`HistoryWrite::forget`] is best called once per batch (PostgreSQL: one
     /// statement per table whatever the count) rather than once per message as it is decided
     /// (`SQLite`: the removal then counts in the batch's time bound, as it always has).

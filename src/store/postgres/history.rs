@@ -5,7 +5,7 @@
 //! writer's session that carries the fence like every other; the exports read in one
 //! `REPEATABLE READ` transaction on the reader's session, page by page.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use postgres::GenericClient;
 use postgres::IsolationLevel;
@@ -13,8 +13,8 @@ use postgres::IsolationLevel;
 use super::{On, PostgresStore, Session, nul_replaced};
 use crate::store::StoreError;
 use crate::store::history::{
-    Brief, Candidate, ChainLink, ChainRow, Follower, HistoryRead, HistoryWrite, PostRow, Record,
-    Removed, Selection, tombstone_seal,
+    Brief, Candidate, ChainLink, ChainRow, Follower, HistoryRead, HistoryWrite, Inspected, PostRow,
+    Record, Removed, Selection, tombstone_seal,
 };
 
 const CHAINED_UPTO: &str = "SELECT value FROM cursors WHERE network = $1 AND channel = ''";
@@ -39,6 +39,35 @@ const NEEDED_BY_OUTBOX: &str = "SELECT EXISTS (SELECT 1 FROM outbox WHERE messag
                 WHERE m.target_message_id = $1)
      OR EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id
                 WHERE m.reply_to_message_id = $1)";
+/// Does a queued delivery need message `m`: one of it, or of what edits, deletes, reacts or
+/// replies to it (the expression of [`NEEDED_BY_OUTBOX`] for a row `m`).
+macro_rules! needed {
+    ($m:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM outbox WHERE message_id = ",
+            $m,
+            ".id)
+              OR EXISTS (SELECT 1 FROM messages d JOIN outbox o ON o.message_id = d.id
+                         WHERE d.target_message_id = ",
+            $m,
+            ".id)
+              OR EXISTS (SELECT 1 FROM messages d JOIN outbox o ON o.message_id = d.id
+                         WHERE d.reply_to_message_id = ",
+            $m,
+            ".id))"
+        )
+    };
+}
+const INSPECT: &str = concat!(
+    "SELECT m.id, m.body, ",
+    needed!("m"),
+    " FROM messages m WHERE m.id = ANY($1)"
+);
+const INSPECT_DEPENDENTS: &str = concat!(
+    "SELECT m.target_message_id, m.id, m.body, ",
+    needed!("m"),
+    " FROM messages m WHERE m.target_message_id = ANY($1) ORDER BY m.id"
+);
 const BODY: &str = "SELECT body FROM messages WHERE id = $1";
 const DEPENDENTS: &str = "SELECT id, body FROM messages WHERE target_message_id = $1";
 const AUTHORED: &str = "SELECT id, origin_channel, body FROM messages
@@ -226,6 +255,31 @@ impl<C: GenericClient> HistoryWrite for PgHistory<'_, '_, C> {
 
     fn forgets_in_bulk(&self) -> bool {
         true
+    }
+
+    fn inspect(&mut self, ids: &[i64]) -> Result<HashMap<i64, Inspected>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let ids = ids.to_vec();
+        for row in self.0.query(INSPECT, &[&ids])? {
+            found.insert(
+                row.try_get::<_, i64>(0)?,
+                Inspected {
+                    body: Some(row.try_get(1)?),
+                    needed: row.try_get(2)?,
+                    ..Inspected::default()
+                },
+            );
+        }
+        for row in self.0.query(INSPECT_DEPENDENTS, &[&ids])? {
+            let target: i64 = row.try_get(0)?;
+            let facts = found.entry(target).or_default();
+            facts.dependents.push((row.try_get(1)?, row.try_get(2)?));
+            facts.dependents_needed |= row.try_get::<_, bool>(3)?;
+        }
+        Ok(found)
     }
 
     fn forget(&mut self, ids: &[i64], why: &str) -> Result<Removed, StoreError> {
