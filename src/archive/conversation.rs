@@ -4,18 +4,16 @@
 //! order it was said. The bridged channels of a gateway are one conversation, so they are read
 //! as one: every post says on which network and channel it was said.
 //!
-//! Posts are read from one snapshot of the store a page at a time ([`for_each_post`]); what is
-//! kept in memory besides the page at hand is the thread index ([`Threads`]: one small entry
+//! Posts are read from one snapshot of the store one at a time ([`for_each_post`]); what is
+//! kept in memory besides the post at hand is the thread index ([`Threads`]: one small entry
 //! per reply in a thread) and the people who spoke ([`people`]).
 
 use std::collections::HashMap;
 
 use super::export::{ExportError, Selection};
 use crate::model::{Attachment, EventBody, TextStyle};
+use crate::store::StoreError;
 use crate::store::history::{HistoryRead, PostRow};
-
-/// Posts read per page.
-const PAGE: i64 = 512;
 
 /// Someone who said something in the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,23 +78,23 @@ pub struct Threads {
 }
 
 /// Every text message of the selection (only replies and thread replies when `threaded`), in
-/// the order said, a page at a time.
+/// the order said, as the store reads it.
 fn each_post_row(
     history: &mut dyn HistoryRead,
     selection: &Selection,
     threaded: bool,
     mut each: impl FnMut(&mut dyn HistoryRead, PostRow) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
-    let mut after = (i64::MIN, i64::MIN);
-    loop {
-        let page = history.posts_page(selection, threaded, after, PAGE)?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = (last.created_ms, last.message_id);
-        for row in page {
-            each(history, row)?;
-        }
+    let mut failure = None;
+    let read = history.each_post(selection, threaded, &mut |history, row| {
+        each(history, row).map_err(|error| {
+            failure = Some(error);
+            StoreError::Stopped
+        })
+    });
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(read?),
     }
 }
 

@@ -259,15 +259,17 @@ pub trait HistoryRead {
         &mut self,
         selection: &Selection,
     ) -> Result<Vec<(String, String, String)>, StoreError>;
-    /// Up to `limit` text messages of the selection said after (`created_ms`, id) `after`, in
-    /// the order said; only replies and thread replies when `threaded`.
-    fn posts_page(
+    /// Call `each` with every text message of the selection (only replies and thread replies
+    /// when `threaded`), in the order said, read by one statement as it goes (so a large
+    /// archive is sorted once and never held whole); `each` may read more through the reader
+    /// it is given. An error of `each` ends the read with it; [`StoreError::Stopped`] tells the
+    /// caller that `each` stopped it with an error of its own.
+    fn each_post(
         &mut self,
         selection: &Selection,
         threaded: bool,
-        after: (i64, i64),
-        limit: i64,
-    ) -> Result<Vec<PostRow>, StoreError>;
+        each: &mut dyn FnMut(&mut dyn HistoryRead, PostRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// The edits, deletes and reactions of message `id`, in the order they came.
     fn followers(&mut self, id: i64) -> Result<Vec<Follower>, StoreError>;
     /// What the exports need of message `id` to place it in a thread.
@@ -631,19 +633,19 @@ impl HistoryRead for SqliteHistory<'_> {
             .collect::<Result<_, _>>()?)
     }
 
-    fn posts_page(
+    fn each_post(
         &mut self,
         selection: &Selection,
         threaded: bool,
-        after: (i64, i64),
-        limit: i64,
-    ) -> Result<Vec<PostRow>, StoreError> {
+        each: &mut dyn FnMut(&mut dyn HistoryRead, PostRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let extra = if threaded {
             "AND (m.reply_to_message_id IS NOT NULL OR instr(m.body, '\"thread_root\"') > 0)"
         } else {
             ""
         };
-        let sql = format!(
+        let connection = self.0;
+        let mut statement = connection.prepare(&format!(
             "SELECT m.id, m.origin_network, m.origin_channel, m.origin_protocol,
                     m.origin_remote_id, m.author_id, m.author_name, m.body, m.created_ms,
                     m.reply_to_message_id, c.chain_hash
@@ -651,31 +653,28 @@ impl HistoryRead for SqliteHistory<'_> {
              WHERE c.gateway = ?1 AND c.tombstone IS NULL AND m.kind = 'text'
                AND (?2 IS NULL OR (m.origin_network = ?2 AND m.origin_channel = ?3 COLLATE NOCASE))
                AND (?4 IS NULL OR m.created_ms >= ?4) AND (?5 IS NULL OR m.created_ms < ?5)
-               AND (m.created_ms, m.id) > (?6, ?7)
                {extra}
-             ORDER BY m.created_ms, m.id LIMIT ?8"
-        );
-        let mut params = selection_params(selection).to_vec();
-        params.extend([after.0.into(), after.1.into(), limit.into()]);
-        Ok(self
-            .0
-            .prepare_cached(&sql)?
-            .query_map(rusqlite::params_from_iter(params), |row| {
-                Ok(PostRow {
-                    message_id: row.get(0)?,
-                    network: row.get(1)?,
-                    channel: row.get(2)?,
-                    protocol: row.get(3)?,
-                    remote_id: row.get(4)?,
-                    author_id: row.get(5)?,
-                    author_name: row.get(6)?,
-                    body: row.get(7)?,
-                    created_ms: row.get(8)?,
-                    reply_to_message_id: row.get(9)?,
-                    chain_hash: row.get(10)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?)
+             ORDER BY m.created_ms, m.id"
+        ))?;
+        let mut rows = statement.query(rusqlite::params_from_iter(selection_params(selection)))?;
+        while let Some(row) = rows.next()? {
+            let post = PostRow {
+                message_id: row.get(0)?,
+                network: row.get(1)?,
+                channel: row.get(2)?,
+                protocol: row.get(3)?,
+                remote_id: row.get(4)?,
+                author_id: row.get(5)?,
+                author_name: row.get(6)?,
+                body: row.get(7)?,
+                created_ms: row.get(8)?,
+                reply_to_message_id: row.get(9)?,
+                chain_hash: row.get(10)?,
+            };
+            // SQLite reads other statements on the connection while this one steps.
+            each(&mut SqliteHistory(connection), post)?;
+        }
+        Ok(())
     }
 
     fn followers(&mut self, id: i64) -> Result<Vec<Follower>, StoreError> {

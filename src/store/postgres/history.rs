@@ -107,9 +107,10 @@ const POSTS: &str = "SELECT m.id, m.origin_network, m.origin_channel, m.origin_p
      WHERE c.gateway = $1 AND c.tombstone IS NULL AND m.kind = 'text'
        AND ($2::text IS NULL OR (m.origin_network = $2 AND lower(m.origin_channel) = lower($3::text)))
        AND ($4::bigint IS NULL OR m.created_ms >= $4) AND ($5::bigint IS NULL OR m.created_ms < $5)
-       AND (m.created_ms, m.id) > ($6, $7)
-       AND (NOT $9 OR m.reply_to_message_id IS NOT NULL OR strpos(m.body, '\"thread_root\"') > 0)
-     ORDER BY m.created_ms, m.id LIMIT $8";
+       AND (NOT $6 OR m.reply_to_message_id IS NOT NULL OR strpos(m.body, '\"thread_root\"') > 0)
+     ORDER BY m.created_ms, m.id";
+/// Rows fetched from the posts' portal at a time.
+const POSTS_PAGE: i32 = 512;
 const FOLLOWERS: &str = "SELECT body, origin_network, author_id, created_ms FROM messages
      WHERE target_message_id = $1 ORDER BY id";
 const BRIEF: &str = "SELECT created_ms, body, origin_network, origin_channel, reply_to_message_id
@@ -343,7 +344,7 @@ impl Filter {
     }
 }
 
-impl<C: GenericClient> HistoryRead for PgHistory<'_, '_, C> {
+impl HistoryRead for PgHistory<'_, '_, postgres::Transaction<'_>> {
     fn chain_page(
         &mut self,
         gateway: &str,
@@ -399,32 +400,34 @@ impl<C: GenericClient> HistoryRead for PgHistory<'_, '_, C> {
             .collect()
     }
 
-    fn posts_page(
+    fn each_post(
         &mut self,
         selection: &Selection,
         threaded: bool,
-        after: (i64, i64),
-        limit: i64,
-    ) -> Result<Vec<PostRow>, StoreError> {
+        each: &mut dyn FnMut(&mut dyn HistoryRead, PostRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let f = Filter::of(selection);
-        self.0
-            .query(
-                POSTS,
-                &[
-                    &f.gateway,
-                    &f.network,
-                    &f.channel,
-                    &f.since_ms,
-                    &f.until_ms,
-                    &after.0,
-                    &after.1,
-                    &limit,
-                    &threaded,
-                ],
-            )?
-            .iter()
-            .map(|row| {
-                Ok(PostRow {
+        let statement = super::statement(self.0.cache, self.0.client, POSTS)?;
+        // A portal of the transaction: sorted once, fetched a page at a time, while other
+        // statements run between the fetches.
+        let portal = self.0.client.bind(
+            &statement,
+            &[
+                &f.gateway,
+                &f.network,
+                &f.channel,
+                &f.since_ms,
+                &f.until_ms,
+                &threaded,
+            ],
+        )?;
+        loop {
+            let rows = self.0.client.query_portal(&portal, POSTS_PAGE)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for row in &rows {
+                let post = PostRow {
                     message_id: row.try_get(0)?,
                     network: row.try_get(1)?,
                     channel: row.try_get(2)?,
@@ -436,9 +439,10 @@ impl<C: GenericClient> HistoryRead for PgHistory<'_, '_, C> {
                     created_ms: row.try_get(8)?,
                     reply_to_message_id: row.try_get(9)?,
                     chain_hash: row.try_get(10)?,
-                })
-            })
-            .collect()
+                };
+                each(self, post)?;
+            }
+        }
     }
 
     fn followers(&mut self, id: i64) -> Result<Vec<Follower>, StoreError> {
