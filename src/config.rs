@@ -716,9 +716,6 @@ impl Validator<'_> {
         }
         let known: HashSet<&str> = declared.iter().map(String::as_str).collect();
         let mut gateways = Vec::new();
-        // Per gateway: its name, whether it asks for an archive or a retention, whether its
-        // retention is the default one (for the PostgreSQL store, which has neither yet).
-        let mut kept_history: Vec<(String, bool, bool)> = Vec::new();
         let mut gateway_names: HashSet<String> = HashSet::new();
         for (index, gateway) in raw.gateway.into_iter().enumerate() {
             let span_start = gateway.span().start;
@@ -762,12 +759,6 @@ impl Validator<'_> {
             let original_time_after =
                 self.original_time_after(&key, gateway.original_time_after.as_ref());
             let history = self.history(&key, &gateway);
-            kept_history.push((
-                name.clone(),
-                history.archive
-                    || history.retention_days.is_some() && gateway.retention_days.is_some(),
-                gateway.retention_days.is_none(),
-            ));
             gateways.push(GatewayConfig {
                 name,
                 channels,
@@ -791,27 +782,6 @@ impl Validator<'_> {
         }
         let identities = self.identities(raw.identity, &known, &networks);
         self.named_channels(&networks, &gateways);
-        if let Some((offset, _)) = &store_url {
-            if let Some((name, _, _)) = kept_history.iter().find(|(_, asked, _)| *asked) {
-                self.report(
-                    *offset,
-                    "general.store",
-                    format!(
-                        "gateway `{name}` asks for an archive or a retention, which only the \
-                         SQLite store keeps so far: remove `store`, or set `archive = false` \
-                         and `retention_days = 0`"
-                    ),
-                );
-            } else if kept_history.iter().any(|(_, _, default)| *default) {
-                self.warnings.push(self.locator.issue(
-                    *offset,
-                    "general.store",
-                    "the history's retention (30 days unless `retention_days` says otherwise) is \
-                     not applied on the PostgreSQL store yet: messages stay until an operator \
-                     deletes them; set `retention_days = 0` on each gateway to say so",
-                ));
-            }
-        }
         let store_url = store_url.map(|(_, url)| url);
         Config {
             state_dir,

@@ -946,11 +946,8 @@ impl Running {
                 let _ = task.await;
             }
         }
-        // The history's archive and retention run on the SQLite store only (the configuration
-        // refuses them with another store).
-        if self.store.backend_name() != "sqlite" {
-            return;
-        }
+        // The history's archive and retention run on either store (in failover, on the active
+        // instance only: this runs in the active part).
         let shutdown = CancellationToken::new();
         let policies = Arc::new(crate::archive::Retention::from_gateways(&config.gateways));
         let tasks = vec![

@@ -577,9 +577,16 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
             gateway.name
         );
     }
-    let connection = tribridge::archive::open_read_only(&config.state_dir)?;
+    let source = tribridge::archive::open_read_only(
+        &config.state_dir,
+        config
+            .store_url
+            .as_ref()
+            .map(tribridge::config::Secret::expose),
+    )?;
     if request.verify {
-        return Ok(match chain::verify(&connection, &gateway.name)? {
+        let verdict = source.read(|history| chain::verify(history, &gateway.name))?;
+        return Ok(match verdict {
             chain::Verdict::Intact {
                 records,
                 tombstones,
@@ -652,25 +659,17 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
             .collect();
         let file = std::io::BufWriter::new(std::fs::File::create(path)?);
         let files_dir = config.state_dir.join("files");
-        let written = if request.format == "slack" {
-            tribridge::archive::slack::slack(
-                &connection,
-                &selection,
-                &bridged,
-                &files_dir,
-                file,
-                progress,
-            )?
-        } else {
-            tribridge::archive::html::html(
-                &connection,
-                &selection,
-                &bridged,
-                &files_dir,
-                file,
-                progress,
-            )?
-        };
+        let written = source.read(|history| {
+            if request.format == "slack" {
+                tribridge::archive::slack::slack(
+                    history, &selection, &bridged, &files_dir, file, progress,
+                )
+            } else {
+                tribridge::archive::html::html(
+                    history, &selection, &bridged, &files_dir, file, progress,
+                )
+            }
+        })?;
         if show {
             eprintln!("\r{written} messages");
         }
@@ -680,7 +679,7 @@ fn export(config: &tribridge::config::Config, request: &ExportRequest) -> anyhow
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let written = export::jsonl(&connection, &selection, &mut out, progress)?;
+    let written = source.read(|history| export::jsonl(history, &selection, &mut out, progress))?;
     if show {
         eprintln!("\r{written} records");
     }

@@ -20,6 +20,7 @@ use crate::richtext::FormattedText;
 pub use crate::vocab::PendingDelivery;
 
 mod backend;
+pub mod history;
 mod postgres;
 
 pub use backend::{Store, check_url};
@@ -72,6 +73,10 @@ pub enum StoreError {
     /// What the store's backend cannot do (an operation only the `SQLite` store has).
     #[error("{0} needs the SQLite store")]
     Unsupported(&'static str),
+    /// A reader of the history stopped the read on an error of its own, which it keeps
+    /// ([`history::HistoryRead::each_post`]).
+    #[error("the history's read was stopped by its reader")]
+    Stopped,
     /// What only the PostgreSQL store does (the lease of failover between instances).
     #[error("{0} needs the PostgreSQL store")]
     NeedsPostgres(&'static str),

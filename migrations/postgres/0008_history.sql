@@ -1,5 +1,5 @@
 -- 0008 (PostgreSQL): the history's reply index and the archive's chain (see ../0008_history.sql).
--- The history's retention and the archive run on the SQLite store only so far; the tables are
+-- The history's retention and the archive run on both stores (src/store/postgres/history.rs); the tables are
 -- kept in step so that the numbers mean the same on both.
 CREATE INDEX messages_by_reply ON messages(reply_to_message_id)
     WHERE reply_to_message_id IS NOT NULL;

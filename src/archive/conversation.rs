@@ -4,16 +4,16 @@
 //! order it was said. The bridged channels of a gateway are one conversation, so they are read
 //! as one: every post says on which network and channel it was said.
 //!
-//! Posts are streamed from the read-only connection one at a time ([`for_each_post`]); what is
+//! Posts are read from one snapshot of the store one at a time ([`for_each_post`]); what is
 //! kept in memory besides the post at hand is the thread index ([`Threads`]: one small entry
 //! per reply in a thread) and the people who spoke ([`people`]).
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
-
 use super::export::{ExportError, Selection};
 use crate::model::{Attachment, EventBody, TextStyle};
+use crate::store::StoreError;
+use crate::store::history::{HistoryRead, PostRow};
 
 /// Someone who said something in the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,106 +77,64 @@ pub struct Threads {
     replies: HashMap<i64, (i64, i64)>,
 }
 
-const POST_COLUMNS: &str = "m.id, m.origin_network, m.origin_channel, m.origin_protocol, \
-     m.origin_remote_id, m.author_id, m.author_name, m.body, m.created_ms, \
-     m.reply_to_message_id, c.chain_hash";
-
-/// The SQL of the selection's text messages, in the order they were said (`extra` narrows it).
-fn posts_sql(extra: &str) -> String {
-    format!(
-        "SELECT {POST_COLUMNS} FROM archive_chain c JOIN messages m ON m.id = c.message_id
-         WHERE c.gateway = ?1 AND c.tombstone IS NULL AND m.kind = 'text'
-           AND (?2 IS NULL OR (m.origin_network = ?2 AND m.origin_channel = ?3 COLLATE NOCASE))
-           AND (?4 IS NULL OR m.created_ms >= ?4) AND (?5 IS NULL OR m.created_ms < ?5)
-           {extra}
-         ORDER BY m.created_ms, m.id"
-    )
-}
-
-fn selection_params(selection: &Selection) -> [rusqlite::types::Value; 5] {
-    use rusqlite::types::Value;
-    let (network, channel) = match &selection.channel {
-        Some((network, channel)) => (Value::from(network.clone()), Value::from(channel.clone())),
-        None => (Value::Null, Value::Null),
-    };
-    [
-        Value::from(selection.gateway.clone()),
-        network,
-        channel,
-        selection.since_ms.map_or(Value::Null, Value::from),
-        selection.until_ms.map_or(Value::Null, Value::from),
-    ]
+/// Every text message of the selection (only replies and thread replies when `threaded`), in
+/// the order said, as the store reads it.
+fn each_post_row(
+    history: &mut dyn HistoryRead,
+    selection: &Selection,
+    threaded: bool,
+    mut each: impl FnMut(&mut dyn HistoryRead, PostRow) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let mut failure = None;
+    let read = history.each_post(selection, threaded, &mut |history, row| {
+        each(history, row).map_err(|error| {
+            failure = Some(error);
+            StoreError::Stopped
+        })
+    });
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(read?),
+    }
 }
 
 /// Everyone who said, edited or reacted to something in the selection, by network and id.
 ///
 /// # Errors
 /// The store's.
-pub fn people(connection: &Connection, selection: &Selection) -> Result<Vec<Person>, ExportError> {
-    let mut statement = connection.prepare(
-        "SELECT m.origin_network, m.author_id, m.author_name, MAX(m.id)
-         FROM archive_chain c JOIN messages m ON m.id = c.message_id
-         WHERE c.gateway = ?1 AND c.tombstone IS NULL
-           AND (?2 IS NULL OR (m.origin_network = ?2 AND m.origin_channel = ?3 COLLATE NOCASE))
-           AND (?4 IS NULL OR m.created_ms >= ?4) AND (?5 IS NULL OR m.created_ms < ?5)
-         GROUP BY m.origin_network, m.author_id ORDER BY m.origin_network, m.author_id",
-    )?;
-    let people = statement
-        .query_map(
-            rusqlite::params_from_iter(selection_params(selection)),
-            |row| {
-                Ok(Person {
-                    network: row.get(0)?,
-                    id: row.get(1)?,
-                    name: row.get(2)?,
-                })
-            },
-        )?
-        .collect::<Result<_, _>>()?;
-    Ok(people)
+pub fn people(
+    history: &mut dyn HistoryRead,
+    selection: &Selection,
+) -> Result<Vec<Person>, ExportError> {
+    Ok(history
+        .people(selection)?
+        .into_iter()
+        .map(|(network, id, name)| Person { network, id, name })
+        .collect())
 }
 
 /// The message a thread reply or a reply belongs under: the root of `id`'s thread, or `id`.
-fn root_of(connection: &Connection, id: i64) -> Result<(i64, i64), ExportError> {
+fn root_of(history: &mut dyn HistoryRead, id: i64) -> Result<(i64, i64), ExportError> {
     let mut current = id;
     // A thread is one level deep where the formats show it; a chain of replies is followed up
     // to its first message (bounded, in case of a cycle in a damaged store).
     for _ in 0..64 {
-        let Some((created_ms, body, network, channel, reply_to)) = connection
-            .prepare_cached(
-                "SELECT created_ms, body, origin_network, origin_channel, reply_to_message_id
-                 FROM messages WHERE id = ?1",
-            )?
-            .query_row(params![current], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<i64>>(4)?,
-                ))
-            })
-            .optional()?
-        else {
+        let Some((created_ms, body, network, channel, reply_to)) = history.brief(current)? else {
             break;
         };
-        match parent(connection, &body, &network, &channel, reply_to)? {
+        match parent(history, &body, &network, &channel, reply_to)? {
             Some(up) if up != current => current = up,
             _ => return Ok((current, created_ms)),
         }
     }
-    let created_ms = connection
-        .prepare_cached("SELECT created_ms FROM messages WHERE id = ?1")?
-        .query_row(params![current], |row| row.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let created_ms = history.brief(current)?.map_or(0, |brief| brief.0);
     Ok((current, created_ms))
 }
 
 /// The message a text message hangs under: its thread's root (`thread_root`, resolved through
 /// the mappings of the channel it was said in), else the message it replies to.
 fn parent(
-    connection: &Connection,
+    history: &mut dyn HistoryRead,
     body: &str,
     network: &str,
     channel: &str,
@@ -187,13 +145,7 @@ fn parent(
         _ => None,
     };
     if let Some(root) = thread_root {
-        let found = connection
-            .prepare_cached(
-                "SELECT message_id FROM mappings WHERE network = ?1 AND channel = ?2
-                 AND remote_id = ?3 LIMIT 1",
-            )?
-            .query_row(params![network, channel, root], |row| row.get::<_, i64>(0))
-            .optional()?;
+        let found = history.mapped(network, channel, &root)?;
         if found.is_some() {
             return Ok(found);
         }
@@ -205,31 +157,34 @@ fn parent(
 ///
 /// # Errors
 /// The store's.
-pub fn threads(connection: &Connection, selection: &Selection) -> Result<Threads, ExportError> {
+pub fn threads(
+    history: &mut dyn HistoryRead,
+    selection: &Selection,
+) -> Result<Threads, ExportError> {
     let mut threads = Threads::default();
-    let mut statement = connection.prepare(&posts_sql(
-        "AND (m.reply_to_message_id IS NOT NULL OR instr(m.body, '\"thread_root\"') > 0)",
-    ))?;
-    let mut rows = statement.query(rusqlite::params_from_iter(selection_params(selection)))?;
-    while let Some(row) = rows.next()? {
-        let id: i64 = row.get(0)?;
-        let body: String = row.get(7)?;
-        let network: String = row.get(1)?;
-        let channel: String = row.get(2)?;
-        let Some(up) = parent(connection, &body, &network, &channel, row.get(9)?)? else {
-            continue;
+    each_post_row(history, selection, true, |history, row| {
+        let Some(up) = parent(
+            history,
+            &row.body,
+            &row.network,
+            &row.channel,
+            row.reply_to_message_id,
+        )?
+        else {
+            return Ok(());
         };
-        let (root, root_ms) = root_of(connection, up)?;
-        if root == id {
-            continue;
+        let (root, root_ms) = root_of(history, up)?;
+        if root == row.message_id {
+            return Ok(());
         }
-        threads.replies.insert(id, (root, root_ms));
-        threads
-            .roots
-            .entry(root)
-            .or_default()
-            .push((id, (network, row.get(5)?), row.get(8)?));
-    }
+        threads.replies.insert(row.message_id, (root, root_ms));
+        threads.roots.entry(root).or_default().push((
+            row.message_id,
+            (row.network, row.author_id),
+            row.created_ms,
+        ));
+        Ok(())
+    })?;
     Ok(threads)
 }
 
@@ -238,18 +193,15 @@ pub fn threads(connection: &Connection, selection: &Selection) -> Result<Threads
 /// # Errors
 /// The store's, or `each`'s.
 pub fn for_each_post(
-    connection: &Connection,
+    history: &mut dyn HistoryRead,
     selection: &Selection,
     threads: &Threads,
     mut each: impl FnMut(Post) -> Result<(), ExportError>,
 ) -> Result<u64, ExportError> {
-    let mut statement = connection.prepare(&posts_sql(""))?;
-    let mut rows = statement.query(rusqlite::params_from_iter(selection_params(selection)))?;
     let mut count = 0;
-    while let Some(row) = rows.next()? {
-        let message_id: i64 = row.get(0)?;
-        let body: String = row.get(7)?;
-        let (style, text, attachments) = match serde_json::from_str::<EventBody>(&body) {
+    each_post_row(history, selection, false, |history, row| {
+        let message_id = row.message_id;
+        let (style, text, attachments) = match serde_json::from_str::<EventBody>(&row.body) {
             Ok(EventBody::Text {
                 style,
                 text,
@@ -257,21 +209,20 @@ pub fn for_each_post(
                 ..
             }) => (style, text.to_plain_text(), attachments),
             // A body this version cannot read is shown as stored rather than dropped.
-            _ => (TextStyle::Normal, body.clone(), Vec::new()),
+            _ => (TextStyle::Normal, row.body.clone(), Vec::new()),
         };
-        let network: String = row.get(1)?;
         let mut post = Post {
             message_id,
-            channel: row.get(2)?,
-            protocol: row.get(3)?,
-            remote_id: row.get(4)?,
+            channel: row.channel,
+            protocol: row.protocol,
+            remote_id: row.remote_id,
             author: Person {
-                network: network.clone(),
-                id: row.get(5)?,
-                name: row.get(6)?,
+                network: row.network.clone(),
+                id: row.author_id,
+                name: row.author_name,
             },
-            network,
-            created_ms: row.get(8)?,
+            network: row.network,
+            created_ms: row.created_ms,
             style,
             text,
             original: None,
@@ -281,26 +232,20 @@ pub fn for_each_post(
             attachments,
             thread_root: threads.replies.get(&message_id).copied(),
             replies: threads.roots.get(&message_id).cloned().unwrap_or_default(),
-            chain_hash: row.get(10)?,
+            chain_hash: row.chain_hash,
         };
-        apply_followers(connection, &mut post)?;
+        apply_followers(history, &mut post)?;
         count += 1;
-        each(post)?;
-    }
+        each(post)
+    })?;
     Ok(count)
 }
 
 /// Apply the edits, deletion and reactions that point at the post, in the order they came.
-fn apply_followers(connection: &Connection, post: &mut Post) -> Result<(), ExportError> {
-    let mut statement = connection.prepare_cached(
-        "SELECT body, origin_network, author_id, created_ms FROM messages
-         WHERE target_message_id = ?1 ORDER BY id",
-    )?;
-    let mut rows = statement.query(params![post.message_id])?;
-    while let Some(row) = rows.next()? {
-        let who: PersonRef = (row.get(1)?, row.get(2)?);
-        let at: i64 = row.get(3)?;
-        match serde_json::from_str::<EventBody>(&row.get::<_, String>(0)?) {
+fn apply_followers(history: &mut dyn HistoryRead, post: &mut Post) -> Result<(), ExportError> {
+    for (body, network, author, at) in history.followers(post.message_id)? {
+        let who: PersonRef = (network, author);
+        match serde_json::from_str::<EventBody>(&body) {
             Ok(EventBody::Edit { text, .. }) => {
                 if post.original.is_none() {
                     post.original = Some(post.text.clone());

@@ -1,6 +1,7 @@
 //! `tribridge export`: a gateway's archive as JSON Lines, one record per message version (each
-//! edit, delete and reaction is its own record), streamed from a read-only connection so that it
-//! runs while the daemon writes and holds one record in memory at a time. Every record carries
+//! edit, delete and reaction is its own record), read page by page from one snapshot of the
+//! store (a read-only connection to the `SQLite` file, or a `REPEATABLE READ` transaction on
+//! PostgreSQL) so that it runs while the daemon writes and holds one page in memory at a time. Every record carries
 //! its chain hashes ([`super::chain`]), so a reader can check the chain without the store.
 //!
 //! The format is documented by `schema/export-jsonl.schema.json`; [`SCHEMA_VERSION`] changes
@@ -8,11 +9,15 @@
 
 use std::io::Write;
 
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
-use super::chain::{RECORD_COLUMNS, Record};
+use super::chain::Record;
 use crate::store::StoreError;
+use crate::store::history::HistoryRead;
+pub use crate::store::history::Selection;
+
+/// Chain rows read per page.
+const PAGE: i64 = 512;
 
 /// The `schema_version` of every exported record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -29,25 +34,6 @@ pub enum ExportError {
     /// A date is not `YYYY-MM-DD`.
     #[error("`{0}` is not a date of the form YYYY-MM-DD")]
     Date(String),
-}
-
-impl From<rusqlite::Error> for ExportError {
-    fn from(error: rusqlite::Error) -> Self {
-        Self::Store(StoreError::Sqlite(error))
-    }
-}
-
-/// Which records an export holds.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    /// The gateway.
-    pub gateway: String,
-    /// Only this channel (network, channel), when given.
-    pub channel: Option<(String, String)>,
-    /// Only messages said at or after this time (ms since the epoch).
-    pub since_ms: Option<i64>,
-    /// Only messages said before this time (ms since the epoch).
-    pub until_ms: Option<i64>,
 }
 
 /// Midnight UTC of a `YYYY-MM-DD` date, in ms since the epoch.
@@ -68,84 +54,73 @@ pub fn date_ms(date: &str) -> Result<i64, ExportError> {
 /// # Errors
 /// The store's or the output's.
 pub fn jsonl(
-    connection: &Connection,
+    history: &mut dyn HistoryRead,
     selection: &Selection,
     out: &mut dyn Write,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, ExportError> {
-    let mut statement = connection.prepare(&format!(
-        "SELECT c.seq, c.record_hash, c.chain_hash, c.tombstone, m.{}, c.tombstone_hash
-         FROM archive_chain c LEFT JOIN messages m ON m.id = c.message_id
-         WHERE c.gateway = ?1 ORDER BY c.seq",
-        RECORD_COLUMNS.replace(", ", ", m.")
-    ))?;
-    let mut mappings = connection.prepare(
-        "SELECT network, channel, remote_id, role FROM mappings WHERE message_id = ?1
-         ORDER BY role DESC, network, channel",
-    )?;
-    let seal_column = 4 + RECORD_COLUMNS.split(", ").count();
-    let mut rows = statement.query(params![selection.gateway])?;
     let mut written = 0;
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let record_hash: String = row.get(1)?;
-        let chain_hash: String = row.get(2)?;
-        let tombstone: Option<String> = row.get(3)?;
-        let present: Option<i64> = row.get(4)?;
-        let sealed = tombstone.is_some();
-        let gone = match (tombstone, present) {
-            (Some(why), _) => Some(why),
-            // Gone without a tombstone: `export --verify` names it; the export says so.
-            (None, None) => Some("missing".to_owned()),
-            (None, Some(_)) => None,
-        };
-        // A tombstone is exported whatever the selection, so the chain stays whole.
-        let line = if let Some(why) = gone {
-            let mut line = json!({
-                    "schema_version": SCHEMA_VERSION,
-                    "gateway": selection.gateway,
-                    "seq": seq,
-                    "tombstone": why,
-                    "record_hash": record_hash,
-                    "chain_hash": chain_hash,
-            });
-            if sealed {
-                line["tombstone_hash"] = json!(row.get::<_, Option<String>>(seal_column)?);
-            }
-            line
-        } else {
-            {
-                let record = Record::from_row(row, 4)?;
+    let mut after = 0;
+    loop {
+        let page = history.chain_page(&selection.gateway, after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for row in page {
+            let sealed = row.tombstone.is_some();
+            let gone = match (row.tombstone, &row.record) {
+                (Some(why), _) => Some(why),
+                // Gone without a tombstone: `export --verify` names it; the export says so.
+                (None, None) => Some("missing".to_owned()),
+                (None, Some(_)) => None,
+            };
+            // A tombstone is exported whatever the selection, so the chain stays whole.
+            let line = if let Some(why) = gone {
+                let mut line = json!({
+                        "schema_version": SCHEMA_VERSION,
+                        "gateway": selection.gateway,
+                        "seq": row.seq,
+                        "tombstone": why,
+                        "record_hash": row.record_hash,
+                        "chain_hash": row.chain_hash,
+                });
+                if sealed {
+                    line["tombstone_hash"] = json!(row.tombstone_hash);
+                }
+                line
+            } else {
+                let Some(record) = row.record else { continue };
                 if !selected(selection, &record) {
                     continue;
                 }
-                let relayed: Vec<Value> = mappings
-                    .query_map(params![record.message_id], |m| {
-                        Ok(json!({
-                            "network": m.get::<_, String>(0)?,
-                            "channel": m.get::<_, String>(1)?,
-                            "remote_id": m.get::<_, String>(2)?,
-                            "role": m.get::<_, String>(3)?,
-                        }))
-                    })?
-                    .collect::<Result<_, _>>()?;
+                let relayed: Vec<Value> = history
+                    .relayed(record.message_id)?
+                    .into_iter()
+                    .map(|(network, channel, remote_id, role)| {
+                        json!({
+                            "network": network,
+                            "channel": channel,
+                            "remote_id": remote_id,
+                            "role": role,
+                        })
+                    })
+                    .collect();
                 let event: Value = serde_json::from_str(&record.body).unwrap_or(Value::Null);
                 json!({
                     "schema_version": SCHEMA_VERSION,
                     "gateway": selection.gateway,
-                    "seq": seq,
+                    "seq": row.seq,
                     "record": record,
                     "event": event,
                     "relayed": relayed,
-                    "record_hash": record_hash,
-                    "chain_hash": chain_hash,
+                    "record_hash": row.record_hash,
+                    "chain_hash": row.chain_hash,
                 })
-            }
-        };
-        serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
-        written += 1;
-        progress(written);
+            };
+            serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            written += 1;
+            progress(written);
+        }
     }
     out.flush()?;
     Ok(written)

@@ -156,7 +156,7 @@ fn post_html(post: &Post, files: &mut Vec<(String, String)>) -> String {
 /// # Errors
 /// The store's or the output's; a stored file that cannot be read is logged and left out.
 pub fn html<W: Write + Seek>(
-    connection: &rusqlite::Connection,
+    history: &mut dyn crate::store::history::HistoryRead,
     selection: &Selection,
     bridged: &[(String, String)],
     files_dir: &Path,
@@ -170,13 +170,13 @@ pub fn html<W: Write + Seek>(
         .map(|(network, channel)| format!("{network} {channel}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let threads = conversation::threads(connection, selection)?;
+    let threads = conversation::threads(history, selection)?;
     let mut days: Vec<(String, u64)> = Vec::new();
     let mut day_files: Vec<(String, String)> = Vec::new();
     let mut written: HashSet<String> = HashSet::new();
     let mut count = 0;
     let close = |zip: &mut zip::ZipWriter<W>| zip.write_all(b"</main></body></html>\n");
-    conversation::for_each_post(connection, selection, &threads, |post| {
+    conversation::for_each_post(history, selection, &threads, |post| {
         let this_day = day_of(post.created_ms);
         if days.last().map(|(d, _)| d.as_str()) != Some(this_day.as_str()) {
             if !days.is_empty() {

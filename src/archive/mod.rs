@@ -33,10 +33,9 @@ pub mod slack;
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{OptionalExtension, params};
-
 use crate::files::FileStore;
 use crate::model::EventBody;
+use crate::store::history::{HistoryWrite, Inspected};
 use crate::store::{Store, StoreError};
 use crate::vocab::gateway::{GatewayConfig, HistoryPolicy};
 
@@ -44,18 +43,17 @@ use crate::vocab::gateway::{GatewayConfig, HistoryPolicy};
 /// tests move the clock forward with it instead of waiting days; never set it in production.
 pub const CLOCK_SKEW_ENV: &str = "TRIBRIDGE_TEST_CLOCK_SKEW_SECONDS";
 
-/// Open the store of `state_dir` read-only, for `tribridge export` while the daemon runs (WAL
-/// lets it read a consistent snapshot while the daemon writes).
+/// Open the configured store for `tribridge export` while the daemon runs: the `SQLite` file
+/// read-only (WAL lets it read a consistent snapshot while the daemon writes), or the
+/// PostgreSQL database at `url`.
 ///
 /// # Errors
-/// The store's, when the file is missing or not readable.
-pub fn open_read_only(state_dir: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {
-    let connection = rusqlite::Connection::open_with_flags(
-        state_dir.join("tribridge.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    connection.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(connection)
+/// The store's, when the file is missing or not readable, or the database unreachable.
+pub fn open_read_only(
+    state_dir: &std::path::Path,
+    url: Option<&str>,
+) -> Result<crate::store::history::HistorySource, StoreError> {
+    crate::store::history::HistorySource::open(state_dir, url)
 }
 
 /// Messages looked at per write transaction.
@@ -211,9 +209,9 @@ pub fn prune(
     let mut hashes = HashSet::new();
     let mut after = 0;
     loop {
-        let batch = store.write_with(|tx| {
+        let batch = store.write_history(|tx| {
             // A message is chained (when its gateway archives) before it can be forgotten.
-            let upto = chain::chained_upto(tx)?;
+            let upto = tx.chained_upto()?;
             forget_batch(tx, retention, now_ms, horizon, after, upto)
         })?;
         pruned.batches += 1;
@@ -242,7 +240,7 @@ fn remove_unused_files(
     if hashes.is_empty() {
         return Ok(0);
     }
-    let kept = store.read_with(|connection| still_used(connection, hashes))?;
+    let kept = store.files_in_use(hashes)?;
     let mut removed = 0;
     for hash in hashes.difference(&kept) {
         match files.remove(hash) {
@@ -266,116 +264,140 @@ struct Batch {
     next: Option<i64>,
 }
 
+/// The messages a batch forgets, with what points at them, in the order decided: removed as
+/// each is decided on `SQLite`, at the end of the batch on PostgreSQL (one statement per table,
+/// [`HistoryWrite::forgets_in_bulk`]). Remembers every id of the batch, so that a message
+/// forgotten with another is not looked at again.
+#[derive(Default)]
+struct Doomed {
+    ids: Vec<i64>,
+    set: HashSet<i64>,
+}
+
+impl Doomed {
+    /// The ids not yet removed, in order; they stay known to [`Doomed::contains`].
+    fn take(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.ids)
+    }
+
+    fn add(&mut self, id: i64) {
+        if self.set.insert(id) {
+            self.ids.push(id);
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.set.contains(&id)
+    }
+}
+
 /// Look at up to [`BATCH`] messages after id `after` and forget those past retention.
 fn forget_batch(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn HistoryWrite,
     retention: &Retention,
     now_ms: i64,
     horizon: i64,
     after: i64,
     upto: i64,
 ) -> Result<Batch, StoreError> {
-    let rows: Vec<(i64, String, String, i64)> = tx
-        .prepare_cached(
-            "SELECT id, origin_network, origin_channel, received_ms FROM messages
-             WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2",
-        )?
-        .query_map(params![after, BATCH as i64, upto], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows = tx.candidates(after, upto, BATCH as i64)?;
     let mut batch = Batch {
         forgotten: 0,
         deliveries: 0,
         kept_pending: 0,
         hashes: Vec::new(),
-        next: rows.last().map(|row| row.0),
+        next: rows.last().map(|row| row.id),
     };
     if rows.len() < BATCH {
         batch.next = None;
     }
+    // A backend that asks in bulk learns what the decisions need in one go (PostgreSQL: two
+    // statements for the batch instead of three or more per message).
+    let mut known = if tx.forgets_in_bulk() {
+        let mut due = Vec::new();
+        for row in &rows {
+            if row.received_ms >= horizon {
+                break;
+            }
+            if retention
+                .keep(&row.network, &row.channel)
+                .is_some_and(|keep| row.received_ms < now_ms.saturating_sub(keep))
+            {
+                due.push(row.id);
+            }
+        }
+        tx.inspect(&due)?
+    } else {
+        HashMap::new()
+    };
     let started = std::time::Instant::now();
     let mut last = after;
-    for (id, network, channel, received_ms) in rows {
+    let mut doomed = Doomed::default();
+    for row in rows {
         // Bounded in time as well as in rows: the writer waits for at most one batch.
         if last != after && started.elapsed() >= BATCH_TIME {
             batch.next = Some(last);
             break;
         }
-        last = id;
-        if received_ms >= horizon {
+        last = row.id;
+        if row.received_ms >= horizon {
             // Newer than the shortest retention: so is (nearly) everything after it.
             batch.next = None;
             break;
         }
-        let Some(keep) = retention.keep(&network, &channel) else {
+        let Some(keep) = retention.keep(&row.network, &row.channel) else {
             continue;
         };
-        if received_ms >= now_ms.saturating_sub(keep) {
-            continue;
-        }
-        if needed_by_outbox(tx, id)? {
-            batch.kept_pending += 1;
+        if row.received_ms >= now_ms.saturating_sub(keep) {
             continue;
         }
         // Gone already when it was an edit or reaction of a message forgotten in this batch.
-        let Some(body) = tx
-            .prepare_cached("SELECT body FROM messages WHERE id = ?1")?
-            .query_row(params![id], |row| row.get::<_, String>(0))
-            .optional()?
-        else {
+        if doomed.contains(row.id) {
             continue;
+        }
+        let facts = if let Some(facts) = known.remove(&row.id) {
+            facts
+        } else {
+            // Row by row, asking only what each decision needs.
+            if tx.needed_by_outbox(row.id)? {
+                batch.kept_pending += 1;
+                continue;
+            }
+            let Some(body) = tx.body(row.id)? else {
+                continue;
+            };
+            let dependents = tx.dependents(row.id)?;
+            let dependents_needed = any_needed(tx, &dependents)?;
+            Inspected {
+                body: Some(body),
+                needed: false,
+                dependents,
+                dependents_needed,
+            }
         };
-        let dependents: Vec<(i64, String)> = tx
-            .prepare_cached("SELECT id, body FROM messages WHERE target_message_id = ?1")?
-            .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        if any_needed(tx, &dependents)? {
+        if facts.needed {
             batch.kept_pending += 1;
             continue;
         }
-        for (message, body) in dependents.iter().chain(std::iter::once(&(id, body))) {
-            batch.deliveries += forget_message(tx, *message, "retention")?.deliveries;
+        let Some(body) = facts.body else {
+            continue;
+        };
+        if facts.dependents_needed {
+            batch.kept_pending += 1;
+            continue;
+        }
+        let dependents = facts.dependents;
+        for (message, body) in dependents.iter().chain(std::iter::once(&(row.id, body))) {
+            doomed.add(*message);
             batch.hashes.extend(stored_files(body));
             batch.forgotten += 1;
         }
+        if !tx.forgets_in_bulk() {
+            batch.deliveries += tx.forget(&doomed.take(), "retention")?.deliveries;
+        }
     }
+    batch.deliveries += tx.forget(&doomed.take(), "retention")?.deliveries;
     Ok(batch)
-}
-
-/// What [`forget_message`] removed besides the message.
-pub(crate) struct Removed {
-    /// Archive chain rows turned into tombstones.
-    pub tombstones: u64,
-    /// Acknowledged deliveries removed.
-    pub deliveries: u64,
-}
-
-/// Remove one message, its mappings and its acknowledged deliveries (`deliveries_by_message`);
-/// replies to it lose their link; its archive chain rows become tombstones (`why`: `retention`
-/// or `forget`). A forgotten message never had a queued delivery, so no delivery of it can be
-/// acknowledged later.
-pub(crate) fn forget_message(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    why: &str,
-) -> Result<Removed, StoreError> {
-    let tombstones = chain::tombstone(tx, id, why)? as u64;
-    tx.prepare_cached(
-        "UPDATE messages SET reply_to_message_id = NULL WHERE reply_to_message_id = ?1",
-    )?
-    .execute(params![id])?;
-    tx.prepare_cached("DELETE FROM mappings WHERE message_id = ?1")?
-        .execute(params![id])?;
-    let deliveries = tx
-        .prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?
-        .execute(params![id])? as u64;
-    tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-        .execute(params![id])?;
-    Ok(Removed {
-        tombstones,
-        deliveries,
-    })
 }
 
 /// The stored files (content hashes) a message's body carries.
@@ -386,23 +408,6 @@ pub(crate) fn stored_files(body: &str) -> Vec<String> {
         }
         _ => Vec::new(),
     }
-}
-
-/// Which of `hashes` a message still in the store carries: one lookup per file in
-/// `message_files` (kept by triggers, see `migrations/0009_history_indexes.sql`).
-fn still_used(
-    connection: &rusqlite::Connection,
-    hashes: &HashSet<String>,
-) -> Result<HashSet<String>, StoreError> {
-    let mut used = HashSet::new();
-    let mut statement =
-        connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM message_files WHERE hash = ?1)")?;
-    for hash in hashes {
-        if statement.query_row(params![hash], |row| row.get::<_, bool>(0))? {
-            used.insert(hash.clone());
-        }
-    }
-    Ok(used)
 }
 
 /// What [`forget_person`] did.
@@ -438,54 +443,49 @@ pub fn forget_person(
     let mut hashes = HashSet::new();
     let mut after = 0;
     loop {
-        let next = store.write_with(|tx| {
-            let rows: Vec<(i64, String, String)> = tx
-                .prepare_cached(
-                    "SELECT id, origin_channel, body FROM messages
-                     WHERE id > ?1 AND origin_network = ?2 AND author_id = ?3
-                     ORDER BY id LIMIT ?4",
-                )?
-                .query_map(params![after, network, user, BATCH as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?;
+        let (batch, batch_hashes, next) = store.write_history(|tx| {
+            let mut batch = Forgotten::default();
+            let mut batch_hashes = Vec::new();
+            let mut doomed = Doomed::default();
+            let rows = tx.authored(network, user, after, BATCH as i64)?;
             for (id, channel, body) in &rows {
                 // Gone already when it was an edit or reaction of a message forgotten above.
-                let present = tx
-                    .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
-                    .query_row(params![id], |_| Ok(()))
-                    .optional()?
-                    .is_some();
-                if !present {
+                if doomed.contains(*id) {
                     continue;
                 }
                 if retention.held(network, channel) {
-                    forgotten.kept_held += 1;
+                    batch.kept_held += 1;
                     continue;
                 }
-                let dependents: Vec<(i64, String)> = tx
-                    .prepare_cached("SELECT id, body FROM messages WHERE target_message_id = ?1")?
-                    .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                if needed_by_outbox(tx, *id)? || any_needed(tx, &dependents)? {
-                    forgotten.kept_pending += 1;
+                let dependents = tx.dependents(*id)?;
+                if tx.needed_by_outbox(*id)? || any_needed(tx, &dependents)? {
+                    batch.kept_pending += 1;
                     continue;
                 }
                 for (message, body) in dependents
                     .iter()
                     .chain(std::iter::once(&(*id, body.clone())))
                 {
-                    forgotten.tombstones += forget_message(tx, *message, "forget")?.tombstones;
-                    hashes.extend(stored_files(body));
-                    forgotten.messages += 1;
+                    doomed.add(*message);
+                    batch_hashes.extend(stored_files(body));
+                    batch.messages += 1;
+                }
+                if !tx.forgets_in_bulk() {
+                    batch.tombstones += tx.forget(&doomed.take(), "forget")?.tombstones;
                 }
             }
-            tx.prepare_cached("DELETE FROM people WHERE network = ?1 AND user_id = ?2")?
-                .execute(params![network, user])?;
-            Ok((rows.len() == BATCH)
+            batch.tombstones += tx.forget(&doomed.take(), "forget")?.tombstones;
+            tx.forget_person(network, user)?;
+            let next = (rows.len() == BATCH)
                 .then(|| rows.last().map(|r| r.0))
-                .flatten())
+                .flatten();
+            Ok((batch, batch_hashes, next))
         })?;
+        forgotten.messages += batch.messages;
+        forgotten.tombstones += batch.tombstones;
+        forgotten.kept_pending += batch.kept_pending;
+        forgotten.kept_held += batch.kept_held;
+        hashes.extend(batch_hashes);
         match next {
             Some(next) => after = next,
             None => break,
@@ -495,28 +495,10 @@ pub fn forget_person(
     Ok(forgotten)
 }
 
-/// Does a queued delivery need message `id`: one of it, or of a message that edits, deletes,
-/// reacts or replies to it? Index lookups (`outbox_by_message`, `messages_by_target`,
-/// `messages_by_reply`), not a read of the outbox.
-fn needed_by_outbox(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1)
-                 OR EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id
-                            WHERE m.target_message_id = ?1)
-                 OR EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id
-                            WHERE m.reply_to_message_id = ?1)",
-        )?
-        .query_row(params![id], |row| row.get(0))?)
-}
-
-/// Does a queued delivery need any of `messages` (see [`needed_by_outbox`])?
-fn any_needed(
-    tx: &rusqlite::Transaction<'_>,
-    messages: &[(i64, String)],
-) -> Result<bool, StoreError> {
+/// Does a queued delivery need any of `messages` (see [`HistoryWrite::needed_by_outbox`])?
+fn any_needed(tx: &mut dyn HistoryWrite, messages: &[(i64, String)]) -> Result<bool, StoreError> {
     for (id, _) in messages {
-        if needed_by_outbox(tx, *id)? {
+        if tx.needed_by_outbox(*id)? {
             return Ok(true);
         }
     }

@@ -201,7 +201,7 @@ fn message(post: &Post, files: &mut Vec<(String, String)>) -> Value {
 /// # Errors
 /// The store's or the output's; a stored file that cannot be read is logged and left out.
 pub fn slack<W: Write + Seek>(
-    connection: &rusqlite::Connection,
+    history: &mut dyn crate::store::history::HistoryRead,
     selection: &Selection,
     bridged: &[(String, String)],
     files_dir: &Path,
@@ -212,7 +212,7 @@ pub fn slack<W: Write + Seek>(
         .compression_method(zip::CompressionMethod::Deflated)
         .large_file(true);
     let mut zip = zip::ZipWriter::new(out);
-    let people = conversation::people(connection, selection)?;
+    let people = conversation::people(history, selection)?;
     let name = channel_name(&selection.gateway);
 
     zip.start_file("users.json", options).map_err(zip_error)?;
@@ -257,12 +257,12 @@ pub fn slack<W: Write + Seek>(
     serde_json::to_writer_pretty(&mut zip, &channels).map_err(std::io::Error::from)?;
     drop(people);
 
-    let threads = conversation::threads(connection, selection)?;
+    let threads = conversation::threads(history, selection)?;
     let mut day: Option<String> = None;
     let mut day_files: Vec<(String, String)> = Vec::new();
     let mut written: HashSet<String> = HashSet::new();
     let mut count = 0;
-    conversation::for_each_post(connection, selection, &threads, |post| {
+    conversation::for_each_post(history, selection, &threads, |post| {
         let this_day = day_of(post.created_ms);
         if day.as_deref() == Some(this_day.as_str()) {
             zip.write_all(b",\n")?;

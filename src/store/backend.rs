@@ -7,12 +7,14 @@
 //! text lives once per backend: in `store.rs` for `SQLite`, in [`super::postgres`] for
 //! PostgreSQL. This type only chooses.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::history::{HistoryRead, HistoryWrite, SqliteHistory};
 use super::postgres::PostgresStore;
 use super::{
     CommitOutcome, Completion, FailedRow, GroupOutcome, MappingRole, OutboxCount, PendingDelivery,
@@ -159,13 +161,86 @@ impl Store {
         both!(self.set_clock_skew_ms(skew_ms));
     }
 
-    /// Run `work` in one `SQLite` write transaction (the history's pruning and chaining).
-    pub(crate) fn write_with<R>(
+    /// Run `work` in one write transaction of the history (the archive's chaining, the
+    /// retention's and `forget`'s batches), fenced on PostgreSQL like every other write. On
+    /// PostgreSQL `work` may run again on a new connection when the first broke, so it keeps
+    /// no state of its own between runs.
+    ///
+    /// # Errors
+    /// The store's, or `work`'s; nothing of the transaction is kept then.
+    pub fn write_history<R: Send>(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        mut work: impl FnMut(&mut dyn HistoryWrite) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
-        self.sqlite("the history's archive and retention")?
-            .write_with(work)
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store.write_with(|transaction| work(&mut SqliteHistory(transaction)))
+            }
+            Backend::Postgres(store) => store.write_history(work),
+        }
+    }
+
+    /// Run `work` on one consistent snapshot of the history (see [`HistorySource`] for the
+    /// read-only way an export opens it). Not on a thread of an async runtime: it blocks.
+    ///
+    /// # Errors
+    /// The store's, or `work`'s.
+    pub fn read_history<R, E: From<StoreError>>(
+        &self,
+        work: impl FnOnce(&mut dyn HistoryRead) -> Result<R, E>,
+    ) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.read_with(|connection| {
+                let transaction = connection
+                    .unchecked_transaction()
+                    .map_err(|e| E::from(e.into()))?;
+                let result = work(&mut SqliteHistory(&transaction))?;
+                transaction.commit().map_err(|e| E::from(e.into()))?;
+                Ok(result)
+            }),
+            Backend::Postgres(store) => store.read_history(work),
+        }
+    }
+
+    /// Which of the stored files `hashes` a message still in the store carries (the index
+    /// `message_files`, kept by triggers on both backends).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn files_in_use(&self, hashes: &HashSet<String>) -> Result<HashSet<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store.read_with(|connection| super::history::files_in_use(connection, hashes))
+            }
+            Backend::Postgres(store) => store.files_in_use(hashes),
+        }
+    }
+
+    /// Messages in the store and the bytes the database takes (the `SQLite` file with its WAL,
+    /// or the PostgreSQL database's size): the load harness's figures.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn footprint(&self) -> Result<(i64, u64), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store.read_with(|connection| {
+                    let messages =
+                        connection
+                            .query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))?;
+                    // The file with its WAL and shared-memory index, as `du` would count them.
+                    let bytes = connection.path().map_or(0, |path| {
+                        ["", "-wal", "-shm"]
+                            .iter()
+                            .filter_map(|end| std::fs::metadata(format!("{path}{end}")).ok())
+                            .map(|meta| meta.len())
+                            .sum()
+                    });
+                    Ok::<_, StoreError>((messages, bytes))
+                })
+            }
+            Backend::Postgres(store) => store.footprint(),
+        }
     }
 
     /// Run `work` on the `SQLite` reader (for the load harness and tools that read what the
@@ -176,16 +251,6 @@ impl Store {
     ) -> Result<T, StoreError> {
         self.sqlite("reading the database directly")?
             .read_with_public(work)
-            .map_err(Into::into)
-    }
-
-    /// Run `work` on the `SQLite` reader.
-    pub(crate) fn read_with<T, E: Into<StoreError>>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<T, E>,
-    ) -> Result<T, StoreError> {
-        self.sqlite("the history's archive and retention")?
-            .read_with(work)
             .map_err(Into::into)
     }
 

@@ -25,6 +25,8 @@ use std::str::FromStr as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod history;
+
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Statement};
 

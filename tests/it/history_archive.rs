@@ -4,16 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::bridge::{Bridge, unique};
+use crate::support::bridge::{Bridge, open_state, state_execute, state_query, unique};
 use crate::support::config::irc_network;
 use crate::support::irc_client::{IrcClient, texts};
 use crate::support::mattermost::MmServer;
 use crate::support::servers::shared_inspircd;
 
-/// Rows of `sql` (a `SELECT COUNT(*)`) in the daemon's store, read as an operator would.
+/// Rows of `sql` (a `SELECT COUNT(*)`) in the daemon's store, read as an operator would (on
+/// either backend).
 fn count(dir: &std::path::Path, sql: &str) -> i64 {
-    let connection = rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).unwrap();
-    connection.query_row(sql, [], |row| row.get(0)).unwrap()
+    state_query(dir, sql, &[])[0][0]
 }
 
 fn stored_files(dir: &std::path::Path) -> Vec<String> {
@@ -29,7 +29,7 @@ fn stored_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_ones() {
+pub(crate) async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_ones() {
     let server = shared_inspircd();
     let (brief, held, stuck) = (unique("#brief"), unique("#held"), unique("#stuck"));
     let nick = unique("brhist");
@@ -147,7 +147,7 @@ async fn retention_forgets_old_messages_and_files_but_keeps_held_and_pending_one
         count(d, "SELECT COUNT(*) FROM outbox WHERE network = 'mmdead'"),
         1
     );
-    let store = tribridge::store::Store::open(&d.join("state")).unwrap();
+    let store = open_state(d);
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     drop(store);
     // The archived gateway's chain still verifies: the forgotten messages left tombstones.
@@ -239,7 +239,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_changed_text() {
+pub(crate) async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_changed_text()
+ {
     let server = shared_inspircd();
     let channel = unique("#record");
     let nick = unique("brrec");
@@ -407,20 +408,17 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         }
     }
     // Someone turns a `forget` tombstone into a `retention` one: verify names it.
-    let connection = rusqlite::Connection::open(d.join("state/tribridge.sqlite3")).unwrap();
-    let (seq, message): (i64, i64) = connection
-        .query_row(
-            "SELECT seq, message_id FROM archive_chain WHERE tombstone = 'forget' ORDER BY seq LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
-    connection
-        .execute(
-            "UPDATE archive_chain SET tombstone = 'retention' WHERE seq = ?1",
-            [seq],
-        )
-        .unwrap();
+    let row = &state_query(
+        d,
+        "SELECT seq, message_id FROM archive_chain WHERE tombstone = 'forget' ORDER BY seq LIMIT 1",
+        &[],
+    )[0];
+    let (seq, message) = (row[0], row[1]);
+    state_execute(
+        d,
+        "UPDATE archive_chain SET tombstone = 'retention' WHERE seq = ?1",
+        &[seq],
+    );
     let (code, said) = export(d, &["--gateway", "record", "--verify"]);
     assert_eq!(code, 1, "{said}");
     assert!(
@@ -429,13 +427,11 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         )),
         "{said}"
     );
-    connection
-        .execute(
-            "UPDATE archive_chain SET tombstone = 'forget' WHERE seq = ?1",
-            [seq],
-        )
-        .unwrap();
-    drop(connection);
+    state_execute(
+        d,
+        "UPDATE archive_chain SET tombstone = 'forget' WHERE seq = ?1",
+        &[seq],
+    );
 
     // Someone changes one archived text in the database: verify names that record.
     let kept = lines
@@ -444,15 +440,12 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
         .unwrap();
     let target = kept["record"]["message_id"].as_i64().unwrap();
     let seq = kept["seq"].as_i64().unwrap();
-    let connection = rusqlite::Connection::open(d.join("state/tribridge.sqlite3")).unwrap();
-    let changed = connection
-        .execute(
-            "UPDATE messages SET body = replace(body, 'thanks', 'no thanks') WHERE id = ?1",
-            [target],
-        )
-        .unwrap();
+    let changed = state_execute(
+        d,
+        "UPDATE messages SET body = replace(body, 'thanks', 'no thanks') WHERE id = ?1",
+        &[target],
+    );
     assert_eq!(changed, 1);
-    drop(connection);
     let (code, said) = export(d, &["--gateway", "record", "--verify"]);
     assert_eq!(code, 1, "{said}");
     assert!(
@@ -462,7 +455,7 @@ async fn the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_cha
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_during_a_relayed_burst_loses_and_doubles_nothing() {
+pub(crate) async fn an_export_during_a_relayed_burst_loses_and_doubles_nothing() {
     const BURST: usize = 300;
     let server = shared_inspircd();
     let channel = unique("#burst");
@@ -659,7 +652,7 @@ fn chromium_dom(page: &std::path::Path, profile: &std::path::Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_export_format_holds_a_conversation_of_the_three_networks() {
+pub(crate) async fn every_export_format_holds_a_conversation_of_the_three_networks() {
     use crate::support::matrix_client::{MatrixUser, register};
     use crate::support::servers::{free_port, shared_synapse};
     use serde_json::json;

@@ -3,7 +3,40 @@
 //! ([`on_postgres`]), so the two backends pass the same tests, not copies of them.
 
 use crate::support::bridge::on_postgres;
-use crate::{admin_socket, irc_relay, mattermost_relay, router_store};
+use crate::{admin_socket, history_archive, irc_relay, mattermost_relay, router_store};
+
+/// The history on PostgreSQL: a retention pass forgets what is past `retention_days` (files
+/// with it), keeps what legal hold or a queued delivery keeps, and the chain verifies with the
+/// forgotten messages' tombstones.
+#[test]
+fn retention_and_file_gc_on_postgres() {
+    on_postgres(
+        history_archive::retention_forgets_old_messages_and_files_but_keeps_held_and_pending_ones,
+    );
+}
+
+/// The archive's chain on PostgreSQL: chained by the daemon, verified and exported (JSONL, the
+/// chain checked from the export alone), `forget` leaves sealed tombstones, and `--verify` names
+/// a changed tombstone or text.
+#[test]
+fn archive_chain_export_and_forget_on_postgres() {
+    on_postgres(
+        history_archive::the_archive_is_chained_exported_forgets_a_person_and_verify_names_a_changed_text,
+    );
+}
+
+/// Exports from one PostgreSQL snapshot while a burst is relayed: each a consistent prefix.
+#[test]
+fn export_during_a_burst_on_postgres() {
+    on_postgres(history_archive::an_export_during_a_relayed_burst_loses_and_doubles_nothing);
+}
+
+/// Every export format (JSONL, Slack ZIP, HTML) of a conversation of the three networks, read
+/// from PostgreSQL, read back by the independent readers.
+#[test]
+fn every_export_format_on_postgres() {
+    on_postgres(history_archive::every_export_format_holds_a_conversation_of_the_three_networks);
+}
 
 /// IRC ↔ Mattermost both ways: texts, actions, edits and deletes, no echo.
 #[test]
@@ -397,4 +430,139 @@ fn a_group_is_decided_in_order_on_both_backends_alike() {
     );
     // m1, d1, n1, m2, m3 queued; m0 delivered once though acknowledged twice.
     assert_eq!((seen[0].2, seen[0].3), (5, 1));
+}
+
+/// The history decided alike on both backends, in process: the same events chained (the
+/// records read back the same, field for field but the receiving time, which is each store's
+/// clock), the same retention pass (what is forgotten with its edit, what a queued delivery
+/// keeps) and the same verdict of the chain with its tombstones.
+#[test]
+fn the_history_is_chained_and_pruned_alike_on_both_backends() {
+    use tribridge::archive::chain::{self, Verdict};
+    use tribridge::model::{Author, ChannelRef, EventBody, Inbound, TextStyle};
+    use tribridge::store::{Route, Store, StoreError};
+    use tribridge::vocab::gateway::{Direction, GatewayChannel, GatewayConfig, HistoryPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::servers::shared_postgres().fresh_database();
+    let stores = [
+        Store::open(dir.path()).unwrap(),
+        Store::open_postgres(&url).unwrap(),
+    ];
+    let channel = |name: &str| GatewayChannel {
+        network: "one".into(),
+        channel: name.into(),
+        direction: Direction::InOut,
+    };
+    let gateway = GatewayConfig {
+        name: "g".into(),
+        channels: vec![channel("#a"), channel("#b")],
+        long_text: tribridge::richtext::long_text::LongTextPolicy::default(),
+        allow_mass_pings: false,
+        edit_policy: tribridge::richtext::edits::EditPolicy::default(),
+        original_time_after: None,
+        irc_replies: tribridge::vocab::gateway::IrcReplies::default(),
+        remote_nick_format: None,
+        history: HistoryPolicy {
+            archive: true,
+            retention_days: Some(1),
+            legal_hold: false,
+        },
+    };
+    let retention = tribridge::archive::Retention::from_gateways(&[gateway]);
+    let destination = ChannelRef::new("one", "#b");
+    let routes = vec![Route {
+        gateway: "g".into(),
+        destination: destination.clone(),
+    }];
+    let event = |id: &str, body: EventBody| Inbound {
+        origin: ChannelRef::new("one", "#a"),
+        remote_id: Some(id.to_owned()),
+        author: Author {
+            id: "alice".into(),
+            display_name: "Alice \"A\" Ünïcode".into(),
+        },
+        timestamp_ms: 1_700_000_000_000,
+        body,
+        permalink: None,
+    };
+    let text = |words: &str| EventBody::text(TextStyle::Normal, words);
+    let mut seen = Vec::new();
+    for store in &stores {
+        store
+            .commit_inbound(&event("m1", text("the minutes")), "irc", &routes)
+            .unwrap();
+        let edit = EventBody::Edit {
+            target: "m1".into(),
+            style: TextStyle::Normal,
+            text: tribridge::richtext::FormattedText::plain("the minutes, approved"),
+        };
+        store
+            .commit_inbound(&event("e1", edit), "irc", &routes)
+            .unwrap();
+        store
+            .commit_inbound(&event("m2", text("a \\ backslash")), "irc", &routes)
+            .unwrap();
+        // Everything delivered but the last: its delivery stays queued.
+        for pending in store.pending_batch(&destination, 0, 100).unwrap() {
+            store
+                .complete_delivery(pending.seq, Some(&format!("r{}", pending.seq)))
+                .unwrap();
+        }
+        store
+            .commit_inbound(&event("m3", text("stuck")), "irc", &routes)
+            .unwrap();
+        let chained = chain::chain_new(store, &retention).unwrap();
+        let mut records = store
+            .read_history(|history| {
+                Ok::<_, StoreError>(
+                    history
+                        .chain_page("g", 0, 100)?
+                        .into_iter()
+                        .map(|row| {
+                            let record = row.record.expect("each message is still there");
+                            assert_eq!(record.hash(), row.record_hash);
+                            record
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap();
+        for record in &mut records {
+            record.received_ms = 0;
+        }
+        let pruned = tribridge::archive::prune(
+            store,
+            None,
+            &retention,
+            tribridge::model::now_ms() + 3 * 86_400_000,
+            || {},
+        )
+        .unwrap();
+        let verdict = store
+            .read_history(|history| chain::verify(history, "g"))
+            .unwrap();
+        let Verdict::Intact {
+            records: chain_rows,
+            tombstones,
+            ..
+        } = verdict
+        else {
+            panic!("{verdict:?}");
+        };
+        seen.push((
+            chained.records,
+            records,
+            (pruned.messages, pruned.kept_pending, pruned.deliveries),
+            (chain_rows, tombstones),
+            store.footprint().unwrap().0,
+            store.integrity_problems().unwrap(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].0, 4);
+    // m1 with its edit and m2 forgotten (their 3 deliveries with them); m3 kept for its queued
+    // delivery.
+    assert_eq!(seen[0].2, (3, 1, 3));
+    assert_eq!(seen[0].3, (4, 3));
+    assert_eq!(seen[0].4, 1);
 }

@@ -287,3 +287,76 @@ impl Drop for Bridge {
         self.kill9();
     }
 }
+
+/// The PostgreSQL store's URL in the configuration a test wrote to `dir/bridges.toml`, if the
+/// bridge keeps its state there ([`Bridge::start_with_env`] adds `store = "postgres://…"`).
+pub fn store_url_of(dir: &Path) -> Option<String> {
+    let config = std::fs::read_to_string(dir.join("bridges.toml")).ok()?;
+    config.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("store = \"")?.strip_suffix('"')?;
+        value.starts_with("postgres").then(|| value.to_owned())
+    })
+}
+
+/// The daemon's store as an operator opens it, on either backend: `dir/state`'s `SQLite` file,
+/// or the PostgreSQL database the configuration names.
+pub fn open_state(dir: &Path) -> tribridge::store::Store {
+    tribridge::store::Store::open_configured(&dir.join("state"), store_url_of(dir).as_deref())
+        .expect("open the daemon's store")
+}
+
+/// Run `sql` (with `?1`… parameters, written for both backends) on the daemon's store as an
+/// operator would, on either backend: the rows, each as its columns' integers.
+pub fn state_query(dir: &Path, sql: &str, params: &[i64]) -> Vec<Vec<i64>> {
+    if let Some(url) = store_url_of(dir) {
+        let mut sql = sql.to_owned();
+        for n in (1..=params.len()).rev() {
+            sql = sql.replace(&format!("?{n}"), &format!("${n}"));
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                        .expect("connect to the store");
+                    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+                        .collect();
+                    client
+                        .query(sql.as_str(), &params)
+                        .expect("query the store")
+                        .iter()
+                        .map(|row| (0..row.len()).map(|i| row.get::<_, i64>(i)).collect())
+                        .collect()
+                })
+                .join()
+                .expect("the query's thread")
+        })
+    } else {
+        let connection =
+            rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
+        let mut statement = connection.prepare(sql).expect("prepare");
+        let columns = statement.column_count();
+        statement
+            .query_map(rusqlite::params_from_iter(params), |row| {
+                (0..columns).map(|i| row.get::<_, i64>(i)).collect()
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+}
+
+/// Run the write `sql` (with `?1`… parameters) on the daemon's store: how many rows it changed.
+pub fn state_execute(dir: &Path, sql: &str, params: &[i64]) -> u64 {
+    if store_url_of(dir).is_some() {
+        let returning = format!("WITH changed AS ({sql} RETURNING 1) SELECT COUNT(*) FROM changed");
+        state_query(dir, &returning, params)[0][0].unsigned_abs()
+    } else {
+        let connection =
+            rusqlite::Connection::open(dir.join("state/tribridge.sqlite3")).expect("open");
+        connection
+            .execute(sql, rusqlite::params_from_iter(params))
+            .expect("execute") as u64
+    }
+}
