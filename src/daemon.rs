@@ -171,6 +171,30 @@ pub async fn run_with_reloads(
         .await?;
         return Ok(());
     }
+    if config.failover_mode == crate::config::FailoverMode::Network {
+        let lease = Arc::new(Lease::per_network(
+            config.instance_name(),
+            config.failover_after,
+        ));
+        store.set_lease(Arc::clone(&lease))?;
+        tracing::info!(
+            instance = lease.instance(),
+            failover_after_ms = u64::try_from(lease.ttl().as_millis()).unwrap_or(u64::MAX),
+            "Failover per network: this instance runs the networks whose lease it holds, its share of them."
+        );
+        let always = CancellationToken::new();
+        run_active(
+            config,
+            store,
+            Some(lease),
+            always,
+            &shutdown,
+            &mut on_ready,
+            &mut reloads,
+        )
+        .await?;
+        return Ok(());
+    }
     let lease = Arc::new(Lease::new(config.instance_name(), config.failover_after));
     store.set_lease(Arc::clone(&lease))?;
     tracing::info!(
@@ -473,6 +497,10 @@ async fn run_active<F: FnOnce()>(
         }
     }
     let mut daemon = Running {
+        held: lease
+            .as_ref()
+            .filter(|lease| lease.is_per_network())
+            .map(|_| std::collections::BTreeSet::new()),
         state_dir: config.state_dir.clone(),
         reconnect_max: config.reconnect_max,
         gateway_book: crate::vocab::GatewayBook::default(),
@@ -513,38 +541,81 @@ async fn run_active<F: FnOnce()>(
         ));
     }
 
-    if let Some(reloads) = reloads.as_mut() {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = term.cancelled() => break,
-                request = reloads.requests.recv() => {
-                    if request.is_none() {
-                        tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = term.cancelled() => {}
-                        }
-                        break;
-                    }
-                    (reloads.notify)(ReloadEvent::Started);
-                    match (reloads.load)() {
-                        Ok(config) => {
-                            let summary = daemon.apply(config).await;
-                            tracing::info!(summary = %summary, "Configuration reloaded.");
-                            (reloads.notify)(ReloadEvent::Applied(&summary));
-                        }
-                        Err(errors) => {
-                            tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed, the daemon keeps running on the configuration it has.");
-                            (reloads.notify)(ReloadEvent::Refused(&errors));
-                        }
-                    }
+    let per_network = daemon.lease.clone().filter(|lease| lease.is_per_network());
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = match &per_network {
+        Some(_) => {
+            let waking = Arc::clone(&daemon.outbox);
+            match daemon.store.listen_outbox(
+                Box::new(move |network| waking.wake_network(network)),
+                Arc::clone(&listening),
+            ) {
+                Ok(thread) => Some(thread),
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot listen for the other instances' deliveries; the workers poll instead.");
+                    None
                 }
             }
         }
-    } else {
+        None => None,
+    };
+    let mut lease_ticks = tokio::time::interval(
+        per_network
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |lease| lease.renew_every()),
+    );
+    lease_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut balance = Balance::default();
+    loop {
+        let requested = async {
+            match reloads.as_mut() {
+                Some(reloads) => reloads.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let lost = async {
+            match &per_network {
+                Some(lease) => lease.network_lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            if per_network.is_some() {
+                lease_ticks.tick().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = term.cancelled() => {}
+            () = shutdown.cancelled() => break,
+            () = term.cancelled() => break,
+            () = tick => {
+                if let Some(lease) = &per_network {
+                    daemon.lease_tick(lease, &mut balance).await;
+                }
+            }
+            () = lost => daemon.follow_leases(None).await,
+            request = requested => {
+                let Some(()) = request else {
+                    *reloads = None;
+                    continue;
+                };
+                let Some(reloads) = reloads.as_mut() else {
+                    continue;
+                };
+                (reloads.notify)(ReloadEvent::Started);
+                match (reloads.load)() {
+                    Ok(config) => {
+                        let summary = daemon.apply(config).await;
+                        tracing::info!(summary = %summary, "Configuration reloaded.");
+                        (reloads.notify)(ReloadEvent::Applied(&summary));
+                    }
+                    Err(errors) => {
+                        tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed, the daemon keeps running on the configuration it has.");
+                        (reloads.notify)(ReloadEvent::Refused(&errors));
+                    }
+                }
+            }
         }
     }
     if shutdown.is_cancelled() {
@@ -553,6 +624,29 @@ async fn run_active<F: FnOnce()>(
         tracing::info!("Stepping down: dropping every network connection; standby.");
     }
     daemon.stop().await;
+    listening.store(true, Ordering::Relaxed);
+    if let Some(thread) = listener {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    if let Some(lease) = &per_network {
+        // Stopped cleanly: every network's lease goes at once (its connection and workers
+        // stopped above), and the others count this instance out.
+        let (store, instance) = (Arc::clone(&daemon.store), lease.instance().to_owned());
+        let held = lease.held_networks();
+        let released = tokio::task::spawn_blocking(move || {
+            for (network, token) in &held {
+                store.release_lease(network, &instance, *token)?;
+            }
+            store.forget_instance(&instance)
+        })
+        .await;
+        if let Ok(Err(error)) = released {
+            tracing::warn!(error = %error, "Cannot release the networks' leases; the others take them when they expire.");
+        }
+        for (network, _) in lease.held_networks() {
+            lease.released_network(&network);
+        }
+    }
     services_shutdown.cancel();
     if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, async {
         while services.join_next().await.is_some() {}
@@ -609,6 +703,26 @@ struct Running {
     history: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
     /// Networks whose unrouted-deliveries gauge was set above zero.
     unrouted_networks: Vec<String>,
+    /// In the per-network failover mode, the networks this instance runs (those whose lease
+    /// it holds); `None`: every network of the configuration.
+    held: Option<std::collections::BTreeSet<String>>,
+}
+
+/// How many lease ticks in a row an instance must hold more than its share before it lets a
+/// network go (so that networks do not flap while instances come and go).
+const RELEASE_AFTER_TICKS: u32 = 3;
+
+/// Every how many lease ticks the workers of the held networks read the store even without a
+/// notification (one missed while the LISTEN connection was down).
+const SAFETY_POLL_TICKS: u32 = 3;
+
+/// The per-network balancing's memory between ticks.
+#[derive(Default)]
+struct Balance {
+    /// Ticks in a row with more networks than the share.
+    over_share: u32,
+    /// Ticks since the last safety poll.
+    since_poll: u32,
 }
 
 /// One network's connector.
@@ -636,6 +750,21 @@ struct Wanted {
     config: NetworkConfig,
     nick_format: String,
     channels: Vec<String>,
+}
+
+/// The ids of the networks of `config` that a gateway links (those a lease is taken for).
+fn wanted_networks_quiet(config: &Config) -> Vec<String> {
+    config
+        .networks
+        .iter()
+        .filter(|network| {
+            config
+                .gateways
+                .iter()
+                .any(|gateway| gateway.channels.iter().any(|c| c.network == network.id))
+        })
+        .map(|network| network.id.clone())
+        .collect()
 }
 
 /// Every network of `config` that a gateway links, with its channels in file order.
@@ -697,7 +826,10 @@ impl Running {
                 }
             }
         }
-        let wanted = wanted_networks(&config);
+        let mut wanted = wanted_networks(&config);
+        if let Some(held) = &self.held {
+            wanted.retain(|w| held.contains(&w.config.id));
+        }
         let topology = Arc::new(config.topology());
         let destinations: std::collections::BTreeSet<ChannelRef> =
             topology.destinations().iter().cloned().collect();
@@ -809,7 +941,9 @@ impl Running {
             .map(|old| old.topology().destinations().iter().cloned().collect())
             .unwrap_or_default();
         for destination in &destinations {
-            if !self.workers.contains_key(destination) {
+            if !self.workers.contains_key(destination)
+                && self.networks.contains_key(&destination.network)
+            {
                 // A destination of a reconnected network is not new.
                 if self.config.is_some() && !before.contains(destination) {
                     summary.destinations_added += 1;
@@ -827,6 +961,139 @@ impl Running {
         self.count_unrouted(&destinations).await;
         self.config = Some(config);
         summary
+    }
+
+    /// One tick of the per-network leases: stamp the heartbeat and renew every held lease
+    /// (one statement), then move towards this instance's fair share, ceil(networks / live
+    /// instances): take free or expired leases while below it, let one go (its connection and
+    /// workers stopped first) after [`RELEASE_AFTER_TICKS`] ticks above it.
+    async fn lease_tick(&mut self, lease: &Arc<Lease>, balance: &mut Balance) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let networks: Vec<String> = wanted_networks_quiet(config);
+        let held = lease.held_networks();
+        let sent_at = std::time::Instant::now();
+        let (store, instance, ttl) = (
+            Arc::clone(&self.store),
+            lease.instance().to_owned(),
+            lease.ttl(),
+        );
+        let asked = held.clone();
+        let tick =
+            tokio::task::spawn_blocking(move || store.lease_tick(&instance, &asked, ttl)).await;
+        let tick = match tick {
+            Ok(Ok(tick)) => tick,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot renew the networks' leases; nothing is sent to them until they are renewed.");
+                for (network, _) in &held {
+                    if lease.renewal_age_of(network).is_none_or(|age| age >= ttl) {
+                        lease.lost_network(network, "no renewal within failover_after");
+                    }
+                }
+                self.follow_leases(None).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        lease.renewed_networks(&tick.renewed, sent_at);
+        for (network, _) in &held {
+            if !tick.renewed.contains(network) {
+                lease.lost_network(network, "another instance holds the network's lease");
+            }
+        }
+        let holders: HashMap<String, Option<String>> = tick.holders.into_iter().collect();
+        lease.saw_holders(
+            networks
+                .iter()
+                .map(|network| (network.clone(), holders.get(network).cloned().flatten())),
+        );
+        let share = networks.len().div_ceil(tick.live_instances);
+        let holding = lease.held_networks().len();
+        let mut releasing = None;
+        if holding < share {
+            balance.over_share = 0;
+            let free: Vec<&String> = networks
+                .iter()
+                .filter(|network| lease.network_fence(network).is_none())
+                .filter(|network| holders.get(*network).is_none_or(Option::is_none))
+                .take(share - holding)
+                .collect();
+            for network in free {
+                let sent_at = std::time::Instant::now();
+                let (store, instance, scope) = (
+                    Arc::clone(&self.store),
+                    lease.instance().to_owned(),
+                    network.clone(),
+                );
+                let taken =
+                    tokio::task::spawn_blocking(move || store.take_lease(&scope, &instance, ttl))
+                        .await;
+                match taken {
+                    Ok(Ok(Some(token))) => lease.took_network(network, token, sent_at),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(network = %network, error = %error, "Cannot take the network's lease; trying again.");
+                    }
+                    Err(_) => {}
+                }
+            }
+        } else if holding > share {
+            balance.over_share += 1;
+            if balance.over_share >= RELEASE_AFTER_TICKS {
+                balance.over_share = 0;
+                releasing = lease.held_networks().pop();
+            }
+        } else {
+            balance.over_share = 0;
+        }
+        self.follow_leases(releasing.as_ref().map(|(network, _)| network.as_str()))
+            .await;
+        if let Some((network, token)) = releasing {
+            let (store, instance, scope) = (
+                Arc::clone(&self.store),
+                lease.instance().to_owned(),
+                network.clone(),
+            );
+            let released =
+                tokio::task::spawn_blocking(move || store.release_lease(&scope, &instance, token))
+                    .await;
+            if let Ok(Err(error)) = released {
+                tracing::warn!(network = %network, error = %error, "Cannot release the network's lease; another instance takes it when it expires.");
+            }
+            lease.released_network(&network);
+        }
+        balance.since_poll += 1;
+        if balance.since_poll >= SAFETY_POLL_TICKS {
+            balance.since_poll = 0;
+            // A notification missed while the LISTEN connection was down: read the store.
+            for destination in self.workers.keys() {
+                crate::vocab::Wake::wake(self.outbox.as_ref(), destination);
+            }
+        }
+    }
+
+    /// Run exactly the networks whose lease this instance holds, but `releasing` (stopped
+    /// before its lease goes): start the taken ones, stop the lost ones, through
+    /// [`Running::apply`] (the one start and stop path).
+    async fn follow_leases(&mut self, releasing: Option<&str>) {
+        let (Some(lease), Some(running)) = (&self.lease, &self.held) else {
+            return;
+        };
+        let wanted: std::collections::BTreeSet<String> = lease
+            .held_networks()
+            .into_iter()
+            .map(|(network, _)| network)
+            .filter(|network| Some(network.as_str()) != releasing)
+            .collect();
+        if &wanted == running {
+            return;
+        }
+        self.held = Some(wanted);
+        if let Some(config) = self.config.clone() {
+            let summary = self.apply(config).await;
+            tracing::info!(summary = %summary, "Networks follow the leases this instance holds.");
+        }
     }
 
     /// Build and start the connector of `wanted`.
@@ -857,7 +1124,7 @@ impl Running {
             .set_parallel_bridges(&id, &wanted.config.parallel_bridges);
         // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
         let endpoint = Standin::new(
-            Fenced::new(handle, self.lease.clone()),
+            Fenced::new(handle, self.lease.clone(), &id),
             Arc::clone(self.router.parallel()),
             self.workers_shutdown.clone(),
         );
