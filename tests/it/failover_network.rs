@@ -91,8 +91,8 @@ impl Cluster {
         b.0.wait_for_log("Lease of network mm taken").await;
         a.0.wait_for_log("Lease of network mm released").await;
         let (nicks, channels) = (self.nicks.clone(), self.channels.clone());
-        self.ivan.wait_member(&nicks.0, &channels.0).await;
-        self.iris.wait_member(&nicks.1, &channels.1).await;
+        self.ivan.wait_join(&nicks.0, &channels.0).await;
+        self.iris.wait_join(&nicks.1, &channels.1).await;
         (a, b)
     }
 }
