@@ -562,7 +562,7 @@ async fn run_active<F: FnOnce()>(
     let mut lease_ticks = tokio::time::interval(
         per_network
             .as_ref()
-            .map_or(Duration::from_secs(3600), |lease| lease.renew_every()),
+            .map_or(Duration::from_hours(1), |lease| lease.renew_every()),
     );
     lease_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut balance = Balance::default();
@@ -1011,41 +1011,28 @@ impl Running {
         let share = networks.len().div_ceil(tick.live_instances);
         let holding = lease.held_networks().len();
         let mut releasing = None;
-        if holding < share {
-            balance.over_share = 0;
-            let free: Vec<&String> = networks
-                .iter()
-                .filter(|network| lease.network_fence(network).is_none())
-                .filter(|network| holders.get(*network).is_none_or(Option::is_none))
-                .take(share - holding)
-                .collect();
-            for network in free {
-                let sent_at = std::time::Instant::now();
-                let (store, instance, scope) = (
-                    Arc::clone(&self.store),
-                    lease.instance().to_owned(),
-                    network.clone(),
-                );
-                let taken =
-                    tokio::task::spawn_blocking(move || store.take_lease(&scope, &instance, ttl))
-                        .await;
-                match taken {
-                    Ok(Ok(Some(token))) => lease.took_network(network, token, sent_at),
-                    Ok(Ok(None)) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(network = %network, error = %error, "Cannot take the network's lease; trying again.");
-                    }
-                    Err(_) => {}
+        match holding.cmp(&share) {
+            std::cmp::Ordering::Less => {
+                balance.over_share = 0;
+                let free: Vec<String> = networks
+                    .iter()
+                    .filter(|network| lease.network_fence(network).is_none())
+                    .filter(|network| holders.get(*network).is_none_or(Option::is_none))
+                    .take(share - holding)
+                    .cloned()
+                    .collect();
+                for network in free {
+                    self.take_network_lease(lease, network).await;
                 }
             }
-        } else if holding > share {
-            balance.over_share += 1;
-            if balance.over_share >= RELEASE_AFTER_TICKS {
-                balance.over_share = 0;
-                releasing = lease.held_networks().pop();
+            std::cmp::Ordering::Greater => {
+                balance.over_share += 1;
+                if balance.over_share >= RELEASE_AFTER_TICKS {
+                    balance.over_share = 0;
+                    releasing = lease.held_networks().pop();
+                }
             }
-        } else {
-            balance.over_share = 0;
+            std::cmp::Ordering::Equal => balance.over_share = 0,
         }
         self.follow_leases(releasing.as_ref().map(|(network, _)| network.as_str()))
             .await;
@@ -1070,6 +1057,27 @@ impl Running {
             for destination in self.workers.keys() {
                 crate::vocab::Wake::wake(self.outbox.as_ref(), destination);
             }
+        }
+    }
+
+    /// Try to take `network`'s lease (free, or expired).
+    async fn take_network_lease(&self, lease: &Arc<Lease>, network: String) {
+        let sent_at = std::time::Instant::now();
+        let (store, instance, scope, ttl) = (
+            Arc::clone(&self.store),
+            lease.instance().to_owned(),
+            network.clone(),
+            lease.ttl(),
+        );
+        let attempt =
+            tokio::task::spawn_blocking(move || store.take_lease(&scope, &instance, ttl)).await;
+        match attempt {
+            Ok(Ok(Some(token))) => lease.took_network(&network, token, sent_at),
+            Ok(Err(error)) => {
+                tracing::warn!(network = %network, error = %error, "Cannot take the network's lease; trying again.");
+            }
+            // Another instance took it first, or the attempt stopped with the runtime.
+            Ok(Ok(None)) | Err(_) => {}
         }
     }
 

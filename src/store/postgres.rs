@@ -1129,7 +1129,7 @@ impl PostgresStore {
             return Ok(BTreeSet::new());
         };
         if lease.is_per_network() {
-            return self.fence_networks(on, lease, networks);
+            return Self::fence_networks(on, lease, networks);
         }
         let Some(token) = lease.fence() else {
             return Err(StoreError::Fenced {
@@ -1148,7 +1148,6 @@ impl PostgresStore {
 
     /// [`Self::fence`] in the per-network mode.
     fn fence_networks<C: GenericClient>(
-        &self,
         on: &mut On<'_, C>,
         lease: &Lease,
         networks: &[String],

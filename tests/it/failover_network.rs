@@ -3,7 +3,7 @@
 //! lease it holds), messages cross between networks held by different instances exactly once and
 //! in order, a third instance takes its share from another (released cleanly: nothing lost or
 //! doubled meanwhile), and a killed instance's networks move to the others. Two IRC networks
-//! (one InspIRCd, two nicks and channels) and the Mattermost emulator carry the traffic; the IRC
+//! (one `InspIRCd`, two nicks and channels) and the Mattermost emulator carry the traffic; the IRC
 //! window a crash leaves open is counted apart, as tests/it/failover.rs does.
 
 use std::time::Instant;
@@ -180,11 +180,11 @@ async fn instances_split_the_networks_relay_across_them_and_a_third_takes_its_sh
     // A third instance: its share is one network, which `a` (above its share) lets go cleanly
     // while Mattermost keeps talking to irc2.
     let (mut c, _) = t.start("c");
-    let mut n = ROUND;
+    let mut said = ROUND;
     let mut after_release = 0;
     while after_release < 10 {
-        t.mia.say(&t.channel_id, &format!("mm {n}")).await;
-        n += 1;
+        t.mia.say(&t.channel_id, &format!("mm {said}")).await;
+        said += 1;
         if a.logs().contains("Lease of network irc2 released") {
             after_release += 1;
         } else {
@@ -192,7 +192,7 @@ async fn instances_split_the_networks_relay_across_them_and_a_third_takes_its_sh
         }
     }
     c.wait_for_log("Lease of network irc2 taken").await;
-    let last = format!("mm {}", n - 1);
+    let last = format!("mm {}", said - 1);
     let lines = t.iris.texts_until(&t.channels.1, &last).await;
     let arrived = numbers(
         lines.iter().filter_map(|l| l.text().map(|(_, text)| text)),
@@ -200,7 +200,7 @@ async fn instances_split_the_networks_relay_across_them_and_a_third_takes_its_sh
     );
     assert_eq!(
         arrived,
-        (ROUND..n).collect::<Vec<_>>(),
+        (ROUND..said).collect::<Vec<_>>(),
         "every mm line once and in order on irc2 across its handover"
     );
     assert!(
