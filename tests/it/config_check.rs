@@ -88,8 +88,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ),
             vec![
                 "bridges.toml:2:18: general.failover_after: `failover_after` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
-                "bridges.toml:4:12: general.failover: `failover` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
                 "bridges.toml:3:17: general.instance_name: `instance_name` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
+                "bridges.toml:4:12: general.failover: `failover` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
             ],
         ),
         (
