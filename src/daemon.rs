@@ -1097,7 +1097,20 @@ impl Running {
         if &wanted == running {
             return;
         }
+        let starting = wanted.iter().any(|network| !running.contains(network));
         self.held = Some(wanted);
+        if starting {
+            // What other instances learned while they ran the networks: the people directory
+            // (mentions) from the store, before this instance relays on them.
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.people()).await {
+                Ok(Ok(known)) => self.router.people().absorb(known),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "Cannot read the people directory again; mentions of people seen by other instances may not resolve.");
+                }
+                Err(_) => {}
+            }
+        }
         if let Some(config) = self.config.clone() {
             let summary = self.apply(config).await;
             tracing::info!(summary = %summary, "Networks follow the leases this instance holds.");

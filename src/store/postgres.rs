@@ -1038,29 +1038,33 @@ impl PostgresStore {
         destination: &ChannelRef,
         account: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| match account {
-            Some(account) => on.execute(
-                SET_PARALLEL_ROUTE,
-                &[
-                    &origin.network,
-                    &origin.channel,
-                    &destination.network,
-                    &destination.channel,
-                    &account,
-                    &now_ms(),
-                ],
-            ),
-            None => on.execute(
-                UNSET_PARALLEL_ROUTE,
-                &[
-                    &origin.network,
-                    &origin.channel,
-                    &destination.network,
-                    &destination.channel,
-                ],
-            ),
-        })?;
-        Ok(())
+        // Decided by the destination's worker: fenced by the destination's network.
+        self.fenced_with(Scope::Network(&destination.network), |on| match account {
+            Some(account) => on
+                .execute(
+                    SET_PARALLEL_ROUTE,
+                    &[
+                        &origin.network,
+                        &origin.channel,
+                        &destination.network,
+                        &destination.channel,
+                        &account,
+                        &now_ms(),
+                    ],
+                )
+                .map(|_| ()),
+            None => on
+                .execute(
+                    UNSET_PARALLEL_ROUTE,
+                    &[
+                        &origin.network,
+                        &origin.channel,
+                        &destination.network,
+                        &destination.channel,
+                    ],
+                )
+                .map(|_| ()),
+        })
     }
 
     pub(super) fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
@@ -1085,7 +1089,8 @@ impl PostgresStore {
         old: &str,
         new: &str,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| {
+        // Seen on `network`'s connection: fenced by that network.
+        self.fenced_with(Scope::Network(network), |on| {
             on.execute(UPSERT_PERSON, &[&network, &new, &new])?;
             if old != new {
                 on.execute(RENAME_PERSON, &[&network, &old, &new])?;
@@ -1226,9 +1231,29 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         scope: Scope<'_>,
     ) -> Result<(), StoreError> {
+        self.fenced_with(scope, |on| {
+            on.execute(sql, params)?;
+            Ok(())
+        })
+    }
+
+    /// `work` on the writer; in a transaction with the fence of `scope`'s network when there
+    /// is a lease (nothing is written when `scope` is an outbox row that is gone).
+    fn fenced_with(
+        &self,
+        scope: Scope<'_>,
+        mut work: impl FnMut(&mut On<'_, postgres::Transaction<'_>>) -> Result<(), StoreError> + Send,
+    ) -> Result<(), StoreError> {
         if self.lease.get().is_none() {
-            self.run(true, |on| on.execute(sql, params))?;
-            return Ok(());
+            return self.with(true, |client, cache| {
+                let mut transaction = client.transaction()?;
+                work(&mut On {
+                    client: &mut transaction,
+                    cache,
+                })?;
+                transaction.commit()?;
+                Ok(())
+            });
         }
         self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -1244,7 +1269,7 @@ impl PostgresStore {
                 },
             };
             self.fence_one(&mut on, &network)?;
-            on.execute(sql, params)?;
+            work(&mut on)?;
             transaction.commit()?;
             Ok(())
         })
@@ -1450,15 +1475,23 @@ impl PostgresStore {
         })
     }
 
+    /// Not fenced: an operator's request on a failed row, which no worker touches, served by
+    /// whichever instance the admin socket reached. In the per-network mode the instance that
+    /// holds the destination's network is told (`pg_notify`, as for a queued delivery).
     pub(super) fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        let per_network = self.lease.get().is_some_and(|lease| lease.is_per_network());
         self.run(true, |on| {
-            Ok(match on.query_opt(REQUEUE_FAILED, &[&seq])? {
+            let requeued = match on.query_opt(REQUEUE_FAILED, &[&seq])? {
                 Some(row) => Some((
                     ChannelRef::new(row.try_get::<_, String>(1)?, row.try_get::<_, String>(2)?),
                     row.try_get(0)?,
                 )),
                 None => None,
-            })
+            };
+            if let (Some((destination, _)), true) = (&requeued, per_network) {
+                on.query(NOTIFY_OUTBOX, &[&destination.network])?;
+            }
+            Ok(requeued)
         })
     }
 
