@@ -744,6 +744,10 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         // LOADGEN_KEEP_LOG=FILE keeps the daemon's log of the run.
         if let Some(keep) = std::env::var_os("LOADGEN_KEEP_LOG") {
+            let mut keep = keep;
+            if std::env::var_os("LOADGEN_KEEP_LOG_PER_PID").is_some() {
+                keep.push(format!(".{}", self.child.id()));
+            }
             let _ = std::fs::copy(self.dir.join("bridge.log"), keep);
         }
     }
@@ -1416,8 +1420,14 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
 /// The `spread` scenario: see [`Scenario::Spread`].
 async fn spread(daemon: &Path, instances: usize, pairs: usize, drive: Drive) -> Value {
     let server = servers::InspIrcd::start();
-    let postgres = servers::Postgres::start();
-    let url = postgres.fresh_database();
+    // The test servers' PostgreSQL set-up uses a blocking client: off the runtime.
+    let (_postgres, url) = tokio::task::spawn_blocking(|| {
+        let postgres = servers::Postgres::start();
+        let url = postgres.fresh_database();
+        (postgres, url)
+    })
+    .await
+    .expect("start PostgreSQL");
     let mut networks = String::new();
     let mut gateways = String::new();
     let mut clients = Vec::new();
@@ -1481,6 +1491,10 @@ async fn spread(daemon: &Path, instances: usize, pairs: usize, drive: Drive) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for (pair, (writer, reader)) in clients.iter_mut().enumerate() {
+        // The JOINs of a connection that moved to another instance are old news: NAMES says
+        // who is in the channel now.
+        writer.drain();
+        reader.drain();
         writer
             .wait_member(&format!("lgbw{pair}"), &format!("#lgw{pair}"))
             .await;
