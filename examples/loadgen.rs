@@ -126,7 +126,7 @@ enum Scenario {
     },
     /// Several instances in the per-network failover mode (`failover = "network"`) on one
     /// PostgreSQL store (started here): `pairs` gateways, each linking two IRC networks of
-    /// their own on one InspIRCd (a writer on one, a reader on the other), split over
+    /// their own on one `InspIRCd` (a writer on one, a reader on the other), split over
     /// `instances` daemons; all pairs at once. Rate, latency, and CPU per instance.
     Spread {
         #[arg(long, default_value_t = 1)]
@@ -1442,11 +1442,12 @@ async fn spread(daemon: &Path, instances: usize, pairs: usize, drive: Drive) -> 
             server.port,
             &format!("lgbr{pair}"),
         ));
-        gateways.push_str(&format!(
+        let _ = write!(
+            gateways,
             "[[gateway]]\nname = \"p{pair}\"\nretention_days = 0\nchannels = [\n  \
              {{ network = \"w{pair}\", channel = \"#lgw{pair}\" }},\n  \
              {{ network = \"r{pair}\", channel = \"#lgr{pair}\" }},\n]\n\n"
-        ));
+        );
         let mut writer = IrcClient::connect(server.port, &format!("lgwriter{pair}")).await;
         let mut reader = IrcClient::connect(server.port, &format!("lgreader{pair}")).await;
         writer.join(&format!("#lgw{pair}")).await;

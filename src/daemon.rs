@@ -632,7 +632,11 @@ async fn run_active<F: FnOnce()>(
         // Stopped cleanly: every network's lease goes at once (its connection and workers
         // stopped above), and the others count this instance out.
         let (store, instance) = (Arc::clone(&daemon.store), lease.instance().to_owned());
-        let held = lease.held_networks();
+        let mut held = lease.held_networks();
+        if let Some(token) = lease.singletons_token() {
+            held.push((WHOLE_INSTANCE.to_owned(), token));
+        }
+        lease.set_singletons(None);
         let released = tokio::task::spawn_blocking(move || {
             for (network, token) in &held {
                 store.release_lease(network, &instance, *token)?;
@@ -979,7 +983,10 @@ impl Running {
             lease.instance().to_owned(),
             lease.ttl(),
         );
-        let asked = held.clone();
+        let mut asked = held.clone();
+        if let Some(token) = lease.singletons_token() {
+            asked.push((WHOLE_INSTANCE.to_owned(), token));
+        }
         let tick =
             tokio::task::spawn_blocking(move || store.lease_tick(&instance, &asked, ttl)).await;
         let tick = match tick {
@@ -997,12 +1004,33 @@ impl Running {
             Err(_) => return,
         };
         lease.renewed_networks(&tick.renewed, sent_at);
+        if let Some(token) = lease.singletons_token() {
+            if tick.renewed.iter().any(|scope| scope == WHOLE_INSTANCE) {
+                lease.set_singletons(Some((token, sent_at)));
+            } else {
+                lease.set_singletons(None);
+            }
+        }
         for (network, _) in &held {
             if !tick.renewed.contains(network) {
                 lease.lost_network(network, "another instance holds the network's lease");
             }
         }
         let holders: HashMap<String, Option<String>> = tick.holders.into_iter().collect();
+        // The jobs that run once per deployment: whoever holds `*` (not counted in the share).
+        if lease.singletons_token().is_none()
+            && holders.get(WHOLE_INSTANCE).is_none_or(Option::is_none)
+        {
+            let (store, instance) = (Arc::clone(&self.store), lease.instance().to_owned());
+            let sent_at = std::time::Instant::now();
+            if let Ok(Ok(Some(token))) = tokio::task::spawn_blocking(move || {
+                store.take_lease(WHOLE_INSTANCE, &instance, ttl)
+            })
+            .await
+            {
+                lease.set_singletons(Some((token, sent_at)));
+            }
+        }
         lease.saw_holders(
             networks
                 .iter()
@@ -1245,12 +1273,14 @@ impl Running {
             tokio::spawn(chain_archive(
                 Arc::clone(&self.store),
                 Arc::clone(&policies),
+                self.lease.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(prune_history(
                 Arc::clone(&self.store),
                 Arc::clone(&self.files),
                 policies,
+                self.lease.clone(),
                 shutdown.clone(),
             )),
         ];
@@ -1348,6 +1378,12 @@ async fn open_files(config: &Config) -> Result<Files, DaemonError> {
     .map_err(DaemonError::Files)
 }
 
+/// Whether this instance runs the jobs that must run once per deployment: always without a
+/// lease; with one, [`Lease::runs_singletons`] (in the per-network mode, the holder of `*`).
+fn runs_singletons(lease: Option<&Arc<Lease>>) -> bool {
+    lease.is_none_or(|lease| lease.runs_singletons())
+}
+
 /// How often new messages of archived gateways are chained ([`crate::archive::chain`]).
 const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
 
@@ -1356,9 +1392,16 @@ const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
 async fn chain_archive(
     store: Arc<Store>,
     policies: Arc<crate::archive::Retention>,
+    lease: Option<Arc<Lease>>,
     shutdown: CancellationToken,
 ) {
     loop {
+        if !runs_singletons(lease.as_ref()) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STANDBY_POLL) => continue,
+            }
+        }
         let (chaining, policies_now) = (Arc::clone(&store), Arc::clone(&policies));
         match tokio::task::spawn_blocking(move || {
             crate::archive::chain::chain_new(&chaining, policies_now.as_ref())
@@ -1392,9 +1435,16 @@ async fn prune_history(
     store: Arc<Store>,
     files: Arc<Files>,
     retention: Arc<crate::archive::Retention>,
+    lease: Option<Arc<Lease>>,
     shutdown: CancellationToken,
 ) {
     loop {
+        if !runs_singletons(lease.as_ref()) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STANDBY_POLL) => continue,
+            }
+        }
         let (store, files, retention) = (
             Arc::clone(&store),
             Arc::clone(&files),

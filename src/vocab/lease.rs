@@ -92,6 +92,9 @@ struct Networks {
     held: BTreeMap<String, (i64, Instant)>,
     /// Who holds each network's lease, as last read (`None`: nobody, or expired).
     holders: BTreeMap<String, Option<String>>,
+    /// The lease of scope [`WHOLE_INSTANCE`] when this instance holds it: it runs the jobs that
+    /// must run once per deployment ([`Lease::runs_singletons`]). Token and renewal time.
+    singletons: Option<(i64, Instant)>,
 }
 
 /// Who holds one network's lease, for the status readers.
@@ -166,6 +169,39 @@ impl Lease {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         })
+    }
+
+    /// Whether this instance runs the jobs that must run once per deployment (the history's
+    /// archive chaining and retention): without a lease, or while active in the instance mode,
+    /// always; in the per-network mode only while it holds the lease of scope
+    /// [`WHOLE_INSTANCE`], renewed within [`Lease::send_within`].
+    #[must_use]
+    pub fn runs_singletons(&self) -> bool {
+        match self.networks() {
+            Some(networks) => networks
+                .singletons
+                .is_some_and(|(_, at)| at.elapsed() < self.send_within()),
+            None => self.state().role == Role::Active,
+        }
+    }
+
+    /// The per-network mode: this instance took the [`WHOLE_INSTANCE`] lease (`Some`, with its
+    /// token, by a statement sent at the time given) or does not hold it (`None`).
+    pub fn set_singletons(&self, held: Option<(i64, Instant)>) {
+        if let Some(mut networks) = self.networks() {
+            let had = networks.singletons.is_some();
+            networks.singletons = held;
+            drop(networks);
+            if had != held.is_some() {
+                tracing::info!(instance = %self.instance, runs = held.is_some(), "Jobs that run once per deployment (history): {}.", if held.is_some() { "run here" } else { "not here" });
+            }
+        }
+    }
+
+    /// The [`WHOLE_INSTANCE`] lease's token, when this instance holds it (per-network mode).
+    #[must_use]
+    pub fn singletons_token(&self) -> Option<i64> {
+        self.networks()?.singletons.map(|(token, _)| token)
     }
 
     /// The token with which this instance holds `network`'s lease (`None`: it does not).
@@ -538,6 +574,16 @@ mod tests {
         assert_eq!(lease.held_networks(), vec![("irc".to_owned(), 5)]);
         lease.released_network("irc");
         assert!(lease.held_networks().is_empty());
+        assert!(!lease.runs_singletons());
+        lease.set_singletons(Some((3, Instant::now())));
+        assert!(lease.runs_singletons());
+        assert_eq!(lease.singletons_token(), Some(3));
+        lease.set_singletons(None);
+        assert!(!lease.runs_singletons());
+        let whole = Lease::new("b", Duration::from_secs(4));
+        assert!(!whole.runs_singletons(), "a standby runs none");
+        whole.became_active(1, Instant::now());
+        assert!(whole.runs_singletons());
     }
 
     #[test]

@@ -207,6 +207,10 @@ async fn instances_split_the_networks_relay_across_them_and_a_third_takes_its_sh
         !b.logs().contains("Lease of network irc2 taken"),
         "b held its share already"
     );
+    // The jobs that run once per deployment run on one instance: the first, which holds `*`.
+    let singletons = "Jobs that run once per deployment (history): run here.";
+    assert!(a.logs().contains(singletons), "{}", a.logs());
+    assert!(!b.logs().contains(singletons) && !c.logs().contains(singletons));
     let store = tribridge::store::Store::open_postgres(&t.url).expect("open the store");
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     for bridge in [&mut a, &mut b, &mut c] {
@@ -242,6 +246,9 @@ async fn a_killed_instances_networks_move_to_the_other_and_nothing_doubles_or_re
     let killed_at = killed_at.unwrap();
     b.wait_for_log("Lease of network irc taken").await;
     b.wait_for_log("Lease of network irc2 taken").await;
+    // And the jobs that run once per deployment, with `*`.
+    b.wait_for_log("Jobs that run once per deployment (history): run here.")
+        .await;
     let took_over = killed_at.elapsed();
     wait_bridge_join(&mut t.ivan, &t.nicks.0, &t.channels.0).await;
     let rejoined = killed_at.elapsed();
