@@ -21,7 +21,7 @@ use crate::model::ChannelRef;
 use crate::outbox::Outbox;
 use crate::parallel::Standin;
 use crate::router::Router;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseTick, Store, StoreError};
 use crate::vocab::lease::{Fenced, Lease, STANDBY_POLL, WHOLE_INSTANCE};
 
 /// Errors that stop the daemon from starting.
@@ -542,6 +542,16 @@ async fn run_active<F: FnOnce()>(
     }
 
     let per_network = daemon.lease.clone().filter(|lease| lease.is_per_network());
+    let (latest_tick, mut lease_ticks) = tokio::sync::watch::channel(None);
+    let renewal_shutdown = CancellationToken::new();
+    let renewal = per_network.as_ref().map(|lease| {
+        tokio::spawn(keep_network_leases(
+            Arc::clone(&daemon.store),
+            Arc::clone(lease),
+            latest_tick,
+            renewal_shutdown.clone(),
+        ))
+    });
     let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = match &per_network {
         Some(_) => {
@@ -559,12 +569,6 @@ async fn run_active<F: FnOnce()>(
         }
         None => None,
     };
-    let mut lease_ticks = tokio::time::interval(
-        per_network
-            .as_ref()
-            .map_or(Duration::from_hours(1), |lease| lease.renew_every()),
-    );
-    lease_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut balance = Balance::default();
     loop {
         let requested = async {
@@ -580,18 +584,18 @@ async fn run_active<F: FnOnce()>(
             }
         };
         let tick = async {
-            if per_network.is_some() {
-                lease_ticks.tick().await;
+            if per_network.is_some() && lease_ticks.changed().await.is_ok() {
+                lease_ticks.borrow_and_update().clone()
             } else {
-                std::future::pending::<()>().await;
+                std::future::pending::<Option<LeaseTick>>().await
             }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = term.cancelled() => break,
-            () = tick => {
-                if let Some(lease) = &per_network {
-                    daemon.lease_tick(lease, &mut balance).await;
+            tick = tick => {
+                if let (Some(lease), Some(tick)) = (&per_network, tick) {
+                    daemon.lease_tick(lease, tick, &mut balance).await;
                 }
             }
             () = lost => daemon.follow_leases(None).await,
@@ -624,6 +628,11 @@ async fn run_active<F: FnOnce()>(
         tracing::info!("Stepping down: dropping every network connection; standby.");
     }
     daemon.stop().await;
+    // No renewal after this point: a release must not be extended again.
+    renewal_shutdown.cancel();
+    if let Some(renewal) = renewal {
+        let _ = renewal.await;
+    }
     listening.store(true, Ordering::Relaxed);
     if let Some(thread) = listener {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -754,6 +763,60 @@ struct Wanted {
     config: NetworkConfig,
     nick_format: String,
     channels: Vec<String>,
+}
+
+/// The per-network mode's renewal, apart from the daemon's loop (so that a network being
+/// stopped never delays it): every [`Lease::renew_every`], stamp the heartbeat and renew every
+/// lease this instance holds (its networks and `*`) in one statement, mark the ones it no
+/// longer holds as lost, and publish what the tick read for the balancing.
+async fn keep_network_leases(
+    store: Arc<Store>,
+    lease: Arc<Lease>,
+    latest: tokio::sync::watch::Sender<Option<LeaseTick>>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(lease.renew_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let held = lease.held_networks();
+        let mut asked = held.clone();
+        if let Some(token) = lease.singletons_token() {
+            asked.push((WHOLE_INSTANCE.to_owned(), token));
+        }
+        let sent_at = std::time::Instant::now();
+        let (renewing, instance, ttl) =
+            (Arc::clone(&store), lease.instance().to_owned(), lease.ttl());
+        let tick =
+            tokio::task::spawn_blocking(move || renewing.lease_tick(&instance, &asked, ttl)).await;
+        let tick = match tick {
+            Ok(Ok(tick)) => tick,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot renew the networks' leases; nothing is sent to them until they are renewed.");
+                for (network, _) in &held {
+                    if lease.renewal_age_of(network).is_none_or(|age| age >= ttl) {
+                        lease.lost_network(network, "no renewal within failover_after");
+                    }
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        lease.renewed_networks(&tick.renewed, sent_at);
+        if let Some(token) = lease.singletons_token() {
+            let renewed = tick.renewed.iter().any(|scope| scope == WHOLE_INSTANCE);
+            lease.set_singletons(renewed.then_some((token, sent_at)));
+        }
+        for (network, _) in &held {
+            if !tick.renewed.contains(network) {
+                lease.lost_network(network, "another instance holds the network's lease");
+            }
+        }
+        latest.send_replace(Some(tick));
+    }
 }
 
 /// The ids of the networks of `config` that a gateway links (those a lease is taken for).
@@ -967,55 +1030,16 @@ impl Running {
         summary
     }
 
-    /// One tick of the per-network leases: stamp the heartbeat and renew every held lease
-    /// (one statement), then move towards this instance's fair share, ceil(networks / live
-    /// instances): take free or expired leases while below it, let one go (its connection and
-    /// workers stopped first) after [`RELEASE_AFTER_TICKS`] ticks above it.
-    async fn lease_tick(&mut self, lease: &Arc<Lease>, balance: &mut Balance) {
+    /// Balance after a renewal ([`keep_network_leases`], which read `tick`): move towards this
+    /// instance's fair share, ceil(networks / live instances): take free or expired leases
+    /// while below it, let one go (its connection and workers stopped first) after
+    /// [`RELEASE_AFTER_TICKS`] ticks above it; and take `*` when nobody holds it.
+    async fn lease_tick(&mut self, lease: &Arc<Lease>, tick: LeaseTick, balance: &mut Balance) {
         let Some(config) = &self.config else {
             return;
         };
         let networks: Vec<String> = wanted_networks_quiet(config);
-        let held = lease.held_networks();
-        let sent_at = std::time::Instant::now();
-        let (store, instance, ttl) = (
-            Arc::clone(&self.store),
-            lease.instance().to_owned(),
-            lease.ttl(),
-        );
-        let mut asked = held.clone();
-        if let Some(token) = lease.singletons_token() {
-            asked.push((WHOLE_INSTANCE.to_owned(), token));
-        }
-        let tick =
-            tokio::task::spawn_blocking(move || store.lease_tick(&instance, &asked, ttl)).await;
-        let tick = match tick {
-            Ok(Ok(tick)) => tick,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "Cannot renew the networks' leases; nothing is sent to them until they are renewed.");
-                for (network, _) in &held {
-                    if lease.renewal_age_of(network).is_none_or(|age| age >= ttl) {
-                        lease.lost_network(network, "no renewal within failover_after");
-                    }
-                }
-                self.follow_leases(None).await;
-                return;
-            }
-            Err(_) => return,
-        };
-        lease.renewed_networks(&tick.renewed, sent_at);
-        if let Some(token) = lease.singletons_token() {
-            if tick.renewed.iter().any(|scope| scope == WHOLE_INSTANCE) {
-                lease.set_singletons(Some((token, sent_at)));
-            } else {
-                lease.set_singletons(None);
-            }
-        }
-        for (network, _) in &held {
-            if !tick.renewed.contains(network) {
-                lease.lost_network(network, "another instance holds the network's lease");
-            }
-        }
+        let ttl = lease.ttl();
         let holders: HashMap<String, Option<String>> = tick.holders.into_iter().collect();
         // The jobs that run once per deployment: whoever holds `*` (not counted in the share).
         if lease.singletons_token().is_none()

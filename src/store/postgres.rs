@@ -183,7 +183,8 @@ const TAKE_LEASE: &str = "UPDATE leases SET holder = $2, token = token + 1,
 const RENEW_LEASE: &str = "UPDATE leases
      SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
      WHERE scope = $1 AND holder = $2 AND token = $3";
-const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity'
+// The holder goes too, so that a renewal sent before the release cannot extend it again.
+const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity', holder = ''
      WHERE scope = $1 AND holder = $2 AND token = $3";
 const LEASE_HOLDER: &str = "SELECT holder, token, expires_at > clock_timestamp() FROM leases
      WHERE scope = $1";
