@@ -1062,8 +1062,13 @@ impl Running {
         );
         let share = networks.len().div_ceil(tick.live_instances);
         let holding = lease.held_networks().len();
-        let mut releasing = None;
+        // A network a reload removed (or left in no gateway) is let go first.
+        let mut releasing = lease
+            .held_networks()
+            .into_iter()
+            .find(|(network, _)| !networks.contains(network));
         match holding.cmp(&share) {
+            _ if releasing.is_some() => {}
             std::cmp::Ordering::Less => {
                 balance.over_share = 0;
                 let free: Vec<String> = networks
