@@ -124,6 +124,18 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rate: u32,
     },
+    /// Several instances in the per-network failover mode (`failover = "network"`) on one
+    /// PostgreSQL store (started here): `pairs` gateways, each linking two IRC networks of
+    /// their own on one `InspIRCd` (a writer on one, a reader on the other), split over
+    /// `instances` daemons; all pairs at once. Rate, latency, and CPU per instance.
+    Spread {
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        #[command(flatten)]
+        drive: Drive,
+    },
     /// Start-up to the first line relayed and to all channels joined, N gateways (IRC ⇄ IRC).
     Startup {
         #[arg(long, default_value_t = 100)]
@@ -270,6 +282,11 @@ fn main() -> anyhow::Result<()> {
                 .expect("retention scenario"),
             ),
             Scenario::Puppets { people, rate } => ("puppets", puppets(&daemon, people, rate).await),
+            Scenario::Spread {
+                instances,
+                pairs,
+                drive,
+            } => ("spread", spread(&daemon, instances, pairs, drive).await),
         }
     });
     let out = args
@@ -746,6 +763,10 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         // LOADGEN_KEEP_LOG=FILE keeps the daemon's log of the run.
         if let Some(keep) = std::env::var_os("LOADGEN_KEEP_LOG") {
+            let mut keep = keep;
+            if std::env::var_os("LOADGEN_KEEP_LOG_PER_PID").is_some() {
+                keep.push(format!(".{}", self.child.id()));
+            }
             let _ = std::fs::copy(self.dir.join("bridge.log"), keep);
         }
     }
@@ -1412,6 +1433,137 @@ async fn irc_irc(daemon: &Path, drive: Drive) -> Value {
         "throughput_ratio": ratio(&bridged, &direct, "msgs_per_s"),
         "daemon_cpu_seconds": cpu.as_secs_f64(),
         "daemon_rss_kib": rss,
+    })
+}
+
+/// The `spread` scenario: see [`Scenario::Spread`].
+async fn spread(daemon: &Path, instances: usize, pairs: usize, drive: Drive) -> Value {
+    let server = servers::InspIrcd::start();
+    // The test servers' PostgreSQL set-up uses a blocking client: off the runtime.
+    let (_postgres, url) = tokio::task::spawn_blocking(|| {
+        let postgres = servers::Postgres::start();
+        let url = postgres.fresh_database();
+        (postgres, url)
+    })
+    .await
+    .expect("start PostgreSQL");
+    let mut networks = String::new();
+    let mut gateways = String::new();
+    let mut clients = Vec::new();
+    for pair in 0..pairs {
+        networks.push_str(&irc_network(
+            &format!("w{pair}"),
+            server.port,
+            &format!("lgbw{pair}"),
+        ));
+        networks.push_str(&irc_network(
+            &format!("r{pair}"),
+            server.port,
+            &format!("lgbr{pair}"),
+        ));
+        let _ = write!(
+            gateways,
+            "[[gateway]]\nname = \"p{pair}\"\nretention_days = 0\nchannels = [\n  \
+             {{ network = \"w{pair}\", channel = \"#lgw{pair}\" }},\n  \
+             {{ network = \"r{pair}\", channel = \"#lgr{pair}\" }},\n]\n\n"
+        );
+        let mut writer = IrcClient::connect(server.port, &format!("lgwriter{pair}")).await;
+        let mut reader = IrcClient::connect(server.port, &format!("lgreader{pair}")).await;
+        writer.join(&format!("#lgw{pair}")).await;
+        reader.join(&format!("#lgr{pair}")).await;
+        clients.push((writer, reader));
+    }
+    let mut dirs = Vec::new();
+    let mut daemons = Vec::new();
+    for instance in 0..instances {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(&dir.path().join("state"), &networks, &gateways).replacen(
+            "[general]\n",
+            &format!(
+                "[general]\nstore = \"{url}\"\nfailover = \"network\"\nfailover_after = \"3s\"\n\
+                 instance_name = \"lg{instance}\"\n"
+            ),
+            1,
+        );
+        daemons.push(Daemon::start(daemon, dir.path(), &config));
+        dirs.push(dir);
+    }
+    // The split: every network held, no instance above its share.
+    let total = 2 * pairs;
+    let share = total.div_ceil(instances);
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let held = loop {
+        let held: Vec<usize> = daemons
+            .iter()
+            .map(|d| {
+                let log = d.log();
+                log.matches("; connecting it.").count()
+                    - log.matches("; another instance takes it.").count()
+            })
+            .collect();
+        if held.iter().sum::<usize>() == total && held.iter().all(|&h| h <= share) {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the networks never split: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (pair, (writer, reader)) in clients.iter_mut().enumerate() {
+        // The JOINs of a connection that moved to another instance are old news: NAMES says
+        // who is in the channel now.
+        writer.drain();
+        reader.drain();
+        writer
+            .wait_member(&format!("lgbw{pair}"), &format!("#lgw{pair}"))
+            .await;
+        reader
+            .wait_member(&format!("lgbr{pair}"), &format!("#lgr{pair}"))
+            .await;
+    }
+    let cpu_before: Vec<Duration> = daemons.iter().map(Daemon::cpu).collect();
+    let started = Instant::now();
+    let mut runs = tokio::task::JoinSet::new();
+    for (pair, (writer, mut reader)) in clients.into_iter().enumerate() {
+        runs.spawn(async move {
+            let result = irc_run(
+                &writer,
+                &mut reader,
+                &format!("#lgw{pair}"),
+                &format!("#lgr{pair}"),
+                &format!("sp{pair}"),
+                drive,
+            )
+            .await;
+            (pair, result)
+        });
+    }
+    let mut results = vec![Value::Null; pairs];
+    while let Some(Ok((pair, result))) = runs.join_next().await {
+        results[pair] = result;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu: Vec<f64> = daemons
+        .iter()
+        .zip(&cpu_before)
+        .map(|(d, before)| d.cpu().saturating_sub(*before).as_secs_f64())
+        .collect();
+    let arrived: u64 = results.iter().filter_map(|r| r["received"].as_u64()).sum();
+    for daemon in &mut daemons {
+        daemon.terminate();
+    }
+    json!({
+        "instances": instances,
+        "networks": total,
+        "held_per_instance": held,
+        "pairs": results,
+        "messages": pairs * drive.messages,
+        "arrived": arrived,
+        "seconds": seconds,
+        "msgs_per_s_all_pairs": arrived as f64 / seconds,
+        "cpu_seconds_per_instance": cpu,
+        "cpu_ms_per_message_all_instances": cpu.iter().sum::<f64>() * 1000.0 / arrived.max(1) as f64,
     })
 }
 

@@ -130,6 +130,10 @@ pub struct RoleReport {
     pub token: i64,
     /// The active instance as last seen.
     pub active: Option<String>,
+    /// Per-network leases (`failover = "network"`): each network and the instance that holds
+    /// it as last seen (`None`: nobody); empty in the instance mode.
+    #[serde(default)]
+    pub network_holders: Vec<(String, Option<String>)>,
 }
 
 /// One network in [`Status`].
@@ -372,6 +376,11 @@ fn status(admin: &Admin) -> Result<Status, StoreError> {
             since_ms: view.since_ms,
             token: view.token,
             active: view.active_instance,
+            network_holders: lease
+                .network_holders()
+                .into_iter()
+                .map(|holder| (holder.network, holder.holder))
+                .collect(),
         }
     });
     Ok(Status {
@@ -553,6 +562,19 @@ pub fn render_status(status: &Status, now_ms: i64) -> String {
             role.token,
             role.active.as_deref().unwrap_or("nobody")
         );
+        if !role.network_holders.is_empty() {
+            let holders: Vec<String> = role
+                .network_holders
+                .iter()
+                .map(|(network, holder)| {
+                    format!(
+                        "{network} held by {}",
+                        holder.as_deref().unwrap_or("nobody")
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "network leases: {}", holders.join(", "));
+        }
     }
     for network in &status.networks {
         let _ = writeln!(out, "network {}", network.network);

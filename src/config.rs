@@ -135,6 +135,9 @@ pub struct Config {
     /// This instance's name in the lease and the status (`instance_name`); `None`: the host's
     /// name ([`Config::instance_name`]).
     pub instance_name: Option<String>,
+    /// What one lease covers (`failover`): the whole instance (active/passive, the default)
+    /// or one network each (several active instances split the networks).
+    pub failover_mode: FailoverMode,
     /// Networks by id, in file order.
     pub networks: Vec<NetworkConfig>,
     /// Gateways in file order.
@@ -169,6 +172,17 @@ impl Default for FilesConfig {
             retention: std::time::Duration::from_hours(24 * DEFAULT_FILE_RETENTION_DAYS),
         }
     }
+}
+
+/// What one lease covers when instances share a PostgreSQL store (`[general] failover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailoverMode {
+    /// `"instance"`: one lease for the whole instance; one instance active, the others wait.
+    #[default]
+    Instance,
+    /// `"network"`: one lease per network; every instance is active and they split the
+    /// networks between them.
+    Network,
 }
 
 /// Default `failover_after`.
@@ -308,6 +322,7 @@ struct RawGeneral {
     metrics_listen: Option<Spanned<String>>,
     reconnect_max_seconds: Option<Spanned<i64>>,
     failover_after: Option<Spanned<String>>,
+    failover: Option<Spanned<String>>,
     instance_name: Option<Spanned<String>>,
     max_file_size_mb: Option<Spanned<i64>>,
     file_retention_days: Option<Spanned<i64>>,
@@ -702,7 +717,7 @@ impl Validator<'_> {
                 }
             });
         let store_url = self.store_url(raw.general.as_ref().map(Spanned::get_ref));
-        let (failover_after, instance_name) = self.failover(
+        let (failover_after, instance_name, failover_mode) = self.failover(
             raw.general.as_ref().map(Spanned::get_ref),
             store_url.is_some(),
         );
@@ -792,6 +807,7 @@ impl Validator<'_> {
             reconnect_max,
             failover_after,
             instance_name,
+            failover_mode,
             networks,
             gateways,
             identities,
@@ -1109,19 +1125,20 @@ impl Validator<'_> {
         files
     }
 
-    /// `failover_after` and `instance_name`: failover between instances needs the PostgreSQL
+    /// `failover_after`, `instance_name` and `failover`: failover between instances needs the PostgreSQL
     /// store (with `SQLite` they are an error, so that nobody believes a standby waits).
     fn failover(
         &mut self,
         general: Option<&RawGeneral>,
         on_postgres: bool,
-    ) -> (std::time::Duration, Option<String>) {
+    ) -> (std::time::Duration, Option<String>, FailoverMode) {
         let Some(general) = general else {
-            return (DEFAULT_FAILOVER_AFTER, None);
+            return (DEFAULT_FAILOVER_AFTER, None, FailoverMode::Instance);
         };
         if !on_postgres {
             for (value, key) in [
                 (&general.failover_after, "failover_after"),
+                (&general.failover, "failover"),
                 (&general.instance_name, "instance_name"),
             ] {
                 if let Some(value) = value {
@@ -1183,7 +1200,28 @@ impl Validator<'_> {
             }
             text.clone()
         });
-        (failover_after, instance_name)
+        let mode = general
+            .failover
+            .as_ref()
+            .map_or(FailoverMode::Instance, |value| {
+                match value.get_ref().as_str() {
+                    "instance" => FailoverMode::Instance,
+                    "network" => FailoverMode::Network,
+                    other => {
+                        self.report(
+                            value.span().start,
+                            "general.failover",
+                            format!(
+                                "`{other}` is not a failover mode: \"instance\" (one lease, one \
+                             active instance) or \"network\" (a lease per network, the \
+                             instances split the networks)"
+                            ),
+                        );
+                        FailoverMode::Instance
+                    }
+                }
+            });
+        (failover_after, instance_name, mode)
     }
 
     /// The PostgreSQL store's URL, with the offset of the key that gave it; `None` for the

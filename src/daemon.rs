@@ -21,7 +21,7 @@ use crate::model::ChannelRef;
 use crate::outbox::Outbox;
 use crate::parallel::Standin;
 use crate::router::Router;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseTick, Store, StoreError};
 use crate::vocab::lease::{Fenced, Lease, STANDBY_POLL, WHOLE_INSTANCE};
 
 /// Errors that stop the daemon from starting.
@@ -163,6 +163,30 @@ pub async fn run_with_reloads(
             config,
             store,
             None,
+            always,
+            &shutdown,
+            &mut on_ready,
+            &mut reloads,
+        )
+        .await?;
+        return Ok(());
+    }
+    if config.failover_mode == crate::config::FailoverMode::Network {
+        let lease = Arc::new(Lease::per_network(
+            config.instance_name(),
+            config.failover_after,
+        ));
+        store.set_lease(Arc::clone(&lease))?;
+        tracing::info!(
+            instance = lease.instance(),
+            failover_after_ms = u64::try_from(lease.ttl().as_millis()).unwrap_or(u64::MAX),
+            "Failover per network: this instance runs the networks whose lease it holds, its share of them."
+        );
+        let always = CancellationToken::new();
+        run_active(
+            config,
+            store,
+            Some(lease),
             always,
             &shutdown,
             &mut on_ready,
@@ -473,6 +497,10 @@ async fn run_active<F: FnOnce()>(
         }
     }
     let mut daemon = Running {
+        held: lease
+            .as_ref()
+            .filter(|lease| lease.is_per_network())
+            .map(|_| std::collections::BTreeSet::new()),
         state_dir: config.state_dir.clone(),
         reconnect_max: config.reconnect_max,
         gateway_book: crate::vocab::GatewayBook::default(),
@@ -513,38 +541,85 @@ async fn run_active<F: FnOnce()>(
         ));
     }
 
-    if let Some(reloads) = reloads.as_mut() {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = term.cancelled() => break,
-                request = reloads.requests.recv() => {
-                    if request.is_none() {
-                        tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = term.cancelled() => {}
-                        }
-                        break;
-                    }
-                    (reloads.notify)(ReloadEvent::Started);
-                    match (reloads.load)() {
-                        Ok(config) => {
-                            let summary = daemon.apply(config).await;
-                            tracing::info!(summary = %summary, "Configuration reloaded.");
-                            (reloads.notify)(ReloadEvent::Applied(&summary));
-                        }
-                        Err(errors) => {
-                            tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed, the daemon keeps running on the configuration it has.");
-                            (reloads.notify)(ReloadEvent::Refused(&errors));
-                        }
-                    }
+    let per_network = daemon.lease.clone().filter(|lease| lease.is_per_network());
+    let (latest_tick, mut lease_ticks) = tokio::sync::watch::channel(None);
+    let renewal_shutdown = CancellationToken::new();
+    let renewal = per_network.as_ref().map(|lease| {
+        tokio::spawn(keep_network_leases(
+            Arc::clone(&daemon.store),
+            Arc::clone(lease),
+            latest_tick,
+            renewal_shutdown.clone(),
+        ))
+    });
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = match &per_network {
+        Some(_) => {
+            let waking = Arc::clone(&daemon.outbox);
+            match daemon.store.listen_outbox(
+                Box::new(move |network| waking.wake_network(network)),
+                Arc::clone(&listening),
+            ) {
+                Ok(thread) => Some(thread),
+                Err(error) => {
+                    tracing::warn!(error = %error, "Cannot listen for the other instances' deliveries; the workers poll instead.");
+                    None
                 }
             }
         }
-    } else {
+        None => None,
+    };
+    let mut balance = Balance::default();
+    loop {
+        let requested = async {
+            match reloads.as_mut() {
+                Some(reloads) => reloads.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let lost = async {
+            match &per_network {
+                Some(lease) => lease.network_lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            if per_network.is_some() && lease_ticks.changed().await.is_ok() {
+                lease_ticks.borrow_and_update().clone()
+            } else {
+                std::future::pending::<Option<LeaseTick>>().await
+            }
+        };
         tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = term.cancelled() => {}
+            () = shutdown.cancelled() => break,
+            () = term.cancelled() => break,
+            tick = tick => {
+                if let (Some(lease), Some(tick)) = (&per_network, tick) {
+                    daemon.lease_tick(lease, tick, &mut balance).await;
+                }
+            }
+            () = lost => daemon.follow_leases(None).await,
+            request = requested => {
+                let Some(()) = request else {
+                    *reloads = None;
+                    continue;
+                };
+                let Some(reloads) = reloads.as_mut() else {
+                    continue;
+                };
+                (reloads.notify)(ReloadEvent::Started);
+                match (reloads.load)() {
+                    Ok(config) => {
+                        let summary = daemon.apply(config).await;
+                        tracing::info!(summary = %summary, "Configuration reloaded.");
+                        (reloads.notify)(ReloadEvent::Applied(&summary));
+                    }
+                    Err(errors) => {
+                        tracing::error!(errors = %errors, "Reload refused: the configuration has errors; nothing changed, the daemon keeps running on the configuration it has.");
+                        (reloads.notify)(ReloadEvent::Refused(&errors));
+                    }
+                }
+            }
         }
     }
     if shutdown.is_cancelled() {
@@ -553,6 +628,38 @@ async fn run_active<F: FnOnce()>(
         tracing::info!("Stepping down: dropping every network connection; standby.");
     }
     daemon.stop().await;
+    // No renewal after this point: a release must not be extended again.
+    renewal_shutdown.cancel();
+    if let Some(renewal) = renewal {
+        let _ = renewal.await;
+    }
+    listening.store(true, Ordering::Relaxed);
+    if let Some(thread) = listener {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    if let Some(lease) = &per_network {
+        // Stopped cleanly: every network's lease goes at once (its connection and workers
+        // stopped above), and the others count this instance out.
+        let (store, instance) = (Arc::clone(&daemon.store), lease.instance().to_owned());
+        let mut held = lease.held_networks();
+        if let Some(token) = lease.singletons_token() {
+            held.push((WHOLE_INSTANCE.to_owned(), token));
+        }
+        lease.set_singletons(None);
+        let released = tokio::task::spawn_blocking(move || {
+            for (network, token) in &held {
+                store.release_lease(network, &instance, *token)?;
+            }
+            store.forget_instance(&instance)
+        })
+        .await;
+        if let Ok(Err(error)) = released {
+            tracing::warn!(error = %error, "Cannot release the networks' leases; the others take them when they expire.");
+        }
+        for (network, _) in lease.held_networks() {
+            lease.released_network(&network);
+        }
+    }
     services_shutdown.cancel();
     if tokio::time::timeout(CONNECTOR_STOP_TIMEOUT, async {
         while services.join_next().await.is_some() {}
@@ -609,6 +716,26 @@ struct Running {
     history: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
     /// Networks whose unrouted-deliveries gauge was set above zero.
     unrouted_networks: Vec<String>,
+    /// In the per-network failover mode, the networks this instance runs (those whose lease
+    /// it holds); `None`: every network of the configuration.
+    held: Option<std::collections::BTreeSet<String>>,
+}
+
+/// How many lease ticks in a row an instance must hold more than its share before it lets a
+/// network go (so that networks do not flap while instances come and go).
+const RELEASE_AFTER_TICKS: u32 = 3;
+
+/// Every how many lease ticks the workers of the held networks read the store even without a
+/// notification (one missed while the LISTEN connection was down).
+const SAFETY_POLL_TICKS: u32 = 3;
+
+/// The per-network balancing's memory between ticks.
+#[derive(Default)]
+struct Balance {
+    /// Ticks in a row with more networks than the share.
+    over_share: u32,
+    /// Ticks since the last safety poll.
+    since_poll: u32,
 }
 
 /// One network's connector.
@@ -636,6 +763,75 @@ struct Wanted {
     config: NetworkConfig,
     nick_format: String,
     channels: Vec<String>,
+}
+
+/// The per-network mode's renewal, apart from the daemon's loop (so that a network being
+/// stopped never delays it): every [`Lease::renew_every`], stamp the heartbeat and renew every
+/// lease this instance holds (its networks and `*`) in one statement, mark the ones it no
+/// longer holds as lost, and publish what the tick read for the balancing.
+async fn keep_network_leases(
+    store: Arc<Store>,
+    lease: Arc<Lease>,
+    latest: tokio::sync::watch::Sender<Option<LeaseTick>>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(lease.renew_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let held = lease.held_networks();
+        let mut asked = held.clone();
+        if let Some(token) = lease.singletons_token() {
+            asked.push((WHOLE_INSTANCE.to_owned(), token));
+        }
+        let sent_at = std::time::Instant::now();
+        let (renewing, instance, ttl) =
+            (Arc::clone(&store), lease.instance().to_owned(), lease.ttl());
+        let tick =
+            tokio::task::spawn_blocking(move || renewing.lease_tick(&instance, &asked, ttl)).await;
+        let tick = match tick {
+            Ok(Ok(tick)) => tick,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Cannot renew the networks' leases; nothing is sent to them until they are renewed.");
+                for (network, _) in &held {
+                    if lease.renewal_age_of(network).is_none_or(|age| age >= ttl) {
+                        lease.lost_network(network, "no renewal within failover_after");
+                    }
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        lease.renewed_networks(&tick.renewed, sent_at);
+        if let Some(token) = lease.singletons_token() {
+            let renewed = tick.renewed.iter().any(|scope| scope == WHOLE_INSTANCE);
+            lease.set_singletons(renewed.then_some((token, sent_at)));
+        }
+        for (network, _) in &held {
+            if !tick.renewed.contains(network) {
+                lease.lost_network(network, "another instance holds the network's lease");
+            }
+        }
+        latest.send_replace(Some(tick));
+    }
+}
+
+/// The ids of the networks of `config` that a gateway links (those a lease is taken for).
+fn wanted_networks_quiet(config: &Config) -> Vec<String> {
+    config
+        .networks
+        .iter()
+        .filter(|network| {
+            config
+                .gateways
+                .iter()
+                .any(|gateway| gateway.channels.iter().any(|c| c.network == network.id))
+        })
+        .map(|network| network.id.clone())
+        .collect()
 }
 
 /// Every network of `config` that a gateway links, with its channels in file order.
@@ -697,7 +893,10 @@ impl Running {
                 }
             }
         }
-        let wanted = wanted_networks(&config);
+        let mut wanted = wanted_networks(&config);
+        if let Some(held) = &self.held {
+            wanted.retain(|w| held.contains(&w.config.id));
+        }
         let topology = Arc::new(config.topology());
         let destinations: std::collections::BTreeSet<ChannelRef> =
             topology.destinations().iter().cloned().collect();
@@ -809,7 +1008,9 @@ impl Running {
             .map(|old| old.topology().destinations().iter().cloned().collect())
             .unwrap_or_default();
         for destination in &destinations {
-            if !self.workers.contains_key(destination) {
+            if !self.workers.contains_key(destination)
+                && self.networks.contains_key(&destination.network)
+            {
                 // A destination of a reconnected network is not new.
                 if self.config.is_some() && !before.contains(destination) {
                     summary.destinations_added += 1;
@@ -827,6 +1028,150 @@ impl Running {
         self.count_unrouted(&destinations).await;
         self.config = Some(config);
         summary
+    }
+
+    /// Balance after a renewal ([`keep_network_leases`], which read `tick`): move towards this
+    /// instance's fair share, ceil(networks / live instances): take free or expired leases
+    /// while below it, let one go (its connection and workers stopped first) after
+    /// [`RELEASE_AFTER_TICKS`] ticks above it; and take `*` when nobody holds it.
+    async fn lease_tick(&mut self, lease: &Arc<Lease>, tick: LeaseTick, balance: &mut Balance) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let networks: Vec<String> = wanted_networks_quiet(config);
+        let ttl = lease.ttl();
+        let holders: HashMap<String, Option<String>> = tick.holders.into_iter().collect();
+        // The jobs that run once per deployment: whoever holds `*` (not counted in the share).
+        if lease.singletons_token().is_none()
+            && holders.get(WHOLE_INSTANCE).is_none_or(Option::is_none)
+        {
+            let (store, instance) = (Arc::clone(&self.store), lease.instance().to_owned());
+            let sent_at = std::time::Instant::now();
+            if let Ok(Ok(Some(token))) = tokio::task::spawn_blocking(move || {
+                store.take_lease(WHOLE_INSTANCE, &instance, ttl)
+            })
+            .await
+            {
+                lease.set_singletons(Some((token, sent_at)));
+            }
+        }
+        lease.saw_holders(
+            networks
+                .iter()
+                .map(|network| (network.clone(), holders.get(network).cloned().flatten())),
+        );
+        let share = networks.len().div_ceil(tick.live_instances);
+        let holding = lease.held_networks().len();
+        // A network a reload removed (or left in no gateway) is let go first.
+        let mut releasing = lease
+            .held_networks()
+            .into_iter()
+            .find(|(network, _)| !networks.contains(network));
+        match holding.cmp(&share) {
+            _ if releasing.is_some() => {}
+            std::cmp::Ordering::Less => {
+                balance.over_share = 0;
+                let free: Vec<String> = networks
+                    .iter()
+                    .filter(|network| lease.network_fence(network).is_none())
+                    .filter(|network| holders.get(*network).is_none_or(Option::is_none))
+                    .take(share - holding)
+                    .cloned()
+                    .collect();
+                for network in free {
+                    self.take_network_lease(lease, network).await;
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                balance.over_share += 1;
+                if balance.over_share >= RELEASE_AFTER_TICKS {
+                    balance.over_share = 0;
+                    releasing = lease.held_networks().pop();
+                }
+            }
+            std::cmp::Ordering::Equal => balance.over_share = 0,
+        }
+        self.follow_leases(releasing.as_ref().map(|(network, _)| network.as_str()))
+            .await;
+        if let Some((network, token)) = releasing {
+            let (store, instance, scope) = (
+                Arc::clone(&self.store),
+                lease.instance().to_owned(),
+                network.clone(),
+            );
+            let released =
+                tokio::task::spawn_blocking(move || store.release_lease(&scope, &instance, token))
+                    .await;
+            if let Ok(Err(error)) = released {
+                tracing::warn!(network = %network, error = %error, "Cannot release the network's lease; another instance takes it when it expires.");
+            }
+            lease.released_network(&network);
+        }
+        balance.since_poll += 1;
+        if balance.since_poll >= SAFETY_POLL_TICKS {
+            balance.since_poll = 0;
+            // A notification missed while the LISTEN connection was down: read the store.
+            for destination in self.workers.keys() {
+                crate::vocab::Wake::wake(self.outbox.as_ref(), destination);
+            }
+        }
+    }
+
+    /// Try to take `network`'s lease (free, or expired).
+    async fn take_network_lease(&self, lease: &Arc<Lease>, network: String) {
+        let sent_at = std::time::Instant::now();
+        let (store, instance, scope, ttl) = (
+            Arc::clone(&self.store),
+            lease.instance().to_owned(),
+            network.clone(),
+            lease.ttl(),
+        );
+        let attempt =
+            tokio::task::spawn_blocking(move || store.take_lease(&scope, &instance, ttl)).await;
+        match attempt {
+            Ok(Ok(Some(token))) => lease.took_network(&network, token, sent_at),
+            Ok(Err(error)) => {
+                tracing::warn!(network = %network, error = %error, "Cannot take the network's lease; trying again.");
+            }
+            // Another instance took it first, or the attempt stopped with the runtime.
+            Ok(Ok(None)) | Err(_) => {}
+        }
+    }
+
+    /// Run exactly the networks whose lease this instance holds, but `releasing` (stopped
+    /// before its lease goes): start the taken ones, stop the lost ones, through
+    /// [`Running::apply`] (the one start and stop path).
+    async fn follow_leases(&mut self, releasing: Option<&str>) {
+        let (Some(lease), Some(running)) = (&self.lease, &self.held) else {
+            return;
+        };
+        let wanted: std::collections::BTreeSet<String> = lease
+            .held_networks()
+            .into_iter()
+            .map(|(network, _)| network)
+            .filter(|network| Some(network.as_str()) != releasing)
+            .collect();
+        if &wanted == running {
+            return;
+        }
+        let starting = wanted.iter().any(|network| !running.contains(network));
+        self.held = Some(wanted);
+        if starting {
+            // What other instances learned while they ran the networks: the people directory
+            // (mentions) from the store, before this instance relays on them.
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.people()).await {
+                Ok(Ok(known)) => self.router.people().absorb(known),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "Cannot read the people directory again; mentions of people seen by other instances may not resolve.");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(config) = self.config.clone() {
+            let summary = self.apply(config).await;
+            tracing::info!(summary = %summary, "Networks follow the leases this instance holds.");
+        }
     }
 
     /// Build and start the connector of `wanted`.
@@ -857,7 +1202,7 @@ impl Running {
             .set_parallel_bridges(&id, &wanted.config.parallel_bridges);
         // Deliveries on routes left to a parallel bridge wait for its copy (crate::parallel).
         let endpoint = Standin::new(
-            Fenced::new(handle, self.lease.clone()),
+            Fenced::new(handle, self.lease.clone(), &id),
             Arc::clone(self.router.parallel()),
             self.workers_shutdown.clone(),
         );
@@ -954,12 +1299,14 @@ impl Running {
             tokio::spawn(chain_archive(
                 Arc::clone(&self.store),
                 Arc::clone(&policies),
+                self.lease.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(prune_history(
                 Arc::clone(&self.store),
                 Arc::clone(&self.files),
                 policies,
+                self.lease.clone(),
                 shutdown.clone(),
             )),
         ];
@@ -1057,6 +1404,12 @@ async fn open_files(config: &Config) -> Result<Files, DaemonError> {
     .map_err(DaemonError::Files)
 }
 
+/// Whether this instance runs the jobs that must run once per deployment: always without a
+/// lease; with one, [`Lease::runs_singletons`] (in the per-network mode, the holder of `*`).
+fn runs_singletons(lease: Option<&Arc<Lease>>) -> bool {
+    lease.is_none_or(|lease| lease.runs_singletons())
+}
+
 /// How often new messages of archived gateways are chained ([`crate::archive::chain`]).
 const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
 
@@ -1065,9 +1418,16 @@ const ARCHIVE_CHAIN_EVERY: Duration = Duration::from_secs(1);
 async fn chain_archive(
     store: Arc<Store>,
     policies: Arc<crate::archive::Retention>,
+    lease: Option<Arc<Lease>>,
     shutdown: CancellationToken,
 ) {
     loop {
+        if !runs_singletons(lease.as_ref()) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STANDBY_POLL) => continue,
+            }
+        }
         let (chaining, policies_now) = (Arc::clone(&store), Arc::clone(&policies));
         match tokio::task::spawn_blocking(move || {
             crate::archive::chain::chain_new(&chaining, policies_now.as_ref())
@@ -1101,9 +1461,16 @@ async fn prune_history(
     store: Arc<Store>,
     files: Arc<Files>,
     retention: Arc<crate::archive::Retention>,
+    lease: Option<Arc<Lease>>,
     shutdown: CancellationToken,
 ) {
     loop {
+        if !runs_singletons(lease.as_ref()) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STANDBY_POLL) => continue,
+            }
+        }
         let (store, files, retention) = (
             Arc::clone(&store),
             Arc::clone(&files),

@@ -255,8 +255,12 @@ fn write_group(
                 acknowledged,
                 reply,
             } => {
+                let networks: Vec<String> = acknowledged
+                    .iter()
+                    .map(|completion| completion.destination.network.clone())
+                    .collect();
                 acks.extend(acknowledged);
-                ack_replies.push(reply);
+                ack_replies.push((reply, networks));
             }
         }
     }
@@ -278,13 +282,21 @@ fn write_group(
     }
     match outcome.acks {
         Ok(()) => {
-            for reply in ack_replies {
-                let _ = reply.send(Ok(()));
+            for (reply, networks) in ack_replies {
+                // A network this instance lost (per-network leases): not recorded.
+                let refused = networks
+                    .iter()
+                    .any(|network| outcome.refused.contains(network));
+                let _ = reply.send(if refused {
+                    Err(StoreError::Fenced { token: 0 })
+                } else {
+                    Ok(())
+                });
             }
         }
         Err(error) => {
             let message = error.to_string();
-            for reply in ack_replies {
+            for (reply, _) in ack_replies {
                 let _ = reply.send(Err(StoreError::Group(message.clone())));
             }
         }

@@ -150,6 +150,22 @@ impl Collector for RoleSeries {
         if let Some(active) = view.active_instance {
             ConstGauge::new(1).encode(family.encode_family(&[("instance", active)])?)?;
         }
+        if self.0.is_per_network() {
+            let mut family = encoder.encode_descriptor(
+                "tribridge_network_lease",
+                "Per-network leases: 1 for each network and the instance that holds its lease, as this instance last saw it (its own are current).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for holder in self.0.network_holders() {
+                if let Some(instance) = holder.holder {
+                    ConstGauge::new(1).encode(family.encode_family(&[
+                        ("network", holder.network.as_str()),
+                        ("instance", instance.as_str()),
+                    ])?)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -394,13 +410,20 @@ impl Health {
         }
         let not_ready = self.status.not_ready();
         let ready = not_ready.is_empty();
-        (
-            ready,
-            serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
-                "not_ready": not_ready,
-            }),
-        )
+        let mut body = serde_json::json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "not_ready": not_ready,
+        });
+        // Per-network leases: ready when every network this instance holds is connected.
+        if let Some(lease) = self.lease.as_ref().filter(|lease| lease.is_per_network()) {
+            let held: Vec<String> = lease
+                .held_networks()
+                .into_iter()
+                .map(|(network, _)| network)
+                .collect();
+            body["held"] = serde_json::json!(held);
+        }
+        (ready, body)
     }
 }
 

@@ -170,6 +170,20 @@ impl Outbox {
         worker.run()
     }
 
+    /// Wake the workers of every destination on `network`: deliveries to it were queued
+    /// elsewhere (another instance), so they read the store.
+    pub fn wake_network(&self, network: &str) {
+        let bells: Vec<ChannelRef> = self
+            .bells()
+            .keys()
+            .filter(|destination| destination.network == network)
+            .cloned()
+            .collect();
+        for destination in bells {
+            self.wake(&destination);
+        }
+    }
+
     /// Forget `destination`'s bell once its worker stopped (a reload removed it): rows
     /// committed for it from now on wait in the store.
     pub fn remove_destination(&self, destination: &ChannelRef) {

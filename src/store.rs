@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_history.sql"),
     include_str!("../migrations/0009_history_indexes.sql"),
     include_str!("../migrations/0010_leases.sql"),
+    include_str!("../migrations/0011_instances.sql"),
 ];
 
 /// Errors from the store.
@@ -1105,6 +1106,17 @@ fn record_known_completion(
     Ok(())
 }
 
+/// What one tick of the per-network leases found ([`Store::lease_tick`]).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseTick {
+    /// The scopes whose lease this instance renewed (those it held and still holds).
+    pub renewed: Vec<String>,
+    /// How many instances stamped their heartbeat within the lease's time (at least 1).
+    pub live_instances: usize,
+    /// Every lease's scope and holder (`None`: nobody, or expired).
+    pub holders: Vec<(String, Option<String>)>,
+}
+
 /// What [`Store::commit_group`] did.
 #[derive(Debug)]
 pub struct GroupOutcome {
@@ -1114,6 +1126,10 @@ pub struct GroupOutcome {
     pub events: Vec<Result<CommitOutcome, StoreError>>,
     /// The outbox rows the committed events created, in queue order.
     pub queued: Vec<Queued>,
+    /// Networks whose items were refused because this instance no longer holds their lease
+    /// (the per-network failover mode): their acknowledgements were not recorded, whatever
+    /// [`GroupOutcome::acks`] says of the others.
+    pub refused: Vec<String>,
 }
 
 impl GroupOutcome {
@@ -1122,6 +1138,7 @@ impl GroupOutcome {
             acks: Err(error_copy(error)),
             events: (0..events).map(|_| Err(error_copy(error))).collect(),
             queued: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -1160,6 +1177,7 @@ fn group_plain(
         acks: Ok(()),
         events: outcomes,
         queued,
+        refused: Vec::new(),
     })
 }
 
@@ -1223,6 +1241,7 @@ fn group_with_savepoints(
         acks,
         events: outcomes,
         queued,
+        refused: Vec::new(),
     }
 }
 

@@ -17,8 +17,8 @@ use rusqlite::Connection;
 use super::history::{HistoryRead, HistoryWrite, SqliteHistory};
 use super::postgres::PostgresStore;
 use super::{
-    CommitOutcome, Completion, FailedRow, GroupOutcome, MappingRole, OutboxCount, PendingDelivery,
-    Route, SqliteStore, StagedInbound, StoreError,
+    CommitOutcome, Completion, FailedRow, GroupOutcome, LeaseTick, MappingRole, OutboxCount,
+    PendingDelivery, Route, SqliteStore, StagedInbound, StoreError,
 };
 use crate::model::{ChannelRef, Inbound};
 use crate::vocab::Lease;
@@ -141,6 +141,33 @@ impl Store {
     /// so that a standby takes over without waiting).
     pub fn release_lease(&self, scope: &str, holder: &str, token: i64) -> Result<(), StoreError> {
         self.postgres()?.release_lease(scope, holder, token)
+    }
+
+    /// The per-network mode's tick: stamp `instance`'s heartbeat, renew every lease in `held`
+    /// (scope and token) by `ttl` in one statement, and read the live instances and who holds
+    /// which lease.
+    pub fn lease_tick(
+        &self,
+        instance: &str,
+        held: &[(String, i64)],
+        ttl: Duration,
+    ) -> Result<LeaseTick, StoreError> {
+        self.postgres()?.lease_tick(instance, held, ttl)
+    }
+
+    /// Call `on_network` with the network of each delivery queued by another instance (a
+    /// PostgreSQL notification), on a thread of its own, until `stop` is set.
+    pub fn listen_outbox(
+        &self,
+        on_network: Box<dyn Fn(&str) + Send>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<std::thread::JoinHandle<()>, StoreError> {
+        self.postgres()?.listen_outbox(on_network, stop)
+    }
+
+    /// `instance` stops cleanly: the others count it out of the live instances at once.
+    pub fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
+        self.postgres()?.forget_instance(instance)
     }
 
     /// Who holds the lease of `scope`: name, token, and whether it is unexpired.

@@ -20,7 +20,7 @@
 //! the same; the last one applied is recorded in `tribridge_schema`. Instances starting together
 //! take an advisory lock so that only one migrates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,8 +32,8 @@ use postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
     CommitOutcome, Completion, DeliveryReads, FAILED_DELIVERIES, FailedRow, GroupOutcome,
-    MappingRole, OUTBOX_BY_DESTINATION, OutboxCount, PendingRow, Recorded, Route, StagedInbound,
-    StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
+    LeaseTick, MappingRole, OUTBOX_BY_DESTINATION, OutboxCount, PendingRow, Recorded, Route,
+    StagedInbound, StoreError, complete_row, replied_of, role_from_sql, settle, text_of,
 };
 use crate::model::{ChannelRef, EventBody, Inbound, Membership, Replied, TargetRef, now_ms};
 use crate::richtext::FormattedText;
@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0008_history.sql"),
     include_str!("../../migrations/postgres/0009_history_indexes.sql"),
     include_str!("../../migrations/postgres/0010_leases.sql"),
+    include_str!("../../migrations/postgres/0011_instances.sql"),
 ];
 
 /// How long an operation waits for a lost database to come back before it fails.
@@ -154,6 +155,26 @@ const LEASE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
 // holds the lease row against a take-over until the transaction ends.
 const FENCE: &str = "SELECT 1 FROM leases WHERE scope = $1 AND holder = $2 AND token = $3
      FOR SHARE";
+// The per-network fence: which of the networks of a write transaction this instance still
+// holds (and with which token), their rows held against a take-over until the transaction ends.
+const FENCE_NETWORKS: &str = "SELECT scope, token FROM leases
+     WHERE scope = ANY($1) AND holder = $2 FOR SHARE";
+// Every held network's lease extended in one statement; the renewed ones are returned.
+const RENEW_NETWORKS: &str = "UPDATE leases AS l
+     SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
+     FROM unnest($2::text[], $3::int8[]) AS h(scope, token)
+     WHERE l.scope = h.scope AND l.token = h.token AND l.holder = $1
+     RETURNING l.scope";
+const HEARTBEAT: &str = "INSERT INTO instances (name, heartbeat_at) VALUES ($1, clock_timestamp())
+     ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
+const LIVE_INSTANCES: &str = "SELECT count(*) FROM instances
+     WHERE heartbeat_at > clock_timestamp() - $1::float8 * interval '1 millisecond'";
+const FORGET_INSTANCE: &str = "DELETE FROM instances WHERE name = $1";
+const ALL_LEASES: &str = "SELECT scope, holder, expires_at > clock_timestamp() FROM leases";
+// Tells the other instances that deliveries to a network were queued (their LISTEN wakes the
+// workers of its destinations); sent at commit, dropped on rollback.
+const NOTIFY_OUTBOX: &str = "SELECT pg_notify('tribridge_outbox', $1)";
+const LISTEN_OUTBOX: &str = "LISTEN tribridge_outbox";
 const LEASE_ROW: &str = "INSERT INTO leases (scope, holder, token, expires_at)
      VALUES ($1, '', 0, '-infinity') ON CONFLICT (scope) DO NOTHING";
 // Taken when expired, or held under this instance's name by a run of it that ended; the token
@@ -164,7 +185,8 @@ const TAKE_LEASE: &str = "UPDATE leases SET holder = $2, token = token + 1,
 const RENEW_LEASE: &str = "UPDATE leases
      SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
      WHERE scope = $1 AND holder = $2 AND token = $3";
-const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity'
+// The holder goes too, so that a renewal sent before the release cannot extend it again.
+const RELEASE_LEASE: &str = "UPDATE leases SET expires_at = '-infinity', holder = ''
      WHERE scope = $1 AND holder = $2 AND token = $3";
 const LEASE_HOLDER: &str = "SELECT holder, token, expires_at > clock_timestamp() FROM leases
      WHERE scope = $1";
@@ -460,6 +482,30 @@ impl<C: GenericClient> On<'_, C> {
     }
 }
 
+/// What a fenced single write belongs to.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// A network's own row (a cursor).
+    Network(&'a str),
+    /// An outbox row, by its queue position: the network it delivers to.
+    Row(i64),
+}
+
+/// The networks a group commit writes for: its acknowledgements' destinations and its events'
+/// origins.
+fn group_networks(acknowledged: &[Completion], events: &[StagedInbound]) -> Vec<String> {
+    let networks: BTreeSet<&str> = acknowledged
+        .iter()
+        .map(|completion| completion.destination.network.as_str())
+        .chain(
+            events
+                .iter()
+                .map(|event| event.inbound.origin.network.as_str()),
+        )
+        .collect();
+    networks.into_iter().map(str::to_owned).collect()
+}
+
 /// The PostgreSQL store.
 pub(super) struct PostgresStore {
     target: Target,
@@ -600,8 +646,9 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
-            self.fence(&mut on)?;
+            self.fence_one(&mut on, &staged.inbound.origin.network)?;
             let recorded = record_inbound(&mut on, &staged, received_ms)?;
+            self.notify_queued(&mut on, std::iter::once(&staged))?;
             transaction.commit()?;
             Ok(recorded)
         })?;
@@ -626,17 +673,26 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
-            self.fence(&mut on)?;
+            let networks = group_networks(acknowledged, staged);
+            if !self.fence(&mut on, &networks)?.is_empty() {
+                // Some of it belongs to a network this instance lost: written item by item.
+                return Err(StoreError::Fenced { token: 0 });
+            }
             let recorded = record_group(&mut on, acknowledged, staged, received_ms)?;
+            self.notify_queued(&mut on, staged.iter())?;
             transaction.commit()?;
             Ok(recorded)
         });
+        let mut refused = Vec::new();
         let (acks, recorded) = match plain {
             Ok(recorded) => (Ok(()), recorded.into_iter().map(Ok).collect()),
             Err(error) => {
                 tracing::debug!(error = %error, "A group commit failed; writing it again event by event.");
                 match self.group_with_savepoints(acknowledged, staged, received_ms) {
-                    Ok(outcome) => outcome,
+                    Ok((acks, recorded, lost)) => {
+                        refused = lost;
+                        (acks, recorded)
+                    }
                     Err(error) => return all_failed(&error, events.len()),
                 }
             }
@@ -651,23 +707,40 @@ impl PostgresStore {
             acks,
             events: outcomes,
             queued,
+            refused,
         }
     }
 
-    /// What a group whose plain transaction failed records, each part in its own savepoint.
+    /// What a group whose plain transaction failed records, each part in its own savepoint;
+    /// the items of networks this instance no longer holds are refused (the networks are
+    /// returned last).
     #[allow(clippy::type_complexity)]
     fn group_with_savepoints(
         &self,
         acknowledged: &[Completion],
         events: &[StagedInbound],
         received_ms: i64,
-    ) -> Result<(Result<(), StoreError>, Vec<Result<Recorded, StoreError>>), StoreError> {
+    ) -> Result<
+        (
+            Result<(), StoreError>,
+            Vec<Result<Recorded, StoreError>>,
+            Vec<String>,
+        ),
+        StoreError,
+    > {
         self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
-            self.fence(&mut On {
-                client: &mut transaction,
-                cache: &mut *cache,
-            })?;
+            let refused = self.fence(
+                &mut On {
+                    client: &mut transaction,
+                    cache: &mut *cache,
+                },
+                &group_networks(acknowledged, events),
+            )?;
+            let acknowledged: Vec<&Completion> = acknowledged
+                .iter()
+                .filter(|completion| !refused.contains(&completion.destination.network))
+                .collect();
             let acks = if acknowledged.is_empty() {
                 Ok(())
             } else {
@@ -679,7 +752,7 @@ impl PostgresStore {
                             client: &mut savepoint,
                             cache: &mut *cache,
                         };
-                        for completion in acknowledged {
+                        for completion in &acknowledged {
                             record_known_completion(&mut on, completion)?;
                         }
                         savepoint.commit()?;
@@ -689,6 +762,9 @@ impl PostgresStore {
             let recorded = events
                 .iter()
                 .map(|event| {
+                    if refused.contains(&event.inbound.origin.network) {
+                        return Err(StoreError::Fenced { token: 0 });
+                    }
                     transaction
                         .savepoint("event")
                         .map_err(StoreError::from)
@@ -705,9 +781,21 @@ impl PostgresStore {
                             Ok(recorded)
                         })
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            self.notify_queued(
+                &mut On {
+                    client: &mut transaction,
+                    cache: &mut *cache,
+                },
+                events
+                    .iter()
+                    .zip(&recorded)
+                    .filter(|(_, recorded)| recorded.is_ok())
+                    .map(|(event, _)| event),
+            )?;
             transaction.commit()?;
-            Ok((acks, recorded))
+            let refused = refused.into_iter().collect();
+            Ok((acks, recorded, refused))
         })
     }
 
@@ -785,8 +873,8 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
-            self.fence(&mut on)?;
             if let Some(row) = on.query_opt(OUTBOX_ROW, &[&seq])? {
+                self.fence_one(&mut on, &row.try_get::<_, String>(2)?)?;
                 let attempts: i64 = row.try_get(4)?;
                 record_known_completion(
                     &mut on,
@@ -815,12 +903,12 @@ impl PostgresStore {
         error: &str,
     ) -> Result<(), StoreError> {
         let error = nul_replaced(error);
-        self.fenced(DEFER, &[&seq, &next_try_ms, &error])
+        self.fenced(DEFER, &[&seq, &next_try_ms, &error], Scope::Row(seq))
     }
 
     pub(super) fn fail_delivery(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         let error = nul_replaced(error);
-        self.fenced(FAIL, &[&seq, &error])
+        self.fenced(FAIL, &[&seq, &error], Scope::Row(seq))
     }
 
     /// Rows that point at a missing message (PostgreSQL enforces the foreign keys, so this
@@ -953,29 +1041,33 @@ impl PostgresStore {
         destination: &ChannelRef,
         account: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| match account {
-            Some(account) => on.execute(
-                SET_PARALLEL_ROUTE,
-                &[
-                    &origin.network,
-                    &origin.channel,
-                    &destination.network,
-                    &destination.channel,
-                    &account,
-                    &now_ms(),
-                ],
-            ),
-            None => on.execute(
-                UNSET_PARALLEL_ROUTE,
-                &[
-                    &origin.network,
-                    &origin.channel,
-                    &destination.network,
-                    &destination.channel,
-                ],
-            ),
-        })?;
-        Ok(())
+        // Decided by the destination's worker: fenced by the destination's network.
+        self.fenced_with(Scope::Network(&destination.network), |on| match account {
+            Some(account) => on
+                .execute(
+                    SET_PARALLEL_ROUTE,
+                    &[
+                        &origin.network,
+                        &origin.channel,
+                        &destination.network,
+                        &destination.channel,
+                        &account,
+                        &now_ms(),
+                    ],
+                )
+                .map(|_| ()),
+            None => on
+                .execute(
+                    UNSET_PARALLEL_ROUTE,
+                    &[
+                        &origin.network,
+                        &origin.channel,
+                        &destination.network,
+                        &destination.channel,
+                    ],
+                )
+                .map(|_| ()),
+        })
     }
 
     pub(super) fn people(&self) -> Result<Vec<crate::vocab::KnownPerson>, StoreError> {
@@ -1000,7 +1092,8 @@ impl PostgresStore {
         old: &str,
         new: &str,
     ) -> Result<(), StoreError> {
-        self.run(true, |on| {
+        // Seen on `network`'s connection: fenced by that network.
+        self.fenced_with(Scope::Network(network), |on| {
             on.execute(UPSERT_PERSON, &[&network, &new, &new])?;
             if old != new {
                 on.execute(RENAME_PERSON, &[&network, &old, &new])?;
@@ -1015,7 +1108,11 @@ impl PostgresStore {
         channel: &str,
         value: &str,
     ) -> Result<(), StoreError> {
-        self.fenced(SET_CURSOR, &[&network, &channel, &value])
+        self.fenced(
+            SET_CURSOR,
+            &[&network, &channel, &value],
+            Scope::Network(network),
+        )
     }
 
     /// From now on, check `lease`'s fencing token in every write transaction that completes,
@@ -1027,10 +1124,21 @@ impl PostgresStore {
     /// The one fence statement of a write transaction: when this instance runs with a lease,
     /// it must hold it with the token it knows, or the transaction rolls back and the instance
     /// steps down ([`Lease::lost`]). Without a lease (one instance) it checks nothing.
-    fn fence<C: GenericClient>(&self, on: &mut On<'_, C>) -> Result<(), StoreError> {
+    ///
+    /// In the per-network mode it checks, in one statement, the leases of the `networks` the
+    /// transaction writes for, and returns those this instance does not hold with its token
+    /// (their items must be refused; the instance stops them, [`Lease::lost_network`]).
+    fn fence<C: GenericClient>(
+        &self,
+        on: &mut On<'_, C>,
+        networks: &[String],
+    ) -> Result<BTreeSet<String>, StoreError> {
         let Some(lease) = self.lease.get() else {
-            return Ok(());
+            return Ok(BTreeSet::new());
         };
+        if lease.is_per_network() {
+            return Self::fence_networks(on, lease, networks);
+        }
         let Some(token) = lease.fence() else {
             return Err(StoreError::Fenced {
                 token: lease.view().token,
@@ -1043,14 +1151,112 @@ impl PostgresStore {
             lease.lost("another instance took the lease over: the fencing token changed");
             return Err(StoreError::Fenced { token });
         }
+        Ok(BTreeSet::new())
+    }
+
+    /// [`Self::fence`] in the per-network mode.
+    fn fence_networks<C: GenericClient>(
+        on: &mut On<'_, C>,
+        lease: &Lease,
+        networks: &[String],
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let mut refused: BTreeSet<String> = networks
+            .iter()
+            .filter(|network| lease.network_fence(network).is_none())
+            .cloned()
+            .collect();
+        let asked: Vec<&String> = networks
+            .iter()
+            .filter(|network| !refused.contains(*network))
+            .collect();
+        if asked.is_empty() {
+            return Ok(refused);
+        }
+        let rows = on.query(FENCE_NETWORKS, &[&asked, &lease.instance()])?;
+        let mut confirmed = BTreeSet::new();
+        for row in rows {
+            let (scope, token): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if lease.network_fence(&scope) == Some(token) {
+                confirmed.insert(scope);
+            }
+        }
+        for network in asked {
+            if !confirmed.contains(network) {
+                lease.lost_network(
+                    network,
+                    "another instance took the network's lease over: the fencing token changed",
+                );
+                refused.insert(network.clone());
+            }
+        }
+        Ok(refused)
+    }
+
+    /// [`Self::fence`] for a transaction that writes for one network only: refused as a whole.
+    fn fence_one<C: GenericClient>(
+        &self,
+        on: &mut On<'_, C>,
+        network: &str,
+    ) -> Result<(), StoreError> {
+        if self.fence(on, &[network.to_owned()])?.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { token: 0 })
+        }
+    }
+
+    /// In the per-network mode, tell the other instances (`pg_notify`, sent when the
+    /// transaction commits) that deliveries were queued to the destinations of `events` on
+    /// networks this instance does not hold; its own workers are woken in process.
+    fn notify_queued<'e, C: GenericClient>(
+        &self,
+        on: &mut On<'_, C>,
+        events: impl Iterator<Item = &'e StagedInbound>,
+    ) -> Result<(), StoreError> {
+        let Some(lease) = self.lease.get().filter(|lease| lease.is_per_network()) else {
+            return Ok(());
+        };
+        let networks: BTreeSet<&str> = events
+            .flat_map(|event| event.routes.iter())
+            .map(|route| route.destination.network.as_str())
+            .filter(|network| lease.network_fence(network).is_none())
+            .collect();
+        for network in networks {
+            on.query(NOTIFY_OUTBOX, &[&network])?;
+        }
         Ok(())
     }
 
     /// One write statement; in a transaction with the fence when there is a lease.
-    fn fenced(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
+    fn fenced(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        scope: Scope<'_>,
+    ) -> Result<(), StoreError> {
+        self.fenced_with(scope, |on| {
+            on.execute(sql, params)?;
+            Ok(())
+        })
+    }
+
+    /// `work` on the writer; in a transaction with the fence of `scope`'s network when there
+    /// is a lease (nothing is written when `scope` is an outbox row that is gone).
+    fn fenced_with(
+        &self,
+        scope: Scope<'_>,
+        mut work: impl FnMut(&mut On<'_, postgres::Transaction<'_>>) -> Result<(), StoreError> + Send,
+    ) -> Result<(), StoreError> {
         if self.lease.get().is_none() {
-            self.run(true, |on| on.execute(sql, params))?;
-            return Ok(());
+            return self.with(true, |client, cache| {
+                let mut transaction = client.transaction()?;
+                work(&mut On {
+                    client: &mut transaction,
+                    cache,
+                })?;
+                transaction.commit()?;
+                Ok(())
+            });
         }
         self.with(true, |client, cache| {
             let mut transaction = client.transaction()?;
@@ -1058,8 +1264,15 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
-            self.fence(&mut on)?;
-            on.execute(sql, params)?;
+            let network = match scope {
+                Scope::Network(network) => network.to_owned(),
+                Scope::Row(seq) => match on.query_opt(OUTBOX_ROW, &[&seq])? {
+                    Some(row) => row.try_get(2)?,
+                    None => return Ok(()),
+                },
+            };
+            self.fence_one(&mut on, &network)?;
+            work(&mut on)?;
             transaction.commit()?;
             Ok(())
         })
@@ -1116,6 +1329,94 @@ impl PostgresStore {
         self.on_session(&self.leases, |client, cache| {
             let mut on = On { client, cache };
             on.execute(RELEASE_LEASE, &[&scope, &holder, &token])?;
+            Ok(())
+        })
+    }
+
+    /// The per-network mode's tick, on the lease session: stamp `instance`'s heartbeat, renew
+    /// every lease it holds (`held`: scope and token) by `ttl` in one statement, and read how
+    /// many instances are alive (a heartbeat within `ttl`) and who holds which lease.
+    pub(super) fn lease_tick(
+        &self,
+        instance: &str,
+        held: &[(String, i64)],
+        ttl: std::time::Duration,
+    ) -> Result<LeaseTick, StoreError> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        let scopes: Vec<&str> = held.iter().map(|(scope, _)| scope.as_str()).collect();
+        let tokens: Vec<i64> = held.iter().map(|(_, token)| *token).collect();
+        self.on_session(&self.leases, |client, cache| {
+            let mut on = On { client, cache };
+            on.execute(HEARTBEAT, &[&instance])?;
+            let renewed = if held.is_empty() {
+                Vec::new()
+            } else {
+                on.query(RENEW_NETWORKS, &[&instance, &scopes, &tokens, &ttl_ms])?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<Vec<String>, _>>()?
+            };
+            let live: i64 = on.query_one(LIVE_INSTANCES, &[&ttl_ms])?.try_get(0)?;
+            let mut holders = Vec::new();
+            for row in on.query(ALL_LEASES, &[])? {
+                let (scope, holder, unexpired): (String, String, bool) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                holders.push((scope, unexpired.then_some(holder)));
+            }
+            Ok(LeaseTick {
+                renewed,
+                live_instances: usize::try_from(live).unwrap_or(1).max(1),
+                holders,
+            })
+        })
+    }
+
+    /// Listen for the `tribridge_outbox` notifications of the other instances on a connection
+    /// of its own, on a thread of its own, calling `on_network` with each one's network, until
+    /// `stop` is set (checked every half second). A lost connection is made again after a
+    /// second; what was notified meanwhile is found by the workers' slower safety poll.
+    pub(super) fn listen_outbox(
+        &self,
+        on_network: Box<dyn Fn(&str) + Send>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<std::thread::JoinHandle<()>, StoreError> {
+        let target = Target {
+            config: self.target.config.clone(),
+            tls: self.target.tls.clone(),
+        };
+        std::thread::Builder::new()
+            .name("tribridge-listen".to_owned())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let listened = Session::open(&target).and_then(|mut client| {
+                        client.batch_execute(LISTEN_OUTBOX)?;
+                        tracing::debug!("Listening for the other instances' queued deliveries.");
+                        while !stop.load(Ordering::Relaxed) {
+                            let mut notifications = client.notifications();
+                            let mut waiting = notifications
+                                .timeout_iter(std::time::Duration::from_millis(500));
+                            while let Some(notification) =
+                                postgres::fallible_iterator::FallibleIterator::next(&mut waiting)?
+                            {
+                                on_network(notification.payload());
+                            }
+                        }
+                        Ok::<_, StoreError>(())
+                    });
+                    if let Err(error) = listened {
+                        tracing::warn!(error = %error, "The store's notification connection was lost; listening again in a second (the workers poll meanwhile).");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            })
+            .map_err(|error| StoreError::Url(format!("cannot start the listening thread: {error}")))
+    }
+
+    /// `instance` stops: its heartbeat row goes, so that the others count it out at once.
+    pub(super) fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
+        self.on_session(&self.leases, |client, cache| {
+            let mut on = On { client, cache };
+            on.execute(FORGET_INSTANCE, &[&instance])?;
             Ok(())
         })
     }
@@ -1177,15 +1478,23 @@ impl PostgresStore {
         })
     }
 
+    /// Not fenced: an operator's request on a failed row, which no worker touches, served by
+    /// whichever instance the admin socket reached. In the per-network mode the instance that
+    /// holds the destination's network is told (`pg_notify`, as for a queued delivery).
     pub(super) fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
+        let per_network = self.lease.get().is_some_and(|lease| lease.is_per_network());
         self.run(true, |on| {
-            Ok(match on.query_opt(REQUEUE_FAILED, &[&seq])? {
+            let requeued = match on.query_opt(REQUEUE_FAILED, &[&seq])? {
                 Some(row) => Some((
                     ChannelRef::new(row.try_get::<_, String>(1)?, row.try_get::<_, String>(2)?),
                     row.try_get(0)?,
                 )),
                 None => None,
-            })
+            };
+            if let (Some((destination, _)), true) = (&requeued, per_network) {
+                on.query(NOTIFY_OUTBOX, &[&destination.network])?;
+            }
+            Ok(requeued)
         })
     }
 
@@ -1235,6 +1544,7 @@ fn all_failed(error: &StoreError, events: usize) -> GroupOutcome {
             .map(|_| Err(StoreError::Group(message.clone())))
             .collect(),
         queued: Vec::new(),
+        refused: Vec::new(),
     }
 }
 

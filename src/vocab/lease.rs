@@ -13,8 +13,16 @@
 //! the monotonic clock, which keeps counting while the process is stopped), and the status
 //! readers (`/metrics`, `/readyz`, the admin socket).
 //!
+//! In the **per-network** mode (`[general] failover = "network"`) every instance is active and
+//! the lease is one row per network (scope = the network's id, same table, same token rules):
+//! an instance runs a network's connection and the outbox workers of its destinations only
+//! while it holds that network's lease. [`Lease::held_networks`] and friends keep this
+//! instance's view of them; the store fences each write per network ([`Lease::network_fence`]),
+//! and [`Fenced`] of a network sends only while that network's lease was renewed recently.
+//!
 //! It names no network and no database: the store runs the statements, the daemon the timing.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +78,34 @@ pub struct Lease {
     instance: String,
     ttl: Duration,
     state: Mutex<State>,
+    /// `Some` in the per-network mode: the networks' leases as this instance knows them.
+    networks: Option<Mutex<Networks>>,
+    /// Rung when a network's lease is lost, so that the daemon stops it at once.
+    network_lost: tokio::sync::Notify,
+}
+
+/// The per-network leases as this instance knows them.
+#[derive(Debug, Default)]
+struct Networks {
+    /// The networks this instance holds: token, and when the last acquisition or renewal that
+    /// succeeded was sent (monotonic clock).
+    held: BTreeMap<String, (i64, Instant)>,
+    /// Who holds each network's lease, as last read (`None`: nobody, or expired).
+    holders: BTreeMap<String, Option<String>>,
+    /// The lease of scope [`WHOLE_INSTANCE`] when this instance holds it: it runs the jobs that
+    /// must run once per deployment ([`Lease::runs_singletons`]). Token and renewal time.
+    singletons: Option<(i64, Instant)>,
+}
+
+/// Who holds one network's lease, for the status readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkHolder {
+    /// The network's id (the lease's scope).
+    pub network: String,
+    /// The instance that holds it, as last seen (`None`: nobody, or its lease expired).
+    pub holder: Option<String>,
+    /// Whether this instance holds it.
+    pub held_here: bool,
 }
 
 #[derive(Debug)]
@@ -102,7 +138,185 @@ impl Lease {
                 active_instance: None,
                 term,
             }),
+            networks: None,
+            network_lost: tokio::sync::Notify::new(),
         }
+    }
+
+    /// An instance named `instance` in the per-network mode: active from the start (it runs the
+    /// store, the router and the services), holding no network's lease yet.
+    #[must_use]
+    pub fn per_network(instance: impl Into<String>, ttl: Duration) -> Self {
+        let mut lease = Self::new(instance, ttl);
+        lease.networks = Some(Mutex::new(Networks::default()));
+        {
+            let mut state = lease.state();
+            state.role = Role::Active;
+            state.active_instance = Some(lease.instance.clone());
+        }
+        lease
+    }
+
+    /// Whether the leases are per network (`failover = "network"`).
+    #[must_use]
+    pub fn is_per_network(&self) -> bool {
+        self.networks.is_some()
+    }
+
+    fn networks(&self) -> Option<std::sync::MutexGuard<'_, Networks>> {
+        self.networks.as_ref().map(|networks| {
+            networks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
+    }
+
+    /// Whether this instance runs the jobs that must run once per deployment (the history's
+    /// archive chaining and retention): without a lease, or while active in the instance mode,
+    /// always; in the per-network mode only while it holds the lease of scope
+    /// [`WHOLE_INSTANCE`], renewed within [`Lease::send_within`].
+    #[must_use]
+    pub fn runs_singletons(&self) -> bool {
+        match self.networks() {
+            Some(networks) => networks
+                .singletons
+                .is_some_and(|(_, at)| at.elapsed() < self.send_within()),
+            None => self.state().role == Role::Active,
+        }
+    }
+
+    /// The per-network mode: this instance took the [`WHOLE_INSTANCE`] lease (`Some`, with its
+    /// token, by a statement sent at the time given) or does not hold it (`None`).
+    pub fn set_singletons(&self, held: Option<(i64, Instant)>) {
+        if let Some(mut networks) = self.networks() {
+            let had = networks.singletons.is_some();
+            networks.singletons = held;
+            drop(networks);
+            if had != held.is_some() {
+                tracing::info!(instance = %self.instance, runs = held.is_some(), "Jobs that run once per deployment (history): {}.", if held.is_some() { "run here" } else { "not here" });
+            }
+        }
+    }
+
+    /// The [`WHOLE_INSTANCE`] lease's token, when this instance holds it (per-network mode).
+    #[must_use]
+    pub fn singletons_token(&self) -> Option<i64> {
+        self.networks()?.singletons.map(|(token, _)| token)
+    }
+
+    /// The token with which this instance holds `network`'s lease (`None`: it does not).
+    #[must_use]
+    pub fn network_fence(&self, network: &str) -> Option<i64> {
+        self.networks()?.held.get(network).map(|(token, _)| *token)
+    }
+
+    /// The networks this instance holds, with their tokens.
+    #[must_use]
+    pub fn held_networks(&self) -> Vec<(String, i64)> {
+        self.networks().map_or_else(Vec::new, |networks| {
+            networks
+                .held
+                .iter()
+                .map(|(network, (token, _))| (network.clone(), *token))
+                .collect()
+        })
+    }
+
+    /// Whether this instance may hand a delivery to `network` now: it holds the network's
+    /// lease and renewed it more recently than [`Lease::send_within`] (monotonic clock).
+    #[must_use]
+    pub fn may_send_to(&self, network: &str) -> bool {
+        self.networks().is_some_and(|networks| {
+            networks
+                .held
+                .get(network)
+                .is_some_and(|(_, at)| at.elapsed() < self.send_within())
+        })
+    }
+
+    /// How long ago the last successful acquisition or renewal of `network`'s lease was sent.
+    #[must_use]
+    pub fn renewal_age_of(&self, network: &str) -> Option<Duration> {
+        self.networks()?
+            .held
+            .get(network)
+            .map(|(_, at)| at.elapsed())
+    }
+
+    /// This instance took `network`'s lease with `token` by a statement sent at `sent_at`.
+    pub fn took_network(&self, network: &str, token: i64, sent_at: Instant) {
+        if let Some(mut networks) = self.networks() {
+            networks.held.insert(network.to_owned(), (token, sent_at));
+            networks
+                .holders
+                .insert(network.to_owned(), Some(self.instance.clone()));
+        }
+        tracing::info!(instance = %self.instance, network, token, "Lease of network {network} taken (token {token}); connecting it.");
+    }
+
+    /// The renewal of `networks`, sent at `sent_at`, succeeded.
+    pub fn renewed_networks(&self, renewed: &[String], sent_at: Instant) {
+        if let Some(mut networks) = self.networks() {
+            for network in renewed {
+                if let Some((_, at)) = networks.held.get_mut(network) {
+                    *at = sent_at;
+                }
+            }
+        }
+    }
+
+    /// This instance let `network`'s lease go (its connection and workers stopped first).
+    pub fn released_network(&self, network: &str) {
+        if let Some(mut networks) = self.networks() {
+            networks.held.remove(network);
+            networks.holders.insert(network.to_owned(), None);
+        }
+        tracing::info!(instance = %self.instance, network, "Lease of network {network} released; another instance takes it.");
+    }
+
+    /// This instance lost `network`'s lease (`why`): nothing more is sent to it or committed
+    /// from it, and the daemon stops it. Idempotent.
+    pub fn lost_network(&self, network: &str, why: &str) {
+        let Some(mut networks) = self.networks() else {
+            return;
+        };
+        let Some((token, _)) = networks.held.remove(network) else {
+            return;
+        };
+        networks.holders.insert(network.to_owned(), None);
+        drop(networks);
+        tracing::warn!(instance = %self.instance, network, token, reason = why, "Lease of network {network} lost ({why}); stopping it, sending nothing more to it.");
+        self.network_lost.notify_one();
+    }
+
+    /// Resolves when a network's lease was lost since the last call.
+    pub async fn network_lost(&self) {
+        self.network_lost.notified().await;
+    }
+
+    /// Who holds each network, as read from the store.
+    pub fn saw_holders(&self, holders: impl IntoIterator<Item = (String, Option<String>)>) {
+        if let Some(mut networks) = self.networks() {
+            for (network, holder) in holders {
+                networks.holders.insert(network, holder);
+            }
+        }
+    }
+
+    /// Who holds each network, as this instance last saw it.
+    #[must_use]
+    pub fn network_holders(&self) -> Vec<NetworkHolder> {
+        self.networks().map_or_else(Vec::new, |networks| {
+            networks
+                .holders
+                .iter()
+                .map(|(network, holder)| NetworkHolder {
+                    network: network.clone(),
+                    holder: holder.clone(),
+                    held_here: networks.held.contains_key(network),
+                })
+                .collect()
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -251,12 +465,19 @@ impl Lease {
 pub struct Fenced<E> {
     inner: E,
     lease: Option<Arc<Lease>>,
+    /// The network it sends to (the lease that gates it in the per-network mode).
+    network: Arc<str>,
 }
 
 impl<E> Fenced<E> {
-    /// `inner`, gated by `lease` when there is one.
-    pub fn new(inner: E, lease: Option<Arc<Lease>>) -> Self {
-        Self { inner, lease }
+    /// `inner`, the endpoint of `network`, gated by `lease` when there is one: the instance's
+    /// lease, or in the per-network mode that network's.
+    pub fn new(inner: E, lease: Option<Arc<Lease>>, network: &str) -> Self {
+        Self {
+            inner,
+            lease,
+            network: Arc::from(network),
+        }
     }
 
     /// The endpoint it gates.
@@ -278,7 +499,13 @@ impl<E: Endpoint> Endpoint for Fenced<E> {
         &self,
         delivery: Delivery,
     ) -> impl Future<Output = Result<AckFuture, DeliveryError>> + Send {
-        let allowed = self.lease.as_ref().is_none_or(|lease| lease.may_send());
+        let allowed = self.lease.as_ref().is_none_or(|lease| {
+            if lease.is_per_network() {
+                lease.may_send_to(&self.network)
+            } else {
+                lease.may_send()
+            }
+        });
         let inner = self.inner.clone();
         async move {
             if !allowed {
@@ -323,6 +550,40 @@ mod tests {
         assert_eq!(lease.fence(), None);
         let view = lease.view();
         assert_eq!((view.role, view.token), (Role::Standby, 7));
+    }
+
+    #[test]
+    fn per_network_leases_gate_each_network_alone() {
+        let lease = Lease::per_network("a", Duration::from_secs(4));
+        assert!(lease.is_per_network());
+        assert_eq!(lease.view().role, Role::Active);
+        assert!(!lease.may_send_to("irc"));
+        lease.took_network("irc", 5, Instant::now());
+        lease.took_network("mm", 9, Instant::now());
+        assert_eq!(lease.network_fence("irc"), Some(5));
+        assert!(lease.may_send_to("irc") && lease.may_send_to("mm"));
+        // A renewal sent long ago for one network stops sends to that one only.
+        lease.renewed_networks(
+            &["irc".to_owned()],
+            Instant::now().checked_sub(Duration::from_secs(3)).unwrap(),
+        );
+        assert!(!lease.may_send_to("irc"));
+        assert!(lease.may_send_to("mm"));
+        lease.lost_network("mm", "test");
+        assert_eq!(lease.network_fence("mm"), None);
+        assert_eq!(lease.held_networks(), vec![("irc".to_owned(), 5)]);
+        lease.released_network("irc");
+        assert!(lease.held_networks().is_empty());
+        assert!(!lease.runs_singletons());
+        lease.set_singletons(Some((3, Instant::now())));
+        assert!(lease.runs_singletons());
+        assert_eq!(lease.singletons_token(), Some(3));
+        lease.set_singletons(None);
+        assert!(!lease.runs_singletons());
+        let whole = Lease::new("b", Duration::from_secs(4));
+        assert!(!whole.runs_singletons(), "a standby runs none");
+        whole.became_active(1, Instant::now());
+        assert!(whole.runs_singletons());
     }
 
     #[test]

@@ -138,6 +138,24 @@ impl People {
         people
     }
 
+    /// Take in `known` (the store's rows, as [`People::load`]): people another instance
+    /// learned on the networks it runs (the per-network failover mode), read again when this
+    /// instance starts a network. A row replaces what this directory knew of that account.
+    pub fn absorb(&self, known: impl IntoIterator<Item = KnownPerson>) {
+        let mut directory = self.write();
+        for person in known {
+            self.insert(
+                &mut directory,
+                &person.network,
+                Account {
+                    user_id: person.user_id,
+                    display_name: person.display_name,
+                    renamed_to: person.renamed_to,
+                },
+            );
+        }
+    }
+
     /// How names of networks a reload added fold (those already known keep theirs: the
     /// directory's keys were folded by them).
     pub fn add_case_mappings(&self, case_mappings: HashMap<String, CaseMapping>) {

@@ -37,7 +37,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "unknown key in general",
             format!("[general]\ncolour = \"red\"\n{NET}{NET2}{GATEWAY}"),
             vec![
-                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `store`, `store_file`, `store_env`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `reconnect_max_seconds`, `failover_after`, `instance_name`, `max_file_size_mb`, `file_retention_days`",
+                "bridges.toml:2:1: general.colour: unknown field `colour`, expected one of `state_dir`, `store`, `store_file`, `store_env`, `remote_nick_format`, `media_listen`, `media_public_url`, `metrics_listen`, `reconnect_max_seconds`, `failover_after`, `failover`, `instance_name`, `max_file_size_mb`, `file_retention_days`",
             ],
         ),
         (
@@ -83,27 +83,29 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "failover keys without the PostgreSQL store",
             format!(
-                "[general]\nfailover_after = \"5s\"\ninstance_name = \"a\"\n{NET}{NET2}{GATEWAY}"
+                "[general]\nfailover_after = \"5s\"\ninstance_name = \"a\"\nfailover = \"network\"\n{NET}{NET2}{GATEWAY}"
             ),
             vec![
                 "bridges.toml:2:18: general.failover_after: `failover_after` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
                 "bridges.toml:3:17: general.instance_name: `instance_name` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
+                "bridges.toml:4:12: general.failover: `failover` is for failover between instances on one PostgreSQL store; set `store = \"postgres://…\"` or remove it (the SQLite store serves one instance)",
             ],
         ),
         (
             "failover keys out of range",
             format!(
-                "[general]\nstore = \"postgres://db/x\"\nfailover_after = \"10 parsecs\"\ninstance_name = \"host one\"\n{NET}{NET2}{GATEWAY}"
+                "[general]\nstore = \"postgres://db/x\"\nfailover_after = \"10 parsecs\"\ninstance_name = \"host one\"\nfailover = \"cluster\"\n{NET}{NET2}{GATEWAY}"
             ),
             vec![
                 "bridges.toml:3:18: general.failover_after: `10 parsecs` is not a duration between 1s and 300s, e.g. \"10s\", \"2500ms\" or \"1m\"",
                 "bridges.toml:4:17: general.instance_name: `host one` is not an instance name: 1 to 64 of the letters a-z, A-Z, digits and . _ : - @, unique among the instances on one store",
+                "bridges.toml:5:12: general.failover: `cluster` is not a failover mode: \"instance\" (one lease, one active instance) or \"network\" (a lease per network, the instances split the networks)",
             ],
         ),
         (
             "failover on the PostgreSQL store",
             format!(
-                "[general]\nstore = \"postgres://db/x\"\nfailover_after = \"2500ms\"\ninstance_name = \"host-1\"\n{NET}{NET2}{GATEWAY}"
+                "[general]\nstore = \"postgres://db/x\"\nfailover_after = \"2500ms\"\ninstance_name = \"host-1\"\nfailover = \"network\"\n{NET}{NET2}{GATEWAY}"
             ),
             vec![],
         ),

@@ -14,10 +14,10 @@ use crate::support::mattermost::{MmServer, MmUser, messages};
 use crate::support::servers::{free_port, shared_inspircd, shared_postgres};
 
 /// The lease time the tests run with.
-const FAILOVER_AFTER: &str = "3s";
+pub(crate) const FAILOVER_AFTER: &str = "3s";
 
 /// A line IRC handed to the daemon this long before a SIGKILL may be lost with it.
-const IRC_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const IRC_WINDOW: Duration = Duration::from_secs(1);
 
 struct Pair {
     irc: IrcClient,
@@ -86,7 +86,7 @@ async fn pair() -> Pair {
     }
 }
 
-async fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) async fn get(port: u16, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
         .await
         .expect("GET");
@@ -95,7 +95,7 @@ async fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The nicks in `channel`, from a NAMES reply.
-async fn names(irc: &mut IrcClient, channel: &str) -> Vec<String> {
+pub(crate) async fn names(irc: &mut IrcClient, channel: &str) -> Vec<String> {
     irc.raw(&format!("NAMES {channel}"));
     let lower = channel.to_lowercase();
     let mut nicks = Vec::new();
@@ -125,7 +125,7 @@ async fn names(irc: &mut IrcClient, channel: &str) -> Vec<String> {
 
 /// Wait until a bridge whose nick starts with `nick` (the standby may get it with a suffix while
 /// a stopped instance still holds it) joins `channel`.
-async fn wait_bridge_join(irc: &mut IrcClient, nick: &str, channel: &str) {
+pub(crate) async fn wait_bridge_join(irc: &mut IrcClient, nick: &str, channel: &str) {
     let (nick, channel) = (nick.to_lowercase(), channel.to_lowercase());
     irc.wait_for(
         |l| {
@@ -142,7 +142,7 @@ async fn wait_bridge_join(irc: &mut IrcClient, nick: &str, channel: &str) {
 }
 
 /// The numbers of `prefix N` texts, in the order they arrived.
-fn numbers<'a>(texts: impl IntoIterator<Item = &'a str>, prefix: &str) -> Vec<u32> {
+pub(crate) fn numbers<'a>(texts: impl IntoIterator<Item = &'a str>, prefix: &str) -> Vec<u32> {
     texts
         .into_iter()
         .filter_map(|text| text.split(prefix).nth(1)?.trim().parse().ok())

@@ -6,6 +6,7 @@ mod chaos;
 mod compliance;
 mod config_check;
 mod failover;
+mod failover_network;
 mod history_archive;
 mod hostile;
 mod import_matterbridge;
