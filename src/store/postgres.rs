@@ -1192,6 +1192,29 @@ impl PostgresStore {
         Ok(refused)
     }
 
+    /// The fence of the jobs that run once per deployment (the history's chaining, retention
+    /// and forgetting): the lease of scope [`WHOLE_INSTANCE`], held by the active instance in
+    /// the instance mode and by the singletons' holder ([`Lease::runs_singletons`]) in the
+    /// per-network mode, where no network's lease speaks for it.
+    fn fence_singletons<C: GenericClient>(&self, on: &mut On<'_, C>) -> Result<(), StoreError> {
+        let Some(lease) = self.lease.get() else {
+            return Ok(());
+        };
+        if !lease.is_per_network() {
+            return self.fence(on, &[]).map(|_| ());
+        }
+        let token = lease
+            .singletons_token()
+            .ok_or(StoreError::Fenced { token: 0 })?;
+        if on
+            .query_opt(FENCE, &[&WHOLE_INSTANCE, &lease.instance(), &token])?
+            .is_none()
+        {
+            return Err(StoreError::Fenced { token });
+        }
+        Ok(())
+    }
+
     /// [`Self::fence`] for a transaction that writes for one network only: refused as a whole.
     fn fence_one<C: GenericClient>(
         &self,

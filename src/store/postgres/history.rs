@@ -497,8 +497,8 @@ impl HistoryRead for PgHistory<'_, '_, postgres::Transaction<'_>> {
 }
 
 impl PostgresStore {
-    /// Run `work` in one write transaction on the writer's session, fenced like every other
-    /// write: it commits only while this instance holds the lease. `work` may run again on a
+    /// Run `work` in one write transaction on the writer's session, fenced by the lease of
+    /// the jobs that run once per deployment: it commits only while this instance holds it. `work` may run again on a
     /// new connection when the first was lost (see [`PostgresStore::with`]): it keeps no state
     /// of its own between runs.
     pub(in crate::store) fn write_history<R: Send>(
@@ -511,7 +511,7 @@ impl PostgresStore {
                 client: &mut transaction,
                 cache,
             };
-            self.fence(&mut on)?;
+            self.fence_singletons(&mut on)?;
             let result = work(&mut PgHistory(&mut on))?;
             transaction.commit()?;
             Ok(result)
