@@ -730,7 +730,45 @@ impl Daemon {
             "file": field("RssFile:"),
             "shmem": field("RssShmem:"),
             "threads": field("Threads:"),
+            "by_mapping": self.rss_by_mapping(),
         })
+    }
+
+    /// The resident set by what is mapped (KiB), from `/proc/<pid>/smaps`: the daemon's own
+    /// binary (its code and read-only data, and the relocated data written at start), the
+    /// shared libraries, other files (the stores' mapped files), the main thread's stack, and
+    /// the rest: anonymous memory (the heap, the allocator's arenas, the other threads' stacks).
+    fn rss_by_mapping(&self) -> Value {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id()))
+            .unwrap_or_default();
+        let binary = std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut kinds: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        let mut current = "anon";
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+                // A mapping's header: address range, permissions, offset, device, inode, path.
+                let path = line.split_whitespace().nth(5).unwrap_or("");
+                current = if path == binary {
+                    "binary"
+                } else if path.contains(".so") {
+                    "libraries"
+                } else if path.starts_with('/') {
+                    "other_files"
+                } else if path.starts_with("[stack") {
+                    "stacks"
+                } else {
+                    "anon"
+                };
+            } else if first == "Rss:" {
+                let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                *kinds.entry(current).or_default() += kib;
+            }
+        }
+        json!(kinds)
     }
 
     /// User + system CPU time used so far.

@@ -296,7 +296,10 @@ impl<E: Endpoint> Worker<E> {
     /// store, whose rows they remove.
     async fn run(self) {
         let window = self.endpoint.window().max(1);
-        let mut outstanding: VecDeque<Outstanding> = VecDeque::with_capacity(window);
+        // Grown on demand and given back when the worker goes idle: a whole window reserved by
+        // every idle destination (32 deliveries for IRC) was 1.1 MB of an idle daemon with 100
+        // gateways (BENCHMARKS.md, "Memory and the release build").
+        let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
         let mut recording: Recording = VecDeque::new();
         let mut position = Position::default();
         // The queue may hold more than was read last time (or a bell rang meanwhile).
@@ -320,6 +323,10 @@ impl<E: Endpoint> Worker<E> {
             }
             let room = !full(&outstanding, window) && !more;
             let idle = outstanding.is_empty();
+            if idle && !more && recording.is_empty() {
+                outstanding.shrink_to_fit();
+                recording.shrink_to_fit();
+            }
             // A delivery in progress is finished even during shutdown (bounded by the
             // connector's own acknowledgement timeout), so that it is not sent twice.
             let woke = {

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use matrix_sdk::Client;
+use matrix_sdk::{Client, SqliteStoreConfig};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
 use matrix_sdk::room::MessagesOptions;
@@ -312,7 +312,14 @@ async fn new_client(config: &MatrixConfig, dir: &Path) -> Result<Client, String>
         // The configured homeserver stays the one used: a login response's `well_known`
         // (which a fresh password login would otherwise adopt) does not move the client.
         .respect_login_well_known(false)
-        .sqlite_store(dir.join("sdk"), None)
+        // The SDK's low-memory store settings: a connection pool of one per physical core
+        // (not four: 128 connections per store on a 32-core host), a 500 kB page cache per
+        // connection (not 2 MiB) and a 2 MB WAL limit. A bridge's bot reads little of its
+        // state back; BENCHMARKS.md ("Memory and the release build") has the figures.
+        .sqlite_store_with_config_and_cache_path(
+            SqliteStoreConfig::with_low_memory_config(dir.join("sdk")),
+            None::<&Path>,
+        )
         .with_room_key_recipient_strategy(recipients)
         .with_decryption_settings(DecryptionSettings {
             sender_device_trust_requirement: senders,
