@@ -739,8 +739,8 @@ impl Daemon {
     /// shared libraries, other files (the stores' mapped files), the main thread's stack, and
     /// the rest: anonymous memory (the heap, the allocator's arenas, the other threads' stacks).
     fn rss_by_mapping(&self) -> Value {
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id()))
-            .unwrap_or_default();
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).unwrap_or_default();
         let binary = std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
             .map(|path| path.to_string_lossy().into_owned())
             .unwrap_or_default();
