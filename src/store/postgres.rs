@@ -193,6 +193,14 @@ const LEASE_HOLDER: &str = "SELECT holder, token, expires_at > clock_timestamp()
 
 // The admin socket's writes (`tribridge failed retry|drop`); its reads are shared with
 // `SQLite` (`OUTBOX_BY_DESTINATION`, `FAILED_DELIVERIES`).
+/// The outbox's writers in line, across instances (the per-network mode): a worker reads its
+/// queue past the last `seq` it read, so a row must never become visible after a row with a
+/// higher `seq`. With one writer session (one instance) commit order is `seq` order; with
+/// several instances writing at once it is not, and a row committed late under a lower `seq`
+/// was passed over for good (a message lost or sent out of order). Every write transaction of
+/// that mode takes this lock first, before the sequence gives any `seq`, and holds it until it
+/// commits. The key is this store's own, fixed.
+const QUEUE_WRITERS_IN_LINE: &str = "SELECT pg_advisory_xact_lock(7238561004)";
 /// A failed delivery queued again at the end of its destination's queue, in one statement.
 const REQUEUE_FAILED: &str = "WITH old AS (
         DELETE FROM outbox WHERE seq = $1 AND state = 'failed'
@@ -1137,6 +1145,7 @@ impl PostgresStore {
             return Ok(BTreeSet::new());
         };
         if lease.is_per_network() {
+            on.execute(QUEUE_WRITERS_IN_LINE, &[])?;
             return Self::fence_networks(on, lease, networks);
         }
         let Some(token) = lease.fence() else {
@@ -1506,7 +1515,15 @@ impl PostgresStore {
     /// holds the destination's network is told (`pg_notify`, as for a queued delivery).
     pub(super) fn requeue_failed(&self, seq: i64) -> Result<Option<(ChannelRef, i64)>, StoreError> {
         let per_network = self.lease.get().is_some_and(|lease| lease.is_per_network());
-        self.run(true, |on| {
+        self.with(true, |client, cache| {
+            let mut transaction = client.transaction()?;
+            let mut on = On {
+                client: &mut transaction,
+                cache,
+            };
+            if per_network {
+                on.execute(QUEUE_WRITERS_IN_LINE, &[])?;
+            }
             let requeued = match on.query_opt(REQUEUE_FAILED, &[&seq])? {
                 Some(row) => Some((
                     ChannelRef::new(row.try_get::<_, String>(1)?, row.try_get::<_, String>(2)?),
@@ -1517,6 +1534,7 @@ impl PostgresStore {
             if let (Some((destination, _)), true) = (&requeued, per_network) {
                 on.query(NOTIFY_OUTBOX, &[&destination.network])?;
             }
+            transaction.commit()?;
             Ok(requeued)
         })
     }

@@ -247,61 +247,17 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
     }
     let last_irc = BURST + 9;
 
-    // Mattermost → IRC: all, in order; a line sent just before the kill may come again.
-    let lines = t
-        .irc
-        .texts_until(&t.channel, &format!("mm {}", BURST - 1))
-        .await;
-    let arrived = numbers(
-        lines.iter().filter_map(|l| l.text().map(|(_, text)| text)),
-        "<mia> mm ",
-    );
-    let mut seen = std::collections::BTreeSet::new();
-    let mut doubled_in_window = 0;
-    let mut highest = None;
-    for &n in &arrived {
-        if !seen.insert(n) {
-            assert!(
-                n <= BURST / 2,
-                "mm {n} arrived twice on IRC, after the kill: {arrived:?}"
-            );
-            doubled_in_window += 1;
-            continue;
-        }
-        assert!(highest < Some(n), "mm {n} out of order on IRC: {arrived:?}");
-        highest = Some(n);
-    }
-    assert_eq!(
-        seen.len(),
-        BURST as usize,
-        "every mm line on IRC: {arrived:?}"
-    );
-
-    // IRC → Mattermost: exactly once and in order; a line IRC handed to the dying instance
-    // just before the kill may be lost with it.
-    let marker = format!("irc {last_irc}");
-    let posts = t
-        .mia
-        .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
-            messages(posts).iter().any(|m| m.ends_with(&marker))
-        })
-        .await;
-    let texts = messages(&posts);
-    let arrived = numbers(texts.iter().map(String::as_str), "> irc ");
-    let mut sorted = arrived.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(arrived, sorted, "IRC lines once and in order on Mattermost");
-    let mut lost_in_window = 0;
-    for (n, said_at) in &irc_said {
-        if !arrived.contains(n) {
-            assert!(
-                *said_at + IRC_WINDOW >= killed_at,
-                "irc {n}, said well before the kill, never reached Mattermost: {arrived:?}"
-            );
-            lost_in_window += 1;
-        }
-    }
+    let (doubled_in_window, lost_in_window) = check_after_kill(
+        &mut t.irc,
+        &t.channel,
+        &t.mia,
+        &t.channel_id,
+        &t.mm.bot_id,
+        (BURST, last_irc),
+        &irc_said,
+        killed_at,
+    )
+    .await;
     eprintln!(
         "failover: IRC window: {doubled_in_window} line(s) sent to IRC again, {lost_in_window} \
          line(s) from IRC lost with the killed instance"
@@ -380,4 +336,72 @@ async fn a_stopped_active_that_lost_the_lease_sends_nothing_more_when_it_continu
     );
     let _ = t.a.terminate();
     let _ = t.b.terminate();
+}
+
+/// What a person on each side sees after an instance was killed in the middle of a burst of
+/// `burst` Mattermost posts (`mm 0`…) and IRC lines (`irc N`, said at the times in `irc_said`,
+/// the last `irc {last_irc}`): every post on IRC once and in order, except that one sent just
+/// before the kill may come again (counted); every IRC line on Mattermost once and in order,
+/// except that one said within [`IRC_WINDOW`] before the kill may be lost with the killed
+/// instance (counted). Returns (posts shown twice on IRC, IRC lines lost).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn check_after_kill(
+    irc: &mut IrcClient,
+    channel: &str,
+    mia: &MmUser,
+    channel_id: &str,
+    bot_id: &str,
+    (burst, last_irc): (u32, u32),
+    irc_said: &[(u32, Instant)],
+    killed_at: Instant,
+) -> (usize, usize) {
+    let lines = irc.texts_until(channel, &format!("mm {}", burst - 1)).await;
+    let arrived = numbers(
+        lines.iter().filter_map(|l| l.text().map(|(_, text)| text)),
+        "<mia> mm ",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut doubled_in_window = 0;
+    let mut highest = None;
+    for &n in &arrived {
+        if !seen.insert(n) {
+            assert!(
+                n <= burst / 2,
+                "mm {n} arrived twice on IRC, after the kill: {arrived:?}"
+            );
+            doubled_in_window += 1;
+            continue;
+        }
+        assert!(highest < Some(n), "mm {n} out of order on IRC: {arrived:?}");
+        highest = Some(n);
+    }
+    assert_eq!(
+        seen.len(),
+        burst as usize,
+        "every mm line on IRC: {arrived:?}"
+    );
+
+    let marker = format!("irc {last_irc}");
+    let posts = mia
+        .wait_posts_by(channel_id, bot_id, |posts| {
+            messages(posts).iter().any(|m| m.ends_with(&marker))
+        })
+        .await;
+    let texts = messages(&posts);
+    let arrived = numbers(texts.iter().map(String::as_str), "> irc ");
+    let mut sorted = arrived.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(arrived, sorted, "IRC lines once and in order on Mattermost");
+    let mut lost_in_window = 0;
+    for (n, said_at) in irc_said {
+        if !arrived.contains(n) {
+            assert!(
+                *said_at + IRC_WINDOW >= killed_at,
+                "irc {n}, said well before the kill, never reached Mattermost: {arrived:?}"
+            );
+            lost_in_window += 1;
+        }
+    }
+    (doubled_in_window, lost_in_window)
 }

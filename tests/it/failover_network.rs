@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use crate::failover::{FAILOVER_AFTER, IRC_WINDOW, get, numbers, wait_bridge_join};
+use crate::failover::{FAILOVER_AFTER, check_after_kill, get, numbers, wait_bridge_join};
 use crate::support::bridge::{Bridge, unique, with_store};
 use crate::support::irc_client::IrcClient;
 use crate::support::mattermost::{MmServer, MmUser, messages};
@@ -263,61 +263,17 @@ async fn a_killed_instances_networks_move_to_the_other_and_nothing_doubles_or_re
     }
     let last_irc = BURST + 9;
 
-    // Mattermost → IRC: all, in order; a line sent just before the kill may come again.
-    let lines = t
-        .ivan
-        .texts_until(&t.channels.0, &format!("mm {}", BURST - 1))
-        .await;
-    let arrived = numbers(
-        lines.iter().filter_map(|l| l.text().map(|(_, text)| text)),
-        "<mia> mm ",
-    );
-    let mut seen = std::collections::BTreeSet::new();
-    let mut doubled_in_window = 0;
-    let mut highest = None;
-    for &n in &arrived {
-        if !seen.insert(n) {
-            assert!(
-                n <= BURST / 2,
-                "mm {n} twice on IRC after the kill: {arrived:?}"
-            );
-            doubled_in_window += 1;
-            continue;
-        }
-        assert!(highest < Some(n), "mm {n} out of order on IRC: {arrived:?}");
-        highest = Some(n);
-    }
-    assert_eq!(
-        seen.len(),
-        BURST as usize,
-        "every mm line on IRC: {arrived:?}"
-    );
-
-    // IRC → Mattermost (delivered by b all along): once and in order; a line IRC handed to the
-    // killed instance just before the kill may be lost with it.
-    let marker = format!("irc {last_irc}");
-    let posts = t
-        .mia
-        .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
-            messages(posts).iter().any(|m| m.ends_with(&marker))
-        })
-        .await;
-    let texts = messages(&posts);
-    let arrived = numbers(texts.iter().map(String::as_str), "> irc ");
-    let mut sorted = arrived.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(arrived, sorted, "IRC lines once and in order on Mattermost");
-    let mut lost_in_window = 0;
-    for (n, said_at) in &irc_said {
-        if !arrived.contains(n) {
-            assert!(
-                *said_at + IRC_WINDOW >= killed_at,
-                "irc {n}, said well before the kill, never reached Mattermost: {arrived:?}"
-            );
-            lost_in_window += 1;
-        }
-    }
+    let (doubled_in_window, lost_in_window) = check_after_kill(
+        &mut t.ivan,
+        &t.channels.0,
+        &t.mia,
+        &t.channel_id,
+        &t.mm.bot_id,
+        (BURST, last_irc),
+        &irc_said,
+        killed_at,
+    )
+    .await;
     eprintln!(
         "network failover: IRC window: {doubled_in_window} line(s) sent to IRC again, \
          {lost_in_window} line(s) from IRC lost with the killed instance"
