@@ -1542,10 +1542,15 @@ async fn spread(daemon: &Path, instances: usize, pairs: usize, drive: Drive) -> 
         if held.iter().sum::<usize>() == total && held.iter().all(|&h| h <= share) {
             break held;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the networks never split: {held:?}"
-        );
+        if Instant::now() >= deadline {
+            let idle: Vec<String> = daemons
+                .iter()
+                .zip(&held)
+                .filter(|(_, held)| **held == 0)
+                .map(|(d, _)| d.log())
+                .collect();
+            panic!("the networks never split: {held:?}; the log of each holding none: {idle:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for (pair, (writer, reader)) in clients.iter_mut().enumerate() {
