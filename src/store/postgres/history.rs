@@ -374,14 +374,7 @@ impl HistoryRead for PgHistory<'_, '_, postgres::Transaction<'_>> {
         self.0
             .query(RELAYED, &[&id])?
             .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ))
-            })
+            .map(four_columns)
             .collect()
     }
 
@@ -449,14 +442,7 @@ impl HistoryRead for PgHistory<'_, '_, postgres::Transaction<'_>> {
         self.0
             .query(FOLLOWERS, &[&id])?
             .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ))
-            })
+            .map(four_columns)
             .collect()
     }
 
@@ -581,4 +567,20 @@ impl PostgresStore {
             Ok((row.try_get(0)?, row.try_get::<_, i64>(1)?.unsigned_abs()))
         })
     }
+}
+
+/// A row of four columns as a tuple (the `relayed` and `followers` readers).
+fn four_columns<A, B, C, D>(row: &postgres::Row) -> Result<(A, B, C, D), StoreError>
+where
+    A: for<'a> postgres::types::FromSql<'a>,
+    B: for<'a> postgres::types::FromSql<'a>,
+    C: for<'a> postgres::types::FromSql<'a>,
+    D: for<'a> postgres::types::FromSql<'a>,
+{
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    ))
 }
