@@ -209,28 +209,15 @@ async fn a_standby_takes_over_a_killed_active_and_nothing_is_lost_doubled_or_reo
     assert!(said.contains("token 1; active is a"), "{said}");
 
     // A burst both ways; the active dies half-way through.
-    let mut irc_said = Vec::new();
-    let mut killed_at = None;
-    for n in 0..BURST {
-        t.mia.say(&t.channel_id, &format!("mm {n}")).await;
-        if killed_at.is_none() {
-            t.irc.say(&t.channel, &format!("irc {n}"));
-            irc_said.push((n, Instant::now()));
-        }
-        if n == BURST / 2 {
-            // The kill comes while lines are in flight both ways: IRC's from the last few,
-            // once the bridge has carried most of those before them.
-            let marker = format!("irc {}", BURST / 2 - 5);
-            t.mia
-                .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
-                    messages(posts).iter().any(|m| m.ends_with(&marker))
-                })
-                .await;
-            t.a.kill9();
-            killed_at = Some(Instant::now());
-        }
-    }
-    let killed_at = killed_at.unwrap();
+    let (mut irc_said, killed_at) = burst_with_a_kill(
+        &t.irc,
+        &t.channel,
+        &t.mia,
+        (&t.channel_id, &t.mm.bot_id),
+        BURST,
+        || t.a.kill9(),
+    )
+    .await;
     t.b.wait_for_log("Role: active since").await;
     let took_over = killed_at.elapsed();
     wait_bridge_join(&mut t.irc, &t.nick, &t.channel).await;
@@ -404,4 +391,43 @@ pub(crate) async fn check_after_kill(
         }
     }
     (doubled_in_window, lost_in_window)
+}
+
+/// A burst both ways (`mm N` from Mattermost, `irc N` from IRC, `burst` of each) and `kill`
+/// half-way through: it comes while lines are in flight both ways, IRC's from the last few,
+/// once the bridge has carried most of those before them; IRC says nothing after it (as in
+/// the chaos harness). Returns when each IRC line was said, and when the kill came.
+pub(crate) async fn burst_with_a_kill(
+    irc: &IrcClient,
+    channel: &str,
+    mia: &MmUser,
+    (channel_id, bot_id): (&str, &str),
+    burst: u32,
+    kill: impl FnOnce(),
+) -> (Vec<(u32, Instant)>, Instant) {
+    let mut irc_said = Vec::new();
+    let mut kill = Some(kill);
+    let mut killed_at = None;
+    for n in 0..burst {
+        mia.say(channel_id, &format!("mm {n}")).await;
+        if killed_at.is_none() {
+            irc.say(channel, &format!("irc {n}"));
+            irc_said.push((n, Instant::now()));
+        }
+        if n == burst / 2 {
+            let marker = format!("irc {}", burst / 2 - 5);
+            mia.wait_posts_by(channel_id, bot_id, |posts| {
+                messages(posts).iter().any(|m| m.ends_with(&marker))
+            })
+            .await;
+            if let Some(kill) = kill.take() {
+                kill();
+            }
+            killed_at = Some(Instant::now());
+        }
+    }
+    (
+        irc_said,
+        killed_at.expect("the burst is long enough to reach its middle"),
+    )
 }

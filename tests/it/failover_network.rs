@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use crate::failover::{FAILOVER_AFTER, check_after_kill, get, numbers, wait_bridge_join};
+use crate::failover::{
+    FAILOVER_AFTER, burst_with_a_kill, check_after_kill, get, numbers, wait_bridge_join,
+};
 use crate::support::bridge::{Bridge, unique, with_store};
 use crate::support::irc_client::IrcClient;
 use crate::support::mattermost::{MmServer, MmUser, messages};
@@ -224,26 +226,15 @@ async fn a_killed_instances_networks_move_to_the_other_and_nothing_doubles_or_re
     let mut t = cluster().await;
     let ((mut a, _), (mut b, _)) = t.split_in_two().await;
 
-    let mut irc_said = Vec::new();
-    let mut killed_at = None;
-    for n in 0..BURST {
-        t.mia.say(&t.channel_id, &format!("mm {n}")).await;
-        if killed_at.is_none() {
-            t.ivan.say(&t.channels.0, &format!("irc {n}"));
-            irc_said.push((n, Instant::now()));
-        }
-        if n == BURST / 2 {
-            let marker = format!("irc {}", BURST / 2 - 5);
-            t.mia
-                .wait_posts_by(&t.channel_id, &t.mm.bot_id, |posts| {
-                    messages(posts).iter().any(|m| m.ends_with(&marker))
-                })
-                .await;
-            a.kill9();
-            killed_at = Some(Instant::now());
-        }
-    }
-    let killed_at = killed_at.unwrap();
+    let (mut irc_said, killed_at) = burst_with_a_kill(
+        &t.ivan,
+        &t.channels.0,
+        &t.mia,
+        (&t.channel_id, &t.mm.bot_id),
+        BURST,
+        || a.kill9(),
+    )
+    .await;
     b.wait_for_log("Lease of network irc taken").await;
     b.wait_for_log("Lease of network irc2 taken").await;
     // And the jobs that run once per deployment, with `*`.
